@@ -1,0 +1,20 @@
+"""daskseg: DICOM Segmentation objects from masks larger than memory, on a Dask cluster."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from daskseg.errors import ClusterError, DaskSegError, SegmentationInputError, SegmentationTypeError
+
+try:
+    __version__ = version("daskseg")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "ClusterError",
+    "DaskSegError",
+    "SegmentationInputError",
+    "SegmentationTypeError",
+    "__version__",
+]

@@ -1,0 +1,38 @@
+"""Shared fixtures: one real LocalCluster of worker processes per test session."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+from distributed import Client, LocalCluster
+
+TESTDATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
+
+
+@pytest.fixture(scope="session")
+def testdata() -> pathlib.Path:
+    """The folder of DICOM files made by other software; skips when it is absent."""
+    if not TESTDATA.is_dir():
+        pytest.skip(f"{TESTDATA} is absent (shared test data is only beside the repository)")
+    return TESTDATA
+
+
+@pytest.fixture(scope="session")
+def process_cluster():
+    """Two single-threaded worker processes, as on CI's 2-core machine."""
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        memory_limit="4GiB",
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def dask_client(process_cluster):
+    """A client of the session's process cluster."""
+    with Client(process_cluster, set_as_default=False) as client:
+        yield client
