@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from daskseg.errors import ClusterError, DaskSegError, SegmentationInputError, SegmentationTypeError
+from daskseg.errors import (
+    ClusterError,
+    DaskSegError,
+    DestinationExistsError,
+    SegmentationInputError,
+    SegmentationTypeError,
+)
+from daskseg.write import ALLOWED_TRANSFER_SYNTAXES, write_segmentation
 
 try:
     __version__ = version("daskseg")

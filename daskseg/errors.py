@@ -5,12 +5,19 @@ Each class is also a builtin exception, so callers can catch either::
     DaskSegError
      ├── SegmentationInputError (ValueError)   bad mask, source, segments or options
      ├── SegmentationTypeError (TypeError)     an argument of the wrong kind
-     └── ClusterError (RuntimeError)           the Dask cluster could not finish the work
+     ├── ClusterError (RuntimeError)           the Dask cluster could not finish the work
+     └── DestinationExistsError (FileExistsError)  the output exists and overwrite is False
 """
 
 from __future__ import annotations
 
-__all__ = ["DaskSegError", "SegmentationInputError", "SegmentationTypeError", "ClusterError"]
+__all__ = [
+    "ClusterError",
+    "DaskSegError",
+    "DestinationExistsError",
+    "SegmentationInputError",
+    "SegmentationTypeError",
+]
 
 
 class DaskSegError(Exception):
@@ -27,3 +34,7 @@ class SegmentationTypeError(DaskSegError, TypeError):
 
 class ClusterError(DaskSegError, RuntimeError):
     """The cluster lost the work and could not recover it (no workers, scheduler gone)."""
+
+
+class DestinationExistsError(DaskSegError, FileExistsError):
+    """The output file exists and ``overwrite`` was not asked for."""

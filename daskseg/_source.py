@@ -1,0 +1,59 @@
+"""Reading and checking the source image's metadata (never its pixel data)."""
+
+from __future__ import annotations
+
+import os
+
+import pydicom
+from highdicom.spatial import is_tiled_image
+from pydicom.dataset import Dataset
+
+from daskseg.errors import SegmentationInputError, SegmentationTypeError
+
+__all__ = ["load_source_image"]
+
+
+def load_source_image(source_image: Dataset | str | os.PathLike) -> Dataset:
+    """Return the source image's header, reading a file without its pixel data.
+
+    Raises
+    ------
+    SegmentationTypeError
+        If ``source_image`` is neither a Dataset nor a path.
+    SegmentationInputError
+        If the file cannot be read, or the image is not a tiled image (a total pixel matrix cut
+        into frames, such as a VL Whole Slide Microscopy Image).
+    """
+    if isinstance(source_image, (str, os.PathLike)):
+        try:
+            # A slide file can be many GB: its header is all the SEG needs.
+            dataset = pydicom.dcmread(source_image, stop_before_pixels=True)
+        except FileNotFoundError as error:
+            raise SegmentationInputError(f"The source image {source_image} does not exist.") from error
+        except pydicom.errors.InvalidDicomError as error:
+            raise SegmentationInputError(
+                f"The source image {source_image} is not a DICOM file: {error}"
+            ) from error
+    elif isinstance(source_image, Dataset):
+        dataset = source_image
+    else:
+        raise SegmentationTypeError(
+            "source_image must be a pydicom Dataset or the path of a DICOM file, "
+            f"not {type(source_image).__name__}."
+        )
+    missing = [
+        keyword
+        for keyword in ("SOPClassUID", "SOPInstanceUID", "Rows", "Columns")
+        if keyword not in dataset
+    ]
+    if missing:
+        raise SegmentationInputError(
+            f"The source image lacks {', '.join(missing)}; pass the DICOM header of the slide."
+        )
+    if not is_tiled_image(dataset):
+        raise SegmentationInputError(
+            "The source image is not a tiled image (it has no TotalPixelMatrixRows/Columns; "
+            f"SOP class {dataset.SOPClassUID.name}). daskseg writes SEGs of tiled images such "
+            "as VL Whole Slide Microscopy Images; use highdicom for other images."
+        )
+    return dataset

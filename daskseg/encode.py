@@ -1,0 +1,216 @@
+"""Block of the mask -> encoded frames. Runs on the workers: numpy and codecs only.
+
+A block covers whole tiles (the last block of a row or column may end in a partial tile, which
+is padded with zeros to the full tile size, as highdicom pads edge tiles). Each block task checks
+the values it sees, so checks that need the whole mask run in parallel and abort the write
+cleanly, and returns the encoded frames with the few facts the header needs: which tiles hold any
+non-zero pixel, and whether segments overlap anywhere in the block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from daskseg.errors import SegmentationInputError
+from daskseg.plan import FrameSpec
+
+__all__ = ["BlockResult", "encode_block", "encode_frame", "segment_frame"]
+
+
+@dataclass
+class BlockResult:
+    """What one block task sends back to the client."""
+
+    tile_row: int  # first tile row of the block
+    tile_column: int  # first tile column of the block
+    tile_nonempty: np.ndarray  # bool (block tile rows, block tile columns)
+    frames: list[tuple[int, int, int, bytes]]  # (channel, tile row, tile column, encoded)
+    overlap: bool  # some pixel belongs to more than one segment
+
+
+def check_block_values(block: np.ndarray, spec: FrameSpec, where: str) -> None:
+    """Raise SegmentationInputError if the block holds values the SEG cannot store."""
+    if block.size == 0 or block.dtype == bool:
+        return
+    kind = block.dtype.kind
+    if kind == "f":
+        if not np.isfinite(block).all():
+            raise SegmentationInputError(
+                f"The mask holds NaN or infinite values {where}; a mask must be finite."
+            )
+        low, high = float(block.min()), float(block.max())
+        if low < 0.0 or high > 1.0:
+            raise SegmentationInputError(
+                f"A floating-point mask must lie in [0, 1], but {where} it spans "
+                f"[{low}, {high}]."
+            )
+        if spec.segmentation_type != "FRACTIONAL" and not np.isin(block, (0.0, 1.0)).all():
+            raise SegmentationInputError(
+                f"A floating-point mask for a {spec.segmentation_type} SEG must hold only 0.0 "
+                f"and 1.0, but {where} it holds fractions; use segmentation_type='FRACTIONAL'."
+            )
+        return
+    low, high = int(block.min()), int(block.max())
+    if low < 0:
+        raise SegmentationInputError(
+            f"The mask holds negative values (as low as {low}) {where}; labels and "
+            "segment planes must be non-negative."
+        )
+    if not spec.stacked:
+        if high > spec.n_segments:
+            raise SegmentationInputError(
+                f"The label image holds the label {high} {where}, but only "
+                f"{spec.n_segments} segments are described; describe every label or remove it."
+            )
+    elif spec.segmentation_type == "FRACTIONAL":
+        if high > spec.max_fractional_value:
+            raise SegmentationInputError(
+                f"An integer FRACTIONAL mask holds stored values 0..max_fractional_value "
+                f"({spec.max_fractional_value}), but {where} it holds {high}."
+            )
+    elif high > 1:
+        raise SegmentationInputError(
+            f"A stack of segment planes for a {spec.segmentation_type} SEG must hold only 0 "
+            f"and 1, but {where} it holds {high}; pass a label image instead, or binarize."
+        )
+
+
+def segment_frame(tile: np.ndarray, spec: FrameSpec, channel: int) -> np.ndarray:
+    """The stored values of one frame: segment ``channel + 1`` of a tile, or the label map.
+
+    Follows highdicom's ``Segmentation._get_segment_pixel_array``: FRACTIONAL floats are scaled
+    by ``max_fractional_value`` and rounded, booleans and 0/1 label planes become 0 or the
+    maximum, LABELMAP stacks are combined into labels.
+    """
+    if spec.segmentation_type == "LABELMAP":
+        dtype = np.uint8 if spec.bits_allocated == 8 else np.uint16
+        if not spec.stacked:
+            return tile.astype(dtype, copy=False)
+        planes = tile.astype(bool, copy=False)
+        labels = planes.argmax(axis=-1).astype(dtype) + 1
+        return np.where(planes.any(axis=-1), labels, 0).astype(dtype, copy=False)
+
+    plane = tile[..., channel] if spec.stacked else tile
+    if spec.segmentation_type == "BINARY":
+        if spec.stacked:
+            return plane.astype(np.uint8, copy=False)
+        return (plane == channel + 1).astype(np.uint8)
+
+    # FRACTIONAL
+    scale = spec.max_fractional_value
+    if plane.dtype.kind == "f":
+        return np.around(plane * float(scale)).astype(np.uint8)
+    if not spec.stacked:
+        return ((plane == channel + 1) * scale).astype(np.uint8)
+    if plane.dtype == bool:
+        return (plane * scale).astype(np.uint8)
+    # Integer planes are already stored values in 0..max_fractional_value.
+    return plane.astype(np.uint8, copy=False)
+
+
+def encode_frame(frame: np.ndarray, spec: FrameSpec) -> bytes:
+    """Encode one frame's stored values with the SEG's transfer syntax.
+
+    Native 1-bit frames are packed on their own (LSB first); the writer joins them without
+    padding between frames (PS3.5 8.1.1), shifting bits where a frame does not fill whole bytes.
+    """
+    codec = spec.codec
+    if codec == "native":
+        if spec.bits_allocated == 1:
+            return np.packbits(frame.ravel(), bitorder="little").tobytes()
+        return frame.astype(frame.dtype.newbyteorder("<"), copy=False).tobytes()
+    if codec == "jpeg2k":
+        import imagecodecs
+
+        # imagecodecs releases the GIL and is faster than highdicom's pydicom/pylibjpeg path;
+        # a J2K codestream (not JP2), reversible 5/3 wavelet: lossless, as 1.2.840.10008.1.2.4.90.
+        return imagecodecs.jpeg2k_encode(
+            np.ascontiguousarray(frame),
+            level=0,
+            codecformat="J2K",
+            reversible=True,
+            bitspersample=spec.bits_allocated if spec.bits_allocated > 1 else 1,
+            mct=False,
+            numthreads=1,
+        )
+    if codec == "jpegls":
+        import imagecodecs
+
+        return imagecodecs.jpegls_encode(np.ascontiguousarray(frame), level=0)
+    # RLE Lossless: highdicom's frame encoder (pydicom with the pylibjpeg-rle plugin).
+    from highdicom.frame import encode_frame as hd_encode_frame
+
+    return hd_encode_frame(
+        np.ascontiguousarray(frame),
+        transfer_syntax_uid=spec.transfer_syntax_uid,
+        bits_allocated=spec.bits_allocated,
+        bits_stored=spec.bits_allocated,
+        photometric_interpretation="MONOCHROME2",
+        pixel_representation=0,
+    )
+
+
+def encode_block(
+    block: np.ndarray, spec: FrameSpec, tile_row: int, tile_column: int
+) -> BlockResult:
+    """Check a block of the mask and encode every frame of every tile it covers.
+
+    Parameters
+    ----------
+    block : numpy.ndarray
+        Rows x columns (x segments) of the mask, starting at tile ``(tile_row, tile_column)``.
+    spec : FrameSpec
+        The SEG's frame parameters.
+    tile_row, tile_column : int
+        Grid position of the block's first tile.
+
+    Returns
+    -------
+    BlockResult
+        Encoded frames in file order within the block, and the block's non-empty tiles.
+    """
+    block = np.asarray(block)
+    rows, columns = block.shape[:2]
+    th, tw = spec.tile_rows, spec.tile_columns
+    check_block_values(
+        block,
+        spec,
+        f"in rows {tile_row * th}..{tile_row * th + rows - 1}, "
+        f"columns {tile_column * tw}..{tile_column * tw + columns - 1}",
+    )
+    n_rows, n_columns = -(-rows // th), -(-columns // tw)
+    if block.shape[0] != n_rows * th or block.shape[1] != n_columns * tw:
+        # Edge block: pad with zeros to whole tiles, as highdicom pads edge tiles.
+        padding = [(0, n_rows * th - rows), (0, n_columns * tw - columns)]
+        padding += [(0, 0)] * (block.ndim - 2)
+        block = np.pad(block, padding)
+
+    # (tile rows, tile columns, th, tw[, segments]) views without copying.
+    tiles = block.reshape(n_rows, th, n_columns, tw, *block.shape[2:]).swapaxes(1, 2)
+    nonzero_axes = tuple(range(2, tiles.ndim))
+    tile_nonempty = tiles.any(axis=nonzero_axes)
+
+    overlap = False
+    if spec.stacked and spec.n_segments > 1 and block.dtype.kind != "f":
+        overlap = bool((block.astype(bool).sum(axis=-1, dtype=np.uint16) > 1).any())
+    elif spec.stacked and spec.n_segments > 1 and spec.segmentation_type != "FRACTIONAL":
+        overlap = bool((block.sum(axis=-1) > 1).any())
+    if overlap and spec.segmentation_type == "LABELMAP":
+        raise SegmentationInputError(
+            "Segments overlap (a pixel belongs to more than one segment plane), which a "
+            "LABELMAP SEG cannot store; use segmentation_type='BINARY'."
+        )
+
+    frames: list[tuple[int, int, int, bytes]] = []
+    for channel in range(spec.n_channels):
+        for r in range(n_rows):
+            for c in range(n_columns):
+                if spec.omit_empty_frames and not tile_nonempty[r, c]:
+                    continue
+                frame = segment_frame(tiles[r, c], spec, channel)
+                if spec.omit_empty_frames and not frame.any():
+                    continue
+                frames.append((channel, tile_row + r, tile_column + c, encode_frame(frame, spec)))
+    return BlockResult(tile_row, tile_column, tile_nonempty, frames, overlap)

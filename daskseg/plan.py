@@ -1,0 +1,136 @@
+"""The tile grid, segments and frame order of one SEG: pure functions, no I/O, no cluster.
+
+Frame order follows highdicom (and, for TILED_FULL, PS3.3 C.7.6.17.3): segment slowest, then
+tile row, then tile column. A LABELMAP SEG has one "segment" axis entry: all labels in one frame.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.uid import (
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+    UID,
+)
+
+__all__ = ["TileGrid", "FrameSpec", "aligned_chunks", "included_frames", "spatial_index_values"]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """A total pixel matrix of ``rows`` x ``columns`` cut into tiles of ``tile_rows`` x ``tile_columns``."""
+
+    rows: int
+    columns: int
+    tile_rows: int
+    tile_columns: int
+
+    @property
+    def n_tile_rows(self) -> int:
+        return math.ceil(self.rows / self.tile_rows)
+
+    @property
+    def n_tile_columns(self) -> int:
+        return math.ceil(self.columns / self.tile_columns)
+
+    @property
+    def n_tiles(self) -> int:
+        return self.n_tile_rows * self.n_tile_columns
+
+    @property
+    def pixels_per_frame(self) -> int:
+        return self.tile_rows * self.tile_columns
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """Everything a worker needs to turn a block of the mask into encoded frames.
+
+    Sent to the workers with every block task, so it holds only small, plain values.
+    """
+
+    segmentation_type: str  # "BINARY", "FRACTIONAL" or "LABELMAP"
+    n_segments: int
+    stacked: bool  # True: (rows, cols, segments) planes; False: a label image
+    tile_rows: int
+    tile_columns: int
+    transfer_syntax_uid: str
+    bits_allocated: int
+    max_fractional_value: int
+    omit_empty_frames: bool
+
+    @property
+    def n_channels(self) -> int:
+        """Frames per tile: one per segment, or one for a label map."""
+        return 1 if self.segmentation_type == "LABELMAP" else self.n_segments
+
+    @property
+    def is_native(self) -> bool:
+        return not UID(self.transfer_syntax_uid).is_encapsulated
+
+    @property
+    def codec(self) -> str:
+        if self.is_native:
+            return "native"
+        return {
+            JPEG2000Lossless: "jpeg2k",
+            JPEGLSLossless: "jpegls",
+            RLELossless: "rle",
+        }[UID(self.transfer_syntax_uid)]
+
+
+def aligned_chunks(
+    size: int, tile: int, hint: int, *, min_tiles: int = 1, max_tiles: int = 8
+) -> tuple[int, ...]:
+    """Chunk sizes along one axis: whole tiles per chunk, close to ``hint`` pixels.
+
+    Parameters
+    ----------
+    size : int
+        Length of the axis.
+    tile : int
+        Tile length along the axis.
+    hint : int
+        The chunk length the user's array has (aligned chunks near it keep rechunking cheap).
+    min_tiles, max_tiles : int
+        Bounds on tiles per chunk: few enough to keep a task's memory small, many enough to
+        amortize the scheduler's cost per task.
+
+    Returns
+    -------
+    tuple of int
+        Chunk lengths summing to ``size``; all but the last are multiples of ``tile``.
+    """
+    tiles = max(min_tiles, min(max_tiles, round(hint / tile) or 1))
+    step = tiles * tile
+    full, rest = divmod(size, step)
+    return (step,) * full + ((rest,) if rest else ())
+
+
+def included_frames(frame_lengths: np.ndarray) -> np.ndarray:
+    """Indices ``(channel, tile_row, tile_column)`` of the frames present, in file order.
+
+    ``frame_lengths`` has shape ``(channels, n_tile_rows, n_tile_columns)`` with -1 for an
+    omitted frame; C order of that array is the file order.
+    """
+    return np.argwhere(frame_lengths >= 0)
+
+
+def spatial_index_values(tile_nonempty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """1-based dimension index values of each tile row and column, as highdicom assigns them.
+
+    highdicom indexes a TILED_SPARSE frame's position among the distinct positions of the
+    *included* tiles (those with any non-zero pixel in any segment), so a tile row that is empty
+    everywhere takes no index. Returns arrays mapping tile row -> index and tile column -> index
+    (0 for a row or column without included tiles).
+    """
+    row_used = tile_nonempty.any(axis=1)
+    col_used = tile_nonempty.any(axis=0)
+    return (
+        np.where(row_used, np.cumsum(row_used), 0),
+        np.where(col_used, np.cumsum(col_used), 0),
+    )
