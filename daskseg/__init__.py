@@ -19,6 +19,9 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "ALLOWED_TRANSFER_SYNTAXES",
+    "DestinationExistsError",
+    "write_segmentation",
     "ClusterError",
     "DaskSegError",
     "SegmentationInputError",
