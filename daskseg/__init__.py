@@ -11,6 +11,7 @@ from daskseg.errors import (
     SegmentationInputError,
     SegmentationTypeError,
 )
+from daskseg._client import local_cluster
 from daskseg.write import ALLOWED_TRANSFER_SYNTAXES, write_segmentation
 
 try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+
+import dask
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,19 +13,41 @@ from distributed import Client, LocalCluster, default_client
 
 from daskseg.errors import SegmentationTypeError
 
-__all__ = ["cluster_client", "start_local_cluster"]
+__all__ = ["cluster_client", "local_cluster"]
 
 
-def start_local_cluster(n_workers: int | None = None, **options: Any) -> LocalCluster:
-    """A LocalCluster sized for this machine: one single-threaded worker process per core.
+def local_cluster(n_workers: int | None = None, **options: Any) -> LocalCluster:
+    """Start a LocalCluster set up for frame codecs: one single-threaded worker process per core.
 
-    Codecs hold the GIL in places (pydicom's RLE path), so processes, not threads.
+    Processes, not threads, because some codecs hold the GIL (pydicom's RLE path). And without
+    the ``MALLOC_TRIM_THRESHOLD_`` that distributed's nannies set by default: setting it turns
+    off glibc's dynamic mmap threshold, so every frame buffer of a codec is mmapped and unmapped
+    afresh, which makes JPEG 2000 encoding about 1.7x slower on these machines.
+
+    Parameters
+    ----------
+    n_workers : int, optional
+        Worker processes; by default one per core available to this process.
+    **options
+        Further ``distributed.LocalCluster`` arguments (``memory_limit``, ``dashboard_address``...).
+
+    Returns
+    -------
+    distributed.LocalCluster
+        A running cluster; close it (or use it as a context manager) when done.
+
+    Examples
+    --------
+    >>> with local_cluster(2, dashboard_address=None) as cluster:  # doctest: +SKIP
+    ...     write_segmentation(mask, source, segments, "seg.dcm", client=Client(cluster))
     """
     n_workers = n_workers or len(os.sched_getaffinity(0))
     options.setdefault("threads_per_worker", 1)
     options.setdefault("processes", True)
     options.setdefault("dashboard_address", ":0")
-    return LocalCluster(n_workers=n_workers, **options)
+    # Nannies read this when they are created and keep it for restarts of their worker.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        return LocalCluster(n_workers=n_workers, **options)
 
 
 @contextlib.contextmanager
@@ -44,5 +68,5 @@ def cluster_client(client: Client | None = None) -> Iterator[Client]:
         return
     except ValueError:  # no client exists in this process
         pass
-    with start_local_cluster() as cluster, Client(cluster, set_as_default=False) as own:
+    with local_cluster() as cluster, Client(cluster, set_as_default=False) as own:
         yield own

@@ -9,6 +9,7 @@ non-zero pixel, and whether segments overlap anywhere in the block.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from daskseg.errors import SegmentationInputError
 from daskseg.plan import FrameSpec
 
-__all__ = ["BlockResult", "encode_block", "encode_frame", "segment_frame"]
+__all__ = ["BlockResult", "encode_block", "encode_chunk", "encode_frame", "segment_frame"]
 
 
 @dataclass
@@ -210,7 +211,37 @@ def encode_block(
                 if spec.omit_empty_frames and not tile_nonempty[r, c]:
                     continue
                 frame = segment_frame(tiles[r, c], spec, channel)
-                if spec.omit_empty_frames and not frame.any():
+                low, high = frame.min(), frame.max()
+                if spec.omit_empty_frames and high == 0:
                     continue
-                frames.append((channel, tile_row + r, tile_column + c, encode_frame(frame, spec)))
+                if low == high:
+                    encoded = _encode_uniform(int(low), frame.dtype.str, spec)
+                else:
+                    encoded = encode_frame(frame, spec)
+                frames.append((channel, tile_row + r, tile_column + c, encoded))
     return BlockResult(tile_row, tile_column, tile_nonempty, frames, overlap)
+
+
+@functools.lru_cache(maxsize=64)
+def _encode_uniform(value: int, dtype: str, spec: FrameSpec) -> bytes:
+    """The encoding of a frame whose pixels all hold ``value``, made once per process.
+
+    Most frames of a slide's mask are empty or wholly inside one segment; encoding each of them
+    again would spend most of the codec's time on frames that are all the same.
+    """
+    frame = np.full((spec.tile_rows, spec.tile_columns), value, dtype=np.dtype(dtype))
+    return encode_frame(frame, spec)
+
+
+def encode_chunk(block: np.ndarray, spec: FrameSpec, block_info: dict | None = None) -> np.ndarray:
+    """``map_blocks`` form of :func:`encode_block`: a 1 x 1 object array holding its result.
+
+    As a blockwise task it fuses with the task that reads the block (from Zarr, say), so a
+    block is read and encoded in one task on one worker, never shipped between workers.
+    """
+    (row_start, _), (column_start, _) = block_info[0]["array-location"][:2]
+    result = np.empty((1, 1), dtype=object)
+    result[0, 0] = encode_block(
+        block, spec, row_start // spec.tile_rows, column_start // spec.tile_columns
+    )
+    return result

@@ -51,7 +51,7 @@ from pydicom.uid import (
 from daskseg._client import cluster_client
 from daskseg._progress import progress_bar
 from daskseg._source import load_source_image
-from daskseg.encode import BlockResult, encode_block, encode_frame
+from daskseg.encode import BlockResult, encode_chunk, encode_frame
 from daskseg.errors import (
     ClusterError,
     DestinationExistsError,
@@ -376,27 +376,27 @@ class _Spool:
 
 
 def _block_tasks(mask: da.Array, spec: FrameSpec) -> list[tuple[int, Any]]:
-    """One delayed encode task per block, with the number of frames it covers."""
-    blocks = mask.to_delayed(optimize_graph=True)
-    if blocks.ndim == 3:
-        blocks = blocks[:, :, 0]
-    row_starts = np.cumsum((0,) + mask.chunks[0][:-1]) // spec.tile_rows
-    column_starts = np.cumsum((0,) + mask.chunks[1][:-1]) // spec.tile_columns
-    encode = dask.delayed(encode_block, pure=True)
-    token = dask.base.tokenize(mask.name, spec)
+    """One delayed encode task per block (fused with the block's read), and its frame count."""
+    n_row_blocks, n_column_blocks = len(mask.chunks[0]), len(mask.chunks[1])
+    encoded = mask.map_blocks(
+        encode_chunk,
+        spec,
+        dtype=object,
+        chunks=((1,) * n_row_blocks, (1,) * n_column_blocks),
+        drop_axis=[2] if mask.ndim == 3 else [],
+        meta=np.empty((0, 0), dtype=object),
+        name=f"encode-frames-{dask.base.tokenize(mask.name, spec)}",
+    )
+    blocks = encoded.to_delayed(optimize_graph=True)
     tasks = []
-    for i, tile_row in enumerate(row_starts):
-        for j, tile_column in enumerate(column_starts):
+    for i, rows in enumerate(mask.chunks[0]):
+        for j, columns in enumerate(mask.chunks[1]):
             n_frames = (
-                math.ceil(mask.chunks[0][i] / spec.tile_rows)
-                * math.ceil(mask.chunks[1][j] / spec.tile_columns)
+                math.ceil(rows / spec.tile_rows)
+                * math.ceil(columns / spec.tile_columns)
                 * spec.n_channels
             )
-            task = encode(
-                blocks[i, j], spec, int(tile_row), int(tile_column),
-                dask_key_name=f"encode-frames-{token}-{i}-{j}",
-            )
-            tasks.append((n_frames, task))
+            tasks.append((n_frames, blocks[i, j]))
     return tasks
 
 
@@ -408,7 +408,8 @@ def _encode_blocks(
     bar: Any,
 ) -> bool:
     """Run the block tasks with a bounded window in flight; spool their frames. Returns overlap."""
-    window = max(4, 2 * sum(client.nthreads().values()))
+    threads = sum(client.nthreads().values())
+    window = max(8, 4 * threads)
     pending = iter(tasks)
     frames_of: dict[str, int] = {}
     overlap = False
@@ -429,7 +430,7 @@ def _encode_blocks(
         for future in queue:
             in_flight -= 1
             try:
-                result: BlockResult = future.result()
+                result: BlockResult = future.result()[0, 0]
             except SegmentationInputError:
                 raise
             except Exception as error:
@@ -448,8 +449,9 @@ def _encode_blocks(
             for channel, tile_row, tile_column, data in result.frames:
                 spool.add(channel, tile_row, tile_column, data)
             bar.update(frames_of.pop(future.key))
-            # Refill in groups: each compute call costs a graph submission.
-            if in_flight <= window // 2:
+            # Refill in groups (each compute call costs a graph submission), early enough that
+            # every worker still has a task queued behind the one it runs.
+            if in_flight <= window - threads:
                 more = submit(window - in_flight)
                 in_flight += len(more)
                 queue.update(more)

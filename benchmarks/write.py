@@ -1,0 +1,223 @@
+"""Benchmark of write_segmentation against highdicom, and its memory on a 4 GiB mask.
+
+Usage::
+
+    .venv/bin/python benchmarks/write.py            # both parts (about 10 minutes on 2 cores)
+    .venv/bin/python benchmarks/write.py --quick    # the 16384^2 comparison only
+
+Part 1: a 16384 x 16384 label mask in Zarr, five segments, BINARY, JPEG 2000 lossless,
+512-pixel tiles, TILED_FULL. It prints the codec floor (serial time of encoding the same frames
+alone divided by the number of worker processes), daskseg's time on a 2-process LocalCluster,
+highdicom's time given a ProcessPoolExecutor(2), and the peak memory of each (resident set
+summed over the process and its children).
+
+Part 2: a 65536 x 65536 label mask (4 GiB) in an on-disk Zarr store, three segments, same
+settings: the peak memory of the whole process tree, and sampled regions read back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from _common import OUT, emit, gib, run_step  # noqa: E402
+
+J2K = "1.2.840.10008.1.2.4.90"
+TILE = 512
+
+
+def make_zarr(rows: int, n_segments: int) -> pathlib.Path:
+    """Write the synthetic label mask to an on-disk Zarr store once and reuse it."""
+    import dask
+    import zarr
+
+    from daskseg.synthetic import make_tissue_mask
+
+    path = OUT / f"mask-{rows}-{n_segments}.zarr"
+    if (path / "zarr.json").exists():
+        return path
+    OUT.mkdir(exist_ok=True)
+    mask = make_tissue_mask(rows, rows, n_segments, chunks=2048)
+    target = zarr.create_array(
+        str(path), shape=mask.shape, chunks=(2048, 2048), dtype="uint8", overwrite=True
+    )
+    with dask.config.set(scheduler="threads", num_workers=2):
+        mask.store(target, lock=False)
+    return path
+
+
+def step_floor(zarr_path: str, n_segments: int, n_workers: int) -> None:
+    """Serial time of encoding every frame alone, in this process."""
+    import numpy as np
+    import zarr
+
+    from daskseg.encode import encode_frame, segment_frame
+    from daskseg.plan import FrameSpec
+
+    labels = zarr.open_array(zarr_path, mode="r")[:]
+    spec = FrameSpec("BINARY", n_segments, False, TILE, TILE, J2K, 1, 255, False)
+    rows, columns = labels.shape
+    tiles = [
+        labels[r : r + TILE, c : c + TILE]
+        for r in range(0, rows, TILE)
+        for c in range(0, columns, TILE)
+    ]
+    frames = [segment_frame(t, spec, s) for s in range(n_segments) for t in tiles]
+    start = time.perf_counter()
+    for frame in frames:
+        encode_frame(frame, spec)
+    serial = time.perf_counter() - start
+    emit({"serial": serial, "floor": serial / n_workers, "frames": len(frames)})
+    del np
+
+
+def step_daskseg(zarr_path: str, n_segments: int, output: str) -> None:
+    from distributed import Client
+
+    from daskseg import local_cluster, write_segmentation
+    from daskseg.synthetic import make_segment_descriptions, make_slide
+
+    import zarr
+
+    rows = zarr.open_array(zarr_path, mode="r").shape[0]
+    source = make_slide(rows, rows, tile_size=(TILE, TILE))
+    descriptions = make_segment_descriptions(n_segments)
+    with local_cluster(
+        2, dashboard_address=None, memory_limit="4GiB"
+    ) as cluster, Client(cluster) as client:
+        client.run(lambda: __import__("daskseg.write"))  # warm imports, as a live cluster has
+        start = time.perf_counter()
+        write_segmentation(
+            zarr_path, source, descriptions, output,
+            transfer_syntax_uid=J2K, dimension_organization_type="TILED_FULL",
+            client=client, overwrite=True,
+        )
+        elapsed = time.perf_counter() - start
+    emit({"time": elapsed, "size": os.path.getsize(output)})
+
+
+def step_highdicom(zarr_path: str, n_segments: int, output: str) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    import highdicom as hd
+    import zarr
+
+    from daskseg.synthetic import make_segment_descriptions, make_slide
+
+    start = time.perf_counter()
+    labels = zarr.open_array(zarr_path, mode="r")[:]
+    read = time.perf_counter() - start
+    source = make_slide(labels.shape[0], labels.shape[1], tile_size=(TILE, TILE))
+    with ProcessPoolExecutor(2) as pool:
+        pool.submit(int).result()  # start the processes outside the timing
+        start = time.perf_counter()
+        seg = hd.seg.Segmentation(
+            [source], labels[None], "BINARY", make_segment_descriptions(n_segments),
+            hd.UID(), 1, hd.UID(), 1, "m", "m", "1", "1",
+            transfer_syntax_uid=J2K, tile_pixel_array=True, tile_size=(TILE, TILE),
+            dimension_organization_type="TILED_FULL", omit_empty_frames=False, workers=pool,
+        )
+        seg.save_as(output)
+        elapsed = time.perf_counter() - start
+    emit({"time": elapsed, "read": read})
+
+
+def step_check(zarr_path: str, output: str) -> None:
+    """Decode sampled regions with highdicom (an independent reader) and compare with the mask."""
+    import highdicom as hd
+    import numpy as np
+    import zarr
+
+    labels = zarr.open_array(zarr_path, mode="r")
+    rows = labels.shape[0]
+    seg = hd.seg.segread(output, lazy_frame_retrieval=True)
+    rng = np.random.default_rng(1)
+    regions = 0
+    for _ in range(6):
+        r, c = (int(v) for v in rng.integers(0, rows - 1500, 2))
+        expected = labels[r : r + 1500, c : c + 1500]
+        got = seg.get_total_pixel_matrix(
+            row_start=r + 1, row_end=r + 1501, column_start=c + 1, column_end=c + 1501,
+            combine_segments=True,
+        )
+        if not np.array_equal(got, expected):
+            emit({"equal": False, "region": [r, c]})
+            return
+        regions += 1
+    emit({"equal": True, "regions": regions, "frames": int(seg.NumberOfFrames)})
+
+
+def step_big(zarr_path: str, n_segments: int, output: str) -> None:
+    from distributed import Client
+
+    from daskseg import local_cluster, write_segmentation
+    from daskseg.synthetic import make_segment_descriptions, make_slide
+
+    rows = 65536
+    source = make_slide(rows, rows, tile_size=(TILE, TILE))
+    with local_cluster(
+        2, dashboard_address=None, memory_limit="600MiB"
+    ) as cluster, Client(cluster) as client:
+        start = time.perf_counter()
+        write_segmentation(
+            zarr_path, source, make_segment_descriptions(n_segments), output,
+            transfer_syntax_uid=J2K, dimension_organization_type="TILED_FULL",
+            client=client, overwrite=True,
+        )
+        elapsed = time.perf_counter() - start
+    emit({"time": elapsed, "size": os.path.getsize(output)})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="only the 16384^2 comparison")
+    parser.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.step:
+        name, *rest = args.step
+        step = globals()[f"step_{name}"]
+        step(*[int(a) if a.isdigit() else a for a in rest])
+        return
+
+    script = str(pathlib.Path(__file__).resolve())
+    print(f"machine: {os.cpu_count()} cores; results in {OUT}")
+    mask16 = str(make_zarr(16384, 5))
+    ours16, theirs16 = str(OUT / "daskseg-16384.dcm"), str(OUT / "highdicom-16384.dcm")
+    floor = run_step(script, "floor", mask16, "5", "2")
+    ours = run_step(script, "daskseg", mask16, "5", ours16)
+    theirs = run_step(script, "highdicom", mask16, "5", theirs16)
+    check = run_step(script, "check", mask16, ours16)
+    mask_bytes = 16384 * 16384
+    print("\n16384 x 16384 label mask (Zarr), 5 segments, BINARY, JPEG 2000 lossless, 512 tiles, "
+          "TILED_FULL, 2 worker processes")
+    print(f"  codec floor: {floor['serial']:.2f} s serial for {floor['frames']} frames "
+          f"-> {floor['floor']:.2f} s on 2 workers")
+    print(f"  daskseg:   {ours['time']:6.2f} s  peak {gib(ours['peak_rss'])}  "
+          f"({ours['time'] / floor['floor']:.2f}x the codec floor; target <= 1.3x)")
+    print(f"  highdicom: {theirs['time']:6.2f} s  peak {gib(theirs['peak_rss'])}  "
+          f"(ProcessPoolExecutor(2); reading the Zarr mask took {theirs['read']:.2f} s more)")
+    print(f"  speed-up over highdicom: {theirs['time'] / ours['time']:.2f}x (target >= 1.4x)")
+    print(f"  memory: highdicom / daskseg = {theirs['peak_rss'] / ours['peak_rss']:.1f}x "
+          f"(target >= 4x); mask is {gib(mask_bytes)}")
+    print(f"  read back equal in {check.get('regions', 0)} sampled regions: {check['equal']}")
+    if args.quick:
+        return
+
+    mask64 = str(make_zarr(65536, 3))
+    ours64 = str(OUT / "daskseg-65536.dcm")
+    big = run_step(script, "big", mask64, "3", ours64)
+    check64 = run_step(script, "check", mask64, ours64)
+    print("\n65536 x 65536 label mask (4 GiB, on-disk Zarr), 3 segments, same settings")
+    print(f"  daskseg: {big['time']:.1f} s, peak {gib(big['peak_rss'])} for the whole process "
+          f"tree (target < 1.5 GB), file {big['size'] / 2**20:.0f} MiB")
+    print(f"  read back equal in {check64.get('regions', 0)} sampled regions "
+          f"({check64.get('frames')} frames): {check64['equal']}")
+
+
+if __name__ == "__main__":
+    main()
