@@ -22,6 +22,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "ALLOWED_TRANSFER_SYNTAXES",
     "DestinationExistsError",
+    "local_cluster",
     "write_segmentation",
     "ClusterError",
     "DaskSegError",
