@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import pathlib
 
 import pytest
 from distributed import Client, LocalCluster
+
+# distributed logs every worker start and stop at INFO: keep the test output readable.
+logging.getLogger("distributed").setLevel(logging.ERROR)
 
 TESTDATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
 
