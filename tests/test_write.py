@@ -369,3 +369,27 @@ def test_gdcmconv_decodes_every_frame(written_matrix, tmp_path):
             expected = original.get_stored_frame(index).ravel()
             got = pixels[(index - 1) * per_frame : index * per_frame]
             np.testing.assert_array_equal(got, expected, err_msg=path.name)
+
+
+@pytest.mark.parametrize("organization", ORGANIZATIONS)
+def test_tile_size_other_than_the_source_and_real_source_file(tmp_path, thread_client, testdata, organization):
+    """highdicom's own slide (10 x 10 frames) segmented with 16 x 16 tiles: same header."""
+    source = pydicom.dcmread(testdata / "sm_image.dcm", stop_before_pixels=True)
+    rows, columns = int(source.TotalPixelMatrixRows), int(source.TotalPixelMatrixColumns)
+    labels = make_tissue_mask(rows, columns, 2, chunks=(20, 30)).compute()
+    descriptions = make_segment_descriptions(2)
+    uids = (hd.UID(), hd.UID())
+    path = write_segmentation(
+        labels, testdata / "sm_image.dcm", descriptions, tmp_path / "seg.dcm", tile_size=16,
+        dimension_organization_type=organization, series_instance_uid=uids[0],
+        sop_instance_uid=uids[1], client=thread_client, **HD_OPTIONS,
+    )
+    theirs = highdicom_seg(
+        source, labels, "BINARY", descriptions, uids, tile_size=(16, 16),
+        dimension_organization_type=organization,
+        omit_empty_frames=organization == "TILED_SPARSE",
+    )
+    assert dataset_differences(pydicom.dcmread(path), theirs) == []
+    np.testing.assert_array_equal(
+        hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True), labels
+    )
