@@ -24,7 +24,6 @@ import os
 import pathlib
 import struct
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
@@ -492,7 +491,6 @@ def _write_pixel_data(
     order: np.ndarray,
     spec: FrameSpec,
     grid: TileGrid,
-    header: Dataset,
     implicit: bool,
     use_extended_offset_table: bool | None,
     empty_frame: bytes | None,
@@ -510,11 +508,7 @@ def _write_pixel_data(
     if spec.is_native:
         bits = spec.bits_allocated * grid.pixels_per_frame * n_frames
         length = -(-bits // 8)
-        length += length % 2
-        if length > _MAX_NATIVE_BYTES:
-            raise SegmentationInputError(  # checked earlier; kept as a guard
-                "Native pixel data above 4 GiB cannot be stored; use an encapsulated syntax."
-            )
+        length += length % 2  # write_segmentation checked that it fits 32 bits
         vr = "OB" if spec.bits_allocated <= 8 else "OW"
         out.write(_explicit_header(0x7FE00010, vr, length, implicit))
         written = 0
@@ -624,7 +618,7 @@ def _write_file(
                 for channel, tile_row, tile_column in order:
                     out.write(items.item(int(channel), int(tile_row), int(tile_column)))
                 out.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
-            _write_pixel_data(out, spool, order, spec, grid, header, implicit,
+            _write_pixel_data(out, spool, order, spec, grid, implicit,
                               use_extended_offset_table, empty_frame)
             out.flush()
             os.fsync(out.fileno())
