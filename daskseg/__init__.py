@@ -12,6 +12,7 @@ from daskseg.errors import (
     SegmentationTypeError,
 )
 from daskseg._client import local_cluster
+from daskseg.executor import DaskExecutor
 from daskseg.write import ALLOWED_TRANSFER_SYNTAXES, write_segmentation
 
 try:
@@ -20,6 +21,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "DaskExecutor",
     "ALLOWED_TRANSFER_SYNTAXES",
     "DestinationExistsError",
     "local_cluster",
