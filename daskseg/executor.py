@@ -69,6 +69,16 @@ class _Call:
     args: tuple
     kwargs: dict
     queued: float
+    nbytes: int
+
+
+def _payload(args: tuple, kwargs: dict) -> int:
+    """Bytes of the arrays and byte strings among a call's arguments (what dominates pickling)."""
+    return sum(
+        value.nbytes if hasattr(value, "nbytes") else len(value)
+        for value in itertools.chain(args, kwargs.values())
+        if hasattr(value, "nbytes") or isinstance(value, (bytes, bytearray))
+    )
 
 
 class DaskExecutor(Executor):
@@ -83,6 +93,9 @@ class DaskExecutor(Executor):
         it is closed by :meth:`shutdown`, the cluster is not.
     batch_size : int
         Most calls sent in one task.
+    batch_bytes : int
+        Most bytes of array and bytes arguments sent in one task (a batch holds at least one
+        call): big frames go in smaller batches, so transfers overlap with work.
     batch_delay : float
         Seconds a call may wait for others to join its batch when a worker is free.
     batches_per_thread : int
@@ -103,7 +116,8 @@ class DaskExecutor(Executor):
         client: Client | None = None,
         *,
         address: str | None = None,
-        batch_size: int = 32,
+        batch_size: int = 64,
+        batch_bytes: int = 8 * 2**20,
         batch_delay: float = 0.002,
         batches_per_thread: int = 2,
         **cluster_options: Any,
@@ -126,6 +140,7 @@ class DaskExecutor(Executor):
             raise TypeError(f"client must be a distributed.Client, not {type(client).__name__}.")
         self.client = client
         self._batch_size = batch_size
+        self._batch_bytes = batch_bytes
         self._batch_delay = batch_delay
         self._batches_per_thread = batches_per_thread
         self._lock = threading.Condition()
@@ -150,7 +165,9 @@ class DaskExecutor(Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._queue.append(_Call(future, fn, args, kwargs, time.monotonic()))
+            self._queue.append(
+                _Call(future, fn, args, kwargs, time.monotonic(), _payload(args, kwargs))
+            )
             self._lock.notify_all()
         return future
 
@@ -210,9 +227,15 @@ class DaskExecutor(Executor):
                 if self._queue and len(self._in_flight) < self._capacity():
                     wait = self._queue[0].queued + self._batch_delay - time.monotonic()
                     if len(self._queue) >= self._batch_size or wait <= 0 or self._shutdown:
-                        batch = []
-                        while self._queue and len(batch) < self._batch_size:
+                        batch: list[_Call] = []
+                        size = 0
+                        while (
+                            self._queue
+                            and len(batch) < self._batch_size
+                            and (not batch or size + self._queue[0].nbytes <= self._batch_bytes)
+                        ):
                             call = self._queue.popleft()
+                            size += call.nbytes
                             # A cancelled call is dropped; the rest can no longer be cancelled.
                             if call.future.set_running_or_notify_cancel():
                                 batch.append(call)
@@ -262,6 +285,9 @@ class DaskExecutor(Executor):
                 else:
                     call.future.set_exception(value)
         finally:
+            # The done callback's closure holds this list: empty it so that results live only
+            # as long as the caller's futures (map must not keep yielded results alive).
+            batch.clear()
             remote.release()
             with self._lock:
                 self._in_flight.pop(remote.key, None)
