@@ -13,6 +13,7 @@ from daskseg.errors import (
 )
 from daskseg._client import local_cluster
 from daskseg.executor import DaskExecutor
+from daskseg.read import SegmentationReader, open_segmentation, read_segmentation
 from daskseg.write import ALLOWED_TRANSFER_SYNTAXES, write_segmentation
 
 try:
@@ -21,6 +22,9 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "SegmentationReader",
+    "open_segmentation",
+    "read_segmentation",
     "DaskExecutor",
     "ALLOWED_TRANSFER_SYNTAXES",
     "DestinationExistsError",

@@ -444,7 +444,7 @@ def _encode_blocks(
         return futures
 
     first = submit(window)
-    queue = as_completed(first)
+    queue = as_completed(first, loop=client.loop)
     in_flight = len(first)
     try:
         for future in queue:

@@ -1,0 +1,607 @@
+"""Frame index, parallel decode, lazy arrays, to_zarr: reading SEGs of tiled images.
+
+The header is read once, without the pixel data. Each frame's bytes are located from the Basic
+or Extended Offset Table, or by walking the fragment items' headers when there is neither, and
+the tasks of the lazy array read them with positioned reads: a task's arguments are the byte
+ranges of its own frames, so slicing the array decodes only the frames it touches.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pydicom
+from dask.highlevelgraph import HighLevelGraph
+from pydicom.dataset import Dataset
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+
+from daskseg._progress import progress_bar
+from daskseg.errors import SegmentationInputError, SegmentationTypeError
+from daskseg.plan import TileGrid, aligned_chunks
+
+__all__ = ["SegmentationReader", "open_segmentation", "read_segmentation"]
+
+_ITEM = 0xE000FFFE  # (FFFE,E000) read as one little-endian uint32
+_SEQUENCE_END = 0xE0DDFFFE
+
+
+def _open(path: str):
+    """A binary file object for a local path or an fsspec URL."""
+    if "://" in path and not path.startswith("file://"):
+        import fsspec  # optional: only for URLs
+
+        return fsspec.open(path, "rb").open()
+    return open(path.removeprefix("file://"), "rb")
+
+
+def _read_ranges(handle, ranges: Sequence[tuple[int, int]]) -> bytes:
+    parts = []
+    for offset, length in ranges:
+        handle.seek(offset)
+        parts.append(handle.read(length))
+    return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class _Codec:
+    """How to turn a frame's bytes into an array (sent to every decode task)."""
+
+    kind: str  # "native", "jpeg2k", "jpegls" or "rle"
+    rows: int
+    columns: int
+    bits_allocated: int
+    pixel_offset: int  # native: file offset of the first pixel byte
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint16 if self.bits_allocated == 16 else np.uint8)
+
+    def ranges(self, index: int) -> list[tuple[int, int]]:
+        """Native frames: the byte range holding frame ``index`` (0-based)."""
+        pixels = self.rows * self.columns
+        if self.bits_allocated == 1:
+            first, last = index * pixels, (index + 1) * pixels
+            return [(self.pixel_offset + first // 8, -(-last // 8) - first // 8)]
+        size = pixels * self.bits_allocated // 8
+        return [(self.pixel_offset + index * size, size)]
+
+    def decode(self, data: bytes, index: int) -> np.ndarray:
+        shape = (self.rows, self.columns)
+        if self.kind == "native":
+            if self.bits_allocated == 1:
+                # PS3.5 8.1.1: frames are packed back to back; this one starts mid-byte when
+                # earlier frames did not fill whole bytes.
+                start = index * self.rows * self.columns % 8
+                bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
+                return bits[start : start + self.rows * self.columns].reshape(shape)
+            return np.frombuffer(data, self.dtype.newbyteorder("<")).reshape(shape)
+        if self.kind == "jpeg2k":
+            import imagecodecs
+
+            array = imagecodecs.jpeg2k_decode(data)
+        elif self.kind == "jpegls":
+            import imagecodecs
+
+            array = imagecodecs.jpegls_decode(data)
+        else:
+            import rle
+
+            array = np.frombuffer(
+                rle.decode_pixel_data(
+                    data, version=2, rows=self.rows, columns=self.columns,
+                    bits_allocated=self.bits_allocated, samples_per_pixel=1,
+                ),
+                self.dtype.newbyteorder("<"),
+            )
+        return np.asarray(array, dtype=self.dtype).reshape(shape)
+
+
+def _decode_chunk(
+    path: str,
+    codec: _Codec,
+    frames: list[list[tuple[int, list[tuple[int, int]]] | None]],
+    tiles: tuple[int, int],
+    shape: tuple[int, int],
+) -> np.ndarray:
+    """Stored values of one chunk: (rows, columns, channels), zeros where frames are absent.
+
+    ``frames[k][t]`` is ``(frame index, byte ranges)`` of channel ``k`` at the chunk's tile ``t``
+    (row-major), or None for an omitted frame.
+    """
+    n_rows, n_columns = tiles
+    out = np.zeros((n_rows * codec.rows, n_columns * codec.columns, len(frames)), codec.dtype)
+    with _open(path) as handle:
+        for k, channel in enumerate(frames):
+            for t, frame in enumerate(channel):
+                if frame is None:
+                    continue
+                index, ranges = frame
+                r, c = divmod(t, n_columns)
+                out[r * codec.rows : (r + 1) * codec.rows,
+                    c * codec.columns : (c + 1) * codec.columns, k] = codec.decode(
+                    _read_ranges(handle, ranges), index
+                )
+    return out[: shape[0], : shape[1]]
+
+
+def _smallest_uint(value: int) -> np.dtype:
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if value <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.uint64)
+
+
+def _to_output(
+    stored: np.ndarray,
+    segmentation_type: str,
+    labels: Sequence[int],
+    combine_segments: bool,
+    rescale: float | None,
+    dtype: np.dtype,
+) -> np.ndarray:
+    """highdicom's get_total_pixel_matrix semantics, applied to one chunk of stored values.
+
+    ``labels`` are the output values of the requested segments (their numbers, or 1..n when
+    relabelled); ``stored`` holds one channel per requested segment, or the label map.
+    """
+    if segmentation_type == "LABELMAP":
+        values = stored[..., 0]
+        if not combine_segments:
+            return np.stack([values == number for number in labels[1]], axis=-1).astype(dtype)
+        lookup = np.zeros(int(max(values.max(initial=0), max(labels[1]))) + 1, dtype=dtype)
+        lookup[list(labels[1])] = labels[0]
+        return lookup[values]
+    if not combine_segments:
+        if rescale is not None:
+            return (stored.astype(np.float32) / rescale).astype(dtype, copy=False)
+        return stored.astype(dtype, copy=False)
+    if segmentation_type == "FRACTIONAL":
+        # Combining needs binary values: 0 or MaximumFractionalValue (passed as rescale).
+        if np.any((stored != 0) & (stored != rescale)):
+            raise ValueError(  # as highdicom
+                "Cannot combine the segments of a FRACTIONAL SEG whose values are not all 0 or "
+                "MaximumFractionalValue; read with combine_segments=False."
+            )
+    present = stored > 0
+    if np.any(present.sum(axis=-1) > 1):
+        raise RuntimeError(
+            "Segments overlap, so they cannot be combined into one label image; read with "
+            "combine_segments=False."
+        )
+    out = np.zeros(stored.shape[:2], dtype=dtype)
+    for k, label in enumerate(labels[0]):
+        out[present[..., k]] = label
+    return out
+
+
+class SegmentationReader:
+    """A DICOM Segmentation of a tiled image, opened for lazy, parallel reading.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A local path, or an fsspec URL (needs fsspec).
+
+    Attributes
+    ----------
+    segmentation_type : str
+        "BINARY", "FRACTIONAL" or "LABELMAP".
+    segment_numbers : list of int
+    segment_descriptions : list of highdicom.seg.SegmentDescription
+    tile_size : tuple of int
+        Rows and columns of a frame.
+    grid_shape : tuple of int
+        Tiles along rows and columns.
+    shape : tuple of int
+        Rows and columns of the total pixel matrix.
+    number_of_frames : int
+    transfer_syntax_uid : pydicom.uid.UID
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        import highdicom as hd
+
+        self.path = os.fspath(path)
+        try:
+            with _open(self.path) as handle:
+                header = pydicom.dcmread(handle, stop_before_pixels=True)
+                pixel_element = handle.tell()  # dcmread stops at the Pixel Data element
+                self._codec, self._frame_ranges = self._locate_frames(handle, header, pixel_element)
+        except FileNotFoundError as error:
+            raise SegmentationInputError(f"{self.path} does not exist.") from error
+        except pydicom.errors.InvalidDicomError as error:
+            raise SegmentationInputError(f"{self.path} is not a DICOM file: {error}") from error
+        self.header = header
+        self.segmentation_type = str(header.SegmentationType)
+        # A label map describes its background (the PixelPaddingValue) as a segment too;
+        # like highdicom, it is not one of the segments read.
+        padding = header.get("PixelPaddingValue")
+        items = [item for item in header.SegmentSequence if item.SegmentNumber != padding]
+        self.segment_descriptions = [hd.seg.SegmentDescription.from_dataset(i) for i in items]
+        self.segment_numbers = [int(item.SegmentNumber) for item in items]
+        self.tile_size = (int(header.Rows), int(header.Columns))
+        self.shape = (int(header.TotalPixelMatrixRows), int(header.TotalPixelMatrixColumns))
+        self.number_of_frames = int(header.get("NumberOfFrames", 1))
+        self.transfer_syntax_uid = header.file_meta.TransferSyntaxUID
+        self._grid = TileGrid(*self.shape, *self.tile_size)
+        self.grid_shape = (self._grid.n_tile_rows, self._grid.n_tile_columns)
+        self._frame_table = self._index_frames(header)
+
+    # --------------------------------------------------------------- header
+
+    @staticmethod
+    def _locate_frames(handle, header: Dataset, start: int) -> tuple[_Codec, list | None]:
+        if "SegmentSequence" not in header:
+            raise SegmentationInputError(
+                f"{handle.name if hasattr(handle, 'name') else 'The file'} is not a DICOM "
+                "Segmentation (no SegmentSequence)."
+            )
+        if "TotalPixelMatrixRows" not in header:
+            raise SegmentationInputError(
+                "The SEG is not of a tiled image (no TotalPixelMatrixRows); read it with "
+                "highdicom.seg.segread instead."
+            )
+        syntax = header.file_meta.TransferSyntaxUID
+        kinds = {JPEG2000Lossless: "jpeg2k", JPEGLSLossless: "jpegls", RLELossless: "rle"}
+        if syntax.is_encapsulated and syntax not in kinds:
+            raise SegmentationInputError(f"Transfer syntax {syntax.name} is not supported.")
+        implicit = syntax.is_implicit_VR
+        handle.seek(start)
+        group, element = struct.unpack("<HH", handle.read(4))
+        if (group, element) != (0x7FE0, 0x0010):
+            raise SegmentationInputError("The SEG has no Pixel Data.")
+        if implicit:
+            (length,) = struct.unpack("<I", handle.read(4))
+        else:
+            handle.read(4)  # VR and reserved bytes
+            (length,) = struct.unpack("<I", handle.read(4))
+        value_start = handle.tell()
+        codec = _Codec(
+            kind=kinds.get(syntax, "native"),
+            rows=int(header.Rows),
+            columns=int(header.Columns),
+            bits_allocated=int(header.BitsAllocated),
+            pixel_offset=value_start,
+        )
+        if not syntax.is_encapsulated:
+            return codec, None
+
+        # Encapsulated (PS3.5 A.4): a Basic Offset Table item, then fragment items.
+        tag, bot_length = struct.unpack("<II", handle.read(8))
+        if tag != _ITEM:
+            raise SegmentationInputError("Corrupt encapsulated Pixel Data: no offset table item.")
+        bot = np.frombuffer(handle.read(bot_length), "<u4").astype(np.int64)
+        first_fragment = handle.tell()
+        n_frames = int(header.get("NumberOfFrames", 1))
+        if "ExtendedOffsetTable" in header:
+            offsets = np.frombuffer(header.ExtendedOffsetTable, "<u8").astype(np.int64)
+            lengths = np.frombuffer(header.ExtendedOffsetTableLengths, "<u8").astype(np.int64)
+            # Each offset points at an item header (8 bytes); one fragment a frame.
+            return codec, [
+                [(first_fragment + int(o) + 8, int(n))] for o, n in zip(offsets, lengths)
+            ]
+        fragments = []  # (item offset relative to the first fragment, data offset, length)
+        position = first_fragment
+        while True:
+            handle.seek(position)
+            header_bytes = handle.read(8)
+            if len(header_bytes) < 8:
+                break
+            tag, item_length = struct.unpack("<II", header_bytes)
+            if tag == _SEQUENCE_END:
+                break
+            if tag != _ITEM:
+                raise SegmentationInputError("Corrupt encapsulated Pixel Data: bad item tag.")
+            fragments.append((position - first_fragment, position + 8, item_length))
+            position += 8 + item_length
+        if len(bot):
+            starts = {relative: i for i, (relative, _, _) in enumerate(fragments)}
+            bounds = [starts[int(o)] for o in bot] + [len(fragments)]
+            return codec, [
+                [(data, size) for _, data, size in fragments[bounds[i] : bounds[i + 1]]]
+                for i in range(n_frames)
+            ]
+        if len(fragments) == n_frames:
+            return codec, [[(data, size)] for _, data, size in fragments]
+        if n_frames == 1:
+            return codec, [[(data, size) for _, data, size in fragments]]
+        raise SegmentationInputError(
+            f"{len(fragments)} fragments for {n_frames} frames and no offset table: frames "
+            "split over several fragments need a Basic or Extended Offset Table."
+        )
+
+    def _index_frames(self, header: Dataset) -> np.ndarray:
+        """Frame index (0-based, -1 if absent) of each (channel, tile row, tile column)."""
+        labelmap = self.segmentation_type == "LABELMAP"
+        n_channels = 1 if labelmap else len(self.segment_numbers)
+        table = np.full((n_channels, *self.grid_shape), -1, dtype=np.int64)
+        if header.get("DimensionOrganizationType") == "TILED_FULL":
+            # PS3.3 C.7.6.17.3: implicit order, segment slowest, then tile row, then column.
+            n = min(self.number_of_frames, table.size)
+            table.reshape(-1)[:n] = np.arange(n)
+            return table
+        shared = header.SharedFunctionalGroupsSequence[0]
+        shared_segment = None
+        if "SegmentIdentificationSequence" in shared:
+            shared_segment = int(shared.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        channel_of = {number: k for k, number in enumerate(self.segment_numbers)}
+        tile_rows, tile_columns = self.tile_size
+        for index, item in enumerate(header.PerFrameFunctionalGroupsSequence):
+            position = item.PlanePositionSlideSequence[0]
+            row = (int(position.RowPositionInTotalImagePixelMatrix) - 1) // tile_rows
+            column = (int(position.ColumnPositionInTotalImagePixelMatrix) - 1) // tile_columns
+            if labelmap:
+                channel = 0
+            elif "SegmentIdentificationSequence" in item:
+                channel = channel_of[
+                    int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+                ]
+            else:
+                channel = channel_of[shared_segment]
+            table[channel, row, column] = index
+        return table
+
+    # --------------------------------------------------------------- arrays
+
+    def to_dask(
+        self,
+        *,
+        segment_numbers: Sequence[int] | None = None,
+        combine_segments: bool = False,
+        relabel: bool = False,
+        rescale_fractional: bool = True,
+        dtype: Any = None,
+        chunks: int | tuple[int, int] | None = None,
+    ) -> da.Array:
+        """The total pixel matrix as a lazy Dask array; see :func:`read_segmentation`."""
+        numbers = list(self.segment_numbers if segment_numbers is None else segment_numbers)
+        unknown = sorted(set(numbers) - set(self.segment_numbers))
+        if unknown or not numbers:
+            raise SegmentationInputError(
+                f"Segment numbers {unknown or numbers} are not in this SEG; it holds "
+                f"{self.segment_numbers}."
+            )
+        labelmap = self.segmentation_type == "LABELMAP"
+        fractional = self.segmentation_type == "FRACTIONAL"
+        output_labels = list(range(1, len(numbers) + 1)) if relabel else numbers
+        rescale = None
+        if fractional and (rescale_fractional or combine_segments):
+            rescale = float(self.header.MaximumFractionalValue)
+        if dtype is None:
+            if combine_segments:
+                dtype = _smallest_uint(max(output_labels))
+            elif fractional and rescale_fractional:
+                dtype = np.float32
+            else:
+                dtype = np.uint8
+        dtype = np.dtype(dtype)
+        if fractional and combine_segments:
+            rescale_for_output: float | None = rescale
+        else:
+            rescale_for_output = rescale if (fractional and rescale_fractional) else None
+
+        tile_rows, tile_columns = self.tile_size
+        if chunks is None:
+            chunks = (2048, 2048)
+        elif isinstance(chunks, int):
+            chunks = (chunks, chunks)
+        row_chunks = aligned_chunks(self.shape[0], tile_rows, chunks[0], max_tiles=64)
+        column_chunks = aligned_chunks(self.shape[1], tile_columns, chunks[1], max_tiles=64)
+        channels = [0] if labelmap else [self.segment_numbers.index(n) for n in numbers]
+        labels = (output_labels, numbers) if labelmap else (output_labels,)
+        out_chunks: tuple[tuple[int, ...], ...] = (row_chunks, column_chunks)
+        if not combine_segments:
+            out_chunks += ((len(numbers),),)
+        token = dask.base.tokenize(
+            self.path, os.path.getmtime(self.path) if os.path.exists(self.path) else 0,
+            numbers, combine_segments, relabel, rescale_fractional, dtype, out_chunks,
+        )
+        name = f"decode-seg-{token}"
+        graph: dict = {}
+        row_start = 0
+        for i, n_rows in enumerate(row_chunks):
+            column_start = 0
+            for j, n_columns in enumerate(column_chunks):
+                tile_row, tile_column = row_start // tile_rows, column_start // tile_columns
+                tiles = (-(-n_rows // tile_rows), -(-n_columns // tile_columns))
+                frames = []
+                for channel in channels:
+                    block = self._frame_table[
+                        channel, tile_row : tile_row + tiles[0], tile_column : tile_column + tiles[1]
+                    ].ravel()
+                    frames.append([
+                        None if index < 0 else (int(index), self._ranges(int(index)))
+                        for index in block
+                    ])
+                stored = (_decode_chunk, self.path, self._codec, frames, tiles, (n_rows, n_columns))
+                task = (_to_output, stored, self.segmentation_type, labels, combine_segments,
+                        rescale_for_output, dtype)
+                key = (name, i, j) if combine_segments else (name, i, j, 0)
+                graph[key] = task
+                column_start += n_columns
+            row_start += n_rows
+        meta = np.empty((0,) * len(out_chunks), dtype=dtype)
+        return da.Array(HighLevelGraph.from_collections(name, graph, dependencies=[]), name,
+                        out_chunks, meta=meta)
+
+    def _ranges(self, index: int) -> list[tuple[int, int]]:
+        if self._frame_ranges is None:
+            return self._codec.ranges(index)
+        return self._frame_ranges[index]
+
+    def to_zarr(
+        self,
+        store: Any,
+        *,
+        segment_numbers: Sequence[int] | None = None,
+        combine_segments: bool = False,
+        relabel: bool = False,
+        rescale_fractional: bool = True,
+        dtype: Any = None,
+        chunks: int | tuple[int, int] | None = None,
+        overwrite: bool = False,
+        progress: bool = False,
+        client: Any = None,
+    ):
+        """Decode the SEG into a Zarr array, block by block with bounded memory.
+
+        Parameters
+        ----------
+        store : str, os.PathLike or zarr store
+            Where to create the array.
+        segment_numbers, combine_segments, relabel, rescale_fractional, dtype, chunks
+            As :meth:`to_dask`; the Zarr array's chunks are the Dask array's.
+        overwrite : bool
+            Replace an existing array at ``store``.
+        progress : bool
+            Show a progress bar of blocks decoded (and the dashboard link).
+        client : distributed.Client, optional
+            Run on this cluster; by default the current client, or Dask's threads if none.
+
+        Returns
+        -------
+        zarr.Array
+        """
+        import zarr
+        from distributed import as_completed, default_client
+
+        array = self.to_dask(
+            segment_numbers=segment_numbers, combine_segments=combine_segments, relabel=relabel,
+            rescale_fractional=rescale_fractional, dtype=dtype, chunks=chunks,
+        )
+        target = zarr.create_array(
+            store, shape=array.shape, chunks=tuple(c[0] for c in array.chunks),
+            dtype=array.dtype, overwrite=overwrite,
+        )
+        stores = da.store(array, target, lock=False, compute=False, return_stored=False)
+        if client is None:
+            try:
+                client = default_client()
+            except ValueError:
+                client = None
+        n_blocks = int(np.prod(array.numblocks))
+        with progress_bar(n_blocks, "decoding blocks", enabled=progress, client=client,
+                          unit="block") as bar:
+            if client is None:
+                from dask.callbacks import Callback
+
+                class _Count(Callback):
+                    def _posttask(self, key, result, dsk, state, worker_id):
+                        if isinstance(key, tuple) and str(key[0]).startswith("store-map"):
+                            bar.update(1)
+
+                with _Count():
+                    dask.compute(stores, scheduler="threads")
+            else:
+                # One task per block, each reading its frames and writing its region: memory
+                # on each worker is one block at a time, whatever the SEG's size.
+                blocks = [
+                    dask.delayed(_store_block)(array.blocks[index], target, region)
+                    for index, region in _block_regions(array)
+                ]
+                window = max(4, 4 * sum(client.nthreads().values()))
+                pending = iter(blocks)
+                futures = client.compute([b for _, b in zip(range(window), pending)])
+                queue = as_completed(futures, loop=client.loop)
+                for future in queue:
+                    future.result()
+                    future.release()
+                    bar.update(1)
+                    more = next(pending, None)
+                    if more is not None:
+                        queue.add(client.compute(more))
+        return target
+
+
+def _block_regions(array: da.Array):
+    starts = [np.cumsum((0,) + c[:-1]) for c in array.chunks]
+    for index in np.ndindex(*array.numblocks):
+        region = tuple(
+            slice(int(starts[d][k]), int(starts[d][k]) + array.chunks[d][k])
+            for d, k in enumerate(index)
+        )
+        yield index, region
+
+
+def _store_block(block: np.ndarray, target: Any, region: tuple[slice, ...]) -> int:
+    target[region] = block
+    return block.size
+
+
+def open_segmentation(path: str | os.PathLike) -> SegmentationReader:
+    """Open a SEG of a tiled image for lazy, parallel reading (header only).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A local path or an fsspec URL.
+
+    Returns
+    -------
+    SegmentationReader
+        Its segments, type and tile grid, and ``to_dask`` / ``to_zarr``.
+
+    Examples
+    --------
+    >>> seg = open_segmentation("seg.dcm")  # doctest: +SKIP
+    >>> seg.segment_numbers, seg.grid_shape  # doctest: +SKIP
+    ([1, 2, 3], (32, 32))
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise SegmentationTypeError(f"path must be a str or os.PathLike, not {type(path).__name__}.")
+    return SegmentationReader(path)
+
+
+def read_segmentation(
+    path: str | os.PathLike,
+    *,
+    segment_numbers: Sequence[int] | None = None,
+    combine_segments: bool = False,
+    relabel: bool = False,
+    rescale_fractional: bool = True,
+    dtype: Any = None,
+    chunks: int | tuple[int, int] | None = None,
+) -> da.Array:
+    """Read a SEG of a tiled image as a lazy Dask array of its total pixel matrix.
+
+    The values equal highdicom's ``Segmentation.get_total_pixel_matrix`` with the same
+    arguments; frames are decoded in parallel by the tasks, and only those a slice touches.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A local path or an fsspec URL.
+    segment_numbers : sequence of int, optional
+        Segments to read, in this order; all by default.
+    combine_segments : bool
+        Combine the segments into one label image (rows, columns); otherwise stack them on
+        the last axis (rows, columns, segments). Overlapping segments cannot be combined.
+    relabel : bool
+        With ``combine_segments``, label segment ``segment_numbers[i]`` as ``i + 1``.
+    rescale_fractional : bool
+        FRACTIONAL SEGs: values as fractions in [0, 1] (float32); else the stored integers.
+    dtype : numpy dtype, optional
+        Output type; chosen as highdicom does by default.
+    chunks : int or (int, int), optional
+        Chunk size in pixels, rounded to whole tiles; about 2048 by default.
+
+    Returns
+    -------
+    dask.array.Array
+
+    Examples
+    --------
+    >>> labels = read_segmentation("seg.dcm", combine_segments=True)  # doctest: +SKIP
+    >>> labels[:1024, :1024].compute()  # decodes only the frames of that region  # doctest: +SKIP
+    """
+    return open_segmentation(path).to_dask(
+        segment_numbers=segment_numbers, combine_segments=combine_segments, relabel=relabel,
+        rescale_fractional=rescale_fractional, dtype=dtype, chunks=chunks,
+    )
