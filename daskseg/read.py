@@ -8,6 +8,7 @@ ranges of its own frames, so slicing the array decodes only the frames it touche
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Sequence
@@ -85,7 +86,7 @@ class _Codec:
         if self.kind == "jpeg2k":
             import imagecodecs
 
-            array = imagecodecs.jpeg2k_decode(data)
+            array = imagecodecs.jpeg2k_decode(data, numthreads=1)
         elif self.kind == "jpegls":
             import imagecodecs
 
@@ -103,31 +104,92 @@ class _Codec:
         return np.asarray(array, dtype=self.dtype).reshape(shape)
 
 
-def _decode_chunk(
+@functools.lru_cache(maxsize=256)
+def _decode_small(codec: _Codec, data: bytes) -> tuple[np.ndarray, bool]:
+    """Decode a short codestream once per process; also say whether any pixel is non-zero.
+
+    Empty frames, and frames wholly inside one segment, compress to the same few bytes all over
+    a slide; decoding them again and again would take most of the time.
+    """
+    array = codec.decode(data, 0)  # encapsulated frames decode alike wherever they are
+    array.flags.writeable = False
+    return array, bool(array.any())
+
+
+def _frame(
+    codec: _Codec, handle: Any, frame: tuple[int, list[tuple[int, int]]]
+) -> tuple[np.ndarray, bool]:
+    """A frame's stored values, and whether any is non-zero."""
+    index, ranges = frame
+    data = _read_ranges(handle, ranges)
+    if codec.kind != "native" and len(data) < 4096:
+        return _decode_small(codec, data)
+    array = codec.decode(data, index)
+    return array, bool(array.any())
+
+
+def _read_chunk(
     path: str,
     codec: _Codec,
     frames: list[list[tuple[int, list[tuple[int, int]]] | None]],
     tiles: tuple[int, int],
     shape: tuple[int, int],
+    segmentation_type: str,
+    labels: tuple[list[int], list[int]],
+    combine_segments: bool,
+    rescale: float | None,
+    dtype: np.dtype,
 ) -> np.ndarray:
-    """Stored values of one chunk: (rows, columns, channels), zeros where frames are absent.
+    """Decode the frames of one chunk into highdicom's ``get_total_pixel_matrix`` values.
 
-    ``frames[k][t]`` is ``(frame index, byte ranges)`` of channel ``k`` at the chunk's tile ``t``
-    (row-major), or None for an omitted frame.
+    ``frames[k][t]`` is ``(frame index, byte ranges)`` of channel ``k`` (a requested segment, or
+    the label map) at the chunk's tile ``t`` in row-major order, or None for an omitted frame.
+    ``labels`` holds the output label of each requested segment and its segment number.
     """
     n_rows, n_columns = tiles
-    out = np.zeros((n_rows * codec.rows, n_columns * codec.columns, len(frames)), codec.dtype)
+    th, tw = codec.rows, codec.columns
+    labelmap = segmentation_type == "LABELMAP"
+    output_labels, numbers = labels
+    n_out = len(numbers)
+    shape_out = (n_rows * th, n_columns * tw) + (() if combine_segments else (n_out,))
+    out = np.zeros(shape_out, dtype=dtype)
+    lookup = None
+    if labelmap and combine_segments:
+        lookup = np.zeros(2 ** codec.bits_allocated, dtype=dtype)
+        lookup[numbers] = output_labels
     with _open(path) as handle:
-        for k, channel in enumerate(frames):
-            for t, frame in enumerate(channel):
-                if frame is None:
-                    continue
-                index, ranges = frame
-                r, c = divmod(t, n_columns)
-                out[r * codec.rows : (r + 1) * codec.rows,
-                    c * codec.columns : (c + 1) * codec.columns, k] = codec.decode(
-                    _read_ranges(handle, ranges), index
-                )
+        for t in range(n_rows * n_columns):
+            r, c = divmod(t, n_columns)
+            tile = out[r * th : (r + 1) * th, c * tw : (c + 1) * tw]
+            for k, channel in enumerate(frames):
+                if channel[t] is None:
+                    continue  # an omitted frame reads as zeros
+                values, nonzero = _frame(codec, handle, channel[t])
+                if not nonzero:
+                    continue  # the output is zero there already
+                if labelmap:
+                    if combine_segments:
+                        tile[...] = lookup[values]
+                    else:
+                        for j, number in enumerate(numbers):
+                            tile[..., j] = values == number
+                elif not combine_segments:
+                    tile[..., k] = values if rescale is None else values / np.float32(rescale)
+                else:
+                    if segmentation_type == "FRACTIONAL" and np.any(
+                        (values != 0) & (values != rescale)
+                    ):
+                        raise ValueError(  # as highdicom
+                            "Cannot combine the segments of a FRACTIONAL SEG whose values are "
+                            "not all 0 or MaximumFractionalValue; use combine_segments=False."
+                        )
+                    present = values > 0
+                    if k and np.any(present & (tile != 0)):
+                        raise RuntimeError(  # as highdicom
+                            "Segments overlap, so they cannot be combined into one label image; "
+                            "read with combine_segments=False."
+                        )
+                    tile[present] = output_labels[k]
     return out[: shape[0], : shape[1]]
 
 
@@ -136,49 +198,6 @@ def _smallest_uint(value: int) -> np.dtype:
         if value <= np.iinfo(dtype).max:
             return np.dtype(dtype)
     return np.dtype(np.uint64)
-
-
-def _to_output(
-    stored: np.ndarray,
-    segmentation_type: str,
-    labels: Sequence[int],
-    combine_segments: bool,
-    rescale: float | None,
-    dtype: np.dtype,
-) -> np.ndarray:
-    """highdicom's get_total_pixel_matrix semantics, applied to one chunk of stored values.
-
-    ``labels`` are the output values of the requested segments (their numbers, or 1..n when
-    relabelled); ``stored`` holds one channel per requested segment, or the label map.
-    """
-    if segmentation_type == "LABELMAP":
-        values = stored[..., 0]
-        if not combine_segments:
-            return np.stack([values == number for number in labels[1]], axis=-1).astype(dtype)
-        lookup = np.zeros(int(max(values.max(initial=0), max(labels[1]))) + 1, dtype=dtype)
-        lookup[list(labels[1])] = labels[0]
-        return lookup[values]
-    if not combine_segments:
-        if rescale is not None:
-            return (stored.astype(np.float32) / rescale).astype(dtype, copy=False)
-        return stored.astype(dtype, copy=False)
-    if segmentation_type == "FRACTIONAL":
-        # Combining needs binary values: 0 or MaximumFractionalValue (passed as rescale).
-        if np.any((stored != 0) & (stored != rescale)):
-            raise ValueError(  # as highdicom
-                "Cannot combine the segments of a FRACTIONAL SEG whose values are not all 0 or "
-                "MaximumFractionalValue; read with combine_segments=False."
-            )
-    present = stored > 0
-    if np.any(present.sum(axis=-1) > 1):
-        raise RuntimeError(
-            "Segments overlap, so they cannot be combined into one label image; read with "
-            "combine_segments=False."
-        )
-    out = np.zeros(stored.shape[:2], dtype=dtype)
-    for k, label in enumerate(labels[0]):
-        out[present[..., k]] = label
-    return out
 
 
 class SegmentationReader:
@@ -395,7 +414,7 @@ class SegmentationReader:
         row_chunks = aligned_chunks(self.shape[0], tile_rows, chunks[0], max_tiles=64)
         column_chunks = aligned_chunks(self.shape[1], tile_columns, chunks[1], max_tiles=64)
         channels = [0] if labelmap else [self.segment_numbers.index(n) for n in numbers]
-        labels = (output_labels, numbers) if labelmap else (output_labels,)
+        labels = (output_labels, numbers)
         out_chunks: tuple[tuple[int, ...], ...] = (row_chunks, column_chunks)
         if not combine_segments:
             out_chunks += ((len(numbers),),)
@@ -420,9 +439,9 @@ class SegmentationReader:
                         None if index < 0 else (int(index), self._ranges(int(index)))
                         for index in block
                     ])
-                stored = (_decode_chunk, self.path, self._codec, frames, tiles, (n_rows, n_columns))
-                task = (_to_output, stored, self.segmentation_type, labels, combine_segments,
-                        rescale_for_output, dtype)
+                task = (_read_chunk, self.path, self._codec, frames, tiles, (n_rows, n_columns),
+                        self.segmentation_type, labels, combine_segments, rescale_for_output,
+                        dtype)
                 key = (name, i, j) if combine_segments else (name, i, j, 0)
                 graph[key] = task
                 column_start += n_columns

@@ -136,13 +136,13 @@ def test_slicing_decodes_only_the_frames_it_touches(tmp_path, monkeypatch):
     path = highdicom_file(tmp_path, "BINARY", JPEG2000Lossless, "TILED_FULL", rows=512,
                           columns=512, tile=(64, 64))
     decoded = []
-    original = daskseg.read._Codec.decode
+    original = daskseg.read._frame
 
-    def counting(self, data, index):
-        decoded.append(index)
-        return original(self, data, index)
+    def counting(codec, handle, frame):
+        decoded.append(frame[0])
+        return original(codec, handle, frame)
 
-    monkeypatch.setattr(daskseg.read._Codec, "decode", counting)
+    monkeypatch.setattr(daskseg.read, "_frame", counting)
     array = read_segmentation(path, combine_segments=True, chunks=64)
     region = array[130:190, 70:120]  # tile rows 2..2, tile columns 1..1
     with dask.config.set(scheduler="synchronous"):

@@ -1,0 +1,130 @@
+"""Benchmark of read_segmentation against highdicom, and to_zarr of a SEG larger than memory.
+
+Usage::
+
+    .venv/bin/python benchmarks/read.py          # needs the SEGs of benchmarks/write.py, or makes them
+
+Part 1: a 16384 x 16384 five-segment BINARY JPEG 2000 SEG (512-pixel tiles, TILED_FULL) decoded
+to a label image: daskseg on a 2-process LocalCluster against highdicom's
+``segread(...).get_total_pixel_matrix(combine_segments=True)``, each in its own process, with its
+peak memory.
+
+Part 2: ``to_zarr`` of the 65536 x 65536 three-segment SEG (its label image is 4 GiB) with
+workers limited to 600 MiB each: time and peak memory of the whole process tree.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from _common import OUT, emit, gib, run_step  # noqa: E402
+
+J2K = "1.2.840.10008.1.2.4.90"
+
+
+def ensure_seg(rows: int, n_segments: int) -> pathlib.Path:
+    """The SEG that benchmarks/write.py writes, made here if it is missing."""
+    path = OUT / f"daskseg-{rows}.dcm"
+    if path.exists():
+        return path
+    from distributed import Client
+
+    from daskseg import local_cluster, write_segmentation
+    from daskseg.synthetic import make_segment_descriptions, make_slide
+    from write import make_zarr
+
+    mask = make_zarr(rows, n_segments)
+    with local_cluster(2, dashboard_address=None) as cluster, Client(cluster) as client:
+        write_segmentation(
+            str(mask), make_slide(rows, rows, tile_size=(512, 512)),
+            make_segment_descriptions(n_segments), path, transfer_syntax_uid=J2K,
+            dimension_organization_type="TILED_FULL", client=client,
+        )
+    return path
+
+
+def step_daskseg(path: str) -> None:
+    import numpy as np
+    from distributed import Client
+
+    from daskseg import local_cluster, read_segmentation
+
+    with local_cluster(2, dashboard_address=None) as cluster, Client(cluster) as client:
+        client.run(lambda: __import__("daskseg.read"))  # warm imports, as a live cluster has
+        start = time.perf_counter()
+        labels = client.compute(read_segmentation(path, combine_segments=True)).result()
+        elapsed = time.perf_counter() - start
+    emit({"time": elapsed, "checksum": int(labels.astype(np.uint64).sum())})
+
+
+def step_highdicom(path: str) -> None:
+    import highdicom as hd
+    import numpy as np
+
+    start = time.perf_counter()
+    labels = hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True)
+    elapsed = time.perf_counter() - start
+    emit({"time": elapsed, "checksum": int(labels.astype(np.uint64).sum())})
+
+
+def step_to_zarr(path: str, store: str) -> None:
+    import shutil
+
+    import numpy as np
+    import zarr
+    from distributed import Client
+
+    from daskseg import local_cluster, open_segmentation
+
+    shutil.rmtree(store, ignore_errors=True)
+    with local_cluster(2, dashboard_address=None, memory_limit="600MiB") as cluster, \
+            Client(cluster) as client:
+        start = time.perf_counter()
+        seg = open_segmentation(path)
+        seg.to_zarr(store, combine_segments=True, client=client)
+        elapsed = time.perf_counter() - start
+    written = zarr.open_array(store, mode="r")
+    # A spot check against highdicom's decoding of the same region.
+    import highdicom as hd
+
+    region = hd.seg.segread(path, lazy_frame_retrieval=True).get_total_pixel_matrix(
+        row_start=30001, row_end=31001, column_start=20001, column_end=21001,
+        combine_segments=True,
+    )
+    equal = bool(np.array_equal(written[30000:31000, 20000:21000], region))
+    emit({"time": elapsed, "shape": list(written.shape), "equal": equal,
+          "mask_bytes": int(np.prod(written.shape)) * written.dtype.itemsize})
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--step":
+        name, *rest = sys.argv[2:]
+        globals()[f"step_{name}"](*rest)
+        return
+    script = str(pathlib.Path(__file__).resolve())
+    seg16 = str(ensure_seg(16384, 5))
+    ours = run_step(script, "daskseg", seg16)
+    theirs = run_step(script, "highdicom", seg16)
+    print(f"machine: {os.cpu_count()} cores")
+    print("\n16384 x 16384 five-segment BINARY JPEG 2000 SEG (512 tiles) -> label image")
+    print(f"  daskseg (2-process LocalCluster): {ours['time']:6.2f} s  peak {gib(ours['peak_rss'])}")
+    print(f"  highdicom get_total_pixel_matrix: {theirs['time']:6.2f} s  "
+          f"peak {gib(theirs['peak_rss'])}")
+    print(f"  speed-up: {theirs['time'] / ours['time']:.2f}x (target >= 1.6x); same labels: "
+          f"{ours['checksum'] == theirs['checksum']}")
+
+    seg64 = str(ensure_seg(65536, 3))
+    big = run_step(script, "to_zarr", seg64, str(OUT / "decoded-65536.zarr"))
+    print("\nto_zarr of the 65536 x 65536 three-segment SEG, workers limited to 600 MiB each")
+    print(f"  {big['time']:.1f} s, peak {gib(big['peak_rss'])} for the whole process tree; "
+          f"the label image is {gib(big['mask_bytes'])}; region equal to highdicom's: "
+          f"{big['equal']}")
+
+
+if __name__ == "__main__":
+    main()
