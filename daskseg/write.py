@@ -228,6 +228,10 @@ def _proxy_header(
     # One non-zero pixel per segment, on different pixels: every segment present, none
     # overlapping, so highdicom takes the same branches as for the real mask.
     shape = (1, *tile, n_segments) if stacked else (1, *tile)
+    # highdicom branches on the kind of values (bool, unsigned, float), and takes no signed or
+    # wide integers: those map to the unsigned type that holds every segment number.
+    if dtype.kind in "iu":
+        dtype = np.dtype(np.uint8 if n_segments < 256 else np.uint16)
     proxy = np.zeros(shape, dtype=dtype)
     flat = proxy.reshape(-1, n_segments) if stacked else proxy.reshape(-1)
     for index in range(min(n_segments, flat.shape[0])):
@@ -476,7 +480,7 @@ def _encode_blocks(
                 in_flight += len(more)
                 queue.update(more)
     except BaseException:
-        for future in queue.futures:
+        for future in list(queue.futures):
             future.cancel()
         raise
     return overlap
