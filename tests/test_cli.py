@@ -1,0 +1,160 @@
+"""The daskseg command, run as a user would: a subprocess, and main() in process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import zarr
+
+from daskseg.cli import main, segment_descriptions_from_dcmqi
+from daskseg.synthetic import make_slide, make_tissue_mask
+
+ROWS, COLUMNS = 300, 400
+
+DCMQI = {
+    "ContentCreatorName": "Reader^One",
+    "ClinicalTrialSeriesID": "Session1",
+    "SeriesDescription": "Tumor segmentation",
+    "SeriesNumber": "300",
+    "InstanceNumber": "1",
+    "segmentAttributes": [[
+        {
+            "labelID": 1,
+            "SegmentDescription": "Tumor",
+            "SegmentLabel": "tumor",
+            "SegmentAlgorithmType": "AUTOMATIC",
+            "SegmentAlgorithmName": "my-model",
+            "SegmentedPropertyCategoryCodeSequence": {
+                "CodeValue": "49755003", "CodingSchemeDesignator": "SCT",
+                "CodeMeaning": "Morphologically Altered Structure"},
+            "SegmentedPropertyTypeCodeSequence": {
+                "CodeValue": "108369006", "CodingSchemeDesignator": "SCT",
+                "CodeMeaning": "Neoplasm"},
+            "recommendedDisplayRGBValue": [255, 0, 0],
+        },
+        {
+            "labelID": 2,
+            "SegmentLabel": "stroma",
+            "SegmentAlgorithmType": "MANUAL",
+            "SegmentedPropertyCategoryCodeSequence": {
+                "CodeValue": "85756007", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Tissue"},
+            "SegmentedPropertyTypeCodeSequence": {
+                "CodeValue": "85756007", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Tissue"},
+            "SegmentedPropertyTypeModifierCodeSequence": {
+                "CodeValue": "7771000", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Left"},
+            "AnatomicRegionSequence": {
+                "CodeValue": "76752008", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Breast"},
+        },
+    ]],
+}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    source = make_slide(ROWS, COLUMNS, tile_size=(64, 64))
+    source.save_as(folder / "slide.dcm", enforce_file_format=True)
+    labels = make_tissue_mask(ROWS, COLUMNS, 2, chunks=100).compute()
+    np.save(folder / "mask.npy", labels)
+    store = zarr.create_array(str(folder / "mask.zarr"), shape=labels.shape, chunks=(128, 128),
+                              dtype="uint8")
+    store[:] = labels
+    (folder / "dcmqi.json").write_text(json.dumps(DCMQI))
+    return folder, labels
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "daskseg", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_encode_a_zarr_mask_with_labels_then_info_and_decode(inputs, tmp_path):
+    folder, labels = inputs
+    out = tmp_path / "seg.dcm"
+    done = run("encode", str(folder / "mask.zarr"), str(folder / "slide.dcm"), "-o", str(out),
+               "--label", "tumor", "--label", "stroma", "--transfer-syntax", "jpeg2000",
+               "--workers", "1", "--quiet")
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(
+        hd.seg.segread(out).get_total_pixel_matrix(combine_segments=True), labels
+    )
+    assert [s.SegmentLabel for s in pydicom.dcmread(out).SegmentSequence] == ["tumor", "stroma"]
+
+    info = run("info", str(out))
+    assert info.returncode == 0, info.stderr
+    assert "BINARY" in info.stdout and "JPEG 2000 Image Compression (Lossless Only)" in info.stdout
+    assert "300 x 400 pixels" in info.stdout and "grid 5 x 7" in info.stdout
+    assert "tumor" in info.stdout and "stroma" in info.stdout
+
+    decoded = tmp_path / "decoded.zarr"
+    assert main(["decode", str(out), "-o", str(decoded), "--combine-segments", "--threads", "1",
+                 "--quiet"]) == 0
+    np.testing.assert_array_equal(zarr.open_array(str(decoded), mode="r")[:], labels)
+
+
+def test_encode_npy_with_dcmqi_metadata(inputs, tmp_path):
+    folder, labels = inputs
+    out = tmp_path / "seg.dcm"
+    assert main(["encode", str(folder / "mask.npy"), str(folder / "slide.dcm"), "-o", str(out),
+                 "--metadata", str(folder / "dcmqi.json"), "--organization", "tiled_full",
+                 "--type", "labelmap", "--transfer-syntax", "rle", "--threads", "2",
+                 "--quiet"]) == 0
+    ds = pydicom.dcmread(out)
+    assert ds.SegmentationType == "LABELMAP" and ds.DimensionOrganizationType == "TILED_FULL"
+    assert ds.ContentCreatorName == "Reader^One" and int(ds.SeriesNumber) == 300
+    segments = {int(s.SegmentNumber): s for s in ds.SegmentSequence}
+    assert segments[1].SegmentLabel == "tumor" and segments[1].SegmentDescription == "Tumor"
+    assert segments[2].SegmentAlgorithmType == "MANUAL"
+    modifier = segments[2].SegmentedPropertyTypeCodeSequence[0]
+    assert modifier.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning == "Left"
+    assert segments[2].AnatomicRegionSequence[0].CodeMeaning == "Breast"
+    np.testing.assert_array_equal(
+        hd.seg.segread(out).get_total_pixel_matrix(combine_segments=True), labels
+    )
+
+
+def test_dcmqi_metadata_parsing():
+    descriptions, options = segment_descriptions_from_dcmqi(DCMQI)
+    assert [int(d.SegmentNumber) for d in descriptions] == [1, 2]
+    assert options == {"content_creator_name": "Reader^One",
+                       "content_description": "Tumor segmentation", "series_number": 300,
+                       "instance_number": 1}
+    assert "RecommendedDisplayCIELabValue" in descriptions[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["encode", "missing.zarr", "slide.dcm", "-o", "x.dcm", "--label", "a"], "does not exist"),
+    (["encode", "mask.npy", "slide.dcm", "-o", "x.dcm"], "--metadata FILE or with --label"),
+    (["encode", "mask.npy", "slide.dcm", "-o", "x.dcm", "--label", "a", "--transfer-syntax",
+      "1.2.840.10008.1.2.4.50"], "lossy"),
+    (["encode", "mask.npy", "slide.dcm", "-o", "x.dcm", "--label", "a", "--tile-size", "big"],
+     "--tile-size takes N or RxC"),
+    (["info", "nothing.dcm"], "does not exist"),
+])
+def test_user_errors_are_one_line(inputs, args, message):
+    folder, _ = inputs
+    args = [str(folder / a) if a in ("mask.npy", "slide.dcm") else a for a in args]
+    done = run(*args, *(["--threads", "1"] if args[0] == "encode" else []))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("daskseg: error:") and message in lines[-1], done.stderr
+
+
+def test_usage_error_exits_2():
+    done = run("encode")
+    assert done.returncode == 2 and "usage" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_demo(tmp_path):
+    done = run("demo", "--size", "2048", "--out", str(tmp_path), "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    assert "equal to the mask" in done.stdout
+    assert "megapixels/s" in done.stdout
+    assert (tmp_path / "segmentation.dcm").exists()
