@@ -1,0 +1,218 @@
+"""Real clusters and their faults: killed workers, a lost cluster, dask scheduler/worker processes."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import CancelledError
+
+import dask
+import dask.array as da
+import highdicom as hd
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+from daskseg import ClusterError, DaskExecutor, read_segmentation, write_segmentation
+from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
+
+ROWS, COLUMNS, TILE = 512, 768, 128
+
+
+def die_once(block, marker, block_info=None):
+    """Kill this worker process the first time any worker computes the block at (0, 0)."""
+    if block_info[None]["chunk-location"][:2] == (0, 0):
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            return block
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return block
+
+
+def always_die(block, block_info=None):
+    if block_info[None]["chunk-location"][:2] == (1, 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return block
+
+
+def slow(block):
+    time.sleep(0.3)
+    return block
+
+
+def kill_self_once(marker, value):
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL)
+    except FileExistsError:
+        return value * 2
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_self(_):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def double(x):
+    return 2 * x
+
+
+@pytest.fixture
+def fresh_cluster():
+    """A cluster of two nanny-managed worker processes that a test may break."""
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+                               memory_limit="2GiB")
+    client = Client(cluster, set_as_default=False)
+    yield cluster, client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    source = make_slide(ROWS, COLUMNS, tile_size=(TILE, TILE))
+    labels = make_tissue_mask(ROWS, COLUMNS, 3, chunks=256)
+    return source, labels, make_segment_descriptions(3)
+
+
+@pytest.mark.timeout(240)
+def test_killed_worker_is_recovered_and_the_file_equals_the_mask(tmp_path, fresh_cluster, inputs):
+    _, client = fresh_cluster
+    source, labels, descriptions = inputs
+    marker = str(tmp_path / "killed-once")
+    mask = labels.map_blocks(die_once, marker, dtype=labels.dtype)
+    path = write_segmentation(mask, source, descriptions, tmp_path / "seg.dcm",
+                              transfer_syntax_uid="1.2.840.10008.1.2.4.90", client=client)
+    assert os.path.exists(marker)  # a worker really died
+    np.testing.assert_array_equal(
+        hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True), labels.compute()
+    )
+    assert sorted(os.listdir(tmp_path)) == ["killed-once", "seg.dcm"]
+
+
+@pytest.mark.timeout(240)
+def test_unrecoverable_worker_deaths_raise_and_leave_nothing(tmp_path, fresh_cluster, inputs):
+    _, client = fresh_cluster
+    source, labels, descriptions = inputs
+    out = tmp_path / "out"
+    out.mkdir()
+    mask = labels.map_blocks(always_die, dtype=labels.dtype)
+    with pytest.raises(ClusterError, match="cluster failed"):
+        write_segmentation(mask, source, descriptions, out / "seg.dcm", client=client)
+    assert os.listdir(out) == []
+
+
+@pytest.mark.timeout(240)
+def test_lost_cluster_raises_and_leaves_nothing(tmp_path, fresh_cluster, inputs):
+    cluster, client = fresh_cluster
+    source, labels, descriptions = inputs
+    mask = labels.rechunk(TILE).map_blocks(slow, dtype=labels.dtype)
+    threading.Timer(1.5, cluster.close).start()
+    with pytest.raises((ClusterError, OSError, CancelledError)):
+        write_segmentation(mask, source, descriptions, tmp_path / "seg.dcm", client=client)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.timeout(240)
+def test_executor_survives_or_reports_killed_workers(tmp_path, fresh_cluster):
+    _, client = fresh_cluster
+    with DaskExecutor(client, batch_size=1) as executor:
+        marker = str(tmp_path / "killed-once")
+        # Killed once: dask reruns the batch on the restarted worker.
+        assert executor.submit(kill_self_once, marker, 21).result(timeout=120) == 42
+        # Killed every time: a clear error, not a hang; other calls still succeed.
+        doomed = executor.submit(kill_self, 0)
+        with pytest.raises(ClusterError, match="lost a batch"):
+            doomed.result(timeout=120)
+        assert executor.submit(double, 4).result(timeout=120) == 8
+
+
+# --------------------------------------------------------------------------- dask CLI cluster
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def dask_cli_cluster(tmp_path_factory):
+    """`dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    folder = tmp_path_factory.mktemp("dask-cli")
+    dask_command = str(pathlib.Path(sys.executable).with_name("dask"))
+    processes = [subprocess.Popen(
+        [dask_command, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+         "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=folder,
+    )]
+    try:
+        for _ in range(2):
+            processes.append(subprocess.Popen(
+                [dask_command, "worker", address, "--nthreads", "1", "--nworkers", "1",
+                 "--no-dashboard", "--host", "127.0.0.1", "--local-directory", str(folder)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=folder,
+            ))
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.mark.timeout(300)
+def test_writer_and_reader_on_a_dask_cli_cluster(tmp_path, dask_cli_cluster, inputs):
+    source, labels, descriptions = inputs
+    with Client(dask_cli_cluster) as client:
+        assert len(client.scheduler_info()["workers"]) == 2
+        path = write_segmentation(labels, source, descriptions, tmp_path / "seg.dcm",
+                                  transfer_syntax_uid="1.2.840.10008.1.2.4.90", client=client)
+        got = client.compute(read_segmentation(path, combine_segments=True)).result()
+    np.testing.assert_array_equal(got, labels.compute())
+    np.testing.assert_array_equal(
+        hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True), labels.compute()
+    )
+
+
+@pytest.mark.timeout(300)
+def test_executor_by_address_with_highdicom(dask_cli_cluster, inputs):
+    source, labels, descriptions = inputs
+    mask = labels.compute()
+
+    def build(workers):
+        return hd.seg.Segmentation(
+            [source], mask[None], "BINARY", descriptions, hd.UID(), 1, hd.UID(), 1, "m", "m",
+            "1", "1", transfer_syntax_uid="1.2.840.10008.1.2.4.90", tile_pixel_array=True,
+            dimension_organization_type="TILED_FULL", omit_empty_frames=False, workers=workers,
+        ).PixelData
+
+    with DaskExecutor(address=dask_cli_cluster) as executor:
+        assert build(executor) == build(0)
+        pids = {f.result(timeout=60) for f in [executor.submit(os.getpid) for _ in range(20)]}
+    assert os.getpid() not in pids
+
+
+def test_uniform_mask_of_ones(tmp_path, inputs):
+    """Every frame full: the cached encoding of a uniform frame serves all of them."""
+    source, _, descriptions = inputs
+    big = da.ones((ROWS, COLUMNS), dtype=np.uint8, chunks=TILE)
+    with Client(processes=False, n_workers=1, dashboard_address=None) as client:
+        path = write_segmentation(big, source, descriptions, tmp_path / "seg.dcm",
+                                  dimension_organization_type="TILED_FULL", client=client)
+    assert (hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True) == 1).all()
