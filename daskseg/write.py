@@ -158,10 +158,24 @@ def _check_destination(path: str | os.PathLike, overwrite: bool) -> pathlib.Path
     return path
 
 
-def _normalize_mask(mask: da.Array, n_segments: int) -> tuple[da.Array, bool]:
-    """Drop a leading axis of length 1; return the mask and whether segments are stacked."""
-    if mask.ndim in (3, 4) and mask.shape[0] == 1:
+def _normalize_mask(
+    mask: da.Array, n_segments: int, expected: tuple[int, int] | None
+) -> tuple[da.Array, bool]:
+    """Drop a leading axis of length 1; return the mask and whether segments are stacked.
+
+    A 3-D mask of one row, ``(1, columns, segments)``, is a stack when its shape matches the
+    source's total pixel matrix (or, without one to compare, its last axis has one entry per
+    segment); otherwise ``(1, rows, columns)`` is a label image with a leading axis.
+    """
+    if mask.ndim == 4 and mask.shape[0] == 1:
         mask = mask[0]
+    elif mask.ndim == 3 and mask.shape[0] == 1:
+        is_stack = (
+            tuple(mask.shape[:2]) == expected if expected is not None
+            else mask.shape[2] == n_segments
+        )
+        if not is_stack:
+            mask = mask[0]
     if mask.ndim == 2:
         stacked = False
     elif mask.ndim == 3:
@@ -794,11 +808,13 @@ def write_segmentation(
             "use a larger tile_size or a native transfer syntax."
         )
 
-    array, stacked = _normalize_mask(_as_dask_array(mask), len(numbers))
     geometry_given = any(
         key in highdicom_options for key in ("pixel_measures", "plane_positions", "plane_orientation")
     )
     expected = (int(source.TotalPixelMatrixRows), int(source.TotalPixelMatrixColumns))
+    array, stacked = _normalize_mask(
+        _as_dask_array(mask), len(numbers), None if geometry_given else expected
+    )
     if not geometry_given and tuple(array.shape[:2]) != expected:
         raise SegmentationInputError(
             f"The mask has shape {tuple(array.shape[:2])} but the source's total pixel matrix "

@@ -1,0 +1,81 @@
+"""Property-based round trips: any small mask, tile size, chunking and organization reads back equal."""
+
+from __future__ import annotations
+
+import dask.array as da
+import highdicom as hd
+import numpy as np
+import pytest
+from distributed import Client
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from daskseg import read_segmentation, write_segmentation
+from daskseg.synthetic import make_segment_descriptions, make_slide
+
+J2K = "1.2.840.10008.1.2.4.90"
+NATIVE = "1.2.840.10008.1.2.1"
+
+
+@pytest.fixture(scope="module")
+def client():
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
+        yield c
+
+
+@st.composite
+def cases(draw):
+    segmentation_type = draw(st.sampled_from(["BINARY", "LABELMAP", "FRACTIONAL"]))
+    syntax = draw(st.sampled_from([NATIVE, J2K]))
+    low = 32 if syntax == J2K else 1
+    tile = (draw(st.integers(low, 64)), draw(st.integers(low, 64)))
+    rows, columns = draw(st.integers(1, 150)), draw(st.integers(1, 150))
+    n_segments = draw(st.integers(1, 4))
+    stacked = segmentation_type == "FRACTIONAL" or draw(st.booleans())
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    # Blobs rather than noise, with empty regions, so that frames are omitted and compress.
+    coarse = rng.integers(0, n_segments + 1, size=(rows // 16 + 1, columns // 16 + 1))
+    labels = np.kron(coarse, np.ones((16, 16), dtype=np.int64))[:rows, :columns].astype(np.uint8)
+    if segmentation_type == "FRACTIONAL":
+        levels = rng.integers(0, 256, size=labels.shape) / 255.0
+        mask = np.stack([(labels == k + 1) * levels for k in range(n_segments)], -1)
+        mask = mask.astype(np.float32)
+    elif stacked:
+        mask = np.stack([(labels == k + 1) for k in range(n_segments)], -1).astype(np.uint8)
+    else:
+        mask = labels
+    chunks = (draw(st.integers(1, max(1, rows))), draw(st.integers(1, max(1, columns))))
+    organization = draw(st.sampled_from(["TILED_SPARSE", "TILED_FULL"]))
+    return dict(segmentation_type=segmentation_type, syntax=syntax, tile=tile, mask=mask,
+                labels=labels, n_segments=n_segments, chunks=chunks, organization=organization)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=cases())
+def test_round_trip(tmp_path_factory, client, case):
+    rows, columns = case["labels"].shape
+    source = make_slide(rows, columns, tile_size=case["tile"])
+    mask = da.from_array(case["mask"], chunks=case["chunks"] + case["mask"].shape[2:])
+    path = write_segmentation(
+        mask, source,
+        make_segment_descriptions(case["n_segments"], segmentation_type=case["segmentation_type"]),
+        tmp_path_factory.mktemp("prop") / "seg.dcm",
+        segmentation_type=case["segmentation_type"], transfer_syntax_uid=case["syntax"],
+        dimension_organization_type=case["organization"], client=client,
+    )
+    highdicom_view = hd.seg.segread(path)
+    if case["segmentation_type"] == "FRACTIONAL":
+        stored = np.around(case["mask"] * 255).astype(np.uint8)
+        np.testing.assert_array_equal(
+            highdicom_view.get_total_pixel_matrix(rescale_fractional=False), stored
+        )
+        got = read_segmentation(path, rescale_fractional=False).compute(scheduler="threads")
+        np.testing.assert_array_equal(got, stored)
+    else:
+        np.testing.assert_array_equal(
+            highdicom_view.get_total_pixel_matrix(combine_segments=True), case["labels"]
+        )
+        got = read_segmentation(path, combine_segments=True).compute(scheduler="threads")
+        np.testing.assert_array_equal(got, case["labels"])
