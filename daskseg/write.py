@@ -24,6 +24,7 @@ import os
 import pathlib
 import struct
 import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
@@ -94,7 +95,8 @@ def _as_dask_array(mask: Any) -> da.Array:
     if isinstance(mask, da.Array):
         return mask
     if isinstance(mask, np.ndarray):
-        return da.from_array(mask, chunks=mask.shape, name=False)
+        # Named, not tokenized: hashing a large mask would read all of it on the client.
+        return da.from_array(mask, chunks=mask.shape, name=f"numpy-mask-{uuid.uuid4().hex}")
     if isinstance(mask, (str, os.PathLike)):
         import zarr
 
@@ -115,6 +117,28 @@ def _as_dask_array(mask: Any) -> da.Array:
         "mask must be a dask array, a zarr array, the path or URL of a Zarr array, or a numpy "
         f"array, not {type(mask).__name__}."
     )
+
+
+def _numpy_blocks(mask: np.ndarray, rows: tuple[int, ...], columns: tuple[int, ...]) -> da.Array:
+    """A Dask array of an in-memory mask whose every block holds only its own slice.
+
+    ``da.from_array`` would put the whole array in one graph key, sent again with every window
+    of block tasks; a view per block sends each block's pixels once.
+    """
+    token = uuid.uuid4().hex
+    row_starts = np.cumsum((0,) + rows[:-1])
+    column_starts = np.cumsum((0,) + columns[:-1])
+
+    def block(i: int, j: int) -> da.Array | list[da.Array]:
+        r, c = row_starts[i], column_starts[j]
+        piece = da.from_array(
+            mask[r : r + rows[i], c : c + columns[j]], chunks=-1,
+            name=f"numpy-mask-{token}-{i}-{j}",
+        )
+        # da.block nests one list level per axis: the segment axis has one block.
+        return [piece] if mask.ndim == 3 else piece
+
+    return da.block([[block(i, j) for j in range(len(columns))] for i in range(len(rows))])
 
 
 def _segment_numbers(segment_descriptions: Sequence[hd.seg.SegmentDescription]) -> list[int]:
@@ -871,7 +895,10 @@ def write_segmentation(
 
     chunk_rows = aligned_chunks(grid.rows, tile[0], array.chunks[0][0])
     chunk_columns = aligned_chunks(grid.columns, tile[1], array.chunks[1][0])
-    aligned = array.rechunk((chunk_rows, chunk_columns, *array.shape[2:]))
+    if isinstance(mask, np.ndarray):
+        aligned = _numpy_blocks(np.asarray(mask).reshape(array.shape), chunk_rows, chunk_columns)
+    else:
+        aligned = array.rechunk((chunk_rows, chunk_columns, *array.shape[2:]))
     tasks = _block_tasks(aligned, spec)
 
     shape = (spec.n_channels, grid.n_tile_rows, grid.n_tile_columns)

@@ -393,3 +393,12 @@ def test_tile_size_other_than_the_source_and_real_source_file(tmp_path, thread_c
     np.testing.assert_array_equal(
         hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True), labels
     )
+
+
+def test_numpy_stack_is_sent_block_by_block(tmp_path, thread_client):
+    rows, columns = 300, 260
+    source = make_slide(rows, columns, tile_size=(64, 64))
+    stack = make_tissue_mask(rows, columns, 3, chunks=100, stacked=True).compute()
+    path = write_segmentation(stack[None], source, make_segment_descriptions(3),
+                              tmp_path / "seg.dcm", client=thread_client)
+    np.testing.assert_array_equal(hd.seg.segread(path).get_total_pixel_matrix(), stack)
