@@ -21,6 +21,7 @@ import numpy as np
 import pydicom
 from dask.highlevelgraph import HighLevelGraph
 from pydicom.dataset import Dataset
+from pydicom.encaps import parse_basic_offsets, parse_fragments
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from daskseg._progress import progress_bar
@@ -28,9 +29,6 @@ from daskseg.errors import SegmentationInputError, SegmentationTypeError
 from daskseg.plan import TileGrid, aligned_chunks
 
 __all__ = ["SegmentationReader", "open_segmentation", "read_segmentation"]
-
-_ITEM = 0xE000FFFE  # (FFFE,E000) read as one little-endian uint32
-_SEQUENCE_END = 0xE0DDFFFE
 
 
 def _open(path: str):
@@ -128,35 +126,50 @@ def _frame(
     return array, bool(array.any())
 
 
+@dataclass(frozen=True)
+class _Output:
+    """What highdicom's ``get_total_pixel_matrix`` makes of the stored values (small, picklable)."""
+
+    segmentation_type: str
+    combine_segments: bool
+    numbers: tuple[int, ...]  # the requested segment numbers, in output order
+    labels: tuple[int, ...]  # combined: the output value of each requested segment
+    background: int  # LABELMAP combined: the value of stored labels that were not requested
+    max_fractional: int | None  # FRACTIONAL: MaximumFractionalValue
+    rescale: bool  # FRACTIONAL, not combined: divide by max_fractional
+    dtype: str
+
+    def lookup(self, bits_allocated: int) -> np.ndarray:
+        """LABELMAP combined: output value of each stored label."""
+        table = np.full(2**bits_allocated, self.background, dtype=self.dtype)
+        table[list(self.numbers)] = self.labels
+        return table
+
+
 def _read_chunk(
     path: str,
     codec: _Codec,
     frames: list[list[tuple[int, list[tuple[int, int]]] | None]],
     tiles: tuple[int, int],
     shape: tuple[int, int],
-    segmentation_type: str,
-    labels: tuple[list[int], list[int]],
-    combine_segments: bool,
-    rescale: float | None,
-    dtype: np.dtype,
+    output: _Output,
 ) -> np.ndarray:
     """Decode the frames of one chunk into highdicom's ``get_total_pixel_matrix`` values.
 
     ``frames[k][t]`` is ``(frame index, byte ranges)`` of channel ``k`` (a requested segment, or
     the label map) at the chunk's tile ``t`` in row-major order, or None for an omitted frame.
-    ``labels`` holds the output label of each requested segment and its segment number.
     """
     n_rows, n_columns = tiles
     th, tw = codec.rows, codec.columns
-    labelmap = segmentation_type == "LABELMAP"
-    output_labels, numbers = labels
-    n_out = len(numbers)
-    shape_out = (n_rows * th, n_columns * tw) + (() if combine_segments else (n_out,))
-    out = np.zeros(shape_out, dtype=dtype)
+    labelmap = output.segmentation_type == "LABELMAP"
+    combine = output.combine_segments
+    shape_out = (n_rows * th, n_columns * tw) + (() if combine else (len(output.numbers),))
+    out = np.zeros(shape_out, dtype=output.dtype)
     lookup = None
-    if labelmap and combine_segments:
-        lookup = np.zeros(2 ** codec.bits_allocated, dtype=dtype)
-        lookup[numbers] = output_labels
+    if labelmap and combine:
+        lookup = output.lookup(codec.bits_allocated)
+        # Omitted and all-zero frames hold stored label 0 everywhere.
+        out.fill(lookup[0])
     with _open(path) as handle:
         for t in range(n_rows * n_columns):
             r, c = divmod(t, n_columns)
@@ -166,18 +179,27 @@ def _read_chunk(
                     continue  # an omitted frame reads as zeros
                 values, nonzero = _frame(codec, handle, channel[t])
                 if not nonzero:
-                    continue  # the output is zero there already
+                    continue  # the output holds what zeros become there already
                 if labelmap:
-                    if combine_segments:
+                    if combine:
                         tile[...] = lookup[values]
                     else:
-                        for j, number in enumerate(numbers):
+                        for j, number in enumerate(output.numbers):
                             tile[..., j] = values == number
-                elif not combine_segments:
-                    tile[..., k] = values if rescale is None else values / np.float32(rescale)
+                elif not combine:
+                    if output.rescale:
+                        if values.max() > output.max_fractional:
+                            raise RuntimeError(  # as highdicom
+                                "Segmentation image contains values greater than the "
+                                "MaximumFractionalValue recorded in the dataset."
+                            )
+                        # As highdicom: cast to the output type first, then divide.
+                        tile[..., k] = values.astype(output.dtype) / output.max_fractional
+                    else:
+                        tile[..., k] = values
                 else:
-                    if segmentation_type == "FRACTIONAL" and np.any(
-                        (values != 0) & (values != rescale)
+                    if output.max_fractional is not None and np.any(
+                        (values != 0) & (values != output.max_fractional)
                     ):
                         raise ValueError(  # as highdicom
                             "Cannot combine the segments of a FRACTIONAL SEG whose values are "
@@ -189,7 +211,7 @@ def _read_chunk(
                             "Segments overlap, so they cannot be combined into one label image; "
                             "read with combine_segments=False."
                         )
-                    tile[present] = output_labels[k]
+                    tile[present] = output.labels[k]
     return out[: shape[0], : shape[1]]
 
 
@@ -198,6 +220,14 @@ def _smallest_uint(value: int) -> np.dtype:
         if value <= np.iinfo(dtype).max:
             return np.dtype(dtype)
     return np.dtype(np.uint64)
+
+
+def _can_hold(dtype: np.dtype, value: int) -> bool:
+    if dtype.kind == "f":
+        return value <= np.finfo(dtype).max
+    if dtype.kind == "b":
+        return value <= 1
+    return value <= np.iinfo(dtype).max
 
 
 class SegmentationReader:
@@ -282,6 +312,16 @@ class SegmentationReader:
             handle.read(4)  # VR and reserved bytes
             (length,) = struct.unpack("<I", handle.read(4))
         value_start = handle.tell()
+        n_frames = int(header.get("NumberOfFrames", 1))
+        if not syntax.is_encapsulated:
+            needed = -(-n_frames * int(header.Rows) * int(header.Columns)
+                       * int(header.BitsAllocated) // 8)
+            if length < needed:
+                raise SegmentationInputError(
+                    f"The Pixel Data holds {length} bytes, but {n_frames} frames of "
+                    f"{header.Rows} x {header.Columns} x {header.BitsAllocated} bits need "
+                    f"{needed}: the file is truncated or its header is wrong."
+                )
         codec = _Codec(
             kind=kinds.get(syntax, "native"),
             rows=int(header.Rows),
@@ -292,45 +332,42 @@ class SegmentationReader:
         if not syntax.is_encapsulated:
             return codec, None
 
-        # Encapsulated (PS3.5 A.4): a Basic Offset Table item, then fragment items.
-        tag, bot_length = struct.unpack("<II", handle.read(8))
-        if tag != _ITEM:
-            raise SegmentationInputError("Corrupt encapsulated Pixel Data: no offset table item.")
-        bot = np.frombuffer(handle.read(bot_length), "<u4").astype(np.int64)
-        first_fragment = handle.tell()
-        n_frames = int(header.get("NumberOfFrames", 1))
+        # Encapsulated (PS3.5 A.4): a Basic Offset Table item, then one item per fragment.
+        try:
+            bot = parse_basic_offsets(handle)
+            first_fragment = handle.tell()
+            _, items = parse_fragments(handle)
+        except ValueError as error:
+            raise SegmentationInputError(f"Corrupt encapsulated Pixel Data: {error}") from error
         if "ExtendedOffsetTable" in header:
-            offsets = np.frombuffer(header.ExtendedOffsetTable, "<u8").astype(np.int64)
-            lengths = np.frombuffer(header.ExtendedOffsetTableLengths, "<u8").astype(np.int64)
-            # Each offset points at an item header (8 bytes); one fragment a frame.
+            # PS3.3 C.7.6.3.1.8: one fragment per frame, offsets to its item header.
+            offsets = np.frombuffer(header.ExtendedOffsetTable, "<u8")
+            lengths = np.frombuffer(header.ExtendedOffsetTableLengths, "<u8")
             return codec, [
                 [(first_fragment + int(o) + 8, int(n))] for o, n in zip(offsets, lengths)
             ]
-        fragments = []  # (item offset relative to the first fragment, data offset, length)
-        position = first_fragment
-        while True:
-            handle.seek(position)
-            header_bytes = handle.read(8)
-            if len(header_bytes) < 8:
-                break
-            tag, item_length = struct.unpack("<II", header_bytes)
-            if tag == _SEQUENCE_END:
-                break
-            if tag != _ITEM:
-                raise SegmentationInputError("Corrupt encapsulated Pixel Data: bad item tag.")
-            fragments.append((position - first_fragment, position + 8, item_length))
-            position += 8 + item_length
-        if len(bot):
-            starts = {relative: i for i, (relative, _, _) in enumerate(fragments)}
-            bounds = [starts[int(o)] for o in bot] + [len(fragments)]
-            return codec, [
-                [(data, size) for _, data, size in fragments[bounds[i] : bounds[i + 1]]]
-                for i in range(n_frames)
-            ]
+        if not items:
+            raise SegmentationInputError("The encapsulated Pixel Data holds no fragments.")
+        # An item's value runs from after its 8-byte header to the next item (the last one's
+        # length is read from its header).
+        handle.seek(items[-1] + 4)
+        (last_length,) = struct.unpack("<I", handle.read(4))
+        ends = items[1:] + [items[-1] + 8 + last_length]
+        fragments = [(start + 8, end - start - 8) for start, end in zip(items, ends)]
+        if bot:
+            first_of_frame = {item - first_fragment: k for k, item in enumerate(items)}
+            try:
+                bounds = [first_of_frame[offset] for offset in bot] + [len(fragments)]
+            except KeyError as error:
+                raise SegmentationInputError(
+                    f"The Basic Offset Table points at byte {error.args[0]}, where no fragment "
+                    "starts: the file is corrupt."
+                ) from None
+            return codec, [fragments[bounds[i] : bounds[i + 1]] for i in range(len(bot))]
         if len(fragments) == n_frames:
-            return codec, [[(data, size)] for _, data, size in fragments]
+            return codec, [[fragment] for fragment in fragments]
         if n_frames == 1:
-            return codec, [[(data, size) for _, data, size in fragments]]
+            return codec, [fragments]
         raise SegmentationInputError(
             f"{len(fragments)} fragments for {n_frames} frames and no offset table: frames "
             "split over several fragments need a Basic or Extended Offset Table."
@@ -381,30 +418,18 @@ class SegmentationReader:
     ) -> da.Array:
         """The total pixel matrix as a lazy Dask array; see :func:`read_segmentation`."""
         numbers = list(self.segment_numbers if segment_numbers is None else segment_numbers)
-        unknown = sorted(set(numbers) - set(self.segment_numbers))
-        if unknown or not numbers:
+        if not numbers:
             raise SegmentationInputError(
-                f"Segment numbers {unknown or numbers} are not in this SEG; it holds "
-                f"{self.segment_numbers}."
+                f"segment_numbers is empty; give some of {self.segment_numbers}, or None for all."
             )
+        unknown = sorted(set(numbers) - set(self.segment_numbers))
+        if unknown:
+            raise SegmentationInputError(
+                f"Segment numbers {unknown} are not in this SEG; it holds {self.segment_numbers}."
+            )
+        output = self._output(numbers, combine_segments, relabel, rescale_fractional, dtype)
         labelmap = self.segmentation_type == "LABELMAP"
-        fractional = self.segmentation_type == "FRACTIONAL"
-        output_labels = list(range(1, len(numbers) + 1)) if relabel else numbers
-        rescale = None
-        if fractional and (rescale_fractional or combine_segments):
-            rescale = float(self.header.MaximumFractionalValue)
-        if dtype is None:
-            if combine_segments:
-                dtype = _smallest_uint(max(output_labels))
-            elif fractional and rescale_fractional:
-                dtype = np.float32
-            else:
-                dtype = np.uint8
-        dtype = np.dtype(dtype)
-        if fractional and combine_segments:
-            rescale_for_output: float | None = rescale
-        else:
-            rescale_for_output = rescale if (fractional and rescale_fractional) else None
+        dtype = np.dtype(output.dtype)
 
         tile_rows, tile_columns = self.tile_size
         if chunks is None:
@@ -414,13 +439,12 @@ class SegmentationReader:
         row_chunks = aligned_chunks(self.shape[0], tile_rows, chunks[0], max_tiles=64)
         column_chunks = aligned_chunks(self.shape[1], tile_columns, chunks[1], max_tiles=64)
         channels = [0] if labelmap else [self.segment_numbers.index(n) for n in numbers]
-        labels = (output_labels, numbers)
         out_chunks: tuple[tuple[int, ...], ...] = (row_chunks, column_chunks)
         if not combine_segments:
             out_chunks += ((len(numbers),),)
         token = dask.base.tokenize(
             self.path, os.path.getmtime(self.path) if os.path.exists(self.path) else 0,
-            numbers, combine_segments, relabel, rescale_fractional, dtype, out_chunks,
+            output, out_chunks,
         )
         name = f"decode-seg-{token}"
         graph: dict = {}
@@ -440,8 +464,7 @@ class SegmentationReader:
                         for index in block
                     ])
                 task = (_read_chunk, self.path, self._codec, frames, tiles, (n_rows, n_columns),
-                        self.segmentation_type, labels, combine_segments, rescale_for_output,
-                        dtype)
+                        output)
                 key = (name, i, j) if combine_segments else (name, i, j, 0)
                 graph[key] = task
                 column_start += n_columns
@@ -449,6 +472,55 @@ class SegmentationReader:
         meta = np.empty((0,) * len(out_chunks), dtype=dtype)
         return da.Array(HighLevelGraph.from_collections(name, graph, dependencies=[]), name,
                         out_chunks, meta=meta)
+
+    def _output(
+        self, numbers: list[int], combine_segments: bool, relabel: bool,
+        rescale_fractional: bool, dtype: Any,
+    ) -> _Output:
+        """Check the options as highdicom does, and say what the tasks make of the values."""
+        fractional = self.segmentation_type == "FRACTIONAL"
+        if fractional and combine_segments and not rescale_fractional:
+            raise SegmentationInputError(
+                "The segments of a FRACTIONAL SEG can be combined only with "
+                "rescale_fractional=True (as in highdicom)."
+            )
+        labels = list(range(1, len(numbers) + 1)) if relabel else numbers
+        largest = max(labels) if combine_segments else 1
+        rescale = fractional and rescale_fractional and not combine_segments
+        if dtype is None:
+            dtype = np.float32 if rescale else _smallest_uint(largest)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError as error:
+            raise SegmentationTypeError(f"dtype {dtype!r} is not a NumPy data type.") from error
+        if dtype.kind not in "uifb":
+            raise SegmentationInputError(
+                f"dtype {dtype} cannot hold segmentation values; use an integer, float or bool type."
+            )
+        if not _can_hold(dtype, largest):
+            raise SegmentationInputError(
+                f"The largest output value is {largest}, which dtype {dtype} cannot hold; "
+                "use a larger type or leave dtype=None."
+            )
+        if rescale and dtype.kind != "f":
+            raise SegmentationInputError(
+                f"Rescaled fractional values need a floating-point dtype, not {dtype}; "
+                "use float32 or pass rescale_fractional=False."
+            )
+        background = 0
+        if self.segmentation_type == "LABELMAP" and combine_segments and not relabel:
+            # highdicom keeps the stored background (PixelPaddingValue) when it does not relabel.
+            background = int(self.header.get("PixelPaddingValue", 0))
+        return _Output(
+            segmentation_type=self.segmentation_type,
+            combine_segments=combine_segments,
+            numbers=tuple(numbers),
+            labels=tuple(labels),
+            background=background,
+            max_fractional=int(self.header.MaximumFractionalValue) if fractional else None,
+            rescale=rescale,
+            dtype=dtype.str,
+        )
 
     def _ranges(self, index: int) -> list[tuple[int, int]]:
         if self._frame_ranges is None:
@@ -517,7 +589,7 @@ class SegmentationReader:
                             bar.update(1)
 
                 with _Count():
-                    dask.compute(stores, scheduler="threads")
+                    dask.compute(stores)  # the configured local scheduler
             else:
                 # One task per block, each reading its frames and writing its region: memory
                 # on each worker is one block at a time, whatever the SEG's size.

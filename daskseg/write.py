@@ -25,6 +25,7 @@ import pathlib
 import struct
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
@@ -33,6 +34,9 @@ import dask.array as da
 import highdicom as hd
 import numpy as np
 import pydicom
+from dask.core import flatten
+from dask.delayed import Delayed
+from dask.optimization import cull
 from distributed import as_completed
 from highdicom.spatial import compute_tile_positions_per_frame
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -449,7 +453,13 @@ def _block_tasks(mask: da.Array, spec: FrameSpec) -> list[tuple[int, Any]]:
         meta=np.empty((0, 0), dtype=object),
         name=f"encode-frames-{dask.base.tokenize(mask.name, spec)}",
     )
-    blocks = encoded.to_delayed(optimize_graph=True)
+    # Optimize once (fusing each block's read into its encoding), then give every block task
+    # only its own part of the graph: each window of tasks sends just what it computes.
+    keys = list(flatten(encoded.__dask_keys__()))
+    graph = dict(encoded.__dask_optimize__(encoded.__dask_graph__(), keys))
+    blocks = np.empty(encoded.numblocks, dtype=object)
+    for key in keys:
+        blocks[key[1:]] = Delayed(key, cull(graph, [key])[0])
     tasks = []
     for i, rows in enumerate(mask.chunks[0]):
         for j, columns in enumerate(mask.chunks[1]):
@@ -480,7 +490,10 @@ def _encode_blocks(
         batch = [t for _, t in zip(range(count), pending)]
         if not batch:
             return []
-        futures = client.compute([task for _, task in batch])
+        with warnings.catch_warnings():
+            # The blocks of an in-memory mask carry their pixels in the graph, as they must.
+            warnings.filterwarnings("ignore", message="Sending large graph")
+            futures = client.compute([task for _, task in batch])
         for future, (n_frames, _) in zip(futures, batch):
             frames_of[future.key] = n_frames
         return futures
@@ -893,8 +906,10 @@ def write_segmentation(
                 f"JPEG 2000 Lossless ({JPEG2000Lossless})."
             )
 
-    chunk_rows = aligned_chunks(grid.rows, tile[0], array.chunks[0][0])
-    chunk_columns = aligned_chunks(grid.columns, tile[1], array.chunks[1][0])
+    # Blocks near the mask's own chunks keep rechunking cheap; an in-memory mask has none.
+    hint = (2048, 2048) if isinstance(mask, np.ndarray) else (array.chunks[0][0], array.chunks[1][0])
+    chunk_rows = aligned_chunks(grid.rows, tile[0], hint[0])
+    chunk_columns = aligned_chunks(grid.columns, tile[1], hint[1])
     if isinstance(mask, np.ndarray):
         aligned = _numpy_blocks(np.asarray(mask).reshape(array.shape), chunk_rows, chunk_columns)
     else:
