@@ -13,6 +13,7 @@ from daskseg.errors import (
 )
 from daskseg._client import local_cluster
 from daskseg.executor import DaskExecutor
+from daskseg.pyramid import write_segmentation_pyramid
 from daskseg.read import SegmentationReader, open_segmentation, read_segmentation
 from daskseg.write import ALLOWED_TRANSFER_SYNTAXES, write_segmentation
 
@@ -30,6 +31,7 @@ __all__ = [
     "DestinationExistsError",
     "local_cluster",
     "write_segmentation",
+    "write_segmentation_pyramid",
     "ClusterError",
     "DaskSegError",
     "SegmentationInputError",

@@ -194,6 +194,24 @@ def _label_descriptions(labels: Sequence[str], segmentation_type: str) -> list:
     )
 
 
+def _factors(text: str | None, mask: Any, source: str, tile_size: Any) -> list[float]:
+    """``--downsample-factors``, or powers of two until a level is smaller than a tile."""
+    if text:
+        try:
+            return [float(v) for v in text.split(",")]
+        except ValueError:
+            raise UserError(f"--downsample-factors takes numbers like 2,4,8, not {text!r}") from None
+    import pydicom
+
+    header = pydicom.dcmread(source, stop_before_pixels=True)
+    size = min(int(header.TotalPixelMatrixRows), int(header.TotalPixelMatrixColumns))
+    tile = min(tile_size) if tile_size else min(int(header.Rows), int(header.Columns))
+    factors: list[float] = []
+    while size / (2 ** (len(factors) + 1)) >= tile:
+        factors.append(float(2 ** (len(factors) + 1)))
+    return factors or [2.0]
+
+
 def _encode(args: argparse.Namespace) -> None:
     from daskseg import write_segmentation
 
@@ -222,8 +240,11 @@ def _encode(args: argparse.Namespace) -> None:
         if args.pyramid:
             from daskseg import write_segmentation_pyramid
 
-            written = write_segmentation_pyramid(mask, [args.source], descriptions, args.output,
-                                                 **common)
+            written = write_segmentation_pyramid(
+                mask, [args.source], descriptions, args.output,
+                downsample_factors=_factors(args.downsample_factors, mask, args.source, tile_size),
+                **common,
+            )
         else:
             written = [write_segmentation(mask, args.source, descriptions, args.output, **common)]
     if not args.quiet:
@@ -365,6 +386,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="a segment's label, once per segment in order (1, 2, ...)")
     encode.add_argument("--pyramid", action="store_true",
                         help="write a multi-resolution pyramid of SEGs into the output folder")
+    encode.add_argument("--downsample-factors", metavar="F,F,...",
+                        help="pyramid levels, e.g. 2,4,8 (default: halve until below a tile)")
     encode.add_argument("--overwrite", action="store_true", help="replace an existing output")
     cluster_options(encode)
     encode.set_defaults(run=_encode)

@@ -158,3 +158,19 @@ def test_demo(tmp_path):
     assert "equal to the mask" in done.stdout
     assert "megapixels/s" in done.stdout
     assert (tmp_path / "segmentation.dcm").exists()
+
+
+def test_encode_pyramid(inputs, tmp_path):
+    folder, labels = inputs
+    out = tmp_path / "pyramid"
+    out.mkdir()
+    assert main(["encode", str(folder / "mask.zarr"), str(folder / "slide.dcm"), "-o", str(out),
+                 "--label", "tumor", "--label", "stroma", "--pyramid", "--threads", "2",
+                 "--quiet"]) == 0
+    levels = sorted(out.iterdir())
+    assert [p.name for p in levels] == ["level-0.dcm", "level-1.dcm", "level-2.dcm"]
+    sizes = [int(pydicom.dcmread(p).TotalPixelMatrixColumns) for p in levels]
+    assert sizes == [400, 200, 100]
+    np.testing.assert_array_equal(
+        hd.seg.segread(levels[0]).get_total_pixel_matrix(combine_segments=True), labels
+    )

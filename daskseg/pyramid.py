@@ -1,0 +1,257 @@
+"""Levels from a mask: multi-resolution SEG pyramids for whole-slide viewers, out of core.
+
+Each level is resampled from the full-resolution mask as highdicom's
+``create_segmentation_pyramid`` resamples it with Pillow: nearest neighbour for BINARY and
+LABELMAP masks (and any integer or boolean mask), bilinear for floating-point FRACTIONAL masks.
+Every output block is computed from just the region of the mask it needs (with the halo that
+bilinear filtering reads), and each level streams through :func:`write_segmentation`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+
+from daskseg._source import load_source_image
+from daskseg.errors import SegmentationInputError
+from daskseg.plan import aligned_chunks
+from daskseg.write import _as_dask_array, write_segmentation
+
+__all__ = ["write_segmentation_pyramid"]
+
+
+def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
+    """Source index of each output pixel, as Pillow's NEAREST resize picks it.
+
+    Pillow (``ImagingScaleAffine``) starts at half a step and adds the step once per pixel in
+    double precision; a cumulative sum rounds the same way, where ``(x + 0.5) * scale`` would
+    sometimes pick the neighbouring pixel.
+    """
+    scale = size_in / size_out
+    steps = np.full(size_out, scale)
+    steps[0] = scale * 0.5
+    return np.minimum(np.cumsum(steps).astype(np.int64), size_in - 1)
+
+
+def bilinear_weights(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """First source index and weights of each output pixel, as Pillow's BILINEAR resize.
+
+    Pillow widens the triangle filter by the reduction factor when downsampling (its
+    ``ImagingResample``), so an output pixel averages a neighbourhood, not just 2 x 2 pixels.
+    """
+    scale = size_in / size_out
+    filter_scale = max(scale, 1.0)
+    support = filter_scale
+    width = int(math.ceil(support)) * 2 + 1
+    starts = np.empty(size_out, dtype=np.int64)
+    weights = np.zeros((size_out, width), dtype=np.float64)
+    for x in range(size_out):
+        center = (x + 0.5) * scale
+        low = max(int(center - support + 0.5), 0)
+        high = min(int(center + support + 0.5), size_in)
+        taps = np.arange(low, high)
+        w = np.clip(1.0 - np.abs((taps - center + 0.5) / filter_scale), 0.0, None)
+        total = w.sum()
+        starts[x] = low
+        weights[x, : len(taps)] = w / total if total else w
+    return starts, weights
+
+
+def _resample_axis(block: np.ndarray, axis: int, starts: np.ndarray, weights: np.ndarray,
+                   offset: int) -> np.ndarray:
+    """Bilinear resampling along one axis of a region that starts at ``offset`` of the mask.
+
+    Sums in double precision and stores float32, as Pillow does for 32-bit float images.
+    """
+    moved = np.moveaxis(block, axis, 0).astype(np.float32).astype(np.float64)
+    out = np.zeros((len(starts),) + moved.shape[1:], dtype=np.float64)
+    for k in range(weights.shape[1]):
+        # Taps past the end have weight 0: any valid index serves them.
+        index = np.minimum(starts - offset + k, moved.shape[0] - 1)
+        out += weights[:, k].reshape((-1,) + (1,) * (moved.ndim - 1)) * moved[index]
+    return np.moveaxis(out.astype(np.float32), 0, axis)
+
+
+def _nearest_block(region: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    return region[rows][:, columns]
+
+
+def _bilinear_block(region: np.ndarray, row_starts: np.ndarray, row_weights: np.ndarray,
+                    row_offset: int, column_starts: np.ndarray, column_weights: np.ndarray,
+                    column_offset: int) -> np.ndarray:
+    # Pillow resamples columns first, keeping float32 between the two passes.
+    across = _resample_axis(region, 1, column_starts, column_weights, column_offset)
+    return _resample_axis(across, 0, row_starts, row_weights, row_offset)
+
+
+def downsample(mask: da.Array, shape: tuple[int, int], method: str,
+               chunks: tuple[tuple[int, ...], tuple[int, ...]]) -> da.Array:
+    """Resample a (rows, columns[, segments]) Dask array to ``shape``, block by block."""
+    (rows_in, columns_in), (rows_out, columns_out) = mask.shape[:2], shape
+    extra = mask.shape[2:]
+    if method == "nearest":
+        row_index = nearest_indices(rows_in, rows_out)
+        column_index = nearest_indices(columns_in, columns_out)
+    else:
+        row_starts, row_weights = bilinear_weights(rows_in, rows_out)
+        column_starts, column_weights = bilinear_weights(columns_in, columns_out)
+    dtype = mask.dtype if method == "nearest" else np.dtype(np.float32)
+    blocks = []
+    row_edges = np.cumsum((0,) + chunks[0])
+    column_edges = np.cumsum((0,) + chunks[1])
+    for r0, r1 in zip(row_edges[:-1], row_edges[1:]):
+        line = []
+        for c0, c1 in zip(column_edges[:-1], column_edges[1:]):
+            if method == "nearest":
+                rows, columns = row_index[r0:r1], column_index[c0:c1]
+                low_r, high_r = int(rows.min()), int(rows.max()) + 1
+                low_c, high_c = int(columns.min()), int(columns.max()) + 1
+                task = dask.delayed(_nearest_block, pure=True)(
+                    mask[low_r:high_r, low_c:high_c], rows - low_r, columns - low_c
+                )
+            else:
+                rs, rw = row_starts[r0:r1], row_weights[r0:r1]
+                cs, cw = column_starts[c0:c1], column_weights[c0:c1]
+                low_r, high_r = int(rs.min()), min(int(rs.max()) + rw.shape[1], rows_in)
+                low_c, high_c = int(cs.min()), min(int(cs.max()) + cw.shape[1], columns_in)
+                task = dask.delayed(_bilinear_block, pure=True)(
+                    mask[low_r:high_r, low_c:high_c], rs, rw, low_r, cs, cw, low_c
+                )
+            part = da.from_delayed(task, shape=(r1 - r0, c1 - c0, *extra), dtype=dtype)
+            line.append([part] if extra else part)
+        blocks.append(line)
+    return da.block(blocks)
+
+
+def write_segmentation_pyramid(
+    mask: Any,
+    source_images: Sequence[Dataset | str | os.PathLike],
+    segment_descriptions: Sequence[hd.seg.SegmentDescription],
+    folder: str | os.PathLike,
+    *,
+    downsample_factors: Sequence[float] | None = None,
+    series_instance_uid: str | None = None,
+    pyramid_uid: str | None = None,
+    pyramid_label: str | None = None,
+    segmentation_type: str = "BINARY",
+    **options: Any,
+) -> list[pathlib.Path]:
+    """Write a multi-resolution pyramid of SEGs, one file per level, in one series.
+
+    Parameters
+    ----------
+    mask : dask.array.Array, zarr.Array, str, os.PathLike or numpy.ndarray
+        The full-resolution mask, as for :func:`write_segmentation`.
+    source_images : sequence of pydicom.Dataset, str or os.PathLike
+        The slide's pyramid, largest level first (each SEG level matches and references the
+        source level of the same size), or a single source image (then ``downsample_factors``
+        are needed and each level's pixel spacing is scaled, as highdicom does).
+    segment_descriptions : sequence of highdicom.seg.SegmentDescription
+    folder : str or os.PathLike
+        Existing folder for ``level-0.dcm``, ``level-1.dcm``, ...
+    downsample_factors : sequence of float, optional
+        With a single source: factors > 1, ascending; level k is ``int(size / factor)`` pixels.
+    series_instance_uid, pyramid_uid, pyramid_label
+        Shared by all levels; new UIDs by default.
+    segmentation_type : str
+        As :func:`write_segmentation`.
+    **options
+        Further :func:`write_segmentation` options (transfer syntax, tile size, client...).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written, full resolution first; instance numbers 1, 2, ...
+    """
+    for key in ("instance_number", "sop_instance_uid", "plane_positions", "pixel_measures",
+                "plane_orientation"):
+        if key in options:
+            raise SegmentationInputError(f"{key} is set per level; it cannot be given here.")
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise SegmentationInputError(f"The folder {folder} does not exist; create it first.")
+    sources = [load_source_image(s) for s in source_images]
+    if not sources:
+        raise SegmentationInputError("source_images is empty; give the slide or its pyramid.")
+    array = _as_dask_array(mask)
+    if array.ndim in (3, 4) and array.shape[0] == 1 and (
+        array.ndim == 4 or tuple(array.shape[1:3]) == (
+            int(sources[0].TotalPixelMatrixRows), int(sources[0].TotalPixelMatrixColumns))
+    ):
+        array = array[0]
+    rows, columns = (int(v) for v in array.shape[:2])
+    if len(sources) == 1:
+        if not downsample_factors:
+            raise SegmentationInputError(
+                "With a single source image, give downsample_factors (e.g. [2, 4, 8])."
+            )
+        if any(f <= 1 for f in downsample_factors) or list(downsample_factors) != sorted(
+            downsample_factors
+        ):
+            raise SegmentationInputError(
+                f"downsample_factors must be ascending and above 1, got {downsample_factors}."
+            )
+        shapes = [(rows, columns)] + [
+            (int(rows / f), int(columns / f)) for f in downsample_factors
+        ]
+    else:
+        if downsample_factors is not None:
+            raise SegmentationInputError(
+                "downsample_factors follow from a source pyramid; do not give both."
+            )
+        shapes = [
+            (int(s.TotalPixelMatrixRows), int(s.TotalPixelMatrixColumns)) for s in sources
+        ]
+        if any(a[0] <= b[0] or a[1] <= b[1] for a, b in zip(shapes, shapes[1:])):
+            raise SegmentationInputError(
+                "The source images must be a pyramid ordered from the largest level down."
+            )
+    if min(min(shape) for shape in shapes) < 1:
+        raise SegmentationInputError(f"A level would be empty: sizes {shapes}.")
+
+    floating = array.dtype.kind == "f"
+    method = "bilinear" if floating and segmentation_type.upper() == "FRACTIONAL" else "nearest"
+    now = datetime.datetime.now()
+    shared = dict(
+        series_instance_uid=series_instance_uid or hd.UID(),
+        pyramid_uid=pyramid_uid or hd.UID(),
+        pyramid_label=pyramid_label,
+        segmentation_type=segmentation_type,
+        series_date=options.pop("series_date", now.date()),
+        series_time=options.pop("series_time", now.time()),
+    )
+    written = []
+    for level, shape in enumerate(shapes):
+        source = sources[level] if len(sources) > 1 else sources[0]
+        level_options = dict(options)
+        if level == 0:
+            level_mask = array
+        else:
+            tile = options.get("tile_size") or (int(source.Rows), int(source.Columns))
+            tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
+            chunks = (aligned_chunks(shape[0], tile[0], 2048), aligned_chunks(shape[1], tile[1], 2048))
+            level_mask = downsample(array, shape, method, chunks)
+            if len(sources) == 1:
+                # As highdicom: the spacing grows by the ratio of the sizes, per axis.
+                measures = source.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+                spacing = measures.PixelSpacing
+                level_options["pixel_measures"] = hd.PixelMeasuresSequence(
+                    pixel_spacing=(spacing[0] * (rows / shape[0]), spacing[1] * (columns / shape[1])),
+                    slice_thickness=measures.SliceThickness,
+                )
+        path = folder / f"level-{level}.dcm"
+        written.append(write_segmentation(
+            level_mask, source, segment_descriptions, path, instance_number=level + 1,
+            **shared, **level_options,
+        ))
+    return written
