@@ -4,7 +4,9 @@ Each level is resampled from the full-resolution mask as highdicom's
 ``create_segmentation_pyramid`` resamples it with Pillow: nearest neighbour for BINARY and
 LABELMAP masks (and any integer or boolean mask), bilinear for floating-point FRACTIONAL masks.
 Every output block is computed from just the region of the mask it needs (with the halo that
-bilinear filtering reads), and each level streams through :func:`write_segmentation`.
+bilinear filtering reads), and each level streams through :func:`write_segmentation`. Each
+level is resampled from the full-resolution mask, not from the level above, because only that
+gives highdicom's pixels; so the mask is read once per level.
 """
 
 from __future__ import annotations
@@ -82,55 +84,54 @@ def _resample_axis(block: np.ndarray, axis: int, starts: np.ndarray, weights: np
     return np.moveaxis(out.astype(np.float32), 0, axis)
 
 
-def _nearest_block(region: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    return region[rows][:, columns]
+def _edges(chunks: Sequence[int]) -> list[tuple[int, int]]:
+    ends = np.cumsum(chunks)
+    return [(int(end - size), int(end)) for size, end in zip(chunks, ends)]
 
 
-def _bilinear_block(region: np.ndarray, row_starts: np.ndarray, row_weights: np.ndarray,
-                    row_offset: int, column_starts: np.ndarray, column_weights: np.ndarray,
-                    column_offset: int) -> np.ndarray:
-    # Pillow resamples columns first, keeping float32 between the two passes.
-    across = _resample_axis(region, 1, column_starts, column_weights, column_offset)
-    return _resample_axis(across, 0, row_starts, row_weights, row_offset)
+def _bilinear_pass(array: da.Array, axis: int, size_out: int,
+                   out_chunks: tuple[int, ...]) -> da.Array:
+    """Bilinear resampling of one axis: each output block reads the input span it needs."""
+    starts, weights = bilinear_weights(array.shape[axis], size_out)
+    other = 1 - axis
+    extra = array.shape[2:]
+    grid = []
+    for o0, o1 in _edges(out_chunks):
+        s, w = starts[o0:o1], weights[o0:o1]
+        low, high = int(s.min()), min(int(s.max()) + w.shape[1], array.shape[axis])
+        line = []
+        for q0, q1 in _edges(array.chunks[other]):
+            index = [slice(q0, q1), slice(q0, q1)]
+            index[axis] = slice(low, high)
+            task = dask.delayed(_resample_axis, pure=True)(array[tuple(index)], axis, s, w, low)
+            shape = [q1 - q0, q1 - q0]
+            shape[axis] = o1 - o0
+            part = da.from_delayed(task, shape=(*shape, *extra), dtype=np.float32)
+            line.append([part] if extra else part)
+        grid.append(line)
+    if axis == 1:  # grid[column block][row block]: put rows first
+        grid = [list(column) for column in zip(*grid)]
+    return da.block(grid)
 
 
 def downsample(mask: da.Array, shape: tuple[int, int], method: str,
                chunks: tuple[tuple[int, ...], tuple[int, ...]]) -> da.Array:
-    """Resample a (rows, columns[, segments]) Dask array to ``shape``, block by block."""
-    (rows_in, columns_in), (rows_out, columns_out) = mask.shape[:2], shape
-    extra = mask.shape[2:]
+    """Resample a (rows, columns[, segments]) Dask array to ``shape``, block by block.
+
+    Nearest neighbour picks rows and columns chunk by chunk (``da.take``), so a coarse level
+    reads only the pixels it keeps. Bilinear resampling runs as Pillow does, columns first,
+    then rows, each pass on blocks that read the span of input their filter covers.
+    """
     if method == "nearest":
-        row_index = nearest_indices(rows_in, rows_out)
-        column_index = nearest_indices(columns_in, columns_out)
-    else:
-        row_starts, row_weights = bilinear_weights(rows_in, rows_out)
-        column_starts, column_weights = bilinear_weights(columns_in, columns_out)
-    dtype = mask.dtype if method == "nearest" else np.dtype(np.float32)
-    blocks = []
-    row_edges = np.cumsum((0,) + chunks[0])
-    column_edges = np.cumsum((0,) + chunks[1])
-    for r0, r1 in zip(row_edges[:-1], row_edges[1:]):
-        line = []
-        for c0, c1 in zip(column_edges[:-1], column_edges[1:]):
-            if method == "nearest":
-                rows, columns = row_index[r0:r1], column_index[c0:c1]
-                low_r, high_r = int(rows.min()), int(rows.max()) + 1
-                low_c, high_c = int(columns.min()), int(columns.max()) + 1
-                task = dask.delayed(_nearest_block, pure=True)(
-                    mask[low_r:high_r, low_c:high_c], rows - low_r, columns - low_c
-                )
-            else:
-                rs, rw = row_starts[r0:r1], row_weights[r0:r1]
-                cs, cw = column_starts[c0:c1], column_weights[c0:c1]
-                low_r, high_r = int(rs.min()), min(int(rs.max()) + rw.shape[1], rows_in)
-                low_c, high_c = int(cs.min()), min(int(cs.max()) + cw.shape[1], columns_in)
-                task = dask.delayed(_bilinear_block, pure=True)(
-                    mask[low_r:high_r, low_c:high_c], rs, rw, low_r, cs, cw, low_c
-                )
-            part = da.from_delayed(task, shape=(r1 - r0, c1 - c0, *extra), dtype=dtype)
-            line.append([part] if extra else part)
-        blocks.append(line)
-    return da.block(blocks)
+        rows = nearest_indices(mask.shape[0], shape[0])
+        columns = nearest_indices(mask.shape[1], shape[1])
+        picked = da.take(da.take(mask, rows, axis=0), columns, axis=1)
+        return picked.rechunk(chunks + mask.shape[2:])
+    # A row band a few hundred pixels high bounds the first pass's memory, however wide.
+    banded = mask.rechunk((256, mask.chunks[1]) + mask.shape[2:])
+    across = _bilinear_pass(banded, 1, shape[1], chunks[1])
+    return _bilinear_pass(across.rechunk((mask.chunks[0], chunks[1]) + mask.shape[2:]), 0,
+                          shape[0], chunks[0])
 
 
 def write_segmentation_pyramid(
@@ -239,14 +240,18 @@ def write_segmentation_pyramid(
         else:
             tile = options.get("tile_size") or (int(source.Rows), int(source.Columns))
             tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
-            chunks = (aligned_chunks(shape[0], tile[0], 2048), aligned_chunks(shape[1], tile[1], 2048))
+            chunks = (
+                aligned_chunks(shape[0], tile[0], 2048), aligned_chunks(shape[1], tile[1], 2048)
+            )
             level_mask = downsample(array, shape, method, chunks)
             if len(sources) == 1:
                 # As highdicom: the spacing grows by the ratio of the sizes, per axis.
                 measures = source.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
                 spacing = measures.PixelSpacing
                 level_options["pixel_measures"] = hd.PixelMeasuresSequence(
-                    pixel_spacing=(spacing[0] * (rows / shape[0]), spacing[1] * (columns / shape[1])),
+                    pixel_spacing=(
+                        spacing[0] * (rows / shape[0]), spacing[1] * (columns / shape[1])
+                    ),
                     slice_thickness=measures.SliceThickness,
                 )
         path = folder / f"level-{level}.dcm"
