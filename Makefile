@@ -37,6 +37,7 @@ benchmarks: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/executor.py
 	$(BIN)/python benchmarks/write.py
 	$(BIN)/python benchmarks/read.py
+	$(BIN)/python benchmarks/pyramid.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
