@@ -187,7 +187,8 @@ class DaskExecutor(Executor):
             raise ValueError("chunksize must be >= 1.")
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
-        chunks = iter(lambda it=zip(*iterables): tuple(itertools.islice(it, chunksize)), ())
+        arguments = zip(*iterables)
+        chunks = iter(lambda: tuple(itertools.islice(arguments, chunksize)), ())
         results = super().map(_run_chunk, itertools.repeat(fn), chunks, timeout=timeout)
         return _flatten(results)
 

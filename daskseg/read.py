@@ -102,6 +102,10 @@ class _Codec:
         return np.asarray(array, dtype=self.dtype).reshape(shape)
 
 
+# Codestreams shorter than this are decoded once per process and the result reused.
+_SMALL_CODESTREAM = 4096
+
+
 @functools.lru_cache(maxsize=256)
 def _decode_small(codec: _Codec, data: bytes) -> tuple[np.ndarray, bool]:
     """Decode a short codestream once per process; also say whether any pixel is non-zero.
@@ -120,7 +124,7 @@ def _frame(
     """A frame's stored values, and whether any is non-zero."""
     index, ranges = frame
     data = _read_ranges(handle, ranges)
-    if codec.kind != "native" and len(data) < 4096:
+    if codec.kind != "native" and len(data) < _SMALL_CODESTREAM:
         return _decode_small(codec, data)
     array = codec.decode(data, index)
     return array, bool(array.any())
@@ -175,13 +179,14 @@ def _read_chunk(
             r, c = divmod(t, n_columns)
             tile = out[r * th : (r + 1) * th, c * tw : (c + 1) * tw]
             for k, channel in enumerate(frames):
-                if channel[t] is None:
+                frame = channel[t]
+                if frame is None:
                     continue  # an omitted frame reads as zeros
-                values, nonzero = _frame(codec, handle, channel[t])
+                values, nonzero = _frame(codec, handle, frame)
                 if not nonzero:
                     continue  # the output holds what zeros become there already
                 if labelmap:
-                    if combine:
+                    if lookup is not None:
                         tile[...] = lookup[values]
                     else:
                         for j, number in enumerate(output.numbers):
@@ -205,13 +210,13 @@ def _read_chunk(
                             "Cannot combine the segments of a FRACTIONAL SEG whose values are "
                             "not all 0 or MaximumFractionalValue; use combine_segments=False."
                         )
-                    present = values > 0
-                    if k and np.any(present & (tile != 0)):
+                    present = values != 0
+                    if k and np.logical_and(present, tile).any():
                         raise RuntimeError(  # as highdicom
                             "Segments overlap, so they cannot be combined into one label image; "
                             "read with combine_segments=False."
                         )
-                    tile[present] = output.labels[k]
+                    np.copyto(tile, output.labels[k], where=present)
     return out[: shape[0], : shape[1]]
 
 
@@ -380,8 +385,13 @@ class SegmentationReader:
         table = np.full((n_channels, *self.grid_shape), -1, dtype=np.int64)
         if header.get("DimensionOrganizationType") == "TILED_FULL":
             # PS3.3 C.7.6.17.3: implicit order, segment slowest, then tile row, then column.
-            n = min(self.number_of_frames, table.size)
-            table.reshape(-1)[:n] = np.arange(n)
+            if self.number_of_frames != table.size:
+                raise SegmentationInputError(
+                    f"A TILED_FULL SEG of {n_channels} x {self.grid_shape[0]} x "
+                    f"{self.grid_shape[1]} frames (channels x tile rows x tile columns) says it "
+                    f"has {self.number_of_frames}: the header is inconsistent."
+                )
+            table.reshape(-1)[:] = np.arange(table.size)
             return table
         shared = header.SharedFunctionalGroupsSequence[0]
         shared_segment = None
@@ -391,16 +401,33 @@ class SegmentationReader:
         tile_rows, tile_columns = self.tile_size
         for index, item in enumerate(header.PerFrameFunctionalGroupsSequence):
             position = item.PlanePositionSlideSequence[0]
-            row = (int(position.RowPositionInTotalImagePixelMatrix) - 1) // tile_rows
-            column = (int(position.ColumnPositionInTotalImagePixelMatrix) - 1) // tile_columns
+            row, row_offset = divmod(int(position.RowPositionInTotalImagePixelMatrix) - 1,
+                                     tile_rows)
+            column, column_offset = divmod(
+                int(position.ColumnPositionInTotalImagePixelMatrix) - 1, tile_columns
+            )
+            if row_offset or column_offset or not (
+                0 <= row < self.grid_shape[0] and 0 <= column < self.grid_shape[1]
+            ):
+                raise SegmentationInputError(
+                    f"Frame {index + 1} is at row {row * tile_rows + row_offset + 1}, column "
+                    f"{column * tile_columns + column_offset + 1} of the total pixel matrix, "
+                    f"not at a tile of the {tile_rows} x {tile_columns} grid; daskseg reads "
+                    "SEGs whose frames are the tiles of the image (use highdicom for others)."
+                )
             if labelmap:
                 channel = 0
             elif "SegmentIdentificationSequence" in item:
                 channel = channel_of[
                     int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
                 ]
-            else:
+            elif shared_segment is not None:
                 channel = channel_of[shared_segment]
+            else:
+                raise SegmentationInputError(
+                    f"Frame {index + 1} names no segment (no SegmentIdentificationSequence): "
+                    "the SEG is invalid."
+                )
             table[channel, row, column] = index
         return table
 
@@ -571,7 +598,10 @@ class SegmentationReader:
             store, shape=array.shape, chunks=tuple(c[0] for c in array.chunks),
             dtype=array.dtype, overwrite=overwrite,
         )
-        stores = da.store(array, target, lock=False, compute=False, return_stored=False)
+        # dask's annotations do not list zarr arrays among the targets it accepts.
+        stores = da.store(
+            array, target, lock=False, compute=False, return_stored=False  # type: ignore[arg-type]
+        )
         if client is None:
             try:
                 client = default_client()
@@ -686,6 +716,24 @@ def read_segmentation(
     Returns
     -------
     dask.array.Array
+        ``(rows, columns, len(segment_numbers))`` stacked, or ``(rows, columns)`` combined.
+        A LABELMAP SEG is its stored labels when combined (only the requested ones; others
+        read as background) and one-hot planes of the requested labels when not.
+
+    Raises
+    ------
+    SegmentationInputError
+        The file is not a SEG of a tiled image, is corrupt, or the options do not fit it
+        (unknown segment numbers, a dtype too small, FRACTIONAL combined without rescaling).
+    RuntimeError, ValueError
+        When computed, as highdicom: segments overlap and cannot be combined, or FRACTIONAL
+        values are not all 0 or MaximumFractionalValue and cannot be combined.
+
+    Notes
+    -----
+    One deliberate difference from highdicom 0.28: for a LABELMAP SEG combined without
+    ``relabel``, highdicom also keeps a label that was not requested when exactly one of the
+    SEG's segments is left out; daskseg reads every label that was not requested as background.
 
     Examples
     --------

