@@ -35,14 +35,12 @@ def ensure_seg(rows: int, n_segments: int) -> pathlib.Path:
     if path.exists():
         return path
     OUT.mkdir(exist_ok=True)
-    from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
-
     from distributed import Client
 
     from daskseg import local_cluster, write_segmentation
+    from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
 
     source = make_slide(rows, rows, tile_size=(512, 512))
-
     with local_cluster(2, dashboard_address=None) as cluster, Client(cluster) as client:
         write_segmentation(
             make_tissue_mask(rows, rows, n_segments), source,
