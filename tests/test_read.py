@@ -15,7 +15,6 @@ import zarr
 from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.uid import (
     ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
     RLELossless,
@@ -23,22 +22,11 @@ from pydicom.uid import (
 
 import daskseg
 import daskseg.read
-from daskseg import SegmentationInputError, open_segmentation, read_segmentation
+from daskseg import ALLOWED_TRANSFER_SYNTAXES, SegmentationInputError, open_segmentation, read_segmentation
 from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
 
-MATRIX = [
-    ("BINARY", ExplicitVRLittleEndian),
-    ("BINARY", ImplicitVRLittleEndian),
-    ("BINARY", JPEG2000Lossless),
-    ("FRACTIONAL", ExplicitVRLittleEndian),
-    ("FRACTIONAL", JPEG2000Lossless),
-    ("FRACTIONAL", JPEGLSLossless),
-    ("FRACTIONAL", RLELossless),
-    ("LABELMAP", ExplicitVRLittleEndian),
-    ("LABELMAP", JPEG2000Lossless),
-    ("LABELMAP", JPEGLSLossless),
-    ("LABELMAP", RLELossless),
-]
+# Every type x transfer syntax that daskseg supports (as highdicom allows them).
+MATRIX = [(kind, uid) for kind, uids in ALLOWED_TRANSFER_SYNTAXES.items() for uid in uids]
 
 
 def highdicom_file(folder, segmentation_type, transfer_syntax, organization, *, rows=230,

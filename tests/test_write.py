@@ -13,16 +13,14 @@ import pydicom
 import pytest
 import zarr
 from distributed import Client
-from pydicom.uid import (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGLSLossless,
-    RLELossless,
-    SegmentationStorage,
-)
+from pydicom.uid import JPEG2000Lossless, SegmentationStorage
 
-from daskseg import DestinationExistsError, SegmentationInputError, write_segmentation
+from daskseg import (
+    ALLOWED_TRANSFER_SYNTAXES,
+    DestinationExistsError,
+    SegmentationInputError,
+    write_segmentation,
+)
 from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
 
 HD_OPTIONS = dict(
@@ -42,19 +40,8 @@ VOLATILE = {
     "ContentCreatorName", "ContentDescription",
 }
 
-MATRIX = [
-    ("BINARY", ExplicitVRLittleEndian),
-    ("BINARY", ImplicitVRLittleEndian),
-    ("BINARY", JPEG2000Lossless),
-    ("FRACTIONAL", ExplicitVRLittleEndian),
-    ("FRACTIONAL", JPEG2000Lossless),
-    ("FRACTIONAL", JPEGLSLossless),
-    ("FRACTIONAL", RLELossless),
-    ("LABELMAP", ExplicitVRLittleEndian),
-    ("LABELMAP", JPEG2000Lossless),
-    ("LABELMAP", JPEGLSLossless),
-    ("LABELMAP", RLELossless),
-]
+# Every type x transfer syntax that daskseg supports (as highdicom allows them).
+MATRIX = [(kind, uid) for kind, uids in ALLOWED_TRANSFER_SYNTAXES.items() for uid in uids]
 ORGANIZATIONS = ["TILED_SPARSE", "TILED_FULL"]
 
 
