@@ -10,10 +10,17 @@ from collections.abc import Iterator
 from typing import Any
 
 from distributed import Client, LocalCluster, default_client
+from distributed.client import FutureCancelledError
+from distributed.comm import CommClosedError
+from distributed.scheduler import KilledWorker
 
 from daskseg.errors import SegmentationTypeError
 
-__all__ = ["cluster_client", "local_cluster"]
+__all__ = ["CLUSTER_FAILURES", "cluster_client", "local_cluster"]
+
+# What a task raises when the cluster, not the task's own code, failed: a worker died too often,
+# the scheduler or the connection went away.
+CLUSTER_FAILURES = (KilledWorker, FutureCancelledError, CommClosedError, OSError, TimeoutError)
 
 
 def local_cluster(n_workers: int | None = None, **options: Any) -> LocalCluster:

@@ -23,19 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from distributed import Client, default_client
-from distributed.client import FutureCancelledError
-from distributed.comm import CommClosedError
-from distributed.scheduler import KilledWorker
 
-from daskseg._client import local_cluster
+from daskseg._client import CLUSTER_FAILURES, local_cluster
 from daskseg.errors import ClusterError
 
 __all__ = ["DaskExecutor"]
-
-# What a batch raises when the cluster, not a call, failed: a worker died too often, the
-# scheduler or the connection went away. Anything else (a call that cannot be pickled) is
-# passed to the callers as it is.
-_CLUSTER_FAILURES = (KilledWorker, FutureCancelledError, CommClosedError, OSError, TimeoutError)
 
 
 def _run_batch(calls: list[tuple[Callable, tuple, dict]]) -> list[tuple[bool, Any]]:
@@ -297,8 +289,8 @@ class DaskExecutor(Executor):
     @staticmethod
     def _fail(batch: list[_Call], error: BaseException) -> None:
         """Fail every call of a batch that the cluster could not run."""
-        failure = error
-        if isinstance(error, _CLUSTER_FAILURES):
+        failure = error  # e.g. a call that cannot be pickled: the callers get it as it is
+        if isinstance(error, CLUSTER_FAILURES):
             failure = ClusterError(
                 f"The Dask cluster lost a batch of {len(batch)} calls and could not recover it: "
                 f"{error!r}. Check that the scheduler and workers are alive."

@@ -52,7 +52,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from daskseg._client import cluster_client
+from daskseg._client import CLUSTER_FAILURES, cluster_client
 from daskseg._progress import progress_bar
 from daskseg._source import load_source_image
 from daskseg.encode import BlockResult, encode_chunk, encode_frame
@@ -96,27 +96,22 @@ _UNDEFINED = 0xFFFFFFFF
 
 def _as_dask_array(mask: Any) -> da.Array:
     """Wrap any supported mask as a Dask array without reading it."""
+    import zarr
+
     if isinstance(mask, da.Array):
         return mask
     if isinstance(mask, np.ndarray):
         # Named, not tokenized: hashing a large mask would read all of it on the client.
         return da.from_array(mask, chunks=mask.shape, name=f"numpy-mask-{uuid.uuid4().hex}")
     if isinstance(mask, (str, os.PathLike)):
-        import zarr
-
         try:
             mask = zarr.open_array(str(mask), mode="r")
         except Exception as error:  # zarr raises several types for a missing or bad store
             raise SegmentationInputError(
                 f"Could not open the mask {str(mask)!r} as a Zarr array: {error}"
             ) from error
-    try:
-        import zarr
-
-        if isinstance(mask, zarr.Array):
-            return da.from_zarr(mask)
-    except ImportError:  # pragma: no cover - zarr is a dependency
-        pass
+    if isinstance(mask, zarr.Array):
+        return da.from_zarr(mask)
     raise SegmentationTypeError(
         "mask must be a dask array, a zarr array, the path or URL of a Zarr array, or a numpy "
         f"array, not {type(mask).__name__}."
@@ -506,13 +501,10 @@ def _encode_blocks(
             in_flight -= 1
             try:
                 result: BlockResult = future.result()[0, 0]
-            except SegmentationInputError:
-                raise
-            except Exception as error:
-                if isinstance(error, (ValueError, TypeError)):
-                    raise
+            except CLUSTER_FAILURES as error:
                 raise ClusterError(
-                    f"The cluster failed to encode a block of the mask: {error!r}"
+                    f"The cluster failed to encode a block of the mask: {error!r}. Check that "
+                    "the scheduler and workers are alive (and have memory enough for a block)."
                 ) from error
             future.release()
             rows, columns = result.tile_nonempty.shape
