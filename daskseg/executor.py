@@ -267,23 +267,32 @@ class DaskExecutor(Executor):
 
     def _resolve(self, remote: Any, batch: list[_Call]) -> None:
         """Complete each caller's future from a finished batch, then release the batch."""
+        key = remote.key
         try:
             outcomes = remote.result()
         except BaseException as error:
             self._fail(batch, error)
+            batch.clear()
         else:
-            for call, (ok, value) in zip(batch, outcomes):
+            remote.release()
+            # Results must live only as long as the callers' futures (map does not keep yielded
+            # results alive): drop every other reference to a result before it is handed over.
+            # The done callback's closure holds ``batch``, so it is emptied too.
+            pending = list(zip(batch, outcomes))
+            batch.clear()
+            outcomes.clear()
+            pending.reverse()
+            while pending:
+                call, (ok, value) = pending.pop()
                 if ok:
                     call.future.set_result(value)
                 else:
                     call.future.set_exception(value)
+                del call, value
         finally:
-            # The done callback's closure holds this list: empty it so that results live only
-            # as long as the caller's futures (map must not keep yielded results alive).
-            batch.clear()
             remote.release()
             with self._lock:
-                self._in_flight.pop(remote.key, None)
+                self._in_flight.pop(key, None)
                 self._lock.notify_all()
 
     @staticmethod

@@ -122,6 +122,10 @@ def test_map_does_not_keep_yielded_results(executor):
     first = next(results)
     reference = weakref.ref(first)
     del first
+    # The callback thread that handed the result over may still be returning: give it a moment.
+    deadline = time.monotonic() + 5
+    while reference() is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert reference() is None
     assert [b.value for b in results] == [1, 2, 3, 4]
 
