@@ -25,6 +25,7 @@ from pydicom.encaps import parse_basic_offsets, parse_fragments
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from daskseg._progress import progress_bar
+from daskseg._tasks import block_tasks, run_windowed
 from daskseg.errors import SegmentationInputError, SegmentationTypeError
 from daskseg.plan import TileGrid, aligned_chunks
 
@@ -588,7 +589,7 @@ class SegmentationReader:
         zarr.Array
         """
         import zarr
-        from distributed import as_completed, default_client
+        from distributed import default_client
 
         array = self.to_dask(
             segment_numbers=segment_numbers, combine_segments=combine_segments, relabel=relabel,
@@ -623,37 +624,17 @@ class SegmentationReader:
             else:
                 # One task per block, each reading its frames and writing its region: memory
                 # on each worker is one block at a time, whatever the SEG's size.
-                blocks = [
-                    dask.delayed(_store_block)(array.blocks[index], target, region)
-                    for index, region in _block_regions(array)
-                ]
-                window = max(4, 4 * sum(client.nthreads().values()))
-                pending = iter(blocks)
-                futures = client.compute([b for _, b in zip(range(window), pending)])
-                queue = as_completed(futures, loop=client.loop)
-                for future in queue:
-                    future.result()
-                    future.release()
+                stored = array.map_blocks(_store_block, target=target, dtype=np.int64,
+                                          chunks=tuple((1,) * n for n in array.numblocks))
+                for _ in run_windowed(client, block_tasks(stored).ravel().tolist()):
                     bar.update(1)
-                    more = next(pending, None)
-                    if more is not None:
-                        queue.add(client.compute(more))
         return target
 
 
-def _block_regions(array: da.Array):
-    starts = [np.cumsum((0,) + c[:-1]) for c in array.chunks]
-    for index in np.ndindex(*array.numblocks):
-        region = tuple(
-            slice(int(starts[d][k]), int(starts[d][k]) + array.chunks[d][k])
-            for d, k in enumerate(index)
-        )
-        yield index, region
-
-
-def _store_block(block: np.ndarray, target: Any, region: tuple[slice, ...]) -> int:
-    target[region] = block
-    return block.size
+def _store_block(block: np.ndarray, target: Any, block_info: dict | None = None) -> np.ndarray:
+    """Write one block into its region of the Zarr array; return a 1-element marker."""
+    target[tuple(slice(start, stop) for start, stop in block_info[0]["array-location"])] = block
+    return np.ones((1,) * block.ndim, dtype=np.int64)
 
 
 def open_segmentation(path: str | os.PathLike) -> SegmentationReader:

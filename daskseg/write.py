@@ -25,7 +25,6 @@ import pathlib
 import struct
 import tempfile
 import uuid
-import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
@@ -34,10 +33,6 @@ import dask.array as da
 import highdicom as hd
 import numpy as np
 import pydicom
-from dask.core import flatten
-from dask.delayed import Delayed
-from dask.optimization import cull
-from distributed import as_completed
 from highdicom.spatial import compute_tile_positions_per_frame
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import itemize_frame
@@ -55,6 +50,7 @@ from pydicom.uid import (
 from daskseg._client import CLUSTER_FAILURES, cluster_client
 from daskseg._progress import progress_bar
 from daskseg._source import load_source_image
+from daskseg._tasks import block_tasks, run_windowed
 from daskseg.encode import BlockResult, encode_chunk, encode_frame
 from daskseg.errors import (
     ClusterError,
@@ -448,13 +444,7 @@ def _block_tasks(mask: da.Array, spec: FrameSpec) -> list[tuple[int, Any]]:
         meta=np.empty((0, 0), dtype=object),
         name=f"encode-frames-{dask.base.tokenize(mask.name, spec)}",
     )
-    # Optimize once (fusing each block's read into its encoding), then give every block task
-    # only its own part of the graph: each window of tasks sends just what it computes.
-    keys = list(flatten(encoded.__dask_keys__()))
-    graph = dict(encoded.__dask_optimize__(encoded.__dask_graph__(), keys))
-    blocks = np.empty(encoded.numblocks, dtype=object)
-    for key in keys:
-        blocks[key[1:]] = Delayed(key, cull(graph, [key])[0])
+    blocks = block_tasks(encoded)
     tasks = []
     for i, rows in enumerate(mask.chunks[0]):
         for j, columns in enumerate(mask.chunks[1]):
@@ -474,39 +464,11 @@ def _encode_blocks(
     tile_nonempty: np.ndarray,
     bar: Any,
 ) -> bool:
-    """Run the block tasks with a bounded window in flight; spool their frames. Returns overlap."""
-    threads = sum(client.nthreads().values())
-    window = max(8, 4 * threads)
-    pending = iter(tasks)
-    frames_of: dict[str, int] = {}
+    """Run the block tasks a bounded window at a time; spool their frames. Returns overlap."""
     overlap = False
-
-    def submit(count: int) -> list[Any]:
-        batch = [t for _, t in zip(range(count), pending)]
-        if not batch:
-            return []
-        with warnings.catch_warnings():
-            # The blocks of an in-memory mask carry their pixels in the graph, as they must.
-            warnings.filterwarnings("ignore", message="Sending large graph")
-            futures = client.compute([task for _, task in batch])
-        for future, (n_frames, _) in zip(futures, batch):
-            frames_of[future.key] = n_frames
-        return futures
-
-    first = submit(window)
-    queue = as_completed(first, loop=client.loop)
-    in_flight = len(first)
     try:
-        for future in queue:
-            in_flight -= 1
-            try:
-                result: BlockResult = future.result()[0, 0]
-            except CLUSTER_FAILURES as error:
-                raise ClusterError(
-                    f"The cluster failed to encode a block of the mask: {error!r}. Check that "
-                    "the scheduler and workers are alive (and have memory enough for a block)."
-                ) from error
-            future.release()
+        for index, encoded in run_windowed(client, [task for _, task in tasks]):
+            result: BlockResult = encoded[0, 0]
             rows, columns = result.tile_nonempty.shape
             tile_nonempty[
                 result.tile_row : result.tile_row + rows,
@@ -515,17 +477,12 @@ def _encode_blocks(
             overlap |= result.overlap
             for channel, tile_row, tile_column, data in result.frames:
                 spool.add(channel, tile_row, tile_column, data)
-            bar.update(frames_of.pop(future.key))
-            # Refill in groups (each compute call costs a graph submission), early enough that
-            # every worker still has a task queued behind the one it runs.
-            if in_flight <= window - threads:
-                more = submit(window - in_flight)
-                in_flight += len(more)
-                queue.update(more)
-    except BaseException:
-        for future in list(queue.futures):
-            future.cancel()
-        raise
+            bar.update(tasks[index][0])
+    except CLUSTER_FAILURES as error:
+        raise ClusterError(
+            f"The cluster failed to encode a block of the mask: {error!r}. Check that "
+            "the scheduler and workers are alive (and have memory enough for a block)."
+        ) from error
     return overlap
 
 
