@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-
-import dask
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import dask
+from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster, default_client
 from distributed.client import FutureCancelledError
 from distributed.comm import CommClosedError
 from distributed.scheduler import KilledWorker
 
-from daskseg.errors import SegmentationTypeError
+from daskseg.errors import ClusterError, SegmentationTypeError
 
-__all__ = ["CLUSTER_FAILURES", "cluster_client", "local_cluster"]
+__all__ = ["CLUSTER_FAILURES", "WorkerlessClock", "cluster_client", "local_cluster"]
 
 # What a task raises when the cluster, not the task's own code, failed: a worker died too often,
 # the scheduler or the connection went away.
@@ -45,7 +46,7 @@ def local_cluster(n_workers: int | None = None, **options: Any) -> LocalCluster:
 
     Examples
     --------
-    >>> with local_cluster(2, dashboard_address=None) as cluster:  # doctest: +SKIP
+    >>> with local_cluster(2, dashboard_address=":0") as cluster:  # doctest: +SKIP
     ...     write_segmentation(mask, source, segments, "seg.dcm", client=Client(cluster))
     """
     n_workers = n_workers or len(os.sched_getaffinity(0))
@@ -77,3 +78,41 @@ def cluster_client(client: Client | None = None) -> Iterator[Client]:
         pass
     with local_cluster() as cluster, Client(cluster, set_as_default=False) as own:
         yield own
+
+
+class WorkerlessClock:
+    """How long a cluster has had no workers, and whether that passed the allowed time.
+
+    A scheduler without workers keeps tasks waiting forever (a cluster scaled to zero, workers
+    that died without a nanny to restart them). Work waits up to the Dask configuration value
+    ``daskseg.no-workers-timeout`` (60 s by default: nannies restart a killed worker in seconds,
+    an adaptive cluster starts new ones) and then fails with a :class:`ClusterError`.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.timeout = parse_timedelta(dask.config.get("daskseg.no-workers-timeout", "60s"))
+        self.threads: int | None = None  # worker threads at the last look, if it succeeded
+        self._since: float | None = None
+
+    def expired(self) -> bool:
+        """Ask the scheduler for its workers (one round trip); True once none for too long."""
+        try:
+            workers = self.client.nthreads()
+        except Exception:  # the scheduler is gone: the futures fail by themselves
+            return False
+        self.threads = sum(workers.values())
+        if workers:
+            self._since = None
+            return False
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+        return now - self._since > self.timeout
+
+    def error(self) -> ClusterError:
+        return ClusterError(
+            f"The Dask cluster has had no workers for {self.timeout:g} s, so its work cannot "
+            "run. Start workers (or check why they stopped), or allow a longer wait with the "
+            "Dask configuration value 'daskseg.no-workers-timeout'."
+        )

@@ -9,8 +9,11 @@ part of the optimized graph, and at most a few tasks per worker thread are on th
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import CancelledError
 from typing import Any
 
 import dask.array as da
@@ -19,6 +22,8 @@ from dask.core import flatten
 from dask.delayed import Delayed
 from dask.optimization import cull
 from distributed import as_completed
+
+from daskseg._client import WorkerlessClock
 
 __all__ = ["block_tasks", "run_windowed"]
 
@@ -43,11 +48,14 @@ def run_windowed(client: Any, tasks: Sequence[Delayed]) -> Iterator[tuple[int, A
     At most four tasks per worker thread are in flight, refilled in groups (each compute call
     costs a graph submission) early enough that every worker has a task queued behind the one it
     runs. A task's result is released on the cluster once yielded. On any error, or if the
-    caller stops early, the tasks still in flight are cancelled.
+    caller stops early, the tasks still in flight are cancelled; if the cluster has no workers
+    for longer than :class:`~daskseg._client.WorkerlessClock` allows, they are cancelled and
+    :class:`~daskseg.errors.ClusterError` is raised instead of waiting forever.
     """
     threads = max(1, sum(client.nthreads().values()))
     window = max(8, 4 * threads)
     index_of: dict[str, int] = {}
+    in_flight: dict[str, Any] = {}  # shared with the watchdog thread
     position = 0
 
     def submit(count: int) -> list[Any]:
@@ -61,22 +69,41 @@ def run_windowed(client: Any, tasks: Sequence[Delayed]) -> Iterator[tuple[int, A
             futures = client.compute(batch)
         for offset, future in enumerate(futures):
             index_of[future.key] = position + offset
+            in_flight[future.key] = future
         position += len(batch)
         return futures
 
+    clock = WorkerlessClock(client)
+    stopped, starved = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        # as_completed blocks without a timeout: cancelling the futures is what wakes it.
+        while not stopped.wait(1.0):
+            if clock.expired():
+                starved.set()
+                client.cancel(list(in_flight.values()))
+                return
+
     first = submit(window)
     queue = as_completed(first, loop=client.loop)
-    in_flight = len(first)
+    watchdog = threading.Thread(target=watch, name="daskseg-watchdog", daemon=True)
+    watchdog.start()
     try:
         for future in queue:
-            in_flight -= 1
-            result = future.result()
+            del in_flight[future.key]
+            try:
+                result = future.result()
+            except CancelledError as error:
+                if starved.is_set():
+                    raise clock.error() from error
+                raise
             future.release()
             yield index_of.pop(future.key), result
-            if in_flight <= window - threads:
-                more = submit(window - in_flight)
-                in_flight += len(more)
+            if len(in_flight) <= window - threads:
+                more = submit(window - len(in_flight))
                 queue.update(more)
     finally:
-        for future in list(queue.futures):
-            future.cancel()
+        stopped.set()
+        if in_flight:
+            with contextlib.suppress(Exception):  # a closed client has nothing left to cancel
+                client.cancel(list(in_flight.values()))

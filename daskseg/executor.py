@@ -12,6 +12,7 @@ however many calls are submitted.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -24,7 +25,7 @@ from typing import Any
 
 from distributed import Client, default_client
 
-from daskseg._client import CLUSTER_FAILURES, local_cluster
+from daskseg._client import CLUSTER_FAILURES, WorkerlessClock, local_cluster
 from daskseg.errors import ClusterError
 
 __all__ = ["DaskExecutor"]
@@ -137,10 +138,10 @@ class DaskExecutor(Executor):
         self._batches_per_thread = batches_per_thread
         self._lock = threading.Condition()
         self._queue: deque[_Call] = deque()
-        self._in_flight: dict[str, Any] = {}
+        self._in_flight: dict[str, tuple[Any, list[_Call]]] = {}  # key -> (dask future, batch)
         self._shutdown = False
-        self._capacity_checked = -1.0
-        self._capacity_value = batches_per_thread
+        self._clock = WorkerlessClock(client)
+        self._checked = -1.0
         self._closed = threading.Event()
         self._sender = threading.Thread(target=self._send_loop, name="DaskExecutor", daemon=True)
         self._sender.start()
@@ -202,22 +203,37 @@ class DaskExecutor(Executor):
     # ----------------------------------------------------------------- sending
 
     def _capacity(self) -> int:
-        """Batches allowed on the cluster; the worker count is asked at most once a second."""
+        """Batches allowed on the cluster; the workers are asked about at most once a second.
+
+        When the cluster has had no workers for too long, every call waiting on it fails with
+        a :class:`ClusterError` rather than waiting forever. Called with the lock held.
+        """
         now = time.monotonic()
-        if now - self._capacity_checked > 1.0:
-            self._capacity_checked = now
-            try:
-                threads = sum(self.client.nthreads().values())
-            except Exception:  # scheduler unreachable: send anyway, the batch reports the error
-                threads = 1
-            self._capacity_value = max(1, threads) * self._batches_per_thread
-        return self._capacity_value
+        if now - self._checked > 1.0:
+            self._checked = now
+            if self._clock.expired():
+                self._fail_everything(self._clock.error())
+        # Scheduler unreachable: send anyway, the batch reports the error.
+        return max(1, self._clock.threads or 1) * self._batches_per_thread
+
+    def _fail_everything(self, error: ClusterError) -> None:
+        """Fail the queued calls and the batches on the cluster, and cancel those batches."""
+        for call in self._queue:
+            if call.future.set_running_or_notify_cancel():
+                call.future.set_exception(error)
+        self._queue.clear()
+        for _, batch in self._in_flight.values():
+            self._fail(batch, error)
+        if self._in_flight:
+            with contextlib.suppress(Exception):  # the batches' callbacks tidy up either way
+                self.client.cancel([remote for remote, _ in self._in_flight.values()])
 
     def _next_batch(self) -> list[_Call] | None:
         """Wait until a batch can go; return it, or None when shut down and drained."""
         with self._lock:
             while True:
-                if self._queue and len(self._in_flight) < self._capacity():
+                capacity = self._capacity() if self._queue or self._in_flight else 0
+                if self._queue and len(self._in_flight) < capacity:
                     wait = self._queue[0].queued + self._batch_delay - time.monotonic()
                     if len(self._queue) >= self._batch_size or wait <= 0 or self._shutdown:
                         batch: list[_Call] = []
@@ -256,7 +272,7 @@ class DaskExecutor(Executor):
                     self._fail(batch, error)
                     continue
                 with self._lock:
-                    self._in_flight[key] = remote
+                    self._in_flight[key] = (remote, batch)
                 remote.add_done_callback(lambda done, batch=batch: self._resolve(done, batch))
         finally:
             if self._owned_client is not None:
