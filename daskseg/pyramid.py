@@ -25,7 +25,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from daskseg._source import load_source_image
-from daskseg.errors import SegmentationInputError
+from daskseg.errors import DestinationExistsError, SegmentationInputError
 from daskseg.plan import aligned_chunks
 from daskseg.write import _as_dask_array, write_segmentation
 
@@ -173,6 +173,16 @@ def write_segmentation_pyramid(
     -------
     list of pathlib.Path
         The files written, full resolution first; instance numbers 1, 2, ...
+
+    Raises
+    ------
+    SegmentationInputError, SegmentationTypeError
+        As :func:`write_segmentation`, and for factors or source levels that make no pyramid.
+    DestinationExistsError
+        If a level's file exists and ``overwrite`` is not given, before anything is written.
+    ClusterError
+        If the cluster loses the work; the levels this call had written are removed, so a
+        failure never leaves part of a pyramid.
     """
     for key in ("instance_number", "sop_instance_uid", "plane_positions", "pixel_measures",
                 "plane_orientation"):
@@ -231,32 +241,44 @@ def write_segmentation_pyramid(
         series_date=options.pop("series_date", now.date()),
         series_time=options.pop("series_time", now.time()),
     )
-    written = []
-    for level, shape in enumerate(shapes):
-        source = sources[level] if len(sources) > 1 else sources[0]
-        level_options = dict(options)
-        if level == 0:
-            level_mask = array
-        else:
-            tile = options.get("tile_size") or (int(source.Rows), int(source.Columns))
-            tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
-            chunks = (
-                aligned_chunks(shape[0], tile[0], 2048), aligned_chunks(shape[1], tile[1], 2048)
-            )
-            level_mask = downsample(array, shape, method, chunks)
-            if len(sources) == 1:
-                # As highdicom: the spacing grows by the ratio of the sizes, per axis.
-                measures = source.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
-                spacing = measures.PixelSpacing
-                level_options["pixel_measures"] = hd.PixelMeasuresSequence(
-                    pixel_spacing=(
-                        spacing[0] * (rows / shape[0]), spacing[1] * (columns / shape[1])
-                    ),
-                    slice_thickness=measures.SliceThickness,
+    paths = [folder / f"level-{level}.dcm" for level in range(len(shapes))]
+    existing = [str(path) for path in paths if path.exists()]
+    if existing and not options.get("overwrite", False):
+        raise DestinationExistsError(
+            f"{', '.join(existing)} exist; pass overwrite=True to replace them."
+        )
+    written: list[pathlib.Path] = []
+    try:
+        for level, (shape, path) in enumerate(zip(shapes, paths)):
+            source = sources[level] if len(sources) > 1 else sources[0]
+            level_options = dict(options)
+            if level == 0:
+                level_mask = array
+            else:
+                tile = options.get("tile_size") or (int(source.Rows), int(source.Columns))
+                tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
+                chunks = (
+                    aligned_chunks(shape[0], tile[0], 2048),
+                    aligned_chunks(shape[1], tile[1], 2048),
                 )
-        path = folder / f"level-{level}.dcm"
-        written.append(write_segmentation(
-            level_mask, source, segment_descriptions, path, instance_number=level + 1,
-            **shared, **level_options,
-        ))
+                level_mask = downsample(array, shape, method, chunks)
+                if len(sources) == 1:
+                    # As highdicom: the spacing grows by the ratio of the sizes, per axis.
+                    measures = source.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+                    spacing = measures.PixelSpacing
+                    level_options["pixel_measures"] = hd.PixelMeasuresSequence(
+                        pixel_spacing=(
+                            spacing[0] * (rows / shape[0]), spacing[1] * (columns / shape[1])
+                        ),
+                        slice_thickness=measures.SliceThickness,
+                    )
+            written.append(write_segmentation(
+                level_mask, source, segment_descriptions, path, instance_number=level + 1,
+                **shared, **level_options,
+            ))
+    except BaseException:
+        # Half a pyramid is no pyramid: remove the levels this call wrote.
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     return written

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 
@@ -12,7 +13,7 @@ import pydicom
 import pytest
 from distributed import Client
 
-from daskseg import write_segmentation_pyramid
+from daskseg import DestinationExistsError, write_segmentation_pyramid
 from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
 
 ROWS, COLUMNS, TILE = 300, 420, 64
@@ -22,7 +23,7 @@ OPTIONS = dict(series_number=5, manufacturer="m", manufacturer_model_name="m",
 
 @pytest.fixture(scope="module")
 def client():
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as c:
         yield c
 
 
@@ -105,3 +106,30 @@ def test_levels_match_highdicom(tmp_path, client, segmentation_type, with_source
             allowed = ("Information Object Not found", "SegmentNumber") if (
                 segmentation_type == "LABELMAP") else ()
             assert [e for e in errors if not any(a in e for a in allowed)] == [], path.name
+
+
+
+def fail_after_level_0(block, level_0):
+    """Read as usual until level 0's file is in place, then fail (the next level's reads)."""
+    if os.path.exists(level_0):
+        raise RuntimeError("the mask's store went away")
+    return block
+
+
+def test_no_partial_pyramid_on_failure(tmp_path, client):
+    labels = make_tissue_mask(ROWS, COLUMNS, 2, chunks=(70, 90))
+    source = make_slide(ROWS, COLUMNS, tile_size=(TILE, TILE))
+    descriptions = make_segment_descriptions(2)
+    (tmp_path / "level-1.dcm").write_bytes(b"keep")
+    with pytest.raises(DestinationExistsError, match="level-1.dcm"):
+        write_segmentation_pyramid(labels, [source], descriptions, tmp_path,
+                                   downsample_factors=[2], client=client, **OPTIONS)
+    assert [p.name for p in tmp_path.iterdir()] == ["level-1.dcm"]  # refused before any work
+
+    (tmp_path / "level-1.dcm").unlink()
+    flaky = labels.map_blocks(fail_after_level_0, str(tmp_path / "level-0.dcm"),
+                              dtype=labels.dtype)
+    with pytest.raises(RuntimeError, match="went away"):
+        write_segmentation_pyramid(flaky, [source], descriptions, tmp_path,
+                                   downsample_factors=[2, 4], client=client, **OPTIONS)
+    assert list(tmp_path.iterdir()) == []  # level 0 was written, then removed
