@@ -58,7 +58,7 @@ from daskseg.errors import (
     SegmentationInputError,
     SegmentationTypeError,
 )
-from daskseg.plan import FrameSpec, TileGrid, aligned_chunks, spatial_index_values
+from daskseg.plan import FrameSpec, TileGrid, aligned_chunks, included_frames, spatial_index_values
 
 __all__ = ["write_segmentation", "ALLOWED_TRANSFER_SYNTAXES"]
 
@@ -598,7 +598,7 @@ def _write_file(
         order = np.argwhere(np.ones(spool.lengths.shape, dtype=bool))
         tile_nonempty = np.ones_like(tile_nonempty)
     else:
-        order = np.argwhere(spool.lengths >= 0)
+        order = included_frames(spool.lengths)
     if (spool.lengths[tuple(order.T)] < 0).any():
         dtype = np.uint8 if spec.bits_allocated <= 8 else np.uint16
         empty_frame = encode_frame(np.zeros((grid.tile_rows, grid.tile_columns), dtype), spec)
