@@ -29,7 +29,7 @@ def process_cluster():
         n_workers=2,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",
         memory_limit="4GiB",
     ) as cluster:
         yield cluster

@@ -1,4 +1,4 @@
-"""The notebooks run top to bottom on a fresh install, and the quick start draws its picture."""
+"""The notebooks run top to bottom on a fresh install, and each draws its picture."""
 
 from __future__ import annotations
 
@@ -20,5 +20,5 @@ def test_notebook_runs(tmp_path, name):
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    if name == "quickstart.ipynb":
-        assert any("image/png" in o.get("data", {}) for o in outputs)
+    # The quick start draws the mask over the slide, the cluster notebook its timings.
+    assert any("image/png" in o.get("data", {}) for o in outputs)
