@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import pathlib
 import sys
@@ -179,7 +180,9 @@ def _client(args: argparse.Namespace) -> Iterator[Any]:
         with Client(args.scheduler) as client:
             yield client
         return
-    options: dict[str, Any] = {"dashboard_address": None if args.quiet else ":0"}
+    # A user's mistake found in a block task is reported as one line by main(); the workers'
+    # own log of the failed task (with its traceback) would only repeat it.
+    options: dict[str, Any] = {"silence_logs": logging.CRITICAL}
     if args.threads:
         options.update(processes=False, threads_per_worker=args.threads)
     with local_cluster(args.workers, **options) as cluster, Client(cluster) as client:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -145,6 +146,19 @@ def test_user_errors_are_one_line(inputs, args, message):
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("daskseg: error:") and message in lines[-1], done.stderr
+
+
+def test_a_mistake_found_on_the_workers_is_one_line_too(inputs, tmp_path):
+    """A label without a description is seen only by the block tasks, on worker processes."""
+    folder, _ = inputs
+    done = run("encode", str(folder / "mask.zarr"), str(folder / "slide.dcm"), "-o",
+               str(tmp_path / "seg.dcm"), "--label", "tumor", "--workers", "1", "--quiet")
+    assert done.returncode == 1
+    # Whichever block a worker finds it in first; no worker log or traceback around it.
+    [line] = done.stderr.strip().splitlines()
+    assert re.fullmatch(r"daskseg: error: The label image holds the label 2 in rows \d+\.\.\d+, "
+                        r"columns \d+\.\.\d+, but only 1 segments are described; .*", line), line
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_usage_error_exits_2():
