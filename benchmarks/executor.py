@@ -56,7 +56,7 @@ def segmentation_time(source, labels, descriptions, workers) -> tuple[float, byt
 
 
 def main() -> None:
-    with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as client:
+    with local_cluster(2, dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
         dask_executor = DaskExecutor(client)
         client_executor = client.get_executor()
         ours = ms_per_submit(dask_executor)

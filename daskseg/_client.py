@@ -37,7 +37,8 @@ def local_cluster(n_workers: int | None = None, **options: Any) -> LocalCluster:
     n_workers : int, optional
         Worker processes; by default one per core available to this process.
     **options
-        Further ``distributed.LocalCluster`` arguments (``memory_limit``, ``dashboard_address``...).
+        Further ``distributed.LocalCluster`` arguments (``memory_limit``, ``dashboard_address``
+        (by default a free port on 127.0.0.1)...).
 
     Returns
     -------
@@ -46,13 +47,14 @@ def local_cluster(n_workers: int | None = None, **options: Any) -> LocalCluster:
 
     Examples
     --------
-    >>> with local_cluster(2, dashboard_address=":0") as cluster:  # doctest: +SKIP
+    >>> with local_cluster(2, dashboard_address="127.0.0.1:0") as cluster:  # doctest: +SKIP
     ...     write_segmentation(mask, source, segments, "seg.dcm", client=Client(cluster))
     """
     n_workers = n_workers or len(os.sched_getaffinity(0))
     options.setdefault("threads_per_worker", 1)
     options.setdefault("processes", True)
-    options.setdefault("dashboard_address", ":0")
+    # A free port, on loopback only: distributed binds every interface for ":0".
+    options.setdefault("dashboard_address", "127.0.0.1:0")
     # Nannies read this when they are created and keep it for restarts of their worker.
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         return LocalCluster(n_workers=n_workers, **options)

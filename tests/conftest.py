@@ -29,7 +29,7 @@ def process_cluster():
         n_workers=2,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=":0",
+        dashboard_address="127.0.0.1:0",
         memory_limit="4GiB",
     ) as cluster:
         yield cluster

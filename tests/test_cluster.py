@@ -73,7 +73,7 @@ def sleep_then(x, seconds):
 def fresh_cluster():
     """A cluster of two nanny-managed worker processes that a test may break."""
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0",
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0",
                                memory_limit="2GiB")
     client = Client(cluster, set_as_default=False)
     yield cluster, client
@@ -247,7 +247,7 @@ def test_uniform_mask_of_ones(tmp_path, inputs):
     """Every frame full: the cached encoding of a uniform frame serves all of them."""
     source, _, descriptions = inputs
     big = da.ones((ROWS, COLUMNS), dtype=np.uint8, chunks=TILE)
-    with Client(processes=False, n_workers=1, dashboard_address=":0") as client:
+    with Client(processes=False, n_workers=1, dashboard_address="127.0.0.1:0") as client:
         path = write_segmentation(big, source, descriptions, tmp_path / "seg.dcm",
                                   dimension_organization_type="TILED_FULL", client=client)
     assert (hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True) == 1).all()

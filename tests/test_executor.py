@@ -199,7 +199,7 @@ def test_context_manager_waits(dask_client):
 
 
 def test_owns_the_cluster_it_starts():
-    executor = DaskExecutor(n_workers=1, processes=False, dashboard_address=":0")
+    executor = DaskExecutor(n_workers=1, processes=False, dashboard_address="127.0.0.1:0")
     client = executor.client
     assert executor.submit(square, 5).result(timeout=60) == 25
     executor.shutdown()
@@ -207,7 +207,7 @@ def test_owns_the_cluster_it_starts():
 
 
 def test_uses_the_current_client_and_an_address():
-    with Client(processes=False, n_workers=1, dashboard_address=":0") as client:
+    with Client(processes=False, n_workers=1, dashboard_address="127.0.0.1:0") as client:
         with DaskExecutor() as executor:
             assert executor.client is client
             assert executor.submit(square, 6).result(timeout=30) == 36
@@ -222,13 +222,13 @@ def test_uses_the_current_client_and_an_address():
 
 
 def test_thread_workers_too():
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0") as client:
         with DaskExecutor(client) as executor:
             assert list(executor.map(square, range(20), chunksize=4)) == [i * i for i in range(20)]
 
 
 def test_cluster_loss_fails_futures_instead_of_hanging():
-    client = Client(processes=False, n_workers=1, dashboard_address=":0")
+    client = Client(processes=False, n_workers=1, dashboard_address="127.0.0.1:0")
     executor = DaskExecutor(client, batch_size=1, batches_per_thread=1)
     future = executor.submit(sleep_then, 1, 5.0)
     time.sleep(0.5)

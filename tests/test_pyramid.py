@@ -23,7 +23,7 @@ OPTIONS = dict(series_number=5, manufacturer="m", manufacturer_model_name="m",
 
 @pytest.fixture(scope="module")
 def client():
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as c:
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0") as c:
         yield c
 
 

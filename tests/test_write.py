@@ -47,7 +47,7 @@ ORGANIZATIONS = ["TILED_SPARSE", "TILED_FULL"]
 
 @pytest.fixture(scope="module")
 def thread_client():
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as c:
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0") as c:
         yield c
 
 
