@@ -13,7 +13,6 @@ import contextlib
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import CancelledError
 from typing import Any
 
 import dask.array as da
@@ -22,8 +21,10 @@ from dask.core import flatten
 from dask.delayed import Delayed
 from dask.optimization import cull
 from distributed import as_completed
+from distributed.scheduler import KilledWorker
 
-from daskseg._client import WorkerlessClock
+from daskseg._client import CLUSTER_FAILURES, WorkerlessClock
+from daskseg.errors import ClusterError
 
 __all__ = ["block_tasks", "run_windowed"]
 
@@ -42,17 +43,34 @@ def block_tasks(array: da.Array) -> np.ndarray:
     return tasks
 
 
-def run_windowed(client: Any, tasks: Sequence[Delayed]) -> Iterator[tuple[int, Any]]:
+def run_windowed(client: Any, tasks: Sequence[Delayed], what: str) -> Iterator[tuple[int, Any]]:
     """Compute ``tasks`` on the cluster; yield ``(index, result)`` as each finishes.
 
     At most four tasks per worker thread are in flight, refilled in groups (each compute call
     costs a graph submission) early enough that every worker has a task queued behind the one it
     runs. A task's result is released on the cluster once yielded. On any error, or if the
-    caller stops early, the tasks still in flight are cancelled; if the cluster has no workers
-    for longer than :class:`~daskseg._client.WorkerlessClock` allows, they are cancelled and
-    :class:`~daskseg.errors.ClusterError` is raised instead of waiting forever.
+    caller stops early, the tasks still in flight are cancelled.
+
+    An exception that a task raised (a bad value in a mask, a store that cannot be read) reaches
+    the caller as it is. When the cluster, not the task, failed (a worker died too often, the
+    scheduler went away, no worker was left for longer than
+    :class:`~daskseg._client.WorkerlessClock` allows) a :class:`~daskseg.errors.ClusterError`
+    says that it could not ``what``.
     """
-    threads = max(1, sum(client.nthreads().values()))
+    def cluster_error(error: BaseException) -> ClusterError:
+        if starved.is_set():
+            return clock.error()
+        return ClusterError(
+            f"The cluster failed to {what}: {error!r}. Check that the scheduler and workers "
+            "are alive (and have memory enough for a block)."
+        )
+
+    clock = WorkerlessClock(client)
+    stopped, starved = threading.Event(), threading.Event()
+    try:
+        threads = max(1, sum(client.nthreads().values()))
+    except CLUSTER_FAILURES as error:
+        raise cluster_error(error) from error
     window = max(8, 4 * threads)
     index_of: dict[str, int] = {}
     in_flight: dict[str, Any] = {}  # shared with the watchdog thread
@@ -66,15 +84,15 @@ def run_windowed(client: Any, tasks: Sequence[Delayed]) -> Iterator[tuple[int, A
         with warnings.catch_warnings():
             # Blocks of an in-memory mask carry their pixels in the graph, as they must.
             warnings.filterwarnings("ignore", message="Sending large graph")
-            futures = client.compute(batch)
+            try:
+                futures = client.compute(batch)
+            except CLUSTER_FAILURES as error:
+                raise cluster_error(error) from error
         for offset, future in enumerate(futures):
             index_of[future.key] = position + offset
             in_flight[future.key] = future
         position += len(batch)
         return futures
-
-    clock = WorkerlessClock(client)
-    stopped, starved = threading.Event(), threading.Event()
 
     def watch() -> None:
         # as_completed blocks without a timeout: cancelling the futures is what wakes it.
@@ -93,10 +111,10 @@ def run_windowed(client: Any, tasks: Sequence[Delayed]) -> Iterator[tuple[int, A
             del in_flight[future.key]
             try:
                 result = future.result()
-            except CancelledError as error:
-                if starved.is_set():
-                    raise clock.error() from error
-                raise
+            except Exception as error:
+                if future.status == "error" and not isinstance(error, KilledWorker):
+                    raise  # the task's own exception
+                raise cluster_error(error) from error
             future.release()
             yield index_of.pop(future.key), result
             if len(in_flight) <= window - threads:

@@ -626,7 +626,8 @@ class SegmentationReader:
                 # on each worker is one block at a time, whatever the SEG's size.
                 stored = array.map_blocks(_store_block, target=target, dtype=np.int64,
                                           chunks=tuple((1,) * n for n in array.numblocks))
-                for _ in run_windowed(client, block_tasks(stored).ravel().tolist()):
+                for _ in run_windowed(client, block_tasks(stored).ravel().tolist(),
+                                      "decode a block of the SEG into Zarr"):
                     bar.update(1)
         return target
 

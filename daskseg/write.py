@@ -47,13 +47,12 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from daskseg._client import CLUSTER_FAILURES, cluster_client
+from daskseg._client import cluster_client
 from daskseg._progress import progress_bar
 from daskseg._source import load_source_image
 from daskseg._tasks import block_tasks, run_windowed
 from daskseg.encode import BlockResult, encode_chunk, encode_frame
 from daskseg.errors import (
-    ClusterError,
     DestinationExistsError,
     SegmentationInputError,
     SegmentationTypeError,
@@ -466,23 +465,18 @@ def _encode_blocks(
 ) -> bool:
     """Run the block tasks a bounded window at a time; spool their frames. Returns overlap."""
     overlap = False
-    try:
-        for index, encoded in run_windowed(client, [task for _, task in tasks]):
-            result: BlockResult = encoded[0, 0]
-            rows, columns = result.tile_nonempty.shape
-            tile_nonempty[
-                result.tile_row : result.tile_row + rows,
-                result.tile_column : result.tile_column + columns,
-            ] = result.tile_nonempty
-            overlap |= result.overlap
-            for channel, tile_row, tile_column, data in result.frames:
-                spool.add(channel, tile_row, tile_column, data)
-            bar.update(tasks[index][0])
-    except CLUSTER_FAILURES as error:
-        raise ClusterError(
-            f"The cluster failed to encode a block of the mask: {error!r}. Check that "
-            "the scheduler and workers are alive (and have memory enough for a block)."
-        ) from error
+    delayed = [task for _, task in tasks]
+    for index, encoded in run_windowed(client, delayed, "encode a block of the mask"):
+        result: BlockResult = encoded[0, 0]
+        rows, columns = result.tile_nonempty.shape
+        tile_nonempty[
+            result.tile_row : result.tile_row + rows,
+            result.tile_column : result.tile_column + columns,
+        ] = result.tile_nonempty
+        overlap |= result.overlap
+        for channel, tile_row, tile_column, data in result.frames:
+            spool.add(channel, tile_row, tile_column, data)
+        bar.update(tasks[index][0])
     return overlap
 
 

@@ -18,7 +18,13 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-from daskseg import ClusterError, DaskExecutor, read_segmentation, write_segmentation
+from daskseg import (
+    ClusterError,
+    DaskExecutor,
+    open_segmentation,
+    read_segmentation,
+    write_segmentation,
+)
 from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
 
 ROWS, COLUMNS, TILE = 512, 768, 128
@@ -139,6 +145,36 @@ def test_a_cluster_without_workers_raises_and_leaves_nothing(tmp_path, fresh_clu
             write_segmentation(mask, source, descriptions, tmp_path / "seg.dcm", client=client)
     assert time.monotonic() - start < 60
     assert os.listdir(tmp_path) == []
+
+
+def unreadable(block, block_info=None):
+    if block_info[None]["chunk-location"][:2] == (1, 2):
+        raise PermissionError("chunk 1.2 of the mask's store cannot be read")
+    return block
+
+
+def test_a_task_error_is_not_taken_for_a_cluster_failure(tmp_path, dask_client, inputs):
+    """An OSError that the mask's own store raises reaches the caller as it is."""
+    source, labels, descriptions = inputs
+    mask = labels.map_blocks(unreadable, dtype=labels.dtype)
+    with pytest.raises(PermissionError, match="cannot be read"):
+        write_segmentation(mask, source, descriptions, tmp_path / "seg.dcm", client=dask_client)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.timeout(120)
+def test_to_zarr_on_a_cluster_without_workers_raises(tmp_path, fresh_cluster, inputs):
+    cluster, client = fresh_cluster
+    source, labels, descriptions = inputs
+    path = write_segmentation(labels, source, descriptions, tmp_path / "seg.dcm",
+                              client=client)
+    cluster.scale(0)
+    deadline = time.monotonic() + 30
+    while client.nthreads() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with dask.config.set({"daskseg.no-workers-timeout": "2s"}):
+        with pytest.raises(ClusterError, match="no workers for 2 s"):
+            open_segmentation(path).to_zarr(tmp_path / "labels.zarr", client=client)
 
 
 @pytest.mark.timeout(120)

@@ -222,7 +222,8 @@ def test_uses_the_current_client_and_an_address():
 
 
 def test_thread_workers_too():
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0") as client:
+    with Client(processes=False, n_workers=1, threads_per_worker=2,
+                dashboard_address="127.0.0.1:0") as client:
         with DaskExecutor(client) as executor:
             assert list(executor.map(square, range(20), chunksize=4)) == [i * i for i in range(20)]
 
