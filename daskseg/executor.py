@@ -97,6 +97,13 @@ class DaskExecutor(Executor):
         With neither ``client`` nor ``address`` and no current client, the executor starts
         :func:`daskseg.local_cluster` with these options, and closes it on :meth:`shutdown`.
 
+    Notes
+    -----
+    A call whose batch cannot run fails with :class:`~daskseg.errors.ClusterError`: its worker
+    was killed more often than ``distributed.scheduler.allowed-failures``, the scheduler went
+    away, or the cluster had no worker for the Dask configuration value
+    ``daskseg.no-workers-timeout`` (60 s by default; read when the executor is made).
+
     Examples
     --------
     >>> import highdicom as hd

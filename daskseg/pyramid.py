@@ -245,7 +245,8 @@ def write_segmentation_pyramid(
     existing = [str(path) for path in paths if path.exists()]
     if existing and not options.get("overwrite", False):
         raise DestinationExistsError(
-            f"{', '.join(existing)} exist; pass overwrite=True to replace them."
+            f"{', '.join(existing)} {'exists' if len(existing) == 1 else 'exist'}; "
+            "pass overwrite=True to replace the levels."
         )
     written: list[pathlib.Path] = []
     try:
