@@ -271,17 +271,22 @@ def _proxy_header(
             flat[index, index] = 1
         else:
             flat[index] = index + 1
+    # The proxy's one frame is left native: the transfer syntax changes nothing in the header
+    # but the file meta, and highdicom's own encoders fail on some valid frames (JPEG-LS tiles
+    # smaller than 4 x 4) that daskseg's encoders take.
     seg = hd.seg.Segmentation(
         source_images=[proxy_source],
         pixel_array=proxy,
         tile_pixel_array=True,
         tile_size=tile,
         omit_empty_frames=False,
-        **hd_options,
+        **{**hd_options, "transfer_syntax_uid": ExplicitVRLittleEndian},
     )
     header = Dataset()
     header.update(seg)
     header.file_meta = FileMetaDataset(seg.file_meta)
+    header.file_meta.TransferSyntaxUID = hd_options["transfer_syntax_uid"]
+    del header.file_meta.FileMetaInformationGroupLength  # pydicom computes it when writing
     for keyword in ("PixelData", "PerFrameFunctionalGroupsSequence", "ExtendedOffsetTable",
                     "ExtendedOffsetTableLengths"):
         if keyword in header:

@@ -10,11 +10,10 @@ from distributed import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daskseg import read_segmentation, write_segmentation
+from daskseg import ALLOWED_TRANSFER_SYNTAXES, read_segmentation, write_segmentation
 from daskseg.synthetic import make_segment_descriptions, make_slide
 
 J2K = "1.2.840.10008.1.2.4.90"
-NATIVE = "1.2.840.10008.1.2.1"
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def client():
 @st.composite
 def cases(draw):
     segmentation_type = draw(st.sampled_from(["BINARY", "LABELMAP", "FRACTIONAL"]))
-    syntax = draw(st.sampled_from([NATIVE, J2K]))
+    syntax = draw(st.sampled_from(ALLOWED_TRANSFER_SYNTAXES[segmentation_type]))
     low = 32 if syntax == J2K else 1
     tile = (draw(st.integers(low, 64)), draw(st.integers(low, 64)))
     rows, columns = draw(st.integers(1, 150)), draw(st.integers(1, 150))

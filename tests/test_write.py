@@ -117,6 +117,8 @@ def test_matches_highdicom(tmp_path, thread_client, segmentation_type, transfer_
     assert ours.file_meta.TransferSyntaxUID == transfer_syntax
     assert int(ours.NumberOfFrames) == int(theirs.NumberOfFrames)
     assert dataset_differences(ours, theirs) == []
+    theirs.save_as(tmp_path / "theirs.dcm")  # as saved: group length computed on writing
+    assert dataset_differences(ours.file_meta, pydicom.dcmread(tmp_path / "theirs.dcm").file_meta) == []
 
     combine = segmentation_type != "FRACTIONAL"
     ours_seg = hd.seg.segread(path)
@@ -170,6 +172,29 @@ def test_native_binary_frames_not_byte_aligned(tmp_path, thread_client, tile, or
     assert ours.PixelData[:whole] == theirs.PixelData[:whole]
     got = hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True)
     np.testing.assert_array_equal(got, mask.compute())
+
+
+@pytest.mark.parametrize("segmentation_type", ["LABELMAP", "FRACTIONAL"])
+@pytest.mark.parametrize("tile", [(1, 1), (3, 2)])
+def test_jpeg_ls_frames_smaller_than_highdicom_encodes(tmp_path, thread_client, tile,
+                                                       segmentation_type):
+    """highdicom's JPEG-LS encoder fails below 4 x 4 pixels; the header must not need it."""
+    rows, columns = 7, 5
+    source = make_slide(rows, columns, tile_size=tile)
+    labels = np.arange(rows * columns, dtype=np.uint8).reshape(rows, columns) % 3
+    mask = (labels[..., None] == [1, 2]).astype(np.uint8) if segmentation_type == "FRACTIONAL" \
+        else labels
+    path = write_segmentation(
+        mask, source, make_segment_descriptions(2, segmentation_type=segmentation_type),
+        tmp_path / "seg.dcm", segmentation_type=segmentation_type,
+        transfer_syntax_uid="1.2.840.10008.1.2.4.80", max_fractional_value=1,
+        client=thread_client,
+    )
+    seg = hd.seg.segread(path)
+    if segmentation_type == "FRACTIONAL":
+        np.testing.assert_array_equal(seg.get_total_pixel_matrix(rescale_fractional=False), mask)
+    else:
+        np.testing.assert_array_equal(seg.get_total_pixel_matrix(combine_segments=True), labels)
 
 
 def test_omits_empty_frames_and_keeps_all_of_an_empty_mask(tmp_path, thread_client):
