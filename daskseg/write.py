@@ -286,7 +286,8 @@ def _proxy_header(
     header.update(seg)
     header.file_meta = FileMetaDataset(seg.file_meta)
     header.file_meta.TransferSyntaxUID = hd_options["transfer_syntax_uid"]
-    del header.file_meta.FileMetaInformationGroupLength  # pydicom computes it when writing
+    if "FileMetaInformationGroupLength" in header.file_meta:
+        del header.file_meta.FileMetaInformationGroupLength  # pydicom computes it when writing
     for keyword in ("PixelData", "PerFrameFunctionalGroupsSequence", "ExtendedOffsetTable",
                     "ExtendedOffsetTableLengths"):
         if keyword in header:
