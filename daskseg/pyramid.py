@@ -45,6 +45,17 @@ def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
     return np.minimum(np.cumsum(steps).astype(np.int64), size_in - 1)
 
 
+def _pick_nearest(block: np.ndarray, shape_in: tuple[int, int], shape_out: tuple[int, int],
+                  block_info: dict | None = None) -> np.ndarray:
+    """The pixels of one chunk of the mask that nearest-neighbour resampling keeps."""
+    (r0, r1), (c0, c1) = block_info[0]["array-location"][:2]
+    rows = nearest_indices(shape_in[0], shape_out[0])
+    columns = nearest_indices(shape_in[1], shape_out[1])
+    rows = rows[(rows >= r0) & (rows < r1)] - r0
+    columns = columns[(columns >= c0) & (columns < c1)] - c0
+    return block[rows][:, columns]
+
+
 def bilinear_weights(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
     """First source index and weights of each output pixel, as Pillow's BILINEAR resize.
 
@@ -118,14 +129,23 @@ def downsample(mask: da.Array, shape: tuple[int, int], method: str,
                chunks: tuple[tuple[int, ...], tuple[int, ...]]) -> da.Array:
     """Resample a (rows, columns[, segments]) Dask array to ``shape``, block by block.
 
-    Nearest neighbour picks rows and columns chunk by chunk (``da.take``), so a coarse level
-    reads only the pixels it keeps. Bilinear resampling runs as Pillow does, columns first,
-    then rows, each pass on blocks that read the span of input their filter covers.
+    Nearest neighbour picks rows and columns chunk by chunk, in the task that reads the
+    chunk, so only the pixels a level keeps leave it. Bilinear resampling runs as Pillow does,
+    columns first, then rows, each pass on blocks that read the span of input their filter
+    covers.
     """
     if method == "nearest":
-        rows = nearest_indices(mask.shape[0], shape[0])
-        columns = nearest_indices(mask.shape[1], shape[1])
-        picked = da.take(da.take(mask, rows, axis=0), columns, axis=1)
+        # Each source chunk gives the rows and columns it holds that the level keeps (one task,
+        # fused with the chunk's read); the small pieces are then joined into the level's blocks.
+        counts = [
+            np.diff(np.searchsorted(nearest_indices(size, size_out), np.cumsum((0, *sizes))))
+            for size, size_out, sizes in zip(mask.shape[:2], shape, mask.chunks[:2])
+        ]
+        picked = mask.map_blocks(
+            _pick_nearest, tuple(mask.shape[:2]), tuple(shape), dtype=mask.dtype,
+            chunks=(tuple(int(n) for n in counts[0]), tuple(int(n) for n in counts[1]),
+                    *mask.chunks[2:]),
+        )
         return picked.rechunk(chunks + mask.shape[2:])
     # A row band a few hundred pixels high bounds the first pass's memory, however wide.
     banded = mask.rechunk((256, mask.chunks[1]) + mask.shape[2:])

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 
+import dask.array as da
 import highdicom as hd
 import numpy as np
 import pydicom
@@ -14,6 +15,8 @@ import pytest
 from distributed import Client
 
 from daskseg import DestinationExistsError, write_segmentation_pyramid
+from daskseg.plan import aligned_chunks
+from daskseg.pyramid import downsample, nearest_indices
 from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
 
 ROWS, COLUMNS, TILE = 300, 420, 64
@@ -133,3 +136,18 @@ def test_no_partial_pyramid_on_failure(tmp_path, client):
         write_segmentation_pyramid(flaky, [source], descriptions, tmp_path,
                                    downsample_factors=[2, 4], client=client, **OPTIONS)
     assert list(tmp_path.iterdir()) == []  # level 0 was written, then removed
+
+
+@pytest.mark.parametrize("factor", [2, 3, 20])
+@pytest.mark.parametrize("stacked", [False, True])
+def test_nearest_picks_per_chunk_equal_picks_of_the_whole(factor, stacked):
+    """Ragged chunks, sizes that the factor does not divide, chunks that keep no row at all."""
+    rng = np.random.default_rng(factor)
+    mask = rng.integers(0, 4, size=(97, 131, 2) if stacked else (97, 131), dtype=np.uint8)
+    shape = (int(97 / factor), int(131 / factor))
+    chunks = (aligned_chunks(shape[0], 8, 16), aligned_chunks(shape[1], 8, 16))
+    got = downsample(da.from_array(mask, chunks=(7, 11) + mask.shape[2:]), shape, "nearest",
+                     chunks)
+    expected = mask[nearest_indices(97, shape[0])][:, nearest_indices(131, shape[1])]
+    assert got.chunks[:2] == chunks
+    np.testing.assert_array_equal(got.compute(scheduler="sync"), expected)
