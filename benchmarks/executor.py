@@ -7,8 +7,8 @@ Usage::
 On one 2-process LocalCluster it prints the milliseconds per trivial ``submit`` of DaskExecutor
 and ``Client.get_executor()``, and the time of highdicom's Segmentation of an 8192 x 8192 label
 mask (five segments, BINARY, JPEG 2000 lossless, 512-pixel tiles, TILED_FULL) with
-``workers=0``, a ``ProcessPoolExecutor(2)``, ``Client.get_executor()`` and DaskExecutor, checking
-that each gives the same PixelData as ``workers=0``.
+``workers=0``, a ``ProcessPoolExecutor(2)``, ``Client.get_executor()`` and DaskExecutor (best of
+three rounds), checking that each gives the same PixelData as ``workers=0``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def segmentation_time(source, labels, descriptions, workers) -> tuple[float, byt
 
 
 def main() -> None:
-    with local_cluster(2, dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+    with local_cluster(2) as cluster, Client(cluster) as client:
         dask_executor = DaskExecutor(client)
         client_executor = client.get_executor()
         ours = ms_per_submit(dask_executor)
@@ -70,27 +70,29 @@ def main() -> None:
         labels = make_tissue_mask(size, size, 5).compute()
         source = make_slide(size, size, tile_size=(512, 512))
         descriptions = make_segment_descriptions(5)
-        times = {}
-        serial_time, serial_pixels = segmentation_time(source, labels, descriptions, 0)
-        times["workers=0"] = serial_time
+        serial_pixels = None
+        times: dict[str, float] = {}
         with ProcessPoolExecutor(2) as pool:
             pool.submit(int).result()  # start the processes outside the timing
-            times["ProcessPoolExecutor(2)"], pixels = segmentation_time(
-                source, labels, descriptions, pool
-            )
-            assert pixels == serial_pixels
-        times["Client.get_executor()"], pixels = segmentation_time(
-            source, labels, descriptions, client_executor
-        )
-        assert pixels == serial_pixels
-        times["DaskExecutor"], pixels = segmentation_time(
-            source, labels, descriptions, dask_executor
-        )
-        assert pixels == serial_pixels
+            executors = {
+                "workers=0": 0,
+                "ProcessPoolExecutor(2)": pool,
+                "Client.get_executor()": client_executor,
+                "DaskExecutor": dask_executor,
+            }
+            # Best of three, in rounds over all four, so that a passing load on the machine
+            # does not fall on one of them alone.
+            for _ in range(3):
+                for name, workers in executors.items():
+                    seconds, pixels = segmentation_time(source, labels, descriptions, workers)
+                    serial_pixels = serial_pixels or pixels  # workers=0 runs first
+                    assert pixels == serial_pixels, name
+                    times[name] = min(times.get(name, float("inf")), seconds)
         dask_executor.shutdown()
 
         print(f"\nhighdicom Segmentation, {size} x {size} label mask, 5 segments, BINARY, "
-              "JPEG 2000 lossless, 512 tiles, TILED_FULL (PixelData identical in all runs):")
+              "JPEG 2000 lossless, 512 tiles, TILED_FULL (best of 3; PixelData identical in "
+              "all runs):")
         for name, seconds in times.items():
             print(f"  {name:24s} {seconds:6.2f} s")
         ratio = times["DaskExecutor"] / times["ProcessPoolExecutor(2)"]

@@ -39,7 +39,7 @@ def step_run(zarr_path: str, what: str) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     options = dict(transfer_syntax_uid=J2K, dimension_organization_type="TILED_FULL")
-    with local_cluster(2, dashboard_address="127.0.0.1:0", memory_limit="1GiB") as cluster, \
+    with local_cluster(2, memory_limit="1GiB") as cluster, \
             Client(cluster) as client:
         start = time.perf_counter()
         if what == "level0":

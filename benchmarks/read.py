@@ -41,7 +41,7 @@ def ensure_seg(rows: int, n_segments: int) -> pathlib.Path:
     from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
 
     source = make_slide(rows, rows, tile_size=(512, 512))
-    with local_cluster(2, dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+    with local_cluster(2) as cluster, Client(cluster) as client:
         write_segmentation(
             make_tissue_mask(rows, rows, n_segments), source,
             make_segment_descriptions(n_segments), path, transfer_syntax_uid=J2K,
@@ -70,7 +70,7 @@ def step_daskseg(path: str, cache: str = "cache") -> None:
 
     from daskseg import local_cluster, read_segmentation
 
-    with local_cluster(2, dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+    with local_cluster(2) as cluster, Client(cluster) as client:
         # Warm imports, as a live cluster has; "nocache" decodes every frame, even the repeats.
         client.run(_set_small_codestream, 4096 if cache == "cache" else 0)
         start = time.perf_counter()
@@ -98,7 +98,7 @@ def step_to_zarr(path: str, store: str) -> None:
     from daskseg import local_cluster, open_segmentation
 
     shutil.rmtree(store, ignore_errors=True)
-    with local_cluster(2, dashboard_address="127.0.0.1:0", memory_limit="600MiB") as cluster, \
+    with local_cluster(2, memory_limit="600MiB") as cluster, \
             Client(cluster) as client:
         start = time.perf_counter()
         seg = open_segmentation(path)

@@ -104,7 +104,7 @@ def step_daskseg(zarr_path: str, n_segments: int, output: str, reuse: str = "reu
     source = make_slide(rows, rows, tile_size=(TILE, TILE))
     descriptions = make_segment_descriptions(n_segments)
     with local_cluster(
-        2, dashboard_address="127.0.0.1:0", memory_limit="4GiB"
+        2, memory_limit="4GiB"
     ) as cluster, Client(cluster) as client:
         client.run(lambda: __import__("daskseg.write"))  # warm imports, as a live cluster has
         if reuse != "reuse":
@@ -179,7 +179,7 @@ def step_big(zarr_path: str, n_segments: int, output: str, n_workers: int) -> No
     rows = 65536
     source = make_slide(rows, rows, tile_size=(TILE, TILE))
     with local_cluster(
-        n_workers, dashboard_address="127.0.0.1:0", memory_limit="600MiB"
+        n_workers, memory_limit="600MiB"
     ) as cluster, Client(cluster) as client:
         start = time.perf_counter()
         write_segmentation(

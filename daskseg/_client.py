@@ -47,7 +47,7 @@ def local_cluster(n_workers: int | None = None, **options: Any) -> LocalCluster:
 
     Examples
     --------
-    >>> with local_cluster(2, dashboard_address="127.0.0.1:0") as cluster:  # doctest: +SKIP
+    >>> with local_cluster(2, memory_limit="4GiB") as cluster:  # doctest: +SKIP
     ...     write_segmentation(mask, source, segments, "seg.dcm", client=Client(cluster))
     """
     n_workers = n_workers or len(os.sched_getaffinity(0))
