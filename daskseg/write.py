@@ -102,8 +102,14 @@ def _as_dask_array(mask: Any) -> da.Array:
         try:
             mask = zarr.open_array(str(mask), mode="r")
         except Exception as error:  # zarr raises several types for a missing or bad store
+            hint = ""
+            with contextlib.suppress(Exception):  # a group: name the arrays it holds
+                names = sorted(zarr.open_group(str(mask), mode="r").array_keys())
+                hint = (f" It is a Zarr group; give the path of one of its arrays: "
+                        f"{', '.join(names) or '(it holds none)'}.")
             raise SegmentationInputError(
-                f"Could not open the mask {str(mask)!r} as a Zarr array: {error}"
+                f"Could not open the mask {str(mask)!r} as a Zarr array: "
+                f"{str(error).rstrip('.')}.{hint}"
             ) from error
     if isinstance(mask, zarr.Array):
         return da.from_zarr(mask)

@@ -8,6 +8,7 @@ import dask.array as da
 import numpy as np
 import pydicom
 import pytest
+import zarr
 from distributed import Client
 
 from daskseg import (
@@ -129,6 +130,21 @@ def test_destination_checked(tmp_path, source, client):
         write_segmentation(mask, source, make_segment_descriptions(2), existing, client=client)
     assert existing.read_bytes() == b"keep" and os.listdir(tmp_path) == ["seg.dcm"]
     assert issubclass(DestinationExistsError, FileExistsError)
+
+
+def test_zarr_paths_checked(tmp_path, source, client):
+    out = tmp_path / "out"
+    out.mkdir()
+    group = zarr.open_group(str(tmp_path / "prediction.zarr"), mode="w")
+    group.create_array("labels", shape=(ROWS, COLUMNS), dtype="uint8")
+    with pytest.raises(SegmentationInputError, match="Zarr group; give the path of one of its "
+                                                     "arrays: labels"):
+        write_segmentation(tmp_path / "prediction.zarr", source, make_segment_descriptions(2),
+                           out / "seg.dcm", client=client)
+    with pytest.raises(SegmentationInputError, match="missing.zarr"):
+        write_segmentation(tmp_path / "missing.zarr", source, make_segment_descriptions(2),
+                           out / "seg.dcm", client=client)
+    assert os.listdir(out) == []
 
 
 def test_mask_type_checked(tmp_path, source, client):
