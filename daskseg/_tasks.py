@@ -57,6 +57,9 @@ def run_windowed(client: Any, tasks: Sequence[Delayed], what: str) -> Iterator[t
     :class:`~daskseg._client.WorkerlessClock` allows) a :class:`~daskseg.errors.ClusterError`
     says that it could not ``what``.
     """
+    clock = WorkerlessClock(client)
+    stopped, starved = threading.Event(), threading.Event()
+
     def cluster_error(error: BaseException) -> ClusterError:
         if starved.is_set():
             return clock.error()
@@ -65,8 +68,6 @@ def run_windowed(client: Any, tasks: Sequence[Delayed], what: str) -> Iterator[t
             "are alive (and have memory enough for a block)."
         )
 
-    clock = WorkerlessClock(client)
-    stopped, starved = threading.Event(), threading.Event()
     try:
         threads = max(1, sum(client.nthreads().values()))
     except CLUSTER_FAILURES as error:
