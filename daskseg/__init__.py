@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from daskseg.errors import (
     ClusterError,
     DaskSegError,
@@ -12,15 +10,12 @@ from daskseg.errors import (
     SegmentationTypeError,
 )
 from daskseg._client import local_cluster
+from daskseg._codecs import ALLOWED_TRANSFER_SYNTAXES
+from daskseg._version import __version__
 from daskseg.executor import DaskExecutor
 from daskseg.pyramid import write_segmentation_pyramid
 from daskseg.read import SegmentationReader, open_segmentation, read_segmentation
-from daskseg.write import ALLOWED_TRANSFER_SYNTAXES, write_segmentation
-
-try:
-    __version__ = version("daskseg")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+from daskseg.write import write_segmentation
 
 __all__ = [
     "SegmentationReader",

@@ -61,10 +61,13 @@ def local_cluster(n_workers: int | None = None, **options: Any) -> LocalCluster:
 
 
 @contextlib.contextmanager
-def cluster_client(client: Client | None = None) -> Iterator[Client]:
+def cluster_client(client: Client | None = None, *, start: bool = True) -> Iterator[Any]:
     """Yield ``client``, else the current default client, else one of a new LocalCluster.
 
-    Only a cluster started here is closed on exit.
+    The one place that decides which cluster daskseg runs on. As highdicom does with the
+    resources it opens, only what is started here is shut down on exit: a client given or found
+    is left running. With ``start=False`` no cluster is started and None is yielded instead
+    (the caller then uses Dask's local scheduler).
     """
     if client is not None:
         if not isinstance(client, Client):
@@ -78,6 +81,9 @@ def cluster_client(client: Client | None = None) -> Iterator[Client]:
         return
     except ValueError:  # no client exists in this process
         pass
+    if not start:
+        yield None
+        return
     with local_cluster() as cluster, Client(cluster, set_as_default=False) as own:
         yield own
 

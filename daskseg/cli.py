@@ -20,15 +20,10 @@ from typing import Any
 
 __all__ = ["main", "segment_descriptions_from_dcmqi"]
 
-TRANSFER_SYNTAXES = {
-    "native": "1.2.840.10008.1.2.1",
-    "explicit": "1.2.840.10008.1.2.1",
-    "implicit": "1.2.840.10008.1.2",
-    "jpeg2000": "1.2.840.10008.1.2.4.90",
-    "j2k": "1.2.840.10008.1.2.4.90",
-    "jpegls": "1.2.840.10008.1.2.4.80",
-    "rle": "1.2.840.10008.1.2.5",
-}
+from daskseg._codecs import CODECS
+
+#: The short names of ``--transfer-syntax``, from the codec table.
+TRANSFER_SYNTAXES = {name: str(uid) for uid, codec in CODECS.items() for name in codec.names}
 
 _ALGORITHM_TYPES = {"AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"}
 
@@ -354,7 +349,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from daskseg import __version__
+    from daskseg._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="daskseg",
@@ -380,7 +375,7 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument("--type", default="BINARY", choices=["BINARY", "FRACTIONAL", "LABELMAP"],
                         type=str.upper)
     encode.add_argument("--transfer-syntax", default="native",
-                        help="native, implicit, jpeg2000, jpegls, rle, or a UID")
+                        help=", ".join(TRANSFER_SYNTAXES) + ", or a UID")
     encode.add_argument("--tile-size", help="N or RxC (default: the slide's frame size)")
     encode.add_argument("--organization", default="TILED_SPARSE", type=str.upper,
                         choices=["TILED_SPARSE", "TILED_FULL"])

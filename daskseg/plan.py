@@ -10,12 +10,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from pydicom.uid import (
-    JPEG2000Lossless,
-    JPEGLSLossless,
-    RLELossless,
-    UID,
-)
+from pydicom.uid import UID
+
+from daskseg._codecs import CODECS, Codec
 
 __all__ = ["TileGrid", "FrameSpec", "aligned_chunks", "included_frames", "spatial_index_values"]
 
@@ -73,14 +70,8 @@ class FrameSpec:
         return not UID(self.transfer_syntax_uid).is_encapsulated
 
     @property
-    def codec(self) -> str:
-        if self.is_native:
-            return "native"
-        return {
-            JPEG2000Lossless: "jpeg2k",
-            JPEGLSLossless: "jpegls",
-            RLELossless: "rle",
-        }[UID(self.transfer_syntax_uid)]
+    def codec(self) -> Codec:
+        return CODECS[UID(self.transfer_syntax_uid)]
 
 
 def aligned_chunks(
