@@ -62,7 +62,7 @@ def _encode_jpeg2k(frame: np.ndarray, bits_allocated: int) -> bytes:
 
     # imagecodecs releases the GIL and is faster than highdicom's pydicom/pylibjpeg path;
     # a J2K codestream (not JP2), reversible 5/3 wavelet: lossless, as 1.2.840.10008.1.2.4.90.
-    return imagecodecs.jpeg2k_encode(
+    return bytes(imagecodecs.jpeg2k_encode(
         np.ascontiguousarray(frame),
         level=0,
         codecformat="J2K",
@@ -70,7 +70,7 @@ def _encode_jpeg2k(frame: np.ndarray, bits_allocated: int) -> bytes:
         bitspersample=bits_allocated if bits_allocated > 1 else 1,
         mct=False,
         numthreads=1,
-    )
+    ))  # bytes() returns a bytes result itself, without a copy
 
 
 def _decode_jpeg2k(data: bytes, rows: int, columns: int, bits_allocated: int) -> np.ndarray:
@@ -82,7 +82,7 @@ def _decode_jpeg2k(data: bytes, rows: int, columns: int, bits_allocated: int) ->
 def _encode_jpegls(frame: np.ndarray, bits_allocated: int) -> bytes:
     import imagecodecs
 
-    return imagecodecs.jpegls_encode(np.ascontiguousarray(frame), level=0)
+    return bytes(imagecodecs.jpegls_encode(np.ascontiguousarray(frame), level=0))
 
 
 def _decode_jpegls(data: bytes, rows: int, columns: int, bits_allocated: int) -> np.ndarray:

@@ -77,21 +77,23 @@ def segment_descriptions_from_dcmqi(
     >>> descriptions[0].SegmentLabel, options
     ('tumor', {})
     """
-    if not isinstance(metadata, dict):
+    if isinstance(metadata, dict):
+        data = metadata
+    else:
         try:
-            metadata = json.loads(pathlib.Path(metadata).read_text())
+            data = json.loads(pathlib.Path(metadata).read_text())
         except FileNotFoundError:
             raise SegmentationInputError(f"metadata file {metadata} does not exist") from None
         except json.JSONDecodeError as error:
             raise SegmentationInputError(f"metadata file {metadata} is not JSON: {error}") from None
-    groups = metadata.get("segmentAttributes")
+    groups = data.get("segmentAttributes")
     if not groups:
-        raise SegmentationInputError("the metadata has no segmentAttributes")
+        raise SegmentationInputError("the data has no segmentAttributes")
     segments = [segment for group in groups for segment in group]
     descriptions = []
     for segment in sorted(segments, key=lambda s: int(s.get("labelID", 0))):
         if "labelID" not in segment:
-            raise SegmentationInputError("a segment in the metadata has no labelID")
+            raise SegmentationInputError("a segment in the data has no labelID")
         algorithm_type = segment.get("SegmentAlgorithmType", "AUTOMATIC").upper()
         if algorithm_type not in _ALGORITHM_TYPES:
             raise SegmentationInputError(f"unknown SegmentAlgorithmType {algorithm_type!r}")
@@ -126,9 +128,9 @@ def segment_descriptions_from_dcmqi(
                 algorithm_identification=algorithm,
                 **options,
             )
-        except (ValueError, TypeError) as error:  # highdicom's verdict on the metadata
+        except (ValueError, TypeError) as error:  # highdicom's verdict on the data
             raise SegmentationInputError(
-                f"segment {segment['labelID']} of the metadata: {error}"
+                f"segment {segment['labelID']} of the data: {error}"
             ) from error
         if "SegmentDescription" in segment:
             description.SegmentDescription = segment["SegmentDescription"]
@@ -144,11 +146,11 @@ def segment_descriptions_from_dcmqi(
         ("SeriesDescription", "content_description"),
         ("ContentLabel", "content_label"),
     ]:
-        if key in metadata:
-            options[option] = metadata[key]
+        if key in data:
+            options[option] = data[key]
     for key, option in [("SeriesNumber", "series_number"), ("InstanceNumber", "instance_number")]:
-        if key in metadata:
-            options[option] = int(metadata[key])
+        if key in data:
+            options[option] = int(data[key])
     return descriptions, options
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from pydicom.uid import UID
 
 from daskseg._codecs import CODECS, unpack_bits
+from daskseg.plan import block_location
 from daskseg._frames import FileSource, FrameLayout, FrameRanges, FrameReader
 
 __all__ = ["FrameRef", "Output", "read_chunk", "store_block"]
@@ -154,5 +155,5 @@ def read_chunk(
 
 def store_block(block: np.ndarray, target: Any, block_info: dict | None = None) -> np.ndarray:
     """Write one block into its region of the Zarr array; return a 1-element marker."""
-    target[tuple(slice(start, stop) for start, stop in block_info[0]["array-location"])] = block
+    target[tuple(slice(start, stop) for start, stop in block_location(block_info))] = block
     return np.ones((1,) * block.ndim, dtype=np.int64)

@@ -71,10 +71,12 @@ def write_pixel_data(
 ) -> None:
     """Append the (extended) offset tables and Pixel Data, frames in file order."""
 
+    empty = empty_frame if empty_frame is not None else b""  # set when frames are missing
+
     def frames() -> Iterator[bytes]:
         for channel, tile_row, tile_column in order:
             if spool.lengths[channel, tile_row, tile_column] < 0:
-                yield empty_frame
+                yield empty
             else:
                 yield spool.read(channel, tile_row, tile_column)
 
@@ -114,7 +116,7 @@ def write_pixel_data(
     # Encapsulated (PS3.5 A.4): each frame one fragment, padded to even length.
     lengths = np.array(
         [
-            len(empty_frame) if spool.lengths[c, r, k] < 0 else spool.lengths[c, r, k]
+            len(empty) if spool.lengths[c, r, k] < 0 else spool.lengths[c, r, k]
             for c, r, k in order
         ],
         dtype=np.int64,

@@ -27,7 +27,7 @@ def load_source_image(source_image: Dataset | str | os.PathLike) -> Dataset:
     if isinstance(source_image, (str, os.PathLike)):
         try:
             # A slide file can be many GB: its header is all the SEG needs.
-            dataset = pydicom.dcmread(source_image, stop_before_pixels=True)
+            dataset: Dataset = pydicom.dcmread(source_image, stop_before_pixels=True)
         except FileNotFoundError as error:
             raise SegmentationInputError(f"The source image {source_image} does not exist.") from error
         except pydicom.errors.InvalidDicomError as error:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from daskseg.errors import SegmentationInputError
-from daskseg.plan import FrameSpec
+from daskseg.plan import FrameSpec, block_location
 
 __all__ = ["BlockResult", "encode_block", "encode_chunk", "encode_frame", "segment_frame"]
 
@@ -154,7 +154,7 @@ def encode_block(
     # (tile rows, tile columns, th, tw[, segments]) views without copying.
     tiles = block.reshape(n_rows, th, n_columns, tw, *block.shape[2:]).swapaxes(1, 2)
     nonzero_axes = tuple(range(2, tiles.ndim))
-    tile_nonempty = tiles.any(axis=nonzero_axes)
+    tile_nonempty = np.asarray(tiles.any(axis=nonzero_axes))
 
     overlap = False
     if spec.stacked and spec.n_segments > 1 and block.dtype.kind != "f":
@@ -202,7 +202,7 @@ def encode_chunk(block: np.ndarray, spec: FrameSpec, block_info: dict | None = N
     As a blockwise task it fuses with the task that reads the block (from Zarr, say), so a
     block is read and encoded in one task on one worker, never shipped between workers.
     """
-    (row_start, _), (column_start, _) = block_info[0]["array-location"][:2]
+    (row_start, _), (column_start, _) = block_location(block_info)[:2]
     result = np.empty((1, 1), dtype=object)
     result[0, 0] = encode_block(
         block, spec, row_start // spec.tile_rows, column_start // spec.tile_columns

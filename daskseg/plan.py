@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydicom.uid import UID
 
 from daskseg._codecs import CODECS, Codec
 
-__all__ = ["TileGrid", "FrameSpec", "aligned_chunks", "included_frames", "spatial_index_values"]
+__all__ = [
+    "FrameSpec", "TileGrid", "aligned_chunks", "block_location", "included_frames", "spatial_index_values",
+]
 
 
 @dataclass(frozen=True)
@@ -125,3 +128,13 @@ def spatial_index_values(tile_nonempty: np.ndarray) -> tuple[np.ndarray, np.ndar
         np.where(row_used, np.cumsum(row_used), 0),
         np.where(col_used, np.cumsum(col_used), 0),
     )
+
+
+def block_location(block_info: dict[Any, Any] | None, key: Any = 0) -> list[tuple[int, int]]:
+    """``(start, stop)`` along each axis of a ``map_blocks`` block, from dask's ``block_info``.
+
+    ``key`` is the input's position (0 for the first), or None for the output block.
+    """
+    if block_info is None:
+        raise TypeError("block_info is missing: the function is called by dask's map_blocks.")
+    return block_info[key]["array-location"]

@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 
 from daskseg._source import load_source_image
 from daskseg.errors import DestinationExistsError, SegmentationInputError
-from daskseg.plan import aligned_chunks
+from daskseg.plan import aligned_chunks, block_location
 from daskseg._inputs import as_dask_array, drop_leading_axis, parse_segmentation_type, tile_size
 from daskseg.write import write_segmentation
 
@@ -49,7 +49,7 @@ def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
 def _pick_nearest(block: np.ndarray, shape_in: tuple[int, int], shape_out: tuple[int, int],
                   block_info: dict | None = None) -> np.ndarray:
     """The pixels of one chunk of the mask that nearest-neighbour resampling keeps."""
-    (r0, r1), (c0, c1) = block_info[0]["array-location"][:2]
+    (r0, r1), (c0, c1) = block_location(block_info)[:2]
     rows = nearest_indices(shape_in[0], shape_out[0])
     columns = nearest_indices(shape_in[1], shape_out[1])
     rows = rows[(rows >= r0) & (rows < r1)] - r0

@@ -286,10 +286,7 @@ class SegmentationReader:
             store, shape=array.shape, chunks=tuple(c[0] for c in array.chunks),
             dtype=array.dtype, overwrite=overwrite,
         )
-        # dask's annotations do not list zarr arrays among the targets it accepts.
-        stores = da.store(
-            array, target, lock=False, compute=False, return_stored=False  # type: ignore[arg-type]
-        )
+        stores = da.store(array, target, lock=False, compute=False, return_stored=False)
         n_blocks = int(np.prod(array.numblocks))
         with (
             cluster_client(client, start=False) as client,
