@@ -1,4 +1,5 @@
-"""Shared fixtures: one real LocalCluster of worker processes per test session."""
+"""Shared fixtures: one real LocalCluster of worker processes, and one in-process cluster of
+threads for the tests of logic, per test session."""
 
 from __future__ import annotations
 
@@ -39,4 +40,12 @@ def process_cluster():
 def dask_client(process_cluster):
     """A client of the session's process cluster."""
     with Client(process_cluster, set_as_default=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def thread_client():
+    """A client of an in-process cluster of two threads: quick to start, same code paths."""
+    with Client(processes=False, n_workers=1, threads_per_worker=2,
+                dashboard_address="127.0.0.1:0", set_as_default=False) as client:
         yield client
