@@ -158,5 +158,13 @@ ALLOWED_TRANSFER_SYNTAXES: dict[str, tuple[UID, ...]] = {
 
 
 def codec_for(transfer_syntax_uid: str) -> Codec | None:
-    """The codec of a transfer syntax UID, or None when daskseg has none for it."""
+    """The codec of a transfer syntax UID, or None when daskseg has none for it.
+
+    Examples
+    --------
+    >>> codec_for("1.2.840.10008.1.2.4.90").names
+    ('jpeg2000', 'j2k')
+    >>> codec_for("1.2.840.10008.1.2.4.50") is None  # JPEG Baseline: lossy
+    True
+    """
     return CODECS.get(UID(str(transfer_syntax_uid)))

@@ -98,6 +98,11 @@ def aligned_chunks(
     -------
     tuple of int
         Chunk lengths summing to ``size``; all but the last are multiples of ``tile``.
+
+    Examples
+    --------
+    >>> aligned_chunks(1000, 64, 300)
+    (320, 320, 320, 40)
     """
     tiles = max(min_tiles, min(max_tiles, round(hint / tile) or 1))
     step = tiles * tile
