@@ -67,7 +67,7 @@ class WriteOptions:
         return self.dimension_organization_type == "TILED_FULL"
 
 
-def parse_segmentation_type(value: Any) -> str:
+def parse_segmentation_type(value: str | enum.Enum) -> str:
     """``segmentation_type`` as a string; highdicom's ``SegmentationTypeValues`` too."""
     segmentation_type = str(_enum_value(value)).upper()
     if segmentation_type not in ALLOWED_TRANSFER_SYNTAXES:
@@ -78,7 +78,7 @@ def parse_segmentation_type(value: Any) -> str:
     return segmentation_type
 
 
-def parse_transfer_syntax(value: Any, segmentation_type: str) -> UID:
+def parse_transfer_syntax(value: str, segmentation_type: str) -> UID:
     """A transfer syntax the codec table has for the segmentation type."""
     transfer_syntax_uid = UID(str(value))
     allowed = ALLOWED_TRANSFER_SYNTAXES[segmentation_type]
@@ -97,9 +97,9 @@ def parse_transfer_syntax(value: Any, segmentation_type: str) -> UID:
 
 
 def parse_options(
-    segmentation_type: Any,
-    transfer_syntax_uid: Any,
-    dimension_organization_type: Any,
+    segmentation_type: str | enum.Enum,
+    transfer_syntax_uid: str,
+    dimension_organization_type: str | enum.Enum,
     omit_empty_frames: bool | None,
     max_fractional_value: int,
     use_extended_offset_table: bool | None,

@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from daskseg._source import load_source_image
 from daskseg.errors import DestinationExistsError, SegmentationInputError
 from daskseg.plan import aligned_chunks, block_location
-from daskseg._inputs import as_dask_array, drop_leading_axis, parse_segmentation_type, tile_size
+from daskseg._inputs import MaskLike, as_dask_array, drop_leading_axis, parse_segmentation_type, tile_size
 from daskseg.write import write_segmentation
 
 __all__ = ["write_segmentation_pyramid"]
@@ -156,7 +156,7 @@ def downsample(mask: da.Array, shape: tuple[int, int], method: str,
 
 
 def write_segmentation_pyramid(
-    mask: Any,
+    mask: MaskLike,
     source_images: Sequence[Dataset | str | os.PathLike],
     segment_descriptions: Sequence[hd.seg.SegmentDescription],
     folder: str | os.PathLike,

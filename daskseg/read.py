@@ -30,6 +30,7 @@ from daskseg.plan import TileGrid, aligned_chunks
 if TYPE_CHECKING:
     import zarr
     from distributed import Client
+    from zarr.storage import StoreLike
 
 __all__ = ["ReadOptions", "SegmentationReader", "open_segmentation", "read_segmentation"]
 
@@ -245,7 +246,7 @@ class SegmentationReader:
 
     def to_zarr(
         self,
-        store: Any,
+        store: StoreLike,
         *,
         segment_numbers: Sequence[int] | None = None,
         combine_segments: bool = False,
