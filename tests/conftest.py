@@ -1,5 +1,5 @@
-"""Shared fixtures: one real LocalCluster of worker processes, and one in-process cluster of
-threads for the tests of logic, per test session."""
+"""Shared fixtures: one real LocalCluster of worker processes per test session, and an in-process
+cluster of threads per test module for the tests of logic."""
 
 from __future__ import annotations
 
@@ -43,7 +43,9 @@ def dask_client(process_cluster):
         yield client
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: an in-process cluster left running beside test_cluster.py's
+# clusters (which kill and scale away workers on purpose) changed their timing in full runs.
+@pytest.fixture(scope="module")
 def thread_client():
     """A client of an in-process cluster of two threads: quick to start, same code paths."""
     with Client(processes=False, n_workers=1, threads_per_worker=2,
