@@ -38,12 +38,17 @@ from daskseg.errors import ClusterError
 
 __all__ = ["DaskExecutor"]
 
+# A thread's next batch may wait on its worker behind calls measured to take at most this many
+# batch durations: enough to hide the scheduler's round trip when calls slow down under load.
+_FAST = 4
+
 # ------------------------------------------------------------------------- on the workers
 
 # Calls that outlived their batch's budget, by token, until a collecting task takes them. One
 # dict per worker process; a worker that dies takes its entries with it (see _CallLost).
 _RUNNING: dict[str, Future] = {}
 _RUNNING_LOCK = threading.Lock()
+_SLOTS: threading.Semaphore | None = None
 
 
 class _CallLost(Exception):
@@ -59,17 +64,38 @@ def _outcome(fn: Callable, args: tuple, kwargs: dict) -> tuple[bool, Any, float]
         return False, error, time.perf_counter() - start
 
 
+def _slots() -> threading.Semaphore:
+    """This worker's permits to run a call: one per worker thread.
+
+    A call that outlived its batch keeps running after its task returned, so without them a
+    worker would run more calls at once than it has threads, which some libraries do not
+    survive (highdicom's JPEG 2000 encoder crashes when two threads of a process run it).
+    """
+    global _SLOTS
+    with _RUNNING_LOCK:
+        if _SLOTS is None:
+            worker = get_worker()
+            _SLOTS = threading.Semaphore(worker.state.nthreads)
+        return _SLOTS
+
+
 def _run_batch(
     calls: list[tuple[Callable, tuple, dict]], budget: float
 ) -> tuple[list, str | None, str | None]:
-    """Run calls in order for at most ``budget`` seconds.
+    """Run calls in order; return within about ``budget`` seconds whatever they take.
 
     Returns the outcomes of the calls that finished, and, when a call was still running at the
     end of the budget, a token for :func:`_collect` and this worker's address. Calls after the
     finished ones (and after the running one) were not started.
     """
+    slots = _slots()
     if len(calls) == 1:  # no batchmate to hold back: run it here, however long it takes
-        return [_outcome(*calls[0])], None, None
+        if not slots.acquire(timeout=budget):  # the worker's threads are all taken
+            return [], None, None
+        try:
+            return [_outcome(*calls[0])], None, None
+        finally:
+            slots.release()
     lock = threading.Lock()
     outcomes: list = []
     state: dict[str, Any] = {"stop": False, "running": None}
@@ -77,11 +103,18 @@ def _run_batch(
 
     def run() -> None:
         for call in calls:
-            with lock:
+            while not slots.acquire(timeout=0.005):
                 if state["stop"]:
                     return
+            with lock:
+                if state["stop"]:
+                    slots.release()
+                    return
                 slot = state["running"] = Future()
-            outcome = _outcome(*call)
+            try:
+                outcome = _outcome(*call)
+            finally:
+                slots.release()
             slot.set_result(outcome)
             with lock:
                 if state["stop"]:  # the task already handed this call to a collector
@@ -247,7 +280,7 @@ class DaskExecutor(Executor):
         address: str | None = None,
         batch_size: int = 256,
         batch_bytes: int = 8 * 2**20,
-        batch_duration: float = 0.02,
+        batch_duration: float = 0.05,
         batch_delay: float = 0.002,
         batches_per_thread: int = 2,
         **cluster_options: Any,
@@ -352,9 +385,15 @@ class DaskExecutor(Executor):
         return self._estimates.get(call.kind)
 
     def _learn(self, kind: str, seconds: float) -> None:
-        """Update a function's duration estimate: at once when slower, halfway when faster."""
+        """Update a function's duration estimate (a moving average, steady under noise)."""
         old = self._estimates.get(kind)
-        self._estimates[kind] = seconds if old is None or seconds > old else (old + seconds) / 2
+        self._estimates[kind] = seconds if old is None else 0.7 * old + 0.3 * seconds
+
+    def _fast(self, calls: list[_Call]) -> bool:
+        """Whether calls are measured short enough that a batch queued behind them on a worker
+        thread starts soon (within a few ``batch_duration``)."""
+        estimates = [self._estimate(call) for call in calls]
+        return None not in estimates and sum(estimates) <= _FAST * self._batch_duration
 
     def _capacity(self, head: _Call) -> int:
         """Tasks allowed on the cluster; the workers are asked about at most once a second.
@@ -371,9 +410,7 @@ class DaskExecutor(Executor):
                 self._fail_everything(self._clock.error())
         # Scheduler unreachable: send anyway, the batch reports the error.
         threads = max(1, self._clock.threads or 1)
-        estimate = self._estimate(head)
-        fast = estimate is not None and estimate <= self._batch_duration
-        if fast and all(flight.fast for flight in self._in_flight.values()):
+        if self._fast([head]) and all(flight.fast for flight in self._in_flight.values()):
             return threads * self._batches_per_thread
         return threads
 
@@ -471,10 +508,8 @@ class DaskExecutor(Executor):
         remote.add_done_callback(lambda done, flight=flight: self._resolve(done, flight))
 
     def _send_batch(self, batch: list[_Call]) -> None:
-        estimates = [self._estimate(call) for call in batch]
-        fast = None not in estimates and sum(estimates) <= self._batch_duration
         calls = [(call.fn, call.args, call.kwargs) for call in batch]
-        self._submit(batch, fast, False, _run_batch, calls, 2 * self._batch_duration)
+        self._submit(batch, self._fast(batch), False, _run_batch, calls, 2 * self._batch_duration)
 
     def _send_collect(self, call: _Call, token: str, address: str) -> None:
         # Pinned to the worker running the call, ahead of its batches; if that worker is gone
@@ -528,10 +563,7 @@ class DaskExecutor(Executor):
         """Collect the call that outlived its batch; queue the calls it did not start again."""
         with self._lock:
             if token is not None:
-                running = rest.pop(0)
-                # Slower than the budget: its function's batches shrink at once.
-                self._learn(running.kind, 2 * self._batch_duration)
-                self._collects.append((running, token, address))
+                self._collects.append((rest.pop(0), token, address))
             for call in reversed(rest):
                 with call.future._condition:
                     call.future._sent = False

@@ -286,9 +286,9 @@ def test_contract_as_completed_duplicates(any_executor):
 # Cancelling, shutting down
 
 def test_contract_cancel_queued_call(any_executor):
-    futures = [any_executor.submit(time.sleep, SLOW) for _ in range(20)]
+    futures = [any_executor.submit(time.sleep, 0.2) for _ in range(13)]
     last = futures[-1]
-    # It is queued while 19 calls go before it on 2 processes or 6 threads; a call that a batch
+    # It is queued while 12 calls go before it on 2 processes or 6 threads; a call that a batch
     # took and handed back unstarted is queued again.
     assert wait_until(last.cancel, seconds=SLOW)
     assert last.cancelled() and last.done() and not last.running()
@@ -316,10 +316,10 @@ def test_contract_run_after_shutdown(any_executor):
 
 
 def test_contract_shutdown_waits(any_executor):
-    futures = [any_executor.submit(time.sleep, 0.1) for _ in range(50)]
+    futures = [any_executor.submit(time.sleep, 0.05) for _ in range(30)]
     any_executor.shutdown()
     assert all(f.done() for f in futures)
-    assert [f.result() for f in futures] == [None] * 50
+    assert [f.result() for f in futures] == [None] * 30
 
 
 def test_contract_shutdown_cancels_futures(any_executor):
