@@ -6,7 +6,7 @@ DaskExecutor sends calls in batched tasks, but keeps the contract of each call o
 
 - Batches are sized adaptively, as joblib's auto-batching does: a function never seen before
   goes one call per task; calls measured fast fill a batch up to about ``batch_duration``
-  seconds of work; a call that turns out slow shrinks its function's batches at once.
+  seconds of work; calls that turn out slow shrink their function's batches.
 - Calls wait on the client until a worker thread is (about to be) free, so queued calls stay
   cancellable and memory on the cluster stays bounded however many calls are submitted.
 - On the worker, a batch runs in a thread that the task watches for a time budget. Once it is
@@ -399,7 +399,7 @@ class DaskExecutor(Executor):
         """Tasks allowed on the cluster; the workers are asked about at most once a second.
 
         A thread's next batch goes before the current one ends only when both are of calls
-        measured fast: then it starts within ``batch_duration``. When the cluster has had no
+        measured fast: then it starts within a few ``batch_duration``. When the cluster has had no
         workers for too long, every call waiting on it fails with a :class:`ClusterError`
         rather than waiting forever. Called with the lock held.
         """
