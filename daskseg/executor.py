@@ -175,6 +175,7 @@ class _CallFuture(Future):
     def __init__(self) -> None:
         super().__init__()
         self._sent = False
+        self._call: _Call | None = None  # until resolved: a cancelled call frees its arguments
 
     def cancel(self) -> bool:
         with self._condition:
@@ -185,7 +186,10 @@ class _CallFuture(Future):
             if not super().cancel():
                 return False
             self.set_running_or_notify_cancel()  # CANCELLED -> CANCELLED_AND_NOTIFIED
-            return True
+            call, self._call = self._call, None
+        if call is not None:
+            call.fn = call.args = call.kwargs = None
+        return True
 
     def running(self) -> bool:
         with self._condition:
@@ -333,6 +337,7 @@ class DaskExecutor(Executor):
         """
         future = _CallFuture()
         call = _Call(future, fn, args, kwargs, _kind(fn), time.monotonic(), _payload(args, kwargs))
+        future._call = call
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -542,7 +547,7 @@ class DaskExecutor(Executor):
                 call, (ok, value, seconds) = pending.pop()
                 self._learn(call.kind, seconds)
                 future = call.future
-                call.fn = call.args = call.kwargs = None
+                call.fn = call.args = call.kwargs = future._call = None
                 # Done already: failed when the cluster went without workers.
                 if not future.done() and future.set_running_or_notify_cancel():
                     if ok:
@@ -569,7 +574,6 @@ class DaskExecutor(Executor):
                     call.future._sent = False
                 if self._cancel_unstarted:
                     call.future.cancel()
-                    call.fn = call.args = call.kwargs = None
                 else:
                     self._queue.appendleft(call)
             self._lock.notify_all()
@@ -599,7 +603,7 @@ class DaskExecutor(Executor):
             failure.__cause__ = error
         for call in calls:
             future = call.future
-            call.fn = call.args = call.kwargs = None
+            call.fn = call.args = call.kwargs = future._call = None
             if not future.done():
                 with future._condition:
                     future._sent = False

@@ -474,6 +474,22 @@ def test_cancel_a_queued_call(dask_client):
         executor.shutdown()
 
 
+def test_a_cancelled_call_frees_its_arguments(dask_client):
+    executor = DaskExecutor(dask_client)
+    try:
+        blockers = [executor.submit(sleep_then, i, 0.5) for i in range(2)]
+        argument = Big(1)
+        reference = weakref.ref(argument)
+        queued = [executor.submit(square, 2), executor.submit(make_big, argument)]
+        assert queued[1].cancel()  # behind the blockers and another queued call
+        del argument
+        assert reference() is None
+        assert queued[0].result(timeout=30) == 4
+        assert [b.result(timeout=30) for b in blockers] == [0, 1]
+    finally:
+        executor.shutdown()
+
+
 def test_shutdown_semantics(dask_client):
     executor = DaskExecutor(dask_client, batches_per_thread=1, batch_size=1)
     running = [executor.submit(sleep_then, i, 0.5) for i in range(2)]
