@@ -570,6 +570,8 @@ class DaskExecutor(Executor):
             if token is not None:
                 self._collects.append((rest.pop(0), token, address))
             for call in reversed(rest):
+                if call.future.done():  # failed meanwhile: the cluster went without workers
+                    continue
                 with call.future._condition:
                     call.future._sent = False
                 if self._cancel_unstarted:
@@ -583,6 +585,8 @@ class DaskExecutor(Executor):
         with self._lock:
             for call in calls:
                 call.losses += 1
+                if call.future.done():
+                    continue
                 if call.losses > self._allowed_failures:
                     self._fail([call], lost)
                 else:
