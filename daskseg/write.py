@@ -98,6 +98,13 @@ def _as_dask_array(mask: Any) -> da.Array:
     if isinstance(mask, np.ndarray):
         # Named, not tokenized: hashing a large mask would read all of it on the client.
         return da.from_array(mask, chunks=mask.shape, name=f"numpy-mask-{uuid.uuid4().hex}")
+    if isinstance(mask, (str, os.PathLike, zarr.Group)):
+        from daskseg.omezarr import _ome_label_mask
+
+        # An OME-Zarr image or label image (napari, ome-zarr-py): its label image's level 0.
+        labels = _ome_label_mask(mask)
+        if labels is not None:
+            return labels
     if isinstance(mask, (str, os.PathLike)):
         try:
             mask = zarr.open_array(str(mask), mode="r")
@@ -114,7 +121,8 @@ def _as_dask_array(mask: Any) -> da.Array:
     if isinstance(mask, zarr.Array):
         return da.from_zarr(mask)
     raise SegmentationTypeError(
-        "mask must be a dask array, a zarr array, the path or URL of a Zarr array, or a numpy "
+        "mask must be a dask array, a zarr array, the path or URL of a Zarr array or of an "
+        "OME-Zarr label image, or a numpy "
         f"array, not {type(mask).__name__}."
     )
 
