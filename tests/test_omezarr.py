@@ -139,3 +139,29 @@ def test_ome_zarr_without_usable_labels_is_refused(tmp_path):
     with pytest.raises(SegmentationInputError, match="lists no labels"):
         daskseg.segment_descriptions_from_ome_zarr(store / "labels" / "b")
     assert not (tmp_path / "x.dcm").exists()
+
+
+def test_cli_decodes_to_ome_zarr_and_encodes_it_back(seg, tmp_path):
+    from daskseg.cli import main
+
+    path, source, mask = seg
+    source_path = tmp_path / "slide.dcm"
+    source.save_as(source_path, enforce_file_format=True)
+    out = tmp_path / "seg.ome.zarr"
+    assert main(["decode", str(path), "-o", str(out), "--threads", "1", "-q"]) == 0
+    assert main(["decode", str(path), "-o", str(out), "--threads", "1", "-q"]) != 0  # exists
+    label = {node.zarr.basename(): node for node in _nodes(out)}["segmentation"]
+    np.testing.assert_array_equal(label.data[0].compute(), mask)
+    # No --label or --metadata: the segments come from the image-label metadata.
+    again = tmp_path / "again.dcm"
+    assert main(["encode", str(out), str(source_path), "-o", str(again), "--type", "LABELMAP",
+                 "--threads", "1", "-q"]) == 0
+    copy = daskseg.open_segmentation(again)
+    assert [str(d.SegmentLabel) for d in copy.segment_descriptions] == ["tumor", "stroma", "necrosis"]
+    np.testing.assert_array_equal(copy.to_dask(combine_segments=True).compute(), mask)
+    # A plain Zarr mask still needs the segments on the command line.
+    plain = tmp_path / "plain.zarr"
+    zarr.create_array(str(plain), data=mask)
+    assert main(["encode", str(plain), str(source_path), "-o", str(tmp_path / "x.dcm"), "-q",
+                 "--threads", "1"]) != 0
+    assert not (tmp_path / "x.dcm").exists()
