@@ -26,9 +26,11 @@ demo: $(VENV)/.installed
 	$(BIN)/daskseg demo
 
 # JupyterLab on this machine only (127.0.0.1), opened on notebooks/; stop it with Ctrl-C.
-# JUPYTER_ARGS adds options, e.g. JUPYTER_ARGS=--no-browser or --port=8889.
+# JUPYTER_ARGS adds options, e.g. JUPYTER_ARGS=--no-browser or --port=8889. Jupyter refuses
+# to run as root unless told (containers often are root).
 notebooks: $(VENV)/.installed-notebook
-	$(BIN)/jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks $(JUPYTER_ARGS)
+	$(BIN)/jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(JUPYTER_ARGS)
 
 # Debian's dicom3tools (dciodvfy) and libgdcm-tools (gdcmconv) check the SEGs the tests
 # write; installed when running as root and missing, otherwise those tests skip.
