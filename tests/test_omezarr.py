@@ -20,14 +20,14 @@ SHAPE, TILE = (300, 420), (64, 64)
 
 
 @pytest.fixture(scope="module")
-def seg(tmp_path_factory):
+def seg(tmp_path_factory, dask_client):
     folder = tmp_path_factory.mktemp("omezarr")
     source = make_slide(*SHAPE, tile_size=TILE)
     mask = make_tissue_mask(*SHAPE, 3, chunks=128).compute()
     descriptions = make_segment_descriptions(3, segmentation_type="LABELMAP",
                                              labels=["tumor", "stroma", "necrosis"])
     path = daskseg.write_segmentation(mask, source, descriptions, folder / "seg.dcm",
-                                      segmentation_type="LABELMAP")
+                                      segmentation_type="LABELMAP", client=dask_client)
     return path, source, mask
 
 
@@ -96,16 +96,20 @@ def test_ome_zarr_reader_finds_the_labels_and_their_levels(seg, tmp_path, dask_c
         daskseg.segmentation_to_ome_zarr(path, out)
 
 
-def test_labels_written_by_ome_zarr_py_become_a_seg(tmp_path, dask_client):
+@pytest.mark.parametrize("version", ["0.4", "0.5"])  # Zarr v2 and v3 stores
+def test_labels_written_by_ome_zarr_py_become_a_seg(tmp_path, dask_client, version):
+    from ome_zarr.format import format_from_version
+
+    fmt = format_from_version(version)
     rng = np.random.default_rng(3)
     labels = np.zeros((256, 200), dtype=np.uint8)
     for value in (1, 2):
         r, c = rng.integers(0, 150, 2)
         labels[r : r + 60, c : c + 40] = value
     store = tmp_path / "image.ome.zarr"
-    ome_writer.write_image(np.zeros((256, 200), np.uint8), str(store), axes="yx")
+    ome_writer.write_image(np.zeros((256, 200), np.uint8), str(store), axes="yx", fmt=fmt)
     ome_writer.write_labels(
-        labels, str(store), name="cells", axes="yx",
+        labels, str(store), name="cells", axes="yx", fmt=fmt,
         label_metadata={
             "colors": [{"label-value": 1, "rgba": [255, 0, 0, 255]},
                        {"label-value": 2, "rgba": [0, 0, 255, 255]}],
