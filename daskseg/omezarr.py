@@ -230,6 +230,9 @@ def segmentation_to_ome_zarr(
         write_multiscales_metadata(root, datasets, fmt=fmt, axes=axes, name="image")
         write_multiscales_metadata(label_group, datasets, fmt=fmt, axes=axes, name=name)
         write_label_metadata(root["labels"], name, fmt=fmt, **_image_label(reader))
+        # NGFF 0.5: every OME-Zarr group's "ome" names its version; ome-zarr-py 0.18 leaves it
+        # out of labels/ (which ome-zarr-models' validator then refuses).
+        root["labels"].attrs["ome"] = {**_ome(root["labels"]), "version": fmt.version}
         if destination.exists():
             shutil.rmtree(destination)
         partial.rename(destination)

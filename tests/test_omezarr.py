@@ -78,6 +78,11 @@ def test_ome_zarr_reader_finds_the_labels_and_their_levels(seg, tmp_path, dask_c
     image = zarr.open_group(str(out), mode="r")
     assert image["s0"].shape == SHAPE and image["s0"].nchunks_initialized == 0
     assert json.loads((out / "zarr.json").read_text())["attributes"]["ome"]["version"] == "0.5"
+    # ome-zarr-models (the NGFF 0.5 schema in pydantic) accepts the image, its labels/ and the label image.
+    models = pytest.importorskip("ome_zarr_models.v05.image")
+    label_models = pytest.importorskip("ome_zarr_models.v05.image_label")
+    assert models.Image.from_zarr(image).labels is not None
+    label_models.ImageLabel.from_zarr(zarr.open_group(str(out / "labels" / "seg"), mode="r"))
 
     # And back: the label image (its group, or its level 0) writes the same SEG pixels.
     descriptions = daskseg.segment_descriptions_from_ome_zarr(out, segmentation_type="LABELMAP")
@@ -169,3 +174,14 @@ def test_cli_decodes_to_ome_zarr_and_encodes_it_back(seg, tmp_path):
     assert main(["encode", str(plain), str(source_path), "-o", str(tmp_path / "x.dcm"), "-q",
                  "--threads", "1"]) != 0
     assert not (tmp_path / "x.dcm").exists()
+
+
+def test_a_missing_ome_zarr_py_is_named_before_anything_is_written(seg, tmp_path, monkeypatch):
+    import sys
+
+    from daskseg.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "ome_zarr.writer", None)  # as if not installed
+    with pytest.raises(MissingDependencyError, match=r"daskseg\[ome-zarr\]"):
+        daskseg.segmentation_to_ome_zarr(seg[0], tmp_path / "x.ome.zarr")
+    assert list(tmp_path.iterdir()) == []
