@@ -6,6 +6,7 @@ from daskseg.errors import (
     ClusterError,
     DaskSegError,
     DestinationExistsError,
+    MissingDependencyError,
     SegmentationInputError,
     SegmentationTypeError,
 )
@@ -14,7 +15,9 @@ from daskseg._codecs import ALLOWED_TRANSFER_SYNTAXES
 from daskseg._version import __version__
 from daskseg.executor import DaskExecutor
 from daskseg.pyramid import write_segmentation_pyramid
+from daskseg.omezarr import segment_descriptions_from_ome_zarr, segmentation_to_ome_zarr
 from daskseg.read import SegmentationReader, open_segmentation, read_segmentation
+from daskseg.render import show_segmentation
 from daskseg.write import write_segmentation
 
 __all__ = [
@@ -24,9 +27,13 @@ __all__ = [
     "DaskExecutor",
     "ALLOWED_TRANSFER_SYNTAXES",
     "DestinationExistsError",
+    "MissingDependencyError",
     "local_cluster",
     "write_segmentation",
     "write_segmentation_pyramid",
+    "segmentation_to_ome_zarr",
+    "segment_descriptions_from_ome_zarr",
+    "show_segmentation",
     "ClusterError",
     "DaskSegError",
     "SegmentationInputError",

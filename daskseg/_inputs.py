@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 #: What ``write_segmentation`` takes as a mask.
-MaskLike = Union[da.Array, "zarr.Array", np.ndarray, str, os.PathLike]
+MaskLike = Union[da.Array, "zarr.Array", "zarr.Group", np.ndarray, str, os.PathLike]
 
 
 def _enum_value(value: Any) -> Any:
@@ -148,13 +148,20 @@ def as_dask_array(mask: MaskLike) -> da.Array:
     if isinstance(mask, np.ndarray):
         # Named, not tokenized: hashing a large mask would read all of it on the client.
         return da.from_array(mask, chunks=mask.shape, name=f"numpy-mask-{uuid.uuid4().hex}")
+    if isinstance(mask, (str, os.PathLike, zarr.Group)):
+        from daskseg.omezarr import _ome_label_mask
+
+        # An OME-Zarr image or label image (napari, ome-zarr-py): its label image's level 0.
+        labels = _ome_label_mask(mask)
+        if labels is not None:
+            return labels
     if isinstance(mask, (str, os.PathLike)):
         return da.from_zarr(_open_zarr_array(mask))
     if isinstance(mask, zarr.Array):
         return da.from_zarr(mask)
     raise SegmentationTypeError(
-        "mask must be a dask array, a zarr array, the path or URL of a Zarr array, or a numpy "
-        f"array, not {type(mask).__name__}."
+        "mask must be a dask array, a zarr array, the path or URL of a Zarr array or of an "
+        f"OME-Zarr label image, or a numpy array, not {type(mask).__name__}."
     )
 
 

@@ -93,13 +93,22 @@ def _factors(text: str | None, mask: Any, source: str, tile_size: Any) -> list[f
 def _encode(args: argparse.Namespace) -> None:
     from daskseg import write_segmentation
 
-    if bool(args.metadata) == bool(args.label):
+    if args.metadata and args.label:
         raise UserError("give the segments with --metadata FILE or with --label NAME (not both)")
     mask = _open_mask(args.mask)
     if args.metadata:
         descriptions, options = segment_descriptions_from_dcmqi(args.metadata)
-    else:
+    elif args.label:
         descriptions, options = segment_descriptions_from_labels(args.label, args.type), {}
+    else:
+        from daskseg.omezarr import _label_group, segment_descriptions_from_ome_zarr
+
+        # An OME-Zarr label image may name its segments in its image-label metadata.
+        if "://" in args.mask or _label_group(args.mask) is None:
+            raise UserError("give the segments with --metadata FILE or with --label NAME "
+                            "(an OME-Zarr label image may carry them in its image-label metadata)")
+        descriptions = segment_descriptions_from_ome_zarr(args.mask, segmentation_type=args.type)
+        options = {}
     tile_size = None
     if args.tile_size:
         try:
@@ -166,11 +175,19 @@ def _decode(args: argparse.Namespace) -> None:
         raise UserError("decoding needs daskseg's reader (daskseg.open_segmentation)") from None
     if not os.path.exists(args.seg):
         raise UserError(f"{args.seg} does not exist")
+    ome = args.output.rstrip("/").lower().endswith(".ome.zarr")
+    if ome and os.path.exists(args.output):
+        raise UserError(f"{args.output} exists; remove it or choose another output")
     with _client(args) as client:
-        open_segmentation(args.seg).to_zarr(
-            args.output, combine_segments=args.combine_segments, progress=not args.quiet,
-            client=client,
-        )
+        if ome:  # an OME-NGFF image whose labels/ holds the SEG as one label image
+            from daskseg import segmentation_to_ome_zarr
+
+            segmentation_to_ome_zarr(args.seg, args.output, progress=not args.quiet, client=client)
+        else:
+            open_segmentation(args.seg).to_zarr(
+                args.output, combine_segments=args.combine_segments, progress=not args.quiet,
+                client=client,
+            )
     if not args.quiet:
         print(f"wrote {args.output}")
 
@@ -248,7 +265,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--quiet", "-q", action="store_true", help="no progress or messages")
 
     encode = commands.add_parser("encode", help="write a SEG from a mask and its slide")
-    encode.add_argument("mask", help="Zarr store (path or URL), .npy or TIFF file")
+    encode.add_argument("mask", help="Zarr store (path or URL), OME-Zarr label image, .npy or TIFF file")
     encode.add_argument("source", help="the slide's DICOM file (read without pixel data)")
     encode.add_argument("-o", "--output", required=True,
                         help="the SEG file (with --pyramid: a folder)")
@@ -272,7 +289,8 @@ def _parser() -> argparse.ArgumentParser:
 
     decode = commands.add_parser("decode", help="decode a SEG into a Zarr store")
     decode.add_argument("seg")
-    decode.add_argument("-o", "--output", required=True, help="the Zarr store to write")
+    decode.add_argument("-o", "--output", required=True,
+                        help="the Zarr store to write; NAME.ome.zarr writes OME-Zarr labels")
     decode.add_argument("--combine-segments", action="store_true",
                         help="one label image instead of a stack of segments")
     cluster_options(decode)

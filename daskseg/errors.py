@@ -6,7 +6,8 @@ Each class is also a builtin exception, so callers can catch either::
      ├── SegmentationInputError (ValueError)   bad mask, source, segments or options
      ├── SegmentationTypeError (TypeError)     an argument of the wrong kind
      ├── ClusterError (RuntimeError)           the Dask cluster could not finish the work
-     └── DestinationExistsError (FileExistsError)  the output exists and overwrite is False
+     ├── DestinationExistsError (FileExistsError)  the output exists and overwrite is False
+     └── MissingDependencyError (ImportError)  an optional feature's extra is not installed
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ __all__ = [
     "ClusterError",
     "DaskSegError",
     "DestinationExistsError",
+    "MissingDependencyError",
     "SegmentationInputError",
     "SegmentationTypeError",
 ]
@@ -38,3 +40,7 @@ class ClusterError(DaskSegError, RuntimeError):
 
 class DestinationExistsError(DaskSegError, FileExistsError):
     """The output file exists and ``overwrite`` was not asked for."""
+
+
+class MissingDependencyError(DaskSegError, ImportError):
+    """An optional feature needs a package that is not installed; the message names the extra."""
