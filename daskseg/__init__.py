@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 from daskseg.errors import (
     ClusterError,
     DaskSegError,
+    DICOMwebError,
     DestinationExistsError,
     SegmentationInputError,
     SegmentationTypeError,
@@ -33,6 +34,7 @@ __all__ = [
     "write_segmentation",
     "write_segmentation_pyramid",
     "ClusterError",
+    "DICOMwebError",
     "DaskSegError",
     "SegmentationInputError",
     "SegmentationTypeError",
