@@ -179,9 +179,20 @@ def _raise_for(error: Exception, url: str, what: str) -> None:
         if status in (401, 403):
             raise DICOMwebError(f"{url} refused access ({status}) while {what}: pass credentials "
                                 "as session= or headers=.", url=url, status=status) from None
-        raise DICOMwebError(f"{url} answered HTTP {status} {error.response.reason} while {what}.",
-                            url=url, status=status) from None
+        raise DICOMwebError(f"{url} answered HTTP {status} {error.response.reason} while {what}"
+                            f"{_server_message(error.response)}.", url=url, status=status) from None
     raise error
+
+
+def _server_message(response) -> str:
+    """': <the server's own words>' from an error response, or nothing (Orthanc sends JSON)."""
+    try:
+        payload = response.json()
+        text = payload.get("Details") or payload.get("Message") or ""
+    except (ValueError, AttributeError):
+        text = response.text if "text" in response.headers.get("Content-Type", "") else ""
+    text = " ".join(str(text).split())[:300]
+    return f": {text}" if text else ""
 
 
 def _dataset_from_json(item: dict) -> Dataset:
@@ -534,10 +545,10 @@ def store_instance(
             _raise_for(error, url, f"storing {path.name}")
     if response.status_code == 413:
         raise DICOMwebError(
-            f"{_redact(url)} refused {path.name} ({size} bytes) as too large (HTTP 413"
-            f"{': ' + response.text.strip()[:200] if response.text.strip() else ''}); "
-            "the server's request size limit is below the instance's size: raise it on the server "
-            "or write smaller SEGs (a pyramid level or fewer segments per instance).",
+            f"{_redact(url)} refused {path.name} ({size} bytes) as too large (HTTP 413 Payload Too "
+            f"Large{_server_message(response)}): the server's request size limit is below the "
+            "instance's size; raise it on the server or write smaller SEGs (fewer segments per "
+            "instance, a coarser pyramid level, or a compressed transfer syntax).",
             url=_redact(url), status=413,
         )
     answer = _stow_answer(response)
@@ -553,7 +564,7 @@ def store_instance(
         try:
             response.raise_for_status()
         except requests.HTTPError as error:
-            _raise_for(error, url, f"storing {path.name}")
+            _raise_for(error, url, f"storing {path.name} ({size} bytes)")
     return answer if answer is not None else Dataset()
 
 
