@@ -12,7 +12,11 @@ The reader and the writer call these functions; nothing here knows a SEG's frame
 
 Credentials travel as a ``requests.Session`` or as headers (a bearer token), never inside the URLs
 this module prints: every message names the URL without user, password or query string.
-Every request has a timeout, so a server that stops answering fails instead of hanging.
+Every request has a timeout, so a server that stops answering fails instead of hanging. Metadata
+and frame requests go through dicomweb-client, which retries any failure (timeouts, refused
+connections, 429 and 5xx answers); they are tried at most ``_ATTEMPTS`` times, so a server that
+never answers fails after about ``_ATTEMPTS`` x the read timeout. STOW-RS is sent once (a body of
+GB is not resent blindly).
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ __all__ = [
 
 #: (connect, read) seconds for every request, as ``requests`` takes them.
 DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 60.0)
+
+_ATTEMPTS = 3
 
 #: Frames asked for in one WADO-RS request (PS3.18 10.4.1.1.5: a comma-separated frame list).
 FRAMES_PER_REQUEST = 64
@@ -155,11 +161,13 @@ def _client(root: str, session, headers: Mapping[str, str] | None, timeout):
         ) from error
     client = DICOMwebClient(root, session=session, headers=dict(headers or {}) or None, timeout=timeout)
     # 429 and 503 are retried by dicomweb-client with exponential waits; keep the total short.
-    client.set_http_retry_params(max_attempts=3, wait_exponential_multiplier=200)
+    client.set_http_retry_params(max_attempts=_ATTEMPTS, wait_exponential_multiplier=200)
     return client
 
 
-def _raise_for(error: Exception, url: str, what: str) -> None:
+def _raise_for(
+    error: Exception, url: str, what: str, hint: str = "is it running and is the URL right?"
+) -> None:
     """Turn a requests failure into a daskseg error naming ``url`` (without credentials)."""
     import requests
 
@@ -168,8 +176,8 @@ def _raise_for(error: Exception, url: str, what: str) -> None:
         raise DICOMwebError(f"{url} did not answer in time while {what} ({error.__class__.__name__}).",
                             url=url) from None
     if isinstance(error, requests.ConnectionError):
-        raise DICOMwebError(f"Cannot connect to the DICOMweb server at {url} while {what}: is it running "
-                            "and is the URL right?", url=url) from None
+        raise DICOMwebError(f"Cannot connect to the DICOMweb server at {url} while {what}: {hint}",
+                            url=url) from None
     if isinstance(error, requests.HTTPError) and error.response is not None:
         status = error.response.status_code
         if status == 404:
@@ -542,7 +550,9 @@ def store_instance(
         try:
             response = http.post(url, data=body, headers=request_headers, timeout=timeout)
         except requests.RequestException as error:
-            _raise_for(error, url, f"storing {path.name}")
+            # A server refusing a large body may close the connection before reading it all.
+            _raise_for(error, url, f"storing {path.name} ({size} bytes)",
+                       "is it running, and does it accept requests of that size?")
     if response.status_code == 413:
         raise DICOMwebError(
             f"{_redact(url)} refused {path.name} ({size} bytes) as too large (HTTP 413 Payload Too "
