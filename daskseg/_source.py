@@ -45,9 +45,8 @@ def load_source_image(source_image: Dataset | str | os.PathLike) -> Dataset:
         dataset = source_image
     else:
         raise SegmentationTypeError(
-            "source_image must be a pydicom Dataset, the path of a DICOM file or a DICOMweb "
-            "instance URL, "
-            f"not {type(source_image).__name__}."
+            "source_image must be a pydicom Dataset or the path of a DICOM file (or a DICOMweb "
+            f"instance URL), not {type(source_image).__name__}."
         )
     missing = [
         keyword

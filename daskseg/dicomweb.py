@@ -408,7 +408,7 @@ def fetch_frames(
             try:
                 got = _retrieve(client, target, batch, media_type, syntax)
             except Exception as error:
-                if not _status(error) == 406 or media_type == _NATIVE:
+                if _status(error) != 406 or media_type == _NATIVE:
                     raise
                 # The server cannot send this syntax as it is: take native frames instead.
                 media_type, syntax = _NATIVE, ExplicitVRLittleEndian
