@@ -33,12 +33,16 @@ notebooks: $(VENV)/.installed-notebook
 	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(JUPYTER_ARGS)
 
 # Debian's dicom3tools (dciodvfy) and libgdcm-tools (gdcmconv) check the SEGs the tests
-# write; installed when running as root and missing, otherwise those tests skip.
+# write; orthanc with orthanc-dicomweb is the DICOMweb server of the DICOMweb tests (started by
+# the tests themselves, never as a service). Installed when running as root and missing,
+# otherwise those tests skip.
 tools:
-	@if ! command -v dciodvfy >/dev/null || ! command -v gdcmconv >/dev/null; then \
+	@if ! command -v dciodvfy >/dev/null || ! command -v gdcmconv >/dev/null \
+	    || ! command -v Orthanc >/dev/null || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools libgdcm-tools >/dev/null; \
-	  else echo "dciodvfy/gdcmconv missing and not root: validator tests will skip"; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      dicom3tools libgdcm-tools orthanc orthanc-dicomweb >/dev/null; \
+	  else echo "dciodvfy/gdcmconv/Orthanc missing and not root: validator and DICOMweb tests will skip"; fi; \
 	fi
 
 test: $(VENV)/.installed-test tools

@@ -5,6 +5,7 @@ from __future__ import annotations
 from daskseg.errors import (
     ClusterError,
     DaskSegError,
+    DICOMwebError,
     DestinationExistsError,
     MissingDependencyError,
     SegmentationInputError,
@@ -35,6 +36,7 @@ __all__ = [
     "segment_descriptions_from_ome_zarr",
     "show_segmentation",
     "ClusterError",
+    "DICOMwebError",
     "DaskSegError",
     "SegmentationInputError",
     "SegmentationTypeError",

@@ -138,6 +138,16 @@ def _encode(args: argparse.Namespace) -> None:
         for path in written:
             print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
         print(f"in {time.perf_counter() - start:.1f} s")
+    if args.stow:
+        from daskseg.dicomweb import store_instance
+
+        # Credentials only from the environment: never on the command line, where ps shows them.
+        token = os.environ.get("DASKSEG_DICOMWEB_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        for path in written:
+            store_instance(path, args.stow, headers=headers)
+            if not args.quiet:
+                print(f"stored {path} with STOW-RS")
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -266,7 +276,7 @@ def _parser() -> argparse.ArgumentParser:
 
     encode = commands.add_parser("encode", help="write a SEG from a mask and its slide")
     encode.add_argument("mask", help="Zarr store (path or URL), OME-Zarr label image, .npy or TIFF file")
-    encode.add_argument("source", help="the slide's DICOM file (read without pixel data)")
+    encode.add_argument("source", help="the slide's DICOM file or DICOMweb instance URL (header only)")
     encode.add_argument("-o", "--output", required=True,
                         help="the SEG file (with --pyramid: a folder)")
     encode.add_argument("--type", default="BINARY", choices=["BINARY", "FRACTIONAL", "LABELMAP"],
@@ -284,6 +294,9 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument("--downsample-factors", metavar="F,F,...",
                         help="pyramid levels, e.g. 2,4,8 (default: halve until below a tile)")
     encode.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    encode.add_argument("--stow", metavar="ROOT",
+                        help="then store the SEG(s) on this DICOMweb server with STOW-RS "
+                        "(a bearer token from $DASKSEG_DICOMWEB_TOKEN)")
     cluster_options(encode)
     encode.set_defaults(run=_encode)
 

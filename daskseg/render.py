@@ -92,8 +92,8 @@ def show_segmentation(
     ax.imshow(lookup[labels], extent=extent, interpolation="nearest")
     if legend:
         names = {n: str(d.SegmentLabel) for n, d in zip(reader.segment_numbers, reader.segment_descriptions)}
-        rgb = {n: (r / 255, g / 255, b / 255) for n, (r, g, b) in colors.items()}
-        ax.legend(handles=[Patch(color=rgb[n], label=f"{n}: {names[n]}")
+        fractions = {n: (r / 255, g / 255, b / 255) for n, (r, g, b) in colors.items()}
+        ax.legend(handles=[Patch(color=fractions[n], label=f"{n}: {names[n]}")
                            for n in reader.segment_numbers],
                   loc="upper right", fontsize="small", framealpha=0.8)
     ax.set_xlim(columns.start, columns.stop)

@@ -24,6 +24,18 @@ def testdata() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """The DICOMweb root URL of a real Orthanc on 127.0.0.1, stopped after the session."""
+    from _orthanc import orthanc_missing, run_orthanc
+
+    reason = orthanc_missing()
+    if reason:
+        pytest.skip(reason)
+    with run_orthanc(tmp_path_factory.mktemp("orthanc")) as root:
+        yield root
+
+
+@pytest.fixture(scope="session")
 def process_cluster():
     """Two single-threaded worker processes, as on CI's 2-core machine."""
     with LocalCluster(
