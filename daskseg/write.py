@@ -98,7 +98,9 @@ def write_segmentation(
         As highdicom's ``segmentation_type``.
     transfer_syntax_uid : str
         Explicit or Implicit VR Little Endian (native), JPEG 2000 Lossless, JPEG-LS Lossless or
-        RLE Lossless, as highdicom allows them for the type (see ``ALLOWED_TRANSFER_SYNTAXES``).
+        RLE Lossless, as highdicom allows them for the type, or High-Throughput JPEG 2000
+        Lossless (1.2.840.10008.1.2.4.201) for LABELMAP and FRACTIONAL (see
+        ``ALLOWED_TRANSFER_SYNTAXES``).
     tile_size : int or (int, int), optional
         Rows and columns of a frame; the source's Rows x Columns by default.
     dimension_organization_type : {"TILED_SPARSE", "TILED_FULL"} or highdicom.DimensionOrganizationTypeValues

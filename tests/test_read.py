@@ -15,6 +15,7 @@ import zarr
 from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.uid import (
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
     JPEG2000Lossless,
     JPEGLSLossless,
     RLELossless,
@@ -37,16 +38,33 @@ def highdicom_file(folder, segmentation_type, transfer_syntax, organization, *, 
     mask = make_tissue_mask(rows, columns, n_segments, chunks=64, stacked=stacked).compute()
     if fractional_values:
         mask = mask * np.linspace(0.2, 1.0, columns, dtype=np.float32)[None, :, None]
+    # highdicom 0.28 does not write HTJ2K: its JPEG 2000 file, transcoded frame by frame.
+    written_syntax = JPEG2000Lossless if transfer_syntax == HTJ2KLossless else transfer_syntax
     seg = hd.seg.Segmentation(
         [source], mask[None], segmentation_type,
         make_segment_descriptions(n_segments, segmentation_type=segmentation_type),
-        hd.UID(), 1, hd.UID(), 1, "m", "m", "1", "1", transfer_syntax_uid=transfer_syntax,
+        hd.UID(), 1, hd.UID(), 1, "m", "m", "1", "1", transfer_syntax_uid=written_syntax,
         tile_pixel_array=True, dimension_organization_type=organization,
         omit_empty_frames=organization == "TILED_SPARSE",
     )
+    if transfer_syntax == HTJ2KLossless:
+        seg = transcoded_to_htj2k(seg)
     path = folder / f"{name}.dcm"
     seg.save_as(path)
     return path
+
+
+def transcoded_to_htj2k(dataset):
+    """The dataset with every frame re-encoded as HTJ2K by imagecodecs (not daskseg)."""
+    import imagecodecs
+
+    frames = generate_frames(dataset.PixelData, number_of_frames=int(dataset.NumberOfFrames))
+    dataset.PixelData = encapsulate([
+        bytes(imagecodecs.htj2k_encode(imagecodecs.jpeg2k_decode(frame), level=0, reversible=True))
+        for frame in frames
+    ])
+    dataset.file_meta.TransferSyntaxUID = HTJ2KLossless
+    return dataset
 
 
 def variants(segment_numbers):
