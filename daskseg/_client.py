@@ -15,6 +15,7 @@ from distributed.client import FutureCancelledError
 from distributed.comm import CommClosedError
 from distributed.scheduler import KilledWorker
 
+from daskseg._malloc import register_malloc_plugin
 from daskseg.errors import ClusterError, SegmentationTypeError
 
 __all__ = ["CLUSTER_FAILURES", "WorkerlessClock", "cluster_client", "local_cluster"]
@@ -76,17 +77,20 @@ def cluster_client(
     client (``use_current``); a new :func:`local_cluster` of ``n_workers`` with
     ``cluster_options`` (``start``); else None, for Dask's local scheduler. As highdicom does
     with what it opens, only what is started here is shut down on exit: a client given or found
-    is left running.
+    is left running. Every cluster resolved here gets daskseg's worker plugin for glibc's
+    malloc (:mod:`daskseg._malloc`), so codecs run as fast on a cluster the user started.
     """
     if client is not None:
         if not isinstance(client, Client):
             raise SegmentationTypeError(
                 f"client must be a distributed.Client, not {type(client).__name__}."
             )
+        register_malloc_plugin(client)
         yield client
         return
     if address is not None:
         with Client(address) as connected:
+            register_malloc_plugin(connected)
             yield connected
         return
     if use_current:
@@ -95,6 +99,7 @@ def cluster_client(
         except ValueError:  # no client exists in this process
             current = None
         if current is not None:
+            register_malloc_plugin(current)
             yield current
             return
     if not start:
@@ -104,6 +109,7 @@ def cluster_client(
         local_cluster(n_workers, **cluster_options) as cluster,
         Client(cluster, set_as_default=False) as own,
     ):
+        register_malloc_plugin(own)
         yield own
 
 

@@ -34,6 +34,7 @@ import dask
 from distributed import Client, default_client, get_worker
 
 from daskseg._client import CLUSTER_FAILURES, WorkerlessClock, local_cluster
+from daskseg._malloc import register_malloc_plugin
 from daskseg.errors import ClusterError
 
 __all__ = ["DaskExecutor"]
@@ -307,6 +308,7 @@ class DaskExecutor(Executor):
                 client = self._owned_client = Client(self._owned_cluster, set_as_default=False)
         if not isinstance(client, Client):
             raise TypeError(f"client must be a distributed.Client, not {type(client).__name__}.")
+        register_malloc_plugin(client)
         self.client = client
         self._batch_size = batch_size
         self._batch_bytes = batch_bytes

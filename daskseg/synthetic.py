@@ -21,7 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, VLWholeSlideMicroscopyImageStora
 
 from daskseg.plan import block_location
 
-__all__ = ["make_slide", "make_tissue_mask", "make_segment_descriptions"]
+__all__ = ["make_detailed_mask", "make_slide", "make_tissue_mask", "make_segment_descriptions"]
 
 
 def make_slide(
@@ -247,6 +247,73 @@ def make_tissue_mask(
         stacked,
         dtype=np.uint8,
         name=f"tissue-mask-{rows}x{columns}-{n_segments}-{seed}-{int(stacked)}",
+    )
+
+
+def _detailed_block(
+    block: np.ndarray, n_segments: int, cell: int, seed: int, block_info: dict | None = None
+) -> np.ndarray:
+    (r0, r1), (c0, c1) = block_location(block_info, None)[:2]
+    # A label per cell from a hash of its global position (splitmix64's finaliser), so blocks
+    # are independent and the mask does not depend on the chunking.
+    i = (np.arange(r0, r1, dtype=np.uint64) // np.uint64(cell))[:, None]
+    j = (np.arange(c0, c1, dtype=np.uint64) // np.uint64(cell))[None, :]
+    with np.errstate(over="ignore"):
+        h = i * np.uint64(0x9E3779B97F4A7C15) + j * np.uint64(0xBF58476D1CE4E5B9)
+        h = h + np.uint64(seed) * np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return (h % np.uint64(n_segments + 1)).astype(np.uint8)
+
+
+def make_detailed_mask(
+    rows: int,
+    columns: int,
+    n_segments: int = 5,
+    *,
+    chunks: int | tuple[int, int] = 2048,
+    cell: int = 16,
+    seed: int = 0,
+) -> da.Array:
+    """Make a lazy label mask with detail everywhere: random labels in ``cell``-pixel squares.
+
+    Every tile holds several segments and background, so no frame is empty or uniform: the
+    hardest case for a writer (nothing to skip or reuse) and for a codec.
+
+    Parameters
+    ----------
+    rows, columns : int
+        Shape of the mask.
+    n_segments : int
+        Labels are drawn from ``0..n_segments`` (0 is background), at most 255.
+    chunks : int or tuple of int
+        Chunk size of the returned Dask array along rows and columns.
+    cell : int
+        Side of the squares of one label, in pixels.
+    seed : int
+        Seed of the labels.
+
+    Returns
+    -------
+    dask.array.Array
+        A lazy ``uint8`` label image ``(rows, columns)``, the same whatever ``chunks``.
+
+    Examples
+    --------
+    >>> mask = make_detailed_mask(64, 64, 3, chunks=32)
+    >>> bool((mask[:16, :16] == mask[0, 0]).all()), int(mask.max()) <= 3
+    (True, True)
+    """
+    if not 1 <= n_segments <= 255:
+        raise ValueError(f"n_segments must be between 1 and 255, got {n_segments}.")
+    chunk_rows, chunk_columns = (chunks, chunks) if isinstance(chunks, int) else chunks
+    template = da.empty((rows, columns), chunks=(chunk_rows, chunk_columns), dtype=np.uint8)
+    return template.map_blocks(
+        _detailed_block, n_segments, cell, seed, dtype=np.uint8,
+        name=f"detailed-mask-{rows}x{columns}-{n_segments}-{cell}-{seed}",
     )
 
 

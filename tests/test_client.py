@@ -38,3 +38,24 @@ def test_the_current_client_is_found(thread_client):
         with cluster_client() as client:
             assert client is current
         assert current.status == "running"
+
+
+def test_a_plain_local_cluster_gets_the_malloc_settings(tmp_path, dask_client):
+    """The session cluster is a plain LocalCluster: its nannies set MALLOC_TRIM_THRESHOLD_, and
+    after a write daskseg's plugin has set glibc's thresholds in each worker."""
+    import os
+
+    from daskseg import write_segmentation
+    from daskseg._malloc import MALLOC_SETTINGS, malloc_settings
+    from daskseg.synthetic import make_detailed_mask, make_segment_descriptions, make_slide
+
+    assert set(dask_client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {"65536"}
+    write_segmentation(
+        make_detailed_mask(128, 128, 2, chunks=64), make_slide(128, 128, tile_size=(64, 64)),
+        make_segment_descriptions(2, segmentation_type="LABELMAP"), tmp_path / "seg.dcm",
+        segmentation_type="LABELMAP", transfer_syntax_uid="1.2.840.10008.1.2.4.201",
+        client=dask_client,
+    )
+    settings = dask_client.run(malloc_settings)
+    assert len(settings) == 2
+    assert all(value == MALLOC_SETTINGS for value in settings.values())
