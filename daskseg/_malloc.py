@@ -5,9 +5,9 @@ at start, and then keeps its mmap threshold fixed at 128 KiB: every frame buffer
 512 x 512 frame's wavelet planes are megabytes) is mmapped and unmapped afresh, page faults and
 all, and the heap top is handed back to the kernel after nearly every task. JPEG 2000 encoding
 runs about 1.2x slower for it on these machines (benchmarks/malloc.py). ``mallopt`` changes
-both settings inside a running process, so daskseg sets them on each worker through a plugin that it registers when it
-resolves a client (:func:`daskseg._client.cluster_client`, :class:`daskseg.DaskExecutor`). Off
-glibc it does nothing.
+both settings inside a running process, so daskseg sets them on each worker through a plugin
+that it registers when it resolves a client (:func:`daskseg._client.cluster_client`,
+:class:`daskseg.DaskExecutor`). Off glibc it does nothing.
 """
 
 from __future__ import annotations
