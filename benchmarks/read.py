@@ -3,6 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/read.py          # needs the SEGs of benchmarks/write.py, or makes them
+    .venv/bin/python benchmarks/read.py --quick  # the 16384^2 SEGs only
 
 Part 1: a 16384 x 16384 five-segment BINARY JPEG 2000 SEG (512-pixel tiles, TILED_FULL) decoded
 to a label image: daskseg on a 2-process LocalCluster against highdicom's
@@ -10,6 +11,10 @@ to a label image: daskseg on a 2-process LocalCluster against highdicom's
 peak memory. daskseg runs twice: as shipped (codestreams repeated across the slide, such as empty
 tiles, decoded once per worker) and decoding every frame, to show what the parallel decode alone
 gives.
+
+Part 1b: the same on a SEG of a mask with detail in every tile (random labels in 16-pixel
+squares, so no frame repeats), daskseg on ``local_cluster()`` and on a plain
+``LocalCluster(n_workers=2, threads_per_worker=1)`` (its nannies set ``MALLOC_TRIM_THRESHOLD_``).
 
 Part 2: ``to_zarr`` of the 65536 x 65536 three-segment SEG (its label image is 4 GiB) with
 workers limited to 600 MiB each: time and peak memory of the whole process tree.
@@ -29,21 +34,23 @@ from _common import OUT, emit, gib, run_step  # noqa: E402
 J2K = "1.2.840.10008.1.2.4.90"
 
 
-def ensure_seg(rows: int, n_segments: int) -> pathlib.Path:
+def ensure_seg(rows: int, n_segments: int, kind: str = "tissue") -> pathlib.Path:
     """The SEG that benchmarks/write.py writes, made here if it is missing."""
-    path = OUT / f"daskseg-{rows}.dcm"
+    path = OUT / (f"daskseg-{rows}.dcm" if kind == "tissue" else f"daskseg-{kind}.dcm")
     if path.exists():
         return path
     OUT.mkdir(exist_ok=True)
     from distributed import Client
 
     from daskseg import local_cluster, write_segmentation
-    from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
+    from daskseg.synthetic import (make_detailed_mask, make_segment_descriptions, make_slide,
+                                   make_tissue_mask)
 
+    make = make_tissue_mask if kind == "tissue" else make_detailed_mask
     source = make_slide(rows, rows, tile_size=(512, 512))
     with local_cluster(2) as cluster, Client(cluster) as client:
         write_segmentation(
-            make_tissue_mask(rows, rows, n_segments), source,
+            make(rows, rows, n_segments, chunks=2048), source,
             make_segment_descriptions(n_segments), path, transfer_syntax_uid=J2K,
             dimension_organization_type="TILED_FULL", client=client,
         )
@@ -65,12 +72,16 @@ def _set_small_codestream(limit: int) -> None:
     daskseg._decode._SMALL_CODESTREAM = limit
 
 
-def step_daskseg(path: str, cache: str = "cache") -> None:
-    from distributed import Client
+def step_daskseg(path: str, cache: str = "cache", cluster_kind: str = "local") -> None:
+    from distributed import Client, LocalCluster
 
     from daskseg import local_cluster, read_segmentation
 
-    with local_cluster(2) as cluster, Client(cluster) as client:
+    if cluster_kind == "local":
+        cluster = local_cluster(2, dashboard_address=None)
+    else:  # as a user starts one
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None)
+    with cluster, Client(cluster) as client:
         # Warm imports, as a live cluster has; "nocache" decodes every frame, even the repeats.
         client.run(_set_small_codestream, 4096 if cache == "cache" else 0)
         start = time.perf_counter()
@@ -122,10 +133,12 @@ def main() -> None:
         name, *rest = sys.argv[2:]
         globals()[f"step_{name}"](*rest)
         return
+    quick = "--quick" in sys.argv[1:]
     script = str(pathlib.Path(__file__).resolve())
     seg16 = str(ensure_seg(16384, 5))
     ours = run_step(script, "daskseg", seg16)
     uncached = run_step(script, "daskseg", seg16, "nocache")
+    plain = run_step(script, "daskseg", seg16, "cache", "plain")
     theirs = run_step(script, "highdicom", seg16)
     print(f"machine: {os.cpu_count()} cores")
     print(f"\n16384 x 16384 five-segment BINARY JPEG 2000 SEG (512 tiles, "
@@ -133,12 +146,28 @@ def main() -> None:
     print(f"  daskseg (2-process LocalCluster): {ours['time']:6.2f} s  peak {gib(ours['peak_rss'])}")
     print(f"  daskseg, every frame decoded:     {uncached['time']:6.2f} s  "
           f"peak {gib(uncached['peak_rss'])}")
+    print(f"  daskseg (plain LocalCluster):     {plain['time']:6.2f} s  "
+          f"peak {gib(plain['peak_rss'])}  ({theirs['time'] / plain['time']:.2f}x highdicom)")
     print(f"  highdicom get_total_pixel_matrix: {theirs['time']:6.2f} s  "
           f"peak {gib(theirs['peak_rss'])}")
     same = ours["checksum"] == theirs["checksum"] == uncached["checksum"]
     print(f"  speed-up: {theirs['time'] / ours['time']:.2f}x (target >= 1.6x), "
           f"{theirs['time'] / uncached['time']:.2f}x without reusing repeated frames; "
           f"same labels: {same}")
+
+    detailed = str(ensure_seg(16384, 5, "detailed"))
+    local = run_step(script, "daskseg", detailed, "cache", "local")
+    plain = run_step(script, "daskseg", detailed, "cache", "plain")
+    theirs = run_step(script, "highdicom", detailed)
+    print(f"\nThe same with detail in every tile ({os.path.getsize(detailed) / 2**20:.1f} MiB)")
+    for name, result in (("local_cluster()", local), ("plain LocalCluster", plain)):
+        print(f"  daskseg on {name:18s} {result['time']:6.2f} s  peak {gib(result['peak_rss'])}  "
+              f"({theirs['time'] / result['time']:.2f}x faster than highdicom, target >= 1.6x)")
+    print(f"  highdicom get_total_pixel_matrix: {theirs['time']:6.2f} s  "
+          f"peak {gib(theirs['peak_rss'])}; same labels: "
+          f"{local['checksum'] == plain['checksum'] == theirs['checksum']}")
+    if quick:
+        return
 
     seg64 = str(ensure_seg(65536, 3))
     big = run_step(script, "to_zarr", seg64, str(OUT / "decoded-65536.zarr"))

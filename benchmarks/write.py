@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/write.py            # both parts (about 10 minutes on 2 cores)
-    .venv/bin/python benchmarks/write.py --quick    # the 16384^2 comparison only
+    .venv/bin/python benchmarks/write.py --quick    # the 16384^2 comparisons only
 
 Part 1: a 16384 x 16384 label mask in Zarr, five segments, BINARY, JPEG 2000 lossless,
 512-pixel tiles, TILED_FULL. It prints the codec floor (serial time of encoding the same frames
@@ -12,6 +12,12 @@ alone divided by the number of worker processes), daskseg's time on a 2-process 
 uniform frame, to show the pipeline's own overhead), highdicom's time given a
 ProcessPoolExecutor(2), and the peak memory of each (resident set summed over the process and
 its children).
+
+Part 1b: the same on a mask with detail in every tile (random labels in 16-pixel squares, no
+uniform frame to reuse): codec floor, daskseg on ``local_cluster()`` and on a plain
+``LocalCluster(n_workers=2, threads_per_worker=1)`` (its nannies set ``MALLOC_TRIM_THRESHOLD_``;
+daskseg's worker plugin resets malloc there), highdicom; then LABELMAP with JPEG 2000 against
+HTJ2K on the plain cluster, every HTJ2K frame decoded by pydicom and compared with the mask.
 
 Part 2: a 65536 x 65536 label mask (4 GiB) in an on-disk Zarr store, three segments, same
 settings: time with one and two workers, the peak memory of the whole process tree, and sampled
@@ -31,21 +37,23 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import OUT, emit, gib, run_step  # noqa: E402
 
 J2K = "1.2.840.10008.1.2.4.90"
+HTJ2K = "1.2.840.10008.1.2.4.201"
 TILE = 512
 
 
-def make_zarr(rows: int, n_segments: int) -> pathlib.Path:
+def make_zarr(rows: int, n_segments: int, kind: str = "tissue") -> pathlib.Path:
     """Write the synthetic label mask to an on-disk Zarr store once and reuse it."""
     import dask
     import zarr
 
-    from daskseg.synthetic import make_tissue_mask
+    from daskseg.synthetic import make_detailed_mask, make_tissue_mask
 
-    path = OUT / f"mask-{rows}-{n_segments}.zarr"
+    path = OUT / f"mask-{rows}-{n_segments}{'' if kind == 'tissue' else '-' + kind}.zarr"
     if (path / "zarr.json").exists():
         return path
-    OUT.mkdir(exist_ok=True)
-    mask = make_tissue_mask(rows, rows, n_segments, chunks=2048)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make = make_tissue_mask if kind == "tissue" else make_detailed_mask
+    mask = make(rows, rows, n_segments, chunks=2048)
     target = zarr.create_array(
         str(path), shape=mask.shape, chunks=(2048, 2048), dtype="uint8", overwrite=True
     )
@@ -54,8 +62,10 @@ def make_zarr(rows: int, n_segments: int) -> pathlib.Path:
     return path
 
 
-def step_floor(zarr_path: str, n_segments: int, n_workers: int) -> None:
-    """Serial time of encoding every frame alone, in this process."""
+def step_floor(zarr_path: str, n_segments: int, n_workers: int, kind: str = "BINARY",
+               syntax: str = J2K) -> None:
+    """Serial time of encoding every frame alone, in this process (malloc as in a plain
+    process: no MALLOC_TRIM_THRESHOLD_)."""
     import numpy as np
     import zarr
 
@@ -63,14 +73,15 @@ def step_floor(zarr_path: str, n_segments: int, n_workers: int) -> None:
     from daskseg.plan import FrameSpec
 
     labels = zarr.open_array(zarr_path, mode="r")[:]
-    spec = FrameSpec("BINARY", n_segments, False, TILE, TILE, J2K, 1, 255, False)
+    bits = 1 if kind == "BINARY" else 8
+    spec = FrameSpec(kind, n_segments, False, TILE, TILE, syntax, bits, 255, False)
     rows, columns = labels.shape
     tiles = [
         labels[r : r + TILE, c : c + TILE]
         for r in range(0, rows, TILE)
         for c in range(0, columns, TILE)
     ]
-    frames = [segment_frame(t, spec, s) for s in range(n_segments) for t in tiles]
+    frames = [segment_frame(t, spec, s) for s in range(spec.n_channels) for t in tiles]
     start = time.perf_counter()
     for frame in frames:
         encode_frame(frame, spec)
@@ -92,8 +103,10 @@ def _encode_every_frame() -> None:
     daskseg.encode._encode_uniform = encode_uniform
 
 
-def step_daskseg(zarr_path: str, n_segments: int, output: str, reuse: str = "reuse") -> None:
-    from distributed import Client
+def step_daskseg(zarr_path: str, n_segments: int, output: str, reuse: str = "reuse",
+                 cluster_kind: str = "local", kind: str = "BINARY", syntax: str = J2K) -> None:
+    """One write on ``local_cluster()`` ("local") or a plain LocalCluster ("plain")."""
+    from distributed import Client, LocalCluster
 
     from daskseg import local_cluster, write_segmentation
     from daskseg.synthetic import make_segment_descriptions, make_slide
@@ -102,17 +115,20 @@ def step_daskseg(zarr_path: str, n_segments: int, output: str, reuse: str = "reu
 
     rows = zarr.open_array(zarr_path, mode="r").shape[0]
     source = make_slide(rows, rows, tile_size=(TILE, TILE))
-    descriptions = make_segment_descriptions(n_segments)
-    with local_cluster(
-        2, memory_limit="4GiB"
-    ) as cluster, Client(cluster) as client:
+    descriptions = make_segment_descriptions(n_segments, segmentation_type=kind)
+    if cluster_kind == "local":
+        cluster = local_cluster(2, memory_limit="4GiB", dashboard_address=None)
+    else:  # as a user starts one
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="4GiB",
+                               dashboard_address=None)
+    with cluster, Client(cluster) as client:
         client.run(lambda: __import__("daskseg.write"))  # warm imports, as a live cluster has
         if reuse != "reuse":
             client.run(_encode_every_frame)
         start = time.perf_counter()
         write_segmentation(
-            zarr_path, source, descriptions, output,
-            transfer_syntax_uid=J2K, dimension_organization_type="TILED_FULL",
+            zarr_path, source, descriptions, output, segmentation_type=kind,
+            transfer_syntax_uid=syntax, dimension_organization_type="TILED_FULL",
             client=client, overwrite=True,
         )
         elapsed = time.perf_counter() - start
@@ -143,6 +159,22 @@ def step_highdicom(zarr_path: str, n_segments: int, output: str) -> None:
         seg.save_as(output)
         elapsed = time.perf_counter() - start
     emit({"time": elapsed, "read": read})
+
+
+def step_pixels(zarr_path: str, output: str) -> None:
+    """Decode every frame of a TILED_FULL LABELMAP file with pydicom and compare with the mask."""
+    import numpy as np
+    import pydicom
+    import zarr
+
+    labels = zarr.open_array(zarr_path, mode="r")[:]
+    ds = pydicom.dcmread(output)
+    frames = ds.pixel_array
+    rows, columns = labels.shape
+    tiles = labels.reshape(rows // TILE, TILE, columns // TILE, TILE).swapaxes(1, 2)
+    equal = frames.shape == (tiles.shape[0] * tiles.shape[1], TILE, TILE) and np.array_equal(
+        frames, tiles.reshape(-1, TILE, TILE))
+    emit({"equal": bool(equal), "frames": int(ds.NumberOfFrames)})
 
 
 def step_check(zarr_path: str, output: str) -> None:
@@ -226,6 +258,7 @@ def main() -> None:
     print(f"  memory: highdicom / daskseg = {theirs['peak_rss'] / ours['peak_rss']:.1f}x "
           f"(target >= 4x); mask is {gib(mask_bytes)}")
     print(f"  read back equal in {check.get('regions', 0)} sampled regions: {check['equal']}")
+    detailed_part(script)
     if args.quick:
         return
 
@@ -241,6 +274,41 @@ def main() -> None:
           f"{one['time'] / big['time']:.2f}x faster with 2 workers")
     print(f"  read back equal in {check64.get('regions', 0)} sampled regions "
           f"({check64.get('frames')} frames): {check64['equal']}")
+
+
+def detailed_part(script: str) -> None:
+    mask = str(make_zarr(16384, 5, "detailed"))
+    ours, theirs = str(OUT / "daskseg-detailed.dcm"), str(OUT / "highdicom-detailed.dcm")
+    floor = run_step(script, "floor", mask, "5", "2")
+    local = run_step(script, "daskseg", mask, "5", ours, "reuse", "local")
+    plain = run_step(script, "daskseg", mask, "5", ours, "reuse", "plain")
+    hd_ = run_step(script, "highdicom", mask, "5", theirs)
+    check = run_step(script, "check", mask, ours)
+    print("\n16384 x 16384 label mask with detail in every tile (random labels in 16-pixel "
+          "squares), 5 segments, BINARY, JPEG 2000, TILED_FULL, 2 worker processes")
+    print(f"  codec floor: {floor['serial']:.2f} s serial for {floor['frames']} frames "
+          f"-> {floor['floor']:.2f} s on 2 workers")
+    for name, result in (("local_cluster()", local), ("plain LocalCluster", plain)):
+        print(f"  daskseg on {name:18s} {result['time']:6.2f} s  peak {gib(result['peak_rss'])}  "
+              f"({result['time'] / floor['floor']:.2f}x the floor, target <= 1.3x; "
+              f"{hd_['time'] / result['time']:.2f}x faster than highdicom, target >= 1.4x)")
+    print(f"  highdicom (ProcessPoolExecutor(2)): {hd_['time']:6.2f} s  peak {gib(hd_['peak_rss'])}")
+    print(f"  read back equal in {check.get('regions', 0)} sampled regions: {check['equal']}")
+
+    print("\n  LABELMAP, same mask, plain LocalCluster: JPEG 2000 against HTJ2K")
+    results = {}
+    for name, syntax in (("JPEG 2000", J2K), ("HTJ2K", HTJ2K)):
+        out = str(OUT / f"daskseg-detailed-labelmap-{name.replace(' ', '')}.dcm")
+        lfloor = run_step(script, "floor", mask, "5", "2", "LABELMAP", syntax)
+        result = run_step(script, "daskseg", mask, "5", out, "reuse", "plain", "LABELMAP", syntax)
+        results[name] = (result, out)
+        print(f"  {name:9s}: {result['time']:6.2f} s (floor {lfloor['floor']:.2f} s, "
+              f"{result['time'] / lfloor['floor']:.2f}x), file {result['size'] / 2**20:.0f} MiB, "
+              f"peak {gib(result['peak_rss'])}")
+    speedup = results["JPEG 2000"][0]["time"] / results["HTJ2K"][0]["time"]
+    pixels = run_step(script, "pixels", mask, results["HTJ2K"][1])
+    print(f"  HTJ2K written {speedup:.2f}x faster than JPEG 2000 (target >= 2x); every one of "
+          f"its {pixels['frames']} frames decoded by pydicom equals the mask: {pixels['equal']}")
 
 
 if __name__ == "__main__":
