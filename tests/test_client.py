@@ -59,3 +59,14 @@ def test_a_plain_local_cluster_gets_the_malloc_settings(tmp_path, dask_client):
     settings = dask_client.run(malloc_settings)
     assert len(settings) == 2
     assert all(value == MALLOC_SETTINGS for value in settings.values())
+
+
+def test_the_malloc_plugin_leaves_the_users_own_process_alone(thread_client):
+    """Workers in the client's process (processes=False) keep the process's malloc settings."""
+    from daskseg._malloc import MallocPlugin, malloc_settings
+
+    with cluster_client(thread_client):
+        pass
+    assert MallocPlugin.name in thread_client.run_on_scheduler(
+        lambda dask_scheduler: list(dask_scheduler.worker_plugins))
+    assert all(value == {} for value in thread_client.run(malloc_settings).values())
