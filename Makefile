@@ -50,6 +50,7 @@ test: $(VENV)/.installed-test tools
 
 benchmarks: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/executor.py
+	$(BIN)/python benchmarks/malloc.py
 	$(BIN)/python benchmarks/write.py
 	$(BIN)/python benchmarks/read.py
 	$(BIN)/python benchmarks/pyramid.py
