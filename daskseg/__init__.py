@@ -8,6 +8,7 @@ from daskseg.errors import (
     ClusterError,
     DaskSegError,
     DestinationExistsError,
+    SegmentationFileError,
     SegmentationInputError,
     SegmentationTypeError,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "write_segmentation_pyramid",
     "ClusterError",
     "DaskSegError",
+    "SegmentationFileError",
     "SegmentationInputError",
     "SegmentationTypeError",
     "__version__",
