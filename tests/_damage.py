@@ -81,8 +81,8 @@ def read_all(path, **kwargs) -> np.ndarray:
 class Layout:
     """Where the parts of a SEG file are (byte offsets into ``data``)."""
 
-    data: bytes
-    header: Dataset  # everything before Pixel Data
+    data: bytes = field(repr=False)
+    header: Dataset = field(repr=False)  # everything before Pixel Data
     per_frame_items: list[int]  # each item's tag in PerFrameFunctionalGroupsSequence
     pixel_element: int  # the Pixel Data element's tag
     pixel_value: int  # its first value byte (encapsulated: the Basic Offset Table's item tag)

@@ -26,7 +26,7 @@ import psutil
 import pytest
 import zarr
 from distributed import Client
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from _damage import (
@@ -154,7 +154,7 @@ def damaged_file(tmp_path, name, source_layout, case):
     return path, damaged
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("name", [*SOURCES, *SHARED_SEGS])
 def test_reader_api_on_damaged_file(request, tmp_path, sources, name, case):
@@ -164,7 +164,7 @@ def test_reader_api_on_damaged_file(request, tmp_path, sources, name, case):
 
 
 # The CLI starts a cluster per call: run it on one native and one encapsulated SEG per case.
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("name", ["labelmap-native-full", "binary-j2k-sparse"])
 def test_cli_on_damaged_file(request, tmp_path, sources, name, case, capsys):
@@ -185,7 +185,7 @@ def not_a_seg(request, tmp_path, name) -> pathlib.Path:
     return path
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("name", list(NOT_A_SEG))
 def test_not_a_seg_is_refused(request, tmp_path, name, capsys):
     path = not_a_seg(request, tmp_path, name)
@@ -223,16 +223,16 @@ def test_damaged_file_on_a_process_cluster(tmp_path, sources, dask_client, case)
 # --------------------------------------------------------------------------- property
 
 
-def _mutation_sources(request, sources):
+def _mutation_sources(request, sources) -> dict:
     names = ["binary-native-full", "labelmap-jpegls-sparse", "fractional-rle-full"]
-    found = [sources[name] for name in names]
+    found = {name: sources[name] for name in names}
     try:
         testdata = request.getfixturevalue("testdata")
     except pytest.skip.Exception:
         return found
     for name in ("seg_image_sm_control_labelmap.dcm", "seg_image_sm_dots.dcm"):
         if (testdata / name).exists():
-            found.append(source_for(request, sources, name))
+            found[name] = source_for(request, sources, name)
     return found
 
 
@@ -245,11 +245,13 @@ def test_mutated_and_truncated_files(request, tmp_path_factory, sources):
     process = psutil.Process()
     baseline = process.memory_info().rss
 
-    @settings(max_examples=50, deadline=None, derandomize=True,
+    # No shrinking: it would rerun failing reads many times; the drawn example is printed.
+    @settings(max_examples=50, deadline=None, derandomize=True, phases=[Phase.generate],
               suppress_health_check=[HealthCheck.too_slow])
     @given(data=st.data())
     def check(data):
-        _, source, expected = data.draw(st.sampled_from(candidates), label="source")
+        _, source, expected = candidates[data.draw(st.sampled_from(sorted(candidates)),
+                                                   label="source")]
         original = source.data
         kind = data.draw(st.sampled_from(["truncate", "overwrite", "inside a frame"]), label="kind")
         frame = None
