@@ -229,7 +229,7 @@ def reencapsulate(source: Layout, layout_name: str) -> bytes | None:
             )
         elif layout_name.startswith("first split"):
             # PS3.5 A.4: a frame may span fragments; then only an offset table finds frames.
-            half = len(frames[0]) // 2
+            half = len(frames[0]) // 2 // 2 * 2  # fragments have even length (PS3.5 A.4)
             has_bot = not layout_name.endswith("no bot")
             fragments = [frames[0][:half], frames[0][half:], *frames[1:]]
             items = b"".join(
