@@ -56,26 +56,26 @@ def _decode_small(layout: FrameLayout, data: bytes) -> tuple[np.ndarray, bool]:
     return array, bool(array.any())
 
 
-def _frame(
-    layout: FrameLayout, reader: FrameReader, frame: FrameRef, name: str
-) -> tuple[np.ndarray, bool]:
-    """A frame's stored values, and whether any is non-zero; SegmentationFileError if damaged."""
+class _DamagedFrame(Exception):
+    """A frame's bytes are cut short or do not decode; read_chunk names the file and frame."""
+
+
+def _frame(layout: FrameLayout, reader: FrameReader, frame: FrameRef) -> tuple[np.ndarray, bool]:
+    """A frame's stored values, and whether any is non-zero."""
     index, ranges = frame
     data = reader.read(ranges)
     expected = sum(length for _, length in ranges)
     if len(data) < expected:
-        raise SegmentationFileError(
-            f"{name}: frame {index + 1} is cut short ({len(data)} of its {expected} bytes): "
-            "the file is truncated."
-        )
+        raise _DamagedFrame(f"is cut short ({len(data)} of its {expected} bytes): the file is "
+                            "truncated.")
     try:
         if not layout.native and len(data) < _SMALL_CODESTREAM:
             return _decode_small(layout, data)
         array = decode_frame(layout, data, index)
     except Exception as error:  # each codec library raises its own types
-        raise SegmentationFileError(
-            f"{name}: frame {index + 1} cannot be decoded as {UID(layout.transfer_syntax_uid).name}"
-            f" ({type(error).__name__}: {error}): the file is damaged."
+        raise _DamagedFrame(
+            f"cannot be decoded as {UID(layout.transfer_syntax_uid).name} "
+            f"({type(error).__name__}: {error}): the file is damaged."
         ) from error
     return array, bool(array.any())
 
@@ -133,7 +133,10 @@ def read_chunk(
                 frame = channel[t]
                 if frame is None:
                     continue  # an omitted frame reads as zeros
-                values, nonzero = _frame(layout, reader, frame, name)
+                try:
+                    values, nonzero = _frame(layout, reader, frame)
+                except _DamagedFrame as error:
+                    raise SegmentationFileError(f"{name}: frame {frame[0] + 1} {error}") from error
                 if not nonzero:
                     continue  # the output holds what zeros become there already
                 if labelmap:

@@ -180,8 +180,8 @@ def locate_frames(
     layout = FrameLayout(str(syntax), rows, columns, bits, value_start)
     if not encapsulated:
         needed = -(-n_frames * rows * columns * bits // 8)
-        # PS3.5 7.1.1: the value has even length, so one pad byte may follow the frames.
-        if not needed <= length <= needed + 1:
+        # More is harmless (a pad byte to even length, PS3.5 7.1.1; some writers pad more).
+        if length < needed:
             raise _fail(name, f"the Pixel Data holds {length} bytes, but NumberOfFrames "
                               f"{n_frames} of {rows} x {columns} x {bits} bits need {needed}: "
                               "the header and the pixel data disagree.")

@@ -46,7 +46,8 @@ __all__ = ["ReadOptions", "SegmentationReader", "open_segmentation", "read_segme
 #: What pydicom and highdicom raise on a header they cannot parse or interpret: cut short (EOF,
 #: struct), garbage lengths (MemoryError), missing or malformed attributes.
 _HEADER_DAMAGE = (OSError, EOFError, struct.error, MemoryError, AttributeError, KeyError,
-                  IndexError, TypeError, ValueError, OverflowError, NotImplementedError)
+                  IndexError, TypeError, ValueError, OverflowError, NotImplementedError,
+                  pydicom.errors.BytesLengthException)
 
 
 def _damaged_header(name: str, error: BaseException) -> SegmentationFileError:
@@ -214,7 +215,6 @@ class SegmentationReader:
         # like highdicom, it is not one of the segments read.
         padding = header.get("PixelPaddingValue")
         items = [item for item in header.SegmentSequence if item.SegmentNumber != padding]
-        self.segment_descriptions = [hd.seg.SegmentDescription.from_dataset(i) for i in items]
         self.segment_numbers = [int(item.SegmentNumber) for item in items]
         if len(set(self.segment_numbers)) != len(self.segment_numbers):
             raise SegmentationFileError(
@@ -231,6 +231,8 @@ class SegmentationReader:
         self._grid = TileGrid(*self.shape, *self.tile_size)
         self.grid_shape = (self._grid.n_tile_rows, self._grid.n_tile_columns)
         self._frame_table = index_frames(header, self.segment_numbers, self._grid, name=name)
+        # Last: highdicom's checks of each segment take longer than all of the above.
+        self.segment_descriptions = [hd.seg.SegmentDescription.from_dataset(i) for i in items]
 
     def to_dask(
         self,

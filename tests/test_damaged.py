@@ -63,13 +63,13 @@ def sources(tmp_path_factory):
 
 
 def source_for(request, sources, name):
-    if name in sources:
-        return sources[name]
-    testdata = request.getfixturevalue("testdata")
-    path = testdata / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent")
-    return path, layout(path.read_bytes()), read_all(path)
+    if name not in sources:  # a SEG of other software, parsed and read once per module
+        testdata = request.getfixturevalue("testdata")
+        path = testdata / name
+        if not path.exists():
+            pytest.skip(f"{path} is absent")
+        sources[name] = (path, layout(path.read_bytes()), read_all(path))
+    return sources[name]
 
 
 def assert_clean(error: BaseException, path: pathlib.Path) -> None:
