@@ -297,52 +297,62 @@ def test_mutated_and_truncated_files(request, tmp_path_factory, sources):
 
 
 WRITE_ON_FULL_DISK = textwrap.dedent("""
-    import errno, json, resource, signal, sys
+    import json, resource, signal, sys
     from distributed import Client
     from daskseg import write_segmentation
     from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
 
-    folder, limit = sys.argv[1], int(sys.argv[2])
     mask = make_tissue_mask(256, 256, 3, chunks=128, stacked=True).astype("float32")
     source = make_slide(256, 256, tile_size=(64, 64))
+    # A file-size limit: a write past it fails with EFBIG (SIGXFSZ ignored), as a full disk
+    # fails with ENOSPC.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as c:
         mask = mask.persist()
-        # A file-size limit: a write past it fails with EFBIG (SIGXFSZ ignored), as a full disk
-        # fails with ENOSPC.
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
-        try:
-            write_segmentation(mask, source, make_segment_descriptions(3, segmentation_type="FRACTIONAL"),
-                               folder + "/seg.dcm", segmentation_type="FRACTIONAL",
-                               dimension_organization_type="TILED_FULL", overwrite=True, client=c)
-        except BaseException as error:
-            print(json.dumps({"type": type(error).__name__, "oserror": isinstance(error, OSError),
-                              "errno": getattr(error, "errno", None), "message": str(error)}))
-        else:
-            print(json.dumps({"type": None}))
+        for folder, limit in zip(sys.argv[1::2], sys.argv[2::2]):
+            resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), resource.RLIM_INFINITY))
+            try:
+                write_segmentation(
+                    mask, source, make_segment_descriptions(3, segmentation_type="FRACTIONAL"),
+                    folder + "/seg.dcm", segmentation_type="FRACTIONAL",
+                    dimension_organization_type="TILED_FULL", overwrite=True, client=c)
+            except BaseException as error:
+                print(json.dumps({"type": type(error).__name__,
+                                  "oserror": isinstance(error, OSError),
+                                  "errno": getattr(error, "errno", None), "message": str(error)}))
+            else:
+                print(json.dumps({"type": None}))
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE,
+                                   (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 """)
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("where", ["spool", "final file"])
-def test_writer_on_a_full_disk(tmp_path, where):
+def test_writer_on_a_full_disk(tmp_path):
     """A write that fails mid-way: a clear OSError, no temporary file left, the old file kept."""
     # Native FRACTIONAL 256 x 256 x 3 in 64 x 64 tiles: 196,608 bytes of frames. A limit of
     # 64 KiB stops the spool of encoded frames; one just under the finished file's size lets the
-    # spool through and stops the file itself (its header and frames pass the limit).
-    limit = 65536 if where == "spool" else 196608 + 1024
+    # spool through and stops the file itself (its header and frames pass the limit). One
+    # process runs both (starting one takes seconds).
+    limits = {"spool": 65536, "final file": 196608 + 1024}
     existing = b"an existing file that must survive\n" * 10
-    (tmp_path / "seg.dcm").write_bytes(existing)
+    argv = []
+    for where, limit in limits.items():
+        (tmp_path / where).mkdir()
+        (tmp_path / where / "seg.dcm").write_bytes(existing)
+        argv += [str(tmp_path / where), str(limit)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(pathlib.Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
     ))
-    run = subprocess.run([sys.executable, "-c", WRITE_ON_FULL_DISK, str(tmp_path), str(limit)],
+    run = subprocess.run([sys.executable, "-c", WRITE_ON_FULL_DISK, *argv],
                          capture_output=True, text=True, timeout=110, env=env)
     assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert result["oserror"] and result["errno"] == errno.EFBIG, result
-    assert sorted(os.listdir(tmp_path)) == ["seg.dcm"]  # no temporary file left
-    assert (tmp_path / "seg.dcm").read_bytes() == existing
+    results = [json.loads(line) for line in run.stdout.strip().splitlines()[-len(limits):]]
+    for where, result in zip(limits, results):
+        assert result["oserror"] and result["errno"] == errno.EFBIG, (where, result)
+        assert sorted(os.listdir(tmp_path / where)) == ["seg.dcm"], where  # no temporary file
+        assert (tmp_path / where / "seg.dcm").read_bytes() == existing, where
 
 
 def test_errors_are_daskseg_errors():
