@@ -50,6 +50,10 @@ _HEADER_DAMAGE = (OSError, EOFError, struct.error, MemoryError, AttributeError, 
                   pydicom.errors.BytesLengthException)
 
 
+#: The most chunks a lazy array may have: each is a task holding its frames' byte ranges.
+_MAX_CHUNKS = 2**20
+
+
 def _damaged_header(name: str, error: BaseException) -> SegmentationFileError:
     what = "declares an element longer than memory allows" if isinstance(error, MemoryError) \
         else f"cannot be read ({type(error).__name__}: {error})"
@@ -255,6 +259,13 @@ class SegmentationReader:
         chunk_rows, chunk_columns = options.chunk_pixels()
         row_chunks = aligned_chunks(self.shape[0], tile_rows, chunk_rows, max_tiles=64)
         column_chunks = aligned_chunks(self.shape[1], tile_columns, chunk_columns, max_tiles=64)
+        n_chunks = len(row_chunks) * len(column_chunks)
+        if n_chunks > _MAX_CHUNKS:
+            raise SegmentationInputError(
+                f"chunks={chunks} makes {n_chunks} chunks of {self.path}, more than "
+                f"{_MAX_CHUNKS} (a graph that large takes long to build and schedule); use "
+                "larger chunks."
+            )
         channels = [0] if labelmap else [self.segment_numbers.index(n) for n in numbers]
         out_chunks: tuple[tuple[int, ...], ...] = (row_chunks, column_chunks)
         if not combine_segments:

@@ -42,6 +42,7 @@ from _damage import (
 from daskseg import (
     DaskSegError,
     SegmentationFileError,
+    SegmentationInputError,
     open_segmentation,
     read_segmentation,
 )
@@ -358,3 +359,14 @@ def test_writer_on_a_full_disk(tmp_path):
 def test_errors_are_daskseg_errors():
     assert issubclass(SegmentationFileError, DaskSegError)
     assert issubclass(SegmentationFileError, ValueError)
+
+
+def test_too_many_chunks_are_refused(sources, monkeypatch):
+    """The lazy array's graph is bounded: more chunks than the cap is an error, not a hang."""
+    import daskseg.read
+
+    path = sources["binary-native-full"][0]  # a 2 x 3 grid of 32-pixel tiles
+    monkeypatch.setattr(daskseg.read, "_MAX_CHUNKS", 4)
+    with pytest.raises(SegmentationInputError, match="6 chunks"):
+        read_segmentation(path, chunks=32)
+    assert read_segmentation(path, chunks=64).numblocks[:2] == (1, 2)
