@@ -370,3 +370,15 @@ def test_too_many_chunks_are_refused(sources, monkeypatch):
     with pytest.raises(SegmentationInputError, match="6 chunks"):
         read_segmentation(path, chunks=32)
     assert read_segmentation(path, chunks=64).numblocks[:2] == (1, 2)
+
+
+@pytest.mark.parametrize(("case", "says"), [
+    ("garbage in a fragment", "cannot be decoded as JPEG 2000"),
+    ("cut in last frame", "is cut short"),
+])
+def test_error_names_the_frame(tmp_path, sources, case, says):
+    _, source_layout, _ = sources["binary-j2k-sparse"]
+    path, damaged = damaged_file(tmp_path, "binary-j2k-sparse", source_layout, case)
+    (frame,) = damaged.frames
+    with pytest.raises(SegmentationFileError, match=f"frame {frame + 1} {says}"):
+        read_all(path)
