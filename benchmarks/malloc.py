@@ -8,7 +8,9 @@ In one run, on 2 single-threaded worker processes each: a plain ``LocalCluster``
 set ``MALLOC_TRIM_THRESHOLD_=65536``) without and with daskseg's worker plugin, daskseg's
 ``local_cluster()`` (the variable unset), and ``dask scheduler`` + two ``dask worker`` processes
 with the plugin. Each encodes the same detailed 512 x 512 label frames with JPEG 2000 (64 tasks
-of 16 frames) and prints the time per frame per worker.
+of 16 frames) and prints the time per frame per worker. First, without a cluster: one process
+started with the nannies' variable encodes 40 frames before and after the plugin's ``mallopt``,
+and one without the variable (the least noisy comparison on a shared machine).
 """
 
 from __future__ import annotations
@@ -35,6 +37,30 @@ def encode_frames(seed: int) -> int:
     block = make_detailed_mask(512 * FRAMES, 512, 5, chunks=512 * FRAMES, seed=seed).compute(
         scheduler="sync")
     return sum(len(codec.encode(block[i * 512:(i + 1) * 512], 8)) for i in range(FRAMES))
+
+
+def in_process() -> None:
+    """Run in a child: per-frame JPEG 2000 time before and after the plugin's settings."""
+    from daskseg._codecs import CODECS
+    from daskseg._malloc import MALLOC_SETTINGS, _set_malloc
+    from daskseg.synthetic import make_detailed_mask
+
+    codec = CODECS["1.2.840.10008.1.2.4.90"]
+    block = make_detailed_mask(512 * 40, 512, 5, chunks=512 * 40).compute(scheduler="sync")
+    frames = [block[i * 512:(i + 1) * 512].copy() for i in range(40)]
+
+    def run() -> float:
+        start = time.perf_counter()
+        for frame in frames:
+            codec.encode(frame, 8)
+        return (time.perf_counter() - start) / len(frames) * 1000
+
+    run()
+    before = [run() for _ in range(3)]
+    _set_malloc(**MALLOC_SETTINGS)
+    after = [run() for _ in range(3)]
+    print(f"{min(before):.2f}-{max(before):.2f} ms per frame; after mallopt "
+          f"{min(after):.2f}-{max(after):.2f} ms")
 
 
 def measure(client, plugin: bool) -> list[float]:
@@ -65,6 +91,14 @@ def main() -> None:
 
     from daskseg import local_cluster
 
+    import os
+
+    for name, env in (("MALLOC_TRIM_THRESHOLD_=65536", {"MALLOC_TRIM_THRESHOLD_": "65536"}),
+                      ("variable unset", {})):
+        environ = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+        output = subprocess.run([sys.executable, __file__, "--in-process"], env={**environ, **env},
+                                capture_output=True, text=True, check=True).stdout.strip()
+        print(f"  one process, {name:30s} {output}")
     print(f"JPEG 2000 encode of detailed 512 x 512 label frames, {TASKS * FRAMES} frames, "
           f"2 workers x 1 thread, {ARGS.repeat} repeats")
     for plugin in (False, True):
@@ -98,6 +132,10 @@ def main() -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     ARGS = parser.parse_args()
     np.seterr(all="ignore")
-    main()
+    if ARGS.in_process:
+        in_process()
+    else:
+        main()
