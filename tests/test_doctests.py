@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 # The modules whose examples run without files; the others' examples need a SEG or a cluster.
-MODULES = ["daskseg._codecs", "daskseg._dcmqi", "daskseg.plan", "daskseg.write"]
+MODULES = ["daskseg._codecs", "daskseg._dcmqi", "daskseg.plan", "daskseg.synthetic", "daskseg.write"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -76,3 +76,13 @@ def test_tile_size_defaults_to_the_source_frames():
     assert tile_size(16, source) == (16, 16)
     with pytest.raises(SegmentationInputError, match="positive"):
         tile_size((0, 4), source)
+
+
+def test_detailed_mask_has_detail_in_every_tile_whatever_the_chunks():
+    from daskseg.synthetic import make_detailed_mask
+
+    mask = make_detailed_mask(256, 320, 5, chunks=(100, 77)).compute()
+    np.testing.assert_array_equal(mask, make_detailed_mask(256, 320, 5, chunks=256).compute())
+    tiles = mask.reshape(4, 64, 5, 64).swapaxes(1, 2)
+    assert all(len(np.unique(tile)) > 2 for row in tiles for tile in row)
+    assert mask.max() == 5 and (mask[:16, :16] == mask[0, 0]).all()
