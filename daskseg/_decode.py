@@ -1,7 +1,7 @@
 """Frames -> the values of highdicom's ``get_total_pixel_matrix``. Runs on the workers.
 
-A task gets the byte ranges of its own frames (from the frame index), reads them from the
-source, decodes them with the codec table's decoders and writes each tile of its chunk, so
+A task gets the references of its own frames (from the frame index), takes their bytes from its
+source (a file's byte ranges, or WADO-RS frame requests: any ``_frames.FrameSource``), decodes them with the codec table's decoders and writes each tile of its chunk, so
 slicing the lazy array decodes only the frames it touches.
 """
 
@@ -16,12 +16,9 @@ from pydicom.uid import UID
 
 from daskseg._codecs import CODECS, unpack_bits
 from daskseg.plan import block_location
-from daskseg._frames import FileSource, FrameLayout, FrameRanges, FrameReader
+from daskseg._frames import FrameLayout, FrameRef, FrameSource
 
 __all__ = ["FrameRef", "Output", "read_chunk", "store_block"]
-
-#: A frame's 0-based index in the file and the byte ranges that hold it.
-FrameRef = tuple[int, FrameRanges]
 
 # Codestreams shorter than this are decoded once per process and the result reused.
 _SMALL_CODESTREAM = 4096
@@ -53,10 +50,8 @@ def _decode_small(layout: FrameLayout, data: bytes) -> tuple[np.ndarray, bool]:
     return array, bool(array.any())
 
 
-def _frame(layout: FrameLayout, reader: FrameReader, frame: FrameRef) -> tuple[np.ndarray, bool]:
+def _frame(layout: FrameLayout, data: bytes, index: int) -> tuple[np.ndarray, bool]:
     """A frame's stored values, and whether any is non-zero."""
-    index, ranges = frame
-    data = reader.read(ranges)
     if not layout.native and len(data) < _SMALL_CODESTREAM:
         return _decode_small(layout, data)
     array = decode_frame(layout, data, index)
@@ -84,7 +79,7 @@ class Output:
 
 
 def read_chunk(
-    source: FileSource,
+    source: FrameSource,
     layout: FrameLayout,
     frames: list[list[FrameRef | None]],
     tiles: tuple[int, int],
@@ -107,15 +102,21 @@ def read_chunk(
         lookup = output.lookup(layout.bits_allocated)
         # Omitted and all-zero frames hold stored label 0 everywhere.
         out.fill(lookup[0])
+    n_tiles = n_rows * n_columns
+    # All of the chunk's frames are asked for at once, in the order used below, so that a
+    # source that fetches over the network can ask for many in one request.
+    refs = [f for t in range(n_tiles) for channel in frames if (f := channel[t]) is not None]
     with source.open() as reader:
-        for t in range(n_rows * n_columns):
+        data = reader.frames(layout, refs)
+        for t in range(n_tiles):
             r, c = divmod(t, n_columns)
             tile = out[r * th : (r + 1) * th, c * tw : (c + 1) * tw]
             for k, channel in enumerate(frames):
                 frame = channel[t]
                 if frame is None:
                     continue  # an omitted frame reads as zeros
-                values, nonzero = _frame(layout, reader, frame)
+                frame_layout, frame_bytes = next(data)
+                values, nonzero = _frame(frame_layout, frame_bytes, frame[0])
                 if not nonzero:
                     continue  # the output holds what zeros become there already
                 if labelmap:

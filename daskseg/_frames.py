@@ -3,7 +3,8 @@
 The header is read once, without the pixel data. Each frame's bytes are located from the Basic
 or Extended Offset Table, or by walking the fragment items' headers when there is neither
 (PS3.5 A.4), and recorded as byte ranges; :class:`FileSource` reads those ranges on the workers.
-A frame's bytes from elsewhere (WADO-RS, say) would be another source with the same ``open``.
+A source is anything with ``open()`` giving a reader whose ``frames(layout, refs)`` yields each
+frame's bytes (:class:`FrameSource`); ``daskseg._web.WebSource`` fetches them with WADO-RS.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, ContextManager, Protocol
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -23,10 +24,33 @@ from daskseg._codecs import codec_for, frame_dtype
 from daskseg.errors import SegmentationInputError
 from daskseg.plan import TileGrid
 
-__all__ = ["FileSource", "FrameLayout", "FrameRanges", "index_frames", "locate_frames", "open_file"]
+__all__ = [
+    "FileSource", "FrameLayout", "FrameRanges", "FrameSource", "check_header", "index_frames",
+    "locate_frames", "open_file",
+]
 
 #: The byte ranges ``(offset, length)`` that hold one frame's bytes, in order.
 FrameRanges = list[tuple[int, int]]
+
+#: A frame's 0-based index in the SEG and the byte ranges that hold it (empty when the source
+#: finds frames by number, as WADO-RS does).
+FrameRef = tuple[int, FrameRanges]
+
+
+class OpenFrames(Protocol):
+    """An open source of frames."""
+
+    def frames(
+        self, layout: FrameLayout, refs: Sequence[FrameRef]
+    ) -> Iterator[tuple[FrameLayout, bytes]]:
+        """Each frame's bytes, in the order of ``refs``, with the layout to decode them by."""
+        ...
+
+
+class FrameSource(Protocol):
+    """Where a task gets its frames: small and picklable, opened on the worker."""
+
+    def open(self) -> ContextManager[OpenFrames]: ...
 
 
 def open_file(path: str) -> BinaryIO:
@@ -63,6 +87,12 @@ class FrameReader:
             parts.append(self._handle.read(length))
         return b"".join(parts)
 
+    def frames(
+        self, layout: FrameLayout, refs: Sequence[FrameRef]
+    ) -> Iterator[tuple[FrameLayout, bytes]]:
+        for _, ranges in refs:
+            yield layout, self.read(ranges)
+
 
 @dataclass(frozen=True)
 class FrameLayout:
@@ -92,15 +122,10 @@ class FrameLayout:
         return [(self.pixel_offset + index * size, size)]
 
 
-def locate_frames(
-    handle: BinaryIO, header: Dataset, start: int
-) -> tuple[FrameLayout, list[FrameRanges] | None]:
-    """The layout of the Pixel Data at ``start``, and each frame's byte ranges when encapsulated."""
+def check_header(header: Dataset, name: str) -> None:
+    """Raise unless ``header`` is of a SEG of a tiled image in a transfer syntax daskseg decodes."""
     if "SegmentSequence" not in header:
-        raise SegmentationInputError(
-            f"{handle.name if hasattr(handle, 'name') else 'The file'} is not a DICOM "
-            "Segmentation (no SegmentSequence)."
-        )
+        raise SegmentationInputError(f"{name} is not a DICOM Segmentation (no SegmentSequence).")
     if "TotalPixelMatrixRows" not in header:
         raise SegmentationInputError(
             "The SEG is not of a tiled image (no TotalPixelMatrixRows); read it with "
@@ -109,6 +134,14 @@ def locate_frames(
     syntax = header.file_meta.TransferSyntaxUID
     if syntax.is_encapsulated and codec_for(syntax) is None:
         raise SegmentationInputError(f"Transfer syntax {syntax.name} is not supported.")
+
+
+def locate_frames(
+    handle: BinaryIO, header: Dataset, start: int
+) -> tuple[FrameLayout, list[FrameRanges] | None]:
+    """The layout of the Pixel Data at ``start``, and each frame's byte ranges when encapsulated."""
+    check_header(header, handle.name if hasattr(handle, "name") else "The file")
+    syntax = header.file_meta.TransferSyntaxUID
     implicit = syntax.is_implicit_VR
     handle.seek(start)
     group, element = struct.unpack("<HH", handle.read(4))
