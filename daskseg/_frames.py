@@ -122,8 +122,9 @@ class FrameLayout:
         return [(self.pixel_offset + index * size, size)]
 
 
-def check_header(header: Dataset, name: str) -> None:
-    """Raise unless ``header`` is of a SEG of a tiled image in a transfer syntax daskseg decodes."""
+def check_header(header: Dataset, name: str, *, transfer_syntax: bool = True) -> None:
+    """Raise unless ``header`` is of a SEG of a tiled image in a transfer syntax daskseg decodes
+    (the syntax is not checked with ``transfer_syntax=False``)."""
     if "SegmentSequence" not in header:
         raise SegmentationInputError(f"{name} is not a DICOM Segmentation (no SegmentSequence).")
     if "TotalPixelMatrixRows" not in header:
@@ -131,6 +132,8 @@ def check_header(header: Dataset, name: str) -> None:
             "The SEG is not of a tiled image (no TotalPixelMatrixRows); read it with "
             "highdicom.seg.segread instead."
         )
+    if not transfer_syntax:
+        return
     syntax = header.file_meta.TransferSyntaxUID
     if syntax.is_encapsulated and codec_for(syntax) is None:
         raise SegmentationInputError(f"Transfer syntax {syntax.name} is not supported.")

@@ -33,7 +33,7 @@ from daskseg.dicomweb import (
     fetch_transfer_syntax,
     parse_dicomweb_url,
 )
-from daskseg.errors import SegmentationInputError
+from daskseg.errors import DICOMwebError, SegmentationInputError
 
 __all__ = ["WebSource", "open_web"]
 
@@ -103,21 +103,27 @@ def open_web(
         )
     all_headers = {**url_headers, **(headers or {})}
     header = fetch_instance_metadata(target, session=session, headers=all_headers, timeout=timeout)
-    if "TransferSyntaxUID" not in header.file_meta:
-        if "SegmentSequence" not in header:  # not a SEG: say so without asking for frames
-            check_header(header, str(target))
-        header.file_meta.TransferSyntaxUID = fetch_transfer_syntax(
-            target, session=session, headers=all_headers, timeout=timeout
-        )
-    check_header(header, str(target))
+    check_header(header, str(target), transfer_syntax=False)
     rows, columns, bits = int(header.Rows), int(header.Columns), int(header.BitsAllocated)
-    if bits == 1 and rows * columns % 8 and not UID(header.file_meta.TransferSyntaxUID).is_encapsulated:
-        # PS3.5 8.1.1: such frames start mid-byte in the Pixel Data, and servers (Orthanc among
-        # them, HTTP 400) do not cut them out for frame retrieval.
-        raise SegmentationInputError(
-            f"{target}: its 1-bit frames of {rows} x {columns} pixels do not fill whole bytes, "
-            "which WADO-RS frame retrieval cannot serve; download the instance and read the file."
-        )
+    # PS3.5 8.1.1: native 1-bit frames that do not fill whole bytes start mid-byte in the Pixel
+    # Data, and servers do not cut them out for frame retrieval (Orthanc answers 400).
+    straddling = bits == 1 and rows * columns % 8 != 0
+    unservable = SegmentationInputError(
+        f"{target}: its 1-bit frames of {rows} x {columns} pixels do not fill whole bytes, "
+        "which WADO-RS frame retrieval cannot serve; download the instance and read the file."
+    )
+    if "TransferSyntaxUID" not in header.file_meta:
+        try:
+            header.file_meta.TransferSyntaxUID = fetch_transfer_syntax(
+                target, session=session, headers=all_headers, timeout=timeout
+            )
+        except DICOMwebError as error:
+            if straddling and error.status == 400:
+                raise unservable from None
+            raise
+    check_header(header, str(target))
+    if straddling and not UID(header.file_meta.TransferSyntaxUID).is_encapsulated:
+        raise unservable
     layout = FrameLayout(
         transfer_syntax_uid=str(UID(header.file_meta.TransferSyntaxUID)),
         rows=rows,
