@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO, ContextManager, Protocol
+from typing import BinaryIO, Protocol
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -50,7 +50,7 @@ class OpenFrames(Protocol):
 class FrameSource(Protocol):
     """Where a task gets its frames: small and picklable, opened on the worker."""
 
-    def open(self) -> ContextManager[OpenFrames]: ...
+    def open(self) -> AbstractContextManager[OpenFrames]: ...
 
 
 def open_file(path: str) -> BinaryIO:
