@@ -71,6 +71,8 @@ def run_orthanc(folder: pathlib.Path, *, verbose: bool = False, **settings):
             try:
                 with urllib.request.urlopen(f"{root}/studies", timeout=2):
                     break
+            except urllib.error.HTTPError:
+                break  # it answers (401 when it wants a password)
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 if time.monotonic() > deadline:
                     raise RuntimeError("Orthanc did not answer within 30 s") from None

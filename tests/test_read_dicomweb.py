@@ -246,3 +246,23 @@ def test_bearer_token_from_the_environment(monkeypatch, capsys):
         assert main(["info", f"{root}/studies/1.2/series/1.3/instances/1.4"]) == 1
     assert seen and seen[0]["Authorization"] == "Bearer tok-456"
     assert "tok-456" not in capsys.readouterr().err
+
+
+def test_credentials_reach_the_workers_requests(daskseg_seg, dask_client, tmp_path):
+    """An Orthanc that wants a password: the URL's ``user:password@`` opens the SEG and reaches
+    the frame requests of the worker processes, and no message or repr shows the password."""
+    from _orthanc import run_orthanc
+
+    path, url = daskseg_seg
+    with run_orthanc(tmp_path / "orthanc", AuthenticationEnabled=True,
+                     RegisteredUsers={"alice": "s3cret"}) as root:
+        locked = root.replace("http://", "http://alice:s3cret@")
+        store_instance(path, locked)
+        tail = url.split("/dicom-web", 1)[1]
+        with pytest.raises(DICOMwebError, match="refused access") as caught:
+            open_segmentation(root + tail)
+        assert caught.value.status == 401
+        reader = open_segmentation(locked + tail)
+        assert "s3cret" not in reader.path and "s3cret" not in repr(reader._source)
+        got = dask_client.compute(reader.to_dask(combine_segments=True, chunks=128)).result(timeout=120)
+        np.testing.assert_array_equal(got, read_segmentation(path, combine_segments=True).compute())
