@@ -266,3 +266,17 @@ def test_credentials_reach_the_workers_requests(daskseg_seg, dask_client, tmp_pa
         assert "s3cret" not in reader.path and "s3cret" not in repr(reader._source)
         got = dask_client.compute(reader.to_dask(combine_segments=True, chunks=128)).result(timeout=120)
         np.testing.assert_array_equal(got, read_segmentation(path, combine_segments=True).compute())
+
+
+def test_server_gone_after_open_fails_the_tasks_clearly(daskseg_seg, dask_client, tmp_path):
+    from _orthanc import run_orthanc
+
+    path, url = daskseg_seg
+    tail = url.split("/dicom-web", 1)[1]
+    with run_orthanc(tmp_path / "orthanc") as root:
+        store_instance(path, root)
+        reader = open_segmentation(root + tail)
+    # Orthanc has stopped: the frame requests of the worker processes cannot connect.
+    with pytest.raises(DICOMwebError, match="Cannot connect") as caught:
+        dask_client.compute(reader.to_dask(chunks=128)).result(timeout=120)
+    assert caught.value.url and "/frames/" in caught.value.url
