@@ -181,11 +181,12 @@ class SegmentationReader:
         if is_dicomweb_url(self.path):
             from daskseg._web import open_web
 
-            header, self._layout, self._source = open_web(
+            header, self._layout, web = open_web(
                 self.path, session=session, headers=headers,
                 **({} if timeout is None else {"timeout": timeout}),
             )
-            self.path = str(self._source.target)  # without credentials: safe to show
+            self._source = web
+            self.path = str(web.target)  # without credentials: safe to show
             self._frame_ranges = None
         else:
             if session is not None or headers is not None or timeout is not None:
