@@ -8,6 +8,7 @@ from daskseg.errors import (
     DICOMwebError,
     DestinationExistsError,
     MissingDependencyError,
+    SegmentationFileError,
     SegmentationInputError,
     SegmentationTypeError,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "ClusterError",
     "DICOMwebError",
     "DaskSegError",
+    "SegmentationFileError",
     "SegmentationInputError",
     "SegmentationTypeError",
     "__version__",

@@ -16,6 +16,7 @@ import numpy as np
 from pydicom.uid import UID
 
 from daskseg._codecs import CODECS, unpack_bits
+from daskseg.errors import SegmentationFileError
 from daskseg.plan import block_location
 from daskseg._frames import FrameLayout, FrameRef, FrameSource
 
@@ -35,7 +36,9 @@ def decode_frame(layout: FrameLayout, data: bytes, index: int) -> np.ndarray:
             return unpack_bits(data, index * rows * columns % 8, rows, columns)
         return np.frombuffer(data, layout.dtype.newbyteorder("<")).reshape(rows, columns)
     codec = CODECS[UID(layout.transfer_syntax_uid)]
-    array = codec.decode(data, rows, columns, layout.bits_allocated)
+    array = np.asarray(codec.decode(data, rows, columns, layout.bits_allocated))
+    if array.size != rows * columns:
+        raise ValueError(f"it decodes to {array.size} values, not {rows} x {columns}")
     return np.asarray(array, dtype=layout.dtype).reshape(rows, columns)
 
 
@@ -51,11 +54,26 @@ def _decode_small(layout: FrameLayout, data: bytes) -> tuple[np.ndarray, bool]:
     return array, bool(array.any())
 
 
-def _frame(layout: FrameLayout, data: bytes, index: int) -> tuple[np.ndarray, bool]:
-    """A frame's stored values, and whether any is non-zero."""
-    if not layout.native and len(data) < _SMALL_CODESTREAM:
-        return _decode_small(layout, data)
-    array = decode_frame(layout, data, index)
+class _DamagedFrame(Exception):
+    """A frame's bytes are cut short or do not decode; read_chunk names the SEG and frame."""
+
+
+def _frame(layout: FrameLayout, data: bytes, frame: FrameRef) -> tuple[np.ndarray, bool]:
+    """A frame's stored values from its bytes, and whether any is non-zero."""
+    index, ranges = frame
+    expected = sum(length for _, length in ranges)  # 0 for a source that asks by frame number
+    if len(data) < expected:
+        raise _DamagedFrame(f"is cut short ({len(data)} of its {expected} bytes): the file is "
+                            "truncated.")
+    try:
+        if not layout.native and len(data) < _SMALL_CODESTREAM:
+            return _decode_small(layout, data)
+        array = decode_frame(layout, data, index)
+    except Exception as error:  # each codec library raises its own types
+        raise _DamagedFrame(
+            f"cannot be decoded as {UID(layout.transfer_syntax_uid).name} "
+            f"({type(error).__name__}: {error}): the file is damaged."
+        ) from error
     return array, bool(array.any())
 
 
@@ -107,6 +125,7 @@ def read_chunk(
     # All of the chunk's frames are asked for at once, in the order used below, so that a
     # source that fetches over the network can ask for many in one request.
     refs = [f for t in range(n_tiles) for channel in frames if (f := channel[t]) is not None]
+    name = str(getattr(source, "path", source))
     with source.open() as reader:
         data = reader.frames(layout, refs)
         for t in range(n_tiles):
@@ -117,7 +136,10 @@ def read_chunk(
                 if frame is None:
                     continue  # an omitted frame reads as zeros
                 frame_layout, frame_bytes = next(data)
-                values, nonzero = _frame(frame_layout, frame_bytes, frame[0])
+                try:
+                    values, nonzero = _frame(frame_layout, frame_bytes, frame)
+                except _DamagedFrame as error:
+                    raise SegmentationFileError(f"{name}: frame {frame[0] + 1} {error}") from error
                 if not nonzero:
                     continue  # the output holds what zeros become there already
                 if labelmap:

@@ -59,6 +59,11 @@ class WebSource:
     timeout: float | tuple[float, float] = DEFAULT_TIMEOUT
     frames_per_request: int = FRAMES_PER_REQUEST
 
+    @property
+    def path(self) -> str:
+        """The instance URL, without credentials (names the SEG in messages)."""
+        return str(self.target)
+
     @contextmanager
     def open(self) -> Iterator[WebSource]:
         yield self
@@ -103,8 +108,7 @@ def open_web(
         )
     all_headers = {**url_headers, **(headers or {})}
     header = fetch_instance_metadata(target, session=session, headers=all_headers, timeout=timeout)
-    check_header(header, str(target), transfer_syntax=False)
-    rows, columns, bits = int(header.Rows), int(header.Columns), int(header.BitsAllocated)
+    rows, columns, bits = check_header(header, str(target), transfer_syntax=False)
     # PS3.5 8.1.1: native 1-bit frames that do not fill whole bytes start mid-byte in the Pixel
     # Data, and servers do not cut them out for frame retrieval (Orthanc answers 400).
     straddling = bits == 1 and rows * columns % 8 != 0

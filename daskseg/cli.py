@@ -156,41 +156,33 @@ def _dicomweb_headers() -> dict[str, str] | None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    import pydicom
+    from daskseg import open_segmentation
 
     from daskseg.dicomweb import is_dicomweb_url
 
+    # The reader's checks of the header and the frame index (no pixels are read): a file it
+    # cannot describe is one SegmentationFileError, reported by main() in one line. A DICOMweb
+    # URL: its metadata only.
     web = is_dicomweb_url(args.seg)
+    seg = open_segmentation(args.seg, headers=_dicomweb_headers() if web else None)
+    ds = seg.header
     if web:
-        from daskseg import open_segmentation
-
-        reader = open_segmentation(args.seg, headers=_dicomweb_headers())
-        ds, where = reader.header, f"{reader.path} (DICOMweb)"
+        print(f"url:             {seg.path} (DICOMweb)")
     else:
-        try:
-            ds = pydicom.dcmread(args.seg, stop_before_pixels=True)
-        except FileNotFoundError:
-            raise UserError(f"{args.seg} does not exist") from None
-        except pydicom.errors.InvalidDicomError:
-            raise UserError(f"{args.seg} is not a DICOM file") from None
-        where = f"{args.seg} ({os.path.getsize(args.seg) / 2**20:.1f} MiB)"
-    if "SegmentSequence" not in ds:
-        raise UserError(f"{args.seg} is not a DICOM Segmentation")
-    rows, columns = int(ds.Rows), int(ds.Columns)
-    total = (int(ds.get("TotalPixelMatrixRows", rows)), int(ds.get("TotalPixelMatrixColumns", columns)))
-    grid = (-(-total[0] // rows), -(-total[1] // columns))
-    print(f"{'url:' if web else 'file:':<17}{where}")
-    print(f"type:            {ds.SegmentationType} ({ds.SOPClassUID.name})")
-    print(f"transfer syntax: {ds.file_meta.TransferSyntaxUID.name}")
+        print(f"file:            {args.seg} ({os.path.getsize(args.seg) / 2**20:.1f} MiB)")
+    print(f"type:            {seg.segmentation_type} ({ds.SOPClassUID.name})")
+    print(f"transfer syntax: {seg.transfer_syntax_uid.name}")
     print(f"organization:    {ds.get('DimensionOrganizationType', 'unknown')}")
-    print(f"total matrix:    {total[0]} x {total[1]} pixels")
-    print(f"tiles:           {rows} x {columns} pixels, grid {grid[0]} x {grid[1]}")
-    print(f"frames:          {int(ds.NumberOfFrames)}")
+    print(f"total matrix:    {seg.shape[0]} x {seg.shape[1]} pixels")
+    print(f"tiles:           {seg.tile_size[0]} x {seg.tile_size[1]} pixels, "
+          f"grid {seg.grid_shape[0]} x {seg.grid_shape[1]}")
+    print(f"frames:          {seg.number_of_frames}")
     print("segments:")
-    for item in ds.SegmentSequence:
-        category = item.SegmentedPropertyCategoryCodeSequence[0].CodeMeaning
-        kind = item.SegmentedPropertyTypeCodeSequence[0].CodeMeaning
-        print(f"  {int(item.SegmentNumber):3d}  {item.SegmentLabel}  ({category} / {kind})")
+    for description in seg.segment_descriptions:
+        category = description.segmented_property_category.meaning
+        kind = description.segmented_property_type.meaning
+        print(f"  {int(description.segment_number):3d}  {description.segment_label}  "
+              f"({category} / {kind})")
 
 
 def _decode(args: argparse.Namespace) -> None:
