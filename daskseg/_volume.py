@@ -11,25 +11,48 @@ per (segment, plane) from parts encoded once per plane and once per segment.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pathlib
+import struct
+from collections.abc import Sequence
 from typing import Any
 
 import dask.array as da
+import highdicom as hd
+import numpy as np
+from highdicom.spatial import get_volume_positions
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
+from pydicom.valuerep import format_number_as_ds
 
+from daskseg._client import cluster_client
 from daskseg._nifti import is_nifti_path, match_to_series, read_nifti
-from daskseg._series import SourceSeries
-from daskseg.errors import SegmentationInputError, SegmentationTypeError
+from daskseg._progress import progress_bar
+from daskseg._series import SourceSeries, load_source_series
+from daskseg.errors import DestinationExistsError, SegmentationInputError, SegmentationTypeError
+from daskseg.plan import FrameSpec, TileGrid
+from daskseg.write import (
+    _MAX_NATIVE_BYTES,
+    _as_dask_array,
+    _block_tasks,
+    _encode_blocks,
+    _explicit_header,
+    _item,
+    _serialize,
+    _Spool,
+    _write_file,
+)
 
-__all__ = ["volume_mask"]
+__all__ = ["volume_mask", "write_volume_segmentation"]
 
 
-def volume_mask(
-    mask: Any, series: SourceSeries, n_segments: int, as_dask_array: Any
-) -> tuple[da.Array, bool]:
+def volume_mask(mask: Any, series: SourceSeries, n_segments: int) -> tuple[da.Array, bool]:
     """The mask as ``(frames, rows, columns[, segments])`` in the series' order, and whether stacked.
 
     Mask frame ``k`` belongs to source frame ``k`` in the order given (as in highdicom), except
-    for a NIfTI file, which carries its geometry and is matched to the series by it.
-    ``as_dask_array`` wraps the other kinds of mask (Dask, Zarr, numpy) without reading them.
+    for a NIfTI file, which carries its geometry and is matched to the series by it. Other
+    masks (Dask, Zarr, numpy) are wrapped without reading them.
 
     Raises
     ------
@@ -45,7 +68,7 @@ def volume_mask(
         array, affine = read_nifti(mask)
         array = match_to_series(array, affine, series)
     else:
-        array = as_dask_array(mask)
+        array = _as_dask_array(mask)
         # One image: its mask may come without the frame axis, as in highdicom.
         if frames == 1 and (
             array.ndim == 2 or (array.ndim == 3 and array.shape == (rows, columns, n_segments))
@@ -75,3 +98,302 @@ def volume_mask(
             "stack one volume per segment on the last axis for fractional masks."
         )
     return array, stacked
+
+
+# --------------------------------------------------------------------------- header
+
+
+def _proxy_segmentation(
+    series: SourceSeries, first: int, stacked: bool, dtype: np.dtype, n_segments: int,
+    hd_options: dict[str, Any],
+) -> hd.seg.Segmentation:
+    """highdicom's SEG of the first plane's source image, for a one-slice mask."""
+    shape = (1, series.rows, series.columns) + ((n_segments,) if stacked else ())
+    # As for tiled images (write._proxy_header): one non-zero pixel per segment on different
+    # pixels, so highdicom takes the branches of the real mask; unsigned integers only.
+    if dtype.kind in "iu":
+        dtype = np.dtype(np.uint8 if n_segments < 256 else np.uint16)
+    proxy = np.zeros(shape, dtype=dtype)
+    flat = proxy.reshape(-1, n_segments) if stacked else proxy.reshape(-1)
+    for index in range(min(n_segments, flat.shape[0])):
+        if stacked:
+            flat[index, index] = 1
+        else:
+            flat[index] = index + 1
+    return hd.seg.Segmentation(
+        source_images=[series.datasets[first]],
+        pixel_array=proxy,
+        omit_empty_frames=False,
+        **{**hd_options, "transfer_syntax_uid": ExplicitVRLittleEndian},
+    )
+
+
+def _volume_header(
+    seg: hd.seg.Segmentation, series: SourceSeries, hd_options: dict[str, Any]
+) -> Dataset:
+    """The proxy's header, made the series' own: every source referenced, its slice spacing."""
+    header = Dataset()
+    header.update(seg)
+    header.file_meta = FileMetaDataset(seg.file_meta)
+    header.file_meta.TransferSyntaxUID = hd_options["transfer_syntax_uid"]
+    if "FileMetaInformationGroupLength" in header.file_meta:
+        del header.file_meta.FileMetaInformationGroupLength
+    for keyword in ("PixelData", "PerFrameFunctionalGroupsSequence", "DimensionOrganizationType"):
+        if keyword in header:
+            del header[keyword]
+    # highdicom lists every source image (then the further ones) in the order given, in the
+    # SourceImageSequence and per series in the ReferencedSeriesSequence.
+    further = hd_options.get("further_source_images") or []
+    references = []
+    by_series: dict[str, list[Dataset]] = {}
+    for image in (*series.datasets, *further):
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = image.SOPClassUID
+        reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
+        references.append(reference)
+        by_series.setdefault(image.SeriesInstanceUID, []).append(reference)
+    header.SourceImageSequence = references
+    referenced_series = []
+    for series_uid, instances in by_series.items():
+        item = Dataset()
+        item.SeriesInstanceUID = series_uid
+        item.ReferencedInstanceSequence = instances
+        referenced_series.append(item)
+    header.ReferencedSeriesSequence = referenced_series
+    # highdicom derives SpacingBetweenSlices from all planes (omitted ones included), unless given.
+    measures = header.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    given = hd_options.get("pixel_measures")
+    if given is None or "SpacingBetweenSlices" not in given[0]:
+        spacing, _ = get_volume_positions(series.positions, series.orientation)
+        if spacing is None:
+            if "SpacingBetweenSlices" in measures:
+                del measures.SpacingBetweenSlices
+        else:
+            measures.SpacingBetweenSlices = format_number_as_ds(spacing)
+    # Type 2 attributes that highdicom leaves out unless given; dciodvfy asks for them.
+    if "ContentCreatorName" not in header:
+        header.ContentCreatorName = ""
+    if "PatientOrientation" not in header:
+        header.PatientOrientation = ""
+    return header
+
+
+class _VolumeFrameItems:
+    """Per-frame functional group items of a volume SEG, serialized one at a time.
+
+    The parts are encoded once per plane (derivation reference, plane position) and once per
+    segment (segment identification); only the dimension index values are packed per frame. The
+    items equal highdicom's (``_get_pffg_item``), whose derivation item is taken as template.
+    """
+
+    def __init__(self, template: Dataset, series: SourceSeries, order: np.ndarray,
+                 dimension_index: np.ndarray, labelmap: bool, n_segments: int,
+                 implicit: bool) -> None:
+        self._implicit = implicit
+        self._labelmap = labelmap
+        self._dimension_index = dimension_index
+        self._derivation_parts: list[bytes] = []
+        self._position_parts: list[bytes] = []
+        reference = template.DerivationImageSequence[0].SourceImageSequence[0]
+        for frame in order:
+            image = series.datasets[frame]
+            reference.ReferencedSOPClassUID = image.SOPClassUID
+            reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
+            derivation = Dataset()
+            derivation.add(template["DerivationImageSequence"])
+            self._derivation_parts.append(_serialize(derivation, implicit))
+            position = Dataset()
+            position.add_new(
+                0x00209113,  # PlanePositionSequence
+                "SQ",
+                hd.PlanePositionSequence(
+                    hd.CoordinateSystemNames.PATIENT, image_position=image.ImagePositionPatient
+                ),
+            )
+            self._position_parts.append(_serialize(position, implicit))
+        self._segment_parts = [b""] * n_segments
+        if not labelmap and n_segments > 1:  # one segment goes in the shared groups
+            for channel in range(n_segments):
+                identification = Dataset()
+                identification.add_new(0x0062000B, "US", channel + 1)  # ReferencedSegmentNumber
+                part = Dataset()
+                part.add_new(0x0062000A, "SQ", [identification])  # SegmentIdentificationSequence
+                self._segment_parts[channel] = _serialize(part, implicit)
+
+    def item(self, channel: int, plane: int, _column: int) -> bytes:
+        spatial = int(self._dimension_index[plane])
+        index_values = (spatial,) if self._labelmap else (channel + 1, spatial)
+        values = struct.pack(f"<{len(index_values)}I", *index_values)
+        content = _item(_explicit_header(0x00209157, "UL", len(values), self._implicit) + values)
+        frame_content = _explicit_header(0x00209111, "SQ", len(content), self._implicit) + content
+        # Elements in tag order: (0008,9124), (0020,9111), (0020,9113), (0062,000A).
+        return _item(
+            self._derivation_parts[plane]
+            + frame_content
+            + self._position_parts[plane]
+            + self._segment_parts[channel if not self._labelmap else 0]
+        )
+
+
+# --------------------------------------------------------------------------- writing
+
+# Bytes of one block task's input and of its frames before encoding: a few of these per
+# worker bound the memory; more slices per task amortize the scheduler's cost per task.
+_BLOCK_BYTES = 16 * 2**20
+_MAX_SLICES_PER_BLOCK = 64
+
+
+def _slices_per_block(series: SourceSeries, spec: FrameSpec, stacked: bool, itemsize: int) -> int:
+    pixels = series.rows * series.columns
+    per_slice = max(
+        pixels * itemsize * (spec.n_segments if stacked else 1),
+        -(-pixels * spec.bits_allocated // 8) * spec.n_channels,
+    )
+    return max(1, min(_MAX_SLICES_PER_BLOCK, _BLOCK_BYTES // per_slice))
+
+
+def write_volume_segmentation(
+    mask: Any,
+    source_images: Any,
+    segment_descriptions: Sequence[hd.seg.SegmentDescription],
+    destination: pathlib.Path,
+    *,
+    n_segments: int,
+    segmentation_type: str,
+    transfer_syntax_uid: UID,
+    dimension_organization_type: str | None,
+    omit_empty_frames: bool | None,
+    max_fractional_value: int,
+    use_extended_offset_table: bool | None,
+    hd_options: dict[str, Any],
+    client: Any,
+    overwrite: bool,
+    progress: bool,
+) -> pathlib.Path:
+    """The volume branch of :func:`daskseg.write_segmentation`, options already checked there.
+
+    ``hd_options`` are highdicom's ``Segmentation`` keyword arguments (UIDs, numbers, device,
+    content fields, segment descriptions, type and transfer syntax).
+    """
+    series = load_source_series(source_images)
+    if series.multiframe:
+        raise SegmentationInputError(
+            "daskseg does not yet write SEGs of a multi-frame source image (here "
+            f"{series.datasets[0].SOPClassUID.name}); use highdicom's Segmentation, or pass "
+            "the series of single-frame images it was made from."
+        )
+    given = [key for key in ("plane_positions", "plane_orientation", "pixel_measures",
+                             "tile_pixel_array", "tile_size") if hd_options.get(key) is not None]
+    if given:
+        raise SegmentationInputError(
+            f"{', '.join(given)} cannot be given for a SEG of a series: its frames take the "
+            "geometry of the source images."
+        )
+    organization = None if dimension_organization_type is None else str(
+        dimension_organization_type).upper()
+    if organization not in (None, "3D"):
+        raise SegmentationInputError(
+            f"dimension_organization_type {dimension_organization_type!r} is for tiled images; "
+            "a SEG of a series takes None (inferred, as highdicom) or '3D'."
+        )
+    omit = True if omit_empty_frames is None else bool(omit_empty_frames)
+    if transfer_syntax_uid == JPEG2000Lossless and min(series.rows, series.columns) < 32:
+        raise SegmentationInputError(
+            f"JPEG 2000 cannot encode frames smaller than 32 x 32 pixels (the source images are "
+            f"{series.rows} x {series.columns}); use a native transfer syntax."
+        )
+    array, stacked = volume_mask(mask, series, n_segments)
+    order = series.sort_index()
+    if not (order == np.arange(len(order))).all():
+        array = array[order]  # tile row p is the p-th plane in highdicom's order
+
+    try:
+        seg = _proxy_segmentation(series, int(order[0]), stacked, array.dtype, n_segments,
+                                  {**hd_options, "dimension_organization_type": None})
+    except (ValueError, TypeError) as error:
+        raise SegmentationInputError(f"highdicom refused the SEG's header: {error}") from error
+    template = seg.PerFrameFunctionalGroupsSequence[0]
+    header = _volume_header(seg, series, hd_options)
+
+    spec = FrameSpec(
+        segmentation_type=segmentation_type,
+        n_segments=n_segments,
+        stacked=stacked,
+        tile_rows=series.rows,
+        tile_columns=series.columns,
+        transfer_syntax_uid=str(transfer_syntax_uid),
+        bits_allocated=int(header.BitsAllocated),
+        max_fractional_value=int(max_fractional_value),
+        omit_empty_frames=omit,
+    )
+    n_planes = series.number_of_frames
+    grid = TileGrid(n_planes * series.rows, series.columns, series.rows, series.columns)
+    if spec.is_native:
+        native_bytes = -(-spec.bits_allocated * grid.pixels_per_frame * spec.n_channels
+                         * n_planes // 8)
+        if native_bytes > _MAX_NATIVE_BYTES:
+            raise SegmentationInputError(
+                f"Native pixel data of {native_bytes / 2**30:.1f} GiB does not fit a DICOM "
+                "element (4 GiB at most); use an encapsulated transfer syntax such as "
+                f"JPEG 2000 Lossless ({JPEG2000Lossless})."
+            )
+    slices = _slices_per_block(series, spec, stacked, array.dtype.itemsize)
+    blocks = array.rechunk((slices, series.rows, series.columns) + array.shape[3:])
+    # One slice per tile row of a tall image: (planes * rows, columns[, segments]).
+    tall = blocks.reshape((n_planes * series.rows, series.columns) + array.shape[3:])
+    tasks = _block_tasks(tall, spec)
+
+    shape = (spec.n_channels, n_planes, 1)
+    spool = _Spool(destination.parent, destination.name, shape)
+    plane_nonempty = np.zeros((n_planes, 1), dtype=bool)
+    temporary: pathlib.Path | None = None
+    try:
+        with cluster_client(client) as dask_client:
+            with progress_bar(spec.n_channels * n_planes, "encoding frames", enabled=progress,
+                              client=dask_client) as bar:
+                overlap = _encode_blocks(dask_client, tasks, spool, plane_nonempty, bar)
+        if header.get("SegmentsOverlap") != "UNDEFINED":
+            header.SegmentsOverlap = "YES" if overlap else "NO"
+        # highdicom keeps every plane when all are empty (it cannot omit them all).
+        if not omit or not plane_nonempty.any():
+            included = np.arange(n_planes)
+            dimension_index = included + 1
+        else:
+            included = np.flatnonzero(plane_nonempty[:, 0])
+            dimension_index = np.cumsum(plane_nonempty[:, 0])
+        inferred = _dimension_organization(series, order[included], spec)
+        if organization == "3D" and inferred is None:
+            raise SegmentationInputError(
+                "dimension_organization_type '3D' was given, but the SEG's planes are not a "
+                "regularly spaced volume (or it has several segments)."
+            )
+        if inferred is not None:
+            header.DimensionOrganizationType = inferred
+        items = _VolumeFrameItems(
+            template, series, order, dimension_index, segmentation_type == "LABELMAP",
+            n_segments, header.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian,
+        )
+        temporary = _write_file(destination, header, spool, spec, grid, False, plane_nonempty,
+                                hd_options, use_extended_offset_table, items=items)
+        if not overwrite and destination.exists():
+            raise DestinationExistsError(
+                f"{destination} appeared while writing; pass overwrite=True to replace it."
+            )
+        os.replace(temporary, destination)
+        temporary = None
+    finally:
+        spool.close()
+        if temporary is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+    return destination
+
+
+def _dimension_organization(
+    series: SourceSeries, planes: np.ndarray, spec: FrameSpec
+) -> str | None:
+    """'3D' when the included planes, of one channel, are regularly spaced (as highdicom)."""
+    if len(planes) < 2 or spec.n_channels > 1:
+        return None
+    spacing, _ = get_volume_positions(series.positions[planes], series.orientation, sort=False)
+    return "3D" if spacing is not None and spacing > 0.0 else None

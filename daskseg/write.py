@@ -49,6 +49,7 @@ from pydicom.uid import (
 
 from daskseg._client import cluster_client
 from daskseg._progress import progress_bar
+from daskseg._series import is_volume_source
 from daskseg._source import load_source_image
 from daskseg._tasks import block_tasks, run_windowed
 from daskseg.encode import BlockResult, encode_chunk, encode_frame
@@ -593,8 +594,13 @@ def _write_file(
     tile_nonempty: np.ndarray,
     hd_options: dict[str, Any],
     use_extended_offset_table: bool | None,
+    items: Any = None,
 ) -> pathlib.Path:
-    """Write header, per-frame items and pixel data to a temporary file; return its path."""
+    """Write header, per-frame items and pixel data to a temporary file; return its path.
+
+    ``items`` serializes the per-frame items (``item(channel, tile_row, tile_column)``); a
+    tiled image's by default.
+    """
     implicit = header.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
     empty_frame = None
     if tiled_full or not spec.omit_empty_frames:
@@ -622,8 +628,10 @@ def _write_file(
         with os.fdopen(handle, "wb") as out:
             pydicom.dcmwrite(out, body, enforce_file_format=True)
             if not tiled_full:
-                items = _FrameItems(header, grid, hd_options, spec.segmentation_type == "LABELMAP",
-                                    tile_nonempty, spec.n_segments, implicit)
+                items = items or _FrameItems(
+                    header, grid, hd_options, spec.segmentation_type == "LABELMAP",
+                    tile_nonempty, spec.n_segments, implicit,
+                )
                 out.write(_explicit_header(_PFFG_TAG, "SQ", _UNDEFINED, implicit))
                 for channel, tile_row, tile_column in order:
                     out.write(items.item(int(channel), int(tile_row), int(tile_column)))
@@ -651,7 +659,7 @@ def write_segmentation(
     segmentation_type: str = "BINARY",
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
     tile_size: Sequence[int] | int | None = None,
-    dimension_organization_type: str = "TILED_SPARSE",
+    dimension_organization_type: str | None = None,
     omit_empty_frames: bool | None = None,
     max_fractional_value: int = 255,
     fractional_type: str = "PROBABILITY",
@@ -686,10 +694,15 @@ def write_segmentation(
         ``(rows, columns, segments)`` of one plane per segment (0/1 for BINARY; floats in
         [0, 1], booleans, or integers up to ``max_fractional_value`` taken as stored values
         for FRACTIONAL). A leading axis of length 1 is accepted. A path or URL opens a Zarr
-        array. Chunks of any shape: they are aligned to tiles here.
-    source_image : pydicom.Dataset, str or os.PathLike
+        array. Chunks of any shape: they are aligned to tiles here. For a series: labels
+        ``(frames, rows, columns)`` or planes ``(frames, rows, columns, segments)``, frame k
+        for source image k in the order given (as highdicom), or the path of a NIfTI file
+        (``.nii``, ``.nii.gz``; extra ``nifti``), matched to the series by its affine.
+    source_image : pydicom.Dataset, str, os.PathLike or a sequence of them
         The slide (or its header), or the path of its DICOM file (read without pixel data).
-        The mask's shape must equal its TotalPixelMatrixRows x TotalPixelMatrixColumns.
+        The mask's shape must equal its TotalPixelMatrixRows x TotalPixelMatrixColumns. Or a
+        series of single-frame images (CT, MR, PET...): Datasets, paths, or a folder holding
+        one series, read without pixel data, in parallel.
     segment_descriptions : sequence of highdicom.seg.SegmentDescription
         One description per segment, numbered 1..n.
     path : str or os.PathLike
@@ -701,10 +714,13 @@ def write_segmentation(
         RLE Lossless, as highdicom allows them for the type (see ``ALLOWED_TRANSFER_SYNTAXES``).
     tile_size : int or (int, int), optional
         Rows and columns of a frame; the source's Rows x Columns by default.
-    dimension_organization_type : {"TILED_SPARSE", "TILED_FULL"}
-        TILED_FULL stores every frame in implicit order without per-frame functional groups.
+    dimension_organization_type : {"TILED_SPARSE", "TILED_FULL", "3D"}, optional
+        TILED_FULL stores every frame in implicit order without per-frame functional groups;
+        TILED_SPARSE by default for a tiled image. For a series: None (inferred as highdicom
+        does) or "3D".
     omit_empty_frames : bool, optional
-        Leave out frames without any non-zero pixel (TILED_SPARSE only; the default there).
+        Leave out frames without any non-zero pixel (TILED_SPARSE and series; the default
+        there).
     max_fractional_value, fractional_type
         As highdicom, for FRACTIONAL.
     series_instance_uid, sop_instance_uid : str, optional
@@ -755,7 +771,6 @@ def write_segmentation(
     from daskseg import __version__
 
     destination = _check_destination(path, overwrite)
-    source = load_source_image(source_image)
     numbers = _segment_numbers(segment_descriptions)
     segmentation_type = str(segmentation_type).upper()
     if segmentation_type not in ALLOWED_TRANSFER_SYNTAXES:
@@ -776,7 +791,46 @@ def write_segmentation(
             f"allowed for a {segmentation_type} SEG.{lossy} Use one of: "
             + ", ".join(f"{uid} ({uid.name})" for uid in allowed)
         )
-    organization = str(dimension_organization_type).upper()
+    if segmentation_type == "FRACTIONAL" and not 1 <= int(max_fractional_value) <= 255:
+        raise SegmentationInputError(
+            f"max_fractional_value must be in 1..255, got {max_fractional_value}."
+        )
+    hd_options: dict[str, Any] = dict(
+        segmentation_type=segmentation_type,
+        segment_descriptions=segment_descriptions,
+        series_instance_uid=series_instance_uid or hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or hd.UID(),
+        instance_number=instance_number,
+        manufacturer=manufacturer,
+        manufacturer_model_name=manufacturer_model_name,
+        software_versions=software_versions or f"daskseg {__version__}",
+        device_serial_number=device_serial_number,
+        transfer_syntax_uid=transfer_syntax_uid,
+        max_fractional_value=max_fractional_value,
+        fractional_type=fractional_type,
+        content_label=content_label,
+        content_description=content_description,
+        content_creator_name=content_creator_name,
+        **highdicom_options,
+    )
+    if is_volume_source(source_image):
+        from daskseg._volume import write_volume_segmentation  # it imports this module
+
+        return write_volume_segmentation(
+            mask, source_image, segment_descriptions, destination,
+            n_segments=len(numbers),
+            segmentation_type=segmentation_type,
+            transfer_syntax_uid=transfer_syntax_uid,
+            dimension_organization_type=dimension_organization_type,
+            omit_empty_frames=omit_empty_frames,
+            max_fractional_value=max_fractional_value,
+            use_extended_offset_table=use_extended_offset_table,
+            hd_options=hd_options,
+            client=client, overwrite=overwrite, progress=progress,
+        )
+    source = load_source_image(source_image)
+    organization = str(dimension_organization_type or "TILED_SPARSE").upper()
     if organization not in ("TILED_SPARSE", "TILED_FULL"):
         raise SegmentationInputError(
             f"dimension_organization_type must be 'TILED_SPARSE' or 'TILED_FULL', "
@@ -788,10 +842,6 @@ def write_segmentation(
     if tiled_full and omit_empty_frames:
         raise SegmentationInputError(
             "A TILED_FULL SEG holds every frame: omit_empty_frames must be False (or None)."
-        )
-    if segmentation_type == "FRACTIONAL" and not 1 <= int(max_fractional_value) <= 255:
-        raise SegmentationInputError(
-            f"max_fractional_value must be in 1..255, got {max_fractional_value}."
         )
     tile = _tile_size(tile_size, source)
     if transfer_syntax_uid == JPEG2000Lossless and min(tile) < 32:
@@ -814,26 +864,7 @@ def write_segmentation(
         )
     grid = TileGrid(int(array.shape[0]), int(array.shape[1]), *tile)
 
-    hd_options: dict[str, Any] = dict(
-        segmentation_type=segmentation_type,
-        segment_descriptions=segment_descriptions,
-        series_instance_uid=series_instance_uid or hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid or hd.UID(),
-        instance_number=instance_number,
-        manufacturer=manufacturer,
-        manufacturer_model_name=manufacturer_model_name,
-        software_versions=software_versions or f"daskseg {__version__}",
-        device_serial_number=device_serial_number,
-        transfer_syntax_uid=transfer_syntax_uid,
-        dimension_organization_type=organization,
-        max_fractional_value=max_fractional_value,
-        fractional_type=fractional_type,
-        content_label=content_label,
-        content_description=content_description,
-        content_creator_name=content_creator_name,
-        **highdicom_options,
-    )
+    hd_options["dimension_organization_type"] = organization
     try:
         header = _proxy_header(source, stacked, array.dtype, len(numbers), tile, hd_options)
     except (ValueError, TypeError) as error:

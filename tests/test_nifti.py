@@ -12,7 +12,6 @@ import pytest
 from daskseg import SegmentationInputError, SegmentationTypeError
 from daskseg._series import load_source_series
 from daskseg._volume import volume_mask
-from daskseg.write import _as_dask_array
 
 nibabel = pytest.importorskip("nibabel")
 
@@ -92,7 +91,7 @@ def test_nifti_in_any_axis_order_is_matched_to_the_series(tmp_path, axes, flips,
         array, affine = _flip(array, affine, axis)
     path = _save(tmp_path, array, affine, name)
 
-    mask, stacked = volume_mask(path, series, 3, _as_dask_array)
+    mask, stacked = volume_mask(path, series, 3)
     assert not stacked and mask.shape == (6, 10, 7)
     np.testing.assert_array_equal(mask.compute(), _in_given_order(series, volume))
     # highdicom's own matching of the file to the series' geometry agrees.
@@ -106,7 +105,7 @@ def test_nifti_with_one_volume_per_segment(tmp_path):
     planes = _labels((*geometry.spatial_shape, 3), seed=2) > 1
     array, affine = _permute(planes, geometry.affine, (2, 1, 0))
     path = _save(tmp_path, array.astype(np.uint8), affine)
-    mask, stacked = volume_mask(path, series, 3, _as_dask_array)
+    mask, stacked = volume_mask(path, series, 3)
     assert stacked
     np.testing.assert_array_equal(mask.compute(), _in_given_order(series, planes.astype(np.uint8)))
 
@@ -114,7 +113,7 @@ def test_nifti_with_one_volume_per_segment(tmp_path):
 def _refusal(tmp_path, series, array, affine, **kwargs):
     path = _save(tmp_path, array, affine, **kwargs)
     with pytest.raises(SegmentationInputError) as info:
-        volume_mask(path, series, 3, _as_dask_array)
+        volume_mask(path, series, 3)
     return str(info.value)
 
 
@@ -152,15 +151,15 @@ def test_nifti_that_does_not_match_is_refused_saying_how(tmp_path):
 def test_arrays_follow_the_given_order_and_wrong_shapes_are_refused():
     series = _shuffled_series(slices=4, rows=5, columns=6)
     labels = _labels((4, 5, 6))
-    mask, stacked = volume_mask(da.from_array(labels, chunks=2), series, 3, _as_dask_array)
+    mask, stacked = volume_mask(da.from_array(labels, chunks=2), series, 3)
     assert not stacked
     np.testing.assert_array_equal(mask.compute(), labels)
     with pytest.raises(SegmentationInputError, match=r"expected labels \(4, 5, 6\)"):
-        volume_mask(labels[:3], series, 3, _as_dask_array)
+        volume_mask(labels[:3], series, 3)
     with pytest.raises(SegmentationInputError, match="stacks 2 segment planes"):
-        volume_mask(np.zeros((4, 5, 6, 2), bool), series, 3, _as_dask_array)
+        volume_mask(np.zeros((4, 5, 6, 2), bool), series, 3)
     with pytest.raises(SegmentationTypeError, match="must hold integers"):
-        volume_mask(labels.astype(float), series, 3, _as_dask_array)
+        volume_mask(labels.astype(float), series, 3)
     one = load_source_series(make_ct_series(1, 5, 6))
-    mask, stacked = volume_mask(np.ones((5, 6, 3), bool), one, 3, _as_dask_array)
+    mask, stacked = volume_mask(np.ones((5, 6, 3), bool), one, 3)
     assert stacked and mask.shape == (1, 5, 6, 3)
