@@ -35,8 +35,11 @@ def is_nifti_path(mask: object) -> bool:
     return isinstance(mask, (str, os.PathLike)) and str(mask).lower().endswith(_SUFFIXES)
 
 
-def read_nifti(path: str | os.PathLike) -> tuple[da.Array, np.ndarray]:
-    """Return a NIfTI file's array (lazy where the file allows) and its affine in LPS+.
+def read_nifti(path: str | os.PathLike) -> tuple[da.Array | np.ndarray, np.ndarray]:
+    """Return a NIfTI file's array and its affine in LPS+.
+
+    The array of an uncompressed file is lazy (a Dask array of slabs read on the workers);
+    a gzip stream cannot be read from the middle, so a ``.nii.gz`` is decompressed here, once.
 
     Raises
     ------
@@ -63,8 +66,7 @@ def read_nifti(path: str | os.PathLike) -> tuple[da.Array, np.ndarray]:
         raise SegmentationInputError(f"The NIfTI mask {path} has no valid affine (sform or qform).")
     proxy = image.dataobj
     if str(path).lower().endswith(".gz"):
-        # A gzip stream cannot be read from the middle: decompress it once, here.
-        array = da.from_array(np.asanyarray(proxy), chunks=-1)
+        array = np.asanyarray(proxy)
     else:
         # NIfTI data is Fortran-ordered: slabs of the last axis are contiguous in the file.
         array = da.from_array(proxy, chunks=(-1, -1, 1) + (-1,) * (len(proxy.shape) - 3))
@@ -103,13 +105,16 @@ def _axis(step: np.ndarray, what: str, spacing: float, affine: np.ndarray) -> tu
     return axis, sign
 
 
-def match_to_series(array: da.Array, affine: np.ndarray, series: SourceSeries) -> da.Array:
+def match_to_series(
+    array: da.Array | np.ndarray, affine: np.ndarray, series: SourceSeries
+) -> da.Array | np.ndarray:
     """Reorder a mask with geometry into ``(frames, rows, columns[, ...])`` in the series' order.
 
     Parameters
     ----------
     array
-        The file's array, indexed ``(i, j, k[, segments])``.
+        The file's array, indexed ``(i, j, k[, segments])``; numpy or Dask (transposed and
+        flipped as views; slices out of order are taken with a copy).
     affine
         The file's voxel-to-LPS+ affine (4 x 4).
     series
@@ -140,7 +145,9 @@ def match_to_series(array: da.Array, affine: np.ndarray, series: SourceSeries) -
         ) from None
 
 
-def _match(array: da.Array, affine: np.ndarray, series: SourceSeries) -> da.Array:
+def _match(
+    array: da.Array | np.ndarray, affine: np.ndarray, series: SourceSeries
+) -> da.Array | np.ndarray:
     origins, down, right = _frame_voxels(series, affine)
     row_axis, row_sign = _axis(down, "down a column of the series", series.pixel_spacing[0], affine)
     column_axis, column_sign = _axis(

@@ -15,6 +15,7 @@ import contextlib
 import os
 import pathlib
 import struct
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,8 +48,13 @@ from daskseg.write import (
 __all__ = ["volume_mask", "write_volume_segmentation"]
 
 
-def volume_mask(mask: Any, series: SourceSeries, n_segments: int) -> tuple[da.Array, bool]:
+def volume_mask(
+    mask: Any, series: SourceSeries, n_segments: int
+) -> tuple[da.Array | np.ndarray, bool]:
     """The mask as ``(frames, rows, columns[, segments])`` in the series' order, and whether stacked.
+
+    A mask in memory (numpy, or a gzipped NIfTI file) stays a numpy array (views where it can),
+    cut into blocks by the writer; any other is a Dask array.
 
     Mask frame ``k`` belongs to source frame ``k`` in the order given (as in highdicom), except
     for a NIfTI file, which carries its geometry and is matched to the series by it. Other
@@ -68,7 +74,7 @@ def volume_mask(mask: Any, series: SourceSeries, n_segments: int) -> tuple[da.Ar
         array, affine = read_nifti(mask)
         array = match_to_series(array, affine, series)
     else:
-        array = _as_dask_array(mask)
+        array = mask if isinstance(mask, np.ndarray) else _as_dask_array(mask)
         # One image: its mask may come without the frame axis, as in highdicom.
         if frames == 1 and (
             array.ndim == 2 or (array.ndim == 3 and array.shape == (rows, columns, n_segments))
@@ -303,9 +309,7 @@ def write_volume_segmentation(
             f"{series.rows} x {series.columns}); use a native transfer syntax."
         )
     array, stacked = volume_mask(mask, series, n_segments)
-    order = series.sort_index()
-    if not (order == np.arange(len(order))).all():
-        array = array[order]  # tile row p is the p-th plane in highdicom's order
+    order = series.sort_index()  # tile row p is the p-th plane in highdicom's order
 
     try:
         seg = _proxy_segmentation(series, int(order[0]), stacked, array.dtype, n_segments,
@@ -338,7 +342,7 @@ def write_volume_segmentation(
                 f"JPEG 2000 Lossless ({JPEG2000Lossless})."
             )
     slices = _slices_per_block(series, spec, stacked, array.dtype.itemsize)
-    blocks = array.rechunk((slices, series.rows, series.columns) + array.shape[3:])
+    blocks = _sorted_blocks(array, order, slices)
     # One slice per tile row of a tall image: (planes * rows, columns[, segments]).
     tall = blocks.reshape((n_planes * series.rows, series.columns) + array.shape[3:])
     tasks = _block_tasks(tall, spec)
@@ -387,6 +391,22 @@ def write_volume_segmentation(
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
     return destination
+
+
+def _sorted_blocks(array: da.Array | np.ndarray, order: np.ndarray, slices: int) -> da.Array:
+    """The mask's frames in ``order``, in blocks of ``slices`` whole frames."""
+    if isinstance(array, np.ndarray):
+        # One small array per block, each sent to the worker that encodes it: a single chunk
+        # of the whole mask would be shipped whole to every worker.
+        pieces = [
+            da.from_array(array[order[start : start + slices]], chunks=-1,
+                          name=f"volume-mask-{uuid.uuid4().hex}")
+            for start in range(0, len(order), slices)
+        ]
+        return da.concatenate(pieces, axis=0)
+    if not (order == np.arange(len(order))).all():
+        array = array[order]
+    return array.rechunk((slices, *array.shape[1:]))
 
 
 def _dimension_organization(

@@ -93,7 +93,7 @@ def test_nifti_in_any_axis_order_is_matched_to_the_series(tmp_path, axes, flips,
 
     mask, stacked = volume_mask(path, series, 3)
     assert not stacked and mask.shape == (6, 10, 7)
-    np.testing.assert_array_equal(mask.compute(), _in_given_order(series, volume))
+    np.testing.assert_array_equal(np.asarray(mask), _in_given_order(series, volume))
     # highdicom's own matching of the file to the series' geometry agrees.
     matched = hd.Volume.from_nibabel(nibabel.load(path)).match_geometry(geometry)
     np.testing.assert_array_equal(matched.array, volume)
@@ -107,7 +107,7 @@ def test_nifti_with_one_volume_per_segment(tmp_path):
     path = _save(tmp_path, array.astype(np.uint8), affine)
     mask, stacked = volume_mask(path, series, 3)
     assert stacked
-    np.testing.assert_array_equal(mask.compute(), _in_given_order(series, planes.astype(np.uint8)))
+    np.testing.assert_array_equal(np.asarray(mask), _in_given_order(series, planes.astype(np.uint8)))
 
 
 def _refusal(tmp_path, series, array, affine, **kwargs):
@@ -153,7 +153,7 @@ def test_arrays_follow_the_given_order_and_wrong_shapes_are_refused():
     labels = _labels((4, 5, 6))
     mask, stacked = volume_mask(da.from_array(labels, chunks=2), series, 3)
     assert not stacked
-    np.testing.assert_array_equal(mask.compute(), labels)
+    np.testing.assert_array_equal(np.asarray(mask), labels)
     with pytest.raises(SegmentationInputError, match=r"expected labels \(4, 5, 6\)"):
         volume_mask(labels[:3], series, 3)
     with pytest.raises(SegmentationInputError, match="stacks 2 segment planes"):
