@@ -5,7 +5,7 @@ The engine of the tiled writer does the work unchanged: the mask, its slices in 
 highdicom stores them, is seen as one tall image of ``slices * rows`` by ``columns`` cut into
 tiles of one slice, so tile row ``p`` is the ``p``-th plane of the SEG. Only the header and the
 per-frame functional groups differ: the header comes from highdicom's ``Segmentation`` on a
-proxy (the first plane's source image and a one-slice mask), the per-frame items are serialized
+proxy (the first source image, or frame, and a one-slice mask), the per-frame items are serialized
 per (segment, plane) from parts encoded once per plane and once per segment.
 """
 
@@ -109,11 +109,28 @@ def volume_mask(
 # --------------------------------------------------------------------------- header
 
 
+def _proxy_source(series: SourceSeries) -> Dataset:
+    """The source of the proxy: the first image given, or a one-frame copy of a multi-frame one.
+
+    highdicom takes the header's copied attributes (patient, study, pixel measures, content
+    label) from the first source image given, so the proxy's source is that image.
+    """
+    image = series.datasets[0]
+    if not series.multiframe:
+        return image
+    # A new dict of the same elements (the caller's Dataset is left alone) with one frame.
+    proxy = Dataset({tag: element for tag, element in image.items()
+                     if tag not in (0x00280008, 0x52009230)})  # NumberOfFrames, per-frame groups
+    proxy.NumberOfFrames = 1
+    proxy.PerFrameFunctionalGroupsSequence = [image.PerFrameFunctionalGroupsSequence[0]]
+    return proxy
+
+
 def _proxy_segmentation(
-    series: SourceSeries, first: int, stacked: bool, dtype: np.dtype, n_segments: int,
+    series: SourceSeries, stacked: bool, dtype: np.dtype, n_segments: int,
     hd_options: dict[str, Any],
 ) -> hd.seg.Segmentation:
-    """highdicom's SEG of the first plane's source image, for a one-slice mask."""
+    """highdicom's SEG of the first source image (or frame), for a one-slice mask."""
     shape = (1, series.rows, series.columns) + ((n_segments,) if stacked else ())
     # As for tiled images (write._proxy_header): one non-zero pixel per segment on different
     # pixels, so highdicom takes the branches of the real mask; unsigned integers only.
@@ -127,7 +144,7 @@ def _proxy_segmentation(
         else:
             flat[index] = index + 1
     return hd.seg.Segmentation(
-        source_images=[series.datasets[first]],
+        source_images=[_proxy_source(series)],
         pixel_array=proxy,
         omit_empty_frames=False,
         **{**hd_options, "transfer_syntax_uid": ExplicitVRLittleEndian},
@@ -166,10 +183,16 @@ def _volume_header(
         item.ReferencedInstanceSequence = instances
         referenced_series.append(item)
     header.ReferencedSeriesSequence = referenced_series
-    # highdicom derives SpacingBetweenSlices from all planes (omitted ones included), unless given.
+    # highdicom copies SpacingBetweenSlices from the first source image, or else derives it
+    # from all planes (omitted ones included); the proxy had one plane.
     measures = header.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
-    given = hd_options.get("pixel_measures")
-    if given is None or "SpacingBetweenSlices" not in given[0]:
+    first = series.datasets[0]
+    if series.multiframe:
+        copied = "SpacingBetweenSlices" in first.SharedFunctionalGroupsSequence[0].get(
+            "PixelMeasuresSequence", [Dataset()])[0]
+    else:
+        copied = first.get("SpacingBetweenSlices") is not None
+    if not copied:
         spacing, _ = get_volume_positions(series.positions, series.orientation)
         if spacing is None:
             if "SpacingBetweenSlices" in measures:
@@ -202,7 +225,15 @@ class _VolumeFrameItems:
         self._position_parts: list[bytes] = []
         reference = template.DerivationImageSequence[0].SourceImageSequence[0]
         for frame in order:
-            image = series.datasets[frame]
+            if series.multiframe:
+                # The frame of the one source image (PS3.3 C.7.6.1.1.3: ReferencedFrameNumber).
+                image = series.datasets[0]
+                reference.ReferencedFrameNumber = int(frame) + 1
+                plane = image.PerFrameFunctionalGroupsSequence[frame].PlanePositionSequence[0]
+                image_position = plane.ImagePositionPatient
+            else:
+                image = series.datasets[frame]
+                image_position = image.ImagePositionPatient
             reference.ReferencedSOPClassUID = image.SOPClassUID
             reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
             derivation = Dataset()
@@ -213,7 +244,7 @@ class _VolumeFrameItems:
                 0x00209113,  # PlanePositionSequence
                 "SQ",
                 hd.PlanePositionSequence(
-                    hd.CoordinateSystemNames.PATIENT, image_position=image.ImagePositionPatient
+                    hd.CoordinateSystemNames.PATIENT, image_position=image_position
                 ),
             )
             self._position_parts.append(_serialize(position, implicit))
@@ -282,12 +313,6 @@ def write_volume_segmentation(
     content fields, segment descriptions, type and transfer syntax).
     """
     series = load_source_series(source_images)
-    if series.multiframe:
-        raise SegmentationInputError(
-            "daskseg does not yet write SEGs of a multi-frame source image (here "
-            f"{series.datasets[0].SOPClassUID.name}); use highdicom's Segmentation, or pass "
-            "the series of single-frame images it was made from."
-        )
     given = [key for key in ("plane_positions", "plane_orientation", "pixel_measures",
                              "tile_pixel_array", "tile_size") if hd_options.get(key) is not None]
     if given:
@@ -312,7 +337,7 @@ def write_volume_segmentation(
     order = series.sort_index()  # tile row p is the p-th plane in highdicom's order
 
     try:
-        seg = _proxy_segmentation(series, int(order[0]), stacked, array.dtype, n_segments,
+        seg = _proxy_segmentation(series, stacked, array.dtype, n_segments,
                                   {**hd_options, "dimension_organization_type": None})
     except (ValueError, TypeError) as error:
         raise SegmentationInputError(f"highdicom refused the SEG's header: {error}") from error

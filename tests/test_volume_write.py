@@ -53,23 +53,38 @@ def write_both(tmp_path, client, series, mask, segmentation_type, transfer_synta
         transfer_syntax_uid=transfer_syntax, client=client, **uids, **HD_OPTIONS, **options,
     )
     theirs = hd.seg.Segmentation(
-        series, mask.copy(), segmentation_type, descriptions, transfer_syntax_uid=transfer_syntax,
+        [series] if isinstance(series, pydicom.Dataset) else series, mask.copy(),
+        segmentation_type, descriptions, transfer_syntax_uid=transfer_syntax,
         **uids, **HD_OPTIONS, **options,
     )
     return pydicom.dcmread(path), theirs
 
 
-def assert_same_seg(ours: pydicom.Dataset, theirs: hd.seg.Segmentation, series, tmp_path):
+def assert_same_seg(ours: pydicom.Dataset, theirs: hd.seg.Segmentation, series, tmp_path,
+                    multiframe=False):
     assert int(ours.NumberOfFrames) == int(theirs.NumberOfFrames)
-    assert dataset_differences(ours, theirs) == []
+    # Both as read from their files (an empty value is None in memory, '' once read).
     theirs.save_as(tmp_path / "theirs.dcm")
-    assert dataset_differences(ours.file_meta, pydicom.dcmread(tmp_path / "theirs.dcm").file_meta) == []
+    saved = pydicom.dcmread(tmp_path / "theirs.dcm")
+    assert dataset_differences(ours, saved) == []
+    assert dataset_differences(ours.file_meta, saved.file_meta) == []
     ours_seg = hd.seg.Segmentation.from_dataset(ours)
     theirs_seg = hd.seg.Segmentation.from_dataset(theirs)
     for index in range(1, int(ours.NumberOfFrames) + 1):
         np.testing.assert_array_equal(ours_seg.get_stored_frame(index), theirs_seg.get_stored_frame(index))
-    uids = [ds.SOPInstanceUID for ds in series]
     combine = ours.SegmentationType != "FRACTIONAL"
+    if multiframe:
+        frames = list(range(1, int(series[0].NumberOfFrames) + 1))
+        np.testing.assert_array_equal(
+            ours_seg.get_pixels_by_source_frame(series[0].SOPInstanceUID, frames,
+                                                combine_segments=combine,
+                                                assert_missing_frames_are_empty=True),
+            theirs_seg.get_pixels_by_source_frame(series[0].SOPInstanceUID, frames,
+                                                  combine_segments=combine,
+                                                  assert_missing_frames_are_empty=True),
+        )
+        return
+    uids = [ds.SOPInstanceUID for ds in series]
     np.testing.assert_array_equal(
         ours_seg.get_pixels_by_source_instance(uids, combine_segments=combine),
         theirs_seg.get_pixels_by_source_instance(uids, combine_segments=combine),
@@ -102,6 +117,29 @@ def test_dimension_organization_and_empty_masks_match_highdicom(
     ours, theirs = write_both(tmp_path, thread_client, series, mask, segmentation_type,
                               pydicom.uid.ExplicitVRLittleEndian)
     assert_same_seg(ours, theirs, series, tmp_path)
+
+
+def test_multiframe_source_and_copied_slice_spacing_match_highdicom(tmp_path, thread_client):
+    frames = make_ct_series(SLICES, ROWS, COLUMNS, orientation=OBLIQUE, pixel_data=True)
+    random.Random(2).shuffle(frames)  # the frames of the enhanced image in this order
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        frames, series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
+        instance_number=1,
+    )
+    del enhanced.PixelData  # daskseg reads headers only; highdicom needs none either
+    mask = volume_mask("BINARY")
+    ours, theirs = write_both(tmp_path, thread_client, enhanced, mask, "BINARY",
+                              pydicom.uid.ExplicitVRLittleEndian)
+    assert_same_seg(ours, theirs, [enhanced], tmp_path, multiframe=True)
+
+    series = shuffled_series()
+    for ds in series:
+        ds.SpacingBetweenSlices = "2.4"  # highdicom copies it rather than deriving 2.5
+    folder = tmp_path / "spacing"
+    folder.mkdir()
+    ours, theirs = write_both(folder, thread_client, series, mask, "BINARY",
+                              pydicom.uid.ExplicitVRLittleEndian)
+    assert_same_seg(ours, theirs, series, folder)
 
 
 def test_nifti_mask_and_series_folder_on_a_process_cluster(tmp_path, dask_client):
@@ -153,7 +191,7 @@ def test_refusals_leave_nothing_behind(tmp_path, thread_client):
         sop_instance_uid=hd.UID(), instance_number=1,
     )
     cases = [
-        (dict(mask=mask[:3], source=enhanced), "multi-frame source image"),
+        (dict(mask=mask[:2], source=enhanced), "the source has 3 frames of 8 x 8"),
         (dict(mask=mask[1:], source=series), "expected labels (7, 32, 40)"),
         (dict(mask=mask, source=series, dimension_organization_type="TILED_FULL"),
          "is for tiled images"),
