@@ -275,9 +275,11 @@ class _VolumeFrameItems:
 # --------------------------------------------------------------------------- writing
 
 # Bytes of one block task's input and of its frames before encoding: a few of these per
-# worker bound the memory; more slices per task amortize the scheduler's cost per task.
+# worker bound the memory; more slices per task amortize the scheduler's cost per task, but
+# at least _MIN_BLOCKS tasks keep both workers of a small cluster busy to the end.
 _BLOCK_BYTES = 16 * 2**20
 _MAX_SLICES_PER_BLOCK = 64
+_MIN_BLOCKS = 16
 
 
 def _slices_per_block(series: SourceSeries, spec: FrameSpec, stacked: bool, itemsize: int) -> int:
@@ -286,7 +288,8 @@ def _slices_per_block(series: SourceSeries, spec: FrameSpec, stacked: bool, item
         pixels * itemsize * (spec.n_segments if stacked else 1),
         -(-pixels * spec.bits_allocated // 8) * spec.n_channels,
     )
-    return max(1, min(_MAX_SLICES_PER_BLOCK, _BLOCK_BYTES // per_slice))
+    balanced = -(-series.number_of_frames // _MIN_BLOCKS)
+    return max(1, min(_MAX_SLICES_PER_BLOCK, _BLOCK_BYTES // per_slice, balanced))
 
 
 def write_volume_segmentation(

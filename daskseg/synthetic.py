@@ -18,7 +18,13 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, VLWholeSlideMicroscopyImageStorage
 
-__all__ = ["make_ct_series", "make_slide", "make_tissue_mask", "make_segment_descriptions"]
+__all__ = [
+    "make_ct_series",
+    "make_label_volume",
+    "make_slide",
+    "make_tissue_mask",
+    "make_segment_descriptions",
+]
 
 
 def make_slide(
@@ -259,6 +265,33 @@ def make_ct_series(
             ds.PixelData = ramp.tobytes()
         datasets.append(ds)
     return datasets
+
+
+def make_label_volume(
+    slices: int, rows: int, columns: int, n_segments: int, *, seed: int = 0
+) -> np.ndarray:
+    """Make a label volume ``(slices, rows, columns)``: one box-shaped structure per segment.
+
+    Each structure spans a few to about 60 slices, so a slice holds a handful of segments, as
+    organ masks (TotalSegmentator's 117 structures, say) of a CT do.
+
+    Examples
+    --------
+    >>> labels = make_label_volume(40, 64, 64, 5)
+    >>> labels.shape, int(labels.max()) <= 5
+    ((40, 64, 64), True)
+    """
+    rng = np.random.default_rng(seed)
+    dtype = np.uint8 if n_segments < 256 else np.uint16
+    labels = np.zeros((slices, rows, columns), dtype=dtype)
+    height, width = max(1, rows // 10), max(1, columns // 10)
+    for segment in range(1, n_segments + 1):
+        depth = int(rng.integers(1, max(2, min(60, slices))))
+        z = int(rng.integers(0, max(1, slices - depth)))
+        y = int(rng.integers(0, max(1, rows - height)))
+        x = int(rng.integers(0, max(1, columns - width)))
+        labels[z : z + depth, y : y + height, x : x + width] = segment
+    return labels
 
 
 def _tissue_block(
