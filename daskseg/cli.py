@@ -146,7 +146,7 @@ def segment_descriptions_from_dcmqi(metadata: dict | str | os.PathLike) -> tuple
 
 
 def _open_mask(path: str) -> Any:
-    """A mask from a Zarr store (path or URL), a .npy file, or a TIFF file, without reading it."""
+    """A mask from a Zarr store (path or URL), a .npy, TIFF or NIfTI file, without reading it."""
     lower = path.lower().rstrip("/")
     if lower.endswith(".npy"):
         import numpy as np
@@ -167,7 +167,7 @@ def _open_mask(path: str) -> Any:
         return da.from_zarr(zarr.open_array(store, mode="r"))
     if "://" not in path and not os.path.exists(path):
         raise UserError(f"mask {path} does not exist")
-    return path  # a Zarr store: write_segmentation opens it
+    return path  # a Zarr store or a NIfTI file: write_segmentation opens it
 
 
 @contextlib.contextmanager
@@ -373,8 +373,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--quiet", "-q", action="store_true", help="no progress or messages")
 
     encode = commands.add_parser("encode", help="write a SEG from a mask and its slide")
-    encode.add_argument("mask", help="Zarr store (path or URL), .npy or TIFF file")
-    encode.add_argument("source", help="the slide's DICOM file (read without pixel data)")
+    encode.add_argument("mask", help="Zarr store (path or URL), .npy, TIFF or NIfTI file")
+    encode.add_argument("source", help="the slide's DICOM file, or a folder holding one series "
+                        "(CT, MR...) or one multi-frame image (read without pixel data)")
     encode.add_argument("-o", "--output", required=True,
                         help="the SEG file (with --pyramid: a folder)")
     encode.add_argument("--type", default="BINARY", choices=["BINARY", "FRACTIONAL", "LABELMAP"],
@@ -382,8 +383,9 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument("--transfer-syntax", default="native",
                         help="native, implicit, jpeg2000, jpegls, rle, or a UID")
     encode.add_argument("--tile-size", help="N or RxC (default: the slide's frame size)")
-    encode.add_argument("--organization", default="TILED_SPARSE", type=str.upper,
-                        choices=["TILED_SPARSE", "TILED_FULL"])
+    encode.add_argument("--organization", default=None, type=str.upper,
+                        choices=["TILED_SPARSE", "TILED_FULL", "3D"],
+                        help="TILED_SPARSE (default for a slide) or TILED_FULL; 3D for a series")
     encode.add_argument("--metadata", help="segments from dcmqi's segmentation metadata JSON")
     encode.add_argument("--label", action="append", metavar="NAME",
                         help="a segment's label, once per segment in order (1, 2, ...)")
