@@ -425,9 +425,16 @@ def _sorted_blocks(array: da.Array | np.ndarray, order: np.ndarray, slices: int)
     """The mask's frames in ``order``, in blocks of ``slices`` whole frames."""
     if isinstance(array, np.ndarray):
         # One small array per block, each sent to the worker that encodes it: a single chunk
-        # of the whole mask would be shipped whole to every worker.
+        # of the whole mask would be shipped whole to every worker. Frames in file order or
+        # its reverse (the usual cases) are views; only a shuffled order copies the mask.
+        step = int(order[1] - order[0]) if len(order) > 1 else 1
+        if abs(step) == 1 and (np.diff(order) == step).all():
+            stop = int(order[-1]) + step
+            array = array[int(order[0]) : (None if stop < 0 else stop) : step]
+        else:
+            array = array[order]
         pieces = [
-            da.from_array(array[order[start : start + slices]], chunks=-1,
+            da.from_array(array[start : start + slices], chunks=-1,
                           name=f"volume-mask-{uuid.uuid4().hex}")
             for start in range(0, len(order), slices)
         ]

@@ -206,3 +206,13 @@ def test_refusals_leave_nothing_behind(tmp_path, thread_client):
                                client=thread_client, **arguments)
         assert message in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0], [3, 1, 0, 6, 5, 2, 4]])
+def test_blocks_of_a_numpy_mask_take_frames_in_the_sorted_order(order):
+    from daskseg._volume import _sorted_blocks
+
+    mask = np.arange(7 * 3 * 2).reshape(7, 3, 2)
+    blocks = _sorted_blocks(mask, np.array(order), 3)
+    assert blocks.chunks[0] == (3, 3, 1)
+    np.testing.assert_array_equal(blocks.compute(), mask[order])
