@@ -268,14 +268,28 @@ def _info(args: argparse.Namespace) -> None:
     if "SegmentSequence" not in ds:
         raise UserError(f"{args.seg} is not a DICOM Segmentation")
     rows, columns = int(ds.Rows), int(ds.Columns)
-    total = (int(ds.get("TotalPixelMatrixRows", rows)), int(ds.get("TotalPixelMatrixColumns", columns)))
-    grid = (-(-total[0] // rows), -(-total[1] // columns))
     print(f"file:            {args.seg} ({os.path.getsize(args.seg) / 2**20:.1f} MiB)")
     print(f"type:            {ds.SegmentationType} ({ds.SOPClassUID.name})")
     print(f"transfer syntax: {ds.file_meta.TransferSyntaxUID.name}")
     print(f"organization:    {ds.get('DimensionOrganizationType', 'unknown')}")
-    print(f"total matrix:    {total[0]} x {total[1]} pixels")
-    print(f"tiles:           {rows} x {columns} pixels, grid {grid[0]} x {grid[1]}")
+    if "TotalPixelMatrixRows" in ds:
+        total = (int(ds.TotalPixelMatrixRows), int(ds.TotalPixelMatrixColumns))
+        grid = (-(-total[0] // rows), -(-total[1] // columns))
+        print(f"total matrix:    {total[0]} x {total[1]} pixels")
+        print(f"tiles:           {rows} x {columns} pixels, grid {grid[0]} x {grid[1]}")
+    else:
+        # A SEG of a series or multi-frame image: its frames are planes of a volume.
+        print(f"frame size:      {rows} x {columns} pixels")
+        measures = ds.SharedFunctionalGroupsSequence[0].get("PixelMeasuresSequence", [None])[0]
+        if measures is not None and "PixelSpacing" in measures:
+            spacing = " x ".join(f"{float(v):g}" for v in measures.PixelSpacing)
+            between = measures.get("SpacingBetweenSlices")
+            between = f", {float(between):g} mm between slices" if between is not None else ""
+            print(f"pixel spacing:   {spacing} mm{between}")
+        instances = sum(len(item.get("ReferencedInstanceSequence", []))
+                        for item in ds.get("ReferencedSeriesSequence", []))
+        print(f"source images:   {instances} in {len(ds.get('ReferencedSeriesSequence', []))} "
+              "series")
     print(f"frames:          {int(ds.NumberOfFrames)}")
     print("segments:")
     for item in ds.SegmentSequence:

@@ -216,6 +216,11 @@ def test_encode_a_nifti_label_volume_of_a_ct_series_folder(inputs, tmp_path):
                  "--metadata", str(inputs[0] / "dcmqi.json"), "--threads", "2", "--quiet"]) == 0
     seg = hd.seg.segread(out)
     assert int(seg.SeriesNumber) == 300 and seg.SegmentSequence[0].SegmentLabel == "tumor"
+    info = run("info", str(out))
+    assert info.returncode == 0, info.stderr
+    assert "frame size:      24 x 20 pixels" in info.stdout
+    assert "0.8 x 0.7 mm, 2.5 mm between slices" in info.stdout
+    assert "source images:   6 in 1 series" in info.stdout
     np.testing.assert_array_equal(
         seg.get_pixels_by_source_instance([ds.SOPInstanceUID for ds in series],
                                           combine_segments=True,
