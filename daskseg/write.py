@@ -817,6 +817,11 @@ def write_segmentation(
     if is_volume_source(source_image):
         from daskseg._volume import write_volume_segmentation  # it imports this module
 
+        if tile_size is not None:
+            raise SegmentationInputError(
+                "tile_size is for tiled images; a SEG of a series has frames of its images' size."
+            )
+
         return write_volume_segmentation(
             mask, source_image, segment_descriptions, destination,
             n_segments=len(numbers),
