@@ -164,12 +164,11 @@ def _volume_header(
     for keyword in ("PixelData", "PerFrameFunctionalGroupsSequence", "DimensionOrganizationType"):
         if keyword in header:
             del header[keyword]
-    # highdicom lists every source image (then the further ones) in the order given, in the
-    # SourceImageSequence and per series in the ReferencedSeriesSequence.
-    further = hd_options.get("further_source_images") or []
+    # highdicom lists every source image in the order given, in the SourceImageSequence and
+    # per series in the ReferencedSeriesSequence.
     references = []
     by_series: dict[str, list[Dataset]] = {}
-    for image in (*series.datasets, *further):
+    for image in series.datasets:
         reference = Dataset()
         reference.ReferencedSOPClassUID = image.SOPClassUID
         reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
@@ -322,6 +321,11 @@ def write_volume_segmentation(
         raise SegmentationInputError(
             f"{', '.join(given)} cannot be given for a SEG of a series: its frames take the "
             "geometry of the source images."
+        )
+    if hd_options.get("further_source_images"):
+        # highdicom references a further image from the frames at its position; not done here.
+        raise SegmentationInputError(
+            "further_source_images is not supported for a SEG of a series yet; use highdicom."
         )
     organization = None if dimension_organization_type is None else str(
         dimension_organization_type).upper()
