@@ -60,9 +60,9 @@ def digest(labels) -> str:
 
 
 def _set_small_codestream(limit: int) -> None:
-    import daskseg.read
+    import daskseg._decode
 
-    daskseg.read._SMALL_CODESTREAM = limit
+    daskseg._decode._SMALL_CODESTREAM = limit
 
 
 def step_daskseg(path: str, cache: str = "cache") -> None:

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from daskseg.errors import (
     ClusterError,
     DaskSegError,
+    DICOMwebError,
     DestinationExistsError,
+    MissingDependencyError,
     SegmentationInputError,
     SegmentationTypeError,
 )
 from daskseg._client import local_cluster
+from daskseg._codecs import ALLOWED_TRANSFER_SYNTAXES
+from daskseg._version import __version__
 from daskseg.executor import DaskExecutor
 from daskseg.pyramid import write_segmentation_pyramid
+from daskseg.omezarr import segment_descriptions_from_ome_zarr, segmentation_to_ome_zarr
 from daskseg.read import SegmentationReader, open_segmentation, read_segmentation
-from daskseg.write import ALLOWED_TRANSFER_SYNTAXES, write_segmentation
-
-try:
-    __version__ = version("daskseg")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+from daskseg.render import show_segmentation
+from daskseg.write import write_segmentation
 
 __all__ = [
     "SegmentationReader",
@@ -29,10 +28,15 @@ __all__ = [
     "DaskExecutor",
     "ALLOWED_TRANSFER_SYNTAXES",
     "DestinationExistsError",
+    "MissingDependencyError",
     "local_cluster",
     "write_segmentation",
     "write_segmentation_pyramid",
+    "segmentation_to_ome_zarr",
+    "segment_descriptions_from_ome_zarr",
+    "show_segmentation",
     "ClusterError",
+    "DICOMwebError",
     "DaskSegError",
     "SegmentationInputError",
     "SegmentationTypeError",

@@ -61,10 +61,22 @@ def local_cluster(n_workers: int | None = None, **options: Any) -> LocalCluster:
 
 
 @contextlib.contextmanager
-def cluster_client(client: Client | None = None) -> Iterator[Client]:
-    """Yield ``client``, else the current default client, else one of a new LocalCluster.
+def cluster_client(
+    client: Client | None = None,
+    *,
+    address: str | None = None,
+    use_current: bool = True,
+    start: bool = True,
+    n_workers: int | None = None,
+    **cluster_options: Any,
+) -> Iterator[Any]:
+    """The one place that decides which Dask cluster daskseg runs on.
 
-    Only a cluster started here is closed on exit.
+    In order: ``client``; a new client of the scheduler at ``address``; the current default
+    client (``use_current``); a new :func:`local_cluster` of ``n_workers`` with
+    ``cluster_options`` (``start``); else None, for Dask's local scheduler. As highdicom does
+    with what it opens, only what is started here is shut down on exit: a client given or found
+    is left running.
     """
     if client is not None:
         if not isinstance(client, Client):
@@ -73,12 +85,25 @@ def cluster_client(client: Client | None = None) -> Iterator[Client]:
             )
         yield client
         return
-    try:
-        yield default_client()
+    if address is not None:
+        with Client(address) as connected:
+            yield connected
         return
-    except ValueError:  # no client exists in this process
-        pass
-    with local_cluster() as cluster, Client(cluster, set_as_default=False) as own:
+    if use_current:
+        try:
+            current = default_client()
+        except ValueError:  # no client exists in this process
+            current = None
+        if current is not None:
+            yield current
+            return
+    if not start:
+        yield None
+        return
+    with (
+        local_cluster(n_workers, **cluster_options) as cluster,
+        Client(cluster, set_as_default=False) as own,
+    ):
         yield own
 
 

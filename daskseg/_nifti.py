@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -58,7 +59,7 @@ def read_nifti(path: str | os.PathLike) -> tuple[da.Array | np.ndarray, np.ndarr
     if not path.is_file():
         raise SegmentationInputError(f"The mask {path} does not exist.")
     try:
-        image = nibabel.load(path)
+        image: Any = nibabel.load(path)  # a Nifti1Image or Nifti2Image
     except Exception as error:  # nibabel raises several types for a file it cannot read
         raise SegmentationInputError(f"Could not read the mask {path} as NIfTI: {error}") from error
     affine = image.affine

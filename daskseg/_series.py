@@ -81,7 +81,7 @@ class SourceSeries:
         slices run along column direction x row direction (head to feet for an axial series).
         """
         return np.asarray(
-            get_plane_sort_index(self.positions, self.orientation), dtype=np.intp
+            get_plane_sort_index(self.positions.tolist(), self.orientation.tolist()), dtype=np.intp
         )
 
 
@@ -154,7 +154,9 @@ def _gather(source_images: object) -> list[Dataset]:
         if isinstance(item, Dataset):
             datasets.append(item)
         elif isinstance(item, (str, os.PathLike)):
-            datasets.append(next(headers))
+            header = next(headers)
+            assert header is not None  # skip_non_dicom=False: every path is read or refused
+            datasets.append(header)
         else:
             raise SegmentationTypeError(
                 f"Each source image must be a pydicom Dataset or a path, not {type(item).__name__}."

@@ -8,6 +8,7 @@ import pydicom
 from highdicom.spatial import is_tiled_image
 from pydicom.dataset import Dataset
 
+from daskseg.dicomweb import fetch_instance_metadata, is_dicomweb_url
 from daskseg.errors import SegmentationInputError, SegmentationTypeError
 
 __all__ = ["load_source_image"]
@@ -16,15 +17,22 @@ __all__ = ["load_source_image"]
 def load_source_image(source_image: Dataset | str | os.PathLike) -> Dataset:
     """Return the source image's header, reading a file without its pixel data.
 
+    ``source_image`` may also be a DICOMweb instance URL; its metadata is fetched (WADO-RS).
+
     Raises
     ------
     SegmentationTypeError
-        If ``source_image`` is neither a Dataset nor a path.
+        If ``source_image`` is neither a Dataset, a path nor a DICOMweb instance URL.
     SegmentationInputError
         If the file cannot be read, or the image is not a tiled image (a total pixel matrix cut
         into frames, such as a VL Whole Slide Microscopy Image).
     """
-    if isinstance(source_image, (str, os.PathLike)):
+    dataset: Dataset
+    if is_dicomweb_url(source_image):
+        # WADO-RS metadata: the header alone, one request (credentials in the URL, or fetch the
+        # Dataset with daskseg.dicomweb.fetch_instance_metadata(url, headers=...) and pass it).
+        dataset = fetch_instance_metadata(str(source_image))
+    elif isinstance(source_image, (str, os.PathLike)):
         try:
             # A slide file can be many GB: its header is all the SEG needs.
             dataset = pydicom.dcmread(source_image, stop_before_pixels=True)
@@ -38,8 +46,8 @@ def load_source_image(source_image: Dataset | str | os.PathLike) -> Dataset:
         dataset = source_image
     else:
         raise SegmentationTypeError(
-            "source_image must be a pydicom Dataset or the path of a DICOM file, "
-            f"not {type(source_image).__name__}."
+            "source_image must be a pydicom Dataset or the path of a DICOM file (or a DICOMweb "
+            f"instance URL), not {type(source_image).__name__}."
         )
     missing = [
         keyword

@@ -21,6 +21,7 @@ from dask.core import flatten
 from dask.delayed import Delayed
 from dask.optimization import cull
 from distributed import as_completed
+from distributed.comm import CommClosedError
 from distributed.scheduler import KilledWorker
 
 from daskseg._client import CLUSTER_FAILURES, WorkerlessClock
@@ -69,6 +70,8 @@ def run_windowed(client: Any, tasks: Sequence[Delayed], what: str) -> Iterator[t
         )
 
     try:
+        if client.status != "running":  # the scheduler went away before any work was sent
+            raise CommClosedError(f"the client's connection to the scheduler is {client.status}")
         threads = max(1, sum(client.nthreads().values()))
     except CLUSTER_FAILURES as error:
         raise cluster_error(error) from error
@@ -109,13 +112,16 @@ def run_windowed(client: Any, tasks: Sequence[Delayed], what: str) -> Iterator[t
     watchdog.start()
     try:
         for future in queue:
-            del in_flight[future.key]
+            # Still watched while its result is gathered: a worker that holds a finished
+            # result and then leaves sends the key back to waiting, and only the watchdog's
+            # cancel ends that wait when no worker is left.
             try:
                 result = future.result()
             except Exception as error:
                 if future.status == "error" and not isinstance(error, KilledWorker):
                     raise  # the task's own exception
                 raise cluster_error(error) from error
+            del in_flight[future.key]
             future.release()
             yield index_of.pop(future.key), result
             if len(in_flight) <= window - threads:

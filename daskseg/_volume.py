@@ -11,39 +11,33 @@ per (segment, plane) from parts encoded once per plane and once per segment.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pathlib
-import struct
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import dask.array as da
 import highdicom as hd
 import numpy as np
 from highdicom.spatial import get_volume_positions
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
-from daskseg._client import cluster_client
-from daskseg._nifti import is_nifti_path, match_to_series, read_nifti
-from daskseg._progress import progress_bar
-from daskseg._series import SourceSeries, load_source_series
-from daskseg.errors import DestinationExistsError, SegmentationInputError, SegmentationTypeError
-from daskseg.plan import FrameSpec, TileGrid
-from daskseg.write import (
-    _MAX_NATIVE_BYTES,
-    _as_dask_array,
-    _block_tasks,
-    _encode_blocks,
-    _explicit_header,
-    _item,
-    _serialize,
-    _Spool,
-    _write_file,
+from daskseg._file import check_native_size, write_and_rename
+from daskseg._header import (
+    frame_content_part,
+    header_from,
+    item,
+    proxy_pixels,
+    segment_parts,
+    serialize,
 )
+from daskseg._inputs import WriteOptions, as_dask_array, check_mask_dtype, check_tile_for_codec
+from daskseg._nifti import is_nifti_path, match_to_series, read_nifti
+from daskseg._series import SourceSeries, load_source_series
+from daskseg._spool import encode_tasks, encoded_frames
+from daskseg.errors import SegmentationInputError
+from daskseg.plan import FrameSpec, TileGrid
 
 __all__ = ["volume_mask", "write_volume_segmentation"]
 
@@ -74,7 +68,7 @@ def volume_mask(
         array, affine = read_nifti(mask)
         array = match_to_series(array, affine, series)
     else:
-        array = mask if isinstance(mask, np.ndarray) else _as_dask_array(mask)
+        array = mask if isinstance(mask, np.ndarray) else as_dask_array(mask)
         # One image: its mask may come without the frame axis, as in highdicom.
         if frames == 1 and (
             array.ndim == 2 or (array.ndim == 3 and array.shape == (rows, columns, n_segments))
@@ -93,16 +87,7 @@ def volume_mask(
             f"The mask stacks {array.shape[3]} segment planes on its last axis, but "
             f"{n_segments} segments are described; give one description per plane."
         )
-    kind = array.dtype.kind
-    if kind not in "buif":
-        raise SegmentationTypeError(
-            f"The mask's dtype {array.dtype} is not boolean, integer or floating point."
-        )
-    if kind == "f" and not stacked:
-        raise SegmentationTypeError(
-            "A label volume must hold integers (segment numbers), not floating point values; "
-            "stack one volume per segment on the last axis for fractional masks."
-        )
+    check_mask_dtype(array.dtype, stacked, "volume")
     return array, stacked
 
 
@@ -131,18 +116,7 @@ def _proxy_segmentation(
     hd_options: dict[str, Any],
 ) -> hd.seg.Segmentation:
     """highdicom's SEG of the first source image (or frame), for a one-slice mask."""
-    shape = (1, series.rows, series.columns) + ((n_segments,) if stacked else ())
-    # As for tiled images (write._proxy_header): one non-zero pixel per segment on different
-    # pixels, so highdicom takes the branches of the real mask; unsigned integers only.
-    if dtype.kind in "iu":
-        dtype = np.dtype(np.uint8 if n_segments < 256 else np.uint16)
-    proxy = np.zeros(shape, dtype=dtype)
-    flat = proxy.reshape(-1, n_segments) if stacked else proxy.reshape(-1)
-    for index in range(min(n_segments, flat.shape[0])):
-        if stacked:
-            flat[index, index] = 1
-        else:
-            flat[index] = index + 1
+    proxy = proxy_pixels((1, series.rows, series.columns), stacked, dtype, n_segments)
     return hd.seg.Segmentation(
         source_images=[_proxy_source(series)],
         pixel_array=proxy,
@@ -155,15 +129,9 @@ def _volume_header(
     seg: hd.seg.Segmentation, series: SourceSeries, hd_options: dict[str, Any]
 ) -> Dataset:
     """The proxy's header, made the series' own: every source referenced, its slice spacing."""
-    header = Dataset()
-    header.update(seg)
-    header.file_meta = FileMetaDataset(seg.file_meta)
-    header.file_meta.TransferSyntaxUID = hd_options["transfer_syntax_uid"]
-    if "FileMetaInformationGroupLength" in header.file_meta:
-        del header.file_meta.FileMetaInformationGroupLength
-    for keyword in ("PixelData", "PerFrameFunctionalGroupsSequence", "DimensionOrganizationType"):
-        if keyword in header:
-            del header[keyword]
+    header = header_from(seg, hd_options["transfer_syntax_uid"])
+    if "DimensionOrganizationType" in header:
+        del header.DimensionOrganizationType  # set from the planes written
     # highdicom lists every source image in the order given, in the SourceImageSequence and
     # per series in the ReferencedSeriesSequence.
     references = []
@@ -192,17 +160,12 @@ def _volume_header(
     else:
         copied = first.get("SpacingBetweenSlices") is not None
     if not copied:
-        spacing, _ = get_volume_positions(series.positions, series.orientation)
+        spacing, _ = get_volume_positions(series.positions.tolist(), series.orientation.tolist())
         if spacing is None:
             if "SpacingBetweenSlices" in measures:
                 del measures.SpacingBetweenSlices
         else:
             measures.SpacingBetweenSlices = format_number_as_ds(spacing)
-    # Type 2 attributes that highdicom leaves out unless given; dciodvfy asks for them.
-    if "ContentCreatorName" not in header:
-        header.ContentCreatorName = ""
-    if "PatientOrientation" not in header:
-        header.PatientOrientation = ""
     return header
 
 
@@ -237,7 +200,7 @@ class _VolumeFrameItems:
             reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
             derivation = Dataset()
             derivation.add(template["DerivationImageSequence"])
-            self._derivation_parts.append(_serialize(derivation, implicit))
+            self._derivation_parts.append(serialize(derivation, implicit))
             position = Dataset()
             position.add_new(
                 0x00209113,  # PlanePositionSequence
@@ -246,24 +209,15 @@ class _VolumeFrameItems:
                     hd.CoordinateSystemNames.PATIENT, image_position=image_position
                 ),
             )
-            self._position_parts.append(_serialize(position, implicit))
-        self._segment_parts = [b""] * n_segments
-        if not labelmap and n_segments > 1:  # one segment goes in the shared groups
-            for channel in range(n_segments):
-                identification = Dataset()
-                identification.add_new(0x0062000B, "US", channel + 1)  # ReferencedSegmentNumber
-                part = Dataset()
-                part.add_new(0x0062000A, "SQ", [identification])  # SegmentIdentificationSequence
-                self._segment_parts[channel] = _serialize(part, implicit)
+            self._position_parts.append(serialize(position, implicit))
+        self._segment_parts = segment_parts(n_segments, labelmap, implicit)
 
     def item(self, channel: int, plane: int, _column: int) -> bytes:
         spatial = int(self._dimension_index[plane])
         index_values = (spatial,) if self._labelmap else (channel + 1, spatial)
-        values = struct.pack(f"<{len(index_values)}I", *index_values)
-        content = _item(_explicit_header(0x00209157, "UL", len(values), self._implicit) + values)
-        frame_content = _explicit_header(0x00209111, "SQ", len(content), self._implicit) + content
+        frame_content = frame_content_part(index_values, self._implicit)
         # Elements in tag order: (0008,9124), (0020,9111), (0020,9113), (0062,000A).
-        return _item(
+        return item(
             self._derivation_parts[plane]
             + frame_content
             + self._position_parts[plane]
@@ -294,17 +248,10 @@ def _slices_per_block(series: SourceSeries, spec: FrameSpec, stacked: bool, item
 def write_volume_segmentation(
     mask: Any,
     source_images: Any,
-    segment_descriptions: Sequence[hd.seg.SegmentDescription],
     destination: pathlib.Path,
-    *,
-    n_segments: int,
-    segmentation_type: str,
-    transfer_syntax_uid: UID,
-    dimension_organization_type: str | None,
-    omit_empty_frames: bool | None,
-    max_fractional_value: int,
-    use_extended_offset_table: bool | None,
+    options: WriteOptions,
     hd_options: dict[str, Any],
+    *,
     client: Any,
     overwrite: bool,
     progress: bool,
@@ -327,19 +274,8 @@ def write_volume_segmentation(
         raise SegmentationInputError(
             "further_source_images is not supported for a SEG of a series yet; use highdicom."
         )
-    organization = None if dimension_organization_type is None else str(
-        dimension_organization_type).upper()
-    if organization not in (None, "3D"):
-        raise SegmentationInputError(
-            f"dimension_organization_type {dimension_organization_type!r} is for tiled images; "
-            "a SEG of a series takes None (inferred, as highdicom) or '3D'."
-        )
-    omit = True if omit_empty_frames is None else bool(omit_empty_frames)
-    if transfer_syntax_uid == JPEG2000Lossless and min(series.rows, series.columns) < 32:
-        raise SegmentationInputError(
-            f"JPEG 2000 cannot encode frames smaller than 32 x 32 pixels (the source images are "
-            f"{series.rows} x {series.columns}); use a native transfer syntax."
-        )
+    check_tile_for_codec((series.rows, series.columns), options.transfer_syntax_uid)
+    n_segments = len(hd_options["segment_descriptions"])
     array, stacked = volume_mask(mask, series, n_segments)
     order = series.sort_index()  # tile row p is the p-th plane in highdicom's order
 
@@ -352,53 +288,40 @@ def write_volume_segmentation(
     header = _volume_header(seg, series, hd_options)
 
     spec = FrameSpec(
-        segmentation_type=segmentation_type,
+        segmentation_type=options.segmentation_type,
         n_segments=n_segments,
         stacked=stacked,
         tile_rows=series.rows,
         tile_columns=series.columns,
-        transfer_syntax_uid=str(transfer_syntax_uid),
+        transfer_syntax_uid=str(options.transfer_syntax_uid),
         bits_allocated=int(header.BitsAllocated),
-        max_fractional_value=int(max_fractional_value),
-        omit_empty_frames=omit,
+        max_fractional_value=options.max_fractional_value,
+        omit_empty_frames=options.omit_empty_frames,
     )
     n_planes = series.number_of_frames
+    # One slice per tile row of a tall image: (planes * rows, columns[, segments]).
     grid = TileGrid(n_planes * series.rows, series.columns, series.rows, series.columns)
-    if spec.is_native:
-        native_bytes = -(-spec.bits_allocated * grid.pixels_per_frame * spec.n_channels
-                         * n_planes // 8)
-        if native_bytes > _MAX_NATIVE_BYTES:
-            raise SegmentationInputError(
-                f"Native pixel data of {native_bytes / 2**30:.1f} GiB does not fit a DICOM "
-                "element (4 GiB at most); use an encapsulated transfer syntax such as "
-                f"JPEG 2000 Lossless ({JPEG2000Lossless})."
-            )
+    check_native_size(spec, grid)
     slices = _slices_per_block(series, spec, stacked, array.dtype.itemsize)
     blocks = _sorted_blocks(array, order, slices)
-    # One slice per tile row of a tall image: (planes * rows, columns[, segments]).
     tall = blocks.reshape((n_planes * series.rows, series.columns) + array.shape[3:])
-    tasks = _block_tasks(tall, spec)
+    tasks = encode_tasks(tall, spec)
 
     shape = (spec.n_channels, n_planes, 1)
-    spool = _Spool(destination.parent, destination.name, shape)
-    plane_nonempty = np.zeros((n_planes, 1), dtype=bool)
-    temporary: pathlib.Path | None = None
-    try:
-        with cluster_client(client) as dask_client:
-            with progress_bar(spec.n_channels * n_planes, "encoding frames", enabled=progress,
-                              client=dask_client) as bar:
-                overlap = _encode_blocks(dask_client, tasks, spool, plane_nonempty, bar)
+    with encoded_frames(client, tasks, destination, shape, progress) as (
+        spool, plane_nonempty, overlap
+    ):
         if header.get("SegmentsOverlap") != "UNDEFINED":
             header.SegmentsOverlap = "YES" if overlap else "NO"
-        # highdicom keeps every plane when all are empty (it cannot omit them all).
-        if not omit or not plane_nonempty.any():
+        # highdicom keeps every plane when all are empty (it cannot omit them all), as write_file.
+        if not spec.omit_empty_frames or not plane_nonempty.any():
             included = np.arange(n_planes)
             dimension_index = included + 1
         else:
             included = np.flatnonzero(plane_nonempty[:, 0])
             dimension_index = np.cumsum(plane_nonempty[:, 0])
         inferred = _dimension_organization(series, order[included], spec)
-        if organization == "3D" and inferred is None:
+        if options.dimension_organization_type == "3D" and inferred is None:
             raise SegmentationInputError(
                 "dimension_organization_type '3D' was given, but the SEG's planes are not a "
                 "regularly spaced volume (or it has several segments)."
@@ -406,22 +329,11 @@ def write_volume_segmentation(
         if inferred is not None:
             header.DimensionOrganizationType = inferred
         items = _VolumeFrameItems(
-            template, series, order, dimension_index, segmentation_type == "LABELMAP",
+            template, series, order, dimension_index, spec.segmentation_type == "LABELMAP",
             n_segments, header.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian,
         )
-        temporary = _write_file(destination, header, spool, spec, grid, False, plane_nonempty,
-                                hd_options, use_extended_offset_table, items=items)
-        if not overwrite and destination.exists():
-            raise DestinationExistsError(
-                f"{destination} appeared while writing; pass overwrite=True to replace it."
-            )
-        os.replace(temporary, destination)
-        temporary = None
-    finally:
-        spool.close()
-        if temporary is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
+        write_and_rename(destination, header, spool, spec, grid, False, plane_nonempty,
+                         hd_options, options.use_extended_offset_table, overwrite, items=items)
     return destination
 
 
@@ -454,5 +366,6 @@ def _dimension_organization(
     """'3D' when the included planes, of one channel, are regularly spaced (as highdicom)."""
     if len(planes) < 2 or spec.n_channels > 1:
         return None
-    spacing, _ = get_volume_positions(series.positions[planes], series.orientation, sort=False)
+    spacing, _ = get_volume_positions(series.positions[planes].tolist(),
+                                      series.orientation.tolist(), sort=False)
     return "3D" if spacing is not None and spacing > 0.0 else None

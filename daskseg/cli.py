@@ -1,148 +1,35 @@
 """The ``daskseg`` command: encode, decode, info and demo.
 
-User mistakes print one line, ``daskseg: error: ...``, and exit with status 1 (2 for usage
-errors, as argparse does); no traceback.
+daskseg's own errors (a user's mistake it found) and the OS's errors about the user's files
+print one line, ``daskseg: error: ...``, and exit with status 1 (2 for usage errors, as
+argparse does). Anything else is a bug in daskseg and shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import pathlib
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["main", "segment_descriptions_from_dcmqi"]
 
-TRANSFER_SYNTAXES = {
-    "native": "1.2.840.10008.1.2.1",
-    "explicit": "1.2.840.10008.1.2.1",
-    "implicit": "1.2.840.10008.1.2",
-    "jpeg2000": "1.2.840.10008.1.2.4.90",
-    "j2k": "1.2.840.10008.1.2.4.90",
-    "jpegls": "1.2.840.10008.1.2.4.80",
-    "rle": "1.2.840.10008.1.2.5",
-}
+from daskseg._client import cluster_client
+from daskseg._codecs import CODECS
+from daskseg.errors import DaskSegError
+from daskseg._dcmqi import segment_descriptions_from_dcmqi, segment_descriptions_from_labels
 
-_ALGORITHM_TYPES = {"AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"}
-
+#: The short names of ``--transfer-syntax``, from the codec table.
+TRANSFER_SYNTAXES = {name: str(uid) for uid, codec in CODECS.items() for name in codec.names}
 
 class UserError(Exception):
     """A mistake in the command line or its files: reported in one line."""
-
-
-def _code(item: dict[str, str]) -> Any:
-    import highdicom as hd
-
-    try:
-        return hd.sr.CodedConcept(
-            value=item["CodeValue"],
-            scheme_designator=item["CodingSchemeDesignator"],
-            meaning=item["CodeMeaning"],
-        )
-    except KeyError as missing:
-        raise UserError(f"a code in the metadata lacks {missing}") from None
-
-
-def segment_descriptions_from_dcmqi(metadata: dict | str | os.PathLike) -> tuple[list, dict]:
-    """Segment descriptions and SEG options from dcmqi's segmentation metadata JSON.
-
-    The format is the one dcmqi's ``itkimage2segimage`` reads: ``segmentAttributes`` is a list
-    (one per input image) of lists of segments, each with ``labelID``, ``SegmentLabel``,
-    ``SegmentAlgorithmType``, ``SegmentedPropertyCategoryCodeSequence``,
-    ``SegmentedPropertyTypeCodeSequence`` and optional ``SegmentDescription``,
-    ``SegmentAlgorithmName``, ``SegmentedPropertyTypeModifierCodeSequence``,
-    ``AnatomicRegionSequence``, ``recommendedDisplayRGBValue``.
-
-    Parameters
-    ----------
-    metadata : dict, str or os.PathLike
-        The parsed JSON, or the path of the JSON file.
-
-    Returns
-    -------
-    descriptions : list of highdicom.seg.SegmentDescription
-        One per segment, ordered by ``labelID`` (the label value in the mask).
-    options : dict
-        ``write_segmentation`` options taken from the top level (``content_creator_name``,
-        ``series_number``, ``instance_number``, ``content_label``, ``content_description``).
-    """
-    import highdicom as hd
-
-    if not isinstance(metadata, dict):
-        try:
-            metadata = json.loads(pathlib.Path(metadata).read_text())
-        except FileNotFoundError:
-            raise UserError(f"metadata file {metadata} does not exist") from None
-        except json.JSONDecodeError as error:
-            raise UserError(f"metadata file {metadata} is not JSON: {error}") from None
-    groups = metadata.get("segmentAttributes")
-    if not groups:
-        raise UserError("the metadata has no segmentAttributes")
-    segments = [segment for group in groups for segment in group]
-    descriptions = []
-    for segment in sorted(segments, key=lambda s: int(s.get("labelID", 0))):
-        if "labelID" not in segment:
-            raise UserError("a segment in the metadata has no labelID")
-        algorithm_type = segment.get("SegmentAlgorithmType", "AUTOMATIC").upper()
-        if algorithm_type not in _ALGORITHM_TYPES:
-            raise UserError(f"unknown SegmentAlgorithmType {algorithm_type!r}")
-        algorithm = None
-        if algorithm_type != "MANUAL":
-            algorithm = hd.AlgorithmIdentificationSequence(
-                name=segment.get("SegmentAlgorithmName", "unknown"),
-                version=segment.get("SegmentAlgorithmVersion", "unknown"),
-                family=hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence"),
-            )
-        options: dict[str, Any] = {}
-        if "AnatomicRegionSequence" in segment:
-            options["anatomic_regions"] = [_code(segment["AnatomicRegionSequence"])]
-        if "recommendedDisplayRGBValue" in segment:
-            options["display_color"] = hd.color.CIELabColor.from_rgb(
-                *[float(v) for v in segment["recommendedDisplayRGBValue"]]
-            )
-        if "SegmentedPropertyCategoryCodeSequence" not in segment or (
-            "SegmentedPropertyTypeCodeSequence" not in segment
-        ):
-            raise UserError(
-                f"segment {segment['labelID']} lacks SegmentedPropertyCategoryCodeSequence "
-                "or SegmentedPropertyTypeCodeSequence"
-            )
-        description = hd.seg.SegmentDescription(
-            segment_number=int(segment["labelID"]),
-            segment_label=segment.get("SegmentLabel", f"Segment {segment['labelID']}"),
-            segmented_property_category=_code(segment["SegmentedPropertyCategoryCodeSequence"]),
-            segmented_property_type=_code(segment["SegmentedPropertyTypeCodeSequence"]),
-            algorithm_type=algorithm_type,
-            algorithm_identification=algorithm,
-            **options,
-        )
-        if "SegmentDescription" in segment:
-            description.SegmentDescription = segment["SegmentDescription"]
-        if "SegmentedPropertyTypeModifierCodeSequence" in segment:
-            # PS3.3 C.8.20.2: the modifier sits inside the property type's code item.
-            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
-                _code(segment["SegmentedPropertyTypeModifierCodeSequence"])
-            ]
-        descriptions.append(description)
-    options = {}
-    for key, option in [
-        ("ContentCreatorName", "content_creator_name"),
-        ("SeriesDescription", "content_description"),
-        ("ContentLabel", "content_label"),
-    ]:
-        if key in metadata:
-            options[option] = metadata[key]
-    for key, option in [("SeriesNumber", "series_number"), ("InstanceNumber", "instance_number")]:
-        if key in metadata:
-            options[option] = int(metadata[key])
-    return descriptions, options
 
 
 def _open_mask(path: str) -> Any:
@@ -155,6 +42,8 @@ def _open_mask(path: str) -> Any:
             return np.load(path, mmap_mode="r")
         except FileNotFoundError:
             raise UserError(f"mask {path} does not exist") from None
+        except ValueError as error:  # numpy's verdict on the file's header
+            raise UserError(f"mask {path} is not a NumPy .npy file: {error}") from None
     if lower.endswith((".tif", ".tiff")):
         import dask.array as da
         import tifffile
@@ -164,37 +53,23 @@ def _open_mask(path: str) -> Any:
             store = tifffile.imread(path, aszarr=True)
         except FileNotFoundError:
             raise UserError(f"mask {path} does not exist") from None
+        except tifffile.TiffFileError as error:
+            raise UserError(f"mask {path} is not a TIFF file: {error}") from None
         return da.from_zarr(zarr.open_array(store, mode="r"))
     if "://" not in path and not os.path.exists(path):
         raise UserError(f"mask {path} does not exist")
     return path  # a Zarr store or a NIfTI file: write_segmentation opens it
 
 
-@contextlib.contextmanager
-def _client(args: argparse.Namespace) -> Iterator[Any]:
-    from distributed import Client
-
-    from daskseg import local_cluster
-
-    if args.scheduler:
-        with Client(args.scheduler) as client:
-            yield client
-        return
+def _client(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
+    """The command's cluster: ``--scheduler``'s, else a LocalCluster of its own."""
     # A user's mistake found in a block task is reported as one line by main(); the workers'
     # own log of the failed task (with its traceback) would only repeat it.
     options: dict[str, Any] = {"silence_logs": logging.CRITICAL}
     if args.threads:
         options.update(processes=False, threads_per_worker=args.threads)
-    with local_cluster(args.workers, **options) as cluster, Client(cluster) as client:
-        yield client
-
-
-def _label_descriptions(labels: Sequence[str], segmentation_type: str) -> list:
-    from daskseg.synthetic import make_segment_descriptions
-
-    return make_segment_descriptions(
-        len(labels), segmentation_type=segmentation_type, labels=list(labels)
-    )
+    return cluster_client(address=args.scheduler, use_current=False, n_workers=args.workers,
+                          **options)
 
 
 def _factors(text: str | None, mask: Any, source: str, tile_size: Any) -> list[float]:
@@ -204,9 +79,9 @@ def _factors(text: str | None, mask: Any, source: str, tile_size: Any) -> list[f
             return [float(v) for v in text.split(",")]
         except ValueError:
             raise UserError(f"--downsample-factors takes numbers like 2,4,8, not {text!r}") from None
-    import pydicom
+    from daskseg._source import load_source_image
 
-    header = pydicom.dcmread(source, stop_before_pixels=True)
+    header = load_source_image(source)
     size = min(int(header.TotalPixelMatrixRows), int(header.TotalPixelMatrixColumns))
     tile = min(tile_size) if tile_size else min(int(header.Rows), int(header.Columns))
     factors: list[float] = []
@@ -218,13 +93,22 @@ def _factors(text: str | None, mask: Any, source: str, tile_size: Any) -> list[f
 def _encode(args: argparse.Namespace) -> None:
     from daskseg import write_segmentation
 
-    if bool(args.metadata) == bool(args.label):
+    if args.metadata and args.label:
         raise UserError("give the segments with --metadata FILE or with --label NAME (not both)")
     mask = _open_mask(args.mask)
     if args.metadata:
         descriptions, options = segment_descriptions_from_dcmqi(args.metadata)
+    elif args.label:
+        descriptions, options = segment_descriptions_from_labels(args.label, args.type), {}
     else:
-        descriptions, options = _label_descriptions(args.label, args.type), {}
+        from daskseg.omezarr import _label_group, segment_descriptions_from_ome_zarr
+
+        # An OME-Zarr label image may name its segments in its image-label metadata.
+        if "://" in args.mask or _label_group(args.mask) is None:
+            raise UserError("give the segments with --metadata FILE or with --label NAME "
+                            "(an OME-Zarr label image may carry them in its image-label metadata)")
+        descriptions = segment_descriptions_from_ome_zarr(args.mask, segmentation_type=args.type)
+        options = {}
     tile_size = None
     if args.tile_size:
         try:
@@ -254,6 +138,16 @@ def _encode(args: argparse.Namespace) -> None:
         for path in written:
             print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
         print(f"in {time.perf_counter() - start:.1f} s")
+    if args.stow:
+        from daskseg.dicomweb import store_instance
+
+        # Credentials only from the environment: never on the command line, where ps shows them.
+        token = os.environ.get("DASKSEG_DICOMWEB_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        for path in written:
+            store_instance(path, args.stow, headers=headers)
+            if not args.quiet:
+                print(f"stored {path} with STOW-RS")
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -305,11 +199,19 @@ def _decode(args: argparse.Namespace) -> None:
         raise UserError("decoding needs daskseg's reader (daskseg.open_segmentation)") from None
     if not os.path.exists(args.seg):
         raise UserError(f"{args.seg} does not exist")
+    ome = args.output.rstrip("/").lower().endswith(".ome.zarr")
+    if ome and os.path.exists(args.output):
+        raise UserError(f"{args.output} exists; remove it or choose another output")
     with _client(args) as client:
-        open_segmentation(args.seg).to_zarr(
-            args.output, combine_segments=args.combine_segments, progress=not args.quiet,
-            client=client,
-        )
+        if ome:  # an OME-NGFF image whose labels/ holds the SEG as one label image
+            from daskseg import segmentation_to_ome_zarr
+
+            segmentation_to_ome_zarr(args.seg, args.output, progress=not args.quiet, client=client)
+        else:
+            open_segmentation(args.seg).to_zarr(
+                args.output, combine_segments=args.combine_segments, progress=not args.quiet,
+                client=client,
+            )
     if not args.quiet:
         print(f"wrote {args.output}")
 
@@ -368,7 +270,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from daskseg import __version__
+    from daskseg._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="daskseg",
@@ -387,15 +289,17 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--quiet", "-q", action="store_true", help="no progress or messages")
 
     encode = commands.add_parser("encode", help="write a SEG from a mask and its slide")
-    encode.add_argument("mask", help="Zarr store (path or URL), .npy, TIFF or NIfTI file")
-    encode.add_argument("source", help="the slide's DICOM file, or a folder holding one series "
-                        "(CT, MR...) or one multi-frame image (read without pixel data)")
+    encode.add_argument("mask", help="Zarr store (path or URL), OME-Zarr label image, .npy, "
+                        "TIFF or NIfTI file")
+    encode.add_argument("source", help="the slide's DICOM file or DICOMweb instance URL (header "
+                        "only), or a folder holding one series (CT, MR...) or one multi-frame "
+                        "image")
     encode.add_argument("-o", "--output", required=True,
                         help="the SEG file (with --pyramid: a folder)")
     encode.add_argument("--type", default="BINARY", choices=["BINARY", "FRACTIONAL", "LABELMAP"],
                         type=str.upper)
     encode.add_argument("--transfer-syntax", default="native",
-                        help="native, implicit, jpeg2000, jpegls, rle, or a UID")
+                        help=", ".join(TRANSFER_SYNTAXES) + ", or a UID")
     encode.add_argument("--tile-size", help="N or RxC (default: the slide's frame size)")
     encode.add_argument("--organization", default=None, type=str.upper,
                         choices=["TILED_SPARSE", "TILED_FULL", "3D"],
@@ -408,12 +312,16 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument("--downsample-factors", metavar="F,F,...",
                         help="pyramid levels, e.g. 2,4,8 (default: halve until below a tile)")
     encode.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    encode.add_argument("--stow", metavar="ROOT",
+                        help="then store the SEG(s) on this DICOMweb server with STOW-RS "
+                        "(a bearer token from $DASKSEG_DICOMWEB_TOKEN)")
     cluster_options(encode)
     encode.set_defaults(run=_encode)
 
     decode = commands.add_parser("decode", help="decode a SEG into a Zarr store")
     decode.add_argument("seg")
-    decode.add_argument("-o", "--output", required=True, help="the Zarr store to write")
+    decode.add_argument("-o", "--output", required=True,
+                        help="the Zarr store to write; NAME.ome.zarr writes OME-Zarr labels")
     decode.add_argument("--combine-segments", action="store_true",
                         help="one label image instead of a stack of segments")
     cluster_options(decode)
@@ -433,13 +341,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``daskseg`` command; return its exit status."""
-    from daskseg.errors import DaskSegError
-
     args = _parser().parse_args(argv)
     try:
         args.run(args)
-    except (UserError, DaskSegError, ValueError, TypeError, FileNotFoundError,
-            FileExistsError, NotADirectoryError, PermissionError) as error:
+    except (UserError, DaskSegError, OSError) as error:
+        # OSError: the user's files (missing, not writable, a folder); DaskSegError: a mistake
+        # that daskseg found. Other exceptions are daskseg's bugs: their traceback is the report.
         print(f"daskseg: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from daskseg.errors import SegmentationInputError
-from daskseg.plan import FrameSpec
+from daskseg.plan import FrameSpec, block_location
 
 __all__ = ["BlockResult", "encode_block", "encode_chunk", "encode_frame", "segment_frame"]
 
@@ -112,45 +112,8 @@ def segment_frame(tile: np.ndarray, spec: FrameSpec, channel: int) -> np.ndarray
 
 
 def encode_frame(frame: np.ndarray, spec: FrameSpec) -> bytes:
-    """Encode one frame's stored values with the SEG's transfer syntax.
-
-    Native 1-bit frames are packed on their own (LSB first); the writer joins them without
-    padding between frames (PS3.5 8.1.1), shifting bits where a frame does not fill whole bytes.
-    """
-    codec = spec.codec
-    if codec == "native":
-        if spec.bits_allocated == 1:
-            return np.packbits(frame.ravel(), bitorder="little").tobytes()
-        return frame.astype(frame.dtype.newbyteorder("<"), copy=False).tobytes()
-    if codec == "jpeg2k":
-        import imagecodecs
-
-        # imagecodecs releases the GIL and is faster than highdicom's pydicom/pylibjpeg path;
-        # a J2K codestream (not JP2), reversible 5/3 wavelet: lossless, as 1.2.840.10008.1.2.4.90.
-        return imagecodecs.jpeg2k_encode(
-            np.ascontiguousarray(frame),
-            level=0,
-            codecformat="J2K",
-            reversible=True,
-            bitspersample=spec.bits_allocated if spec.bits_allocated > 1 else 1,
-            mct=False,
-            numthreads=1,
-        )
-    if codec == "jpegls":
-        import imagecodecs
-
-        return imagecodecs.jpegls_encode(np.ascontiguousarray(frame), level=0)
-    # RLE Lossless: highdicom's frame encoder (pydicom with the pylibjpeg-rle plugin).
-    from highdicom.frame import encode_frame as hd_encode_frame
-
-    return hd_encode_frame(
-        np.ascontiguousarray(frame),
-        transfer_syntax_uid=spec.transfer_syntax_uid,
-        bits_allocated=spec.bits_allocated,
-        bits_stored=spec.bits_allocated,
-        photometric_interpretation="MONOCHROME2",
-        pixel_representation=0,
-    )
+    """Encode one frame's stored values with the SEG's transfer syntax (see ``_codecs``)."""
+    return spec.codec.encode(frame, spec.bits_allocated)
 
 
 def encode_block(
@@ -191,7 +154,7 @@ def encode_block(
     # (tile rows, tile columns, th, tw[, segments]) views without copying.
     tiles = block.reshape(n_rows, th, n_columns, tw, *block.shape[2:]).swapaxes(1, 2)
     nonzero_axes = tuple(range(2, tiles.ndim))
-    tile_nonempty = tiles.any(axis=nonzero_axes)
+    tile_nonempty = np.asarray(tiles.any(axis=nonzero_axes))
 
     overlap = False
     if spec.stacked and spec.n_segments > 1 and block.dtype.kind != "f":
@@ -270,7 +233,7 @@ def encode_chunk(block: np.ndarray, spec: FrameSpec, block_info: dict | None = N
     As a blockwise task it fuses with the task that reads the block (from Zarr, say), so a
     block is read and encoded in one task on one worker, never shipped between workers.
     """
-    (row_start, _), (column_start, _) = block_info[0]["array-location"][:2]
+    (row_start, _), (column_start, _) = block_location(block_info)[:2]
     result = np.empty((1, 1), dtype=object)
     result[0, 0] = encode_block(
         block, spec, row_start // spec.tile_rows, column_start // spec.tile_columns

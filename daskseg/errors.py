@@ -6,15 +6,19 @@ Each class is also a builtin exception, so callers can catch either::
      ├── SegmentationInputError (ValueError)   bad mask, source, segments or options
      ├── SegmentationTypeError (TypeError)     an argument of the wrong kind
      ├── ClusterError (RuntimeError)           the Dask cluster could not finish the work
-     └── DestinationExistsError (FileExistsError)  the output exists and overwrite is False
+     ├── DestinationExistsError (FileExistsError)  the output exists and overwrite is False
+     ├── MissingDependencyError (ImportError)  an optional feature's extra is not installed
+     └── DICOMwebError (OSError)               a DICOMweb server down, too slow, or refusing
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ClusterError",
+    "DICOMwebError",
     "DaskSegError",
     "DestinationExistsError",
+    "MissingDependencyError",
     "SegmentationInputError",
     "SegmentationTypeError",
 ]
@@ -38,3 +42,19 @@ class ClusterError(DaskSegError, RuntimeError):
 
 class DestinationExistsError(DaskSegError, FileExistsError):
     """The output file exists and ``overwrite`` was not asked for."""
+
+
+class MissingDependencyError(DaskSegError, ImportError):
+    """An optional feature needs a package that is not installed; the message names the extra."""
+
+
+class DICOMwebError(DaskSegError, OSError):
+    """A DICOMweb server could not be reached, did not answer in time, or refused a request.
+
+    ``url`` is the request's URL without credentials; ``status`` the HTTP status, if any.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status

@@ -2,17 +2,24 @@
 
 distributed's own ``Client.get_executor()`` sends one task per call; each costs the scheduler a
 few milliseconds, more than encoding a frame, so highdicom given it runs slower than serially.
-DaskExecutor coalesces calls into batched tasks. Each call still gets its own stdlib ``Future``,
-resolved on its own: a call that raises fails only its own future, never its neighbours.
+DaskExecutor sends calls in batched tasks, but keeps the contract of each call on its own:
 
-Calls wait in a queue on the client until a batch is sent; a queued call can be cancelled. At
-most a few batches per worker thread are on the cluster at once, so memory there stays bounded
-however many calls are submitted.
+- Batches are sized adaptively, as joblib's auto-batching does: a function never seen before
+  goes one call per task; calls measured fast fill a batch up to about ``batch_duration``
+  seconds of work; calls that turn out slow shrink their function's batches.
+- Calls wait on the client until a worker thread is (about to be) free, so queued calls stay
+  cancellable and memory on the cluster stays bounded however many calls are submitted.
+- On the worker, a batch runs in a thread that the task watches for a time budget. Once it is
+  spent, the task returns the outcomes of the finished calls at once, hands back the calls not
+  started (queued again on the client, cancellable again), and leaves a call still running to
+  go on in its thread; its outcome is collected by a follow-up task on the same worker.
+
+A call's future is a ``concurrent.futures.Future`` whose ``running()`` is true while its call is
+on the cluster; ``cancel()`` refuses a call from then until it finishes or comes back unstarted.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import threading
 import time
@@ -20,31 +27,132 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from distributed import Client, default_client
+import dask
+from distributed import Client, default_client, get_worker
 
 from daskseg._client import CLUSTER_FAILURES, WorkerlessClock, local_cluster
 from daskseg.errors import ClusterError
 
 __all__ = ["DaskExecutor"]
 
+# A thread's next batch may wait on its worker behind calls measured to take at most this many
+# batch durations: enough to hide the scheduler's round trip when calls slow down under load.
+_FAST = 4
 
-def _run_batch(calls: list[tuple[Callable, tuple, dict]]) -> list[tuple[bool, Any]]:
-    """Run calls on a worker; each outcome is ``(True, result)`` or ``(False, exception)``."""
-    outcomes = []
-    for fn, args, kwargs in calls:
+# ------------------------------------------------------------------------- on the workers
+
+# Calls that outlived their batch's budget, by token, until a collecting task takes them. One
+# dict per worker process; a worker that dies takes its entries with it (see _CallLost).
+_RUNNING: dict[str, Future] = {}
+_RUNNING_LOCK = threading.Lock()
+_SLOTS: threading.Semaphore | None = None
+
+
+class _CallLost(Exception):
+    """The worker that ran a call is gone (its collecting task ran elsewhere)."""
+
+
+def _outcome(fn: Callable, args: tuple, kwargs: dict) -> tuple[bool, Any, float]:
+    """Run one call: ``(True, result, seconds)`` or ``(False, exception, seconds)``."""
+    start = time.perf_counter()
+    try:
+        return True, fn(*args, **kwargs), time.perf_counter() - start
+    except BaseException as error:  # a call's failure belongs to its own future
+        return False, error, time.perf_counter() - start
+
+
+def _slots() -> threading.Semaphore:
+    """This worker's permits to run a call: one per worker thread.
+
+    A call that outlived its batch keeps running after its task returned, so without them a
+    worker would run more calls at once than it has threads, which some libraries do not
+    survive (highdicom's JPEG 2000 encoder crashes when two threads of a process run it).
+    """
+    global _SLOTS
+    with _RUNNING_LOCK:
+        if _SLOTS is None:
+            worker = get_worker()
+            _SLOTS = threading.Semaphore(worker.state.nthreads)
+        return _SLOTS
+
+
+def _run_batch(
+    calls: list[tuple[Callable, tuple, dict]], budget: float
+) -> tuple[list, str | None, str | None]:
+    """Run calls in order; return within about ``budget`` seconds whatever they take.
+
+    Returns the outcomes of the calls that finished, and, when a call was still running at the
+    end of the budget, a token for :func:`_collect` and this worker's address. Calls after the
+    finished ones (and after the running one) were not started.
+    """
+    slots = _slots()
+    if len(calls) == 1:  # no batchmate to hold back: run it here, however long it takes
+        if not slots.acquire(timeout=budget):  # the worker's threads are all taken
+            return [], None, None
         try:
-            outcomes.append((True, fn(*args, **kwargs)))
-        except BaseException as error:  # a call's failure belongs to its own future
-            outcomes.append((False, error))
-    return outcomes
+            return [_outcome(*calls[0])], None, None
+        finally:
+            slots.release()
+    lock = threading.Lock()
+    outcomes: list = []
+    state: dict[str, Any] = {"stop": False, "running": None}
+    finished = threading.Event()
+
+    def run() -> None:
+        for call in calls:
+            while not slots.acquire(timeout=0.005):
+                if state["stop"]:
+                    return
+            with lock:
+                if state["stop"]:
+                    slots.release()
+                    return
+                slot = state["running"] = Future()
+            try:
+                outcome = _outcome(*call)
+            finally:
+                slots.release()
+            slot.set_result(outcome)
+            with lock:
+                if state["stop"]:  # the task already handed this call to a collector
+                    return
+                outcomes.append(outcome)
+                state["running"] = None
+            del outcome
+        finished.set()
+
+    threading.Thread(target=run, name="DaskExecutor-batch", daemon=True).start()
+    finished.wait(budget)
+    with lock:
+        state["stop"] = True
+        done, running = list(outcomes), state["running"]
+        outcomes.clear()
+    if running is None:
+        return done, None, None
+    token = uuid.uuid4().hex
+    with _RUNNING_LOCK:
+        _RUNNING[token] = running
+    return done, token, get_worker().address
+
+
+def _collect(token: str) -> tuple[bool, Any, float]:
+    """Wait for the outcome of a call that outlived its batch, on the worker running it."""
+    with _RUNNING_LOCK:
+        slot = _RUNNING.pop(token, None)
+    if slot is None:
+        raise _CallLost(token)
+    return slot.result()
 
 
 def _run_chunk(fn: Callable, chunk: tuple[tuple, ...]) -> list:
     """Run ``fn`` over one chunk of ``map``'s argument tuples."""
     return [fn(*args) for args in chunk]
+
+
+# ------------------------------------------------------------------------- on the client
 
 
 def _flatten(chunks: Iterator[list]) -> Iterator:
@@ -55,14 +163,44 @@ def _flatten(chunks: Iterator[list]) -> Iterator:
             yield chunk.pop()
 
 
-@dataclass
-class _Call:
-    future: Future
-    fn: Callable
-    args: tuple
-    kwargs: dict
-    queued: float
-    nbytes: int
+class _CallFuture(Future):
+    """A stdlib future whose call may sit in a batch on the cluster, not yet started.
+
+    While the call is on the cluster (``_sent``) it counts as running: ``cancel()`` fails, as
+    for a call a ``ProcessPoolExecutor`` has put on its call queue. A call that comes back
+    unstarted is pending again. ``cancel()`` also notifies waiters at once, so ``wait()`` and
+    ``as_completed()`` see a cancelled queued call as done.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sent = False
+        self._call: _Call | None = None  # until resolved: a cancelled call frees its arguments
+
+    def cancel(self) -> bool:
+        with self._condition:
+            if self._sent:
+                return False
+            if self.cancelled():
+                return True
+            if not super().cancel():
+                return False
+            self.set_running_or_notify_cancel()  # CANCELLED -> CANCELLED_AND_NOTIFIED
+            call, self._call = self._call, None
+        if call is not None:
+            call.fn = call.args = call.kwargs = None
+        return True
+
+    def running(self) -> bool:
+        with self._condition:
+            return super().running() or (self._sent and not self.done())
+
+
+def _kind(fn: Callable) -> str:
+    """Which function a call runs, for its duration estimate."""
+    fn = getattr(fn, "func", fn)  # functools.partial
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{getattr(fn, '__module__', None)}.{name}"
 
 
 def _payload(args: tuple, kwargs: dict) -> int:
@@ -72,6 +210,29 @@ def _payload(args: tuple, kwargs: dict) -> int:
         for value in itertools.chain(args, kwargs.values())
         if hasattr(value, "nbytes") or isinstance(value, (bytes, bytearray))
     )
+
+
+@dataclass(eq=False)
+class _Call:
+    future: _CallFuture
+    fn: Callable
+    args: tuple
+    kwargs: dict
+    kind: str
+    queued: float
+    nbytes: int
+    losses: int = 0  # times the worker running it died after its batch had returned
+
+
+@dataclass(eq=False)
+class _Flight:
+    """A task on the cluster: a batch, or the collection of one call that outlived its batch."""
+
+    remote: Any
+    calls: list[_Call]
+    fast: bool
+    collect: bool = False
+    sent: float = field(default_factory=time.monotonic)
 
 
 class DaskExecutor(Executor):
@@ -89,10 +250,15 @@ class DaskExecutor(Executor):
     batch_bytes : int
         Most bytes of array and bytes arguments sent in one task (a batch holds at least one
         call): big frames go in smaller batches, so transfers overlap with work.
+    batch_duration : float
+        Seconds of work, by the measured duration of earlier calls of the same function, that
+        one task aims at. A batch's finished calls come back at the latest twice this long after
+        the batch started, whatever its other calls take.
     batch_delay : float
         Seconds a call may wait for others to join its batch when a worker is free.
     batches_per_thread : int
-        Batches on the cluster at once, per worker thread.
+        Batches of calls measured fast on the cluster at once, per worker thread (one batch
+        starts as soon as the one before it ends). Other calls go one batch per thread.
     **cluster_options
         With neither ``client`` nor ``address`` and no current client, the executor starts
         :func:`daskseg.local_cluster` with these options, and closes it on :meth:`shutdown`.
@@ -116,8 +282,9 @@ class DaskExecutor(Executor):
         client: Client | None = None,
         *,
         address: str | None = None,
-        batch_size: int = 64,
+        batch_size: int = 256,
         batch_bytes: int = 8 * 2**20,
+        batch_duration: float = 0.05,
         batch_delay: float = 0.002,
         batches_per_thread: int = 2,
         **cluster_options: Any,
@@ -126,6 +293,8 @@ class DaskExecutor(Executor):
             raise ValueError("Pass a client or an address, not both.")
         if batch_size < 1 or batches_per_thread < 1:
             raise ValueError("batch_size and batches_per_thread must be at least 1.")
+        if batch_duration <= 0:
+            raise ValueError(f"batch_duration must be positive, not {batch_duration!r}.")
         self._owned_cluster = None
         self._owned_client = None
         if client is None and address is not None:
@@ -141,12 +310,17 @@ class DaskExecutor(Executor):
         self.client = client
         self._batch_size = batch_size
         self._batch_bytes = batch_bytes
+        self._batch_duration = batch_duration
         self._batch_delay = batch_delay
         self._batches_per_thread = batches_per_thread
+        self._allowed_failures = dask.config.get("distributed.scheduler.allowed-failures")
+        self._estimates: dict[str, float] = {}  # seconds per call, by function
         self._lock = threading.Condition()
         self._queue: deque[_Call] = deque()
-        self._in_flight: dict[str, tuple[Any, list[_Call]]] = {}  # key -> (dask future, batch)
+        self._collects: deque[tuple[_Call, str, str]] = deque()  # (call, token, address)
+        self._in_flight: dict[str, _Flight] = {}
         self._shutdown = False
+        self._cancel_unstarted = False
         self._clock = WorkerlessClock(client)
         self._checked = -1.0
         self._closed = threading.Event()
@@ -161,13 +335,13 @@ class DaskExecutor(Executor):
         Every keyword argument reaches ``fn``, including names that ``Client.submit`` takes
         (``key``, ``workers``, ``pure``...).
         """
-        future: Future = Future()
+        future = _CallFuture()
+        call = _Call(future, fn, args, kwargs, _kind(fn), time.monotonic(), _payload(args, kwargs))
+        future._call = call
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._queue.append(
-                _Call(future, fn, args, kwargs, time.monotonic(), _payload(args, kwargs))
-            )
+            self._queue.append(call)
             self._lock.notify_all()
         return future
 
@@ -180,7 +354,7 @@ class DaskExecutor(Executor):
     ) -> Iterator:
         """Ordered ``fn(*args)`` over the iterables, as ``ProcessPoolExecutor.map``.
 
-        ``chunksize`` calls go in one task each. Raises the exception of a call when its
+        ``chunksize`` calls go in one call each. Raises the exception of a call when its
         result is reached, ``TimeoutError`` when ``timeout`` seconds pass from this call.
         """
         if chunksize < 1:
@@ -193,13 +367,16 @@ class DaskExecutor(Executor):
         return _flatten(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop taking calls; optionally cancel queued ones and wait for the rest.
+        """Stop taking calls; optionally cancel those not started, and wait for the rest.
 
-        A client or cluster that the executor started is closed once all work is done.
+        With ``cancel_futures``, calls still queued are cancelled, and so are calls that come
+        back unstarted from a batch. A client or cluster that the executor started is closed
+        once all work is done.
         """
         with self._lock:
             self._shutdown = True
             if cancel_futures:
+                self._cancel_unstarted = True
                 for call in self._queue:
                     call.future.cancel()
                 self._queue.clear()
@@ -209,11 +386,27 @@ class DaskExecutor(Executor):
 
     # ----------------------------------------------------------------- sending
 
-    def _capacity(self) -> int:
-        """Batches allowed on the cluster; the workers are asked about at most once a second.
+    def _estimate(self, call: _Call) -> float | None:
+        return self._estimates.get(call.kind)
 
-        When the cluster has had no workers for too long, every call waiting on it fails with
-        a :class:`ClusterError` rather than waiting forever. Called with the lock held.
+    def _learn(self, kind: str, seconds: float) -> None:
+        """Update a function's duration estimate (a moving average, steady under noise)."""
+        old = self._estimates.get(kind)
+        self._estimates[kind] = seconds if old is None else 0.7 * old + 0.3 * seconds
+
+    def _fast(self, calls: list[_Call]) -> bool:
+        """Whether calls are measured short enough that a batch queued behind them on a worker
+        thread starts soon (within a few ``batch_duration``)."""
+        estimates = [self._estimate(call) for call in calls]
+        return None not in estimates and sum(estimates) <= _FAST * self._batch_duration
+
+    def _capacity(self, head: _Call) -> int:
+        """Tasks allowed on the cluster; the workers are asked about at most once a second.
+
+        A thread's next batch goes before the current one ends only when both are of calls
+        measured fast: then it starts within a few ``batch_duration``. When the cluster has had no
+        workers for too long, every call waiting on it fails with a :class:`ClusterError`
+        rather than waiting forever. Called with the lock held.
         """
         now = time.monotonic()
         if now - self._checked > 1.0:
@@ -221,42 +414,70 @@ class DaskExecutor(Executor):
             if self._clock.expired():
                 self._fail_everything(self._clock.error())
         # Scheduler unreachable: send anyway, the batch reports the error.
-        return max(1, self._clock.threads or 1) * self._batches_per_thread
+        threads = max(1, self._clock.threads or 1)
+        if self._fast([head]) and all(flight.fast for flight in self._in_flight.values()):
+            return threads * self._batches_per_thread
+        return threads
 
     def _fail_everything(self, error: ClusterError) -> None:
-        """Fail the queued calls and the batches on the cluster, and cancel those batches."""
-        for call in self._queue:
-            if call.future.set_running_or_notify_cancel():
-                call.future.set_exception(error)
+        """Fail the queued calls and the tasks on the cluster, and cancel those tasks."""
+        calls = [call for call, _, _ in self._collects] + list(self._queue)
+        calls += [call for flight in self._in_flight.values() for call in flight.calls]
         self._queue.clear()
-        for _, batch in self._in_flight.values():
-            self._fail(batch, error)
-        if self._in_flight:
-            with contextlib.suppress(Exception):  # the batches' callbacks tidy up either way
-                self.client.cancel([remote for remote, _ in self._in_flight.values()])
+        self._collects.clear()
+        remotes = [flight.remote for flight in self._in_flight.values()]
+        self._fail(calls, error)
+        if remotes:
+            try:
+                self.client.cancel(remotes)
+            except Exception:  # the tasks' callbacks tidy up either way
+                pass
 
-    def _next_batch(self) -> list[_Call] | None:
-        """Wait until a batch can go; return it, or None when shut down and drained."""
+    def _take_batch(self) -> list[_Call]:
+        """Pop the next batch from the queue: about ``batch_duration`` of work by estimate."""
+        batch: list[_Call] = []
+        seconds = 0.0
+        size = 0
+        while self._queue and len(batch) < self._batch_size:
+            call = self._queue[0]
+            if call.future.cancelled():
+                self._queue.popleft()
+                continue
+            estimate = self._estimate(call)
+            cost = self._batch_duration if estimate is None else estimate
+            if batch and (
+                seconds + cost > self._batch_duration or size + call.nbytes > self._batch_bytes
+            ):
+                break
+            self._queue.popleft()
+            with call.future._condition:
+                if call.future.cancelled():
+                    continue
+                call.future._sent = True
+            batch.append(call)
+            seconds += cost
+            size += call.nbytes
+        return batch
+
+    def _next_work(self) -> tuple[str, Any] | None:
+        """Wait until a task can go; return it, or None when shut down and drained."""
         with self._lock:
             while True:
-                capacity = self._capacity() if self._queue or self._in_flight else 0
-                if self._queue and len(self._in_flight) < capacity:
-                    wait = self._queue[0].queued + self._batch_delay - time.monotonic()
-                    if len(self._queue) >= self._batch_size or wait <= 0 or self._shutdown:
-                        batch: list[_Call] = []
-                        size = 0
-                        while (
-                            self._queue
-                            and len(batch) < self._batch_size
-                            and (not batch or size + self._queue[0].nbytes <= self._batch_bytes)
-                        ):
-                            call = self._queue.popleft()
-                            size += call.nbytes
-                            # A cancelled call is dropped; the rest can no longer be cancelled.
-                            if call.future.set_running_or_notify_cancel():
-                                batch.append(call)
+                if self._collects:
+                    return "collect", self._collects.popleft()
+                while self._queue and self._queue[0].future.cancelled():
+                    self._queue.popleft()
+                if self._queue and len(self._in_flight) < self._capacity(self._queue[0]):
+                    head = self._queue[0]
+                    wait = head.queued + self._batch_delay - time.monotonic()
+                    estimate = self._estimate(head)
+                    queued = (
+                        len(self._queue) * estimate if estimate is not None else float("inf")
+                    )
+                    if queued >= self._batch_duration or wait <= 0 or self._shutdown:
+                        batch = self._take_batch()
                         if batch:
-                            return batch
+                            return "batch", batch
                         continue
                     self._lock.wait(wait)
                 elif self._shutdown and not self._queue and not self._in_flight:
@@ -266,21 +487,12 @@ class DaskExecutor(Executor):
 
     def _send_loop(self) -> None:
         try:
-            while (batch := self._next_batch()) is not None:
-                key = f"daskexecutor-batch-{uuid.uuid4().hex}"
-                try:
-                    remote = self.client.submit(
-                        _run_batch,
-                        [(call.fn, call.args, call.kwargs) for call in batch],
-                        key=key,
-                        pure=False,
-                    )
-                except Exception as error:  # client closed, scheduler gone
-                    self._fail(batch, error)
-                    continue
-                with self._lock:
-                    self._in_flight[key] = (remote, batch)
-                remote.add_done_callback(lambda done, batch=batch: self._resolve(done, batch))
+            while (work := self._next_work()) is not None:
+                what, item = work
+                if what == "batch":
+                    self._send_batch(item)
+                else:
+                    self._send_collect(*item)
         finally:
             if self._owned_client is not None:
                 self._owned_client.close()
@@ -288,46 +500,116 @@ class DaskExecutor(Executor):
                 self._owned_cluster.close()
             self._closed.set()
 
-    def _resolve(self, remote: Any, batch: list[_Call]) -> None:
-        """Complete each caller's future from a finished batch, then release the batch."""
-        key = remote.key
+    def _submit(self, flight_calls: list[_Call], fast: bool, collect: bool, *args, **options):
+        key = f"daskexecutor-{'collect' if collect else 'batch'}-{uuid.uuid4().hex}"
         try:
-            outcomes = remote.result()
+            remote = self.client.submit(*args, key=key, pure=False, **options)
+        except Exception as error:  # client closed, scheduler gone
+            self._fail(flight_calls, error)
+            return
+        flight = _Flight(remote, flight_calls, fast, collect)
+        with self._lock:
+            self._in_flight[key] = flight
+        remote.add_done_callback(lambda done, flight=flight: self._resolve(done, flight))
+
+    def _send_batch(self, batch: list[_Call]) -> None:
+        calls = [(call.fn, call.args, call.kwargs) for call in batch]
+        self._submit(batch, self._fast(batch), False, _run_batch, calls, 2 * self._batch_duration)
+
+    def _send_collect(self, call: _Call, token: str, address: str) -> None:
+        # Pinned to the worker running the call, ahead of its batches; if that worker is gone
+        # the task runs elsewhere and reports the call lost.
+        self._submit([call], False, True, _collect, token, workers=[address],
+                     allow_other_workers=True, priority=1)
+
+    # ----------------------------------------------------------------- results
+
+    def _resolve(self, remote: Any, flight: _Flight) -> None:
+        """Complete callers' futures from a finished task, then release the task."""
+        calls = flight.calls
+        try:
+            result = remote.result()
+        except _CallLost as lost:
+            self._lost(calls, lost)
         except BaseException as error:
-            self._fail(batch, error)
-            batch.clear()
+            self._fail(calls, error)
         else:
             remote.release()
+            outcomes, token, address = ([result], None, None) if flight.collect else result
             # Results must live only as long as the callers' futures (map does not keep yielded
             # results alive): drop every other reference to a result before it is handed over.
-            # The done callback's closure holds ``batch``, so it is emptied too.
-            pending = list(zip(batch, outcomes))
-            batch.clear()
+            pending = list(zip(calls, outcomes))
+            rest = calls[len(outcomes):]
             outcomes.clear()
+            del result
             pending.reverse()
             while pending:
-                call, (ok, value) = pending.pop()
-                if ok:
-                    call.future.set_result(value)
-                else:
-                    call.future.set_exception(value)
-                del call, value
+                call, (ok, value, seconds) = pending.pop()
+                self._learn(call.kind, seconds)
+                future = call.future
+                call.fn = call.args = call.kwargs = future._call = None
+                # Done already: failed when the cluster went without workers.
+                if not future.done() and future.set_running_or_notify_cancel():
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+                del call, value, future
+            if rest:
+                self._hand_back(rest, token, address)
         finally:
+            calls.clear()
             remote.release()
             with self._lock:
-                self._in_flight.pop(key, None)
+                self._in_flight.pop(remote.key, None)
                 self._lock.notify_all()
 
+    def _hand_back(self, rest: list[_Call], token: str | None, address: str | None) -> None:
+        """Collect the call that outlived its batch; queue the calls it did not start again."""
+        with self._lock:
+            if token is not None:
+                self._collects.append((rest.pop(0), token, address))
+            for call in reversed(rest):
+                if call.future.done():  # failed meanwhile: the cluster went without workers
+                    continue
+                with call.future._condition:
+                    call.future._sent = False
+                if self._cancel_unstarted:
+                    call.future.cancel()
+                else:
+                    self._queue.appendleft(call)
+            self._lock.notify_all()
+
+    def _lost(self, calls: list[_Call], lost: _CallLost) -> None:
+        """The worker running a call died after its batch returned: run it again, or fail."""
+        with self._lock:
+            for call in calls:
+                call.losses += 1
+                if call.future.done():
+                    continue
+                if call.losses > self._allowed_failures:
+                    self._fail([call], lost)
+                else:
+                    with call.future._condition:
+                        call.future._sent = False
+                    self._queue.appendleft(call)
+            self._lock.notify_all()
+
     @staticmethod
-    def _fail(batch: list[_Call], error: BaseException) -> None:
-        """Fail every call of a batch that the cluster could not run."""
+    def _fail(calls: list[_Call], error: BaseException) -> None:
+        """Fail every call that the cluster could not run."""
         failure = error  # e.g. a call that cannot be pickled: the callers get it as it is
-        if isinstance(error, CLUSTER_FAILURES):
+        if isinstance(error, (*CLUSTER_FAILURES, _CallLost)):
             failure = ClusterError(
-                f"The Dask cluster lost a batch of {len(batch)} calls and could not recover it: "
+                f"The Dask cluster lost a batch of {len(calls)} calls and could not recover it: "
                 f"{error!r}. Check that the scheduler and workers are alive."
             )
             failure.__cause__ = error
-        for call in batch:
-            if not call.future.done():
-                call.future.set_exception(failure)
+        for call in calls:
+            future = call.future
+            call.fn = call.args = call.kwargs = future._call = None
+            if not future.done():
+                with future._condition:
+                    future._sent = False
+                    if future.set_running_or_notify_cancel():
+                        future.set_exception(failure)

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from pydicom.uid import (
-    JPEG2000Lossless,
-    JPEGLSLossless,
-    RLELossless,
-    UID,
-)
+from pydicom.uid import UID
 
-__all__ = ["TileGrid", "FrameSpec", "aligned_chunks", "included_frames", "spatial_index_values"]
+from daskseg._codecs import CODECS, Codec
+
+__all__ = [
+    "FrameSpec", "TileGrid", "aligned_chunks", "block_location", "included_frames", "spatial_index_values",
+]
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,8 @@ class FrameSpec:
         return not UID(self.transfer_syntax_uid).is_encapsulated
 
     @property
-    def codec(self) -> str:
-        if self.is_native:
-            return "native"
-        return {
-            JPEG2000Lossless: "jpeg2k",
-            JPEGLSLossless: "jpegls",
-            RLELossless: "rle",
-        }[UID(self.transfer_syntax_uid)]
+    def codec(self) -> Codec:
+        return CODECS[UID(self.transfer_syntax_uid)]
 
 
 def aligned_chunks(
@@ -104,6 +98,11 @@ def aligned_chunks(
     -------
     tuple of int
         Chunk lengths summing to ``size``; all but the last are multiples of ``tile``.
+
+    Examples
+    --------
+    >>> aligned_chunks(1000, 64, 300)
+    (320, 320, 320, 40)
     """
     tiles = max(min_tiles, min(max_tiles, round(hint / tile) or 1))
     step = tiles * tile
@@ -134,3 +133,13 @@ def spatial_index_values(tile_nonempty: np.ndarray) -> tuple[np.ndarray, np.ndar
         np.where(row_used, np.cumsum(row_used), 0),
         np.where(col_used, np.cumsum(col_used), 0),
     )
+
+
+def block_location(block_info: dict[Any, Any] | None, key: Any = 0) -> list[tuple[int, int]]:
+    """``(start, stop)`` along each axis of a ``map_blocks`` block, from dask's ``block_info``.
+
+    ``key`` is the input's position (0 for the first), or None for the output block.
+    """
+    if block_info is None:
+        raise TypeError("block_info is missing: the function is called by dask's map_blocks.")
+    return block_info[key]["array-location"]

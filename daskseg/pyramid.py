@@ -26,8 +26,9 @@ from pydicom.dataset import Dataset
 
 from daskseg._source import load_source_image
 from daskseg.errors import DestinationExistsError, SegmentationInputError
-from daskseg.plan import aligned_chunks
-from daskseg.write import _as_dask_array, write_segmentation
+from daskseg.plan import aligned_chunks, block_location
+from daskseg._inputs import MaskLike, as_dask_array, drop_leading_axis, parse_segmentation_type, tile_size
+from daskseg.write import write_segmentation
 
 __all__ = ["write_segmentation_pyramid"]
 
@@ -48,7 +49,7 @@ def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
 def _pick_nearest(block: np.ndarray, shape_in: tuple[int, int], shape_out: tuple[int, int],
                   block_info: dict | None = None) -> np.ndarray:
     """The pixels of one chunk of the mask that nearest-neighbour resampling keeps."""
-    (r0, r1), (c0, c1) = block_info[0]["array-location"][:2]
+    (r0, r1), (c0, c1) = block_location(block_info)[:2]
     rows = nearest_indices(shape_in[0], shape_out[0])
     columns = nearest_indices(shape_in[1], shape_out[1])
     rows = rows[(rows >= r0) & (rows < r1)] - r0
@@ -155,7 +156,7 @@ def downsample(mask: da.Array, shape: tuple[int, int], method: str,
 
 
 def write_segmentation_pyramid(
-    mask: Any,
+    mask: MaskLike,
     source_images: Sequence[Dataset | str | os.PathLike],
     segment_descriptions: Sequence[hd.seg.SegmentDescription],
     folder: str | os.PathLike,
@@ -164,7 +165,7 @@ def write_segmentation_pyramid(
     series_instance_uid: str | None = None,
     pyramid_uid: str | None = None,
     pyramid_label: str | None = None,
-    segmentation_type: str = "BINARY",
+    segmentation_type: str | hd.seg.SegmentationTypeValues = "BINARY",
     **options: Any,
 ) -> list[pathlib.Path]:
     """Write a multi-resolution pyramid of SEGs, one file per level, in one series.
@@ -184,7 +185,7 @@ def write_segmentation_pyramid(
         With a single source: factors > 1, ascending; level k is ``int(size / factor)`` pixels.
     series_instance_uid, pyramid_uid, pyramid_label
         Shared by all levels; new UIDs by default.
-    segmentation_type : str
+    segmentation_type : str or highdicom.seg.SegmentationTypeValues
         As :func:`write_segmentation`.
     **options
         Further :func:`write_segmentation` options (transfer syntax, tile size, client...).
@@ -214,12 +215,8 @@ def write_segmentation_pyramid(
     sources = [load_source_image(s) for s in source_images]
     if not sources:
         raise SegmentationInputError("source_images is empty; give the slide or its pyramid.")
-    array = _as_dask_array(mask)
-    if array.ndim in (3, 4) and array.shape[0] == 1 and (
-        array.ndim == 4 or tuple(array.shape[1:3]) == (
-            int(sources[0].TotalPixelMatrixRows), int(sources[0].TotalPixelMatrixColumns))
-    ):
-        array = array[0]
+    expected = (int(sources[0].TotalPixelMatrixRows), int(sources[0].TotalPixelMatrixColumns))
+    array = drop_leading_axis(as_dask_array(mask), len(segment_descriptions), expected)
     rows, columns = (int(v) for v in array.shape[:2])
     if len(sources) == 1:
         if not downsample_factors:
@@ -251,7 +248,8 @@ def write_segmentation_pyramid(
         raise SegmentationInputError(f"A level would be empty: sizes {shapes}.")
 
     floating = array.dtype.kind == "f"
-    method = "bilinear" if floating and segmentation_type.upper() == "FRACTIONAL" else "nearest"
+    fractional = parse_segmentation_type(segmentation_type) == "FRACTIONAL"
+    method = "bilinear" if floating and fractional else "nearest"
     now = datetime.datetime.now()
     shared = dict(
         series_instance_uid=series_instance_uid or hd.UID(),
@@ -276,8 +274,7 @@ def write_segmentation_pyramid(
             if level == 0:
                 level_mask = array
             else:
-                tile = options.get("tile_size") or (int(source.Rows), int(source.Columns))
-                tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
+                tile = tile_size(options.get("tile_size"), source)
                 chunks = (
                     aligned_chunks(shape[0], tile[0], 2048),
                     aligned_chunks(shape[1], tile[1], 2048),

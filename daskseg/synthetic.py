@@ -8,6 +8,7 @@ independently from global pixel coordinates, so a 100k x 100k mask costs nothing
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import dask.array as da
 import highdicom as hd
@@ -17,6 +18,8 @@ from pydicom.valuerep import format_number_as_ds
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, VLWholeSlideMicroscopyImageStorage
+
+from daskseg.plan import block_location
 
 __all__ = [
     "make_ct_series",
@@ -303,7 +306,7 @@ def _tissue_block(
     stacked: bool,
     block_info: dict | None = None,
 ) -> np.ndarray:
-    (r0, r1), (c0, c1) = block_info[None]["array-location"][:2]
+    (r0, r1), (c0, c1) = block_location(block_info, None)[:2]
     rng = np.random.default_rng(seed)
     phases = rng.uniform(0, 2 * np.pi, 3)
     y = np.arange(r0, r1, dtype=np.float32)[:, None] / rows
@@ -403,7 +406,7 @@ def make_segment_descriptions(
     )
     descriptions = []
     for number, label in enumerate(labels, start=1):
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         if segmentation_type.upper() == "LABELMAP":
             hue = (number * 0.61803398875) % 1.0
             kwargs["display_color"] = hd.color.CIELabColor(

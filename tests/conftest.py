@@ -1,4 +1,5 @@
-"""Shared fixtures: one real LocalCluster of worker processes per test session."""
+"""Shared fixtures: one real LocalCluster of worker processes per test session, and an in-process
+cluster of threads per test module for the tests of logic."""
 
 from __future__ import annotations
 
@@ -23,6 +24,18 @@ def testdata() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """The DICOMweb root URL of a real Orthanc on 127.0.0.1, stopped after the session."""
+    from _orthanc import orthanc_missing, run_orthanc
+
+    reason = orthanc_missing()
+    if reason:
+        pytest.skip(reason)
+    with run_orthanc(tmp_path_factory.mktemp("orthanc")) as root:
+        yield root
+
+
+@pytest.fixture(scope="session")
 def process_cluster():
     """Two single-threaded worker processes, as on CI's 2-core machine."""
     with LocalCluster(
@@ -39,4 +52,14 @@ def process_cluster():
 def dask_client(process_cluster):
     """A client of the session's process cluster."""
     with Client(process_cluster, set_as_default=False) as client:
+        yield client
+
+
+# Per module, not per session: an in-process cluster left running beside test_cluster.py's
+# clusters (which kill and scale away workers on purpose) changed their timing in full runs.
+@pytest.fixture(scope="module")
+def thread_client():
+    """A client of an in-process cluster of two threads: quick to start, same code paths."""
+    with Client(processes=False, n_workers=1, threads_per_worker=2,
+                dashboard_address="127.0.0.1:0", set_as_default=False) as client:
         yield client

@@ -13,7 +13,9 @@ import pydicom
 import pytest
 import zarr
 
-from daskseg.cli import main, segment_descriptions_from_dcmqi
+import daskseg.cli
+from daskseg import SegmentationInputError
+from daskseg.cli import main
 from daskseg.synthetic import make_slide, make_tissue_mask
 
 ROWS, COLUMNS = 300, 400
@@ -120,15 +122,6 @@ def test_encode_npy_with_dcmqi_metadata(inputs, tmp_path):
     )
 
 
-def test_dcmqi_metadata_parsing():
-    descriptions, options = segment_descriptions_from_dcmqi(DCMQI)
-    assert [int(d.SegmentNumber) for d in descriptions] == [1, 2]
-    assert options == {"content_creator_name": "Reader^One",
-                       "content_description": "Tumor segmentation", "series_number": 300,
-                       "instance_number": 1}
-    assert "RecommendedDisplayCIELabValue" in descriptions[0]
-
-
 @pytest.mark.parametrize("args, message", [
     (["encode", "missing.zarr", "slide.dcm", "-o", "x.dcm", "--label", "a"], "does not exist"),
     (["encode", "mask.npy", "slide.dcm", "-o", "x.dcm"], "--metadata FILE or with --label"),
@@ -227,3 +220,31 @@ def test_encode_a_nifti_label_volume_of_a_ct_series_folder(inputs, tmp_path):
                                           assert_missing_frames_are_empty=True),
         labels,
     )
+
+
+def test_a_bug_in_daskseg_shows_its_traceback(monkeypatch, capsys):
+    def buggy(args):
+        raise ValueError("a bug, not the user's mistake")
+
+    monkeypatch.setattr(daskseg.cli, "_info", buggy)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["info", "seg.dcm"])
+
+
+def test_a_daskseg_error_is_one_line_in_process(monkeypatch, capsys):
+    def refused(args):
+        raise SegmentationInputError("the mask is wrong")
+
+    monkeypatch.setattr(daskseg.cli, "_info", refused)
+    assert main(["info", "seg.dcm"]) == 1
+    assert capsys.readouterr().err == "daskseg: error: the mask is wrong\n"
+
+
+def test_label_segments_do_not_name_the_synthetic_algorithm(inputs, tmp_path):
+    folder, _ = inputs
+    out = tmp_path / "seg.dcm"
+    assert main(["encode", str(folder / "mask.npy"), str(folder / "slide.dcm"), "-o", str(out),
+                 "--label", "tumor", "--label", "stroma", "--threads", "2", "--quiet"]) == 0
+    for item in pydicom.dcmread(out, stop_before_pixels=True).SegmentSequence:
+        name = item.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName
+        assert "synthetic" not in name.lower()

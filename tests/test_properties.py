@@ -5,8 +5,6 @@ from __future__ import annotations
 import dask.array as da
 import highdicom as hd
 import numpy as np
-import pytest
-from distributed import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,12 +12,6 @@ from daskseg import ALLOWED_TRANSFER_SYNTAXES, read_segmentation, write_segmenta
 from daskseg.synthetic import make_segment_descriptions, make_slide
 
 J2K = "1.2.840.10008.1.2.4.90"
-
-
-@pytest.fixture(scope="module")
-def client():
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0") as c:
-        yield c
 
 
 @st.composite
@@ -53,7 +45,7 @@ def cases(draw):
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=cases())
-def test_round_trip(tmp_path_factory, client, case):
+def test_round_trip(tmp_path_factory, thread_client, case):
     rows, columns = case["labels"].shape
     source = make_slide(rows, columns, tile_size=case["tile"])
     mask = da.from_array(case["mask"], chunks=case["chunks"] + case["mask"].shape[2:])
@@ -62,7 +54,7 @@ def test_round_trip(tmp_path_factory, client, case):
         make_segment_descriptions(case["n_segments"], segmentation_type=case["segmentation_type"]),
         tmp_path_factory.mktemp("prop") / "seg.dcm",
         segmentation_type=case["segmentation_type"], transfer_syntax_uid=case["syntax"],
-        dimension_organization_type=case["organization"], client=client,
+        dimension_organization_type=case["organization"], client=thread_client,
     )
     highdicom_view = hd.seg.segread(path)
     if case["segmentation_type"] == "FRACTIONAL":

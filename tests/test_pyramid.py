@@ -12,7 +12,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from distributed import Client
 
 from daskseg import DestinationExistsError, write_segmentation_pyramid
 from daskseg.plan import aligned_chunks
@@ -22,12 +21,6 @@ from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue
 ROWS, COLUMNS, TILE = 300, 420, 64
 OPTIONS = dict(series_number=5, manufacturer="m", manufacturer_model_name="m",
                software_versions="1", device_serial_number="1")
-
-
-@pytest.fixture(scope="module")
-def client():
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0") as c:
-        yield c
 
 
 def source_pyramid(factors):
@@ -59,7 +52,7 @@ KEY_ATTRIBUTES = ["TotalPixelMatrixRows", "TotalPixelMatrixColumns", "Rows", "Co
 
 @pytest.mark.parametrize("with_source_pyramid", [False, True])
 @pytest.mark.parametrize("segmentation_type", ["BINARY", "LABELMAP", "FRACTIONAL"])
-def test_levels_match_highdicom(tmp_path, client, segmentation_type, with_source_pyramid):
+def test_levels_match_highdicom(tmp_path, thread_client, segmentation_type, with_source_pyramid):
     factors = [2, 4.5]
     sources = source_pyramid(factors) if with_source_pyramid else [make_slide(
         ROWS, COLUMNS, tile_size=(TILE, TILE))]
@@ -70,7 +63,7 @@ def test_levels_match_highdicom(tmp_path, client, segmentation_type, with_source
         mask, sources, descriptions, tmp_path, downsample_factors=None if with_source_pyramid
         else factors, series_instance_uid=series, pyramid_uid=pyramid, pyramid_label="levels",
         segmentation_type=segmentation_type, transfer_syntax_uid="1.2.840.10008.1.2.4.90",
-        client=client, **OPTIONS,
+        client=thread_client, **OPTIONS,
     )
     theirs = hd.seg.create_segmentation_pyramid(
         sources, [mask[None]], segmentation_type, descriptions, series_instance_uid=series,
@@ -119,14 +112,14 @@ def fail_after_level_0(block, level_0):
     return block
 
 
-def test_no_partial_pyramid_on_failure(tmp_path, client):
+def test_no_partial_pyramid_on_failure(tmp_path, thread_client):
     labels = make_tissue_mask(ROWS, COLUMNS, 2, chunks=(70, 90))
     source = make_slide(ROWS, COLUMNS, tile_size=(TILE, TILE))
     descriptions = make_segment_descriptions(2)
     (tmp_path / "level-1.dcm").write_bytes(b"keep")
     with pytest.raises(DestinationExistsError, match="level-1.dcm"):
         write_segmentation_pyramid(labels, [source], descriptions, tmp_path,
-                                   downsample_factors=[2], client=client, **OPTIONS)
+                                   downsample_factors=[2], client=thread_client, **OPTIONS)
     assert [p.name for p in tmp_path.iterdir()] == ["level-1.dcm"]  # refused before any work
 
     (tmp_path / "level-1.dcm").unlink()
@@ -134,7 +127,7 @@ def test_no_partial_pyramid_on_failure(tmp_path, client):
                               dtype=labels.dtype)
     with pytest.raises(RuntimeError, match="went away"):
         write_segmentation_pyramid(flaky, [source], descriptions, tmp_path,
-                                   downsample_factors=[2, 4], client=client, **OPTIONS)
+                                   downsample_factors=[2, 4], client=thread_client, **OPTIONS)
     assert list(tmp_path.iterdir()) == []  # level 0 was written, then removed
 
 

@@ -21,7 +21,7 @@ from pydicom.uid import (
 )
 
 import daskseg
-import daskseg.read
+import daskseg._decode
 from daskseg import ALLOWED_TRANSFER_SYNTAXES, SegmentationInputError, open_segmentation, read_segmentation
 from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
 
@@ -135,13 +135,13 @@ def test_slicing_decodes_only_the_frames_it_touches(tmp_path, monkeypatch):
     path = highdicom_file(tmp_path, "BINARY", JPEG2000Lossless, "TILED_FULL", rows=512,
                           columns=512, tile=(64, 64))
     decoded = []
-    original = daskseg.read._frame
+    original = daskseg._decode._frame
 
     def counting(codec, handle, frame):
         decoded.append(frame[0])
         return original(codec, handle, frame)
 
-    monkeypatch.setattr(daskseg.read, "_frame", counting)
+    monkeypatch.setattr(daskseg._decode, "_frame", counting)
     array = read_segmentation(path, combine_segments=True, chunks=64)
     region = array[130:190, 70:120]  # tile rows 2..2, tile columns 1..1
     with dask.config.set(scheduler="synchronous"):

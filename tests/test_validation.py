@@ -9,7 +9,6 @@ import numpy as np
 import pydicom
 import pytest
 import zarr
-from distributed import Client
 
 from daskseg import (
     DestinationExistsError,
@@ -29,12 +28,6 @@ def _explode(block):
 def untouchable(shape, dtype=np.uint8):
     """A lazy mask whose blocks fail if anything computes them (xarray's raise_if_dask_computes)."""
     return da.zeros(shape, dtype=dtype, chunks=32).map_blocks(_explode, dtype=dtype)
-
-
-@pytest.fixture(scope="module")
-def client():
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0") as c:
-        yield c
 
 
 @pytest.fixture
@@ -85,56 +78,56 @@ UPFRONT = [
 
 
 @pytest.mark.parametrize("name, error_type, match, case", UPFRONT, ids=[c[0] for c in UPFRONT])
-def test_refused_before_any_work(tmp_path, source, client, name, error_type, match, case):
+def test_refused_before_any_work(tmp_path, source, thread_client, name, error_type, match, case):
     case = dict(case)
     shape = case.pop("mask", (ROWS, COLUMNS))
     dtype = case.pop("dtype", np.uint8)
-    check_refused(tmp_path, error_type, match, untouchable(shape, dtype), source, client=client,
+    check_refused(tmp_path, error_type, match, untouchable(shape, dtype), source, client=thread_client,
                   **case)
 
 
-def test_segment_descriptions_checked(tmp_path, source, client):
+def test_segment_descriptions_checked(tmp_path, source, thread_client):
     mask = untouchable((ROWS, COLUMNS))
     check_refused(tmp_path, SegmentationInputError, "No segment descriptions", mask, source,
-                  descriptions=[], client=client)
+                  descriptions=[], client=thread_client)
     shuffled = make_segment_descriptions(3)
     shuffled[1].SegmentNumber = 3
     shuffled[2].SegmentNumber = 2
     check_refused(tmp_path, SegmentationInputError, r"must run 1..3 in order, got \[1, 3, 2\]",
-                  mask, source, descriptions=shuffled, client=client)
+                  mask, source, descriptions=shuffled, client=thread_client)
     check_refused(tmp_path, SegmentationTypeError, "SegmentDescription", mask, source,
-                  descriptions=["tumor"], client=client)
+                  descriptions=["tumor"], client=thread_client)
 
 
-def test_source_checked(tmp_path, client, testdata):
+def test_source_checked(tmp_path, thread_client, testdata):
     mask = untouchable((ROWS, COLUMNS))
     # A CT image is a volume of one slice: the mask must have its size.
     check_refused(tmp_path, SegmentationInputError, r"the source has 1 frames of 128 x 128", mask,
-                  testdata / "ct_image.dcm", client=client)
+                  testdata / "ct_image.dcm", client=thread_client)
     # A slide without its total pixel matrix size is a multi-frame image without geometry.
     not_tiled = make_slide(ROWS, COLUMNS, tile_size=(TILE, TILE))
     del not_tiled.TotalPixelMatrixRows
     check_refused(tmp_path, SegmentationInputError, "per-frame functional group items", mask,
-                  not_tiled, client=client)
+                  not_tiled, client=thread_client)
     check_refused(tmp_path, SegmentationInputError, "does not exist", mask,
-                  tmp_path / "missing.dcm", client=client)
+                  tmp_path / "missing.dcm", client=thread_client)
     check_refused(tmp_path, SegmentationTypeError, "pydicom Dataset or the path", mask, 42,
-                  client=client)
+                  client=thread_client)
 
 
-def test_destination_checked(tmp_path, source, client):
+def test_destination_checked(tmp_path, source, thread_client):
     mask = untouchable((ROWS, COLUMNS))
     check_refused(tmp_path, SegmentationInputError, "folder .* does not exist", mask, source,
-                  path=tmp_path / "missing" / "seg.dcm", client=client)
+                  path=tmp_path / "missing" / "seg.dcm", client=thread_client)
     existing = tmp_path / "seg.dcm"
     existing.write_bytes(b"keep")
     with pytest.raises(DestinationExistsError, match="overwrite=True"):
-        write_segmentation(mask, source, make_segment_descriptions(2), existing, client=client)
+        write_segmentation(mask, source, make_segment_descriptions(2), existing, client=thread_client)
     assert existing.read_bytes() == b"keep" and os.listdir(tmp_path) == ["seg.dcm"]
     assert issubclass(DestinationExistsError, FileExistsError)
 
 
-def test_zarr_paths_checked(tmp_path, source, client):
+def test_zarr_paths_checked(tmp_path, source, thread_client):
     out = tmp_path / "out"
     out.mkdir()
     group = zarr.open_group(str(tmp_path / "prediction.zarr"), mode="w")
@@ -142,18 +135,18 @@ def test_zarr_paths_checked(tmp_path, source, client):
     with pytest.raises(SegmentationInputError, match="Zarr group; give the path of one of its "
                                                      "arrays: labels"):
         write_segmentation(tmp_path / "prediction.zarr", source, make_segment_descriptions(2),
-                           out / "seg.dcm", client=client)
+                           out / "seg.dcm", client=thread_client)
     with pytest.raises(SegmentationInputError, match="missing.zarr"):
         write_segmentation(tmp_path / "missing.zarr", source, make_segment_descriptions(2),
-                           out / "seg.dcm", client=client)
+                           out / "seg.dcm", client=thread_client)
     assert os.listdir(out) == []
 
 
-def test_mask_type_checked(tmp_path, source, client):
+def test_mask_type_checked(tmp_path, source, thread_client):
     check_refused(tmp_path, SegmentationTypeError, "mask must be a dask array", [[0, 1]], source,
-                  client=client)
+                  client=thread_client)
     check_refused(tmp_path, SegmentationTypeError, "dtype", untouchable((ROWS, COLUMNS), "U1"),
-                  source, client=client)
+                  source, client=thread_client)
 
 
 def planted(value, dtype, shape=(ROWS, COLUMNS), where=(70, 100)):
@@ -183,7 +176,7 @@ VALUES = [
 
 
 @pytest.mark.parametrize("name, segmentation_type, mask, match", VALUES, ids=[v[0] for v in VALUES])
-def test_values_checked_in_block_tasks(tmp_path, source, client, name, segmentation_type, mask,
+def test_values_checked_in_block_tasks(tmp_path, source, thread_client, name, segmentation_type, mask,
                                        match):
     """Checks that need every value run in the blocks, and abort the write cleanly."""
     options = {"max_fractional_value": 100} if "maximum" in name else {}
@@ -192,18 +185,18 @@ def test_values_checked_in_block_tasks(tmp_path, source, client, name, segmentat
         both[5, 5] = 1  # the pixel is in both segments
         mask, match = da.from_array(both, chunks=40), "overlap"
     check_refused(tmp_path, SegmentationInputError, match, mask, source,
-                  segmentation_type=segmentation_type, client=client, **options)
+                  segmentation_type=segmentation_type, client=thread_client, **options)
     # The message names where the bad value is, when the check is about a value.
     if name.startswith(("label", "negative", "fraction", "stored", "BINARY")):
         with pytest.raises(SegmentationInputError, match="rows 64..95"):
             write_segmentation(mask, source, make_segment_descriptions(2), tmp_path / "x.dcm",
-                               segmentation_type=segmentation_type, client=client, **options)
+                               segmentation_type=segmentation_type, client=thread_client, **options)
 
 
-def test_good_input_after_bad_leaves_a_readable_file(tmp_path, source, client):
+def test_good_input_after_bad_leaves_a_readable_file(tmp_path, source, thread_client):
     mask = np.zeros((ROWS, COLUMNS), np.uint8)
     mask[10:40, 20:90] = 2
     path = write_segmentation(mask, source, make_segment_descriptions(2), tmp_path / "ok.dcm",
-                              client=client)
+                              client=thread_client)
     assert os.listdir(tmp_path) == ["ok.dcm"]
     assert int(pydicom.dcmread(path).NumberOfFrames) == 6  # segment 2 in 2 x 3 tiles

@@ -12,7 +12,6 @@ import numpy as np
 import pydicom
 import pytest
 import zarr
-from distributed import Client
 from pydicom.uid import JPEG2000Lossless, SegmentationStorage
 
 from daskseg import (
@@ -43,12 +42,6 @@ VOLATILE = {
 # Every type x transfer syntax that daskseg supports (as highdicom allows them).
 MATRIX = [(kind, uid) for kind, uids in ALLOWED_TRANSFER_SYNTAXES.items() for uid in uids]
 ORGANIZATIONS = ["TILED_SPARSE", "TILED_FULL"]
-
-
-@pytest.fixture(scope="module")
-def thread_client():
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0") as c:
-        yield c
 
 
 def dataset_differences(ours: pydicom.Dataset, theirs: pydicom.Dataset, path: str = "") -> list[str]:
@@ -409,7 +402,7 @@ def test_tile_size_other_than_the_source_and_real_source_file(
     )
 
 
-def test_numpy_stack_is_sent_block_by_block(tmp_path, thread_client):
+def test_numpy_stack_with_a_leading_axis_round_trips(tmp_path, thread_client):
     rows, columns = 300, 260
     source = make_slide(rows, columns, tile_size=(64, 64))
     stack = make_tissue_mask(rows, columns, 3, chunks=100, stacked=True).compute()

@@ -1,0 +1,179 @@
+"""Segment descriptions from dcmqi's segmentation metadata JSON, or from a list of labels.
+
+The JSON is the one dcmqi's ``itkimage2segimage`` reads; the ``daskseg encode --label`` names
+become the same metadata (generic "Tissue" codes, an automatic algorithm of unknown name, as
+dcmqi fills in when the JSON names none), so both take one path to highdicom.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import highdicom as hd
+
+from daskseg.errors import SegmentationInputError
+
+__all__ = ["segment_descriptions_from_dcmqi", "segment_descriptions_from_labels"]
+
+_ALGORITHM_TYPES = {"AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"}
+_TISSUE = {"CodeValue": "85756007", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Tissue"}
+
+
+def _code(item: dict[str, str]) -> hd.sr.CodedConcept:
+    try:
+        return hd.sr.CodedConcept(
+            value=item["CodeValue"],
+            scheme_designator=item["CodingSchemeDesignator"],
+            meaning=item["CodeMeaning"],
+        )
+    except KeyError as missing:
+        raise SegmentationInputError(f"a code in the metadata lacks {missing}") from None
+
+
+def segment_descriptions_from_dcmqi(
+    metadata: dict[str, Any] | str | os.PathLike,
+) -> tuple[list[hd.seg.SegmentDescription], dict[str, Any]]:
+    """Segment descriptions and SEG options from dcmqi's segmentation metadata JSON.
+
+    The format is the one dcmqi's ``itkimage2segimage`` reads: ``segmentAttributes`` is a list
+    (one per input image) of lists of segments, each with ``labelID``, ``SegmentLabel``,
+    ``SegmentAlgorithmType``, ``SegmentedPropertyCategoryCodeSequence``,
+    ``SegmentedPropertyTypeCodeSequence`` and optional ``SegmentDescription``,
+    ``SegmentAlgorithmName``, ``SegmentedPropertyTypeModifierCodeSequence``,
+    ``AnatomicRegionSequence``, ``recommendedDisplayRGBValue``.
+
+    Parameters
+    ----------
+    metadata : dict, str or os.PathLike
+        The parsed JSON, or the path of the JSON file.
+
+    Returns
+    -------
+    descriptions : list of highdicom.seg.SegmentDescription
+        One per segment, ordered by ``labelID`` (the label value in the mask).
+    options : dict
+        ``write_segmentation`` options taken from the top level (``content_creator_name``,
+        ``series_number``, ``instance_number``, ``content_label``, ``content_description``).
+
+    Raises
+    ------
+    SegmentationInputError
+        The file is missing or not JSON, or the metadata lacks what a segment needs.
+
+    Examples
+    --------
+    >>> metadata = {"segmentAttributes": [[{
+    ...     "labelID": 1, "SegmentLabel": "tumor", "SegmentAlgorithmType": "MANUAL",
+    ...     "SegmentedPropertyCategoryCodeSequence": {"CodeValue": "49755003",
+    ...         "CodingSchemeDesignator": "SCT", "CodeMeaning": "Morphologically Altered Structure"},
+    ...     "SegmentedPropertyTypeCodeSequence": {"CodeValue": "108369006",
+    ...         "CodingSchemeDesignator": "SCT", "CodeMeaning": "Neoplasm"}}]]}
+    >>> descriptions, options = segment_descriptions_from_dcmqi(metadata)
+    >>> descriptions[0].SegmentLabel, options
+    ('tumor', {})
+    """
+    if isinstance(metadata, dict):
+        data = metadata
+    else:
+        try:
+            data = json.loads(pathlib.Path(metadata).read_text())
+        except FileNotFoundError:
+            raise SegmentationInputError(f"metadata file {metadata} does not exist") from None
+        except json.JSONDecodeError as error:
+            raise SegmentationInputError(f"metadata file {metadata} is not JSON: {error}") from None
+    groups = data.get("segmentAttributes")
+    if not groups:
+        raise SegmentationInputError("the data has no segmentAttributes")
+    segments = [segment for group in groups for segment in group]
+    descriptions = []
+    for segment in sorted(segments, key=lambda s: int(s.get("labelID", 0))):
+        if "labelID" not in segment:
+            raise SegmentationInputError("a segment in the data has no labelID")
+        algorithm_type = segment.get("SegmentAlgorithmType", "AUTOMATIC").upper()
+        if algorithm_type not in _ALGORITHM_TYPES:
+            raise SegmentationInputError(f"unknown SegmentAlgorithmType {algorithm_type!r}")
+        algorithm = None
+        if algorithm_type != "MANUAL":
+            algorithm = hd.AlgorithmIdentificationSequence(
+                name=segment.get("SegmentAlgorithmName", "unknown"),
+                version=segment.get("SegmentAlgorithmVersion", "unknown"),
+                family=hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence"),
+            )
+        options: dict[str, Any] = {}
+        if "AnatomicRegionSequence" in segment:
+            options["anatomic_regions"] = [_code(segment["AnatomicRegionSequence"])]
+        if "recommendedDisplayRGBValue" in segment:
+            options["display_color"] = hd.color.CIELabColor.from_rgb(
+                *[float(v) for v in segment["recommendedDisplayRGBValue"]]
+            )
+        if "SegmentedPropertyCategoryCodeSequence" not in segment or (
+            "SegmentedPropertyTypeCodeSequence" not in segment
+        ):
+            raise SegmentationInputError(
+                f"segment {segment['labelID']} lacks SegmentedPropertyCategoryCodeSequence "
+                "or SegmentedPropertyTypeCodeSequence"
+            )
+        try:
+            description = hd.seg.SegmentDescription(
+                segment_number=int(segment["labelID"]),
+                segment_label=segment.get("SegmentLabel", f"Segment {segment['labelID']}"),
+                segmented_property_category=_code(segment["SegmentedPropertyCategoryCodeSequence"]),
+                segmented_property_type=_code(segment["SegmentedPropertyTypeCodeSequence"]),
+                algorithm_type=algorithm_type,
+                algorithm_identification=algorithm,
+                **options,
+            )
+        except (ValueError, TypeError) as error:  # highdicom's verdict on the data
+            raise SegmentationInputError(
+                f"segment {segment['labelID']} of the data: {error}"
+            ) from error
+        if "SegmentDescription" in segment:
+            description.SegmentDescription = segment["SegmentDescription"]
+        if "SegmentedPropertyTypeModifierCodeSequence" in segment:
+            # PS3.3 C.8.20.2: the modifier sits inside the property type's code item.
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                _code(segment["SegmentedPropertyTypeModifierCodeSequence"])
+            ]
+        descriptions.append(description)
+    options = {}
+    for key, option in [
+        ("ContentCreatorName", "content_creator_name"),
+        ("SeriesDescription", "content_description"),
+        ("ContentLabel", "content_label"),
+    ]:
+        if key in data:
+            options[option] = data[key]
+    for key, option in [("SeriesNumber", "series_number"), ("InstanceNumber", "instance_number")]:
+        if key in data:
+            options[option] = int(data[key])
+    return descriptions, options
+
+
+def segment_descriptions_from_labels(
+    labels: Sequence[str], segmentation_type: str = "BINARY"
+) -> list[hd.seg.SegmentDescription]:
+    """One description per label, numbered 1..n in order, through the dcmqi path.
+
+    A LABELMAP SEG of several segments needs a distinct display colour for each (highdicom):
+    hues spread by the golden ratio give every label its own.
+    """
+    segments = []
+    for number, label in enumerate(labels, start=1):
+        segment: dict[str, Any] = {
+            "labelID": number,
+            "SegmentLabel": label,
+            "SegmentAlgorithmType": "AUTOMATIC",
+            "SegmentedPropertyCategoryCodeSequence": _TISSUE,
+            "SegmentedPropertyTypeCodeSequence": _TISSUE,
+        }
+        if str(segmentation_type).upper() == "LABELMAP":
+            rgb = colorsys.hsv_to_rgb((number * 0.61803398875) % 1.0, 0.8, 0.9)
+            segment["recommendedDisplayRGBValue"] = [round(255 * v) for v in rgb]
+        segments.append(segment)
+    descriptions, _ = segment_descriptions_from_dcmqi({"segmentAttributes": [segments]})
+    return descriptions

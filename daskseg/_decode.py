@@ -1,0 +1,159 @@
+"""Frames -> the values of highdicom's ``get_total_pixel_matrix``. Runs on the workers.
+
+A task gets the byte ranges of its own frames (from the frame index), reads them from the
+source, decodes them with the codec table's decoders and writes each tile of its chunk, so
+slicing the lazy array decodes only the frames it touches.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydicom.uid import UID
+
+from daskseg._codecs import CODECS, unpack_bits
+from daskseg.plan import block_location
+from daskseg._frames import FileSource, FrameLayout, FrameRanges, FrameReader
+
+__all__ = ["FrameRef", "Output", "read_chunk", "store_block"]
+
+#: A frame's 0-based index in the file and the byte ranges that hold it.
+FrameRef = tuple[int, FrameRanges]
+
+# Codestreams shorter than this are decoded once per process and the result reused.
+_SMALL_CODESTREAM = 4096
+
+
+def decode_frame(layout: FrameLayout, data: bytes, index: int) -> np.ndarray:
+    """A frame's stored values from its bytes; ``index`` places a native 1-bit frame's bits."""
+    rows, columns = layout.rows, layout.columns
+    if layout.native:
+        if layout.bits_allocated == 1:
+            # PS3.5 8.1.1: frames are packed back to back; this one starts mid-byte when
+            # earlier frames did not fill whole bytes.
+            return unpack_bits(data, index * rows * columns % 8, rows, columns)
+        return np.frombuffer(data, layout.dtype.newbyteorder("<")).reshape(rows, columns)
+    codec = CODECS[UID(layout.transfer_syntax_uid)]
+    array = codec.decode(data, rows, columns, layout.bits_allocated)
+    return np.asarray(array, dtype=layout.dtype).reshape(rows, columns)
+
+
+@functools.lru_cache(maxsize=256)
+def _decode_small(layout: FrameLayout, data: bytes) -> tuple[np.ndarray, bool]:
+    """Decode a short codestream once per process; also say whether any pixel is non-zero.
+
+    Empty frames, and frames wholly inside one segment, compress to the same few bytes all over
+    a slide; decoding them again and again would take most of the time.
+    """
+    array = decode_frame(layout, data, 0)  # encapsulated frames decode alike wherever they are
+    array.flags.writeable = False
+    return array, bool(array.any())
+
+
+def _frame(layout: FrameLayout, reader: FrameReader, frame: FrameRef) -> tuple[np.ndarray, bool]:
+    """A frame's stored values, and whether any is non-zero."""
+    index, ranges = frame
+    data = reader.read(ranges)
+    if not layout.native and len(data) < _SMALL_CODESTREAM:
+        return _decode_small(layout, data)
+    array = decode_frame(layout, data, index)
+    return array, bool(array.any())
+
+
+@dataclass(frozen=True)
+class Output:
+    """What highdicom's ``get_total_pixel_matrix`` makes of the stored values (small, picklable)."""
+
+    segmentation_type: str
+    combine_segments: bool
+    numbers: tuple[int, ...]  # the requested segment numbers, in output order
+    labels: tuple[int, ...]  # combined: the output value of each requested segment
+    background: int  # LABELMAP combined: the value of stored labels that were not requested
+    max_fractional: int | None  # FRACTIONAL: MaximumFractionalValue
+    rescale: bool  # FRACTIONAL, not combined: divide by max_fractional
+    dtype: str
+
+    def lookup(self, bits_allocated: int) -> np.ndarray:
+        """LABELMAP combined: output value of each stored label."""
+        table = np.full(2**bits_allocated, self.background, dtype=self.dtype)
+        table[list(self.numbers)] = self.labels
+        return table
+
+
+def read_chunk(
+    source: FileSource,
+    layout: FrameLayout,
+    frames: list[list[FrameRef | None]],
+    tiles: tuple[int, int],
+    shape: tuple[int, int],
+    output: Output,
+) -> np.ndarray:
+    """Decode the frames of one chunk into highdicom's ``get_total_pixel_matrix`` values.
+
+    ``frames[k][t]`` is ``(frame index, byte ranges)`` of channel ``k`` (a requested segment, or
+    the label map) at the chunk's tile ``t`` in row-major order, or None for an omitted frame.
+    """
+    n_rows, n_columns = tiles
+    th, tw = layout.rows, layout.columns
+    labelmap = output.segmentation_type == "LABELMAP"
+    combine = output.combine_segments
+    shape_out = (n_rows * th, n_columns * tw) + (() if combine else (len(output.numbers),))
+    out = np.zeros(shape_out, dtype=output.dtype)
+    lookup = None
+    if labelmap and combine:
+        lookup = output.lookup(layout.bits_allocated)
+        # Omitted and all-zero frames hold stored label 0 everywhere.
+        out.fill(lookup[0])
+    with source.open() as reader:
+        for t in range(n_rows * n_columns):
+            r, c = divmod(t, n_columns)
+            tile = out[r * th : (r + 1) * th, c * tw : (c + 1) * tw]
+            for k, channel in enumerate(frames):
+                frame = channel[t]
+                if frame is None:
+                    continue  # an omitted frame reads as zeros
+                values, nonzero = _frame(layout, reader, frame)
+                if not nonzero:
+                    continue  # the output holds what zeros become there already
+                if labelmap:
+                    if lookup is not None:
+                        tile[...] = lookup[values]
+                    else:
+                        for j, number in enumerate(output.numbers):
+                            tile[..., j] = values == number
+                elif not combine:
+                    if output.rescale:
+                        if values.max() > output.max_fractional:
+                            raise RuntimeError(  # as highdicom
+                                "Segmentation image contains values greater than the "
+                                "MaximumFractionalValue recorded in the dataset."
+                            )
+                        # As highdicom: cast to the output type first, then divide.
+                        tile[..., k] = values.astype(output.dtype) / output.max_fractional
+                    else:
+                        tile[..., k] = values
+                else:
+                    if output.max_fractional is not None and np.any(
+                        (values != 0) & (values != output.max_fractional)
+                    ):
+                        raise ValueError(  # as highdicom
+                            "Cannot combine the segments of a FRACTIONAL SEG whose values are "
+                            "not all 0 or MaximumFractionalValue; use combine_segments=False."
+                        )
+                    present = values != 0
+                    if k and np.logical_and(present, tile).any():
+                        raise RuntimeError(  # as highdicom
+                            "Segments overlap, so they cannot be combined into one label image; "
+                            "read with combine_segments=False."
+                        )
+                    np.copyto(tile, output.labels[k], where=present)
+    return out[: shape[0], : shape[1]]
+
+
+def store_block(block: np.ndarray, target: Any, block_info: dict | None = None) -> np.ndarray:
+    """Write one block into its region of the Zarr array; return a 1-element marker."""
+    target[tuple(slice(start, stop) for start, stop in block_location(block_info))] = block
+    return np.ones((1,) * block.ndim, dtype=np.int64)

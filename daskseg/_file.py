@@ -1,0 +1,238 @@
+"""The SEG file: header, per-frame items, Pixel Data with its offset tables, the atomic rename.
+
+Frames come from the spool in file order. Native frames are joined into one Pixel Data element
+(1-bit frames back to back, PS3.5 8.1.1); encapsulated ones become one fragment each with a Basic
+Offset Table, or an Extended Offset Table past 4 GiB (PS3.5 A.4). The file is written under a
+temporary name beside the destination and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import struct
+import tempfile
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.encaps import itemize_frame
+from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless
+
+from daskseg._header import FrameItems, element_header
+from daskseg._spool import Spool
+from daskseg.encode import encode_frame
+from daskseg.errors import DestinationExistsError, SegmentationInputError
+from daskseg.plan import FrameSpec, TileGrid, included_frames
+
+__all__ = [
+    "check_native_size", "replace_atomically", "write_and_rename", "write_file", "write_pixel_data",
+]
+
+_MAX_NATIVE_BYTES = 0xFFFFFFFE  # a native Pixel Data element has a 32-bit, even length
+_MAX_BOT_OFFSET = 0xFFFFFFFF  # Basic Offset Table entries are 32-bit
+_PFFG_TAG = 0x52009230  # Per-frame Functional Groups Sequence
+_UNDEFINED = 0xFFFFFFFF
+
+
+def check_native_size(spec: FrameSpec, grid: TileGrid) -> None:
+    """Raise before any work if native Pixel Data would not fit a DICOM element."""
+    if not spec.is_native:
+        return
+    n_frames = spec.n_channels * grid.n_tiles
+    native_bytes = -(-spec.bits_allocated * grid.pixels_per_frame * n_frames // 8)
+    if native_bytes > _MAX_NATIVE_BYTES:
+        raise SegmentationInputError(
+            f"Native pixel data of {native_bytes / 2**30:.1f} GiB does not fit a DICOM "
+            "element (4 GiB at most); use an encapsulated transfer syntax such as "
+            f"JPEG 2000 Lossless ({JPEG2000Lossless})."
+        )
+
+
+def replace_atomically(temporary: pathlib.Path, destination: pathlib.Path, overwrite: bool) -> None:
+    """Rename the finished file into place; never replace a file that appeared meanwhile."""
+    if not overwrite and destination.exists():
+        raise DestinationExistsError(
+            f"{destination} appeared while writing; pass overwrite=True to replace it."
+        )
+    os.replace(temporary, destination)
+
+
+def write_pixel_data(
+    out: BinaryIO,
+    spool: Spool,
+    order: np.ndarray,
+    spec: FrameSpec,
+    grid: TileGrid,
+    implicit: bool,
+    use_extended_offset_table: bool | None,
+    empty_frame: bytes | None,
+) -> None:
+    """Append the (extended) offset tables and Pixel Data, frames in file order."""
+
+    empty = empty_frame if empty_frame is not None else b""  # set when frames are missing
+
+    def frames() -> Iterator[bytes]:
+        for channel, tile_row, tile_column in order:
+            if spool.lengths[channel, tile_row, tile_column] < 0:
+                yield empty
+            else:
+                yield spool.read(channel, tile_row, tile_column)
+
+    n_frames = len(order)
+    if spec.is_native:
+        bits = spec.bits_allocated * grid.pixels_per_frame * n_frames
+        length = -(-bits // 8)
+        length += length % 2  # write_segmentation checked that it fits 32 bits
+        vr = "OB" if spec.bits_allocated <= 8 else "OW"
+        out.write(element_header(0x7FE00010, vr, length, implicit))
+        written = 0
+        if spec.bits_allocated == 1 and grid.pixels_per_frame % 8:
+            # PS3.5 8.1.1: 1-bit frames are packed back to back, so a frame that does not fill
+            # whole bytes starts mid-byte; carry the leftover bits into the next frame.
+            carry = np.zeros(0, dtype=np.uint8)
+            for data in frames():
+                bits_ = np.unpackbits(
+                    np.frombuffer(data, dtype=np.uint8), bitorder="little"
+                )[: grid.pixels_per_frame]
+                bits_ = np.concatenate([carry, bits_])
+                whole = len(bits_) - len(bits_) % 8
+                chunk = np.packbits(bits_[:whole], bitorder="little").tobytes()
+                out.write(chunk)
+                written += len(chunk)
+                carry = bits_[whole:]
+            if len(carry):
+                chunk = np.packbits(carry, bitorder="little").tobytes()
+                out.write(chunk)
+                written += len(chunk)
+        else:
+            for data in frames():
+                out.write(data)
+                written += len(data)
+        out.write(b"\x00" * (length - written))
+        return
+
+    # Encapsulated (PS3.5 A.4): each frame one fragment, padded to even length.
+    lengths = np.array(
+        [
+            len(empty) if spool.lengths[c, r, k] < 0 else spool.lengths[c, r, k]
+            for c, r, k in order
+        ],
+        dtype=np.int64,
+    )
+    item_sizes = 8 + lengths + lengths % 2
+    offsets = np.concatenate([[0], np.cumsum(item_sizes)[:-1]]).astype(np.uint64)
+    total = int(item_sizes.sum())
+    extended = use_extended_offset_table
+    if extended is None:
+        extended = total > _MAX_BOT_OFFSET
+    if not extended and n_frames and int(offsets[-1]) > _MAX_BOT_OFFSET:
+        raise SegmentationInputError(
+            "The encoded frames pass 4 GiB, beyond a Basic Offset Table; "
+            "pass use_extended_offset_table=True or None."
+        )
+    if extended:
+        table = offsets.astype("<u8").tobytes()
+        out.write(element_header(0x7FE00001, "OV", len(table), implicit) + table)
+        sizes = lengths.astype("<u8").tobytes()
+        out.write(element_header(0x7FE00002, "OV", len(sizes), implicit) + sizes)
+    out.write(element_header(0x7FE00010, "OB", _UNDEFINED, implicit))
+    if extended:
+        out.write(struct.pack("<HHI", 0xFFFE, 0xE000, 0))
+    else:
+        bot = offsets.astype("<u4").tobytes()
+        out.write(struct.pack("<HHI", 0xFFFE, 0xE000, len(bot)) + bot)
+    for data in frames():
+        for item in itemize_frame(data, nr_fragments=1):
+            out.write(item)
+    out.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+
+
+def write_file(
+    destination: pathlib.Path,
+    header: Dataset,
+    spool: Spool,
+    spec: FrameSpec,
+    grid: TileGrid,
+    tiled_full: bool,
+    tile_nonempty: np.ndarray,
+    hd_options: dict[str, Any],
+    use_extended_offset_table: bool | None,
+    items: Any = None,
+) -> pathlib.Path:
+    """Write header, per-frame items and pixel data to a temporary file; return its path.
+
+    ``items`` serializes the per-frame items (``items.item(channel, tile_row, tile_column)``,
+    as :class:`FrameItems`); a tiled image's by default.
+    """
+    implicit = header.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    empty_frame = None
+    if tiled_full or not spec.omit_empty_frames:
+        order = np.argwhere(np.ones(spool.lengths.shape, dtype=bool))
+    elif not tile_nonempty.any():
+        # highdicom keeps every frame of an all-empty mask: omitting all is not possible.
+        order = np.argwhere(np.ones(spool.lengths.shape, dtype=bool))
+        tile_nonempty = np.ones_like(tile_nonempty)
+    else:
+        order = included_frames(spool.lengths)
+    if (spool.lengths[tuple(order.T)] < 0).any():
+        dtype = np.uint8 if spec.bits_allocated <= 8 else np.uint16
+        empty_frame = encode_frame(np.zeros((grid.tile_rows, grid.tile_columns), dtype), spec)
+
+    header.NumberOfFrames = len(order)
+    body = Dataset({e.tag: e for e in header if e.tag < _PFFG_TAG})
+    body.file_meta = header.file_meta
+    late = [e for e in header if e.tag >= _PFFG_TAG]
+    if late:
+        raise RuntimeError(f"Unexpected attributes after the functional groups: {late}")
+
+    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp",
+                                         dir=destination.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            pydicom.dcmwrite(out, body, enforce_file_format=True)
+            if not tiled_full:
+                if items is None:
+                    items = FrameItems(header, grid, hd_options,
+                                       spec.segmentation_type == "LABELMAP", tile_nonempty,
+                                       spec.n_segments, implicit)
+                out.write(element_header(_PFFG_TAG, "SQ", _UNDEFINED, implicit))
+                for channel, tile_row, tile_column in order:
+                    out.write(items.item(int(channel), int(tile_row), int(tile_column)))
+                out.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+            write_pixel_data(out, spool, order, spec, grid, implicit,
+                              use_extended_offset_table, empty_frame)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    return pathlib.Path(temporary)
+
+
+def write_and_rename(
+    destination: pathlib.Path,
+    header: Dataset,
+    spool: Spool,
+    spec: FrameSpec,
+    grid: TileGrid,
+    tiled_full: bool,
+    tile_nonempty: np.ndarray,
+    hd_options: dict[str, Any],
+    use_extended_offset_table: bool | None,
+    overwrite: bool,
+    items: Any = None,
+) -> None:
+    """Write the file (:func:`write_file`) and rename it into place; no temporary file is left."""
+    temporary = write_file(destination, header, spool, spec, grid, tiled_full, tile_nonempty,
+                           hd_options, use_extended_offset_table, items=items)
+    try:
+        replace_atomically(temporary, destination, overwrite)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise

@@ -1,0 +1,242 @@
+"""The SEG's header: built by highdicom on a one-tile proxy, and the per-frame items by hand.
+
+highdicom's own ``Segmentation`` class builds every module (patient, study, specimen,
+SegmentSequence, dimensions, shared functional groups, derivation references) on a *proxy*: the
+same source, segments and options, but a total pixel matrix of one tile, so it never sees the
+mask. The per-frame functional groups of a TILED_SPARSE SEG are written here element by element
+(:class:`FrameItems`), equal to highdicom's, without holding a Dataset per frame.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from highdicom.spatial import compute_tile_positions_per_frame
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from daskseg.errors import SegmentationInputError
+from daskseg.plan import TileGrid, spatial_index_values
+
+__all__ = [
+    "FrameItems", "element_header", "frame_content_part", "header_from", "item", "proxy_header",
+    "proxy_pixels", "segment_parts", "segmentation_header", "serialize",
+]
+
+
+def proxy_header(
+    source: Dataset,
+    stacked: bool,
+    dtype: np.dtype,
+    n_segments: int,
+    tile: tuple[int, int],
+    hd_options: dict[str, Any],
+) -> Dataset:
+    """The SEG header that highdicom builds for a one-tile total pixel matrix."""
+    # A new dict of the same elements (not a copy of the Dataset, whose elements would be shared
+    # and changed in the caller's source), with its own total pixel matrix size.
+    size_tags = (0x00480006, 0x00480007)  # TotalPixelMatrixColumns, TotalPixelMatrixRows
+    proxy_source = Dataset({tag: elem for tag, elem in source.items() if tag not in size_tags})
+    proxy_source.TotalPixelMatrixRows, proxy_source.TotalPixelMatrixColumns = tile
+    proxy = proxy_pixels((1, *tile), stacked, dtype, n_segments)
+    # The proxy's one frame is left native: the transfer syntax changes nothing in the header
+    # but the file meta, and highdicom's own encoders fail on some valid frames (JPEG-LS tiles
+    # smaller than 4 x 4) that daskseg's encoders take.
+    seg = hd.seg.Segmentation(
+        source_images=[proxy_source],
+        pixel_array=proxy,
+        tile_pixel_array=True,
+        tile_size=tile,
+        omit_empty_frames=False,
+        **{**hd_options, "transfer_syntax_uid": ExplicitVRLittleEndian},
+    )
+    return header_from(seg, hd_options["transfer_syntax_uid"])
+
+
+def proxy_pixels(
+    shape: tuple[int, ...], stacked: bool, dtype: np.dtype, n_segments: int
+) -> np.ndarray:
+    """A proxy mask of ``shape`` (plus the segment axis when stacked) for highdicom.
+
+    One non-zero pixel per segment, on different pixels: every segment present, none
+    overlapping, so highdicom takes the same branches as for the real mask.
+    """
+    full = (*shape, n_segments) if stacked else shape
+    # highdicom branches on the kind of values (bool, unsigned, float), and takes no signed or
+    # wide integers: those map to the unsigned type that holds every segment number.
+    if dtype.kind in "iu":
+        dtype = np.dtype(np.uint8 if n_segments < 256 else np.uint16)
+    proxy = np.zeros(full, dtype=dtype)
+    flat = proxy.reshape(-1, n_segments) if stacked else proxy.reshape(-1)
+    for index in range(min(n_segments, flat.shape[0])):
+        if stacked:
+            flat[index, index] = 1
+        else:
+            flat[index] = index + 1
+    return proxy
+
+
+def header_from(seg: hd.seg.Segmentation, transfer_syntax_uid: str) -> Dataset:
+    """A proxy SEG's header without its frames: pixel data and per-frame items are written here."""
+    header = Dataset()
+    header.update(seg)
+    header.file_meta = FileMetaDataset(seg.file_meta)
+    header.file_meta.TransferSyntaxUID = UID(transfer_syntax_uid)
+    if "FileMetaInformationGroupLength" in header.file_meta:
+        del header.file_meta.FileMetaInformationGroupLength  # pydicom computes it when writing
+    for keyword in ("PixelData", "PerFrameFunctionalGroupsSequence", "ExtendedOffsetTable",
+                    "ExtendedOffsetTableLengths"):
+        if keyword in header:
+            del header[keyword]
+    # Type 2 attributes that highdicom leaves out unless given; dciodvfy asks for them.
+    if "ContentCreatorName" not in header:
+        header.ContentCreatorName = ""
+    if "PatientOrientation" not in header:
+        header.PatientOrientation = ""
+    return header
+
+
+def element_header(tag: int, vr: str, length: int, implicit: bool) -> bytes:
+    """The tag, VR and length of a data element, little endian (PS3.5 7.1)."""
+    group, element = tag >> 16, tag & 0xFFFF
+    if implicit:
+        return struct.pack("<HHI", group, element, length)
+    if vr in ("OB", "OW", "OV", "SQ", "UN", "UT", "OF", "OD", "OL", "UC", "UR"):
+        return struct.pack("<HH2sHI", group, element, vr.encode(), 0, length)
+    return struct.pack("<HH2sH", group, element, vr.encode(), length)
+
+
+def serialize(dataset: Dataset, implicit: bool) -> bytes:
+    """The encoded elements of a dataset (no item header), little endian."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = implicit
+    write_dataset(buffer, dataset)
+    return buffer.getvalue()
+
+
+def item(body: bytes) -> bytes:
+    """An item of a sequence of defined length (PS3.5 7.5)."""
+    return struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
+
+
+def segment_parts(n_segments: int, labelmap: bool, implicit: bool) -> list[bytes]:
+    """Each segment's encoded SegmentIdentificationSequence of its frames' items.
+
+    Empty for a LABELMAP (no segment per frame) and for one segment, which highdicom puts in
+    the shared functional groups.
+    """
+    parts = [b""] * n_segments
+    if not labelmap and n_segments > 1:
+        for channel in range(n_segments):
+            identification = Dataset()
+            identification.add_new(0x0062000B, "US", channel + 1)  # ReferencedSegmentNumber
+            part = Dataset()
+            part.add_new(0x0062000A, "SQ", [identification])  # SegmentIdentificationSequence
+            parts[channel] = serialize(part, implicit)
+    return parts
+
+
+def frame_content_part(index_values: tuple[int, ...], implicit: bool) -> bytes:
+    """The encoded FrameContentSequence of one frame: its DimensionIndexValues."""
+    values = struct.pack(f"<{len(index_values)}I", *index_values)
+    content = item(element_header(0x00209157, "UL", len(values), implicit) + values)
+    return element_header(0x00209111, "SQ", len(content), implicit) + content
+
+
+class FrameItems:
+    """Per-frame functional group items of a TILED_SPARSE SEG, serialized one at a time.
+
+    No pydicom object outlives the item it describes: a SEG of 100k frames would otherwise hold
+    100k nested Datasets in memory. The parts are encoded once each (the plane position once per
+    tile, the segment identification once per segment) and joined per frame; only the dimension
+    index values are packed per frame. The items equal highdicom's (``_get_pffg_item``).
+    """
+
+    def __init__(self, header: Dataset, grid: TileGrid, options: dict[str, Any], labelmap: bool,
+                 tile_nonempty: np.ndarray, n_segments: int, implicit: bool) -> None:
+        origin = header.TotalPixelMatrixOriginSequence[0]
+        position = options.get("plane_positions")
+        if position is not None:
+            origin = position[0][0]
+        image_position = (
+            origin.XOffsetInSlideCoordinateSystem,
+            origin.YOffsetInSlideCoordinateSystem,
+            origin.get("ZOffsetInSlideCoordinateSystem", 0.0),
+        )
+        spacing = header.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+        # Row-major tile order: index = tile_row * n_tile_columns + tile_column.
+        self._positions = compute_tile_positions_per_frame(
+            rows=grid.tile_rows,
+            columns=grid.tile_columns,
+            total_pixel_matrix_rows=grid.rows,
+            total_pixel_matrix_columns=grid.columns,
+            total_pixel_matrix_image_position=image_position,
+            image_orientation=header.ImageOrientationSlide,
+            pixel_spacing=spacing,
+        )
+        self._n_tile_columns = grid.n_tile_columns
+        self._row_index, self._column_index = spatial_index_values(tile_nonempty)
+        self._labelmap = labelmap
+        self._implicit = implicit
+        self._position_parts: dict[int, bytes] = {}
+
+        # Type 2: tiles of a total pixel matrix have no one source frame (as highdicom).
+        derivation = Dataset()
+        derivation.add_new(0x00089124, "SQ", [])  # DerivationImageSequence
+        self._derivation_part = serialize(derivation, implicit)
+        self._segment_parts = segment_parts(n_segments, labelmap, implicit)
+
+    def _position_part(self, tile: int) -> bytes:
+        part = self._position_parts.get(tile)
+        if part is None:
+            (column_position, row_position), coordinates = self._positions[tile]
+            dataset = Dataset()
+            dataset.add_new(
+                0x0048021A,  # PlanePositionSlideSequence
+                "SQ",
+                hd.PlanePositionSequence(
+                    hd.CoordinateSystemNames.SLIDE,
+                    image_position=coordinates,
+                    pixel_matrix_position=(column_position, row_position),
+                ),
+            )
+            part = self._position_parts[tile] = serialize(dataset, self._implicit)
+        return part
+
+    def item(self, channel: int, tile_row: int, tile_column: int) -> bytes:
+        """The encoded item of one frame."""
+        spatial = (int(self._row_index[tile_row]), int(self._column_index[tile_column]))
+        index_values = spatial if self._labelmap else (channel + 1, *spatial)
+        frame_content = frame_content_part(index_values, self._implicit)
+        tile = tile_row * self._n_tile_columns + tile_column
+        # Elements in tag order: (0008,9124), (0020,9111), (0048,021A), (0062,000A).
+        return item(
+            self._derivation_part
+            + frame_content
+            + self._position_part(tile)
+            + self._segment_parts[channel if not self._labelmap else 0]
+        )
+
+
+def segmentation_header(
+    source: Dataset,
+    stacked: bool,
+    dtype: np.dtype,
+    grid: TileGrid,
+    hd_options: dict[str, Any],
+) -> Dataset:
+    """The SEG's header for the whole total pixel matrix, or SegmentationInputError."""
+    n_segments = len(hd_options["segment_descriptions"])
+    tile = (grid.tile_rows, grid.tile_columns)
+    try:
+        header = proxy_header(source, stacked, dtype, n_segments, tile, hd_options)
+    except (ValueError, TypeError) as error:
+        raise SegmentationInputError(f"highdicom refused the SEG's header: {error}") from error
+    header.TotalPixelMatrixRows, header.TotalPixelMatrixColumns = grid.rows, grid.columns
+    return header

@@ -1,0 +1,342 @@
+"""The writer's inputs: the mask of any kind as a Dask array, the leading-axis rule, tile size,
+segment numbers, the destination and the options, each checked before any work is sent.
+
+Validators take what the user gave and return the checked value (zarr-python's ``parse_*``
+habit); :func:`parse_options` gathers them in a frozen :class:`WriteOptions`. Each kind of mask
+is one branch of :func:`as_dask_array`, so a new kind (NIfTI, OME-Zarr) is one more branch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import pathlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+import dask.array as da
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from daskseg._codecs import ALLOWED_TRANSFER_SYNTAXES, CODECS
+from daskseg.errors import DestinationExistsError, SegmentationInputError, SegmentationTypeError
+
+if TYPE_CHECKING:
+    import zarr
+
+__all__ = [
+    "MaskLike",
+    "WriteOptions",
+    "as_dask_array",
+    "check_destination",
+    "check_mask_dtype",
+    "drop_leading_axis",
+    "normalize_mask",
+    "numpy_blocks",
+    "parse_options",
+    "segment_numbers",
+    "tile_size",
+]
+
+#: What ``write_segmentation`` takes as a mask.
+MaskLike = Union[da.Array, "zarr.Array", "zarr.Group", np.ndarray, str, os.PathLike]
+
+
+def _enum_value(value: Any) -> Any:
+    """A highdicom enum member (``SegmentationTypeValues.BINARY``) as its value, as highdicom does."""
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """The checked options of one SEG that do not depend on the mask or the source."""
+
+    segmentation_type: str  # "BINARY", "FRACTIONAL" or "LABELMAP"
+    transfer_syntax_uid: UID
+    # "TILED_SPARSE" or "TILED_FULL" for a tiled image; None (inferred) or "3D" for a volume
+    dimension_organization_type: str | None
+    omit_empty_frames: bool
+    max_fractional_value: int
+    use_extended_offset_table: bool | None
+
+    @property
+    def tiled_full(self) -> bool:
+        return self.dimension_organization_type == "TILED_FULL"
+
+
+def parse_segmentation_type(value: str | enum.Enum) -> str:
+    """``segmentation_type`` as a string; highdicom's ``SegmentationTypeValues`` too."""
+    segmentation_type = str(_enum_value(value)).upper()
+    if segmentation_type not in ALLOWED_TRANSFER_SYNTAXES:
+        raise SegmentationInputError(
+            f"Unknown segmentation_type {segmentation_type!r}; use one of "
+            f"{', '.join(ALLOWED_TRANSFER_SYNTAXES)}."
+        )
+    return segmentation_type
+
+
+def parse_transfer_syntax(value: str, segmentation_type: str) -> UID:
+    """A transfer syntax the codec table has for the segmentation type."""
+    transfer_syntax_uid = UID(str(value))
+    allowed = ALLOWED_TRANSFER_SYNTAXES[segmentation_type]
+    if transfer_syntax_uid not in allowed:
+        lossy = " It is lossy: a SEG must be stored losslessly." if (
+            transfer_syntax_uid.is_transfer_syntax and transfer_syntax_uid.is_compressed
+            and not transfer_syntax_uid.info.endswith("Lossless")
+            and "Lossless" not in transfer_syntax_uid.name
+        ) else ""
+        raise SegmentationInputError(
+            f"Transfer syntax {transfer_syntax_uid} ({transfer_syntax_uid.name}) is not "
+            f"allowed for a {segmentation_type} SEG.{lossy} Use one of: "
+            + ", ".join(f"{uid} ({uid.name})" for uid in allowed)
+        )
+    return transfer_syntax_uid
+
+
+def parse_options(
+    segmentation_type: str | enum.Enum,
+    transfer_syntax_uid: str,
+    dimension_organization_type: str | enum.Enum | None,
+    omit_empty_frames: bool | None,
+    max_fractional_value: int,
+    use_extended_offset_table: bool | None,
+    volume: bool = False,
+) -> WriteOptions:
+    """Check the options of ``write_segmentation`` that stand on their own.
+
+    ``volume``: the SEG of a series or multi-frame image, whose organization is None (inferred
+    from the planes, as highdicom) or "3D"; a tiled image's is TILED_SPARSE by default.
+    """
+    kind = parse_segmentation_type(segmentation_type)
+    syntax = parse_transfer_syntax(transfer_syntax_uid, kind)
+    if kind == "FRACTIONAL" and not 1 <= int(max_fractional_value) <= 255:
+        raise SegmentationInputError(
+            f"max_fractional_value must be in 1..255, got {max_fractional_value}."
+        )
+    if volume:
+        given = _enum_value(dimension_organization_type)
+        if given is not None and str(given).upper() != "3D":
+            raise SegmentationInputError(
+                f"dimension_organization_type {dimension_organization_type!r} is for tiled "
+                "images; a SEG of a series takes None (inferred, as highdicom) or '3D'."
+            )
+        return WriteOptions(kind, syntax, None if given is None else "3D",
+                            True if omit_empty_frames is None else bool(omit_empty_frames),
+                            int(max_fractional_value), use_extended_offset_table)
+    organization = str(_enum_value(dimension_organization_type) or "TILED_SPARSE").upper()
+    if organization not in ("TILED_SPARSE", "TILED_FULL"):
+        raise SegmentationInputError(
+            f"dimension_organization_type must be 'TILED_SPARSE' or 'TILED_FULL', "
+            f"got {dimension_organization_type!r}."
+        )
+    tiled_full = organization == "TILED_FULL"
+    if omit_empty_frames is None:
+        omit_empty_frames = not tiled_full
+    if tiled_full and omit_empty_frames:
+        raise SegmentationInputError(
+            "A TILED_FULL SEG holds every frame: omit_empty_frames must be False (or None)."
+        )
+    return WriteOptions(kind, syntax, organization, bool(omit_empty_frames),
+                        int(max_fractional_value), use_extended_offset_table)
+
+
+def check_tile_for_codec(tile: tuple[int, int], transfer_syntax_uid: UID) -> None:
+    """Raise if the codec cannot encode frames of this size."""
+    codec = CODECS[transfer_syntax_uid]
+    if min(tile) < codec.min_tile:
+        raise SegmentationInputError(
+            f"{transfer_syntax_uid.name} cannot encode frames smaller than {codec.min_tile} x "
+            f"{codec.min_tile} pixels (tile_size {tile}); use a larger tile_size or a native "
+            "transfer syntax."
+        )
+
+
+def as_dask_array(mask: MaskLike) -> da.Array:
+    """Wrap any supported mask as a Dask array without reading it: one branch per kind."""
+    import zarr
+
+    if isinstance(mask, da.Array):
+        return mask
+    if isinstance(mask, np.ndarray):
+        # Named, not tokenized: hashing a large mask would read all of it on the client.
+        return da.from_array(mask, chunks=mask.shape, name=f"numpy-mask-{uuid.uuid4().hex}")
+    if isinstance(mask, (str, os.PathLike, zarr.Group)):
+        from daskseg.omezarr import _ome_label_mask
+
+        # An OME-Zarr image or label image (napari, ome-zarr-py): its label image's level 0.
+        labels = _ome_label_mask(mask)
+        if labels is not None:
+            return labels
+    if isinstance(mask, (str, os.PathLike)):
+        return da.from_zarr(_open_zarr_array(mask))
+    if isinstance(mask, zarr.Array):
+        return da.from_zarr(mask)
+    raise SegmentationTypeError(
+        "mask must be a dask array, a zarr array, the path or URL of a Zarr array or of an "
+        f"OME-Zarr label image, or a numpy array, not {type(mask).__name__}."
+    )
+
+
+def _open_zarr_array(path: str | os.PathLike) -> zarr.Array:
+    import zarr
+
+    try:
+        return zarr.open_array(str(path), mode="r")
+    except Exception as error:  # zarr raises several types for a missing or bad store
+        hint = ""
+        with contextlib.suppress(Exception):  # a group: name the arrays it holds
+            names = sorted(zarr.open_group(str(path), mode="r").array_keys())
+            hint = (f" It is a Zarr group; give the path of one of its arrays: "
+                    f"{', '.join(names) or '(it holds none)'}.")
+        raise SegmentationInputError(
+            f"Could not open the mask {str(path)!r} as a Zarr array: "
+            f"{str(error).rstrip('.')}.{hint}"
+        ) from error
+
+
+def numpy_blocks(mask: np.ndarray, rows: tuple[int, ...], columns: tuple[int, ...]) -> da.Array:
+    """A Dask array of an in-memory mask whose every block holds only its own slice.
+
+    ``da.from_array`` would put the whole array in one graph key, sent again with every window
+    of block tasks; a view per block sends each block's pixels once.
+    """
+    token = uuid.uuid4().hex
+    row_starts = np.cumsum((0,) + rows[:-1])
+    column_starts = np.cumsum((0,) + columns[:-1])
+
+    def block(i: int, j: int) -> da.Array | list[da.Array]:
+        r, c = row_starts[i], column_starts[j]
+        piece = da.from_array(
+            mask[r : r + rows[i], c : c + columns[j]], chunks=-1,
+            name=f"numpy-mask-{token}-{i}-{j}",
+        )
+        # da.block nests one list level per axis: the segment axis has one block.
+        return [piece] if mask.ndim == 3 else piece
+
+    return da.block([[block(i, j) for j in range(len(columns))] for i in range(len(rows))])
+
+
+def segment_numbers(segment_descriptions: Sequence[hd.seg.SegmentDescription]) -> list[int]:
+    """The segment numbers 1..n of the descriptions, checked."""
+    if isinstance(segment_descriptions, (str, bytes)) or not isinstance(
+        segment_descriptions, Sequence
+    ):
+        raise SegmentationTypeError(
+            "segment_descriptions must be a sequence of highdicom SegmentDescription objects."
+        )
+    if len(segment_descriptions) == 0:
+        raise SegmentationInputError(
+            "No segment descriptions were given; describe each segment of the mask with a "
+            "highdicom.seg.SegmentDescription."
+        )
+    for item in segment_descriptions:
+        if not isinstance(item, hd.seg.SegmentDescription):
+            raise SegmentationTypeError(
+                "Each segment description must be a highdicom.seg.SegmentDescription, "
+                f"not {type(item).__name__}."
+            )
+    numbers = [int(item.SegmentNumber) for item in segment_descriptions]
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise SegmentationInputError(
+            f"Segment numbers must run 1..{len(numbers)} in order, got {numbers}."
+        )
+    return numbers
+
+
+def check_destination(path: str | os.PathLike, overwrite: bool) -> pathlib.Path:
+    """The destination as a path whose folder exists and which may be written."""
+    path = pathlib.Path(path)
+    if not path.parent.is_dir():
+        raise SegmentationInputError(
+            f"The destination folder {path.parent} does not exist; create it first."
+        )
+    if path.is_dir():
+        raise SegmentationInputError(f"The destination {path} is a folder; give a file name.")
+    if path.exists() and not overwrite:
+        raise DestinationExistsError(
+            f"{path} exists; pass overwrite=True to replace it."
+        )
+    return path
+
+
+def drop_leading_axis(
+    mask: da.Array, n_segments: int, expected: tuple[int, int] | None
+) -> da.Array:
+    """Drop a leading axis of length 1, the one rule shared by every writer.
+
+    A 3-D mask of one row, ``(1, columns, segments)``, is a stack when its shape matches the
+    source's total pixel matrix (or, without one to compare, its last axis has one entry per
+    segment); otherwise ``(1, rows, columns)`` is a label image with a leading axis.
+    """
+    if mask.ndim == 4 and mask.shape[0] == 1:
+        return mask[0]
+    if mask.ndim == 3 and mask.shape[0] == 1:
+        is_stack = (
+            tuple(mask.shape[:2]) == expected if expected is not None
+            else mask.shape[2] == n_segments
+        )
+        if not is_stack:
+            return mask[0]
+    return mask
+
+
+def normalize_mask(
+    mask: da.Array, n_segments: int, expected: tuple[int, int] | None
+) -> tuple[da.Array, bool]:
+    """Drop a leading axis of length 1; return the mask and whether segments are stacked."""
+    mask = drop_leading_axis(mask, n_segments, expected)
+    if mask.ndim == 2:
+        stacked = False
+    elif mask.ndim == 3:
+        stacked = True
+        if mask.shape[2] != n_segments:
+            raise SegmentationInputError(
+                f"The mask stacks {mask.shape[2]} segment planes on its last axis, but "
+                f"{n_segments} segments are described; give one description per plane."
+            )
+    else:
+        raise SegmentationInputError(
+            f"The mask has {mask.ndim} dimensions {tuple(mask.shape)}; expected a label image "
+            "(rows, columns) or a stack (rows, columns, segments), optionally with a leading "
+            "axis of length 1."
+        )
+    check_mask_dtype(mask.dtype, stacked, "image")
+    return mask, stacked
+
+
+def check_mask_dtype(dtype: np.dtype, stacked: bool, kind_of_label: str = "image") -> None:
+    """Raise unless the values are boolean, integer or (stacked planes only) floating point."""
+    if dtype.kind not in "buif":
+        raise SegmentationTypeError(
+            f"The mask's dtype {dtype} is not boolean, integer or floating point."
+        )
+    if dtype.kind == "f" and not stacked:
+        raise SegmentationTypeError(
+            f"A label {kind_of_label} must hold integers (segment numbers), not floating point "
+            "values; stack one plane per segment on the last axis for fractional masks."
+        )
+
+
+def tile_size(size: Sequence[int] | int | None, source: Dataset) -> tuple[int, int]:
+    """Rows and columns of a frame: ``size``, or the source's frame size by default."""
+    tile_size = size
+    if tile_size is None:
+        return int(source.Rows), int(source.Columns)
+    if isinstance(tile_size, int):
+        tile_size = (tile_size, tile_size)
+    try:
+        rows, columns = (int(v) for v in tile_size)
+    except (TypeError, ValueError) as error:
+        raise SegmentationTypeError(
+            f"tile_size must be two integers (rows, columns), got {tile_size!r}."
+        ) from error
+    if rows < 1 or columns < 1:
+        raise SegmentationInputError(
+            f"tile_size must be positive, got {rows} x {columns}."
+        )
+    return rows, columns

@@ -1,0 +1,589 @@
+"""DICOMweb: instance URLs, metadata, frame retrieval (WADO-RS) and storage (STOW-RS).
+
+The reader and the writer call these functions; nothing here knows a SEG's frame layout.
+
+- :func:`parse_dicomweb_url` splits ``{root}/studies/{study}/series/{series}[/instances/{sop}]``.
+- :func:`fetch_instance_metadata` turns an instance's DICOM JSON into a pydicom Dataset (no pixel
+  data), usable as a SEG's header or as the source image of ``write_segmentation``.
+- :func:`fetch_transfer_syntax` asks the server how the frames are stored (not in DICOM JSON).
+- :func:`fetch_frames` is the function the workers run: one or more WADO-RS frame requests, the
+  encoded frames returned as bytes so that decoding stays on the worker.
+- :func:`store_instance` sends a DICOM file with STOW-RS, streamed from disk.
+
+Credentials travel as a ``requests.Session`` or as headers (a bearer token), never inside the URLs
+this module prints: every message names the URL without user, password or query string.
+Every request has a timeout, so a server that stops answering fails instead of hanging. Metadata
+and frame requests go through dicomweb-client, which retries any failure (timeouts, refused
+connections, 429 and 5xx answers); they are tried at most ``_ATTEMPTS`` times, so a server that
+never answers fails after about ``_ATTEMPTS`` x the read timeout. STOW-RS is sent once (a body of
+GB is not resent blindly).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from daskseg.errors import DICOMwebError, MissingDependencyError, SegmentationInputError
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "DICOMwebURL",
+    "fetch_frames",
+    "fetch_instance_metadata",
+    "fetch_transfer_syntax",
+    "is_dicomweb_url",
+    "parse_dicomweb_url",
+    "store_instance",
+]
+
+#: (connect, read) seconds for every request, as ``requests`` takes them.
+DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 60.0)
+
+_ATTEMPTS = 3
+
+#: Frames asked for in one WADO-RS request (PS3.18 10.4.1.1.5: a comma-separated frame list).
+FRAMES_PER_REQUEST = 64
+
+# The media type of a frame in each transfer syntax, as dicomweb-client names them (PS3.18 8.7.3.5).
+_NATIVE = "application/octet-stream"
+_COMPRESSED_MEDIA_TYPES = {
+    "image/jp2": {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"},
+    "image/jls": {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"},
+    "image/dicom-rle": {"1.2.840.10008.1.2.5"},
+    "image/jpeg": {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                   "1.2.840.10008.1.2.4.70"},
+}
+
+
+@dataclass(frozen=True)
+class DICOMwebURL:
+    """A DICOMweb series or instance: the service root and the UIDs below it.
+
+    ``root`` never holds credentials; ``str()`` gives the URL as safe to print.
+    """
+
+    root: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str | None = None
+
+    def __str__(self) -> str:
+        url = f"{self.root}/studies/{self.study_instance_uid}/series/{self.series_instance_uid}"
+        if self.sop_instance_uid is not None:
+            url += f"/instances/{self.sop_instance_uid}"
+        return url
+
+
+def _redact(url: str) -> str:
+    """The URL without user, password, query or fragment: safe in a message."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def is_dicomweb_url(value: object) -> bool:
+    """Whether ``value`` is an http(s) URL of a DICOMweb series or instance."""
+    if not isinstance(value, str) or not value.lower().startswith(("http://", "https://")):
+        return False
+    return "/studies/" in urlsplit(value).path
+
+
+def parse_dicomweb_url(url: str) -> tuple[DICOMwebURL, dict[str, str]]:
+    """Split a WADO-RS series or instance URL into its root and UIDs.
+
+    Parameters
+    ----------
+    url : str
+        ``{root}/studies/{study}/series/{series}`` or ``.../instances/{sop}``, http or https.
+
+    Returns
+    -------
+    DICOMwebURL
+        The root (without credentials) and the UIDs.
+    dict
+        Headers carrying credentials found in the URL (``user:password@`` becomes HTTP Basic
+        authentication), empty when it had none.
+
+    Raises
+    ------
+    SegmentationInputError
+        If the URL is not of that form.
+    """
+    parts = urlsplit(url)
+    segments = [unquote(s) for s in parts.path.rstrip("/").split("/")]
+    try:
+        at = len(segments) - 1 - segments[::-1].index("studies")
+    except ValueError:
+        at = -1
+    tail = segments[at:] if at >= 0 else []
+    if (
+        parts.scheme.lower() not in ("http", "https")
+        or not parts.hostname
+        or len(tail) not in (4, 6)
+        or tail[2] != "series"
+        or (len(tail) == 6 and tail[4] != "instances")
+        or not all(tail[1::2])
+    ):
+        raise SegmentationInputError(
+            f"{_redact(url)} is not a DICOMweb URL: expected "
+            "{root}/studies/{study}/series/{series}[/instances/{sop}] over http or https."
+        )
+    host = parts.hostname + (f":{parts.port}" if parts.port is not None else "")
+    root = urlunsplit((parts.scheme, host, "/".join(segments[:at]), "", ""))
+    headers = {}
+    if parts.username is not None:
+        from requests.auth import _basic_auth_str
+
+        headers["Authorization"] = _basic_auth_str(unquote(parts.username), unquote(parts.password or ""))
+    target = DICOMwebURL(root, tail[1], tail[3], tail[5] if len(tail) == 6 else None)
+    return target, headers
+
+
+def _client(root: str, session, headers: Mapping[str, str] | None, timeout):
+    """A dicomweb-client for ``root``, with few quick retries (the errors come back to the user)."""
+    try:
+        from dicomweb_client import DICOMwebClient
+    except ImportError as error:
+        raise MissingDependencyError(
+            "DICOMweb needs dicomweb-client: pip install 'daskseg[dicomweb]'"
+        ) from error
+    client = DICOMwebClient(root, session=session, headers=dict(headers or {}) or None, timeout=timeout)
+    # 429 and 503 are retried by dicomweb-client with exponential waits; keep the total short.
+    client.set_http_retry_params(max_attempts=_ATTEMPTS, wait_exponential_multiplier=200)
+    return client
+
+
+def _raise_for(
+    error: Exception, url: str, what: str, hint: str = "is it running and is the URL right?"
+) -> None:
+    """Turn a requests failure into a daskseg error naming ``url`` (without credentials)."""
+    import requests
+
+    url = _redact(url)
+    if isinstance(error, requests.Timeout):
+        raise DICOMwebError(f"{url} did not answer in time while {what} ({error.__class__.__name__}).",
+                            url=url) from None
+    if isinstance(error, requests.ConnectionError):
+        raise DICOMwebError(f"Cannot connect to the DICOMweb server at {url} while {what}: {hint}",
+                            url=url) from None
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        status = error.response.status_code
+        if status == 404:
+            raise SegmentationInputError(
+                f"{url} answered 404 Not Found while {what}: check the UIDs in the URL."
+            ) from None
+        if status in (401, 403):
+            raise DICOMwebError(f"{url} refused access ({status}) while {what}: pass credentials "
+                                "as session= or headers=.", url=url, status=status) from None
+        raise DICOMwebError(f"{url} answered HTTP {status} {error.response.reason} while {what}"
+                            f"{_server_message(error.response)}.", url=url, status=status) from None
+    raise error
+
+
+def _server_message(response) -> str:
+    """': <the server's own words>' from an error response, or nothing (Orthanc sends JSON)."""
+    try:
+        payload = response.json()
+        text = payload.get("Details") or payload.get("Message") or ""
+    except (ValueError, AttributeError):
+        text = response.text if "text" in response.headers.get("Content-Type", "") else ""
+    text = " ".join(str(text).split())[:300]
+    return f": {text}" if text else ""
+
+
+def _dataset_from_json(item: dict) -> Dataset:
+    """A Dataset from one DICOM JSON object, leaving out bulk data (pixel data above all)."""
+    dataset = Dataset.from_json(item, bulk_data_uri_handler=lambda tag, vr, uri: None)
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in dataset:
+            del dataset[keyword]
+    # File meta is not part of DICOM JSON (PS3.18 F.2); some servers add TransferSyntaxUID anyway.
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = dataset.get("SOPClassUID")
+    meta.MediaStorageSOPInstanceUID = dataset.get("SOPInstanceUID")
+    transfer_syntax = item.get("00020010", {}).get("Value", [None])[0]
+    if transfer_syntax:
+        meta.TransferSyntaxUID = UID(transfer_syntax)
+    dataset.file_meta = meta
+    return dataset
+
+
+def fetch_instance_metadata(
+    url: str | DICOMwebURL,
+    *,
+    session=None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+) -> Dataset:
+    """Fetch an instance's metadata (WADO-RS ``/metadata``) as a pydicom Dataset.
+
+    One request; the Dataset holds everything but bulk data (no Pixel Data), including a SEG's
+    per-frame functional groups. It can serve as the source image of ``write_segmentation``.
+
+    Parameters
+    ----------
+    url : str or DICOMwebURL
+        The instance's WADO-RS URL.
+    session : requests.Session, optional
+        Session to send the request with (authentication, proxies, retries).
+    headers : mapping, optional
+        Extra headers, e.g. ``{"Authorization": "Bearer ..."}``; added to ``session``.
+    timeout : float or (float, float)
+        Connect and read timeouts in seconds.
+
+    Returns
+    -------
+    pydicom.Dataset
+        With ``file_meta`` holding the SOP class and instance, and the transfer syntax when the
+        server reports it (``00020010`` in the JSON).
+
+    Raises
+    ------
+    SegmentationInputError
+        If the URL is not an instance URL, or the server answers 404.
+    DICOMwebError
+        If the server cannot be reached, does not answer in time or answers another error.
+    """
+    target, url_headers = _resolve(url, headers)
+    if target.sop_instance_uid is None:
+        raise SegmentationInputError(f"{target} is a series URL; an instance URL is needed here.")
+    client = _client(target.root, session, url_headers, timeout)
+    try:
+        items = client.retrieve_instance_metadata(
+            target.study_instance_uid, target.series_instance_uid, target.sop_instance_uid
+        )
+    except Exception as error:  # requests' and dicomweb-client's errors, translated below
+        _raise_for(error, str(target) + "/metadata", "fetching the instance's metadata")
+    item = items[0] if isinstance(items, list) else items
+    return _dataset_from_json(item)
+
+
+def fetch_transfer_syntax(
+    url: str | DICOMwebURL,
+    *,
+    session=None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+) -> UID:
+    """The transfer syntax an instance's frames are stored in, for servers whose metadata omits it.
+
+    DICOM JSON has no file meta (PS3.18 F.2), so the metadata of most servers (Orthanc among them)
+    does not say how the frames are encoded. Frame 1 is asked for with ``transfer-syntax=*``
+    (PS3.18 8.7.3.5.2: the server's choice, which is the stored one) and only the response's
+    Content-Type is read; the body is left unread.
+
+    Parameters
+    ----------
+    url, session, headers, timeout
+        As for :func:`fetch_instance_metadata`.
+
+    Returns
+    -------
+    pydicom.uid.UID
+
+    Raises
+    ------
+    SegmentationInputError, DICOMwebError
+        As for :func:`fetch_instance_metadata`; DICOMwebError also when the answer names no
+        transfer syntax.
+    """
+    import requests
+
+    target, all_headers = _resolve(url, headers)
+    frame_url = f"{target}/frames/1"
+    http = session if session is not None else requests.Session()
+    accept = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    try:
+        with http.get(frame_url, headers={**all_headers, "Accept": accept}, timeout=timeout,
+                      stream=True) as response:
+            response.raise_for_status()
+            content_type = response.headers.get("Content-Type", "")
+    except requests.RequestException as error:
+        _raise_for(error, frame_url, "asking for the transfer syntax of the frames")
+    for parameter in content_type.replace('"', ";").split(";"):
+        name, _, value = parameter.strip().partition("=")
+        if name.lower() == "transfer-syntax" and value:
+            return UID(value)
+    raise DICOMwebError(
+        f"{_redact(frame_url)} did not name the frames' transfer syntax (Content-Type: {content_type}).",
+        url=_redact(frame_url),
+    )
+
+
+def _resolve(url: str | DICOMwebURL, headers: Mapping[str, str] | None) -> tuple[DICOMwebURL, dict]:
+    if isinstance(url, DICOMwebURL):
+        return url, dict(headers or {})
+    target, url_headers = parse_dicomweb_url(url)
+    return target, {**url_headers, **(headers or {})}
+
+
+def _frame_media_type(transfer_syntax_uid: str) -> tuple[str, str]:
+    """The (media type, transfer syntax) to ask frames in (PS3.18 8.7.3.5.2, Table 8.7.3-5)."""
+    uid = UID(transfer_syntax_uid)
+    if not uid.is_encapsulated:
+        # Native frames are the same bytes in any uncompressed little endian syntax.
+        return _NATIVE, ExplicitVRLittleEndian
+    for media_type, uids in _COMPRESSED_MEDIA_TYPES.items():
+        if uid in uids:
+            return media_type, uid
+    raise SegmentationInputError(f"No DICOMweb media type is known for transfer syntax {uid.name}.")
+
+
+def fetch_frames(
+    root: str,
+    study_instance_uid: str,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    frame_numbers: Sequence[int],
+    transfer_syntax_uid: str,
+    *,
+    session=None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+    frames_per_request: int = FRAMES_PER_REQUEST,
+) -> tuple[str, list[bytes]]:
+    """Fetch encoded frames with WADO-RS frame retrieval; runs on a worker.
+
+    Module-level and given plain values only, so Dask can send it to worker processes. The frames
+    are asked for in the instance's own transfer syntax, ``frames_per_request`` per request; a
+    server that cannot serve that syntax (406 Not Acceptable) is asked for native frames
+    (Explicit VR Little Endian, which every server must offer, PS3.18 8.7.3.5.2).
+
+    Parameters
+    ----------
+    root : str
+        The DICOMweb service root, without credentials.
+    study_instance_uid, series_instance_uid, sop_instance_uid : str
+        The instance.
+    frame_numbers : sequence of int
+        One-based frame numbers (PS3.18 10.4.1.1.5), in the order wanted.
+    transfer_syntax_uid : str
+        The instance's transfer syntax.
+    session : requests.Session, optional
+        Sent to the worker pickled; holds authentication.
+    headers : mapping, optional
+        Extra headers, e.g. a bearer token.
+    timeout : float or (float, float)
+        Connect and read timeouts of each request, in seconds.
+    frames_per_request : int
+        The most frames asked for in one request.
+
+    Returns
+    -------
+    transfer_syntax_uid : str
+        The transfer syntax of the returned bytes (the instance's, or Explicit VR Little Endian
+        after a fallback).
+    frames : list of bytes
+        One encoded frame per frame number, in the order given.
+
+    Raises
+    ------
+    SegmentationInputError
+        If the server answers 404 (a wrong UID, or a frame number beyond the instance).
+    DICOMwebError
+        If the server cannot be reached, does not answer in time, does not offer frame retrieval
+        or returns another number of frames than asked for.
+    """
+    target = DICOMwebURL(root, study_instance_uid, series_instance_uid, sop_instance_uid)
+    client = _client(root, session, headers, timeout)
+    media_type, syntax = _frame_media_type(transfer_syntax_uid)
+    numbers = [int(n) for n in frame_numbers]
+    frames: list[bytes] = []
+    for start in range(0, len(numbers), frames_per_request):
+        batch = numbers[start:start + frames_per_request]
+        url = f"{target}/frames/{','.join(map(str, batch))}"
+        try:
+            try:
+                got = _retrieve(client, target, batch, media_type, syntax)
+            except Exception as error:
+                if _status(error) != 406 or media_type == _NATIVE:
+                    raise
+                # The server cannot send this syntax as it is: take native frames instead.
+                media_type, syntax = _NATIVE, ExplicitVRLittleEndian
+                got = _retrieve(client, target, batch, media_type, syntax)
+        except Exception as error:
+            status = _status(error)
+            if status in (400, 405, 501):
+                raise DICOMwebError(
+                    f"{_redact(url)} answered HTTP {status}: the server does not seem to offer "
+                    "WADO-RS frame retrieval (PS3.18 10.4.1.1.5).", url=_redact(url), status=status,
+                ) from None
+            _raise_for(error, url, f"fetching {len(batch)} frames")
+        if len(got) != len(batch):
+            raise DICOMwebError(
+                f"{_redact(url)} returned {len(got)} frames for the {len(batch)} asked for.",
+                url=_redact(url),
+            )
+        frames.extend(got)
+    return str(syntax), frames
+
+
+def _retrieve(client, target: DICOMwebURL, batch, media_type: str, syntax: str) -> list[bytes]:
+    return client.retrieve_instance_frames(
+        target.study_instance_uid, target.series_instance_uid, target.sop_instance_uid,
+        batch, media_types=((media_type, str(syntax)),),
+    )
+
+
+def _status(error: Exception) -> int | None:
+    response = getattr(error, "response", None)
+    return getattr(response, "status_code", None)
+
+
+class _MultipartFile(io.RawIOBase):
+    """A multipart/related body of one file, read from disk as ``requests`` sends it.
+
+    It has a length, so ``requests`` sends a Content-Length instead of chunked encoding (which not
+    every server accepts), and reads it in blocks: the file is never in memory whole.
+    """
+
+    def __init__(self, path: pathlib.Path, boundary: str, part_type: str) -> None:
+        self._head = f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode()
+        self._tail = f"\r\n--{boundary}--\r\n".encode()
+        self._file: IO[bytes] = open(path, "rb")  # noqa: SIM115 (closed with the body)
+        self._size = os.fstat(self._file.fileno()).st_size
+        self._position = 0
+
+    def __len__(self) -> int:
+        return len(self._head) + self._size + len(self._tail)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer)
+        written = 0
+        while written < len(view):
+            chunk = self._chunk(len(view) - written)
+            if not chunk:
+                break
+            view[written:written + len(chunk)] = chunk
+            written += len(chunk)
+        return written
+
+    def _chunk(self, n: int) -> bytes:
+        head, body_end = len(self._head), len(self._head) + self._size
+        if self._position < head:
+            chunk = self._head[self._position:self._position + n]
+        elif self._position < body_end:
+            chunk = self._file.read(min(n, body_end - self._position))
+        else:
+            offset = self._position - body_end
+            chunk = self._tail[offset:offset + n]
+        self._position += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def store_instance(
+    path: str | os.PathLike,
+    root: str,
+    *,
+    session=None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+) -> Dataset:
+    """Store a DICOM file on a DICOMweb server with STOW-RS, streamed from disk.
+
+    dicomweb-client's ``store_instances`` takes Datasets and builds the whole request body in
+    memory; a SEG of several GB would not fit, so the body here is read from the file in blocks.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A DICOM Part 10 file (as ``write_segmentation`` writes).
+    root : str
+        The DICOMweb service root (``http://host:8042/dicom-web``); credentials as for
+        :func:`fetch_instance_metadata`.
+    session, headers, timeout
+        As for :func:`fetch_instance_metadata`.
+
+    Returns
+    -------
+    pydicom.Dataset
+        The server's response (PS3.18 10.5.3), with ``ReferencedSOPSequence``.
+
+    Raises
+    ------
+    SegmentationInputError
+        If ``path`` is not a file.
+    DICOMwebError
+        If the server cannot be reached, refuses the instance (too large: HTTP 413, naming the
+        size), or reports it failed to store it.
+    """
+    import requests
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise SegmentationInputError(f"{path} is not a file: nothing to store.")
+    url = root.rstrip("/") + "/studies"
+    parts = urlsplit(url)
+    url_headers = {}
+    if parts.username is not None:
+        url_headers = parse_dicomweb_url(url.rstrip("/") + "/1/series/1")[1]
+        url = _redact(url)
+    boundary = uuid.uuid4().hex
+    request_headers = {
+        **url_headers,
+        **(headers or {}),
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json",
+    }
+    size = path.stat().st_size
+    http = session if session is not None else requests.Session()
+    with _MultipartFile(path, boundary, "application/dicom") as body:
+        try:
+            response = http.post(url, data=body, headers=request_headers, timeout=timeout)
+        except requests.RequestException as error:
+            # A server refusing a large body may close the connection before reading it all.
+            _raise_for(error, url, f"storing {path.name} ({size} bytes)",
+                       "is it running, and does it accept requests of that size?")
+    if response.status_code == 413:
+        raise DICOMwebError(
+            f"{_redact(url)} refused {path.name} ({size} bytes) as too large (HTTP 413 Payload Too "
+            f"Large{_server_message(response)}): the server's request size limit is below the "
+            "instance's size; raise it on the server or write smaller SEGs (fewer segments per "
+            "instance, a coarser pyramid level, or a compressed transfer syntax).",
+            url=_redact(url), status=413,
+        )
+    answer = _stow_answer(response)
+    failed = answer.get("FailedSOPSequence") if answer is not None else None
+    if failed:
+        reasons = ", ".join(f"0x{int(item.get('FailureReason', 0)):04X}" for item in failed)
+        raise DICOMwebError(
+            f"{_redact(url)} failed to store {path.name} ({size} bytes): failure reason {reasons} "
+            "(PS3.18 Table I.2-1: 0xA700 means out of resources, e.g. a full storage).",
+            url=_redact(url), status=response.status_code,
+        )
+    if not response.ok:
+        try:
+            response.raise_for_status()
+        except requests.HTTPError as error:
+            _raise_for(error, url, f"storing {path.name} ({size} bytes)")
+    return answer if answer is not None else Dataset()
+
+
+def _stow_answer(response) -> Dataset | None:
+    """The STOW-RS response body as a Dataset, when the server sent one in DICOM JSON."""
+    if "json" not in response.headers.get("Content-Type", ""):
+        return None
+    try:
+        payload: Any = response.json()
+    except ValueError:
+        return None
+    return _dataset_from_json(payload) if isinstance(payload, dict) else None

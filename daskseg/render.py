@@ -1,0 +1,101 @@
+"""A picture of a SEG: its segments in their display colours, over the slide or on their own."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from daskseg._colors import segment_rgb
+from daskseg.errors import MissingDependencyError, SegmentationInputError
+from daskseg.read import SegmentationReader, open_segmentation
+
+__all__ = ["show_segmentation"]
+
+
+def _slices(region: Any, shape: tuple[int, int]) -> tuple[slice, slice]:
+    if region is None:
+        return slice(0, shape[0]), slice(0, shape[1])
+    rows, columns = (part if isinstance(part, slice) else slice(*part) for part in region)
+    rows, columns = slice(*rows.indices(shape[0])[:2]), slice(*columns.indices(shape[1])[:2])
+    if rows.stop <= rows.start or columns.stop <= columns.start:
+        raise SegmentationInputError(f"The region {region} is empty in a SEG of shape {shape}.")
+    return rows, columns
+
+
+def show_segmentation(
+    seg: str | os.PathLike | SegmentationReader,
+    *,
+    region: Any = None,
+    image: np.ndarray | None = None,
+    max_pixels: int = 1024,
+    alpha: float = 0.6,
+    legend: bool = True,
+    ax: Any = None,
+):
+    """Draw a SEG (or a region of it) with matplotlib, each segment in its display colour.
+
+    Parameters
+    ----------
+    seg : str, os.PathLike or SegmentationReader
+        The SEG file or an opened one.
+    region : ((row_start, row_stop), (column_start, column_stop)) or (slice, slice), optional
+        The part of the total pixel matrix to draw; all of it by default. Only the frames it
+        touches are decoded.
+    image : numpy.ndarray, optional
+        A picture of the same region of the source (grey or RGB, any size, e.g. a thumbnail)
+        to draw under the segments; without it the segments are drawn on white.
+    max_pixels : int
+        Longest side of the picture drawn: the region is subsampled (nearest neighbour) to fit.
+    alpha : float
+        Opacity of the segments over ``image``.
+    legend : bool
+        Name each segment's colour with its SegmentLabel.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure by default.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        Axes in pixel coordinates of the total pixel matrix.
+
+    Raises
+    ------
+    MissingDependencyError
+        matplotlib is not installed (``pip install 'daskseg[notebook]'``).
+    SegmentationInputError
+        The region is empty, or the SEG cannot be read.
+    """
+    try:
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
+    except ImportError as error:
+        raise MissingDependencyError(
+            "show_segmentation needs matplotlib: pip install 'daskseg[notebook]'."
+        ) from error
+    reader = seg if isinstance(seg, SegmentationReader) else open_segmentation(seg)
+    rows, columns = _slices(region, reader.shape)
+    step = max(1, math.ceil(max(rows.stop - rows.start, columns.stop - columns.start) / max_pixels))
+    labels = reader.to_dask(combine_segments=True)[rows, columns][::step, ::step].compute()
+
+    colors = segment_rgb(reader.segment_descriptions)
+    lookup = np.zeros((max(max(colors), int(labels.max(initial=0))) + 1, 4), dtype=np.float32)
+    for number, rgb in colors.items():
+        lookup[number] = (*(c / 255 for c in rgb), alpha if image is not None else 1.0)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 6 * labels.shape[0] / max(labels.shape[1], 1)))
+    extent = (columns.start, columns.stop, rows.stop, rows.start)
+    if image is not None:
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, extent=extent)
+    ax.imshow(lookup[labels], extent=extent, interpolation="nearest")
+    if legend:
+        names = {n: str(d.SegmentLabel) for n, d in zip(reader.segment_numbers, reader.segment_descriptions)}
+        fractions = {n: (r / 255, g / 255, b / 255) for n, (r, g, b) in colors.items()}
+        ax.legend(handles=[Patch(color=fractions[n], label=f"{n}: {names[n]}")
+                           for n in reader.segment_numbers],
+                  loc="upper right", fontsize="small", framealpha=0.8)
+    ax.set_xlim(columns.start, columns.stop)
+    ax.set_ylim(rows.stop, rows.start)
+    return ax

@@ -1,0 +1,57 @@
+"""Segment descriptions from dcmqi's metadata JSON and from --label names (no cluster)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from daskseg import SegmentationInputError
+from daskseg._dcmqi import segment_descriptions_from_dcmqi, segment_descriptions_from_labels
+
+from test_cli import DCMQI
+
+
+def test_dcmqi_metadata_gives_descriptions_and_options():
+    descriptions, options = segment_descriptions_from_dcmqi(DCMQI)
+    assert [int(d.SegmentNumber) for d in descriptions] == [1, 2]
+    assert options == {"content_creator_name": "Reader^One",
+                       "content_description": "Tumor segmentation", "series_number": 300,
+                       "instance_number": 1}
+    assert "RecommendedDisplayCIELabValue" in descriptions[0]
+
+
+def test_dcmqi_metadata_from_a_file(tmp_path):
+    path = tmp_path / "meta.json"
+    path.write_text(json.dumps(DCMQI))
+    descriptions, _ = segment_descriptions_from_dcmqi(path)
+    assert [d.SegmentLabel for d in descriptions] == ["tumor", "stroma"]
+
+
+@pytest.mark.parametrize("metadata, message", [
+    ({}, "no segmentAttributes"),
+    ({"segmentAttributes": [[{"SegmentLabel": "x"}]]}, "no labelID"),
+    ({"segmentAttributes": [[{"labelID": 1, "SegmentAlgorithmType": "GUESS"}]]},
+     "SegmentAlgorithmType"),
+    ({"segmentAttributes": [[{"labelID": 1}]]}, "SegmentedPropertyCategoryCodeSequence"),
+])
+def test_bad_metadata_raises_an_input_error(metadata, message):
+    with pytest.raises(SegmentationInputError, match=message):
+        segment_descriptions_from_dcmqi(metadata)
+
+
+def test_missing_metadata_file_raises_an_input_error(tmp_path):
+    with pytest.raises(SegmentationInputError, match="does not exist"):
+        segment_descriptions_from_dcmqi(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize("segmentation_type", ["BINARY", "LABELMAP"])
+def test_labels_become_numbered_descriptions(segmentation_type):
+    descriptions = segment_descriptions_from_labels(["tumor", "stroma", "fat"], segmentation_type)
+    assert [(int(d.SegmentNumber), d.SegmentLabel) for d in descriptions] == [
+        (1, "tumor"), (2, "stroma"), (3, "fat")]
+    algorithm = descriptions[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert "synthetic" not in algorithm.AlgorithmName.lower()
+    colours = [tuple(d.get("RecommendedDisplayCIELabValue", ())) for d in descriptions]
+    if segmentation_type == "LABELMAP":  # highdicom needs a distinct colour per label
+        assert len(set(colours)) == 3

@@ -1,0 +1,338 @@
+"""DICOMweb against a real Orthanc on 127.0.0.1: STOW-RS, metadata, frame retrieval, failures."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import socket
+import threading
+import time
+
+import highdicom as hd
+import imagecodecs
+import numpy as np
+import pydicom
+import pytest
+import requests
+from distributed import Client
+from pydicom.encaps import generate_frames
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
+
+from daskseg import DICOMwebError, SegmentationInputError, write_segmentation
+from daskseg._source import load_source_image
+from daskseg.cli import main
+from daskseg.dicomweb import (
+    DICOMwebURL,
+    fetch_frames,
+    fetch_instance_metadata,
+    fetch_transfer_syntax,
+    is_dicomweb_url,
+    parse_dicomweb_url,
+    store_instance,
+)
+from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
+
+pytest.importorskip("dicomweb_client")
+
+ROWS, COLUMNS, TILE = 200, 300, 64  # 4 x 5 tiles, edge tiles on both axes
+SYNTAXES = [ExplicitVRLittleEndian, JPEG2000Lossless]
+
+
+class CountingAdapter(requests.adapters.HTTPAdapter):
+    """Counts the HTTP requests a session sends (what the server sees)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def send(self, request, **kwargs):
+        self.urls.append(request.url)
+        return super().send(request, **kwargs)
+
+
+def counting_session() -> tuple[requests.Session, CountingAdapter]:
+    session = requests.Session()
+    adapter = CountingAdapter()
+    session.mount("http://", adapter)
+    return session, adapter
+
+
+def instance_url(root: str, path) -> str:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return f"{root}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+
+
+def file_frames(path) -> list[bytes]:
+    """The encoded frames as the file holds them (native BINARY frames are bit-packed, PS3.5 8.1.1)."""
+    ds = pydicom.dcmread(path)
+    n = int(ds.NumberOfFrames)
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        return list(generate_frames(ds.PixelData, number_of_frames=n))
+    size = int(ds.Rows) * int(ds.Columns) // 8
+    return [ds.PixelData[i * size:(i + 1) * size] for i in range(n)]
+
+
+def decode(frame: bytes, syntax: str) -> np.ndarray:
+    if pydicom.uid.UID(syntax).is_encapsulated:
+        return imagecodecs.jpeg2k_decode(frame)
+    return np.unpackbits(np.frombuffer(frame, np.uint8), bitorder="little").reshape(TILE, TILE)
+
+
+@pytest.fixture(scope="module")
+def thread_client():
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory, orthanc):
+    """A slide header (no pixel data) stored on Orthanc, and its instance URL."""
+    source = make_slide(ROWS, COLUMNS, tile_size=(TILE, TILE))
+    path = tmp_path_factory.mktemp("slide") / "slide.dcm"
+    source.save_as(path, enforce_file_format=True)
+    store_instance(path, orthanc)
+    return source, instance_url(orthanc, path)
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory, orthanc, slide, thread_client):
+    """SEGs written by daskseg (native and JPEG 2000) and stored with STOW-RS: syntax -> (path, URL)."""
+    source, _ = slide
+    folder = tmp_path_factory.mktemp("segs")
+    mask = make_tissue_mask(ROWS, COLUMNS, 2, chunks=(97, 131))
+    out = {}
+    for syntax in SYNTAXES:
+        path = write_segmentation(
+            mask, source, make_segment_descriptions(2), folder / f"{syntax}.dcm",
+            transfer_syntax_uid=syntax, client=thread_client, progress=False,
+        )
+        answer = store_instance(path, orthanc)
+        sop = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        assert [item.ReferencedSOPInstanceUID for item in answer.ReferencedSOPSequence] == [sop]
+        out[syntax] = (path, instance_url(orthanc, path))
+    return out
+
+
+def test_parse_urls():
+    target, headers = parse_dicomweb_url(
+        "https://user:s%40cret@pacs.example.org:8443/dicom-web/studies/1.2/series/1.3/instances/1.4?x=1"
+    )
+    assert target == DICOMwebURL("https://pacs.example.org:8443/dicom-web", "1.2", "1.3", "1.4")
+    assert str(target) == "https://pacs.example.org:8443/dicom-web/studies/1.2/series/1.3/instances/1.4"
+    assert headers["Authorization"] == requests.auth._basic_auth_str("user", "s@cret")
+    series, headers = parse_dicomweb_url("http://h/studies/1.2/series/1.3/")
+    assert series == DICOMwebURL("http://h", "1.2", "1.3", None) and headers == {}
+    assert is_dicomweb_url("http://h/studies/1/series/2") and not is_dicomweb_url("slide.dcm")
+    for bad in ("ftp://h/studies/1/series/2", "http://h/studies/1", "http://h/studies/1/series/2/frames/3",
+                "http://h/studies//series/2", "http://u:secret@h/dicom-web/studies/1"):
+        with pytest.raises(SegmentationInputError, match="not a DICOMweb URL") as caught:
+            parse_dicomweb_url(bad)
+        assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("syntax", SYNTAXES, ids=["native", "jpeg2000"])
+def test_frames_equal_the_files_frames(stored, syntax):
+    path, url = stored[syntax]
+    expected = file_frames(path)
+    target, _ = parse_dicomweb_url(url)
+    assert fetch_transfer_syntax(url) == syntax
+    session, adapter = counting_session()
+    numbers = [len(expected), 1, 3, 2, 5, 4, 7]  # any order, several per request
+    got_syntax, frames = fetch_frames(
+        target.root, target.study_instance_uid, target.series_instance_uid, target.sop_instance_uid,
+        numbers, syntax, session=session, frames_per_request=3,
+    )
+    assert got_syntax == syntax
+    assert len(adapter.urls) == 3 and all("/frames/" in u for u in adapter.urls)
+    assert frames == [expected[n - 1] for n in numbers]
+    pixels = pydicom.dcmread(path).pixel_array
+    for n, frame in zip(numbers, frames):
+        np.testing.assert_array_equal(decode(frame, got_syntax), pixels[n - 1])
+
+
+def test_frames_fetched_on_a_worker_process(stored, dask_client):
+    path, url = stored[JPEG2000Lossless]
+    target, _ = parse_dicomweb_url(url)
+    future = dask_client.submit(
+        fetch_frames, target.root, target.study_instance_uid, target.series_instance_uid,
+        target.sop_instance_uid, [2, 1], JPEG2000Lossless, pure=False,
+    )
+    syntax, frames = future.result(timeout=60)
+    assert syntax == JPEG2000Lossless and frames == file_frames(path)[1::-1]
+
+
+def test_metadata_holds_the_header_with_per_frame_groups(stored):
+    path, url = stored[ExplicitVRLittleEndian]
+    session, adapter = counting_session()
+    ours = fetch_instance_metadata(url, session=session)
+    assert len(adapter.urls) == 1
+    theirs = pydicom.dcmread(path, stop_before_pixels=True)
+    assert "PixelData" not in ours
+    assert ours.SOPInstanceUID == theirs.SOPInstanceUID and ours.file_meta.MediaStorageSOPInstanceUID
+    assert int(ours.NumberOfFrames) == int(theirs.NumberOfFrames)
+    positions = [
+        (int(item.PlanePositionSlideSequence[0].RowPositionInTotalImagePixelMatrix),
+         int(item.PlanePositionSlideSequence[0].ColumnPositionInTotalImagePixelMatrix),
+         int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber))
+        for item in ours.PerFrameFunctionalGroupsSequence
+    ]
+    assert positions == [
+        (int(item.PlanePositionSlideSequence[0].RowPositionInTotalImagePixelMatrix),
+         int(item.PlanePositionSlideSequence[0].ColumnPositionInTotalImagePixelMatrix),
+         int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber))
+        for item in theirs.PerFrameFunctionalGroupsSequence
+    ]
+    assert [s.SegmentLabel for s in ours.SegmentSequence] == [s.SegmentLabel for s in theirs.SegmentSequence]
+
+
+def test_source_header_from_the_server(slide, thread_client, tmp_path):
+    source, url = slide
+    header = load_source_image(url)
+    assert header.SOPInstanceUID == source.SOPInstanceUID
+    mask = make_tissue_mask(ROWS, COLUMNS, 1, chunks=(97, 131))
+    uids = dict(series_instance_uid=hd.UID(), sop_instance_uid=hd.UID())
+    written = [
+        pydicom.dcmread(write_segmentation(
+            mask, given, make_segment_descriptions(1), tmp_path / f"{name}.dcm",
+            client=thread_client, progress=False, **uids,
+        ))
+        for name, given in (("from_url", url), ("from_dataset", source))
+    ]
+    from_url, from_dataset = written
+    assert from_url.PixelData == from_dataset.PixelData
+    for keyword in ("StudyInstanceUID", "PatientID", "FrameOfReferenceUID", "TotalPixelMatrixRows",
+                    "TotalPixelMatrixColumns", "ContainerIdentifier"):
+        assert from_url[keyword].value == from_dataset[keyword].value, keyword
+    assert from_url.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID \
+        == source.SOPInstanceUID
+    assert from_url.SharedFunctionalGroupsSequence == from_dataset.SharedFunctionalGroupsSequence
+
+
+def test_encode_then_stow_on_the_command_line(orthanc, slide, tmp_path):
+    source, url = slide
+    np.save(tmp_path / "mask.npy", make_tissue_mask(ROWS, COLUMNS, 1, chunks=(97, 131)).compute())
+    out = tmp_path / "seg.dcm"
+    assert main(["encode", str(tmp_path / "mask.npy"), url, "-o", str(out), "--label", "tissue",
+                 "--stow", orthanc, "--threads", "1", "--quiet"]) == 0
+    header = fetch_instance_metadata(instance_url(orthanc, out))
+    assert header.SegmentSequence[0].SegmentLabel == "tissue"
+    assert header.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+
+
+# Failures: each names the URL (without credentials) and comes back quickly.
+
+def test_wrong_uid_is_an_input_error(stored, orthanc):
+    _, url = stored[ExplicitVRLittleEndian]
+    target, _ = parse_dicomweb_url(url)
+    wrong = str(DICOMwebURL(orthanc, target.study_instance_uid, target.series_instance_uid, "1.2.3"))
+    with pytest.raises(SegmentationInputError, match="404") as caught:
+        fetch_instance_metadata(wrong)
+    assert "instances/1.2.3" in str(caught.value)
+    with pytest.raises(SegmentationInputError, match="404"):
+        fetch_frames(target.root, target.study_instance_uid, target.series_instance_uid, "1.2.3",
+                     [1], ExplicitVRLittleEndian)
+
+
+def test_server_down(orthanc):
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://someone:secret@127.0.0.1:{port}/dicom-web/studies/1.2/series/1.3/instances/1.4"
+    start = time.monotonic()
+    with pytest.raises(DICOMwebError, match="Cannot connect") as caught:
+        fetch_instance_metadata(url)
+    assert time.monotonic() - start < 10
+    assert f"127.0.0.1:{port}/dicom-web" in str(caught.value) and "secret" not in str(caught.value)
+    assert isinstance(caught.value, OSError)
+
+
+@contextlib.contextmanager
+def tiny_server(status: int | None, seen: list | None = None):
+    """A local HTTP server answering every request with ``status``; None: accept, never answer."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def answer(self):
+            if seen is not None:
+                seen.append(dict(self.headers))
+            length = int(self.headers.get("Content-Length", 0))
+            while length:  # drain the body so that the client sees the answer
+                length -= len(self.rfile.read(min(length, 65536)))
+            body = b'{"Message": "request body is limited to 1000 bytes"}'
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = answer
+
+    if status is None:
+        listener = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody reads
+        try:
+            yield f"http://127.0.0.1:{listener.getsockname()[1]}/dicom-web"
+        finally:
+            listener.close()
+        return
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_timeout_does_not_hang():
+    with tiny_server(None) as root:
+        start = time.monotonic()
+        with pytest.raises(DICOMwebError, match="did not answer in time") as caught:
+            fetch_frames(root, "1.2", "1.3", "1.4", [1, 2], ExplicitVRLittleEndian, timeout=(1, 1))
+        assert time.monotonic() - start < 10
+        assert root in str(caught.value)
+
+
+def test_server_without_frame_retrieval():
+    with tiny_server(501) as root:
+        with pytest.raises(DICOMwebError, match="does not seem to offer WADO-RS frame retrieval"):
+            fetch_frames(root, "1.2", "1.3", "1.4", [1], JPEG2000Lossless)
+
+
+def test_credentials_reach_the_server_and_stay_out_of_messages():
+    seen: list = []
+    with tiny_server(401, seen) as root:
+        with pytest.raises(DICOMwebError, match="refused access") as caught:
+            fetch_instance_metadata(f"{root}/studies/1.2/series/1.3/instances/1.4",
+                                    headers={"Authorization": "Bearer tok-123"})
+    assert seen and seen[0]["Authorization"] == "Bearer tok-123"
+    assert "tok-123" not in str(caught.value)
+
+
+def test_too_large_for_the_server(stored, tmp_path):
+    path, _ = stored[ExplicitVRLittleEndian]
+    size = path.stat().st_size
+    with tiny_server(413) as root:
+        with pytest.raises(DICOMwebError, match="too large") as caught:
+            store_instance(path, root)
+    assert f"{size} bytes" in str(caught.value) and "limited to 1000 bytes" in str(caught.value)
+
+
+def test_full_orthanc_storage_names_the_size(stored, tmp_path):
+    from _orthanc import run_orthanc
+
+    path, _ = stored[JPEG2000Lossless]
+    # A storage area smaller than the instance (Orthanc counts MB; a 1 MB area holds nothing larger).
+    big = tmp_path / "big.dcm"
+    ds = pydicom.dcmread(path)
+    ds.ContentDescription = "x" * 64
+    ds.add_new(0x00091010, "OB", b"\0" * 1_200_000)  # a private element pads the file above 1 MB
+    ds.save_as(big)
+    with run_orthanc(tmp_path / "orthanc", MaximumStorageSize=1) as root:
+        with pytest.raises(DICOMwebError, match="storage is full") as caught:
+            store_instance(big, root)
+        assert f"{big.stat().st_size} bytes" in str(caught.value)
+        with pytest.raises(SegmentationInputError, match="404"):  # nothing half-stored
+            fetch_instance_metadata(instance_url(root, big))

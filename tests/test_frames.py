@@ -1,0 +1,59 @@
+"""The frame index: byte ranges and tile positions of every frame, read without a cluster."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+
+from daskseg._decode import decode_frame
+from daskseg._frames import FileSource, index_frames, locate_frames, open_file
+from daskseg.plan import TileGrid
+
+from test_read import highdicom_file
+
+
+def open_index(path):
+    with open_file(str(path)) as handle:
+        header = pydicom.dcmread(handle, stop_before_pixels=True)
+        layout, ranges = locate_frames(handle, header, handle.tell())
+    return header, layout, ranges
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless])
+def test_every_frame_located_decodes_to_highdicoms_frame(tmp_path, syntax):
+    segmentation_type = "BINARY" if syntax == JPEG2000Lossless else "LABELMAP"
+    if syntax == ExplicitVRLittleEndian:
+        segmentation_type = "BINARY"  # 1-bit frames that do not fill whole bytes
+    path = highdicom_file(tmp_path, segmentation_type, syntax, "TILED_SPARSE")
+    header, layout, ranges = open_index(path)
+    expected = hd.seg.segread(path).get_stored_frame  # 1-based
+    with FileSource(str(path)).open() as reader:
+        for index in range(int(header.NumberOfFrames)):
+            frame_ranges = layout.ranges(index) if ranges is None else ranges[index]
+            got = decode_frame(layout, reader.read(frame_ranges), index)
+            np.testing.assert_array_equal(got, expected(index + 1))
+
+
+def test_index_places_each_frame_at_its_tile_and_segment(tmp_path):
+    path = highdicom_file(tmp_path, "BINARY", JPEG2000Lossless, "TILED_SPARSE")
+    header, _, _ = open_index(path)
+    grid = TileGrid(230, 170, 64, 48)
+    table = index_frames(header, [1, 2, 3], grid)
+    assert table.shape == (3, 4, 4)
+    assert sorted(table[table >= 0].tolist()) == list(range(int(header.NumberOfFrames)))
+    for index, item in enumerate(header.PerFrameFunctionalGroupsSequence):
+        position = item.PlanePositionSlideSequence[0]
+        segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        row = (int(position.RowPositionInTotalImagePixelMatrix) - 1) // 64
+        column = (int(position.ColumnPositionInTotalImagePixelMatrix) - 1) // 48
+        assert table[segment - 1, row, column] == index
+
+
+def test_tiled_full_frames_follow_the_implicit_order(tmp_path):
+    path = highdicom_file(tmp_path, "BINARY", ExplicitVRLittleEndian, "TILED_FULL")
+    header, _, _ = open_index(path)
+    table = index_frames(header, [1, 2, 3], TileGrid(230, 170, 64, 48))
+    assert table.ravel().tolist() == list(range(3 * 16))

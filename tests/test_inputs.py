@@ -1,0 +1,78 @@
+"""The writer's input rules: pure checks, no cluster."""
+
+from __future__ import annotations
+
+import dask.array as da
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom.uid import JPEG2000Lossless
+
+from daskseg import SegmentationInputError, SegmentationTypeError
+from daskseg._inputs import (
+    as_dask_array,
+    drop_leading_axis,
+    numpy_blocks,
+    parse_options,
+    tile_size,
+)
+from daskseg.synthetic import make_slide
+
+
+def test_highdicom_enums_are_accepted():
+    options = parse_options(hd.seg.SegmentationTypeValues.FRACTIONAL, JPEG2000Lossless,
+                            hd.DimensionOrganizationTypeValues.TILED_FULL, None, 200, None)
+    assert options.segmentation_type == "FRACTIONAL"
+    assert options.dimension_organization_type == "TILED_FULL" and options.tiled_full
+    assert options.omit_empty_frames is False
+
+
+def test_options_are_frozen():
+    options = parse_options("binary", JPEG2000Lossless, "tiled_sparse", None, 255, None)
+    assert options.omit_empty_frames is True
+    with pytest.raises(AttributeError):
+        options.segmentation_type = "LABELMAP"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("OTHER", JPEG2000Lossless, "TILED_SPARSE", None, 255), "Unknown segmentation_type"),
+    (("BINARY", "1.2.840.10008.1.2.4.50", "TILED_SPARSE", None, 255), "lossy"),
+    (("BINARY", JPEG2000Lossless, "TILED_DIAGONAL", None, 255), "dimension_organization_type"),
+    (("BINARY", JPEG2000Lossless, "TILED_FULL", True, 255), "omit_empty_frames"),
+    (("FRACTIONAL", JPEG2000Lossless, "TILED_SPARSE", None, 300), "max_fractional_value"),
+])
+def test_bad_options_are_refused(args, message):
+    with pytest.raises(SegmentationInputError, match=message):
+        parse_options(*args, None)
+
+
+@pytest.mark.parametrize("shape, expected, kept", [
+    ((1, 96, 128), (96, 128), (96, 128)),  # a label image with a leading axis
+    ((1, 128, 2), (1, 128), (1, 128, 2)),  # a stack of one row
+    ((1, 96, 128, 2), (96, 128), (96, 128, 2)),
+    ((96, 128), (96, 128), (96, 128)),
+])
+def test_the_leading_axis_rule(shape, expected, kept):
+    assert drop_leading_axis(da.zeros(shape), 2, expected).shape == kept
+
+
+def test_numpy_blocks_hold_only_their_own_slice():
+    mask = np.arange(100 * 90, dtype=np.uint16).reshape(100, 90)
+    array = numpy_blocks(mask, (64, 36), (48, 42))
+    np.testing.assert_array_equal(array.compute(scheduler="synchronous"), mask)
+    arrays = [v for v in dict(array.__dask_graph__()).values() if isinstance(v, np.ndarray)]
+    assert arrays and max(a.size for a in arrays) == 64 * 48
+
+
+def test_mask_kinds_and_refusal():
+    assert isinstance(as_dask_array(np.zeros((4, 4))), da.Array)
+    with pytest.raises(SegmentationTypeError, match="mask must be"):
+        as_dask_array([[0, 1]])
+
+
+def test_tile_size_defaults_to_the_source_frames():
+    source = make_slide(256, 256, tile_size=(64, 32))
+    assert tile_size(None, source) == (64, 32)
+    assert tile_size(16, source) == (16, 16)
+    with pytest.raises(SegmentationInputError, match="positive"):
+        tile_size((0, 4), source)

@@ -1,0 +1,187 @@
+"""SEG <-> OME-Zarr label images, checked with ome-zarr-py's own reader and writer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+import daskseg
+from daskseg.errors import DestinationExistsError, SegmentationInputError
+from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
+
+ome_reader = pytest.importorskip("ome_zarr.reader")
+ome_io = pytest.importorskip("ome_zarr.io")
+ome_writer = pytest.importorskip("ome_zarr.writer")
+
+SHAPE, TILE = (300, 420), (64, 64)
+
+
+@pytest.fixture(scope="module")
+def seg(tmp_path_factory, dask_client):
+    folder = tmp_path_factory.mktemp("omezarr")
+    source = make_slide(*SHAPE, tile_size=TILE)
+    mask = make_tissue_mask(*SHAPE, 3, chunks=128).compute()
+    descriptions = make_segment_descriptions(3, segmentation_type="LABELMAP",
+                                             labels=["tumor", "stroma", "necrosis"])
+    path = daskseg.write_segmentation(mask, source, descriptions, folder / "seg.dcm",
+                                      segmentation_type="LABELMAP", client=dask_client)
+    return path, source, mask
+
+
+def _rgb(description):
+    import highdicom as hd
+
+    return hd.color.CIELabColor.from_dicom_value(description.RecommendedDisplayCIELabValue).to_rgb(clip=True)
+
+
+def _nodes(store):
+    return list(ome_reader.Reader(ome_io.parse_url(str(store)))())
+
+
+def test_ome_zarr_reader_finds_the_labels_and_their_levels(seg, tmp_path, dask_client):
+    path, source, mask = seg
+    out = daskseg.segmentation_to_ome_zarr(path, tmp_path / "seg.ome.zarr", name="seg",
+                                           client=dask_client)
+    nodes = {node.zarr.basename(): node for node in _nodes(out)}
+    label = nodes["seg"]
+    assert [spec.__class__.__name__ for spec in label.specs] == ["Label", "Multiscales"]
+    shapes = [tuple(level.shape) for level in label.data]
+    # Halved (rounded down) until a level fits in one 64 x 64 tile.
+    assert shapes == [(300, 420), (150, 210), (75, 105), (37, 52)]
+    expected = daskseg.read_segmentation(path, combine_segments=True).compute()
+    np.testing.assert_array_equal(label.data[0].compute(), expected)
+    np.testing.assert_array_equal(expected, mask)
+    # Each level is nearest-neighbour: its values are a subset of the level above.
+    for upper, lower in zip(label.data, label.data[1:]):
+        assert set(np.unique(lower.compute())) <= set(np.unique(upper.compute()))
+    np.testing.assert_array_equal(label.data[1].compute(), expected[1::2, 1::2])
+
+    # The colours are the SEG's recommended display colours; properties carry each segment.
+    reader = daskseg.open_segmentation(path)
+    for number, item in zip(reader.segment_numbers, reader.segment_descriptions):
+        rgb = _rgb(item)
+        assert label.metadata["color"][number] == pytest.approx([*(c / 255 for c in rgb), 1.0], abs=0.003)
+        properties = label.metadata["properties"][number]
+        assert properties["segment-number"] == number
+        assert properties["segment-label"] == str(item.SegmentLabel)
+        assert properties["segmented-property-type"]["code-meaning"] == "Tissue"
+    # Pixel size from the SEG's pixel measures (mm) in micrometres, doubled per level.
+    spacing = float(source.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing[0])
+    transforms = label.metadata["coordinateTransformations"]
+    assert transforms[0][0]["scale"] == pytest.approx([spacing * 1000] * 2)
+    assert transforms[1][0]["scale"] == pytest.approx([spacing * 2000] * 2)
+    assert label.metadata["axes"][0]["unit"] == "micrometer"
+    # The image is a placeholder of the same shapes that stores no chunk.
+    image = zarr.open_group(str(out), mode="r")
+    assert image["s0"].shape == SHAPE and image["s0"].nchunks_initialized == 0
+    assert json.loads((out / "zarr.json").read_text())["attributes"]["ome"]["version"] == "0.5"
+    # ome-zarr-models (the NGFF 0.5 schema in pydantic) accepts the image, its labels/ and the label image.
+    models = pytest.importorskip("ome_zarr_models.v05.image")
+    label_models = pytest.importorskip("ome_zarr_models.v05.image_label")
+    assert models.Image.from_zarr(image).labels is not None
+    label_models.ImageLabel.from_zarr(zarr.open_group(str(out / "labels" / "seg"), mode="r"))
+
+    # And back: the label image (its group, or its level 0) writes the same SEG pixels.
+    descriptions = daskseg.segment_descriptions_from_ome_zarr(out, segmentation_type="LABELMAP")
+    assert [str(d.SegmentLabel) for d in descriptions] == ["tumor", "stroma", "necrosis"]
+    # Colours outside sRGB were clipped on the way out: compare the RGB shown, not the CIELab.
+    for original, copy in zip(reader.segment_descriptions, descriptions):
+        assert _rgb(copy) == pytest.approx(_rgb(original), abs=1)
+    for mask_path in (out, out / "labels" / "seg", out / "labels" / "seg" / "s0"):
+        again = daskseg.write_segmentation(str(mask_path), source, descriptions,
+                                           tmp_path / "again.dcm", segmentation_type="LABELMAP",
+                                           client=dask_client, overwrite=True)
+        np.testing.assert_array_equal(
+            daskseg.read_segmentation(again, combine_segments=True).compute(), mask)
+
+    with pytest.raises(DestinationExistsError):
+        daskseg.segmentation_to_ome_zarr(path, out)
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])  # Zarr v2 and v3 stores
+def test_labels_written_by_ome_zarr_py_become_a_seg(tmp_path, dask_client, version):
+    from ome_zarr.format import format_from_version
+
+    fmt = format_from_version(version)
+    rng = np.random.default_rng(3)
+    labels = np.zeros((256, 200), dtype=np.uint8)
+    for value in (1, 2):
+        r, c = rng.integers(0, 150, 2)
+        labels[r : r + 60, c : c + 40] = value
+    store = tmp_path / "image.ome.zarr"
+    ome_writer.write_image(np.zeros((256, 200), np.uint8), str(store), axes="yx", fmt=fmt)
+    ome_writer.write_labels(
+        labels, str(store), name="cells", axes="yx", fmt=fmt,
+        label_metadata={
+            "colors": [{"label-value": 1, "rgba": [255, 0, 0, 255]},
+                       {"label-value": 2, "rgba": [0, 0, 255, 255]}],
+            "properties": [{"label-value": 1, "segment-label": "nucleus"},
+                           {"label-value": 2, "segment-label": "cytoplasm"}],
+        },
+    )
+    descriptions = daskseg.segment_descriptions_from_ome_zarr(store)
+    assert [str(d.SegmentLabel) for d in descriptions] == ["nucleus", "cytoplasm"]
+    assert _rgb(descriptions[0]) == pytest.approx((255, 0, 0), abs=1)
+    source = make_slide(256, 200, tile_size=(64, 64))
+    path = daskseg.write_segmentation(str(store), source, descriptions, tmp_path / "cells.dcm",
+                                      client=dask_client)
+    np.testing.assert_array_equal(daskseg.read_segmentation(path, combine_segments=True).compute(), labels)
+
+
+def test_ome_zarr_without_usable_labels_is_refused(tmp_path):
+    store = tmp_path / "image.ome.zarr"
+    ome_writer.write_image(np.zeros((64, 64), np.uint8), str(store), axes="yx")
+    source = make_slide(64, 64, tile_size=(32, 32))
+    with pytest.raises(SegmentationInputError, match="no labels/ group"):
+        daskseg.write_segmentation(str(store), source, make_segment_descriptions(1), tmp_path / "x.dcm")
+    labels = np.zeros((64, 64), np.uint8)
+    ome_writer.write_labels(labels, str(store), name="a", axes="yx",
+                            label_metadata={"properties": [{"label-value": 2}]})
+    ome_writer.write_labels(labels, str(store), name="b", axes="yx")
+    with pytest.raises(SegmentationInputError, match="holds 2 label images"):
+        daskseg.write_segmentation(str(store), source, make_segment_descriptions(1), tmp_path / "x.dcm")
+    with pytest.raises(SegmentationInputError, match="not 1..1"):
+        daskseg.segment_descriptions_from_ome_zarr(store / "labels" / "a")
+    with pytest.raises(SegmentationInputError, match="lists no labels"):
+        daskseg.segment_descriptions_from_ome_zarr(store / "labels" / "b")
+    assert not (tmp_path / "x.dcm").exists()
+
+
+def test_cli_decodes_to_ome_zarr_and_encodes_it_back(seg, tmp_path):
+    from daskseg.cli import main
+
+    path, source, mask = seg
+    source_path = tmp_path / "slide.dcm"
+    source.save_as(source_path, enforce_file_format=True)
+    out = tmp_path / "seg.ome.zarr"
+    assert main(["decode", str(path), "-o", str(out), "--threads", "1", "-q"]) == 0
+    assert main(["decode", str(path), "-o", str(out), "--threads", "1", "-q"]) != 0  # exists
+    label = {node.zarr.basename(): node for node in _nodes(out)}["segmentation"]
+    np.testing.assert_array_equal(label.data[0].compute(), mask)
+    # No --label or --metadata: the segments come from the image-label metadata.
+    again = tmp_path / "again.dcm"
+    assert main(["encode", str(out), str(source_path), "-o", str(again), "--type", "LABELMAP",
+                 "--threads", "1", "-q"]) == 0
+    copy = daskseg.open_segmentation(again)
+    assert [str(d.SegmentLabel) for d in copy.segment_descriptions] == ["tumor", "stroma", "necrosis"]
+    np.testing.assert_array_equal(copy.to_dask(combine_segments=True).compute(), mask)
+    # A plain Zarr mask still needs the segments on the command line.
+    plain = tmp_path / "plain.zarr"
+    zarr.create_array(str(plain), data=mask)
+    assert main(["encode", str(plain), str(source_path), "-o", str(tmp_path / "x.dcm"), "-q",
+                 "--threads", "1"]) != 0
+    assert not (tmp_path / "x.dcm").exists()
+
+
+def test_a_missing_ome_zarr_py_is_named_before_anything_is_written(seg, tmp_path, monkeypatch):
+    import sys
+
+    from daskseg.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "ome_zarr.writer", None)  # as if not installed
+    with pytest.raises(MissingDependencyError, match=r"daskseg\[ome-zarr\]"):
+        daskseg.segmentation_to_ome_zarr(seg[0], tmp_path / "x.ome.zarr")
+    assert list(tmp_path.iterdir()) == []

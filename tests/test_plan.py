@@ -1,0 +1,56 @@
+"""The tile grid, chunk alignment and frame order: pure functions, no cluster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydicom.uid import JPEG2000Lossless
+
+from daskseg._codecs import CODECS
+from daskseg.plan import (
+    FrameSpec,
+    TileGrid,
+    aligned_chunks,
+    block_location,
+    included_frames,
+    spatial_index_values,
+)
+
+
+def test_tile_grid_counts_partial_tiles():
+    grid = TileGrid(rows=230, columns=170, tile_rows=64, tile_columns=48)
+    assert (grid.n_tile_rows, grid.n_tile_columns, grid.n_tiles) == (4, 4, 16)
+    assert grid.pixels_per_frame == 64 * 48
+
+
+@pytest.mark.parametrize("size, tile, hint", [(1000, 64, 300), (64, 64, 2048), (7, 3, 1),
+                                              (20000, 256, 2048)])
+def test_aligned_chunks_are_whole_tiles_summing_to_the_axis(size, tile, hint):
+    chunks = aligned_chunks(size, tile, hint)
+    assert sum(chunks) == size
+    assert all(c % tile == 0 for c in chunks[:-1])
+    assert all(c <= 8 * tile for c in chunks)
+
+
+def test_included_frames_are_in_file_order():
+    lengths = np.full((2, 2, 3), -1)
+    lengths[1, 0, 2] = lengths[0, 1, 0] = lengths[1, 1, 1] = 5
+    assert included_frames(lengths).tolist() == [[0, 1, 0], [1, 0, 2], [1, 1, 1]]
+
+
+def test_spatial_index_values_skip_empty_rows_and_columns():
+    nonempty = np.array([[False, False, False], [True, False, True], [False, False, True]])
+    rows, columns = spatial_index_values(nonempty)
+    assert rows.tolist() == [0, 1, 2] and columns.tolist() == [1, 0, 2]
+
+
+def test_frame_spec_takes_its_codec_from_the_table():
+    spec = FrameSpec("LABELMAP", 3, False, 64, 64, str(JPEG2000Lossless), 8, 255, True)
+    assert spec.codec is CODECS[JPEG2000Lossless] and not spec.is_native
+    assert spec.n_channels == 1
+
+
+def test_block_location_needs_map_blocks_block_info():
+    assert block_location({0: {"array-location": [(0, 4), (8, 12)]}}) == [(0, 4), (8, 12)]
+    with pytest.raises(TypeError, match="block_info"):
+        block_location(None)
