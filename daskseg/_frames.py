@@ -93,15 +93,18 @@ class FrameLayout:
 
 
 def locate_frames(
-    handle: BinaryIO, header: Dataset, start: int
+    handle: BinaryIO, header: Dataset, start: int, tiled: bool = True
 ) -> tuple[FrameLayout, list[FrameRanges] | None]:
-    """The layout of the Pixel Data at ``start``, and each frame's byte ranges when encapsulated."""
+    """The layout of the Pixel Data at ``start``, and each frame's byte ranges when encapsulated.
+
+    ``tiled``: refuse a SEG that is not of a tiled image (the volume reader passes False).
+    """
     if "SegmentSequence" not in header:
         raise SegmentationInputError(
             f"{handle.name if hasattr(handle, 'name') else 'The file'} is not a DICOM "
             "Segmentation (no SegmentSequence)."
         )
-    if "TotalPixelMatrixRows" not in header:
+    if tiled and "TotalPixelMatrixRows" not in header:
         raise SegmentationInputError(
             "The SEG is not of a tiled image (no TotalPixelMatrixRows); read it with "
             "highdicom.seg.segread instead."

@@ -194,7 +194,7 @@ def _info(args: argparse.Namespace) -> None:
 
 def _decode(args: argparse.Namespace) -> None:
     try:
-        from daskseg import open_segmentation
+        from daskseg import SegmentationReader
     except ImportError:
         raise UserError("decoding needs daskseg's reader (daskseg.open_segmentation)") from None
     if not os.path.exists(args.seg):
@@ -208,7 +208,7 @@ def _decode(args: argparse.Namespace) -> None:
 
             segmentation_to_ome_zarr(args.seg, args.output, progress=not args.quiet, client=client)
         else:
-            open_segmentation(args.seg).to_zarr(
+            SegmentationReader(args.seg).to_zarr(
                 args.output, combine_segments=args.combine_segments, progress=not args.quiet,
                 client=client,
             )

@@ -20,7 +20,14 @@ from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import DTypeLike
 
 from daskseg._decode import FrameRef, Output, read_chunk, store_block
-from daskseg._frames import FileSource, FrameRanges, index_frames, locate_frames, open_file
+from daskseg._frames import (
+    FileSource,
+    FrameLayout,
+    FrameRanges,
+    index_frames,
+    locate_frames,
+    open_file,
+)
 from daskseg._client import cluster_client
 from daskseg._progress import progress_bar
 from daskseg._tasks import block_tasks, run_windowed
@@ -29,6 +36,8 @@ from daskseg.plan import TileGrid, aligned_chunks
 
 if TYPE_CHECKING:
     import zarr
+
+    from daskseg._volread import VolumeSegmentationReader
     from distributed import Client
     from zarr.storage import StoreLike
 
@@ -129,6 +138,45 @@ class ReadOptions:
         return self.chunks
 
 
+#: A SEG's header, the layout of its frames, their byte ranges (encapsulated), and the raw
+#: bytes up to the Pixel Data (volume SEGs, whose frame items are scanned from them).
+_Head = tuple[pydicom.Dataset, FrameLayout, "list[FrameRanges] | None", "bytes | None"]
+
+
+def read_head(path: str, tiled: bool) -> _Head:
+    """Read a SEG's header (no pixel data) and locate its frames; refuse what is not a SEG.
+
+    ``tiled=False`` also accepts a SEG of a series or multi-frame image, and keeps its raw
+    header bytes for the volume frame index.
+    """
+    try:
+        with open_file(path) as handle:
+            header = pydicom.dcmread(handle, stop_before_pixels=True)
+            pixel_element = handle.tell()  # dcmread stops at the Pixel Data element
+            layout, ranges = locate_frames(handle, header, pixel_element, tiled=tiled)
+            raw = None
+            if "TotalPixelMatrixRows" not in header:
+                handle.seek(0)
+                raw = handle.read(pixel_element)
+    except FileNotFoundError as error:
+        raise SegmentationInputError(f"{path} does not exist.") from error
+    except pydicom.errors.InvalidDicomError as error:
+        raise SegmentationInputError(f"{path} is not a DICOM file: {error}") from error
+    return header, layout, ranges, raw
+
+
+def segments_of(header: pydicom.Dataset) -> tuple[list[Any], list[int]]:
+    """The segment descriptions and numbers read from a SEG (a label map's background not)."""
+    import highdicom as hd
+
+    # A label map describes its background (the PixelPaddingValue) as a segment too;
+    # like highdicom, it is not one of the segments read.
+    padding = header.get("PixelPaddingValue")
+    items = [item for item in header.SegmentSequence if item.SegmentNumber != padding]
+    return ([hd.seg.SegmentDescription.from_dataset(i) for i in items],
+            [int(item.SegmentNumber) for item in items])
+
+
 class SegmentationReader:
     """A DICOM Segmentation of a tiled image, opened for lazy, parallel reading.
 
@@ -153,27 +201,12 @@ class SegmentationReader:
     transfer_syntax_uid : pydicom.uid.UID
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        import highdicom as hd
-
+    def __init__(self, path: str | os.PathLike, *, _head: _Head | None = None) -> None:
         self.path = os.fspath(path)
-        try:
-            with open_file(self.path) as handle:
-                header = pydicom.dcmread(handle, stop_before_pixels=True)
-                pixel_element = handle.tell()  # dcmread stops at the Pixel Data element
-                self._layout, self._frame_ranges = locate_frames(handle, header, pixel_element)
-        except FileNotFoundError as error:
-            raise SegmentationInputError(f"{self.path} does not exist.") from error
-        except pydicom.errors.InvalidDicomError as error:
-            raise SegmentationInputError(f"{self.path} is not a DICOM file: {error}") from error
+        header, self._layout, self._frame_ranges, _ = _head or read_head(self.path, tiled=True)
         self.header = header
         self.segmentation_type = str(header.SegmentationType)
-        # A label map describes its background (the PixelPaddingValue) as a segment too;
-        # like highdicom, it is not one of the segments read.
-        padding = header.get("PixelPaddingValue")
-        items = [item for item in header.SegmentSequence if item.SegmentNumber != padding]
-        self.segment_descriptions = [hd.seg.SegmentDescription.from_dataset(i) for i in items]
-        self.segment_numbers = [int(item.SegmentNumber) for item in items]
+        self.segment_descriptions, self.segment_numbers = segments_of(header)
         self.tile_size = (int(header.Rows), int(header.Columns))
         self.shape = (int(header.TotalPixelMatrixRows), int(header.TotalPixelMatrixColumns))
         self.number_of_frames = int(header.get("NumberOfFrames", 1))
@@ -315,8 +348,8 @@ class SegmentationReader:
         return target
 
 
-def open_segmentation(path: str | os.PathLike) -> SegmentationReader:
-    """Open a SEG of a tiled image for lazy, parallel reading (header only).
+def open_segmentation(path: str | os.PathLike) -> SegmentationReader | VolumeSegmentationReader:
+    """Open a SEG for lazy, parallel reading (header only): of a tiled image, or of a series.
 
     Parameters
     ----------
@@ -325,8 +358,9 @@ def open_segmentation(path: str | os.PathLike) -> SegmentationReader:
 
     Returns
     -------
-    SegmentationReader
-        Its segments, type and tile grid, and ``to_dask`` / ``to_zarr``.
+    SegmentationReader or VolumeSegmentationReader
+        Its segments, type and tile grid, and ``to_dask`` / ``to_zarr``; for a SEG of a
+        series or multi-frame image (CT, MR...), its planes and ``to_dask``.
 
     Examples
     --------
@@ -336,7 +370,12 @@ def open_segmentation(path: str | os.PathLike) -> SegmentationReader:
     """
     if not isinstance(path, (str, os.PathLike)):
         raise SegmentationTypeError(f"path must be a str or os.PathLike, not {type(path).__name__}.")
-    return SegmentationReader(path)
+    head = read_head(os.fspath(path), tiled=False)
+    if head[3] is not None:
+        from daskseg._volread import VolumeSegmentationReader
+
+        return VolumeSegmentationReader(os.fspath(path), head)
+    return SegmentationReader(path, _head=head)
 
 
 def read_segmentation(
@@ -348,11 +387,17 @@ def read_segmentation(
     rescale_fractional: bool = True,
     dtype: DTypeLike | None = None,
     chunks: int | tuple[int, int] | None = None,
+    source_sop_instance_uids: Sequence[str] | None = None,
 ) -> da.Array:
-    """Read a SEG of a tiled image as a lazy Dask array of its total pixel matrix.
+    """Read a SEG as a lazy Dask array: a tiled image's total pixel matrix, or a volume.
 
     The values equal highdicom's ``Segmentation.get_total_pixel_matrix`` with the same
     arguments; frames are decoded in parallel by the tasks, and only those a slice touches.
+    A SEG of a series or multi-frame image (CT, MR...) reads as ``(planes, rows, columns)``
+    (combined) or ``(planes, rows, columns, segments)``, equal to highdicom's
+    ``get_pixels_by_source_instance``: by default its planes with frames sorted along the
+    slice normal, or the source images ``source_sop_instance_uids`` in that order (those
+    without frames read as zeros).
 
     Parameters
     ----------
@@ -370,7 +415,10 @@ def read_segmentation(
     dtype : numpy dtype, optional
         Output type; chosen as highdicom does by default.
     chunks : int or (int, int), optional
-        Chunk size in pixels, rounded to whole tiles; about 2048 by default.
+        Chunk size in pixels, rounded to whole tiles; about 2048 by default. For a volume:
+        planes per chunk.
+    source_sop_instance_uids : sequence of str, optional
+        Volume SEGs only: the source images whose planes to read, in this order.
 
     Returns
     -------
@@ -399,7 +447,16 @@ def read_segmentation(
     >>> labels = read_segmentation("seg.dcm", combine_segments=True)  # doctest: +SKIP
     >>> labels[:1024, :1024].compute()  # decodes only the frames of that region  # doctest: +SKIP
     """
-    return open_segmentation(path).to_dask(
-        segment_numbers=segment_numbers, combine_segments=combine_segments, relabel=relabel,
-        rescale_fractional=rescale_fractional, dtype=dtype, chunks=chunks,
-    )
+    reader = open_segmentation(path)
+    options = dict(segment_numbers=segment_numbers, combine_segments=combine_segments,
+                   relabel=relabel, rescale_fractional=rescale_fractional, dtype=dtype)
+    if isinstance(reader, SegmentationReader):
+        if source_sop_instance_uids is not None:
+            raise SegmentationInputError(
+                "source_sop_instance_uids is for SEGs of series; this SEG is of a tiled image."
+            )
+        return reader.to_dask(chunks=chunks, **options)  # type: ignore[arg-type]
+    if chunks is not None and not isinstance(chunks, int):
+        raise SegmentationInputError("chunks of a volume SEG is a number of planes per chunk.")
+    return reader.to_dask(source_sop_instance_uids=source_sop_instance_uids, chunks=chunks,
+                          **options)  # type: ignore[arg-type]

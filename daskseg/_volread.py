@@ -1,0 +1,147 @@
+"""Reading SEGs of series and multi-frame images: a lazy ``(planes, rows, columns[, segments])``.
+
+The volume frame index (``_volframes``) says which source plane and segment each frame holds;
+the planes are then read as the tiled reader reads a column of tiles: a chunk of ``k`` planes
+is a ``k * rows`` by ``columns`` image of one tile per plane, decoded by ``_decode.read_chunk``
+with the same options (``read.ReadOptions``), so the values are those of highdicom's
+``get_pixels_by_source_instance``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.highlevelgraph import HighLevelGraph
+from numpy.typing import DTypeLike
+
+from daskseg._decode import FrameRef, Output, read_chunk
+from daskseg._frames import FileSource, FrameLayout, FrameRanges
+from daskseg._volframes import dataset_start, index_volume_frames, plane_order, scan_frame_items
+from daskseg.errors import SegmentationInputError
+from daskseg.read import ReadOptions, segments_of
+
+__all__ = ["VolumeSegmentationReader", "read_planes"]
+
+# Bytes of output per chunk when ``chunks`` is not given.
+_CHUNK_BYTES = 32 * 2**20
+
+
+def read_planes(
+    source: FileSource,
+    layout: FrameLayout,
+    frames: list[list[FrameRef | None]],
+    n_planes: int,
+    output: Output,
+) -> np.ndarray:
+    """Decode ``n_planes`` planes: ``frames[k][p]`` is channel ``k``'s frame of plane ``p``."""
+    rows, columns = layout.rows, layout.columns
+    tall = read_chunk(source, layout, frames, (n_planes, 1), (n_planes * rows, columns), output)
+    return tall.reshape((n_planes, rows, columns) + tall.shape[2:])
+
+
+class VolumeSegmentationReader:
+    """A DICOM Segmentation of a series or multi-frame image, opened for lazy reading.
+
+    Attributes
+    ----------
+    segmentation_type : str
+    segment_numbers : list of int
+    segment_descriptions : list of highdicom.seg.SegmentDescription
+    frame_size : tuple of int
+        Rows and columns of a plane.
+    number_of_frames : int
+    source_sop_instance_uids : list of str
+        The source images with frames, in the default order (sorted along the slice normal).
+    transfer_syntax_uid : pydicom.uid.UID
+    """
+
+    def __init__(
+        self, path: str, head: tuple[Any, FrameLayout, list[FrameRanges] | None, bytes | None]
+    ) -> None:
+        header, self._layout, self._frame_ranges, raw = head
+        assert raw is not None
+        self.path = path
+        self.header = header
+        self.segmentation_type = str(header.SegmentationType)
+        self.segment_descriptions, self.segment_numbers = segments_of(header)
+        self.frame_size = (int(header.Rows), int(header.Columns))
+        self.number_of_frames = int(header.get("NumberOfFrames", 1))
+        self.transfer_syntax_uid = header.file_meta.TransferSyntaxUID
+        if self.transfer_syntax_uid.is_deflated or not self.transfer_syntax_uid.is_little_endian:
+            raise SegmentationInputError(
+                f"Transfer syntax {self.transfer_syntax_uid.name} is not supported for SEGs of "
+                "series; use highdicom."
+            )
+        items = scan_frame_items(raw, dataset_start(raw), self.transfer_syntax_uid.is_implicit_VR)
+        if len(items) != self.number_of_frames:
+            raise SegmentationInputError(
+                f"The SEG has {self.number_of_frames} frames but {len(items)} per-frame "
+                "functional group items: the file is inconsistent."
+            )
+        self._index = index_volume_frames(header, items, self.segment_numbers)
+        default = plane_order(header, self._index, None)
+        self.source_sop_instance_uids = [self._index.keys[p][0] for p in default]
+
+    def to_dask(
+        self,
+        *,
+        source_sop_instance_uids: Sequence[str] | None = None,
+        segment_numbers: Sequence[int] | None = None,
+        combine_segments: bool = False,
+        relabel: bool = False,
+        rescale_fractional: bool = True,
+        dtype: DTypeLike | None = None,
+        chunks: int | None = None,
+    ) -> da.Array:
+        """The planes as a lazy Dask array; see :func:`daskseg.read_segmentation`.
+
+        ``chunks`` is the number of planes per chunk (about 32 MiB of output by default).
+        """
+        options = ReadOptions(segment_numbers, combine_segments, relabel, rescale_fractional,
+                              dtype, None)
+        output = options.output(self)  # type: ignore[arg-type]
+        planes = plane_order(self.header, self._index, source_sop_instance_uids)
+        if not planes:
+            raise SegmentationInputError("source_sop_instance_uids is empty.")
+        labelmap = self.segmentation_type == "LABELMAP"
+        channels = [0] if labelmap else [self.segment_numbers.index(n) for n in output.numbers]
+        rows, columns = self.frame_size
+        plane_bytes = rows * columns * np.dtype(output.dtype).itemsize * (
+            1 if combine_segments else len(output.numbers))
+        per_chunk = int(chunks) if chunks else max(1, _CHUNK_BYTES // plane_bytes)
+        starts = range(0, len(planes), per_chunk)
+        plane_chunks = tuple(min(per_chunk, len(planes) - s) for s in starts)
+        out_chunks: tuple[tuple[int, ...], ...] = (plane_chunks, (rows,), (columns,))
+        if not combine_segments:
+            out_chunks += ((len(output.numbers),),)
+        token = dask.base.tokenize(
+            self.path, os.path.getmtime(self.path) if os.path.exists(self.path) else 0,
+            output, out_chunks, planes,
+        )
+        name = f"decode-volume-seg-{token}"
+        source = FileSource(self.path)
+        graph: dict[tuple[Any, ...], Any] = {}
+        for i, start in enumerate(starts):
+            chunk = planes[start : start + plane_chunks[i]]
+            frames: list[list[FrameRef | None]] = []
+            for channel in channels:
+                row = []
+                for plane in chunk:
+                    index = -1 if plane < 0 else int(self._index.table[channel, plane])
+                    row.append(None if index < 0 else (index, self._ranges(index)))
+                frames.append(row)
+            key = (name, i, 0, 0) + (() if combine_segments else (0,))
+            graph[key] = (read_planes, source, self._layout, frames, len(chunk), output)
+        meta = np.empty((0,) * len(out_chunks), dtype=np.dtype(output.dtype))
+        return da.Array(HighLevelGraph.from_collections(name, graph, dependencies=[]), name,
+                        out_chunks, meta=meta)
+
+    def _ranges(self, index: int) -> FrameRanges:
+        if self._frame_ranges is None:
+            return self._layout.ranges(index)
+        return self._frame_ranges[index]

@@ -1,0 +1,130 @@
+"""Reading SEGs of series: values equal highdicom's get_pixels_by_source_instance."""
+
+from __future__ import annotations
+
+import random
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
+from test_volume_write import shuffled_series, volume_mask
+
+from daskseg import (
+    SegmentationInputError,
+    VolumeSegmentationReader,
+    open_segmentation,
+    read_segmentation,
+    write_segmentation,
+)
+from daskseg.synthetic import make_segment_descriptions
+
+READS = [
+    dict(),
+    dict(combine_segments=True),
+    dict(segment_numbers=[3, 1]),
+    dict(segment_numbers=[3, 1], combine_segments=True, relabel=True),
+    dict(dtype=np.uint16),
+]
+
+
+def same_as_highdicom(path, uids, **options):
+    ours = read_segmentation(path, source_sop_instance_uids=uids, **options).compute()
+    theirs = hd.seg.segread(path).get_pixels_by_source_instance(
+        uids, assert_missing_frames_are_empty=True, **options
+    )
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    np.testing.assert_array_equal(ours, theirs)
+    return ours
+
+
+@pytest.mark.parametrize("writer", ["daskseg", "highdicom"])
+@pytest.mark.parametrize("segmentation_type, syntax", [
+    ("BINARY", ExplicitVRLittleEndian),
+    ("BINARY", JPEG2000Lossless),
+    ("FRACTIONAL", ImplicitVRLittleEndian),
+    ("LABELMAP", ExplicitVRLittleEndian),
+])
+def test_matches_highdicom(tmp_path, thread_client, writer, segmentation_type, syntax):
+    series = shuffled_series()
+    mask = volume_mask(segmentation_type)
+    descriptions = make_segment_descriptions(3, segmentation_type=segmentation_type)
+    path = tmp_path / "seg.dcm"
+    if writer == "daskseg":
+        write_segmentation(mask, series, descriptions, path, segmentation_type=segmentation_type,
+                           transfer_syntax_uid=syntax, client=thread_client)
+    else:  # highdicom's own file (its sequence lengths and element order)
+        hd.seg.Segmentation(series, mask, segmentation_type, descriptions, hd.UID(), 1, hd.UID(),
+                            1, "x", "x", "1", "x", transfer_syntax_uid=syntax).save_as(path)
+    reader = open_segmentation(path)
+    assert isinstance(reader, VolumeSegmentationReader)
+    # By default: the planes with frames (slices 1..4 of the mask), sorted along the normal.
+    order = hd.spatial.get_dataset_sort_index(series)
+    with_frames = [series[k].SOPInstanceUID for k in order if mask[k].any()]
+    assert reader.source_sop_instance_uids == with_frames
+    for options in READS[:2] if segmentation_type == "FRACTIONAL" else READS:
+        if segmentation_type == "FRACTIONAL" and options.get("combine_segments"):
+            continue
+        default = read_segmentation(path, **options).compute()
+        np.testing.assert_array_equal(default, same_as_highdicom(path, with_frames, **options))
+    # Every source image in the order given: omitted planes read as zeros.
+    given = [ds.SOPInstanceUID for ds in series]
+    values = same_as_highdicom(path, given, combine_segments=segmentation_type != "FRACTIONAL")
+    if segmentation_type != "FRACTIONAL":
+        np.testing.assert_array_equal(values, mask)
+
+
+def test_subset_reordered_and_chunks(tmp_path, thread_client):
+    series = shuffled_series()
+    mask = volume_mask("BINARY")
+    path = write_segmentation(mask, series, make_segment_descriptions(3), tmp_path / "seg.dcm",
+                              client=thread_client)
+    uids = [ds.SOPInstanceUID for ds in series]
+    chosen = [uids[4], uids[0], uids[2], uids[4]]  # an empty plane, a repeat
+    values = same_as_highdicom(path, chosen, combine_segments=True)
+    np.testing.assert_array_equal(values, mask[[4, 0, 2, 4]])
+    lazy = read_segmentation(path, source_sop_instance_uids=uids, chunks=2)
+    assert lazy.chunks[0] == (2, 2, 2, 1)
+    np.testing.assert_array_equal(lazy[3:5, ..., 1].compute(), mask[3:5] == 2)
+
+
+def test_shared_testdata(testdata):
+    paths = sorted(testdata.glob("seg_image_ct_*.dcm"))
+    if not paths:
+        pytest.skip("no seg_image_ct_*.dcm in the shared testdata")
+    for path in paths:
+        reader = open_segmentation(path)
+        ours = reader.to_dask().compute()
+        # highdicom's test SEGs do not say their spatial locations are preserved.
+        theirs = hd.seg.segread(path).get_pixels_by_source_instance(
+            reader.source_sop_instance_uids, ignore_spatial_locations=True
+        )
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_refusals(tmp_path, thread_client, testdata):
+    series = shuffled_series(slices=7)
+    path = write_segmentation(volume_mask("BINARY"), series, make_segment_descriptions(3),
+                              tmp_path / "seg.dcm", client=thread_client)
+    with pytest.raises(SegmentationInputError, match="not source images of this SEG"):
+        read_segmentation(path, source_sop_instance_uids=[hd.UID()])
+    with pytest.raises(SegmentationInputError, match="sequence of UIDs"):
+        read_segmentation(path, source_sop_instance_uids=series[0].SOPInstanceUID)
+    with pytest.raises(SegmentationInputError, match="not in this SEG"):
+        read_segmentation(path, segment_numbers=[4])
+    tiled = testdata / "seg_image_sm_control.dcm"
+    if tiled.exists():
+        with pytest.raises(SegmentationInputError, match="tiled image"):
+            read_segmentation(tiled, source_sop_instance_uids=[hd.UID()])
+
+
+def test_implicit_and_axial_many_segments(tmp_path, thread_client):
+    """The raw item walker on implicit VR, frames of one segment in the shared groups."""
+    series = shuffled_series(orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
+    random.Random(3).shuffle(series)
+    mask = volume_mask("BINARY") == 1
+    path = write_segmentation(mask, series, make_segment_descriptions(1), tmp_path / "one.dcm",
+                              transfer_syntax_uid=ImplicitVRLittleEndian, client=thread_client)
+    reader = open_segmentation(path)
+    same_as_highdicom(path, reader.source_sop_instance_uids)
+    same_as_highdicom(path, [ds.SOPInstanceUID for ds in series])
