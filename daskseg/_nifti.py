@@ -11,17 +11,19 @@ misplaced SEG is worse than none.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import tempfile
 from typing import Any
 
 import dask.array as da
 import numpy as np
 
 from daskseg._series import SourceSeries
-from daskseg.errors import SegmentationInputError
+from daskseg.errors import MissingDependencyError, SegmentationInputError
 
-__all__ = ["is_nifti_path", "read_nifti", "match_to_series"]
+__all__ = ["is_nifti_path", "match_to_series", "read_nifti", "volume_to_nifti"]
 
 _SUFFIXES = (".nii", ".nii.gz")
 # How far (in voxels) a source pixel may lie from a voxel centre of the file: NIfTI stores its
@@ -212,3 +214,91 @@ def _match(
     if (slices == np.arange(len(slices))[::-1]).all():
         return volume[::-1]
     return volume[slices]
+
+
+def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None) -> pathlib.Path:
+    """Write a volume SEG's planes as a NIfTI file in the series' geometry (RAS+ affine).
+
+    The inverse of :func:`match_to_series`: the file's axes are (column, row, slice), its
+    affine from the planes' positions, the shared orientation and pixel spacing. Labels
+    (segments combined) for BINARY and LABELMAP, fractions of each segment on a fourth axis
+    for FRACTIONAL. The slices run from the first to the last plane with frames; planes
+    without frames in between (omitted empty frames) are zeros.
+
+    Raises
+    ------
+    MissingDependencyError
+        If nibabel is not installed.
+    SegmentationInputError
+        If the planes are not a regular grid (different steps, a missing orientation).
+    """
+    try:
+        import highdicom as hd
+        import nibabel
+    except ImportError as error:
+        raise MissingDependencyError(
+            "Writing NIfTI needs nibabel: pip install 'daskseg[nifti]'."
+        ) from error
+    header = reader.header
+    shared = header.SharedFunctionalGroupsSequence[0]
+    try:
+        orientation = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
+        measures = shared.PixelMeasuresSequence[0]
+        pixel_spacing = [float(v) for v in measures.PixelSpacing]
+    except (AttributeError, IndexError) as error:
+        raise SegmentationInputError(
+            "The SEG has no shared plane orientation and pixel spacing, so its voxels have no "
+            "one geometry for NIfTI."
+        ) from error
+    positions = reader.plane_positions()
+    # highdicom's volumes: slice, row and column indices are right-handed, so slices run along
+    # column direction x row direction.
+    normal = np.cross(orientation[3:], orientation[:3])
+    distances = positions @ normal
+    steps = np.diff(distances)
+    if len(steps) and "SpacingBetweenSlices" in measures:
+        spacing = abs(float(measures.SpacingBetweenSlices))
+    else:
+        spacing = float(np.abs(steps).min()) if len(steps) else 1.0
+    if len(steps) and steps.sum() < 0:  # planes sorted against the normal
+        spacing = -spacing
+    index = np.rint((distances - distances[0]) / spacing)
+    expected = positions[0] + np.outer(index, normal * spacing)
+    if len(steps) and (not np.allclose(positions, expected, atol=1e-3 * abs(spacing))
+                       or (index < 0).any()):
+        raise SegmentationInputError(
+            "The SEG's planes are not a regular grid of slices (other steps, or off the slice "
+            "normal), so they cannot be one NIfTI volume."
+        )
+    fractional = reader.segmentation_type == "FRACTIONAL"
+    planes = reader.to_dask(combine_segments=not fractional).compute(
+        **({} if client is not None else {"scheduler": "threads"}))
+    volume = np.zeros((int(index.max()) + 1 if len(index) else 0, *planes.shape[1:]),
+                      dtype=planes.dtype)
+    volume[index.astype(int)] = planes
+    geometry = hd.VolumeGeometry.from_attributes(
+        image_position=positions[0].tolist(), image_orientation=orientation,
+        rows=volume.shape[1], columns=volume.shape[2], pixel_spacing=pixel_spacing,
+        spacing_between_slices=spacing,
+        number_of_frames=volume.shape[0], coordinate_system="PATIENT",
+    )
+    if fractional:
+        # highdicom converts 3D volumes only: its affine, and one segment per 4th-axis index.
+        spatial = geometry.with_array(np.zeros(volume.shape[:3], np.uint8))
+        affine = spatial.permute_spatial_axes([2, 1, 0]).to_nibabel().affine
+        image = nibabel.Nifti1Image(volume.transpose(2, 1, 0, 3), affine)
+    else:
+        image = geometry.with_array(volume).permute_spatial_axes([2, 1, 0]).to_nibabel()
+    path = pathlib.Path(path)
+    # Written beside the destination and renamed: a failure leaves no half-written file.
+    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        image.to_filename(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    return path

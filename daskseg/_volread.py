@@ -141,6 +141,11 @@ class VolumeSegmentationReader:
         return da.Array(HighLevelGraph.from_collections(name, graph, dependencies=[]), name,
                         out_chunks, meta=meta)
 
+    def plane_positions(self) -> np.ndarray:
+        """ImagePositionPatient ``(planes, 3)`` of the planes in the default order."""
+        order = plane_order(self.header, self._index, None)
+        return self._index.positions[order]
+
     def _ranges(self, index: int) -> FrameRanges:
         if self._frame_ranges is None:
             return self._layout.ranges(index)

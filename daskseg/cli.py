@@ -202,8 +202,20 @@ def _decode(args: argparse.Namespace) -> None:
     ome = args.output.rstrip("/").lower().endswith(".ome.zarr")
     if ome and os.path.exists(args.output):
         raise UserError(f"{args.output} exists; remove it or choose another output")
+    nifti = args.output.lower().endswith((".nii", ".nii.gz"))
+    if nifti and os.path.exists(args.output) and not args.overwrite:
+        raise UserError(f"{args.output} exists; pass --overwrite or choose another output")
     with _client(args) as client:
-        if ome:  # an OME-NGFF image whose labels/ holds the SEG as one label image
+        if nifti:  # a SEG of a series: labels in the series' geometry
+            from daskseg import open_segmentation
+            from daskseg._nifti import volume_to_nifti
+
+            reader = open_segmentation(args.seg)
+            if isinstance(reader, SegmentationReader):
+                raise UserError(f"{args.seg} is a SEG of a tiled image; NIfTI output is for "
+                                "SEGs of series (CT, MR...)")
+            volume_to_nifti(reader, args.output, client=client)
+        elif ome:  # an OME-NGFF image whose labels/ holds the SEG as one label image
             from daskseg import segmentation_to_ome_zarr
 
             segmentation_to_ome_zarr(args.seg, args.output, progress=not args.quiet, client=client)
@@ -318,10 +330,12 @@ def _parser() -> argparse.ArgumentParser:
     cluster_options(encode)
     encode.set_defaults(run=_encode)
 
-    decode = commands.add_parser("decode", help="decode a SEG into a Zarr store")
+    decode = commands.add_parser("decode", help="decode a SEG into a Zarr store or NIfTI file")
     decode.add_argument("seg")
     decode.add_argument("-o", "--output", required=True,
-                        help="the Zarr store to write; NAME.ome.zarr writes OME-Zarr labels")
+                        help="the Zarr store to write; NAME.ome.zarr writes OME-Zarr labels; "
+                        "NAME.nii.gz the labels of a SEG of a series, in its geometry")
+    decode.add_argument("--overwrite", action="store_true", help="replace an existing NIfTI file")
     decode.add_argument("--combine-segments", action="store_true",
                         help="one label image instead of a stack of segments")
     cluster_options(decode)

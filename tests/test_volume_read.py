@@ -128,3 +128,43 @@ def test_implicit_and_axial_many_segments(tmp_path, thread_client):
     reader = open_segmentation(path)
     same_as_highdicom(path, reader.source_sop_instance_uids)
     same_as_highdicom(path, [ds.SOPInstanceUID for ds in series])
+
+
+@pytest.mark.parametrize("omit", [False, True])
+def test_decode_to_nifti_round_trip(tmp_path, thread_client, omit):
+    pytest.importorskip("nibabel")
+    from daskseg._nifti import match_to_series, read_nifti
+    from daskseg._series import load_source_series
+    from daskseg.cli import main
+
+    series = shuffled_series()  # oblique, shuffled
+    order = list(hd.spatial.get_dataset_sort_index(series))
+    # In slice order, slices 0, 5 and 6 are empty; frame k of the mask is for series[k].
+    labels = volume_mask("LABELMAP")[np.argsort(order)]
+    path = write_segmentation(labels, series, make_segment_descriptions(3), tmp_path / "seg.dcm",
+                              omit_empty_frames=omit, client=thread_client)
+    out = tmp_path / "labels.nii.gz"
+    assert main(["decode", str(path), "-o", str(out), "--threads", "2", "--quiet"]) == 0
+    array, affine = read_nifti(out)
+    if omit:  # from the first to the last plane with frames, in slice order, gaps as zeros
+        ranks = [rank for rank, k in enumerate(order) if labels[k].any()]
+        slab = order[min(ranks) : max(ranks) + 1]
+        assert array.shape[2] == len(slab) < len(series)
+        np.testing.assert_array_equal(np.asarray(array).transpose(2, 1, 0), labels[slab])
+    else:  # the whole series: matched back to it, frame k for series[k]
+        matched = match_to_series(array, affine, load_source_series(series))
+        np.testing.assert_array_equal(np.asarray(matched), labels)
+    assert main(["decode", str(path), "-o", str(out), "--quiet"]) == 1  # exists
+
+
+def test_fractional_to_nifti_has_a_segment_axis(tmp_path, testdata):
+    nibabel = pytest.importorskip("nibabel")
+    from daskseg._nifti import volume_to_nifti
+
+    path = testdata / "seg_image_ct_true_fractional.dcm"
+    if not path.exists():
+        pytest.skip("no seg_image_ct_true_fractional.dcm in the shared testdata")
+    reader = open_segmentation(path)
+    image = nibabel.load(volume_to_nifti(reader, tmp_path / "fractions.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(image.dataobj).transpose(2, 1, 0, 3),
+                                  reader.to_dask().compute())
