@@ -1,4 +1,4 @@
-# The quick-start commands: `make demo`, `make notebooks` and `make test`. They work on a
+# The two quick-start commands, `make demo` and `make test`, and `make notebooks`, work on a
 # fresh machine with python3, make and git; the virtual environment lives in .venv.
 PYTHON ?= python3
 VENV := .venv

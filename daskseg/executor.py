@@ -188,7 +188,7 @@ class _CallFuture(Future):
             self.set_running_or_notify_cancel()  # CANCELLED -> CANCELLED_AND_NOTIFIED
             call, self._call = self._call, None
         if call is not None:
-            call.fn = call.args = call.kwargs = None
+            call.release()
         return True
 
     def running(self) -> bool:
@@ -215,13 +215,17 @@ def _payload(args: tuple, kwargs: dict) -> int:
 @dataclass(eq=False)
 class _Call:
     future: _CallFuture
-    fn: Callable
+    fn: Callable | None  # None once released
     args: tuple
     kwargs: dict
     kind: str
     queued: float
     nbytes: int
     losses: int = 0  # times the worker running it died after its batch had returned
+
+    def release(self) -> None:
+        """Drop the function and arguments: nothing of a resolved or cancelled call stays."""
+        self.fn, self.args, self.kwargs = None, (), {}
 
 
 @dataclass(eq=False)
@@ -397,8 +401,13 @@ class DaskExecutor(Executor):
     def _fast(self, calls: list[_Call]) -> bool:
         """Whether calls are measured short enough that a batch queued behind them on a worker
         thread starts soon (within a few ``batch_duration``)."""
-        estimates = [self._estimate(call) for call in calls]
-        return None not in estimates and sum(estimates) <= _FAST * self._batch_duration
+        total = 0.0
+        for call in calls:
+            estimate = self._estimate(call)
+            if estimate is None:  # never measured: not known to be fast
+                return False
+            total += estimate
+        return total <= _FAST * self._batch_duration
 
     def _capacity(self, head: _Call) -> int:
         """Tasks allowed on the cluster; the workers are asked about at most once a second.
@@ -547,7 +556,8 @@ class DaskExecutor(Executor):
                 call, (ok, value, seconds) = pending.pop()
                 self._learn(call.kind, seconds)
                 future = call.future
-                call.fn = call.args = call.kwargs = future._call = None
+                call.release()
+                future._call = None
                 # Done already: failed when the cluster went without workers.
                 if not future.done() and future.set_running_or_notify_cancel():
                     if ok:
@@ -567,7 +577,7 @@ class DaskExecutor(Executor):
     def _hand_back(self, rest: list[_Call], token: str | None, address: str | None) -> None:
         """Collect the call that outlived its batch; queue the calls it did not start again."""
         with self._lock:
-            if token is not None:
+            if token is not None and address is not None:
                 self._collects.append((rest.pop(0), token, address))
             for call in reversed(rest):
                 if call.future.done():  # failed meanwhile: the cluster went without workers
@@ -607,7 +617,8 @@ class DaskExecutor(Executor):
             failure.__cause__ = error
         for call in calls:
             future = call.future
-            call.fn = call.args = call.kwargs = future._call = None
+            call.release()
+            future._call = None
             if not future.done():
                 with future._condition:
                     future._sent = False

@@ -180,6 +180,7 @@ def test_to_zarr_on_a_cluster_without_workers_raises(tmp_path, fresh_cluster, in
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("fresh_cluster", [3], indirect=True)  # scaling to zero is no death
 def test_executor_fails_its_calls_when_the_cluster_has_no_workers(fresh_cluster):
     cluster, client = fresh_cluster
     with dask.config.set({"daskseg.no-workers-timeout": "2s"}):
