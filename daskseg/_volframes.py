@@ -15,16 +15,19 @@ import functools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from highdicom.spatial import get_plane_sort_index
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 
 from daskseg.errors import SegmentationInputError
 
-__all__ = ["FrameItem", "VolumeIndex", "index_volume_frames", "scan_frame_items"]
+__all__ = [
+    "FrameItem", "VolumeIndex", "index_volume_frames", "read_frame_items", "scan_frame_items",
+]
 
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -140,8 +143,8 @@ def _text(raw: bytes | None) -> str | None:
 def scan_frame_items(buffer: bytes, dataset_start: int, implicit: bool) -> list[FrameItem]:
     """The frame items of the Per-frame Functional Groups Sequence in ``buffer``.
 
-    ``buffer`` holds the file up to the Pixel Data; ``dataset_start`` is where the dataset
-    after the file meta begins.
+    ``buffer`` holds top-level elements from ``dataset_start`` on, the sequence among them
+    (:func:`read_frame_items` gives the sequence alone).
     """
     walker = _Walker(buffer, implicit)
     pos = dataset_start
@@ -170,16 +173,36 @@ def scan_frame_items(buffer: bytes, dataset_start: int, implicit: bool) -> list[
     return frames
 
 
-def dataset_start(buffer: bytes) -> int:
-    """Where the dataset begins after the preamble and the file meta (group 0002, explicit VR)."""
-    pos = 132 if buffer[128:132] == b"DICM" else 0
-    walker = _Walker(buffer, implicit=False)
-    while pos < len(buffer):
-        tag, _, value, length = walker.element(pos)
-        if tag >> 16 != 0x0002:
-            return pos
-        pos = value + length
-    return pos
+def read_frame_items(handle: BinaryIO, header: Dataset, implicit: bool) -> bytes:
+    """The raw bytes of the Per-frame Functional Groups Sequence at the handle's position.
+
+    Reads on to the Pixel Data element and leaves the handle there; the elements between
+    (the Extended Offset Table) are read into ``header``. Empty bytes if there are no items.
+    """
+    start = handle.tell()
+    size = 1 << 20
+    buffer = handle.read(size)
+    walker = _Walker(buffer, implicit)
+    while True:
+        try:
+            tag, sequence, value, length = walker.element(0)
+            end = walker.end(value, length) if tag == _PFFG else 0
+            if end > len(buffer):
+                raise struct.error("beyond the buffer")
+            break
+        except struct.error:
+            more = handle.read(size)
+            if not more:
+                raise SegmentationInputError(
+                    "The per-frame functional groups run past the end of the file."
+                ) from None
+            buffer += more
+            size *= 2
+            walker = _Walker(buffer, implicit)
+    handle.seek(start + end)
+    rest = read_dataset(handle, implicit, True, stop_when=lambda t, vr, n: t >= 0x7FE00010)
+    header.update(rest)
+    return buffer[:end]
 
 
 @dataclass(frozen=True)

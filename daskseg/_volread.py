@@ -21,14 +21,16 @@ from numpy.typing import DTypeLike
 
 from daskseg._decode import FrameRef, Output, read_chunk
 from daskseg._frames import FileSource, FrameLayout, FrameRanges
-from daskseg._volframes import dataset_start, index_volume_frames, plane_order, scan_frame_items
+from daskseg._volframes import index_volume_frames, plane_order, scan_frame_items
 from daskseg.errors import SegmentationInputError
 from daskseg.read import ReadOptions, segments_of
 
 __all__ = ["VolumeSegmentationReader", "read_planes"]
 
-# Bytes of output per chunk when ``chunks`` is not given.
+# When ``chunks`` is not given: at most this many bytes of output per chunk, and at least
+# _MIN_CHUNKS chunks, so that every worker of a small cluster stays busy to the end.
 _CHUNK_BYTES = 32 * 2**20
+_MIN_CHUNKS = 16
 
 
 def read_planes(
@@ -77,7 +79,7 @@ class VolumeSegmentationReader:
                 f"Transfer syntax {self.transfer_syntax_uid.name} is not supported for SEGs of "
                 "series; use highdicom."
             )
-        items = scan_frame_items(raw, dataset_start(raw), self.transfer_syntax_uid.is_implicit_VR)
+        items = scan_frame_items(raw, 0, self.transfer_syntax_uid.is_implicit_VR)
         if len(items) != self.number_of_frames:
             raise SegmentationInputError(
                 f"The SEG has {self.number_of_frames} frames but {len(items)} per-frame "
@@ -100,7 +102,8 @@ class VolumeSegmentationReader:
     ) -> da.Array:
         """The planes as a lazy Dask array; see :func:`daskseg.read_segmentation`.
 
-        ``chunks`` is the number of planes per chunk (about 32 MiB of output by default).
+        ``chunks`` is the number of planes per chunk (by default at most 32 MiB of output, and
+        at least 16 chunks).
         """
         options = ReadOptions(segment_numbers, combine_segments, relabel, rescale_fractional,
                               dtype, None)
@@ -113,7 +116,8 @@ class VolumeSegmentationReader:
         rows, columns = self.frame_size
         plane_bytes = rows * columns * np.dtype(output.dtype).itemsize * (
             1 if combine_segments else len(output.numbers))
-        per_chunk = int(chunks) if chunks else max(1, _CHUNK_BYTES // plane_bytes)
+        per_chunk = int(chunks) if chunks else max(1, min(_CHUNK_BYTES // plane_bytes,
+                                                          -(-len(planes) // _MIN_CHUNKS)))
         starts = range(0, len(planes), per_chunk)
         plane_chunks = tuple(min(per_chunk, len(planes) - s) for s in starts)
         out_chunks: tuple[tuple[int, ...], ...] = (plane_chunks, (rows,), (columns,))

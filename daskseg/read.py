@@ -20,6 +20,7 @@ from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import DTypeLike
 
 from daskseg._decode import FrameRef, Output, read_chunk, store_block
+from daskseg._volframes import read_frame_items
 from daskseg._frames import (
     FileSource,
     FrameLayout,
@@ -143,21 +144,35 @@ class ReadOptions:
 _Head = tuple[pydicom.Dataset, FrameLayout, "list[FrameRanges] | None", "bytes | None"]
 
 
+def _at_frame_items(tag: int, vr: str | None, length: int) -> bool:
+    return tag >= 0x52009230  # PerFrameFunctionalGroupsSequence, or Pixel Data without it
+
+
 def read_head(path: str, tiled: bool) -> _Head:
     """Read a SEG's header (no pixel data) and locate its frames; refuse what is not a SEG.
 
-    ``tiled=False`` also accepts a SEG of a series or multi-frame image, and keeps its raw
-    header bytes for the volume frame index.
+    ``tiled=False`` also accepts a SEG of a series or multi-frame image, and keeps the raw
+    bytes of its per-frame items for the volume frame index.
     """
     try:
         with open_file(path) as handle:
-            header = pydicom.dcmread(handle, stop_before_pixels=True)
-            pixel_element = handle.tell()  # dcmread stops at the Pixel Data element
-            layout, ranges = locate_frames(handle, header, pixel_element, tiled=tiled)
             raw = None
-            if "TotalPixelMatrixRows" not in header:
-                handle.seek(0)
-                raw = handle.read(pixel_element)
+            if tiled:
+                header = pydicom.dcmread(handle, stop_before_pixels=True)
+            else:
+                # Up to the per-frame items: pydicom would make thousands of Datasets of them.
+                header = pydicom.filereader.read_partial(handle, stop_when=_at_frame_items)
+                syntax = header.file_meta.get("TransferSyntaxUID")
+                volume = ("SegmentSequence" in header and "TotalPixelMatrixRows" not in header
+                          and syntax is not None and syntax.is_little_endian
+                          and not syntax.is_deflated)
+                if volume:
+                    raw = read_frame_items(handle, header, syntax.is_implicit_VR)
+                else:
+                    handle.seek(0)
+                    header = pydicom.dcmread(handle, stop_before_pixels=True)
+            pixel_element = handle.tell()  # both stop at the Pixel Data element
+            layout, ranges = locate_frames(handle, header, pixel_element, tiled=tiled)
     except FileNotFoundError as error:
         raise SegmentationInputError(f"{path} does not exist.") from error
     except pydicom.errors.InvalidDicomError as error:

@@ -168,3 +168,15 @@ def test_fractional_to_nifti_has_a_segment_axis(tmp_path, testdata):
     image = nibabel.load(volume_to_nifti(reader, tmp_path / "fractions.nii.gz"))
     np.testing.assert_array_equal(np.asarray(image.dataobj).transpose(2, 1, 0, 3),
                                   reader.to_dask().compute())
+
+
+def test_extended_offset_table_after_the_frame_items(tmp_path, thread_client):
+    """The elements between the per-frame items and Pixel Data are read too."""
+    series = shuffled_series()
+    mask = volume_mask("LABELMAP")
+    path = write_segmentation(mask, series, make_segment_descriptions(3), tmp_path / "seg.dcm",
+                              transfer_syntax_uid=JPEG2000Lossless, use_extended_offset_table=True,
+                              client=thread_client)
+    reader = open_segmentation(path)
+    assert "ExtendedOffsetTable" in reader.header
+    same_as_highdicom(path, [ds.SOPInstanceUID for ds in series], combine_segments=True)
