@@ -300,11 +300,14 @@ def plane_order(
                   for item in series.get("ReferencedInstanceSequence", [])}
     referenced |= {str(item.ReferencedSOPInstanceUID)
                    for item in header.get("SourceImageSequence", [])}
-    unknown = [uid for uid in source_sop_instance_uids
-               if uid not in plane_of and uid not in referenced]
-    if unknown:
+    # Source images that the SEG does not reference read as zeros (as highdicom's with
+    # assert_missing_frames_are_empty=True: dcmqi references only the images with frames), but
+    # UIDs of which none is the SEG's are another series.
+    if source_sop_instance_uids and not any(
+        uid in plane_of or uid in referenced for uid in source_sop_instance_uids
+    ):
         raise SegmentationInputError(
-            f"{len(unknown)} of source_sop_instance_uids are not source images of this SEG "
-            f"(first: {unknown[0]})."
+            "None of source_sop_instance_uids is a source image of this SEG (first: "
+            f"{source_sop_instance_uids[0]}): are they of another series?"
         )
     return [plane_of.get(str(uid), -1) for uid in source_sop_instance_uids]

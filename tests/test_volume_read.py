@@ -106,8 +106,12 @@ def test_refusals(tmp_path, thread_client, testdata):
     series = shuffled_series(slices=7)
     path = write_segmentation(volume_mask("BINARY"), series, make_segment_descriptions(3),
                               tmp_path / "seg.dcm", client=thread_client)
-    with pytest.raises(SegmentationInputError, match="not source images of this SEG"):
-        read_segmentation(path, source_sop_instance_uids=[hd.UID()])
+    with pytest.raises(SegmentationInputError, match="None of source_sop_instance_uids"):
+        read_segmentation(path, source_sop_instance_uids=[hd.UID(), hd.UID()])
+    # One unknown among the SEG's own: zeros, as highdicom's with assert_missing_frames_are_empty.
+    values = read_segmentation(path, source_sop_instance_uids=[hd.UID(), series[2].SOPInstanceUID],
+                               combine_segments=True).compute()
+    assert not values[0].any() and values[1].any()
     with pytest.raises(SegmentationInputError, match="sequence of UIDs"):
         read_segmentation(path, source_sop_instance_uids=series[0].SOPInstanceUID)
     with pytest.raises(SegmentationInputError, match="not in this SEG"):
@@ -180,3 +184,56 @@ def test_extended_offset_table_after_the_frame_items(tmp_path, thread_client):
     reader = open_segmentation(path)
     assert "ExtendedOffsetTable" in reader.header
     same_as_highdicom(path, [ds.SOPInstanceUID for ds in series], combine_segments=True)
+
+
+def test_reads_a_seg_made_by_dcmqi(tmp_path):
+    """dcmqi's itkimage2segimage: no SpatialLocationsPreserved, its own frame order."""
+    import json
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+
+    nibabel = pytest.importorskip("nibabel")
+    tool = shutil.which("itkimage2segimage") or shutil.which(
+        "itkimage2segimage", path=str(pathlib.Path(sys.executable).parent))
+    if tool is None:
+        pytest.skip("dcmqi's itkimage2segimage is not installed (pip install dcmqi)")
+    from test_cli import DCMQI
+
+    from daskseg.synthetic import make_ct_series
+
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    series = make_ct_series(6, 24, 20, pixel_data=True)
+    for ds in series:
+        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    labels = np.zeros((6, 24, 20), np.uint8)  # frame k for series[k]
+    labels[1:4, 3:15, 2:12] = 1
+    labels[2:6, 10:20, 8:18] = 2
+    # highdicom's volume: slices along column x row direction, the series in that order.
+    order = hd.spatial.get_dataset_sort_index(series)
+    geometry = hd.VolumeGeometry.from_attributes(
+        image_position=series[order[0]].ImagePositionPatient,
+        image_orientation=series[0].ImageOrientationPatient, rows=24, columns=20,
+        pixel_spacing=series[0].PixelSpacing, spacing_between_slices=2.5, number_of_frames=6,
+        coordinate_system="PATIENT",
+    )
+    nibabel.save(
+        geometry.with_array(labels[order]).permute_spatial_axes([2, 1, 0]).to_nibabel(),
+        tmp_path / "labels.nii.gz",
+    )
+    (tmp_path / "meta.json").write_text(json.dumps(DCMQI))
+    out = tmp_path / "dcmqi.dcm"
+    subprocess.run([tool, "--inputImageList", str(tmp_path / "labels.nii.gz"),
+                    "--inputDICOMDirectory", str(folder), "--inputMetadata",
+                    str(tmp_path / "meta.json"), "--outputDICOM", str(out)],
+                   check=True, capture_output=True, timeout=120)
+    reader = open_segmentation(out)
+    uids = [ds.SOPInstanceUID for ds in series]
+    for options in (dict(), dict(combine_segments=True)):
+        ours = reader.to_dask(source_sop_instance_uids=uids, **options).compute()
+        theirs = hd.seg.segread(out).get_pixels_by_source_instance(
+            uids, ignore_spatial_locations=True, assert_missing_frames_are_empty=True, **options)
+        np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(ours, labels)
