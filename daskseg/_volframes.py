@@ -209,7 +209,9 @@ def read_frame_items(handle: BinaryIO, header: Dataset, implicit: bool) -> bytes
 class VolumeIndex:
     """The planes of a volume SEG and, per channel and plane, its frame (-1: omitted)."""
 
-    keys: list[tuple[str, int]]  # (source SOP Instance UID, source frame number or 0)
+    # (source SOP Instance UID, source frame number or 0); ("", 0) for a plane known only by
+    # its position (frames that reference no source image)
+    keys: list[tuple[str, int]]
     positions: np.ndarray  # (planes, 3), NaN where no frame tells
     table: np.ndarray  # (channels, planes) of 0-based frame indices
 
@@ -231,29 +233,39 @@ def index_volume_frames(
     plane_of: dict[tuple[str, int], int] = {}
     positions: list[tuple[float, float, float] | None] = []
     cells: list[tuple[int, int, int]] = []
+    keys: list[tuple[str, int]] = []
+    # Frames that reference no source image (dcmqi leaves the derivation empty where it found
+    # none) are placed by their position: at a plane of a source image there, or their own.
+    at_position: dict[tuple[float, ...], int] = {}
+    unplaced: list[int] = []
     for index, frame in enumerate(frames):
+        position: Any = frame.position or shared_position
         if frame.source_uid is None:
-            raise SegmentationInputError(
-                f"Frame {index + 1} references no source image (no DerivationImageSequence > "
-                "SourceImageSequence): daskseg places the frames of a volume SEG by their "
-                "source images."
-            )
+            if position is None:
+                raise SegmentationInputError(
+                    f"Frame {index + 1} references no source image and has no plane position: "
+                    "daskseg cannot place it."
+                )
+            unplaced.append(index)
+            continue
         key = (frame.source_uid, frame.source_frame or 0)
         plane = plane_of.setdefault(key, len(plane_of))
-        position: Any = frame.position or shared_position
         if plane == len(positions):
             positions.append(position)
-        if labelmap:
-            channel = 0
-        else:
-            number = frame.segment if frame.segment is not None else shared_segment
-            if number is None or number not in channel_of:
-                raise SegmentationInputError(
-                    f"Frame {index + 1} names segment {number}, which the SEG does not describe."
-                )
-            channel = channel_of[number]
-        cells.append((channel, plane, index))
-    table = np.full((n_channels, len(plane_of)), -1, dtype=np.int64)
+            keys.append(key)
+            if position is not None:
+                at_position.setdefault(_rounded(position), plane)
+        cells.append((_channel(frame, index, labelmap, shared_segment, channel_of), plane, index))
+    for index in unplaced:
+        frame = frames[index]
+        position = frame.position or shared_position
+        plane = at_position.get(_rounded(position), -1)
+        if plane < 0:
+            plane = at_position[_rounded(position)] = len(positions)
+            positions.append(position)
+            keys.append(("", 0))
+        cells.append((_channel(frame, index, labelmap, shared_segment, channel_of), plane, index))
+    table = np.full((n_channels, len(positions)), -1, dtype=np.int64)
     for channel, plane, index in cells:
         if table[channel, plane] >= 0:
             raise SegmentationInputError(
@@ -262,7 +274,24 @@ def index_volume_frames(
             )
         table[channel, plane] = index
     array = np.array([p if p is not None else (np.nan,) * 3 for p in positions], dtype=float)
-    return VolumeIndex(list(plane_of), array.reshape(-1, 3), table)
+    return VolumeIndex(keys, array.reshape(-1, 3), table)
+
+
+def _rounded(position: Any) -> tuple[float, ...]:
+    """A position as a key: equal within a micrometre (DS values of one position agree)."""
+    return tuple(round(float(v), 3) for v in position)
+
+
+def _channel(frame: FrameItem, index: int, labelmap: bool, shared_segment: int | None,
+             channel_of: dict[int, int]) -> int:
+    if labelmap:
+        return 0
+    number = frame.segment if frame.segment is not None else shared_segment
+    if number is None or number not in channel_of:
+        raise SegmentationInputError(
+            f"Frame {index + 1} names segment {number}, which the SEG does not describe."
+        )
+    return channel_of[number]
 
 
 def plane_order(
@@ -294,7 +323,7 @@ def plane_order(
             "The SEG's frames reference frames of a multi-frame image; read it in plane order "
             "(source_sop_instance_uids=None)."
         )
-    plane_of = {uid: plane for plane, (uid, _) in enumerate(index.keys)}
+    plane_of = {uid: plane for plane, (uid, _) in enumerate(index.keys) if uid}
     referenced = {str(item.ReferencedSOPInstanceUID)
                   for series in header.get("ReferencedSeriesSequence", [])
                   for item in series.get("ReferencedInstanceSequence", [])}

@@ -58,7 +58,8 @@ class VolumeSegmentationReader:
         Rows and columns of a plane.
     number_of_frames : int
     source_sop_instance_uids : list of str
-        The source images with frames, in the default order (sorted along the slice normal).
+        The source images with frames, in the default order (sorted along the slice normal);
+        "" for a plane whose frames reference no source image.
     transfer_syntax_uid : pydicom.uid.UID
     """
 

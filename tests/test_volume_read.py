@@ -237,3 +237,19 @@ def test_reads_a_seg_made_by_dcmqi(tmp_path):
             uids, ignore_spatial_locations=True, assert_missing_frames_are_empty=True, **options)
         np.testing.assert_array_equal(ours, theirs)
     np.testing.assert_array_equal(ours, labels)
+
+
+def test_frames_without_source_references_are_placed_by_position(tmp_path, thread_client):
+    import pydicom
+
+    series = shuffled_series()
+    mask = volume_mask("BINARY")
+    path = write_segmentation(mask, series, make_segment_descriptions(3), tmp_path / "seg.dcm",
+                              client=thread_client)
+    ds = pydicom.dcmread(path)
+    for item in ds.PerFrameFunctionalGroupsSequence[::2]:  # half of them, as dcmqi may do
+        item.DerivationImageSequence = []
+    ds.save_as(tmp_path / "stripped.dcm")
+    ours = read_segmentation(tmp_path / "stripped.dcm", combine_segments=True).compute()
+    order = hd.spatial.get_dataset_sort_index(series)
+    np.testing.assert_array_equal(ours, mask[[k for k in order if mask[k].any()]])
