@@ -8,6 +8,7 @@ from daskseg.errors import (
     DICOMwebError,
     DestinationExistsError,
     MissingDependencyError,
+    SegmentationFileError,
     SegmentationInputError,
     SegmentationTypeError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "ClusterError",
     "DICOMwebError",
     "DaskSegError",
+    "SegmentationFileError",
     "SegmentationInputError",
     "SegmentationTypeError",
     "__version__",

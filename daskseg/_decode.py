@@ -15,6 +15,7 @@ import numpy as np
 from pydicom.uid import UID
 
 from daskseg._codecs import CODECS, unpack_bits
+from daskseg.errors import SegmentationFileError
 from daskseg.plan import block_location
 from daskseg._frames import FileSource, FrameLayout, FrameRanges, FrameReader
 
@@ -37,7 +38,9 @@ def decode_frame(layout: FrameLayout, data: bytes, index: int) -> np.ndarray:
             return unpack_bits(data, index * rows * columns % 8, rows, columns)
         return np.frombuffer(data, layout.dtype.newbyteorder("<")).reshape(rows, columns)
     codec = CODECS[UID(layout.transfer_syntax_uid)]
-    array = codec.decode(data, rows, columns, layout.bits_allocated)
+    array = np.asarray(codec.decode(data, rows, columns, layout.bits_allocated))
+    if array.size != rows * columns:
+        raise ValueError(f"it decodes to {array.size} values, not {rows} x {columns}")
     return np.asarray(array, dtype=layout.dtype).reshape(rows, columns)
 
 
@@ -53,13 +56,27 @@ def _decode_small(layout: FrameLayout, data: bytes) -> tuple[np.ndarray, bool]:
     return array, bool(array.any())
 
 
+class _DamagedFrame(Exception):
+    """A frame's bytes are cut short or do not decode; read_chunk names the file and frame."""
+
+
 def _frame(layout: FrameLayout, reader: FrameReader, frame: FrameRef) -> tuple[np.ndarray, bool]:
     """A frame's stored values, and whether any is non-zero."""
     index, ranges = frame
     data = reader.read(ranges)
-    if not layout.native and len(data) < _SMALL_CODESTREAM:
-        return _decode_small(layout, data)
-    array = decode_frame(layout, data, index)
+    expected = sum(length for _, length in ranges)
+    if len(data) < expected:
+        raise _DamagedFrame(f"is cut short ({len(data)} of its {expected} bytes): the file is "
+                            "truncated.")
+    try:
+        if not layout.native and len(data) < _SMALL_CODESTREAM:
+            return _decode_small(layout, data)
+        array = decode_frame(layout, data, index)
+    except Exception as error:  # each codec library raises its own types
+        raise _DamagedFrame(
+            f"cannot be decoded as {UID(layout.transfer_syntax_uid).name} "
+            f"({type(error).__name__}: {error}): the file is damaged."
+        ) from error
     return array, bool(array.any())
 
 
@@ -107,6 +124,7 @@ def read_chunk(
         lookup = output.lookup(layout.bits_allocated)
         # Omitted and all-zero frames hold stored label 0 everywhere.
         out.fill(lookup[0])
+    name = str(getattr(source, "path", source))
     with source.open() as reader:
         for t in range(n_rows * n_columns):
             r, c = divmod(t, n_columns)
@@ -115,7 +133,10 @@ def read_chunk(
                 frame = channel[t]
                 if frame is None:
                     continue  # an omitted frame reads as zeros
-                values, nonzero = _frame(layout, reader, frame)
+                try:
+                    values, nonzero = _frame(layout, reader, frame)
+                except _DamagedFrame as error:
+                    raise SegmentationFileError(f"{name}: frame {frame[0] + 1} {error}") from error
                 if not nonzero:
                     continue  # the output holds what zeros become there already
                 if labelmap:

@@ -16,14 +16,16 @@ from typing import BinaryIO
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.encaps import parse_basic_offsets, parse_fragments
 from pydicom.uid import UID
 
-from daskseg._codecs import codec_for, frame_dtype
-from daskseg.errors import SegmentationInputError
+from daskseg._codecs import CODECS, codec_for, frame_dtype
+from daskseg.errors import SegmentationFileError
 from daskseg.plan import TileGrid
 
-__all__ = ["FileSource", "FrameLayout", "FrameRanges", "index_frames", "locate_frames", "open_file"]
+__all__ = [
+    "MAX_FRAME_PIXELS", "MAX_TILES", "FileSource", "FrameLayout", "FrameRanges", "header_int",
+    "index_frames", "locate_frames", "open_file",
+]
 
 #: The byte ranges ``(offset, length)`` that hold one frame's bytes, in order.
 FrameRanges = list[tuple[int, int]]
@@ -92,151 +94,253 @@ class FrameLayout:
         return [(self.pixel_offset + index * size, size)]
 
 
+#: Limits that a damaged or hostile header could otherwise push into huge allocations or graphs:
+#: a frame of at most 2**26 pixels (8192 x 8192), and a tile grid of at most 2**22 tiles per
+#: segment (a 524,288-pixel-square slide in 256-pixel tiles), far beyond what scanners make.
+MAX_FRAME_PIXELS = 2**26
+MAX_TILES = 2**22
+
+_ITEM, _SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
+
+
+def _fail(name: str, what: str) -> SegmentationFileError:
+    return SegmentationFileError(f"{name}: {what}")
+
+
+def header_int(header: Dataset, keyword: str, name: str, *, default: int | None = None,
+               low: int = 1, high: int = 2**32 - 1) -> int:
+    """An integer attribute of the header, checked to lie in ``[low, high]``."""
+    if keyword not in header and default is not None:
+        return default
+    try:
+        value = int(header[keyword].value)
+    except KeyError:
+        raise _fail(name, f"the header has no {keyword}.") from None
+    except (TypeError, ValueError, OverflowError) as error:
+        raise _fail(name, f"{keyword} is not an integer ({error}).") from None
+    if not low <= value <= high:
+        raise _fail(name, f"{keyword} is {value}, outside [{low}, {high}]: the header is "
+                          "damaged or not of a SEG daskseg reads.")
+    return value
+
+
+def _read_exact(handle: BinaryIO, size: int, name: str, what: str) -> bytes:
+    data = handle.read(size)
+    if len(data) != size:
+        raise _fail(name, f"the file ends inside {what} (at byte {handle.tell()}): it is cut short.")
+    return data
+
+
+def _file_size(handle: BinaryIO) -> int:
+    position = handle.tell()
+    size = handle.seek(0, 2)
+    handle.seek(position)
+    return int(size)
+
+
 def locate_frames(
-    handle: BinaryIO, header: Dataset, start: int, tiled: bool = True
+    handle: BinaryIO, header: Dataset, start: int, *, name: str = "The file", tiled: bool = True
 ) -> tuple[FrameLayout, list[FrameRanges] | None]:
     """The layout of the Pixel Data at ``start``, and each frame's byte ranges when encapsulated.
 
     ``tiled``: refuse a SEG that is not of a tiled image (the volume reader passes False).
+
+    Everything is checked against the file's size and the header's NumberOfFrames before any
+    allocation: a damaged or hostile file raises :class:`SegmentationFileError` naming ``name``.
     """
     if "SegmentSequence" not in header:
-        raise SegmentationInputError(
-            f"{handle.name if hasattr(handle, 'name') else 'The file'} is not a DICOM "
-            "Segmentation (no SegmentSequence)."
-        )
+        raise _fail(name, "not a DICOM Segmentation (no SegmentSequence).")
     if tiled and "TotalPixelMatrixRows" not in header:
-        raise SegmentationInputError(
-            "The SEG is not of a tiled image (no TotalPixelMatrixRows); read it with "
-            "highdicom.seg.segread instead."
-        )
-    syntax = header.file_meta.TransferSyntaxUID
-    if syntax.is_encapsulated and codec_for(syntax) is None:
-        raise SegmentationInputError(f"Transfer syntax {syntax.name} is not supported.")
-    implicit = syntax.is_implicit_VR
+        raise _fail(name, "the SEG is not of a tiled image (no TotalPixelMatrixRows); read it "
+                          "with highdicom.seg.segread instead.")
+    syntax = UID(str(header.file_meta.get("TransferSyntaxUID", "")))
+    if syntax not in CODECS:
+        known = syntax.name if syntax.is_transfer_syntax else "an unknown UID"
+        raise _fail(name, f"transfer syntax {syntax} ({known}) is not one daskseg reads "
+                          f"({', '.join(CODECS)}).")
+    size = _file_size(handle)
+    rows = header_int(header, "Rows", name, high=65535)
+    columns = header_int(header, "Columns", name, high=65535)
+    if rows * columns > MAX_FRAME_PIXELS:
+        raise _fail(name, f"frames of {rows} x {columns} pixels are larger than daskseg reads "
+                          f"({MAX_FRAME_PIXELS} pixels): the header is damaged.")
+    bits = header_int(header, "BitsAllocated", name, low=1, high=64)
+    if bits not in (1, 8, 16, 32, 64):
+        raise _fail(name, f"BitsAllocated is {bits}; a SEG has 1, 8 or 16.")
+    # Each frame takes at least a byte of the file (native) or an 8-byte item header.
+    n_frames = header_int(header, "NumberOfFrames", name, default=1, high=max(8 * size, 1))
+    encapsulated = codec_for(syntax).encapsulated  # type: ignore[union-attr]
     handle.seek(start)
-    group, element = struct.unpack("<HH", handle.read(4))
-    if (group, element) != (0x7FE0, 0x0010):
-        raise SegmentationInputError("The SEG has no Pixel Data.")
-    if implicit:
-        (length,) = struct.unpack("<I", handle.read(4))
+    element = _read_exact(handle, 8, name, "the Pixel Data element")
+    if struct.unpack("<HH", element[:4]) != (0x7FE0, 0x0010):
+        raise _fail(name, "the SEG has no Pixel Data.")
+    if syntax.is_implicit_VR:
+        (length,) = struct.unpack("<I", element[4:])
     else:
-        handle.read(4)  # VR and reserved bytes
-        (length,) = struct.unpack("<I", handle.read(4))
+        (length,) = struct.unpack("<I", _read_exact(handle, 4, name, "the Pixel Data element"))
     value_start = handle.tell()
-    n_frames = int(header.get("NumberOfFrames", 1))
-    if not syntax.is_encapsulated:
-        needed = -(-n_frames * int(header.Rows) * int(header.Columns)
-                   * int(header.BitsAllocated) // 8)
+    layout = FrameLayout(str(syntax), rows, columns, bits, value_start)
+    if not encapsulated:
+        needed = -(-n_frames * rows * columns * bits // 8)
+        # More is harmless (a pad byte to even length, PS3.5 7.1.1; some writers pad more).
         if length < needed:
-            raise SegmentationInputError(
-                f"The Pixel Data holds {length} bytes, but {n_frames} frames of "
-                f"{header.Rows} x {header.Columns} x {header.BitsAllocated} bits need "
-                f"{needed}: the file is truncated or its header is wrong."
-            )
-    layout = FrameLayout(
-        transfer_syntax_uid=str(syntax),
-        rows=int(header.Rows),
-        columns=int(header.Columns),
-        bits_allocated=int(header.BitsAllocated),
-        pixel_offset=value_start,
-    )
-    if not syntax.is_encapsulated:
+            raise _fail(name, f"the Pixel Data holds {length} bytes, but NumberOfFrames "
+                              f"{n_frames} of {rows} x {columns} x {bits} bits need {needed}: "
+                              "the header and the pixel data disagree.")
+        if value_start + needed > size:
+            raise _fail(name, f"the file ends {value_start + needed - size} bytes short of its "
+                              f"{n_frames} frames: it is cut short.")
         return layout, None
+    if length != 0xFFFFFFFF:
+        raise _fail(name, "encapsulated Pixel Data of defined length (PS3.5 A.4 needs undefined "
+                          "length).")
+    return layout, _encapsulated_frames(handle, header, n_frames, size, name)
 
-    # Encapsulated (PS3.5 A.4): a Basic Offset Table item, then one item per fragment.
-    try:
-        bot = parse_basic_offsets(handle)
-        first_fragment = handle.tell()
-        _, items = parse_fragments(handle)
-    except ValueError as error:
-        raise SegmentationInputError(f"Corrupt encapsulated Pixel Data: {error}") from error
-    if "ExtendedOffsetTable" in header:
-        # PS3.3 C.7.6.3.1.8: one fragment per frame, offsets to its item header.
-        offsets = np.frombuffer(header.ExtendedOffsetTable, "<u8")
-        lengths = np.frombuffer(header.ExtendedOffsetTableLengths, "<u8")
-        return layout, [
-            [(first_fragment + int(o) + 8, int(n))] for o, n in zip(offsets, lengths)
-        ]
+
+def _items(handle: BinaryIO, size: int, name: str) -> list[tuple[int, int]]:
+    """(value offset, length) of the fragment items after the Basic Offset Table (PS3.5 A.4).
+
+    The last item may run past the end of a cut file; its frame's read then fails, not the
+    others'.
+    """
+    items: list[tuple[int, int]] = []
+    while handle.tell() + 8 <= size:
+        at = handle.tell()
+        group, element, length = struct.unpack("<HHI", handle.read(8))
+        if (group, element) == _SEQUENCE_END:
+            return items
+        if (group, element) != _ITEM:
+            raise _fail(name, f"at byte {at} of the encapsulated Pixel Data, ({group:04X},"
+                              f"{element:04X}) where a fragment item should be: the file is "
+                              "damaged.")
+        items.append((at + 8, length))
+        handle.seek(at + 8 + length)
+    return items  # no sequence delimiter: the file is cut short
+
+
+def _encapsulated_frames(handle: BinaryIO, header: Dataset, n_frames: int, size: int,
+                         name: str) -> list[FrameRanges]:
+    """Each frame's fragments, from the offset tables or the items (PS3.5 A.4, PS3.3 C.7.6.3)."""
+    bot_item = _read_exact(handle, 8, name, "the Basic Offset Table")
+    group, element, bot_length = struct.unpack("<HHI", bot_item)
+    if (group, element) != _ITEM or bot_length % 4 or handle.tell() + bot_length > size:
+        raise _fail(name, "the Basic Offset Table item is damaged or cut short.")
+    bot = [int(v) for v in np.frombuffer(_read_exact(handle, bot_length, name,
+                                                     "the Basic Offset Table"), "<u4")]
+    first_fragment = handle.tell()
+    items = _items(handle, size, name)
     if not items:
-        raise SegmentationInputError("The encapsulated Pixel Data holds no fragments.")
-    # An item's value runs from after its 8-byte header to the next item (the last one's
-    # length is read from its header).
-    handle.seek(items[-1] + 4)
-    (last_length,) = struct.unpack("<I", handle.read(4))
-    ends = items[1:] + [items[-1] + 8 + last_length]
-    fragments = [(start + 8, end - start - 8) for start, end in zip(items, ends)]
+        raise _fail(name, "the encapsulated Pixel Data holds no fragments.")
+    # Offsets in the tables count from the first fragment's item tag.
+    item_at = {value - 8 - first_fragment: k for k, (value, _) in enumerate(items)}
+
+    if "ExtendedOffsetTable" in header:
+        # PS3.3 C.7.6.3.1.8: one fragment per frame; the offset of its item tag and the length
+        # of the frame's bytes in it.
+        offsets = np.frombuffer(header.ExtendedOffsetTable, "<u8")
+        lengths = np.frombuffer(header.get("ExtendedOffsetTableLengths", b""), "<u8")
+        if len(offsets) != n_frames or len(lengths) != n_frames:
+            raise _fail(name, f"the Extended Offset Table has {len(offsets)} offsets and "
+                              f"{len(lengths)} lengths for NumberOfFrames {n_frames}.")
+        frames = []
+        for index, (offset, length) in enumerate(zip(offsets.tolist(), lengths.tolist())):
+            k = item_at.get(offset)
+            if k is None or (index and offset <= offsets[index - 1]):
+                raise _fail(name, f"frame {index + 1}: the Extended Offset Table's offset "
+                                  f"{offset} is not at the next fragment item.")
+            if length > items[k][1]:
+                raise _fail(name, f"frame {index + 1}: the Extended Offset Table's length "
+                                  f"{length} runs past its fragment of {items[k][1]} bytes.")
+            frames.append([(items[k][0], length)])
+        return frames
     if bot:
-        first_of_frame = {item - first_fragment: k for k, item in enumerate(items)}
-        try:
-            bounds = [first_of_frame[offset] for offset in bot] + [len(fragments)]
-        except KeyError as error:
-            raise SegmentationInputError(
-                f"The Basic Offset Table points at byte {error.args[0]}, where no fragment "
-                "starts: the file is corrupt."
-            ) from None
-        return layout, [fragments[bounds[i] : bounds[i + 1]] for i in range(len(bot))]
-    if len(fragments) == n_frames:
-        return layout, [[fragment] for fragment in fragments]
+        # PS3.5 A.4.1: the first entry is 0, and the entries increase, one per frame.
+        if len(bot) != n_frames:
+            raise _fail(name, f"the Basic Offset Table has {len(bot)} entries for "
+                              f"NumberOfFrames {n_frames}.")
+        bounds = []
+        for index, offset in enumerate(bot):
+            k = item_at.get(offset)
+            if k is None or (index == 0 and offset != 0) or (index and offset <= bot[index - 1]):
+                raise _fail(name, f"frame {index + 1}: the Basic Offset Table's entry {offset} "
+                                  "is not at a fragment item after the previous frame's.")
+            bounds.append(k)
+        bounds.append(len(items))
+        return [items[bounds[i] : bounds[i + 1]] for i in range(n_frames)]
+    if len(items) == n_frames:
+        return [[item] for item in items]
     if n_frames == 1:
-        return layout, [fragments]
-    raise SegmentationInputError(
-        f"{len(fragments)} fragments for {n_frames} frames and no offset table: frames "
-        "split over several fragments need a Basic or Extended Offset Table."
-    )
+        return [items]
+    raise _fail(name, f"{len(items)} fragments for NumberOfFrames {n_frames} and no offset "
+                      "table: where each frame starts cannot be known (PS3.5 A.4 needs a Basic "
+                      "or Extended Offset Table when frames span fragments), or the file is "
+                      "damaged.")
 
 
-
-def index_frames(header: Dataset, segment_numbers: list[int], grid: TileGrid) -> np.ndarray:
+def index_frames(header: Dataset, segment_numbers: list[int], grid: TileGrid, *,
+                 name: str = "The file") -> np.ndarray:
     """Frame index (0-based, -1 if absent) of each (channel, tile row, tile column)."""
     labelmap = header.SegmentationType == "LABELMAP"
     n_channels = 1 if labelmap else len(segment_numbers)
     grid_shape = (grid.n_tile_rows, grid.n_tile_columns)
+    n_tiles = grid_shape[0] * grid_shape[1]
+    if n_tiles > MAX_TILES:
+        raise _fail(name, f"a total pixel matrix of {grid.rows} x {grid.columns} pixels in "
+                          f"{grid.tile_rows} x {grid.tile_columns} tiles is {n_tiles} tiles, more "
+                          f"than daskseg reads ({MAX_TILES}): the header is damaged.")
     number_of_frames = int(header.get("NumberOfFrames", 1))
-    table = np.full((n_channels, *grid_shape), -1, dtype=np.int64)
     if header.get("DimensionOrganizationType") == "TILED_FULL":
         # PS3.3 C.7.6.17.3: implicit order, segment slowest, then tile row, then column.
-        if number_of_frames != table.size:
-            raise SegmentationInputError(
-                f"A TILED_FULL SEG of {n_channels} x {grid_shape[0]} x "
-                f"{grid_shape[1]} frames (channels x tile rows x tile columns) says it "
-                f"has {number_of_frames}: the header is inconsistent."
-            )
-        table.reshape(-1)[:] = np.arange(table.size)
-        return table
+        if number_of_frames != n_channels * n_tiles:
+            raise _fail(name, f"a TILED_FULL SEG of {n_channels} x {grid_shape[0]} x "
+                              f"{grid_shape[1]} frames (channels x tile rows x tile columns) "
+                              f"says it has NumberOfFrames {number_of_frames}: the header is "
+                              "inconsistent.")
+        return np.arange(n_channels * n_tiles, dtype=np.int64).reshape(n_channels, *grid_shape)
+    items = header.get("PerFrameFunctionalGroupsSequence")
+    if items is None or len(items) != number_of_frames:
+        raise _fail(name, f"{0 if items is None else len(items)} per-frame functional group "
+                          f"items for NumberOfFrames {number_of_frames}: the header is damaged.")
     shared = header.SharedFunctionalGroupsSequence[0]
     shared_segment = None
     if "SegmentIdentificationSequence" in shared:
         shared_segment = int(shared.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
     channel_of = {number: k for k, number in enumerate(segment_numbers)}
     tile_rows, tile_columns = grid.tile_rows, grid.tile_columns
-    for index, item in enumerate(header.PerFrameFunctionalGroupsSequence):
-        position = item.PlanePositionSlideSequence[0]
-        row, row_offset = divmod(int(position.RowPositionInTotalImagePixelMatrix) - 1,
-                                 tile_rows)
-        column, column_offset = divmod(
-            int(position.ColumnPositionInTotalImagePixelMatrix) - 1, tile_columns
-        )
+    table = np.full((n_channels, *grid_shape), -1, dtype=np.int64)
+    for index, item in enumerate(items):
+        try:
+            position = item.PlanePositionSlideSequence[0]
+            row_position = int(position.RowPositionInTotalImagePixelMatrix)
+            column_position = int(position.ColumnPositionInTotalImagePixelMatrix)
+        except (AttributeError, IndexError, TypeError, ValueError):
+            raise _fail(name, f"frame {index + 1} has no valid position in the total pixel "
+                              "matrix (PlanePositionSlideSequence).") from None
+        row, row_offset = divmod(row_position - 1, tile_rows)
+        column, column_offset = divmod(column_position - 1, tile_columns)
         if row_offset or column_offset or not (
             0 <= row < grid_shape[0] and 0 <= column < grid_shape[1]
         ):
-            raise SegmentationInputError(
-                f"Frame {index + 1} is at row {row * tile_rows + row_offset + 1}, column "
-                f"{column * tile_columns + column_offset + 1} of the total pixel matrix, "
-                f"not at a tile of the {tile_rows} x {tile_columns} grid; daskseg reads "
-                "SEGs whose frames are the tiles of the image (use highdicom for others)."
-            )
+            raise _fail(name, f"frame {index + 1} is at row {row_position}, column "
+                              f"{column_position} of the total pixel matrix, not at a tile of "
+                              f"the {tile_rows} x {tile_columns} grid; daskseg reads SEGs whose "
+                              "frames are the tiles of the image (use highdicom for others).")
         if labelmap:
-            channel = 0
+            number = None
         elif "SegmentIdentificationSequence" in item:
-            channel = channel_of[
-                int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-            ]
+            number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         elif shared_segment is not None:
-            channel = channel_of[shared_segment]
+            number = shared_segment
         else:
-            raise SegmentationInputError(
-                f"Frame {index + 1} names no segment (no SegmentIdentificationSequence): "
-                "the SEG is invalid."
-            )
+            raise _fail(name, f"frame {index + 1} names no segment (no "
+                              "SegmentIdentificationSequence): the SEG is invalid.")
+        channel = 0 if number is None else channel_of.get(number, -1)
+        if channel < 0:
+            raise _fail(name, f"frame {index + 1} is of segment {number}, which the "
+                              f"SegmentSequence does not describe ({segment_numbers}).")
+        if table[channel, row, column] >= 0:
+            raise _fail(name, f"frames {table[channel, row, column] + 1} and {index + 1} are "
+                              f"both at row {row_position}, column {column_position}"
+                              f"{'' if number is None else f' of segment {number}'}.")
         table[channel, row, column] = index
     return table

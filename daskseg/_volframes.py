@@ -23,7 +23,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 
-from daskseg.errors import SegmentationInputError
+from daskseg.errors import SegmentationFileError, SegmentationInputError
 
 __all__ = [
     "FrameItem", "VolumeIndex", "index_volume_frames", "read_frame_items", "scan_frame_items",
@@ -193,8 +193,9 @@ def read_frame_items(handle: BinaryIO, header: Dataset, implicit: bool) -> bytes
         except struct.error:
             more = handle.read(size)
             if not more:
-                raise SegmentationInputError(
-                    "The per-frame functional groups run past the end of the file."
+                raise SegmentationFileError(
+                    "The per-frame functional groups run past the end of the file: it is "
+                    "truncated or its header is damaged."
                 ) from None
             buffer += more
             size *= 2

@@ -16,16 +16,68 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+import pydicom
 from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import DTypeLike
 
 from daskseg._decode import FrameRef, Output, read_chunk
 from daskseg._frames import FileSource, FrameLayout, FrameRanges
-from daskseg._volframes import index_volume_frames, plane_order, scan_frame_items
-from daskseg.errors import SegmentationInputError
-from daskseg.read import ReadOptions, segments_of
+from daskseg._frames import locate_frames, open_file
+from daskseg._volframes import (
+    index_volume_frames,
+    plane_order,
+    read_frame_items,
+    scan_frame_items,
+)
+from daskseg.errors import SegmentationFileError, SegmentationInputError
+from daskseg.read import ReadOptions
 
-__all__ = ["VolumeSegmentationReader", "read_planes"]
+__all__ = ["VolumeSegmentationReader", "read_planes", "read_volume_head"]
+
+#: A volume SEG's header, the layout of its frames, their byte ranges (encapsulated), and the
+#: raw bytes of its per-frame functional groups.
+Head = tuple[pydicom.Dataset, FrameLayout, "list[FrameRanges] | None", bytes]
+
+
+def _at_frame_items(tag: int, vr: str | None, length: int) -> bool:
+    return tag >= 0x52009230  # PerFrameFunctionalGroupsSequence, or Pixel Data without it
+
+
+def read_volume_head(path: str) -> Head | None:
+    """The head of a SEG of a series or multi-frame image; None for any other file.
+
+    pydicom reads the header up to the per-frame items only (it would make thousands of
+    Datasets of them); their raw bytes are kept for the frame index.
+    """
+    try:
+        handle = open_file(path)
+    except FileNotFoundError as error:
+        raise SegmentationFileError(f"{path} does not exist.") from error
+    with handle:
+        try:
+            header = pydicom.filereader.read_partial(handle, stop_when=_at_frame_items)
+        except Exception:  # the tiled reader reports what is wrong with the file
+            return None
+        syntax = header.file_meta.get("TransferSyntaxUID")
+        if ("SegmentSequence" not in header or "TotalPixelMatrixRows" in header
+                or syntax is None or not syntax.is_little_endian or syntax.is_deflated):
+            return None
+        raw = read_frame_items(handle, header, syntax.is_implicit_VR)
+        pixel_element = handle.tell()
+        layout, ranges = locate_frames(handle, header, pixel_element, name=path, tiled=False)
+    return header, layout, ranges, raw
+
+
+def segments_of(header: pydicom.Dataset) -> tuple[list[Any], list[int]]:
+    """The segment descriptions and numbers read from a SEG (a label map's background not)."""
+    import highdicom as hd
+
+    # As the tiled reader: a label map's background (PixelPaddingValue) is not a segment read.
+    padding = header.get("PixelPaddingValue")
+    items = [item for item in header.SegmentSequence if item.SegmentNumber != padding]
+    return ([hd.seg.SegmentDescription.from_dataset(i) for i in items],
+            [int(item.SegmentNumber) for item in items])
+
 
 # When ``chunks`` is not given: at most this many bytes of output per chunk, and at least
 # _MIN_CHUNKS chunks, so that every worker of a small cluster stays busy to the end.
@@ -63,11 +115,13 @@ class VolumeSegmentationReader:
     transfer_syntax_uid : pydicom.uid.UID
     """
 
-    def __init__(
-        self, path: str, head: tuple[Any, FrameLayout, list[FrameRanges] | None, bytes | None]
-    ) -> None:
+    def __init__(self, path: str, head: Head | None = None) -> None:
+        head = head or read_volume_head(path)
+        if head is None:
+            raise SegmentationFileError(
+                f"{path} is not a DICOM Segmentation of a series or multi-frame image."
+            )
         header, self._layout, self._frame_ranges, raw = head
-        assert raw is not None
         self.path = path
         self.header = header
         self.segmentation_type = str(header.SegmentationType)

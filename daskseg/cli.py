@@ -151,28 +151,23 @@ def _encode(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    import pydicom
+    from daskseg import SegmentationReader, open_segmentation
 
-    try:
-        ds = pydicom.dcmread(args.seg, stop_before_pixels=True)
-    except FileNotFoundError:
-        raise UserError(f"{args.seg} does not exist") from None
-    except pydicom.errors.InvalidDicomError:
-        raise UserError(f"{args.seg} is not a DICOM file") from None
-    if "SegmentSequence" not in ds:
-        raise UserError(f"{args.seg} is not a DICOM Segmentation")
-    rows, columns = int(ds.Rows), int(ds.Columns)
+    # The reader's checks of the header and the frame index (no pixels are read): a file it
+    # cannot describe is one SegmentationFileError, reported by main() in one line.
+    seg = open_segmentation(args.seg)
+    ds = seg.header
     print(f"file:            {args.seg} ({os.path.getsize(args.seg) / 2**20:.1f} MiB)")
-    print(f"type:            {ds.SegmentationType} ({ds.SOPClassUID.name})")
-    print(f"transfer syntax: {ds.file_meta.TransferSyntaxUID.name}")
+    print(f"type:            {seg.segmentation_type} ({ds.SOPClassUID.name})")
+    print(f"transfer syntax: {seg.transfer_syntax_uid.name}")
     print(f"organization:    {ds.get('DimensionOrganizationType', 'unknown')}")
-    if "TotalPixelMatrixRows" in ds:
-        total = (int(ds.TotalPixelMatrixRows), int(ds.TotalPixelMatrixColumns))
-        grid = (-(-total[0] // rows), -(-total[1] // columns))
-        print(f"total matrix:    {total[0]} x {total[1]} pixels")
-        print(f"tiles:           {rows} x {columns} pixels, grid {grid[0]} x {grid[1]}")
+    if isinstance(seg, SegmentationReader):
+        print(f"total matrix:    {seg.shape[0]} x {seg.shape[1]} pixels")
+        print(f"tiles:           {seg.tile_size[0]} x {seg.tile_size[1]} pixels, "
+              f"grid {seg.grid_shape[0]} x {seg.grid_shape[1]}")
     else:
         # A SEG of a series or multi-frame image: its frames are planes of a volume.
+        rows, columns = seg.frame_size
         print(f"frame size:      {rows} x {columns} pixels")
         measures = ds.SharedFunctionalGroupsSequence[0].get("PixelMeasuresSequence", [None])[0]
         if measures is not None and "PixelSpacing" in measures:
@@ -183,13 +178,14 @@ def _info(args: argparse.Namespace) -> None:
         instances = sum(len(item.get("ReferencedInstanceSequence", []))
                         for item in ds.get("ReferencedSeriesSequence", []))
         print(f"source images:   {instances} in {len(ds.get('ReferencedSeriesSequence', []))} "
-              "series")
-    print(f"frames:          {int(ds.NumberOfFrames)}")
+              f"series; planes with frames: {len(seg.source_sop_instance_uids)}")
+    print(f"frames:          {seg.number_of_frames}")
     print("segments:")
-    for item in ds.SegmentSequence:
-        category = item.SegmentedPropertyCategoryCodeSequence[0].CodeMeaning
-        kind = item.SegmentedPropertyTypeCodeSequence[0].CodeMeaning
-        print(f"  {int(item.SegmentNumber):3d}  {item.SegmentLabel}  ({category} / {kind})")
+    for description in seg.segment_descriptions:
+        category = description.segmented_property_category.meaning
+        kind = description.segmented_property_type.meaning
+        print(f"  {int(description.segment_number):3d}  {description.segment_label}  "
+              f"({category} / {kind})")
 
 
 def _decode(args: argparse.Namespace) -> None:

@@ -4,6 +4,7 @@ Each class is also a builtin exception, so callers can catch either::
 
     DaskSegError
      ├── SegmentationInputError (ValueError)   bad mask, source, segments or options
+     │    └── SegmentationFileError            a file to read is damaged, not a SEG, or unsupported
      ├── SegmentationTypeError (TypeError)     an argument of the wrong kind
      ├── ClusterError (RuntimeError)           the Dask cluster could not finish the work
      ├── DestinationExistsError (FileExistsError)  the output exists and overwrite is False
@@ -19,6 +20,7 @@ __all__ = [
     "DaskSegError",
     "DestinationExistsError",
     "MissingDependencyError",
+    "SegmentationFileError",
     "SegmentationInputError",
     "SegmentationTypeError",
 ]
@@ -30,6 +32,13 @@ class DaskSegError(Exception):
 
 class SegmentationInputError(DaskSegError, ValueError):
     """An input value (mask, source image, segments, option) cannot make a valid SEG."""
+
+
+class SegmentationFileError(SegmentationInputError):
+    """A file to read is truncated, inconsistent or hostile, not a SEG, or of an unsupported kind.
+
+    Its message names the file and what is wrong with it.
+    """
 
 
 class SegmentationTypeError(DaskSegError, TypeError):

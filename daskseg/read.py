@@ -8,6 +8,7 @@ place, :class:`ReadOptions`, and say what the tasks make of the stored values.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,11 +21,10 @@ from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import DTypeLike
 
 from daskseg._decode import FrameRef, Output, read_chunk, store_block
-from daskseg._volframes import read_frame_items
 from daskseg._frames import (
     FileSource,
-    FrameLayout,
     FrameRanges,
+    header_int,
     index_frames,
     locate_frames,
     open_file,
@@ -32,7 +32,7 @@ from daskseg._frames import (
 from daskseg._client import cluster_client
 from daskseg._progress import progress_bar
 from daskseg._tasks import block_tasks, run_windowed
-from daskseg.errors import SegmentationInputError, SegmentationTypeError
+from daskseg.errors import SegmentationFileError, SegmentationInputError, SegmentationTypeError
 from daskseg.plan import TileGrid, aligned_chunks
 
 if TYPE_CHECKING:
@@ -43,6 +43,23 @@ if TYPE_CHECKING:
     from zarr.storage import StoreLike
 
 __all__ = ["ReadOptions", "SegmentationReader", "open_segmentation", "read_segmentation"]
+
+
+#: What pydicom and highdicom raise on a header they cannot parse or interpret: cut short (EOF,
+#: struct), garbage lengths (MemoryError), missing or malformed attributes.
+_HEADER_DAMAGE = (OSError, EOFError, struct.error, MemoryError, AttributeError, KeyError,
+                  IndexError, TypeError, ValueError, OverflowError, NotImplementedError,
+                  pydicom.errors.BytesLengthException)
+
+
+#: The most chunks a lazy array may have: each is a task holding its frames' byte ranges.
+_MAX_CHUNKS = 2**20
+
+
+def _damaged_header(name: str, error: BaseException) -> SegmentationFileError:
+    what = "declares an element longer than memory allows" if isinstance(error, MemoryError) \
+        else f"cannot be read ({type(error).__name__}: {error})"
+    return SegmentationFileError(f"{name}: the DICOM header is damaged or not a SEG's: it {what}.")
 
 
 def _smallest_uint(value: int) -> np.dtype:
@@ -139,59 +156,6 @@ class ReadOptions:
         return self.chunks
 
 
-#: A SEG's header, the layout of its frames, their byte ranges (encapsulated), and the raw
-#: bytes up to the Pixel Data (volume SEGs, whose frame items are scanned from them).
-_Head = tuple[pydicom.Dataset, FrameLayout, "list[FrameRanges] | None", "bytes | None"]
-
-
-def _at_frame_items(tag: int, vr: str | None, length: int) -> bool:
-    return tag >= 0x52009230  # PerFrameFunctionalGroupsSequence, or Pixel Data without it
-
-
-def read_head(path: str, tiled: bool) -> _Head:
-    """Read a SEG's header (no pixel data) and locate its frames; refuse what is not a SEG.
-
-    ``tiled=False`` also accepts a SEG of a series or multi-frame image, and keeps the raw
-    bytes of its per-frame items for the volume frame index.
-    """
-    try:
-        with open_file(path) as handle:
-            raw = None
-            if tiled:
-                header = pydicom.dcmread(handle, stop_before_pixels=True)
-            else:
-                # Up to the per-frame items: pydicom would make thousands of Datasets of them.
-                header = pydicom.filereader.read_partial(handle, stop_when=_at_frame_items)
-                syntax = header.file_meta.get("TransferSyntaxUID")
-                volume = ("SegmentSequence" in header and "TotalPixelMatrixRows" not in header
-                          and syntax is not None and syntax.is_little_endian
-                          and not syntax.is_deflated)
-                if volume:
-                    raw = read_frame_items(handle, header, syntax.is_implicit_VR)
-                else:
-                    handle.seek(0)
-                    header = pydicom.dcmread(handle, stop_before_pixels=True)
-            pixel_element = handle.tell()  # both stop at the Pixel Data element
-            layout, ranges = locate_frames(handle, header, pixel_element, tiled=tiled)
-    except FileNotFoundError as error:
-        raise SegmentationInputError(f"{path} does not exist.") from error
-    except pydicom.errors.InvalidDicomError as error:
-        raise SegmentationInputError(f"{path} is not a DICOM file: {error}") from error
-    return header, layout, ranges, raw
-
-
-def segments_of(header: pydicom.Dataset) -> tuple[list[Any], list[int]]:
-    """The segment descriptions and numbers read from a SEG (a label map's background not)."""
-    import highdicom as hd
-
-    # A label map describes its background (the PixelPaddingValue) as a segment too;
-    # like highdicom, it is not one of the segments read.
-    padding = header.get("PixelPaddingValue")
-    items = [item for item in header.SegmentSequence if item.SegmentNumber != padding]
-    return ([hd.seg.SegmentDescription.from_dataset(i) for i in items],
-            [int(item.SegmentNumber) for item in items])
-
-
 class SegmentationReader:
     """A DICOM Segmentation of a tiled image, opened for lazy, parallel reading.
 
@@ -216,19 +180,65 @@ class SegmentationReader:
     transfer_syntax_uid : pydicom.uid.UID
     """
 
-    def __init__(self, path: str | os.PathLike, *, _head: _Head | None = None) -> None:
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
-        header, self._layout, self._frame_ranges, _ = _head or read_head(self.path, tiled=True)
+        name = self.path
+        try:
+            handle = open_file(self.path)
+        except FileNotFoundError as error:
+            raise SegmentationFileError(f"{name} does not exist.") from error
+        with handle:
+            try:
+                header = pydicom.dcmread(handle, stop_before_pixels=True)
+                pixel_element = handle.tell()  # dcmread stops at the Pixel Data element
+                self._layout, self._frame_ranges = locate_frames(handle, header, pixel_element,
+                                                                 name=name)
+            except pydicom.errors.InvalidDicomError as error:
+                raise SegmentationFileError(f"{name} is not a DICOM file: {error}") from error
+            except SegmentationFileError:
+                raise
+            except _HEADER_DAMAGE as error:
+                # pydicom's verdict on a header it cannot parse (cut, garbage lengths or tags).
+                raise _damaged_header(name, error) from error
+        try:
+            self._describe(header, name)
+        except SegmentationFileError:
+            raise
+        except _HEADER_DAMAGE as error:
+            raise _damaged_header(name, error) from error
+
+    def _describe(self, header: pydicom.Dataset, name: str) -> None:
+        import highdicom as hd
+
         self.header = header
         self.segmentation_type = str(header.SegmentationType)
-        self.segment_descriptions, self.segment_numbers = segments_of(header)
-        self.tile_size = (int(header.Rows), int(header.Columns))
-        self.shape = (int(header.TotalPixelMatrixRows), int(header.TotalPixelMatrixColumns))
+        if self.segmentation_type not in ("BINARY", "FRACTIONAL", "LABELMAP"):
+            raise SegmentationFileError(
+                f"{name}: SegmentationType {self.segmentation_type!r} is not BINARY, FRACTIONAL "
+                "or LABELMAP."
+            )
+        # A label map describes its background (the PixelPaddingValue) as a segment too;
+        # like highdicom, it is not one of the segments read.
+        padding = header.get("PixelPaddingValue")
+        items = [item for item in header.SegmentSequence if item.SegmentNumber != padding]
+        self.segment_numbers = [int(item.SegmentNumber) for item in items]
+        if len(set(self.segment_numbers)) != len(self.segment_numbers):
+            raise SegmentationFileError(
+                f"{name}: the SegmentSequence repeats segment numbers {self.segment_numbers}."
+            )
+        self.tile_size = (self._layout.rows, self._layout.columns)
+        self.shape = (header_int(header, "TotalPixelMatrixRows", name),
+                      header_int(header, "TotalPixelMatrixColumns", name))
         self.number_of_frames = int(header.get("NumberOfFrames", 1))
+        if self.segmentation_type == "FRACTIONAL":
+            header_int(header, "MaximumFractionalValue", name,
+                       high=2**self._layout.bits_allocated - 1)
         self.transfer_syntax_uid = header.file_meta.TransferSyntaxUID
         self._grid = TileGrid(*self.shape, *self.tile_size)
         self.grid_shape = (self._grid.n_tile_rows, self._grid.n_tile_columns)
-        self._frame_table = index_frames(header, self.segment_numbers, self._grid)
+        self._frame_table = index_frames(header, self.segment_numbers, self._grid, name=name)
+        # Last: highdicom's checks of each segment take longer than all of the above.
+        self.segment_descriptions = [hd.seg.SegmentDescription.from_dataset(i) for i in items]
 
     def to_dask(
         self,
@@ -251,6 +261,13 @@ class SegmentationReader:
         chunk_rows, chunk_columns = options.chunk_pixels()
         row_chunks = aligned_chunks(self.shape[0], tile_rows, chunk_rows, max_tiles=64)
         column_chunks = aligned_chunks(self.shape[1], tile_columns, chunk_columns, max_tiles=64)
+        n_chunks = len(row_chunks) * len(column_chunks)
+        if n_chunks > _MAX_CHUNKS:
+            raise SegmentationInputError(
+                f"chunks={chunks} makes {n_chunks} chunks of {self.path}, more than "
+                f"{_MAX_CHUNKS} (a graph that large takes long to build and schedule); use "
+                "larger chunks."
+            )
         channels = [0] if labelmap else [self.segment_numbers.index(n) for n in numbers]
         out_chunks: tuple[tuple[int, ...], ...] = (row_chunks, column_chunks)
         if not combine_segments:
@@ -385,12 +402,12 @@ def open_segmentation(path: str | os.PathLike) -> SegmentationReader | VolumeSeg
     """
     if not isinstance(path, (str, os.PathLike)):
         raise SegmentationTypeError(f"path must be a str or os.PathLike, not {type(path).__name__}.")
-    head = read_head(os.fspath(path), tiled=False)
-    if head[3] is not None:
-        from daskseg._volread import VolumeSegmentationReader
+    from daskseg._volread import VolumeSegmentationReader, read_volume_head
 
+    head = read_volume_head(os.fspath(path))
+    if head is not None:
         return VolumeSegmentationReader(os.fspath(path), head)
-    return SegmentationReader(path, _head=head)
+    return SegmentationReader(path)
 
 
 def read_segmentation(
@@ -444,9 +461,12 @@ def read_segmentation(
 
     Raises
     ------
+    SegmentationFileError
+        The file is not a SEG of a tiled image, or is damaged (its header when opened, a frame
+        it needs when computed); the message names the file and, when computed, the frame.
     SegmentationInputError
-        The file is not a SEG of a tiled image, is corrupt, or the options do not fit it
-        (unknown segment numbers, a dtype too small, FRACTIONAL combined without rescaling).
+        The options do not fit the SEG (unknown segment numbers, a dtype too small, FRACTIONAL
+        combined without rescaling).
     RuntimeError, ValueError
         When computed, as highdicom: segments overlap and cannot be combined, or FRACTIONAL
         values are not all 0 or MaximumFractionalValue and cannot be combined.
