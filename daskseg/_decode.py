@@ -1,8 +1,9 @@
 """Frames -> the values of highdicom's ``get_total_pixel_matrix``. Runs on the workers.
 
-A task gets the byte ranges of its own frames (from the frame index), reads them from the
-source, decodes them with the codec table's decoders and writes each tile of its chunk, so
-slicing the lazy array decodes only the frames it touches.
+A task gets the references of its own frames (from the frame index), takes their bytes from its
+source (a file's byte ranges, or WADO-RS frame requests: any ``_frames.FrameSource``), decodes
+them with the codec table's decoders and writes each tile of its chunk, so slicing
+the lazy array decodes only the frames it touches.
 """
 
 from __future__ import annotations
@@ -17,12 +18,9 @@ from pydicom.uid import UID
 from daskseg._codecs import CODECS, unpack_bits
 from daskseg.errors import SegmentationFileError
 from daskseg.plan import block_location
-from daskseg._frames import FileSource, FrameLayout, FrameRanges, FrameReader
+from daskseg._frames import FrameLayout, FrameRef, FrameSource
 
 __all__ = ["FrameRef", "Output", "read_chunk", "store_block"]
-
-#: A frame's 0-based index in the file and the byte ranges that hold it.
-FrameRef = tuple[int, FrameRanges]
 
 # Codestreams shorter than this are decoded once per process and the result reused.
 _SMALL_CODESTREAM = 4096
@@ -57,14 +55,13 @@ def _decode_small(layout: FrameLayout, data: bytes) -> tuple[np.ndarray, bool]:
 
 
 class _DamagedFrame(Exception):
-    """A frame's bytes are cut short or do not decode; read_chunk names the file and frame."""
+    """A frame's bytes are cut short or do not decode; read_chunk names the SEG and frame."""
 
 
-def _frame(layout: FrameLayout, reader: FrameReader, frame: FrameRef) -> tuple[np.ndarray, bool]:
-    """A frame's stored values, and whether any is non-zero."""
+def _frame(layout: FrameLayout, data: bytes, frame: FrameRef) -> tuple[np.ndarray, bool]:
+    """A frame's stored values from its bytes, and whether any is non-zero."""
     index, ranges = frame
-    data = reader.read(ranges)
-    expected = sum(length for _, length in ranges)
+    expected = sum(length for _, length in ranges)  # 0 for a source that asks by frame number
     if len(data) < expected:
         raise _DamagedFrame(f"is cut short ({len(data)} of its {expected} bytes): the file is "
                             "truncated.")
@@ -101,7 +98,7 @@ class Output:
 
 
 def read_chunk(
-    source: FileSource,
+    source: FrameSource,
     layout: FrameLayout,
     frames: list[list[FrameRef | None]],
     tiles: tuple[int, int],
@@ -124,17 +121,23 @@ def read_chunk(
         lookup = output.lookup(layout.bits_allocated)
         # Omitted and all-zero frames hold stored label 0 everywhere.
         out.fill(lookup[0])
+    n_tiles = n_rows * n_columns
+    # All of the chunk's frames are asked for at once, in the order used below, so that a
+    # source that fetches over the network can ask for many in one request.
+    refs = [f for t in range(n_tiles) for channel in frames if (f := channel[t]) is not None]
     name = str(getattr(source, "path", source))
     with source.open() as reader:
-        for t in range(n_rows * n_columns):
+        data = reader.frames(layout, refs)
+        for t in range(n_tiles):
             r, c = divmod(t, n_columns)
             tile = out[r * th : (r + 1) * th, c * tw : (c + 1) * tw]
             for k, channel in enumerate(frames):
                 frame = channel[t]
                 if frame is None:
                     continue  # an omitted frame reads as zeros
+                frame_layout, frame_bytes = next(data)
                 try:
-                    values, nonzero = _frame(layout, reader, frame)
+                    values, nonzero = _frame(frame_layout, frame_bytes, frame)
                 except _DamagedFrame as error:
                     raise SegmentationFileError(f"{name}: frame {frame[0] + 1} {error}") from error
                 if not nonzero:

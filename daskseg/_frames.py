@@ -3,16 +3,17 @@
 The header is read once, without the pixel data. Each frame's bytes are located from the Basic
 or Extended Offset Table, or by walking the fragment items' headers when there is neither
 (PS3.5 A.4), and recorded as byte ranges; :class:`FileSource` reads those ranges on the workers.
-A frame's bytes from elsewhere (WADO-RS, say) would be another source with the same ``open``.
+A source is anything with ``open()`` giving a reader whose ``frames(layout, refs)`` yields each
+frame's bytes (:class:`FrameSource`); ``daskseg._web.WebSource`` fetches them with WADO-RS.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -23,12 +24,32 @@ from daskseg.errors import SegmentationFileError
 from daskseg.plan import TileGrid
 
 __all__ = [
-    "MAX_FRAME_PIXELS", "MAX_TILES", "FileSource", "FrameLayout", "FrameRanges", "header_int",
-    "index_frames", "locate_frames", "open_file",
+    "MAX_FRAME_PIXELS", "MAX_TILES", "FileSource", "FrameLayout", "FrameRanges", "FrameSource",
+    "check_header", "header_int", "index_frames", "locate_frames", "open_file",
 ]
 
 #: The byte ranges ``(offset, length)`` that hold one frame's bytes, in order.
 FrameRanges = list[tuple[int, int]]
+
+#: A frame's 0-based index in the SEG and the byte ranges that hold it (empty when the source
+#: finds frames by number, as WADO-RS does).
+FrameRef = tuple[int, FrameRanges]
+
+
+class OpenFrames(Protocol):
+    """An open source of frames."""
+
+    def frames(
+        self, layout: FrameLayout, refs: Sequence[FrameRef]
+    ) -> Iterator[tuple[FrameLayout, bytes]]:
+        """Each frame's bytes, in the order of ``refs``, with the layout to decode them by."""
+        ...
+
+
+class FrameSource(Protocol):
+    """Where a task gets its frames: small and picklable, opened on the worker."""
+
+    def open(self) -> AbstractContextManager[OpenFrames]: ...
 
 
 def open_file(path: str) -> BinaryIO:
@@ -64,6 +85,12 @@ class FrameReader:
             self._handle.seek(offset)
             parts.append(self._handle.read(length))
         return b"".join(parts)
+
+    def frames(
+        self, layout: FrameLayout, refs: Sequence[FrameRef]
+    ) -> Iterator[tuple[FrameLayout, bytes]]:
+        for _, ranges in refs:
+            yield layout, self.read(ranges)
 
 
 @dataclass(frozen=True)
@@ -138,27 +165,23 @@ def _file_size(handle: BinaryIO) -> int:
     return int(size)
 
 
-def locate_frames(
-    handle: BinaryIO, header: Dataset, start: int, *, name: str = "The file", tiled: bool = True
-) -> tuple[FrameLayout, list[FrameRanges] | None]:
-    """The layout of the Pixel Data at ``start``, and each frame's byte ranges when encapsulated.
-
-    ``tiled``: refuse a SEG that is not of a tiled image (the volume reader passes False).
-
-    Everything is checked against the file's size and the header's NumberOfFrames before any
-    allocation: a damaged or hostile file raises :class:`SegmentationFileError` naming ``name``.
-    """
+def check_header(
+    header: Dataset, name: str, *, transfer_syntax: bool = True, tiled: bool = True
+) -> tuple[int, int, int]:
+    """Check that ``header`` is of a SEG of a tiled image that daskseg reads (its transfer syntax
+    too unless ``transfer_syntax=False``; of a series too with ``tiled=False``); return its
+    Rows, Columns and BitsAllocated."""
     if "SegmentSequence" not in header:
         raise _fail(name, "not a DICOM Segmentation (no SegmentSequence).")
     if tiled and "TotalPixelMatrixRows" not in header:
         raise _fail(name, "the SEG is not of a tiled image (no TotalPixelMatrixRows); read it "
                           "with highdicom.seg.segread instead.")
-    syntax = UID(str(header.file_meta.get("TransferSyntaxUID", "")))
-    if syntax not in CODECS:
-        known = syntax.name if syntax.is_transfer_syntax else "an unknown UID"
-        raise _fail(name, f"transfer syntax {syntax} ({known}) is not one daskseg reads "
-                          f"({', '.join(CODECS)}).")
-    size = _file_size(handle)
+    if transfer_syntax:
+        syntax = UID(str(header.file_meta.get("TransferSyntaxUID", "")))
+        if syntax not in CODECS:
+            known = syntax.name if syntax.is_transfer_syntax else "an unknown UID"
+            raise _fail(name, f"transfer syntax {syntax} ({known}) is not one daskseg reads "
+                              f"({', '.join(CODECS)}).")
     rows = header_int(header, "Rows", name, high=65535)
     columns = header_int(header, "Columns", name, high=65535)
     if rows * columns > MAX_FRAME_PIXELS:
@@ -167,6 +190,21 @@ def locate_frames(
     bits = header_int(header, "BitsAllocated", name, low=1, high=64)
     if bits not in (1, 8, 16, 32, 64):
         raise _fail(name, f"BitsAllocated is {bits}; a SEG has 1, 8 or 16.")
+    return rows, columns, bits
+
+
+def locate_frames(
+    handle: BinaryIO, header: Dataset, start: int, *, name: str = "The file", tiled: bool = True
+) -> tuple[FrameLayout, list[FrameRanges] | None]:
+    """The layout of the Pixel Data at ``start``, and each frame's byte ranges when encapsulated.
+
+    Everything is checked against the file's size and the header's NumberOfFrames before any
+    allocation: a damaged or hostile file raises :class:`SegmentationFileError` naming ``name``.
+    ``tiled=False``: a SEG of a series or multi-frame image too (the volume reader).
+    """
+    rows, columns, bits = check_header(header, name, tiled=tiled)
+    syntax = UID(str(header.file_meta.TransferSyntaxUID))
+    size = _file_size(handle)
     # Each frame takes at least a byte of the file (native) or an 8-byte item header.
     n_frames = header_int(header, "NumberOfFrames", name, default=1, high=max(8 * size, 1))
     encapsulated = codec_for(syntax).encapsulated  # type: ignore[union-attr]

@@ -141,23 +141,35 @@ def _encode(args: argparse.Namespace) -> None:
     if args.stow:
         from daskseg.dicomweb import store_instance
 
-        # Credentials only from the environment: never on the command line, where ps shows them.
-        token = os.environ.get("DASKSEG_DICOMWEB_TOKEN")
-        headers = {"Authorization": f"Bearer {token}"} if token else None
+        headers = _dicomweb_headers()
         for path in written:
             store_instance(path, args.stow, headers=headers)
             if not args.quiet:
                 print(f"stored {path} with STOW-RS")
 
 
+def _dicomweb_headers() -> dict[str, str] | None:
+    """A bearer token from $DASKSEG_DICOMWEB_TOKEN, as headers."""
+    # Credentials only from the environment: never on the command line, where ps shows them.
+    token = os.environ.get("DASKSEG_DICOMWEB_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else None
+
+
 def _info(args: argparse.Namespace) -> None:
     from daskseg import SegmentationReader, open_segmentation
 
+    from daskseg.dicomweb import is_dicomweb_url
+
     # The reader's checks of the header and the frame index (no pixels are read): a file it
-    # cannot describe is one SegmentationFileError, reported by main() in one line.
-    seg = open_segmentation(args.seg)
+    # cannot describe is one SegmentationFileError, reported by main() in one line. A DICOMweb
+    # URL: its metadata only.
+    web = is_dicomweb_url(args.seg)
+    seg = open_segmentation(args.seg, headers=_dicomweb_headers() if web else None)
     ds = seg.header
-    print(f"file:            {args.seg} ({os.path.getsize(args.seg) / 2**20:.1f} MiB)")
+    if web:
+        print(f"url:             {seg.path} (DICOMweb)")
+    else:
+        print(f"file:            {args.seg} ({os.path.getsize(args.seg) / 2**20:.1f} MiB)")
     print(f"type:            {seg.segmentation_type} ({ds.SOPClassUID.name})")
     print(f"transfer syntax: {seg.transfer_syntax_uid.name}")
     print(f"organization:    {ds.get('DimensionOrganizationType', 'unknown')}")
@@ -190,10 +202,13 @@ def _info(args: argparse.Namespace) -> None:
 
 def _decode(args: argparse.Namespace) -> None:
     try:
-        from daskseg import SegmentationReader
+        from daskseg import SegmentationReader, open_segmentation
     except ImportError:
         raise UserError("decoding needs daskseg's reader (daskseg.open_segmentation)") from None
-    if not os.path.exists(args.seg):
+    from daskseg.dicomweb import is_dicomweb_url
+
+    web = is_dicomweb_url(args.seg)
+    if not web and not os.path.exists(args.seg):
         raise UserError(f"{args.seg} does not exist")
     ome = args.output.rstrip("/").lower().endswith(".ome.zarr")
     if ome and os.path.exists(args.output):
@@ -201,22 +216,27 @@ def _decode(args: argparse.Namespace) -> None:
     nifti = args.output.lower().endswith((".nii", ".nii.gz"))
     if nifti and os.path.exists(args.output) and not args.overwrite:
         raise UserError(f"{args.output} exists; pass --overwrite or choose another output")
+    # A DICOMweb SEG: its metadata now, its frames fetched by the tasks on the workers.
+    reader = open_segmentation(args.seg, headers=_dicomweb_headers() if web else None)
+    if not nifti and not isinstance(reader, SegmentationReader):
+        raise UserError(f"{args.seg} is a SEG of a series; decode it to NIfTI "
+                        "(-o labels.nii.gz)")
     with _client(args) as client:
         if nifti:  # a SEG of a series: labels in the series' geometry
-            from daskseg import open_segmentation
             from daskseg._nifti import volume_to_nifti
 
-            reader = open_segmentation(args.seg)
             if isinstance(reader, SegmentationReader):
                 raise UserError(f"{args.seg} is a SEG of a tiled image; NIfTI output is for "
                                 "SEGs of series (CT, MR...)")
             volume_to_nifti(reader, args.output, client=client)
+        elif not isinstance(reader, SegmentationReader):
+            raise AssertionError("refused above")
         elif ome:  # an OME-NGFF image whose labels/ holds the SEG as one label image
             from daskseg import segmentation_to_ome_zarr
 
-            segmentation_to_ome_zarr(args.seg, args.output, progress=not args.quiet, client=client)
+            segmentation_to_ome_zarr(reader, args.output, progress=not args.quiet, client=client)
         else:
-            SegmentationReader(args.seg).to_zarr(
+            reader.to_zarr(
                 args.output, combine_segments=args.combine_segments, progress=not args.quiet,
                 client=client,
             )
@@ -327,7 +347,8 @@ def _parser() -> argparse.ArgumentParser:
     encode.set_defaults(run=_encode)
 
     decode = commands.add_parser("decode", help="decode a SEG into a Zarr store or NIfTI file")
-    decode.add_argument("seg")
+    decode.add_argument("seg", help="a SEG file, or a DICOMweb instance URL (a bearer token "
+                        "from $DASKSEG_DICOMWEB_TOKEN)")
     decode.add_argument("-o", "--output", required=True,
                         help="the Zarr store to write; NAME.ome.zarr writes OME-Zarr labels; "
                         "NAME.nii.gz the labels of a SEG of a series, in its geometry")
@@ -338,7 +359,7 @@ def _parser() -> argparse.ArgumentParser:
     decode.set_defaults(run=_decode)
 
     info = commands.add_parser("info", help="describe a SEG")
-    info.add_argument("seg")
+    info.add_argument("seg", help="a SEG file, or a DICOMweb instance URL")
     info.set_defaults(run=_info)
 
     demo = commands.add_parser("demo", help="write and check a SEG of a synthetic slide")

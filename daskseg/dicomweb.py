@@ -426,7 +426,7 @@ def fetch_frames(
                 f"{_redact(url)} returned {len(got)} frames for the {len(batch)} asked for.",
                 url=_redact(url),
             )
-        frames.extend(got)
+        frames.extend(bytes(frame) for frame in got)  # dicomweb-client gives bytearrays
     return str(syntax), frames
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from daskseg._decode import FrameRef, Output, read_chunk, store_block
 from daskseg._frames import (
     FileSource,
     FrameRanges,
+    FrameSource,
     header_int,
     index_frames,
     locate_frames,
@@ -162,7 +163,10 @@ class SegmentationReader:
     Parameters
     ----------
     path : str or os.PathLike
-        A local path, or an fsspec URL (needs fsspec).
+        A local path, an fsspec URL (needs fsspec), or a DICOMweb instance URL (WADO-RS,
+        ``{root}/studies/{study}/series/{series}/instances/{sop}``; needs dicomweb-client).
+    session, headers, timeout
+        DICOMweb only; see :func:`open_segmentation`.
 
     Attributes
     ----------
@@ -180,9 +184,46 @@ class SegmentationReader:
     transfer_syntax_uid : pydicom.uid.UID
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        session: Any = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | tuple[float, float] | None = None,
+    ) -> None:
+        from daskseg.dicomweb import is_dicomweb_url
+
         self.path = os.fspath(path)
-        name = self.path
+        self._source: FrameSource
+        self._frame_ranges: list[FrameRanges] | None
+        if is_dicomweb_url(self.path):
+            from daskseg._web import open_web
+
+            header, self._layout, web = open_web(
+                self.path, session=session, headers=headers,
+                **({} if timeout is None else {"timeout": timeout}),
+            )
+            self._source = web
+            self.path = name = str(web.target)  # without credentials: safe to show
+            self._frame_ranges = None
+        else:
+            if session is not None or headers is not None or timeout is not None:
+                raise SegmentationInputError(
+                    "session, headers and timeout apply to DICOMweb URLs only, and "
+                    f"{self.path} is not one."
+                )
+            name = self.path
+            header = self._open_file(name)
+            self._source = FileSource(self.path)
+        try:
+            self._describe(header, name)
+        except SegmentationFileError:
+            raise
+        except _HEADER_DAMAGE as error:
+            raise _damaged_header(name, error) from error
+
+    def _open_file(self, name: str) -> pydicom.Dataset:
         try:
             handle = open_file(self.path)
         except FileNotFoundError as error:
@@ -200,12 +241,7 @@ class SegmentationReader:
             except _HEADER_DAMAGE as error:
                 # pydicom's verdict on a header it cannot parse (cut, garbage lengths or tags).
                 raise _damaged_header(name, error) from error
-        try:
-            self._describe(header, name)
-        except SegmentationFileError:
-            raise
-        except _HEADER_DAMAGE as error:
-            raise _damaged_header(name, error) from error
+        return header
 
     def _describe(self, header: pydicom.Dataset, name: str) -> None:
         import highdicom as hd
@@ -277,7 +313,7 @@ class SegmentationReader:
             output, out_chunks,
         )
         name = f"decode-seg-{token}"
-        source = FileSource(self.path)
+        source = self._source
         graph: dict[tuple[Any, ...], Any] = {}
         row_start = 0
         for i, n_rows in enumerate(row_chunks):
@@ -305,6 +341,8 @@ class SegmentationReader:
                         out_chunks, meta=meta)
 
     def _ranges(self, index: int) -> FrameRanges:
+        if not isinstance(self._source, FileSource):
+            return []  # the source asks for frames by number
         if self._frame_ranges is None:
             return self._layout.ranges(index)
         return self._frame_ranges[index]
@@ -380,13 +418,40 @@ class SegmentationReader:
         return target
 
 
-def open_segmentation(path: str | os.PathLike) -> SegmentationReader | VolumeSegmentationReader:
+def open_segmentation(
+    path: str | os.PathLike,
+    *,
+    session: Any = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float | tuple[float, float] | None = None,
+) -> SegmentationReader | VolumeSegmentationReader:
     """Open a SEG for lazy, parallel reading (header only): of a tiled image, or of a series.
 
     Parameters
     ----------
     path : str or os.PathLike
-        A local path or an fsspec URL.
+        A local path, an fsspec URL, or a DICOMweb instance URL
+        (``{root}/studies/{study}/series/{series}/instances/{sop}``). For a URL the metadata is
+        fetched once here; each task then fetches only its own frames with WADO-RS frame
+        retrieval (several per request) and decodes them on its worker.
+    session : requests.Session, optional
+        DICOMweb: the session to send requests with (authentication, proxies). It is pickled
+        into the tasks, so its credentials reach the scheduler and the workers; prefer
+        ``headers``.
+    headers : mapping, optional
+        DICOMweb: extra headers, e.g. ``{"Authorization": "Bearer ..."}``. They travel with the
+        tasks as plain values (each worker builds its own session) and are never printed;
+        ``user:password@`` in the URL becomes such a header too.
+    timeout : float or (float, float), optional
+        DICOMweb: connect and read timeouts of each request in seconds; (5, 60) by default.
+
+    Raises
+    ------
+    SegmentationInputError
+        Not a SEG of a tiled image; a DICOMweb URL that is not an instance's, or answered 404.
+    DICOMwebError
+        The server cannot be reached, does not answer in time, refuses access or fails (an
+        ``OSError``); also when the tasks fetch frames.
 
     Returns
     -------
@@ -403,11 +468,13 @@ def open_segmentation(path: str | os.PathLike) -> SegmentationReader | VolumeSeg
     if not isinstance(path, (str, os.PathLike)):
         raise SegmentationTypeError(f"path must be a str or os.PathLike, not {type(path).__name__}.")
     from daskseg._volread import VolumeSegmentationReader, read_volume_head
+    from daskseg.dicomweb import is_dicomweb_url
 
-    head = read_volume_head(os.fspath(path))
-    if head is not None:
-        return VolumeSegmentationReader(os.fspath(path), head)
-    return SegmentationReader(path)
+    if not is_dicomweb_url(os.fspath(path)):  # SEGs of series are read from files only
+        head = read_volume_head(os.fspath(path))
+        if head is not None:
+            return VolumeSegmentationReader(os.fspath(path), head)
+    return SegmentationReader(path, session=session, headers=headers, timeout=timeout)
 
 
 def read_segmentation(
@@ -420,6 +487,9 @@ def read_segmentation(
     dtype: DTypeLike | None = None,
     chunks: int | tuple[int, int] | None = None,
     source_sop_instance_uids: Sequence[str] | None = None,
+    session: Any = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float | tuple[float, float] | None = None,
 ) -> da.Array:
     """Read a SEG as a lazy Dask array: a tiled image's total pixel matrix, or a volume.
 
@@ -434,7 +504,7 @@ def read_segmentation(
     Parameters
     ----------
     path : str or os.PathLike
-        A local path or an fsspec URL.
+        A local path, an fsspec URL or a DICOMweb instance URL (see :func:`open_segmentation`).
     segment_numbers : sequence of int, optional
         Segments to read, in this order; all by default.
     combine_segments : bool
@@ -451,6 +521,8 @@ def read_segmentation(
         planes per chunk.
     source_sop_instance_uids : sequence of str, optional
         Volume SEGs only: the source images whose planes to read, in this order.
+    session, headers, timeout
+        DICOMweb URLs only; see :func:`open_segmentation` (prefer ``headers`` for credentials).
 
     Returns
     -------
@@ -482,7 +554,7 @@ def read_segmentation(
     >>> labels = read_segmentation("seg.dcm", combine_segments=True)  # doctest: +SKIP
     >>> labels[:1024, :1024].compute()  # decodes only the frames of that region  # doctest: +SKIP
     """
-    reader = open_segmentation(path)
+    reader = open_segmentation(path, session=session, headers=headers, timeout=timeout)
     options = dict(segment_numbers=segment_numbers, combine_segments=combine_segments,
                    relabel=relabel, rescale_fractional=rescale_fractional, dtype=dtype)
     if isinstance(reader, SegmentationReader):

@@ -36,8 +36,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def run_orthanc(folder: pathlib.Path, **settings):
-    """Start Orthanc with its storage in ``folder``; yield its DICOMweb root URL."""
+def run_orthanc(folder: pathlib.Path, *, verbose: bool = False, **settings):
+    """Start Orthanc with its storage in ``folder``; yield its DICOMweb root URL.
+
+    ``verbose`` logs every HTTP request to ``folder / "orthanc.log"`` (see :func:`requests_seen`).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = {
@@ -54,8 +57,10 @@ def run_orthanc(folder: pathlib.Path, **settings):
     }
     (folder / "orthanc.json").write_text(json.dumps(config))
     log = open(folder / "orthanc.log", "wb")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(["Orthanc", str(folder / "orthanc.json")], stdout=log, stderr=log,
-                               cwd=folder)
+    process = subprocess.Popen(
+        ["Orthanc", *(["--verbose"] if verbose else []), str(folder / "orthanc.json")],
+        stdout=log, stderr=log, cwd=folder,
+    )
     root = f"http://127.0.0.1:{port}/dicom-web"
     try:
         deadline = time.monotonic() + 30
@@ -66,6 +71,8 @@ def run_orthanc(folder: pathlib.Path, **settings):
             try:
                 with urllib.request.urlopen(f"{root}/studies", timeout=2):
                     break
+            except urllib.error.HTTPError:
+                break  # it answers (401 when it wants a password)
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 if time.monotonic() > deadline:
                     raise RuntimeError("Orthanc did not answer within 30 s") from None

@@ -138,9 +138,9 @@ def test_slicing_decodes_only_the_frames_it_touches(tmp_path, monkeypatch):
     decoded = []
     original = daskseg._decode._frame
 
-    def counting(codec, handle, frame):
+    def counting(layout, data, frame):
         decoded.append(frame[0])
-        return original(codec, handle, frame)
+        return original(layout, data, frame)
 
     monkeypatch.setattr(daskseg._decode, "_frame", counting)
     array = read_segmentation(path, combine_segments=True, chunks=64)

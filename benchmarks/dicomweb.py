@@ -1,0 +1,133 @@
+"""Benchmark of reading a SEG from a DICOMweb server: daskseg's frame requests against highdicom.
+
+Usage::
+
+    .venv/bin/python benchmarks/dicomweb.py            # the 16384 x 16384 SEG of benchmarks/write.py
+    .venv/bin/python benchmarks/dicomweb.py --quick    # a 4096 x 4096 SEG, to check it runs
+
+The five-segment BINARY JPEG 2000 SEG (512-pixel tiles, TILED_FULL; made as benchmarks/read.py
+does when benchmarks/out/ lacks it) is stored with STOW-RS in an Orthanc on 127.0.0.1 that this
+script starts in a temporary folder (Debian packages orthanc and orthanc-dicomweb; ``make tools``).
+Then, each in its own process, the SEG is decoded into a label image:
+
+- daskseg: ``read_segmentation(url, combine_segments=True)`` on a 2-process LocalCluster; the
+  metadata is fetched once, each task fetches its own frames (WADO-RS, many per request).
+- highdicom: dicomweb-client ``retrieve_instance`` (the whole instance in one request), then
+  ``Segmentation.from_dataset(...).get_total_pixel_matrix(combine_segments=True)``.
+
+Printed: each time, the ratio, and the HTTP requests each made, counted in Orthanc's own log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import re
+import sys
+import tempfile
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # the Orthanc runner of the tests
+
+from _common import emit, run_step  # noqa: E402
+from read import digest, ensure_seg  # noqa: E402
+
+
+def _warm() -> None:
+    """Import what the tasks use, as on a live cluster (highdicom's steps import before timing)."""
+    import dicomweb_client  # noqa: F401
+    import highdicom  # noqa: F401
+    import imagecodecs  # noqa: F401
+    import requests  # noqa: F401
+
+    import daskseg._decode  # noqa: F401
+    import daskseg._web  # noqa: F401
+
+
+def step_daskseg(url: str) -> None:
+    from distributed import Client
+
+    from daskseg import local_cluster, read_segmentation
+
+    with local_cluster(2) as cluster, Client(cluster) as client:
+        client.run(_warm)
+        start = time.perf_counter()
+        labels = client.compute(read_segmentation(url, combine_segments=True)).result()
+        elapsed = time.perf_counter() - start
+    emit({"time": elapsed, "checksum": digest(labels)})
+
+
+def step_highdicom(url: str) -> None:
+    import highdicom as hd
+    from dicomweb_client import DICOMwebClient
+
+    from daskseg.dicomweb import parse_dicomweb_url
+
+    target, _ = parse_dicomweb_url(url)
+    start = time.perf_counter()
+    dataset = DICOMwebClient(target.root).retrieve_instance(
+        target.study_instance_uid, target.series_instance_uid, target.sop_instance_uid
+    )
+    downloaded = time.perf_counter() - start
+    labels = hd.seg.Segmentation.from_dataset(dataset, copy=False).get_total_pixel_matrix(
+        combine_segments=True
+    )
+    elapsed = time.perf_counter() - start
+    emit({"time": elapsed, "download": downloaded, "checksum": digest(labels)})
+
+
+def _requests(log: pathlib.Path) -> list[str]:
+    return re.findall(r"\(http\) (?:GET|POST) (\S+)", log.read_text())
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--step":
+        name, *rest = sys.argv[2:]
+        globals()[f"step_{name}"](*rest)
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a 4096 x 4096 SEG instead")
+    args = parser.parse_args()
+
+    import pydicom
+    from _orthanc import orthanc_missing, run_orthanc
+
+    from daskseg.dicomweb import store_instance
+
+    reason = orthanc_missing()
+    if reason:
+        sys.exit(f"benchmarks/dicomweb.py needs Orthanc: {reason}")
+    rows = 4096 if args.quick else 16384
+    path = ensure_seg(rows, 5)
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    script = str(pathlib.Path(__file__).resolve())
+    with tempfile.TemporaryDirectory(prefix="daskseg-orthanc-") as folder:
+        log = pathlib.Path(folder) / "orthanc.log"
+        # Orthanc's request body limit is far above these SEGs; --verbose logs each request.
+        with run_orthanc(pathlib.Path(folder), verbose=True) as root:
+            store_instance(path, root)
+            url = (f"{root}/studies/{header.StudyInstanceUID}/series/{header.SeriesInstanceUID}"
+                   f"/instances/{header.SOPInstanceUID}")
+            before = len(_requests(log))
+            ours = run_step(script, "daskseg", url)
+            ours_requests = _requests(log)[before:]
+            before = len(_requests(log))
+            theirs = run_step(script, "highdicom", url)
+            theirs_requests = len(_requests(log)) - before
+    frame_requests = sum("/frames/" in r for r in ours_requests)
+    print(f"machine: {os.cpu_count()} cores; Orthanc on 127.0.0.1")
+    print(f"\n{rows} x {rows} five-segment BINARY JPEG 2000 SEG (512 tiles, {int(header.NumberOfFrames)} "
+          f"frames, {os.path.getsize(path) / 2**20:.1f} MiB) from WADO-RS -> label image")
+    print(f"  daskseg (2-process LocalCluster):        {ours['time']:6.2f} s  "
+          f"{len(ours_requests)} HTTP requests ({frame_requests} of frames)")
+    print(f"  highdicom after retrieve_instance:       {theirs['time']:6.2f} s  "
+          f"{theirs_requests} HTTP request(s); the download took {theirs['download']:.2f} s")
+    print(f"  ratio (highdicom / daskseg): {theirs['time'] / ours['time']:.2f}x; "
+          f"same labels: {ours['checksum'] == theirs['checksum']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""A SEG on a DICOMweb server as a frame source: the header from its metadata, frames by WADO-RS.
+
+The reader fetches the instance's metadata once (the frame index needs only the per-frame
+functional groups, no byte offsets); each task then asks for its own frames with
+:func:`daskseg.dicomweb.fetch_frames`, many per request, and decodes them on its worker.
+
+Credentials: the tasks carry the plain ``headers`` (a bearer token, say) and each worker process
+builds its own ``requests.Session`` for them; a session given by the user is pickled into the
+tasks (with its auth and cookies). Either way the credentials are in the task graph, so in
+the memory of the scheduler and the workers of the cluster the read runs on (as any argument
+of a task is), and never in a message or a task's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from daskseg._frames import FrameLayout, FrameRef, check_header
+from daskseg.dicomweb import (
+    DEFAULT_TIMEOUT,
+    FRAMES_PER_REQUEST,
+    DICOMwebURL,
+    fetch_frames,
+    fetch_instance_metadata,
+    fetch_transfer_syntax,
+    parse_dicomweb_url,
+)
+from daskseg.errors import DICOMwebError, SegmentationInputError
+
+__all__ = ["WebSource", "open_web"]
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_session() -> Any:
+    """One HTTP session per process, so that a worker's tasks reuse its connections."""
+    import requests
+
+    return requests.Session()
+
+
+@dataclass(frozen=True)
+class WebSource:
+    """Frames fetched with WADO-RS frame retrieval (small and picklable).
+
+    ``headers`` and ``session`` are left out of ``repr`` so that they never reach a message.
+    """
+
+    target: DICOMwebURL
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    session: Any = field(default=None, repr=False, compare=False)
+    timeout: float | tuple[float, float] = DEFAULT_TIMEOUT
+    frames_per_request: int = FRAMES_PER_REQUEST
+
+    @property
+    def path(self) -> str:
+        """The instance URL, without credentials (names the SEG in messages)."""
+        return str(self.target)
+
+    @contextmanager
+    def open(self) -> Iterator[WebSource]:
+        yield self
+
+    def frames(
+        self, layout: FrameLayout, refs: Sequence[FrameRef]
+    ) -> Iterator[tuple[FrameLayout, bytes]]:
+        """Fetch the frames ``frames_per_request`` at a time, as they are consumed."""
+        session = self.session if self.session is not None else _worker_session()
+        target = self.target
+        assert target.sop_instance_uid is not None
+        for start in range(0, len(refs), self.frames_per_request):
+            batch = refs[start:start + self.frames_per_request]
+            syntax, data = fetch_frames(
+                target.root, target.study_instance_uid, target.series_instance_uid,
+                target.sop_instance_uid, [index + 1 for index, _ in batch],
+                layout.transfer_syntax_uid, session=session, headers=self.headers,
+                timeout=self.timeout, frames_per_request=self.frames_per_request,
+            )
+            # A server may send native frames instead of the stored syntax (fetch_frames' 406
+            # fallback): decode those as native.
+            got = layout if syntax == layout.transfer_syntax_uid else dataclasses.replace(
+                layout, transfer_syntax_uid=syntax
+            )
+            for frame in data:
+                yield got, frame
+
+
+def open_web(
+    url: str,
+    *,
+    session: Any = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+) -> tuple[Dataset, FrameLayout, WebSource]:
+    """The SEG header at ``url`` (one metadata request, and one for the transfer syntax when the
+    metadata lacks it), its frame layout, and the source the tasks fetch frames from."""
+    target, url_headers = parse_dicomweb_url(url)
+    if target.sop_instance_uid is None:
+        raise SegmentationInputError(
+            f"{target} is a series URL; give the SEG instance's URL (.../instances/{{uid}})."
+        )
+    all_headers = {**url_headers, **(headers or {})}
+    header = fetch_instance_metadata(target, session=session, headers=all_headers, timeout=timeout)
+    rows, columns, bits = check_header(header, str(target), transfer_syntax=False)
+    # PS3.5 8.1.1: native 1-bit frames that do not fill whole bytes start mid-byte in the Pixel
+    # Data, and servers do not cut them out for frame retrieval (Orthanc answers 400).
+    straddling = bits == 1 and rows * columns % 8 != 0
+    unservable = SegmentationInputError(
+        f"{target}: its 1-bit frames of {rows} x {columns} pixels do not fill whole bytes, "
+        "which WADO-RS frame retrieval cannot serve; download the instance and read the file."
+    )
+    if "TransferSyntaxUID" not in header.file_meta:
+        try:
+            header.file_meta.TransferSyntaxUID = fetch_transfer_syntax(
+                target, session=session, headers=all_headers, timeout=timeout
+            )
+        except DICOMwebError as error:
+            if straddling and error.status == 400:
+                raise unservable from None
+            raise
+    check_header(header, str(target))
+    if straddling and not UID(header.file_meta.TransferSyntaxUID).is_encapsulated:
+        raise unservable
+    layout = FrameLayout(
+        transfer_syntax_uid=str(UID(header.file_meta.TransferSyntaxUID)),
+        rows=rows,
+        columns=columns,
+        bits_allocated=bits,
+        pixel_offset=0,  # frames are asked for by number, not read at an offset
+    )
+    # Plain headers travel with the tasks and each worker builds its own session; a session given
+    # by the user is pickled into the tasks (it may hold credentials in its auth or cookies).
+    return header, layout, WebSource(target, all_headers, session, timeout)

@@ -1,0 +1,282 @@
+"""Reading SEGs from a real Orthanc by their WADO-RS instance URL: values, requests, failures.
+
+Requests are counted in Orthanc's own log (``--verbose`` logs each HTTP request it serves), so the
+requests of worker processes are counted as well as the client's.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import socket
+import time
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import zarr
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
+from test_dicomweb import instance_url, tiny_server
+from test_read import highdicom_file
+
+from daskseg import (
+    DICOMwebError,
+    SegmentationInputError,
+    open_segmentation,
+    read_segmentation,
+    segmentation_to_ome_zarr,
+    write_segmentation,
+)
+from daskseg.cli import main
+from daskseg.dicomweb import store_instance
+from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
+
+pytest.importorskip("dicomweb_client")
+
+TYPES = ["BINARY", "FRACTIONAL", "LABELMAP"]
+SYNTAXES = [ExplicitVRLittleEndian, JPEG2000Lossless]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real Orthanc logging every request: (DICOMweb root, its log file)."""
+    from _orthanc import orthanc_missing, run_orthanc
+
+    reason = orthanc_missing()
+    if reason:
+        pytest.skip(reason)
+    folder = tmp_path_factory.mktemp("orthanc-verbose")
+    with run_orthanc(folder, verbose=True) as root:
+        yield root, folder / "orthanc.log"
+
+
+def requests_seen(log: pathlib.Path) -> list[str]:
+    """The paths of the HTTP requests Orthanc has served, in order."""
+    return re.findall(r"\(http\) (?:GET|POST) (\S+)", log.read_text())
+
+
+def frame_requests(log: pathlib.Path, since: int) -> list[list[int]]:
+    """The frame numbers of each frame request after the first ``since`` requests."""
+    return [[int(n) for n in path.rsplit("/frames/", 1)[1].split(",")]
+            for path in requests_seen(log)[since:] if "/frames/" in path]
+
+
+def store(root: str, path: pathlib.Path) -> str:
+    store_instance(path, root)
+    return instance_url(root, path)
+
+
+@pytest.fixture(scope="module")
+def highdicom_segs(tmp_path_factory, server):
+    """SEGs written by highdicom (TILED_SPARSE: omitted frames, edge tiles), stored on Orthanc."""
+    root, _ = server
+    folder = tmp_path_factory.mktemp("hd-segs")
+    out = {}
+    for kind in TYPES:
+        for syntax in SYNTAXES:
+            path = highdicom_file(folder, kind, syntax, "TILED_SPARSE", name=f"{kind}-{syntax}",
+                                  fractional_values=kind == "FRACTIONAL")
+            out[kind, syntax] = (path, store(root, path))
+    return out
+
+
+@pytest.mark.parametrize("syntax", SYNTAXES, ids=["native", "jpeg2000"])
+@pytest.mark.parametrize("kind", TYPES)
+def test_whole_read_equals_the_file_and_highdicom(highdicom_segs, kind, syntax):
+    path, url = highdicom_segs[kind, syntax]
+    reader = open_segmentation(url)
+    assert reader.transfer_syntax_uid == syntax and reader.segmentation_type == kind
+    assert reader.segment_numbers == open_segmentation(path).segment_numbers
+    combine = kind != "FRACTIONAL"
+    got = reader.to_dask(combine_segments=combine, chunks=100).compute()
+    np.testing.assert_array_equal(got, read_segmentation(path, combine_segments=combine).compute())
+    expected = hd.seg.segread(path).get_total_pixel_matrix(combine_segments=combine)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.fixture(scope="module")
+def daskseg_seg(tmp_path_factory, server, dask_client):
+    """A 4 x 5 tile SEG of 3 segments written by daskseg in JPEG 2000 (TILED_FULL), stored."""
+    root, _ = server
+    folder = tmp_path_factory.mktemp("daskseg-seg")
+    source = make_slide(256, 320, tile_size=(64, 64))
+    mask = make_tissue_mask(256, 320, 3, chunks=(128, 160))
+    path = write_segmentation(mask, source, make_segment_descriptions(3), folder / "seg.dcm",
+                              transfer_syntax_uid=JPEG2000Lossless, client=dask_client,
+                              dimension_organization_type="TILED_FULL", progress=False)
+    return path, store(root, path)
+
+
+def test_region_on_worker_processes_fetches_only_its_frames(server, daskseg_seg, dask_client):
+    _, log = server
+    path, url = daskseg_seg
+    before = len(requests_seen(log))
+    reader = open_segmentation(url)
+    opened = requests_seen(log)[before:]
+    assert len(opened) == 2  # the metadata, and the frames' transfer syntax
+    assert opened[0].endswith("/metadata") and opened[1].endswith("/frames/1")
+
+    # Rows and columns 128-255: one chunk, tile rows and columns 2-3 of each of the 3 segments.
+    # TILED_FULL frame numbers (PS3.3 C.7.6.17.3): segment slowest, then tile row, then column.
+    before = len(requests_seen(log))
+    region = reader.to_dask(chunks=128)[128:256, 128:256]
+    got = dask_client.compute(region).result(timeout=120)
+    np.testing.assert_array_equal(got, read_segmentation(path)[128:256, 128:256].compute())
+    expected = {segment * 20 + row * 5 + column + 1
+                for segment in range(3) for row in (2, 3) for column in (2, 3)}
+    fetched = frame_requests(log, before)
+    assert len(fetched) == 1  # the chunk's frames of all segments in one request
+    assert set(fetched[0]) == expected and len(fetched[0]) == len(expected)
+    assert len(requests_seen(log)) - before == 1
+
+
+def test_whole_read_fetches_each_frame_once(server, daskseg_seg, dask_client):
+    _, log = server
+    path, url = daskseg_seg
+    reader = open_segmentation(url)
+    before = len(requests_seen(log))
+    got = dask_client.compute(reader.to_dask(combine_segments=True, chunks=128)).result(timeout=120)
+    np.testing.assert_array_equal(got, read_segmentation(path, combine_segments=True).compute())
+    fetched = frame_requests(log, before)
+    assert len(fetched) == 6  # one request per chunk: 2 x 3 chunks of up to 2 x 2 tiles
+    assert sorted(n for batch in fetched for n in batch) == list(range(1, 61))
+
+
+def test_frames_per_request_splits_a_chunk(server, daskseg_seg):
+    _, log = server
+    path, url = daskseg_seg
+    reader = open_segmentation(url)
+    reader._source = type(reader._source)(reader._source.target, frames_per_request=5)
+    before = len(requests_seen(log))
+    got = reader.to_dask(chunks=256)[:256, :256].compute(scheduler="sync")
+    np.testing.assert_array_equal(got, read_segmentation(path)[:256, :256].compute())
+    assert [len(batch) for batch in frame_requests(log, before)] == [5, 5, 5, 5, 5, 5, 5, 5, 5, 3]
+
+
+def test_files_from_other_software(server, testdata):
+    root, _ = server
+    paths = sorted(testdata.glob("seg_image_sm_*.dcm"))
+    if not paths:
+        pytest.skip("no seg_image_sm_*.dcm in the shared test data")
+    read = 0
+    for path in paths:
+        url = store(root, path)
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        if header.BitsAllocated == 1 and header.Rows * header.Columns % 8:
+            # Native 1-bit frames that start mid-byte: no server cuts them out (Orthanc: 400).
+            with pytest.raises(SegmentationInputError, match="do not fill whole bytes"):
+                open_segmentation(url)
+            continue
+        expected = hd.seg.segread(path).get_total_pixel_matrix()
+        np.testing.assert_array_equal(read_segmentation(url).compute(), expected, err_msg=path.name)
+        read += 1
+    assert read or not any("labelmap" in path.name for path in paths)
+
+
+def test_to_zarr_and_ome_zarr(daskseg_seg, dask_client, tmp_path):
+    path, url = daskseg_seg
+    target = open_segmentation(url).to_zarr(tmp_path / "seg.zarr", combine_segments=True,
+                                           client=dask_client)
+    expected = read_segmentation(path, combine_segments=True).compute()
+    np.testing.assert_array_equal(target[:], expected)
+    written = segmentation_to_ome_zarr(url, tmp_path / "seg.ome.zarr", client=dask_client)
+    np.testing.assert_array_equal(zarr.open_group(written)["labels/segmentation/s0"][:], expected)
+
+
+def test_command_line(daskseg_seg, tmp_path, capsys):
+    path, url = daskseg_seg
+    assert main(["info", url]) == 0
+    out = capsys.readouterr().out
+    assert f"url:             {url} (DICOMweb)" in out and "JPEG 2000" in out and "frames:          60" in out
+    assert main(["decode", url, "-o", str(tmp_path / "seg.zarr"), "--combine-segments",
+                 "--threads", "1", "--quiet"]) == 0
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "seg.zarr")[:],
+                                  read_segmentation(path, combine_segments=True).compute())
+    assert main(["decode", url, "-o", str(tmp_path / "seg.ome.zarr"), "--threads", "1",
+                 "--quiet"]) == 0
+    assert (tmp_path / "seg.ome.zarr" / "labels").is_dir()
+
+
+# Failures: one clear error, from open_segmentation and as one line on the command line.
+
+def _failing_urls(server, daskseg_seg):
+    root, _ = server
+    target = pydicom.dcmread(daskseg_seg[0], stop_before_pixels=True)
+    missing = f"{root}/studies/{target.StudyInstanceUID}/series/{target.SeriesInstanceUID}/instances/1.2.3"
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = f"http://127.0.0.1:{port}/dicom-web/studies/1.2/series/1.3/instances/1.4"
+    return missing, down
+
+
+def test_failures_of_open_segmentation(server, daskseg_seg):
+    missing, down = _failing_urls(server, daskseg_seg)
+    with pytest.raises(SegmentationInputError, match="404 Not Found"):
+        open_segmentation(missing)
+    with pytest.raises(DICOMwebError, match="Cannot connect"):
+        open_segmentation(down)
+    with tiny_server(None) as root:  # accepts connections, never answers
+        start = time.monotonic()
+        with pytest.raises(DICOMwebError, match="did not answer in time"):
+            open_segmentation(f"{root}/studies/1.2/series/1.3/instances/1.4", timeout=(1, 1))
+        assert time.monotonic() - start < 15
+    with pytest.raises(SegmentationInputError, match="series URL"):
+        open_segmentation(missing.rsplit("/instances/", 1)[0])
+    with pytest.raises(SegmentationInputError, match="DICOMweb URLs only"):
+        open_segmentation(daskseg_seg[0], headers={"Authorization": "Bearer x"})
+
+
+def test_failures_on_the_command_line(server, daskseg_seg, tmp_path, capsys):
+    missing, down = _failing_urls(server, daskseg_seg)
+    for url, message in ((missing, "404 Not Found"), (down, "Cannot connect")):
+        for argv in (["info", url], ["decode", url, "-o", str(tmp_path / "x.zarr"), "--threads", "1"]):
+            assert main(argv) == 1
+            err = capsys.readouterr().err
+            assert err.startswith("daskseg: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_bearer_token_from_the_environment(monkeypatch, capsys):
+    seen: list = []
+    monkeypatch.setenv("DASKSEG_DICOMWEB_TOKEN", "tok-456")
+    with tiny_server(401, seen) as root:
+        assert main(["info", f"{root}/studies/1.2/series/1.3/instances/1.4"]) == 1
+    assert seen and seen[0]["Authorization"] == "Bearer tok-456"
+    assert "tok-456" not in capsys.readouterr().err
+
+
+def test_credentials_reach_the_workers_requests(daskseg_seg, dask_client, tmp_path):
+    """An Orthanc that wants a password: the URL's ``user:password@`` opens the SEG and reaches
+    the frame requests of the worker processes, and no message or repr shows the password."""
+    from _orthanc import run_orthanc
+
+    path, url = daskseg_seg
+    with run_orthanc(tmp_path / "orthanc", AuthenticationEnabled=True,
+                     RegisteredUsers={"alice": "s3cret"}) as root:
+        locked = root.replace("http://", "http://alice:s3cret@")
+        store_instance(path, locked)
+        tail = url.split("/dicom-web", 1)[1]
+        with pytest.raises(DICOMwebError, match="refused access") as caught:
+            open_segmentation(root + tail)
+        assert caught.value.status == 401
+        reader = open_segmentation(locked + tail)
+        assert "s3cret" not in reader.path and "s3cret" not in repr(reader._source)
+        got = dask_client.compute(reader.to_dask(combine_segments=True, chunks=128)).result(timeout=120)
+        np.testing.assert_array_equal(got, read_segmentation(path, combine_segments=True).compute())
+
+
+def test_server_gone_after_open_fails_the_tasks_clearly(daskseg_seg, dask_client, tmp_path):
+    from _orthanc import run_orthanc
+
+    path, url = daskseg_seg
+    tail = url.split("/dicom-web", 1)[1]
+    with run_orthanc(tmp_path / "orthanc") as root:
+        store_instance(path, root)
+        reader = open_segmentation(root + tail)
+    # Orthanc has stopped: the frame requests of the worker processes cannot connect.
+    with pytest.raises(DICOMwebError, match="Cannot connect") as caught:
+        dask_client.compute(reader.to_dask(chunks=128)).result(timeout=120)
+    assert caught.value.url and "/frames/" in caught.value.url
