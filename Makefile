@@ -54,6 +54,7 @@ benchmarks: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/write.py
 	$(BIN)/python benchmarks/read.py
 	$(BIN)/python benchmarks/pyramid.py
+	$(BIN)/python benchmarks/volume.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -19,11 +19,13 @@ from daskseg.executor import DaskExecutor
 from daskseg.pyramid import write_segmentation_pyramid
 from daskseg.omezarr import segment_descriptions_from_ome_zarr, segmentation_to_ome_zarr
 from daskseg.read import SegmentationReader, open_segmentation, read_segmentation
+from daskseg._volread import VolumeSegmentationReader
 from daskseg.render import show_segmentation
 from daskseg.write import write_segmentation
 
 __all__ = [
     "SegmentationReader",
+    "VolumeSegmentationReader",
     "open_segmentation",
     "read_segmentation",
     "DaskExecutor",

@@ -28,7 +28,9 @@ from daskseg.encode import encode_frame
 from daskseg.errors import DestinationExistsError, SegmentationInputError
 from daskseg.plan import FrameSpec, TileGrid, included_frames
 
-__all__ = ["check_native_size", "replace_atomically", "write_file", "write_pixel_data"]
+__all__ = [
+    "check_native_size", "replace_atomically", "write_and_rename", "write_file", "write_pixel_data",
+]
 
 _MAX_NATIVE_BYTES = 0xFFFFFFFE  # a native Pixel Data element has a 32-bit, even length
 _MAX_BOT_OFFSET = 0xFFFFFFFF  # Basic Offset Table entries are 32-bit
@@ -159,8 +161,13 @@ def write_file(
     tile_nonempty: np.ndarray,
     hd_options: dict[str, Any],
     use_extended_offset_table: bool | None,
+    items: Any = None,
 ) -> pathlib.Path:
-    """Write header, per-frame items and pixel data to a temporary file; return its path."""
+    """Write header, per-frame items and pixel data to a temporary file; return its path.
+
+    ``items`` serializes the per-frame items (``items.item(channel, tile_row, tile_column)``,
+    as :class:`FrameItems`); a tiled image's by default.
+    """
     implicit = header.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
     empty_frame = None
     if tiled_full or not spec.omit_empty_frames:
@@ -188,8 +195,10 @@ def write_file(
         with os.fdopen(handle, "wb") as out:
             pydicom.dcmwrite(out, body, enforce_file_format=True)
             if not tiled_full:
-                items = FrameItems(header, grid, hd_options, spec.segmentation_type == "LABELMAP",
-                                    tile_nonempty, spec.n_segments, implicit)
+                if items is None:
+                    items = FrameItems(header, grid, hd_options,
+                                       spec.segmentation_type == "LABELMAP", tile_nonempty,
+                                       spec.n_segments, implicit)
                 out.write(element_header(_PFFG_TAG, "SQ", _UNDEFINED, implicit))
                 for channel, tile_row, tile_column in order:
                     out.write(items.item(int(channel), int(tile_row), int(tile_column)))
@@ -203,3 +212,27 @@ def write_file(
             os.unlink(temporary)
         raise
     return pathlib.Path(temporary)
+
+
+def write_and_rename(
+    destination: pathlib.Path,
+    header: Dataset,
+    spool: Spool,
+    spec: FrameSpec,
+    grid: TileGrid,
+    tiled_full: bool,
+    tile_nonempty: np.ndarray,
+    hd_options: dict[str, Any],
+    use_extended_offset_table: bool | None,
+    overwrite: bool,
+    items: Any = None,
+) -> None:
+    """Write the file (:func:`write_file`) and rename it into place; no temporary file is left."""
+    temporary = write_file(destination, header, spool, spec, grid, tiled_full, tile_nonempty,
+                           hd_options, use_extended_offset_table, items=items)
+    try:
+        replace_atomically(temporary, destination, overwrite)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise

@@ -166,13 +166,14 @@ def _file_size(handle: BinaryIO) -> int:
 
 
 def check_header(
-    header: Dataset, name: str, *, transfer_syntax: bool = True
+    header: Dataset, name: str, *, transfer_syntax: bool = True, tiled: bool = True
 ) -> tuple[int, int, int]:
     """Check that ``header`` is of a SEG of a tiled image that daskseg reads (its transfer syntax
-    too unless ``transfer_syntax=False``); return its Rows, Columns and BitsAllocated."""
+    too unless ``transfer_syntax=False``; of a series too with ``tiled=False``); return its
+    Rows, Columns and BitsAllocated."""
     if "SegmentSequence" not in header:
         raise _fail(name, "not a DICOM Segmentation (no SegmentSequence).")
-    if "TotalPixelMatrixRows" not in header:
+    if tiled and "TotalPixelMatrixRows" not in header:
         raise _fail(name, "the SEG is not of a tiled image (no TotalPixelMatrixRows); read it "
                           "with highdicom.seg.segread instead.")
     if transfer_syntax:
@@ -193,14 +194,15 @@ def check_header(
 
 
 def locate_frames(
-    handle: BinaryIO, header: Dataset, start: int, *, name: str = "The file"
+    handle: BinaryIO, header: Dataset, start: int, *, name: str = "The file", tiled: bool = True
 ) -> tuple[FrameLayout, list[FrameRanges] | None]:
     """The layout of the Pixel Data at ``start``, and each frame's byte ranges when encapsulated.
 
     Everything is checked against the file's size and the header's NumberOfFrames before any
     allocation: a damaged or hostile file raises :class:`SegmentationFileError` naming ``name``.
+    ``tiled=False``: a SEG of a series or multi-frame image too (the volume reader).
     """
-    rows, columns, bits = check_header(header, name)
+    rows, columns, bits = check_header(header, name, tiled=tiled)
     syntax = UID(str(header.file_meta.TransferSyntaxUID))
     size = _file_size(handle)
     # Each frame takes at least a byte of the file (native) or an 8-byte item header.

@@ -18,12 +18,15 @@ from highdicom.spatial import compute_tile_positions_per_frame
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from daskseg.errors import SegmentationInputError
 from daskseg.plan import TileGrid, spatial_index_values
 
-__all__ = ["FrameItems", "element_header", "item", "proxy_header", "segmentation_header", "serialize"]
+__all__ = [
+    "FrameItems", "element_header", "frame_content_part", "header_from", "item", "proxy_header",
+    "proxy_pixels", "segment_parts", "segmentation_header", "serialize",
+]
 
 
 def proxy_header(
@@ -40,20 +43,7 @@ def proxy_header(
     size_tags = (0x00480006, 0x00480007)  # TotalPixelMatrixColumns, TotalPixelMatrixRows
     proxy_source = Dataset({tag: elem for tag, elem in source.items() if tag not in size_tags})
     proxy_source.TotalPixelMatrixRows, proxy_source.TotalPixelMatrixColumns = tile
-    # One non-zero pixel per segment, on different pixels: every segment present, none
-    # overlapping, so highdicom takes the same branches as for the real mask.
-    shape = (1, *tile, n_segments) if stacked else (1, *tile)
-    # highdicom branches on the kind of values (bool, unsigned, float), and takes no signed or
-    # wide integers: those map to the unsigned type that holds every segment number.
-    if dtype.kind in "iu":
-        dtype = np.dtype(np.uint8 if n_segments < 256 else np.uint16)
-    proxy = np.zeros(shape, dtype=dtype)
-    flat = proxy.reshape(-1, n_segments) if stacked else proxy.reshape(-1)
-    for index in range(min(n_segments, flat.shape[0])):
-        if stacked:
-            flat[index, index] = 1
-        else:
-            flat[index] = index + 1
+    proxy = proxy_pixels((1, *tile), stacked, dtype, n_segments)
     # The proxy's one frame is left native: the transfer syntax changes nothing in the header
     # but the file meta, and highdicom's own encoders fail on some valid frames (JPEG-LS tiles
     # smaller than 4 x 4) that daskseg's encoders take.
@@ -65,10 +55,38 @@ def proxy_header(
         omit_empty_frames=False,
         **{**hd_options, "transfer_syntax_uid": ExplicitVRLittleEndian},
     )
+    return header_from(seg, hd_options["transfer_syntax_uid"])
+
+
+def proxy_pixels(
+    shape: tuple[int, ...], stacked: bool, dtype: np.dtype, n_segments: int
+) -> np.ndarray:
+    """A proxy mask of ``shape`` (plus the segment axis when stacked) for highdicom.
+
+    One non-zero pixel per segment, on different pixels: every segment present, none
+    overlapping, so highdicom takes the same branches as for the real mask.
+    """
+    full = (*shape, n_segments) if stacked else shape
+    # highdicom branches on the kind of values (bool, unsigned, float), and takes no signed or
+    # wide integers: those map to the unsigned type that holds every segment number.
+    if dtype.kind in "iu":
+        dtype = np.dtype(np.uint8 if n_segments < 256 else np.uint16)
+    proxy = np.zeros(full, dtype=dtype)
+    flat = proxy.reshape(-1, n_segments) if stacked else proxy.reshape(-1)
+    for index in range(min(n_segments, flat.shape[0])):
+        if stacked:
+            flat[index, index] = 1
+        else:
+            flat[index] = index + 1
+    return proxy
+
+
+def header_from(seg: hd.seg.Segmentation, transfer_syntax_uid: str) -> Dataset:
+    """A proxy SEG's header without its frames: pixel data and per-frame items are written here."""
     header = Dataset()
     header.update(seg)
     header.file_meta = FileMetaDataset(seg.file_meta)
-    header.file_meta.TransferSyntaxUID = hd_options["transfer_syntax_uid"]
+    header.file_meta.TransferSyntaxUID = UID(transfer_syntax_uid)
     if "FileMetaInformationGroupLength" in header.file_meta:
         del header.file_meta.FileMetaInformationGroupLength  # pydicom computes it when writing
     for keyword in ("PixelData", "PerFrameFunctionalGroupsSequence", "ExtendedOffsetTable",
@@ -105,6 +123,30 @@ def serialize(dataset: Dataset, implicit: bool) -> bytes:
 def item(body: bytes) -> bytes:
     """An item of a sequence of defined length (PS3.5 7.5)."""
     return struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
+
+
+def segment_parts(n_segments: int, labelmap: bool, implicit: bool) -> list[bytes]:
+    """Each segment's encoded SegmentIdentificationSequence of its frames' items.
+
+    Empty for a LABELMAP (no segment per frame) and for one segment, which highdicom puts in
+    the shared functional groups.
+    """
+    parts = [b""] * n_segments
+    if not labelmap and n_segments > 1:
+        for channel in range(n_segments):
+            identification = Dataset()
+            identification.add_new(0x0062000B, "US", channel + 1)  # ReferencedSegmentNumber
+            part = Dataset()
+            part.add_new(0x0062000A, "SQ", [identification])  # SegmentIdentificationSequence
+            parts[channel] = serialize(part, implicit)
+    return parts
+
+
+def frame_content_part(index_values: tuple[int, ...], implicit: bool) -> bytes:
+    """The encoded FrameContentSequence of one frame: its DimensionIndexValues."""
+    values = struct.pack(f"<{len(index_values)}I", *index_values)
+    content = item(element_header(0x00209157, "UL", len(values), implicit) + values)
+    return element_header(0x00209111, "SQ", len(content), implicit) + content
 
 
 class FrameItems:
@@ -148,14 +190,7 @@ class FrameItems:
         derivation = Dataset()
         derivation.add_new(0x00089124, "SQ", [])  # DerivationImageSequence
         self._derivation_part = serialize(derivation, implicit)
-        self._segment_parts = [b""] * n_segments
-        if not labelmap and n_segments > 1:  # one segment goes in the shared groups
-            for channel in range(n_segments):
-                identification = Dataset()
-                identification.add_new(0x0062000B, "US", channel + 1)  # ReferencedSegmentNumber
-                part = Dataset()
-                part.add_new(0x0062000A, "SQ", [identification])  # SegmentIdentificationSequence
-                self._segment_parts[channel] = serialize(part, implicit)
+        self._segment_parts = segment_parts(n_segments, labelmap, implicit)
 
     def _position_part(self, tile: int) -> bytes:
         part = self._position_parts.get(tile)
@@ -178,9 +213,7 @@ class FrameItems:
         """The encoded item of one frame."""
         spatial = (int(self._row_index[tile_row]), int(self._column_index[tile_column]))
         index_values = spatial if self._labelmap else (channel + 1, *spatial)
-        values = struct.pack(f"<{len(index_values)}I", *index_values)
-        content = item(element_header(0x00209157, "UL", len(values), self._implicit) + values)
-        frame_content = element_header(0x00209111, "SQ", len(content), self._implicit) + content
+        frame_content = frame_content_part(index_values, self._implicit)
         tile = tile_row * self._n_tile_columns + tile_column
         # Elements in tag order: (0008,9124), (0020,9111), (0048,021A), (0062,000A).
         return item(

@@ -34,6 +34,7 @@ __all__ = [
     "WriteOptions",
     "as_dask_array",
     "check_destination",
+    "check_mask_dtype",
     "drop_leading_axis",
     "normalize_mask",
     "numpy_blocks",
@@ -57,7 +58,8 @@ class WriteOptions:
 
     segmentation_type: str  # "BINARY", "FRACTIONAL" or "LABELMAP"
     transfer_syntax_uid: UID
-    dimension_organization_type: str  # "TILED_SPARSE" or "TILED_FULL"
+    # "TILED_SPARSE" or "TILED_FULL" for a tiled image; None (inferred) or "3D" for a volume
+    dimension_organization_type: str | None
     omit_empty_frames: bool
     max_fractional_value: int
     use_extended_offset_table: bool | None
@@ -99,15 +101,34 @@ def parse_transfer_syntax(value: str, segmentation_type: str) -> UID:
 def parse_options(
     segmentation_type: str | enum.Enum,
     transfer_syntax_uid: str,
-    dimension_organization_type: str | enum.Enum,
+    dimension_organization_type: str | enum.Enum | None,
     omit_empty_frames: bool | None,
     max_fractional_value: int,
     use_extended_offset_table: bool | None,
+    volume: bool = False,
 ) -> WriteOptions:
-    """Check the options of ``write_segmentation`` that stand on their own."""
+    """Check the options of ``write_segmentation`` that stand on their own.
+
+    ``volume``: the SEG of a series or multi-frame image, whose organization is None (inferred
+    from the planes, as highdicom) or "3D"; a tiled image's is TILED_SPARSE by default.
+    """
     kind = parse_segmentation_type(segmentation_type)
     syntax = parse_transfer_syntax(transfer_syntax_uid, kind)
-    organization = str(_enum_value(dimension_organization_type)).upper()
+    if kind == "FRACTIONAL" and not 1 <= int(max_fractional_value) <= 255:
+        raise SegmentationInputError(
+            f"max_fractional_value must be in 1..255, got {max_fractional_value}."
+        )
+    if volume:
+        given = _enum_value(dimension_organization_type)
+        if given is not None and str(given).upper() != "3D":
+            raise SegmentationInputError(
+                f"dimension_organization_type {dimension_organization_type!r} is for tiled "
+                "images; a SEG of a series takes None (inferred, as highdicom) or '3D'."
+            )
+        return WriteOptions(kind, syntax, None if given is None else "3D",
+                            True if omit_empty_frames is None else bool(omit_empty_frames),
+                            int(max_fractional_value), use_extended_offset_table)
+    organization = str(_enum_value(dimension_organization_type) or "TILED_SPARSE").upper()
     if organization not in ("TILED_SPARSE", "TILED_FULL"):
         raise SegmentationInputError(
             f"dimension_organization_type must be 'TILED_SPARSE' or 'TILED_FULL', "
@@ -119,10 +140,6 @@ def parse_options(
     if tiled_full and omit_empty_frames:
         raise SegmentationInputError(
             "A TILED_FULL SEG holds every frame: omit_empty_frames must be False (or None)."
-        )
-    if kind == "FRACTIONAL" and not 1 <= int(max_fractional_value) <= 255:
-        raise SegmentationInputError(
-            f"max_fractional_value must be in 1..255, got {max_fractional_value}."
         )
     return WriteOptions(kind, syntax, organization, bool(omit_empty_frames),
                         int(max_fractional_value), use_extended_offset_table)
@@ -288,17 +305,21 @@ def normalize_mask(
             "(rows, columns) or a stack (rows, columns, segments), optionally with a leading "
             "axis of length 1."
         )
-    kind = mask.dtype.kind
-    if kind not in "buif":
-        raise SegmentationTypeError(
-            f"The mask's dtype {mask.dtype} is not boolean, integer or floating point."
-        )
-    if kind == "f" and not stacked:
-        raise SegmentationTypeError(
-            "A label image must hold integers (segment numbers), not floating point values; "
-            "stack one plane per segment on the last axis for fractional masks."
-        )
+    check_mask_dtype(mask.dtype, stacked, "image")
     return mask, stacked
+
+
+def check_mask_dtype(dtype: np.dtype, stacked: bool, kind_of_label: str = "image") -> None:
+    """Raise unless the values are boolean, integer or (stacked planes only) floating point."""
+    if dtype.kind not in "buif":
+        raise SegmentationTypeError(
+            f"The mask's dtype {dtype} is not boolean, integer or floating point."
+        )
+    if dtype.kind == "f" and not stacked:
+        raise SegmentationTypeError(
+            f"A label {kind_of_label} must hold integers (segment numbers), not floating point "
+            "values; stack one plane per segment on the last axis for fractional masks."
+        )
 
 
 def tile_size(size: Sequence[int] | int | None, source: Dataset) -> tuple[int, int]:

@@ -12,6 +12,7 @@ import math
 import os
 import pathlib
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import dask
@@ -19,11 +20,13 @@ import dask.array as da
 import numpy as np
 from distributed import Client
 
+from daskseg._client import cluster_client
+from daskseg._progress import progress_bar
 from daskseg._tasks import block_tasks, run_windowed
 from daskseg.encode import BlockResult, encode_chunk
 from daskseg.plan import FrameSpec
 
-__all__ = ["Spool", "encode_blocks", "encode_tasks"]
+__all__ = ["Spool", "encode_blocks", "encode_tasks", "encoded_frames"]
 
 
 class Spool:
@@ -102,3 +105,28 @@ def encode_blocks(
             spool.add(channel, tile_row, tile_column, data)
         bar.update(tasks[index][0])
     return overlap
+
+
+@contextlib.contextmanager
+def encoded_frames(
+    client: Client | None,
+    tasks: list[tuple[int, Any]],
+    destination: pathlib.Path,
+    shape: tuple[int, int, int],
+    progress: bool,
+) -> Iterator[tuple[Spool, np.ndarray, bool]]:
+    """Encode every block on the cluster into a spool beside ``destination``.
+
+    Yields the spool (removed on leaving), which tiles (``shape[1:]``) hold a non-zero pixel,
+    and whether segments overlap. ``shape`` is (channels, tile rows, tile columns).
+    """
+    spool = Spool(destination.parent, destination.name, shape)
+    try:
+        tile_nonempty = np.zeros(shape[1:], dtype=bool)
+        with cluster_client(client) as dask_client, progress_bar(
+            sum(n for n, _ in tasks), "encoding frames", enabled=progress, client=dask_client,
+        ) as bar:
+            overlap = encode_blocks(dask_client, tasks, spool, tile_nonempty, bar)
+        yield spool, tile_nonempty, overlap
+    finally:
+        spool.close()

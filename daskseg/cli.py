@@ -33,7 +33,7 @@ class UserError(Exception):
 
 
 def _open_mask(path: str) -> Any:
-    """A mask from a Zarr store (path or URL), a .npy file, or a TIFF file, without reading it."""
+    """A mask from a Zarr store (path or URL), a .npy, TIFF or NIfTI file, without reading it."""
     lower = path.lower().rstrip("/")
     if lower.endswith(".npy"):
         import numpy as np
@@ -58,7 +58,7 @@ def _open_mask(path: str) -> Any:
         return da.from_zarr(zarr.open_array(store, mode="r"))
     if "://" not in path and not os.path.exists(path):
         raise UserError(f"mask {path} does not exist")
-    return path  # a Zarr store: write_segmentation opens it
+    return path  # a Zarr store or a NIfTI file: write_segmentation opens it
 
 
 def _client(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
@@ -156,7 +156,7 @@ def _dicomweb_headers() -> dict[str, str] | None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from daskseg import open_segmentation
+    from daskseg import SegmentationReader, open_segmentation
 
     from daskseg.dicomweb import is_dicomweb_url
 
@@ -173,9 +173,24 @@ def _info(args: argparse.Namespace) -> None:
     print(f"type:            {seg.segmentation_type} ({ds.SOPClassUID.name})")
     print(f"transfer syntax: {seg.transfer_syntax_uid.name}")
     print(f"organization:    {ds.get('DimensionOrganizationType', 'unknown')}")
-    print(f"total matrix:    {seg.shape[0]} x {seg.shape[1]} pixels")
-    print(f"tiles:           {seg.tile_size[0]} x {seg.tile_size[1]} pixels, "
-          f"grid {seg.grid_shape[0]} x {seg.grid_shape[1]}")
+    if isinstance(seg, SegmentationReader):
+        print(f"total matrix:    {seg.shape[0]} x {seg.shape[1]} pixels")
+        print(f"tiles:           {seg.tile_size[0]} x {seg.tile_size[1]} pixels, "
+              f"grid {seg.grid_shape[0]} x {seg.grid_shape[1]}")
+    else:
+        # A SEG of a series or multi-frame image: its frames are planes of a volume.
+        rows, columns = seg.frame_size
+        print(f"frame size:      {rows} x {columns} pixels")
+        measures = ds.SharedFunctionalGroupsSequence[0].get("PixelMeasuresSequence", [None])[0]
+        if measures is not None and "PixelSpacing" in measures:
+            spacing = " x ".join(f"{float(v):g}" for v in measures.PixelSpacing)
+            between = measures.get("SpacingBetweenSlices")
+            between = f", {float(between):g} mm between slices" if between is not None else ""
+            print(f"pixel spacing:   {spacing} mm{between}")
+        instances = sum(len(item.get("ReferencedInstanceSequence", []))
+                        for item in ds.get("ReferencedSeriesSequence", []))
+        print(f"source images:   {instances} in {len(ds.get('ReferencedSeriesSequence', []))} "
+              f"series; planes with frames: {len(seg.source_sop_instance_uids)}")
     print(f"frames:          {seg.number_of_frames}")
     print("segments:")
     for description in seg.segment_descriptions:
@@ -187,7 +202,7 @@ def _info(args: argparse.Namespace) -> None:
 
 def _decode(args: argparse.Namespace) -> None:
     try:
-        from daskseg import open_segmentation
+        from daskseg import SegmentationReader, open_segmentation
     except ImportError:
         raise UserError("decoding needs daskseg's reader (daskseg.open_segmentation)") from None
     from daskseg.dicomweb import is_dicomweb_url
@@ -198,10 +213,25 @@ def _decode(args: argparse.Namespace) -> None:
     ome = args.output.rstrip("/").lower().endswith(".ome.zarr")
     if ome and os.path.exists(args.output):
         raise UserError(f"{args.output} exists; remove it or choose another output")
+    nifti = args.output.lower().endswith((".nii", ".nii.gz"))
+    if nifti and os.path.exists(args.output) and not args.overwrite:
+        raise UserError(f"{args.output} exists; pass --overwrite or choose another output")
     # A DICOMweb SEG: its metadata now, its frames fetched by the tasks on the workers.
     reader = open_segmentation(args.seg, headers=_dicomweb_headers() if web else None)
+    if not nifti and not isinstance(reader, SegmentationReader):
+        raise UserError(f"{args.seg} is a SEG of a series; decode it to NIfTI "
+                        "(-o labels.nii.gz)")
     with _client(args) as client:
-        if ome:  # an OME-NGFF image whose labels/ holds the SEG as one label image
+        if nifti:  # a SEG of a series: labels in the series' geometry
+            from daskseg._nifti import volume_to_nifti
+
+            if isinstance(reader, SegmentationReader):
+                raise UserError(f"{args.seg} is a SEG of a tiled image; NIfTI output is for "
+                                "SEGs of series (CT, MR...)")
+            volume_to_nifti(reader, args.output, client=client)
+        elif not isinstance(reader, SegmentationReader):
+            raise AssertionError("refused above")
+        elif ome:  # an OME-NGFF image whose labels/ holds the SEG as one label image
             from daskseg import segmentation_to_ome_zarr
 
             segmentation_to_ome_zarr(reader, args.output, progress=not args.quiet, client=client)
@@ -287,8 +317,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--quiet", "-q", action="store_true", help="no progress or messages")
 
     encode = commands.add_parser("encode", help="write a SEG from a mask and its slide")
-    encode.add_argument("mask", help="Zarr store (path or URL), OME-Zarr label image, .npy or TIFF file")
-    encode.add_argument("source", help="the slide's DICOM file or DICOMweb instance URL (header only)")
+    encode.add_argument("mask", help="Zarr store (path or URL), OME-Zarr label image, .npy, "
+                        "TIFF or NIfTI file")
+    encode.add_argument("source", help="the slide's DICOM file or DICOMweb instance URL (header "
+                        "only), or a folder holding one series (CT, MR...) or one multi-frame "
+                        "image")
     encode.add_argument("-o", "--output", required=True,
                         help="the SEG file (with --pyramid: a folder)")
     encode.add_argument("--type", default="BINARY", choices=["BINARY", "FRACTIONAL", "LABELMAP"],
@@ -296,8 +329,9 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument("--transfer-syntax", default="native",
                         help=", ".join(TRANSFER_SYNTAXES) + ", or a UID")
     encode.add_argument("--tile-size", help="N or RxC (default: the slide's frame size)")
-    encode.add_argument("--organization", default="TILED_SPARSE", type=str.upper,
-                        choices=["TILED_SPARSE", "TILED_FULL"])
+    encode.add_argument("--organization", default=None, type=str.upper,
+                        choices=["TILED_SPARSE", "TILED_FULL", "3D"],
+                        help="TILED_SPARSE (default for a slide) or TILED_FULL; 3D for a series")
     encode.add_argument("--metadata", help="segments from dcmqi's segmentation metadata JSON")
     encode.add_argument("--label", action="append", metavar="NAME",
                         help="a segment's label, once per segment in order (1, 2, ...)")
@@ -312,11 +346,13 @@ def _parser() -> argparse.ArgumentParser:
     cluster_options(encode)
     encode.set_defaults(run=_encode)
 
-    decode = commands.add_parser("decode", help="decode a SEG into a Zarr store")
+    decode = commands.add_parser("decode", help="decode a SEG into a Zarr store or NIfTI file")
     decode.add_argument("seg", help="a SEG file, or a DICOMweb instance URL (a bearer token "
                         "from $DASKSEG_DICOMWEB_TOKEN)")
     decode.add_argument("-o", "--output", required=True,
-                        help="the Zarr store to write; NAME.ome.zarr writes OME-Zarr labels")
+                        help="the Zarr store to write; NAME.ome.zarr writes OME-Zarr labels; "
+                        "NAME.nii.gz the labels of a SEG of a series, in its geometry")
+    decode.add_argument("--overwrite", action="store_true", help="replace an existing NIfTI file")
     decode.add_argument("--combine-segments", action="store_true",
                         help="one label image instead of a stack of segments")
     cluster_options(decode)

@@ -167,11 +167,18 @@ def encode_block(
             "LABELMAP SEG cannot store; use segmentation_type='BINARY'."
         )
 
+    present = _segments_present(tiles, spec)
     frames: list[tuple[int, int, int, bytes]] = []
     for channel in range(spec.n_channels):
         for r in range(n_rows):
             for c in range(n_columns):
                 if spec.omit_empty_frames and not tile_nonempty[r, c]:
+                    continue
+                if present is not None and not present[r, c, channel]:
+                    # The segment is absent from the tile: its frame is all zeros.
+                    if not spec.omit_empty_frames:
+                        frames.append((channel, tile_row + r, tile_column + c,
+                                       _encode_uniform(0, "|u1", spec)))
                     continue
                 frame = segment_frame(tiles[r, c], spec, channel)
                 low, high = frame.min(), frame.max()
@@ -183,6 +190,30 @@ def encode_block(
                     encoded = encode_frame(frame, spec)
                 frames.append((channel, tile_row + r, tile_column + c, encoded))
     return BlockResult(tile_row, tile_column, tile_nonempty, frames, overlap)
+
+
+def _segments_present(tiles: np.ndarray, spec: FrameSpec) -> np.ndarray | None:
+    """``(tile rows, tile columns, segments)``: whether each segment has a pixel in each tile.
+
+    One pass over a tile instead of one per segment: a volume's slice holds a few of its 100
+    segments, and comparing each slice with every segment number would cost most of the time.
+    None for a single channel (LABELMAP, or one segment).
+    """
+    if spec.n_channels == 1:
+        return None
+    n_rows, n_columns = tiles.shape[:2]
+    present = np.zeros((n_rows, n_columns, spec.n_channels), dtype=bool)
+    for r in range(n_rows):
+        for c in range(n_columns):
+            tile = tiles[r, c]
+            if spec.stacked:
+                present[r, c] = tile.any(axis=(0, 1))
+            else:
+                # check_block_values has checked the labels are in 0..n_segments.
+                counts = np.bincount(tile.ravel().astype(np.intp, copy=False),
+                                     minlength=spec.n_segments + 1)
+                present[r, c] = counts[1 : spec.n_segments + 1] > 0
+    return present
 
 
 @functools.lru_cache(maxsize=64)

@@ -47,7 +47,7 @@ from daskseg._tasks import block_tasks, run_windowed
 from daskseg.errors import DestinationExistsError, MissingDependencyError, SegmentationInputError
 from daskseg.pyramid import downsample
 from daskseg._decode import store_block
-from daskseg.read import SegmentationReader, open_segmentation
+from daskseg.read import SegmentationReader
 
 __all__ = ["segment_descriptions_from_ome_zarr", "segmentation_to_ome_zarr"]
 
@@ -189,7 +189,7 @@ def segmentation_to_ome_zarr(
     import zarr
 
     fmt, write_multiscales_metadata, write_label_metadata = _ome_zarr_format()
-    reader = seg if isinstance(seg, SegmentationReader) else open_segmentation(seg)
+    reader = seg if isinstance(seg, SegmentationReader) else SegmentationReader(seg)
     if "://" in str(store):
         raise SegmentationInputError(f"store must be a local folder, not {str(store)!r}.")
     destination = pathlib.Path(store)

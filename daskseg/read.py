@@ -38,6 +38,8 @@ from daskseg.plan import TileGrid, aligned_chunks
 
 if TYPE_CHECKING:
     import zarr
+
+    from daskseg._volread import VolumeSegmentationReader
     from distributed import Client
     from zarr.storage import StoreLike
 
@@ -422,8 +424,8 @@ def open_segmentation(
     session: Any = None,
     headers: Mapping[str, str] | None = None,
     timeout: float | tuple[float, float] | None = None,
-) -> SegmentationReader:
-    """Open a SEG of a tiled image for lazy, parallel reading (header only).
+) -> SegmentationReader | VolumeSegmentationReader:
+    """Open a SEG for lazy, parallel reading (header only): of a tiled image, or of a series.
 
     Parameters
     ----------
@@ -453,8 +455,9 @@ def open_segmentation(
 
     Returns
     -------
-    SegmentationReader
-        Its segments, type and tile grid, and ``to_dask`` / ``to_zarr``.
+    SegmentationReader or VolumeSegmentationReader
+        Its segments, type and tile grid, and ``to_dask`` / ``to_zarr``; for a SEG of a
+        series or multi-frame image (CT, MR...), its planes and ``to_dask``.
 
     Examples
     --------
@@ -464,6 +467,13 @@ def open_segmentation(
     """
     if not isinstance(path, (str, os.PathLike)):
         raise SegmentationTypeError(f"path must be a str or os.PathLike, not {type(path).__name__}.")
+    from daskseg._volread import VolumeSegmentationReader, read_volume_head
+    from daskseg.dicomweb import is_dicomweb_url
+
+    if not is_dicomweb_url(os.fspath(path)):  # SEGs of series are read from files only
+        head = read_volume_head(os.fspath(path))
+        if head is not None:
+            return VolumeSegmentationReader(os.fspath(path), head)
     return SegmentationReader(path, session=session, headers=headers, timeout=timeout)
 
 
@@ -476,14 +486,20 @@ def read_segmentation(
     rescale_fractional: bool = True,
     dtype: DTypeLike | None = None,
     chunks: int | tuple[int, int] | None = None,
+    source_sop_instance_uids: Sequence[str] | None = None,
     session: Any = None,
     headers: Mapping[str, str] | None = None,
     timeout: float | tuple[float, float] | None = None,
 ) -> da.Array:
-    """Read a SEG of a tiled image as a lazy Dask array of its total pixel matrix.
+    """Read a SEG as a lazy Dask array: a tiled image's total pixel matrix, or a volume.
 
     The values equal highdicom's ``Segmentation.get_total_pixel_matrix`` with the same
     arguments; frames are decoded in parallel by the tasks, and only those a slice touches.
+    A SEG of a series or multi-frame image (CT, MR...) reads as ``(planes, rows, columns)``
+    (combined) or ``(planes, rows, columns, segments)``, equal to highdicom's
+    ``get_pixels_by_source_instance``: by default its planes with frames sorted along the
+    slice normal, or the source images ``source_sop_instance_uids`` in that order (those
+    without frames read as zeros).
 
     Parameters
     ----------
@@ -501,7 +517,10 @@ def read_segmentation(
     dtype : numpy dtype, optional
         Output type; chosen as highdicom does by default.
     chunks : int or (int, int), optional
-        Chunk size in pixels, rounded to whole tiles; about 2048 by default.
+        Chunk size in pixels, rounded to whole tiles; about 2048 by default. For a volume:
+        planes per chunk.
+    source_sop_instance_uids : sequence of str, optional
+        Volume SEGs only: the source images whose planes to read, in this order.
     session, headers, timeout
         DICOMweb URLs only; see :func:`open_segmentation` (prefer ``headers`` for credentials).
 
@@ -535,7 +554,16 @@ def read_segmentation(
     >>> labels = read_segmentation("seg.dcm", combine_segments=True)  # doctest: +SKIP
     >>> labels[:1024, :1024].compute()  # decodes only the frames of that region  # doctest: +SKIP
     """
-    return open_segmentation(path, session=session, headers=headers, timeout=timeout).to_dask(
-        segment_numbers=segment_numbers, combine_segments=combine_segments, relabel=relabel,
-        rescale_fractional=rescale_fractional, dtype=dtype, chunks=chunks,
-    )
+    reader = open_segmentation(path, session=session, headers=headers, timeout=timeout)
+    options = dict(segment_numbers=segment_numbers, combine_segments=combine_segments,
+                   relabel=relabel, rescale_fractional=rescale_fractional, dtype=dtype)
+    if isinstance(reader, SegmentationReader):
+        if source_sop_instance_uids is not None:
+            raise SegmentationInputError(
+                "source_sop_instance_uids is for SEGs of series; this SEG is of a tiled image."
+            )
+        return reader.to_dask(chunks=chunks, **options)  # type: ignore[arg-type]
+    if chunks is not None and not isinstance(chunks, int):
+        raise SegmentationInputError("chunks of a volume SEG is a number of planes per chunk.")
+    return reader.to_dask(source_sop_instance_uids=source_sop_instance_uids, chunks=chunks,
+                          **options)  # type: ignore[arg-type]

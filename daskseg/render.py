@@ -10,7 +10,7 @@ import numpy as np
 
 from daskseg._colors import segment_rgb
 from daskseg.errors import MissingDependencyError, SegmentationInputError
-from daskseg.read import SegmentationReader, open_segmentation
+from daskseg.read import SegmentationReader
 
 __all__ = ["show_segmentation"]
 
@@ -75,7 +75,7 @@ def show_segmentation(
         raise MissingDependencyError(
             "show_segmentation needs matplotlib: pip install 'daskseg[notebook]'."
         ) from error
-    reader = seg if isinstance(seg, SegmentationReader) else open_segmentation(seg)
+    reader = seg if isinstance(seg, SegmentationReader) else SegmentationReader(seg)
     rows, columns = _slices(region, reader.shape)
     step = max(1, math.ceil(max(rows.stop - rows.start, columns.stop - columns.start) / max_pixels))
     labels = reader.to_dask(combine_segments=True)[rows, columns][::step, ::step].compute()

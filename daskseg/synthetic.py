@@ -17,11 +17,18 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.valuerep import format_number_as_ds
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, VLWholeSlideMicroscopyImageStorage
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, VLWholeSlideMicroscopyImageStorage
 
 from daskseg.plan import block_location
 
-__all__ = ["make_detailed_mask", "make_slide", "make_tissue_mask", "make_segment_descriptions"]
+__all__ = [
+    "make_ct_series",
+    "make_detailed_mask",
+    "make_label_volume",
+    "make_slide",
+    "make_tissue_mask",
+    "make_segment_descriptions",
+]
 
 
 def make_slide(
@@ -171,6 +178,124 @@ def make_slide(
     if pyramid_uid is not None:
         ds.PyramidUID = pyramid_uid
     return ds
+
+
+def make_ct_series(
+    slices: int,
+    rows: int,
+    columns: int,
+    *,
+    pixel_spacing: tuple[float, float] = (0.8, 0.7),
+    slice_spacing: float = 2.5,
+    orientation: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    origin: tuple[float, float, float] = (-120.5, -98.25, -300.0),
+    pixel_data: bool = False,
+) -> list[Dataset]:
+    """Make the headers of a CT series of single-frame images, in slice order.
+
+    Parameters
+    ----------
+    slices, rows, columns : int
+        Number of images and the size of each.
+    pixel_spacing : tuple of float
+        PixelSpacing (between rows, between columns) in mm.
+    slice_spacing : float
+        Distance between consecutive slices along row direction x column direction, in mm.
+    orientation : tuple of float
+        ImageOrientationPatient (row direction, column direction); oblique ones are fine.
+    origin : tuple of float
+        ImagePositionPatient of the first slice.
+    pixel_data : bool
+        Add 16-bit pixel data (a ramp), for tools that read the pixels.
+
+    Returns
+    -------
+    list of pydicom.Dataset
+        One CT Image header per slice, with file meta; one study, series and frame of reference.
+
+    Examples
+    --------
+    >>> series = make_ct_series(4, 16, 16)
+    >>> [float(ds.ImagePositionPatient[2]) for ds in series]
+    [-300.0, -297.5, -295.0, -292.5]
+    """
+    row_direction = np.asarray(orientation[:3], dtype=float)
+    column_direction = np.asarray(orientation[3:], dtype=float)
+    normal = np.cross(row_direction, column_direction)
+    study, series_uid, frame_of_reference = hd.UID(), hd.UID(), hd.UID()
+    today = datetime.date.today().strftime("%Y%m%d")
+    datasets = []
+    for index in range(slices):
+        ds = Dataset()
+        uid = hd.UID()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = uid
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = series_uid
+        ds.FrameOfReferenceUID = frame_of_reference
+        ds.PositionReferenceIndicator = ""
+        ds.Modality = "CT"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.StudyDate = ds.ContentDate = ds.SeriesDate = today
+        ds.StudyTime = ds.ContentTime = "120000"
+        ds.AccessionNumber = "SYNTH-CT"
+        ds.StudyID = "SYNTH"
+        ds.SeriesNumber = 1
+        ds.InstanceNumber = index + 1
+        ds.Manufacturer = "daskseg synthetic"
+        ds.ReferringPhysicianName = ""
+        ds.PatientName = "Synthetic^CT"
+        ds.PatientID = "SYNTH-CT-0001"
+        ds.PatientBirthDate = ""
+        ds.PatientSex = "O"
+        ds.KVP = "120"
+        position = np.asarray(origin, dtype=float) + index * slice_spacing * normal
+        ds.ImagePositionPatient = [format_number_as_ds(float(v)) for v in position]
+        ds.ImageOrientationPatient = [format_number_as_ds(float(v)) for v in orientation]
+        ds.PixelSpacing = [format_number_as_ds(float(v)) for v in pixel_spacing]
+        ds.SliceThickness = format_number_as_ds(float(slice_spacing))
+        ds.Rows, ds.Columns = rows, columns
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation = 1
+        ds.RescaleIntercept, ds.RescaleSlope = "-1024", "1"
+        if pixel_data:
+            ramp = (np.arange(rows * columns, dtype=np.int16).reshape(rows, columns) + index)
+            ds.PixelData = ramp.tobytes()
+        datasets.append(ds)
+    return datasets
+
+
+def make_label_volume(
+    slices: int, rows: int, columns: int, n_segments: int, *, seed: int = 0
+) -> np.ndarray:
+    """Make a label volume ``(slices, rows, columns)``: one box-shaped structure per segment.
+
+    Each structure spans a few to about 60 slices, so a slice holds a handful of segments, as
+    organ masks (TotalSegmentator's 117 structures, say) of a CT do.
+
+    Examples
+    --------
+    >>> labels = make_label_volume(40, 64, 64, 5)
+    >>> labels.shape, int(labels.max()) <= 5
+    ((40, 64, 64), True)
+    """
+    rng = np.random.default_rng(seed)
+    dtype = np.uint8 if n_segments < 256 else np.uint16
+    labels = np.zeros((slices, rows, columns), dtype=dtype)
+    height, width = max(1, rows // 10), max(1, columns // 10)
+    for segment in range(1, n_segments + 1):
+        depth = int(rng.integers(1, max(2, min(60, slices))))
+        z = int(rng.integers(0, max(1, slices - depth)))
+        y = int(rng.integers(0, max(1, rows - height)))
+        x = int(rng.integers(0, max(1, columns - width)))
+        labels[z : z + depth, y : y + height, x : x + width] = segment
+    return labels
 
 
 def _tissue_block(

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
 from collections.abc import Sequence
@@ -21,13 +20,12 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from daskseg import _inputs
-from daskseg._client import cluster_client
 from daskseg._codecs import ALLOWED_TRANSFER_SYNTAXES
-from daskseg._file import check_native_size, replace_atomically, write_file
+from daskseg._file import check_native_size, write_and_rename
 from daskseg._header import segmentation_header
-from daskseg._progress import progress_bar
+from daskseg._series import is_volume_source
 from daskseg._source import load_source_image
-from daskseg._spool import Spool, encode_blocks, encode_tasks
+from daskseg._spool import encode_tasks, encoded_frames
 from daskseg._version import __version__
 from daskseg.errors import SegmentationInputError
 from daskseg.plan import FrameSpec, TileGrid, aligned_chunks
@@ -51,7 +49,7 @@ def write_segmentation(
     segmentation_type: str | hd.seg.SegmentationTypeValues = "BINARY",
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
     tile_size: Sequence[int] | int | None = None,
-    dimension_organization_type: str | hd.DimensionOrganizationTypeValues = "TILED_SPARSE",
+    dimension_organization_type: str | hd.DimensionOrganizationTypeValues | None = None,
     omit_empty_frames: bool | None = None,
     max_fractional_value: int = 255,
     fractional_type: str | hd.seg.SegmentationFractionalTypeValues = "PROBABILITY",
@@ -72,7 +70,7 @@ def write_segmentation(
     progress: bool = False,
     **highdicom_options: Any,
 ) -> pathlib.Path:
-    """Write a DICOM Segmentation of a tiled image from a mask of any size.
+    """Write a DICOM Segmentation of a tiled image, or of a series, from a mask of any size.
 
     Blocks of whole tiles are encoded on the Dask cluster's workers and streamed to a temporary
     file beside ``path``, renamed into place when complete. Memory stays bounded by a few blocks,
@@ -86,10 +84,15 @@ def write_segmentation(
         ``(rows, columns, segments)`` of one plane per segment (0/1 for BINARY; floats in
         [0, 1], booleans, or integers up to ``max_fractional_value`` taken as stored values
         for FRACTIONAL). A leading axis of length 1 is accepted. A path or URL opens a Zarr
-        array. Chunks of any shape: they are aligned to tiles here.
-    source_image : pydicom.Dataset, str or os.PathLike
+        array. Chunks of any shape: they are aligned to tiles here. For a series: labels
+        ``(frames, rows, columns)`` or planes ``(frames, rows, columns, segments)``, frame k
+        for source image k in the order given (as highdicom), or the path of a NIfTI file
+        (``.nii``, ``.nii.gz``; extra ``nifti``), matched to the series by its affine.
+    source_image : pydicom.Dataset, str, os.PathLike or a sequence of them
         The slide (or its header), or the path of its DICOM file (read without pixel data).
-        The mask's shape must equal its TotalPixelMatrixRows x TotalPixelMatrixColumns.
+        The mask's shape must equal its TotalPixelMatrixRows x TotalPixelMatrixColumns. Or a
+        series of single-frame images (CT, MR, PET...) or one multi-frame image: Datasets,
+        paths, or a folder holding one series, read without pixel data, in parallel.
     segment_descriptions : sequence of highdicom.seg.SegmentDescription
         One description per segment, numbered 1..n.
     path : str or os.PathLike
@@ -103,10 +106,13 @@ def write_segmentation(
         ``ALLOWED_TRANSFER_SYNTAXES``).
     tile_size : int or (int, int), optional
         Rows and columns of a frame; the source's Rows x Columns by default.
-    dimension_organization_type : {"TILED_SPARSE", "TILED_FULL"} or highdicom.DimensionOrganizationTypeValues
-        TILED_FULL stores every frame in implicit order without per-frame functional groups.
+    dimension_organization_type : {"TILED_SPARSE", "TILED_FULL", "3D", None} or highdicom's enum
+        TILED_FULL stores every frame in implicit order without per-frame functional groups;
+        TILED_SPARSE by default for a tiled image. For a series: None (inferred as highdicom
+        does) or "3D".
     omit_empty_frames : bool, optional
-        Leave out frames without any non-zero pixel (TILED_SPARSE only; the default there).
+        Leave out frames without any non-zero pixel (TILED_SPARSE and series; the default
+        there).
     max_fractional_value, fractional_type
         As highdicom, for FRACTIONAL.
     series_instance_uid, sop_instance_uid : str, optional
@@ -155,26 +161,11 @@ def write_segmentation(
     ...                    transfer_syntax_uid="1.2.840.10008.1.2.4.90")  # doctest: +SKIP
     """
     destination = _inputs.check_destination(path, overwrite)
-    source = load_source_image(source_image)
     numbers = _inputs.segment_numbers(segment_descriptions)
+    volume = is_volume_source(source_image)
     options = _inputs.parse_options(segmentation_type, transfer_syntax_uid,
                                     dimension_organization_type, omit_empty_frames,
-                                    max_fractional_value, use_extended_offset_table)
-    tile = _inputs.tile_size(tile_size, source)
-    _inputs.check_tile_for_codec(tile, options.transfer_syntax_uid)
-
-    geometry_given = any(key in highdicom_options for key in _GEOMETRY_OPTIONS)
-    expected = (int(source.TotalPixelMatrixRows), int(source.TotalPixelMatrixColumns))
-    array, stacked = _inputs.normalize_mask(
-        _inputs.as_dask_array(mask), len(numbers), None if geometry_given else expected
-    )
-    if not geometry_given and tuple(array.shape[:2]) != expected:
-        raise SegmentationInputError(
-            f"The mask has shape {tuple(array.shape[:2])} but the source's total pixel matrix "
-            f"is {expected[0]} x {expected[1]}; the mask must cover it pixel for pixel."
-        )
-    grid = TileGrid(int(array.shape[0]), int(array.shape[1]), *tile)
-
+                                    max_fractional_value, use_extended_offset_table, volume=volume)
     hd_options: dict[str, Any] = dict(
         segmentation_type=options.segmentation_type,
         segment_descriptions=segment_descriptions,
@@ -195,6 +186,31 @@ def write_segmentation(
         content_creator_name=content_creator_name,
         **highdicom_options,
     )
+    if volume:
+        from daskseg._volume import write_volume_segmentation  # it imports the writer's parts
+
+        if tile_size is not None:
+            raise SegmentationInputError(
+                "tile_size is for tiled images; a SEG of a series has frames of its images' size."
+            )
+        return write_volume_segmentation(mask, source_image, destination, options, hd_options,
+                                         client=client, overwrite=overwrite, progress=progress)
+    source = load_source_image(source_image)
+    tile = _inputs.tile_size(tile_size, source)
+    _inputs.check_tile_for_codec(tile, options.transfer_syntax_uid)
+
+    geometry_given = any(key in highdicom_options for key in _GEOMETRY_OPTIONS)
+    expected = (int(source.TotalPixelMatrixRows), int(source.TotalPixelMatrixColumns))
+    array, stacked = _inputs.normalize_mask(
+        _inputs.as_dask_array(mask), len(numbers), None if geometry_given else expected
+    )
+    if not geometry_given and tuple(array.shape[:2]) != expected:
+        raise SegmentationInputError(
+            f"The mask has shape {tuple(array.shape[:2])} but the source's total pixel matrix "
+            f"is {expected[0]} x {expected[1]}; the mask must cover it pixel for pixel."
+        )
+    grid = TileGrid(int(array.shape[0]), int(array.shape[1]), *tile)
+
     header = segmentation_header(source, stacked, array.dtype, grid, hd_options)
     spec = FrameSpec(
         segmentation_type=options.segmentation_type,
@@ -221,24 +237,9 @@ def write_segmentation(
     tasks = encode_tasks(aligned, spec)
 
     shape = (spec.n_channels, grid.n_tile_rows, grid.n_tile_columns)
-    spool = Spool(destination.parent, destination.name, shape)
-    tile_nonempty = np.zeros(shape[1:], dtype=bool)
-    temporary: pathlib.Path | None = None
-    try:
-        with cluster_client(client) as dask_client, progress_bar(
-            spec.n_channels * grid.n_tiles, "encoding frames", enabled=progress,
-            client=dask_client,
-        ) as bar:
-            overlap = encode_blocks(dask_client, tasks, spool, tile_nonempty, bar)
+    with encoded_frames(client, tasks, destination, shape, progress) as (spool, nonempty, overlap):
         if header.get("SegmentsOverlap") != "UNDEFINED":
             header.SegmentsOverlap = "YES" if overlap else "NO"
-        temporary = write_file(destination, header, spool, spec, grid, options.tiled_full,
-                               tile_nonempty, highdicom_options, use_extended_offset_table)
-        replace_atomically(temporary, destination, overwrite)
-        temporary = None
-    finally:
-        spool.close()
-        if temporary is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
+        write_and_rename(destination, header, spool, spec, grid, options.tiled_full, nonempty,
+                         highdicom_options, use_extended_offset_table, overwrite)
     return destination

@@ -580,8 +580,8 @@ NOT_A_SEG = {
     "preamble and garbage": b"\0" * 128 + b"DICM" + _garbage(4000),
     "CT image": "ct_image.dcm",
     "slide image": "sm_image.dcm",
-    "untiled SEG": "seg_image_ct_binary.dcm",
 }
+# A SEG of a series (seg_image_ct_binary.dcm) is read by the volume reader (test_volume_read).
 
 
 # --------------------------------------------------------------------------- limits

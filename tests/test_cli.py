@@ -183,6 +183,45 @@ def test_encode_pyramid(inputs, tmp_path):
     )
 
 
+def test_encode_a_nifti_label_volume_of_a_ct_series_folder(inputs, tmp_path):
+    nibabel = pytest.importorskip("nibabel")
+    from daskseg.synthetic import make_ct_series, make_label_volume
+
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    series = make_ct_series(6, 24, 20)
+    for ds in series:
+        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    labels = make_label_volume(6, 24, 20, 2)  # frame k for series[k]
+    # highdicom writes the NIfTI file: the sorted volume, axes (column, row, slice), RAS+.
+    order = hd.spatial.get_dataset_sort_index(series)
+    geometry = hd.VolumeGeometry.from_attributes(
+        image_position=series[order[0]].ImagePositionPatient,
+        image_orientation=series[0].ImageOrientationPatient, rows=24, columns=20,
+        pixel_spacing=series[0].PixelSpacing, spacing_between_slices=2.5, number_of_frames=6,
+        coordinate_system="PATIENT",
+    )
+    volume = geometry.with_array(labels[order]).permute_spatial_axes([2, 1, 0])
+    nibabel.save(volume.to_nibabel(), tmp_path / "labels.nii.gz")
+
+    out = tmp_path / "seg.dcm"
+    assert main(["encode", str(tmp_path / "labels.nii.gz"), str(folder), "-o", str(out),
+                 "--metadata", str(inputs[0] / "dcmqi.json"), "--threads", "2", "--quiet"]) == 0
+    seg = hd.seg.segread(out)
+    assert int(seg.SeriesNumber) == 300 and seg.SegmentSequence[0].SegmentLabel == "tumor"
+    info = run("info", str(out))
+    assert info.returncode == 0, info.stderr
+    assert "frame size:      24 x 20 pixels" in info.stdout
+    assert "0.8 x 0.7 mm, 2.5 mm between slices" in info.stdout
+    assert "source images:   6 in 1 series" in info.stdout
+    np.testing.assert_array_equal(
+        seg.get_pixels_by_source_instance([ds.SOPInstanceUID for ds in series],
+                                          combine_segments=True,
+                                          assert_missing_frames_are_empty=True),
+        labels,
+    )
+
+
 def test_a_bug_in_daskseg_shows_its_traceback(monkeypatch, capsys):
     def buggy(args):
         raise ValueError("a bug, not the user's mistake")

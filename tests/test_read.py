@@ -130,9 +130,10 @@ def test_files_from_other_software(testdata):
                 assert_same_as_highdicom(testdata / name, **kwargs)
 
 
-def test_untiled_seg_is_refused(testdata):
+def test_untiled_seg_is_refused_by_the_tiled_reader(testdata):
+    # read_segmentation reads it as a volume (test_volume_read); the tiled reader refuses it.
     with pytest.raises(SegmentationInputError, match="tiled"):
-        read_segmentation(testdata / "seg_image_ct_binary.dcm")
+        daskseg.SegmentationReader(testdata / "seg_image_ct_binary.dcm")
 
 
 def test_reader_describes_the_seg(tmp_path):

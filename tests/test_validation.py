@@ -101,12 +101,14 @@ def test_segment_descriptions_checked(tmp_path, source, thread_client):
 
 def test_source_checked(tmp_path, thread_client, testdata):
     mask = untouchable((ROWS, COLUMNS))
-    check_refused(tmp_path, SegmentationInputError, "not a tiled image", mask,
+    # A CT image is a volume of one slice: the mask must have its size.
+    check_refused(tmp_path, SegmentationInputError, r"the source has 1 frames of 128 x 128", mask,
                   testdata / "ct_image.dcm", client=thread_client)
+    # A slide without its total pixel matrix size is a multi-frame image without geometry.
     not_tiled = make_slide(ROWS, COLUMNS, tile_size=(TILE, TILE))
     del not_tiled.TotalPixelMatrixRows
-    check_refused(tmp_path, SegmentationInputError, "not a tiled image", mask, not_tiled,
-                  client=thread_client)
+    check_refused(tmp_path, SegmentationInputError, "per-frame functional group items", mask,
+                  not_tiled, client=thread_client)
     check_refused(tmp_path, SegmentationInputError, "does not exist", mask,
                   tmp_path / "missing.dcm", client=thread_client)
     check_refused(tmp_path, SegmentationTypeError, "pydicom Dataset or the path", mask, 42,

@@ -1,0 +1,281 @@
+"""Benchmark of SEGs of CT series: write_segmentation and read_segmentation against highdicom.
+
+Usage::
+
+    .venv/bin/python benchmarks/volume.py            # the sizes of issue #11
+    .venv/bin/python benchmarks/volume.py --quick    # smaller sizes, a minute or two
+
+A synthetic CT series of 300 slices of 512 x 512 and a label volume of 117 segments (one
+box-shaped structure each, as TotalSegmentator's organs), as in issue #11. daskseg runs on a
+2-process LocalCluster that is already running (started and warmed up on a small case before
+the timing, as in a pipeline that writes case after case); highdicom runs serially for native
+BINARY and with ProcessPoolExecutor(2) for JPEG 2000. Reading back: the SEG into a label
+volume, daskseg's read_segmentation on the running cluster against highdicom's segread +
+get_pixels_by_source_instance. Then the 8x larger case: 1,200 slices of 1024 x 1024 from a
+Zarr array (never whole in memory), LABELMAP native, daskseg only. Each measured step runs in its
+own process; peak memory is the resident set of the whole process tree (workers included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from _common import OUT, emit, gib, run_step  # noqa: E402
+
+NATIVE = "1.2.840.10008.1.2.1"
+J2K = "1.2.840.10008.1.2.4.90"
+FULL = {"case": (300, 512, 117), "large": (1200, 1024, 117)}
+QUICK = {"case": (60, 256, 117), "large": (240, 512, 117)}
+
+
+def _labels_path(slices: int, size: int, segments: int) -> pathlib.Path:
+    import numpy as np
+
+    from daskseg.synthetic import make_label_volume
+
+    OUT.mkdir(exist_ok=True)
+    path = OUT / f"labels-{slices}-{size}-{segments}.npy"
+    if not path.exists():
+        np.save(path, make_label_volume(slices, size, size, segments))
+    return path
+
+
+def _case(slices: int, size: int, segments: int, segmentation_type: str = "BINARY"):
+    import numpy as np
+
+    from daskseg.synthetic import make_ct_series, make_segment_descriptions
+
+    labels = np.load(_labels_path(slices, size, segments))
+    series = make_ct_series(slices, size, size, pixel_spacing=(0.8, 0.8))
+    descriptions = make_segment_descriptions(segments, segmentation_type=segmentation_type)
+    return series, labels, descriptions
+
+
+def _large_labels(slices: int, size: int, segments: int) -> pathlib.Path:
+    """A Zarr label volume made slab by slab (boxes as make_label_volume), never whole in memory."""
+    import numpy as np
+    import zarr
+
+    path = OUT / f"labels-{slices}-{size}-{segments}.zarr"
+    if path.exists():
+        return path
+    rng = np.random.default_rng(0)
+    height, width = max(1, size // 10), max(1, size // 10)
+    boxes = []
+    for segment in range(1, segments + 1):
+        depth = int(rng.integers(1, max(2, min(60 * slices // 300, slices))))
+        z = int(rng.integers(0, max(1, slices - depth)))
+        y, x = (int(rng.integers(0, max(1, size - height))),
+                int(rng.integers(0, max(1, size - width))))
+        boxes.append((segment, z, depth, y, x))
+    array = zarr.create_array(str(path), shape=(slices, size, size), chunks=(16, size, size),
+                              dtype=np.uint8)
+    for start in range(0, slices, 16):
+        slab = np.zeros((min(16, slices - start), size, size), np.uint8)
+        for segment, z, depth, y, x in boxes:
+            lo, hi = max(z, start), min(z + depth, start + len(slab))
+            if lo < hi:
+                slab[lo - start : hi - start, y : y + height, x : x + width] = segment
+        array[start : start + len(slab)] = slab
+    return path
+
+
+def _warm(client, output: str, transfer_syntax: str = NATIVE) -> None:
+    """A running pipeline's cluster and client have imported and loaded everything once."""
+    from daskseg import read_segmentation, write_segmentation
+    from daskseg.synthetic import make_ct_series, make_label_volume, make_segment_descriptions
+
+    write_segmentation(
+        make_label_volume(4, 64, 64, 3), make_ct_series(4, 64, 64), make_segment_descriptions(3),
+        output, transfer_syntax_uid=transfer_syntax, client=client, overwrite=True,
+    )
+    read_segmentation(output, combine_segments=True).compute()
+
+
+def step_daskseg(segmentation_type: str, transfer_syntax: str, output: str, *size: str) -> None:
+    from distributed import Client
+
+    from daskseg import local_cluster, write_segmentation
+
+    series, labels, descriptions = _case(*map(int, size), segmentation_type)
+    with local_cluster(2, memory_limit="4GiB") as cluster, Client(cluster) as client:
+        _warm(client, output + ".warm.dcm", transfer_syntax)
+        start = time.perf_counter()
+        write_segmentation(
+            labels, series, descriptions, output, segmentation_type=segmentation_type,
+            transfer_syntax_uid=transfer_syntax, client=client, overwrite=True,
+        )
+        elapsed = time.perf_counter() - start
+    emit({"time": elapsed, "size": os.path.getsize(output)})
+
+
+def step_highdicom(segmentation_type: str, transfer_syntax: str, output: str, *size: str) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    import highdicom as hd
+
+    series, labels, descriptions = _case(*map(int, size), segmentation_type)
+    pool = ProcessPoolExecutor(2) if transfer_syntax != NATIVE else None
+    if pool is not None:
+        pool.submit(int).result()  # start the processes outside the timing
+    start = time.perf_counter()
+    seg = hd.seg.Segmentation(
+        series, labels, segmentation_type, descriptions, hd.UID(), 1, hd.UID(), 1, "m", "m", "1",
+        "1", transfer_syntax_uid=transfer_syntax, workers=pool if pool is not None else 0,
+    )
+    seg.save_as(output)
+    elapsed = time.perf_counter() - start
+    if pool is not None:
+        pool.shutdown()
+    emit({"time": elapsed, "frames": int(seg.NumberOfFrames)})
+
+
+def _source_uids(output: str) -> list[str]:
+    import pydicom
+
+    # The series is made anew in each step (new UIDs): take the file's, in the order given.
+    header = pydicom.dcmread(output, stop_before_pixels=True, specific_tags=["SourceImageSequence"])
+    return [item.ReferencedSOPInstanceUID for item in header.SourceImageSequence]
+
+
+def step_check(output: str, *size: str) -> None:
+    """Read the SEG back with highdicom (an independent reader) and compare with the labels."""
+    import highdicom as hd
+    import numpy as np
+
+    _, labels, _ = _case(*map(int, size))
+    pixels = hd.seg.segread(output).get_pixels_by_source_instance(
+        _source_uids(output), combine_segments=True, assert_missing_frames_are_empty=True,
+    )
+    emit({"equal": bool(np.array_equal(pixels, labels))})
+
+
+def step_read_daskseg(output: str, *size: str) -> None:
+    """The SEG into a label volume (in memory) with read_segmentation on a running cluster."""
+    import numpy as np
+    from distributed import Client
+
+    from daskseg import local_cluster, read_segmentation
+
+    _, labels, _ = _case(*map(int, size))
+    uids = _source_uids(output)
+    with local_cluster(2, memory_limit="4GiB") as cluster, Client(cluster) as client:
+        _warm(client, output + ".warm.dcm")
+        start = time.perf_counter()
+        pixels = read_segmentation(output, source_sop_instance_uids=uids,
+                                   combine_segments=True).compute()
+        elapsed = time.perf_counter() - start
+    emit({"time": elapsed, "equal": bool(np.array_equal(pixels, labels))})
+
+
+def step_read_highdicom(output: str, *size: str) -> None:
+    import highdicom as hd
+
+    uids = _source_uids(output)
+    start = time.perf_counter()
+    hd.seg.segread(output).get_pixels_by_source_instance(
+        uids, combine_segments=True, assert_missing_frames_are_empty=True
+    )
+    emit({"time": time.perf_counter() - start})
+
+
+def step_large(output: str, slices: str, size: str, segments: str) -> None:
+    """The 8x case: labels from Zarr, LABELMAP native; then read back and compared slab by slab.
+
+    LABELMAP: a native BINARY SEG of 117 segments x 1,200 planes of 1024 x 1024 could hold up
+    to 17 GiB of frames, beyond a native Pixel Data element, and is refused before any work.
+    """
+    import dask.array as da
+    from distributed import Client
+
+    from daskseg import local_cluster, read_segmentation, write_segmentation
+    from daskseg.synthetic import make_ct_series, make_segment_descriptions
+
+    n, edge, k = int(slices), int(size), int(segments)
+    labels = _large_labels(n, edge, k)
+    series = make_ct_series(n, edge, edge, pixel_spacing=(0.4, 0.4))
+    with local_cluster(2, memory_limit="4GiB") as cluster, Client(cluster) as client:
+        _warm(client, output + ".warm.dcm")
+        start = time.perf_counter()
+        write_segmentation(str(labels), series,
+                           make_segment_descriptions(k, segmentation_type="LABELMAP"), output,
+                           segmentation_type="LABELMAP", client=client, overwrite=True)
+        written = time.perf_counter() - start
+        start = time.perf_counter()
+        read = read_segmentation(output, source_sop_instance_uids=[ds.SOPInstanceUID for ds in series],
+                                 combine_segments=True)
+        equal = bool(da.all(read == da.from_zarr(str(labels)).rechunk(read.chunks)).compute())
+        checked = time.perf_counter() - start
+    emit({"time": written, "read_and_compare": checked, "equal": equal,
+          "size": os.path.getsize(output), "labels_bytes": n * edge * edge})
+
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (a minute or two)")
+    parser.add_argument("--skip-large", action="store_true", help="leave out the 8x case")
+    parser.add_argument("--only-large", action="store_true", help="only the 8x case")
+    args = parser.parse_args()
+    if args.step:
+        name, *rest = args.step
+        globals()[f"step_{name}"](*rest)
+        return
+
+    sizes = QUICK if args.quick else FULL
+    case = [str(v) for v in sizes["case"]]
+    script = str(pathlib.Path(__file__).resolve())
+    _labels_path(*sizes["case"])
+    print(f"machine: {os.cpu_count()} cores; results in {OUT}")
+    slices, edge, segments = sizes["case"]
+    print(f"CT series {slices} x {edge} x {edge}, {segments} segments as labels; daskseg on a "
+          "running 2-process LocalCluster")
+    ours_path, theirs_path = str(OUT / "volume-daskseg.dcm"), str(OUT / "volume-highdicom.dcm")
+    for kind, syntax, pool in [] if args.only_large else [
+        ("BINARY", NATIVE, "serial"),
+        ("BINARY", J2K, "ProcessPoolExecutor(2)"),
+        ("LABELMAP", J2K, "ProcessPoolExecutor(2)"),
+    ]:
+        ours = run_step(script, "daskseg", kind, syntax, ours_path, *case)
+        check = run_step(script, "check", ours_path, *case)
+        theirs = run_step(script, "highdicom", kind, syntax, theirs_path, *case)
+        name = "native" if syntax == NATIVE else "JPEG 2000"
+        print(f"\n{kind} {name}:")
+        print(f"  daskseg:   {ours['time']:6.2f} s  peak {gib(ours['peak_rss'])}  "
+              f"file {ours['size'] / 2**20:.0f} MiB  read back equal: {check['equal']}")
+        print(f"  highdicom: {theirs['time']:6.2f} s  peak {gib(theirs['peak_rss'])}  ({pool}, "
+              f"{theirs['frames']} frames)")
+        print(f"  speed-up {theirs['time'] / ours['time']:.2f}x, memory highdicom / daskseg "
+              f"{theirs['peak_rss'] / ours['peak_rss']:.2f}x")
+        if kind == "BINARY" and syntax == NATIVE:
+            # Reading back the native BINARY SEG into a label volume.
+            ours_read = run_step(script, "read_daskseg", ours_path, *case)
+            theirs_read = run_step(script, "read_highdicom", ours_path, *case)
+            print("  read into a label volume:")
+            print(f"    daskseg:   {ours_read['time']:6.2f} s  peak {gib(ours_read['peak_rss'])}  "
+                  f"equal: {ours_read['equal']}")
+            print(f"    highdicom: {theirs_read['time']:6.2f} s  peak "
+                  f"{gib(theirs_read['peak_rss'])}  (segread + get_pixels_by_source_instance)")
+            print(f"    speed-up {theirs_read['time'] / ours_read['time']:.2f}x")
+    if args.skip_large:
+        return
+    slices, edge, segments = sizes["large"]
+    _large_labels(slices, edge, segments)
+    large = run_step(script, "large", str(OUT / "volume-large.dcm"), str(slices), str(edge),
+                     str(segments))
+    print(f"\nlarge case: {slices} x {edge} x {edge} from Zarr ({large['labels_bytes'] / 2**30:.2f} "
+          f"GiB of labels), LABELMAP native, daskseg:")
+    print(f"  write {large['time']:6.2f} s  peak {gib(large['peak_rss'])}  file "
+          f"{large['size'] / 2**20:.0f} MiB; read back and compared {large['read_and_compare']:.2f} s, "
+          f"equal: {large['equal']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""Masks that carry their own geometry (NIfTI files), matched voxel for voxel to a source series.
+
+A NIfTI file maps voxel indices ``(i, j, k)`` to RAS+ millimetres by its affine; DICOM positions
+are LPS+ (PS3.3 C.7.6.2.1.1). Matching needs no resampling: every source frame's pixels must be
+voxels of the file, its rows and columns along two of the file's axes (either way), each frame at
+one integer index of the third axis, and every slice of the file used by exactly one frame. Then
+the file is transposed, flipped and its slices taken in the frames' order. Anything else (other
+spacing, a shift, a rotation, slices between slices, extra slices) is refused, saying how: a
+misplaced SEG is worse than none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import tempfile
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from daskseg._series import SourceSeries
+from daskseg.errors import MissingDependencyError, SegmentationInputError
+
+__all__ = ["is_nifti_path", "match_to_series", "read_nifti", "volume_to_nifti"]
+
+_SUFFIXES = (".nii", ".nii.gz")
+# How far (in voxels) a source pixel may lie from a voxel centre of the file: NIfTI stores its
+# affine as float32 (about 7 significant digits), so positions agree to far better than this.
+_VOXEL_TOLERANCE = 0.01
+# RAS+ (NIfTI) to LPS+ (DICOM): x and y change sign.
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def is_nifti_path(mask: object) -> bool:
+    """Whether ``mask`` is the path of a NIfTI file (by its name)."""
+    return isinstance(mask, (str, os.PathLike)) and str(mask).lower().endswith(_SUFFIXES)
+
+
+def read_nifti(path: str | os.PathLike) -> tuple[da.Array | np.ndarray, np.ndarray]:
+    """Return a NIfTI file's array and its affine in LPS+.
+
+    The array of an uncompressed file is lazy (a Dask array of slabs read on the workers);
+    a gzip stream cannot be read from the middle, so a ``.nii.gz`` is decompressed here, once.
+
+    Raises
+    ------
+    ImportError
+        If nibabel is not installed, naming the extra that installs it.
+    SegmentationInputError
+        If the file is missing or not NIfTI.
+    """
+    try:
+        import nibabel
+    except ImportError as error:
+        raise ImportError(
+            "Reading NIfTI masks needs nibabel: pip install 'daskseg[nifti]'."
+        ) from error
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise SegmentationInputError(f"The mask {path} does not exist.")
+    try:
+        image: Any = nibabel.load(path)  # a Nifti1Image or Nifti2Image
+    except Exception as error:  # nibabel raises several types for a file it cannot read
+        raise SegmentationInputError(f"Could not read the mask {path} as NIfTI: {error}") from error
+    affine = image.affine
+    if affine is None or not np.isfinite(affine).all():
+        raise SegmentationInputError(f"The NIfTI mask {path} has no valid affine (sform or qform).")
+    proxy = image.dataobj
+    if str(path).lower().endswith(".gz"):
+        array = np.asanyarray(proxy)
+    else:
+        # NIfTI data is Fortran-ordered: slabs of the last axis are contiguous in the file.
+        array = da.from_array(proxy, chunks=(-1, -1, 1) + (-1,) * (len(proxy.shape) - 3))
+    return array, _RAS_TO_LPS @ np.asarray(affine, dtype=float)
+
+
+def _frame_voxels(series: SourceSeries, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxel coordinates of each frame's first pixel, and voxel steps of one row and one column."""
+    inverse = np.linalg.inv(affine)
+    row_direction, column_direction = series.orientation[:3], series.orientation[3:]
+    row_spacing, column_spacing = series.pixel_spacing
+    # PS3.3 C.7.6.2.1.1: the column index runs along the row direction (first triplet).
+    down = inverse[:3, :3] @ (column_direction * row_spacing)
+    right = inverse[:3, :3] @ (row_direction * column_spacing)
+    origins = (inverse @ np.c_[series.positions, np.ones(len(series.positions))].T)[:3].T
+    return origins, down, right
+
+
+def _axis(step: np.ndarray, what: str, spacing: float, affine: np.ndarray) -> tuple[int, int]:
+    """The file axis and direction (+1/-1) that one step of ``what`` moves along, or refuse."""
+    axis = int(np.argmax(np.abs(step)))
+    sign = 1 if step[axis] > 0 else -1
+    expected = np.zeros(3)
+    expected[axis] = sign
+    if np.abs(step - expected).max() > _VOXEL_TOLERANCE:
+        voxel_sizes = np.linalg.norm(affine[:3, :3], axis=0)
+        if np.count_nonzero(np.abs(step) > _VOXEL_TOLERANCE) > 1:
+            problem = ("is not along one of the file's axes (the file is rotated against the "
+                       "series; it would need resampling)")
+        else:
+            problem = (f"is {spacing:g} mm, but the file's voxels are "
+                       f"{' x '.join(f'{v:g}' for v in voxel_sizes)} mm")
+        raise SegmentationInputError(
+            f"The NIfTI mask does not match the source series: one step {what} {problem}."
+        )
+    return axis, sign
+
+
+def match_to_series(
+    array: da.Array | np.ndarray, affine: np.ndarray, series: SourceSeries
+) -> da.Array | np.ndarray:
+    """Reorder a mask with geometry into ``(frames, rows, columns[, ...])`` in the series' order.
+
+    Parameters
+    ----------
+    array
+        The file's array, indexed ``(i, j, k[, segments])``; numpy or Dask (transposed and
+        flipped as views; slices out of order are taken with a copy).
+    affine
+        The file's voxel-to-LPS+ affine (4 x 4).
+    series
+        The source series; frame ``f`` of the result belongs to its frame ``f``.
+
+    Raises
+    ------
+    SegmentationInputError
+        If a source pixel is not a voxel of the file, or a slice of the file belongs to no
+        source frame; the message says which way they differ.
+    """
+    if array.ndim not in (3, 4):
+        raise SegmentationInputError(
+            f"The NIfTI mask has {array.ndim} dimensions {tuple(array.shape)}; expected a label "
+            "volume (i, j, k) or one volume per segment (i, j, k, segments)."
+        )
+    try:
+        return _match(array, affine, series)
+    except SegmentationInputError as error:
+        # The commonest mistake: an affine already in DICOM's LPS+ written into the file.
+        try:
+            _match(array, _RAS_TO_LPS @ affine, series)
+        except SegmentationInputError:
+            raise error from None
+        raise SegmentationInputError(
+            f"{error} It would match if its affine were in LPS+ (DICOM) rather than NIfTI's "
+            "RAS+: the file was written with the wrong convention; fix its affine."
+        ) from None
+
+
+def _match(
+    array: da.Array | np.ndarray, affine: np.ndarray, series: SourceSeries
+) -> da.Array | np.ndarray:
+    origins, down, right = _frame_voxels(series, affine)
+    row_axis, row_sign = _axis(down, "down a column of the series", series.pixel_spacing[0], affine)
+    column_axis, column_sign = _axis(
+        right, "along a row of the series", series.pixel_spacing[1], affine
+    )
+    if row_axis == column_axis:
+        raise SegmentationInputError(
+            "The NIfTI mask does not match the source series: the series' rows and columns run "
+            "along the same axis of the file."
+        )
+    slice_axis = 3 - row_axis - column_axis
+    shape = array.shape[:3]
+    if (shape[row_axis], shape[column_axis]) != (series.rows, series.columns):
+        raise SegmentationInputError(
+            f"The NIfTI mask's slices are {shape[row_axis]} x {shape[column_axis]} voxels along "
+            f"the series' rows and columns, but the series' images are {series.rows} x "
+            f"{series.columns}."
+        )
+    if shape[slice_axis] != series.number_of_frames:
+        raise SegmentationInputError(
+            f"The NIfTI mask has {shape[slice_axis]} slices, but the source series has "
+            f"{series.number_of_frames} images; it must have one slice per image."
+        )
+    rounded = np.round(origins)
+    off = np.abs(origins - rounded).max(axis=1)
+    if (off > _VOXEL_TOLERANCE).any():
+        frame = int(np.argmax(off))
+        millimetres = (affine[:3, :3] @ (origins[frame] - rounded[frame]))
+        raise SegmentationInputError(
+            f"The NIfTI mask does not match the source series: image {frame + 1} "
+            f"({series.sop_instance_uids[frame]}) lies between the file's voxels, "
+            f"{np.linalg.norm(millimetres):.3g} mm from the nearest voxel centre (at voxel "
+            f"{np.round(origins[frame], 2).tolist()}); the file would need resampling."
+        )
+    rounded = rounded.astype(int)
+    expected_start = {row_axis: 0 if row_sign > 0 else series.rows - 1,
+                      column_axis: 0 if column_sign > 0 else series.columns - 1}
+    for axis, start in expected_start.items():
+        if (rounded[:, axis] != start).any():
+            shift = (rounded[:, axis] - start)[np.argmax(rounded[:, axis] != start)]
+            raise SegmentationInputError(
+                f"The NIfTI mask does not match the source series: it is shifted by {shift} "
+                f"voxels along its axis {axis} against the series' images (same spacing and "
+                "orientation, another origin); crop or pad it to the series first."
+            )
+    slices = rounded[:, slice_axis]
+    if slices.min() < 0 or slices.max() >= shape[slice_axis] or len(set(slices.tolist())) != len(slices):
+        raise SegmentationInputError(
+            "The NIfTI mask does not match the source series: the images lie at its slices "
+            f"{sorted(slices.tolist())} along its axis {slice_axis}, not at each of its "
+            f"{shape[slice_axis]} slices once (it is shifted or spaced differently)."
+        )
+    order = (slice_axis, row_axis, column_axis) + tuple(range(3, array.ndim))
+    volume = array.transpose(order)
+    if row_sign < 0:
+        volume = volume[:, ::-1]
+    if column_sign < 0:
+        volume = volume[:, :, ::-1]
+    if (slices == np.arange(len(slices))).all():
+        return volume
+    if (slices == np.arange(len(slices))[::-1]).all():
+        return volume[::-1]
+    return volume[slices]
+
+
+def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None) -> pathlib.Path:
+    """Write a volume SEG's planes as a NIfTI file in the series' geometry (RAS+ affine).
+
+    The inverse of :func:`match_to_series`: the file's axes are (column, row, slice), its
+    affine from the planes' positions, the shared orientation and pixel spacing. Labels
+    (segments combined) for BINARY and LABELMAP, fractions of each segment on a fourth axis
+    for FRACTIONAL. The slices run from the first to the last plane with frames; planes
+    without frames in between (omitted empty frames) are zeros.
+
+    Raises
+    ------
+    MissingDependencyError
+        If nibabel is not installed.
+    SegmentationInputError
+        If the planes are not a regular grid (different steps, a missing orientation).
+    """
+    try:
+        import highdicom as hd
+        import nibabel
+    except ImportError as error:
+        raise MissingDependencyError(
+            "Writing NIfTI needs nibabel: pip install 'daskseg[nifti]'."
+        ) from error
+    header = reader.header
+    shared = header.SharedFunctionalGroupsSequence[0]
+    try:
+        orientation = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
+        measures = shared.PixelMeasuresSequence[0]
+        pixel_spacing = [float(v) for v in measures.PixelSpacing]
+    except (AttributeError, IndexError) as error:
+        raise SegmentationInputError(
+            "The SEG has no shared plane orientation and pixel spacing, so its voxels have no "
+            "one geometry for NIfTI."
+        ) from error
+    positions = reader.plane_positions()
+    # highdicom's volumes: slice, row and column indices are right-handed, so slices run along
+    # column direction x row direction.
+    normal = np.cross(orientation[3:], orientation[:3])
+    distances = positions @ normal
+    steps = np.diff(distances)
+    if len(steps) and "SpacingBetweenSlices" in measures:
+        spacing = abs(float(measures.SpacingBetweenSlices))
+    else:
+        spacing = float(np.abs(steps).min()) if len(steps) else 1.0
+    if len(steps) and steps.sum() < 0:  # planes sorted against the normal
+        spacing = -spacing
+    index = np.rint((distances - distances[0]) / spacing)
+    expected = positions[0] + np.outer(index, normal * spacing)
+    if len(steps) and (not np.allclose(positions, expected, atol=1e-3 * abs(spacing))
+                       or (index < 0).any()):
+        raise SegmentationInputError(
+            "The SEG's planes are not a regular grid of slices (other steps, or off the slice "
+            "normal), so they cannot be one NIfTI volume."
+        )
+    fractional = reader.segmentation_type == "FRACTIONAL"
+    planes = reader.to_dask(combine_segments=not fractional).compute(
+        **({} if client is not None else {"scheduler": "threads"}))
+    volume = np.zeros((int(index.max()) + 1 if len(index) else 0, *planes.shape[1:]),
+                      dtype=planes.dtype)
+    volume[index.astype(int)] = planes
+    geometry = hd.VolumeGeometry.from_attributes(
+        image_position=positions[0].tolist(), image_orientation=orientation,
+        rows=volume.shape[1], columns=volume.shape[2], pixel_spacing=pixel_spacing,
+        spacing_between_slices=spacing,
+        number_of_frames=volume.shape[0], coordinate_system="PATIENT",
+    )
+    if fractional:
+        # highdicom converts 3D volumes only: its affine, and one segment per 4th-axis index.
+        spatial = geometry.with_array(np.zeros(volume.shape[:3], np.uint8))
+        affine = spatial.permute_spatial_axes([2, 1, 0]).to_nibabel().affine
+        image = nibabel.Nifti1Image(volume.transpose(2, 1, 0, 3), affine)
+    else:
+        image = geometry.with_array(volume).permute_spatial_axes([2, 1, 0]).to_nibabel()
+    path = pathlib.Path(path)
+    # Written beside the destination and renamed: a failure leaves no half-written file.
+    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        image.to_filename(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    return path

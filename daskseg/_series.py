@@ -1,0 +1,355 @@
+"""Reading and checking the headers of a source series (never its pixel data).
+
+A volume SEG refers either to a series of single-frame images (CT, MR, PET slices) or to one
+multi-frame image that is not tiled (Enhanced CT/MR, say). Either way the SEG needs, per source
+frame, the instance it comes from, the frame's position, and one orientation, size and pixel
+spacing shared by all frames (PS3.3 C.7.6.2: a SEG's frames are planes of one frame of
+reference). Mask frame ``k`` belongs to source frame ``k`` in the order given, as in highdicom.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+from highdicom.spatial import get_plane_sort_index, is_tiled_image
+from pydicom.dataset import Dataset
+
+from daskseg.errors import SegmentationInputError, SegmentationTypeError
+
+__all__ = ["SourceSeries", "load_source_series", "is_volume_source"]
+
+# Positions and direction cosines are decimal strings of at most 16 characters (PS3.5 6.2, DS):
+# values written by different software for one series agree to about this much.
+_ORIENTATION_TOLERANCE = 1e-4
+# Files in a series folder are read by this many threads: reading headers waits on the disk.
+_READ_THREADS = 8
+# The Media Storage Directory SOP class (a DICOMDIR), which a series folder may hold.
+_DICOMDIR = "1.2.840.10008.1.3.10"
+
+
+@dataclass(frozen=True)
+class SourceSeries:
+    """The headers of a source series and the geometry of its frames, in the order given.
+
+    Attributes
+    ----------
+    datasets
+        The headers without pixel data: one per single-frame image, or the one multi-frame image.
+    multiframe
+        Whether ``datasets`` is one multi-frame image whose frames are the volume's slices.
+    rows, columns
+        The size of every frame.
+    orientation
+        ImageOrientationPatient shared by every frame (row direction, then column direction).
+    pixel_spacing
+        PixelSpacing shared by every frame (between rows, between columns), in mm.
+    positions
+        ``(frames, 3)`` ImagePositionPatient of each frame, in mm.
+    sop_instance_uids
+        The SOPInstanceUID of the instance each frame comes from.
+    frame_of_reference_uid
+        The series' FrameOfReferenceUID.
+    """
+
+    datasets: tuple[Dataset, ...]
+    multiframe: bool
+    rows: int
+    columns: int
+    orientation: np.ndarray
+    pixel_spacing: np.ndarray
+    positions: np.ndarray
+    sop_instance_uids: tuple[str, ...]
+    frame_of_reference_uid: str
+
+    @property
+    def number_of_frames(self) -> int:
+        """How many frames (slices) the series has."""
+        return len(self.positions)
+
+    def sort_index(self) -> np.ndarray:
+        """Frame indices in the order that sorts the frames along the slice normal.
+
+        The order is highdicom's (``get_plane_sort_index``, as ``hd.spatial.sort_datasets`` and
+        highdicom's volumes): slice, row and column indices form a right-handed system, so the
+        slices run along column direction x row direction (head to feet for an axial series).
+        """
+        return np.asarray(
+            get_plane_sort_index(self.positions.tolist(), self.orientation.tolist()), dtype=np.intp
+        )
+
+
+def is_volume_source(source_images: object) -> bool:
+    """Whether ``source_images`` names a series or a non-tiled image rather than one tiled image.
+
+    Reads at most one header. A folder, or a sequence of more than one image, is a series.
+    """
+    if isinstance(source_images, (str, os.PathLike)) and pathlib.Path(source_images).is_dir():
+        return True
+    if isinstance(source_images, (Dataset, str, os.PathLike)):
+        items: Sequence[object] = [source_images]
+    elif isinstance(source_images, Sequence) and len(source_images) > 0:
+        items = source_images
+    else:
+        return False
+    if len(items) > 1:
+        return True
+    first = items[0]
+    if isinstance(first, (str, os.PathLike)):
+        try:
+            first = pydicom.dcmread(first, stop_before_pixels=True)
+        except Exception:  # the tiled path reports unreadable files with its own message
+            return False
+    return isinstance(first, Dataset) and "SOPClassUID" in first and not is_tiled_image(first)
+
+
+def _read_header(path: pathlib.Path, skip_non_dicom: bool) -> Dataset | None:
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except FileNotFoundError as error:
+        raise SegmentationInputError(f"The source image {path} does not exist.") from error
+    except pydicom.errors.InvalidDicomError as error:
+        if skip_non_dicom:
+            return None
+        raise SegmentationInputError(f"The source image {path} is not a DICOM file: {error}") from error
+
+
+def _read_headers(paths: Sequence[pathlib.Path], skip_non_dicom: bool) -> list[Dataset | None]:
+    if len(paths) <= 1:
+        return [_read_header(path, skip_non_dicom) for path in paths]
+    with ThreadPoolExecutor(min(_READ_THREADS, len(paths))) as pool:
+        return list(pool.map(lambda path: _read_header(path, skip_non_dicom), paths))
+
+
+def _gather(source_images: object) -> list[Dataset]:
+    """The headers of the images named by ``source_images``, in the order given."""
+    if isinstance(source_images, (str, os.PathLike)) and pathlib.Path(source_images).is_dir():
+        folder = pathlib.Path(source_images)
+        # Sorted names give a stable order; the SEG's frames follow the slice order anyway.
+        paths = sorted(path for path in folder.rglob("*") if path.is_file())
+        datasets = [
+            ds for ds in _read_headers(paths, skip_non_dicom=True)
+            if ds is not None and ds.get("SOPClassUID") != _DICOMDIR
+        ]
+        if not datasets:
+            raise SegmentationInputError(f"The folder {folder} holds no DICOM image.")
+        return datasets
+    if isinstance(source_images, (Dataset, str, os.PathLike)):
+        source_images = [source_images]
+    if not isinstance(source_images, Sequence) or len(source_images) == 0:
+        raise SegmentationTypeError(
+            "source_images must be a pydicom Dataset, a path, a folder holding one series, or a "
+            f"non-empty sequence of Datasets or paths, not {type(source_images).__name__}."
+        )
+    paths = [pathlib.Path(item) for item in source_images if isinstance(item, (str, os.PathLike))]
+    headers = iter(_read_headers(paths, skip_non_dicom=False))
+    datasets = []
+    for item in source_images:
+        if isinstance(item, Dataset):
+            datasets.append(item)
+        elif isinstance(item, (str, os.PathLike)):
+            header = next(headers)
+            assert header is not None  # skip_non_dicom=False: every path is read or refused
+            datasets.append(header)
+        else:
+            raise SegmentationTypeError(
+                f"Each source image must be a pydicom Dataset or a path, not {type(item).__name__}."
+            )
+    return datasets
+
+
+def _describe(dataset: Dataset) -> str:
+    return f"SOP instance {dataset.get('SOPInstanceUID', '(no SOPInstanceUID)')}"
+
+
+def _require(dataset: Dataset, keywords: Sequence[str], what: str) -> None:
+    missing = [keyword for keyword in keywords if dataset.get(keyword) in (None, "")]
+    if missing:
+        raise SegmentationInputError(
+            f"The source image ({_describe(dataset)}) lacks {', '.join(missing)}: {what}"
+        )
+
+
+def _one_value(datasets: Sequence[Dataset], keyword: str, what: str) -> object:
+    counts = Counter(str(ds.get(keyword)) for ds in datasets)
+    if len(counts) > 1:
+        found = ", ".join(f"{value} ({count} images)" for value, count in counts.most_common())
+        raise SegmentationInputError(
+            f"The source images do not form one series: they have {len(counts)} different "
+            f"{keyword}s: {found}. {what}"
+        )
+    return datasets[0].get(keyword)
+
+
+def _multiframe_series(dataset: Dataset) -> SourceSeries:
+    """The frames of one multi-frame image (PS3.3 C.7.6.16: functional groups)."""
+    _require(dataset, ("Rows", "Columns", "FrameOfReferenceUID"), "a SEG needs its geometry.")
+    frames = int(dataset.get("NumberOfFrames", 1))
+    shared = dataset.get("SharedFunctionalGroupsSequence", [Dataset()])[0]
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence", [])
+    if len(per_frame) != frames:
+        raise SegmentationInputError(
+            f"The multi-frame source image ({_describe(dataset)}) has {frames} frames but "
+            f"{len(per_frame)} per-frame functional group items."
+        )
+
+    def attribute(item: Dataset, sequence: str, keyword: str, frame: int) -> object:
+        for group in (item, shared):
+            if sequence in group and keyword in group[sequence][0]:
+                return group[sequence][0].get(keyword)
+        raise SegmentationInputError(
+            f"Frame {frame + 1} of the multi-frame source image ({_describe(dataset)}) has no "
+            f"{sequence} > {keyword}: a SEG of a volume needs every frame's plane geometry."
+        )
+
+    positions = np.array(
+        [attribute(item, "PlanePositionSequence", "ImagePositionPatient", k)
+         for k, item in enumerate(per_frame)],
+        dtype=float,
+    )
+    orientations = np.array(
+        [attribute(item, "PlaneOrientationSequence", "ImageOrientationPatient", k)
+         for k, item in enumerate(per_frame)],
+        dtype=float,
+    )
+    spacings = np.array(
+        [attribute(item, "PixelMeasuresSequence", "PixelSpacing", k) for k, item in enumerate(per_frame)],
+        dtype=float,
+    )
+    _check_same(orientations, "ImageOrientationPatient", [f"frame {k + 1}" for k in range(frames)])
+    _check_same(spacings, "PixelSpacing", [f"frame {k + 1}" for k in range(frames)])
+    _check_distinct_positions(positions, [f"frame {k + 1}" for k in range(frames)])
+    return SourceSeries(
+        datasets=(dataset,),
+        multiframe=True,
+        rows=int(dataset.Rows),
+        columns=int(dataset.Columns),
+        orientation=orientations[0],
+        pixel_spacing=spacings[0],
+        positions=positions,
+        sop_instance_uids=(str(dataset.SOPInstanceUID),) * frames,
+        frame_of_reference_uid=str(dataset.FrameOfReferenceUID),
+    )
+
+
+def _check_same(values: np.ndarray, keyword: str, names: Sequence[str]) -> None:
+    differs = np.flatnonzero(np.abs(values - values[0]).max(axis=1) > _ORIENTATION_TOLERANCE)
+    if differs.size:
+        other = differs[0]
+        raise SegmentationInputError(
+            f"The source frames do not share one {keyword}: {names[0]} has "
+            f"{list(values[0])}, {names[other]} has {list(values[other])}. A SEG of a volume "
+            "needs frames of one orientation and pixel spacing; segment each stack separately."
+        )
+
+
+def _check_distinct_positions(positions: np.ndarray, names: Sequence[str]) -> None:
+    _, first, counts = np.unique(
+        np.round(positions, 3), axis=0, return_index=True, return_counts=True
+    )
+    if (counts > 1).any():
+        repeated = positions[first[np.argmax(counts > 1)]]
+        holders = [
+            names[k] for k in range(len(positions))
+            if np.allclose(positions[k], repeated, atol=1e-3)
+        ]
+        raise SegmentationInputError(
+            f"{len(holders)} source frames lie at the same position {list(repeated)}: "
+            f"{', '.join(holders[:4])}. A volume has one frame per position; pass one image of each "
+            "(a series with several acquisitions or echoes at each position is several volumes)."
+        )
+
+
+def load_source_series(source_images: object) -> SourceSeries:
+    """Read and check the headers of a source series or of one multi-frame image.
+
+    Parameters
+    ----------
+    source_images
+        A pydicom Dataset or path of one image, a sequence of them, or a folder holding one
+        series (non-DICOM files and a DICOMDIR in it are skipped). Files are read without pixel
+        data, in parallel when there are many.
+
+    Returns
+    -------
+    SourceSeries
+        The headers and frame geometry, frames in the order given (for a folder: file names).
+
+    Raises
+    ------
+    SegmentationTypeError
+        If ``source_images`` is not one of the kinds above.
+    SegmentationInputError
+        If a file cannot be read, the images are not one series of one frame of reference, frame
+        sizes, orientations or pixel spacings differ, a position is missing or repeated, an
+        image is listed twice, or a multi-frame image comes with other images.
+    """
+    datasets = _gather(source_images)
+    for dataset in datasets:
+        _require(dataset, ("SOPClassUID", "SOPInstanceUID"), "pass the DICOM header of each image.")
+        if is_tiled_image(dataset):
+            raise SegmentationInputError(
+                f"The source image ({_describe(dataset)}) is a tiled image; pass it alone (not in a "
+                "series) to segment its total pixel matrix."
+            )
+    multiframe = [ds for ds in datasets if int(ds.get("NumberOfFrames", 1) or 1) > 1]
+    if multiframe:
+        if len(datasets) > 1:
+            raise SegmentationInputError(
+                f"{len(datasets)} source images were given, {len(multiframe)} of them multi-frame "
+                f"({_describe(multiframe[0])}); pass one multi-frame image alone, or a series of "
+                "single-frame images."
+            )
+        return _multiframe_series(datasets[0])
+    if "PerFrameFunctionalGroupsSequence" in datasets[0]:
+        # An enhanced image of one frame keeps its geometry in functional groups.
+        return _multiframe_series(datasets[0])
+
+    uids = Counter(str(ds.SOPInstanceUID) for ds in datasets)
+    repeated = [uid for uid, count in uids.items() if count > 1]
+    if repeated:
+        raise SegmentationInputError(
+            f"The source image {repeated[0]} is given {uids[repeated[0]]} times; pass each "
+            "image once."
+        )
+    _one_value(datasets, "SeriesInstanceUID", "Pass the images of one series (for a folder: "
+               "a folder holding one series).")
+    _one_value(datasets, "FrameOfReferenceUID", "A SEG's frames lie in one frame of reference.")
+    _one_value(datasets, "SOPClassUID", "Pass the images of one series.")
+    for dataset in datasets:
+        _require(
+            dataset,
+            ("Rows", "Columns", "FrameOfReferenceUID", "ImagePositionPatient",
+             "ImageOrientationPatient", "PixelSpacing"),
+            "a SEG of a series needs each image's plane geometry (PS3.3 C.7.6.2).",
+        )
+    sizes = Counter((int(ds.Rows), int(ds.Columns)) for ds in datasets)
+    if len(sizes) > 1:
+        found = ", ".join(f"{r} x {c} ({n} images)" for (r, c), n in sizes.most_common())
+        raise SegmentationInputError(
+            f"The source images differ in size: {found}. A SEG's frames all have one size."
+        )
+    names = [_describe(ds) for ds in datasets]
+    orientations = np.array([ds.ImageOrientationPatient for ds in datasets], dtype=float)
+    spacings = np.array([ds.PixelSpacing for ds in datasets], dtype=float)
+    positions = np.array([ds.ImagePositionPatient for ds in datasets], dtype=float)
+    _check_same(orientations, "ImageOrientationPatient", names)
+    _check_same(spacings, "PixelSpacing", names)
+    _check_distinct_positions(positions, names)
+    return SourceSeries(
+        datasets=tuple(datasets),
+        multiframe=False,
+        rows=int(datasets[0].Rows),
+        columns=int(datasets[0].Columns),
+        orientation=orientations[0],
+        pixel_spacing=spacings[0],
+        positions=positions,
+        sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
+        frame_of_reference_uid=str(datasets[0].FrameOfReferenceUID),
+    )

@@ -1,0 +1,343 @@
+"""The frame index of a SEG of a series or multi-frame image: which plane and segment each frame is.
+
+A volume SEG's frames are located by their per-frame functional groups (PS3.3 C.7.6.16.2):
+the source image (and frame) each derives from, its plane position, and its segment. A SEG of
+thousands of frames would take seconds to index through pydicom's Datasets (one per item and
+nested sequence); :func:`scan_frame_items` instead walks the raw bytes of the Per-frame
+Functional Groups Sequence once, reading only the few elements it needs (PS3.5 7.1, 7.5).
+It relies on no SpatialLocationsPreserved or dimension index, so SEGs of other tools
+(dcmqi's, highdicom's) are matched by their source references.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+from highdicom.spatial import get_plane_sort_index
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+
+from daskseg.errors import SegmentationFileError, SegmentationInputError
+
+__all__ = [
+    "FrameItem", "VolumeIndex", "index_volume_frames", "read_frame_items", "scan_frame_items",
+]
+
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_PFFG = 0x52009230  # Per-frame Functional Groups Sequence
+# VRs with a 2-byte reserved field and a 4-byte length in explicit VR (PS3.5 Table 7.1-1).
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+             b"UT", b"UV"}
+# The sequences holding what is read, and the elements read from them.
+_DESCEND = {
+    0x00089124,  # DerivationImageSequence
+    0x00082112,  # SourceImageSequence
+    0x00209113,  # PlanePositionSequence
+    0x0062000A,  # SegmentIdentificationSequence
+}
+_SOP_INSTANCE, _FRAME_NUMBER, _POSITION, _SEGMENT = 0x00081155, 0x00081160, 0x00200032, 0x0062000B
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_sequence(tag: int) -> bool:
+    try:
+        return dictionary_VR(tag) == "SQ"
+    except KeyError:  # private or unknown: a sequence only when its length is undefined
+        return False
+
+
+class _Walker:
+    """Element headers of a little-endian dataset in a buffer (PS3.5 7.1)."""
+
+    def __init__(self, buffer: bytes, implicit: bool) -> None:
+        self.buffer = buffer
+        self.implicit = implicit
+
+    def element(self, pos: int, implicit: bool | None = None) -> tuple[int, bool, int, int]:
+        """(tag, whether a sequence, value position, value length) of the element at ``pos``."""
+        group, element = struct.unpack_from("<HH", self.buffer, pos)
+        tag = group << 16 | element
+        if group == 0xFFFE or (self.implicit if implicit is None else implicit):
+            (length,) = struct.unpack_from("<I", self.buffer, pos + 4)
+            return tag, group != 0xFFFE and (length == _UNDEFINED or _is_sequence(tag)), \
+                pos + 8, length
+        vr = self.buffer[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            (length,) = struct.unpack_from("<I", self.buffer, pos + 8)
+            return tag, vr == b"SQ" or (vr == b"UN" and length == _UNDEFINED), pos + 12, length
+        (length,) = struct.unpack_from("<H", self.buffer, pos + 6)
+        return tag, False, pos + 8, length
+
+    def end(self, value: int, length: int) -> int:
+        """The position after a value; an undefined-length sequence is walked to its end."""
+        if length != _UNDEFINED:
+            return value + length
+        pos = value
+        while True:
+            tag, _, item_value, item_length = self.element(pos)
+            if tag == _SEQUENCE_END:
+                return item_value
+            pos = self.end_item(item_value, item_length)
+
+    def end_item(self, value: int, length: int) -> int:
+        if length != _UNDEFINED:
+            return value + length
+        pos = value
+        while True:
+            tag, _, element_value, element_length = self.element(pos)
+            if tag == _ITEM_END:
+                return element_value
+            pos = self.end(element_value, element_length)
+
+    def items(self, value: int, length: int) -> list[tuple[int, int]]:
+        """(start, end) of each item's dataset in a sequence value."""
+        spans = []
+        pos, stop = value, (None if length == _UNDEFINED else value + length)
+        while stop is None or pos < stop:
+            tag, _, item_value, item_length = self.element(pos)
+            if tag == _SEQUENCE_END:
+                break
+            end = self.end_item(item_value, item_length)
+            # An undefined-length item ends after its delimiter (8 bytes).
+            spans.append((item_value, end - 8 if item_length == _UNDEFINED else end))
+            pos = end
+        return spans
+
+
+@dataclass(frozen=True)
+class FrameItem:
+    """What a frame's per-frame functional groups say (None where absent)."""
+
+    source_uid: str | None
+    source_frame: int | None
+    position: tuple[float, float, float] | None
+    segment: int | None
+
+
+def _collect(walker: _Walker, start: int, end: int, found: dict[int, bytes]) -> None:
+    pos = start
+    while pos < end:
+        tag, sequence, value, length = walker.element(pos)
+        if tag == _ITEM_END:
+            return
+        if sequence:
+            if tag in _DESCEND:
+                for item_start, item_end in walker.items(value, length):
+                    _collect(walker, item_start, item_end, found)
+        elif tag in (_SOP_INSTANCE, _FRAME_NUMBER, _POSITION, _SEGMENT) and tag not in found:
+            found[tag] = walker.buffer[value : value + length]
+        pos = walker.end(value, length) if sequence else value + length
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode("ascii").strip("\x00 ")
+
+
+def scan_frame_items(buffer: bytes, dataset_start: int, implicit: bool) -> list[FrameItem]:
+    """The frame items of the Per-frame Functional Groups Sequence in ``buffer``.
+
+    ``buffer`` holds top-level elements from ``dataset_start`` on, the sequence among them
+    (:func:`read_frame_items` gives the sequence alone).
+    """
+    walker = _Walker(buffer, implicit)
+    pos = dataset_start
+    while pos < len(buffer):
+        tag, sequence, value, length = walker.element(pos)
+        if tag == _PFFG:
+            break
+        if tag > _PFFG:
+            return []
+        pos = walker.end(value, length) if sequence else value + length
+    else:
+        return []
+    frames = []
+    for start, end in walker.items(value, length):
+        found: dict[int, bytes] = {}
+        _collect(walker, start, end, found)
+        position = _text(found.get(_POSITION))
+        frame = _text(found.get(_FRAME_NUMBER))
+        segment = found.get(_SEGMENT)
+        frames.append(FrameItem(
+            source_uid=_text(found.get(_SOP_INSTANCE)),
+            source_frame=int(frame.split("\\")[0]) if frame else None,
+            position=tuple(float(v) for v in position.split("\\")) if position else None,  # type: ignore[arg-type]
+            segment=None if segment is None else struct.unpack("<H", segment[:2])[0],
+        ))
+    return frames
+
+
+def read_frame_items(handle: BinaryIO, header: Dataset, implicit: bool) -> bytes:
+    """The raw bytes of the Per-frame Functional Groups Sequence at the handle's position.
+
+    Reads on to the Pixel Data element and leaves the handle there; the elements between
+    (the Extended Offset Table) are read into ``header``. Empty bytes if there are no items.
+    """
+    start = handle.tell()
+    size = 1 << 20
+    buffer = handle.read(size)
+    walker = _Walker(buffer, implicit)
+    while True:
+        try:
+            tag, sequence, value, length = walker.element(0)
+            end = walker.end(value, length) if tag == _PFFG else 0
+            if end > len(buffer):
+                raise struct.error("beyond the buffer")
+            break
+        except struct.error:
+            more = handle.read(size)
+            if not more:
+                raise SegmentationFileError(
+                    "The per-frame functional groups run past the end of the file: it is "
+                    "truncated or its header is damaged."
+                ) from None
+            buffer += more
+            size *= 2
+            walker = _Walker(buffer, implicit)
+    handle.seek(start + end)
+    rest = read_dataset(handle, implicit, True, stop_when=lambda t, vr, n: t >= 0x7FE00010)
+    header.update(rest)
+    return buffer[:end]
+
+
+@dataclass(frozen=True)
+class VolumeIndex:
+    """The planes of a volume SEG and, per channel and plane, its frame (-1: omitted)."""
+
+    # (source SOP Instance UID, source frame number or 0); ("", 0) for a plane known only by
+    # its position (frames that reference no source image)
+    keys: list[tuple[str, int]]
+    positions: np.ndarray  # (planes, 3), NaN where no frame tells
+    table: np.ndarray  # (channels, planes) of 0-based frame indices
+
+
+def index_volume_frames(
+    header: Dataset, frames: list[FrameItem], segment_numbers: list[int],
+) -> VolumeIndex:
+    """Planes (one per source image or frame referenced by a frame), and each frame's place."""
+    labelmap = header.SegmentationType == "LABELMAP"
+    n_channels = 1 if labelmap else len(segment_numbers)
+    shared = header.SharedFunctionalGroupsSequence[0]
+    shared_segment = None
+    if "SegmentIdentificationSequence" in shared:
+        shared_segment = int(shared.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+    shared_position = None
+    if "PlanePositionSequence" in shared:
+        shared_position = tuple(float(v) for v in shared.PlanePositionSequence[0].ImagePositionPatient)
+    channel_of = {number: k for k, number in enumerate(segment_numbers)}
+    plane_of: dict[tuple[str, int], int] = {}
+    positions: list[tuple[float, float, float] | None] = []
+    cells: list[tuple[int, int, int]] = []
+    keys: list[tuple[str, int]] = []
+    # Frames that reference no source image (dcmqi leaves the derivation empty where it found
+    # none) are placed by their position: at a plane of a source image there, or their own.
+    at_position: dict[tuple[float, ...], int] = {}
+    unplaced: list[int] = []
+    for index, frame in enumerate(frames):
+        position: Any = frame.position or shared_position
+        if frame.source_uid is None:
+            if position is None:
+                raise SegmentationInputError(
+                    f"Frame {index + 1} references no source image and has no plane position: "
+                    "daskseg cannot place it."
+                )
+            unplaced.append(index)
+            continue
+        key = (frame.source_uid, frame.source_frame or 0)
+        plane = plane_of.setdefault(key, len(plane_of))
+        if plane == len(positions):
+            positions.append(position)
+            keys.append(key)
+            if position is not None:
+                at_position.setdefault(_rounded(position), plane)
+        cells.append((_channel(frame, index, labelmap, shared_segment, channel_of), plane, index))
+    for index in unplaced:
+        frame = frames[index]
+        position = frame.position or shared_position
+        plane = at_position.get(_rounded(position), -1)
+        if plane < 0:
+            plane = at_position[_rounded(position)] = len(positions)
+            positions.append(position)
+            keys.append(("", 0))
+        cells.append((_channel(frame, index, labelmap, shared_segment, channel_of), plane, index))
+    table = np.full((n_channels, len(positions)), -1, dtype=np.int64)
+    for channel, plane, index in cells:
+        if table[channel, plane] >= 0:
+            raise SegmentationInputError(
+                f"Frames {table[channel, plane] + 1} and {index + 1} both hold the same segment "
+                "of the same source image: daskseg cannot tell which to read."
+            )
+        table[channel, plane] = index
+    array = np.array([p if p is not None else (np.nan,) * 3 for p in positions], dtype=float)
+    return VolumeIndex(keys, array.reshape(-1, 3), table)
+
+
+def _rounded(position: Any) -> tuple[float, ...]:
+    """A position as a key: equal within a micrometre (DS values of one position agree)."""
+    return tuple(round(float(v), 3) for v in position)
+
+
+def _channel(frame: FrameItem, index: int, labelmap: bool, shared_segment: int | None,
+             channel_of: dict[int, int]) -> int:
+    if labelmap:
+        return 0
+    number = frame.segment if frame.segment is not None else shared_segment
+    if number is None or number not in channel_of:
+        raise SegmentationInputError(
+            f"Frame {index + 1} names segment {number}, which the SEG does not describe."
+        )
+    return channel_of[number]
+
+
+def plane_order(
+    header: Dataset, index: VolumeIndex, source_sop_instance_uids: Sequence[str] | None,
+) -> list[int]:
+    """Output plane -> plane of ``index`` (-1: a referenced source without frames, zeros).
+
+    By default every plane with a frame, sorted along the slice normal as highdicom sorts
+    volumes; else the source images given, in their order.
+    """
+    if source_sop_instance_uids is None:
+        if len(index.keys) < 2:
+            return list(range(len(index.keys)))
+        if np.isnan(index.positions).any():
+            raise SegmentationInputError(
+                "Some frames have no plane position, so the planes cannot be sorted; give "
+                "source_sop_instance_uids to choose their order."
+            )
+        orientation = header.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+        order = get_plane_sort_index(index.positions.tolist(),
+                                     [float(v) for v in orientation.ImageOrientationPatient])
+        return [int(k) for k in order]
+    if isinstance(source_sop_instance_uids, str):
+        raise SegmentationInputError(
+            "source_sop_instance_uids is a sequence of UIDs, not one string."
+        )
+    if any(frame for _, frame in index.keys):
+        raise SegmentationInputError(
+            "The SEG's frames reference frames of a multi-frame image; read it in plane order "
+            "(source_sop_instance_uids=None)."
+        )
+    plane_of = {uid: plane for plane, (uid, _) in enumerate(index.keys) if uid}
+    referenced = {str(item.ReferencedSOPInstanceUID)
+                  for series in header.get("ReferencedSeriesSequence", [])
+                  for item in series.get("ReferencedInstanceSequence", [])}
+    referenced |= {str(item.ReferencedSOPInstanceUID)
+                   for item in header.get("SourceImageSequence", [])}
+    # Source images that the SEG does not reference read as zeros (as highdicom's with
+    # assert_missing_frames_are_empty=True: dcmqi references only the images with frames), but
+    # UIDs of which none is the SEG's are another series.
+    if source_sop_instance_uids and not any(
+        uid in plane_of or uid in referenced for uid in source_sop_instance_uids
+    ):
+        raise SegmentationInputError(
+            "None of source_sop_instance_uids is a source image of this SEG (first: "
+            f"{source_sop_instance_uids[0]}): are they of another series?"
+        )
+    return [plane_of.get(str(uid), -1) for uid in source_sop_instance_uids]

@@ -1,0 +1,211 @@
+"""Reading SEGs of series and multi-frame images: a lazy ``(planes, rows, columns[, segments])``.
+
+The volume frame index (``_volframes``) says which source plane and segment each frame holds;
+the planes are then read as the tiled reader reads a column of tiles: a chunk of ``k`` planes
+is a ``k * rows`` by ``columns`` image of one tile per plane, decoded by ``_decode.read_chunk``
+with the same options (``read.ReadOptions``), so the values are those of highdicom's
+``get_pixels_by_source_instance``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pydicom
+from dask.highlevelgraph import HighLevelGraph
+from numpy.typing import DTypeLike
+
+from daskseg._decode import FrameRef, Output, read_chunk
+from daskseg._frames import FileSource, FrameLayout, FrameRanges
+from daskseg._frames import locate_frames, open_file
+from daskseg._volframes import (
+    index_volume_frames,
+    plane_order,
+    read_frame_items,
+    scan_frame_items,
+)
+from daskseg.errors import SegmentationFileError, SegmentationInputError
+from daskseg.read import ReadOptions
+
+__all__ = ["VolumeSegmentationReader", "read_planes", "read_volume_head"]
+
+#: A volume SEG's header, the layout of its frames, their byte ranges (encapsulated), and the
+#: raw bytes of its per-frame functional groups.
+Head = tuple[pydicom.Dataset, FrameLayout, "list[FrameRanges] | None", bytes]
+
+
+def _at_frame_items(tag: int, vr: str | None, length: int) -> bool:
+    return tag >= 0x52009230  # PerFrameFunctionalGroupsSequence, or Pixel Data without it
+
+
+def read_volume_head(path: str) -> Head | None:
+    """The head of a SEG of a series or multi-frame image; None for any other file.
+
+    pydicom reads the header up to the per-frame items only (it would make thousands of
+    Datasets of them); their raw bytes are kept for the frame index.
+    """
+    try:
+        handle = open_file(path)
+    except FileNotFoundError as error:
+        raise SegmentationFileError(f"{path} does not exist.") from error
+    with handle:
+        try:
+            header = pydicom.filereader.read_partial(handle, stop_when=_at_frame_items)
+        except Exception:  # the tiled reader reports what is wrong with the file
+            return None
+        syntax = header.file_meta.get("TransferSyntaxUID")
+        if ("SegmentSequence" not in header or "TotalPixelMatrixRows" in header
+                or syntax is None or not syntax.is_little_endian or syntax.is_deflated):
+            return None
+        raw = read_frame_items(handle, header, syntax.is_implicit_VR)
+        pixel_element = handle.tell()
+        layout, ranges = locate_frames(handle, header, pixel_element, name=path, tiled=False)
+    return header, layout, ranges, raw
+
+
+def segments_of(header: pydicom.Dataset) -> tuple[list[Any], list[int]]:
+    """The segment descriptions and numbers read from a SEG (a label map's background not)."""
+    import highdicom as hd
+
+    # As the tiled reader: a label map's background (PixelPaddingValue) is not a segment read.
+    padding = header.get("PixelPaddingValue")
+    items = [item for item in header.SegmentSequence if item.SegmentNumber != padding]
+    return ([hd.seg.SegmentDescription.from_dataset(i) for i in items],
+            [int(item.SegmentNumber) for item in items])
+
+
+# When ``chunks`` is not given: at most this many bytes of output per chunk, and at least
+# _MIN_CHUNKS chunks, so that every worker of a small cluster stays busy to the end.
+_CHUNK_BYTES = 32 * 2**20
+_MIN_CHUNKS = 16
+
+
+def read_planes(
+    source: FileSource,
+    layout: FrameLayout,
+    frames: list[list[FrameRef | None]],
+    n_planes: int,
+    output: Output,
+) -> np.ndarray:
+    """Decode ``n_planes`` planes: ``frames[k][p]`` is channel ``k``'s frame of plane ``p``."""
+    rows, columns = layout.rows, layout.columns
+    tall = read_chunk(source, layout, frames, (n_planes, 1), (n_planes * rows, columns), output)
+    return tall.reshape((n_planes, rows, columns) + tall.shape[2:])
+
+
+class VolumeSegmentationReader:
+    """A DICOM Segmentation of a series or multi-frame image, opened for lazy reading.
+
+    Attributes
+    ----------
+    segmentation_type : str
+    segment_numbers : list of int
+    segment_descriptions : list of highdicom.seg.SegmentDescription
+    frame_size : tuple of int
+        Rows and columns of a plane.
+    number_of_frames : int
+    source_sop_instance_uids : list of str
+        The source images with frames, in the default order (sorted along the slice normal);
+        "" for a plane whose frames reference no source image.
+    transfer_syntax_uid : pydicom.uid.UID
+    """
+
+    def __init__(self, path: str, head: Head | None = None) -> None:
+        head = head or read_volume_head(path)
+        if head is None:
+            raise SegmentationFileError(
+                f"{path} is not a DICOM Segmentation of a series or multi-frame image."
+            )
+        header, self._layout, self._frame_ranges, raw = head
+        self.path = path
+        self.header = header
+        self.segmentation_type = str(header.SegmentationType)
+        self.segment_descriptions, self.segment_numbers = segments_of(header)
+        self.frame_size = (int(header.Rows), int(header.Columns))
+        self.number_of_frames = int(header.get("NumberOfFrames", 1))
+        self.transfer_syntax_uid = header.file_meta.TransferSyntaxUID
+        if self.transfer_syntax_uid.is_deflated or not self.transfer_syntax_uid.is_little_endian:
+            raise SegmentationInputError(
+                f"Transfer syntax {self.transfer_syntax_uid.name} is not supported for SEGs of "
+                "series; use highdicom."
+            )
+        items = scan_frame_items(raw, 0, self.transfer_syntax_uid.is_implicit_VR)
+        if len(items) != self.number_of_frames:
+            raise SegmentationInputError(
+                f"The SEG has {self.number_of_frames} frames but {len(items)} per-frame "
+                "functional group items: the file is inconsistent."
+            )
+        self._index = index_volume_frames(header, items, self.segment_numbers)
+        default = plane_order(header, self._index, None)
+        self.source_sop_instance_uids = [self._index.keys[p][0] for p in default]
+
+    def to_dask(
+        self,
+        *,
+        source_sop_instance_uids: Sequence[str] | None = None,
+        segment_numbers: Sequence[int] | None = None,
+        combine_segments: bool = False,
+        relabel: bool = False,
+        rescale_fractional: bool = True,
+        dtype: DTypeLike | None = None,
+        chunks: int | None = None,
+    ) -> da.Array:
+        """The planes as a lazy Dask array; see :func:`daskseg.read_segmentation`.
+
+        ``chunks`` is the number of planes per chunk (by default at most 32 MiB of output, and
+        at least 16 chunks).
+        """
+        options = ReadOptions(segment_numbers, combine_segments, relabel, rescale_fractional,
+                              dtype, None)
+        output = options.output(self)  # type: ignore[arg-type]
+        planes = plane_order(self.header, self._index, source_sop_instance_uids)
+        if not planes:
+            raise SegmentationInputError("source_sop_instance_uids is empty.")
+        labelmap = self.segmentation_type == "LABELMAP"
+        channels = [0] if labelmap else [self.segment_numbers.index(n) for n in output.numbers]
+        rows, columns = self.frame_size
+        plane_bytes = rows * columns * np.dtype(output.dtype).itemsize * (
+            1 if combine_segments else len(output.numbers))
+        per_chunk = int(chunks) if chunks else max(1, min(_CHUNK_BYTES // plane_bytes,
+                                                          -(-len(planes) // _MIN_CHUNKS)))
+        starts = range(0, len(planes), per_chunk)
+        plane_chunks = tuple(min(per_chunk, len(planes) - s) for s in starts)
+        out_chunks: tuple[tuple[int, ...], ...] = (plane_chunks, (rows,), (columns,))
+        if not combine_segments:
+            out_chunks += ((len(output.numbers),),)
+        token = dask.base.tokenize(
+            self.path, os.path.getmtime(self.path) if os.path.exists(self.path) else 0,
+            output, out_chunks, planes,
+        )
+        name = f"decode-volume-seg-{token}"
+        source = FileSource(self.path)
+        graph: dict[tuple[Any, ...], Any] = {}
+        for i, start in enumerate(starts):
+            chunk = planes[start : start + plane_chunks[i]]
+            frames: list[list[FrameRef | None]] = []
+            for channel in channels:
+                row = []
+                for plane in chunk:
+                    index = -1 if plane < 0 else int(self._index.table[channel, plane])
+                    row.append(None if index < 0 else (index, self._ranges(index)))
+                frames.append(row)
+            key = (name, i, 0, 0) + (() if combine_segments else (0,))
+            graph[key] = (read_planes, source, self._layout, frames, len(chunk), output)
+        meta = np.empty((0,) * len(out_chunks), dtype=np.dtype(output.dtype))
+        return da.Array(HighLevelGraph.from_collections(name, graph, dependencies=[]), name,
+                        out_chunks, meta=meta)
+
+    def plane_positions(self) -> np.ndarray:
+        """ImagePositionPatient ``(planes, 3)`` of the planes in the default order."""
+        order = plane_order(self.header, self._index, None)
+        return self._index.positions[order]
+
+    def _ranges(self, index: int) -> FrameRanges:
+        if self._frame_ranges is None:
+            return self._layout.ranges(index)
+        return self._frame_ranges[index]

@@ -1,0 +1,371 @@
+"""The write path for SEGs of volumes: a source series (or multi-frame image) and its mask.
+
+A volume SEG's frames are the mask's slices, one per source frame and segment (PS3.3 C.8.20.2).
+The engine of the tiled writer does the work unchanged: the mask, its slices in the order
+highdicom stores them, is seen as one tall image of ``slices * rows`` by ``columns`` cut into
+tiles of one slice, so tile row ``p`` is the ``p``-th plane of the SEG. Only the header and the
+per-frame functional groups differ: the header comes from highdicom's ``Segmentation`` on a
+proxy (the first source image, or frame, and a one-slice mask), the per-frame items are serialized
+per (segment, plane) from parts encoded once per plane and once per segment.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import uuid
+from typing import Any
+
+import dask.array as da
+import highdicom as hd
+import numpy as np
+from highdicom.spatial import get_volume_positions
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import format_number_as_ds
+
+from daskseg._file import check_native_size, write_and_rename
+from daskseg._header import (
+    frame_content_part,
+    header_from,
+    item,
+    proxy_pixels,
+    segment_parts,
+    serialize,
+)
+from daskseg._inputs import WriteOptions, as_dask_array, check_mask_dtype, check_tile_for_codec
+from daskseg._nifti import is_nifti_path, match_to_series, read_nifti
+from daskseg._series import SourceSeries, load_source_series
+from daskseg._spool import encode_tasks, encoded_frames
+from daskseg.errors import SegmentationInputError
+from daskseg.plan import FrameSpec, TileGrid
+
+__all__ = ["volume_mask", "write_volume_segmentation"]
+
+
+def volume_mask(
+    mask: Any, series: SourceSeries, n_segments: int
+) -> tuple[da.Array | np.ndarray, bool]:
+    """The mask as ``(frames, rows, columns[, segments])`` in the series' order, and whether stacked.
+
+    A mask in memory (numpy, or a gzipped NIfTI file) stays a numpy array (views where it can),
+    cut into blocks by the writer; any other is a Dask array.
+
+    Mask frame ``k`` belongs to source frame ``k`` in the order given (as in highdicom), except
+    for a NIfTI file, which carries its geometry and is matched to the series by it. Other
+    masks (Dask, Zarr, numpy) are wrapped without reading them.
+
+    Raises
+    ------
+    SegmentationInputError
+        If the mask's shape does not fit the series and segments, or a NIfTI file's geometry
+        does not match the series'.
+    SegmentationTypeError
+        If its values are neither boolean, integer nor floating point, or a label volume is
+        floating point.
+    """
+    frames, rows, columns = series.number_of_frames, series.rows, series.columns
+    if is_nifti_path(mask):
+        array, affine = read_nifti(mask)
+        array = match_to_series(array, affine, series)
+    else:
+        array = mask if isinstance(mask, np.ndarray) else as_dask_array(mask)
+        # One image: its mask may come without the frame axis, as in highdicom.
+        if frames == 1 and (
+            array.ndim == 2 or (array.ndim == 3 and array.shape == (rows, columns, n_segments))
+        ):
+            array = array[None]
+    expected = (frames, rows, columns)
+    if array.ndim not in (3, 4) or tuple(array.shape[:3]) != expected:
+        raise SegmentationInputError(
+            f"The mask has shape {tuple(array.shape)}, but the source has {frames} frames of "
+            f"{rows} x {columns}: expected labels ({frames}, {rows}, {columns}) or one plane per "
+            f"segment ({frames}, {rows}, {columns}, {n_segments}), frame k for source frame k."
+        )
+    stacked = array.ndim == 4
+    if stacked and array.shape[3] != n_segments:
+        raise SegmentationInputError(
+            f"The mask stacks {array.shape[3]} segment planes on its last axis, but "
+            f"{n_segments} segments are described; give one description per plane."
+        )
+    check_mask_dtype(array.dtype, stacked, "volume")
+    return array, stacked
+
+
+# --------------------------------------------------------------------------- header
+
+
+def _proxy_source(series: SourceSeries) -> Dataset:
+    """The source of the proxy: the first image given, or a one-frame copy of a multi-frame one.
+
+    highdicom takes the header's copied attributes (patient, study, pixel measures, content
+    label) from the first source image given, so the proxy's source is that image.
+    """
+    image = series.datasets[0]
+    if not series.multiframe:
+        return image
+    # A new dict of the same elements (the caller's Dataset is left alone) with one frame.
+    proxy = Dataset({tag: element for tag, element in image.items()
+                     if tag not in (0x00280008, 0x52009230)})  # NumberOfFrames, per-frame groups
+    proxy.NumberOfFrames = 1
+    proxy.PerFrameFunctionalGroupsSequence = [image.PerFrameFunctionalGroupsSequence[0]]
+    return proxy
+
+
+def _proxy_segmentation(
+    series: SourceSeries, stacked: bool, dtype: np.dtype, n_segments: int,
+    hd_options: dict[str, Any],
+) -> hd.seg.Segmentation:
+    """highdicom's SEG of the first source image (or frame), for a one-slice mask."""
+    proxy = proxy_pixels((1, series.rows, series.columns), stacked, dtype, n_segments)
+    return hd.seg.Segmentation(
+        source_images=[_proxy_source(series)],
+        pixel_array=proxy,
+        omit_empty_frames=False,
+        **{**hd_options, "transfer_syntax_uid": ExplicitVRLittleEndian},
+    )
+
+
+def _volume_header(
+    seg: hd.seg.Segmentation, series: SourceSeries, hd_options: dict[str, Any]
+) -> Dataset:
+    """The proxy's header, made the series' own: every source referenced, its slice spacing."""
+    header = header_from(seg, hd_options["transfer_syntax_uid"])
+    if "DimensionOrganizationType" in header:
+        del header.DimensionOrganizationType  # set from the planes written
+    # highdicom lists every source image in the order given, in the SourceImageSequence and
+    # per series in the ReferencedSeriesSequence.
+    references = []
+    by_series: dict[str, list[Dataset]] = {}
+    for image in series.datasets:
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = image.SOPClassUID
+        reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
+        references.append(reference)
+        by_series.setdefault(image.SeriesInstanceUID, []).append(reference)
+    header.SourceImageSequence = references
+    referenced_series = []
+    for series_uid, instances in by_series.items():
+        item = Dataset()
+        item.SeriesInstanceUID = series_uid
+        item.ReferencedInstanceSequence = instances
+        referenced_series.append(item)
+    header.ReferencedSeriesSequence = referenced_series
+    # highdicom copies SpacingBetweenSlices from the first source image, or else derives it
+    # from all planes (omitted ones included); the proxy had one plane.
+    measures = header.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    first = series.datasets[0]
+    if series.multiframe:
+        copied = "SpacingBetweenSlices" in first.SharedFunctionalGroupsSequence[0].get(
+            "PixelMeasuresSequence", [Dataset()])[0]
+    else:
+        copied = first.get("SpacingBetweenSlices") is not None
+    if not copied:
+        spacing, _ = get_volume_positions(series.positions.tolist(), series.orientation.tolist())
+        if spacing is None:
+            if "SpacingBetweenSlices" in measures:
+                del measures.SpacingBetweenSlices
+        else:
+            measures.SpacingBetweenSlices = format_number_as_ds(spacing)
+    return header
+
+
+class _VolumeFrameItems:
+    """Per-frame functional group items of a volume SEG, serialized one at a time.
+
+    The parts are encoded once per plane (derivation reference, plane position) and once per
+    segment (segment identification); only the dimension index values are packed per frame. The
+    items equal highdicom's (``_get_pffg_item``), whose derivation item is taken as template.
+    """
+
+    def __init__(self, template: Dataset, series: SourceSeries, order: np.ndarray,
+                 dimension_index: np.ndarray, labelmap: bool, n_segments: int,
+                 implicit: bool) -> None:
+        self._implicit = implicit
+        self._labelmap = labelmap
+        self._dimension_index = dimension_index
+        self._derivation_parts: list[bytes] = []
+        self._position_parts: list[bytes] = []
+        reference = template.DerivationImageSequence[0].SourceImageSequence[0]
+        for frame in order:
+            if series.multiframe:
+                # The frame of the one source image (PS3.3 C.7.6.1.1.3: ReferencedFrameNumber).
+                image = series.datasets[0]
+                reference.ReferencedFrameNumber = int(frame) + 1
+                plane = image.PerFrameFunctionalGroupsSequence[frame].PlanePositionSequence[0]
+                image_position = plane.ImagePositionPatient
+            else:
+                image = series.datasets[frame]
+                image_position = image.ImagePositionPatient
+            reference.ReferencedSOPClassUID = image.SOPClassUID
+            reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
+            derivation = Dataset()
+            derivation.add(template["DerivationImageSequence"])
+            self._derivation_parts.append(serialize(derivation, implicit))
+            position = Dataset()
+            position.add_new(
+                0x00209113,  # PlanePositionSequence
+                "SQ",
+                hd.PlanePositionSequence(
+                    hd.CoordinateSystemNames.PATIENT, image_position=image_position
+                ),
+            )
+            self._position_parts.append(serialize(position, implicit))
+        self._segment_parts = segment_parts(n_segments, labelmap, implicit)
+
+    def item(self, channel: int, plane: int, _column: int) -> bytes:
+        spatial = int(self._dimension_index[plane])
+        index_values = (spatial,) if self._labelmap else (channel + 1, spatial)
+        frame_content = frame_content_part(index_values, self._implicit)
+        # Elements in tag order: (0008,9124), (0020,9111), (0020,9113), (0062,000A).
+        return item(
+            self._derivation_parts[plane]
+            + frame_content
+            + self._position_parts[plane]
+            + self._segment_parts[channel if not self._labelmap else 0]
+        )
+
+
+# --------------------------------------------------------------------------- writing
+
+# Bytes of one block task's input and of its frames before encoding: a few of these per
+# worker bound the memory; more slices per task amortize the scheduler's cost per task, but
+# at least _MIN_BLOCKS tasks keep both workers of a small cluster busy to the end.
+_BLOCK_BYTES = 16 * 2**20
+_MAX_SLICES_PER_BLOCK = 64
+_MIN_BLOCKS = 16
+
+
+def _slices_per_block(series: SourceSeries, spec: FrameSpec, stacked: bool, itemsize: int) -> int:
+    pixels = series.rows * series.columns
+    per_slice = max(
+        pixels * itemsize * (spec.n_segments if stacked else 1),
+        -(-pixels * spec.bits_allocated // 8) * spec.n_channels,
+    )
+    balanced = -(-series.number_of_frames // _MIN_BLOCKS)
+    return max(1, min(_MAX_SLICES_PER_BLOCK, _BLOCK_BYTES // per_slice, balanced))
+
+
+def write_volume_segmentation(
+    mask: Any,
+    source_images: Any,
+    destination: pathlib.Path,
+    options: WriteOptions,
+    hd_options: dict[str, Any],
+    *,
+    client: Any,
+    overwrite: bool,
+    progress: bool,
+) -> pathlib.Path:
+    """The volume branch of :func:`daskseg.write_segmentation`, options already checked there.
+
+    ``hd_options`` are highdicom's ``Segmentation`` keyword arguments (UIDs, numbers, device,
+    content fields, segment descriptions, type and transfer syntax).
+    """
+    series = load_source_series(source_images)
+    given = [key for key in ("plane_positions", "plane_orientation", "pixel_measures",
+                             "tile_pixel_array", "tile_size") if hd_options.get(key) is not None]
+    if given:
+        raise SegmentationInputError(
+            f"{', '.join(given)} cannot be given for a SEG of a series: its frames take the "
+            "geometry of the source images."
+        )
+    if hd_options.get("further_source_images"):
+        # highdicom references a further image from the frames at its position; not done here.
+        raise SegmentationInputError(
+            "further_source_images is not supported for a SEG of a series yet; use highdicom."
+        )
+    check_tile_for_codec((series.rows, series.columns), options.transfer_syntax_uid)
+    n_segments = len(hd_options["segment_descriptions"])
+    array, stacked = volume_mask(mask, series, n_segments)
+    order = series.sort_index()  # tile row p is the p-th plane in highdicom's order
+
+    try:
+        seg = _proxy_segmentation(series, stacked, array.dtype, n_segments,
+                                  {**hd_options, "dimension_organization_type": None})
+    except (ValueError, TypeError) as error:
+        raise SegmentationInputError(f"highdicom refused the SEG's header: {error}") from error
+    template = seg.PerFrameFunctionalGroupsSequence[0]
+    header = _volume_header(seg, series, hd_options)
+
+    spec = FrameSpec(
+        segmentation_type=options.segmentation_type,
+        n_segments=n_segments,
+        stacked=stacked,
+        tile_rows=series.rows,
+        tile_columns=series.columns,
+        transfer_syntax_uid=str(options.transfer_syntax_uid),
+        bits_allocated=int(header.BitsAllocated),
+        max_fractional_value=options.max_fractional_value,
+        omit_empty_frames=options.omit_empty_frames,
+    )
+    n_planes = series.number_of_frames
+    # One slice per tile row of a tall image: (planes * rows, columns[, segments]).
+    grid = TileGrid(n_planes * series.rows, series.columns, series.rows, series.columns)
+    check_native_size(spec, grid)
+    slices = _slices_per_block(series, spec, stacked, array.dtype.itemsize)
+    blocks = _sorted_blocks(array, order, slices)
+    tall = blocks.reshape((n_planes * series.rows, series.columns) + array.shape[3:])
+    tasks = encode_tasks(tall, spec)
+
+    shape = (spec.n_channels, n_planes, 1)
+    with encoded_frames(client, tasks, destination, shape, progress) as (
+        spool, plane_nonempty, overlap
+    ):
+        if header.get("SegmentsOverlap") != "UNDEFINED":
+            header.SegmentsOverlap = "YES" if overlap else "NO"
+        # highdicom keeps every plane when all are empty (it cannot omit them all), as write_file.
+        if not spec.omit_empty_frames or not plane_nonempty.any():
+            included = np.arange(n_planes)
+            dimension_index = included + 1
+        else:
+            included = np.flatnonzero(plane_nonempty[:, 0])
+            dimension_index = np.cumsum(plane_nonempty[:, 0])
+        inferred = _dimension_organization(series, order[included], spec)
+        if options.dimension_organization_type == "3D" and inferred is None:
+            raise SegmentationInputError(
+                "dimension_organization_type '3D' was given, but the SEG's planes are not a "
+                "regularly spaced volume (or it has several segments)."
+            )
+        if inferred is not None:
+            header.DimensionOrganizationType = inferred
+        items = _VolumeFrameItems(
+            template, series, order, dimension_index, spec.segmentation_type == "LABELMAP",
+            n_segments, header.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian,
+        )
+        write_and_rename(destination, header, spool, spec, grid, False, plane_nonempty,
+                         hd_options, options.use_extended_offset_table, overwrite, items=items)
+    return destination
+
+
+def _sorted_blocks(array: da.Array | np.ndarray, order: np.ndarray, slices: int) -> da.Array:
+    """The mask's frames in ``order``, in blocks of ``slices`` whole frames."""
+    if isinstance(array, np.ndarray):
+        # One small array per block, each sent to the worker that encodes it: a single chunk
+        # of the whole mask would be shipped whole to every worker. Frames in file order or
+        # its reverse (the usual cases) are views; only a shuffled order copies the mask.
+        step = int(order[1] - order[0]) if len(order) > 1 else 1
+        if abs(step) == 1 and (np.diff(order) == step).all():
+            stop = int(order[-1]) + step
+            array = array[int(order[0]) : (None if stop < 0 else stop) : step]
+        else:
+            array = array[order]
+        pieces = [
+            da.from_array(array[start : start + slices], chunks=-1,
+                          name=f"volume-mask-{uuid.uuid4().hex}")
+            for start in range(0, len(order), slices)
+        ]
+        return da.concatenate(pieces, axis=0)
+    if not (order == np.arange(len(order))).all():
+        array = array[order]
+    return array.rechunk((slices, *array.shape[1:]))
+
+
+def _dimension_organization(
+    series: SourceSeries, planes: np.ndarray, spec: FrameSpec
+) -> str | None:
+    """'3D' when the included planes, of one channel, are regularly spaced (as highdicom)."""
+    if len(planes) < 2 or spec.n_channels > 1:
+        return None
+    spacing, _ = get_volume_positions(series.positions[planes].tolist(),
+                                      series.orientation.tolist(), sort=False)
+    return "3D" if spacing is not None and spacing > 0.0 else None

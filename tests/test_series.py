@@ -1,0 +1,151 @@
+"""Source series: headers read without pixels, checked, and sorted along the slice normal."""
+
+from __future__ import annotations
+
+import random
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from daskseg import SegmentationInputError, SegmentationTypeError
+from daskseg._series import is_volume_source, load_source_series
+from daskseg.synthetic import make_ct_series, make_slide
+
+OBLIQUE = (0.8660254037844387, 0.5, 0.0, -0.5, 0.8660254037844387, 0.0)
+
+
+def _save(series, folder, names=None):
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for k, ds in enumerate(series):
+        path = folder / (names[k] if names else f"{k:03d}.dcm")
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def test_shuffled_datasets_keep_their_order_and_sort_along_the_normal():
+    series = make_ct_series(7, 16, 12, orientation=OBLIQUE)
+    shuffled = series[:]
+    random.Random(3).shuffle(shuffled)
+    loaded = load_source_series(shuffled)
+    assert loaded.sop_instance_uids == tuple(ds.SOPInstanceUID for ds in shuffled)
+    assert (loaded.rows, loaded.columns, loaded.number_of_frames) == (16, 12, 7)
+    ordered = [loaded.sop_instance_uids[k] for k in loaded.sort_index()]
+    # make_ct_series steps along row x column direction; highdicom's volumes run the other way.
+    assert ordered == [ds.SOPInstanceUID for ds in reversed(series)]
+    assert ordered == [ds.SOPInstanceUID for ds in hd.spatial.sort_datasets(shuffled)]
+
+
+def test_folder_with_other_files_is_read_without_pixels(tmp_path):
+    series = make_ct_series(6, 8, 8, pixel_data=True)
+    names = [f"IMG{n}" for n in (5, 2, 9, 1, 7, 3)]
+    _save(series, tmp_path / "ct", names)
+    (tmp_path / "ct" / "notes.txt").write_text("not DICOM")
+    loaded = load_source_series(tmp_path / "ct")
+    assert loaded.number_of_frames == 6
+    assert all("PixelData" not in ds for ds in loaded.datasets)
+    # A folder's files are taken in name order; the slice order comes from the positions.
+    by_name = [series[names.index(name)].SOPInstanceUID for name in sorted(names)]
+    assert list(loaded.sop_instance_uids) == by_name
+    sorted_uids = [loaded.sop_instance_uids[k] for k in loaded.sort_index()]
+    assert sorted_uids == [ds.SOPInstanceUID for ds in reversed(series)]
+
+
+def test_paths_and_datasets_mixed_keep_the_given_order(tmp_path):
+    series = make_ct_series(4, 8, 8)
+    paths = _save(series, tmp_path)
+    loaded = load_source_series([paths[2], series[0], paths[3], paths[1]])
+    expected = [series[k].SOPInstanceUID for k in (2, 0, 3, 1)]
+    assert list(loaded.sop_instance_uids) == expected
+    np.testing.assert_allclose(loaded.positions[:, 2], [-295.0, -300.0, -292.5, -297.5])
+
+
+def test_multiframe_enhanced_image_gives_its_frames():
+    series = make_ct_series(5, 8, 8, pixel_data=True, orientation=OBLIQUE)
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        series, series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
+        instance_number=1,
+    )
+    loaded = load_source_series(enhanced)
+    assert loaded.multiframe and loaded.number_of_frames == 5
+    assert set(loaded.sop_instance_uids) == {enhanced.SOPInstanceUID}
+    frame_positions = [
+        item.PlanePositionSequence[0].ImagePositionPatient
+        for item in enhanced.PerFrameFunctionalGroupsSequence
+    ]
+    np.testing.assert_allclose(loaded.positions, np.array(frame_positions, dtype=float))
+    np.testing.assert_allclose(loaded.orientation, OBLIQUE, atol=1e-6)
+
+
+def test_which_sources_are_volumes(tmp_path):
+    series = make_ct_series(3, 8, 8)
+    paths = _save(series, tmp_path / "ct")
+    assert is_volume_source(series) and is_volume_source(tmp_path / "ct")
+    assert is_volume_source(series[0]) and is_volume_source(paths[0])
+    assert not is_volume_source(make_slide(1024, 1024))
+
+
+def _message(source):
+    with pytest.raises(SegmentationInputError) as info:
+        load_source_series(source)
+    return str(info.value)
+
+
+def test_two_series_in_one_folder_are_refused(tmp_path):
+    _save(make_ct_series(3, 8, 8), tmp_path, ["a1", "a2", "a3"])
+    _save(make_ct_series(2, 8, 8), tmp_path, ["b1", "b2"])
+    message = _message(tmp_path)
+    assert "2 different SeriesInstanceUIDs" in message and "(3 images)" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda s: delattr(s[2], "ImagePositionPatient"), "lacks ImagePositionPatient"),
+        (lambda s: setattr(s[3], "ImagePositionPatient", s[1].ImagePositionPatient),
+         "2 source frames lie at the same position"),
+        (lambda s: s.append(s[0]), "is given 2 times"),
+        (lambda s: setattr(s[1], "Rows", 9), "differ in size: 8 x 8 (4 images), 9 x 8 (1 images)"),
+        (lambda s: setattr(s[4], "ImageOrientationPatient", list(OBLIQUE)),
+         "do not share one ImageOrientationPatient"),
+        (lambda s: setattr(s[0], "PixelSpacing", [0.5, 0.5]), "do not share one PixelSpacing"),
+        (lambda s: setattr(s[0], "FrameOfReferenceUID", hd.UID()),
+         "2 different FrameOfReferenceUIDs"),
+    ],
+)
+def test_inconsistent_series_are_refused(change, expected):
+    series = make_ct_series(5, 8, 8)
+    change(series)
+    assert expected in _message(series)
+
+
+def test_a_tiled_image_in_a_series_and_bad_kinds_are_refused(tmp_path):
+    assert "is a tiled image" in _message([make_ct_series(1, 8, 8)[0], make_slide(512, 512)])
+    assert "holds no DICOM image" in _message(tmp_path)
+    with pytest.raises(SegmentationTypeError):
+        load_source_series(42)
+    with pytest.raises(SegmentationTypeError):
+        load_source_series([make_ct_series(1, 8, 8)[0], 42])
+    (tmp_path / "x.txt").write_text("no")
+    assert "is not a DICOM file" in _message([tmp_path / "x.txt"])
+    assert "does not exist" in _message([tmp_path / "missing.dcm"])
+
+
+def test_multiframe_with_other_images_is_refused():
+    series = make_ct_series(3, 8, 8, pixel_data=True)
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        series, series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
+        instance_number=1,
+    )
+    assert "pass one multi-frame image alone" in _message([enhanced, series[0]])
+
+
+def test_headers_of_a_large_folder_are_read_in_parallel(tmp_path):
+    series = make_ct_series(40, 8, 8)
+    _save(series, tmp_path)
+    loaded = load_source_series(tmp_path)
+    assert loaded.number_of_frames == 40
+    assert isinstance(loaded.datasets[0], pydicom.Dataset)

@@ -1,0 +1,255 @@
+"""Reading SEGs of series: values equal highdicom's get_pixels_by_source_instance."""
+
+from __future__ import annotations
+
+import random
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
+from test_volume_write import shuffled_series, volume_mask
+
+from daskseg import (
+    SegmentationInputError,
+    VolumeSegmentationReader,
+    open_segmentation,
+    read_segmentation,
+    write_segmentation,
+)
+from daskseg.synthetic import make_segment_descriptions
+
+READS = [
+    dict(),
+    dict(combine_segments=True),
+    dict(segment_numbers=[3, 1]),
+    dict(segment_numbers=[3, 1], combine_segments=True, relabel=True),
+    dict(dtype=np.uint16),
+]
+
+
+def same_as_highdicom(path, uids, **options):
+    ours = read_segmentation(path, source_sop_instance_uids=uids, **options).compute()
+    theirs = hd.seg.segread(path).get_pixels_by_source_instance(
+        uids, assert_missing_frames_are_empty=True, **options
+    )
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    np.testing.assert_array_equal(ours, theirs)
+    return ours
+
+
+@pytest.mark.parametrize("writer", ["daskseg", "highdicom"])
+@pytest.mark.parametrize("segmentation_type, syntax", [
+    ("BINARY", ExplicitVRLittleEndian),
+    ("BINARY", JPEG2000Lossless),
+    ("FRACTIONAL", ImplicitVRLittleEndian),
+    ("LABELMAP", ExplicitVRLittleEndian),
+])
+def test_matches_highdicom(tmp_path, thread_client, writer, segmentation_type, syntax):
+    series = shuffled_series()
+    mask = volume_mask(segmentation_type)
+    descriptions = make_segment_descriptions(3, segmentation_type=segmentation_type)
+    path = tmp_path / "seg.dcm"
+    if writer == "daskseg":
+        write_segmentation(mask, series, descriptions, path, segmentation_type=segmentation_type,
+                           transfer_syntax_uid=syntax, client=thread_client)
+    else:  # highdicom's own file (its sequence lengths and element order)
+        hd.seg.Segmentation(series, mask, segmentation_type, descriptions, hd.UID(), 1, hd.UID(),
+                            1, "x", "x", "1", "x", transfer_syntax_uid=syntax).save_as(path)
+    reader = open_segmentation(path)
+    assert isinstance(reader, VolumeSegmentationReader)
+    # By default: the planes with frames (slices 1..4 of the mask), sorted along the normal.
+    order = hd.spatial.get_dataset_sort_index(series)
+    with_frames = [series[k].SOPInstanceUID for k in order if mask[k].any()]
+    assert reader.source_sop_instance_uids == with_frames
+    for options in READS[:2] if segmentation_type == "FRACTIONAL" else READS:
+        if segmentation_type == "FRACTIONAL" and options.get("combine_segments"):
+            continue
+        default = read_segmentation(path, **options).compute()
+        np.testing.assert_array_equal(default, same_as_highdicom(path, with_frames, **options))
+    # Every source image in the order given: omitted planes read as zeros.
+    given = [ds.SOPInstanceUID for ds in series]
+    values = same_as_highdicom(path, given, combine_segments=segmentation_type != "FRACTIONAL")
+    if segmentation_type != "FRACTIONAL":
+        np.testing.assert_array_equal(values, mask)
+
+
+def test_subset_reordered_and_chunks(tmp_path, thread_client):
+    series = shuffled_series()
+    mask = volume_mask("BINARY")
+    path = write_segmentation(mask, series, make_segment_descriptions(3), tmp_path / "seg.dcm",
+                              client=thread_client)
+    uids = [ds.SOPInstanceUID for ds in series]
+    chosen = [uids[4], uids[0], uids[2], uids[4]]  # an empty plane, a repeat
+    values = same_as_highdicom(path, chosen, combine_segments=True)
+    np.testing.assert_array_equal(values, mask[[4, 0, 2, 4]])
+    lazy = read_segmentation(path, source_sop_instance_uids=uids, chunks=2)
+    assert lazy.chunks[0] == (2, 2, 2, 1)
+    np.testing.assert_array_equal(lazy[3:5, ..., 1].compute(), mask[3:5] == 2)
+
+
+def test_shared_testdata(testdata):
+    paths = sorted(testdata.glob("seg_image_ct_*.dcm"))
+    if not paths:
+        pytest.skip("no seg_image_ct_*.dcm in the shared testdata")
+    for path in paths:
+        reader = open_segmentation(path)
+        ours = reader.to_dask().compute()
+        # highdicom's test SEGs do not say their spatial locations are preserved.
+        theirs = hd.seg.segread(path).get_pixels_by_source_instance(
+            reader.source_sop_instance_uids, ignore_spatial_locations=True
+        )
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_refusals(tmp_path, thread_client, testdata):
+    series = shuffled_series(slices=7)
+    path = write_segmentation(volume_mask("BINARY"), series, make_segment_descriptions(3),
+                              tmp_path / "seg.dcm", client=thread_client)
+    with pytest.raises(SegmentationInputError, match="None of source_sop_instance_uids"):
+        read_segmentation(path, source_sop_instance_uids=[hd.UID(), hd.UID()])
+    # One unknown among the SEG's own: zeros, as highdicom's with assert_missing_frames_are_empty.
+    values = read_segmentation(path, source_sop_instance_uids=[hd.UID(), series[2].SOPInstanceUID],
+                               combine_segments=True).compute()
+    assert not values[0].any() and values[1].any()
+    with pytest.raises(SegmentationInputError, match="sequence of UIDs"):
+        read_segmentation(path, source_sop_instance_uids=series[0].SOPInstanceUID)
+    with pytest.raises(SegmentationInputError, match="not in this SEG"):
+        read_segmentation(path, segment_numbers=[4])
+    tiled = testdata / "seg_image_sm_control.dcm"
+    if tiled.exists():
+        with pytest.raises(SegmentationInputError, match="tiled image"):
+            read_segmentation(tiled, source_sop_instance_uids=[hd.UID()])
+
+
+def test_implicit_and_axial_many_segments(tmp_path, thread_client):
+    """The raw item walker on implicit VR, frames of one segment in the shared groups."""
+    series = shuffled_series(orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
+    random.Random(3).shuffle(series)
+    mask = volume_mask("BINARY") == 1
+    path = write_segmentation(mask, series, make_segment_descriptions(1), tmp_path / "one.dcm",
+                              transfer_syntax_uid=ImplicitVRLittleEndian, client=thread_client)
+    reader = open_segmentation(path)
+    same_as_highdicom(path, reader.source_sop_instance_uids)
+    same_as_highdicom(path, [ds.SOPInstanceUID for ds in series])
+
+
+@pytest.mark.parametrize("omit", [False, True])
+def test_decode_to_nifti_round_trip(tmp_path, thread_client, omit):
+    pytest.importorskip("nibabel")
+    from daskseg._nifti import match_to_series, read_nifti
+    from daskseg._series import load_source_series
+    from daskseg.cli import main
+
+    series = shuffled_series()  # oblique, shuffled
+    order = list(hd.spatial.get_dataset_sort_index(series))
+    # In slice order, slices 0, 5 and 6 are empty; frame k of the mask is for series[k].
+    labels = volume_mask("LABELMAP")[np.argsort(order)]
+    path = write_segmentation(labels, series, make_segment_descriptions(3), tmp_path / "seg.dcm",
+                              omit_empty_frames=omit, client=thread_client)
+    out = tmp_path / "labels.nii.gz"
+    assert main(["decode", str(path), "-o", str(out), "--threads", "2", "--quiet"]) == 0
+    array, affine = read_nifti(out)
+    if omit:  # from the first to the last plane with frames, in slice order, gaps as zeros
+        ranks = [rank for rank, k in enumerate(order) if labels[k].any()]
+        slab = order[min(ranks) : max(ranks) + 1]
+        assert array.shape[2] == len(slab) < len(series)
+        np.testing.assert_array_equal(np.asarray(array).transpose(2, 1, 0), labels[slab])
+    else:  # the whole series: matched back to it, frame k for series[k]
+        matched = match_to_series(array, affine, load_source_series(series))
+        np.testing.assert_array_equal(np.asarray(matched), labels)
+    assert main(["decode", str(path), "-o", str(out), "--quiet"]) == 1  # exists
+
+
+def test_fractional_to_nifti_has_a_segment_axis(tmp_path, testdata):
+    nibabel = pytest.importorskip("nibabel")
+    from daskseg._nifti import volume_to_nifti
+
+    path = testdata / "seg_image_ct_true_fractional.dcm"
+    if not path.exists():
+        pytest.skip("no seg_image_ct_true_fractional.dcm in the shared testdata")
+    reader = open_segmentation(path)
+    image = nibabel.load(volume_to_nifti(reader, tmp_path / "fractions.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(image.dataobj).transpose(2, 1, 0, 3),
+                                  reader.to_dask().compute())
+
+
+def test_extended_offset_table_after_the_frame_items(tmp_path, thread_client):
+    """The elements between the per-frame items and Pixel Data are read too."""
+    series = shuffled_series()
+    mask = volume_mask("LABELMAP")
+    path = write_segmentation(mask, series, make_segment_descriptions(3), tmp_path / "seg.dcm",
+                              transfer_syntax_uid=JPEG2000Lossless, use_extended_offset_table=True,
+                              client=thread_client)
+    reader = open_segmentation(path)
+    assert "ExtendedOffsetTable" in reader.header
+    same_as_highdicom(path, [ds.SOPInstanceUID for ds in series], combine_segments=True)
+
+
+def test_reads_a_seg_made_by_dcmqi(tmp_path):
+    """dcmqi's itkimage2segimage: no SpatialLocationsPreserved, its own frame order."""
+    import json
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+
+    nibabel = pytest.importorskip("nibabel")
+    tool = shutil.which("itkimage2segimage") or shutil.which(
+        "itkimage2segimage", path=str(pathlib.Path(sys.executable).parent))
+    if tool is None:
+        pytest.skip("dcmqi's itkimage2segimage is not installed (pip install dcmqi)")
+    from test_cli import DCMQI
+
+    from daskseg.synthetic import make_ct_series
+
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    series = make_ct_series(6, 24, 20, pixel_data=True)
+    for ds in series:
+        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    labels = np.zeros((6, 24, 20), np.uint8)  # frame k for series[k]
+    labels[1:4, 3:15, 2:12] = 1
+    labels[2:6, 10:20, 8:18] = 2
+    # highdicom's volume: slices along column x row direction, the series in that order.
+    order = hd.spatial.get_dataset_sort_index(series)
+    geometry = hd.VolumeGeometry.from_attributes(
+        image_position=series[order[0]].ImagePositionPatient,
+        image_orientation=series[0].ImageOrientationPatient, rows=24, columns=20,
+        pixel_spacing=series[0].PixelSpacing, spacing_between_slices=2.5, number_of_frames=6,
+        coordinate_system="PATIENT",
+    )
+    nibabel.save(
+        geometry.with_array(labels[order]).permute_spatial_axes([2, 1, 0]).to_nibabel(),
+        tmp_path / "labels.nii.gz",
+    )
+    (tmp_path / "meta.json").write_text(json.dumps(DCMQI))
+    out = tmp_path / "dcmqi.dcm"
+    subprocess.run([tool, "--inputImageList", str(tmp_path / "labels.nii.gz"),
+                    "--inputDICOMDirectory", str(folder), "--inputMetadata",
+                    str(tmp_path / "meta.json"), "--outputDICOM", str(out)],
+                   check=True, capture_output=True, timeout=120)
+    reader = open_segmentation(out)
+    uids = [ds.SOPInstanceUID for ds in series]
+    for options in (dict(), dict(combine_segments=True)):
+        ours = reader.to_dask(source_sop_instance_uids=uids, **options).compute()
+        theirs = hd.seg.segread(out).get_pixels_by_source_instance(
+            uids, ignore_spatial_locations=True, assert_missing_frames_are_empty=True, **options)
+        np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(ours, labels)
+
+
+def test_frames_without_source_references_are_placed_by_position(tmp_path, thread_client):
+    import pydicom
+
+    series = shuffled_series()
+    mask = volume_mask("BINARY")
+    path = write_segmentation(mask, series, make_segment_descriptions(3), tmp_path / "seg.dcm",
+                              client=thread_client)
+    ds = pydicom.dcmread(path)
+    for item in ds.PerFrameFunctionalGroupsSequence[::2]:  # half of them, as dcmqi may do
+        item.DerivationImageSequence = []
+    ds.save_as(tmp_path / "stripped.dcm")
+    ours = read_segmentation(tmp_path / "stripped.dcm", combine_segments=True).compute()
+    order = hd.spatial.get_dataset_sort_index(series)
+    np.testing.assert_array_equal(ours, mask[[k for k in order if mask[k].any()]])

@@ -1,0 +1,221 @@
+"""write_segmentation of a series against highdicom's Segmentation for the same inputs."""
+
+from __future__ import annotations
+
+import random
+import shutil
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from distributed import Client
+from test_write import HD_OPTIONS, MATRIX, dataset_differences, dciodvfy_errors
+
+from daskseg import SegmentationInputError, write_segmentation
+from daskseg.synthetic import make_ct_series, make_segment_descriptions
+
+OBLIQUE = (0.8660254037844387, 0.5, 0.0, -0.5, 0.8660254037844387, 0.0)
+SLICES, ROWS, COLUMNS = 7, 32, 40
+
+
+@pytest.fixture(scope="module")
+def thread_client():
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0") as c:
+        yield c
+
+
+def shuffled_series(orientation=OBLIQUE, slices=SLICES):
+    series = make_ct_series(slices, ROWS, COLUMNS, orientation=orientation)
+    random.Random(7).shuffle(series)
+    return series
+
+
+def volume_mask(segmentation_type: str, n_segments: int = 3, seed: int = 0) -> np.ndarray:
+    """Labels (or planes) with empty slices, and segments absent from some slices."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((SLICES, ROWS, COLUMNS), np.uint8)
+    labels[1:5, 4:25, 6:33] = rng.integers(0, n_segments + 1, size=(4, 21, 27))
+    labels[2] = np.where(labels[2] == 2, 0, labels[2])  # segment 2 absent from slice 2
+    if segmentation_type != "FRACTIONAL":
+        return labels
+    planes = np.stack([labels == n for n in range(1, n_segments + 1)], axis=-1)
+    return (planes * rng.uniform(0.2, 1.0, size=planes.shape)).astype(np.float32)
+
+
+def write_both(tmp_path, client, series, mask, segmentation_type, transfer_syntax, **options):
+    descriptions = make_segment_descriptions(
+        mask.shape[3] if mask.ndim == 4 else 3, segmentation_type=segmentation_type
+    )
+    uids = dict(series_instance_uid=hd.UID(), sop_instance_uid=hd.UID())
+    path = write_segmentation(
+        mask, series, descriptions, tmp_path / "ours.dcm", segmentation_type=segmentation_type,
+        transfer_syntax_uid=transfer_syntax, client=client, **uids, **HD_OPTIONS, **options,
+    )
+    theirs = hd.seg.Segmentation(
+        [series] if isinstance(series, pydicom.Dataset) else series, mask.copy(),
+        segmentation_type, descriptions, transfer_syntax_uid=transfer_syntax,
+        **uids, **HD_OPTIONS, **options,
+    )
+    return pydicom.dcmread(path), theirs
+
+
+def assert_same_seg(ours: pydicom.Dataset, theirs: hd.seg.Segmentation, series, tmp_path,
+                    multiframe=False):
+    assert int(ours.NumberOfFrames) == int(theirs.NumberOfFrames)
+    # Both as read from their files (an empty value is None in memory, '' once read).
+    theirs.save_as(tmp_path / "theirs.dcm")
+    saved = pydicom.dcmread(tmp_path / "theirs.dcm")
+    assert dataset_differences(ours, saved) == []
+    assert dataset_differences(ours.file_meta, saved.file_meta) == []
+    ours_seg = hd.seg.Segmentation.from_dataset(ours)
+    theirs_seg = hd.seg.Segmentation.from_dataset(theirs)
+    for index in range(1, int(ours.NumberOfFrames) + 1):
+        np.testing.assert_array_equal(ours_seg.get_stored_frame(index), theirs_seg.get_stored_frame(index))
+    combine = ours.SegmentationType != "FRACTIONAL"
+    if multiframe:
+        frames = list(range(1, int(series[0].NumberOfFrames) + 1))
+        np.testing.assert_array_equal(
+            ours_seg.get_pixels_by_source_frame(series[0].SOPInstanceUID, frames,
+                                                combine_segments=combine,
+                                                assert_missing_frames_are_empty=True),
+            theirs_seg.get_pixels_by_source_frame(series[0].SOPInstanceUID, frames,
+                                                  combine_segments=combine,
+                                                  assert_missing_frames_are_empty=True),
+        )
+        return
+    uids = [ds.SOPInstanceUID for ds in series]
+    np.testing.assert_array_equal(
+        ours_seg.get_pixels_by_source_instance(uids, combine_segments=combine),
+        theirs_seg.get_pixels_by_source_instance(uids, combine_segments=combine),
+    )
+
+
+@pytest.mark.parametrize("omit_empty_frames", [True, False])
+@pytest.mark.parametrize(("segmentation_type", "transfer_syntax"), MATRIX)
+def test_matches_highdicom(tmp_path, thread_client, segmentation_type, transfer_syntax,
+                           omit_empty_frames):
+    series = shuffled_series()
+    mask = volume_mask(segmentation_type)
+    ours, theirs = write_both(tmp_path, thread_client, series, mask, segmentation_type,
+                              transfer_syntax, omit_empty_frames=omit_empty_frames)
+    assert_same_seg(ours, theirs, series, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("segmentation_type", "mask"),
+    [
+        ("BINARY", np.zeros((SLICES, ROWS, COLUMNS), np.uint8)),  # all empty: every frame kept
+        ("BINARY", np.ones((SLICES, ROWS, COLUMNS, 1), bool)),  # one segment: organized "3D"
+        ("LABELMAP", np.pad(np.ones((SLICES - 3, ROWS, COLUMNS), np.uint16) * 2, ((1, 2), (0, 0), (0, 0)))),
+    ],
+)
+def test_dimension_organization_and_empty_masks_match_highdicom(
+    tmp_path, thread_client, segmentation_type, mask
+):
+    series = make_ct_series(SLICES, ROWS, COLUMNS)  # axial, regular: a 3D volume
+    ours, theirs = write_both(tmp_path, thread_client, series, mask, segmentation_type,
+                              pydicom.uid.ExplicitVRLittleEndian)
+    assert_same_seg(ours, theirs, series, tmp_path)
+
+
+def test_multiframe_source_and_copied_slice_spacing_match_highdicom(tmp_path, thread_client):
+    frames = make_ct_series(SLICES, ROWS, COLUMNS, orientation=OBLIQUE, pixel_data=True)
+    random.Random(2).shuffle(frames)  # the frames of the enhanced image in this order
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        frames, series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
+        instance_number=1,
+    )
+    del enhanced.PixelData  # daskseg reads headers only; highdicom needs none either
+    mask = volume_mask("BINARY")
+    ours, theirs = write_both(tmp_path, thread_client, enhanced, mask, "BINARY",
+                              pydicom.uid.ExplicitVRLittleEndian)
+    assert_same_seg(ours, theirs, [enhanced], tmp_path, multiframe=True)
+
+    series = shuffled_series()
+    for ds in series:
+        ds.SpacingBetweenSlices = "2.4"  # highdicom copies it rather than deriving 2.5
+    folder = tmp_path / "spacing"
+    folder.mkdir()
+    ours, theirs = write_both(folder, thread_client, series, mask, "BINARY",
+                              pydicom.uid.ExplicitVRLittleEndian)
+    assert_same_seg(ours, theirs, series, folder)
+
+
+def test_nifti_mask_and_series_folder_on_a_process_cluster(tmp_path, dask_client):
+    nibabel = pytest.importorskip("nibabel")
+    series = shuffled_series()
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    for ds in series:
+        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    labels = volume_mask("BINARY")  # frame k for series[k]
+    # The NIfTI file holds the labels in (column, row, slice) order of the sorted volume, RAS+.
+    order = hd.spatial.get_dataset_sort_index(series)
+    geometry = hd.VolumeGeometry.from_attributes(
+        image_position=series[order[0]].ImagePositionPatient, image_orientation=OBLIQUE,
+        rows=ROWS, columns=COLUMNS, pixel_spacing=series[0].PixelSpacing,
+        spacing_between_slices=2.5, number_of_frames=SLICES, coordinate_system="PATIENT",
+    )
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ geometry.affine[:, [2, 1, 0, 3]]
+    nifti = tmp_path / "labels.nii"  # uncompressed: read lazily, slab by slab, on the workers
+    nibabel.Nifti1Image(labels[order].transpose(2, 1, 0).copy(), affine).to_filename(nifti)
+
+    path = write_segmentation(nifti, folder, make_segment_descriptions(3), tmp_path / "seg.dcm",
+                              client=dask_client)
+    seg = hd.seg.segread(path)
+    uids = [ds.SOPInstanceUID for ds in series]
+    np.testing.assert_array_equal(
+        seg.get_pixels_by_source_instance(uids, combine_segments=True), labels
+    )
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) absent")
+@pytest.mark.parametrize("segmentation_type", ["BINARY", "FRACTIONAL", "LABELMAP"])
+def test_dciodvfy_reports_no_real_error(tmp_path, thread_client, segmentation_type):
+    series = shuffled_series()
+    path = write_segmentation(
+        volume_mask(segmentation_type), series,
+        make_segment_descriptions(3, segmentation_type=segmentation_type), tmp_path / "seg.dcm",
+        segmentation_type=segmentation_type, client=thread_client,
+    )
+    assert dciodvfy_errors(path, segmentation_type, "") == []
+
+
+def test_refusals_leave_nothing_behind(tmp_path, thread_client):
+    series = shuffled_series()
+    descriptions = make_segment_descriptions(3)
+    mask = volume_mask("BINARY")
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        make_ct_series(3, 8, 8, pixel_data=True), series_instance_uid=hd.UID(), series_number=2,
+        sop_instance_uid=hd.UID(), instance_number=1,
+    )
+    cases = [
+        (dict(mask=mask[:2], source=enhanced), "the source has 3 frames of 8 x 8"),
+        (dict(mask=mask[1:], source=series), "expected labels (7, 32, 40)"),
+        (dict(mask=mask, source=series, dimension_organization_type="TILED_FULL"),
+         "is for tiled images"),
+        (dict(mask=mask, source=series, plane_positions=[]), "cannot be given for a SEG of a series"),
+        (dict(mask=mask, source=series, tile_size=16), "tile_size is for tiled images"),
+        (dict(mask=mask, source=series, further_source_images=series[:1]),
+         "further_source_images is not supported"),
+        (dict(mask=mask, source=series, dimension_organization_type="3D"),
+         "not a regularly spaced volume"),
+    ]
+    for arguments, message in cases:
+        mask_, source = arguments.pop("mask"), arguments.pop("source")
+        with pytest.raises(SegmentationInputError) as info:
+            write_segmentation(mask_, source, descriptions, tmp_path / "seg.dcm",
+                               client=thread_client, **arguments)
+        assert message in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0], [3, 1, 0, 6, 5, 2, 4]])
+def test_blocks_of_a_numpy_mask_take_frames_in_the_sorted_order(order):
+    from daskseg._volume import _sorted_blocks
+
+    mask = np.arange(7 * 3 * 2).reshape(7, 3, 2)
+    blocks = _sorted_blocks(mask, np.array(order), 3)
+    assert blocks.chunks[0] == (3, 3, 1)
+    np.testing.assert_array_equal(blocks.compute(), mask[order])
