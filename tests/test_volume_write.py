@@ -52,11 +52,15 @@ def write_both(tmp_path, client, series, mask, segmentation_type, transfer_synta
         mask, series, descriptions, tmp_path / "ours.dcm", segmentation_type=segmentation_type,
         transfer_syntax_uid=transfer_syntax, client=client, **uids, **HD_OPTIONS, **options,
     )
+    # highdicom 0.28 does not write HTJ2K: its JPEG 2000 SEG, the meta header labelled as ours.
+    htj2k = transfer_syntax == pydicom.uid.HTJ2KLossless
     theirs = hd.seg.Segmentation(
         [series] if isinstance(series, pydicom.Dataset) else series, mask.copy(),
-        segmentation_type, descriptions, transfer_syntax_uid=transfer_syntax,
+        segmentation_type, descriptions,
+        transfer_syntax_uid=pydicom.uid.JPEG2000Lossless if htj2k else transfer_syntax,
         **uids, **HD_OPTIONS, **options,
     )
+    theirs.file_meta.TransferSyntaxUID = transfer_syntax
     return pydicom.dcmread(path), theirs
 
 
