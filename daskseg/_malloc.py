@@ -21,7 +21,13 @@ from typing import Any
 
 from distributed import Client, WorkerPlugin
 
-__all__ = ["MALLOC_SETTINGS", "MallocPlugin", "malloc_settings", "register_malloc_plugin"]
+__all__ = [
+    "MALLOC_SETTINGS",
+    "MallocPlugin",
+    "malloc_settings",
+    "register_malloc_plugin",
+    "register_on_current_client",
+]
 
 # glibc's malloc.h: mallopt parameters.
 _M_TRIM_THRESHOLD = -1
@@ -81,6 +87,21 @@ def malloc_settings() -> dict[str, int]:
 
 _registered: weakref.WeakSet[Client] = weakref.WeakSet()
 _lock = threading.Lock()
+
+
+def register_on_current_client() -> None:
+    """Register :class:`MallocPlugin` on the current client's cluster, if there is one.
+
+    The readers' lazy arrays are computed by whatever client is current when the user calls
+    ``compute()``, never through :func:`daskseg._client.cluster_client`.
+    """
+    from distributed import default_client
+
+    try:
+        client = default_client()
+    except ValueError:  # no client: Dask's local scheduler, in this process
+        return
+    register_malloc_plugin(client)
 
 
 def register_malloc_plugin(client: Client) -> None:

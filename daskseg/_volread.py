@@ -23,6 +23,7 @@ from numpy.typing import DTypeLike
 from daskseg._decode import FrameRef, Output, read_chunk
 from daskseg._frames import FileSource, FrameLayout, FrameRanges
 from daskseg._frames import locate_frames, open_file
+from daskseg._malloc import register_on_current_client
 from daskseg._volframes import (
     index_volume_frames,
     plane_order,
@@ -160,6 +161,7 @@ class VolumeSegmentationReader:
         ``chunks`` is the number of planes per chunk (by default at most 32 MiB of output, and
         at least 16 chunks).
         """
+        register_on_current_client()
         options = ReadOptions(segment_numbers, combine_segments, relabel, rescale_fractional,
                               dtype, None)
         output = options.output(self)  # type: ignore[arg-type]

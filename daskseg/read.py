@@ -31,6 +31,7 @@ from daskseg._frames import (
     open_file,
 )
 from daskseg._client import cluster_client
+from daskseg._malloc import register_on_current_client
 from daskseg._progress import progress_bar
 from daskseg._tasks import block_tasks, run_windowed
 from daskseg.errors import SegmentationFileError, SegmentationInputError, SegmentationTypeError
@@ -287,6 +288,7 @@ class SegmentationReader:
         chunks: int | tuple[int, int] | None = None,
     ) -> da.Array:
         """The total pixel matrix as a lazy Dask array; see :func:`read_segmentation`."""
+        register_on_current_client()
         options = ReadOptions(segment_numbers, combine_segments, relabel, rescale_fractional,
                               dtype, chunks)
         output = options.output(self)

@@ -70,3 +70,26 @@ def test_the_malloc_plugin_leaves_the_users_own_process_alone(thread_client):
     assert MallocPlugin.name in thread_client.run_on_scheduler(
         lambda dask_scheduler: list(dask_scheduler.worker_plugins))
     assert all(value == {} for value in thread_client.run(malloc_settings).values())
+
+
+def test_a_read_computed_on_the_current_client_gets_the_malloc_settings(tmp_path, thread_client):
+    """The reader's lazy array runs on the user's current client, not through cluster_client:
+    making it registers the plugin there, so decoding is as fast on a plain LocalCluster."""
+    from distributed import LocalCluster
+
+    from daskseg import read_segmentation, write_segmentation
+    from daskseg._malloc import MALLOC_SETTINGS, malloc_settings
+    from daskseg.synthetic import make_detailed_mask, make_segment_descriptions, make_slide
+
+    mask = make_detailed_mask(128, 128, 2, chunks=64)
+    path = write_segmentation(
+        mask, make_slide(128, 128, tile_size=(64, 64)),
+        make_segment_descriptions(2, segmentation_type="LABELMAP"), tmp_path / "seg.dcm",
+        segmentation_type="LABELMAP", client=thread_client,
+    )
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0",
+                      memory_limit="1GiB") as cluster, Client(cluster) as client:
+        assert list(client.run(malloc_settings).values()) == [{}]  # a new worker, untouched
+        labels = read_segmentation(path, combine_segments=True).compute()
+        assert list(client.run(malloc_settings).values()) == [MALLOC_SETTINGS]
+    assert (labels == mask.compute()).all()
