@@ -5,9 +5,11 @@ at start, and then keeps its mmap threshold fixed at 128 KiB: every frame buffer
 512 x 512 frame's wavelet planes are megabytes) is mmapped and unmapped afresh, page faults and
 all, and the heap top is handed back to the kernel after nearly every task. JPEG 2000 encoding
 runs about 1.2x slower for it on these machines (benchmarks/malloc.py). ``mallopt`` changes
-both settings inside a running process, so daskseg sets them on each worker through a plugin
-that it registers when it resolves a client (:func:`daskseg._client.cluster_client`,
-:class:`daskseg.DaskExecutor`). Off glibc it does nothing.
+both settings inside a running process, so daskseg sets them on each worker whose environment
+froze them (a worker started without such a variable keeps glibc's dynamic thresholds, which
+measured faster still) through a plugin that it registers when it resolves a client
+(:func:`daskseg._client.cluster_client`, :class:`daskseg.DaskExecutor`). Off glibc it does
+nothing.
 """
 
 from __future__ import annotations
@@ -62,6 +64,18 @@ def _set_malloc(mmap_threshold: int, trim_threshold: int) -> dict[str, int]:
     return applied
 
 
+# Any of these, set in the environment, turns off glibc's dynamic mmap and trim thresholds
+# (glibc's malloc/arena.c; GLIBC_TUNABLES' glibc.malloc.* the same).
+_FREEZING_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
+                       "MALLOC_MMAP_MAX_")
+
+
+def _thresholds_frozen() -> bool:
+    """Whether this process started with glibc's malloc thresholds fixed by its environment."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return any(name in os.environ for name in _FREEZING_VARIABLES) or "glibc.malloc." in tunables
+
+
 class MallocPlugin(WorkerPlugin):
     """Sets glibc's mmap and trim thresholds in each worker as it joins (or at once)."""
 
@@ -75,6 +89,8 @@ class MallocPlugin(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         if os.getpid() == self.client_pid:  # an in-process worker: leave the user's process be
+            return
+        if not _thresholds_frozen():  # glibc's dynamic thresholds measured best: keep them
             return
         _applied.clear()
         _applied.update(_set_malloc(self.mmap_threshold, self.trim_threshold))
