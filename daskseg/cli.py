@@ -218,19 +218,18 @@ def _decode(args: argparse.Namespace) -> None:
         raise UserError(f"{args.output} exists; pass --overwrite or choose another output")
     # A DICOMweb SEG: its metadata now, its frames fetched by the tasks on the workers.
     reader = open_segmentation(args.seg, headers=_dicomweb_headers() if web else None)
-    if not nifti and not isinstance(reader, SegmentationReader):
+    tiled = isinstance(reader, SegmentationReader)
+    if tiled and nifti:
+        raise UserError(f"{args.seg} is a SEG of a tiled image; NIfTI output is for SEGs of "
+                        "series (CT, MR...)")
+    if not tiled and not nifti:
         raise UserError(f"{args.seg} is a SEG of a series; decode it to NIfTI "
                         "(-o labels.nii.gz)")
     with _client(args) as client:
-        if nifti:  # a SEG of a series: labels in the series' geometry
+        if not isinstance(reader, SegmentationReader):  # a SEG of a series: its geometry
             from daskseg._nifti import volume_to_nifti
 
-            if isinstance(reader, SegmentationReader):
-                raise UserError(f"{args.seg} is a SEG of a tiled image; NIfTI output is for "
-                                "SEGs of series (CT, MR...)")
             volume_to_nifti(reader, args.output, client=client)
-        elif not isinstance(reader, SegmentationReader):
-            raise AssertionError("refused above")
         elif ome:  # an OME-NGFF image whose labels/ holds the SEG as one label image
             from daskseg import segmentation_to_ome_zarr
 

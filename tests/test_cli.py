@@ -99,6 +99,9 @@ def test_encode_a_zarr_mask_with_labels_then_info_and_decode(inputs, tmp_path):
     assert main(["decode", str(out), "-o", str(decoded), "--combine-segments", "--threads", "1",
                  "--quiet"]) == 0
     np.testing.assert_array_equal(zarr.open_array(str(decoded), mode="r")[:], labels)
+    # NIfTI is for SEGs of series: a slide's SEG is refused before any cluster starts.
+    assert main(["decode", str(out), "-o", str(tmp_path / "labels.nii.gz"), "--quiet"]) == 1
+    assert not (tmp_path / "labels.nii.gz").exists()
 
 
 def test_encode_npy_with_dcmqi_metadata(inputs, tmp_path):

@@ -159,6 +159,9 @@ def test_decode_to_nifti_round_trip(tmp_path, thread_client, omit):
         matched = match_to_series(array, affine, load_source_series(series))
         np.testing.assert_array_equal(np.asarray(matched), labels)
     assert main(["decode", str(path), "-o", str(out), "--quiet"]) == 1  # exists
+    # A SEG of a series has no tile grid to put in Zarr: NIfTI is asked for instead.
+    assert main(["decode", str(path), "-o", str(tmp_path / "labels.zarr"), "--quiet"]) == 1
+    assert not (tmp_path / "labels.zarr").exists()
 
 
 def test_fractional_to_nifti_has_a_segment_axis(tmp_path, testdata):
