@@ -28,9 +28,7 @@ from daskseg.encode import encode_frame
 from daskseg.errors import DestinationExistsError, SegmentationInputError
 from daskseg.plan import FrameSpec, TileGrid, included_frames
 
-__all__ = [
-    "check_native_size", "replace_atomically", "write_and_rename", "write_file", "write_pixel_data",
-]
+__all__ = ["check_native_size", "replace_atomically", "write_file", "write_pixel_data"]
 
 _MAX_NATIVE_BYTES = 0xFFFFFFFE  # a native Pixel Data element has a 32-bit, even length
 _MAX_BOT_OFFSET = 0xFFFFFFFF  # Basic Offset Table entries are 32-bit
@@ -161,9 +159,11 @@ def write_file(
     tile_nonempty: np.ndarray,
     hd_options: dict[str, Any],
     use_extended_offset_table: bool | None,
+    overwrite: bool,
     items: Any = None,
-) -> pathlib.Path:
-    """Write header, per-frame items and pixel data to a temporary file; return its path.
+) -> None:
+    """Write header, per-frame items and pixel data to a temporary file beside ``destination``
+    and rename it into place; on any error no temporary file is left.
 
     ``items`` serializes the per-frame items (``items.item(channel, tile_row, tile_column)``,
     as :class:`FrameItems`); a tiled image's by default.
@@ -207,31 +207,7 @@ def write_file(
                               use_extended_offset_table, empty_frame)
             out.flush()
             os.fsync(out.fileno())
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    return pathlib.Path(temporary)
-
-
-def write_and_rename(
-    destination: pathlib.Path,
-    header: Dataset,
-    spool: Spool,
-    spec: FrameSpec,
-    grid: TileGrid,
-    tiled_full: bool,
-    tile_nonempty: np.ndarray,
-    hd_options: dict[str, Any],
-    use_extended_offset_table: bool | None,
-    overwrite: bool,
-    items: Any = None,
-) -> None:
-    """Write the file (:func:`write_file`) and rename it into place; no temporary file is left."""
-    temporary = write_file(destination, header, spool, spec, grid, tiled_full, tile_nonempty,
-                           hd_options, use_extended_offset_table, items=items)
-    try:
-        replace_atomically(temporary, destination, overwrite)
+        replace_atomically(pathlib.Path(temporary), destination, overwrite)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)

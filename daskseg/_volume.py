@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
-from daskseg._file import check_native_size, write_and_rename
+from daskseg._file import check_native_size, write_file
 from daskseg._header import (
     frame_content_part,
     header_from,
@@ -313,7 +313,7 @@ def write_volume_segmentation(
     ):
         if header.get("SegmentsOverlap") != "UNDEFINED":
             header.SegmentsOverlap = "YES" if overlap else "NO"
-        # highdicom keeps every plane when all are empty (it cannot omit them all), as write_file.
+        # highdicom keeps every plane when all are empty (it cannot omit them all), as write_file does.
         if not spec.omit_empty_frames or not plane_nonempty.any():
             included = np.arange(n_planes)
             dimension_index = included + 1
@@ -332,8 +332,8 @@ def write_volume_segmentation(
             template, series, order, dimension_index, spec.segmentation_type == "LABELMAP",
             n_segments, header.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian,
         )
-        write_and_rename(destination, header, spool, spec, grid, False, plane_nonempty,
-                         hd_options, options.use_extended_offset_table, overwrite, items=items)
+        write_file(destination, header, spool, spec, grid, False, plane_nonempty,
+                   hd_options, options.use_extended_offset_table, overwrite, items=items)
     return destination
 
 

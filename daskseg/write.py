@@ -21,7 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from daskseg import _inputs
 from daskseg._codecs import ALLOWED_TRANSFER_SYNTAXES
-from daskseg._file import check_native_size, write_and_rename
+from daskseg._file import check_native_size, write_file
 from daskseg._header import segmentation_header
 from daskseg._series import is_volume_source
 from daskseg._source import load_source_image
@@ -240,6 +240,6 @@ def write_segmentation(
     with encoded_frames(client, tasks, destination, shape, progress) as (spool, nonempty, overlap):
         if header.get("SegmentsOverlap") != "UNDEFINED":
             header.SegmentsOverlap = "YES" if overlap else "NO"
-        write_and_rename(destination, header, spool, spec, grid, options.tiled_full, nonempty,
-                         highdicom_options, use_extended_offset_table, overwrite)
+        write_file(destination, header, spool, spec, grid, options.tiled_full, nonempty,
+                   highdicom_options, use_extended_offset_table, overwrite)
     return destination
