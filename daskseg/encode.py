@@ -22,13 +22,35 @@ __all__ = ["BlockResult", "encode_block", "encode_chunk", "encode_frame", "segme
 
 @dataclass
 class BlockResult:
-    """What one block task sends back to the client."""
+    """What one block task sends back to the client.
+
+    The frames travel as one buffer with an index, not as a list of ``bytes``: distributed
+    sends numpy arrays without pickling their contents, and the client spools a block with one
+    write instead of one per frame.
+    """
 
     tile_row: int  # first tile row of the block
     tile_column: int  # first tile column of the block
     tile_nonempty: np.ndarray  # bool (block tile rows, block tile columns)
-    frames: list[tuple[int, int, int, bytes]]  # (channel, tile row, tile column, encoded)
+    positions: np.ndarray  # int64 (frames, 3): channel, tile row, tile column, in file order
+    lengths: np.ndarray  # int64 (frames,): bytes of each encoded frame
+    data: np.ndarray  # uint8: the encoded frames one after another
     overlap: bool  # some pixel belongs to more than one segment
+
+    @classmethod
+    def of(
+        cls,
+        tile_row: int,
+        tile_column: int,
+        tile_nonempty: np.ndarray,
+        frames: list[tuple[int, int, int, bytes]],
+        overlap: bool,
+    ) -> BlockResult:
+        """The result of ``(channel, tile row, tile column, encoded)`` frames."""
+        positions = np.array([frame[:3] for frame in frames], dtype=np.int64).reshape(-1, 3)
+        lengths = np.array([len(frame[3]) for frame in frames], dtype=np.int64)
+        data = np.frombuffer(b"".join(frame[3] for frame in frames), dtype=np.uint8)
+        return cls(tile_row, tile_column, tile_nonempty, positions, lengths, data, overlap)
 
 
 def check_block_values(block: np.ndarray, spec: FrameSpec, where: str) -> None:
@@ -97,7 +119,7 @@ def segment_frame(tile: np.ndarray, spec: FrameSpec, channel: int) -> np.ndarray
     if spec.segmentation_type == "BINARY":
         if spec.stacked:
             return plane.astype(np.uint8, copy=False)
-        return (plane == channel + 1).astype(np.uint8)
+        return (plane == channel + 1).view(np.uint8)  # bools are bytes of 0 and 1: no copy
 
     # FRACTIONAL
     scale = spec.max_fractional_value
@@ -189,7 +211,10 @@ def encode_block(
                 else:
                     encoded = encode_frame(frame, spec)
                 frames.append((channel, tile_row + r, tile_column + c, encoded))
-    return BlockResult(tile_row, tile_column, tile_nonempty, frames, overlap)
+    return BlockResult.of(tile_row, tile_column, tile_nonempty, frames, overlap)
+
+
+_FEW_SEGMENTS = 8
 
 
 def _segments_present(tiles: np.ndarray, spec: FrameSpec) -> np.ndarray | None:
@@ -197,9 +222,11 @@ def _segments_present(tiles: np.ndarray, spec: FrameSpec) -> np.ndarray | None:
 
     One pass over a tile instead of one per segment: a volume's slice holds a few of its 100
     segments, and comparing each slice with every segment number would cost most of the time.
-    None for a single channel (LABELMAP, or one segment).
+    None for a single channel (LABELMAP, or one segment), and for a label image of a few
+    segments, where the comparisons that make the frames cost less than this pass (a bincount
+    costs about eight comparisons).
     """
-    if spec.n_channels == 1:
+    if spec.n_channels == 1 or (not spec.stacked and spec.n_segments <= _FEW_SEGMENTS):
         return None
     n_rows, n_columns = tiles.shape[:2]
     present = np.zeros((n_rows, n_columns, spec.n_channels), dtype=bool)
