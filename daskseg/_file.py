@@ -9,6 +9,7 @@ temporary name beside the destination and renamed into place only when complete.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pathlib
 import struct
@@ -59,6 +60,70 @@ def replace_atomically(temporary: pathlib.Path, destination: pathlib.Path, overw
     os.replace(temporary, destination)
 
 
+def _copy_frames(out: BinaryIO, spool: Spool, order: np.ndarray, empty: bytes) -> int:
+    """Append the frames in ``order`` to ``out`` as they are; return the bytes written.
+
+    Frames that follow each other in the spool too (a block's frames of one segment) are one
+    run, copied file to file by the kernel (``copy_file_range``) where it can, instead of
+    passing every frame through Python.
+    """
+    where = tuple(order.T)
+    offsets, lengths = spool.offsets[where], spool.lengths[where]
+    # A run starts at the first frame, after a missing frame, and where the spool jumps.
+    starts = np.flatnonzero(np.concatenate([
+        [True], (lengths[1:] < 0) | (lengths[:-1] < 0) | (offsets[1:] != offsets[:-1] + lengths[:-1])
+    ])) if len(order) else np.zeros(0, dtype=np.int64)
+    ends = np.append(starts[1:], len(order))
+    written = 0
+    try:
+        out.flush()
+        destination, source = out.fileno(), spool.file.fileno()
+    except (AttributeError, io.UnsupportedOperation):  # not a file on disk: through memory
+        for start, end in zip(starts.tolist(), ends.tolist()):
+            for index in range(start, end):
+                data = empty if lengths[index] < 0 else spool.read(*order[index])
+                out.write(data)
+                written += len(data)
+        return written
+    for start, end in zip(starts.tolist(), ends.tolist()):
+        if lengths[start] < 0:
+            data = empty * (end - start)
+            _write_all(destination, data)
+            written += len(data)
+            continue
+        offset, size = int(offsets[start]), int(lengths[start:end].sum())
+        _copy_range(source, destination, offset, size)
+        written += size
+    out.seek(0, os.SEEK_END)  # the buffered file learns where the descriptor now is
+    return written
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _copy_range(source: int, destination: int, offset: int, size: int) -> None:
+    """Append ``size`` bytes of ``source`` from ``offset`` to ``destination``."""
+    copy_file_range = getattr(os, "copy_file_range", None)  # Linux and FreeBSD only
+    while size:
+        copied = 0
+        if copy_file_range is not None:
+            try:
+                copied = copy_file_range(source, destination, size, offset)
+            except OSError:  # a file system or kernel without it: copy through memory
+                copy_file_range = None
+        if not copied:
+            data = os.pread(source, min(size, 16 * 2**20), offset)
+            if not data:
+                raise OSError(f"The spool ended {size} bytes early")
+            _write_all(destination, data)
+            copied = len(data)
+        offset += copied
+        size -= copied
+
+
 def write_pixel_data(
     out: BinaryIO,
     spool: Spool,
@@ -107,9 +172,7 @@ def write_pixel_data(
                 out.write(chunk)
                 written += len(chunk)
         else:
-            for data in frames():
-                out.write(data)
-                written += len(data)
+            written = _copy_frames(out, spool, order, empty)
         out.write(b"\x00" * (length - written))
         return
 

@@ -61,3 +61,45 @@ def test_encapsulated_frames_one_fragment_each_with_offsets(tmp_path, extended):
     out.seek(start)
     got = [b"".join(f) for f in generate_fragmented_frames(out, number_of_frames=3)]
     assert got == [b"abc\x00", b"defg", b"h\x00"]
+
+
+def test_numpy_tasks_carry_only_their_own_block_and_cover_the_mask():
+    import dask
+
+    from daskseg._spool import numpy_encode_tasks
+
+    mask = (np.arange(100 * 90) % 7).astype(np.uint8).reshape(100, 90)
+    spec = FrameSpec("LABELMAP", 6, False, 16, 16, "1.2.840.10008.1.2.1", 8, 255, False)
+    tasks = numpy_encode_tasks(mask, (64, 36), (48, 42), spec)
+    padded = np.zeros((112, 96), np.uint8)
+    for n_frames, task in tasks:
+        (graph_task,) = dict(task.__dask_graph__()).values()
+        (block,) = [a for a in graph_task.args if isinstance(a, np.ndarray)]
+        assert block.size <= 64 * 48
+        result = dask.compute(task, scheduler="synchronous")[0][0, 0]
+        assert len(result.lengths) == n_frames
+        for (_, row, column), frame in zip(result.positions, result.data.reshape(-1, 16, 16)):
+            padded[row * 16 : row * 16 + 16, column * 16 : column * 16 + 16] = frame
+    np.testing.assert_array_equal(padded[:100, :90], mask)
+
+
+@pytest.mark.parametrize("to_disk", [True, False])
+def test_native_frames_are_copied_in_file_order_with_missing_ones_filled(tmp_path, to_disk):
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (4, 4)).astype(np.uint8) for _ in range(6)]
+    spool = Spool(tmp_path, "seg.dcm", (1, 1, 7))
+    # Arrival order differs from file order; frame 6 never arrives (an omitted empty frame).
+    for column in (2, 3, 0, 1, 5, 4):
+        spool.add(0, 0, column, frames[column].tobytes())
+    spec = FrameSpec("LABELMAP", 255, False, 4, 4, str(ExplicitVRLittleEndian), 8, 255, False)
+    order = np.array([[0, 0, k] for k in range(7)])
+    empty = bytes(16)
+    out = open(tmp_path / "out.bin", "w+b") if to_disk else io.BytesIO()
+    with out:
+        write_pixel_data(out, spool, order, spec, TileGrid(4, 28, 4, 4), False, None, empty)
+        out.seek(0)
+        data = out.read()
+    spool.close()
+    pixels = np.frombuffer(data[12:], np.uint8)  # after tag, VR, reserved and 32-bit length
+    assert struct.unpack("<I", data[8:12])[0] == 7 * 16
+    np.testing.assert_array_equal(pixels.reshape(7, 4, 4), np.stack(frames + [np.zeros((4, 4), np.uint8)]))
