@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import dask
 from dask.utils import parse_timedelta
@@ -18,7 +19,7 @@ from distributed.scheduler import KilledWorker
 from daskseg._malloc import register_malloc_plugin
 from daskseg.errors import ClusterError, SegmentationTypeError
 
-__all__ = ["CLUSTER_FAILURES", "WorkerlessClock", "cluster_client", "local_cluster"]
+__all__ = ["CLUSTER_FAILURES", "WorkerlessClock", "cluster_client", "gathers_directly", "local_cluster"]
 
 # What a task raises when the cluster, not the task's own code, failed: a worker died too often,
 # the scheduler or the connection went away.
@@ -59,6 +60,30 @@ def local_cluster(n_workers: int | None = None, **options: Any) -> LocalCluster:
     # Nannies read this when they are created and keep it for restarts of their worker.
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         return LocalCluster(n_workers=n_workers, **options)
+
+
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def gathers_directly(client: Client) -> bool:
+    """Whether to fetch results from the workers themselves rather than through the scheduler.
+
+    The client's own ``direct_to_workers`` when set. Otherwise directly when every worker
+    listens on this machine's loopback (a LocalCluster, or ``dask worker`` on 127.0.0.1): the
+    scheduler's relay would pass every result through it, which for a LocalCluster is this
+    process again. A remote cluster's workers may be out of the client's reach, so by default
+    their results come through the scheduler, as distributed does.
+    """
+    if client.direct_to_workers is not None:
+        return bool(client.direct_to_workers)
+    try:
+        workers = list(client.scheduler_info()["workers"])
+    except CLUSTER_FAILURES:
+        return False
+    return bool(workers) and all(
+        urlsplit(address).hostname in _LOOPBACK_HOSTS or address.startswith("inproc://")
+        for address in workers
+    )
 
 
 @contextlib.contextmanager

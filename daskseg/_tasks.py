@@ -24,7 +24,7 @@ from distributed import as_completed
 from distributed.comm import CommClosedError
 from distributed.scheduler import KilledWorker
 
-from daskseg._client import CLUSTER_FAILURES, WorkerlessClock
+from daskseg._client import CLUSTER_FAILURES, WorkerlessClock, gathers_directly
 from daskseg.errors import ClusterError
 
 __all__ = ["block_tasks", "run_windowed"]
@@ -73,6 +73,7 @@ def run_windowed(client: Any, tasks: Sequence[Delayed], what: str) -> Iterator[t
         if client.status != "running":  # the scheduler went away before any work was sent
             raise CommClosedError(f"the client's connection to the scheduler is {client.status}")
         threads = max(1, sum(client.nthreads().values()))
+        direct = gathers_directly(client)
     except CLUSTER_FAILURES as error:
         raise cluster_error(error) from error
     window = max(8, 4 * threads)
@@ -116,7 +117,7 @@ def run_windowed(client: Any, tasks: Sequence[Delayed], what: str) -> Iterator[t
             # result and then leaves sends the key back to waiting, and only the watchdog's
             # cancel ends that wait when no worker is left.
             try:
-                result = future.result()
+                result = client.gather(future, direct=direct)
             except Exception as error:
                 if future.status == "error" and not isinstance(error, KilledWorker):
                     raise  # the task's own exception
