@@ -24,8 +24,9 @@ from daskseg.errors import SegmentationInputError
 from daskseg.plan import TileGrid, spatial_index_values
 
 __all__ = [
-    "FrameItems", "element_header", "frame_content_part", "header_from", "item", "proxy_header",
-    "proxy_pixels", "segment_parts", "segmentation_header", "serialize",
+    "FrameItems", "bits_allocated", "check_bits_allocated", "element_header", "frame_content_part",
+    "header_from", "item", "proxy_header", "proxy_pixels", "segment_parts", "segmentation_header",
+    "serialize",
 ]
 
 
@@ -221,6 +222,33 @@ class FrameItems:
             + frame_content
             + self._position_part(tile)
             + self._segment_parts[channel if not self._labelmap else 0]
+        )
+
+
+def bits_allocated(segmentation_type: str, n_segments: int) -> int:
+    """Bits Allocated of the SEG's frames, as highdicom chooses it (PS3.3 C.8.20.2).
+
+    BINARY frames have 1 bit, FRACTIONAL 8; a LABELMAP has the smallest unsigned integer that
+    holds its highest segment number.
+
+    Examples
+    --------
+    >>> bits_allocated("LABELMAP", 255), bits_allocated("LABELMAP", 256)
+    (8, 16)
+    """
+    if segmentation_type == "BINARY":
+        return 1
+    if segmentation_type == "LABELMAP" and n_segments > 255:
+        return 16
+    return 8
+
+
+def check_bits_allocated(header: Dataset, spec: Any) -> None:
+    """Stop if highdicom's header disagrees with the Bits Allocated the frames were made with."""
+    if int(header.BitsAllocated) != spec.bits_allocated:
+        raise RuntimeError(
+            f"daskseg encoded {spec.bits_allocated}-bit frames but highdicom's header has "
+            f"BitsAllocated {header.BitsAllocated}; please report this as a daskseg bug."
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,10 +23,10 @@ from pydicom.uid import ExplicitVRLittleEndian
 from daskseg import _inputs
 from daskseg._codecs import ALLOWED_TRANSFER_SYNTAXES
 from daskseg._file import check_native_size, write_file
-from daskseg._header import segmentation_header
+from daskseg._header import bits_allocated, check_bits_allocated, segmentation_header
 from daskseg._series import is_volume_source
 from daskseg._source import load_source_image
-from daskseg._spool import encode_tasks, encoded_frames
+from daskseg._spool import encode_tasks, encoded_frames, numpy_encode_tasks
 from daskseg._version import __version__
 from daskseg.errors import SegmentationInputError
 from daskseg.plan import FrameSpec, TileGrid, aligned_chunks
@@ -143,8 +144,9 @@ def write_segmentation(
     Raises
     ------
     SegmentationInputError
-        For inputs that cannot make a valid SEG, before any work is sent to the cluster, or
-        (for values) from the block that holds them; nothing is left at ``path``.
+        For inputs that cannot make a valid SEG: daskseg's own checks before any work is sent
+        to the cluster, highdicom's (on the header, built while the blocks encode) as soon as
+        it refuses, values from the block that holds them; nothing is left at ``path``.
     SegmentationTypeError
         For arguments of the wrong type.
     DestinationExistsError
@@ -211,7 +213,6 @@ def write_segmentation(
         )
     grid = TileGrid(int(array.shape[0]), int(array.shape[1]), *tile)
 
-    header = segmentation_header(source, stacked, array.dtype, grid, hd_options)
     spec = FrameSpec(
         segmentation_type=options.segmentation_type,
         n_segments=len(numbers),
@@ -219,7 +220,7 @@ def write_segmentation(
         tile_rows=tile[0],
         tile_columns=tile[1],
         transfer_syntax_uid=str(options.transfer_syntax_uid),
-        bits_allocated=int(header.BitsAllocated),
+        bits_allocated=bits_allocated(options.segmentation_type, len(numbers)),
         max_fractional_value=options.max_fractional_value,
         omit_empty_frames=options.omit_empty_frames,
     )
@@ -231,15 +232,23 @@ def write_segmentation(
     chunks = (aligned_chunks(grid.rows, tile[0], hint[0]),
               aligned_chunks(grid.columns, tile[1], hint[1]))
     if in_memory:
-        aligned = _inputs.numpy_blocks(np.asarray(mask).reshape(array.shape), *chunks)
+        tasks = numpy_encode_tasks(np.asarray(mask).reshape(array.shape), *chunks, spec)
     else:
-        aligned = array.rechunk((*chunks, *array.shape[2:]))
-    tasks = encode_tasks(aligned, spec)
+        tasks = encode_tasks(array.rechunk((*chunks, *array.shape[2:])), spec)
 
     shape = (spec.n_channels, grid.n_tile_rows, grid.n_tile_columns)
-    with encoded_frames(client, tasks, destination, shape, progress) as (spool, nonempty, overlap):
-        if header.get("SegmentsOverlap") != "UNDEFINED":
-            header.SegmentsOverlap = "YES" if overlap else "NO"
-        write_file(destination, header, spool, spec, grid, options.tiled_full, nonempty,
-                   highdicom_options, use_extended_offset_table, overwrite)
+    # highdicom builds the header (a third of a second the first time, loading its tables of
+    # the standard) while the workers encode; if it refuses the inputs, the encoding stops.
+    with ThreadPoolExecutor(1, thread_name_prefix="daskseg-header") as pool:
+        building = pool.submit(segmentation_header, source, stacked, array.dtype, grid,
+                               hd_options)
+        with encoded_frames(client, tasks, destination, shape, progress, building) as (
+            spool, nonempty, overlap
+        ):
+            header = building.result()
+            check_bits_allocated(header, spec)
+            if header.get("SegmentsOverlap") != "UNDEFINED":
+                header.SegmentsOverlap = "YES" if overlap else "NO"
+            write_file(destination, header, spool, spec, grid, options.tiled_full, nonempty,
+                       highdicom_options, use_extended_offset_table, overwrite)
     return destination
