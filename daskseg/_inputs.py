@@ -37,7 +37,6 @@ __all__ = [
     "check_mask_dtype",
     "drop_leading_axis",
     "normalize_mask",
-    "numpy_blocks",
     "parse_options",
     "segment_numbers",
     "tile_size",
@@ -197,28 +196,6 @@ def _open_zarr_array(path: str | os.PathLike) -> zarr.Array:
             f"Could not open the mask {str(path)!r} as a Zarr array: "
             f"{str(error).rstrip('.')}.{hint}"
         ) from error
-
-
-def numpy_blocks(mask: np.ndarray, rows: tuple[int, ...], columns: tuple[int, ...]) -> da.Array:
-    """A Dask array of an in-memory mask whose every block holds only its own slice.
-
-    ``da.from_array`` would put the whole array in one graph key, sent again with every window
-    of block tasks; a view per block sends each block's pixels once.
-    """
-    token = uuid.uuid4().hex
-    row_starts = np.cumsum((0,) + rows[:-1])
-    column_starts = np.cumsum((0,) + columns[:-1])
-
-    def block(i: int, j: int) -> da.Array | list[da.Array]:
-        r, c = row_starts[i], column_starts[j]
-        piece = da.from_array(
-            mask[r : r + rows[i], c : c + columns[j]], chunks=-1,
-            name=f"numpy-mask-{token}-{i}-{j}",
-        )
-        # da.block nests one list level per axis: the segment axis has one block.
-        return [piece] if mask.ndim == 3 else piece
-
-    return da.block([[block(i, j) for j in range(len(columns))] for i in range(len(rows))])
 
 
 def segment_numbers(segment_descriptions: Sequence[hd.seg.SegmentDescription]) -> list[int]:

@@ -12,7 +12,6 @@ per (segment, plane) from parts encoded once per plane and once per segment.
 from __future__ import annotations
 
 import pathlib
-import uuid
 from typing import Any
 
 import dask.array as da
@@ -21,10 +20,11 @@ import numpy as np
 from highdicom.spatial import get_volume_positions
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pydicom.valuerep import format_number_as_ds
+from pydicom.valuerep import DS, format_number_as_ds
 
 from daskseg._file import check_native_size, write_file
 from daskseg._header import (
+    element_header,
     frame_content_part,
     header_from,
     item,
@@ -35,7 +35,7 @@ from daskseg._header import (
 from daskseg._inputs import WriteOptions, as_dask_array, check_mask_dtype, check_tile_for_codec
 from daskseg._nifti import is_nifti_path, match_to_series, read_nifti
 from daskseg._series import SourceSeries, load_source_series
-from daskseg._spool import encode_tasks, encoded_frames
+from daskseg._spool import encode_tasks, encoded_frames, numpy_block_task
 from daskseg.errors import SegmentationInputError
 from daskseg.plan import FrameSpec, TileGrid
 
@@ -169,6 +169,58 @@ def _volume_header(
     return header
 
 
+def _position_part(image_position: Any, implicit: bool) -> bytes:
+    """The encoded PlanePositionSequence of a frame, as highdicom's ``PlanePositionSequence``
+    (each value a DS auto-formatted to 16 characters) and pydicom write it, built directly:
+    one per plane, and making it through pydicom cost most of the per-frame items' time."""
+    values: list[Any] = [DS(value, auto_format=True) for value in image_position]
+    # As pydicom's write_number_string: a value's original string where it has one.
+    text = "\\".join(
+        value.original_string if hasattr(value, "original_string") else str(value)
+        for value in values
+    )
+    data = text.encode("ascii")
+    data += b" " * (len(data) % 2)  # PS3.5 6.2: DS is padded to even length with a space
+    body = item(element_header(0x00200032, "DS", len(data), implicit) + data)
+    return element_header(0x00209113, "SQ", len(body), implicit) + body
+
+
+class _DerivationParts:
+    """The encoded DerivationImageSequence of single-frame source images, one per image.
+
+    pydicom encodes it once per SOP class and UID length, with a placeholder UID of that length
+    in ReferencedSOPInstanceUID; each image's part is that encoding with its UID put in the
+    placeholder's bytes (the lengths do not change). Encoding it through pydicom for each of
+    hundreds of images cost tenths of a second.
+    """
+
+    def __init__(self, template: Dataset, implicit: bool) -> None:
+        self._template = template
+        self._implicit = implicit
+        self._parts: dict[tuple[str, int], tuple[bytes, bytes] | None] = {}
+
+    def _encode(self, sop_class_uid: str, sop_instance_uid: str) -> bytes:
+        reference = self._template.DerivationImageSequence[0].SourceImageSequence[0]
+        reference.ReferencedSOPClassUID = sop_class_uid
+        reference.ReferencedSOPInstanceUID = sop_instance_uid
+        derivation = Dataset()
+        derivation.add(self._template["DerivationImageSequence"])
+        return serialize(derivation, self._implicit)
+
+    def part(self, sop_class_uid: str, sop_instance_uid: str) -> bytes:
+        key = (sop_class_uid, len(sop_instance_uid))
+        if key not in self._parts:
+            # "1" then nines: a valid UID of that length, found once in the encoding or not used.
+            placeholder = ("1" + "9" * (len(sop_instance_uid) - 1))[: len(sop_instance_uid)]
+            encoded = self._encode(sop_class_uid, placeholder)
+            split = encoded.split(placeholder.encode("ascii"))
+            self._parts[key] = (split[0], split[1]) if len(split) == 2 and placeholder else None
+        pieces = self._parts[key]
+        if pieces is None:
+            return self._encode(sop_class_uid, sop_instance_uid)
+        return pieces[0] + sop_instance_uid.encode("ascii") + pieces[1]
+
+
 class _VolumeFrameItems:
     """Per-frame functional group items of a volume SEG, serialized one at a time.
 
@@ -186,30 +238,26 @@ class _VolumeFrameItems:
         self._derivation_parts: list[bytes] = []
         self._position_parts: list[bytes] = []
         reference = template.DerivationImageSequence[0].SourceImageSequence[0]
+        derivations = _DerivationParts(template, implicit)
         for frame in order:
             if series.multiframe:
                 # The frame of the one source image (PS3.3 C.7.6.1.1.3: ReferencedFrameNumber).
                 image = series.datasets[0]
+                reference.ReferencedSOPClassUID = image.SOPClassUID
+                reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
                 reference.ReferencedFrameNumber = int(frame) + 1
                 plane = image.PerFrameFunctionalGroupsSequence[frame].PlanePositionSequence[0]
                 image_position = plane.ImagePositionPatient
+                derivation = Dataset()
+                derivation.add(template["DerivationImageSequence"])
+                self._derivation_parts.append(serialize(derivation, implicit))
             else:
                 image = series.datasets[frame]
                 image_position = image.ImagePositionPatient
-            reference.ReferencedSOPClassUID = image.SOPClassUID
-            reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
-            derivation = Dataset()
-            derivation.add(template["DerivationImageSequence"])
-            self._derivation_parts.append(serialize(derivation, implicit))
-            position = Dataset()
-            position.add_new(
-                0x00209113,  # PlanePositionSequence
-                "SQ",
-                hd.PlanePositionSequence(
-                    hd.CoordinateSystemNames.PATIENT, image_position=image_position
-                ),
-            )
-            self._position_parts.append(serialize(position, implicit))
+                self._derivation_parts.append(
+                    derivations.part(str(image.SOPClassUID), str(image.SOPInstanceUID))
+                )
+            self._position_parts.append(_position_part(image_position, implicit))
         self._segment_parts = segment_parts(n_segments, labelmap, implicit)
 
     def item(self, channel: int, plane: int, _column: int) -> bytes:
@@ -230,7 +278,7 @@ class _VolumeFrameItems:
 # Bytes of one block task's input and of its frames before encoding: a few of these per
 # worker bound the memory; more slices per task amortize the scheduler's cost per task, but
 # at least _MIN_BLOCKS tasks keep both workers of a small cluster busy to the end.
-_BLOCK_BYTES = 16 * 2**20
+_BLOCK_BYTES = 32 * 2**20
 _MAX_SLICES_PER_BLOCK = 64
 _MIN_BLOCKS = 16
 
@@ -303,9 +351,7 @@ def write_volume_segmentation(
     grid = TileGrid(n_planes * series.rows, series.columns, series.rows, series.columns)
     check_native_size(spec, grid)
     slices = _slices_per_block(series, spec, stacked, array.dtype.itemsize)
-    blocks = _sorted_blocks(array, order, slices)
-    tall = blocks.reshape((n_planes * series.rows, series.columns) + array.shape[3:])
-    tasks = encode_tasks(tall, spec)
+    tasks = _encode_tasks(array, order, slices, spec)
 
     shape = (spec.n_channels, n_planes, 1)
     with encoded_frames(client, tasks, destination, shape, progress) as (
@@ -337,27 +383,32 @@ def write_volume_segmentation(
     return destination
 
 
-def _sorted_blocks(array: da.Array | np.ndarray, order: np.ndarray, slices: int) -> da.Array:
-    """The mask's frames in ``order``, in blocks of ``slices`` whole frames."""
+def _encode_tasks(
+    array: da.Array | np.ndarray, order: np.ndarray, slices: int, spec: FrameSpec
+) -> list[tuple[int, Any]]:
+    """Encode tasks of the mask's frames in ``order``, ``slices`` whole frames a block.
+
+    Each block is a tall image of its slices one below the other, whose tile row ``p`` is the
+    ``p``-th plane of the SEG.
+    """
+    tall_shape = (-1, array.shape[2]) + tuple(array.shape[3:])
     if isinstance(array, np.ndarray):
-        # One small array per block, each sent to the worker that encodes it: a single chunk
-        # of the whole mask would be shipped whole to every worker. Frames in file order or
-        # its reverse (the usual cases) are views; only a shuffled order copies the mask.
+        # Each task carries only its own slices. Frames in file order or its reverse (the
+        # usual cases) are views; only a shuffled order copies the mask.
         step = int(order[1] - order[0]) if len(order) > 1 else 1
         if abs(step) == 1 and (np.diff(order) == step).all():
             stop = int(order[-1]) + step
             array = array[int(order[0]) : (None if stop < 0 else stop) : step]
         else:
             array = array[order]
-        pieces = [
-            da.from_array(array[start : start + slices], chunks=-1,
-                          name=f"volume-mask-{uuid.uuid4().hex}")
+        return [
+            numpy_block_task(array[start : start + slices].reshape(tall_shape), spec, start, 0)
             for start in range(0, len(order), slices)
         ]
-        return da.concatenate(pieces, axis=0)
     if not (order == np.arange(len(order))).all():
         array = array[order]
-    return array.rechunk((slices, *array.shape[1:]))
+    blocks = array.rechunk((slices, *array.shape[1:]))
+    return encode_tasks(blocks.reshape((len(order) * array.shape[1],) + tall_shape[1:]), spec)
 
 
 def _dimension_organization(

@@ -12,7 +12,6 @@ from daskseg import SegmentationInputError, SegmentationTypeError
 from daskseg._inputs import (
     as_dask_array,
     drop_leading_axis,
-    numpy_blocks,
     parse_options,
     tile_size,
 )
@@ -54,14 +53,6 @@ def test_bad_options_are_refused(args, message):
 ])
 def test_the_leading_axis_rule(shape, expected, kept):
     assert drop_leading_axis(da.zeros(shape), 2, expected).shape == kept
-
-
-def test_numpy_blocks_hold_only_their_own_slice():
-    mask = np.arange(100 * 90, dtype=np.uint16).reshape(100, 90)
-    array = numpy_blocks(mask, (64, 36), (48, 42))
-    np.testing.assert_array_equal(array.compute(scheduler="synchronous"), mask)
-    arrays = [v for v in dict(array.__dask_graph__()).values() if isinstance(v, np.ndarray)]
-    assert arrays and max(a.size for a in arrays) == 64 * 48
 
 
 def test_mask_kinds_and_refusal():

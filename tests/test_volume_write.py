@@ -216,10 +216,23 @@ def test_refusals_leave_nothing_behind(tmp_path, thread_client):
 
 
 @pytest.mark.parametrize("order", [[0, 1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0], [3, 1, 0, 6, 5, 2, 4]])
-def test_blocks_of_a_numpy_mask_take_frames_in_the_sorted_order(order):
-    from daskseg._volume import _sorted_blocks
+def test_tasks_of_a_numpy_mask_take_frames_in_the_sorted_order(order):
+    import dask
 
-    mask = np.arange(7 * 3 * 2).reshape(7, 3, 2)
-    blocks = _sorted_blocks(mask, np.array(order), 3)
-    assert blocks.chunks[0] == (3, 3, 1)
-    np.testing.assert_array_equal(blocks.compute(), mask[order])
+    from daskseg._volume import _encode_tasks
+    from daskseg.plan import FrameSpec
+
+    mask = np.arange(7 * 3 * 2, dtype=np.uint8).reshape(7, 3, 2)
+    spec = FrameSpec("LABELMAP", 64, False, 3, 2, "1.2.840.10008.1.2.1", 8, 255, False)
+    tasks = _encode_tasks(mask, np.array(order), 3, spec)
+    assert [n for n, _ in tasks] == [3, 3, 1]
+    planes = np.zeros_like(mask)
+    for _, task in tasks:
+        # Each task carries only its own slices, not the mask.
+        (graph_task,) = dict(task.__dask_graph__()).values()
+        arrays = [a for a in graph_task.args if isinstance(a, np.ndarray)]
+        assert len(arrays) == 1 and arrays[0].size <= 3 * 3 * 2
+        result = dask.compute(task, scheduler="synchronous")[0][0, 0]
+        frames = result.data.reshape(-1, 3, 2)
+        planes[result.positions[:, 1]] = frames
+    np.testing.assert_array_equal(planes, mask[order])
