@@ -112,22 +112,26 @@ def run_windowed(client: Any, tasks: Sequence[Delayed], what: str) -> Iterator[t
     watchdog = threading.Thread(target=watch, name="daskseg-watchdog", daemon=True)
     watchdog.start()
     try:
-        for future in queue:
-            # Still watched while its result is gathered: a worker that holds a finished
-            # result and then leaves sends the key back to waiting, and only the watchdog's
-            # cancel ends that wait when no worker is left.
+        for batch in queue.batches():
+            # All that finished since the last time, gathered in one round trip. Still
+            # watched while gathered: a worker that holds a finished result and then leaves
+            # sends the key back to waiting, and only the watchdog's cancel ends that wait
+            # when no worker is left.
             try:
-                result = client.gather(future, direct=direct)
+                results = client.gather(batch, direct=direct)
             except Exception as error:
-                if future.status == "error" and not isinstance(error, KilledWorker):
-                    raise  # the task's own exception
+                failed = any(future.status == "error" for future in batch)
+                if failed and not isinstance(error, KilledWorker):
+                    raise  # a task's own exception
                 raise cluster_error(error) from error
-            del in_flight[future.key]
-            future.release()
-            yield index_of.pop(future.key), result
+            for future in batch:
+                del in_flight[future.key]
+                future.release()
+            # Refill before handing the results on, so the workers are not kept waiting.
             if len(in_flight) <= window - threads:
-                more = submit(window - len(in_flight))
-                queue.update(more)
+                queue.update(submit(window - len(in_flight)))
+            for future, result in zip(batch, results):
+                yield index_of.pop(future.key), result
     finally:
         stopped.set()
         if in_flight:
