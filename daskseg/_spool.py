@@ -26,7 +26,7 @@ from distributed import Client
 from daskseg._client import cluster_client
 from daskseg._progress import progress_bar
 from daskseg._tasks import block_tasks, run_windowed
-from daskseg.encode import BlockResult, encode_block, encode_chunk
+from daskseg.encode import BlockResult, encode_chunk, encode_numpy_block
 from daskseg.plan import FrameSpec
 
 __all__ = [
@@ -103,14 +103,6 @@ def encode_tasks(mask: da.Array, spec: FrameSpec) -> list[tuple[int, Any]]:
     return tasks
 
 
-def _encode_numpy_block(
-    spec: FrameSpec, block: np.ndarray, tile_row: int, tile_column: int
-) -> np.ndarray:
-    result = np.empty((1, 1), dtype=object)  # as encode_chunk's, for encode_blocks
-    result[0, 0] = encode_block(block, spec, tile_row, tile_column)
-    return result
-
-
 def numpy_encode_tasks(
     mask: np.ndarray, rows: tuple[int, ...], columns: tuple[int, ...], spec: FrameSpec
 ) -> list[tuple[int, Any]]:
@@ -130,19 +122,24 @@ def numpy_encode_tasks(
 
 
 def numpy_block_task(
-    block: np.ndarray, spec: FrameSpec, tile_row: int, tile_column: int
+    block: np.ndarray, spec: FrameSpec, tile_row: int, tile_column: int,
+    shape: tuple[int, ...] | None = None,
 ) -> tuple[int, Any]:
     """The encode task of one block of whole tiles in memory, and its frame count.
 
     The task carries only the block's pixels, and no Dask array: a worker then imports numpy,
-    the codec and ``daskseg.encode``, not ``dask.array`` (tens of MB in every worker).
+    the codec and ``daskseg.encode`` (not this module), not ``dask.array`` (25 MB in every
+    worker). The
+    block is reshaped to ``shape`` on the worker, when given: reshaping a view here would copy
+    it, and every task is made before the first runs.
     """
-    task = dask.delayed(functools.partial(_encode_numpy_block, spec), pure=False)(
+    task = dask.delayed(functools.partial(encode_numpy_block, spec, shape), pure=False)(
         block, tile_row, tile_column,
         dask_key_name=f"encode-frames-{uuid.uuid4().hex}-{tile_row}-{tile_column}",
     )
-    n_frames = (math.ceil(block.shape[0] / spec.tile_rows)
-                * math.ceil(block.shape[1] / spec.tile_columns) * spec.n_channels)
+    rows, columns = shape[:2] if shape is not None else block.shape[:2]
+    n_frames = (math.ceil(rows / spec.tile_rows)
+                * math.ceil(columns / spec.tile_columns) * spec.n_channels)
     return n_frames, task
 
 

@@ -391,7 +391,6 @@ def _encode_tasks(
     Each block is a tall image of its slices one below the other, whose tile row ``p`` is the
     ``p``-th plane of the SEG.
     """
-    tall_shape = (-1, array.shape[2]) + tuple(array.shape[3:])
     if isinstance(array, np.ndarray):
         # Each task carries only its own slices. Frames in file order or its reverse (the
         # usual cases) are views; only a shuffled order copies the mask.
@@ -401,14 +400,16 @@ def _encode_tasks(
             array = array[int(order[0]) : (None if stop < 0 else stop) : step]
         else:
             array = array[order]
-        return [
-            numpy_block_task(array[start : start + slices].reshape(tall_shape), spec, start, 0)
-            for start in range(0, len(order), slices)
-        ]
+        tasks = []
+        for start in range(0, len(order), slices):
+            block = array[start : start + slices]
+            tall = (len(block) * block.shape[1], *block.shape[2:])
+            tasks.append(numpy_block_task(block, spec, start, 0, shape=tall))
+        return tasks
     if not (order == np.arange(len(order))).all():
         array = array[order]
     blocks = array.rechunk((slices, *array.shape[1:]))
-    return encode_tasks(blocks.reshape((len(order) * array.shape[1],) + tall_shape[1:]), spec)
+    return encode_tasks(blocks.reshape((len(order) * array.shape[1], *array.shape[2:])), spec)
 
 
 def _dimension_organization(

@@ -17,7 +17,10 @@ import numpy as np
 from daskseg.errors import SegmentationInputError
 from daskseg.plan import FrameSpec, block_location
 
-__all__ = ["BlockResult", "encode_block", "encode_chunk", "encode_frame", "segment_frame"]
+__all__ = [
+    "BlockResult", "encode_block", "encode_chunk", "encode_frame", "encode_numpy_block",
+    "segment_frame",
+]
 
 
 @dataclass
@@ -265,4 +268,20 @@ def encode_chunk(block: np.ndarray, spec: FrameSpec, block_info: dict | None = N
     result[0, 0] = encode_block(
         block, spec, row_start // spec.tile_rows, column_start // spec.tile_columns
     )
+    return result
+
+
+def encode_numpy_block(
+    spec: FrameSpec, shape: tuple[int, ...] | None, block: np.ndarray, tile_row: int,
+    tile_column: int,
+) -> np.ndarray:
+    """:func:`encode_chunk`'s result for a block sent on its own (a mask in memory).
+
+    The block is first reshaped to ``shape`` when given (the slices of a volume as one tall
+    image), here on the worker: on the client, reshaping a view of the mask would copy it.
+    """
+    if shape is not None:
+        block = block.reshape(shape)
+    result = np.empty((1, 1), dtype=object)
+    result[0, 0] = encode_block(block, spec, tile_row, tile_column)
     return result
