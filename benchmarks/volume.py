@@ -115,8 +115,9 @@ def _large_labels(slices: int, size: int, segments: int) -> pathlib.Path:
     return path
 
 
-def _warm(client, output: str, transfer_syntax: str = NATIVE) -> None:
-    """A running pipeline's cluster and client have imported and loaded everything once."""
+def _warm(client, output: str, transfer_syntax: str = NATIVE, read: bool = False) -> None:
+    """A running pipeline's cluster and client have imported and loaded what they use once:
+    the writer (and the reader, for a pipeline that reads)."""
     from daskseg import read_segmentation, write_segmentation
     from daskseg.synthetic import make_ct_series, make_label_volume, make_segment_descriptions
 
@@ -124,7 +125,8 @@ def _warm(client, output: str, transfer_syntax: str = NATIVE) -> None:
         make_label_volume(4, 64, 64, 3), make_ct_series(4, 64, 64), make_segment_descriptions(3),
         output, transfer_syntax_uid=transfer_syntax, client=client, overwrite=True,
     )
-    read_segmentation(output, combine_segments=True).compute()
+    if read:
+        read_segmentation(output, combine_segments=True).compute()
 
 
 def step_daskseg(segmentation_type: str, transfer_syntax: str, output: str, *size: str) -> None:
@@ -295,7 +297,7 @@ def step_read_daskseg(output: str, *size: str) -> None:
     _, labels, _ = _case(*map(int, size))
     uids = _source_uids(output)
     with local_cluster(2, memory_limit="4GiB") as cluster, Client(cluster) as client:
-        _warm(client, output + ".warm.dcm")
+        _warm(client, output + ".warm.dcm", read=True)
         start = time.perf_counter()
         pixels = read_segmentation(output, source_sop_instance_uids=uids,
                                    combine_segments=True).compute()
@@ -330,7 +332,7 @@ def step_large(output: str, slices: str, size: str, segments: str) -> None:
     labels = _large_labels(n, edge, k)
     series = make_ct_series(n, edge, edge, pixel_spacing=(0.4, 0.4))
     with local_cluster(2, memory_limit="4GiB") as cluster, Client(cluster) as client:
-        _warm(client, output + ".warm.dcm")
+        _warm(client, output + ".warm.dcm", read=True)  # this step reads back too
         start = time.perf_counter()
         write_segmentation(str(labels), series,
                            make_segment_descriptions(k, segmentation_type="LABELMAP"), output,
