@@ -19,7 +19,8 @@ from distributed.scheduler import KilledWorker
 from daskseg._malloc import register_malloc_plugin
 from daskseg.errors import ClusterError, SegmentationTypeError
 
-__all__ = ["CLUSTER_FAILURES", "WorkerlessClock", "cluster_client", "gathers_directly", "local_cluster"]
+__all__ = ["CLUSTER_FAILURES", "WorkerlessClock", "cluster_client", "gathers_directly", "local_cluster",
+           "workers_on_loopback"]
 
 # What a task raises when the cluster, not the task's own code, failed: a worker died too often,
 # the scheduler or the connection went away.
@@ -65,6 +66,18 @@ def local_cluster(n_workers: int | None = None, **options: Any) -> LocalCluster:
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
+def workers_on_loopback(client: Client) -> bool:
+    """Whether every worker listens on this machine's loopback (a LocalCluster, say)."""
+    try:
+        workers = list(client.scheduler_info()["workers"])
+    except CLUSTER_FAILURES:
+        return False
+    return bool(workers) and all(
+        urlsplit(address).hostname in _LOOPBACK_HOSTS or address.startswith("inproc://")
+        for address in workers
+    )
+
+
 def gathers_directly(client: Client) -> bool:
     """Whether to fetch results from the workers themselves rather than through the scheduler.
 
@@ -76,14 +89,7 @@ def gathers_directly(client: Client) -> bool:
     """
     if client.direct_to_workers is not None:
         return bool(client.direct_to_workers)
-    try:
-        workers = list(client.scheduler_info()["workers"])
-    except CLUSTER_FAILURES:
-        return False
-    return bool(workers) and all(
-        urlsplit(address).hostname in _LOOPBACK_HOSTS or address.startswith("inproc://")
-        for address in workers
-    )
+    return workers_on_loopback(client)
 
 
 @contextlib.contextmanager

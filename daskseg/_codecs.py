@@ -10,17 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydicom.uid import (
-    UID,
-    ExplicitVRLittleEndian,
-    HTJ2KLossless,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGLSLossless,
-    RLELossless,
-)
+if TYPE_CHECKING:
+    from pydicom.uid import UID
+
+# The UIDs as plain strings: workers import this module to encode, and importing pydicom (for
+# its UID class) would cost each of them 13 MB for nothing (PS3.5 A.4 lists the syntaxes).
+ExplicitVRLittleEndian = "1.2.840.10008.1.2.1"
+ImplicitVRLittleEndian = "1.2.840.10008.1.2"
+JPEG2000Lossless = "1.2.840.10008.1.2.4.90"
+HTJ2KLossless = "1.2.840.10008.1.2.4.201"
+JPEGLSLossless = "1.2.840.10008.1.2.4.80"
+RLELossless = "1.2.840.10008.1.2.5"
 
 __all__ = ["ALLOWED_TRANSFER_SYNTAXES", "CODECS", "Codec", "codec_for", "pack_bits", "unpack_bits"]
 
@@ -136,7 +139,7 @@ def _decode_rle(data: bytes, rows: int, columns: int, bits_allocated: int) -> np
 class Codec:
     """How frames of one transfer syntax are encoded and decoded, and where it may be used."""
 
-    uid: UID
+    uid: str
     names: tuple[str, ...]  # the CLI's short names
     segmentation_types: frozenset[str]  # where the syntax may be used (all lossless)
     encode: Callable[[np.ndarray, int], bytes]  # (frame, bits allocated) -> bytes
@@ -145,11 +148,11 @@ class Codec:
 
     @property
     def encapsulated(self) -> bool:
-        return bool(self.uid.is_encapsulated)
+        return self.uid not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 #: Every transfer syntax daskseg writes and reads, keyed by UID, in the order offered to users.
-CODECS: dict[UID, Codec] = {
+CODECS: dict[str, Codec] = {
     codec.uid: codec
     for codec in (
         Codec(ExplicitVRLittleEndian, ("native", "explicit"), _ALL_TYPES,
@@ -169,12 +172,25 @@ CODECS: dict[UID, Codec] = {
     )
 }
 
+def __getattr__(name: str) -> Any:
+    # ALLOWED_TRANSFER_SYNTAXES holds pydicom UIDs (with .name, .is_encapsulated): made when
+    # first asked for, so that workers, which never ask, need not import pydicom.
+    if name == "ALLOWED_TRANSFER_SYNTAXES":
+        from pydicom.uid import UID
+
+        allowed: dict[str, tuple[UID, ...]] = {
+            kind: tuple(UID(uid) for uid, codec in CODECS.items()
+                        if kind in codec.segmentation_types)
+            for kind in ("BINARY", "FRACTIONAL", "LABELMAP")
+        }
+        globals()[name] = allowed
+        return allowed
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 #: Transfer syntaxes per segmentation type, as highdicom 0.28 allows them (all lossless), plus
-#: HTJ2K, which highdicom reads but does not write.
-ALLOWED_TRANSFER_SYNTAXES: dict[str, tuple[UID, ...]] = {
-    kind: tuple(uid for uid, codec in CODECS.items() if kind in codec.segmentation_types)
-    for kind in ("BINARY", "FRACTIONAL", "LABELMAP")
-}
+#: HTJ2K, which highdicom reads but does not write (made when first used, see __getattr__).
+ALLOWED_TRANSFER_SYNTAXES: dict[str, tuple[UID, ...]]
 
 
 def codec_for(transfer_syntax_uid: str) -> Codec | None:
@@ -187,4 +203,4 @@ def codec_for(transfer_syntax_uid: str) -> Codec | None:
     >>> codec_for("1.2.840.10008.1.2.4.50") is None  # JPEG Baseline: lossy
     True
     """
-    return CODECS.get(UID(str(transfer_syntax_uid)))
+    return CODECS.get(str(transfer_syntax_uid))

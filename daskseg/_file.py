@@ -68,16 +68,19 @@ def _copy_frames(out: BinaryIO, spool: Spool, order: np.ndarray, empty: bytes) -
     passing every frame through Python.
     """
     where = tuple(order.T)
-    offsets, lengths = spool.offsets[where], spool.lengths[where]
-    # A run starts at the first frame, after a missing frame, and where the spool jumps.
+    offsets, lengths, sources = spool.offsets[where], spool.lengths[where], spool.source[where]
+    # A run starts at the first frame, after a missing frame, and where the spool jumps (to
+    # another place or another worker's file).
     starts = np.flatnonzero(np.concatenate([
-        [True], (lengths[1:] < 0) | (lengths[:-1] < 0) | (offsets[1:] != offsets[:-1] + lengths[:-1])
+        [True],
+        (lengths[1:] < 0) | (lengths[:-1] < 0) | (sources[1:] != sources[:-1])
+        | (offsets[1:] != offsets[:-1] + lengths[:-1]),
     ])) if len(order) else np.zeros(0, dtype=np.int64)
     ends = np.append(starts[1:], len(order))
     written = 0
     try:
         out.flush()
-        destination, source = out.fileno(), spool.file.fileno()
+        destination = out.fileno()
     except (AttributeError, io.UnsupportedOperation):  # not a file on disk: through memory
         for start, end in zip(starts.tolist(), ends.tolist()):
             for index in range(start, end):
@@ -92,7 +95,7 @@ def _copy_frames(out: BinaryIO, spool: Spool, order: np.ndarray, empty: bytes) -
             written += len(data)
             continue
         offset, size = int(offsets[start]), int(lengths[start:end].sum())
-        _copy_range(source, destination, offset, size)
+        _copy_range(spool.sources[sources[start]], destination, offset, size)
         written += size
     out.seek(0, os.SEEK_END)  # the buffered file learns where the descriptor now is
     return written

@@ -23,27 +23,49 @@ import dask.array as da
 import numpy as np
 from distributed import Client
 
-from daskseg._client import cluster_client
+from daskseg._client import CLUSTER_FAILURES, cluster_client, workers_on_loopback
 from daskseg._progress import progress_bar
 from daskseg._tasks import block_tasks, run_windowed
-from daskseg.encode import BlockResult, encode_chunk, encode_numpy_block
+from daskseg.encode import BlockResult, encode_chunk, encode_numpy_block, worker_spool_name
 from daskseg.plan import FrameSpec
 
 __all__ = [
     "Spool", "encode_blocks", "encode_tasks", "encoded_frames", "numpy_block_task",
-    "numpy_encode_tasks",
+    "numpy_encode_tasks", "spool_prefix", "workers_sharing",
 ]
 
 
 class Spool:
-    """Encoded frames as they arrive, in any order, in a temporary file beside the output."""
+    """Encoded frames as they arrive, in any order, in temporary files beside the output.
 
-    def __init__(self, folder: pathlib.Path, name: str, shape: tuple[int, int, int]) -> None:
+    Frames sent back to the client are appended to the spool's own file. Workers on this
+    machine append theirs to files of their own, prepared here (:meth:`prepare_workers`) under
+    ``worker_prefix``, and send back only where they put them. Every file is removed on
+    :meth:`close`.
+    """
+
+    def __init__(self, folder: pathlib.Path, name: str, shape: tuple[int, int, int],
+                 worker_prefix: str | None = None) -> None:
         handle, self.path = tempfile.mkstemp(prefix=f".{name}.", suffix=".spool", dir=folder)
         self.file = os.fdopen(handle, "w+b", buffering=0)
         self.offsets = np.full(shape, -1, dtype=np.int64)
         self.lengths = np.full(shape, -1, dtype=np.int64)
+        self.source = np.zeros(shape, dtype=np.int32)  # index in .sources of each frame's file
+        self.sources = [self.file.fileno()]  # descriptors to read frames from
         self.size = 0
+        self.worker_prefix = worker_prefix
+        self._worker_files: dict[str, int] = {}  # base name -> index in .sources
+        self._prepared: list[str] = []
+
+    def prepare_workers(self, addresses: list[str]) -> None:
+        """Create an empty spool file for each of these workers (which then write to it)."""
+        assert self.worker_prefix is not None
+        for address in addresses:
+            path = worker_spool_name(self.worker_prefix, address)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            self._prepared.append(path)
+            self._worker_files[os.path.basename(path)] = len(self.sources)
+            self.sources.append(fd)
 
     def _write(self, data: bytes | memoryview) -> None:
         # An unbuffered file may write less than asked: write the rest.
@@ -57,38 +79,84 @@ class Spool:
         self.lengths[channel, tile_row, tile_column] = len(data)
         self.size += len(data)
 
-    def add_block(self, positions: np.ndarray, lengths: np.ndarray, data: np.ndarray) -> None:
-        """Frames at ``positions`` (channel, tile row, tile column) stored one after another."""
-        self._write(data.data)
-        where = tuple(positions.T)
-        self.offsets[where] = self.size + np.cumsum(lengths) - lengths
-        self.lengths[where] = lengths
-        self.size += int(data.size)
+    def add_block(self, result: BlockResult) -> None:
+        """A block's frames (at ``result.positions``): sent back, or in a worker's file."""
+        where = tuple(result.positions.T)
+        starts = np.cumsum(result.lengths) - result.lengths
+        if result.spooled is not None:
+            name, offset = result.spooled
+            if name not in self._worker_files:
+                raise RuntimeError(f"A worker spooled frames to {name!r}, not prepared here.")
+            self.source[where] = self._worker_files[name]
+            self.offsets[where] = offset + starts
+        else:
+            self._write(result.data.data)
+            self.source[where] = 0
+            self.offsets[where] = self.size + starts
+            self.size += int(result.data.size)
+        self.lengths[where] = result.lengths
 
     def read(self, channel: int, tile_row: int, tile_column: int) -> bytes:
         return os.pread(
-            self.file.fileno(),
+            self.sources[self.source[channel, tile_row, tile_column]],
             int(self.lengths[channel, tile_row, tile_column]),
             int(self.offsets[channel, tile_row, tile_column]),
         )
 
     def close(self) -> None:
         self.file.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        for fd in self.sources[1:]:
+            os.close(fd)
+        for path in [self.path, *self._prepared]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
-def encode_tasks(mask: da.Array, spec: FrameSpec) -> list[tuple[int, Any]]:
+def spool_prefix(destination: pathlib.Path) -> str:
+    """A new prefix for the workers' spool files of a write to ``destination``."""
+    return str(destination.parent / f".{destination.name}.{uuid.uuid4().hex[:16]}.")
+
+
+def _folder_identity(folder: str) -> tuple[int, int] | None:
+    """On a worker: the folder's device and inode, if it can write there."""
+    try:
+        stat = os.stat(folder)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino) if os.access(folder, os.W_OK) else None
+
+
+def workers_sharing(client: Client, folder: pathlib.Path) -> list[str]:
+    """Workers that can write spool files to ``folder``: on this machine, seeing the same folder.
+
+    Only workers listening on loopback are asked (a remote worker's disk is not ours), and
+    only those that find the folder by the same device and inode (not another container's).
+    """
+    if not workers_on_loopback(client):
+        return []
+    try:
+        seen = client.run(_folder_identity, str(folder))
+    except CLUSTER_FAILURES:
+        return []
+    stat = os.stat(folder)
+    return [address for address, identity in seen.items()
+            if identity is not None and tuple(identity) == (stat.st_dev, stat.st_ino)]
+
+
+def encode_tasks(
+    mask: da.Array, spec: FrameSpec, spool_prefix: str | None = None
+) -> list[tuple[int, Any]]:
     """One delayed encode task per block (fused with the block's read), and its frame count."""
     n_row_blocks, n_column_blocks = len(mask.chunks[0]), len(mask.chunks[1])
     encoded = mask.map_blocks(
         encode_chunk,
         spec,
+        spool_prefix,
         dtype=object,
         chunks=((1,) * n_row_blocks, (1,) * n_column_blocks),
         drop_axis=[2] if mask.ndim == 3 else [],
         meta=np.empty((0, 0), dtype=object),
-        name=f"encode-frames-{dask.base.tokenize(mask.name, spec)}",
+        name=f"encode-frames-{dask.base.tokenize(mask.name, spec, spool_prefix)}",
     )
     blocks = block_tasks(encoded)
     tasks = []
@@ -104,7 +172,8 @@ def encode_tasks(mask: da.Array, spec: FrameSpec) -> list[tuple[int, Any]]:
 
 
 def numpy_encode_tasks(
-    mask: np.ndarray, rows: tuple[int, ...], columns: tuple[int, ...], spec: FrameSpec
+    mask: np.ndarray, rows: tuple[int, ...], columns: tuple[int, ...], spec: FrameSpec,
+    spool_prefix: str | None = None,
 ) -> list[tuple[int, Any]]:
     """As :func:`encode_tasks`, for a mask in memory cut into blocks of ``rows`` x ``columns``."""
     tasks = []
@@ -114,7 +183,7 @@ def numpy_encode_tasks(
         for n_columns in columns:
             tasks.append(numpy_block_task(
                 mask[row : row + n_rows, column : column + n_columns], spec,
-                row // spec.tile_rows, column // spec.tile_columns,
+                row // spec.tile_rows, column // spec.tile_columns, spool_prefix=spool_prefix,
             ))
             column += n_columns
         row += n_rows
@@ -123,7 +192,7 @@ def numpy_encode_tasks(
 
 def numpy_block_task(
     block: np.ndarray, spec: FrameSpec, tile_row: int, tile_column: int,
-    shape: tuple[int, ...] | None = None,
+    shape: tuple[int, ...] | None = None, spool_prefix: str | None = None,
 ) -> tuple[int, Any]:
     """The encode task of one block of whole tiles in memory, and its frame count.
 
@@ -133,7 +202,7 @@ def numpy_block_task(
     block is reshaped to ``shape`` on the worker, when given: reshaping a view here would copy
     it, and every task is made before the first runs.
     """
-    task = dask.delayed(functools.partial(encode_numpy_block, spec, shape), pure=False)(
+    task = dask.delayed(functools.partial(encode_numpy_block, spec, shape, spool_prefix), pure=False)(
         block, tile_row, tile_column,
         dask_key_name=f"encode-frames-{uuid.uuid4().hex}-{tile_row}-{tile_column}",
     )
@@ -168,7 +237,7 @@ def encode_blocks(
             result.tile_column : result.tile_column + columns,
         ] = result.tile_nonempty
         overlap |= result.overlap
-        spool.add_block(result.positions, result.lengths, result.data)
+        spool.add_block(result)
         bar.update(tasks[index][0])
     return overlap
 
@@ -181,19 +250,25 @@ def encoded_frames(
     shape: tuple[int, int, int],
     progress: bool,
     meanwhile: Future | None = None,
+    worker_prefix: str | None = None,
 ) -> Iterator[tuple[Spool, np.ndarray, bool]]:
     """Encode every block on the cluster into a spool beside ``destination``.
+
+    ``worker_prefix`` is the ``spool_prefix`` the tasks were made with: workers on this
+    machine then write their frames to files of their own (see :class:`Spool`).
 
     Yields the spool (removed on leaving), which tiles (``shape[1:]``) hold a non-zero pixel,
     and whether segments overlap. ``shape`` is (channels, tile rows, tile columns). A failure
     of ``meanwhile`` (see :func:`encode_blocks`) stops the encoding with its exception.
     """
-    spool = Spool(destination.parent, destination.name, shape)
+    spool = Spool(destination.parent, destination.name, shape, worker_prefix)
     try:
         tile_nonempty = np.zeros(shape[1:], dtype=bool)
         with cluster_client(client) as dask_client, progress_bar(
             sum(n for n, _ in tasks), "encoding frames", enabled=progress, client=dask_client,
         ) as bar:
+            if worker_prefix is not None:
+                spool.prepare_workers(workers_sharing(dask_client, destination.parent))
             overlap = encode_blocks(dask_client, tasks, spool, tile_nonempty, bar, meanwhile)
         yield spool, tile_nonempty, overlap
     finally:

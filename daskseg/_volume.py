@@ -35,7 +35,7 @@ from daskseg._header import (
 from daskseg._inputs import WriteOptions, as_dask_array, check_mask_dtype, check_tile_for_codec
 from daskseg._nifti import is_nifti_path, match_to_series, read_nifti
 from daskseg._series import SourceSeries, load_source_series
-from daskseg._spool import encode_tasks, encoded_frames, numpy_block_task
+from daskseg._spool import encode_tasks, encoded_frames, numpy_block_task, spool_prefix
 from daskseg.errors import SegmentationInputError
 from daskseg.plan import FrameSpec, TileGrid
 
@@ -276,9 +276,11 @@ class _VolumeFrameItems:
 # --------------------------------------------------------------------------- writing
 
 # Bytes of one block task's input and of its frames before encoding: a few of these per
-# worker bound the memory; more slices per task amortize the scheduler's cost per task, but
-# at least _MIN_BLOCKS tasks keep both workers of a small cluster busy to the end.
-_BLOCK_BYTES = 32 * 2**20
+# worker bound the memory; more slices per task amortize the scheduler's cost per task (a few
+# ms of the client's CPU each), but at least _MIN_BLOCKS tasks keep both workers of a small
+# cluster busy to the end. 24 MB: measured on 300 x 512² x 117 segments, 16 MB took 20% longer
+# and 32 MB 5% more memory.
+_BLOCK_BYTES = 24 * 2**20
 _MAX_SLICES_PER_BLOCK = 64
 _MIN_BLOCKS = 16
 
@@ -351,10 +353,11 @@ def write_volume_segmentation(
     grid = TileGrid(n_planes * series.rows, series.columns, series.rows, series.columns)
     check_native_size(spec, grid)
     slices = _slices_per_block(series, spec, stacked, array.dtype.itemsize)
-    tasks = _encode_tasks(array, order, slices, spec)
+    prefix = spool_prefix(destination)
+    tasks = _encode_tasks(array, order, slices, spec, prefix)
 
     shape = (spec.n_channels, n_planes, 1)
-    with encoded_frames(client, tasks, destination, shape, progress) as (
+    with encoded_frames(client, tasks, destination, shape, progress, worker_prefix=prefix) as (
         spool, plane_nonempty, overlap
     ):
         if header.get("SegmentsOverlap") != "UNDEFINED":
@@ -384,7 +387,8 @@ def write_volume_segmentation(
 
 
 def _encode_tasks(
-    array: da.Array | np.ndarray, order: np.ndarray, slices: int, spec: FrameSpec
+    array: da.Array | np.ndarray, order: np.ndarray, slices: int, spec: FrameSpec,
+    spool_prefix: str | None = None,
 ) -> list[tuple[int, Any]]:
     """Encode tasks of the mask's frames in ``order``, ``slices`` whole frames a block.
 
@@ -404,12 +408,14 @@ def _encode_tasks(
         for start in range(0, len(order), slices):
             block = array[start : start + slices]
             tall = (len(block) * block.shape[1], *block.shape[2:])
-            tasks.append(numpy_block_task(block, spec, start, 0, shape=tall))
+            tasks.append(numpy_block_task(block, spec, start, 0, shape=tall,
+                                          spool_prefix=spool_prefix))
         return tasks
     if not (order == np.arange(len(order))).all():
         array = array[order]
     blocks = array.rechunk((slices, *array.shape[1:]))
-    return encode_tasks(blocks.reshape((len(order) * array.shape[1], *array.shape[2:])), spec)
+    tall_mask = blocks.reshape((len(order) * array.shape[1], *array.shape[2:]))
+    return encode_tasks(tall_mask, spec, spool_prefix)
 
 
 def _dimension_organization(

@@ -10,6 +10,9 @@ non-zero pixel, and whether segments overlap anywhere in the block.
 from __future__ import annotations
 
 import functools
+import os
+import re
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +22,7 @@ from daskseg.plan import FrameSpec, block_location
 
 __all__ = [
     "BlockResult", "encode_block", "encode_chunk", "encode_frame", "encode_numpy_block",
-    "segment_frame",
+    "segment_frame", "spool_block", "worker_spool_name",
 ]
 
 
@@ -37,8 +40,10 @@ class BlockResult:
     tile_nonempty: np.ndarray  # bool (block tile rows, block tile columns)
     positions: np.ndarray  # int64 (frames, 3): channel, tile row, tile column, in file order
     lengths: np.ndarray  # int64 (frames,): bytes of each encoded frame
-    data: np.ndarray  # uint8: the encoded frames one after another
+    data: np.ndarray  # uint8: the encoded frames one after another (empty when spooled)
     overlap: bool  # some pixel belongs to more than one segment
+    # Where the worker appended ``data`` itself (file name, offset), when it could.
+    spooled: tuple[str, int] | None = None
 
     @classmethod
     def of(
@@ -257,23 +262,28 @@ def _encode_uniform(value: int, dtype: str, spec: FrameSpec) -> bytes:
     return encode_frame(frame, spec)
 
 
-def encode_chunk(block: np.ndarray, spec: FrameSpec, block_info: dict | None = None) -> np.ndarray:
+def encode_chunk(
+    block: np.ndarray, spec: FrameSpec, spool_prefix: str | None = None,
+    block_info: dict | None = None,
+) -> np.ndarray:
     """``map_blocks`` form of :func:`encode_block`: a 1 x 1 object array holding its result.
 
     As a blockwise task it fuses with the task that reads the block (from Zarr, say), so a
-    block is read and encoded in one task on one worker, never shipped between workers.
+    block is read and encoded in one task on one worker, never shipped between workers. With
+    ``spool_prefix``, the frames go to this worker's spool file, when it has one (see
+    :func:`spool_block`).
     """
     (row_start, _), (column_start, _) = block_location(block_info)[:2]
     result = np.empty((1, 1), dtype=object)
-    result[0, 0] = encode_block(
+    result[0, 0] = spool_block(encode_block(
         block, spec, row_start // spec.tile_rows, column_start // spec.tile_columns
-    )
+    ), spool_prefix)
     return result
 
 
 def encode_numpy_block(
-    spec: FrameSpec, shape: tuple[int, ...] | None, block: np.ndarray, tile_row: int,
-    tile_column: int,
+    spec: FrameSpec, shape: tuple[int, ...] | None, spool_prefix: str | None, block: np.ndarray,
+    tile_row: int, tile_column: int,
 ) -> np.ndarray:
     """:func:`encode_chunk`'s result for a block sent on its own (a mask in memory).
 
@@ -283,5 +293,44 @@ def encode_numpy_block(
     if shape is not None:
         block = block.reshape(shape)
     result = np.empty((1, 1), dtype=object)
-    result[0, 0] = encode_block(block, spec, tile_row, tile_column)
+    result[0, 0] = spool_block(encode_block(block, spec, tile_row, tile_column), spool_prefix)
+    return result
+
+
+_spool_lock = threading.Lock()  # a worker's threads append to one file
+
+
+def worker_spool_name(prefix: str, worker_address: str) -> str:
+    """The spool file of the worker at ``worker_address``: the writer creates it beforehand."""
+    return prefix + re.sub(r"[^0-9A-Za-z.]+", "_", worker_address) + ".spool"
+
+
+def spool_block(result: BlockResult, spool_prefix: str | None) -> BlockResult:
+    """Append the block's frames to this worker's spool file, if the writer made one for it.
+
+    A worker on the writer's machine writes its frames beside the destination itself, and
+    sends back only where they are: frames then never pass through the client (hundreds of MB
+    for a native SEG of a CT series). The file is only opened, never created here: a worker
+    the writer did not prepare a file for (one that joined later, or a task still running
+    after the writer gave up and removed its files) sends its frames back instead.
+    """
+    if spool_prefix is None or not result.data.size:
+        return result
+    try:
+        from distributed import get_worker
+
+        path = worker_spool_name(spool_prefix, get_worker().address)
+        with _spool_lock:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            try:
+                offset = os.fstat(fd).st_size
+                view = memoryview(result.data.data).cast("B")
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+    except (ValueError, OSError):  # not on a worker, no file for it, or a full disk
+        return result
+    result.spooled = (os.path.basename(path), offset)
+    result.data = np.empty(0, dtype=np.uint8)  # not a view: that would keep the frames
     return result

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydicom.uid import UID
 
 from daskseg._codecs import CODECS, Codec
 
@@ -70,11 +69,11 @@ class FrameSpec:
 
     @property
     def is_native(self) -> bool:
-        return not UID(self.transfer_syntax_uid).is_encapsulated
+        return not self.codec.encapsulated
 
     @property
     def codec(self) -> Codec:
-        return CODECS[UID(self.transfer_syntax_uid)]
+        return CODECS[str(self.transfer_syntax_uid)]
 
 
 def aligned_chunks(

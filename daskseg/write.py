@@ -26,7 +26,7 @@ from daskseg._file import check_native_size, write_file
 from daskseg._header import bits_allocated, check_bits_allocated, segmentation_header
 from daskseg._series import is_volume_source
 from daskseg._source import load_source_image
-from daskseg._spool import encode_tasks, encoded_frames, numpy_encode_tasks
+from daskseg._spool import encode_tasks, encoded_frames, numpy_encode_tasks, spool_prefix
 from daskseg._version import __version__
 from daskseg.errors import SegmentationInputError
 from daskseg.plan import FrameSpec, TileGrid, aligned_chunks
@@ -231,10 +231,12 @@ def write_segmentation(
     hint = (2048, 2048) if in_memory else (array.chunks[0][0], array.chunks[1][0])
     chunks = (aligned_chunks(grid.rows, tile[0], hint[0]),
               aligned_chunks(grid.columns, tile[1], hint[1]))
+    prefix = spool_prefix(destination)
     if in_memory:
-        tasks = numpy_encode_tasks(np.asarray(mask).reshape(array.shape), *chunks, spec)
+        tasks = numpy_encode_tasks(np.asarray(mask).reshape(array.shape), *chunks, spec,
+                                   spool_prefix=prefix)
     else:
-        tasks = encode_tasks(array.rechunk((*chunks, *array.shape[2:])), spec)
+        tasks = encode_tasks(array.rechunk((*chunks, *array.shape[2:])), spec, prefix)
 
     shape = (spec.n_channels, grid.n_tile_rows, grid.n_tile_columns)
     # highdicom builds the header (a third of a second the first time, loading its tables of
@@ -242,7 +244,7 @@ def write_segmentation(
     with ThreadPoolExecutor(1, thread_name_prefix="daskseg-header") as pool:
         building = pool.submit(segmentation_header, source, stacked, array.dtype, grid,
                                hd_options)
-        with encoded_frames(client, tasks, destination, shape, progress, building) as (
+        with encoded_frames(client, tasks, destination, shape, progress, building, prefix) as (
             spool, nonempty, overlap
         ):
             header = building.result()

@@ -103,3 +103,44 @@ def test_native_frames_are_copied_in_file_order_with_missing_ones_filled(tmp_pat
     pixels = np.frombuffer(data[12:], np.uint8)  # after tag, VR, reserved and 32-bit length
     assert struct.unpack("<I", data[8:12])[0] == 7 * 16
     np.testing.assert_array_equal(pixels.reshape(7, 4, 4), np.stack(frames + [np.zeros((4, 4), np.uint8)]))
+
+
+def test_a_block_is_sent_back_when_its_worker_has_no_spool_file(tmp_path):
+    from daskseg.encode import BlockResult, spool_block
+
+    result = BlockResult.of(0, 0, np.ones((1, 1), bool), [(0, 0, 0, b"abcd")], False)
+    # Outside a worker, and for a prefix whose file nobody prepared: the frames stay in it.
+    assert spool_block(result, str(tmp_path / ".x.")).spooled is None
+    assert result.data.tobytes() == b"abcd"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_workers_on_this_machine_spool_their_frames_and_every_file_goes(tmp_path, dask_client):
+    """A process LocalCluster's workers write their frames beside the destination; the SEG
+    holds them all, and no spool file is left."""
+    import highdicom as hd
+
+    import daskseg._spool as spool_module
+    from daskseg import write_segmentation
+    from daskseg.synthetic import make_ct_series, make_label_volume, make_segment_descriptions
+
+    spooled = []
+    add_block = spool_module.Spool.add_block
+
+    def counting(self, result):
+        spooled.append(result.spooled is not None or not result.lengths.size)
+        return add_block(self, result)
+
+    spool_module.Spool.add_block = counting
+    try:
+        labels, series = make_label_volume(24, 32, 32, 3), make_ct_series(24, 32, 32)
+        path = write_segmentation(labels, series, make_segment_descriptions(3),
+                                  tmp_path / "seg.dcm", client=dask_client)
+    finally:
+        spool_module.Spool.add_block = add_block
+    assert spooled and all(spooled)
+    assert [p.name for p in tmp_path.iterdir()] == ["seg.dcm"]
+    pixels = hd.seg.segread(path).get_pixels_by_source_instance(
+        [ds.SOPInstanceUID for ds in series], combine_segments=True,
+        assert_missing_frames_are_empty=True)
+    np.testing.assert_array_equal(pixels, labels)
