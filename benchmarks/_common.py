@@ -23,16 +23,16 @@ import psutil
 OUT = pathlib.Path(__file__).resolve().parent / "out"
 
 
-def tree_memory(process: psutil.Process) -> tuple[int, int]:
+def tree_memory(process: psutil.Process, pss: bool = True) -> tuple[int, int]:
     """RSS and PSS of a process and all its descendants, each summed, in bytes.
 
     PSS comes from /proc/PID/smaps_rollup (psutil's ``memory_full_info``, about 0.5 ms a
-    process); where a platform has none, the RSS stands in for it.
+    process); where a platform has none, or ``pss`` is False, the RSS stands in for it.
     """
-    rss = pss = 0
+    rss = total_pss = 0
     for p in [process, *process.children(recursive=True)]:
         try:
-            info = p.memory_full_info()
+            info = p.memory_full_info() if pss else p.memory_info()
         except psutil.AccessDenied:
             try:
                 info = p.memory_info()
@@ -41,15 +41,16 @@ def tree_memory(process: psutil.Process) -> tuple[int, int]:
         except psutil.Error:
             continue
         rss += info.rss
-        pss += getattr(info, "pss", info.rss)
-    return rss, pss
+        total_pss += getattr(info, "pss", info.rss)
+    return rss, total_pss
 
 
-def run_step(script: str, *args: str) -> dict:
+def run_step(script: str, *args: str, pss: bool = False) -> dict:
     """Run ``python script --step ARGS``; its JSON result plus ``peak_rss`` and ``peak_pss``.
 
     The peaks (bytes) are the largest sums over the process tree sampled every 50 ms, each
-    taken on its own.
+    taken on its own. PSS only when asked for: reading it costs the sampler a few percent of
+    a core, taken from the step it measures (``peak_pss`` is then the RSS peak).
     """
     command = [sys.executable, script, "--step", *args]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -61,11 +62,11 @@ def run_step(script: str, *args: str) -> dict:
         nonlocal peak, peak_pss
         while not done.is_set():
             try:
-                rss, pss = tree_memory(process)
+                rss, proportional = tree_memory(process, pss)
             except psutil.Error:
                 pass
             else:
-                peak, peak_pss = max(peak, rss), max(peak_pss, pss)
+                peak, peak_pss = max(peak, rss), max(peak_pss, proportional)
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)

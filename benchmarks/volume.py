@@ -368,7 +368,8 @@ def _dcmqi(script: str, ours: dict, case: list[str]) -> None:
         return
     folder, nifti, metadata = _dcmqi_inputs(*map(int, case))
     output = str(OUT / "volume-dcmqi.dcm")
-    theirs = run_step(script, "dcmqi", tool, str(folder), str(nifti), str(metadata), output)
+    theirs = run_step(script, "dcmqi", tool, str(folder), str(nifti), str(metadata), output,
+                      pss=True)
     check = run_step(script, "check_dcmqi", output, str(folder), *case)
     print(f"  dcmqi:     {theirs['time']:6.2f} s (one run)  {peaks(theirs)}  "
           f"(itkimage2segimage, {check['frames']} frames, file {theirs['size'] / 2**20:.1f} MiB, "
@@ -404,9 +405,9 @@ def main() -> None:
         ("BINARY", J2K, "ProcessPoolExecutor(2)"),
         ("LABELMAP", J2K, "ProcessPoolExecutor(2)"),
     ]:
-        ours = run_step(script, "daskseg", kind, syntax, ours_path, *case)
+        ours = run_step(script, "daskseg", kind, syntax, ours_path, *case, pss=True)
         check = run_step(script, "check", ours_path, *case)
-        theirs = run_step(script, "highdicom", kind, syntax, theirs_path, *case)
+        theirs = run_step(script, "highdicom", kind, syntax, theirs_path, *case, pss=True)
         name = "native" if syntax == NATIVE else "JPEG 2000"
         print(f"\n{kind} {name} ({CASES} cases in a row in each process):")
         print(f"  daskseg:   {_write_times(ours)}  {peaks(ours)}  "
@@ -419,8 +420,8 @@ def main() -> None:
         if kind == "BINARY" and syntax == NATIVE:
             _dcmqi(script, ours, case)
             # Reading back the native BINARY SEG into a label volume.
-            ours_read = run_step(script, "read_daskseg", ours_path, *case)
-            theirs_read = run_step(script, "read_highdicom", ours_path, *case)
+            ours_read = run_step(script, "read_daskseg", ours_path, *case, pss=True)
+            theirs_read = run_step(script, "read_highdicom", ours_path, *case, pss=True)
             print("  read into a label volume:")
             print(f"    daskseg:   {ours_read['time']:6.2f} s  {peaks(ours_read)}  "
                   f"equal: {ours_read['equal']}")
@@ -433,7 +434,7 @@ def main() -> None:
     slices, edge, segments = sizes["large"]
     _large_labels(slices, edge, segments)
     large = run_step(script, "large", str(OUT / "volume-large.dcm"), str(slices), str(edge),
-                     str(segments))
+                     str(segments), pss=True)
     print(f"\nlarge case: {slices} x {edge} x {edge} from Zarr ({large['labels_bytes'] / 2**30:.2f} "
           f"GiB of labels), LABELMAP native, daskseg:")
     print(f"  write {large['time']:6.2f} s  {peaks(large)}  file "
