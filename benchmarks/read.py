@@ -67,6 +67,10 @@ def digest(labels) -> str:
 
 
 def _set_small_codestream(limit: int) -> None:
+    # What a live cluster that has read before has imported: the decoder and dask.array,
+    # whose functions the reader's graph holds (daskseg itself imports neither on a worker).
+    import dask.array  # noqa: F401
+
     import daskseg._decode
 
     daskseg._decode._SMALL_CODESTREAM = limit
