@@ -25,7 +25,7 @@ from distributed import Client
 
 from daskseg._client import CLUSTER_FAILURES, cluster_client, workers_on_loopback
 from daskseg._progress import progress_bar
-from daskseg._tasks import block_tasks, run_windowed
+from daskseg._tasks import DataTask, block_tasks, run_windowed
 from daskseg.encode import BlockResult, encode_chunk, encode_numpy_block, worker_spool_name
 from daskseg.plan import FrameSpec
 
@@ -196,16 +196,19 @@ def numpy_block_task(
 ) -> tuple[int, Any]:
     """The encode task of one block of whole tiles in memory, and its frame count.
 
-    The task carries only the block's pixels, and no Dask array: a worker then imports numpy,
-    the codec and ``daskseg.encode`` (not this module), not ``dask.array`` (25 MB in every
-    worker). The
-    block is reshaped to ``shape`` on the worker, when given: reshaping a view here would copy
-    it, and every task is made before the first runs.
+    A :class:`~daskseg._tasks.DataTask`: the block is sent to a worker on its own when the task
+    is submitted. No Dask array is involved: a worker then imports numpy, the codec and
+    ``daskseg.encode`` (not this module), not ``dask.array`` (25 MB in every worker). The block
+    is reshaped to ``shape`` on the worker, when given: reshaping a view here would copy it, and
+    every task is made before the first runs.
     """
-    task = dask.delayed(functools.partial(encode_numpy_block, spec, shape, spool_prefix), pure=False)(
-        block, tile_row, tile_column,
-        dask_key_name=f"encode-frames-{uuid.uuid4().hex}-{tile_row}-{tile_column}",
-    )
+    encode = functools.partial(encode_numpy_block, spec, shape, spool_prefix)
+    key = f"encode-frames-{uuid.uuid4().hex}-{tile_row}-{tile_column}"
+
+    def make(data: Any) -> Any:
+        return dask.delayed(encode, pure=False)(data, tile_row, tile_column, dask_key_name=key)
+
+    task = DataTask(block, make)
     rows, columns = shape[:2] if shape is not None else block.shape[:2]
     n_frames = (math.ceil(rows / spec.tile_rows)
                 * math.ceil(columns / spec.tile_columns) * spec.n_channels)

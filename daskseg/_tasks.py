@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
@@ -27,7 +27,21 @@ from distributed.scheduler import KilledWorker
 from daskseg._client import CLUSTER_FAILURES, WorkerlessClock, gathers_directly
 from daskseg.errors import ClusterError
 
-__all__ = ["block_tasks", "run_windowed"]
+__all__ = ["DataTask", "block_tasks", "run_windowed"]
+
+
+@dataclass(frozen=True)
+class DataTask:
+    """A task whose input (a block of a mask in memory) goes to a worker on its own.
+
+    :func:`run_windowed` scatters ``data`` when it submits the task (straight to a worker on
+    this machine), and computes ``make(future of the data)``: the input then travels once,
+    not inside the graph through the scheduler (which pickles it again for the worker).
+    ``make(data)`` computes it anywhere else (tests, the local scheduler).
+    """
+
+    data: Any
+    make: Callable[[Any], Delayed]
 
 
 def block_tasks(array: da.Array) -> np.ndarray:
@@ -44,7 +58,9 @@ def block_tasks(array: da.Array) -> np.ndarray:
     return tasks
 
 
-def run_windowed(client: Any, tasks: Sequence[Delayed], what: str) -> Iterator[tuple[int, Any]]:
+def run_windowed(
+    client: Any, tasks: Sequence[Delayed | DataTask], what: str
+) -> Iterator[tuple[int, Any]]:
     """Compute ``tasks`` on the cluster; yield ``(index, result)`` as each finishes.
 
     At most four tasks per worker thread are in flight, refilled in groups (each compute call
@@ -79,6 +95,7 @@ def run_windowed(client: Any, tasks: Sequence[Delayed], what: str) -> Iterator[t
     window = max(8, 4 * threads)
     index_of: dict[str, int] = {}
     in_flight: dict[str, Any] = {}  # shared with the watchdog thread
+    held: dict[str, Any] = {}  # scattered inputs of the tasks in flight
     position = 0
 
     def submit(count: int) -> list[Any]:
@@ -86,16 +103,23 @@ def run_windowed(client: Any, tasks: Sequence[Delayed], what: str) -> Iterator[t
         batch = list(tasks[position : position + count])
         if not batch:
             return []
-        with warnings.catch_warnings():
-            # Blocks of an in-memory mask carry their pixels in the graph, as they must.
-            warnings.filterwarnings("ignore", message="Sending large graph")
-            try:
-                futures = client.compute(batch)
-            except CLUSTER_FAILURES as error:
-                raise cluster_error(error) from error
+        with_data = [i for i, task in enumerate(batch) if isinstance(task, DataTask)]
+        try:
+            scattered = client.scatter(
+                [batch[i].data for i in with_data],
+                direct=direct, hash=False,
+            ) if with_data else []
+            for i, data in zip(with_data, scattered):
+                batch[i] = batch[i].make(data)
+            futures = client.compute(batch)
+        except CLUSTER_FAILURES as error:
+            raise cluster_error(error) from error
+        inputs = dict(zip(with_data, scattered))
         for offset, future in enumerate(futures):
             index_of[future.key] = position + offset
             in_flight[future.key] = future
+            if offset in inputs:  # held until the result is in, then let go
+                held[future.key] = inputs[offset]
         position += len(batch)
         return futures
 
@@ -126,6 +150,7 @@ def run_windowed(client: Any, tasks: Sequence[Delayed], what: str) -> Iterator[t
                 raise cluster_error(error) from error
             for future in batch:
                 del in_flight[future.key]
+                held.pop(future.key, None)
                 future.release()
             # Refill before handing the results on, so the workers are not kept waiting.
             if len(in_flight) <= window - threads:

@@ -229,10 +229,8 @@ def test_tasks_of_a_numpy_mask_take_frames_in_the_sorted_order(order):
     planes = np.zeros_like(mask)
     for _, task in tasks:
         # Each task carries only its own slices, not the mask.
-        (graph_task,) = dict(task.__dask_graph__()).values()
-        arrays = [a for a in graph_task.args if isinstance(a, np.ndarray)]
-        assert len(arrays) == 1 and arrays[0].size <= 3 * 3 * 2
-        result = dask.compute(task, scheduler="synchronous")[0][0, 0]
+        assert task.data.size <= 3 * 3 * 2
+        result = dask.compute(task.make(task.data), scheduler="synchronous")[0][0, 0]
         frames = result.data.reshape(-1, 3, 2)
         planes[result.positions[:, 1]] = frames
     np.testing.assert_array_equal(planes, mask[order])
