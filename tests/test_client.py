@@ -6,7 +6,7 @@ import pytest
 from distributed import Client
 
 from daskseg import SegmentationTypeError
-from daskseg._client import cluster_client
+from daskseg._client import cluster_client, gathers_directly
 
 
 def test_a_given_client_is_used_and_left_running(thread_client):
@@ -93,3 +93,15 @@ def test_a_read_computed_on_the_current_client_gets_the_malloc_settings(tmp_path
         labels = read_segmentation(path, combine_segments=True).compute()
         assert list(client.run(malloc_settings).values()) == [MALLOC_SETTINGS]
     assert (labels == mask.compute()).all()
+
+
+def test_results_come_straight_from_loopback_workers_unless_the_client_says(dask_client):
+    # A LocalCluster's workers listen on 127.0.0.1: gathered from them directly...
+    assert all(address.startswith("tcp://127.0.0.1:")
+               for address in dask_client.scheduler_info()["workers"])
+    assert gathers_directly(dask_client)
+    # ...unless the client was told otherwise, either way.
+    with Client(dask_client.scheduler.address, direct_to_workers=False) as client:
+        assert not gathers_directly(client)
+    with Client(dask_client.scheduler.address, direct_to_workers=True) as client:
+        assert gathers_directly(client)

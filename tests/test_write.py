@@ -261,6 +261,23 @@ def test_overwrite_and_nothing_left_on_failure(tmp_path, thread_client):
     assert int(pydicom.dcmread(target).NumberOfFrames) > 0
 
 
+@pytest.mark.parametrize("option, message", [
+    (dict(series_number=-3), "series_number"),
+    (dict(content_label="not a code string"), "Code string"),
+])
+def test_a_header_highdicom_refuses_stops_the_write_and_leaves_nothing(
+    tmp_path, dask_client, option, message
+):
+    """The header is built while the blocks encode: highdicom's refusal still ends the write
+    with SegmentationInputError, and neither the file nor any spool is left."""
+    source = make_slide(1024, 1024, tile_size=(128, 128))
+    mask = make_tissue_mask(1024, 1024, 2, chunks=256)
+    with pytest.raises(SegmentationInputError, match=message):
+        write_segmentation(mask, source, make_segment_descriptions(2), tmp_path / "seg.dcm",
+                           client=dask_client, **option)
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("extended", [False, True])
 def test_offset_tables(tmp_path, thread_client, extended):
     rows, columns = 256, 320
