@@ -1,8 +1,9 @@
 """Encoding on the cluster: one task per block of whole tiles, results spooled as they arrive.
 
 Blocks map to :func:`daskseg.encode.encode_chunk` on the workers, a bounded window of tasks in
-flight; each result is appended to a spool file next to the destination, in whatever order the
-workers finish, and read back in file order by ``_file``.
+flight. A worker on this machine appends its frames to a spool file of its own next to the
+destination and sends back where they are; others send the frames, appended to the client's
+spool file. Both in whatever order the workers finish, read back in file order by ``_file``.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from concurrent.futures import Future
 import os
 import pathlib
 import tempfile
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import dask
