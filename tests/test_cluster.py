@@ -257,6 +257,8 @@ def test_writer_and_reader_on_a_dask_cli_cluster(tmp_path, dask_cli_cluster, inp
         assert len(client.scheduler_info()["workers"]) == 2
         path = write_segmentation(labels, source, descriptions, tmp_path / "seg.dcm",
                                   transfer_syntax_uid="1.2.840.10008.1.2.4.90", client=client)
+        # The workers spooled their frames beside it (they listen on 127.0.0.1): all removed.
+        assert os.listdir(tmp_path) == ["seg.dcm"]
         got = client.compute(read_segmentation(path, combine_segments=True)).result()
     np.testing.assert_array_equal(got, labels.compute())
     np.testing.assert_array_equal(
