@@ -12,6 +12,7 @@ per (segment, plane) from parts encoded once per plane and once per segment.
 from __future__ import annotations
 
 import pathlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dask.array as da
@@ -24,6 +25,8 @@ from pydicom.valuerep import DS, format_number_as_ds
 
 from daskseg._file import check_native_size, write_file
 from daskseg._header import (
+    bits_allocated,
+    check_bits_allocated,
     element_header,
     frame_content_part,
     header_from,
@@ -329,14 +332,6 @@ def write_volume_segmentation(
     array, stacked = volume_mask(mask, series, n_segments)
     order = series.sort_index()  # tile row p is the p-th plane in highdicom's order
 
-    try:
-        seg = _proxy_segmentation(series, stacked, array.dtype, n_segments,
-                                  {**hd_options, "dimension_organization_type": None})
-    except (ValueError, TypeError) as error:
-        raise SegmentationInputError(f"highdicom refused the SEG's header: {error}") from error
-    template = seg.PerFrameFunctionalGroupsSequence[0]
-    header = _volume_header(seg, series, hd_options)
-
     spec = FrameSpec(
         segmentation_type=options.segmentation_type,
         n_segments=n_segments,
@@ -344,7 +339,7 @@ def write_volume_segmentation(
         tile_rows=series.rows,
         tile_columns=series.columns,
         transfer_syntax_uid=str(options.transfer_syntax_uid),
-        bits_allocated=int(header.BitsAllocated),
+        bits_allocated=bits_allocated(options.segmentation_type, n_segments),
         max_fractional_value=options.max_fractional_value,
         omit_empty_frames=options.omit_empty_frames,
     )
@@ -357,33 +352,64 @@ def write_volume_segmentation(
     tasks = _encode_tasks(array, order, slices, spec, prefix)
 
     shape = (spec.n_channels, n_planes, 1)
-    with encoded_frames(client, tasks, destination, shape, progress, worker_prefix=prefix) as (
-        spool, plane_nonempty, overlap
-    ):
-        if header.get("SegmentsOverlap") != "UNDEFINED":
-            header.SegmentsOverlap = "YES" if overlap else "NO"
-        # highdicom keeps every plane when all are empty (it cannot omit them all), as write_file does.
-        if not spec.omit_empty_frames or not plane_nonempty.any():
-            included = np.arange(n_planes)
-            dimension_index = included + 1
-        else:
-            included = np.flatnonzero(plane_nonempty[:, 0])
-            dimension_index = np.cumsum(plane_nonempty[:, 0])
-        inferred = _dimension_organization(series, order[included], spec)
-        if options.dimension_organization_type == "3D" and inferred is None:
-            raise SegmentationInputError(
-                "dimension_organization_type '3D' was given, but the SEG's planes are not a "
-                "regularly spaced volume (or it has several segments)."
-            )
-        if inferred is not None:
-            header.DimensionOrganizationType = inferred
-        items = _VolumeFrameItems(
-            template, series, order, dimension_index, spec.segmentation_type == "LABELMAP",
-            n_segments, header.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian,
-        )
-        write_file(destination, header, spool, spec, grid, False, plane_nonempty,
-                   hd_options, options.use_extended_offset_table, overwrite, items=items)
+    # highdicom builds the header while the workers encode (as for a tiled image, see write).
+    with ThreadPoolExecutor(1, thread_name_prefix="daskseg-header") as pool:
+        building = pool.submit(_header_and_template, series, stacked, array.dtype, n_segments,
+                               hd_options)
+        with encoded_frames(client, tasks, destination, shape, progress, building, prefix) as (
+            spool, plane_nonempty, overlap
+        ):
+            header, template = building.result()
+            check_bits_allocated(header, spec)
+            _finish(destination, header, template, series, order, spool, spec, grid,
+                    plane_nonempty, overlap, options, hd_options, overwrite)
     return destination
+
+
+def _header_and_template(
+    series: SourceSeries, stacked: bool, dtype: np.dtype, n_segments: int,
+    hd_options: dict[str, Any],
+) -> tuple[Dataset, Dataset]:
+    """The SEG's header and highdicom's per-frame item of the proxy's frame, as a template."""
+    try:
+        seg = _proxy_segmentation(series, stacked, dtype, n_segments,
+                                  {**hd_options, "dimension_organization_type": None})
+    except (ValueError, TypeError) as error:
+        raise SegmentationInputError(f"highdicom refused the SEG's header: {error}") from error
+    return _volume_header(seg, series, hd_options), seg.PerFrameFunctionalGroupsSequence[0]
+
+
+def _finish(
+    destination: pathlib.Path, header: Dataset, template: Dataset, series: SourceSeries,
+    order: np.ndarray, spool: Any, spec: FrameSpec, grid: TileGrid, plane_nonempty: np.ndarray,
+    overlap: bool, options: WriteOptions, hd_options: dict[str, Any], overwrite: bool,
+) -> None:
+    """The header's last values (overlap, organization), the per-frame items, the file."""
+    n_planes = series.number_of_frames
+    n_segments = spec.n_segments
+    if header.get("SegmentsOverlap") != "UNDEFINED":
+        header.SegmentsOverlap = "YES" if overlap else "NO"
+    # highdicom keeps every plane when all are empty (it cannot omit them all), as write_file does.
+    if not spec.omit_empty_frames or not plane_nonempty.any():
+        included = np.arange(n_planes)
+        dimension_index = included + 1
+    else:
+        included = np.flatnonzero(plane_nonempty[:, 0])
+        dimension_index = np.cumsum(plane_nonempty[:, 0])
+    inferred = _dimension_organization(series, order[included], spec)
+    if options.dimension_organization_type == "3D" and inferred is None:
+        raise SegmentationInputError(
+            "dimension_organization_type '3D' was given, but the SEG's planes are not a "
+            "regularly spaced volume (or it has several segments)."
+        )
+    if inferred is not None:
+        header.DimensionOrganizationType = inferred
+    items = _VolumeFrameItems(
+        template, series, order, dimension_index, spec.segmentation_type == "LABELMAP",
+        n_segments, header.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian,
+    )
+    write_file(destination, header, spool, spec, grid, False, plane_nonempty,
+               hd_options, options.use_extended_offset_table, overwrite, items=items)
 
 
 def _encode_tasks(

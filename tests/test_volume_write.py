@@ -234,3 +234,12 @@ def test_tasks_of_a_numpy_mask_take_frames_in_the_sorted_order(order):
         frames = result.data.reshape(-1, 3, 2)
         planes[result.positions[:, 1]] = frames
     np.testing.assert_array_equal(planes, mask[order])
+
+
+def test_a_header_highdicom_refuses_stops_a_volume_write_and_leaves_nothing(tmp_path, dask_client):
+    """The volume's header is built while its blocks encode: highdicom's refusal still ends
+    the write with SegmentationInputError, and nothing is left (no spool of any worker)."""
+    with pytest.raises(SegmentationInputError, match="series_number"):
+        write_segmentation(volume_mask("BINARY"), shuffled_series(), make_segment_descriptions(3),
+                           tmp_path / "seg.dcm", client=dask_client, series_number=-3)
+    assert list(tmp_path.iterdir()) == []
