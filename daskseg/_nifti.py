@@ -31,6 +31,8 @@ _SUFFIXES = (".nii", ".nii.gz")
 _VOXEL_TOLERANCE = 0.01
 # RAS+ (NIfTI) to LPS+ (DICOM): x and y change sign.
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_NIFTI_CONVENTION = ("its affine were in LPS+ (DICOM) rather than NIfTI's RAS+: the file was "
+                     "written with the wrong convention; fix its affine")
 
 
 def is_nifti_path(mask: object) -> bool:
@@ -88,7 +90,9 @@ def _frame_voxels(series: SourceSeries, affine: np.ndarray) -> tuple[np.ndarray,
     return origins, down, right
 
 
-def _axis(step: np.ndarray, what: str, spacing: float, affine: np.ndarray) -> tuple[int, int]:
+def _axis(
+    step: np.ndarray, what: str, spacing: float, affine: np.ndarray, kind: str
+) -> tuple[int, int]:
     """The file axis and direction (+1/-1) that one step of ``what`` moves along, or refuse."""
     axis = int(np.argmax(np.abs(step)))
     sign = 1 if step[axis] > 0 else -1
@@ -103,13 +107,14 @@ def _axis(step: np.ndarray, what: str, spacing: float, affine: np.ndarray) -> tu
             problem = (f"is {spacing:g} mm, but the file's voxels are "
                        f"{' x '.join(f'{v:g}' for v in voxel_sizes)} mm")
         raise SegmentationInputError(
-            f"The NIfTI mask does not match the source series: one step {what} {problem}."
+            f"The {kind} mask does not match the source series: one step {what} {problem}."
         )
     return axis, sign
 
 
 def match_to_series(
-    array: da.Array | np.ndarray, affine: np.ndarray, series: SourceSeries
+    array: da.Array | np.ndarray, affine: np.ndarray, series: SourceSeries, *,
+    kind: str = "NIfTI", wrong_convention: str = _NIFTI_CONVENTION,
 ) -> da.Array | np.ndarray:
     """Reorder a mask with geometry into ``(frames, rows, columns[, ...])`` in the series' order.
 
@@ -122,6 +127,11 @@ def match_to_series(
         The file's voxel-to-LPS+ affine (4 x 4).
     series
         The source series; frame ``f`` of the result belongs to its frame ``f``.
+    kind
+        The file's format, named in the messages ("NIfTI", "NRRD").
+    wrong_convention
+        What to tell the user when the file would match with x and y negated (left and
+        right, anterior and posterior swapped): how its convention was likely mistaken.
 
     Raises
     ------
@@ -131,47 +141,46 @@ def match_to_series(
     """
     if array.ndim not in (3, 4):
         raise SegmentationInputError(
-            f"The NIfTI mask has {array.ndim} dimensions {tuple(array.shape)}; expected a label "
+            f"The {kind} mask has {array.ndim} dimensions {tuple(array.shape)}; expected a label "
             "volume (i, j, k) or one volume per segment (i, j, k, segments)."
         )
     try:
-        return _match(array, affine, series)
+        return _match(array, affine, series, kind)
     except SegmentationInputError as error:
-        # The commonest mistake: an affine already in DICOM's LPS+ written into the file.
+        # The commonest mistake: coordinates of one convention (LPS+, RAS+) written as the other.
         try:
-            _match(array, _RAS_TO_LPS @ affine, series)
+            _match(array, _RAS_TO_LPS @ affine, series, kind)
         except SegmentationInputError:
             raise error from None
-        raise SegmentationInputError(
-            f"{error} It would match if its affine were in LPS+ (DICOM) rather than NIfTI's "
-            "RAS+: the file was written with the wrong convention; fix its affine."
-        ) from None
+        raise SegmentationInputError(f"{error} It would match if {wrong_convention}.") from None
 
 
 def _match(
-    array: da.Array | np.ndarray, affine: np.ndarray, series: SourceSeries
+    array: da.Array | np.ndarray, affine: np.ndarray, series: SourceSeries, kind: str
 ) -> da.Array | np.ndarray:
     origins, down, right = _frame_voxels(series, affine)
-    row_axis, row_sign = _axis(down, "down a column of the series", series.pixel_spacing[0], affine)
+    row_axis, row_sign = _axis(
+        down, "down a column of the series", series.pixel_spacing[0], affine, kind
+    )
     column_axis, column_sign = _axis(
-        right, "along a row of the series", series.pixel_spacing[1], affine
+        right, "along a row of the series", series.pixel_spacing[1], affine, kind
     )
     if row_axis == column_axis:
         raise SegmentationInputError(
-            "The NIfTI mask does not match the source series: the series' rows and columns run "
+            f"The {kind} mask does not match the source series: the series' rows and columns run "
             "along the same axis of the file."
         )
     slice_axis = 3 - row_axis - column_axis
     shape = array.shape[:3]
     if (shape[row_axis], shape[column_axis]) != (series.rows, series.columns):
         raise SegmentationInputError(
-            f"The NIfTI mask's slices are {shape[row_axis]} x {shape[column_axis]} voxels along "
+            f"The {kind} mask's slices are {shape[row_axis]} x {shape[column_axis]} voxels along "
             f"the series' rows and columns, but the series' images are {series.rows} x "
             f"{series.columns}."
         )
     if shape[slice_axis] != series.number_of_frames:
         raise SegmentationInputError(
-            f"The NIfTI mask has {shape[slice_axis]} slices, but the source series has "
+            f"The {kind} mask has {shape[slice_axis]} slices, but the source series has "
             f"{series.number_of_frames} images; it must have one slice per image."
         )
     rounded = np.round(origins)
@@ -180,7 +189,7 @@ def _match(
         frame = int(np.argmax(off))
         millimetres = (affine[:3, :3] @ (origins[frame] - rounded[frame]))
         raise SegmentationInputError(
-            f"The NIfTI mask does not match the source series: image {frame + 1} "
+            f"The {kind} mask does not match the source series: image {frame + 1} "
             f"({series.sop_instance_uids[frame]}) lies between the file's voxels, "
             f"{np.linalg.norm(millimetres):.3g} mm from the nearest voxel centre (at voxel "
             f"{np.round(origins[frame], 2).tolist()}); the file would need resampling."
@@ -192,14 +201,14 @@ def _match(
         if (rounded[:, axis] != start).any():
             shift = (rounded[:, axis] - start)[np.argmax(rounded[:, axis] != start)]
             raise SegmentationInputError(
-                f"The NIfTI mask does not match the source series: it is shifted by {shift} "
+                f"The {kind} mask does not match the source series: it is shifted by {shift} "
                 f"voxels along its axis {axis} against the series' images (same spacing and "
                 "orientation, another origin); crop or pad it to the series first."
             )
     slices = rounded[:, slice_axis]
     if slices.min() < 0 or slices.max() >= shape[slice_axis] or len(set(slices.tolist())) != len(slices):
         raise SegmentationInputError(
-            "The NIfTI mask does not match the source series: the images lie at its slices "
+            f"The {kind} mask does not match the source series: the images lie at its slices "
             f"{sorted(slices.tolist())} along its axis {slice_axis}, not at each of its "
             f"{shape[slice_axis]} slices once (it is shifted or spaced differently)."
         )

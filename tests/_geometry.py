@@ -1,0 +1,61 @@
+"""Series and label volumes in known geometry, for the tests of masks that carry their own
+(NIfTI, NRRD): what the file's axes are, and where the series' images lie in them."""
+
+from __future__ import annotations
+
+import random
+
+import highdicom as hd
+import numpy as np
+
+from daskseg._series import load_source_series
+from daskseg.synthetic import make_ct_series
+
+OBLIQUE = (0.8660254037844387, 0.5, 0.0, -0.5, 0.8660254037844387, 0.0)
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def shuffled_series(orientation=OBLIQUE, slices=6, rows=10, columns=7):
+    datasets = make_ct_series(slices, rows, columns, orientation=orientation)
+    random.Random(5).shuffle(datasets)
+    return load_source_series(datasets)
+
+
+def sorted_geometry(series):
+    """highdicom's geometry of the series' volume: (slice, row, column) indices -> LPS+ mm."""
+    order = series.sort_index()
+    spacing = float(np.linalg.norm(series.positions[order[1]] - series.positions[order[0]]))
+    return hd.VolumeGeometry.from_attributes(
+        image_position=series.positions[order[0]],
+        image_orientation=series.orientation,
+        rows=series.rows,
+        columns=series.columns,
+        pixel_spacing=series.pixel_spacing,
+        spacing_between_slices=spacing,
+        number_of_frames=series.number_of_frames,
+        coordinate_system="PATIENT",
+    )
+
+
+def random_labels(shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 4, size=shape, dtype=np.uint8)
+
+
+def permute(array, affine, axes):
+    """The array's axes in another order, and the affine that keeps every voxel in place."""
+    return array.transpose(axes + tuple(range(3, array.ndim))), affine[:, [*axes, 3]]
+
+
+def flip(array, affine, axis):
+    """The array flipped along ``axis``, and the affine that keeps every voxel in place."""
+    affine = affine.copy()
+    affine[:3, 3] += affine[:3, axis] * (array.shape[axis] - 1)
+    affine[:3, axis] *= -1
+    return np.flip(array, axis), affine
+
+
+def in_given_order(series, volume):
+    """A volume in highdicom's sorted order, reordered to the series' given order."""
+    given = np.empty_like(volume)
+    given[series.sort_index()] = volume
+    return given
