@@ -37,6 +37,7 @@ from daskseg._header import (
 )
 from daskseg._inputs import WriteOptions, as_dask_array, check_mask_dtype, check_tile_for_codec
 from daskseg._nifti import is_nifti_path, match_to_series, read_nifti
+from daskseg._nrrd import is_nrrd_path, match_nrrd_to_series
 from daskseg._series import SourceSeries, load_source_series
 from daskseg._spool import encode_tasks, encoded_frames, numpy_block_task, spool_prefix
 from daskseg.errors import SegmentationInputError
@@ -50,18 +51,18 @@ def volume_mask(
 ) -> tuple[da.Array | np.ndarray, bool]:
     """The mask as ``(frames, rows, columns[, segments])`` in the series' order, and whether stacked.
 
-    A mask in memory (numpy, or a gzipped NIfTI file) stays a numpy array (views where it can),
-    cut into blocks by the writer; any other is a Dask array.
+    A mask in memory (numpy, a gzipped NIfTI file or an NRRD file) stays a numpy array (views
+    where it can), cut into blocks by the writer; any other is a Dask array.
 
     Mask frame ``k`` belongs to source frame ``k`` in the order given (as in highdicom), except
-    for a NIfTI file, which carries its geometry and is matched to the series by it. Other
-    masks (Dask, Zarr, numpy) are wrapped without reading them.
+    for a NIfTI or NRRD file, which carries its geometry and is matched to the series by it.
+    Other masks (Dask, Zarr, numpy) are wrapped without reading them.
 
     Raises
     ------
     SegmentationInputError
-        If the mask's shape does not fit the series and segments, or a NIfTI file's geometry
-        does not match the series'.
+        If the mask's shape does not fit the series and segments, or a NIfTI or NRRD file's
+        geometry does not match the series'.
     SegmentationTypeError
         If its values are neither boolean, integer nor floating point, or a label volume is
         floating point.
@@ -70,6 +71,8 @@ def volume_mask(
     if is_nifti_path(mask):
         array, affine = read_nifti(mask)
         array = match_to_series(array, affine, series)
+    elif is_nrrd_path(mask):
+        array = match_nrrd_to_series(mask, series)
     else:
         array = mask if isinstance(mask, np.ndarray) else as_dask_array(mask)
         # One image: its mask may come without the frame axis, as in highdicom.

@@ -33,7 +33,7 @@ class UserError(Exception):
 
 
 def _open_mask(path: str) -> Any:
-    """A mask from a Zarr store (path or URL), a .npy, TIFF or NIfTI file, without reading it."""
+    """A mask from a Zarr store (path or URL), a .npy, TIFF, NIfTI or NRRD file, without reading it."""
     lower = path.lower().rstrip("/")
     if lower.endswith(".npy"):
         import numpy as np
@@ -58,7 +58,7 @@ def _open_mask(path: str) -> Any:
         return da.from_zarr(zarr.open_array(store, mode="r"))
     if "://" not in path and not os.path.exists(path):
         raise UserError(f"mask {path} does not exist")
-    return path  # a Zarr store or a NIfTI file: write_segmentation opens it
+    return path  # a Zarr store, a NIfTI or NRRD file: write_segmentation opens it
 
 
 def _client(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
@@ -317,7 +317,7 @@ def _parser() -> argparse.ArgumentParser:
 
     encode = commands.add_parser("encode", help="write a SEG from a mask and its slide")
     encode.add_argument("mask", help="Zarr store (path or URL), OME-Zarr label image, .npy, "
-                        "TIFF or NIfTI file")
+                        "TIFF, NIfTI or NRRD file")
     encode.add_argument("source", help="the slide's DICOM file or DICOMweb instance URL (header "
                         "only), or a folder holding one series (CT, MR...) or one multi-frame "
                         "image")

@@ -88,7 +88,8 @@ def write_segmentation(
         array. Chunks of any shape: they are aligned to tiles here. For a series: labels
         ``(frames, rows, columns)`` or planes ``(frames, rows, columns, segments)``, frame k
         for source image k in the order given (as highdicom), or the path of a NIfTI file
-        (``.nii``, ``.nii.gz``; extra ``nifti``), matched to the series by its affine.
+        (``.nii``, ``.nii.gz``; extra ``nifti``) or an NRRD file (``.nrrd``, ``.nhdr``; extra
+        ``nrrd``), matched to the series by its geometry.
     source_image : pydicom.Dataset, str, os.PathLike or a sequence of them
         The slide (or its header), or the path of its DICOM file (read without pixel data).
         The mask's shape must equal its TotalPixelMatrixRows x TotalPixelMatrixColumns. Or a
