@@ -48,7 +48,7 @@ def read_nifti(path: str | os.PathLike) -> tuple[da.Array | np.ndarray, np.ndarr
 
     Raises
     ------
-    ImportError
+    MissingDependencyError
         If nibabel is not installed, naming the extra that installs it.
     SegmentationInputError
         If the file is missing or not NIfTI.
@@ -56,7 +56,7 @@ def read_nifti(path: str | os.PathLike) -> tuple[da.Array | np.ndarray, np.ndarr
     try:
         import nibabel
     except ImportError as error:
-        raise ImportError(
+        raise MissingDependencyError(
             "Reading NIfTI masks needs nibabel: pip install 'daskseg[nifti]'."
         ) from error
     path = pathlib.Path(path)

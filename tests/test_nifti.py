@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import dask.array as da
 import highdicom as hd
 import numpy as np
 import pytest
 
-from daskseg import SegmentationInputError, SegmentationTypeError
+from daskseg import MissingDependencyError, SegmentationInputError, SegmentationTypeError
 from daskseg._series import load_source_series
 from daskseg._volume import volume_mask
 from daskseg.synthetic import make_ct_series
@@ -122,3 +124,12 @@ def test_arrays_follow_the_given_order_and_wrong_shapes_are_refused():
     one = load_source_series(make_ct_series(1, 5, 6))
     mask, stacked = volume_mask(np.ones((5, 6, 3), bool), one, 3)
     assert stacked and mask.shape == (1, 5, 6, 3)
+
+
+def test_without_nibabel_the_error_names_the_extra(tmp_path, monkeypatch):
+    series = shuffled_series()
+    geometry = sorted_geometry(series)
+    path = _save(tmp_path, random_labels(geometry.spatial_shape), geometry.affine)
+    monkeypatch.setitem(sys.modules, "nibabel", None)  # as if it were not installed
+    with pytest.raises(MissingDependencyError, match=r"pip install 'daskseg\[nifti\]'"):
+        volume_mask(path, series, 3)
