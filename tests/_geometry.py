@@ -54,6 +54,17 @@ def flip(array, affine, axis):
     return np.flip(array, axis), affine
 
 
+def file_labels(series, axes, flips=(), seed=0):
+    """Random labels of the series' sorted volume, and the same voxels as a file's array in
+    another axis order and flipped, with the affine (LPS+) that keeps every voxel in place."""
+    geometry = sorted_geometry(series)
+    volume = random_labels(geometry.spatial_shape, seed)
+    array, affine = permute(volume, geometry.affine, axes)
+    for axis in flips:
+        array, affine = flip(array, affine, axis)
+    return volume, array, affine
+
+
 def in_given_order(series, volume):
     """A volume in highdicom's sorted order, reordered to the series' given order."""
     given = np.empty_like(volume)

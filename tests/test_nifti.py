@@ -16,7 +16,7 @@ from daskseg.synthetic import make_ct_series
 
 from _geometry import (
     LPS_TO_RAS,
-    flip,
+    file_labels,
     in_given_order,
     permute,
     random_labels,
@@ -25,6 +25,7 @@ from _geometry import (
 )
 
 nibabel = pytest.importorskip("nibabel")
+
 
 def _save(tmp_path, array, affine_lps, name="mask.nii.gz", ras=True):
     path = tmp_path / name
@@ -45,18 +46,14 @@ def _save(tmp_path, array, affine_lps, name="mask.nii.gz", ras=True):
 )
 def test_nifti_in_any_axis_order_is_matched_to_the_series(tmp_path, axes, flips, name):
     series = shuffled_series()
-    geometry = sorted_geometry(series)
-    volume = random_labels(geometry.spatial_shape)
-    array, affine = permute(volume, geometry.affine, axes)
-    for axis in flips:
-        array, affine = flip(array, affine, axis)
+    volume, array, affine = file_labels(series, axes, flips)
     path = _save(tmp_path, array, affine, name)
 
     mask, stacked = volume_mask(path, series, 3)
     assert not stacked and mask.shape == (6, 10, 7)
     np.testing.assert_array_equal(np.asarray(mask), in_given_order(series, volume))
     # highdicom's own matching of the file to the series' geometry agrees.
-    matched = hd.Volume.from_nibabel(nibabel.load(path)).match_geometry(geometry)
+    matched = hd.Volume.from_nibabel(nibabel.load(path)).match_geometry(sorted_geometry(series))
     np.testing.assert_array_equal(matched.array, volume)
 
 

@@ -22,7 +22,7 @@ from daskseg.synthetic import make_ct_series, make_segment_descriptions
 from _geometry import (
     LPS_TO_RAS,
     OBLIQUE,
-    flip,
+    file_labels,
     in_given_order,
     permute,
     random_labels,
@@ -78,11 +78,7 @@ def test_nrrd_in_any_space_axis_order_and_flips_is_matched_to_the_series(
     tmp_path, space, axes, flips, name, encoding
 ):
     series = shuffled_series()
-    geometry = sorted_geometry(series)
-    volume = random_labels(geometry.spatial_shape)
-    array, affine = permute(volume, geometry.affine, axes)
-    for axis in flips:
-        array, affine = flip(array, affine, axis)
+    volume, array, affine = file_labels(series, axes, flips)
     path = _save(tmp_path, array, _header(affine, space), name, encoding)
     if name.endswith(".nhdr"):
         assert "data file" in nrrd.read_header(str(path))  # the data is in a file of its own
