@@ -26,7 +26,7 @@ __all__ = ["is_nrrd_path", "match_nrrd_to_series", "read_nrrd"]
 
 _SUFFIXES = (".nrrd", ".nhdr")
 # The patient spaces of the NRRD format that masks of DICOM series come in (long and short
-# names; teem ignores their case), each with the matrix that turns its coordinates into LPS+.
+# names, compared without case), each with the matrix that turns its coordinates into LPS+.
 _LPS = "left-posterior-superior"
 _RAS = "right-anterior-superior"
 _SPACES = {_LPS: _LPS, "lps": _LPS, _RAS: _RAS, "ras": _RAS}
