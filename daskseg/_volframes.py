@@ -295,21 +295,37 @@ def _channel(frame: FrameItem, index: int, labelmap: bool, shared_segment: int |
     return channel_of[number]
 
 
+def multiframe_sources(index: VolumeIndex) -> set[str]:
+    """The images whose frames the SEG's frames reference by number (PS3.3 C.7.6.1.1.3)."""
+    return {uid for uid, frame in index.keys if uid and frame}
+
+
 def plane_order(
     header: Dataset, index: VolumeIndex, source_sop_instance_uids: Sequence[str] | None,
+    source_frame_numbers: Sequence[int] | None = None,
 ) -> list[int]:
     """Output plane -> plane of ``index`` (-1: a referenced source without frames, zeros).
 
     By default every plane with a frame, sorted along the slice normal as highdicom sorts
-    volumes; else the source images given, in their order.
+    volumes; else the source images given, or (a SEG of one multi-frame image) the frames of
+    it given, in their order.
     """
+    multiframe = multiframe_sources(index)
+    if source_frame_numbers is not None:
+        if source_sop_instance_uids is not None:
+            raise SegmentationInputError(
+                "Give source_sop_instance_uids (a SEG of single-frame images) or "
+                "source_frame_numbers (a SEG of one multi-frame image), not both."
+            )
+        return _frame_order(index, multiframe, source_frame_numbers)
     if source_sop_instance_uids is None:
         if len(index.keys) < 2:
             return list(range(len(index.keys)))
         if np.isnan(index.positions).any():
+            choose = "source_frame_numbers" if multiframe else "source_sop_instance_uids"
             raise SegmentationInputError(
-                "Some frames have no plane position, so the planes cannot be sorted; give "
-                "source_sop_instance_uids to choose their order."
+                f"Some frames have no plane position, so the planes cannot be sorted; give "
+                f"{choose} to choose their order."
             )
         orientation = header.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
         order = get_plane_sort_index(index.positions.tolist(),
@@ -319,10 +335,11 @@ def plane_order(
         raise SegmentationInputError(
             "source_sop_instance_uids is a sequence of UIDs, not one string."
         )
-    if any(frame for _, frame in index.keys):
+    if multiframe:
         raise SegmentationInputError(
-            "The SEG's frames reference frames of a multi-frame image; read it in plane order "
-            "(source_sop_instance_uids=None)."
+            "The SEG's frames reference frames of a multi-frame image: choose its planes with "
+            "source_frame_numbers (1-based frame numbers of that image), not "
+            "source_sop_instance_uids."
         )
     plane_of = {uid: plane for plane, (uid, _) in enumerate(index.keys) if uid}
     referenced = {str(item.ReferencedSOPInstanceUID)
@@ -341,3 +358,37 @@ def plane_order(
             f"{source_sop_instance_uids[0]}): are they of another series?"
         )
     return [plane_of.get(str(uid), -1) for uid in source_sop_instance_uids]
+
+
+def _frame_order(index: VolumeIndex, multiframe: set[str],
+                 source_frame_numbers: Sequence[int]) -> list[int]:
+    """Planes of the frames given of the one multi-frame source image (as highdicom's
+    ``get_pixels_by_source_frame``; frames without SEG frames: -1, zeros)."""
+    if not multiframe:
+        raise SegmentationInputError(
+            "source_frame_numbers is for a SEG of one multi-frame image; this SEG's frames "
+            "reference single-frame images: choose its planes with source_sop_instance_uids."
+        )
+    if len(multiframe) > 1:
+        raise SegmentationInputError(
+            f"The SEG's frames reference frames of {len(multiframe)} multi-frame images, so "
+            "source_frame_numbers is ambiguous; read it in plane order or use highdicom's "
+            "get_pixels_by_source_frame."
+        )
+    if isinstance(source_frame_numbers, (str, bytes)) or not hasattr(
+        source_frame_numbers, "__iter__"
+    ):
+        raise SegmentationInputError(
+            "source_frame_numbers is a sequence of frame numbers (1-based), not "
+            f"{type(source_frame_numbers).__name__}."
+        )
+    numbers = list(source_frame_numbers)
+    for number in numbers:
+        # highdicom: "Frame numbers are 1-based indices and must be > 0."
+        if isinstance(number, bool) or not isinstance(number, (int, np.integer)) or number < 1:
+            raise SegmentationInputError(
+                f"source_frame_numbers holds {number!r}: frame numbers are 1-based integers "
+                "(PS3.3 C.7.6.1.1.3), so each must be 1 or more."
+            )
+    plane_of = {frame: plane for plane, (uid, frame) in enumerate(index.keys) if uid and frame}
+    return [plane_of.get(int(number), -1) for number in numbers]

@@ -26,6 +26,7 @@ from daskseg._frames import locate_frames, open_file
 from daskseg._malloc import register_on_current_client
 from daskseg._volframes import (
     index_volume_frames,
+    multiframe_sources,
     plane_order,
     read_frame_items,
     scan_frame_items,
@@ -112,7 +113,11 @@ class VolumeSegmentationReader:
     number_of_frames : int
     source_sop_instance_uids : list of str
         The source images with frames, in the default order (sorted along the slice normal);
-        "" for a plane whose frames reference no source image.
+        "" for a plane whose frames reference no source image. For a SEG of one multi-frame
+        image, that image's UID for every plane.
+    source_frame_numbers : list of int or None
+        For a SEG of one multi-frame image (Enhanced CT, MR...): the frames of it (1-based) with
+        SEG frames, in the default order; None for a SEG of single-frame images.
     transfer_syntax_uid : pydicom.uid.UID
     """
 
@@ -144,11 +149,15 @@ class VolumeSegmentationReader:
         self._index = index_volume_frames(header, items, self.segment_numbers)
         default = plane_order(header, self._index, None)
         self.source_sop_instance_uids = [self._index.keys[p][0] for p in default]
+        self.source_frame_numbers: list[int] | None = None
+        if len(multiframe_sources(self._index)) == 1:
+            self.source_frame_numbers = [self._index.keys[p][1] for p in default]
 
     def to_dask(
         self,
         *,
         source_sop_instance_uids: Sequence[str] | None = None,
+        source_frame_numbers: Sequence[int] | None = None,
         segment_numbers: Sequence[int] | None = None,
         combine_segments: bool = False,
         relabel: bool = False,
@@ -165,9 +174,13 @@ class VolumeSegmentationReader:
         options = ReadOptions(segment_numbers, combine_segments, relabel, rescale_fractional,
                               dtype, None)
         output = options.output(self)  # type: ignore[arg-type]
-        planes = plane_order(self.header, self._index, source_sop_instance_uids)
+        planes = plane_order(self.header, self._index, source_sop_instance_uids,
+                             source_frame_numbers)
         if not planes:
-            raise SegmentationInputError("source_sop_instance_uids is empty.")
+            raise SegmentationInputError(
+                "source_frame_numbers is empty." if source_frame_numbers is not None
+                else "source_sop_instance_uids is empty."
+            )
         labelmap = self.segmentation_type == "LABELMAP"
         channels = [0] if labelmap else [self.segment_numbers.index(n) for n in output.numbers]
         rows, columns = self.frame_size

@@ -489,6 +489,7 @@ def read_segmentation(
     dtype: DTypeLike | None = None,
     chunks: int | tuple[int, int] | None = None,
     source_sop_instance_uids: Sequence[str] | None = None,
+    source_frame_numbers: Sequence[int] | None = None,
     session: Any = None,
     headers: Mapping[str, str] | None = None,
     timeout: float | tuple[float, float] | None = None,
@@ -501,7 +502,9 @@ def read_segmentation(
     (combined) or ``(planes, rows, columns, segments)``, equal to highdicom's
     ``get_pixels_by_source_instance``: by default its planes with frames sorted along the
     slice normal, or the source images ``source_sop_instance_uids`` in that order (those
-    without frames read as zeros).
+    without frames read as zeros). A SEG of one multi-frame image (Enhanced CT, MR...) reads
+    the frames of it ``source_frame_numbers`` in that order instead, equal to highdicom's
+    ``get_pixels_by_source_frame`` with ``assert_missing_frames_are_empty=True``.
 
     Parameters
     ----------
@@ -522,7 +525,11 @@ def read_segmentation(
         Chunk size in pixels, rounded to whole tiles; about 2048 by default. For a volume:
         planes per chunk.
     source_sop_instance_uids : sequence of str, optional
-        Volume SEGs only: the source images whose planes to read, in this order.
+        SEGs of series of single-frame images only: the source images whose planes to read,
+        in this order.
+    source_frame_numbers : sequence of int, optional
+        SEGs of one multi-frame image only: the frames of it (1-based) whose planes to read,
+        in this order; frames without SEG frames read as zeros.
     session, headers, timeout
         DICOMweb URLs only; see :func:`open_segmentation` (prefer ``headers`` for credentials).
 
@@ -540,7 +547,8 @@ def read_segmentation(
         it needs when computed); the message names the file and, when computed, the frame.
     SegmentationInputError
         The options do not fit the SEG (unknown segment numbers, a dtype too small, FRACTIONAL
-        combined without rescaling).
+        combined without rescaling, ``source_frame_numbers`` for a SEG of single-frame images
+        or ``source_sop_instance_uids`` for one of a multi-frame image, a frame number below 1).
     RuntimeError, ValueError
         When computed, as highdicom: segments overlap and cannot be combined, or FRACTIONAL
         values are not all 0 or MaximumFractionalValue and cannot be combined.
@@ -560,12 +568,16 @@ def read_segmentation(
     options = dict(segment_numbers=segment_numbers, combine_segments=combine_segments,
                    relabel=relabel, rescale_fractional=rescale_fractional, dtype=dtype)
     if isinstance(reader, SegmentationReader):
-        if source_sop_instance_uids is not None:
-            raise SegmentationInputError(
-                "source_sop_instance_uids is for SEGs of series; this SEG is of a tiled image."
-            )
+        for name, value in (("source_sop_instance_uids", source_sop_instance_uids),
+                            ("source_frame_numbers", source_frame_numbers)):
+            if value is not None:
+                raise SegmentationInputError(
+                    f"{name} is for SEGs of series or multi-frame images; this SEG is of a "
+                    "tiled image."
+                )
         return reader.to_dask(chunks=chunks, **options)  # type: ignore[arg-type]
     if chunks is not None and not isinstance(chunks, int):
         raise SegmentationInputError("chunks of a volume SEG is a number of planes per chunk.")
-    return reader.to_dask(source_sop_instance_uids=source_sop_instance_uids, chunks=chunks,
+    return reader.to_dask(source_sop_instance_uids=source_sop_instance_uids,
+                          source_frame_numbers=source_frame_numbers, chunks=chunks,
                           **options)  # type: ignore[arg-type]

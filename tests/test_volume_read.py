@@ -8,7 +8,7 @@ import highdicom as hd
 import numpy as np
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
-from test_volume_write import shuffled_series, volume_mask
+from test_volume_write import OBLIQUE, shuffled_series, volume_mask
 
 from daskseg import (
     SegmentationInputError,
@@ -17,7 +17,7 @@ from daskseg import (
     read_segmentation,
     write_segmentation,
 )
-from daskseg.synthetic import make_segment_descriptions
+from daskseg.synthetic import make_ct_series, make_segment_descriptions
 
 READS = [
     dict(),
@@ -256,3 +256,79 @@ def test_frames_without_source_references_are_placed_by_position(tmp_path, threa
     ours = read_segmentation(tmp_path / "stripped.dcm", combine_segments=True).compute()
     order = hd.spatial.get_dataset_sort_index(series)
     np.testing.assert_array_equal(ours, mask[[k for k in order if mask[k].any()]])
+
+
+def enhanced_ct(frames: int = 6) -> hd.legacy.LegacyConvertedEnhancedCTImage:
+    """One multi-frame CT image of 24 x 20, its frames out of slice order (as in test_volume_write)."""
+    slices = make_ct_series(frames, 24, 20, orientation=OBLIQUE, pixel_data=True)
+    random.Random(2).shuffle(slices)
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        slices, series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
+        instance_number=1,
+    )
+    del enhanced.PixelData  # daskseg and highdicom read its headers only
+    return enhanced
+
+
+@pytest.mark.parametrize("segmentation_type", ["BINARY", "LABELMAP"])
+def test_multiframe_source_by_frame_numbers(tmp_path, thread_client, segmentation_type):
+    """source_frame_numbers equals highdicom's get_pixels_by_source_frame."""
+    enhanced = enhanced_ct()
+    labels = np.zeros((6, 24, 20), np.uint8)  # labels[k] for frame k + 1
+    labels[[0, 2, 3, 5], 3:20, 2:17] = np.random.default_rng(5).integers(0, 4, (4, 17, 15))
+    labels[3] = np.where(labels[3] == 1, 0, labels[3])  # segment 1 absent from frame 4
+    path = write_segmentation(labels, enhanced, make_segment_descriptions(3), tmp_path / "mf.dcm",
+                              segmentation_type=segmentation_type, client=thread_client)
+    uid = enhanced.SOPInstanceUID
+    seg = hd.seg.segread(path)
+    reader = open_segmentation(path)
+    assert reader.source_sop_instance_uids == [uid] * 4
+    assert sorted(reader.source_frame_numbers) == [1, 3, 4, 6]  # the frames with SEG frames
+    # Shuffled, frames 2 and 5 without SEG frames, a repeat, and 9 past the source's last frame
+    # (zeros, as highdicom's with assert_missing_frames_are_empty=True).
+    frames = [4, 2, 6, 1, 5, 4, 9]
+    for options in READS:
+        ours = read_segmentation(path, source_frame_numbers=frames, chunks=3, **options).compute()
+        theirs = seg.get_pixels_by_source_frame(uid, frames, assert_missing_frames_are_empty=True,
+                                                **options)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        np.testing.assert_array_equal(ours, theirs)
+        # The default order: the frames with SEG frames sorted along the normal.
+        default = reader.to_dask(**options).compute()
+        np.testing.assert_array_equal(default, seg.get_pixels_by_source_frame(
+            uid, reader.source_frame_numbers, **options))
+    combined = reader.to_dask(source_frame_numbers=np.array(frames), combine_segments=True)
+    expected = np.concatenate([labels, np.zeros((3, 24, 20), np.uint8)])[np.array(frames) - 1]
+    np.testing.assert_array_equal(combined.compute(), expected)
+
+
+def test_multiframe_source_refusals(tmp_path, thread_client, testdata):
+    enhanced = enhanced_ct(frames=3)
+    labels = np.zeros((3, 24, 20), np.uint8)
+    labels[1, 4:9, 5:10] = 1
+    descriptions = make_segment_descriptions(1)
+    path = write_segmentation(labels, enhanced, descriptions, tmp_path / "mf.dcm",
+                              client=thread_client)
+    with pytest.raises(SegmentationInputError, match="source_frame_numbers"):
+        read_segmentation(path, source_sop_instance_uids=[enhanced.SOPInstanceUID])
+    with pytest.raises(SegmentationInputError, match="not both"):
+        read_segmentation(path, source_sop_instance_uids=[enhanced.SOPInstanceUID],
+                          source_frame_numbers=[1])
+    for bad in ([2, 0], [1.5], [True]):
+        with pytest.raises(SegmentationInputError, match="1-based"):
+            read_segmentation(path, source_frame_numbers=bad)
+    with pytest.raises(SegmentationInputError, match="sequence of frame numbers"):
+        read_segmentation(path, source_frame_numbers=2)
+    with pytest.raises(SegmentationInputError, match="source_frame_numbers is empty"):
+        read_segmentation(path, source_frame_numbers=[])
+    # A SEG of single-frame images: its planes are chosen by source_sop_instance_uids.
+    series = make_ct_series(3, 24, 20)
+    single = write_segmentation(labels, series, descriptions, tmp_path / "series.dcm",
+                                client=thread_client)
+    assert open_segmentation(single).source_frame_numbers is None
+    with pytest.raises(SegmentationInputError, match="single-frame images"):
+        read_segmentation(single, source_frame_numbers=[1])
+    tiled = testdata / "seg_image_sm_control.dcm"
+    if tiled.exists():
+        with pytest.raises(SegmentationInputError, match="tiled image"):
+            read_segmentation(tiled, source_frame_numbers=[1])
