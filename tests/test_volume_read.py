@@ -8,7 +8,7 @@ import highdicom as hd
 import numpy as np
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
-from test_volume_write import OBLIQUE, shuffled_series, volume_mask
+from test_volume_write import enhanced_image, shuffled_series, volume_mask
 
 from daskseg import (
     SegmentationInputError,
@@ -204,8 +204,6 @@ def test_reads_a_seg_made_by_dcmqi(tmp_path):
         pytest.skip("dcmqi's itkimage2segimage is not installed (pip install dcmqi)")
     from test_cli import DCMQI
 
-    from daskseg.synthetic import make_ct_series
-
     folder = tmp_path / "ct"
     folder.mkdir()
     series = make_ct_series(6, 24, 20, pixel_data=True)
@@ -258,22 +256,10 @@ def test_frames_without_source_references_are_placed_by_position(tmp_path, threa
     np.testing.assert_array_equal(ours, mask[[k for k in order if mask[k].any()]])
 
 
-def enhanced_ct(frames: int = 6) -> hd.legacy.LegacyConvertedEnhancedCTImage:
-    """One multi-frame CT image of 24 x 20, its frames out of slice order (as in test_volume_write)."""
-    slices = make_ct_series(frames, 24, 20, orientation=OBLIQUE, pixel_data=True)
-    random.Random(2).shuffle(slices)
-    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
-        slices, series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
-        instance_number=1,
-    )
-    del enhanced.PixelData  # daskseg and highdicom read its headers only
-    return enhanced
-
-
 @pytest.mark.parametrize("segmentation_type", ["BINARY", "LABELMAP"])
 def test_multiframe_source_by_frame_numbers(tmp_path, thread_client, segmentation_type):
     """source_frame_numbers equals highdicom's get_pixels_by_source_frame."""
-    enhanced = enhanced_ct()
+    enhanced = enhanced_image(6, 24, 20)
     labels = np.zeros((6, 24, 20), np.uint8)  # labels[k] for frame k + 1
     labels[[0, 2, 3, 5], 3:20, 2:17] = np.random.default_rng(5).integers(0, 4, (4, 17, 15))
     labels[3] = np.where(labels[3] == 1, 0, labels[3])  # segment 1 absent from frame 4
@@ -303,7 +289,7 @@ def test_multiframe_source_by_frame_numbers(tmp_path, thread_client, segmentatio
 
 
 def test_multiframe_source_refusals(tmp_path, thread_client, testdata):
-    enhanced = enhanced_ct(frames=3)
+    enhanced = enhanced_image(3, 24, 20)
     labels = np.zeros((3, 24, 20), np.uint8)
     labels[1, 4:9, 5:10] = 1
     descriptions = make_segment_descriptions(1)

@@ -31,6 +31,18 @@ def shuffled_series(orientation=OBLIQUE, slices=SLICES):
     return series
 
 
+def enhanced_image(frames: int, rows: int, columns: int) -> hd.legacy.LegacyConvertedEnhancedCTImage:
+    """One multi-frame CT image, its frames out of slice order, without pixel data."""
+    slices = make_ct_series(frames, rows, columns, orientation=OBLIQUE, pixel_data=True)
+    random.Random(2).shuffle(slices)  # the frames of the enhanced image in this order
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        slices, series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
+        instance_number=1,
+    )
+    del enhanced.PixelData  # daskseg reads headers only; highdicom needs none either
+    return enhanced
+
+
 def volume_mask(segmentation_type: str, n_segments: int = 3, seed: int = 0) -> np.ndarray:
     """Labels (or planes) with empty slices, and segments absent from some slices."""
     rng = np.random.default_rng(seed)
@@ -124,13 +136,7 @@ def test_dimension_organization_and_empty_masks_match_highdicom(
 
 
 def test_multiframe_source_and_copied_slice_spacing_match_highdicom(tmp_path, thread_client):
-    frames = make_ct_series(SLICES, ROWS, COLUMNS, orientation=OBLIQUE, pixel_data=True)
-    random.Random(2).shuffle(frames)  # the frames of the enhanced image in this order
-    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
-        frames, series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
-        instance_number=1,
-    )
-    del enhanced.PixelData  # daskseg reads headers only; highdicom needs none either
+    enhanced = enhanced_image(SLICES, ROWS, COLUMNS)
     mask = volume_mask("BINARY")
     ours, theirs = write_both(tmp_path, thread_client, enhanced, mask, "BINARY",
                               pydicom.uid.ExplicitVRLittleEndian)
