@@ -25,7 +25,7 @@ from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless
 
 from daskseg._header import FrameItems, element_header
 from daskseg._spool import Spool
-from daskseg.encode import encode_frame
+from daskseg.encode import encode_frame, write_all
 from daskseg.errors import DestinationExistsError, SegmentationInputError
 from daskseg.plan import FrameSpec, TileGrid, included_frames
 
@@ -91,7 +91,7 @@ def _copy_frames(out: BinaryIO, spool: Spool, order: np.ndarray, empty: bytes) -
     for start, end in zip(starts.tolist(), ends.tolist()):
         if lengths[start] < 0:
             data = empty * (end - start)
-            _write_all(destination, data)
+            write_all(destination, data)
             written += len(data)
             continue
         offset, size = int(offsets[start]), int(lengths[start:end].sum())
@@ -99,12 +99,6 @@ def _copy_frames(out: BinaryIO, spool: Spool, order: np.ndarray, empty: bytes) -
         written += size
     out.seek(0, os.SEEK_END)  # the buffered file learns where the descriptor now is
     return written
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _copy_range(source: int, destination: int, offset: int, size: int) -> None:
@@ -121,7 +115,7 @@ def _copy_range(source: int, destination: int, offset: int, size: int) -> None:
             data = os.pread(source, min(size, 16 * 2**20), offset)
             if not data:
                 raise OSError(f"The spool ended {size} bytes early")
-            _write_all(destination, data)
+            write_all(destination, data)
             copied = len(data)
         offset += copied
         size -= copied

@@ -27,7 +27,13 @@ from distributed import Client
 from daskseg._client import CLUSTER_FAILURES, cluster_client, workers_on_loopback
 from daskseg._progress import progress_bar
 from daskseg._tasks import DataTask, block_tasks, run_windowed
-from daskseg.encode import BlockResult, encode_chunk, encode_numpy_block, worker_spool_name
+from daskseg.encode import (
+    BlockResult,
+    encode_chunk,
+    encode_numpy_block,
+    worker_spool_name,
+    write_all,
+)
 from daskseg.plan import FrameSpec
 
 __all__ = [
@@ -68,14 +74,8 @@ class Spool:
             self._worker_files[os.path.basename(path)] = len(self.sources)
             self.sources.append(fd)
 
-    def _write(self, data: bytes | memoryview) -> None:
-        # An unbuffered file may write less than asked: write the rest.
-        view = memoryview(data).cast("B")
-        while view:
-            view = view[self.file.write(view):]
-
     def add(self, channel: int, tile_row: int, tile_column: int, data: bytes) -> None:
-        self._write(data)
+        write_all(self.file.fileno(), data)
         self.offsets[channel, tile_row, tile_column] = self.size
         self.lengths[channel, tile_row, tile_column] = len(data)
         self.size += len(data)
@@ -91,7 +91,7 @@ class Spool:
             self.source[where] = self._worker_files[name]
             self.offsets[where] = offset + starts
         else:
-            self._write(result.data.data)
+            write_all(self.file.fileno(), result.data.data)
             self.source[where] = 0
             self.offsets[where] = self.size + starts
             self.size += int(result.data.size)

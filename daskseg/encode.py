@@ -22,7 +22,7 @@ from daskseg.plan import FrameSpec, block_location
 
 __all__ = [
     "BlockResult", "encode_block", "encode_chunk", "encode_frame", "encode_numpy_block",
-    "segment_frame", "spool_block", "worker_spool_name",
+    "segment_frame", "spool_block", "worker_spool_name", "write_all",
 ]
 
 
@@ -300,6 +300,13 @@ def encode_numpy_block(
 _spool_lock = threading.Lock()  # a worker's threads append to one file
 
 
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of ``data`` to a file descriptor: one write may take only part of it."""
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def worker_spool_name(prefix: str, worker_address: str) -> str:
     """The spool file of the worker at ``worker_address``: the writer creates it beforehand."""
     return prefix + re.sub(r"[^0-9A-Za-z.]+", "_", worker_address) + ".spool"
@@ -324,9 +331,7 @@ def spool_block(result: BlockResult, spool_prefix: str | None) -> BlockResult:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND)
             try:
                 offset = os.fstat(fd).st_size
-                view = memoryview(result.data.data).cast("B")
-                while view:
-                    view = view[os.write(fd, view):]
+                write_all(fd, result.data.data)
             finally:
                 os.close(fd)
     except (ValueError, OSError):  # not on a worker, no file for it, or a full disk
