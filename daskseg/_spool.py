@@ -15,8 +15,8 @@ import os
 import pathlib
 import tempfile
 import uuid
-from collections.abc import Iterator
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import dask
@@ -226,7 +226,7 @@ def encode_blocks(
 ) -> bool:
     """Run the block tasks a bounded window at a time; spool their frames. Returns overlap.
 
-    ``meanwhile`` is work done on the client while the blocks encode (the header); its
+    ``meanwhile`` is work running on the client while the blocks encode (the header); its
     exception stops the encoding as soon as a block comes back after it failed.
     """
     overlap = False
@@ -253,27 +253,34 @@ def encoded_frames(
     destination: pathlib.Path,
     shape: tuple[int, int, int],
     progress: bool,
-    meanwhile: Future | None = None,
+    meanwhile: Callable[[], Any] | None = None,
     worker_prefix: str | None = None,
-) -> Iterator[tuple[Spool, np.ndarray, bool]]:
+) -> Iterator[tuple[Spool, np.ndarray, bool, Any]]:
     """Encode every block on the cluster into a spool beside ``destination``.
 
     ``worker_prefix`` is the ``spool_prefix`` the tasks were made with: workers on this
     machine then write their frames to files of their own (see :class:`Spool`).
+    ``meanwhile`` runs in a thread on the client while the blocks encode (highdicom building
+    the header: a third of a second the first time, loading its tables of the standard); its
+    exception stops the encoding (see :func:`encode_blocks`).
 
     Yields the spool (removed on leaving), which tiles (``shape[1:]``) hold a non-zero pixel,
-    and whether segments overlap. ``shape`` is (channels, tile rows, tile columns). A failure
-    of ``meanwhile`` (see :func:`encode_blocks`) stops the encoding with its exception.
+    whether segments overlap, and what ``meanwhile`` returned. ``shape`` is (channels, tile
+    rows, tile columns).
     """
     spool = Spool(destination.parent, destination.name, shape, worker_prefix)
     try:
         tile_nonempty = np.zeros(shape[1:], dtype=bool)
-        with cluster_client(client) as dask_client, progress_bar(
-            sum(n for n, _ in tasks), "encoding frames", enabled=progress, client=dask_client,
-        ) as bar:
-            if worker_prefix is not None:
-                spool.prepare_workers(workers_sharing(dask_client, destination.parent))
-            overlap = encode_blocks(dask_client, tasks, spool, tile_nonempty, bar, meanwhile)
-        yield spool, tile_nonempty, overlap
+        with ThreadPoolExecutor(1, thread_name_prefix="daskseg-header") as pool:
+            running = pool.submit(meanwhile) if meanwhile is not None else None
+            with cluster_client(client) as dask_client, progress_bar(
+                sum(n for n, _ in tasks), "encoding frames", enabled=progress,
+                client=dask_client,
+            ) as bar:
+                if worker_prefix is not None:
+                    spool.prepare_workers(workers_sharing(dask_client, destination.parent))
+                overlap = encode_blocks(dask_client, tasks, spool, tile_nonempty, bar, running)
+            made = running.result() if running is not None else None
+        yield spool, tile_nonempty, overlap, made
     finally:
         spool.close()

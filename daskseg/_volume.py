@@ -11,8 +11,8 @@ per (segment, plane) from parts encoded once per plane and once per segment.
 
 from __future__ import annotations
 
+import functools
 import pathlib
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dask.array as da
@@ -356,16 +356,14 @@ def write_volume_segmentation(
 
     shape = (spec.n_channels, n_planes, 1)
     # highdicom builds the header while the workers encode (as for a tiled image, see write).
-    with ThreadPoolExecutor(1, thread_name_prefix="daskseg-header") as pool:
-        building = pool.submit(_header_and_template, series, stacked, array.dtype, n_segments,
-                               hd_options)
-        with encoded_frames(client, tasks, destination, shape, progress, building, prefix) as (
-            spool, plane_nonempty, overlap
-        ):
-            header, template = building.result()
-            check_bits_allocated(header, spec)
-            _finish(destination, header, template, series, order, spool, spec, grid,
-                    plane_nonempty, overlap, options, hd_options, overwrite)
+    build_header = functools.partial(_header_and_template, series, stacked, array.dtype,
+                                     n_segments, hd_options)
+    with encoded_frames(client, tasks, destination, shape, progress, build_header, prefix) as (
+        spool, plane_nonempty, overlap, (header, template)
+    ):
+        check_bits_allocated(header, spec)
+        _finish(destination, header, template, series, order, spool, spec, grid,
+                plane_nonempty, overlap, options, hd_options, overwrite)
     return destination
 
 

@@ -9,9 +9,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -240,18 +240,16 @@ def write_segmentation(
         tasks = encode_tasks(array.rechunk((*chunks, *array.shape[2:])), spec, prefix)
 
     shape = (spec.n_channels, grid.n_tile_rows, grid.n_tile_columns)
-    # highdicom builds the header (a third of a second the first time, loading its tables of
-    # the standard) while the workers encode; if it refuses the inputs, the encoding stops.
-    with ThreadPoolExecutor(1, thread_name_prefix="daskseg-header") as pool:
-        building = pool.submit(segmentation_header, source, stacked, array.dtype, grid,
-                               hd_options)
-        with encoded_frames(client, tasks, destination, shape, progress, building, prefix) as (
-            spool, nonempty, overlap
-        ):
-            header = building.result()
-            check_bits_allocated(header, spec)
-            if header.get("SegmentsOverlap") != "UNDEFINED":
-                header.SegmentsOverlap = "YES" if overlap else "NO"
-            write_file(destination, header, spool, spec, grid, options.tiled_full, nonempty,
-                       highdicom_options, use_extended_offset_table, overwrite)
+    # highdicom builds the header while the workers encode; if it refuses the inputs, the
+    # encoding stops.
+    build_header = functools.partial(segmentation_header, source, stacked, array.dtype, grid,
+                                     hd_options)
+    with encoded_frames(client, tasks, destination, shape, progress, build_header, prefix) as (
+        spool, nonempty, overlap, header
+    ):
+        check_bits_allocated(header, spec)
+        if header.get("SegmentsOverlap") != "UNDEFINED":
+            header.SegmentsOverlap = "YES" if overlap else "NO"
+        write_file(destination, header, spool, spec, grid, options.tiled_full, nonempty,
+                   highdicom_options, use_extended_offset_table, overwrite)
     return destination
