@@ -74,12 +74,6 @@ class Spool:
             self._worker_files[os.path.basename(path)] = len(self.sources)
             self.sources.append(fd)
 
-    def add(self, channel: int, tile_row: int, tile_column: int, data: bytes) -> None:
-        write_all(self.file.fileno(), data)
-        self.offsets[channel, tile_row, tile_column] = self.size
-        self.lengths[channel, tile_row, tile_column] = len(data)
-        self.size += len(data)
-
     def add_block(self, result: BlockResult) -> None:
         """A block's frames (at ``result.positions``): sent back, or in a worker's file."""
         where = tuple(result.positions.T)

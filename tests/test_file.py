@@ -12,13 +12,19 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from daskseg._file import write_pixel_data
 from daskseg._spool import Spool
+from daskseg.encode import BlockResult
 from daskseg.plan import FrameSpec, TileGrid
+
+
+def arrive(spool, column, data):
+    """A block of one frame, at tile (0, column), sent back to the client."""
+    spool.add_block(BlockResult.of(0, column, np.ones((1, 1), bool), [(0, 0, column, data)], False))
 
 
 def spool_of(tmp_path, frames):
     spool = Spool(tmp_path, "seg.dcm", (1, 1, len(frames)))
     for column, data in enumerate(frames):
-        spool.add(0, 0, column, data)
+        arrive(spool, column, data)
     return spool
 
 
@@ -88,7 +94,7 @@ def test_native_frames_are_copied_in_file_order_with_missing_ones_filled(tmp_pat
     spool = Spool(tmp_path, "seg.dcm", (1, 1, 7))
     # Arrival order differs from file order; frame 6 never arrives (an omitted empty frame).
     for column in (2, 3, 0, 1, 5, 4):
-        spool.add(0, 0, column, frames[column].tobytes())
+        arrive(spool, column, frames[column].tobytes())
     spec = FrameSpec("LABELMAP", 255, False, 4, 4, str(ExplicitVRLittleEndian), 8, 255, False)
     order = np.array([[0, 0, k] for k in range(7)])
     empty = bytes(16)
@@ -104,7 +110,7 @@ def test_native_frames_are_copied_in_file_order_with_missing_ones_filled(tmp_pat
 
 
 def test_a_block_is_sent_back_when_its_worker_has_no_spool_file(tmp_path):
-    from daskseg.encode import BlockResult, spool_block
+    from daskseg.encode import spool_block
 
     result = BlockResult.of(0, 0, np.ones((1, 1), bool), [(0, 0, 0, b"abcd")], False)
     # Outside a worker, and for a prefix whose file nobody prepared: the frames stay in it.
