@@ -12,9 +12,11 @@ import numpy as np
 import pydicom
 import pytest
 import zarr
+from _geometry import sorted_geometry
 
 import daskseg.cli
 from daskseg import SegmentationInputError
+from daskseg._series import load_source_series
 from daskseg.cli import main
 from daskseg.synthetic import make_slide, make_tissue_mask
 
@@ -198,12 +200,7 @@ def test_encode_a_nifti_label_volume_of_a_ct_series_folder(inputs, tmp_path):
     labels = make_label_volume(6, 24, 20, 2)  # frame k for series[k]
     # highdicom writes the NIfTI file: the sorted volume, axes (column, row, slice), RAS+.
     order = hd.spatial.get_dataset_sort_index(series)
-    geometry = hd.VolumeGeometry.from_attributes(
-        image_position=series[order[0]].ImagePositionPatient,
-        image_orientation=series[0].ImageOrientationPatient, rows=24, columns=20,
-        pixel_spacing=series[0].PixelSpacing, spacing_between_slices=2.5, number_of_frames=6,
-        coordinate_system="PATIENT",
-    )
+    geometry = sorted_geometry(load_source_series(series))
     volume = geometry.with_array(labels[order]).permute_spatial_axes([2, 1, 0])
     nibabel.save(volume.to_nibabel(), tmp_path / "labels.nii.gz")
 

@@ -8,6 +8,7 @@ import highdicom as hd
 import numpy as np
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
+from _geometry import sorted_geometry
 from test_volume_write import enhanced_image, shuffled_series, volume_mask
 
 from daskseg import (
@@ -17,6 +18,7 @@ from daskseg import (
     read_segmentation,
     write_segmentation,
 )
+from daskseg._series import load_source_series
 from daskseg.synthetic import make_ct_series, make_segment_descriptions
 
 READS = [
@@ -214,12 +216,7 @@ def test_reads_a_seg_made_by_dcmqi(tmp_path):
     labels[2:6, 10:20, 8:18] = 2
     # highdicom's volume: slices along column x row direction, the series in that order.
     order = hd.spatial.get_dataset_sort_index(series)
-    geometry = hd.VolumeGeometry.from_attributes(
-        image_position=series[order[0]].ImagePositionPatient,
-        image_orientation=series[0].ImageOrientationPatient, rows=24, columns=20,
-        pixel_spacing=series[0].PixelSpacing, spacing_between_slices=2.5, number_of_frames=6,
-        coordinate_system="PATIENT",
-    )
+    geometry = sorted_geometry(load_source_series(series))
     nibabel.save(
         geometry.with_array(labels[order]).permute_spatial_axes([2, 1, 0]).to_nibabel(),
         tmp_path / "labels.nii.gz",
