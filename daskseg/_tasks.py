@@ -27,7 +27,7 @@ from distributed.scheduler import KilledWorker
 from daskseg._client import CLUSTER_FAILURES, WorkerlessClock, gathers_directly
 from daskseg.errors import ClusterError
 
-__all__ = ["DataTask", "block_tasks", "run_windowed"]
+__all__ = ["DataTask", "block_tasks", "compute_into_memory", "run_windowed"]
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,13 @@ def run_windowed(
         direct = gathers_directly(client)
     except CLUSTER_FAILURES as error:
         raise cluster_error(error) from error
-    window = max(8, 4 * threads)
+    # Tasks whose input is scattered hold it on a worker from submission on: a few per worker
+    # thread bound that memory. Tasks that read their own block hold nothing until they run
+    # (the scheduler queues them), so more go in one submission: each submission and each
+    # gather is a round trip that costs the client's and the scheduler's CPU (measured: 64
+    # short tasks took 0.3 s of the client's CPU in windows of 8, 0.11 s all at once).
+    carries_data = any(isinstance(task, DataTask) for task in tasks)
+    window = max(8, (4 if carries_data else 16) * threads)
     index_of: dict[str, int] = {}
     in_flight: dict[str, Any] = {}  # shared with the watchdog thread
     held: dict[str, Any] = {}  # scattered inputs of the tasks in flight
@@ -136,11 +142,17 @@ def run_windowed(
     watchdog = threading.Thread(target=watch, name="daskseg-watchdog", daemon=True)
     watchdog.start()
     try:
+        finished: list[Any] = []
         for batch in queue.batches():
-            # All that finished since the last time, gathered in one round trip. Still
+            # Gathered a few at a time, one round trip for all that finished (one per worker
+            # thread, up to 8, or all there are once none is still running). Still
             # watched while gathered: a worker that holds a finished result and then leaves
             # sends the key back to waiting, and only the watchdog's cancel ends that wait
             # when no worker is left.
+            finished += batch
+            if len(finished) < min(threads, 8) and not queue.is_empty():
+                continue
+            batch, finished = finished, []
             try:
                 results = client.gather(batch, direct=direct)
             except Exception as error:
@@ -153,7 +165,7 @@ def run_windowed(
                 held.pop(future.key, None)
                 future.release()
             # Refill before handing the results on, so the workers are not kept waiting.
-            if len(in_flight) <= window - threads:
+            if len(in_flight) <= window // 2:
                 queue.update(submit(window - len(in_flight)))
             for future, result in zip(batch, results):
                 yield index_of.pop(future.key), result
@@ -162,3 +174,36 @@ def run_windowed(
         if in_flight:
             with contextlib.suppress(Exception):  # a closed client has nothing left to cancel
                 client.cancel(list(in_flight.values()))
+
+
+def compute_into_memory(
+    client: Any, array: da.Array, what: str, on_block: Callable[[], None] | None = None
+) -> np.ndarray:
+    """``array`` computed into one numpy array on this machine, each block put in its place.
+
+    dask's own compute of a whole array on a cluster sends every block to one worker, which
+    concatenates them and sends the whole on through the scheduler (by default), a copy of
+    everything at every step: measured, 1.2 to 2 s of a 5 s read of a 256 MB label image on
+    two local workers. Here the blocks come back as each finishes (straight from the workers on
+    this machine, see :func:`run_windowed`) into an array allocated once. ``on_block`` is
+    called after each block (a progress bar). Without a client, Dask's threads compute it.
+    """
+    if client is None:
+        result = np.asarray(array.compute(scheduler="threads"))
+        if on_block is not None:
+            for _ in range(int(np.prod(array.numblocks))):
+                on_block()
+        return result
+    out = np.empty(array.shape, dtype=array.dtype)
+    starts = [np.cumsum((0,) + chunks[:-1]) for chunks in array.chunks]
+    tasks = block_tasks(array)
+    positions = list(np.ndindex(tasks.shape))
+    for index, block in run_windowed(client, tasks.ravel().tolist(), what):
+        region = tuple(
+            slice(int(start[k]), int(start[k]) + chunks[k])
+            for start, chunks, k in zip(starts, array.chunks, positions[index])
+        )
+        out[region] = block
+        if on_block is not None:
+            on_block()
+    return out
