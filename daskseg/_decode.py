@@ -35,7 +35,7 @@ def decode_frame(layout: FrameLayout, data: bytes, index: int) -> np.ndarray:
             # earlier frames did not fill whole bytes.
             return unpack_bits(data, index * rows * columns % 8, rows, columns)
         return np.frombuffer(data, layout.dtype.newbyteorder("<")).reshape(rows, columns)
-    codec = CODECS[UID(layout.transfer_syntax_uid)]
+    codec = CODECS[str(layout.transfer_syntax_uid)]  # keyed by plain strings
     array = np.asarray(codec.decode(data, rows, columns, layout.bits_allocated))
     if array.size != rows * columns:
         raise ValueError(f"it decodes to {array.size} values, not {rows} x {columns}")
@@ -131,6 +131,7 @@ def read_chunk(
         for t in range(n_tiles):
             r, c = divmod(t, n_columns)
             tile = out[r * th : (r + 1) * th, c * tw : (c + 1) * tw]
+            labelled = 0  # combined: pixels of the tile that earlier segments labelled
             for k, channel in enumerate(frames):
                 frame = channel[t]
                 if frame is None:
@@ -168,12 +169,16 @@ def read_chunk(
                             "not all 0 or MaximumFractionalValue; use combine_segments=False."
                         )
                     present = values != 0
-                    if k and np.logical_and(present, tile).any():
+                    # Overlap, counted: a pixel this segment shares with an earlier one does
+                    # not add to the labelled pixels (count_nonzero is cheaper than an `and`).
+                    expected = labelled + int(np.count_nonzero(present))
+                    np.copyto(tile, output.labels[k], where=present)
+                    labelled = int(np.count_nonzero(tile))
+                    if labelled != expected:
                         raise RuntimeError(  # as highdicom
                             "Segments overlap, so they cannot be combined into one label image; "
                             "read with combine_segments=False."
                         )
-                    np.copyto(tile, output.labels[k], where=present)
     return out[: shape[0], : shape[1]]
 
 
