@@ -280,8 +280,7 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None) ->
             "normal), so they cannot be one NIfTI volume."
         )
     fractional = reader.segmentation_type == "FRACTIONAL"
-    planes = reader.to_dask(combine_segments=not fractional).compute(
-        **({} if client is not None else {"scheduler": "threads"}))
+    planes = reader.to_numpy(combine_segments=not fractional, client=client)
     volume = np.zeros((int(index.max()) + 1 if len(index) else 0, *planes.shape[1:]),
                       dtype=planes.dtype)
     volume[index.astype(int)] = planes

@@ -215,6 +215,36 @@ class VolumeSegmentationReader:
         return da.Array(HighLevelGraph.from_collections(name, graph, dependencies=[]), name,
                         out_chunks, meta=meta)
 
+    def to_numpy(
+        self,
+        *,
+        source_sop_instance_uids: Sequence[str] | None = None,
+        source_frame_numbers: Sequence[int] | None = None,
+        segment_numbers: Sequence[int] | None = None,
+        combine_segments: bool = False,
+        relabel: bool = False,
+        rescale_fractional: bool = True,
+        dtype: DTypeLike | None = None,
+        chunks: int | None = None,
+        progress: bool = False,
+        client: Any = None,
+    ) -> np.ndarray:
+        """Decode the planes into memory, in parallel: highdicom's
+        ``get_pixels_by_source_instance`` (or ``get_pixels_by_source_frame``).
+
+        Arguments as :meth:`to_dask`, and ``progress`` and ``client`` as
+        :meth:`daskseg.SegmentationReader.to_numpy`; faster than ``to_dask(...).compute()``.
+        """
+        from daskseg.read import _into_memory
+
+        array = self.to_dask(
+            source_sop_instance_uids=source_sop_instance_uids,
+            source_frame_numbers=source_frame_numbers, segment_numbers=segment_numbers,
+            combine_segments=combine_segments, relabel=relabel,
+            rescale_fractional=rescale_fractional, dtype=dtype, chunks=chunks,
+        )
+        return _into_memory(array, client, progress, "decode planes of the SEG")
+
     def plane_positions(self) -> np.ndarray:
         """ImagePositionPatient ``(planes, 3)`` of the planes in the default order."""
         order = plane_order(self.header, self._index, None)

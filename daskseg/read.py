@@ -33,7 +33,7 @@ from daskseg._frames import (
 from daskseg._client import cluster_client
 from daskseg._malloc import register_on_current_client
 from daskseg._progress import progress_bar
-from daskseg._tasks import block_tasks, run_windowed
+from daskseg._tasks import block_tasks, compute_into_memory, run_windowed
 from daskseg.errors import SegmentationFileError, SegmentationInputError, SegmentationTypeError
 from daskseg.plan import TileGrid, aligned_chunks
 
@@ -342,6 +342,44 @@ class SegmentationReader:
         return da.Array(HighLevelGraph.from_collections(name, graph, dependencies=[]), name,
                         out_chunks, meta=meta)
 
+    def to_numpy(
+        self,
+        *,
+        segment_numbers: Sequence[int] | None = None,
+        combine_segments: bool = False,
+        relabel: bool = False,
+        rescale_fractional: bool = True,
+        dtype: DTypeLike | None = None,
+        chunks: int | tuple[int, int] | None = None,
+        progress: bool = False,
+        client: Client | None = None,
+    ) -> np.ndarray:
+        """Decode the SEG into memory: highdicom's ``get_total_pixel_matrix``, in parallel.
+
+        The blocks of :meth:`to_dask` are decoded on the cluster and each is copied into its
+        place in the result as it comes back, straight from workers on this machine. Faster
+        than ``to_dask(...).compute()``, which first gathers every block on one worker.
+
+        Parameters
+        ----------
+        segment_numbers, combine_segments, relabel, rescale_fractional, dtype, chunks
+            As :meth:`to_dask`.
+        progress : bool
+            Show a progress bar of blocks decoded (and the dashboard link).
+        client : distributed.Client, optional
+            Run on this cluster; by default the current client, or Dask's threads if none.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(rows, columns)`` combined, or ``(rows, columns, segments)``.
+        """
+        array = self.to_dask(
+            segment_numbers=segment_numbers, combine_segments=combine_segments, relabel=relabel,
+            rescale_fractional=rescale_fractional, dtype=dtype, chunks=chunks,
+        )
+        return _into_memory(array, client, progress, "decode a block of the SEG")
+
     def _ranges(self, index: int) -> FrameRanges:
         if not isinstance(self._source, FileSource):
             return []  # the source asks for frames by number
@@ -418,6 +456,18 @@ class SegmentationReader:
                                       "decode a block of the SEG into Zarr"):
                     bar.update(1)
         return target
+
+
+def _into_memory(array: da.Array, client: Client | None, progress: bool, what: str
+                 ) -> np.ndarray:
+    """The readers' ``to_numpy``: ``array`` decoded on the cluster into one numpy array."""
+    n_blocks = int(np.prod(array.numblocks))
+    with (
+        cluster_client(client, start=False) as client,
+        progress_bar(n_blocks, "decoding blocks", enabled=progress, client=client,
+                     unit="block") as bar,
+    ):
+        return compute_into_memory(client, array, what, lambda: bar.update(1))
 
 
 def open_segmentation(

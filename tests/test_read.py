@@ -206,6 +206,34 @@ def test_to_zarr(tmp_path, dask_client, use_client, capsys):
     assert result.shape == (400, 300)
 
 
+@pytest.mark.parametrize("use_client", [False, True])
+def test_to_numpy_equals_highdicom(tmp_path, dask_client, use_client, capsys):
+    path = highdicom_file(tmp_path, "BINARY", JPEG2000Lossless, "TILED_SPARSE", rows=400,
+                          columns=300)
+    reader = open_segmentation(path)
+    client = dask_client if use_client else None
+    for kwargs in [{"combine_segments": True}, {"segment_numbers": [3, 1]}]:
+        got = reader.to_numpy(chunks=128, progress=True, client=client, **kwargs)
+        expected = hd.seg.segread(path).get_total_pixel_matrix(**kwargs)
+        assert isinstance(got, np.ndarray) and got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+    assert "decoding blocks" in capsys.readouterr().err
+
+
+def test_to_numpy_raises_what_a_block_raises(tmp_path, dask_client):
+    # Two segments over the same pixels cannot be combined, as in highdicom.
+    mask = np.zeros((1, 200, 150, 2), dtype=bool)
+    mask[0, 100:180, 20:140] = True  # both segments
+    path = tmp_path / "overlap.dcm"
+    hd.seg.Segmentation(
+        [make_slide(200, 150, tile_size=(64, 48))], mask, "BINARY",
+        make_segment_descriptions(2), hd.UID(), 1, hd.UID(), 1, "m", "m", "1", "1",
+        transfer_syntax_uid=JPEG2000Lossless, tile_pixel_array=True,
+    ).save_as(path)
+    with pytest.raises(RuntimeError, match="overlap"):
+        open_segmentation(path).to_numpy(combine_segments=True, client=dask_client)
+
+
 def test_fsspec_urls(tmp_path):
     fsspec = pytest.importorskip("fsspec")
     path = highdicom_file(tmp_path, "FRACTIONAL", RLELossless, "TILED_SPARSE")

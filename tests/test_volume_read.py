@@ -90,6 +90,22 @@ def test_subset_reordered_and_chunks(tmp_path, thread_client):
     np.testing.assert_array_equal(lazy[3:5, ..., 1].compute(), mask[3:5] == 2)
 
 
+def test_to_numpy_equals_highdicom(tmp_path, dask_client):
+    series = shuffled_series()
+    mask = volume_mask("BINARY")
+    path = write_segmentation(mask, series, make_segment_descriptions(3), tmp_path / "seg.dcm",
+                              client=dask_client)
+    uids = [ds.SOPInstanceUID for ds in series][::-1]
+    reader = open_segmentation(path)
+    for options in [{"combine_segments": True}, {"segment_numbers": [3, 1]}]:
+        got = reader.to_numpy(source_sop_instance_uids=uids, chunks=2, client=dask_client,
+                              **options)
+        theirs = hd.seg.segread(path).get_pixels_by_source_instance(
+            uids, assert_missing_frames_are_empty=True, **options)
+        assert isinstance(got, np.ndarray) and got.dtype == theirs.dtype
+        np.testing.assert_array_equal(got, theirs)
+
+
 def test_shared_testdata(testdata):
     paths = sorted(testdata.glob("seg_image_ct_*.dcm"))
     if not paths:
