@@ -23,7 +23,7 @@ pixel data in a folder, the labels as NIfTI in the series' geometry and a metada
 command's run only. Its SEG is read back by highdicom against the labels. Skipped when the
 command is not installed.
 
-Reading back: the SEG into a label volume, daskseg's read_segmentation on the running cluster
+Reading back: the SEG into a label volume in memory, daskseg's ``to_numpy`` on the running cluster
 against highdicom's segread + get_pixels_by_source_instance. Then the 8x larger case: 1,200
 slices of 1024 x 1024 from a Zarr array (never whole in memory), LABELMAP native, daskseg only.
 
@@ -118,7 +118,7 @@ def _large_labels(slices: int, size: int, segments: int) -> pathlib.Path:
 def _warm(client, output: str, transfer_syntax: str = NATIVE, read: bool = False) -> None:
     """A running pipeline's cluster and client have imported and loaded what they use once:
     the writer (and the reader, for a pipeline that reads)."""
-    from daskseg import read_segmentation, write_segmentation
+    from daskseg import open_segmentation, write_segmentation
     from daskseg.synthetic import make_ct_series, make_label_volume, make_segment_descriptions
 
     write_segmentation(
@@ -126,7 +126,7 @@ def _warm(client, output: str, transfer_syntax: str = NATIVE, read: bool = False
         output, transfer_syntax_uid=transfer_syntax, client=client, overwrite=True,
     )
     if read:
-        read_segmentation(output, combine_segments=True).compute()
+        open_segmentation(output).to_numpy(combine_segments=True, client=client)
 
 
 def step_daskseg(segmentation_type: str, transfer_syntax: str, output: str, *size: str) -> None:
@@ -288,19 +288,19 @@ def step_check(output: str, *size: str) -> None:
 
 
 def step_read_daskseg(output: str, *size: str) -> None:
-    """The SEG into a label volume (in memory) with read_segmentation on a running cluster."""
+    """The SEG into a label volume in memory (``to_numpy``) on a running cluster."""
     import numpy as np
     from distributed import Client
 
-    from daskseg import local_cluster, read_segmentation
+    from daskseg import local_cluster, open_segmentation
 
     _, labels, _ = _case(*map(int, size))
     uids = _source_uids(output)
     with local_cluster(2, memory_limit="4GiB") as cluster, Client(cluster) as client:
         _warm(client, output + ".warm.dcm", read=True)
         start = time.perf_counter()
-        pixels = read_segmentation(output, source_sop_instance_uids=uids,
-                                   combine_segments=True).compute()
+        pixels = open_segmentation(output).to_numpy(source_sop_instance_uids=uids,
+                                                    combine_segments=True, client=client)
         elapsed = time.perf_counter() - start
     emit({"time": elapsed, "equal": bool(np.array_equal(pixels, labels))})
 
