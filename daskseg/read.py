@@ -7,9 +7,10 @@ place, :class:`ReadOptions`, and say what the tasks make of the stored values.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -431,12 +432,7 @@ class SegmentationReader:
             dtype=array.dtype, overwrite=overwrite,
         )
         stores = da.store(array, target, lock=False, compute=False, return_stored=False)
-        n_blocks = int(np.prod(array.numblocks))
-        with (
-            cluster_client(client, start=False) as client,
-            progress_bar(n_blocks, "decoding blocks", enabled=progress, client=client,
-                         unit="block") as bar,
-        ):
+        with _decoding(array, client, progress) as (client, bar):
             if client is None:
                 from dask.callbacks import Callback
 
@@ -458,15 +454,22 @@ class SegmentationReader:
         return target
 
 
+@contextlib.contextmanager
+def _decoding(array: da.Array, client: Client | None, progress: bool) -> Iterator[Any]:
+    """The client the readers decode ``array``'s blocks with (the one given, the current one,
+    or None for Dask's threads), and a progress bar of its blocks."""
+    with (
+        cluster_client(client, start=False) as client,
+        progress_bar(int(np.prod(array.numblocks)), "decoding blocks", enabled=progress,
+                     client=client, unit="block") as bar,
+    ):
+        yield client, bar
+
+
 def _into_memory(array: da.Array, client: Client | None, progress: bool, what: str
                  ) -> np.ndarray:
     """The readers' ``to_numpy``: ``array`` decoded on the cluster into one numpy array."""
-    n_blocks = int(np.prod(array.numblocks))
-    with (
-        cluster_client(client, start=False) as client,
-        progress_bar(n_blocks, "decoding blocks", enabled=progress, client=client,
-                     unit="block") as bar,
-    ):
+    with _decoding(array, client, progress) as (client, bar):
         return compute_into_memory(client, array, what, lambda: bar.update(1))
 
 
