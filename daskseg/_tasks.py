@@ -17,7 +17,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-from dask.core import flatten
+from dask.core import flatten, istask
 from dask.delayed import Delayed
 from dask.optimization import cull
 from distributed import as_completed
@@ -44,17 +44,41 @@ class DataTask:
     make: Callable[[Any], Delayed]
 
 
+class _BlockGraph:
+    """The graph of one block, computed by one task on a worker (dask's synchronous scheduler).
+
+    A block made of several chunks of the input (reads, a rechunk, the function applied) would
+    otherwise be several tasks, each costing the scheduler, the client and the worker's event
+    loop a few milliseconds. As an opaque callable, the graph travels inside its task unparsed.
+    """
+
+    def __init__(self, graph: dict, key: Any) -> None:
+        self.graph = graph
+        self.key = key
+
+    def __call__(self) -> Any:
+        from dask.local import get_sync
+
+        return get_sync(self.graph, self.key)
+
+
 def block_tasks(array: da.Array) -> np.ndarray:
-    """One Delayed per block of ``array``, each carrying only the graph that block needs.
+    """One Delayed per block of ``array``, each one task carrying only the graph that block needs.
 
     The graph is optimized once for all blocks (so that, for example, a block's read fuses with
-    the function applied to it), then culled per block.
+    the function applied to it), then culled per block; a block whose culled graph still holds
+    more than one task (not counting plain data, such as the Zarr array read) runs it as a
+    whole in one task (:class:`_BlockGraph`). An input chunk that several blocks share (cut
+    across two blocks) is then read by each of them.
     """
     keys = list(flatten(array.__dask_keys__()))
     graph = dict(array.__dask_optimize__(array.__dask_graph__(), keys))
     tasks = np.empty(array.numblocks, dtype=object)
     for key in keys:
-        tasks[key[1:]] = Delayed(key, cull(graph, [key])[0])
+        culled = cull(graph, [key])[0]
+        if sum(1 for node in culled.values() if istask(node)) > 1:
+            culled = {key: (_BlockGraph(dict(culled), key),)}
+        tasks[key[1:]] = Delayed(key, culled)
     return tasks
 
 

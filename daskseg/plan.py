@@ -15,7 +15,8 @@ import numpy as np
 from daskseg._codecs import CODECS, Codec
 
 __all__ = [
-    "FrameSpec", "TileGrid", "aligned_chunks", "block_location", "included_frames", "spatial_index_values",
+    "FrameSpec", "TileGrid", "aligned_chunks", "block_location", "included_frames",
+    "spatial_index_values", "writer_block_chunks",
 ]
 
 
@@ -132,6 +133,56 @@ def spatial_index_values(tile_nonempty: np.ndarray) -> tuple[np.ndarray, np.ndar
         np.where(row_used, np.cumsum(row_used), 0),
         np.where(col_used, np.cumsum(col_used), 0),
     )
+
+
+# A writer's block should hold enough frames that the codec's work outweighs what a task costs
+# the scheduler, the client and the worker's event loop (a few ms each, measured: 64 blocks of
+# 16 HTJ2K frames spent 0.25 s of the client's CPU in a 1.1 s write, 16 blocks of 64 about
+# half), and there should be blocks enough that both workers stay busy to the end.
+FRAMES_PER_BLOCK = 64
+MIN_BLOCKS = 16
+
+
+def writer_block_chunks(
+    grid: TileGrid, n_channels: int, hint: tuple[int, int]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Row and column chunks of the writer's blocks: whole tiles, near ``hint``, not too few frames.
+
+    Starts from the whole tiles nearest the mask's own chunks (``hint``, see
+    :func:`aligned_chunks`) and doubles a block's tiles along one axis at a time while a block
+    holds fewer than ``FRAMES_PER_BLOCK`` frames (tiles x ``n_channels``), no axis exceeds 8
+    tiles, and at least ``MIN_BLOCKS`` blocks remain. A label map (one frame per tile) of
+    2048-pixel chunks and 512-pixel tiles thus gets 4096-pixel blocks.
+
+    Examples
+    --------
+    >>> rows, columns = writer_block_chunks(TileGrid(16384, 16384, 512, 512), 1, (2048, 2048))
+    >>> rows[0], columns[0], len(rows) * len(columns)
+    (4096, 4096, 16)
+    >>> writer_block_chunks(TileGrid(16384, 16384, 512, 512), 5, (2048, 2048))[0][0]
+    2048
+    """
+    tiles = [
+        max(1, min(8, round(hint[0] / grid.tile_rows) or 1)),
+        max(1, min(8, round(hint[1] / grid.tile_columns) or 1)),
+    ]
+    n_tiles = (grid.n_tile_rows, grid.n_tile_columns)
+
+    def n_blocks(counts: list[int]) -> int:
+        return math.ceil(n_tiles[0] / counts[0]) * math.ceil(n_tiles[1] / counts[1])
+
+    while tiles[0] * tiles[1] * n_channels < FRAMES_PER_BLOCK:
+        grown = False
+        for axis in sorted((1, 0), key=lambda a: tiles[a]):  # the shorter side first
+            wider = list(tiles)
+            wider[axis] = min(8, 2 * tiles[axis], n_tiles[axis])
+            if wider[axis] > tiles[axis] and n_blocks(wider) >= MIN_BLOCKS:
+                tiles, grown = wider, True
+                break
+        if not grown:
+            break
+    return (aligned_chunks(grid.rows, grid.tile_rows, tiles[0] * grid.tile_rows),
+            aligned_chunks(grid.columns, grid.tile_columns, tiles[1] * grid.tile_columns))
 
 
 def block_location(block_info: dict[Any, Any] | None, key: Any = 0) -> list[tuple[int, int]]:

@@ -29,7 +29,7 @@ from daskseg._source import load_source_image
 from daskseg._spool import encode_tasks, encoded_frames, numpy_encode_tasks, spool_prefix
 from daskseg._version import __version__
 from daskseg.errors import SegmentationInputError
-from daskseg.plan import FrameSpec, TileGrid, aligned_chunks
+from daskseg.plan import FrameSpec, TileGrid, writer_block_chunks
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -230,8 +230,7 @@ def write_segmentation(
     # Blocks near the mask's own chunks keep rechunking cheap; an in-memory mask has none.
     in_memory = isinstance(mask, np.ndarray)
     hint = (2048, 2048) if in_memory else (array.chunks[0][0], array.chunks[1][0])
-    chunks = (aligned_chunks(grid.rows, tile[0], hint[0]),
-              aligned_chunks(grid.columns, tile[1], hint[1]))
+    chunks = writer_block_chunks(grid, spec.n_channels, hint)
     prefix = spool_prefix(destination)
     if in_memory:
         tasks = numpy_encode_tasks(np.asarray(mask).reshape(array.shape), *chunks, spec,

@@ -12,6 +12,7 @@ from daskseg.plan import (
     TileGrid,
     aligned_chunks,
     block_location,
+    writer_block_chunks,
     included_frames,
     spatial_index_values,
 )
@@ -54,3 +55,32 @@ def test_block_location_needs_map_blocks_block_info():
     assert block_location({0: {"array-location": [(0, 4), (8, 12)]}}) == [(0, 4), (8, 12)]
     with pytest.raises(TypeError, match="block_info"):
         block_location(None)
+
+
+@pytest.mark.parametrize("size, tile, hint, channels", [
+    (16384, 512, 2048, 1), (16384, 512, 2048, 5), (65536, 512, 2048, 3), (2048, 512, 2048, 1),
+    (5000, 256, 1000, 1), (300 * 512, 512, 512, 1),
+])
+def test_writer_blocks_are_whole_tiles_with_frames_enough_and_blocks_enough(size, tile, hint,
+                                                                          channels):
+    from daskseg.plan import FRAMES_PER_BLOCK, MIN_BLOCKS
+
+    grid = TileGrid(size, size // 2 + 3, tile, tile)
+    rows, columns = writer_block_chunks(grid, channels, (hint, hint))
+    assert sum(rows) == grid.rows and sum(columns) == grid.columns
+    assert all(c % tile == 0 and c <= 8 * tile for c in rows[:-1] + columns[:-1])
+    start = aligned_chunks(grid.rows, tile, hint)[0], aligned_chunks(grid.columns, tile, hint)[0]
+    frames = -(-rows[0] // tile) * -(-columns[0] // tile) * channels
+    if (rows[0], columns[0]) != start:  # grown: only while short of frames, never below
+        assert len(rows) * len(columns) >= MIN_BLOCKS  # the minimum number of blocks
+        assert frames <= 2 * FRAMES_PER_BLOCK
+    elif len(rows) * len(columns) >= 2 * MIN_BLOCKS and rows[0] < 8 * tile:
+        assert frames >= FRAMES_PER_BLOCK  # not grown: it had frames enough
+
+
+def test_a_label_map_of_small_chunks_gets_blocks_of_64_tiles():
+    grid = TileGrid(16384, 16384, 512, 512)
+    rows, columns = writer_block_chunks(grid, 1, (2048, 2048))
+    assert (rows[0], columns[0], len(rows) * len(columns)) == (4096, 4096, 16)
+    # Five segments make 80 frames of a 2048-pixel block already: the mask's chunks stay.
+    assert writer_block_chunks(grid, 5, (2048, 2048))[1][0] == 2048

@@ -22,6 +22,25 @@ def test_each_block_task_carries_only_its_own_graph():
         np.testing.assert_array_equal(value, array.blocks[index].compute(scheduler="synchronous"))
 
 
+def test_a_block_of_several_zarr_chunks_is_one_task_read_on_a_worker(tmp_path, dask_client):
+    import zarr
+
+    values = np.arange(64 * 48, dtype=np.uint16).reshape(64, 48)
+    store = zarr.create_array(str(tmp_path / "m.zarr"), shape=values.shape, chunks=(8, 8),
+                              dtype=values.dtype)
+    store[:] = values
+    # Blocks of 4 x 3 of the store's chunks, then a function of each block.
+    array = da.from_zarr(store).rechunk((32, 24)).map_blocks(np.add, 1)
+    tasks = block_tasks(array)
+    assert tasks.shape == (2, 2)
+    for index in np.ndindex(tasks.shape):
+        assert len(tasks[index].dask) == 1  # reads, merge and function: one task
+    results = dict(run_windowed(dask_client, tasks.ravel().tolist(), "read blocks"))
+    for number, index in enumerate(np.ndindex(tasks.shape)):
+        rows, columns = slice(32 * index[0], 32 * index[0] + 32), slice(24 * index[1], 24 * index[1] + 24)
+        np.testing.assert_array_equal(results[number], values[rows, columns] + 1)
+
+
 def test_run_windowed_yields_every_result_once(thread_client):
     tasks = [dask.delayed(pow)(k, 2) for k in range(30)]
     results = dict(run_windowed(thread_client, tasks, "square numbers"))
