@@ -19,8 +19,12 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import itemize_frame
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import correct_ambiguous_vr, write_sequence
 from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless
 
 from daskseg._header import FrameItems, element_header
@@ -29,12 +33,79 @@ from daskseg.encode import encode_frame, write_all
 from daskseg.errors import DestinationExistsError, SegmentationInputError
 from daskseg.plan import FrameSpec, TileGrid, included_frames
 
-__all__ = ["check_native_size", "replace_atomically", "write_file", "write_pixel_data"]
+__all__ = [
+    "SequencesAhead", "check_native_size", "replace_atomically", "write_file", "write_pixel_data",
+]
 
 _MAX_NATIVE_BYTES = 0xFFFFFFFE  # a native Pixel Data element has a 32-bit, even length
 _MAX_BOT_OFFSET = 0xFFFFFFFF  # Basic Offset Table entries are 32-bit
 _PFFG_TAG = 0x52009230  # Per-frame Functional Groups Sequence
 _UNDEFINED = 0xFFFFFFFF
+
+
+class SequencesAhead:
+    """Sequences of a header serialized ahead of writing it, in the thread that built it.
+
+    A volume's header lists every source image twice (SourceImageSequence and the
+    ReferencedSeriesSequence: 300 items each for a CT series) and describes every segment
+    (SegmentSequence: 117 items for TotalSegmentator). pydicom took about 0.1 s to write them
+    once the last block was in, with nothing else left to do. Serialized while the blocks
+    encode, they are written as raw elements, as pydicom writes a dataset read from a file.
+
+    Parameters
+    ----------
+    header : pydicom.Dataset
+        The header, with its file meta (which gives the transfer syntax).
+    keywords : sequence of str
+        The top-level sequences to serialize; they must not change afterwards (a sequence
+        replaced, or given items or lost some, is written anew).
+    """
+
+    def __init__(self, header: Dataset, keywords: tuple[str, ...]) -> None:
+        self.implicit = header.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+        # As pydicom's Dataset._character_set, which the original one must equal for raw
+        # elements to be written as they are.
+        character_set = header.get("SpecificCharacterSet")
+        self.character_set = convert_encodings(character_set) if character_set else default_encoding
+        self.encodings = convert_encodings(self.character_set)
+        self._encoded: dict[int, tuple[Any, int, bytes]] = {}
+        for keyword in keywords:
+            if keyword not in header:
+                continue
+            element = header[keyword]
+            buffer = DicomBytesIO()
+            buffer.is_little_endian, buffer.is_implicit_VR = True, self.implicit
+            write_sequence(buffer, element, self.encodings)
+            self._encoded[int(element.tag)] = (element.value, len(element.value),
+                                               buffer.getvalue())
+
+    def raw_elements(self, body: Dataset) -> dict[int, RawDataElement]:
+        """The body's sequences that are as they were serialized, as raw elements."""
+        raws = {}
+        for tag, (sequence, length, value) in self._encoded.items():
+            element = body.get(tag)
+            if element is not None and element.value is sequence and len(sequence) == length:
+                raws[tag] = RawDataElement(element.tag, "SQ", len(value), value, 0,
+                                           self.implicit, True)
+        return raws
+
+
+def _write_body(out: BinaryIO, body: Dataset, ahead: SequencesAhead | None) -> None:
+    """``pydicom.dcmwrite`` of the body, with the sequences serialized ahead written as they are.
+
+    pydicom writes raw elements unchanged when the dataset's original encoding is the one
+    written (``Dataset.set_original_encoding``); it then leaves ambiguous VRs (US or SS, say)
+    alone, so those of the other elements are resolved here first, as it would.
+    """
+    raws = ahead.raw_elements(body) if ahead is not None else {}
+    if raws:
+        correct_ambiguous_vr(Dataset({tag: element for tag, element in body.items()
+                                      if tag not in raws}), True)
+        for tag, raw in raws.items():
+            body[tag] = raw
+        body.set_original_encoding(ahead.implicit, True,  # type: ignore[union-attr]
+                                   ahead.character_set)  # type: ignore[union-attr]
+    pydicom.dcmwrite(out, body, enforce_file_format=True)
 
 
 def check_native_size(spec: FrameSpec, grid: TileGrid) -> None:
@@ -221,12 +292,14 @@ def write_file(
     use_extended_offset_table: bool | None,
     overwrite: bool,
     items: Any = None,
+    ahead: SequencesAhead | None = None,
 ) -> None:
     """Write header, per-frame items and pixel data to a temporary file beside ``destination``
     and rename it into place; on any error no temporary file is left.
 
     ``items`` serializes the per-frame items (``items.item(channel, tile_row, tile_column)``,
-    as :class:`FrameItems`); a tiled image's by default.
+    as :class:`FrameItems`); a tiled image's by default. ``ahead`` holds sequences of the
+    header already serialized (:class:`SequencesAhead`).
     """
     implicit = header.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
     empty_frame = None
@@ -253,7 +326,7 @@ def write_file(
                                          dir=destination.parent)
     try:
         with os.fdopen(handle, "wb") as out:
-            pydicom.dcmwrite(out, body, enforce_file_format=True)
+            _write_body(out, body, ahead)
             if not tiled_full:
                 if items is None:
                     items = FrameItems(header, grid, hd_options,

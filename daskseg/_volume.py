@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import DS, format_number_as_ds
 
-from daskseg._file import check_native_size, write_file
+from daskseg._file import SequencesAhead, check_native_size, write_file
 from daskseg._header import (
     bits_allocated,
     check_bits_allocated,
@@ -359,10 +359,10 @@ def write_volume_segmentation(
     build_header = functools.partial(_header_and_template, series, stacked, array.dtype,
                                      n_segments, hd_options)
     with encoded_frames(client, tasks, destination, shape, progress, build_header, prefix) as (
-        spool, plane_nonempty, overlap, (header, template)
+        spool, plane_nonempty, overlap, (header, template, ahead)
     ):
         check_bits_allocated(header, spec)
-        _finish(destination, header, template, series, order, spool, spec, grid,
+        _finish(destination, header, template, ahead, series, order, spool, spec, grid,
                 plane_nonempty, overlap, options, hd_options, overwrite)
     return destination
 
@@ -370,20 +370,25 @@ def write_volume_segmentation(
 def _header_and_template(
     series: SourceSeries, stacked: bool, dtype: np.dtype, n_segments: int,
     hd_options: dict[str, Any],
-) -> tuple[Dataset, Dataset]:
-    """The SEG's header and highdicom's per-frame item of the proxy's frame, as a template."""
+) -> tuple[Dataset, Dataset, SequencesAhead]:
+    """The SEG's header, highdicom's per-frame item of the proxy's frame (a template), and the
+    header's sequences that grow with the series and the segments, serialized."""
     try:
         seg = _proxy_segmentation(series, stacked, dtype, n_segments,
                                   {**hd_options, "dimension_organization_type": None})
     except (ValueError, TypeError) as error:
         raise SegmentationInputError(f"highdicom refused the SEG's header: {error}") from error
-    return _volume_header(seg, series, hd_options), seg.PerFrameFunctionalGroupsSequence[0]
+    header = _volume_header(seg, series, hd_options)
+    ahead = SequencesAhead(header, ("ReferencedSeriesSequence", "SegmentSequence",
+                                    "SourceImageSequence"))
+    return header, seg.PerFrameFunctionalGroupsSequence[0], ahead
 
 
 def _finish(
-    destination: pathlib.Path, header: Dataset, template: Dataset, series: SourceSeries,
-    order: np.ndarray, spool: Any, spec: FrameSpec, grid: TileGrid, plane_nonempty: np.ndarray,
-    overlap: bool, options: WriteOptions, hd_options: dict[str, Any], overwrite: bool,
+    destination: pathlib.Path, header: Dataset, template: Dataset, ahead: SequencesAhead,
+    series: SourceSeries, order: np.ndarray, spool: Any, spec: FrameSpec, grid: TileGrid,
+    plane_nonempty: np.ndarray, overlap: bool, options: WriteOptions, hd_options: dict[str, Any],
+    overwrite: bool,
 ) -> None:
     """The header's last values (overlap, organization), the per-frame items, the file."""
     n_planes = series.number_of_frames
@@ -410,7 +415,8 @@ def _finish(
         n_segments, header.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian,
     )
     write_file(destination, header, spool, spec, grid, False, plane_nonempty,
-               hd_options, options.use_extended_offset_table, overwrite, items=items)
+               hd_options, options.use_extended_offset_table, overwrite, items=items,
+               ahead=ahead)
 
 
 def _encode_tasks(

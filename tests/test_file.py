@@ -148,3 +148,73 @@ def test_workers_on_this_machine_spool_their_frames_and_every_file_goes(tmp_path
         [ds.SOPInstanceUID for ds in series], combine_segments=True,
         assert_missing_frames_are_empty=True)
     np.testing.assert_array_equal(pixels, labels)
+
+
+def _header(syntax, character_set="ISO_IR 192"):
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    header = Dataset()
+    header.file_meta = FileMetaDataset()
+    header.file_meta.TransferSyntaxUID = syntax
+    header.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    header.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    if character_set:
+        header.SpecificCharacterSet = character_set
+    header.SOPClassUID, header.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.3.4"
+    header.PatientName = "Müller^Jürgen" if character_set else "Mueller^Juergen"
+    header.PixelRepresentation = 0
+    header.SmallestImagePixelValue = 0  # an ambiguous VR (US or SS) that pydicom resolves
+    segments = []
+    for number in range(1, 4):
+        segment = Dataset()
+        segment.SegmentNumber = number
+        segment.SegmentLabel = f"Segment {number} ({'größer' if character_set else 'gross'})"
+        segments.append(segment)
+    header.SegmentSequence = segments
+    sources = []
+    for k in range(5):
+        source = Dataset()
+        source.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        source.ReferencedSOPInstanceUID = f"1.2.3.{k}"
+        sources.append(source)
+    header.SourceImageSequence = sources
+    return header
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, "1.2.840.10008.1.2"])
+@pytest.mark.parametrize("character_set", ["ISO_IR 192", None])
+def test_sequences_serialized_ahead_are_written_as_pydicom_writes_them(syntax, character_set):
+    import pydicom
+
+    from daskseg._file import SequencesAhead, _write_body
+
+    expected, written = io.BytesIO(), io.BytesIO()
+    pydicom.dcmwrite(expected, _header(syntax, character_set), enforce_file_format=True)
+    header = _header(syntax, character_set)
+    ahead = SequencesAhead(header, ("SegmentSequence", "SourceImageSequence", "ContentSequence"))
+    _write_body(written, header, ahead)
+    assert written.getvalue() == expected.getvalue()
+    # pydicom wrote the serialized bytes as they were: it parses a raw sequence it re-encodes.
+    assert header.get_item("SegmentSequence").is_raw
+    assert header.get_item("SourceImageSequence").is_raw
+    read = pydicom.dcmread(io.BytesIO(written.getvalue()))
+    assert read.SegmentSequence[2].SegmentLabel.startswith("Segment 3 (gr")
+
+
+def test_a_sequence_changed_after_it_was_serialized_is_written_anew():
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    from daskseg._file import SequencesAhead, _write_body
+
+    header = _header(ExplicitVRLittleEndian)
+    ahead = SequencesAhead(header, ("SegmentSequence", "SourceImageSequence"))
+    extra = Dataset()
+    extra.SegmentNumber = 4
+    header.SegmentSequence.append(extra)  # grown
+    header.SourceImageSequence = header.SourceImageSequence[:2]  # replaced
+    written = io.BytesIO()
+    _write_body(written, header, ahead)
+    read = pydicom.dcmread(io.BytesIO(written.getvalue()))
+    assert [item.SegmentNumber for item in read.SegmentSequence] == [1, 2, 3, 4]
+    assert len(read.SourceImageSequence) == 2
