@@ -87,7 +87,7 @@ def run_windowed(
 ) -> Iterator[tuple[int, Any]]:
     """Compute ``tasks`` on the cluster; yield ``(index, result)`` as each finishes.
 
-    At most four tasks per worker thread are in flight, refilled in groups (each compute call
+    At most a few tasks per worker thread are in flight, refilled in groups (each compute call
     costs a graph submission) early enough that every worker has a task queued behind the one it
     runs. A task's result is released on the cluster once yielded. On any error, or if the
     caller stops early, the tasks still in flight are cancelled.
@@ -161,7 +161,11 @@ def run_windowed(
                 client.cancel(list(in_flight.values()))
                 return
 
-    first = submit(window)
+    # One task per worker thread first, so that the workers start while the rest of the window
+    # is sent: with a whole window of a CT series' in-memory blocks (40 MB) scattered at once,
+    # the first task started 0.14 s into the write; with two sent first, at 0.06-0.07 s.
+    first = submit(min(threads, window))
+    first += submit(window - len(first))
     queue = as_completed(first, loop=client.loop)
     watchdog = threading.Thread(target=watch, name="daskseg-watchdog", daemon=True)
     watchdog.start()
