@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,19 +67,23 @@ def block_tasks(array: da.Array) -> np.ndarray:
     """One Delayed per block of ``array``, each one task carrying only the graph that block needs.
 
     The graph is optimized once for all blocks (so that, for example, a block's read fuses with
-    the function applied to it), then culled per block; a block whose culled graph still holds
+    the function applied to it), then culled per block. A block whose culled graph still holds
     more than one task (not counting plain data, such as the Zarr array read) runs it as a
-    whole in one task (:class:`_BlockGraph`). An input chunk that several blocks share (cut
-    across two blocks) is then read by each of them.
+    whole in one task (:class:`_BlockGraph`), unless another block needs one of those tasks
+    too (an input chunk cut across two blocks): that one is computed once and shared, as Dask
+    would, rather than read again by each block.
     """
     keys = list(flatten(array.__dask_keys__()))
     graph = dict(array.__dask_optimize__(array.__dask_graph__(), keys))
+    culled = {key: cull(graph, [key])[0] for key in keys}
+    needed_by = Counter(name for part in culled.values() for name, node in part.items()
+                        if istask(node))
     tasks = np.empty(array.numblocks, dtype=object)
-    for key in keys:
-        culled = cull(graph, [key])[0]
-        if sum(1 for node in culled.values() if istask(node)) > 1:
-            culled = {key: (_BlockGraph(dict(culled), key),)}
-        tasks[key[1:]] = Delayed(key, culled)
+    for key, part in culled.items():
+        own = [name for name, node in part.items() if istask(node)]
+        if len(own) > 1 and all(needed_by[name] == 1 for name in own):
+            part = {key: (_BlockGraph(dict(part), key),)}
+        tasks[key[1:]] = Delayed(key, part)
     return tasks
 
 

@@ -41,6 +41,24 @@ def test_a_block_of_several_zarr_chunks_is_one_task_read_on_a_worker(tmp_path, d
         np.testing.assert_array_equal(results[number], values[rows, columns] + 1)
 
 
+def test_an_input_chunk_cut_across_blocks_stays_one_shared_task(tmp_path, dask_client):
+    import zarr
+
+    values = np.arange(60 * 40, dtype=np.uint16).reshape(60, 40)
+    store = zarr.create_array(str(tmp_path / "m.zarr"), shape=values.shape, chunks=(30, 40),
+                              dtype=values.dtype)
+    store[:] = values
+    # Blocks of 20 rows: the store's second chunk (rows 30-59) feeds two blocks.
+    array = da.from_zarr(store).rechunk((20, 40)).map_blocks(np.add, 1)
+    tasks = block_tasks(array)
+    reads = [{name for name in tasks[index].dask if "from-zarr" in str(name)}
+             for index in np.ndindex(tasks.shape)]
+    assert reads[1] & reads[2]  # the shared chunk read is one key, in both blocks' graphs
+    results = dict(run_windowed(dask_client, tasks.ravel().tolist(), "read blocks"))
+    for number in range(3):
+        np.testing.assert_array_equal(results[number], values[20 * number : 20 * number + 20] + 1)
+
+
 def test_run_windowed_yields_every_result_once(thread_client):
     tasks = [dask.delayed(pow)(k, 2) for k in range(30)]
     results = dict(run_windowed(thread_client, tasks, "square numbers"))
