@@ -22,41 +22,44 @@ def test_each_block_task_carries_only_its_own_graph():
         np.testing.assert_array_equal(value, array.blocks[index].compute(scheduler="synchronous"))
 
 
-def test_a_block_of_several_zarr_chunks_is_one_task_read_on_a_worker(tmp_path, dask_client):
+def _plus_one_from_zarr(path, shape, store_chunks, block_chunks):
+    """Values in a Zarr store, and the Dask array of its blocks of ``block_chunks``, plus one."""
     import zarr
 
-    values = np.arange(64 * 48, dtype=np.uint16).reshape(64, 48)
-    store = zarr.create_array(str(tmp_path / "m.zarr"), shape=values.shape, chunks=(8, 8),
-                              dtype=values.dtype)
+    values = np.arange(np.prod(shape), dtype=np.uint16).reshape(shape)
+    store = zarr.create_array(str(path), shape=shape, chunks=store_chunks, dtype=values.dtype)
     store[:] = values
+    return values, da.from_zarr(store).rechunk(block_chunks).map_blocks(np.add, 1)
+
+
+def _each_block_equals(client, tasks, array, values):
+    """Run the block tasks on the cluster; each result must be its region of ``values`` + 1."""
+    results = dict(run_windowed(client, tasks.ravel().tolist(), "read blocks"))
+    starts = [np.cumsum((0,) + chunks[:-1]) for chunks in array.chunks]
+    for number, index in enumerate(np.ndindex(tasks.shape)):
+        region = tuple(slice(starts[k][i], starts[k][i] + array.chunks[k][i])
+                       for k, i in enumerate(index))
+        np.testing.assert_array_equal(results[number], values[region] + 1)
+
+
+def test_a_block_of_several_zarr_chunks_is_one_task_read_on_a_worker(tmp_path, dask_client):
     # Blocks of 4 x 3 of the store's chunks, then a function of each block.
-    array = da.from_zarr(store).rechunk((32, 24)).map_blocks(np.add, 1)
+    values, array = _plus_one_from_zarr(tmp_path / "m.zarr", (64, 48), (8, 8), (32, 24))
     tasks = block_tasks(array)
     assert tasks.shape == (2, 2)
     for index in np.ndindex(tasks.shape):
         assert len(tasks[index].dask) == 1  # reads, merge and function: one task
-    results = dict(run_windowed(dask_client, tasks.ravel().tolist(), "read blocks"))
-    for number, index in enumerate(np.ndindex(tasks.shape)):
-        rows, columns = slice(32 * index[0], 32 * index[0] + 32), slice(24 * index[1], 24 * index[1] + 24)
-        np.testing.assert_array_equal(results[number], values[rows, columns] + 1)
+    _each_block_equals(dask_client, tasks, array, values)
 
 
 def test_an_input_chunk_cut_across_blocks_stays_one_shared_task(tmp_path, dask_client):
-    import zarr
-
-    values = np.arange(60 * 40, dtype=np.uint16).reshape(60, 40)
-    store = zarr.create_array(str(tmp_path / "m.zarr"), shape=values.shape, chunks=(30, 40),
-                              dtype=values.dtype)
-    store[:] = values
     # Blocks of 20 rows: the store's second chunk (rows 30-59) feeds two blocks.
-    array = da.from_zarr(store).rechunk((20, 40)).map_blocks(np.add, 1)
+    values, array = _plus_one_from_zarr(tmp_path / "m.zarr", (60, 40), (30, 40), (20, 40))
     tasks = block_tasks(array)
     reads = [{name for name in tasks[index].dask if "from-zarr" in str(name)}
              for index in np.ndindex(tasks.shape)]
     assert reads[1] & reads[2]  # the shared chunk read is one key, in both blocks' graphs
-    results = dict(run_windowed(dask_client, tasks.ravel().tolist(), "read blocks"))
-    for number in range(3):
-        np.testing.assert_array_equal(results[number], values[20 * number : 20 * number + 20] + 1)
+    _each_block_equals(dask_client, tasks, array, values)
 
 
 def test_run_windowed_yields_every_result_once(thread_client):
