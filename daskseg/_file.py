@@ -97,14 +97,12 @@ def _write_body(out: BinaryIO, body: Dataset, ahead: SequencesAhead | None) -> N
     written (``Dataset.set_original_encoding``); it then leaves ambiguous VRs (US or SS, say)
     alone, so those of the other elements are resolved here first, as it would.
     """
-    raws = ahead.raw_elements(body) if ahead is not None else {}
-    if raws:
+    if ahead is not None and (raws := ahead.raw_elements(body)):
         correct_ambiguous_vr(Dataset({tag: element for tag, element in body.items()
                                       if tag not in raws}), True)
         for tag, raw in raws.items():
             body[tag] = raw
-        body.set_original_encoding(ahead.implicit, True,  # type: ignore[union-attr]
-                                   ahead.character_set)  # type: ignore[union-attr]
+        body.set_original_encoding(ahead.implicit, True, ahead.character_set)
     pydicom.dcmwrite(out, body, enforce_file_format=True)
 
 
