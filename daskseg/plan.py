@@ -138,21 +138,25 @@ def spatial_index_values(tile_nonempty: np.ndarray) -> tuple[np.ndarray, np.ndar
 # A writer's block should hold enough frames that the codec's work outweighs what a task costs
 # the scheduler, the client and the worker's event loop (a few ms each, measured: 64 blocks of
 # 16 HTJ2K frames spent 0.25 s of the client's CPU in a 1.1 s write, 16 blocks of 64 about
-# half), and there should be blocks enough that both workers stay busy to the end.
+# half), and there should be blocks enough that both workers stay busy to the end. Blocks are
+# grown only while they stay under MAX_GROWN_BLOCK_BYTES of the mask (a worker holds a few).
 FRAMES_PER_BLOCK = 64
 MIN_BLOCKS = 16
+MAX_GROWN_BLOCK_BYTES = 32 * 2**20
 
 
 def writer_block_chunks(
-    grid: TileGrid, n_channels: int, hint: tuple[int, int]
+    grid: TileGrid, n_channels: int, hint: tuple[int, int], bytes_per_pixel: int = 1
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Row and column chunks of the writer's blocks: whole tiles, near ``hint``, not too few frames.
 
     Starts from the whole tiles nearest the mask's own chunks (``hint``, see
     :func:`aligned_chunks`) and doubles a block's tiles along one axis at a time while a block
     holds fewer than ``FRAMES_PER_BLOCK`` frames (tiles x ``n_channels``), no axis exceeds 8
-    tiles, and at least ``MIN_BLOCKS`` blocks remain. A label map (one frame per tile) of
-    2048-pixel chunks and 512-pixel tiles thus gets 4096-pixel blocks.
+    tiles, at least ``MIN_BLOCKS`` blocks remain, and a block of the mask (``bytes_per_pixel``
+    each) stays within ``MAX_GROWN_BLOCK_BYTES``. A uint8 label map (one frame per tile) of
+    2048-pixel chunks and 512-pixel tiles thus gets 4096-pixel blocks; an int64 one keeps its
+    2048-pixel blocks.
 
     Examples
     --------
@@ -160,6 +164,8 @@ def writer_block_chunks(
     >>> rows[0], columns[0], len(rows) * len(columns)
     (4096, 4096, 16)
     >>> writer_block_chunks(TileGrid(16384, 16384, 512, 512), 5, (2048, 2048))[0][0]
+    2048
+    >>> writer_block_chunks(TileGrid(16384, 16384, 512, 512), 1, (2048, 2048), 8)[0][0]
     2048
     """
     tiles = [
@@ -176,7 +182,10 @@ def writer_block_chunks(
         for axis in sorted((1, 0), key=lambda a: tiles[a]):  # the shorter side first
             wider = list(tiles)
             wider[axis] = min(8, 2 * tiles[axis], n_tiles[axis])
-            if wider[axis] > tiles[axis] and n_blocks(wider) >= MIN_BLOCKS:
+            block_bytes = (wider[0] * grid.tile_rows * wider[1] * grid.tile_columns
+                           * bytes_per_pixel)
+            if (wider[axis] > tiles[axis] and n_blocks(wider) >= MIN_BLOCKS
+                    and block_bytes <= MAX_GROWN_BLOCK_BYTES):
                 tiles, grown = wider, True
                 break
         if not grown:

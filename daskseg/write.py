@@ -230,7 +230,8 @@ def write_segmentation(
     # Blocks near the mask's own chunks keep rechunking cheap; an in-memory mask has none.
     in_memory = isinstance(mask, np.ndarray)
     hint = (2048, 2048) if in_memory else (array.chunks[0][0], array.chunks[1][0])
-    chunks = writer_block_chunks(grid, spec.n_channels, hint)
+    chunks = writer_block_chunks(grid, spec.n_channels, hint,
+                                 array.dtype.itemsize * (array.shape[2] if stacked else 1))
     prefix = spool_prefix(destination)
     if in_memory:
         tasks = numpy_encode_tasks(np.asarray(mask).reshape(array.shape), *chunks, spec,

@@ -78,6 +78,18 @@ def test_writer_blocks_are_whole_tiles_with_frames_enough_and_blocks_enough(size
         assert frames >= FRAMES_PER_BLOCK  # not grown: it had frames enough
 
 
+@pytest.mark.parametrize("bytes_per_pixel", [1, 2, 8, 40])
+def test_writer_blocks_grow_only_within_their_byte_budget(bytes_per_pixel):
+    from daskseg.plan import MAX_GROWN_BLOCK_BYTES
+
+    grid = TileGrid(16384, 16384, 512, 512)
+    rows, columns = writer_block_chunks(grid, 1, (2048, 2048), bytes_per_pixel)
+    if (rows[0], columns[0]) != (2048, 2048):
+        assert rows[0] * columns[0] * bytes_per_pixel <= MAX_GROWN_BLOCK_BYTES
+    assert (rows[0], columns[0]) == {1: (4096, 4096), 2: (4096, 4096), 8: (2048, 2048),
+                                     40: (2048, 2048)}[bytes_per_pixel]
+
+
 def test_a_label_map_of_small_chunks_gets_blocks_of_64_tiles():
     grid = TileGrid(16384, 16384, 512, 512)
     rows, columns = writer_block_chunks(grid, 1, (2048, 2048))
