@@ -46,21 +46,39 @@ class DataTask:
 
 
 class _BlockGraph:
-    """The graph of one block, computed by one task on a worker (dask's synchronous scheduler).
+    """The tasks of one block, computed by one task on a worker (dask's synchronous scheduler).
 
     A block made of several chunks of the input (reads, a rechunk, the function applied) would
     otherwise be several tasks, each costing the scheduler, the client and the worker's event
     loop a few milliseconds. As an opaque callable, the graph travels inside its task unparsed.
+    A numpy array that other blocks read too stays outside under its own key, shared as
+    before rather than sent inside every block's task (it can be large); its values are the
+    task's arguments (``data_keys``). Other plain data, such as the Zarr array object every
+    block reads from (its path and metadata), travels inside.
     """
 
-    def __init__(self, graph: dict, key: Any) -> None:
+    def __init__(self, graph: dict, key: Any, data_keys: list[Any]) -> None:
         self.graph = graph
         self.key = key
+        self.data_keys = data_keys
 
-    def __call__(self) -> Any:
+    def __call__(self, *data: Any) -> Any:
         from dask.local import get_sync
 
-        return get_sync(self.graph, self.key)
+        graph = dict(self.graph)
+        try:
+            from dask._task_spec import DataNode
+        except ImportError:  # dask before 2024.12: a plain value in a graph is data
+            graph.update(zip(self.data_keys, data))
+        else:
+            graph.update({key: DataNode(key, value) for key, value in zip(self.data_keys, data)})
+        return get_sync(graph, self.key)
+
+
+def _holds_an_array(node: Any) -> bool:
+    """Whether a graph's data node holds a numpy array (``DataNode.value``, or the value itself
+    in the graphs of dask before 2024.12)."""
+    return isinstance(getattr(node, "value", node), np.ndarray)
 
 
 def block_tasks(array: da.Array) -> np.ndarray:
@@ -76,13 +94,16 @@ def block_tasks(array: da.Array) -> np.ndarray:
     keys = list(flatten(array.__dask_keys__()))
     graph = dict(array.__dask_optimize__(array.__dask_graph__(), keys))
     culled = {key: cull(graph, [key])[0] for key in keys}
-    needed_by = Counter(name for part in culled.values() for name, node in part.items()
-                        if istask(node))
+    needed_by = Counter(name for part in culled.values() for name in part)
     tasks = np.empty(array.numblocks, dtype=object)
     for key, part in culled.items():
         own = [name for name, node in part.items() if istask(node)]
         if len(own) > 1 and all(needed_by[name] == 1 for name in own):
-            part = {key: (_BlockGraph(dict(part), key),)}
+            data_keys = [name for name, node in part.items() if name not in own
+                         and needed_by[name] > 1 and _holds_an_array(node)]
+            inner = {name: node for name, node in part.items() if name not in data_keys}
+            part = {**{name: part[name] for name in data_keys},
+                    key: (_BlockGraph(inner, key, data_keys), *data_keys)}
         tasks[key[1:]] = Delayed(key, part)
     return tasks
 

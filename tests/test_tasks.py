@@ -48,7 +48,8 @@ def test_a_block_of_several_zarr_chunks_is_one_task_read_on_a_worker(tmp_path, d
     tasks = block_tasks(array)
     assert tasks.shape == (2, 2)
     for index in np.ndindex(tasks.shape):
-        assert len(tasks[index].dask) == 1  # reads, merge and function: one task
+        # Reads, merge and function: one task, the Zarr array inside it.
+        assert len(tasks[index].dask) == 1
     _each_block_equals(dask_client, tasks, array, values)
 
 
@@ -60,6 +61,26 @@ def test_an_input_chunk_cut_across_blocks_stays_one_shared_task(tmp_path, dask_c
              for index in np.ndindex(tasks.shape)]
     assert reads[1] & reads[2]  # the shared chunk read is one key, in both blocks' graphs
     _each_block_equals(dask_client, tasks, array, values)
+
+
+def _add_weights(block, weights):
+    return block + weights.sum()
+
+
+def test_a_numpy_array_every_block_reads_stays_one_shared_key(dask_client):
+    values = np.arange(64 * 64, dtype=np.int64).reshape(64, 64)
+    weights = np.arange(1000, dtype=np.int64)  # an argument of every block, as one key
+    array = da.from_array(values, chunks=8).rechunk(32).map_blocks(
+        _add_weights, dask.delayed(weights, name="weights"), dtype=np.int64)
+    tasks = block_tasks(array)
+    shared = [{name for name, node in tasks[index].dask.items()
+               if isinstance(getattr(node, "value", None), np.ndarray)}
+              for index in np.ndindex(tasks.shape)]
+    assert len(set.intersection(*shared)) == 1  # the weights, outside each block's one task
+    results = dict(run_windowed(dask_client, tasks.ravel().tolist(), "add weights"))
+    for number, index in enumerate(np.ndindex(tasks.shape)):
+        region = values[32 * index[0] : 32 * index[0] + 32, 32 * index[1] : 32 * index[1] + 32]
+        np.testing.assert_array_equal(results[number], region + weights.sum())
 
 
 def test_run_windowed_yields_every_result_once(thread_client):
