@@ -77,8 +77,22 @@ class FrameSpec:
         return CODECS[str(self.transfer_syntax_uid)]
 
 
+_MAX_TILES = 8  # tiles per chunk along an axis, by default
+
+
+def _tiles_near(hint: int, tile: int, min_tiles: int = 1, max_tiles: int = _MAX_TILES) -> int:
+    """Whole tiles per chunk nearest ``hint`` pixels, within the bounds."""
+    return max(min_tiles, min(max_tiles, round(hint / tile) or 1))
+
+
+def _chunks_of(size: int, step: int) -> tuple[int, ...]:
+    """Chunks of ``step`` along an axis of ``size``, the last one shorter if need be."""
+    full, rest = divmod(size, step)
+    return (step,) * full + ((rest,) if rest else ())
+
+
 def aligned_chunks(
-    size: int, tile: int, hint: int, *, min_tiles: int = 1, max_tiles: int = 8
+    size: int, tile: int, hint: int, *, min_tiles: int = 1, max_tiles: int = _MAX_TILES
 ) -> tuple[int, ...]:
     """Chunk sizes along one axis: whole tiles per chunk, close to ``hint`` pixels.
 
@@ -104,10 +118,7 @@ def aligned_chunks(
     >>> aligned_chunks(1000, 64, 300)
     (320, 320, 320, 40)
     """
-    tiles = max(min_tiles, min(max_tiles, round(hint / tile) or 1))
-    step = tiles * tile
-    full, rest = divmod(size, step)
-    return (step,) * full + ((rest,) if rest else ())
+    return _chunks_of(size, _tiles_near(hint, tile, min_tiles, max_tiles) * tile)
 
 
 def included_frames(frame_lengths: np.ndarray) -> np.ndarray:
@@ -168,10 +179,7 @@ def writer_block_chunks(
     >>> writer_block_chunks(TileGrid(16384, 16384, 512, 512), 1, (2048, 2048), 8)[0][0]
     2048
     """
-    tiles = [
-        max(1, min(8, round(hint[0] / grid.tile_rows) or 1)),
-        max(1, min(8, round(hint[1] / grid.tile_columns) or 1)),
-    ]
+    tiles = [_tiles_near(hint[0], grid.tile_rows), _tiles_near(hint[1], grid.tile_columns)]
     n_tiles = (grid.n_tile_rows, grid.n_tile_columns)
 
     def n_blocks(counts: list[int]) -> int:
@@ -181,7 +189,7 @@ def writer_block_chunks(
         grown = False
         for axis in sorted((1, 0), key=lambda a: tiles[a]):  # the shorter side first
             wider = list(tiles)
-            wider[axis] = min(8, 2 * tiles[axis], n_tiles[axis])
+            wider[axis] = min(_MAX_TILES, 2 * tiles[axis], n_tiles[axis])
             block_bytes = (wider[0] * grid.tile_rows * wider[1] * grid.tile_columns
                            * bytes_per_pixel)
             if (wider[axis] > tiles[axis] and n_blocks(wider) >= MIN_BLOCKS
@@ -190,8 +198,8 @@ def writer_block_chunks(
                 break
         if not grown:
             break
-    return (aligned_chunks(grid.rows, grid.tile_rows, tiles[0] * grid.tile_rows),
-            aligned_chunks(grid.columns, grid.tile_columns, tiles[1] * grid.tile_columns))
+    return (_chunks_of(grid.rows, tiles[0] * grid.tile_rows),
+            _chunks_of(grid.columns, tiles[1] * grid.tile_columns))
 
 
 def block_location(block_info: dict[Any, Any] | None, key: Any = 0) -> list[tuple[int, int]]:
