@@ -31,6 +31,7 @@ from daskseg.encode import (
     BlockResult,
     encode_chunk,
     encode_numpy_block,
+    folder_identity,
     worker_spool_name,
     write_all,
 )
@@ -112,15 +113,6 @@ def spool_prefix(destination: pathlib.Path) -> str:
     return str(destination.parent / f".{destination.name}.{uuid.uuid4().hex[:16]}.")
 
 
-def _folder_identity(folder: str) -> tuple[int, int] | None:
-    """On a worker: the folder's device and inode, if it can write there."""
-    try:
-        stat = os.stat(folder)
-    except OSError:
-        return None
-    return (stat.st_dev, stat.st_ino) if os.access(folder, os.W_OK) else None
-
-
 def workers_sharing(client: Client, folder: pathlib.Path) -> list[str]:
     """Workers that can write spool files to ``folder``: on this machine, seeing the same folder.
 
@@ -130,7 +122,7 @@ def workers_sharing(client: Client, folder: pathlib.Path) -> list[str]:
     if not workers_on_loopback(client):
         return []
     try:
-        seen = client.run(_folder_identity, str(folder))
+        seen = client.run(folder_identity, str(folder))
     except CLUSTER_FAILURES:
         return []
     stat = os.stat(folder)
