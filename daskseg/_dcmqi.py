@@ -12,9 +12,11 @@ import json
 import os
 import pathlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import highdicom as hd
+if TYPE_CHECKING:  # imported where used: the CLI imports this module, and worker processes
+    # that LocalCluster spawns import the CLI again as their main module (30 MB each).
+    import highdicom as hd
 
 from daskseg.errors import SegmentationInputError
 
@@ -25,6 +27,8 @@ _TISSUE = {"CodeValue": "85756007", "CodingSchemeDesignator": "SCT", "CodeMeanin
 
 
 def _code(item: dict[str, str]) -> hd.sr.CodedConcept:
+    import highdicom as hd
+
     try:
         return hd.sr.CodedConcept(
             value=item["CodeValue"],
@@ -77,6 +81,8 @@ def segment_descriptions_from_dcmqi(
     >>> descriptions[0].SegmentLabel, options
     ('tumor', {})
     """
+    import highdicom as hd
+
     if isinstance(metadata, dict):
         data = metadata
     else:
