@@ -20,7 +20,7 @@ from daskseg.errors import SegmentationFileError
 from daskseg.plan import block_location
 from daskseg._frames import FrameLayout, FrameRef, FrameSource
 
-__all__ = ["FrameRef", "Output", "read_chunk", "store_block"]
+__all__ = ["FrameRef", "Output", "read_chunk", "read_planes", "store_block"]
 
 # Codestreams shorter than this are decoded once per process and the result reused.
 _SMALL_CODESTREAM = 4096
@@ -186,3 +186,19 @@ def store_block(block: np.ndarray, target: Any, block_info: dict | None = None) 
     """Write one block into its region of the Zarr array; return a 1-element marker."""
     target[tuple(slice(start, stop) for start, stop in block_location(block_info))] = block
     return np.ones((1,) * block.ndim, dtype=np.int64)
+
+
+def read_planes(
+    source: FrameSource,
+    layout: FrameLayout,
+    frames: list[list[FrameRef | None]],
+    n_planes: int,
+    output: Output,
+) -> np.ndarray:
+    """Decode ``n_planes`` planes of a SEG of a series: ``frames[k][p]`` is channel ``k``'s
+    frame of plane ``p``."""
+    # Here, not in the volume reader's module: a worker imports the module of each function it
+    # runs, and that one brings highdicom and dask.array (50 MB in every worker).
+    rows, columns = layout.rows, layout.columns
+    tall = read_chunk(source, layout, frames, (n_planes, 1), (n_planes * rows, columns), output)
+    return tall.reshape((n_planes, rows, columns) + tall.shape[2:])

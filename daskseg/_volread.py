@@ -20,7 +20,7 @@ import pydicom
 from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import DTypeLike
 
-from daskseg._decode import FrameRef, Output, read_chunk
+from daskseg._decode import FrameRef, read_planes
 from daskseg._frames import FileSource, FrameLayout, FrameRanges
 from daskseg._frames import locate_frames, open_file
 from daskseg._malloc import register_on_current_client
@@ -34,7 +34,7 @@ from daskseg._volframes import (
 from daskseg.errors import SegmentationFileError, SegmentationInputError
 from daskseg.read import ReadOptions
 
-__all__ = ["VolumeSegmentationReader", "read_planes", "read_volume_head"]
+__all__ = ["VolumeSegmentationReader", "read_volume_head"]
 
 #: A volume SEG's header, the layout of its frames, their byte ranges (encapsulated), and the
 #: raw bytes of its per-frame functional groups.
@@ -85,19 +85,6 @@ def segments_of(header: pydicom.Dataset) -> tuple[list[Any], list[int]]:
 # _MIN_CHUNKS chunks, so that every worker of a small cluster stays busy to the end.
 _CHUNK_BYTES = 32 * 2**20
 _MIN_CHUNKS = 16
-
-
-def read_planes(
-    source: FileSource,
-    layout: FrameLayout,
-    frames: list[list[FrameRef | None]],
-    n_planes: int,
-    output: Output,
-) -> np.ndarray:
-    """Decode ``n_planes`` planes: ``frames[k][p]`` is channel ``k``'s frame of plane ``p``."""
-    rows, columns = layout.rows, layout.columns
-    tall = read_chunk(source, layout, frames, (n_planes, 1), (n_planes * rows, columns), output)
-    return tall.reshape((n_planes, rows, columns) + tall.shape[2:])
 
 
 class VolumeSegmentationReader:
