@@ -7,7 +7,7 @@ import struct
 
 import numpy as np
 import pytest
-from pydicom.encaps import generate_fragmented_frames, parse_basic_offsets
+from pydicom.encaps import encapsulate, generate_fragmented_frames, parse_basic_offsets
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from daskseg._file import write_pixel_data
@@ -67,6 +67,32 @@ def test_encapsulated_frames_one_fragment_each_with_offsets(tmp_path, extended):
     out.seek(start)
     got = [b"".join(f) for f in generate_fragmented_frames(out, number_of_frames=3)]
     assert got == [b"abc\x00", b"defg", b"h\x00"]
+
+
+@pytest.mark.parametrize("to_disk", [True, False])
+def test_encapsulated_frames_of_several_blocks_equal_pydicoms_encapsulation(tmp_path, to_disk):
+    # Blocks of several frames arrive out of order; in file order, a run of frames read at once
+    # spans a block's frames of one segment; one frame never arrives (written as the empty one).
+    rng = np.random.default_rng(1)
+    frames = {(channel, column): rng.bytes(int(rng.integers(1, 40)))
+              for channel in range(2) for column in range(6) if (channel, column) != (1, 4)}
+    spool = Spool(tmp_path, "seg.dcm", (2, 1, 6))
+    for first in (3, 0):  # two blocks of three tiles, each with both segments' frames
+        block = [(channel, 0, column, frames[channel, column])
+                 for channel in range(2) for column in range(first, first + 3)
+                 if (channel, column) in frames]
+        spool.add_block(BlockResult.of(0, first, np.ones((1, 3), bool), block, False))
+    empty = b"empty"
+    order = np.argwhere(np.ones((2, 1, 6), dtype=bool))
+    spec = FrameSpec("BINARY", 2, False, 32, 32, str(JPEG2000Lossless), 1, 255, False)
+    out = open(tmp_path / "out.bin", "w+b") if to_disk else io.BytesIO()
+    with out:
+        write_pixel_data(out, spool, order, spec, TileGrid(32, 192, 32, 32), False, False, empty)
+        out.seek(0)
+        data = out.read()
+    spool.close()
+    expected = [frames.get((channel, column), empty) for channel, _, column in order.tolist()]
+    assert data[12:] == encapsulate(expected, has_bot=True) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
 
 
 def test_numpy_tasks_carry_only_their_own_block_and_cover_the_mask():
