@@ -21,12 +21,13 @@ import numpy as np
 from highdicom.spatial import get_volume_positions
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pydicom.valuerep import DS, format_number_as_ds
+from pydicom.valuerep import format_number_as_ds
 
 from daskseg._file import SequencesAhead, check_native_size, write_file
 from daskseg._header import (
     bits_allocated,
     check_bits_allocated,
+    ds_element,
     element_header,
     frame_content_part,
     header_from,
@@ -177,17 +178,9 @@ def _volume_header(
 
 def _position_part(image_position: Any, implicit: bool) -> bytes:
     """The encoded PlanePositionSequence of a frame, as highdicom's ``PlanePositionSequence``
-    (each value a DS auto-formatted to 16 characters) and pydicom write it, built directly:
-    one per plane, and making it through pydicom cost most of the per-frame items' time."""
-    values: list[Any] = [DS(value, auto_format=True) for value in image_position]
-    # As pydicom's write_number_string: a value's original string where it has one.
-    text = "\\".join(
-        value.original_string if hasattr(value, "original_string") else str(value)
-        for value in values
-    )
-    data = text.encode("ascii")
-    data += b" " * (len(data) % 2)  # PS3.5 6.2: DS is padded to even length with a space
-    body = item(element_header(0x00200032, "DS", len(data), implicit) + data)
+    and pydicom write it, built directly: one per plane, and making it through pydicom cost
+    most of the per-frame items' time."""
+    body = item(ds_element(0x00200032, image_position, implicit))  # ImagePositionPatient
     return element_header(0x00209113, "SQ", len(body), implicit) + body
 
 

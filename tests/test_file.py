@@ -244,3 +244,28 @@ def test_a_sequence_changed_after_it_was_serialized_is_written_anew():
     read = pydicom.dcmread(io.BytesIO(written.getvalue()))
     assert [item.SegmentNumber for item in read.SegmentSequence] == [1, 2, 3, 4]
     assert len(read.SourceImageSequence) == 2
+
+
+POSITIONS = [(0.0, 0.0, 0.0), (12.5, -3.25, 0.0), (1e-7, 123456789.123456, -0.000123456789),
+             (20.123456789012345, 7.0, 1.5e-12), (-1e10, 3.0000000000000004, 42)]
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_plane_positions_built_directly_equal_highdicoms_through_pydicom(implicit):
+    import highdicom as hd
+    from pydicom.dataset import Dataset
+
+    from daskseg._header import serialize, slide_position_part
+    from daskseg._volume import _position_part
+
+    for k, position in enumerate(POSITIONS):
+        slide = Dataset()
+        slide.add_new(0x0048021A, "SQ", hd.PlanePositionSequence(
+            hd.CoordinateSystemNames.SLIDE, image_position=position,
+            pixel_matrix_position=(k * 512 + 1, k * 1024 + 1)))
+        assert slide_position_part(position, (k * 512 + 1, k * 1024 + 1), implicit) == \
+            serialize(slide, implicit)
+        patient = Dataset()
+        patient.add_new(0x00209113, "SQ", hd.PlanePositionSequence(
+            hd.CoordinateSystemNames.PATIENT, image_position=position))
+        assert _position_part(position, implicit) == serialize(patient, implicit)
