@@ -28,6 +28,17 @@ def spool_of(tmp_path, frames):
     return spool
 
 
+def pixel_data_written(tmp_path, to_disk, spool, order, spec, grid, extended, empty) -> bytes:
+    """What write_pixel_data writes, to a file on disk or to memory; the spool is closed."""
+    out = open(tmp_path / "out.bin", "w+b") if to_disk else io.BytesIO()
+    with out:
+        write_pixel_data(out, spool, order, spec, grid, False, extended, empty)
+        out.seek(0)
+        data = out.read()
+    spool.close()
+    return data
+
+
 def test_one_bit_frames_are_packed_back_to_back(tmp_path):
     frames = [np.random.default_rng(k).integers(0, 2, (3, 3)).astype(np.uint8) for k in range(3)]
     spool = spool_of(tmp_path, [np.packbits(f.ravel(), bitorder="little").tobytes() for f in frames])
@@ -85,12 +96,8 @@ def test_encapsulated_frames_of_several_blocks_equal_pydicoms_encapsulation(tmp_
     empty = b"empty"
     order = np.argwhere(np.ones((2, 1, 6), dtype=bool))
     spec = FrameSpec("BINARY", 2, False, 32, 32, str(JPEG2000Lossless), 1, 255, False)
-    out = open(tmp_path / "out.bin", "w+b") if to_disk else io.BytesIO()
-    with out:
-        write_pixel_data(out, spool, order, spec, TileGrid(32, 192, 32, 32), False, False, empty)
-        out.seek(0)
-        data = out.read()
-    spool.close()
+    data = pixel_data_written(tmp_path, to_disk, spool, order, spec, TileGrid(32, 192, 32, 32),
+                              False, empty)
     expected = [frames.get((channel, column), empty) for channel, _, column in order.tolist()]
     assert data[12:] == encapsulate(expected, has_bot=True) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
 
@@ -124,12 +131,8 @@ def test_native_frames_are_copied_in_file_order_with_missing_ones_filled(tmp_pat
     spec = FrameSpec("LABELMAP", 255, False, 4, 4, str(ExplicitVRLittleEndian), 8, 255, False)
     order = np.array([[0, 0, k] for k in range(7)])
     empty = bytes(16)
-    out = open(tmp_path / "out.bin", "w+b") if to_disk else io.BytesIO()
-    with out:
-        write_pixel_data(out, spool, order, spec, TileGrid(4, 28, 4, 4), False, None, empty)
-        out.seek(0)
-        data = out.read()
-    spool.close()
+    data = pixel_data_written(tmp_path, to_disk, spool, order, spec, TileGrid(4, 28, 4, 4),
+                              None, empty)
     pixels = np.frombuffer(data[12:], np.uint8)  # after tag, VR, reserved and 32-bit length
     assert struct.unpack("<I", data[8:12])[0] == 7 * 16
     np.testing.assert_array_equal(pixels.reshape(7, 4, 4), np.stack(frames + [np.zeros((4, 4), np.uint8)]))
