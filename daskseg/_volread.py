@@ -32,7 +32,7 @@ from daskseg._volframes import (
     scan_frame_items,
 )
 from daskseg.errors import SegmentationFileError, SegmentationInputError
-from daskseg.read import ReadOptions
+from daskseg.read import ReadOptions, _into_memory
 
 __all__ = ["VolumeSegmentationReader", "read_volume_head"]
 
@@ -222,8 +222,6 @@ class VolumeSegmentationReader:
         Arguments as :meth:`to_dask`, and ``progress`` and ``client`` as
         :meth:`daskseg.SegmentationReader.to_numpy`; faster than ``to_dask(...).compute()``.
         """
-        from daskseg.read import _into_memory
-
         array = self.to_dask(
             source_sop_instance_uids=source_sop_instance_uids,
             source_frame_numbers=source_frame_numbers, segment_numbers=segment_numbers,
