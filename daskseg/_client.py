@@ -19,8 +19,8 @@ from distributed.scheduler import KilledWorker
 from daskseg._malloc import register_malloc_plugin
 from daskseg.errors import ClusterError, SegmentationTypeError
 
-__all__ = ["CLUSTER_FAILURES", "WorkerlessClock", "cluster_client", "gathers_directly", "local_cluster",
-           "workers_on_loopback"]
+__all__ = ["CLUSTER_FAILURES", "WorkerlessClock", "cluster_client", "cluster_workers",
+           "gathers_directly", "local_cluster", "on_loopback", "workers_on_loopback"]
 
 # What a task raises when the cluster, not the task's own code, failed: a worker died too often,
 # the scheduler or the connection went away.
@@ -66,30 +66,49 @@ def local_cluster(n_workers: int | None = None, **options: Any) -> LocalCluster:
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
-def workers_on_loopback(client: Client) -> bool:
-    """Whether every worker listens on this machine's loopback (a LocalCluster, say)."""
-    try:
-        workers = list(client.scheduler_info()["workers"])
-    except CLUSTER_FAILURES:
-        return False
-    return bool(workers) and all(
-        urlsplit(address).hostname in _LOOPBACK_HOSTS or address.startswith("inproc://")
-        for address in workers
-    )
+def cluster_workers(client: Client) -> dict[str, int]:
+    """The cluster's workers, address -> threads, in one round trip to the scheduler.
+
+    A write asks once and passes the answer on (:func:`workers_on_loopback`,
+    :func:`gathers_directly`, ``run_windowed``): each question to the scheduler is a round trip
+    that waits on this process's GIL, 10-70 ms each while highdicom builds the header in a
+    thread, and the workers wait for their first task until they are answered.
+    """
+    info = client.scheduler_info()["workers"]
+    return {address: int(worker.get("nthreads", 1)) for address, worker in info.items()}
 
 
-def gathers_directly(client: Client) -> bool:
+def on_loopback(address: str) -> bool:
+    """Whether a worker's address is on this machine's loopback (or in this process)."""
+    return urlsplit(address).hostname in _LOOPBACK_HOSTS or address.startswith("inproc://")
+
+
+def workers_on_loopback(client: Client, workers: dict[str, int] | None = None) -> bool:
+    """Whether every worker listens on this machine's loopback (a LocalCluster, say).
+
+    ``workers`` is :func:`cluster_workers`' answer when the caller has it already.
+    """
+    if workers is None:
+        try:
+            workers = cluster_workers(client)
+        except CLUSTER_FAILURES:
+            return False
+    return bool(workers) and all(on_loopback(address) for address in workers)
+
+
+def gathers_directly(client: Client, workers: dict[str, int] | None = None) -> bool:
     """Whether to fetch results from the workers themselves rather than through the scheduler.
 
     The client's own ``direct_to_workers`` when set. Otherwise directly when every worker
     listens on this machine's loopback (a LocalCluster, or ``dask worker`` on 127.0.0.1): the
     scheduler's relay would pass every result through it, which for a LocalCluster is this
     process again. A remote cluster's workers may be out of the client's reach, so by default
-    their results come through the scheduler, as distributed does.
+    their results come through the scheduler, as distributed does. ``workers`` as for
+    :func:`workers_on_loopback`.
     """
     if client.direct_to_workers is not None:
         return bool(client.direct_to_workers)
-    return workers_on_loopback(client)
+    return workers_on_loopback(client, workers)
 
 
 @contextlib.contextmanager

@@ -24,22 +24,21 @@ import dask.array as da
 import numpy as np
 from distributed import Client
 
-from daskseg._client import CLUSTER_FAILURES, cluster_client, workers_on_loopback
+from daskseg._client import CLUSTER_FAILURES, cluster_client, cluster_workers, on_loopback
 from daskseg._progress import progress_bar
 from daskseg._tasks import DataTask, block_tasks, run_windowed
 from daskseg.encode import (
     BlockResult,
     encode_chunk,
     encode_numpy_block,
-    folder_identity,
     worker_spool_name,
     write_all,
 )
 from daskseg.plan import FrameSpec
 
 __all__ = [
-    "Spool", "encode_blocks", "encode_tasks", "encoded_frames", "numpy_block_task",
-    "numpy_encode_tasks", "spool_prefix", "workers_sharing",
+    "Meanwhile", "Spool", "encode_blocks", "encode_tasks", "encoded_frames", "numpy_block_task",
+    "numpy_encode_tasks", "spool_prefix", "loopback_workers",
 ]
 
 
@@ -113,21 +112,15 @@ def spool_prefix(destination: pathlib.Path) -> str:
     return str(destination.parent / f".{destination.name}.{uuid.uuid4().hex[:16]}.")
 
 
-def workers_sharing(client: Client, folder: pathlib.Path) -> list[str]:
-    """Workers that can write spool files to ``folder``: on this machine, seeing the same folder.
+def loopback_workers(workers: dict[str, int]) -> list[str]:
+    """The workers that may write spool files beside the destination: those on loopback.
 
-    Only workers listening on loopback are asked (a remote worker's disk is not ours), and
-    only those that find the folder by the same device and inode (not another container's).
+    A remote worker's disk is not ours. A worker on loopback that does not see the folder
+    (another container's filesystem) or cannot write there finds no spool file of its own,
+    since a worker only opens the file the writer created (:func:`daskseg.encode.spool_block`),
+    and sends its frames back instead.
     """
-    if not workers_on_loopback(client):
-        return []
-    try:
-        seen = client.run(folder_identity, str(folder))
-    except CLUSTER_FAILURES:
-        return []
-    stat = os.stat(folder)
-    return [address for address, identity in seen.items()
-            if identity is not None and tuple(identity) == (stat.st_dev, stat.st_ino)]
+    return [address for address in workers if on_loopback(address)]
 
 
 def encode_tasks(
@@ -202,24 +195,58 @@ def numpy_block_task(
     return n_frames, task
 
 
+class Meanwhile:
+    """Work on the client while the blocks encode (the header), in a thread of its own.
+
+    Started once the first blocks are on the cluster (:meth:`start`), not before: highdicom's
+    Python holds the GIL, and sending the first blocks waited on it (the first task of a
+    300-slice series started 0.1 s into the write, with one core idle until then).
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, work: Callable[[], Any] | None) -> None:
+        self._pool, self._work = pool, work
+        self._future: Future | None = None
+
+    def start(self) -> None:
+        if self._work is not None and self._future is None:
+            self._future = self._pool.submit(self._work)
+
+    def raise_if_failed(self) -> None:
+        """Raise the work's exception, if it has ended with one."""
+        future = self._future
+        if future is not None and future.done() and future.exception() is not None:
+            future.result()
+
+    def result(self) -> Any:
+        """What the work returned (started now, if it was not): None without work."""
+        self.start()
+        return self._future.result() if self._future is not None else None
+
+
 def encode_blocks(
     client: Client,
     tasks: list[tuple[int, Any]],
     spool: Spool,
     tile_nonempty: np.ndarray,
     bar: Any,
-    meanwhile: Future | None = None,
+    meanwhile: Meanwhile | None = None,
+    workers: dict[str, int] | None = None,
 ) -> bool:
     """Run the block tasks a bounded window at a time; spool their frames. Returns overlap.
 
-    ``meanwhile`` is work running on the client while the blocks encode (the header); its
-    exception stops the encoding as soon as a block comes back after it failed.
+    ``meanwhile`` is work for the client while the blocks encode (the header), started once
+    the first window is submitted; its exception stops the encoding as soon as a block comes
+    back after it failed. ``workers`` is :func:`~daskseg._client.cluster_workers`' answer,
+    when the caller asked already.
     """
     overlap = False
     delayed = [task for _, task in tasks]
-    for index, encoded in run_windowed(client, delayed, "encode a block of the mask"):
-        if meanwhile is not None and meanwhile.done() and meanwhile.exception() is not None:
-            meanwhile.result()  # raises it; run_windowed cancels the blocks still in flight
+    for index, encoded in run_windowed(
+        client, delayed, "encode a block of the mask", workers,
+        on_submitted=meanwhile.start if meanwhile is not None else None,
+    ):
+        if meanwhile is not None:
+            meanwhile.raise_if_failed()  # run_windowed cancels the blocks still in flight
         result: BlockResult = encoded[0, 0]
         rows, columns = result.tile_nonempty.shape
         tile_nonempty[
@@ -247,8 +274,9 @@ def encoded_frames(
     ``worker_prefix`` is the ``spool_prefix`` the tasks were made with: workers on this
     machine then write their frames to files of their own (see :class:`Spool`).
     ``meanwhile`` runs in a thread on the client while the blocks encode (highdicom building
-    the header: a third of a second the first time, loading its tables of the standard); its
-    exception stops the encoding (see :func:`encode_blocks`).
+    the header: a third of a second the first time, loading its tables of the standard), from
+    when the first blocks are on the cluster; its exception stops the encoding (see
+    :func:`encode_blocks`).
 
     Yields the spool (removed on leaving), which tiles (``shape[1:]``) hold a non-zero pixel,
     whether segments overlap, and what ``meanwhile`` returned. ``shape`` is (channels, tile
@@ -258,15 +286,20 @@ def encoded_frames(
     try:
         tile_nonempty = np.zeros(shape[1:], dtype=bool)
         with ThreadPoolExecutor(1, thread_name_prefix="daskseg-header") as pool:
-            running = pool.submit(meanwhile) if meanwhile is not None else None
+            running = Meanwhile(pool, meanwhile)
             with cluster_client(client) as dask_client, progress_bar(
                 sum(n for n, _ in tasks), "encoding frames", enabled=progress,
                 client=dask_client,
             ) as bar:
-                if worker_prefix is not None:
-                    spool.prepare_workers(workers_sharing(dask_client, destination.parent))
-                overlap = encode_blocks(dask_client, tasks, spool, tile_nonempty, bar, running)
-            made = running.result() if running is not None else None
+                try:
+                    workers = cluster_workers(dask_client)
+                except CLUSTER_FAILURES:
+                    workers = None  # run_windowed asks again and says what failed
+                if worker_prefix is not None and workers:
+                    spool.prepare_workers(loopback_workers(workers))
+                overlap = encode_blocks(dask_client, tasks, spool, tile_nonempty, bar, running,
+                                        workers)
+            made = running.result()
         yield spool, tile_nonempty, overlap, made
     finally:
         spool.close()

@@ -25,7 +25,7 @@ from distributed import as_completed
 from distributed.comm import CommClosedError
 from distributed.scheduler import KilledWorker
 
-from daskseg._client import CLUSTER_FAILURES, WorkerlessClock, gathers_directly
+from daskseg._client import CLUSTER_FAILURES, WorkerlessClock, cluster_workers, gathers_directly
 from daskseg.errors import ClusterError
 
 __all__ = ["DataTask", "block_tasks", "compute_into_memory", "run_windowed"]
@@ -109,7 +109,8 @@ def block_tasks(array: da.Array) -> np.ndarray:
 
 
 def run_windowed(
-    client: Any, tasks: Sequence[Delayed | DataTask], what: str
+    client: Any, tasks: Sequence[Delayed | DataTask], what: str,
+    workers: dict[str, int] | None = None, on_submitted: Callable[[], Any] | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """Compute ``tasks`` on the cluster; yield ``(index, result)`` as each finishes.
 
@@ -122,7 +123,9 @@ def run_windowed(
     the caller as it is. When the cluster, not the task, failed (a worker died too often, the
     scheduler went away, no worker was left for longer than
     :class:`~daskseg._client.WorkerlessClock` allows) a :class:`~daskseg.errors.ClusterError`
-    says that it could not ``what``.
+    says that it could not ``what``. ``workers`` is
+    :func:`~daskseg._client.cluster_workers`' answer, when the caller asked already;
+    ``on_submitted`` is called once the first window of tasks is on the cluster.
     """
     clock = WorkerlessClock(client)
     stopped, starved = threading.Event(), threading.Event()
@@ -138,8 +141,10 @@ def run_windowed(
     try:
         if client.status != "running":  # the scheduler went away before any work was sent
             raise CommClosedError(f"the client's connection to the scheduler is {client.status}")
-        threads = max(1, sum(client.nthreads().values()))
-        direct = gathers_directly(client)
+        if workers is None:
+            workers = cluster_workers(client)
+        threads = max(1, sum(workers.values()))
+        direct = gathers_directly(client, workers)
     except CLUSTER_FAILURES as error:
         raise cluster_error(error) from error
     # Tasks whose input is scattered hold it on a worker from submission on: a few per worker
@@ -192,6 +197,8 @@ def run_windowed(
     # the first task started 0.14 s into the write; with two sent first, at 0.06-0.07 s.
     first = submit(min(threads, window))
     first += submit(window - len(first))
+    if on_submitted is not None:
+        on_submitted()
     queue = as_completed(first, loop=client.loop)
     watchdog = threading.Thread(target=watch, name="daskseg-watchdog", daemon=True)
     watchdog.start()

@@ -300,20 +300,6 @@ def encode_numpy_block(
 _spool_lock = threading.Lock()  # a worker's threads append to one file
 
 
-def folder_identity(folder: str) -> tuple[int, int] | None:
-    """On a worker: the folder's device and inode, if it can write there.
-
-    Here, not beside its caller in ``_spool``: a worker unpickles a function by importing its
-    module, and ``_spool`` imports ``dask.array`` (which imports SciPy), 23 MB more in every
-    worker of a volume write that needs neither.
-    """
-    try:
-        stat = os.stat(folder)
-    except OSError:
-        return None
-    return (stat.st_dev, stat.st_ino) if os.access(folder, os.W_OK) else None
-
-
 def write_all(fd: int, data: bytes | memoryview) -> None:
     """Write all of ``data`` to a file descriptor: one write may take only part of it."""
     view = memoryview(data).cast("B")
