@@ -26,7 +26,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr, write_sequence
 from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless
 
-from daskseg._header import FrameItems, element_header
+from daskseg._header import FrameItems, element_header, encoded_items
 from daskseg._spool import Spool
 from daskseg.encode import encode_frame, write_all
 from daskseg.errors import DestinationExistsError, SegmentationInputError
@@ -72,11 +72,13 @@ class SequencesAhead:
             if keyword not in header:
                 continue
             element = header[keyword]
-            buffer = DicomBytesIO()
-            buffer.is_little_endian, buffer.is_implicit_VR = True, self.implicit
-            write_sequence(buffer, element, self.encodings)
-            self._encoded[int(element.tag)] = (element.value, len(element.value),
-                                               buffer.getvalue())
+            value = encoded_items(element.value, self.implicit)
+            if value is None:  # not plain: pydicom writes it
+                buffer = DicomBytesIO()
+                buffer.is_little_endian, buffer.is_implicit_VR = True, self.implicit
+                write_sequence(buffer, element, self.encodings)
+                value = buffer.getvalue()
+            self._encoded[int(element.tag)] = (element.value, len(element.value), value)
 
     def raw_elements(self, body: Dataset) -> dict[int, RawDataElement]:
         """The body's sequences that are as they were serialized, as raw elements."""

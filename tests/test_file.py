@@ -8,6 +8,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom.encaps import encapsulate, generate_fragmented_frames, parse_basic_offsets
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
@@ -296,7 +298,7 @@ def test_plane_positions_built_directly_equal_highdicoms_through_pydicom(implici
     import highdicom as hd
     from pydicom.dataset import Dataset
 
-    from daskseg._header import serialize, slide_position_part
+    from daskseg._header import slide_position_part
     from daskseg._volume import _position_part
 
     for k, position in enumerate(POSITIONS):
@@ -305,8 +307,150 @@ def test_plane_positions_built_directly_equal_highdicoms_through_pydicom(implici
             hd.CoordinateSystemNames.SLIDE, image_position=position,
             pixel_matrix_position=(k * 512 + 1, k * 1024 + 1)))
         assert slide_position_part(position, (k * 512 + 1, k * 1024 + 1), implicit) == \
-            serialize(slide, implicit)
+            _pydicom_bytes(slide, implicit)
         patient = Dataset()
         patient.add_new(0x00209113, "SQ", hd.PlanePositionSequence(
             hd.CoordinateSystemNames.PATIENT, image_position=position))
-        assert _position_part(position, implicit) == serialize(patient, implicit)
+        assert _position_part(position, implicit) == _pydicom_bytes(patient, implicit)
+
+
+# ------------------------------------------------------------------ plain elements, encoded directly
+
+def _pydicom_bytes(dataset, implicit):
+    """What pydicom's own write_dataset writes: the oracle of encoded_elements."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
+    write_dataset(buffer, dataset)
+    return buffer.getvalue()
+
+
+_ASCII_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126, exclude_characters="\\"),
+                      max_size=9)
+_WORDS = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _", max_size=9)
+# (tag, VR, values): single-valued tags take a value, multi-valued ones (VM 1-n) a list.
+_PLAIN_ELEMENTS = [
+    (0x00080060, "CS", _WORDS), (0x00080008, "CS", st.lists(_WORDS, min_size=2, max_size=4)),
+    (0x00080018, "UI", st.from_regex(r"1\.2(\.[1-9][0-9]{0,8}){0,5}", fullmatch=True)),
+    (0x00080054, "AE", st.lists(_WORDS, max_size=3)), (0x00101010, "AS", st.just("042Y")),
+    (0x0008010E, "UR", st.just("http://dicom.nema.org/")),
+    (0x00620005, "LO", _ASCII_TEXT), (0x00081080, "LO", st.lists(_ASCII_TEXT, max_size=3)),
+    (0x00080050, "SH", _ASCII_TEXT), (0x00080081, "ST", _ASCII_TEXT),
+    (0x00080108, "LT", st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=9)),
+    (0x00080119, "UC", _ASCII_TEXT), (0x0008030E, "UT", _ASCII_TEXT),
+    (0x00080012, "DA", st.sampled_from(["", "20261126"])),
+    (0x00080013, "TM", st.sampled_from(["", "1200", "235959.123"])),
+    (0x00080015, "DT", st.sampled_from(["", "20261126120000"])),
+    (0x00101020, "DS", st.floats(-1e12, 1e12, allow_nan=False)),
+    (0x00082130, "DS", st.lists(st.floats(-1e6, 1e6, allow_nan=False), max_size=4)),
+    (0x00082122, "IS", st.integers(-2**31, 2**31 - 1)),
+    (0x00081160, "IS", st.lists(st.integers(0, 10**6), max_size=4)),
+    (0x00000100, "US", st.integers(0, 2**16 - 1)),
+    (0x00100028, "US", st.lists(st.integers(0, 2**16 - 1), min_size=3, max_size=3)),
+    (0x00041200, "UL", st.integers(0, 2**32 - 1)), (0x00189219, "SS", st.integers(-2**15, 2**15 - 1)),
+    (0x00186020, "SL", st.integers(-2**31, 2**31 - 1)),
+    (0x00089459, "FL", st.floats(width=32, allow_nan=False)),
+    (0x00186054, "FD", st.lists(st.floats(allow_nan=False), max_size=3)),
+    (0x0008040C, "UV", st.integers(0, 2**64 - 1)),
+    (0x00720082, "SV", st.lists(st.integers(-2**63, 2**63 - 1), max_size=2)),
+]
+_SEQUENCE_TAGS = [0x00620002, 0x00081115, 0x0008114A, 0x00082112]
+
+
+@st.composite
+def _plain_datasets(draw, depth=0):
+    from pydicom.dataset import Dataset
+    from pydicom.valuerep import DS
+
+    dataset = Dataset()
+    for tag, vr, values in draw(st.lists(st.sampled_from(_PLAIN_ELEMENTS), max_size=8)):
+        value = draw(values)
+        if vr == "DS":  # as highdicom gives them: at most 16 characters
+            value = ([DS(v, auto_format=True) for v in value] if isinstance(value, list)
+                     else DS(value, auto_format=True))
+        dataset.add_new(tag, vr, value)
+    if depth < 2:
+        for tag in draw(st.lists(st.sampled_from(_SEQUENCE_TAGS), max_size=2, unique=True)):
+            dataset.add_new(tag, "SQ", draw(st.lists(_plain_datasets(depth + 1), max_size=3)))
+    return dataset
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dataset=_plain_datasets(), implicit=st.booleans())
+def test_plain_elements_are_encoded_as_pydicom_writes_them(dataset, implicit):
+    import warnings
+
+    from daskseg._header import encoded_elements, encoded_items
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of values it still writes (CS case)
+        expected = _pydicom_bytes(dataset, implicit)
+    assert encoded_elements(dataset, implicit) == expected
+    for element in dataset.iterall():
+        if element.VR == "SQ":
+            holder = type(dataset)()
+            holder.add(element)
+            header_length = 8 if implicit else 12
+            assert encoded_items(element.value, implicit) == \
+                _pydicom_bytes(holder, implicit)[header_length:]
+
+
+@pytest.mark.parametrize("odd", ["PatientName", "RecordKey", "non-ASCII", "raw", "ambiguous",
+                                  "undefined length"])
+def test_elements_that_are_not_plain_are_left_to_pydicom(odd):
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.tag import Tag
+
+    from daskseg._header import encoded_elements, serialize
+
+    dataset = Dataset()
+    dataset.Modality = "SEG"
+    if odd == "PatientName":
+        dataset.PatientName = "Doe^John"
+    elif odd == "RecordKey":
+        dataset.add_new(0x0008041B, "OB", b"\x01\x02")
+    elif odd == "non-ASCII":
+        dataset.SegmentLabel = "Leber groß"
+    elif odd == "raw":
+        dataset[0x00620005] = RawDataElement(Tag(0x00620005), "LO", 4, b"Lung", 0, False, True)
+    elif odd == "ambiguous":
+        dataset.add_new(0x00280106, "US or SS", 0)  # SmallestImagePixelValue
+    else:
+        dataset.SegmentSequence = [Dataset()]
+        dataset["SegmentSequence"].is_undefined_length = True
+    assert encoded_elements(dataset, False) is None
+    dataset.PixelRepresentation = 0  # resolves the ambiguous VR, as pydicom does on writing
+    assert serialize(dataset, False) == _pydicom_bytes(dataset, False)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+@pytest.mark.parametrize("segmentation_type", ["BINARY", "LABELMAP"])
+def test_a_volume_headers_sequences_are_encoded_as_pydicom_writes_them(implicit,
+                                                                       segmentation_type):
+    """highdicom's 117 segments and the references to a series of 40 slices."""
+    import highdicom as hd
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_sequence
+
+    from daskseg._header import encoded_items
+    from daskseg._series import load_source_series
+    from daskseg._volume import _header_and_template
+    from daskseg.synthetic import make_ct_series, make_segment_descriptions
+
+    series = load_source_series(make_ct_series(40, 32, 32))
+    descriptions = make_segment_descriptions(117, segmentation_type=segmentation_type)
+    options = dict(segment_descriptions=descriptions, segmentation_type=segmentation_type,
+                   series_instance_uid=hd.UID(), series_number=1, sop_instance_uid=hd.UID(),
+                   instance_number=1, manufacturer="m", manufacturer_model_name="m",
+                   software_versions="1", device_serial_number="1",
+                   transfer_syntax_uid="1.2.840.10008.1.2.1")
+    header, _, _ = _header_and_template(series, False, np.dtype(np.uint8), 117, options)
+    for keyword in ("ReferencedSeriesSequence", "SegmentSequence", "SourceImageSequence"):
+        buffer = io.BytesIO()
+        out = DicomFileLike(buffer)
+        out.is_little_endian, out.is_implicit_VR = True, implicit
+        write_sequence(out, header[keyword], ["ISO_IR 192"])
+        assert encoded_items(header[keyword].value, implicit) == buffer.getvalue(), keyword
