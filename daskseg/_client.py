@@ -71,8 +71,8 @@ def cluster_workers(client: Client) -> dict[str, int]:
 
     A write asks once and passes the answer on (:func:`workers_on_loopback`,
     :func:`gathers_directly`, ``run_windowed``): each question to the scheduler is a round trip
-    that waits on this process's GIL, 10-70 ms each while highdicom builds the header in a
-    thread, and the workers wait for their first task until they are answered.
+    (10-70 ms each when a thread of this process holds the GIL), and the workers wait for their
+    first task until the writer has its answers.
     """
     info = client.scheduler_info()["workers"]
     return {address: int(worker.get("nthreads", 1)) for address, worker in info.items()}
