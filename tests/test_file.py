@@ -151,41 +151,13 @@ def test_a_block_is_sent_back_when_its_worker_has_no_spool_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_workers_on_this_machine_spool_their_frames_and_every_file_goes(tmp_path, dask_client):
-    """A process LocalCluster's workers write their frames beside the destination; the SEG
-    holds them all, and no spool file is left."""
-    import highdicom as hd
-
-    import daskseg._spool as spool_module
-    from daskseg import write_segmentation
-    from daskseg.synthetic import make_ct_series, make_label_volume, make_segment_descriptions
-
-    spooled = []
-    add_block = spool_module.Spool.add_block
-
-    def counting(self, result):
-        spooled.append(result.spooled is not None or not result.lengths.size)
-        return add_block(self, result)
-
-    spool_module.Spool.add_block = counting
-    try:
-        labels, series = make_label_volume(24, 32, 32, 3), make_ct_series(24, 32, 32)
-        path = write_segmentation(labels, series, make_segment_descriptions(3),
-                                  tmp_path / "seg.dcm", client=dask_client)
-    finally:
-        spool_module.Spool.add_block = add_block
-    assert spooled and all(spooled)
-    assert [p.name for p in tmp_path.iterdir()] == ["seg.dcm"]
-    pixels = hd.seg.segread(path).get_pixels_by_source_instance(
-        [ds.SOPInstanceUID for ds in series], combine_segments=True,
-        assert_missing_frames_are_empty=True)
-    np.testing.assert_array_equal(pixels, labels)
-
-
-
-def test_a_worker_that_finds_no_spool_file_sends_its_frames_back(tmp_path, dask_client):
-    """A worker on loopback that cannot open the file made for it (another container's
-    filesystem, say) sends its frames to the client; the SEG still holds every frame."""
+@pytest.mark.parametrize("hidden", [0, 1])
+def test_workers_on_this_machine_spool_their_frames_and_every_file_goes(tmp_path, dask_client,
+                                                                       monkeypatch, hidden):
+    """A process LocalCluster's workers write their frames beside the destination; a worker
+    that cannot open the file made for it (``hidden``: as if it saw another container's folder
+    at that path) sends its frames to the client instead. The SEG holds every frame, and no
+    spool file is left."""
     import highdicom as hd
 
     import daskseg._spool as spool_module
@@ -195,29 +167,28 @@ def test_a_worker_that_finds_no_spool_file_sends_its_frames_back(tmp_path, dask_
     sent_back, spooled = [], []
     prepare, add_block = spool_module.Spool.prepare_workers, spool_module.Spool.add_block
 
-    def prepare_and_hide_one(self, addresses):
+    def prepare_and_hide(self, addresses):
         prepare(self, addresses)
-        os.unlink(self._prepared[0])  # as if its worker saw another folder at this path
+        for path in self._prepared[:hidden]:
+            os.unlink(path)
 
     def counting(self, result):
         (spooled if result.spooled is not None else sent_back).append(result.lengths.size)
         return add_block(self, result)
 
-    spool_module.Spool.prepare_workers = prepare_and_hide_one
-    spool_module.Spool.add_block = counting
-    try:
-        labels, series = make_label_volume(48, 32, 32, 3), make_ct_series(48, 32, 32)
-        path = write_segmentation(labels, series, make_segment_descriptions(3),
-                                  tmp_path / "seg.dcm", client=dask_client)
-    finally:
-        spool_module.Spool.prepare_workers = prepare
-        spool_module.Spool.add_block = add_block
-    assert any(sent_back) and any(spooled)  # one worker each way
+    monkeypatch.setattr(spool_module.Spool, "prepare_workers", prepare_and_hide)
+    monkeypatch.setattr(spool_module.Spool, "add_block", counting)
+    labels, series = make_label_volume(48, 32, 32, 3), make_ct_series(48, 32, 32)
+    path = write_segmentation(labels, series, make_segment_descriptions(3),
+                              tmp_path / "seg.dcm", client=dask_client)
+    assert any(spooled)
+    assert any(sent_back) == bool(hidden)  # with one file hidden, one worker each way
     assert [p.name for p in tmp_path.iterdir()] == ["seg.dcm"]
     pixels = hd.seg.segread(path).get_pixels_by_source_instance(
         [ds.SOPInstanceUID for ds in series], combine_segments=True,
         assert_missing_frames_are_empty=True)
     np.testing.assert_array_equal(pixels, labels)
+
 
 def _header(syntax, character_set="ISO_IR 192"):
     from pydicom.dataset import Dataset, FileMetaDataset
