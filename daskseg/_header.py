@@ -212,7 +212,10 @@ def _encoded_value(element: Any, vr: str, implicit: bool) -> bytes:
         return data + b" " * (len(data) % 2)
     if vr in _NUMBER_FORMATS:
         values = value if multiple else [value]
-        return struct.pack(f"<{len(values)}{_NUMBER_FORMATS[vr]}", *values)
+        try:
+            return struct.pack(f"<{len(values)}{_NUMBER_FORMATS[vr]}", *values)
+        except struct.error:  # out of range, or not a number: pydicom says what is wrong
+            raise _NotPlain from None
     raise _NotPlain
 
 

@@ -369,7 +369,7 @@ def test_plain_elements_are_encoded_as_pydicom_writes_them(dataset, implicit):
 
 
 @pytest.mark.parametrize("odd", ["PatientName", "RecordKey", "non-ASCII", "raw", "ambiguous",
-                                  "undefined length"])
+                                  "undefined length", "out of range"])
 def test_elements_that_are_not_plain_are_left_to_pydicom(odd):
     from pydicom.dataelem import RawDataElement
     from pydicom.dataset import Dataset
@@ -389,9 +389,16 @@ def test_elements_that_are_not_plain_are_left_to_pydicom(odd):
         dataset[0x00620005] = RawDataElement(Tag(0x00620005), "LO", 4, b"Lung", 0, False, True)
     elif odd == "ambiguous":
         dataset.add_new(0x00280106, "US or SS", 0)  # SmallestImagePixelValue
-    else:
+    elif odd == "undefined length":
         dataset.SegmentSequence = [Dataset()]
         dataset["SegmentSequence"].is_undefined_length = True
+    else:
+        with pytest.warns(UserWarning, match="between 0 and 65535"):
+            dataset.add_new(0x00620004, "US", 70000)  # SegmentNumber: more than 16 bits
+        assert encoded_elements(dataset, False) is None
+        with pytest.raises(OSError):  # pydicom's own error, as before
+            serialize(dataset, False)
+        return
     assert encoded_elements(dataset, False) is None
     dataset.PixelRepresentation = 0  # resolves the ambiguous VR, as pydicom does on writing
     assert serialize(dataset, False) == _pydicom_bytes(dataset, False)
