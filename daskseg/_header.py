@@ -182,9 +182,9 @@ def _encoded(dataset: Dataset, implicit: bool) -> Iterator[bytes]:
         if isinstance(element, RawDataElement):
             raise _NotPlain
         vr = element.VR
-        value = _encoded_value(element, vr, implicit)
         if vr == "SQ" and element.is_undefined_length:
             raise _NotPlain
+        value = _encoded_value(element, vr, implicit)
         if not implicit and vr not in EXPLICIT_VR_LENGTH_32 and len(value) > 0xFFFF:
             raise _NotPlain  # pydicom writes it as UN, with a warning
         yield element_header(int(tag), vr, len(value), implicit) + value
