@@ -26,7 +26,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr, write_sequence
 from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless
 
-from daskseg._header import FrameItems, element_header, encoded_items
+from daskseg._header import FrameItems, element_header, encoded_items, item
 from daskseg._spool import Spool
 from daskseg.encode import encode_frame, write_all
 from daskseg.errors import DestinationExistsError, SegmentationInputError
@@ -209,8 +209,7 @@ def _write_items(out: BinaryIO, spool: Spool, order: np.ndarray, empty: bytes) -
 
 def _item(frame: bytes) -> bytes:
     """One frame as one item of encapsulated Pixel Data, padded to even length."""
-    padded = frame + b"\x00" * (len(frame) % 2)
-    return struct.pack("<HHI", 0xFFFE, 0xE000, len(padded)) + padded
+    return item(frame + b"\x00" * (len(frame) % 2))
 
 
 def _copy_range(source: int, destination: int, offset: int, size: int) -> None:

@@ -208,10 +208,7 @@ def _encoded_value(element: Any, vr: str, implicit: bool) -> bytes:
         data = "\\".join(values).encode("ascii")
         return data + (b"\0" if vr == "UI" else b" ") * (len(data) % 2)
     if vr in ("DS", "IS"):
-        values = value if multiple else [value]
-        data = "\\".join(number.original_string if hasattr(number, "original_string")
-                          else str(number) for number in values).encode("ascii")
-        return data + b" " * (len(data) % 2)
+        return _number_string(value if multiple else [value])
     if vr in _NUMBER_FORMATS:
         values = value if multiple else [value]
         try:
@@ -219,6 +216,14 @@ def _encoded_value(element: Any, vr: str, implicit: bool) -> bytes:
         except struct.error:  # out of range, or not a number: pydicom says what is wrong
             raise _NotPlain from None
     raise _NotPlain
+
+
+def _number_string(numbers: Any) -> bytes:
+    """The value of a DS or IS element, as pydicom's ``write_number_string`` writes it: each
+    number's original string where it has one, padded to even length with a space (PS3.5 6.2)."""
+    data = "\\".join(number.original_string if hasattr(number, "original_string")
+                      else str(number) for number in numbers).encode("ascii")
+    return data + b" " * (len(data) % 2)
 
 
 def item(body: bytes) -> bytes:
@@ -246,11 +251,7 @@ def segment_parts(n_segments: int, labelmap: bool, implicit: bool) -> list[bytes
 def ds_element(tag: int, values: Any, implicit: bool) -> bytes:
     """An encoded DS element of ``values``, as highdicom makes them (each value a
     ``DS(value, auto_format=True)``: at most 16 characters) and pydicom writes them."""
-    formatted = [DS(value, auto_format=True) for value in values]
-    # As pydicom's write_number_string: a value's original string where it has one.
-    text = "\\".join(getattr(value, "original_string", str(value)) for value in formatted)
-    data = text.encode("ascii")
-    data += b" " * (len(data) % 2)  # PS3.5 6.2: DS is padded to even length with a space
+    data = _number_string([DS(value, auto_format=True) for value in values])
     return element_header(tag, "DS", len(data), implicit) + data
 
 
