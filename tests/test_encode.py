@@ -1,0 +1,100 @@
+"""encode_block on label images: the tiles' value ranges stand in for a pass over every frame.
+
+The reference encodes every frame of every tile on its own, from the definition of its stored
+values (``segment_frame``), so a frame whose range the tile mis-states comes out different.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daskseg.encode import encode_block, encode_frame, label_frame_range, segment_frame
+from daskseg.errors import SegmentationInputError
+from daskseg.plan import FrameSpec
+
+NATIVE = "1.2.840.10008.1.2.1"
+
+
+def reference_frames(labels, spec):
+    """(positions, bytes) of every frame, each made and encoded on its own."""
+    th, tw = spec.tile_rows, spec.tile_columns
+    n_rows, n_columns = -(-labels.shape[0] // th), -(-labels.shape[1] // tw)
+    padded = np.zeros((n_rows * th, n_columns * tw), labels.dtype)
+    padded[: labels.shape[0], : labels.shape[1]] = labels
+    positions, encoded = [], []
+    for channel in range(spec.n_channels):
+        for r in range(n_rows):
+            for c in range(n_columns):
+                tile = padded[r * th : (r + 1) * th, c * tw : (c + 1) * tw]
+                frame = segment_frame(tile, spec, channel)
+                if spec.omit_empty_frames and not frame.any():
+                    continue
+                positions.append((channel, r, c))
+                encoded.append(encode_frame(np.ascontiguousarray(frame), spec))
+    return positions, encoded
+
+
+@st.composite
+def label_blocks(draw):
+    segmentation_type = draw(st.sampled_from(["BINARY", "FRACTIONAL", "LABELMAP"]))
+    n_segments = draw(st.integers(1, 12))  # over 8 takes the per-tile bincount path too
+    dtype = draw(st.sampled_from([np.uint8, np.uint16, np.int32, bool]))
+    if dtype is bool:
+        n_segments = 1
+    th, tw = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    rows, columns = draw(st.integers(1, 30)), draw(st.integers(1, 30))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    # Squares of one label, some as large as a tile: uniform tiles, tiles of two or three
+    # labels with others between them, and empty tiles.
+    side = draw(st.integers(1, 10))
+    coarse = rng.integers(0, n_segments + 1, size=(rows // side + 1, columns // side + 1))
+    labels = np.kron(coarse, np.ones((side, side), np.int64))[:rows, :columns].astype(dtype)
+    spec = FrameSpec(
+        segmentation_type, n_segments, False, th, tw, NATIVE,
+        {"BINARY": 1, "FRACTIONAL": 8}.get(segmentation_type, draw(st.sampled_from([8, 16]))),
+        draw(st.sampled_from([1, 100, 255])), draw(st.booleans()),
+    )
+    return labels, spec
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=label_blocks())
+def test_label_block_frames_equal_frames_encoded_one_by_one(case):
+    labels, spec = case
+    result = encode_block(labels, spec, 0, 0)
+    positions, encoded = reference_frames(labels, spec)
+    assert result.positions.tolist() == [list(p) for p in positions]
+    assert result.lengths.tolist() == [len(e) for e in encoded]
+    assert result.data.tobytes() == b"".join(encoded)
+    th, tw = spec.tile_rows, spec.tile_columns
+    n_rows, n_columns = result.tile_nonempty.shape
+    for r in range(n_rows):
+        for c in range(n_columns):
+            tile = labels[r * th : (r + 1) * th, c * tw : (c + 1) * tw]
+            assert result.tile_nonempty[r, c] == bool(tile.any())
+
+
+@pytest.mark.parametrize("value, message", [(-3, "negative"), (7, "label 7")])
+def test_label_block_out_of_range_is_refused_where_it_is(value, message):
+    labels = np.zeros((10, 10), np.int16)
+    labels[9, 9] = value  # in the padded edge tile of 4 x 4 tiles
+    spec = FrameSpec("LABELMAP", 5, False, 4, 4, NATIVE, 8, 255, False)
+    with pytest.raises(SegmentationInputError, match=message) as error:
+        encode_block(labels, spec, 2, 3)
+    assert "rows 8..17, columns 12..21" in str(error.value)
+
+
+def test_frame_range_from_the_tile_range():
+    binary = FrameSpec("BINARY", 5, False, 4, 4, NATIVE, 1, 255, False)
+    fractional = FrameSpec("FRACTIONAL", 5, False, 4, 4, NATIVE, 8, 100, False)
+    assert label_frame_range(3, 3, binary, 2) == (1, 1)  # a tile all of segment 3
+    assert label_frame_range(3, 3, fractional, 2) == (100, 100)
+    assert label_frame_range(3, 3, binary, 0) == (0, 0)
+    assert label_frame_range(2, 4, binary, 0) == (0, 0)  # segment 1 below the tile's labels
+    assert label_frame_range(2, 4, binary, 4) == (0, 0)
+    assert label_frame_range(2, 4, binary, 1) == (0, 1)  # the lowest label is there
+    assert label_frame_range(2, 4, fractional, 3) == (0, 100)
+    assert label_frame_range(2, 4, binary, 2) is None  # segment 3 may or may not be
