@@ -31,6 +31,7 @@ from daskseg.encode import (
     BlockResult,
     encode_chunk,
     encode_numpy_block,
+    pack_block,
     worker_spool_name,
     write_all,
 )
@@ -188,7 +189,7 @@ def numpy_block_task(
     def make(data: Any) -> Any:
         return dask.delayed(encode, pure=False)(data, tile_row, tile_column, dask_key_name=key)
 
-    task = DataTask(block, make)
+    task = DataTask(block, make, pack_block)
     rows, columns = shape[:2] if shape is not None else block.shape[:2]
     n_frames = (math.ceil(rows / spec.tile_rows)
                 * math.ceil(columns / spec.tile_columns) * spec.n_channels)

@@ -35,14 +35,20 @@ __all__ = ["DataTask", "block_tasks", "compute_into_memory", "run_windowed"]
 class DataTask:
     """A task whose input (a block of a mask in memory) goes to a worker on its own.
 
-    :func:`run_windowed` scatters ``data`` when it submits the task (straight to a worker on
-    this machine), and computes ``make(future of the data)``: the input then travels once,
-    not inside the graph through the scheduler (which pickles it again for the worker).
-    ``make(data)`` computes it anywhere else (tests, the local scheduler).
+    :func:`run_windowed` scatters ``pack(data)`` when it submits the task (straight to a
+    worker on this machine), and computes ``make(future of it)``: the input then travels once,
+    not inside the graph through the scheduler (which pickles it again for the worker), and
+    packed only while its task is near. ``make(data)`` computes it anywhere else (tests, the
+    local scheduler), so the task takes ``data`` packed or not.
     """
 
     data: Any
     make: Callable[[Any], Delayed]
+    pack: Callable[[Any], Any] | None = None
+
+
+def _packed(task: DataTask) -> Any:
+    return task.data if task.pack is None else task.pack(task.data)
 
 
 class _BlockGraph:
@@ -167,8 +173,7 @@ def run_windowed(
         with_data = [i for i, task in enumerate(batch) if isinstance(task, DataTask)]
         try:
             scattered = client.scatter(
-                [batch[i].data for i in with_data],
-                direct=direct, hash=False,
+                [_packed(batch[i]) for i in with_data], direct=direct, hash=False,
             ) if with_data else []
             for i, data in zip(with_data, scattered):
                 batch[i] = batch[i].make(data)

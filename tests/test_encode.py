@@ -11,7 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daskseg.encode import encode_block, encode_frame, label_frame_range, segment_frame
+from daskseg.encode import (
+    PackedBlock,
+    encode_block,
+    encode_frame,
+    encode_numpy_block,
+    label_frame_range,
+    pack_block,
+    segment_frame,
+)
 from daskseg.errors import SegmentationInputError
 from daskseg.plan import FrameSpec
 
@@ -98,3 +106,36 @@ def test_frame_range_from_the_tile_range():
     assert label_frame_range(2, 4, binary, 1) == (0, 1)  # the lowest label is there
     assert label_frame_range(2, 4, fractional, 3) == (0, 100)
     assert label_frame_range(2, 4, binary, 2) is None  # segment 3 may or may not be
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, ">u2", np.int32, bool])
+def test_a_packed_block_unpacks_to_the_block(dtype):
+    labels = np.zeros((40, 64, 48), dtype)
+    labels[5:30, 10:50, 3:20] = 1
+    view = labels[::-1, :, 4:44]  # not contiguous: packed from a copy
+    for block in (labels, view):
+        packed = pack_block(block)
+        assert isinstance(packed, PackedBlock)
+        assert len(packed.data) < block.nbytes // 50
+        unpacked = packed.unpack()
+        assert unpacked.dtype == block.dtype and unpacked.shape == block.shape
+        np.testing.assert_array_equal(unpacked, block)
+
+
+def test_a_block_that_does_not_compress_or_is_small_travels_as_it_is():
+    noise = np.random.default_rng(0).random((256, 256), dtype=np.float32)
+    assert pack_block(noise) is noise
+    small = np.zeros((8, 8), np.uint8)
+    assert pack_block(small) is small
+
+
+def test_a_packed_block_is_encoded_as_the_block():
+    labels = np.zeros((8, 128, 128), np.uint8)  # slices of a volume, encoded as a tall image
+    labels[1:6, 8:40, 16:100] = 2
+    spec = FrameSpec("LABELMAP", 2, False, 128, 128, NATIVE, 8, 255, False)
+    packed = pack_block(labels)
+    assert isinstance(packed, PackedBlock)
+    direct = encode_numpy_block(spec, (1024, 128), None, labels, 0, 0)[0, 0]
+    unpacked = encode_numpy_block(spec, (1024, 128), None, packed, 0, 0)[0, 0]
+    assert unpacked.data.tobytes() == direct.data.tobytes()
+    assert unpacked.positions.tolist() == direct.positions.tolist()
