@@ -25,13 +25,13 @@ import numpy as np
 from distributed import Client
 
 from daskseg._client import CLUSTER_FAILURES, cluster_client, cluster_workers, on_loopback
+from daskseg._pack import pack_block
 from daskseg._progress import progress_bar
 from daskseg._tasks import DataTask, block_tasks, run_windowed
 from daskseg.encode import (
     BlockResult,
     encode_chunk,
     encode_numpy_block,
-    pack_block,
     worker_spool_name,
     write_all,
 )

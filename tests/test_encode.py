@@ -11,13 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daskseg._pack import PackedBlock, pack_block
 from daskseg.encode import (
-    PackedBlock,
     encode_block,
     encode_frame,
     encode_numpy_block,
     label_frame_range,
-    pack_block,
     segment_frame,
 )
 from daskseg.errors import SegmentationInputError

@@ -383,3 +383,43 @@ def test_random_geometries_of_native_binary(tmp_path_factory, rows, columns, til
     with dask.config.set(scheduler="synchronous"):
         got = read_segmentation(path, chunks=chunk).compute()
     np.testing.assert_array_equal(got, expected)
+
+
+def _address_off_loopback():
+    """This machine's address on its outward interface, or None (no route out, say)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routes, sends nothing
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def test_to_numpy_from_workers_off_loopback_comes_packed_and_equal(tmp_path, monkeypatch):
+    from distributed import Client, LocalCluster
+
+    import daskseg._tasks
+    from daskseg._pack import PackedBlock
+
+    host = _address_off_loopback()
+    if host is None:
+        pytest.skip("this machine has no address besides its loopback")
+    path = highdicom_file(tmp_path, "BINARY", JPEG2000Lossless, "TILED_SPARSE", rows=640,
+                          columns=640, tile=(64, 64))
+    arrived = []
+
+    def unpacked(block):
+        arrived.append(isinstance(block, PackedBlock))
+        return block.unpack() if isinstance(block, PackedBlock) else block
+
+    monkeypatch.setattr(daskseg._tasks, "unpacked", unpacked)
+    with LocalCluster(n_workers=1, threads_per_worker=1, host=host, dashboard_address=None,
+                      memory_limit="2GiB") as cluster, Client(cluster) as client:
+        got = open_segmentation(path).to_numpy(combine_segments=True, chunks=320, client=client)
+    np.testing.assert_array_equal(
+        got, hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True)
+    )
+    assert arrived == [True] * 4  # four blocks of 100 KB, each of them compressible

@@ -95,3 +95,16 @@ def test_a_task_error_reaches_the_caller_as_it_is(thread_client):
 
     with pytest.raises(KeyError):
         list(run_windowed(thread_client, [dask.delayed(fail)(1)], "fail"))
+
+
+def test_then_runs_on_each_block_where_it_is_computed():
+    from daskseg._pack import PackedBlock, pack_block
+
+    values = np.zeros((512, 384), np.uint16)
+    values[100:300, 50:200] = 7
+    array = da.from_array(values, chunks=(256, 192)) + 1
+    tasks = block_tasks(array, then=pack_block)
+    for index in np.ndindex(tasks.shape):
+        (packed,) = dask.compute(tasks[index], scheduler="synchronous")
+        assert isinstance(packed, PackedBlock) and len(packed.data) < 2000
+        np.testing.assert_array_equal(packed.unpack(), array.blocks[index].compute())
