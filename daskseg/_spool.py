@@ -25,7 +25,7 @@ import numpy as np
 from distributed import Client
 
 from daskseg._client import CLUSTER_FAILURES, cluster_client, cluster_workers, on_loopback
-from daskseg._pack import pack_block
+from daskseg._pack import pack_block, unpacked
 from daskseg._progress import progress_bar
 from daskseg._tasks import DataTask, block_tasks, run_windowed
 from daskseg.encode import (
@@ -86,10 +86,11 @@ class Spool:
             self.source[where] = self._worker_files[name]
             self.offsets[where] = offset + starts
         else:
-            write_all(self.file.fileno(), result.data.data)
+            data: np.ndarray = unpacked(result.data)
+            write_all(self.file.fileno(), data.data)
             self.source[where] = 0
             self.offsets[where] = self.size + starts
-            self.size += int(result.data.size)
+            self.size += int(data.size)
         self.lengths[where] = result.lengths
 
     def read(self, channel: int, tile_row: int, tile_column: int) -> bytes:

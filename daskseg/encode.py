@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from daskseg._codecs import frame_dtype
-from daskseg._pack import PackedBlock, unpacked
+from daskseg._pack import PackedBlock, pack_block, unpacked
 from daskseg.errors import SegmentationInputError
 from daskseg.plan import FrameSpec, block_location
 
@@ -42,7 +42,8 @@ class BlockResult:
     tile_nonempty: np.ndarray  # bool (block tile rows, block tile columns)
     positions: np.ndarray  # int64 (frames, 3): channel, tile row, tile column, in file order
     lengths: np.ndarray  # int64 (frames,): bytes of each encoded frame
-    data: np.ndarray  # uint8: the encoded frames one after another (empty when spooled)
+    # uint8: the encoded frames one after another (empty when spooled, maybe packed when sent)
+    data: np.ndarray | PackedBlock
     overlap: bool  # some pixel belongs to more than one segment
     # Where the worker appended ``data`` itself (file name, offset), when it could.
     spooled: tuple[str, int] | None = None
@@ -391,9 +392,11 @@ def spool_block(result: BlockResult, spool_prefix: str | None) -> BlockResult:
     sends back only where they are: frames then never pass through the client (hundreds of MB
     for a native SEG of a CT series). The file is only opened, never created here: a worker
     the writer did not prepare a file for (one that joined later, or a task still running
-    after the writer gave up and removed its files) sends its frames back instead.
+    after the writer gave up and removed its files) sends its frames back instead, packed
+    when that halves them (:func:`~daskseg._pack.pack_block`; native frames mostly).
     """
-    if spool_prefix is None or not result.data.size:
+    frames = result.data
+    if spool_prefix is None or not isinstance(frames, np.ndarray) or not frames.size:
         return result
     try:
         from distributed import get_worker
@@ -403,10 +406,14 @@ def spool_block(result: BlockResult, spool_prefix: str | None) -> BlockResult:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND)
             try:
                 offset = os.fstat(fd).st_size
-                write_all(fd, result.data.data)
+                write_all(fd, frames.data)
             finally:
                 os.close(fd)
-    except (ValueError, OSError):  # not on a worker, no file for it, or a full disk
+    except ValueError:  # not on a worker: Dask's local scheduler, whose results stay here
+        return result
+    except OSError:  # no file for this worker (on another machine, say), or a full disk
+        # The frames go back through the network: native ones compress well.
+        result.data = pack_block(frames)
         return result
     result.spooled = (os.path.basename(path), offset)
     result.data = np.empty(0, dtype=np.uint8)  # not a view: that would keep the frames

@@ -36,6 +36,23 @@ def orthanc(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def outward_host():
+    """This machine's address on its outward interface: workers listening there are, to
+    daskseg, on another machine. Skips where there is none (no route out, say)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: a route is looked up, nothing sent
+        except OSError:
+            pytest.skip("this machine has no address besides its loopback")
+        address = probe.getsockname()[0]
+    if address.startswith("127."):
+        pytest.skip("this machine has no address besides its loopback")
+    return address
+
+
+@pytest.fixture(scope="session")
 def process_cluster():
     """Two single-threaded worker processes, as on CI's 2-core machine."""
     with LocalCluster(

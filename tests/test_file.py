@@ -432,3 +432,40 @@ def test_a_volume_headers_sequences_are_encoded_as_pydicom_writes_them(implicit,
         out.is_little_endian, out.is_implicit_VR = True, implicit
         write_sequence(out, header[keyword], ["ISO_IR 192"])
         assert encoded_items(header[keyword].value, implicit) == buffer.getvalue(), keyword
+
+
+def test_workers_on_another_address_send_their_frames_packed(tmp_path, monkeypatch,
+                                                             outward_host):
+    """Workers that are not on this machine's loopback get no spool file: their frames come
+    back through the network, native ones LZ4-compressed, as the mask went to them."""
+    import highdicom as hd
+    from distributed import Client, LocalCluster
+
+    import daskseg._spool as spool_module
+    from daskseg import write_segmentation
+    from daskseg._pack import PackedBlock
+    from daskseg.synthetic import make_ct_series, make_label_volume, make_segment_descriptions
+
+    arrived = []
+    add_block = spool_module.Spool.add_block
+
+    def recording(self, result):
+        packed = isinstance(result.data, PackedBlock)
+        arrived.append((result.spooled, packed or result.data.size == 0))
+        return add_block(self, result)
+
+    monkeypatch.setattr(spool_module.Spool, "add_block", recording)
+    labels, series = make_label_volume(64, 256, 256, 5), make_ct_series(64, 256, 256)
+    with LocalCluster(n_workers=2, threads_per_worker=1, host=outward_host,
+                      dashboard_address=None, memory_limit="2GiB") as cluster, \
+            Client(cluster) as client:
+        path = write_segmentation(labels, series,
+                                  make_segment_descriptions(5, segmentation_type="LABELMAP"),
+                                  tmp_path / "seg.dcm", segmentation_type="LABELMAP",
+                                  client=client)
+    assert arrived and arrived == [(None, True)] * len(arrived)  # packed, or without frames
+    assert [p.name for p in tmp_path.iterdir()] == ["seg.dcm"]
+    pixels = hd.seg.segread(path).get_pixels_by_source_instance(
+        [ds.SOPInstanceUID for ds in series], combine_segments=True,
+        assert_missing_frames_are_empty=True)
+    np.testing.assert_array_equal(pixels, labels)

@@ -385,28 +385,14 @@ def test_random_geometries_of_native_binary(tmp_path_factory, rows, columns, til
     np.testing.assert_array_equal(got, expected)
 
 
-def _address_off_loopback():
-    """This machine's address on its outward interface, or None (no route out, say)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routes, sends nothing
-        except OSError:
-            return None
-        address = probe.getsockname()[0]
-    return None if address.startswith("127.") else address
-
-
-def test_to_numpy_from_workers_off_loopback_comes_packed_and_equal(tmp_path, monkeypatch):
+def test_to_numpy_from_workers_off_loopback_comes_packed_and_equal(tmp_path, monkeypatch,
+                                                                   outward_host):
     from distributed import Client, LocalCluster
 
     import daskseg._tasks
     from daskseg._pack import PackedBlock
 
-    host = _address_off_loopback()
-    if host is None:
-        pytest.skip("this machine has no address besides its loopback")
+    host = outward_host
     path = highdicom_file(tmp_path, "BINARY", JPEG2000Lossless, "TILED_SPARSE", rows=640,
                           columns=640, tile=(64, 64))
     arrived = []
