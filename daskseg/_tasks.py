@@ -44,9 +44,9 @@ class DataTask:
 
     :func:`run_windowed` scatters ``pack(data)`` when it submits the task (straight to a
     worker on this machine), and computes ``make(future of it)``: the input then travels once,
-    not inside the graph through the scheduler (which pickles it again for the worker), and
-    packed only while its task is near. ``make(data)`` computes it anywhere else (tests, the
-    local scheduler), so the task takes ``data`` packed or not.
+    not inside the graph through the scheduler (which pickles it again for the worker), and is
+    packed only when its task is submitted. ``make(data)`` computes it anywhere else (tests,
+    the local scheduler), so the task takes ``data`` packed or not.
     """
 
     data: Any
