@@ -20,7 +20,8 @@ from daskseg._malloc import register_malloc_plugin
 from daskseg.errors import ClusterError, SegmentationTypeError
 
 __all__ = ["CLUSTER_FAILURES", "WorkerlessClock", "cluster_client", "cluster_workers",
-           "gathers_directly", "local_cluster", "on_loopback", "workers_on_loopback"]
+           "cluster_workers_if_known", "gathers_directly", "local_cluster", "on_loopback",
+           "workers_on_loopback"]
 
 # What a task raises when the cluster, not the task's own code, failed: a worker died too often,
 # the scheduler or the connection went away.
@@ -78,6 +79,15 @@ def cluster_workers(client: Client) -> dict[str, int]:
     return {address: int(worker.get("nthreads", 1)) for address, worker in info.items()}
 
 
+def cluster_workers_if_known(client: Client) -> dict[str, int] | None:
+    """:func:`cluster_workers`, or None when the cluster failed to answer: the caller goes on
+    without it, and ``run_windowed``, which asks again, says what failed."""
+    try:
+        return cluster_workers(client)
+    except CLUSTER_FAILURES:
+        return None
+
+
 def on_loopback(address: str) -> bool:
     """Whether a worker's address is on this machine's loopback (or in this process)."""
     return urlsplit(address).hostname in _LOOPBACK_HOSTS or address.startswith("inproc://")
@@ -89,11 +99,10 @@ def workers_on_loopback(client: Client, workers: dict[str, int] | None = None) -
     ``workers`` is :func:`cluster_workers`' answer when the caller has it already.
     """
     if workers is None:
-        try:
-            workers = cluster_workers(client)
-        except CLUSTER_FAILURES:
-            return False
-    return bool(workers) and all(on_loopback(address) for address in workers)
+        workers = cluster_workers_if_known(client)
+    if not workers:  # none, or the cluster did not answer
+        return False
+    return all(on_loopback(address) for address in workers)
 
 
 def gathers_directly(client: Client, workers: dict[str, int] | None = None) -> bool:

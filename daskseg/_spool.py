@@ -24,7 +24,7 @@ import dask.array as da
 import numpy as np
 from distributed import Client
 
-from daskseg._client import CLUSTER_FAILURES, cluster_client, cluster_workers, on_loopback
+from daskseg._client import cluster_client, cluster_workers_if_known, on_loopback
 from daskseg._pack import pack_block, unpacked
 from daskseg._progress import progress_bar
 from daskseg._tasks import DataTask, block_tasks, run_windowed
@@ -293,10 +293,7 @@ def encoded_frames(
                 sum(n for n, _ in tasks), "encoding frames", enabled=progress,
                 client=dask_client,
             ) as bar:
-                try:
-                    workers = cluster_workers(dask_client)
-                except CLUSTER_FAILURES:
-                    workers = None  # run_windowed asks again and says what failed
+                workers = cluster_workers_if_known(dask_client)
                 if worker_prefix is not None and workers:
                     spool.prepare_workers(loopback_workers(workers))
                 overlap = encode_blocks(dask_client, tasks, spool, tile_nonempty, bar, running,

@@ -29,6 +29,7 @@ from daskseg._client import (
     CLUSTER_FAILURES,
     WorkerlessClock,
     cluster_workers,
+    cluster_workers_if_known,
     gathers_directly,
     workers_on_loopback,
 )
@@ -275,10 +276,7 @@ def compute_into_memory(
         return result
     out = np.empty(array.shape, dtype=array.dtype)
     starts = [np.cumsum((0,) + chunks[:-1]) for chunks in array.chunks]
-    try:
-        workers: dict[str, int] | None = cluster_workers(client)
-    except CLUSTER_FAILURES:
-        workers = None  # run_windowed asks again, and says what failed
+    workers = cluster_workers_if_known(client)
     remote = workers is not None and not workers_on_loopback(client, workers)
     tasks = block_tasks(array, then=pack_block if remote else None)
     positions = list(np.ndindex(tasks.shape))
