@@ -264,7 +264,7 @@ def encode_blocks(
 @contextlib.contextmanager
 def encoded_frames(
     client: Client | None,
-    tasks: list[tuple[int, Any]],
+    tasks: list[tuple[int, Any]] | Callable[[int | None], list[tuple[int, Any]]],
     destination: pathlib.Path,
     shape: tuple[int, int, int],
     progress: bool,
@@ -272,6 +272,9 @@ def encoded_frames(
     worker_prefix: str | None = None,
 ) -> Iterator[tuple[Spool, np.ndarray, bool, Any]]:
     """Encode every block on the cluster into a spool beside ``destination``.
+
+    ``tasks`` are (frames, task) pairs, or a function that makes them from the cluster's
+    number of worker threads (None when it is not known), for blocks sized to the cluster.
 
     ``worker_prefix`` is the ``spool_prefix`` the tasks were made with: workers on this
     machine then write their frames to files of their own (see :class:`Spool`).
@@ -289,15 +292,16 @@ def encoded_frames(
         tile_nonempty = np.zeros(shape[1:], dtype=bool)
         with ThreadPoolExecutor(1, thread_name_prefix="daskseg-header") as pool:
             running = Meanwhile(pool, meanwhile)
-            with cluster_client(client) as dask_client, progress_bar(
-                sum(n for n, _ in tasks), "encoding frames", enabled=progress,
-                client=dask_client,
-            ) as bar:
+            with cluster_client(client) as dask_client:
                 workers = cluster_workers_if_known(dask_client)
+                if callable(tasks):
+                    tasks = tasks(sum(workers.values()) if workers else None)
                 if worker_prefix is not None and workers:
                     spool.prepare_workers(loopback_workers(workers))
-                overlap = encode_blocks(dask_client, tasks, spool, tile_nonempty, bar, running,
-                                        workers)
+                with progress_bar(sum(n for n, _ in tasks), "encoding frames",
+                                  enabled=progress, client=dask_client) as bar:
+                    overlap = encode_blocks(dask_client, tasks, spool, tile_nonempty, bar,
+                                            running, workers)
             made = running.result()
         yield spool, tile_nonempty, overlap, made
     finally:

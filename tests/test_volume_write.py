@@ -242,6 +242,43 @@ def test_tasks_of_a_numpy_mask_take_frames_in_the_sorted_order(order):
     np.testing.assert_array_equal(planes, mask[order])
 
 
+def test_blocks_of_a_series_follow_the_cluster_threads_within_the_byte_bound():
+    from daskseg._series import load_source_series
+    from daskseg._volume import _BLOCK_BYTES, _slices_per_block
+    from daskseg.plan import FrameSpec
+
+    series = load_source_series(make_ct_series(300, 512, 512))
+    labelmap = FrameSpec("LABELMAP", 117, False, 512, 512, "1.2.840.10008.1.2.4.90", 8, 255, True)
+    assert _slices_per_block(series, labelmap, False, 1, 2) == 50  # 3 blocks a thread: 6
+    assert _slices_per_block(series, labelmap, False, 1, 8) == 13  # 24 blocks
+    assert _slices_per_block(series, labelmap, False, 1, None) == 19  # unknown: 16 blocks
+    assert _slices_per_block(series, labelmap, False, 1, 0) == 19  # no worker yet: the same
+    # 117 bit-packed BINARY frames a slice: the bytes bound the block, whatever the threads.
+    binary = FrameSpec("BINARY", 117, False, 512, 512, "1.2.840.10008.1.2.1", 1, 255, True)
+    per_slice = 512 * 512 // 8 * 117
+    assert _slices_per_block(series, binary, False, 1, 2) == _BLOCK_BYTES // per_slice == 8
+
+
+def test_a_write_makes_three_block_tasks_for_each_worker_thread(tmp_path, dask_client):
+    from distributed import get_task_stream
+
+    series = make_ct_series(30, ROWS, COLUMNS)
+    labels = np.zeros((30, ROWS, COLUMNS), np.uint8)
+    labels[3:27, 5:20, 5:30] = 2
+    labels[10:20, 8:12, 8:12] = 1
+    with get_task_stream(dask_client) as stream:
+        path = write_segmentation(labels, series, make_segment_descriptions(2),
+                                  tmp_path / "seg.dcm", segmentation_type="LABELMAP",
+                                  client=dask_client)
+    encodes = [task for task in stream.data if str(task["key"]).startswith("encode-frames")]
+    assert len(encodes) == 3 * sum(dask_client.nthreads().values())  # 6 blocks of 5 slices
+    seg = hd.seg.segread(path)
+    source_uids = [image.SOPInstanceUID for image in series]
+    read = seg.get_pixels_by_source_instance(source_uids, combine_segments=True,
+                                             skip_overlap_checks=True)
+    np.testing.assert_array_equal(read, labels)
+
+
 def test_a_header_highdicom_refuses_stops_a_volume_write_and_leaves_nothing(tmp_path, dask_client):
     """The volume's header is built while its blocks encode: highdicom's refusal still ends
     the write with SegmentationInputError, and nothing is left (no spool of any worker)."""
