@@ -97,6 +97,37 @@ def test_a_task_error_reaches_the_caller_as_it_is(thread_client):
         list(run_windowed(thread_client, [dask.delayed(fail)(1)], "fail"))
 
 
+def _total(block):
+    from daskseg._pack import unpacked
+
+    return int(unpacked(block).sum())
+
+
+def test_small_packed_inputs_go_inside_their_tasks_and_large_ones_are_scattered(
+    dask_client, monkeypatch
+):
+    from daskseg._pack import PackedBlock, pack_block
+    from daskseg._tasks import DataTask
+
+    labels = np.zeros((64, 512, 512), np.uint8)  # 16 MB that packs to a few KB
+    labels[:, 100:200, 50:400] = 3
+    noise = np.random.default_rng(0).integers(0, 255, (2, 512, 512), dtype=np.uint8)
+    scattered: list = []
+    scatter = dask_client.scatter
+
+    def counted_scatter(data, **options):
+        scattered.extend(data)
+        return scatter(data, **options)
+
+    monkeypatch.setattr(dask_client, "scatter", counted_scatter)
+    tasks = [DataTask(block, dask.delayed(_total), pack_block) for block in (labels, noise)]
+    results = dict(run_windowed(dask_client, tasks, "sum blocks"))
+    assert results == {0: int(labels.sum()), 1: int(noise.sum())}
+    # The noise does not pack (512 KB as it is): only it was scattered.
+    assert len(scattered) == 1 and not isinstance(scattered[0], PackedBlock)
+    np.testing.assert_array_equal(scattered[0], noise)
+
+
 def test_then_runs_on_each_block_where_it_is_computed():
     from daskseg._pack import PackedBlock, pack_block
 
