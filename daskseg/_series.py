@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -168,23 +169,49 @@ def _describe(dataset: Dataset) -> str:
     return f"SOP instance {dataset.get('SOPInstanceUID', '(no SOPInstanceUID)')}"
 
 
-def _require(dataset: Dataset, keywords: Sequence[str], what: str) -> None:
-    missing = [keyword for keyword in keywords if dataset.get(keyword) in (None, "")]
+def _require(dataset: Dataset, keywords: Sequence[str], what: str,
+             values: dict[str, Any] | None = None) -> None:
+    """Refuse ``dataset`` if it lacks one of ``keywords`` (looked up in ``values``, if given)."""
+    found = values if values is not None else {keyword: dataset.get(keyword) for keyword in keywords}
+    missing = [keyword for keyword in keywords if found[keyword] in (None, "")]
     if missing:
         raise SegmentationInputError(
             f"The source image ({_describe(dataset)}) lacks {', '.join(missing)}: {what}"
         )
 
 
-def _one_value(datasets: Sequence[Dataset], keyword: str, what: str) -> object:
-    counts = Counter(str(ds.get(keyword)) for ds in datasets)
+def _one_value(values: Sequence[dict[str, Any]], keyword: str, what: str) -> object:
+    counts = Counter(str(found[keyword]) for found in values)
     if len(counts) > 1:
         found = ", ".join(f"{value} ({count} images)" for value, count in counts.most_common())
         raise SegmentationInputError(
             f"The source images do not form one series: they have {len(counts)} different "
             f"{keyword}s: {found}. {what}"
         )
-    return datasets[0].get(keyword)
+    return values[0][keyword]
+
+
+# What load_source_series reads of each single-frame image, once: through pydicom each look-up
+# costs microseconds, which hundreds of images make milliseconds before the first block starts.
+_SLICE_KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "NumberOfFrames", "SeriesInstanceUID", "FrameOfReferenceUID",
+    "Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+)
+
+
+class _Names(Sequence[str]):
+    """The images' descriptions for messages, made only when a message needs one."""
+
+    def __init__(self, datasets: Sequence[Dataset]) -> None:
+        self._datasets = datasets
+
+    def __len__(self) -> int:
+        return len(self._datasets)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [_describe(dataset) for dataset in self._datasets[index]]
+        return _describe(self._datasets[index])
 
 
 def _multiframe_series(dataset: Dataset) -> SourceSeries:
@@ -291,14 +318,17 @@ def load_source_series(source_images: object) -> SourceSeries:
         image is listed twice, or a multi-frame image comes with other images.
     """
     datasets = _gather(source_images)
-    for dataset in datasets:
-        _require(dataset, ("SOPClassUID", "SOPInstanceUID"), "pass the DICOM header of each image.")
+    values = [{keyword: ds.get(keyword) for keyword in _SLICE_KEYWORDS} for ds in datasets]
+    for dataset, found in zip(datasets, values):
+        _require(dataset, ("SOPClassUID", "SOPInstanceUID"), "pass the DICOM header of each image.",
+                 found)
         if is_tiled_image(dataset):
             raise SegmentationInputError(
                 f"The source image ({_describe(dataset)}) is a tiled image; pass it alone (not in a "
                 "series) to segment its total pixel matrix."
             )
-    multiframe = [ds for ds in datasets if int(ds.get("NumberOfFrames", 1) or 1) > 1]
+    multiframe = [ds for ds, found in zip(datasets, values)
+                  if int(found["NumberOfFrames"] or 1) > 1]
     if multiframe:
         if len(datasets) > 1:
             raise SegmentationInputError(
@@ -311,34 +341,35 @@ def load_source_series(source_images: object) -> SourceSeries:
         # An enhanced image of one frame keeps its geometry in functional groups.
         return _multiframe_series(datasets[0])
 
-    uids = Counter(str(ds.SOPInstanceUID) for ds in datasets)
+    uids = Counter(str(found["SOPInstanceUID"]) for found in values)
     repeated = [uid for uid, count in uids.items() if count > 1]
     if repeated:
         raise SegmentationInputError(
             f"The source image {repeated[0]} is given {uids[repeated[0]]} times; pass each "
             "image once."
         )
-    _one_value(datasets, "SeriesInstanceUID", "Pass the images of one series (for a folder: "
+    _one_value(values, "SeriesInstanceUID", "Pass the images of one series (for a folder: "
                "a folder holding one series).")
-    _one_value(datasets, "FrameOfReferenceUID", "A SEG's frames lie in one frame of reference.")
-    _one_value(datasets, "SOPClassUID", "Pass the images of one series.")
-    for dataset in datasets:
+    _one_value(values, "FrameOfReferenceUID", "A SEG's frames lie in one frame of reference.")
+    _one_value(values, "SOPClassUID", "Pass the images of one series.")
+    for dataset, found in zip(datasets, values):
         _require(
             dataset,
             ("Rows", "Columns", "FrameOfReferenceUID", "ImagePositionPatient",
              "ImageOrientationPatient", "PixelSpacing"),
             "a SEG of a series needs each image's plane geometry (PS3.3 C.7.6.2).",
+            found,
         )
-    sizes = Counter((int(ds.Rows), int(ds.Columns)) for ds in datasets)
+    sizes = Counter((int(found["Rows"]), int(found["Columns"])) for found in values)
     if len(sizes) > 1:
-        found = ", ".join(f"{r} x {c} ({n} images)" for (r, c), n in sizes.most_common())
+        found_sizes = ", ".join(f"{r} x {c} ({n} images)" for (r, c), n in sizes.most_common())
         raise SegmentationInputError(
-            f"The source images differ in size: {found}. A SEG's frames all have one size."
+            f"The source images differ in size: {found_sizes}. A SEG's frames all have one size."
         )
-    names = [_describe(ds) for ds in datasets]
-    orientations = np.array([ds.ImageOrientationPatient for ds in datasets], dtype=float)
-    spacings = np.array([ds.PixelSpacing for ds in datasets], dtype=float)
-    positions = np.array([ds.ImagePositionPatient for ds in datasets], dtype=float)
+    names = _Names(datasets)
+    orientations = np.array([found["ImageOrientationPatient"] for found in values], dtype=float)
+    spacings = np.array([found["PixelSpacing"] for found in values], dtype=float)
+    positions = np.array([found["ImagePositionPatient"] for found in values], dtype=float)
     _check_same(orientations, "ImageOrientationPatient", names)
     _check_same(spacings, "PixelSpacing", names)
     _check_distinct_positions(positions, names)
@@ -350,6 +381,6 @@ def load_source_series(source_images: object) -> SourceSeries:
         orientation=orientations[0],
         pixel_spacing=spacings[0],
         positions=positions,
-        sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
-        frame_of_reference_uid=str(datasets[0].FrameOfReferenceUID),
+        sop_instance_uids=tuple(str(found["SOPInstanceUID"]) for found in values),
+        frame_of_reference_uid=str(values[0]["FrameOfReferenceUID"]),
     )
