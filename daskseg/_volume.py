@@ -220,22 +220,15 @@ class _DerivationParts:
         return pieces[0] + sop_instance_uid.encode("ascii") + pieces[1]
 
 
-class _VolumeFrameItems:
-    """Per-frame functional group items of a volume SEG, serialized one at a time.
-
-    The parts are encoded once per plane (derivation reference, plane position) and once per
-    segment (segment identification); only the dimension index values are packed per frame. The
-    items equal highdicom's (``_get_pffg_item``), whose derivation item is taken as template.
-    """
+class _PlaneParts:
+    """The encoded parts of the per-frame items that each plane has once, for every segment:
+    the derivation reference (highdicom's item of the proxy's frame is the template) and the
+    plane position. Made while the workers encode, not after the last block."""
 
     def __init__(self, template: Dataset, series: SourceSeries, order: np.ndarray,
-                 dimension_index: np.ndarray, labelmap: bool, n_segments: int,
                  implicit: bool) -> None:
-        self._implicit = implicit
-        self._labelmap = labelmap
-        self._dimension_index = dimension_index
-        self._derivation_parts: list[bytes] = []
-        self._position_parts: list[bytes] = []
+        self.derivation: list[bytes] = []
+        self.position: list[bytes] = []
         reference = template.DerivationImageSequence[0].SourceImageSequence[0]
         derivations = _DerivationParts(template, implicit)
         for frame in order:
@@ -249,14 +242,31 @@ class _VolumeFrameItems:
                 image_position = plane.ImagePositionPatient
                 derivation = Dataset()
                 derivation.add(template["DerivationImageSequence"])
-                self._derivation_parts.append(serialize(derivation, implicit))
+                self.derivation.append(serialize(derivation, implicit))
             else:
                 image = series.datasets[frame]
                 image_position = image.ImagePositionPatient
-                self._derivation_parts.append(
+                self.derivation.append(
                     derivations.part(str(image.SOPClassUID), str(image.SOPInstanceUID))
                 )
-            self._position_parts.append(_position_part(image_position, implicit))
+            self.position.append(_position_part(image_position, implicit))
+
+
+class _VolumeFrameItems:
+    """Per-frame functional group items of a volume SEG, serialized one at a time.
+
+    The parts are encoded once per plane (:class:`_PlaneParts`) and once per segment (segment
+    identification); only the dimension index values are packed per frame. The items equal
+    highdicom's (``_get_pffg_item``).
+    """
+
+    def __init__(self, planes: _PlaneParts, dimension_index: np.ndarray, labelmap: bool,
+                 n_segments: int, implicit: bool) -> None:
+        self._implicit = implicit
+        self._labelmap = labelmap
+        self._dimension_index = dimension_index
+        self._derivation_parts = planes.derivation
+        self._position_parts = planes.position
         self._segment_parts = segment_parts(n_segments, labelmap, implicit)
 
     def item(self, channel: int, plane: int, _column: int) -> bytes:
@@ -359,23 +369,24 @@ def write_volume_segmentation(
 
     shape = (spec.n_channels, n_planes, 1)
     # highdicom builds the header while the workers encode (as for a tiled image, see write).
-    build_header = functools.partial(_header_and_template, series, stacked, array.dtype,
-                                     n_segments, hd_options)
+    build_header = functools.partial(_header_parts, series, stacked, array.dtype,
+                                     n_segments, hd_options, order)
     with encoded_frames(client, tasks, destination, shape, progress, build_header, prefix) as (
-        spool, plane_nonempty, overlap, (header, template, ahead)
+        spool, plane_nonempty, overlap, (header, planes, ahead)
     ):
         check_bits_allocated(header, spec)
-        _finish(destination, header, template, ahead, series, order, spool, spec, grid,
+        _finish(destination, header, planes, ahead, series, order, spool, spec, grid,
                 plane_nonempty, overlap, options, hd_options, overwrite)
     return destination
 
 
-def _header_and_template(
+def _header_parts(
     series: SourceSeries, stacked: bool, dtype: np.dtype, n_segments: int,
-    hd_options: dict[str, Any],
-) -> tuple[Dataset, Dataset, SequencesAhead]:
-    """The SEG's header, highdicom's per-frame item of the proxy's frame (a template), and the
-    header's sequences that grow with the series and the segments, serialized."""
+    hd_options: dict[str, Any], order: np.ndarray,
+) -> tuple[Dataset, _PlaneParts, SequencesAhead]:
+    """The SEG's header, the per-frame items' parts of each plane in ``order`` (from
+    highdicom's per-frame item of the proxy's frame), and the header's sequences that grow
+    with the series and the segments, serialized."""
     try:
         seg = _proxy_segmentation(series, stacked, dtype, n_segments,
                                   {**hd_options, "dimension_organization_type": None})
@@ -384,11 +395,13 @@ def _header_and_template(
     header = _volume_header(seg, series, hd_options)
     ahead = SequencesAhead(header, ("ReferencedSeriesSequence", "SegmentSequence",
                                     "SourceImageSequence"))
-    return header, seg.PerFrameFunctionalGroupsSequence[0], ahead
+    planes = _PlaneParts(seg.PerFrameFunctionalGroupsSequence[0], series, order,
+                         header.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian)
+    return header, planes, ahead
 
 
 def _finish(
-    destination: pathlib.Path, header: Dataset, template: Dataset, ahead: SequencesAhead,
+    destination: pathlib.Path, header: Dataset, planes: _PlaneParts, ahead: SequencesAhead,
     series: SourceSeries, order: np.ndarray, spool: Any, spec: FrameSpec, grid: TileGrid,
     plane_nonempty: np.ndarray, overlap: bool, options: WriteOptions, hd_options: dict[str, Any],
     overwrite: bool,
@@ -414,8 +427,8 @@ def _finish(
     if inferred is not None:
         header.DimensionOrganizationType = inferred
     items = _VolumeFrameItems(
-        template, series, order, dimension_index, spec.segmentation_type == "LABELMAP",
-        n_segments, header.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian,
+        planes, dimension_index, spec.segmentation_type == "LABELMAP", n_segments,
+        header.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian,
     )
     write_file(destination, header, spool, spec, grid, False, plane_nonempty,
                hd_options, options.use_extended_offset_table, overwrite, items=items,

@@ -415,7 +415,7 @@ def test_a_volume_headers_sequences_are_encoded_as_pydicom_writes_them(implicit,
 
     from daskseg._header import encoded_items
     from daskseg._series import load_source_series
-    from daskseg._volume import _header_and_template
+    from daskseg._volume import _header_parts
     from daskseg.synthetic import make_ct_series, make_segment_descriptions
 
     series = load_source_series(make_ct_series(40, 32, 32))
@@ -425,7 +425,8 @@ def test_a_volume_headers_sequences_are_encoded_as_pydicom_writes_them(implicit,
                    instance_number=1, manufacturer="m", manufacturer_model_name="m",
                    software_versions="1", device_serial_number="1",
                    transfer_syntax_uid="1.2.840.10008.1.2.1")
-    header, _, _ = _header_and_template(series, False, np.dtype(np.uint8), 117, options)
+    header, _, _ = _header_parts(series, False, np.dtype(np.uint8), 117, options,
+                                 series.sort_index())
     for keyword in ("ReferencedSeriesSequence", "SegmentSequence", "SourceImageSequence"):
         buffer = io.BytesIO()
         out = DicomFileLike(buffer)
