@@ -46,7 +46,7 @@ class DataTask:
     :func:`run_windowed` packs ``data`` (``pack(data)``) when it submits the task. A large
     input is scattered (straight to a worker on this machine) and ``make(future of it)``
     computed: it then travels once, not inside the graph through the scheduler (which pickles
-    it again for the worker). A small one (see ``_travels_apart``) goes inside the task,
+    it again for the worker). A small one (see ``_to_scatter``) goes inside the task,
     ``make(packed data)``. ``make(data)`` computes it anywhere else (tests, the local
     scheduler), so the task takes ``data`` packed or not.
     """
@@ -66,15 +66,33 @@ def _packed(task: DataTask) -> Any:
 # 256 tasks on 2 workers: 7-8 ms a task against 5 ms), which a small machine takes from the
 # codec (300-slice volume writes, in turns: 7-8% faster). Larger inputs go straight to a worker.
 _INLINE_MAX_BYTES = 256 * 2**10
+# And at most this much in one submission: distributed warns of a graph over 10 MB, and a
+# window of a large cluster's tasks could carry that much.
+_INLINE_MAX_SUBMISSION_BYTES = 4 * 2**20
 
 
-def _travels_apart(data: Any) -> bool:
-    """Whether a task's input is scattered to a worker rather than sent inside the task."""
+def _inline_size(data: Any) -> int | None:
+    """The bytes of a task's input if it may go inside its task, else None (scattered)."""
     if isinstance(data, PackedBlock):
-        return len(data.data) > _INLINE_MAX_BYTES
-    if isinstance(data, np.ndarray):
-        return data.nbytes > _INLINE_MAX_BYTES
-    return True
+        size = len(data.data)
+    elif isinstance(data, np.ndarray):
+        size = data.nbytes
+    else:
+        return None
+    return size if size <= _INLINE_MAX_BYTES else None
+
+
+def _to_scatter(packed: dict[int, Any]) -> list[int]:
+    """Which of a submission's inputs are scattered: the large ones, and the small ones past
+    the submission's allowance."""
+    scattered, total = [], 0
+    for index, data in packed.items():
+        size = _inline_size(data)
+        if size is None or total + size > _INLINE_MAX_SUBMISSION_BYTES:
+            scattered.append(index)
+        else:
+            total += size
+    return scattered
 
 
 class _BlockGraph:
@@ -201,7 +219,7 @@ def run_windowed(
         if not batch:
             return []
         packed = {i: _packed(task) for i, task in enumerate(batch) if isinstance(task, DataTask)}
-        to_scatter = [i for i, data in packed.items() if _travels_apart(data)]
+        to_scatter = _to_scatter(packed)
         for i in packed.keys() - to_scatter:
             batch[i] = cast(DataTask, batch[i]).make(packed[i])
         try:

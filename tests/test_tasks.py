@@ -128,6 +128,19 @@ def test_small_packed_inputs_go_inside_their_tasks_and_large_ones_are_scattered(
     np.testing.assert_array_equal(scattered[0], noise)
 
 
+def test_small_inputs_go_inside_their_tasks_up_to_an_allowance_a_submission():
+    from daskseg._pack import PackedBlock
+    from daskseg._tasks import _INLINE_MAX_BYTES, _INLINE_MAX_SUBMISSION_BYTES, _to_scatter
+
+    small = PackedBlock(b"x" * _INLINE_MAX_BYTES, "|u1", (_INLINE_MAX_BYTES,))
+    large = PackedBlock(b"x" * (_INLINE_MAX_BYTES + 1), "|u1", (_INLINE_MAX_BYTES + 1,))
+    fit = _INLINE_MAX_SUBMISSION_BYTES // _INLINE_MAX_BYTES
+    packed = {0: large, 1: np.zeros(8), **{i: small for i in range(2, fit + 2)}, 99: [1, 2]}
+    # The large one, what is not an array, and the last small one, which the 64 bytes of zeros
+    # put past the allowance, are scattered.
+    assert _to_scatter(packed) == [0, fit + 1, 99]
+
+
 def test_then_runs_on_each_block_where_it_is_computed():
     from daskseg._pack import PackedBlock, pack_block
 
