@@ -12,8 +12,9 @@ import contextlib
 import io
 import os
 import pathlib
+import stat
 import struct
-import tempfile
+import uuid
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -33,7 +34,8 @@ from daskseg.errors import DestinationExistsError, SegmentationInputError
 from daskseg.plan import FrameSpec, TileGrid, included_frames
 
 __all__ = [
-    "SequencesAhead", "check_native_size", "replace_atomically", "write_file", "write_pixel_data",
+    "SequencesAhead", "check_native_size", "replace_atomically", "temporary_beside", "write_file",
+    "write_pixel_data",
 ]
 
 _MAX_NATIVE_BYTES = 0xFFFFFFFE  # a native Pixel Data element has a 32-bit, even length
@@ -119,6 +121,36 @@ def check_native_size(spec: FrameSpec, grid: TileGrid) -> None:
             "element (4 GiB at most); use an encapsulated transfer syntax such as "
             f"JPEG 2000 Lossless ({JPEG2000Lossless})."
         )
+
+
+def temporary_beside(destination: pathlib.Path, suffix: str) -> tuple[int, pathlib.Path]:
+    """A new, empty file beside ``destination`` to be renamed onto it: its descriptor and path.
+
+    It gets the permissions that writing ``destination`` in place would leave: those of the file
+    it replaces, else ``0o666`` less the umask, as ``open`` gives. ``tempfile.mkstemp``'s
+    ``0o600`` would survive the rename and hide the result from the rest of a group that shares
+    the folder (a pipeline's output, a viewer's import folder).
+    """
+    try:
+        kept: int | None = stat.S_IMODE(destination.stat().st_mode)
+    except OSError:
+        kept = None
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        path = destination.parent / f".{destination.name}.{uuid.uuid4().hex[:12]}{suffix}"
+        try:
+            handle = os.open(path, flags, 0o666)  # the umask applies, as for open()
+        except FileExistsError:
+            continue
+        if kept is not None:
+            try:
+                os.chmod(path, kept)
+            except BaseException:
+                os.close(handle)
+                os.unlink(path)
+                raise
+        return handle, path
+    raise FileExistsError(f"No free temporary name beside {destination}.")
 
 
 def replace_atomically(temporary: pathlib.Path, destination: pathlib.Path, overwrite: bool) -> None:
@@ -355,8 +387,7 @@ def write_file(
     if late:
         raise RuntimeError(f"Unexpected attributes after the functional groups: {late}")
 
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp",
-                                         dir=destination.parent)
+    handle, temporary = temporary_beside(destination, ".tmp")
     try:
         with os.fdopen(handle, "wb") as out:
             _write_body(out, body, ahead)
@@ -373,7 +404,7 @@ def write_file(
                               use_extended_offset_table, empty_frame)
             out.flush()
             os.fsync(out.fileno())
-        replace_atomically(pathlib.Path(temporary), destination, overwrite)
+        replace_atomically(temporary, destination, overwrite)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)

@@ -14,12 +14,12 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 import dask.array as da
 import numpy as np
 
+from daskseg._file import temporary_beside
 from daskseg._series import SourceSeries
 from daskseg.errors import MissingDependencyError, SegmentationInputError
 
@@ -300,7 +300,7 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None) ->
     path = pathlib.Path(path)
     # Written beside the destination and renamed: a failure leaves no half-written file.
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    handle, temporary = temporary_beside(path, suffix)
     os.close(handle)
     try:
         image.to_filename(temporary)

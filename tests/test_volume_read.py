@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import stat
 
 import highdicom as hd
 import numpy as np
@@ -179,6 +181,35 @@ def test_decode_to_nifti_round_trip(tmp_path, thread_client, omit):
     # A SEG of a series has no tile grid to put in Zarr: NIfTI is asked for instead.
     assert main(["decode", str(path), "-o", str(tmp_path / "labels.zarr"), "--quiet"]) == 1
     assert not (tmp_path / "labels.zarr").exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_written_files_get_the_permissions_open_would_give(tmp_path, thread_client):
+    """The SEG and the NIfTI are written under temporary names and renamed into place. They
+    end up as a file that open() creates (0o666 less the umask), or keep the permissions of
+    the file they replace: never mkstemp's 0o600, which a rename would carry over."""
+    pytest.importorskip("nibabel")
+    from daskseg._nifti import volume_to_nifti
+
+    series = shuffled_series()
+    labels = volume_mask("LABELMAP")[np.argsort(hd.spatial.get_dataset_sort_index(series))]
+    previous = os.umask(0o027)
+    try:
+        (tmp_path / "plain").write_bytes(b"")
+        expected = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+        assert expected == 0o640
+        seg = write_segmentation(labels, series, make_segment_descriptions(3),
+                                 tmp_path / "seg.dcm", client=thread_client)
+        nifti = volume_to_nifti(open_segmentation(seg), tmp_path / "labels.nii.gz")
+        assert stat.S_IMODE(seg.stat().st_mode) == expected
+        assert stat.S_IMODE(nifti.stat().st_mode) == expected
+        seg.chmod(0o604)
+        write_segmentation(labels, series, make_segment_descriptions(3), seg, overwrite=True,
+                           client=thread_client)
+        assert stat.S_IMODE(seg.stat().st_mode) == 0o604
+    finally:
+        os.umask(previous)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.nii.gz", "plain", "seg.dcm"]
 
 
 def test_fractional_to_nifti_has_a_segment_axis(tmp_path, testdata):
