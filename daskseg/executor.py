@@ -9,6 +9,10 @@ DaskExecutor sends calls in batched tasks, but keeps the contract of each call o
   seconds of work; calls that turn out slow shrink their function's batches.
 - Calls wait on the client until a worker thread is (about to be) free, so queued calls stay
   cancellable and memory on the cluster stays bounded however many calls are submitted.
+- A call whose function, arguments or result cannot be pickled fails alone, as in a
+  ``ProcessPoolExecutor``, not its batchmates: a batch that could not be sent is sent again
+  one call a task (none of its calls ran), and a batch whose results could not be sent back
+  together sends each on its own from its worker (each ran once).
 - On the worker, a batch runs in a thread that the task watches for a time budget. Once it is
   spent, the task returns the outcomes of the finished calls at once, hands back the calls not
   started (queued again on the client, cancellable again), and leaves a call still running to
@@ -20,18 +24,25 @@ on the cluster; ``cancel()`` refuses a call from then until it finishes or comes
 
 from __future__ import annotations
 
+import inspect
 import itertools
+import numbers
+import pickle
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
+from concurrent.futures._base import PENDING
 from dataclasses import dataclass, field
 from typing import Any
 
+import cloudpickle
 import dask
 from distributed import Client, default_client, get_worker
+from distributed.protocol import pickle as dask_pickle
 
 from daskseg._client import CLUSTER_FAILURES, WorkerlessClock, local_cluster
 from daskseg._malloc import register_malloc_plugin
@@ -54,6 +65,88 @@ _SLOTS: threading.Semaphore | None = None
 
 class _CallLost(Exception):
     """The worker that ran a call is gone (its collecting task ran elsewhere)."""
+
+
+class _Sealed:
+    """One call's result (or exception) that pickles on its own, in a batch's results.
+
+    distributed sends a batch's results as one object, so one that cannot be pickled would
+    fail the whole batch. A sealed one is pickled separately, as distributed would pickle it
+    (pickle, else cloudpickle); when that fails it arrives as :class:`_Unpicklable`, which
+    fails its own call only.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        # Buffers go out of band only where the enclosing pickle takes them (protocol 5);
+        # distributed pickles some messages with a lower protocol.
+        buffers: list | None = [] if isinstance(protocol, int) and protocol >= 5 else None
+        try:
+            data = _dumps(self.value, buffers)
+        except Exception as error:
+            return _Unpicklable, (_sendable(error),)
+        return _unseal, (data, *(buffers or ()))
+
+
+def _dumps(value: Any, buffers: list | None) -> bytes:
+    """distributed's choice between pickle and cloudpickle, without its error log: by value
+    what pickle would refer to in ``__main__`` or in a module registered to go by value.
+    Buffers out of band into ``buffers`` unless it is None."""
+    callback = None if buffers is None else buffers.append
+    try:
+        data = pickle.dumps(value, protocol=5, buffer_callback=callback)
+        by_value = cloudpickle.list_registry_pickle_by_value()
+        if b"__main__" not in data and not (
+            by_value and getattr(inspect.getmodule(value), "__name__", None) in by_value
+        ):
+            return data
+    except Exception:
+        pass
+    if buffers is not None:
+        buffers.clear()
+    return cloudpickle.dumps(value, protocol=5, buffer_callback=callback)
+
+
+def _unseal(data: bytes, *buffers: Any) -> Any:
+    return dask_pickle.loads(data, buffers=buffers)
+
+
+def _sendable(error: BaseException) -> BaseException:
+    """The pickling error itself, or a TypeError saying the same if it cannot be pickled."""
+    try:
+        _dumps(error, None)
+    except Exception:
+        return TypeError(f"{type(error).__name__}: {error}")
+    return error
+
+
+def _pickling_error(calls: list[_Call], error: Exception) -> Exception:
+    """For a call alone that distributed could not send, pickle's own words about it
+    ("cannot pickle '_thread.lock' object"), as a ProcessPoolExecutor gives them."""
+    if len(calls) == 1 and calls[0].fn is not None:
+        try:
+            _dumps((calls[0].fn, calls[0].args, calls[0].kwargs), None)
+        except Exception as own:
+            return own
+    return error
+
+
+class _Unpicklable:
+    """In place of a call's part that could not be pickled: the error, for its future."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _opened(part: Any) -> Any:
+    """A sealed part as it arrived: unpickled by then, unless it never left this process."""
+    return part.value if isinstance(part, _Sealed) else part
 
 
 def _outcome(fn: Callable, args: tuple, kwargs: dict) -> tuple[bool, Any, float]:
@@ -148,12 +241,56 @@ def _collect(token: str) -> tuple[bool, Any, float]:
     return slot.result()
 
 
+def _sealed_outcomes(result: Any, collect: bool) -> Any:
+    """A task's result that could not be sent back, on the worker that holds it, with each
+    call's value sealed: only a value that cannot be pickled fails, and only its own call.
+    (Sealing every result up front would pickle each twice where distributed pickles results
+    with protocol 4, on its scheduler's connections: large arrays copied once more.)"""
+    def seal(outcome: tuple[bool, Any, float]) -> tuple[bool, Any, float]:
+        ok, value, seconds = outcome
+        return ok, _Sealed(value), seconds
+
+    if collect:
+        return seal(result)
+    outcomes, token, address = result
+    return [seal(outcome) for outcome in outcomes], token, address
+
+
 def _run_chunk(fn: Callable, chunk: tuple[tuple, ...]) -> list:
     """Run ``fn`` over one chunk of ``map``'s argument tuples."""
     return [fn(*args) for args in chunk]
 
 
 # ------------------------------------------------------------------------- on the client
+
+_LIVE: weakref.WeakSet[DaskExecutor] = weakref.WeakSet()
+_EXIT_HOOKED = False
+_EXIT_LOCK = threading.Lock()
+
+
+def _hook_exit() -> None:
+    """Have the interpreter finish every executor's calls before it exits, as the stdlib's
+    pools do ("will not exit until all pending futures are done executing"), also after
+    ``shutdown(wait=False)``. threading's exit hooks run before ``atexit``'s, while clients and
+    clusters still work; concurrent.futures hooks its pools there the same way."""
+    global _EXIT_HOOKED
+    with _EXIT_LOCK:
+        if _EXIT_HOOKED:
+            return
+        register = getattr(threading, "_register_atexit", None)
+        if register is None:  # pragma: no cover - CPython has had it since 3.9
+            import atexit
+
+            atexit.register(_finish_at_exit)
+        else:
+            register(_finish_at_exit)
+        _EXIT_HOOKED = True
+
+
+def _finish_at_exit() -> None:
+    for executor in list(_LIVE):
+        executor._finish_at_exit()
+
 
 
 def _flatten(chunks: Iterator[list]) -> Iterator:
@@ -196,6 +333,12 @@ class _CallFuture(Future):
         with self._condition:
             return super().running() or (self._sent and not self.done())
 
+    def __repr__(self) -> str:
+        with self._condition:
+            if self._sent and self._state == PENDING:
+                return f"<{type(self).__name__} at {id(self):#x} state=running>"
+        return super().__repr__()
+
 
 def _kind(fn: Callable) -> str:
     """Which function a call runs, for its duration estimate."""
@@ -206,11 +349,17 @@ def _kind(fn: Callable) -> str:
 
 def _payload(args: tuple, kwargs: dict) -> int:
     """Bytes of the arrays and byte strings among a call's arguments (what dominates pickling)."""
-    return sum(
-        value.nbytes if hasattr(value, "nbytes") else len(value)
-        for value in itertools.chain(args, kwargs.values())
-        if hasattr(value, "nbytes") or isinstance(value, (bytes, bytearray))
-    )
+    return sum(_nbytes(value) for value in itertools.chain(args, kwargs.values()))
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, (bytes, bytearray)):
+        return len(value)
+    try:  # a property that raises or is not a count (a dask DataFrame's) counts as nothing
+        nbytes = getattr(value, "nbytes", 0)
+    except Exception:
+        return 0
+    return int(nbytes) if isinstance(nbytes, numbers.Integral) else 0
 
 
 @dataclass(eq=False)
@@ -223,6 +372,7 @@ class _Call:
     queued: float
     nbytes: int
     losses: int = 0  # times the worker running it died after its batch had returned
+    alone: bool = False  # goes in a batch of its own: its batch could not be sent
 
     def release(self) -> None:
         """Drop the function and arguments: nothing of a resolved or cancelled call stays."""
@@ -237,6 +387,7 @@ class _Flight:
     calls: list[_Call]
     fast: bool
     collect: bool = False
+    sealed: bool = False  # a follow-up that sends back each call's value on its own
     sent: float = field(default_factory=time.monotonic)
 
 
@@ -274,6 +425,15 @@ class DaskExecutor(Executor):
     was killed more often than ``distributed.scheduler.allowed-failures``, the scheduler went
     away, or the cluster had no worker for the Dask configuration value
     ``daskseg.no-workers-timeout`` (60 s by default; read when the executor is made).
+
+    Where a ``ProcessPoolExecutor`` breaks when one of its processes dies, a Dask cluster
+    runs the lost work again, as it runs any task again: a worker that dies takes the batch it
+    ran, whose calls are then run again elsewhere (those that had finished too), up to
+    ``allowed-failures`` times. Calls with side effects that must not happen twice should go
+    one call a task (``batch_size=1``), or be idempotent.
+
+    As with the stdlib's executors, the interpreter does not exit before submitted calls are
+    done, also after ``shutdown(wait=False)``.
 
     Examples
     --------
@@ -332,6 +492,8 @@ class DaskExecutor(Executor):
         self._closed = threading.Event()
         self._sender = threading.Thread(target=self._send_loop, name="DaskExecutor", daemon=True)
         self._sender.start()
+        _LIVE.add(self)
+        _hook_exit()
 
     # ----------------------------------------------------------------- stdlib API
 
@@ -389,6 +551,21 @@ class DaskExecutor(Executor):
             self._lock.notify_all()
         if wait:
             self._closed.wait()
+
+    def _finish_at_exit(self) -> None:
+        """Shut down and wait for every call; fail them if the client closed meanwhile."""
+        with self._lock:
+            self._shutdown = True
+            self._lock.notify_all()
+        while not self._closed.wait(0.5):
+            if self.client.status in ("closing", "closed", "failed"):
+                with self._lock:
+                    self._fail_everything(ClusterError(
+                        "The client closed while calls were on the cluster; the interpreter "
+                        "is exiting."
+                    ))
+                    self._in_flight.clear()
+                    self._lock.notify_all()
 
     # ----------------------------------------------------------------- sending
 
@@ -457,7 +634,8 @@ class DaskExecutor(Executor):
             estimate = self._estimate(call)
             cost = self._batch_duration if estimate is None else estimate
             if batch and (
-                seconds + cost > self._batch_duration or size + call.nbytes > self._batch_bytes
+                call.alone or batch[0].alone
+                or seconds + cost > self._batch_duration or size + call.nbytes > self._batch_bytes
             ):
                 break
             self._queue.popleft()
@@ -511,14 +689,17 @@ class DaskExecutor(Executor):
                 self._owned_cluster.close()
             self._closed.set()
 
-    def _submit(self, flight_calls: list[_Call], fast: bool, collect: bool, *args, **options):
+    def _submit(self, flight_calls: list[_Call], fast: bool, collect: bool, *args,
+                sealed: bool = False, **options):
         key = f"daskexecutor-{'collect' if collect else 'batch'}-{uuid.uuid4().hex}"
         try:
             remote = self.client.submit(*args, key=key, pure=False, **options)
-        except Exception as error:  # client closed, scheduler gone
-            self._fail(flight_calls, error)
+        except Exception as error:  # client closed, scheduler gone, a call not picklable
+            if not collect and not sealed and self._unsent(flight_calls, error):
+                return
+            self._fail(flight_calls, error if collect else _pickling_error(flight_calls, error))
             return
-        flight = _Flight(remote, flight_calls, fast, collect)
+        flight = _Flight(remote, flight_calls, fast, collect, sealed)
         with self._lock:
             self._in_flight[key] = flight
         remote.add_done_callback(lambda done, flight=flight: self._resolve(done, flight))
@@ -543,7 +724,13 @@ class DaskExecutor(Executor):
         except _CallLost as lost:
             self._lost(calls, lost)
         except BaseException as error:
-            self._fail(calls, error)
+            if remote.status == "finished" and not flight.sealed and len(calls) > 1:
+                # The calls ran, but their results could not all be sent back together:
+                # seal each where they are, so that only an unpicklable one fails.
+                self._submit(list(calls), flight.fast, flight.collect, _sealed_outcomes, remote,
+                             flight.collect, sealed=True)
+            elif flight.collect or flight.sealed or not self._unsent(calls, error):
+                self._fail(calls, error)
         else:
             remote.release()
             outcomes, token, address = ([result], None, None) if flight.collect else result
@@ -556,6 +743,9 @@ class DaskExecutor(Executor):
             pending.reverse()
             while pending:
                 call, (ok, value, seconds) = pending.pop()
+                value = _opened(value)
+                if isinstance(value, _Unpicklable):  # the result could not be sent back
+                    ok, value = False, value.error
                 self._learn(call.kind, seconds)
                 future = call.future
                 call.release()
@@ -591,6 +781,27 @@ class DaskExecutor(Executor):
                 else:
                     self._queue.appendleft(call)
             self._lock.notify_all()
+
+    def _unsent(self, calls: list[_Call], error: BaseException) -> bool:
+        """A batch failed before any of its calls ran, not for the cluster's sake (a function
+        or argument that could not be pickled, or unpickled on the worker: ``_run_batch``
+        keeps every call's own failure): queue its calls again, each to go alone, so that
+        only the culprit fails. False when there is nothing to split."""
+        if len(calls) < 2 or isinstance(error, CLUSTER_FAILURES):
+            return False
+        with self._lock:
+            for call in reversed(calls):
+                if call.future.done():
+                    continue
+                call.alone = True
+                with call.future._condition:
+                    call.future._sent = False
+                if self._cancel_unstarted:
+                    call.future.cancel()
+                else:
+                    self._queue.appendleft(call)
+            self._lock.notify_all()
+        return True
 
     def _lost(self, calls: list[_Call], lost: _CallLost) -> None:
         """The worker running a call died after its batch returned: run it again, or fail."""

@@ -22,3 +22,29 @@ class MyObject:
 
 def make_dummy_object(_):
     return MyObject()
+
+
+def append_line(path, value, seconds=0.0):
+    """Append ``value`` to a file after ``seconds``: a side effect counted by the caller."""
+    time.sleep(seconds)
+    with open(path, "a") as file:
+        file.write(f"{value}\n")
+    return value
+
+
+def lock_on(value, bad):
+    """A result that cannot be pickled for ``bad``, ``value`` otherwise."""
+    import threading
+
+    return threading.Lock() if value == bad else value
+
+
+def refuse_to_load():
+    raise ValueError("this argument cannot be unpickled here")
+
+
+class LoadsNowhere:
+    """An argument that pickles but cannot be unpickled (a class missing where it lands)."""
+
+    def __reduce__(self):
+        return refuse_to_load, ()

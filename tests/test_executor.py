@@ -21,7 +21,9 @@ import pytest
 from distributed import Client, LocalCluster
 
 from daskseg import ClusterError, DaskExecutor
-from executor_calls import MyObject, make_dummy_object, mul, sleep_and_raise
+from executor_calls import (
+    LoadsNowhere, MyObject, append_line, lock_on, make_dummy_object, mul, sleep_and_raise,
+)
 from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
 
 
@@ -306,6 +308,7 @@ def test_contract_slow_call_holds_back_no_other(any_executor):
     done, not_done = cf.wait(futures, timeout=SLOW)
     assert not not_done
     assert not slow.done()
+    assert "state=running" in repr(slow)
     assert slow.result(timeout=30) is None
 
 
@@ -392,6 +395,83 @@ def test_exception_keeps_its_type_and_spares_its_batch(executor):
     with pytest.raises(ZeroDivisionError, match="bad value 5"):
         futures[5].result()
     assert [f.result() for i, f in enumerate(futures) if i != 5] == [i for i in range(20) if i != 5]
+
+
+@pytest.mark.parametrize("where", ["argument", "unpickling", "result"])
+def test_a_call_that_cannot_be_pickled_fails_alone(threads_client, where):
+    """As in a ProcessPoolExecutor: its batchmates succeed."""
+    with _BatchEverything(threads_client) as executor:
+        executor.submit(square, 1).result(timeout=30)  # the cluster is up: calls are batched
+        if where == "result":
+            futures = [executor.submit(lock_on, i, 5) for i in range(10)]
+        else:
+            bad = threading.Lock() if where == "argument" else LoadsNowhere()
+            futures = [executor.submit(echo, bad if i == 5 else i) for i in range(10)]
+        cf.wait(futures, timeout=60)
+    if where == "unpickling":  # distributed's words, with the cause
+        error = futures[5].exception()
+        assert isinstance(error.__cause__ or error, ValueError), repr(error)
+        assert "cannot be unpickled" in str(error.__cause__ or error)
+    else:  # pickle's own words, as from a ProcessPoolExecutor
+        with pytest.raises(TypeError, match="cannot pickle '_thread.lock' object"):
+            futures[5].result()
+    expected = [i if where == "result" else ((i,), {}) for i in range(10) if i != 5]
+    assert [f.result() for i, f in enumerate(futures) if i != 5] == expected
+
+
+def test_each_call_runs_once_and_its_result_comes_back(threads_client, tmp_path):
+    runs = tmp_path / "runs"
+    with _BatchEverything(threads_client) as executor:
+        futures = [executor.submit(append_line, runs, i) for i in range(40)]
+        assert [f.result(timeout=60) for f in futures] == list(range(40))
+    assert sorted(map(int, runs.read_text().split())) == list(range(40))
+
+
+class _CountsBadly:
+    """An argument whose nbytes raises, as a dask DataFrame's does."""
+
+    @property
+    def nbytes(self):
+        raise NotImplementedError("nbytes is not known")
+
+
+def test_an_argument_whose_nbytes_raises_is_sent_all_the_same(executor):
+    args, _ = executor.submit(echo, _CountsBadly()).result(timeout=30)
+    assert type(args[0]).__name__ == "_CountsBadly"
+
+
+def test_the_interpreter_waits_for_calls_at_exit(tmp_path):
+    """"will not exit until all pending futures are done executing", after shutdown(wait=False)
+    too, on a cluster the executor started and on one it was given."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "exits.py"
+    script.write_text(
+        "import sys\n"
+        "from executor_calls import append_line\n"
+        "from daskseg import DaskExecutor\n"
+        "if __name__ == '__main__':\n"
+        "    if sys.argv[2] == 'owned':\n"
+        "        executor = DaskExecutor(n_workers=1, dashboard_address='127.0.0.1:0')\n"
+        "    else:\n"
+        "        from distributed import Client\n"
+        "        client = Client(n_workers=1, dashboard_address='127.0.0.1:0')\n"
+        "        executor = DaskExecutor(client)\n"
+        "    executor.submit(int).result()\n"
+        "    for i in range(5):\n"
+        "        executor.submit(append_line, sys.argv[1], i, 0.3)\n"
+        "    if sys.argv[3] == 'nowait':\n"
+        "        executor.shutdown(wait=False)\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    for cluster, ending in [("owned", "exit"), ("given", "nowait")]:
+        runs = tmp_path / f"runs-{cluster}"
+        done = subprocess.run([sys.executable, str(script), str(runs), cluster, ending],
+                              env=environment, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert sorted(map(int, runs.read_text().split())) == list(range(5)), done.stderr
 
 
 def test_identical_calls_are_not_merged(executor):
