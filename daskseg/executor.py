@@ -429,8 +429,8 @@ class DaskExecutor(Executor):
     Where a ``ProcessPoolExecutor`` breaks when one of its processes dies, a Dask cluster
     runs the lost work again, as it runs any task again: a worker that dies takes the batch it
     ran, whose calls are then run again elsewhere (those that had finished too), up to
-    ``allowed-failures`` times. Calls with side effects that must not happen twice should go
-    one call a task (``batch_size=1``), or be idempotent.
+    ``allowed-failures`` times. Calls with side effects that must not happen twice should be
+    idempotent; ``batch_size=1`` at least keeps a death from running finished batchmates again.
 
     As with the stdlib's executors, the interpreter does not exit before submitted calls are
     done, also after ``shutdown(wait=False)``.
