@@ -128,6 +128,14 @@ def _read_headers(paths: Sequence[pathlib.Path], skip_non_dicom: bool) -> list[D
         return list(pool.map(lambda path: _read_header(path, skip_non_dicom), paths))
 
 
+def _is_dicomdir(dataset: Dataset) -> bool:
+    # A DICOMDIR names its class in its file meta only (PS3.10 7.1; PS3.3 F.3 has no
+    # SOPClassUID in the directory's dataset).
+    meta = getattr(dataset, "file_meta", None)
+    return _DICOMDIR in (dataset.get("SOPClassUID"),
+                         meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+
+
 def _gather(source_images: object) -> list[Dataset]:
     """The headers of the images named by ``source_images``, in the order given."""
     if isinstance(source_images, (str, os.PathLike)) and pathlib.Path(source_images).is_dir():
@@ -136,7 +144,7 @@ def _gather(source_images: object) -> list[Dataset]:
         paths = sorted(path for path in folder.rglob("*") if path.is_file())
         datasets = [
             ds for ds in _read_headers(paths, skip_non_dicom=True)
-            if ds is not None and ds.get("SOPClassUID") != _DICOMDIR
+            if ds is not None and not _is_dicomdir(ds)
         ]
         if not datasets:
             raise SegmentationInputError(f"The folder {folder} holds no DICOM image.")
@@ -327,18 +335,19 @@ def load_source_series(source_images: object) -> SourceSeries:
                 f"The source image ({_describe(dataset)}) is a tiled image; pass it alone (not in a "
                 "series) to segment its total pixel matrix."
             )
+    # An enhanced image keeps its geometry in functional groups, also with one frame; such an
+    # image goes alone, as highdicom takes it ("Only one source image should be provided in
+    # case images are multi-frame images").
     multiframe = [ds for ds, found in zip(datasets, values)
-                  if int(found["NumberOfFrames"] or 1) > 1]
+                  if int(found["NumberOfFrames"] or 1) > 1
+                  or "PerFrameFunctionalGroupsSequence" in ds]
     if multiframe:
         if len(datasets) > 1:
             raise SegmentationInputError(
                 f"{len(datasets)} source images were given, {len(multiframe)} of them multi-frame "
-                f"({_describe(multiframe[0])}); pass one multi-frame image alone, or a series of "
-                "single-frame images."
+                f"images ({_describe(multiframe[0])}); pass one multi-frame image alone, or a "
+                "series of single-frame images."
             )
-        return _multiframe_series(datasets[0])
-    if "PerFrameFunctionalGroupsSequence" in datasets[0]:
-        # An enhanced image of one frame keeps its geometry in functional groups.
         return _multiframe_series(datasets[0])
 
     uids = Counter(str(found["SOPInstanceUID"]) for found in values)

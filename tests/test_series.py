@@ -143,6 +143,36 @@ def test_multiframe_with_other_images_is_refused():
     assert "pass one multi-frame image alone" in _message([enhanced, series[0]])
 
 
+def test_enhanced_images_of_one_frame_each_are_refused_as_a_series():
+    """Each keeps its geometry in functional groups; as highdicom, one goes alone."""
+    series = make_ct_series(3, 8, 8, pixel_data=True)
+    enhanced = [
+        hd.legacy.LegacyConvertedEnhancedCTImage(
+            [ds], series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
+            instance_number=k + 1,
+        )
+        for k, ds in enumerate(series)
+    ]
+    assert all(int(ds.NumberOfFrames) == 1 for ds in enhanced)
+    assert "pass one multi-frame image alone" in _message(enhanced)
+    assert load_source_series(enhanced[0]).number_of_frames == 1
+
+
+def test_a_dicomdir_in_the_folder_is_skipped(tmp_path):
+    """A folder as CD exports lay it out: a DICOMDIR (its class only in its file meta) and
+    the images in subfolders."""
+    from pydicom.fileset import FileSet
+
+    series = make_ct_series(4, 8, 8, pixel_data=True)
+    files = FileSet()
+    for ds in series:
+        files.add(ds)
+    files.write(tmp_path / "cd")
+    assert (tmp_path / "cd" / "DICOMDIR").exists()
+    loaded = load_source_series(tmp_path / "cd")
+    assert sorted(loaded.sop_instance_uids) == sorted(ds.SOPInstanceUID for ds in series)
+
+
 def test_headers_of_a_large_folder_are_read_in_parallel(tmp_path):
     series = make_ct_series(40, 8, 8)
     _save(series, tmp_path)
