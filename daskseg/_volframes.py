@@ -23,7 +23,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 
-from daskseg.errors import SegmentationFileError, SegmentationInputError
+from daskseg.errors import SegmentationFileError, SegmentationInputError, SegmentationTypeError
 
 __all__ = [
     "FrameItem", "VolumeIndex", "index_volume_frames", "read_frame_items", "scan_frame_items",
@@ -335,6 +335,15 @@ def plane_order(
         raise SegmentationInputError(
             "source_sop_instance_uids is a sequence of UIDs, not one string."
         )
+    # Any iterable of UIDs, as highdicom takes: a list, a numpy or pandas array, a generator
+    # (read once, here).
+    try:
+        source_sop_instance_uids = [str(uid) for uid in source_sop_instance_uids]
+    except TypeError as error:
+        raise SegmentationTypeError(
+            "source_sop_instance_uids must be a sequence of UIDs, not "
+            f"{type(source_sop_instance_uids).__name__}."
+        ) from error
     if multiframe:
         raise SegmentationInputError(
             "The SEG's frames reference frames of a multi-frame image: choose its planes with "
@@ -357,7 +366,7 @@ def plane_order(
             "None of source_sop_instance_uids is a source image of this SEG (first: "
             f"{source_sop_instance_uids[0]}): are they of another series?"
         )
-    return [plane_of.get(str(uid), -1) for uid in source_sop_instance_uids]
+    return [plane_of.get(uid, -1) for uid in source_sop_instance_uids]
 
 
 def _frame_order(index: VolumeIndex, multiframe: set[str],

@@ -15,6 +15,7 @@ from test_volume_write import enhanced_image, shuffled_series, volume_mask
 
 from daskseg import (
     SegmentationInputError,
+    SegmentationTypeError,
     VolumeSegmentationReader,
     open_segmentation,
     read_segmentation,
@@ -90,6 +91,13 @@ def test_subset_reordered_and_chunks(tmp_path, thread_client):
     lazy = read_segmentation(path, source_sop_instance_uids=uids, chunks=2)
     assert lazy.chunks[0] == (2, 2, 2, 1)
     np.testing.assert_array_equal(lazy[3:5, ..., 1].compute(), mask[3:5] == 2)
+    # Any iterable, as highdicom takes: a numpy array (a pandas column's values), a generator.
+    for given in (np.array(chosen, dtype=object), (uid for uid in chosen)):
+        np.testing.assert_array_equal(
+            read_segmentation(path, source_sop_instance_uids=given, combine_segments=True),
+            mask[[4, 0, 2, 4]])
+    with pytest.raises(SegmentationTypeError):
+        read_segmentation(path, source_sop_instance_uids=7)
 
 
 def test_to_numpy_equals_highdicom(tmp_path, dask_client):
