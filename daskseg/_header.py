@@ -388,5 +388,12 @@ def segmentation_header(
         header = proxy_header(source, stacked, dtype, n_segments, tile, hd_options)
     except (ValueError, TypeError) as error:
         raise SegmentationInputError(f"highdicom refused the SEG's header: {error}") from error
+    except (AttributeError, KeyError, IndexError) as error:
+        # highdicom reads what it needs of the source without checking it is there.
+        raise SegmentationInputError(
+            "highdicom could not make the SEG's header from the source image(s): "
+            f"{type(error).__name__}: {error}. An attribute that it needs is missing or empty "
+            "in them (SliceThickness, PixelSpacing, or a functional group of each frame)."
+        ) from error
     header.TotalPixelMatrixRows, header.TotalPixelMatrixColumns = grid.rows, grid.columns
     return header

@@ -392,6 +392,13 @@ def _header_parts(
                                   {**hd_options, "dimension_organization_type": None})
     except (ValueError, TypeError) as error:
         raise SegmentationInputError(f"highdicom refused the SEG's header: {error}") from error
+    except (AttributeError, KeyError, IndexError) as error:
+        # highdicom reads what it needs of the source without checking it is there.
+        raise SegmentationInputError(
+            "highdicom could not make the SEG's header from the source image(s): "
+            f"{type(error).__name__}: {error}. An attribute that it needs is missing or empty "
+            "in them (SliceThickness, PixelSpacing, or a functional group of each frame)."
+        ) from error
     header = _volume_header(seg, series, hd_options)
     ahead = SequencesAhead(header, ("ReferencedSeriesSequence", "SegmentSequence",
                                     "SourceImageSequence"))

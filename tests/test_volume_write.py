@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 import shutil
 
@@ -192,6 +193,12 @@ def test_dciodvfy_reports_no_real_error(tmp_path, thread_client, segmentation_ty
     assert dciodvfy_errors(path, segmentation_type, "") == []
 
 
+def _without(dataset, keyword):
+    changed = copy.deepcopy(dataset)
+    delattr(changed, keyword)
+    return changed
+
+
 def test_refusals_leave_nothing_behind(tmp_path, thread_client):
     series = shuffled_series()
     descriptions = make_segment_descriptions(3)
@@ -211,6 +218,9 @@ def test_refusals_leave_nothing_behind(tmp_path, thread_client):
          "further_source_images is not supported"),
         (dict(mask=mask, source=series, dimension_organization_type="3D"),
          "not a regularly spaced volume"),
+        # highdicom reads SliceThickness without checking it is there (an AttributeError)
+        (dict(mask=mask, source=[_without(ds, "SliceThickness") for ds in series]),
+         "no attribute 'SliceThickness'"),
     ]
     for arguments, message in cases:
         mask_, source = arguments.pop("mask"), arguments.pop("source")
