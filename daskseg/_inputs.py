@@ -35,6 +35,7 @@ __all__ = [
     "as_dask_array",
     "check_destination",
     "check_mask_dtype",
+    "one_segment_plane",
     "drop_leading_axis",
     "normalize_mask",
     "parse_options",
@@ -267,6 +268,8 @@ def normalize_mask(
 ) -> tuple[da.Array, bool]:
     """Drop a leading axis of length 1; return the mask and whether segments are stacked."""
     mask = drop_leading_axis(mask, n_segments, expected)
+    if mask.ndim == 2 and mask.dtype.kind == "f":
+        mask = one_segment_plane(mask, n_segments)
     if mask.ndim == 2:
         stacked = False
     elif mask.ndim == 3:
@@ -284,6 +287,18 @@ def normalize_mask(
         )
     check_mask_dtype(mask.dtype, stacked, "image")
     return mask, stacked
+
+
+def one_segment_plane(mask: Any, n_segments: int) -> Any:
+    """A floating-point mask without a segment axis, as the one segment's plane (highdicom
+    takes such a mask as one segment, fractions or 0/1, never as labels)."""
+    if n_segments != 1:
+        raise SegmentationTypeError(
+            f"The mask is floating point without a segment axis, which is one segment (as in "
+            f"highdicom), but {n_segments} segments are described: stack one plane per segment "
+            "on the last axis, or give integer labels."
+        )
+    return mask[..., None]
 
 
 def check_mask_dtype(dtype: np.dtype, stacked: bool, kind_of_label: str = "image") -> None:

@@ -74,7 +74,13 @@ def read_nifti(path: str | os.PathLike) -> tuple[da.Array | np.ndarray, np.ndarr
         array = np.asanyarray(proxy)
     else:
         # NIfTI data is Fortran-ordered: slabs of the last axis are contiguous in the file.
+        # nibabel hands back values scaled by scl_slope/scl_inter, in the dtype that scaling
+        # gives (float for an SPM-style probability map), not the file's: one voxel says which,
+        # so that the mask is taken as the same values as from the .nii.gz.
+        scaled = np.asanyarray(proxy[(slice(0, 1),) * len(proxy.shape)]).dtype
         array = da.from_array(proxy, chunks=(-1, -1, 1) + (-1,) * (len(proxy.shape) - 3))
+        if array.dtype != scaled:  # the blocks come scaled already: no copy
+            array = array.astype(scaled, copy=False)
     return array, _RAS_TO_LPS @ np.asarray(affine, dtype=float)
 
 

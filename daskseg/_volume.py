@@ -36,7 +36,13 @@ from daskseg._header import (
     segment_parts,
     serialize,
 )
-from daskseg._inputs import WriteOptions, as_dask_array, check_mask_dtype, check_tile_for_codec
+from daskseg._inputs import (
+    WriteOptions,
+    as_dask_array,
+    check_mask_dtype,
+    check_tile_for_codec,
+    one_segment_plane,
+)
 from daskseg._nifti import is_nifti_path, match_to_series, read_nifti
 from daskseg._nrrd import is_nrrd_path, match_nrrd_to_series
 from daskseg._series import SourceSeries, load_source_series
@@ -65,8 +71,8 @@ def volume_mask(
         If the mask's shape does not fit the series and segments, or a NIfTI or NRRD file's
         geometry does not match the series'.
     SegmentationTypeError
-        If its values are neither boolean, integer nor floating point, or a label volume is
-        floating point.
+        If its values are neither boolean, integer nor floating point, or it is floating point
+        without a segment axis (one segment, as in highdicom) while several are described.
     """
     frames, rows, columns = series.number_of_frames, series.rows, series.columns
     if is_nifti_path(mask):
@@ -82,6 +88,8 @@ def volume_mask(
         ):
             array = array[None]
     expected = (frames, rows, columns)
+    if array.ndim == 3 and array.dtype.kind == "f" and tuple(array.shape) == expected:
+        array = one_segment_plane(array, n_segments)
     if array.ndim not in (3, 4) or tuple(array.shape[:3]) != expected:
         raise SegmentationInputError(
             f"The mask has shape {tuple(array.shape)}, but the source has {frames} frames of "

@@ -57,6 +57,26 @@ def test_nifti_in_any_axis_order_is_matched_to_the_series(tmp_path, axes, flips,
     np.testing.assert_array_equal(matched.array, volume)
 
 
+@pytest.mark.parametrize("name", ["mask.nii", "mask.nii.gz"])
+def test_scaled_nifti_is_taken_as_nibabel_scales_it(tmp_path, name):
+    """scl_slope / scl_inter (an SPM-style uint8 probability map): the mask is the values
+    nibabel returns, floats, from a lazily read .nii as from a .nii.gz."""
+    series = shuffled_series()
+    volume, array, affine = file_labels(series, (2, 1, 0), ())
+    image = nibabel.Nifti1Image(np.ascontiguousarray(array).astype(np.uint8),
+                                LPS_TO_RAS @ affine)
+    image.header.set_slope_inter(0.25, 0.0)
+    image.to_filename(tmp_path / name)
+    expected = np.asanyarray(nibabel.load(tmp_path / name).dataobj)
+    assert expected.dtype.kind == "f"
+    mask, stacked = volume_mask(tmp_path / name, series, 1)
+    assert stacked and mask.dtype.kind == "f"
+    np.testing.assert_array_equal(np.asarray(mask)[..., 0],
+                                  in_given_order(series, volume * 0.25))
+    with pytest.raises(SegmentationTypeError, match="floating point without a segment axis"):
+        volume_mask(tmp_path / name, series, 3)
+
+
 def test_nifti_with_one_volume_per_segment(tmp_path):
     series = shuffled_series(orientation=(1, 0, 0, 0, 1, 0))
     geometry = sorted_geometry(series)
@@ -116,8 +136,12 @@ def test_arrays_follow_the_given_order_and_wrong_shapes_are_refused():
         volume_mask(labels[:3], series, 3)
     with pytest.raises(SegmentationInputError, match="stacks 2 segment planes"):
         volume_mask(np.zeros((4, 5, 6, 2), bool), series, 3)
-    with pytest.raises(SegmentationTypeError, match="must hold integers"):
+    # Floating point without a segment axis is one segment, as in highdicom.
+    with pytest.raises(SegmentationTypeError, match="floating point without a segment axis"):
         volume_mask(labels.astype(float), series, 3)
+    mask, stacked = volume_mask(labels / 3.0, series, 1)
+    assert stacked and mask.shape == (4, 5, 6, 1)
+    np.testing.assert_array_equal(np.asarray(mask)[..., 0], labels / 3.0)
     one = load_source_series(make_ct_series(1, 5, 6))
     mask, stacked = volume_mask(np.ones((5, 6, 3), bool), one, 3)
     assert stacked and mask.shape == (1, 5, 6, 3)

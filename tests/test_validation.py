@@ -70,7 +70,7 @@ UPFRONT = [
      dict(dimension_organization_type="TILED_FULL", omit_empty_frames=True)),
     ("organization", SegmentationInputError, r"TILED_SPARSE' or 'TILED_FULL",
      dict(dimension_organization_type="3D")),
-    ("float label image", SegmentationTypeError, r"label image must hold integers",
+    ("float label image", SegmentationTypeError, r"floating point without a segment axis",
      dict(mask=(96, 128), dtype=np.float32)),
     ("max fractional value", SegmentationInputError, r"max_fractional_value must be in 1..255",
      dict(segmentation_type="FRACTIONAL", max_fractional_value=300)),

@@ -119,6 +119,22 @@ def test_matches_highdicom(tmp_path, thread_client, segmentation_type, transfer_
     assert_same_seg(ours, theirs, series, tmp_path)
 
 
+@pytest.mark.parametrize("segmentation_type", ["FRACTIONAL", "BINARY"])
+def test_a_floating_point_volume_is_one_segment_as_in_highdicom(tmp_path, thread_client,
+                                                                segmentation_type):
+    series = shuffled_series()
+    fractions = volume_mask("FRACTIONAL")[..., 0]  # (frames, rows, columns), no segment axis
+    mask = fractions if segmentation_type == "FRACTIONAL" else (fractions > 0).astype(np.float32)
+    descriptions = make_segment_descriptions(1, segmentation_type=segmentation_type)
+    uids = dict(series_instance_uid=hd.UID(), sop_instance_uid=hd.UID())
+    ours = write_segmentation(mask, series, descriptions, tmp_path / "ours.dcm",
+                              segmentation_type=segmentation_type, client=thread_client,
+                              **uids, **HD_OPTIONS)
+    theirs = hd.seg.Segmentation(series, mask.copy(), segmentation_type, descriptions,
+                                 **uids, **HD_OPTIONS)
+    assert_same_seg(pydicom.dcmread(ours), theirs, series, tmp_path)
+
+
 @pytest.mark.parametrize(
     ("segmentation_type", "mask"),
     [

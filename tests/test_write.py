@@ -18,6 +18,7 @@ from daskseg import (
     ALLOWED_TRANSFER_SYNTAXES,
     DestinationExistsError,
     SegmentationInputError,
+    SegmentationTypeError,
     write_segmentation,
 )
 from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
@@ -236,6 +237,23 @@ def test_inputs_zarr_path_numpy_and_leading_axis(tmp_path, thread_client):
         )
         got = hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True)
         np.testing.assert_array_equal(got, labels)
+
+
+def test_a_floating_point_image_is_one_segment_as_in_highdicom(tmp_path, thread_client):
+    """A 2-D float mask is that one segment's plane: the same SEG as with the axis given."""
+    source = make_slide(128, 128, tile_size=(64, 64))
+    fractions = (make_tissue_mask(128, 128, 1, chunks=64).compute() * 0.6).astype(np.float32)
+    descriptions = make_segment_descriptions(1, segmentation_type="FRACTIONAL")
+    options = dict(segmentation_type="FRACTIONAL", client=thread_client,
+                   series_instance_uid=hd.UID(), sop_instance_uid=hd.UID())
+    plane = write_segmentation(fractions, source, descriptions, tmp_path / "plane.dcm", **options)
+    stack = write_segmentation(fractions[..., None], source, descriptions, tmp_path / "stack.dcm",
+                               **options)
+    ours, stacked = pydicom.dcmread(plane), pydicom.dcmread(stack)
+    assert ours.PixelData == stacked.PixelData and ours.NumberOfFrames == stacked.NumberOfFrames
+    with pytest.raises(SegmentationTypeError, match="floating point without a segment axis"):
+        write_segmentation(fractions, source, make_segment_descriptions(2), tmp_path / "two.dcm",
+                           client=thread_client)
 
 
 def test_overwrite_and_nothing_left_on_failure(tmp_path, thread_client):
