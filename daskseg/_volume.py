@@ -47,6 +47,7 @@ from daskseg._nifti import is_nifti_path, match_to_series, read_nifti
 from daskseg._nrrd import is_nrrd_path, match_nrrd_to_series
 from daskseg._series import SourceSeries, load_source_series
 from daskseg._spool import encode_tasks, encoded_frames, numpy_block_task, spool_prefix
+from daskseg.encode import MaskValueError, Where
 from daskseg.errors import SegmentationInputError
 from daskseg.plan import FrameSpec, TileGrid
 
@@ -379,13 +380,33 @@ def write_volume_segmentation(
     # highdicom builds the header while the workers encode (as for a tiled image, see write).
     build_header = functools.partial(_header_parts, series, stacked, array.dtype,
                                      n_segments, hd_options, order)
-    with encoded_frames(client, tasks, destination, shape, progress, build_header, prefix) as (
-        spool, plane_nonempty, overlap, (header, planes, ahead)
-    ):
-        check_bits_allocated(header, spec)
-        _finish(destination, header, planes, ahead, series, order, spool, spec, grid,
-                plane_nonempty, overlap, options, hd_options, overwrite)
+    try:
+        with encoded_frames(client, tasks, destination, shape, progress, build_header,
+                            prefix) as (spool, plane_nonempty, overlap, (header, planes, ahead)):
+            check_bits_allocated(header, spec)
+            _finish(destination, header, planes, ahead, series, order, spool, spec, grid,
+                    plane_nonempty, overlap, options, hd_options, overwrite)
+    except MaskValueError as error:
+        if error.where is None:
+            raise
+        # The blocks are planes in slice order one below the other: say which mask frames.
+        message = str(error).replace(str(error.where), _in_mask_frames(error.where, series, order))
+        raise MaskValueError(message) from None
     return destination
+
+
+def _in_mask_frames(where: Where, series: SourceSeries, order: np.ndarray) -> str:
+    """Where a value is, in the mask's frames as given (a block's rows are planes in order)."""
+    rows = series.rows
+    first, last = where.rows[0] // rows, where.rows[1] // rows
+    frames = [int(order[plane]) for plane in range(first, last + 1)]
+    columns = f"columns {where.columns[0]}..{where.columns[1]}"
+    if len(frames) == 1:
+        uid = series.sop_instance_uids[frames[0]]
+        within = str(Where((where.rows[0] % rows, where.rows[1] % rows), where.columns))
+        return f"in mask frame {frames[0]} (of source image {uid}) {within}"
+    listed = ", ".join(map(str, frames[:8])) + (", ..." if len(frames) > 8 else "")
+    return f"in one of the mask frames {listed}, {columns}"
 
 
 def _header_parts(

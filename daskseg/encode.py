@@ -23,8 +23,8 @@ from daskseg.errors import SegmentationInputError
 from daskseg.plan import FrameSpec, block_location
 
 __all__ = [
-    "BlockResult", "encode_block", "encode_chunk", "encode_frame", "encode_numpy_block",
-    "segment_frame", "spool_block", "worker_spool_name", "write_all",
+    "BlockResult", "MaskValueError", "Where", "encode_block", "encode_chunk", "encode_frame",
+    "encode_numpy_block", "segment_frame", "spool_block", "worker_spool_name", "write_all",
 ]
 
 
@@ -64,54 +64,88 @@ class BlockResult:
         return cls(tile_row, tile_column, tile_nonempty, positions, lengths, data, overlap)
 
 
-def check_block_values(block: np.ndarray, spec: FrameSpec, where: str) -> None:
+@dataclass(frozen=True)
+class Where:
+    """Pixels of the mask a check covers: first and last row and column of its pixel matrix
+    (for a series, the planes in slice order one below the other)."""
+
+    rows: tuple[int, int]
+    columns: tuple[int, int]
+
+    def __str__(self) -> str:
+        if self.rows[0] == self.rows[1] and self.columns[0] == self.columns[1]:
+            return f"at row {self.rows[0]}, column {self.columns[0]}"
+        return (f"in rows {self.rows[0]}..{self.rows[1]}, "
+                f"columns {self.columns[0]}..{self.columns[1]}")
+
+
+class MaskValueError(SegmentationInputError):
+    """A value of the mask that the SEG cannot store, found by a block task; ``where`` it is,
+    for the client to say in the terms of the mask given (a series' mask frame, say)."""
+
+    def __init__(self, message: str, where: Where | None = None) -> None:
+        super().__init__(message)
+        self.where = where
+
+    def __reduce__(self) -> tuple:  # the location survives the way back from the worker
+        return type(self), (self.args[0], self.where)
+
+
+def check_block_values(block: np.ndarray, spec: FrameSpec, where: Where) -> None:
     """Raise SegmentationInputError if the block holds values the SEG cannot store."""
     if block.size == 0 or block.dtype == bool:
         return
     kind = block.dtype.kind
     if kind == "f":
         if not np.isfinite(block).all():
-            raise SegmentationInputError(
-                f"The mask holds NaN or infinite values {where}; a mask must be finite."
+            raise MaskValueError(
+                f"The mask holds NaN or infinite values {where}; a mask must be finite.",
+                where,
             )
         low, high = float(block.min()), float(block.max())
         if low < 0.0 or high > 1.0:
-            raise SegmentationInputError(
+            raise MaskValueError(
                 f"A floating-point mask must lie in [0, 1], but {where} it spans "
-                f"[{low}, {high}]."
+                f"[{low}, {high}].",
+                where,
             )
         if spec.segmentation_type != "FRACTIONAL" and not np.isin(block, (0.0, 1.0)).all():
-            raise SegmentationInputError(
+            raise MaskValueError(
                 f"A floating-point mask for a {spec.segmentation_type} SEG must hold only 0.0 "
-                f"and 1.0, but {where} it holds fractions; use segmentation_type='FRACTIONAL'."
+                f"and 1.0, but {where} it holds fractions; use segmentation_type='FRACTIONAL'.",
+                where,
             )
         return
     check_value_range(int(block.min()), int(block.max()), spec, where)
 
 
-def check_value_range(low: int, high: int, spec: FrameSpec, where: str) -> None:
+def check_value_range(low: int, high: int, spec: FrameSpec, where: Where) -> None:
     """Raise SegmentationInputError if integers in ``low..high`` cannot be stored."""
     if low < 0:
-        raise SegmentationInputError(
+        raise MaskValueError(
             f"The mask holds negative values (as low as {low}) {where}; labels and "
-            "segment planes must be non-negative."
+            "segment planes must be non-negative.",
+            where,
         )
     if not spec.stacked:
         if high > spec.n_segments:
-            raise SegmentationInputError(
+            raise MaskValueError(
                 f"The label image holds the label {high} {where}, but only "
-                f"{spec.n_segments} segments are described; describe every label or remove it."
+                f"{spec.n_segments} segments are described; describe every label or remove it.",
+                where,
             )
     elif spec.segmentation_type == "FRACTIONAL":
         if high > spec.max_fractional_value:
-            raise SegmentationInputError(
+            raise MaskValueError(
                 f"An integer FRACTIONAL mask holds stored values 0..max_fractional_value "
-                f"({spec.max_fractional_value}), but {where} it holds {high}."
+                f"({spec.max_fractional_value}), but {where} it holds {high}.",
+                where,
             )
     elif high > 1:
-        raise SegmentationInputError(
+        raise MaskValueError(
             f"A stack of segment planes for a {spec.segmentation_type} SEG must hold only 0 "
-            f"and 1, but {where} it holds {high}; pass a label image instead, or binarize."
+            f"and 1, but {where} it holds {high}; pass a label image instead, or binarize.",
+            where,
         )
 
 
@@ -175,8 +209,8 @@ def encode_block(
     block = np.asarray(block)
     rows, columns = block.shape[:2]
     th, tw = spec.tile_rows, spec.tile_columns
-    where = (f"in rows {tile_row * th}..{tile_row * th + rows - 1}, "
-             f"columns {tile_column * tw}..{tile_column * tw + columns - 1}")
+    where = Where((tile_row * th, tile_row * th + rows - 1),
+                  (tile_column * tw, tile_column * tw + columns - 1))
     # A label image of integers (or one segment's booleans): each tile's lowest and highest
     # value tell whether the block may be stored, which tiles are empty and, mostly, which
     # frames are uniform, without a pass over the pixels for each.
@@ -197,8 +231,14 @@ def encode_block(
     if labels:
         # The zeros of an edge block's padding cannot hide a negative or a too high label.
         tile_low, tile_high = tile_ranges(block, n_rows, n_columns)
-        if block.dtype != bool:
-            check_value_range(int(tile_low.min()), int(tile_high.max()), spec, where)
+        if block.dtype != bool and (tile_low.min() < 0 or tile_high.max() > spec.n_segments):
+            # Said of the first pixel that holds such a value.
+            i, j = np.argwhere((tile_low < 0) | (tile_high > spec.n_segments))[0]
+            tile = tiles[i, j]
+            r, c = np.argwhere((tile < 0) | (tile > spec.n_segments))[0]
+            row, column = int((tile_row + i) * th + r), int((tile_column + j) * tw + c)
+            check_value_range(int(tile_low[i, j]), int(tile_high[i, j]), spec,
+                              Where((row, row), (column, column)))
         tile_nonempty = tile_high > 0  # no value is negative now
     else:
         nonzero_axes = tuple(range(2, tiles.ndim))

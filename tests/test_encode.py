@@ -91,7 +91,7 @@ def test_label_block_out_of_range_is_refused_where_it_is(value, message):
     spec = FrameSpec("LABELMAP", 5, False, 4, 4, NATIVE, 8, 255, False)
     with pytest.raises(SegmentationInputError, match=message) as error:
         encode_block(labels, spec, 2, 3)
-    assert "rows 8..17, columns 12..21" in str(error.value)
+    assert "at row 17, column 21" in str(error.value)  # the block starts at row 8, column 12
 
 
 def test_frame_range_from_the_tile_range():

@@ -186,9 +186,12 @@ def test_values_checked_in_block_tasks(tmp_path, source, thread_client, name, se
         mask, match = da.from_array(both, chunks=40), "overlap"
     check_refused(tmp_path, SegmentationInputError, match, mask, source,
                   segmentation_type=segmentation_type, client=thread_client, **options)
-    # The message names where the bad value is, when the check is about a value.
+    # The message names where the bad value is, when the check is about a value: the pixel
+    # in a label image (found from the tiles' ranges), the block's rows otherwise.
     if name.startswith(("label", "negative", "fraction", "stored", "BINARY")):
-        with pytest.raises(SegmentationInputError, match="rows 64..95"):
+        labels = name in ("label above segments", "negative label")
+        where = "at row 70, column 100" if labels else "rows 64..95"
+        with pytest.raises(SegmentationInputError, match=where):
             write_segmentation(mask, source, make_segment_descriptions(2), tmp_path / "x.dcm",
                                segmentation_type=segmentation_type, client=thread_client, **options)
 

@@ -209,6 +209,12 @@ def test_dciodvfy_reports_no_real_error(tmp_path, thread_client, segmentation_ty
     assert dciodvfy_errors(path, segmentation_type, "") == []
 
 
+def _with_label(labels, frame, label):
+    labels = labels.copy()
+    labels[frame, 5, 6] = label
+    return labels
+
+
 def _without(dataset, keyword):
     changed = copy.deepcopy(dataset)
     delattr(changed, keyword)
@@ -234,6 +240,10 @@ def test_refusals_leave_nothing_behind(tmp_path, thread_client):
          "further_source_images is not supported"),
         (dict(mask=mask, source=series, dimension_organization_type="3D"),
          "not a regularly spaced volume"),
+        # a value check of a block task names the mask frame as given, not the block's rows
+        (dict(mask=_with_label(volume_mask("LABELMAP"), 3, 7), source=series),
+         f"label 7 in mask frame 3 (of source image {series[3].SOPInstanceUID}) at row 5, "
+         "column 6"),
         # highdicom reads SliceThickness without checking it is there (an AttributeError)
         (dict(mask=mask, source=[_without(ds, "SliceThickness") for ds in series]),
          "no attribute 'SliceThickness'"),
