@@ -629,8 +629,7 @@ def read_segmentation(
                     "tiled image."
                 )
         return reader.to_dask(chunks=chunks, **options)  # type: ignore[arg-type]
-    if chunks is not None and not isinstance(chunks, int):
-        raise SegmentationInputError("chunks of a volume SEG is a number of planes per chunk.")
     return reader.to_dask(source_sop_instance_uids=source_sop_instance_uids,
-                          source_frame_numbers=source_frame_numbers, chunks=chunks,
+                          source_frame_numbers=source_frame_numbers,
+                          chunks=chunks,  # type: ignore[arg-type]  # checked there
                           **options)  # type: ignore[arg-type]

@@ -98,6 +98,9 @@ def test_subset_reordered_and_chunks(tmp_path, thread_client):
             mask[[4, 0, 2, 4]])
     with pytest.raises(SegmentationTypeError):
         read_segmentation(path, source_sop_instance_uids=7)
+    for chunks in (0, -1, 2.5, (2, 2)):
+        with pytest.raises(SegmentationInputError, match="number of planes per chunk"):
+            read_segmentation(path, chunks=chunks)
 
 
 def test_to_numpy_equals_highdicom(tmp_path, dask_client):
