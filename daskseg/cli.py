@@ -45,20 +45,57 @@ def _open_mask(path: str) -> Any:
         except ValueError as error:  # numpy's verdict on the file's header
             raise UserError(f"mask {path} is not a NumPy .npy file: {error}") from None
     if lower.endswith((".tif", ".tiff")):
-        import dask.array as da
-        import tifffile
-        import zarr
-
-        try:
-            store = tifffile.imread(path, aszarr=True)
-        except FileNotFoundError:
-            raise UserError(f"mask {path} does not exist") from None
-        except tifffile.TiffFileError as error:
-            raise UserError(f"mask {path} is not a TIFF file: {error}") from None
-        return da.from_zarr(zarr.open_array(store, mode="r"))
+        return _tiff_mask(path)
     if "://" not in path and not os.path.exists(path):
         raise UserError(f"mask {path} does not exist")
     return path  # a Zarr store, a NIfTI or NRRD file: write_segmentation opens it
+
+
+class TiffRegions:
+    """A TIFF's first image (its full resolution) as an array read region by region.
+
+    Each region opens the file where it is read, on a worker: an open TIFF (tifffile's Zarr
+    store holds the file and a lock) cannot be sent to another process.
+    """
+
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: Any) -> None:
+        self.path, self.shape, self.dtype = path, shape, dtype
+        self.ndim = len(shape)
+
+    def __getitem__(self, key: Any) -> Any:
+        import tifffile
+        import zarr
+
+        with tifffile.imread(self.path, aszarr=True, level=0) as store:
+            return zarr.open_array(store, mode="r")[key]
+
+
+# Regions of a TIFF mask: whole tiles (or strips) of the file, about this many pixels a side.
+_TIFF_REGION = 4096
+
+
+def _tiff_mask(path: str) -> Any:
+    try:
+        import tifffile
+        import zarr
+    except ImportError:
+        raise UserError(
+            "reading a TIFF mask needs tifffile: pip install 'daskseg[tiff]'"
+        ) from None
+    import dask.array as da
+
+    try:
+        with tifffile.imread(path, aszarr=True, level=0) as store:
+            array = zarr.open_array(store, mode="r")
+            shape, dtype, stored = tuple(array.shape), array.dtype, tuple(array.chunks)
+    except FileNotFoundError:
+        raise UserError(f"mask {path} does not exist") from None
+    except tifffile.TiffFileError as error:
+        raise UserError(f"mask {path} is not a TIFF file: {error}") from None
+    # Rows and columns in whole tiles or strips of the file; samples (if any) whole.
+    chunks = tuple(max(1, _TIFF_REGION // size) * size for size in stored[:2]) + shape[2:]
+    return da.from_array(TiffRegions(os.path.abspath(path), shape, dtype), chunks=chunks,
+                         asarray=False, fancy=False, lock=False)
 
 
 def _client(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
@@ -95,6 +132,8 @@ def _encode(args: argparse.Namespace) -> None:
 
     if args.metadata and args.label:
         raise UserError("give the segments with --metadata FILE or with --label NAME (not both)")
+    if not args.pyramid and os.path.exists(args.output) and not args.overwrite:
+        raise UserError(f"{args.output} exists; pass --overwrite or choose another output")
     mask = _open_mask(args.mask)
     if args.metadata:
         descriptions, options = segment_descriptions_from_dcmqi(args.metadata)
@@ -214,7 +253,7 @@ def _decode(args: argparse.Namespace) -> None:
     if ome and os.path.exists(args.output):
         raise UserError(f"{args.output} exists; remove it or choose another output")
     nifti = args.output.lower().endswith((".nii", ".nii.gz"))
-    if nifti and os.path.exists(args.output) and not args.overwrite:
+    if not ome and os.path.exists(args.output) and not args.overwrite:
         raise UserError(f"{args.output} exists; pass --overwrite or choose another output")
     # A DICOMweb SEG: its metadata now, its frames fetched by the tasks on the workers.
     reader = open_segmentation(args.seg, headers=_dicomweb_headers() if web else None)
@@ -237,7 +276,7 @@ def _decode(args: argparse.Namespace) -> None:
         else:
             reader.to_zarr(
                 args.output, combine_segments=args.combine_segments, progress=not args.quiet,
-                client=client,
+                client=client, overwrite=args.overwrite,
             )
     if not args.quiet:
         print(f"wrote {args.output}")
@@ -351,7 +390,8 @@ def _parser() -> argparse.ArgumentParser:
     decode.add_argument("-o", "--output", required=True,
                         help="the Zarr store to write; NAME.ome.zarr writes OME-Zarr labels; "
                         "NAME.nii.gz the labels of a SEG of a series, in its geometry")
-    decode.add_argument("--overwrite", action="store_true", help="replace an existing NIfTI file")
+    decode.add_argument("--overwrite", action="store_true",
+                        help="replace an existing Zarr array or NIfTI file (not OME-Zarr)")
     decode.add_argument("--combine-segments", action="store_true",
                         help="one label image instead of a stack of segments")
     cluster_options(decode)

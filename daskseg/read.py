@@ -35,7 +35,12 @@ from daskseg._client import cluster_client
 from daskseg._malloc import register_on_current_client
 from daskseg._progress import progress_bar
 from daskseg._tasks import block_tasks, compute_into_memory, run_windowed
-from daskseg.errors import SegmentationFileError, SegmentationInputError, SegmentationTypeError
+from daskseg.errors import (
+    DestinationExistsError,
+    SegmentationFileError,
+    SegmentationInputError,
+    SegmentationTypeError,
+)
 from daskseg.plan import TileGrid, aligned_chunks
 
 if TYPE_CHECKING:
@@ -427,10 +432,16 @@ class SegmentationReader:
             segment_numbers=segment_numbers, combine_segments=combine_segments, relabel=relabel,
             rescale_fractional=rescale_fractional, dtype=dtype, chunks=chunks,
         )
-        target = zarr.create_array(
-            store, shape=array.shape, chunks=tuple(c[0] for c in array.chunks),
-            dtype=array.dtype, overwrite=overwrite,
-        )
+        try:
+            target = zarr.create_array(
+                store, shape=array.shape, chunks=tuple(c[0] for c in array.chunks),
+                dtype=array.dtype, overwrite=overwrite,
+            )
+        except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError) as error:
+            raise DestinationExistsError(
+                f"{store} holds a Zarr array or group already; pass overwrite=True to replace "
+                "it, or choose another store."
+            ) from error
         stores = da.store(array, target, lock=False, compute=False, return_stored=False)
         with _decoding(array, client, progress) as (client, bar):
             if client is None:

@@ -101,9 +101,38 @@ def test_encode_a_zarr_mask_with_labels_then_info_and_decode(inputs, tmp_path):
     assert main(["decode", str(out), "-o", str(decoded), "--combine-segments", "--threads", "1",
                  "--quiet"]) == 0
     np.testing.assert_array_equal(zarr.open_array(str(decoded), mode="r")[:], labels)
+    # An existing output: one line naming --overwrite, which replaces it.
+    again = run("decode", str(out), "-o", str(decoded), "--workers", "1", "--quiet")
+    assert again.returncode == 1 and again.stderr.strip().splitlines() == [
+        f"daskseg: error: {decoded} exists; pass --overwrite or choose another output"]
+    assert main(["decode", str(out), "-o", str(decoded), "--overwrite", "--threads", "1",
+                 "--quiet"]) == 0
+    assert zarr.open_array(str(decoded), mode="r").shape == (*labels.shape, 2)
+    again = run("encode", str(folder / "mask.zarr"), str(folder / "slide.dcm"), "-o", str(out),
+                "--label", "a", "--label", "b", "--quiet")
+    assert again.returncode == 1 and "pass --overwrite" in again.stderr
     # NIfTI is for SEGs of series: a slide's SEG is refused before any cluster starts.
     assert main(["decode", str(out), "-o", str(tmp_path / "labels.nii.gz"), "--quiet"]) == 1
     assert not (tmp_path / "labels.nii.gz").exists()
+
+
+@pytest.mark.parametrize("layout", [dict(tile=(64, 64)), dict(rowsperstrip=16), {}])
+def test_encode_a_tiff_mask_on_worker_processes(inputs, tmp_path, layout):
+    """Tiled or stripped (or one strip): read region by region where each block is encoded;
+    the open file itself cannot travel to a worker process."""
+    tifffile = pytest.importorskip("tifffile")
+    folder, labels = inputs
+    tiff = tmp_path / "mask.tif"
+    tifffile.imwrite(tiff, labels, compression="zlib", **layout)
+    array = daskseg.cli._open_mask(str(tiff))
+    assert array.shape == labels.shape and array.dtype == labels.dtype
+    out = tmp_path / "seg.dcm"
+    done = run("encode", str(tiff), str(folder / "slide.dcm"), "-o", str(out), "--label", "a",
+               "--label", "b", "--workers", "1", "--quiet")
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(
+        hd.seg.segread(out).get_total_pixel_matrix(combine_segments=True), labels
+    )
 
 
 def test_encode_npy_with_dcmqi_metadata(inputs, tmp_path):

@@ -23,7 +23,13 @@ from pydicom.uid import (
 
 import daskseg
 import daskseg._decode
-from daskseg import ALLOWED_TRANSFER_SYNTAXES, SegmentationInputError, open_segmentation, read_segmentation
+from daskseg import (
+    ALLOWED_TRANSFER_SYNTAXES,
+    DestinationExistsError,
+    SegmentationInputError,
+    open_segmentation,
+    read_segmentation,
+)
 from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
 
 # Every type x transfer syntax that daskseg supports (as highdicom allows them).
@@ -363,6 +369,13 @@ def test_to_zarr_stacked_on_local_threads(tmp_path):
                           fractional_values=True)
     store = tmp_path / "stacked.zarr"
     open_segmentation(path).to_zarr(str(store), chunks=100)
+    np.testing.assert_array_equal(
+        zarr.open_array(str(store), mode="r")[:], hd.seg.segread(path).get_total_pixel_matrix()
+    )
+    with pytest.raises(DestinationExistsError, match="overwrite=True"):
+        open_segmentation(path).to_zarr(str(store), chunks=100)
+    zarr.open_array(str(store), mode="r+")[:] = 0
+    open_segmentation(path).to_zarr(str(store), chunks=100, overwrite=True)
     np.testing.assert_array_equal(
         zarr.open_array(str(store), mode="r")[:], hd.seg.segread(path).get_total_pixel_matrix()
     )
