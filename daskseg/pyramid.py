@@ -11,6 +11,7 @@ gives highdicom's pixels; so the mask is read once per level.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
@@ -180,7 +181,8 @@ def write_segmentation_pyramid(
         are needed and each level's pixel spacing is scaled, as highdicom does).
     segment_descriptions : sequence of highdicom.seg.SegmentDescription
     folder : str or os.PathLike
-        Existing folder for ``level-0.dcm``, ``level-1.dcm``, ...
+        The folder for ``level-0.dcm``, ``level-1.dcm``, ...; made if missing (in an existing
+        folder), and removed again if the write fails.
     downsample_factors : sequence of float, optional
         With a single source: factors > 1, ascending; level k is ``int(size / factor)`` pixels.
     series_instance_uid, pyramid_uid, pyramid_label
@@ -210,8 +212,10 @@ def write_segmentation_pyramid(
         if key in options:
             raise SegmentationInputError(f"{key} is set per level; it cannot be given here.")
     folder = pathlib.Path(folder)
-    if not folder.is_dir():
-        raise SegmentationInputError(f"The folder {folder} does not exist; create it first.")
+    if not folder.is_dir() and (folder.exists() or not folder.parent.is_dir()):
+        raise SegmentationInputError(
+            f"{folder} is not a folder, nor can it be made one (its parent must exist)."
+        )
     sources = [load_source_image(s) for s in source_images]
     if not sources:
         raise SegmentationInputError("source_images is empty; give the slide or its pyramid.")
@@ -267,6 +271,8 @@ def write_segmentation_pyramid(
             "pass overwrite=True to replace the levels."
         )
     written: list[pathlib.Path] = []
+    made = not folder.exists()
+    folder.mkdir(exist_ok=True)
     try:
         for level, (shape, path) in enumerate(zip(shapes, paths)):
             source = sources[level] if len(sources) > 1 else sources[0]
@@ -298,5 +304,8 @@ def write_segmentation_pyramid(
         # Half a pyramid is no pyramid: remove the levels this call wrote.
         for path in written:
             path.unlink(missing_ok=True)
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     return written

@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from daskseg import DestinationExistsError, write_segmentation_pyramid
+from daskseg import DestinationExistsError, SegmentationInputError, write_segmentation_pyramid
 from daskseg.plan import aligned_chunks
 from daskseg.pyramid import downsample, nearest_indices
 from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
@@ -129,6 +129,19 @@ def test_no_partial_pyramid_on_failure(tmp_path, thread_client):
         write_segmentation_pyramid(flaky, [source], descriptions, tmp_path,
                                    downsample_factors=[2, 4], client=thread_client, **OPTIONS)
     assert list(tmp_path.iterdir()) == []  # level 0 was written, then removed
+    # A folder made for the pyramid goes again with it; one whose parent is missing is refused.
+    flaky = labels.map_blocks(fail_after_level_0, str(tmp_path / "new" / "level-0.dcm"),
+                              dtype=labels.dtype)
+    with pytest.raises(RuntimeError, match="went away"):
+        write_segmentation_pyramid(flaky, [source], descriptions, tmp_path / "new",
+                                   downsample_factors=[2, 4], client=thread_client, **OPTIONS)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SegmentationInputError, match="its parent must exist"):
+        write_segmentation_pyramid(labels, [source], descriptions, tmp_path / "a" / "b",
+                                   downsample_factors=[2], client=thread_client, **OPTIONS)
+    paths = write_segmentation_pyramid(labels, [source], descriptions, tmp_path / "new",
+                                       downsample_factors=[2], client=thread_client, **OPTIONS)
+    assert [p.name for p in paths] == ["level-0.dcm", "level-1.dcm"]
 
 
 @pytest.mark.parametrize("factor", [2, 3, 20])
