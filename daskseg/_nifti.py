@@ -20,7 +20,7 @@ import dask.array as da
 import numpy as np
 
 from daskseg._file import temporary_beside
-from daskseg._series import SourceSeries
+from daskseg._series import SourceSeries, load_source_series
 from daskseg.errors import MissingDependencyError, SegmentationInputError
 
 __all__ = ["is_nifti_path", "match_to_series", "read_nifti", "volume_to_nifti"]
@@ -231,14 +231,18 @@ def _match(
     return volume[slices]
 
 
-def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None) -> pathlib.Path:
+def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
+                    source_images: Any = None) -> pathlib.Path:
     """Write a volume SEG's planes as a NIfTI file in the series' geometry (RAS+ affine).
 
     The inverse of :func:`match_to_series`: the file's axes are (column, row, slice), its
     affine from the planes' positions, the shared orientation and pixel spacing. Labels
     (segments combined) for BINARY and LABELMAP, fractions of each segment on a fourth axis
     for FRACTIONAL. The slices run from the first to the last plane with frames; planes
-    without frames in between (omitted empty frames) are zeros.
+    without frames in between (omitted empty frames) are zeros. With ``source_images`` (the
+    series, as :func:`daskseg.write_segmentation` takes it), one slice for each of its images,
+    those without frames zeros: the geometry of the series itself, which the SEG alone does
+    not give when its first or last slices were left out as empty.
 
     Raises
     ------
@@ -265,7 +269,19 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None) ->
             "The SEG has no shared plane orientation and pixel spacing, so its voxels have no "
             "one geometry for NIfTI."
         ) from error
-    positions = reader.plane_positions()
+    if source_images is not None:
+        # The SEG must be of this series: its images are the planes, read by their UIDs.
+        series = load_source_series(source_images)
+        if series.multiframe:
+            raise SegmentationInputError(
+                "source_images for NIfTI output is a series of single-frame images."
+            )
+        order = series.sort_index()
+        uids = [series.sop_instance_uids[k] for k in order]
+        positions = series.positions[order]
+    else:
+        uids = None
+        positions = reader.plane_positions()
     # highdicom's volumes: slice, row and column indices are right-handed, so slices run along
     # column direction x row direction.
     normal = np.cross(orientation[3:], orientation[:3])
@@ -286,7 +302,8 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None) ->
             "normal), so they cannot be one NIfTI volume."
         )
     fractional = reader.segmentation_type == "FRACTIONAL"
-    planes = reader.to_numpy(combine_segments=not fractional, client=client)
+    planes = reader.to_numpy(combine_segments=not fractional, client=client,
+                             source_sop_instance_uids=uids)
     volume = np.zeros((int(index.max()) + 1 if len(index) else 0, *planes.shape[1:]),
                       dtype=planes.dtype)
     volume[index.astype(int)] = planes

@@ -184,7 +184,20 @@ def _encode(args: argparse.Namespace) -> None:
         for path in written:
             store_instance(path, args.stow, headers=headers)
             if not args.quiet:
-                print(f"stored {path} with STOW-RS")
+                print(f"stored {path} with STOW-RS: {_instance_url(args.stow, path)}")
+
+
+def _instance_url(root: str, path: Any) -> str:
+    """The stored instance's URL, for `daskseg info` and `decode` (PS3.18 10.4.1)."""
+    import pydicom
+
+    from daskseg.dicomweb import _redact
+
+    header = pydicom.dcmread(path, stop_before_pixels=True,
+                             specific_tags=["StudyInstanceUID", "SeriesInstanceUID",
+                                            "SOPInstanceUID"])
+    return (f"{_redact(root).rstrip('/')}/studies/{header.StudyInstanceUID}/series/"
+            f"{header.SeriesInstanceUID}/instances/{header.SOPInstanceUID}")
 
 
 def _dicomweb_headers() -> dict[str, str] | None:
@@ -258,6 +271,8 @@ def _decode(args: argparse.Namespace) -> None:
     # A DICOMweb SEG: its metadata now, its frames fetched by the tasks on the workers.
     reader = open_segmentation(args.seg, headers=_dicomweb_headers() if web else None)
     tiled = isinstance(reader, SegmentationReader)
+    if args.source and not nifti:
+        raise UserError("--source is for NIfTI output (-o labels.nii.gz) of a SEG of a series")
     if tiled and nifti:
         raise UserError(f"{args.seg} is a SEG of a tiled image; NIfTI output is for SEGs of "
                         "series (CT, MR...)")
@@ -268,7 +283,7 @@ def _decode(args: argparse.Namespace) -> None:
         if not isinstance(reader, SegmentationReader):  # a SEG of a series: its geometry
             from daskseg._nifti import volume_to_nifti
 
-            volume_to_nifti(reader, args.output, client=client)
+            volume_to_nifti(reader, args.output, client=client, source_images=args.source)
         elif ome:  # an OME-NGFF image whose labels/ holds the SEG as one label image
             from daskseg import segmentation_to_ome_zarr
 
@@ -392,6 +407,9 @@ def _parser() -> argparse.ArgumentParser:
                         "NAME.nii.gz the labels of a SEG of a series, in its geometry")
     decode.add_argument("--overwrite", action="store_true",
                         help="replace an existing Zarr array or NIfTI file (not OME-Zarr)")
+    decode.add_argument("--source", metavar="SERIES",
+                        help="NIfTI output: the source series (a folder), for one slice per "
+                        "image, empty ones too (the SEG alone spans its planes with frames)")
     decode.add_argument("--combine-segments", action="store_true",
                         help="one label image instead of a stack of segments")
     cluster_options(decode)

@@ -208,12 +208,15 @@ def test_source_header_from_the_server(slide, thread_client, tmp_path):
     assert from_url.SharedFunctionalGroupsSequence == from_dataset.SharedFunctionalGroupsSequence
 
 
-def test_encode_then_stow_on_the_command_line(orthanc, slide, tmp_path):
+def test_encode_then_stow_on_the_command_line(orthanc, slide, tmp_path, capsys):
     source, url = slide
     np.save(tmp_path / "mask.npy", make_tissue_mask(ROWS, COLUMNS, 1, chunks=(97, 131)).compute())
     out = tmp_path / "seg.dcm"
     assert main(["encode", str(tmp_path / "mask.npy"), url, "-o", str(out), "--label", "tissue",
-                 "--stow", orthanc, "--threads", "1", "--quiet"]) == 0
+                 "--stow", orthanc, "--threads", "1"]) == 0
+    # It says where the instance is now, for `daskseg info` and `decode`.
+    [stored] = [line for line in capsys.readouterr().out.splitlines() if "STOW-RS" in line]
+    assert stored == f"stored {out} with STOW-RS: {instance_url(orthanc, out)}"
     header = fetch_instance_metadata(instance_url(orthanc, out))
     assert header.SegmentSequence[0].SegmentLabel == "tissue"
     assert header.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID

@@ -188,6 +188,18 @@ def test_decode_to_nifti_round_trip(tmp_path, thread_client, omit):
     else:  # the whole series: matched back to it, frame k for series[k]
         matched = match_to_series(array, affine, load_source_series(series))
         np.testing.assert_array_equal(np.asarray(matched), labels)
+    # With the series, one slice per image, empty ones too: the round trip is whole.
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    for k, ds in enumerate(series):
+        ds.save_as(folder / f"{k}.dcm", enforce_file_format=True)
+    whole = tmp_path / "whole.nii.gz"
+    assert main(["decode", str(path), "-o", str(whole), "--source", str(folder),
+                 "--threads", "2", "--quiet"]) == 0
+    array, affine = read_nifti(whole)
+    assert array.shape[2] == len(series)
+    matched = match_to_series(array, affine, load_source_series(series))
+    np.testing.assert_array_equal(np.asarray(matched), labels)
     assert main(["decode", str(path), "-o", str(out), "--quiet"]) == 1  # exists
     # A SEG of a series has no tile grid to put in Zarr: NIfTI is asked for instead.
     assert main(["decode", str(path), "-o", str(tmp_path / "labels.zarr"), "--quiet"]) == 1
