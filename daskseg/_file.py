@@ -370,6 +370,9 @@ def write_file(
     empty_frame = None
     if tiled_full or not spec.omit_empty_frames:
         order = np.argwhere(np.ones(spool.lengths.shape, dtype=bool))
+        # Every tile is included: the dimension index counts them all from 1 (PS3.3
+        # C.7.6.17.1), as highdicom's does; empty rows and columns do not drop out of it.
+        tile_nonempty = np.ones_like(tile_nonempty)
     elif not tile_nonempty.any():
         # highdicom keeps every frame of an all-empty mask: omitting all is not possible.
         order = np.argwhere(np.ones(spool.lengths.shape, dtype=bool))

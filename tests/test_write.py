@@ -130,6 +130,31 @@ def test_matches_highdicom(tmp_path, thread_client, segmentation_type, transfer_
         np.testing.assert_array_equal(ours_seg.get_stored_frame(index), theirs_seg.get_stored_frame(index))
 
 
+@pytest.mark.parametrize("segmentation_type", ["BINARY", "LABELMAP"])
+def test_sparse_keeping_empty_frames_matches_highdicom(tmp_path, thread_client,
+                                                       segmentation_type):
+    """omit_empty_frames=False with TILED_SPARSE: every tile is a frame, so the dimension index
+    counts every tile row and column from 1, empty ones too (0 is not allowed)."""
+    source = make_slide(128, 192, tile_size=(32, 32))
+    labels = np.zeros((128, 192), np.uint8)
+    labels[3:20, 5:30] = 1  # in tile (0, 0) only: other tile rows and columns are empty
+    labels[40:50, 100:120] = 2
+    descriptions = make_segment_descriptions(2, segmentation_type=segmentation_type)
+    uids = (hd.UID(), hd.UID())
+    path = write_segmentation(
+        labels, source, descriptions, tmp_path / "ours.dcm", segmentation_type=segmentation_type,
+        omit_empty_frames=False, series_instance_uid=uids[0], sop_instance_uid=uids[1],
+        client=thread_client, **HD_OPTIONS,
+    )
+    theirs = highdicom_seg(source, labels, segmentation_type, descriptions, uids,
+                           omit_empty_frames=False)
+    ours = pydicom.dcmread(path)
+    assert dataset_differences(ours, theirs) == []
+    indices = [item.FrameContentSequence[0].DimensionIndexValues
+               for item in ours.PerFrameFunctionalGroupsSequence]
+    assert min(min(values) for values in indices) == 1
+
+
 @pytest.mark.parametrize("stacked", [False, True])
 def test_binary_stack_and_label_image_agree_with_mask(tmp_path, dask_client, stacked):
     rows, columns = 500, 700
