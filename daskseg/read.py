@@ -8,6 +8,7 @@ place, :class:`ReadOptions`, and say what the tasks make of the stored values.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import struct
 from collections.abc import Iterator, Mapping, Sequence
@@ -99,6 +100,13 @@ class ReadOptions:
     def output(self, reader: SegmentationReader) -> Output:
         """Check the options against a SEG as highdicom does; say what the tasks make of it."""
         available = reader.segment_numbers
+        if isinstance(self.segment_numbers, (str, bytes)) or not (
+            self.segment_numbers is None or hasattr(self.segment_numbers, "__iter__")
+        ):
+            raise SegmentationTypeError(
+                "segment_numbers is a sequence of segment numbers (or None for all), not "
+                f"{type(self.segment_numbers).__name__}."
+            )
         numbers = list(available if self.segment_numbers is None else self.segment_numbers)
         if not numbers:
             raise SegmentationInputError(
@@ -159,9 +167,18 @@ class ReadOptions:
         """The requested chunk size in pixels (rows, columns), before rounding to tiles."""
         if self.chunks is None:
             return (2048, 2048)
-        if isinstance(self.chunks, int):
-            return (self.chunks, self.chunks)
-        return self.chunks
+        sizes: Any = self.chunks
+        if isinstance(sizes, numbers.Integral):
+            sizes = (sizes, sizes)
+        if not (isinstance(sizes, (tuple, list)) and len(sizes) == 2 and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1
+            for v in sizes
+        )):
+            raise SegmentationInputError(
+                f"chunks is a number of pixels (rows and columns) or two numbers (rows, "
+                f"columns), each 1 or more, not {self.chunks!r}."
+            )
+        return int(sizes[0]), int(sizes[1])
 
 
 class SegmentationReader:

@@ -27,6 +27,7 @@ from daskseg import (
     ALLOWED_TRANSFER_SYNTAXES,
     DestinationExistsError,
     SegmentationInputError,
+    SegmentationTypeError,
     open_segmentation,
     read_segmentation,
 )
@@ -316,10 +317,17 @@ def _no_compute(*args, **kwargs):
     ({"dtype": np.uint8}, "floating-point"),
     ({"dtype": "U4"}, "cannot hold"),
     ({"combine_segments": True, "dtype": bool}, "cannot hold"),
+    ({"chunks": 0}, "each 1 or more"),
+    ({"chunks": -5}, "each 1 or more"),
+    ({"chunks": (512,)}, "two numbers"),
+    ({"chunks": "auto"}, "not 'auto'"),
+    ({"segment_numbers": 5}, "not int"),
 ])
 def test_bad_options_are_refused_before_any_work(tmp_path, kwargs, message):
     path = highdicom_file(tmp_path, "FRACTIONAL", ExplicitVRLittleEndian, "TILED_FULL")
-    with dask.config.set(scheduler=_no_compute), pytest.raises(SegmentationInputError, match=message):
+    with dask.config.set(scheduler=_no_compute), pytest.raises(
+        (SegmentationInputError, SegmentationTypeError), match=message
+    ):
         read_segmentation(path, **kwargs)
 
 
