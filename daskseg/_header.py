@@ -10,7 +10,7 @@ mask. The per-frame functional groups of a TILED_SPARSE SEG are written here ele
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import highdicom as hd
@@ -28,7 +28,8 @@ from daskseg.errors import SegmentationInputError
 from daskseg.plan import TileGrid, spatial_index_values
 
 __all__ = [
-    "FrameItems", "bits_allocated", "check_bits_allocated", "element_header", "encoded_elements",
+    "FrameItems", "bits_allocated", "check_bits_allocated", "described_numbers",
+    "element_header", "encoded_elements",
     "encoded_items", "frame_content_part",
     "header_from", "item", "proxy_header", "proxy_pixels", "segment_parts", "segmentation_header",
     "serialize",
@@ -49,7 +50,8 @@ def proxy_header(
     size_tags = (0x00480006, 0x00480007)  # TotalPixelMatrixColumns, TotalPixelMatrixRows
     proxy_source = Dataset({tag: elem for tag, elem in source.items() if tag not in size_tags})
     proxy_source.TotalPixelMatrixRows, proxy_source.TotalPixelMatrixColumns = tile
-    proxy = proxy_pixels((1, *tile), stacked, dtype, n_segments)
+    proxy = proxy_pixels((1, *tile), stacked, dtype, n_segments,
+                         described_numbers(hd_options))
     # The proxy's one frame is left native: the transfer syntax changes nothing in the header
     # but the file meta, and highdicom's own encoders fail on some valid frames (JPEG-LS tiles
     # smaller than 4 x 4) that daskseg's encoders take.
@@ -65,26 +67,34 @@ def proxy_header(
 
 
 def proxy_pixels(
-    shape: tuple[int, ...], stacked: bool, dtype: np.dtype, n_segments: int
+    shape: tuple[int, ...], stacked: bool, dtype: np.dtype, n_segments: int,
+    numbers: Sequence[int] | None = None,
 ) -> np.ndarray:
     """A proxy mask of ``shape`` (plus the segment axis when stacked) for highdicom.
 
     One non-zero pixel per segment, on different pixels: every segment present, none
-    overlapping, so highdicom takes the same branches as for the real mask.
+    overlapping, so highdicom takes the same branches as for the real mask. A label image's
+    values are the segment ``numbers`` (1..n_segments by default).
     """
+    values = list(numbers) if numbers is not None else list(range(1, n_segments + 1))
     full = (*shape, n_segments) if stacked else shape
     # highdicom branches on the kind of values (bool, unsigned, float), and takes no signed or
     # wide integers: those map to the unsigned type that holds every segment number.
     if dtype.kind in "iu":
-        dtype = np.dtype(np.uint8 if n_segments < 256 else np.uint16)
+        dtype = np.dtype(np.uint8 if values[-1] < 256 else np.uint16)
     proxy = np.zeros(full, dtype=dtype)
     flat = proxy.reshape(-1, n_segments) if stacked else proxy.reshape(-1)
     for index in range(min(n_segments, flat.shape[0])):
         if stacked:
             flat[index, index] = 1
         else:
-            flat[index] = index + 1
+            flat[index] = values[index]
     return proxy
+
+
+def described_numbers(hd_options: dict[str, Any]) -> list[int]:
+    """The segment numbers of highdicom's options' segment descriptions, in order."""
+    return [int(item.SegmentNumber) for item in hd_options["segment_descriptions"]]
 
 
 def header_from(seg: hd.seg.Segmentation, transfer_syntax_uid: str) -> Dataset:
@@ -347,7 +357,7 @@ class FrameItems:
         )
 
 
-def bits_allocated(segmentation_type: str, n_segments: int) -> int:
+def bits_allocated(segmentation_type: str, highest_number: int) -> int:
     """Bits Allocated of the SEG's frames, as highdicom chooses it (PS3.3 C.8.20.2).
 
     BINARY frames have 1 bit, FRACTIONAL 8; a LABELMAP has the smallest unsigned integer that
@@ -360,7 +370,7 @@ def bits_allocated(segmentation_type: str, n_segments: int) -> int:
     """
     if segmentation_type == "BINARY":
         return 1
-    if segmentation_type == "LABELMAP" and n_segments > 255:
+    if segmentation_type == "LABELMAP" and highest_number > 255:
         return 16
     return 8
 

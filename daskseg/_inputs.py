@@ -199,8 +199,10 @@ def _open_zarr_array(path: str | os.PathLike) -> zarr.Array:
         ) from error
 
 
-def segment_numbers(segment_descriptions: Sequence[hd.seg.SegmentDescription]) -> list[int]:
-    """The segment numbers 1..n of the descriptions, checked."""
+def segment_numbers(segment_descriptions: Sequence[hd.seg.SegmentDescription],
+                    segmentation_type: str = "BINARY") -> list[int]:
+    """The segment numbers of the descriptions, checked as highdicom checks them: 1..n in
+    order, or for a LABELMAP any ascending numbers in 1..65535 (its pixels hold them)."""
     if isinstance(segment_descriptions, (str, bytes)) or not isinstance(
         segment_descriptions, Sequence
     ):
@@ -219,9 +221,18 @@ def segment_numbers(segment_descriptions: Sequence[hd.seg.SegmentDescription]) -
                 f"not {type(item).__name__}."
             )
     numbers = [int(item.SegmentNumber) for item in segment_descriptions]
-    if numbers != list(range(1, len(numbers) + 1)):
+    if segmentation_type == "LABELMAP":
+        if numbers[0] < 1 or numbers[-1] > 65535 or any(
+            a >= b for a, b in zip(numbers, numbers[1:])
+        ):
+            raise SegmentationInputError(
+                "The segment numbers of a LABELMAP must be ascending, without repeats, in "
+                f"1..65535 (0 is the background), got {numbers}."
+            )
+    elif numbers != list(range(1, len(numbers) + 1)):
         raise SegmentationInputError(
-            f"Segment numbers must run 1..{len(numbers)} in order, got {numbers}."
+            f"Segment numbers must run 1..{len(numbers)} in order, got {numbers} (a "
+            "LABELMAP's may skip numbers)."
         )
     return numbers
 

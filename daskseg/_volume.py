@@ -27,6 +27,7 @@ from daskseg._file import SequencesAhead, check_native_size, write_file
 from daskseg._header import (
     bits_allocated,
     check_bits_allocated,
+    described_numbers,
     ds_element,
     element_header,
     frame_content_part,
@@ -49,7 +50,7 @@ from daskseg._series import SourceSeries, load_source_series
 from daskseg._spool import encode_tasks, encoded_frames, numpy_block_task, spool_prefix
 from daskseg.encode import MaskValueError, Where
 from daskseg.errors import SegmentationInputError
-from daskseg.plan import FrameSpec, TileGrid
+from daskseg.plan import FrameSpec, TileGrid, label_numbers
 
 __all__ = ["volume_mask", "write_volume_segmentation"]
 
@@ -132,7 +133,8 @@ def _proxy_segmentation(
     hd_options: dict[str, Any],
 ) -> hd.seg.Segmentation:
     """highdicom's SEG of the first source image (or frame), for a one-slice mask."""
-    proxy = proxy_pixels((1, series.rows, series.columns), stacked, dtype, n_segments)
+    proxy = proxy_pixels((1, series.rows, series.columns), stacked, dtype, n_segments,
+                         described_numbers(hd_options))
     return hd.seg.Segmentation(
         source_images=[_proxy_source(series)],
         pixel_array=proxy,
@@ -362,9 +364,11 @@ def write_volume_segmentation(
         tile_rows=series.rows,
         tile_columns=series.columns,
         transfer_syntax_uid=str(options.transfer_syntax_uid),
-        bits_allocated=bits_allocated(options.segmentation_type, n_segments),
+        bits_allocated=bits_allocated(options.segmentation_type,
+                                      described_numbers(hd_options)[-1]),
         max_fractional_value=options.max_fractional_value,
         omit_empty_frames=options.omit_empty_frames,
+        label_numbers=label_numbers(described_numbers(hd_options)),
     )
     n_planes = series.number_of_frames
     # One slice per tile row of a tall image: (planes * rows, columns[, segments]).

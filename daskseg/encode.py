@@ -128,10 +128,10 @@ def check_value_range(low: int, high: int, spec: FrameSpec, where: Where) -> Non
             where,
         )
     if not spec.stacked:
-        if high > spec.n_segments:
+        if high > spec.highest_label:
             raise MaskValueError(
-                f"The label image holds the label {high} {where}, but only "
-                f"{spec.n_segments} segments are described; describe every label or remove it.",
+                f"The label image holds the label {high} {where}, but {_described(spec)}; "
+                "describe every label or remove it.",
                 where,
             )
     elif spec.segmentation_type == "FRACTIONAL":
@@ -149,6 +149,29 @@ def check_value_range(low: int, high: int, spec: FrameSpec, where: Where) -> Non
         )
 
 
+def _described(spec: FrameSpec) -> str:
+    if spec.label_numbers:
+        return f"the segments described are numbered {list(spec.label_numbers)}"
+    return f"only {spec.n_segments} segments are described"
+
+
+def check_labels_described(block: np.ndarray, spec: FrameSpec, first_row: int,
+                           first_column: int) -> None:
+    """Raise unless every value of a label block in 0..highest_label is 0 or a described
+    segment number (a LABELMAP whose numbers skip some; PS3.3 C.8.20.2.3)."""
+    allowed = np.zeros(spec.highest_label + 1, dtype=bool)
+    allowed[[0, *spec.label_numbers]] = True
+    undescribed = ~allowed[block]
+    if undescribed.any():
+        r, c = np.argwhere(undescribed)[0]
+        where = Where((first_row + int(r),) * 2, (first_column + int(c),) * 2)
+        raise MaskValueError(
+            f"The label image holds the label {int(block[r, c])} {where}, but "
+            f"{_described(spec)}; describe every label or remove it.",
+            where,
+        )
+
+
 def segment_frame(tile: np.ndarray, spec: FrameSpec, channel: int) -> np.ndarray:
     """The stored values of one frame: segment ``channel + 1`` of a tile, or the label map.
 
@@ -161,7 +184,10 @@ def segment_frame(tile: np.ndarray, spec: FrameSpec, channel: int) -> np.ndarray
         if not spec.stacked:
             return tile.astype(dtype, copy=False)
         planes = tile.astype(bool, copy=False)
-        labels = planes.argmax(axis=-1).astype(dtype) + 1
+        if spec.label_numbers:  # plane k is segment label_numbers[k]
+            labels = np.asarray(spec.label_numbers, dtype=dtype)[planes.argmax(axis=-1)]
+        else:
+            labels = planes.argmax(axis=-1).astype(dtype) + 1
         return np.where(planes.any(axis=-1), labels, 0).astype(dtype, copy=False)
 
     plane = tile[..., channel] if spec.stacked else tile
@@ -231,14 +257,17 @@ def encode_block(
     if labels:
         # The zeros of an edge block's padding cannot hide a negative or a too high label.
         tile_low, tile_high = tile_ranges(block, n_rows, n_columns)
-        if block.dtype != bool and (tile_low.min() < 0 or tile_high.max() > spec.n_segments):
+        highest = spec.highest_label
+        if block.dtype != bool and (tile_low.min() < 0 or tile_high.max() > highest):
             # Said of the first pixel that holds such a value.
-            i, j = np.argwhere((tile_low < 0) | (tile_high > spec.n_segments))[0]
+            i, j = np.argwhere((tile_low < 0) | (tile_high > highest))[0]
             tile = tiles[i, j]
-            r, c = np.argwhere((tile < 0) | (tile > spec.n_segments))[0]
+            r, c = np.argwhere((tile < 0) | (tile > highest))[0]
             row, column = int((tile_row + i) * th + r), int((tile_column + j) * tw + c)
             check_value_range(int(tile_low[i, j]), int(tile_high[i, j]), spec,
                               Where((row, row), (column, column)))
+        if spec.label_numbers and block.dtype != bool:  # in range, but described?
+            check_labels_described(block, spec, tile_row * th, tile_column * tw)
         tile_nonempty = tile_high > 0  # no value is negative now
     else:
         nonzero_axes = tuple(range(2, tiles.ndim))

@@ -7,6 +7,7 @@ tile row, then tile column. A LABELMAP SEG has one "segment" axis entry: all lab
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from daskseg._codecs import CODECS, Codec
 
 __all__ = [
     "FrameSpec", "TileGrid", "aligned_chunks", "block_location", "included_frames",
-    "spatial_index_values", "writer_block_chunks",
+    "label_numbers", "spatial_index_values", "writer_block_chunks",
 ]
 
 
@@ -62,6 +63,14 @@ class FrameSpec:
     bits_allocated: int
     max_fractional_value: int
     omit_empty_frames: bool
+    # A LABELMAP's segment numbers when they are not 1..n_segments (its pixels hold them);
+    # empty otherwise.
+    label_numbers: tuple[int, ...] = ()
+
+    @property
+    def highest_label(self) -> int:
+        """The highest value a label image (or a LABELMAP frame) may hold."""
+        return self.label_numbers[-1] if self.label_numbers else self.n_segments
 
     @property
     def n_channels(self) -> int:
@@ -75,6 +84,11 @@ class FrameSpec:
     @property
     def codec(self) -> Codec:
         return CODECS[str(self.transfer_syntax_uid)]
+
+
+def label_numbers(numbers: Sequence[int]) -> tuple[int, ...]:
+    """:attr:`FrameSpec.label_numbers` of segment numbers: empty when they are 1..n."""
+    return () if list(numbers) == list(range(1, len(numbers) + 1)) else tuple(numbers)
 
 
 _MAX_TILES = 8  # tiles per chunk along an axis, by default

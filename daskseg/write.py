@@ -29,7 +29,7 @@ from daskseg._source import load_source_image
 from daskseg._spool import encode_tasks, encoded_frames, numpy_encode_tasks, spool_prefix
 from daskseg._version import __version__
 from daskseg.errors import SegmentationInputError
-from daskseg.plan import FrameSpec, TileGrid, writer_block_chunks
+from daskseg.plan import FrameSpec, TileGrid, label_numbers, writer_block_chunks
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -164,11 +164,11 @@ def write_segmentation(
     ...                    transfer_syntax_uid="1.2.840.10008.1.2.4.90")  # doctest: +SKIP
     """
     destination = _inputs.check_destination(path, overwrite)
-    numbers = _inputs.segment_numbers(segment_descriptions)
     volume = is_volume_source(source_image)
     options = _inputs.parse_options(segmentation_type, transfer_syntax_uid,
                                     dimension_organization_type, omit_empty_frames,
                                     max_fractional_value, use_extended_offset_table, volume=volume)
+    numbers = _inputs.segment_numbers(segment_descriptions, options.segmentation_type)
     hd_options: dict[str, Any] = dict(
         segmentation_type=options.segmentation_type,
         segment_descriptions=segment_descriptions,
@@ -221,9 +221,10 @@ def write_segmentation(
         tile_rows=tile[0],
         tile_columns=tile[1],
         transfer_syntax_uid=str(options.transfer_syntax_uid),
-        bits_allocated=bits_allocated(options.segmentation_type, len(numbers)),
+        bits_allocated=bits_allocated(options.segmentation_type, numbers[-1]),
         max_fractional_value=options.max_fractional_value,
         omit_empty_frames=options.omit_empty_frames,
+        label_numbers=label_numbers(numbers),
     )
     check_native_size(spec, grid)
 

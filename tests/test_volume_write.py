@@ -119,6 +119,22 @@ def test_matches_highdicom(tmp_path, thread_client, segmentation_type, transfer_
     assert_same_seg(ours, theirs, series, tmp_path)
 
 
+def test_labelmap_segment_numbers_may_skip_as_in_highdicom(tmp_path, thread_client):
+    series = shuffled_series()
+    numbers = (4, 17, 117)  # three of TotalSegmentator's structures, their own label values
+    labels = np.asarray((0, *numbers), np.uint8)[volume_mask("LABELMAP")]
+    descriptions = make_segment_descriptions(3, segmentation_type="LABELMAP")
+    for description, number in zip(descriptions, numbers):
+        description.SegmentNumber = number
+    uids = dict(series_instance_uid=hd.UID(), sop_instance_uid=hd.UID())
+    ours = write_segmentation(labels, series, descriptions, tmp_path / "ours.dcm",
+                              segmentation_type="LABELMAP", client=thread_client,
+                              **uids, **HD_OPTIONS)
+    theirs = hd.seg.Segmentation(series, labels.copy(), "LABELMAP", descriptions,
+                                 **uids, **HD_OPTIONS)
+    assert_same_seg(pydicom.dcmread(ours), theirs, series, tmp_path)
+
+
 @pytest.mark.parametrize("segmentation_type", ["FRACTIONAL", "BINARY"])
 def test_a_floating_point_volume_is_one_segment_as_in_highdicom(tmp_path, thread_client,
                                                                 segmentation_type):

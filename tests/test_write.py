@@ -130,6 +130,40 @@ def test_matches_highdicom(tmp_path, thread_client, segmentation_type, transfer_
         np.testing.assert_array_equal(ours_seg.get_stored_frame(index), theirs_seg.get_stored_frame(index))
 
 
+@pytest.mark.parametrize("numbers", [(2, 5, 9), (1, 7, 300)])
+@pytest.mark.parametrize("stacked", [False, True])
+def test_labelmap_segment_numbers_may_skip_as_in_highdicom(tmp_path, thread_client, numbers,
+                                                           stacked):
+    """A LABELMAP's pixels hold its segment numbers, which need not run 1..n (highdicom
+    checks only that they ascend); BitsAllocated follows the highest (16 for 300)."""
+    source = make_slide(96, 128, tile_size=(32, 32))
+    labels = np.zeros((96, 128), np.uint16)
+    labels[3:20, 5:60], labels[40:70, 10:30], labels[50:90, 90:120] = numbers
+    descriptions = make_segment_descriptions(3, segmentation_type="LABELMAP")
+    for description, number in zip(descriptions, numbers):
+        description.SegmentNumber = number
+    mask = np.stack([labels == n for n in numbers], axis=-1) if stacked else labels
+    uids = (hd.UID(), hd.UID())
+    path = write_segmentation(mask, source, descriptions, tmp_path / "ours.dcm",
+                              segmentation_type="LABELMAP", series_instance_uid=uids[0],
+                              sop_instance_uid=uids[1], client=thread_client, **HD_OPTIONS)
+    theirs = highdicom_seg(source, mask, "LABELMAP", descriptions, uids)
+    ours = pydicom.dcmread(path)
+    assert int(ours.BitsAllocated) == (16 if numbers[-1] > 255 else 8)
+    assert dataset_differences(ours, theirs) == []
+    np.testing.assert_array_equal(
+        hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True), labels)
+    # A label between the numbers is not described.
+    labels[0, 0] = 3
+    with pytest.raises(SegmentationInputError, match="label 3 at row 0, column 0.*numbered"):
+        write_segmentation(labels, source, descriptions, tmp_path / "bad.dcm",
+                           segmentation_type="LABELMAP", client=thread_client)
+    with pytest.raises(SegmentationInputError, match="must run 1..3"):
+        write_segmentation(labels, source, descriptions, tmp_path / "bad.dcm",
+                           segmentation_type="BINARY", client=thread_client)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours.dcm"]
+
+
 @pytest.mark.parametrize("segmentation_type", ["BINARY", "LABELMAP"])
 def test_sparse_keeping_empty_frames_matches_highdicom(tmp_path, thread_client,
                                                        segmentation_type):
