@@ -16,7 +16,7 @@ import numpy as np
 from pydicom.uid import UID
 
 from daskseg._codecs import CODECS, unpack_bits
-from daskseg.errors import SegmentationFileError
+from daskseg.errors import SegmentationFileError, SegmentationInputError
 from daskseg.plan import block_location
 from daskseg._frames import FrameLayout, FrameRef, FrameSource
 
@@ -152,7 +152,7 @@ def read_chunk(
                 elif not combine:
                     if output.rescale:
                         if values.max() > output.max_fractional:
-                            raise RuntimeError(  # as highdicom
+                            raise CombineError(  # a RuntimeError, as highdicom's
                                 "Segmentation image contains values greater than the "
                                 "MaximumFractionalValue recorded in the dataset."
                             )
@@ -164,7 +164,7 @@ def read_chunk(
                     if output.max_fractional is not None and np.any(
                         (values != 0) & (values != output.max_fractional)
                     ):
-                        raise ValueError(  # as highdicom
+                        raise SegmentationInputError(  # a ValueError, as highdicom's
                             "Cannot combine the segments of a FRACTIONAL SEG whose values are "
                             "not all 0 or MaximumFractionalValue; use combine_segments=False."
                         )
@@ -175,11 +175,16 @@ def read_chunk(
                     np.copyto(tile, output.labels[k], where=present)
                     labelled = int(np.count_nonzero(tile))
                     if labelled != expected:
-                        raise RuntimeError(  # as highdicom
+                        raise CombineError(  # a RuntimeError, as highdicom's
                             "Segments overlap, so they cannot be combined into one label image; "
                             "read with combine_segments=False."
                         )
     return out[: shape[0], : shape[1]]
+
+
+class CombineError(SegmentationInputError, RuntimeError):
+    """Segments that cannot be read as asked (overlapping, or fractions, combined): a daskseg
+    error, and a RuntimeError as highdicom raises in these cases."""
 
 
 def store_block(block: np.ndarray, target: Any, block_info: dict | None = None) -> np.ndarray:

@@ -462,6 +462,11 @@ class _MultipartFile(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def tell(self) -> int:
+        # requests takes the length to send as len() less tell(): RawIOBase's tell() raises
+        # (no seek), which requests takes as "all read" and sends the body chunked.
+        return self._position
+
     def readinto(self, buffer) -> int:
         view = memoryview(buffer)
         written = 0

@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import numbers
 import os
+import pathlib
+import shutil
 import struct
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -449,16 +452,46 @@ class SegmentationReader:
             segment_numbers=segment_numbers, combine_segments=combine_segments, relabel=relabel,
             rescale_fractional=rescale_fractional, dtype=dtype, chunks=chunks,
         )
+        # A local store is built beside its place and renamed there when complete: a failure
+        # (a damaged frame, segments that cannot be combined) leaves nothing behind.
+        destination = None
+        if isinstance(store, (str, os.PathLike)) and "://" not in os.fsdecode(store):
+            destination = pathlib.Path(os.fsdecode(store))
+        if destination is not None and destination.exists() and not overwrite:
+            raise DestinationExistsError(
+                f"{store} exists; pass overwrite=True to replace it, or choose another store."
+            )
+        partial = (destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.partial")
+                   if destination is not None else None)
         try:
             target = zarr.create_array(
-                store, shape=array.shape, chunks=tuple(c[0] for c in array.chunks),
-                dtype=array.dtype, overwrite=overwrite,
+                str(partial) if partial is not None else store, shape=array.shape,
+                chunks=tuple(c[0] for c in array.chunks), dtype=array.dtype, overwrite=overwrite,
             )
         except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError) as error:
             raise DestinationExistsError(
                 f"{store} holds a Zarr array or group already; pass overwrite=True to replace "
                 "it, or choose another store."
             ) from error
+        try:
+            self._store_into(array, target, client, progress)
+            if destination is not None and partial is not None:
+                if destination.is_dir():
+                    shutil.rmtree(destination)
+                elif destination.exists():
+                    destination.unlink()
+                partial.rename(destination)
+                target = zarr.open_array(str(destination), mode="r+")
+        except BaseException:
+            if partial is not None:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
+        return target
+
+    @staticmethod
+    def _store_into(array: da.Array, target: Any, client: Client | None,
+                    progress: bool) -> None:
+        """Decode ``array``'s blocks into the Zarr array ``target``."""
         stores = da.store(array, target, lock=False, compute=False, return_stored=False)
         with _decoding(array, client, progress) as (client, bar):
             if client is None:
@@ -479,7 +512,6 @@ class SegmentationReader:
                 for _ in run_windowed(client, block_tasks(stored).ravel().tolist(),
                                       "decode a block of the SEG into Zarr"):
                     bar.update(1)
-        return target
 
 
 @contextlib.contextmanager
@@ -630,9 +662,10 @@ def read_segmentation(
         The options do not fit the SEG (unknown segment numbers, a dtype too small, FRACTIONAL
         combined without rescaling, ``source_frame_numbers`` for a SEG of single-frame images
         or ``source_sop_instance_uids`` for one of a multi-frame image, a frame number below 1).
-    RuntimeError, ValueError
-        When computed, as highdicom: segments overlap and cannot be combined, or FRACTIONAL
-        values are not all 0 or MaximumFractionalValue and cannot be combined.
+    SegmentationInputError
+        When computed: segments overlap and cannot be combined, or FRACTIONAL values are not
+        all 0 or MaximumFractionalValue and cannot be combined; also a RuntimeError or a
+        ValueError, as highdicom raises in these cases.
 
     Notes
     -----

@@ -317,10 +317,14 @@ def test_credentials_reach_the_server_and_stay_out_of_messages():
 def test_too_large_for_the_server(stored, tmp_path):
     path, _ = stored[ExplicitVRLittleEndian]
     size = path.stat().st_size
-    with tiny_server(413) as root:
+    seen: list = []
+    with tiny_server(413, seen) as root:
         with pytest.raises(DICOMwebError, match="too large") as caught:
             store_instance(path, root)
     assert f"{size} bytes" in str(caught.value) and "limited to 1000 bytes" in str(caught.value)
+    # Sent with its length, not chunked (which not every server takes): the file and the
+    # multipart boundaries around it.
+    assert "Transfer-Encoding" not in seen[0] and int(seen[0]["Content-Length"]) > size
 
 
 def test_full_orthanc_storage_names_the_size(stored, tmp_path):

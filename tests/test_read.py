@@ -30,6 +30,7 @@ from daskseg import (
     SegmentationTypeError,
     open_segmentation,
     read_segmentation,
+    write_segmentation,
 )
 from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
 
@@ -308,6 +309,28 @@ def test_truncated_native_pixel_data_is_refused(tmp_path):
 
 def _no_compute(*args, **kwargs):
     raise AssertionError("validation computed something")
+
+
+@pytest.mark.parametrize("use_client", [False, True])
+def test_a_failed_to_zarr_leaves_nothing(tmp_path, dask_client, use_client):
+    """Overlapping segments cannot be combined: a daskseg error (and highdicom's RuntimeError)
+    found while decoding, and no store, partial or not, is left."""
+    source = make_slide(128, 128, tile_size=(64, 64))
+    planes = np.zeros((128, 128, 2), bool)
+    planes[10:80, 10:80, 0] = planes[40:120, 40:120, 1] = True
+    path = write_segmentation(planes, source, make_segment_descriptions(2), tmp_path / "o.dcm",
+                              client=dask_client)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(SegmentationInputError, match="overlap") as caught:
+        open_segmentation(path).to_zarr(str(out / "labels.zarr"), combine_segments=True,
+                                        client=dask_client if use_client else None)
+    assert isinstance(caught.value, RuntimeError)
+    assert list(out.iterdir()) == []
+    stacked = open_segmentation(path).to_zarr(out / "planes.zarr", client=dask_client)
+    assert stacked.store_path is not None and (out / "planes.zarr").is_dir()
+    np.testing.assert_array_equal(stacked[:], planes)
+    assert [p.name for p in out.iterdir()] == ["planes.zarr"]
 
 
 @pytest.mark.parametrize("kwargs, message", [
