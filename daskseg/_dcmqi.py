@@ -90,8 +90,13 @@ def segment_descriptions_from_dcmqi(
             data = json.loads(pathlib.Path(metadata).read_text())
         except FileNotFoundError:
             raise SegmentationInputError(f"metadata file {metadata} does not exist") from None
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise SegmentationInputError(f"metadata file {metadata} is not JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise SegmentationInputError(
+            "the metadata is not a JSON object with segmentAttributes (dcmqi's segmentation "
+            f"metadata), but a {type(data).__name__}"
+        )
     groups = data.get("segmentAttributes")
     if not groups:
         raise SegmentationInputError("the data has no segmentAttributes")

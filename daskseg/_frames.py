@@ -181,8 +181,10 @@ def check_header(
     if "SegmentSequence" not in header:
         raise _fail(name, "not a DICOM Segmentation (no SegmentSequence).")
     if tiled and "TotalPixelMatrixRows" not in header:
-        raise _fail(name, "the SEG is not of a tiled image (no TotalPixelMatrixRows); read it "
-                          "with highdicom.seg.segread instead.")
+        raise _fail(name, "the SEG is not of a tiled image (no TotalPixelMatrixRows). A SEG of "
+                          "a series or multi-frame image is read from a file only (over "
+                          "DICOMweb, retrieve the instance first), in a little-endian transfer "
+                          "syntax; highdicom.seg.segread reads the others.")
     if transfer_syntax:
         syntax = UID(str(header.file_meta.get("TransferSyntaxUID", "")))
         if syntax not in CODECS:

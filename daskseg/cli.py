@@ -103,6 +103,16 @@ def _client(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
     # A user's mistake found in a block task is reported as one line by main(); the workers'
     # own log of the failed task (with its traceback) would only repeat it.
     options: dict[str, Any] = {"silence_logs": logging.CRITICAL}
+    if args.scheduler:
+        from distributed.comm import parse_address, parse_host_port
+
+        try:
+            scheme, location = parse_address(args.scheduler)
+            if scheme in ("tcp", "tls"):
+                parse_host_port(location)
+        except ValueError as error:
+            raise UserError(f"--scheduler {args.scheduler!r} is not a scheduler's address "
+                            f"(tcp://host:8786): {error}") from None
     if args.threads:
         options.update(processes=False, threads_per_worker=args.threads)
     return cluster_client(address=args.scheduler, use_current=False, n_workers=args.workers,
@@ -153,7 +163,9 @@ def _encode(args: argparse.Namespace) -> None:
         try:
             parts = [int(v) for v in args.tile_size.lower().split("x")]
         except ValueError:
-            raise UserError(f"--tile-size takes N or RxC, not {args.tile_size!r}") from None
+            parts = []
+        if len(parts) not in (1, 2):
+            raise UserError(f"--tile-size takes N or RxC, not {args.tile_size!r}")
         tile_size = (parts[0], parts[-1])
     syntax = TRANSFER_SYNTAXES.get(args.transfer_syntax.lower(), args.transfer_syntax)
     start = time.perf_counter()
@@ -364,9 +376,9 @@ def _parser() -> argparse.ArgumentParser:
         group = sub.add_mutually_exclusive_group()
         group.add_argument("--scheduler", metavar="ADDRESS",
                            help="run on an existing cluster (tcp://host:8786)")
-        group.add_argument("--workers", type=int, metavar="N",
+        group.add_argument("--workers", type=_positive, metavar="N",
                            help="worker processes of a LocalCluster (default: one per core)")
-        sub.add_argument("--threads", type=int, help=argparse.SUPPRESS)  # in-process, for tests
+        sub.add_argument("--threads", type=_positive, help=argparse.SUPPRESS)  # for tests
         sub.add_argument("--quiet", "-q", action="store_true", help="no progress or messages")
 
     encode = commands.add_parser("encode", help="write a SEG from a mask and its slide")
@@ -427,15 +439,47 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The library's messages name its keyword arguments; the command's options do the same job.
+_CLI_WORDS = {
+    "pass overwrite=True": "pass --overwrite",
+    "as session= or headers=": "as $DASKSEG_DICOMWEB_TOKEN (a bearer token) or as "
+                               "user:password@ in the URL",
+}
+
+
+def _in_cli_words(message: str) -> str:
+    for library, command in _CLI_WORDS.items():
+        message = message.replace(library, command)
+    return message
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``daskseg`` command; return its exit status."""
     args = _parser().parse_args(argv)
     try:
         args.run(args)
+    except BrokenPipeError:
+        # The reader of the output went away (`daskseg info SEG | head`; the cluster's and the
+        # servers' broken connections come as daskseg's errors): stop quietly, as other tools
+        # do, with stdout on /dev/null so that the interpreter's flush at exit does not fail.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (UserError, DaskSegError, OSError) as error:
         # OSError: the user's files (missing, not writable, a folder); DaskSegError: a mistake
         # that daskseg found. Other exceptions are daskseg's bugs: their traceback is the report.
-        print(f"daskseg: error: {error}", file=sys.stderr)
+        print(f"daskseg: error: {_in_cli_words(str(error))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("daskseg: interrupted", file=sys.stderr)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
@@ -139,6 +140,13 @@ def parse_dicomweb_url(url: str) -> tuple[DICOMwebURL, dict[str, str]]:
         raise SegmentationInputError(
             f"{_redact(url)} is not a DICOMweb URL: expected "
             "{root}/studies/{study}/series/{series}[/instances/{sop}] over http or https."
+        )
+    if parts.query or parts.fragment:
+        # The requests are built from the root and the UIDs; a query (an API key, say) would
+        # silently not go with them.
+        raise SegmentationInputError(
+            f"{_redact(url)} has a query or fragment ('?...', '#...'), which daskseg does not "
+            "send with its requests: pass such credentials as headers= (or a session=)."
         )
     host = parts.hostname + (f":{parts.port}" if parts.port is not None else "")
     root = urlunsplit((parts.scheme, host, "/".join(segments[:at]), "", ""))
@@ -580,6 +588,20 @@ def store_instance(
             response.raise_for_status()
         except requests.HTTPError as error:
             _raise_for(error, url, f"storing {path.name} ({size} bytes)")
+    if answer is not None:
+        # A success lists the instance in ReferencedSOPSequence (PS3.18 10.5.3); Orthanc's
+        # plugin answers 200 with both sequences empty when its storage is full.
+        uid = pydicom.dcmread(path, stop_before_pixels=True,
+                              specific_tags=["SOPInstanceUID"]).get("SOPInstanceUID")
+        stored = {str(item.get("ReferencedSOPInstanceUID", ""))
+                  for item in answer.get("ReferencedSOPSequence", [])}
+        if str(uid) not in stored:
+            raise DICOMwebError(
+                f"{_redact(url)} answered HTTP {response.status_code} to storing {path.name} "
+                f"({size} bytes) without listing it as stored or as failed: it was not stored "
+                "(the server's log says why; a full storage, say).",
+                url=_redact(url), status=response.status_code,
+            )
     return answer if answer is not None else Dataset()
 
 

@@ -163,16 +163,47 @@ def test_encode_npy_with_dcmqi_metadata(inputs, tmp_path):
       "1.2.840.10008.1.2.4.50"], "lossy"),
     (["encode", "mask.npy", "slide.dcm", "-o", "x.dcm", "--label", "a", "--tile-size", "big"],
      "--tile-size takes N or RxC"),
+    (["encode", "mask.npy", "slide.dcm", "-o", "x.dcm", "--label", "a", "--tile-size",
+      "64x32x16"], "--tile-size takes N or RxC"),
+    (["encode", "mask.npy", "slide.dcm", "-o", "x.dcm", "--metadata", "list.json"],
+     "not a JSON object with segmentAttributes"),
+    (["encode", "mask.npy", "slide.dcm", "-o", "x.dcm", "--metadata", "slide.dcm"], "not JSON"),
+    (["encode", "mask.npy", "slide.dcm", "-o", "x.dcm", "--label", "a", "--scheduler",
+      "nonsense"], "is not a scheduler's address"),
     (["info", "nothing.dcm"], "does not exist"),
 ])
 def test_user_errors_are_one_line(inputs, args, message):
     folder, _ = inputs
-    args = [str(folder / a) if a in ("mask.npy", "slide.dcm") else a for a in args]
-    done = run(*args, *(["--threads", "1"] if args[0] == "encode" else []))
+    (folder / "list.json").write_text("[1, 2]")
+    args = [str(folder / a) if a in ("mask.npy", "slide.dcm", "list.json") else a for a in args]
+    threads = ["--threads", "1"] if args[0] == "encode" and "--scheduler" not in args else []
+    done = run(*args, *threads)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("daskseg: error:") and message in lines[-1], done.stderr
+
+
+@pytest.mark.parametrize("count", ["0", "-1", "two"])
+def test_worker_counts_below_one_are_usage_errors(inputs, count):
+    folder, _ = inputs
+    done = run("encode", str(folder / "mask.npy"), str(folder / "slide.dcm"), "-o", "x.dcm",
+               "--label", "a", "--workers", count)
+    assert done.returncode == 2 and "argument --workers" in done.stderr
+
+
+def test_an_existing_pyramid_names_the_option_and_a_closed_pipe_is_quiet(inputs, tmp_path):
+    folder, _ = inputs
+    args = [str(folder / "mask.npy"), str(folder / "slide.dcm"), "-o", str(tmp_path / "pyr"),
+            "--label", "a", "--label", "b", "--pyramid", "--threads", "1", "--quiet"]
+    assert main(["encode", *args]) == 0
+    again = run("encode", *args)
+    assert again.returncode == 1 and "pass --overwrite" in again.stderr
+    assert "overwrite=True" not in again.stderr
+    # `daskseg info SEG | head -1`: the reader goes away; no error about it.
+    info = subprocess.run(f"{sys.executable} -m daskseg info {tmp_path / 'pyr' / 'level-0.dcm'} "
+                          "| head -1", shell=True, capture_output=True, text=True, timeout=120)
+    assert info.stdout.startswith("file:") and info.stderr == ""
 
 
 def test_a_mistake_found_on_the_workers_is_one_line_too(inputs, tmp_path):
