@@ -275,10 +275,8 @@ def _decode(args: argparse.Namespace) -> None:
     if not web and not os.path.exists(args.seg):
         raise UserError(f"{args.seg} does not exist")
     ome = args.output.rstrip("/").lower().endswith(".ome.zarr")
-    if ome and os.path.exists(args.output):
-        raise UserError(f"{args.output} exists; remove it or choose another output")
     nifti = args.output.lower().endswith((".nii", ".nii.gz"))
-    if not ome and os.path.exists(args.output) and not args.overwrite:
+    if os.path.exists(args.output) and not args.overwrite:
         raise UserError(f"{args.output} exists; pass --overwrite or choose another output")
     # A DICOMweb SEG: its metadata now, its frames fetched by the tasks on the workers.
     reader = open_segmentation(args.seg, headers=_dicomweb_headers() if web else None)
@@ -299,7 +297,8 @@ def _decode(args: argparse.Namespace) -> None:
         elif ome:  # an OME-NGFF image whose labels/ holds the SEG as one label image
             from daskseg import segmentation_to_ome_zarr
 
-            segmentation_to_ome_zarr(reader, args.output, progress=not args.quiet, client=client)
+            segmentation_to_ome_zarr(reader, args.output, progress=not args.quiet, client=client,
+                                     overwrite=args.overwrite)
         else:
             reader.to_zarr(
                 args.output, combine_segments=args.combine_segments, progress=not args.quiet,
@@ -418,7 +417,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="the Zarr store to write; NAME.ome.zarr writes OME-Zarr labels; "
                         "NAME.nii.gz the labels of a SEG of a series, in its geometry")
     decode.add_argument("--overwrite", action="store_true",
-                        help="replace an existing Zarr array or NIfTI file (not OME-Zarr)")
+                        help="replace an existing output")
     decode.add_argument("--source", metavar="SERIES",
                         help="NIfTI output: the source series (a folder), for one slice per "
                         "image, empty ones too (the SEG alone spans its planes with frames)")

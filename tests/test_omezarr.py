@@ -159,6 +159,8 @@ def test_cli_decodes_to_ome_zarr_and_encodes_it_back(seg, tmp_path):
     out = tmp_path / "seg.ome.zarr"
     assert main(["decode", str(path), "-o", str(out), "--threads", "1", "-q"]) == 0
     assert main(["decode", str(path), "-o", str(out), "--threads", "1", "-q"]) != 0  # exists
+    assert main(["decode", str(path), "-o", str(out), "--threads", "1", "-q",
+                 "--overwrite"]) == 0
     label = {node.zarr.basename(): node for node in _nodes(out)}["segmentation"]
     np.testing.assert_array_equal(label.data[0].compute(), mask)
     # No --label or --metadata: the segments come from the image-label metadata.
