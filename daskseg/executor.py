@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import numbers
+import os
 import pickle
 import threading
 import time
@@ -289,7 +290,10 @@ def _hook_exit() -> None:
 
 def _finish_at_exit() -> None:
     for executor in list(_LIVE):
-        executor._finish_at_exit()
+        # Only in the process that made it: a forked child (a fork-based process pool's
+        # worker) has a copy without the sender thread, and would wait for it forever.
+        if executor._pid == os.getpid():
+            executor._finish_at_exit()
 
 
 
@@ -492,6 +496,7 @@ class DaskExecutor(Executor):
         self._closed = threading.Event()
         self._sender = threading.Thread(target=self._send_loop, name="DaskExecutor", daemon=True)
         self._sender.start()
+        self._pid = os.getpid()
         _LIVE.add(self)
         _hook_exit()
 

@@ -440,6 +440,19 @@ def test_an_argument_whose_nbytes_raises_is_sent_all_the_same(executor):
     assert type(args[0]).__name__ == "_CountsBadly"
 
 
+def test_a_process_forked_after_an_executor_exits(executor):
+    """A fork-based process pool made while a DaskExecutor lives: its workers inherit the
+    executor's exit hook, which must not wait in them for a sender thread they lack."""
+    executor.submit(square, 2).result(timeout=30)
+    context = multiprocessing.get_context("fork")
+    with cf.ProcessPoolExecutor(2, mp_context=context) as pool:
+        assert list(pool.map(mul, range(4), range(4))) == [0, 1, 4, 9]
+        processes = list(pool._processes.values())
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+
+
 def test_the_interpreter_waits_for_calls_at_exit(tmp_path):
     """"will not exit until all pending futures are done executing", after shutdown(wait=False)
     too, on a cluster the executor started and on one it was given."""
