@@ -242,19 +242,13 @@ def _collect(token: str) -> tuple[bool, Any, float]:
     return slot.result()
 
 
-def _sealed_outcomes(result: Any, collect: bool) -> Any:
-    """A task's result that could not be sent back, on the worker that holds it, with each
-    call's value sealed: only a value that cannot be pickled fails, and only its own call.
-    (Sealing every result up front would pickle each twice where distributed pickles results
-    with protocol 4, on its scheduler's connections: large arrays copied once more.)"""
-    def seal(outcome: tuple[bool, Any, float]) -> tuple[bool, Any, float]:
-        ok, value, seconds = outcome
-        return ok, _Sealed(value), seconds
-
-    if collect:
-        return seal(result)
+def _sealed_outcomes(result: tuple[list, str | None, str | None]) -> tuple:
+    """A batch's result that could not be sent back, on the worker that holds it, with each
+    call's value (or exception) sealed: only one that cannot be pickled fails, and only its
+    own call. (Sealing every result up front would pickle each twice where distributed
+    pickles results with protocol 4, on its scheduler's connections: arrays copied again.)"""
     outcomes, token, address = result
-    return [seal(outcome) for outcome in outcomes], token, address
+    return [(ok, _Sealed(value), seconds) for ok, value, seconds in outcomes], token, address
 
 
 def _run_chunk(fn: Callable, chunk: tuple[tuple, ...]) -> list:
@@ -294,7 +288,6 @@ def _finish_at_exit() -> None:
         # worker) has a copy without the sender thread, and would wait for it forever.
         if executor._pid == os.getpid():
             executor._finish_at_exit()
-
 
 
 def _flatten(chunks: Iterator[list]) -> Iterator:
@@ -729,11 +722,12 @@ class DaskExecutor(Executor):
         except _CallLost as lost:
             self._lost(calls, lost)
         except BaseException as error:
-            if remote.status == "finished" and not flight.sealed and len(calls) > 1:
+            if (remote.status == "finished" and not flight.collect and not flight.sealed
+                    and len(calls) > 1):
                 # The calls ran, but their results could not all be sent back together:
                 # seal each where they are, so that only an unpicklable one fails.
-                self._submit(list(calls), flight.fast, flight.collect, _sealed_outcomes, remote,
-                             flight.collect, sealed=True)
+                self._submit(list(calls), flight.fast, False, _sealed_outcomes, remote,
+                             sealed=True)
             elif flight.collect or flight.sealed or not self._unsent(calls, error):
                 self._fail(calls, error)
         else:
