@@ -9,6 +9,7 @@ with the same options (``read.ReadOptions``), so the values are those of highdic
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -157,8 +158,8 @@ class VolumeSegmentationReader:
         ``chunks`` is the number of planes per chunk (by default at most 32 MiB of output, and
         at least 16 chunks).
         """
-        if chunks is not None and (isinstance(chunks, bool) or not isinstance(chunks, int)
-                                   or chunks < 1):
+        if chunks is not None and (isinstance(chunks, bool)
+                                   or not isinstance(chunks, numbers.Integral) or chunks < 1):
             raise SegmentationInputError(
                 f"chunks of a volume SEG is a number of planes per chunk (1 or more), not "
                 f"{chunks!r}."
@@ -179,7 +180,7 @@ class VolumeSegmentationReader:
         rows, columns = self.frame_size
         plane_bytes = rows * columns * np.dtype(output.dtype).itemsize * (
             1 if combine_segments else len(output.numbers))
-        per_chunk = chunks if chunks is not None else max(1, min(_CHUNK_BYTES // plane_bytes,
+        per_chunk = int(chunks) if chunks is not None else max(1, min(_CHUNK_BYTES // plane_bytes,
                                                           -(-len(planes) // _MIN_CHUNKS)))
         starts = range(0, len(planes), per_chunk)
         plane_chunks = tuple(min(per_chunk, len(planes) - s) for s in starts)
