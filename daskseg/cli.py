@@ -51,7 +51,7 @@ def _open_mask(path: str) -> Any:
     return path  # a Zarr store, a NIfTI or NRRD file: write_segmentation opens it
 
 
-class TiffRegions:
+class _TiffRegions:
     """A TIFF's first image (its full resolution) as an array read region by region.
 
     Each region opens the file where it is read, on a worker: an open TIFF (tifffile's Zarr
@@ -94,7 +94,7 @@ def _tiff_mask(path: str) -> Any:
         raise UserError(f"mask {path} is not a TIFF file: {error}") from None
     # Rows and columns in whole tiles or strips of the file; samples (if any) whole.
     chunks = tuple(max(1, _TIFF_REGION // size) * size for size in stored[:2]) + shape[2:]
-    return da.from_array(TiffRegions(os.path.abspath(path), shape, dtype), chunks=chunks,
+    return da.from_array(_TiffRegions(os.path.abspath(path), shape, dtype), chunks=chunks,
                          asarray=False, fancy=False, lock=False)
 
 
