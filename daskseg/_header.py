@@ -9,6 +9,7 @@ mask. The per-frame functional groups of a TILED_SPARSE SEG are written here ele
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ from daskseg.plan import TileGrid, spatial_index_values
 
 __all__ = [
     "FrameItems", "bits_allocated", "check_bits_allocated", "described_numbers",
-    "element_header", "encoded_elements",
+    "element_header", "encoded_elements", "highdicom_refusals",
     "encoded_items", "frame_content_part",
     "header_from", "item", "proxy_header", "proxy_pixels", "segment_parts", "segmentation_header",
     "serialize",
@@ -90,6 +91,22 @@ def proxy_pixels(
         else:
             flat[index] = values[index]
     return proxy
+
+
+@contextlib.contextmanager
+def highdicom_refusals() -> Iterator[None]:
+    """highdicom's refusal to make the SEG's header, as a SegmentationInputError."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        raise SegmentationInputError(f"highdicom refused the SEG's header: {error}") from error
+    except (AttributeError, KeyError, IndexError) as error:
+        # highdicom reads what it needs of the source without checking it is there.
+        raise SegmentationInputError(
+            "highdicom could not make the SEG's header from the source image(s): "
+            f"{type(error).__name__}: {error}. An attribute that it needs is missing or empty "
+            "in them (SliceThickness, PixelSpacing, or a functional group of each frame)."
+        ) from error
 
 
 def described_numbers(hd_options: dict[str, Any]) -> list[int]:
@@ -394,16 +411,7 @@ def segmentation_header(
     """The SEG's header for the whole total pixel matrix, or SegmentationInputError."""
     n_segments = len(hd_options["segment_descriptions"])
     tile = (grid.tile_rows, grid.tile_columns)
-    try:
+    with highdicom_refusals():
         header = proxy_header(source, stacked, dtype, n_segments, tile, hd_options)
-    except (ValueError, TypeError) as error:
-        raise SegmentationInputError(f"highdicom refused the SEG's header: {error}") from error
-    except (AttributeError, KeyError, IndexError) as error:
-        # highdicom reads what it needs of the source without checking it is there.
-        raise SegmentationInputError(
-            "highdicom could not make the SEG's header from the source image(s): "
-            f"{type(error).__name__}: {error}. An attribute that it needs is missing or empty "
-            "in them (SliceThickness, PixelSpacing, or a functional group of each frame)."
-        ) from error
     header.TotalPixelMatrixRows, header.TotalPixelMatrixColumns = grid.rows, grid.columns
     return header

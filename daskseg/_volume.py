@@ -32,6 +32,7 @@ from daskseg._header import (
     element_header,
     frame_content_part,
     header_from,
+    highdicom_refusals,
     item,
     proxy_pixels,
     segment_parts,
@@ -420,18 +421,9 @@ def _header_parts(
     """The SEG's header, the per-frame items' parts of each plane in ``order`` (from
     highdicom's per-frame item of the proxy's frame), and the header's sequences that grow
     with the series and the segments, serialized."""
-    try:
+    with highdicom_refusals():
         seg = _proxy_segmentation(series, stacked, dtype, n_segments,
                                   {**hd_options, "dimension_organization_type": None})
-    except (ValueError, TypeError) as error:
-        raise SegmentationInputError(f"highdicom refused the SEG's header: {error}") from error
-    except (AttributeError, KeyError, IndexError) as error:
-        # highdicom reads what it needs of the source without checking it is there.
-        raise SegmentationInputError(
-            "highdicom could not make the SEG's header from the source image(s): "
-            f"{type(error).__name__}: {error}. An attribute that it needs is missing or empty "
-            "in them (SliceThickness, PixelSpacing, or a functional group of each frame)."
-        ) from error
     header = _volume_header(seg, series, hd_options)
     ahead = SequencesAhead(header, ("ReferencedSeriesSequence", "SegmentSequence",
                                     "SourceImageSequence"))

@@ -770,16 +770,22 @@ class DaskExecutor(Executor):
         with self._lock:
             if token is not None and address is not None:
                 self._collects.append((rest.pop(0), token, address))
-            for call in reversed(rest):
-                if call.future.done():  # failed meanwhile: the cluster went without workers
-                    continue
-                with call.future._condition:
-                    call.future._sent = False
-                if self._cancel_unstarted:
-                    call.future.cancel()
-                else:
-                    self._queue.appendleft(call)
-            self._lock.notify_all()
+            self._queue_again(rest)
+
+    def _queue_again(self, calls: list[_Call], alone: bool = False) -> None:
+        """Calls not started, at the head of the queue again (cancelled instead after
+        ``shutdown(cancel_futures=True)``). Called with the lock held."""
+        for call in reversed(calls):
+            if call.future.done():  # failed meanwhile: the cluster went without workers
+                continue
+            call.alone = call.alone or alone
+            with call.future._condition:
+                call.future._sent = False
+            if self._cancel_unstarted:
+                call.future.cancel()
+            else:
+                self._queue.appendleft(call)
+        self._lock.notify_all()
 
     def _unsent(self, calls: list[_Call], error: BaseException) -> bool:
         """A batch failed before any of its calls ran, not for the cluster's sake (a function
@@ -789,17 +795,7 @@ class DaskExecutor(Executor):
         if len(calls) < 2 or isinstance(error, CLUSTER_FAILURES):
             return False
         with self._lock:
-            for call in reversed(calls):
-                if call.future.done():
-                    continue
-                call.alone = True
-                with call.future._condition:
-                    call.future._sent = False
-                if self._cancel_unstarted:
-                    call.future.cancel()
-                else:
-                    self._queue.appendleft(call)
-            self._lock.notify_all()
+            self._queue_again(calls, alone=True)
         return True
 
     def _lost(self, calls: list[_Call], lost: _CallLost) -> None:
