@@ -101,6 +101,15 @@ def segment_descriptions_from_dcmqi(
     if not groups:
         raise SegmentationInputError("the data has no segmentAttributes")
     segments = [segment for group in groups for segment in group]
+    labels = [segment.get("labelID") for segment in segments]
+    repeated = sorted({label for label in labels if labels.count(label) > 1}, key=str)
+    if repeated:
+        raise SegmentationInputError(
+            f"labelID {repeated[0]} is in {labels.count(repeated[0])} segments of the metadata "
+            f"({len(groups)} segmentAttributes groups): dcmqi's itkimage2segimage takes one "
+            "image per group (its way of overlapping segments), daskseg one mask; give one "
+            "group, or a stack of segment planes (one description each)"
+        )
     descriptions = []
     for segment in sorted(segments, key=lambda s: int(s.get("labelID", 0))):
         if "labelID" not in segment:
@@ -154,7 +163,7 @@ def segment_descriptions_from_dcmqi(
     options = {}
     for key, option in [
         ("ContentCreatorName", "content_creator_name"),
-        ("SeriesDescription", "content_description"),
+        ("SeriesDescription", "series_description"),
         ("ContentLabel", "content_label"),
     ]:
         if key in data:

@@ -181,10 +181,20 @@ def check_header(
     if "SegmentSequence" not in header:
         raise _fail(name, "not a DICOM Segmentation (no SegmentSequence).")
     if tiled and "TotalPixelMatrixRows" not in header:
+        syntax = UID(str(header.file_meta.get("TransferSyntaxUID", "")))
+        if syntax.is_transfer_syntax and (syntax.is_deflated or not syntax.is_little_endian):
+            raise _fail(name, f"a SEG of a series or multi-frame image in transfer syntax "
+                              f"{syntax} ({syntax.name}) is not one daskseg reads; "
+                              "highdicom.seg.segread reads it.")
         raise _fail(name, "the SEG is not of a tiled image (no TotalPixelMatrixRows). A SEG of "
                           "a series or multi-frame image is read from a file only (over "
-                          "DICOMweb, retrieve the instance first), in a little-endian transfer "
-                          "syntax; highdicom.seg.segread reads the others.")
+                          "DICOMweb, retrieve the instance first); highdicom.seg.segread "
+                          "reads the others.")
+    if tiled:
+        for keyword in ("TotalPixelMatrixFocalPlanes", "NumberOfOpticalPaths"):
+            if int(header.get(keyword) or 1) != 1:
+                raise _fail(name, f"{keyword} is {header.get(keyword)}: daskseg reads SEGs of "
+                                  "one focal plane and one optical path.")
     if transfer_syntax:
         syntax = UID(str(header.file_meta.get("TransferSyntaxUID", "")))
         if syntax not in CODECS:

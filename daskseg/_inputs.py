@@ -63,6 +63,7 @@ class WriteOptions:
     omit_empty_frames: bool
     max_fractional_value: int
     use_extended_offset_table: bool | None
+    series_description: str | None = None  # highdicom takes none; set on its header
 
     @property
     def tiled_full(self) -> bool:

@@ -130,7 +130,7 @@ class VolumeSegmentationReader:
             )
         items = scan_frame_items(raw, 0, self.transfer_syntax_uid.is_implicit_VR)
         if len(items) != self.number_of_frames:
-            raise SegmentationInputError(
+            raise SegmentationFileError(
                 f"The SEG has {self.number_of_frames} frames but {len(items)} per-frame "
                 "functional group items: the file is inconsistent."
             )

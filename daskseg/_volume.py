@@ -389,6 +389,8 @@ def write_volume_segmentation(
         with encoded_frames(client, tasks, destination, shape, progress, build_header,
                             prefix) as (spool, plane_nonempty, overlap, (header, planes, ahead)):
             check_bits_allocated(header, spec)
+            if options.series_description is not None:
+                header.SeriesDescription = options.series_description
             _finish(destination, header, planes, ahead, series, order, spool, spec, grid,
                     plane_nonempty, overlap, options, hd_options, overwrite)
     except MaskValueError as error:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import pathlib
@@ -65,6 +66,7 @@ def write_segmentation(
     content_label: str | None = None,
     content_description: str | None = None,
     content_creator_name: str | None = None,
+    series_description: str | None = None,
     use_extended_offset_table: bool | None = None,
     client: Client | None = None,
     overwrite: bool = False,
@@ -122,6 +124,9 @@ def write_segmentation(
     series_number, instance_number, manufacturer, manufacturer_model_name, software_versions,
     device_serial_number, content_label, content_description, content_creator_name
         As highdicom; ``software_versions`` is daskseg's version by default.
+    series_description : str, optional
+        The SEG series' SeriesDescription (at most 64 characters), which highdicom's
+        Segmentation does not take; what viewers list the series by.
     use_extended_offset_table : bool, optional
         Encapsulated syntaxes: ``None`` (default) writes a Basic Offset Table, or an Extended
         Offset Table when the frames pass 4 GiB.
@@ -169,6 +174,13 @@ def write_segmentation(
                                     dimension_organization_type, omit_empty_frames,
                                     max_fractional_value, use_extended_offset_table, volume=volume)
     numbers = _inputs.segment_numbers(segment_descriptions, options.segmentation_type)
+    if series_description is not None:
+        if not isinstance(series_description, str) or len(series_description) > 64:
+            raise SegmentationInputError(
+                "series_description is a text of at most 64 characters (LO, PS3.5 6.2), not "
+                f"{series_description!r}."
+            )
+        options = dataclasses.replace(options, series_description=series_description)
     hd_options: dict[str, Any] = dict(
         segmentation_type=options.segmentation_type,
         segment_descriptions=segment_descriptions,
@@ -249,6 +261,8 @@ def write_segmentation(
         spool, nonempty, overlap, header
     ):
         check_bits_allocated(header, spec)
+        if options.series_description is not None:
+            header.SeriesDescription = options.series_description
         if header.get("SegmentsOverlap") != "UNDEFINED":
             header.SegmentsOverlap = "YES" if overlap else "NO"
         write_file(destination, header, spool, spec, grid, options.tiled_full, nonempty,

@@ -145,6 +145,7 @@ def test_encode_npy_with_dcmqi_metadata(inputs, tmp_path):
     ds = pydicom.dcmread(out)
     assert ds.SegmentationType == "LABELMAP" and ds.DimensionOrganizationType == "TILED_FULL"
     assert ds.ContentCreatorName == "Reader^One" and int(ds.SeriesNumber) == 300
+    assert ds.SeriesDescription == "Tumor segmentation"  # where dcmqi puts it
     segments = {int(s.SegmentNumber): s for s in ds.SegmentSequence}
     assert segments[1].SegmentLabel == "tumor" and segments[1].SegmentDescription == "Tumor"
     assert segments[2].SegmentAlgorithmType == "MANUAL"

@@ -16,7 +16,7 @@ def test_dcmqi_metadata_gives_descriptions_and_options():
     descriptions, options = segment_descriptions_from_dcmqi(DCMQI)
     assert [int(d.SegmentNumber) for d in descriptions] == [1, 2]
     assert options == {"content_creator_name": "Reader^One",
-                       "content_description": "Tumor segmentation", "series_number": 300,
+                       "series_description": "Tumor segmentation", "series_number": 300,
                        "instance_number": 1}
     assert "RecommendedDisplayCIELabValue" in descriptions[0]
 
@@ -34,6 +34,9 @@ def test_dcmqi_metadata_from_a_file(tmp_path):
     ({"segmentAttributes": [[{"labelID": 1, "SegmentAlgorithmType": "GUESS"}]]},
      "SegmentAlgorithmType"),
     ({"segmentAttributes": [[{"labelID": 1}]]}, "SegmentedPropertyCategoryCodeSequence"),
+    # dcmqi's overlapping segments: one image per group, label values repeated across groups
+    ({"segmentAttributes": [[{"labelID": 1}], [{"labelID": 1}]]},
+     "labelID 1 is in 2 segments of the metadata .2 segmentAttributes groups"),
 ])
 def test_bad_metadata_raises_an_input_error(metadata, message):
     with pytest.raises(SegmentationInputError, match=message):

@@ -307,6 +307,17 @@ def test_truncated_native_pixel_data_is_refused(tmp_path):
         open_segmentation(tmp_path / "short.dcm")
 
 
+@pytest.mark.parametrize("keyword", ["TotalPixelMatrixFocalPlanes", "NumberOfOpticalPaths"])
+def test_several_focal_planes_or_optical_paths_are_refused(tmp_path, keyword):
+    """Not read as if there were one (the frames of one plane taken for the whole)."""
+    ds = pydicom.dcmread(highdicom_file(tmp_path, "BINARY", ExplicitVRLittleEndian,
+                                        "TILED_FULL"))
+    setattr(ds, keyword, 2)
+    ds.save_as(tmp_path / "planes.dcm")
+    with pytest.raises(SegmentationInputError, match=f"{keyword} is 2: daskseg reads SEGs of one"):
+        open_segmentation(tmp_path / "planes.dcm")
+
+
 def _no_compute(*args, **kwargs):
     raise AssertionError("validation computed something")
 

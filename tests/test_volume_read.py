@@ -8,6 +8,7 @@ import stat
 
 import highdicom as hd
 import numpy as np
+import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
 from _geometry import sorted_geometry
@@ -150,6 +151,12 @@ def test_refusals(tmp_path, thread_client, testdata):
     if tiled.exists():
         with pytest.raises(SegmentationInputError, match="tiled image"):
             read_segmentation(tiled, source_sop_instance_uids=[hd.UID()])
+    # A transfer syntax the volume reader does not take is named as such.
+    deflated = pydicom.dcmread(path)
+    deflated.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    deflated.save_as(tmp_path / "deflated.dcm")
+    with pytest.raises(SegmentationInputError, match="Deflated Explicit VR Little Endian"):
+        open_segmentation(tmp_path / "deflated.dcm")
 
 
 def test_implicit_and_axial_many_segments(tmp_path, thread_client):
