@@ -114,7 +114,54 @@ def read_nrrd(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, str]:
     affine[:3, 3] = origin
     if other:
         array = np.moveaxis(array, other[0], -1)
+    segments = _slicer_segments(header)
+    if segments is not None:
+        array = _slicer_mask(array, segments, path)
     return array, _TO_LPS[space] @ affine, space
+
+
+def _slicer_segments(header: dict[str, Any]) -> list[tuple[int, int]] | None:
+    """3D Slicer's segments (``SegmentN_Layer``, ``SegmentN_LabelValue``) in their order, or
+    None for a file without them."""
+    segments: list[tuple[int, int]] = []
+    while f"Segment{len(segments)}_LabelValue" in header:
+        n = len(segments)
+        try:
+            segments.append((int(header.get(f"Segment{n}_Layer", 0)),
+                             int(header[f"Segment{n}_LabelValue"])))
+        except ValueError:
+            return None  # not Slicer's numbers: the file's values are taken as they are
+    return segments or None
+
+
+def _slicer_mask(array: np.ndarray, segments: list[tuple[int, int]],
+                 path: pathlib.Path) -> np.ndarray:
+    """The mask of a Slicer segmentation with segment k (in Slicer's order) as label k + 1, or
+    as plane k: Slicer stores segment k as the value ``LabelValue`` of layer ``Layer``, several
+    segments to a layer and overlapping ones in more layers (a fourth axis)."""
+    layers = array.shape[3] if array.ndim == 4 else 1
+    if any(not 0 <= layer < layers or value < 1 for layer, value in segments):
+        raise SegmentationInputError(
+            f"The NRRD mask {path} names segments {segments} (layer, label value) that its "
+            f"{layers} layer(s) cannot hold."
+        )
+    if array.ndim == 3:
+        values = [value for _, value in segments]
+        if values == list(range(1, len(values) + 1)):
+            return array
+        found = np.unique(array)
+        unnamed = sorted(set(found.tolist()) - {0, *values})
+        if unnamed:
+            raise SegmentationInputError(
+                f"The NRRD mask {path} holds the value {unnamed[0]}, which none of its segments "
+                f"(Segment*_LabelValue {values}) is."
+            )
+        lookup = np.zeros(int(max(found.max(), *values)) + 1, dtype=np.uint16)
+        lookup[values] = np.arange(1, len(values) + 1)
+        return lookup[array.astype(np.intp, copy=False)]
+    if segments == [(layer, 1) for layer in range(layers)]:
+        return array  # one segment a layer, as value 1: the planes already
+    return np.stack([array[..., layer] == value for layer, value in segments], axis=-1)
 
 
 def match_nrrd_to_series(path: str | os.PathLike, series: SourceSeries) -> da.Array | np.ndarray:

@@ -126,6 +126,45 @@ def test_nrrd_with_one_volume_per_segment(tmp_path):
     np.testing.assert_array_equal(mask, in_given_order(series, planes))
 
 
+def test_a_slicer_segmentation_gives_its_segments_in_slicer_order(tmp_path):
+    """3D Slicer's .seg.nrrd: segment k is the value Segment{k}_LabelValue of layer
+    Segment{k}_Layer; several segments share a layer, overlapping ones take more layers."""
+    series = shuffled_series(orientation=(1, 0, 0, 0, 1, 0))
+    geometry = sorted_geometry(series)
+    shape = geometry.spatial_shape
+    labels = random_labels(shape, seed=4)  # values 0..3
+    stored = np.asarray([0, 5, 9, 2], np.uint8)[labels]  # Slicer's label values 5, 9, 2
+    array, affine = permute(stored, geometry.affine, (2, 1, 0))
+    header = {**_header(affine), "Segment0_LabelValue": "5", "Segment0_Layer": "0",
+              "Segment1_LabelValue": "9", "Segment1_Layer": "0",
+              "Segment2_LabelValue": "2", "Segment2_Layer": "0"}
+    mask, stacked = volume_mask(_save(tmp_path, array, header, "one.seg.nrrd"), series, 3)
+    assert not stacked
+    np.testing.assert_array_equal(mask, in_given_order(series, labels))
+
+    # Two layers: layer 0 holds segments 0 (value 1) and 1 (value 2), layer 1 segment 2 (1).
+    second = (random_labels(shape, seed=5) > 2).astype(np.uint8)
+    layered = np.stack([np.where(labels == 3, 0, labels), second], axis=-1)
+    array, affine = permute(layered, geometry.affine, (2, 1, 0))
+    header = _header(affine)
+    header["space directions"] = np.vstack([np.full(3, np.nan), header["space directions"]])
+    header.update({"kinds": ["list", "domain", "domain", "domain"],
+                   "Segment0_LabelValue": "1", "Segment0_Layer": "0",
+                   "Segment1_LabelValue": "2", "Segment1_Layer": "0",
+                   "Segment2_LabelValue": "1", "Segment2_Layer": "1"})
+    path = _save(tmp_path, np.moveaxis(array, 3, 0), header, "layers.seg.nrrd")
+    mask, stacked = volume_mask(path, series, 3)
+    assert stacked
+    expected = np.stack([layered[..., 0] == 1, layered[..., 0] == 2, second == 1], axis=-1)
+    np.testing.assert_array_equal(mask, in_given_order(series, expected))
+
+    # A value that no segment names is refused.
+    array, affine = permute(stored, geometry.affine, (2, 1, 0))
+    header = {**_header(affine), "Segment0_LabelValue": "5", "Segment1_LabelValue": "9"}
+    with pytest.raises(SegmentationInputError, match="holds the value 2, which none"):
+        volume_mask(_save(tmp_path, array, header, "unnamed.seg.nrrd"), series, 2)
+
+
 @pytest.mark.parametrize("space", [LPS, "RAS"])
 def test_a_seg_of_an_nrrd_holds_its_labels_in_series_order(tmp_path, thread_client, space):
     datasets = make_ct_series(6, 24, 20, orientation=OBLIQUE)
