@@ -155,6 +155,14 @@ def _described(spec: FrameSpec) -> str:
     return f"only {spec.n_segments} segments are described"
 
 
+def _first_pixel(block: np.ndarray, bad: np.ndarray, first_row: int,
+                 first_column: int) -> tuple[int, Where]:
+    """The value of the block's first pixel where ``bad`` holds, and where it is (a message's
+    words; on the error path only)."""
+    r, c = (int(v) for v in np.argwhere(bad)[0])
+    return int(block[r, c]), Where((first_row + r,) * 2, (first_column + c,) * 2)
+
+
 def check_labels_described(block: np.ndarray, spec: FrameSpec, first_row: int,
                            first_column: int) -> None:
     """Raise unless every value of a label block in 0..highest_label is 0 or a described
@@ -163,10 +171,9 @@ def check_labels_described(block: np.ndarray, spec: FrameSpec, first_row: int,
     allowed[[0, *spec.label_numbers]] = True
     undescribed = ~allowed[block]
     if undescribed.any():
-        r, c = np.argwhere(undescribed)[0]
-        where = Where((first_row + int(r),) * 2, (first_column + int(c),) * 2)
+        label, where = _first_pixel(block, undescribed, first_row, first_column)
         raise MaskValueError(
-            f"The label image holds the label {int(block[r, c])} {where}, but "
+            f"The label image holds the label {label} {where}, but "
             f"{_described(spec)}; describe every label or remove it.",
             where,
         )
@@ -259,13 +266,10 @@ def encode_block(
         tile_low, tile_high = tile_ranges(block, n_rows, n_columns)
         highest = spec.highest_label
         if block.dtype != bool and (tile_low.min() < 0 or tile_high.max() > highest):
-            # Said of the first pixel that holds such a value.
-            i, j = np.argwhere((tile_low < 0) | (tile_high > highest))[0]
-            tile = tiles[i, j]
-            r, c = np.argwhere((tile < 0) | (tile > highest))[0]
-            row, column = int((tile_row + i) * th + r), int((tile_column + j) * tw + c)
-            check_value_range(int(tile_low[i, j]), int(tile_high[i, j]), spec,
-                              Where((row, row), (column, column)))
+            # Said of the first pixel that holds such a value, with that pixel's value.
+            value, at = _first_pixel(block, (block < 0) | (block > highest), tile_row * th,
+                                     tile_column * tw)
+            check_value_range(value, value, spec, at)
         if spec.label_numbers and block.dtype != bool:  # in range, but described?
             check_labels_described(block, spec, tile_row * th, tile_column * tw)
         tile_nonempty = tile_high > 0  # no value is negative now

@@ -84,6 +84,14 @@ def test_label_block_frames_equal_frames_encoded_one_by_one(case):
             assert result.tile_nonempty[r, c] == bool(tile.any())
 
 
+def test_the_label_named_is_the_one_at_the_pixel_named():
+    labels = np.zeros((8, 8), np.uint8)
+    labels[1, 1], labels[2, 2] = 7, 9  # one tile, two labels out of range
+    spec = FrameSpec("LABELMAP", 5, False, 4, 4, NATIVE, 8, 255, False)
+    with pytest.raises(SegmentationInputError, match="label 7 at row 1, column 1,"):
+        encode_block(labels, spec, 0, 0)
+
+
 @pytest.mark.parametrize("value, message", [(-3, "negative"), (7, "label 7")])
 def test_label_block_out_of_range_is_refused_where_it_is(value, message):
     labels = np.zeros((10, 10), np.int16)
