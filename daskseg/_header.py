@@ -30,7 +30,7 @@ from daskseg.plan import TileGrid, spatial_index_values
 
 __all__ = [
     "FrameItems", "bits_allocated", "check_bits_allocated", "described_numbers",
-    "element_header", "encoded_elements", "highdicom_refusals",
+    "element_header", "encoded_elements", "finish_header", "highdicom_refusals",
     "encoded_items", "frame_content_part",
     "header_from", "item", "proxy_header", "proxy_pixels", "segment_parts", "segmentation_header",
     "serialize",
@@ -41,7 +41,6 @@ def proxy_header(
     source: Dataset,
     stacked: bool,
     dtype: np.dtype,
-    n_segments: int,
     tile: tuple[int, int],
     hd_options: dict[str, Any],
 ) -> Dataset:
@@ -51,8 +50,7 @@ def proxy_header(
     size_tags = (0x00480006, 0x00480007)  # TotalPixelMatrixColumns, TotalPixelMatrixRows
     proxy_source = Dataset({tag: elem for tag, elem in source.items() if tag not in size_tags})
     proxy_source.TotalPixelMatrixRows, proxy_source.TotalPixelMatrixColumns = tile
-    proxy = proxy_pixels((1, *tile), stacked, dtype, n_segments,
-                         described_numbers(hd_options))
+    proxy = proxy_pixels((1, *tile), stacked, dtype, described_numbers(hd_options))
     # The proxy's one frame is left native: the transfer syntax changes nothing in the header
     # but the file meta, and highdicom's own encoders fail on some valid frames (JPEG-LS tiles
     # smaller than 4 x 4) that daskseg's encoders take.
@@ -68,16 +66,16 @@ def proxy_header(
 
 
 def proxy_pixels(
-    shape: tuple[int, ...], stacked: bool, dtype: np.dtype, n_segments: int,
-    numbers: Sequence[int] | None = None,
+    shape: tuple[int, ...], stacked: bool, dtype: np.dtype, numbers: Sequence[int]
 ) -> np.ndarray:
     """A proxy mask of ``shape`` (plus the segment axis when stacked) for highdicom.
 
     One non-zero pixel per segment, on different pixels: every segment present, none
     overlapping, so highdicom takes the same branches as for the real mask. A label image's
-    values are the segment ``numbers`` (1..n_segments by default).
+    values are the segment ``numbers``.
     """
-    values = list(numbers) if numbers is not None else list(range(1, n_segments + 1))
+    values = list(numbers)
+    n_segments = len(values)
     full = (*shape, n_segments) if stacked else shape
     # highdicom branches on the kind of values (bool, unsigned, float), and takes no signed or
     # wide integers: those map to the unsigned type that holds every segment number.
@@ -401,6 +399,13 @@ def check_bits_allocated(header: Dataset, spec: Any) -> None:
         )
 
 
+def finish_header(header: Dataset, spec: Any, series_description: str | None) -> None:
+    """Check highdicom's header against the frames, and set what highdicom does not take."""
+    check_bits_allocated(header, spec)
+    if series_description is not None:
+        header.SeriesDescription = series_description
+
+
 def segmentation_header(
     source: Dataset,
     stacked: bool,
@@ -409,9 +414,8 @@ def segmentation_header(
     hd_options: dict[str, Any],
 ) -> Dataset:
     """The SEG's header for the whole total pixel matrix, or SegmentationInputError."""
-    n_segments = len(hd_options["segment_descriptions"])
     tile = (grid.tile_rows, grid.tile_columns)
     with highdicom_refusals():
-        header = proxy_header(source, stacked, dtype, n_segments, tile, hd_options)
+        header = proxy_header(source, stacked, dtype, tile, hd_options)
     header.TotalPixelMatrixRows, header.TotalPixelMatrixColumns = grid.rows, grid.columns
     return header

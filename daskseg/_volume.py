@@ -26,10 +26,10 @@ from pydicom.valuerep import format_number_as_ds
 from daskseg._file import SequencesAhead, check_native_size, write_file
 from daskseg._header import (
     bits_allocated,
-    check_bits_allocated,
     described_numbers,
     ds_element,
     element_header,
+    finish_header,
     frame_content_part,
     header_from,
     highdicom_refusals,
@@ -130,11 +130,10 @@ def _proxy_source(series: SourceSeries) -> Dataset:
 
 
 def _proxy_segmentation(
-    series: SourceSeries, stacked: bool, dtype: np.dtype, n_segments: int,
-    hd_options: dict[str, Any],
+    series: SourceSeries, stacked: bool, dtype: np.dtype, hd_options: dict[str, Any],
 ) -> hd.seg.Segmentation:
     """highdicom's SEG of the first source image (or frame), for a one-slice mask."""
-    proxy = proxy_pixels((1, series.rows, series.columns), stacked, dtype, n_segments,
+    proxy = proxy_pixels((1, series.rows, series.columns), stacked, dtype,
                          described_numbers(hd_options))
     return hd.seg.Segmentation(
         source_images=[_proxy_source(series)],
@@ -354,7 +353,8 @@ def write_volume_segmentation(
             "further_source_images is not supported for a SEG of a series yet; use highdicom."
         )
     check_tile_for_codec((series.rows, series.columns), options.transfer_syntax_uid)
-    n_segments = len(hd_options["segment_descriptions"])
+    numbers = described_numbers(hd_options)
+    n_segments = len(numbers)
     array, stacked = volume_mask(mask, series, n_segments)
     order = series.sort_index()  # tile row p is the p-th plane in highdicom's order
 
@@ -365,11 +365,10 @@ def write_volume_segmentation(
         tile_rows=series.rows,
         tile_columns=series.columns,
         transfer_syntax_uid=str(options.transfer_syntax_uid),
-        bits_allocated=bits_allocated(options.segmentation_type,
-                                      described_numbers(hd_options)[-1]),
+        bits_allocated=bits_allocated(options.segmentation_type, numbers[-1]),
         max_fractional_value=options.max_fractional_value,
         omit_empty_frames=options.omit_empty_frames,
-        label_numbers=label_numbers(described_numbers(hd_options)),
+        label_numbers=label_numbers(numbers),
     )
     n_planes = series.number_of_frames
     # One slice per tile row of a tall image: (planes * rows, columns[, segments]).
@@ -383,14 +382,12 @@ def write_volume_segmentation(
 
     shape = (spec.n_channels, n_planes, 1)
     # highdicom builds the header while the workers encode (as for a tiled image, see write).
-    build_header = functools.partial(_header_parts, series, stacked, array.dtype,
-                                     n_segments, hd_options, order)
+    build_header = functools.partial(_header_parts, series, stacked, array.dtype, hd_options,
+                                     order)
     try:
         with encoded_frames(client, tasks, destination, shape, progress, build_header,
                             prefix) as (spool, plane_nonempty, overlap, (header, planes, ahead)):
-            check_bits_allocated(header, spec)
-            if options.series_description is not None:
-                header.SeriesDescription = options.series_description
+            finish_header(header, spec, options.series_description)
             _finish(destination, header, planes, ahead, series, order, spool, spec, grid,
                     plane_nonempty, overlap, options, hd_options, overwrite)
     except MaskValueError as error:
@@ -417,14 +414,14 @@ def _in_mask_frames(where: Where, series: SourceSeries, order: np.ndarray) -> st
 
 
 def _header_parts(
-    series: SourceSeries, stacked: bool, dtype: np.dtype, n_segments: int,
-    hd_options: dict[str, Any], order: np.ndarray,
+    series: SourceSeries, stacked: bool, dtype: np.dtype, hd_options: dict[str, Any],
+    order: np.ndarray,
 ) -> tuple[Dataset, _PlaneParts, SequencesAhead]:
     """The SEG's header, the per-frame items' parts of each plane in ``order`` (from
     highdicom's per-frame item of the proxy's frame), and the header's sequences that grow
     with the series and the segments, serialized."""
     with highdicom_refusals():
-        seg = _proxy_segmentation(series, stacked, dtype, n_segments,
+        seg = _proxy_segmentation(series, stacked, dtype,
                                   {**hd_options, "dimension_organization_type": None})
     header = _volume_header(seg, series, hd_options)
     ahead = SequencesAhead(header, ("ReferencedSeriesSequence", "SegmentSequence",

@@ -24,7 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from daskseg import _inputs
 from daskseg._codecs import ALLOWED_TRANSFER_SYNTAXES
 from daskseg._file import check_native_size, write_file
-from daskseg._header import bits_allocated, check_bits_allocated, segmentation_header
+from daskseg._header import bits_allocated, finish_header, segmentation_header
 from daskseg._series import is_volume_source
 from daskseg._source import load_source_image
 from daskseg._spool import encode_tasks, encoded_frames, numpy_encode_tasks, spool_prefix
@@ -260,9 +260,7 @@ def write_segmentation(
     with encoded_frames(client, tasks, destination, shape, progress, build_header, prefix) as (
         spool, nonempty, overlap, header
     ):
-        check_bits_allocated(header, spec)
-        if options.series_description is not None:
-            header.SeriesDescription = options.series_description
+        finish_header(header, spec, options.series_description)
         if header.get("SegmentsOverlap") != "UNDEFINED":
             header.SegmentsOverlap = "YES" if overlap else "NO"
         write_file(destination, header, spool, spec, grid, options.tiled_full, nonempty,

@@ -425,7 +425,7 @@ def test_a_volume_headers_sequences_are_encoded_as_pydicom_writes_them(implicit,
                    instance_number=1, manufacturer="m", manufacturer_model_name="m",
                    software_versions="1", device_serial_number="1",
                    transfer_syntax_uid="1.2.840.10008.1.2.1")
-    header, _, _ = _header_parts(series, False, np.dtype(np.uint8), 117, options,
+    header, _, _ = _header_parts(series, False, np.dtype(np.uint8), options,
                                  series.sort_index())
     for keyword in ("ReferencedSeriesSequence", "SegmentSequence", "SourceImageSequence"):
         buffer = io.BytesIO()
