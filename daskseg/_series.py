@@ -4,7 +4,8 @@ A volume SEG refers either to a series of single-frame images (CT, MR, PET slice
 multi-frame image that is not tiled (Enhanced CT/MR, say). Either way the SEG needs, per source
 frame, the instance it comes from, the frame's position, and one orientation, size and pixel
 spacing shared by all frames (PS3.3 C.7.6.2: a SEG's frames are planes of one frame of
-reference). Mask frame ``k`` belongs to source frame ``k`` in the order given, as in highdicom.
+reference). Mask frame ``k`` belongs to source frame ``k`` in the order given, as in highdicom;
+a folder's images have no given order and are taken in highdicom's slice order.
 """
 
 from __future__ import annotations
@@ -136,11 +137,15 @@ def _is_dicomdir(dataset: Dataset) -> bool:
                          meta.get("MediaStorageSOPClassUID") if meta is not None else None)
 
 
+def _is_folder(source_images: object) -> bool:
+    return isinstance(source_images, (str, os.PathLike)) and pathlib.Path(source_images).is_dir()
+
+
 def _gather(source_images: object) -> list[Dataset]:
-    """The headers of the images named by ``source_images``, in the order given."""
-    if isinstance(source_images, (str, os.PathLike)) and pathlib.Path(source_images).is_dir():
+    """The headers of the images named by ``source_images``, in the order given (of a folder:
+    by file name, for a stable order; :func:`load_source_series` puts them in slice order)."""
+    if _is_folder(source_images):
         folder = pathlib.Path(source_images)
-        # Sorted names give a stable order; the SEG's frames follow the slice order anyway.
         paths = sorted(path for path in folder.rglob("*") if path.is_file())
         datasets = [
             ds for ds in _read_headers(paths, skip_non_dicom=True)
@@ -314,7 +319,8 @@ def load_source_series(source_images: object) -> SourceSeries:
     Returns
     -------
     SourceSeries
-        The headers and frame geometry, frames in the order given (for a folder: file names).
+        The headers and frame geometry, frames in the order given (a folder's images in
+        slice order, along the normal, as ``SourceSeries.sort_index`` gives).
 
     Raises
     ------
@@ -382,6 +388,15 @@ def load_source_series(source_images: object) -> SourceSeries:
     _check_same(orientations, "ImageOrientationPatient", names)
     _check_same(spacings, "PixelSpacing", names)
     _check_distinct_positions(positions, names)
+    uids = [str(found["SOPInstanceUID"]) for found in values]
+    if _is_folder(source_images):
+        # A folder's files have no order that the caller gave (names sort as text, "10" before
+        # "2", or are UIDs): its images are taken in slice order, as highdicom's sort_datasets,
+        # ITK and dcmqi read a series, and as the reader orders frames by default.
+        order = get_plane_sort_index(positions.tolist(), orientations[0].tolist())
+        datasets = [datasets[k] for k in order]
+        positions = positions[order]
+        uids = [uids[k] for k in order]
     return SourceSeries(
         datasets=tuple(datasets),
         multiframe=False,
@@ -390,6 +405,6 @@ def load_source_series(source_images: object) -> SourceSeries:
         orientation=orientations[0],
         pixel_spacing=spacings[0],
         positions=positions,
-        sop_instance_uids=tuple(str(found["SOPInstanceUID"]) for found in values),
+        sop_instance_uids=tuple(uids),
         frame_of_reference_uid=str(values[0]["FrameOfReferenceUID"]),
     )

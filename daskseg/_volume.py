@@ -64,7 +64,8 @@ def volume_mask(
     A mask in memory (numpy, a gzipped NIfTI file or an NRRD file) stays a numpy array (views
     where it can), cut into blocks by the writer; any other is a Dask array.
 
-    Mask frame ``k`` belongs to source frame ``k`` in the order given (as in highdicom), except
+    Mask frame ``k`` belongs to source frame ``k`` in the order given (as in highdicom; a
+    folder's images in slice order, see :func:`~daskseg._series.load_source_series`), except
     for a NIfTI or NRRD file, which carries its geometry and is matched to the series by it.
     Other masks (Dask, Zarr, numpy) are wrapped without reading them.
 

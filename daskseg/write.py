@@ -89,7 +89,9 @@ def write_segmentation(
         for FRACTIONAL). A leading axis of length 1 is accepted. A path or URL opens a Zarr
         array. Chunks of any shape: they are aligned to tiles here. For a series: labels
         ``(frames, rows, columns)`` or planes ``(frames, rows, columns, segments)``, frame k
-        for source image k in the order given (as highdicom), or the path of a NIfTI file
+        for source image k in the order given (as highdicom; a folder's images in highdicom's
+        slice order, ``hd.spatial.sort_datasets``: head to feet for an axial series, as
+        :func:`read_segmentation` gives them back), or the path of a NIfTI file
         (``.nii``, ``.nii.gz``; extra ``nifti``) or an NRRD file (``.nrrd``, ``.nhdr``; extra
         ``nrrd``), matched to the series by its geometry.
     source_image : pydicom.Dataset, str, os.PathLike or a sequence of them

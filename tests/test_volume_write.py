@@ -213,6 +213,28 @@ def test_nifti_mask_and_series_folder_on_a_process_cluster(tmp_path, dask_client
     )
 
 
+def test_a_mask_without_geometry_follows_a_folders_slice_order_not_its_file_names(
+    tmp_path, thread_client
+):
+    """Files named 1.dcm .. 12.dcm sort as text 1, 10, 11, 12, 2...: a folder's images are taken
+    in highdicom's slice order (the order read_segmentation gives back), never by name."""
+    series = make_ct_series(12, ROWS, COLUMNS, pixel_data=True)
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    for k, ds in enumerate(series):
+        ds.save_as(folder / f"{k + 1}.dcm", enforce_file_format=True)
+    in_slice_order = hd.spatial.sort_datasets(series)
+    labels = np.zeros((12, ROWS, COLUMNS), np.uint8)
+    for k in range(12):
+        labels[k, k, :] = 1 + k % 3  # frame k marks row k of the k-th image in slice order
+    path = write_segmentation(labels, folder, make_segment_descriptions(3), tmp_path / "seg.dcm",
+                              client=thread_client)
+    uids = [ds.SOPInstanceUID for ds in in_slice_order]
+    np.testing.assert_array_equal(
+        hd.seg.segread(path).get_pixels_by_source_instance(uids, combine_segments=True), labels
+    )
+
+
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) absent")
 @pytest.mark.parametrize("segmentation_type", ["BINARY", "FRACTIONAL", "LABELMAP"])
 def test_dciodvfy_reports_no_real_error(tmp_path, thread_client, segmentation_type):
