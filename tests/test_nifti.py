@@ -126,6 +126,30 @@ def test_nifti_that_does_not_match_is_refused_saying_how(tmp_path):
     )
 
 
+def test_a_small_error_of_spacing_or_angle_is_refused_by_its_effect_across_the_image(tmp_path):
+    """0.9% larger voxels, or 0.5 degrees of rotation, are within the tolerance for one step
+    but put the last pixels of a 256-pixel image 2-3 voxels away: refused, not copied."""
+    series = shuffled_series(slices=3, rows=256, columns=256)
+    geometry = sorted_geometry(series)
+    volume = random_labels(geometry.spatial_shape)
+    affine = geometry.affine
+
+    larger = affine.copy()
+    larger[:3, 1:3] *= 1.009
+    assert "series is 0.8 mm, but the file's voxels are" in _refusal(tmp_path, series, volume, larger)
+
+    angle = np.radians(0.5)
+    turn = np.eye(4)
+    normal = np.cross(series.orientation[:3], series.orientation[3:])
+    # Rodrigues: a rotation by the angle about the slice normal, around the first voxel.
+    k = np.array([[0, -normal[2], normal[1]], [normal[2], 0, -normal[0]],
+                  [-normal[1], normal[0], 0]])
+    turn[:3, :3] = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+    rotated = affine.copy()
+    rotated[:3, :3] = turn[:3, :3] @ affine[:3, :3]
+    assert "rotated against the series" in _refusal(tmp_path, series, volume, rotated)
+
+
 def test_arrays_follow_the_given_order_and_wrong_shapes_are_refused():
     series = shuffled_series(slices=4, rows=5, columns=6)
     labels = random_labels((4, 5, 6))
