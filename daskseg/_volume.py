@@ -11,6 +11,8 @@ per (segment, plane) from parts encoded once per plane and once per segment.
 
 from __future__ import annotations
 
+import copy
+
 import functools
 import pathlib
 from typing import Any
@@ -122,11 +124,16 @@ def _proxy_source(series: SourceSeries) -> Dataset:
     image = series.datasets[0]
     if not series.multiframe:
         return image
-    # A new dict of the same elements (the caller's Dataset is left alone) with one frame.
+    # A new dict of the same elements with one frame. The functional groups are copies:
+    # highdicom writes into the proxy's (SpacingBetweenSlices 1.0 for one plane), which would
+    # change the caller's Dataset and then pass for the source's own spacing.
     proxy = Dataset({tag: element for tag, element in image.items()
-                     if tag not in (0x00280008, 0x52009230)})  # NumberOfFrames, per-frame groups
+                     if tag not in (0x00280008, 0x52009230, 0x52009229)})
     proxy.NumberOfFrames = 1
-    proxy.PerFrameFunctionalGroupsSequence = [image.PerFrameFunctionalGroupsSequence[0]]
+    proxy.SharedFunctionalGroupsSequence = copy.deepcopy(image.SharedFunctionalGroupsSequence)
+    proxy.PerFrameFunctionalGroupsSequence = [
+        copy.deepcopy(image.PerFrameFunctionalGroupsSequence[0])
+    ]
     return proxy
 
 

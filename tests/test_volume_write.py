@@ -168,6 +168,28 @@ def test_dimension_organization_and_empty_masks_match_highdicom(
     assert_same_seg(ours, theirs, series, tmp_path)
 
 
+def test_multiframe_source_without_slice_spacing_is_left_alone_and_spacing_derived(
+    tmp_path, thread_client
+):
+    """highdicom writes SpacingBetweenSlices 1.0 into the proxy's functional groups (of one
+    plane): shared with the caller's image, that changed it and passed for its own spacing."""
+    enhanced = enhanced_image(SLICES, ROWS, COLUMNS)
+    measures = enhanced.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    if "SpacingBetweenSlices" in measures:
+        del measures.SpacingBetweenSlices
+    given = copy.deepcopy(enhanced)
+    mask = volume_mask("BINARY")
+    path = write_segmentation(mask, enhanced, make_segment_descriptions(3), tmp_path / "seg.dcm",
+                              client=thread_client)
+    assert enhanced == given
+    theirs = hd.seg.Segmentation([given], mask, "BINARY", make_segment_descriptions(3),
+                                 series_instance_uid=hd.UID(), sop_instance_uid=hd.UID(),
+                                 **HD_OPTIONS)
+    spacing = [ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SpacingBetweenSlices
+               for ds in (pydicom.dcmread(path), theirs)]
+    assert spacing[0] == spacing[1] == pytest.approx(2.5)
+
+
 def test_multiframe_source_and_copied_slice_spacing_match_highdicom(tmp_path, thread_client):
     enhanced = enhanced_image(SLICES, ROWS, COLUMNS)
     mask = volume_mask("BINARY")
