@@ -69,6 +69,7 @@ def read_nifti(path: str | os.PathLike) -> tuple[da.Array | np.ndarray, np.ndarr
     affine = image.affine
     if affine is None or not np.isfinite(affine).all():
         raise SegmentationInputError(f"The NIfTI mask {path} has no valid affine (sform or qform).")
+    _check_forms_agree(image, path)
     proxy = image.dataobj
     if str(path).lower().endswith(".gz"):
         array = np.asanyarray(proxy)
@@ -82,6 +83,38 @@ def read_nifti(path: str | os.PathLike) -> tuple[da.Array | np.ndarray, np.ndarr
         if array.dtype != scaled:  # the blocks come scaled already: no copy
             array = array.astype(scaled, copy=False)
     return array, _RAS_TO_LPS @ np.asarray(affine, dtype=float)
+
+
+def _check_forms_agree(image: Any, path: pathlib.Path) -> None:
+    """Refuse a file whose sform and qform, both set, put its voxels in different places.
+
+    nibabel (and so daskseg) follows the sform; ITK, and so dcmqi, may follow the qform: the same
+    file would give SEGs with labels in different places. Measured at the corners of the volume,
+    in voxels, with the tolerance of the match.
+    """
+    header = image.header
+    if not hasattr(header, "get_sform"):
+        return
+    sform, sform_code = header.get_sform(coded=True)
+    qform, qform_code = header.get_qform(coded=True)
+    if not sform_code or not qform_code or sform is None or qform is None:
+        return
+    shape = np.asarray(image.shape[:3], dtype=float) - 1
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0]) for j in (0, shape[1])
+                        for k in (0, shape[2])]).T
+    try:
+        apart = np.abs(np.linalg.inv(sform) @ (qform @ corners) - corners)[:3].max()
+    except np.linalg.LinAlgError:
+        return  # a singular sform: nibabel's affine is refused by the match anyway
+    if apart > _VOXEL_TOLERANCE:
+        millimetres = np.linalg.norm((sform @ corners - qform @ corners)[:3], axis=0).max()
+        raise SegmentationInputError(
+            f"The NIfTI mask {path} has an sform and a qform that disagree: they place its "
+            f"voxels up to {millimetres:.3g} mm ({apart:.3g} voxels) apart. nibabel follows the "
+            "sform, ITK-based tools (dcmqi) may follow the qform, so where its labels belong is "
+            "not certain; rewrite the file with one affine (nibabel: img.set_qform(img.affine) "
+            "or set one form's code to 0)."
+        )
 
 
 def _frame_voxels(series: SourceSeries, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ from daskseg.synthetic import make_ct_series
 from _geometry import (
     LPS_TO_RAS,
     file_labels,
+    flip,
     in_given_order,
     permute,
     random_labels,
@@ -148,6 +149,27 @@ def test_a_small_error_of_spacing_or_angle_is_refused_by_its_effect_across_the_i
     rotated = affine.copy()
     rotated[:3, :3] = turn[:3, :3] @ affine[:3, :3]
     assert "rotated against the series" in _refusal(tmp_path, series, volume, rotated)
+
+
+def test_a_qform_that_disagrees_with_the_sform_is_refused(tmp_path):
+    """nibabel follows the sform, ITK (dcmqi) may follow the qform: the labels' place would
+    depend on the reader. Both set and equal (as dcm2niix writes them) is fine."""
+    series = shuffled_series()
+    volume, array, affine = file_labels(series, (2, 1, 0))
+    image = nibabel.Nifti1Image(array, LPS_TO_RAS @ affine)
+    image.set_qform(LPS_TO_RAS @ affine, code=1)
+    image.set_sform(LPS_TO_RAS @ affine, code=1)
+    agreeing = tmp_path / "agree.nii.gz"
+    image.to_filename(agreeing)
+    np.testing.assert_array_equal(np.asarray(volume_mask(agreeing, series, 3)[0]),
+                                  in_given_order(series, volume))
+
+    flipped, flipped_affine = flip(array, affine, 2)
+    image.set_qform(LPS_TO_RAS @ flipped_affine, code=1)  # the slices the other way round
+    disagreeing = tmp_path / "disagree.nii.gz"
+    image.to_filename(disagreeing)
+    with pytest.raises(SegmentationInputError, match="sform and a qform that disagree"):
+        volume_mask(disagreeing, series, 3)
 
 
 def test_arrays_follow_the_given_order_and_wrong_shapes_are_refused():
