@@ -275,13 +275,15 @@ def _match(
 
 
 def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
-                    source_images: Any = None) -> pathlib.Path:
+                    source_images: Any = None,
+                    combine_segments: bool | None = None) -> pathlib.Path:
     """Write a volume SEG's planes as a NIfTI file in the series' geometry (RAS+ affine).
 
     The inverse of :func:`match_to_series`: the file's axes are (column, row, slice), its
     affine from the planes' positions, the shared orientation and pixel spacing. Labels
     (segments combined) for BINARY and LABELMAP, fractions of each segment on a fourth axis
-    for FRACTIONAL. The slices run from the first to the last plane with frames; planes
+    for FRACTIONAL; ``combine_segments=False`` puts each segment on the fourth axis for the
+    others too (BINARY segments that overlap cannot be labels). The slices run from the first to the last plane with frames; planes
     without frames in between (omitted empty frames) are zeros. With ``source_images`` (the
     series, as :func:`daskseg.write_segmentation` takes it), one slice for each of its images,
     those without frames zeros: the geometry of the series itself, which the SEG alone does
@@ -344,8 +346,9 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
             "The SEG's planes are not a regular grid of slices (other steps, or off the slice "
             "normal), so they cannot be one NIfTI volume."
         )
-    fractional = reader.segmentation_type == "FRACTIONAL"
-    planes = reader.to_numpy(combine_segments=not fractional, client=client,
+    if combine_segments is None:
+        combine_segments = reader.segmentation_type != "FRACTIONAL"
+    planes = reader.to_numpy(combine_segments=combine_segments, client=client,
                              source_sop_instance_uids=uids)
     volume = np.zeros((int(index.max()) + 1 if len(index) else 0, *planes.shape[1:]),
                       dtype=planes.dtype)
@@ -356,7 +359,7 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
         spacing_between_slices=spacing,
         number_of_frames=volume.shape[0], coordinate_system="PATIENT",
     )
-    if fractional:
+    if planes.ndim == 4:
         # highdicom converts 3D volumes only: its affine, and one segment per 4th-axis index.
         spatial = geometry.with_array(np.zeros(volume.shape[:3], np.uint8))
         affine = spatial.permute_spatial_axes([2, 1, 0]).to_nibabel().affine

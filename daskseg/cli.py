@@ -22,7 +22,7 @@ __all__ = ["main", "segment_descriptions_from_dcmqi"]
 
 from daskseg._client import cluster_client
 from daskseg._codecs import CODECS
-from daskseg.errors import DaskSegError
+from daskseg.errors import DaskSegError, SegmentationInputError
 from daskseg._dcmqi import segment_descriptions_from_dcmqi, segment_descriptions_from_labels
 
 #: The short names of ``--transfer-syntax``, from the codec table.
@@ -289,21 +289,38 @@ def _decode(args: argparse.Namespace) -> None:
     if not tiled and not nifti:
         raise UserError(f"{args.seg} is a SEG of a series; decode it to NIfTI "
                         "(-o labels.nii.gz)")
-    with _client(args) as client:
-        if not isinstance(reader, SegmentationReader):  # a SEG of a series: its geometry
-            from daskseg._nifti import volume_to_nifti
+    if args.segment_axis and not nifti:
+        raise UserError("--segment-axis is for NIfTI output (-o labels.nii.gz); a Zarr store "
+                        "holds one plane per segment unless --combine-segments")
+    try:
+        with _client(args) as client:
+            if not isinstance(reader, SegmentationReader):  # a SEG of a series: its geometry
+                from daskseg._nifti import volume_to_nifti
 
-            volume_to_nifti(reader, args.output, client=client, source_images=args.source)
-        elif ome:  # an OME-NGFF image whose labels/ holds the SEG as one label image
-            from daskseg import segmentation_to_ome_zarr
+                volume_to_nifti(reader, args.output, client=client, source_images=args.source,
+                                combine_segments=False if args.segment_axis else None)
+            elif ome:  # an OME-NGFF image whose labels/ holds the SEG as one label image
+                from daskseg import segmentation_to_ome_zarr
 
-            segmentation_to_ome_zarr(reader, args.output, progress=not args.quiet, client=client,
-                                     overwrite=args.overwrite)
-        else:
-            reader.to_zarr(
-                args.output, combine_segments=args.combine_segments, progress=not args.quiet,
-                client=client, overwrite=args.overwrite,
-            )
+                segmentation_to_ome_zarr(reader, args.output, progress=not args.quiet,
+                                         client=client, overwrite=args.overwrite)
+            else:
+                reader.to_zarr(
+                    args.output, combine_segments=args.combine_segments, progress=not args.quiet,
+                    client=client, overwrite=args.overwrite,
+                )
+    except SegmentationInputError as error:
+        # Segments that overlap (or fractions) cannot be one label image: say which output of
+        # this command keeps them apart, rather than the library's keyword argument.
+        message = str(error)
+        for keyword in ("read with combine_segments=False.", "use combine_segments=False."):
+            if message.endswith(keyword):
+                route = ("pass --segment-axis for one volume per segment on a fourth axis"
+                         if nifti else "OME-Zarr labels are one label image; decode to a Zarr "
+                         "store (-o NAME.zarr) for one plane per segment" if ome else
+                         "leave out --combine-segments for one plane per segment")
+                raise UserError(f"{message.removesuffix(keyword)}{route}.") from None
+        raise
     if not args.quiet:
         print(f"wrote {args.output}")
 
@@ -422,7 +439,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="NIfTI output: the source series (a folder), for one slice per "
                         "image, empty ones too (the SEG alone spans its planes with frames)")
     decode.add_argument("--combine-segments", action="store_true",
-                        help="one label image instead of a stack of segments")
+                        help="Zarr output: one label image instead of a stack of segments")
+    decode.add_argument("--segment-axis", action="store_true",
+                        help="NIfTI output: one volume per segment on a fourth axis (for "
+                        "overlapping segments; a FRACTIONAL SEG's always), not labels")
     cluster_options(decode)
     decode.set_defaults(run=_decode)
 

@@ -283,6 +283,31 @@ def test_encode_a_nifti_label_volume_of_a_ct_series_folder(inputs, tmp_path):
     )
 
 
+def test_overlapping_segments_decode_to_nifti_on_a_segment_axis(tmp_path, capsys):
+    """Overlapping BINARY segments cannot be labels: the message names the option that keeps
+    them apart (not the library's combine_segments=), and --segment-axis writes them."""
+    nibabel = pytest.importorskip("nibabel")
+    from daskseg.synthetic import make_ct_series, make_segment_descriptions
+
+    series = make_ct_series(5, 12, 10)
+    planes = np.zeros((5, 12, 10, 2), bool)
+    planes[1:4, 2:8, 2:7, 0] = True
+    planes[2:5, 5:11, 4:9, 1] = True  # overlaps segment 1
+    seg = hd.seg.Segmentation(series, planes, "BINARY", make_segment_descriptions(2), hd.UID(),
+                              1, hd.UID(), 1, "m", "m", "1", "1")
+    seg.save_as(tmp_path / "seg.dcm")
+    nifti = tmp_path / "planes.nii.gz"
+    assert main(["decode", str(tmp_path / "seg.dcm"), "-o", str(nifti), "--quiet"]) == 1
+    assert "pass --segment-axis" in capsys.readouterr().err
+    assert not nifti.exists()
+    assert main(["decode", str(tmp_path / "seg.dcm"), "-o", str(nifti), "--segment-axis",
+                 "--threads", "1", "--quiet"]) == 0
+    expected = hd.seg.segread(tmp_path / "seg.dcm").get_volume(combine_segments=False)
+    written = nibabel.load(nifti)
+    np.testing.assert_array_equal(np.asarray(written.dataobj).transpose(2, 1, 0, 3),
+                                  expected.array)
+
+
 def test_a_bug_in_daskseg_shows_its_traceback(monkeypatch, capsys):
     def buggy(args):
         raise ValueError("a bug, not the user's mistake")
