@@ -172,7 +172,9 @@ def read_chunk(
                     # Overlap, counted: a pixel this segment shares with an earlier one does
                     # not add to the labelled pixels (count_nonzero is cheaper than an `and`).
                     expected = labelled + int(np.count_nonzero(present))
-                    np.copyto(tile, output.labels[k], where=present)
+                    # The label as the output's type (a Python int does not cast to bool;
+                    # read.py checked that the type holds it).
+                    np.copyto(tile, tile.dtype.type(output.labels[k]), where=present)
                     labelled = int(np.count_nonzero(tile))
                     if labelled != expected:
                         raise CombineError(  # a RuntimeError, as highdicom's

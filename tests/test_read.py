@@ -376,6 +376,19 @@ def test_labelmap_subset_reads_other_labels_as_background(tmp_path):
             np.testing.assert_array_equal(got, np.where(np.isin(everything, numbers), everything, 0))
 
 
+def test_one_segment_combined_reads_as_bool(tmp_path):
+    """Its label is 1, which a bool holds: the read takes it (it raised numpy's TypeError from
+    the tasks, past the check of the options)."""
+    path = highdicom_file(tmp_path, "BINARY", ExplicitVRLittleEndian, "TILED_SPARSE")
+    everything = hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True)
+    with dask.config.set(scheduler="synchronous"):
+        for number, relabel in ((1, False), (2, True)):
+            got = read_segmentation(path, combine_segments=True, dtype=bool, relabel=relabel,
+                                    segment_numbers=[number]).compute()
+            assert got.dtype == bool
+            np.testing.assert_array_equal(got, everything == number)
+
+
 def test_a_sliced_chunk_depends_only_on_its_frames(tmp_path):
     path = highdicom_file(tmp_path, "BINARY", ExplicitVRLittleEndian, "TILED_FULL", rows=512,
                           columns=512, tile=(64, 64))
