@@ -283,7 +283,10 @@ class SegmentationReader:
         # A label map describes its background (the PixelPaddingValue) as a segment too;
         # like highdicom, it is not one of the segments read.
         padding = header.get("PixelPaddingValue")
-        items = [item for item in header.SegmentSequence if item.SegmentNumber != padding]
+        # By number: a TILED_FULL SEG's frames are in increasing segment number (PS3.3
+        # C.7.6.17.3, as highdicom reads them), whatever the order of the SegmentSequence.
+        items = sorted((item for item in header.SegmentSequence if item.SegmentNumber != padding),
+                       key=lambda item: int(item.SegmentNumber))
         self.segment_numbers = [int(item.SegmentNumber) for item in items]
         if len(set(self.segment_numbers)) != len(self.segment_numbers):
             raise SegmentationFileError(

@@ -376,6 +376,19 @@ def test_labelmap_subset_reads_other_labels_as_background(tmp_path):
             np.testing.assert_array_equal(got, np.where(np.isin(everything, numbers), everything, 0))
 
 
+def test_tiled_full_frames_follow_segment_numbers_not_the_sequence_order(tmp_path):
+    """PS3.3 C.7.6.17.3: TILED_FULL frames go by increasing segment number, as highdicom reads
+    them, also when the SegmentSequence lists the segments in another order."""
+    path = highdicom_file(tmp_path, "BINARY", ExplicitVRLittleEndian, "TILED_FULL")
+    seg = pydicom.dcmread(path)
+    seg.SegmentSequence = pydicom.Sequence(list(seg.SegmentSequence)[::-1])
+    seg.save_as(path)
+    expected = hd.seg.segread(path).get_total_pixel_matrix(segment_numbers=[1, 2, 3])
+    with dask.config.set(scheduler="synchronous"):
+        got = read_segmentation(path, segment_numbers=[1, 2, 3]).compute()
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_one_segment_combined_reads_as_bool(tmp_path):
     """Its label is 1, which a bool holds: the read takes it (it raised numpy's TypeError from
     the tasks, past the check of the options)."""
