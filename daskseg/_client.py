@@ -67,6 +67,41 @@ def local_cluster(n_workers: int | None = None, **options: Any) -> LocalCluster:
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
+# How long a cancel may take: a client closed from another thread has stopped its event loop
+# (a client of a scheduler address runs its own), and Client.cancel would wait on it forever.
+_CANCEL_SECONDS = 10.0
+_REACHABLE = ("running", "connecting", "newly-created")
+
+
+def cancel_quietly(client: Client, futures: list[Any]) -> None:
+    """Cancel ``futures`` on the cluster if the client can still reach it, waiting at most a few
+    seconds; any failure is ignored (the caller is giving up on these tasks already)."""
+    if not futures or client.status not in _REACHABLE:
+        return
+    with contextlib.suppress(Exception):
+        client.sync(client._cancel, futures, callback_timeout=_CANCEL_SECONDS)
+
+
+def _running(keys: list[Any], dask_worker: Any = None) -> int:
+    """On a worker: how many of ``keys`` its threads still run (a cancelled task runs on)."""
+    wanted = set(keys)
+    return sum(1 for task in dask_worker.state.executing if task.key in wanted)
+
+
+def wait_until_stopped(client: Client, keys: list[Any], seconds: float = 60.0) -> None:
+    """Wait until no worker runs any of ``keys`` (cancelled tasks finish what they run, writes
+    included), at most ``seconds``; at once when the cluster cannot be asked."""
+    deadline = time.monotonic() + seconds
+    while keys and client.status in _REACHABLE and time.monotonic() < deadline:
+        try:
+            running = client.sync(client._run, _running, keys, callback_timeout=_CANCEL_SECONDS)
+        except Exception:
+            return
+        if not any(running.values()):
+            return
+        time.sleep(0.05)
+
+
 def cluster_workers(client: Client) -> dict[str, int]:
     """The cluster's workers, address -> threads, in one round trip to the scheduler.
 

@@ -283,11 +283,12 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
     affine from the planes' positions, the shared orientation and pixel spacing. Labels
     (segments combined) for BINARY and LABELMAP, fractions of each segment on a fourth axis
     for FRACTIONAL; ``combine_segments=False`` puts each segment on the fourth axis for the
-    others too (BINARY segments that overlap cannot be labels). The slices run from the first to the last plane with frames; planes
-    without frames in between (omitted empty frames) are zeros. With ``source_images`` (the
-    series, as :func:`daskseg.write_segmentation` takes it), one slice for each of its images,
-    those without frames zeros: the geometry of the series itself, which the SEG alone does
-    not give when its first or last slices were left out as empty.
+    others too (BINARY segments that overlap cannot be labels). The slices run from the first
+    to the last plane with frames; planes without frames in between (omitted empty frames)
+    are zeros. With ``source_images`` (the series, as :func:`daskseg.write_segmentation`
+    takes it), one slice for each of its images, those without frames zeros: the geometry of
+    the series itself, which the SEG alone does not give when its first or last slices were
+    left out as empty.
 
     Raises
     ------

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import pydicom
@@ -137,7 +137,7 @@ def _is_dicomdir(dataset: Dataset) -> bool:
                          meta.get("MediaStorageSOPClassUID") if meta is not None else None)
 
 
-def _is_folder(source_images: object) -> bool:
+def _is_folder(source_images: object) -> TypeGuard[str | os.PathLike]:
     return isinstance(source_images, (str, os.PathLike)) and pathlib.Path(source_images).is_dir()
 
 
@@ -388,7 +388,7 @@ def load_source_series(source_images: object) -> SourceSeries:
     _check_same(orientations, "ImageOrientationPatient", names)
     _check_same(spacings, "PixelSpacing", names)
     _check_distinct_positions(positions, names)
-    uids = [str(found["SOPInstanceUID"]) for found in values]
+    instance_uids = [str(found["SOPInstanceUID"]) for found in values]
     if _is_folder(source_images):
         # A folder's files have no order that the caller gave (names sort as text, "10" before
         # "2", or are UIDs): its images are taken in slice order, as highdicom's sort_datasets,
@@ -396,7 +396,7 @@ def load_source_series(source_images: object) -> SourceSeries:
         order = get_plane_sort_index(positions.tolist(), orientations[0].tolist())
         datasets = [datasets[k] for k in order]
         positions = positions[order]
-        uids = [uids[k] for k in order]
+        instance_uids = [instance_uids[k] for k in order]
     return SourceSeries(
         datasets=tuple(datasets),
         multiframe=False,
@@ -405,6 +405,6 @@ def load_source_series(source_images: object) -> SourceSeries:
         orientation=orientations[0],
         pixel_spacing=spacings[0],
         positions=positions,
-        sop_instance_uids=tuple(uids),
+        sop_instance_uids=tuple(instance_uids),
         frame_of_reference_uid=str(values[0]["FrameOfReferenceUID"]),
     )

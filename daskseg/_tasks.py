@@ -9,7 +9,6 @@ part of the optimized graph, and at most a few tasks per worker thread are on th
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -28,9 +27,11 @@ from distributed.scheduler import KilledWorker
 from daskseg._client import (
     CLUSTER_FAILURES,
     WorkerlessClock,
+    cancel_quietly,
     cluster_workers,
     cluster_workers_if_known,
     gathers_directly,
+    wait_until_stopped,
     workers_on_loopback,
 )
 from daskseg._pack import PackedBlock, pack_block, unpacked
@@ -165,6 +166,7 @@ def block_tasks(array: da.Array, then: Callable[[Any], Any] | None = None) -> np
 def run_windowed(
     client: Any, tasks: Sequence[Delayed | DataTask], what: str,
     workers: dict[str, int] | None = None, on_submitted: Callable[[], Any] | None = None,
+    settle: bool = False,
 ) -> Iterator[tuple[int, Any]]:
     """Compute ``tasks`` on the cluster; yield ``(index, result)`` as each finishes.
 
@@ -179,7 +181,9 @@ def run_windowed(
     :class:`~daskseg._client.WorkerlessClock` allows) a :class:`~daskseg.errors.ClusterError`
     says that it could not ``what``. ``workers`` is
     :func:`~daskseg._client.cluster_workers`' answer, when the caller asked already;
-    ``on_submitted`` is called once the first window of tasks is on the cluster.
+    ``on_submitted`` is called once the first window of tasks is on the cluster. With
+    ``settle``, a failed or abandoned run returns only once the workers no longer run any of its
+    cancelled tasks (for tasks that write where the caller then cleans up).
     """
     clock = WorkerlessClock(client)
     stopped, starved = threading.Event(), threading.Event()
@@ -245,7 +249,7 @@ def run_windowed(
         while not stopped.wait(1.0):
             if clock.expired():
                 starved.set()
-                client.cancel(list(in_flight.values()))
+                cancel_quietly(client, list(in_flight.values()))
                 return
 
     # One task per worker thread first, so that the workers start while the rest of the window
@@ -289,8 +293,12 @@ def run_windowed(
     finally:
         stopped.set()
         if in_flight:
-            with contextlib.suppress(Exception):  # a closed client has nothing left to cancel
-                client.cancel(list(in_flight.values()))
+            keys = list(in_flight)
+            cancel_quietly(client, list(in_flight.values()))
+            if settle:
+                # A cancelled task runs on to its end: one that writes (a Zarr region) would
+                # write after the caller has removed what it wrote.
+                wait_until_stopped(client, keys)
 
 
 def compute_into_memory(

@@ -45,7 +45,7 @@ import dask
 from distributed import Client, default_client, get_worker
 from distributed.protocol import pickle as dask_pickle
 
-from daskseg._client import CLUSTER_FAILURES, WorkerlessClock, local_cluster
+from daskseg._client import CLUSTER_FAILURES, WorkerlessClock, cancel_quietly, local_cluster
 from daskseg._malloc import register_malloc_plugin
 from daskseg.errors import ClusterError
 
@@ -613,11 +613,8 @@ class DaskExecutor(Executor):
         self._collects.clear()
         remotes = [flight.remote for flight in self._in_flight.values()]
         self._fail(calls, error)
-        if remotes:
-            try:
-                self.client.cancel(remotes)
-            except Exception:  # the tasks' callbacks tidy up either way
-                pass
+        if remotes:  # the tasks' callbacks tidy up either way
+            cancel_quietly(self.client, remotes)
 
     def _take_batch(self) -> list[_Call]:
         """Pop the next batch from the queue: about ``batch_duration`` of work by estimate."""

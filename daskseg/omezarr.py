@@ -132,7 +132,7 @@ def _write_level(array: da.Array, target: Any, client: Any, bar: Any) -> None:
     stored = array.map_blocks(store_block, target=target, dtype=np.int64,
                               chunks=tuple((1,) * n for n in array.numblocks))
     for _ in run_windowed(client, block_tasks(stored).ravel().tolist(),
-                          "write a block of the OME-Zarr labels"):
+                          "write a block of the OME-Zarr labels", settle=True):
         bar.update(1)
 
 

@@ -513,7 +513,7 @@ class SegmentationReader:
                 stored = array.map_blocks(store_block, target=target, dtype=np.int64,
                                           chunks=tuple((1,) * n for n in array.numblocks))
                 for _ in run_windowed(client, block_tasks(stored).ravel().tolist(),
-                                      "decode a block of the SEG into Zarr"):
+                                      "decode a block of the SEG into Zarr", settle=True):
                     bar.update(1)
 
 

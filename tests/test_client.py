@@ -105,3 +105,25 @@ def test_results_come_straight_from_loopback_workers_unless_the_client_says(dask
         assert not gathers_directly(client)
     with Client(dask_client.scheduler.address, direct_to_workers=True) as client:
         assert gathers_directly(client)
+
+
+def test_cancelling_on_a_client_closed_from_another_thread_returns(thread_client):
+    """A client of a scheduler address runs its own event loop, stopped by close(): cancelling
+    its futures then waited forever (a write whose client another thread closed hung)."""
+    import threading
+    import time
+
+    from daskseg._client import cancel_quietly, wait_until_stopped
+
+    client = Client(thread_client.scheduler.address, set_as_default=False)
+    future = client.submit(time.sleep, 5, pure=False)
+    client.close()
+    done = threading.Event()
+
+    def give_up():
+        cancel_quietly(client, [future])
+        wait_until_stopped(client, [future.key])
+        done.set()
+
+    threading.Thread(target=give_up, daemon=True).start()
+    assert done.wait(15)
