@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 import numpy as np
+import pydicom.errors
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
@@ -25,8 +26,9 @@ from daskseg.errors import SegmentationFileError
 from daskseg.plan import TileGrid
 
 __all__ = [
-    "MAX_FRAME_PIXELS", "MAX_TILES", "FileSource", "FrameLayout", "FrameRanges", "FrameSource",
-    "check_header", "header_int", "index_frames", "locate_frames", "open_file",
+    "HEADER_DAMAGE", "MAX_FRAME_PIXELS", "MAX_TILES", "FileSource", "FrameLayout", "FrameRanges",
+    "FrameSource", "check_header", "check_label_numbers", "damaged_header", "header_int", "index_frames",
+    "locate_frames", "open_file",
 ]
 
 #: The byte ranges ``(offset, length)`` that hold one frame's bytes, in order.
@@ -79,12 +81,15 @@ class FrameReader:
 
     def __init__(self, handle: BinaryIO) -> None:
         self._handle = handle
+        self._size = _file_size(handle)
 
     def read(self, ranges: Sequence[tuple[int, int]]) -> bytes:
         parts = []
         for offset, length in ranges:
             self._handle.seek(offset)
-            parts.append(self._handle.read(length))
+            # A damaged length (the last item may run past a cut file's end) asks no more than
+            # the file holds: the frame then reads short, and its decoding says so.
+            parts.append(self._handle.read(max(0, min(length, self._size - offset))))
         return b"".join(parts)
 
     def frames(
@@ -135,6 +140,20 @@ MAX_FRAME_PIXELS = 2**26
 MAX_TILES = 2**22
 
 _ITEM, _SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
+
+#: What pydicom and highdicom raise on a header they cannot parse or interpret: cut short (EOF,
+#: struct), garbage lengths (MemoryError), missing or malformed attributes (a UnicodeDecodeError
+#: is a ValueError).
+HEADER_DAMAGE = (OSError, EOFError, struct.error, MemoryError, AttributeError, KeyError,
+                 IndexError, TypeError, ValueError, OverflowError, NotImplementedError,
+                 pydicom.errors.BytesLengthException)
+
+
+def damaged_header(name: str, error: BaseException) -> SegmentationFileError:
+    """The error for a header that ``HEADER_DAMAGE`` came from, naming the file."""
+    what = "declares an element longer than memory allows" if isinstance(error, MemoryError) \
+        else f"cannot be read ({type(error).__name__}: {error})"
+    return SegmentationFileError(f"{name}: the DICOM header is damaged or not a SEG's: it {what}.")
 
 
 def _fail(name: str, what: str) -> SegmentationFileError:
@@ -207,9 +226,17 @@ def check_header(
         raise _fail(name, f"frames of {rows} x {columns} pixels are larger than daskseg reads "
                           f"({MAX_FRAME_PIXELS} pixels): the header is damaged.")
     bits = header_int(header, "BitsAllocated", name, low=1, high=64)
-    if bits not in (1, 8, 16, 32, 64):
+    if bits not in (1, 8, 16):  # PS3.3 C.8.20.2: 1 (BINARY), 8 or 16
         raise _fail(name, f"BitsAllocated is {bits}; a SEG has 1, 8 or 16.")
     return rows, columns, bits
+
+
+def check_label_numbers(segmentation_type: str, segment_numbers: Sequence[int], bits: int,
+                        name: str) -> None:
+    """Refuse a LABELMAP whose segment numbers its pixels cannot hold (BitsAllocated)."""
+    if segment_numbers and segmentation_type == "LABELMAP" and max(segment_numbers) >= 2**bits:
+        raise _fail(name, f"the LABELMAP describes segment {max(segment_numbers)}, which its "
+                          f"{bits}-bit pixels cannot hold: the header is inconsistent.")
 
 
 def locate_frames(

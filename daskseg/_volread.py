@@ -23,7 +23,14 @@ from numpy.typing import DTypeLike
 
 from daskseg._decode import FrameRef, read_planes
 from daskseg._frames import FileSource, FrameLayout, FrameRanges
-from daskseg._frames import locate_frames, open_file
+from daskseg._frames import (
+    HEADER_DAMAGE,
+    check_label_numbers,
+    damaged_header,
+    header_int,
+    locate_frames,
+    open_file,
+)
 from daskseg._malloc import register_on_current_client
 from daskseg._volframes import (
     index_volume_frames,
@@ -65,10 +72,26 @@ def read_volume_head(path: str) -> Head | None:
         if ("SegmentSequence" not in header or "TotalPixelMatrixRows" in header
                 or syntax is None or not syntax.is_little_endian or syntax.is_deflated):
             return None
-        raw = read_frame_items(handle, header, syntax.is_implicit_VR)
-        pixel_element = handle.tell()
-        layout, ranges = locate_frames(handle, header, pixel_element, name=path, tiled=False)
+        try:
+            raw = read_frame_items(handle, header, syntax.is_implicit_VR)
+            pixel_element = handle.tell()
+            layout, ranges = locate_frames(handle, header, pixel_element, name=path, tiled=False)
+        except SegmentationFileError as error:
+            named = _named(path, error)
+            if named is error:
+                raise
+            raise named from error
+        except HEADER_DAMAGE as error:
+            raise damaged_header(path, error) from error
     return header, layout, ranges, raw
+
+
+def _named(path: str, error: SegmentationInputError) -> SegmentationFileError:
+    """``error`` as a SegmentationFileError whose message names the file."""
+    message = str(error)
+    if isinstance(error, SegmentationFileError) and message.startswith(path):
+        return error
+    return SegmentationFileError(message if message.startswith(path) else f"{path}: {message}")
 
 
 def segments_of(header: pydicom.Dataset) -> tuple[list[Any], list[int]]:
@@ -118,8 +141,30 @@ class VolumeSegmentationReader:
         header, self._layout, self._frame_ranges, raw = head
         self.path = path
         self.header = header
+        try:
+            self._describe(header, raw)
+        except SegmentationInputError as error:  # what the frame index found wrong in the file
+            named = _named(path, error)
+            if named is error:
+                raise
+            raise named from error
+        except HEADER_DAMAGE as error:
+            raise damaged_header(path, error) from error
+
+    def _describe(self, header: pydicom.Dataset, raw: bytes) -> None:
+        path = self.path
         self.segmentation_type = str(header.SegmentationType)
+        if self.segmentation_type not in ("BINARY", "FRACTIONAL", "LABELMAP"):
+            raise SegmentationFileError(
+                f"{path}: SegmentationType {self.segmentation_type!r} is not BINARY, FRACTIONAL "
+                "or LABELMAP."
+            )
+        if self.segmentation_type == "FRACTIONAL":
+            header_int(header, "MaximumFractionalValue", path,
+                       high=2**self._layout.bits_allocated - 1)
         self.segment_descriptions, self.segment_numbers = segments_of(header)
+        check_label_numbers(self.segmentation_type, self.segment_numbers,
+                            self._layout.bits_allocated, path)
         self.frame_size = (int(header.Rows), int(header.Columns))
         self.number_of_frames = int(header.get("NumberOfFrames", 1))
         self.transfer_syntax_uid = header.file_meta.TransferSyntaxUID
@@ -131,7 +176,7 @@ class VolumeSegmentationReader:
         items = scan_frame_items(raw, 0, self.transfer_syntax_uid.is_implicit_VR)
         if len(items) != self.number_of_frames:
             raise SegmentationFileError(
-                f"The SEG has {self.number_of_frames} frames but {len(items)} per-frame "
+                f"{path}: the SEG has {self.number_of_frames} frames but {len(items)} per-frame "
                 "functional group items: the file is inconsistent."
             )
         self._index = index_volume_frames(header, items, self.segment_numbers)

@@ -12,7 +12,6 @@ import numbers
 import os
 import pathlib
 import shutil
-import struct
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,9 @@ from numpy.typing import DTypeLike
 
 from daskseg._decode import FrameRef, Output, read_chunk, store_block
 from daskseg._frames import (
+    HEADER_DAMAGE,
+    check_label_numbers,
+    damaged_header,
     FileSource,
     FrameRanges,
     FrameSource,
@@ -57,21 +59,9 @@ if TYPE_CHECKING:
 __all__ = ["ReadOptions", "SegmentationReader", "open_segmentation", "read_segmentation"]
 
 
-#: What pydicom and highdicom raise on a header they cannot parse or interpret: cut short (EOF,
-#: struct), garbage lengths (MemoryError), missing or malformed attributes.
-_HEADER_DAMAGE = (OSError, EOFError, struct.error, MemoryError, AttributeError, KeyError,
-                  IndexError, TypeError, ValueError, OverflowError, NotImplementedError,
-                  pydicom.errors.BytesLengthException)
-
 
 #: The most chunks a lazy array may have: each is a task holding its frames' byte ranges.
 _MAX_CHUNKS = 2**20
-
-
-def _damaged_header(name: str, error: BaseException) -> SegmentationFileError:
-    what = "declares an element longer than memory allows" if isinstance(error, MemoryError) \
-        else f"cannot be read ({type(error).__name__}: {error})"
-    return SegmentationFileError(f"{name}: the DICOM header is damaged or not a SEG's: it {what}.")
 
 
 def _smallest_uint(value: int) -> np.dtype:
@@ -247,8 +237,8 @@ class SegmentationReader:
             self._describe(header, name)
         except SegmentationFileError:
             raise
-        except _HEADER_DAMAGE as error:
-            raise _damaged_header(name, error) from error
+        except HEADER_DAMAGE as error:
+            raise damaged_header(name, error) from error
 
     def _open_file(self, name: str) -> pydicom.Dataset:
         try:
@@ -265,9 +255,9 @@ class SegmentationReader:
                 raise SegmentationFileError(f"{name} is not a DICOM file: {error}") from error
             except SegmentationFileError:
                 raise
-            except _HEADER_DAMAGE as error:
+            except HEADER_DAMAGE as error:
                 # pydicom's verdict on a header it cannot parse (cut, garbage lengths or tags).
-                raise _damaged_header(name, error) from error
+                raise damaged_header(name, error) from error
         return header
 
     def _describe(self, header: pydicom.Dataset, name: str) -> None:
@@ -292,6 +282,8 @@ class SegmentationReader:
             raise SegmentationFileError(
                 f"{name}: the SegmentSequence repeats segment numbers {self.segment_numbers}."
             )
+        check_label_numbers(self.segmentation_type, self.segment_numbers,
+                            self._layout.bits_allocated, name)
         self.tile_size = (self._layout.rows, self._layout.columns)
         self.shape = (header_int(header, "TotalPixelMatrixRows", name),
                       header_int(header, "TotalPixelMatrixColumns", name))

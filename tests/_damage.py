@@ -572,6 +572,22 @@ def _(s):
     return data and Damaged(data, True, _all(s))
 
 
+@case("BitsAllocated 32")
+def _(s):
+    # Frames were taken as 8-bit: a 16-bit LABELMAP read wrapped at 256, silently.
+    return Damaged(_resave(s, _set(BitsAllocated=32)), True, _all(s))
+
+
+@case("last fragment longer than the file")
+def _(s):
+    # A length field of nearly 4 GiB: the read allocated it (MemoryError under a bound).
+    if not s.encapsulated:
+        return None
+    start, _stop = s.frame_ranges[-1]
+    data = _patch(s.data, start - 4, (0xFFFFFFF0).to_bytes(4, "little"))
+    return Damaged(data, False, frozenset({s.n_frames - 1}))
+
+
 # Files that are not a SEG of a tiled image at all: name -> bytes (or a testdata file name).
 NOT_A_SEG = {
     "empty file": b"",

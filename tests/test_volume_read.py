@@ -159,6 +159,57 @@ def test_refusals(tmp_path, thread_client, testdata):
         open_segmentation(tmp_path / "deflated.dcm")
 
 
+def _edited(path, tmp_path, name, edit):
+    dataset = pydicom.dcmread(path)
+    edit(dataset)
+    damaged = tmp_path / f"{name}.dcm"
+    dataset.save_as(damaged)
+    return damaged
+
+
+def test_a_damaged_header_is_a_file_error_naming_the_file(tmp_path, thread_client):
+    """The volume reader raised AttributeError, IndexError or numpy's ValueError from deep
+    inside (and the CLI a traceback), read SegmentationType 'FOO' as BINARY, and a LABELMAP
+    describing segment 300 in 8-bit pixels failed in the tasks with an IndexError."""
+    from daskseg import SegmentationFileError
+
+    series = shuffled_series(slices=7)
+    binary = write_segmentation(volume_mask("BINARY"), series, make_segment_descriptions(3),
+                                tmp_path / "binary.dcm", client=thread_client)
+    fractional = write_segmentation(
+        volume_mask("FRACTIONAL"), series,
+        make_segment_descriptions(3, segmentation_type="FRACTIONAL"), tmp_path / "fraction.dcm",
+        segmentation_type="FRACTIONAL", client=thread_client,
+    )
+    labelmap = write_segmentation(
+        volume_mask("LABELMAP"), series, make_segment_descriptions(3, segmentation_type="LABELMAP"),
+        tmp_path / "labelmap.dcm", segmentation_type="LABELMAP", client=thread_client,
+    )
+
+    def no_shared(ds):
+        del ds.SharedFunctionalGroupsSequence
+
+    def short_position(ds):
+        ds.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient = [
+            1.0, 2.0]
+
+    def segment_300(ds):
+        ds.SegmentSequence[-1].SegmentNumber = 300
+
+    cases = [
+        (binary, no_shared, "damaged or not a SEG's"),
+        (binary, short_position, "damaged or not a SEG's"),
+        (binary, lambda ds: setattr(ds, "SegmentationType", "FOO"), "SegmentationType 'FOO'"),
+        (fractional, lambda ds: delattr(ds, "MaximumFractionalValue"), "MaximumFractionalValue"),
+        (labelmap, segment_300, "segment 300, which its 8-bit pixels cannot hold"),
+    ]
+    for k, (path, edit, says) in enumerate(cases):
+        damaged = _edited(path, tmp_path, f"damaged{k}", edit)
+        with pytest.raises(SegmentationFileError, match=says) as info:
+            read_segmentation(damaged, combine_segments=True).compute(scheduler="synchronous")
+        assert damaged.name in str(info.value)
+
+
 def test_implicit_and_axial_many_segments(tmp_path, thread_client):
     """The raw item walker on implicit VR, frames of one segment in the shared groups."""
     series = shuffled_series(orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
