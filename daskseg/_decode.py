@@ -89,6 +89,7 @@ class Output:
     max_fractional: int | None  # FRACTIONAL: MaximumFractionalValue
     rescale: bool  # FRACTIONAL, not combined: divide by max_fractional
     dtype: str
+    highest_stored: int | None = None  # LABELMAP: the highest label the SEG describes
 
     def lookup(self, bits_allocated: int) -> np.ndarray:
         """LABELMAP combined: output value of each stored label."""
@@ -144,6 +145,14 @@ def read_chunk(
                 if not nonzero:
                     continue  # the output holds what zeros become there already
                 if labelmap:
+                    highest = output.highest_stored
+                    if highest is not None and (found := int(values.max())) > highest:
+                        # highdicom returns such a label as it is; without a segment it means
+                        # nothing, and a lookup would make it background silently.
+                        raise SegmentationFileError(
+                            f"{name}: frame {frame[0] + 1} holds label {found}, but the SEG "
+                            f"describes segments up to {highest} only: the file is damaged."
+                        )
                     if lookup is not None:
                         tile[...] = lookup[values]
                     else:

@@ -154,6 +154,9 @@ class ReadOptions:
             max_fractional=int(reader.header.MaximumFractionalValue) if fractional else None,
             rescale=rescale,
             dtype=dtype.str,
+            highest_stored=max([*reader.segment_numbers,
+                                int(reader.header.get("PixelPaddingValue", 0))])
+            if reader.segmentation_type == "LABELMAP" else None,
         )
 
     def chunk_pixels(self) -> tuple[int, int]:

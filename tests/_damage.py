@@ -588,6 +588,16 @@ def _(s):
     return Damaged(data, False, frozenset({s.n_frames - 1}))
 
 
+@case("label no segment describes")
+def _(s):
+    # A native 8-bit LABELMAP's pixel set to 200 (segments 1..3): read as background, silently.
+    if (s.encapsulated or s.header.SegmentationType != "LABELMAP"
+            or int(s.header.BitsAllocated) != 8):
+        return None
+    start, _stop = s.frame_ranges[0]
+    return Damaged(_patch(s.data, start, bytes([200])), False, frozenset({0}))
+
+
 # Files that are not a SEG of a tiled image at all: name -> bytes (or a testdata file name).
 NOT_A_SEG = {
     "empty file": b"",
