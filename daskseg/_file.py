@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import pathlib
 import stat
 import struct
@@ -155,11 +156,45 @@ def temporary_beside(destination: pathlib.Path, suffix: str) -> tuple[int, pathl
 
 def replace_atomically(temporary: pathlib.Path, destination: pathlib.Path, overwrite: bool) -> None:
     """Rename the finished file into place; never replace a file that appeared meanwhile."""
-    if not overwrite and destination.exists():
-        raise DestinationExistsError(
-            f"{destination} appeared while writing; pass overwrite=True to replace it."
-        )
+    appeared = DestinationExistsError(
+        f"{destination} appeared while writing; pass overwrite=True to replace it."
+    )
+    if not overwrite:
+        # A hard link is made only where no file is: no other writer can slip in between a
+        # check and the rename. A file system without hard links gets the check and rename.
+        try:
+            os.link(temporary, destination)
+        except FileExistsError:
+            raise appeared from None
+        except OSError:
+            if destination.exists():
+                raise appeared from None
+        else:
+            os.unlink(temporary)
+            return
     os.replace(temporary, destination)
+
+
+def replace_tree(partial: pathlib.Path, destination: pathlib.Path) -> None:
+    """Put the finished store ``partial`` in the place of ``destination`` (a store or a file).
+
+    The old one is renamed aside first and removed last: an interruption in between leaves
+    it beside, under a hidden name, rather than neither.
+    """
+    if not destination.exists() and not destination.is_symlink():
+        partial.rename(destination)
+        return
+    aside = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.old")
+    destination.rename(aside)
+    try:
+        partial.rename(destination)
+    except BaseException:
+        aside.rename(destination)
+        raise
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink(missing_ok=True)
 
 
 def _runs(spool: Spool, order: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -41,6 +41,7 @@ from pydicom.sr.codedict import codes
 
 from daskseg._client import cluster_client
 from daskseg._colors import segment_rgb
+from daskseg._file import replace_tree
 from daskseg._dcmqi import segment_descriptions_from_labels
 from daskseg._progress import progress_bar
 from daskseg._tasks import block_tasks, run_windowed
@@ -232,9 +233,7 @@ def segmentation_to_ome_zarr(
             # NGFF 0.5: every OME-Zarr group's "ome" names its version; ome-zarr-py 0.18 leaves it
             # out of labels/ (which ome-zarr-models' validator then refuses).
             root["labels"].attrs["ome"] = {**_ome(root["labels"]), "version": fmt.version}
-            if destination.exists():
-                shutil.rmtree(destination)
-            partial.rename(destination)
+            replace_tree(partial, destination)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise

@@ -38,6 +38,7 @@ from daskseg._frames import (
     open_file,
 )
 from daskseg._client import cluster_client
+from daskseg._file import replace_tree
 from daskseg._malloc import register_on_current_client
 from daskseg._progress import progress_bar
 from daskseg._tasks import block_tasks, compute_into_memory, run_windowed
@@ -474,11 +475,7 @@ class SegmentationReader:
         try:
             self._store_into(array, target, client, progress)
             if destination is not None and partial is not None:
-                if destination.is_dir():
-                    shutil.rmtree(destination)
-                elif destination.exists():
-                    destination.unlink()
-                partial.rename(destination)
+                replace_tree(partial, destination)
                 target = zarr.open_array(str(destination), mode="r+")
         except BaseException:
             if partial is not None:

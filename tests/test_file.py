@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import pathlib
 import struct
 
 import numpy as np
@@ -470,3 +471,48 @@ def test_workers_on_another_address_send_their_frames_packed(tmp_path, monkeypat
         [ds.SOPInstanceUID for ds in series], combine_segments=True,
         assert_missing_frames_are_empty=True)
     np.testing.assert_array_equal(pixels, labels)
+
+
+def test_a_finished_store_replaces_the_old_one_which_survives_a_failed_rename(tmp_path,
+                                                                                monkeypatch):
+    """The old store was removed before the new one was renamed in: an interruption between
+    the two lost both. It is renamed aside now, and put back if the rename fails."""
+    from daskseg._file import replace_tree
+
+    destination = tmp_path / "labels.zarr"
+    (destination / "c").mkdir(parents=True)
+    (destination / "zarr.json").write_text("old")
+    partial = tmp_path / ".labels.zarr.1234.partial"
+    partial.mkdir()
+    (partial / "zarr.json").write_text("new")
+
+    real_rename = pathlib.Path.rename
+
+    def failing(self, target):
+        if self == partial:
+            raise KeyboardInterrupt
+        return real_rename(self, target)
+
+    monkeypatch.setattr(pathlib.Path, "rename", failing)
+    with pytest.raises(KeyboardInterrupt):
+        replace_tree(partial, destination)
+    assert (destination / "zarr.json").read_text() == "old"
+    monkeypatch.setattr(pathlib.Path, "rename", real_rename)
+    replace_tree(partial, destination)
+    assert (destination / "zarr.json").read_text() == "new"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["labels.zarr"]
+
+
+def test_a_file_that_appeared_is_never_replaced_without_overwrite(tmp_path):
+    from daskseg import DestinationExistsError
+    from daskseg._file import replace_atomically
+
+    temporary, destination = tmp_path / ".seg.tmp", tmp_path / "seg.dcm"
+    temporary.write_bytes(b"new")
+    destination.write_bytes(b"theirs")
+    with pytest.raises(DestinationExistsError, match="appeared while writing"):
+        replace_atomically(temporary, destination, overwrite=False)
+    assert destination.read_bytes() == b"theirs"
+    destination.unlink()
+    replace_atomically(temporary, destination, overwrite=False)
+    assert destination.read_bytes() == b"new" and not temporary.exists()
