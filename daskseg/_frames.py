@@ -27,8 +27,8 @@ from daskseg.plan import TileGrid
 
 __all__ = [
     "HEADER_DAMAGE", "MAX_FRAME_PIXELS", "MAX_TILES", "FileSource", "FrameLayout", "FrameRanges",
-    "FrameSource", "check_header", "check_label_numbers", "damaged_header", "header_int", "index_frames",
-    "locate_frames", "open_file",
+    "FrameSource", "check_header", "check_segmentation", "damaged_header", "header_int", "index_frames",
+    "locate_frames", "open_file", "segment_items",
 ]
 
 #: The byte ranges ``(offset, length)`` that hold one frame's bytes, in order.
@@ -231,12 +231,34 @@ def check_header(
     return rows, columns, bits
 
 
-def check_label_numbers(segmentation_type: str, segment_numbers: Sequence[int], bits: int,
-                        name: str) -> None:
-    """Refuse a LABELMAP whose segment numbers its pixels cannot hold (BitsAllocated)."""
-    if segment_numbers and segmentation_type == "LABELMAP" and max(segment_numbers) >= 2**bits:
+def segment_items(header: Dataset) -> list[Dataset]:
+    """The SegmentSequence items read as segments, by number.
+
+    A label map describes its background (the PixelPaddingValue) as a segment too; like
+    highdicom, it is not one of the segments read. By number: a TILED_FULL SEG's frames are in
+    increasing segment number (PS3.3 C.7.6.17.3, as highdicom reads them), whatever the order
+    of the SegmentSequence.
+    """
+    padding = header.get("PixelPaddingValue")
+    return sorted((item for item in header.SegmentSequence if item.SegmentNumber != padding),
+                  key=lambda item: int(item.SegmentNumber))
+
+
+def check_segmentation(header: Dataset, segment_numbers: Sequence[int], bits: int,
+                       name: str) -> str:
+    """Check the SegmentationType and what goes with it against ``segment_numbers`` and the
+    pixels' ``bits``; return the type."""
+    kind = str(header.SegmentationType)
+    if kind not in ("BINARY", "FRACTIONAL", "LABELMAP"):
+        raise _fail(name, f"SegmentationType {kind!r} is not BINARY, FRACTIONAL or LABELMAP.")
+    if len(set(segment_numbers)) != len(segment_numbers):
+        raise _fail(name, f"the SegmentSequence repeats segment numbers {list(segment_numbers)}.")
+    if kind == "FRACTIONAL":
+        header_int(header, "MaximumFractionalValue", name, high=2**bits - 1)
+    if segment_numbers and kind == "LABELMAP" and max(segment_numbers) >= 2**bits:
         raise _fail(name, f"the LABELMAP describes segment {max(segment_numbers)}, which its "
                           f"{bits}-bit pixels cannot hold: the header is inconsistent.")
+    return kind
 
 
 def locate_frames(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numbers
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import dask
 import dask.array as da
@@ -25,11 +25,11 @@ from daskseg._decode import FrameRef, read_planes
 from daskseg._frames import FileSource, FrameLayout, FrameRanges
 from daskseg._frames import (
     HEADER_DAMAGE,
-    check_label_numbers,
+    check_segmentation,
     damaged_header,
-    header_int,
     locate_frames,
     open_file,
+    segment_items,
 )
 from daskseg._malloc import register_on_current_client
 from daskseg._volframes import (
@@ -77,30 +77,28 @@ def read_volume_head(path: str) -> Head | None:
             pixel_element = handle.tell()
             layout, ranges = locate_frames(handle, header, pixel_element, name=path, tiled=False)
         except SegmentationFileError as error:
-            named = _named(path, error)
-            if named is error:
-                raise
-            raise named from error
+            _raise_named(path, error)
         except HEADER_DAMAGE as error:
             raise damaged_header(path, error) from error
     return header, layout, ranges, raw
 
 
-def _named(path: str, error: SegmentationInputError) -> SegmentationFileError:
-    """``error`` as a SegmentationFileError whose message names the file."""
+def _raise_named(path: str, error: SegmentationInputError) -> NoReturn:
+    """Raise ``error`` as a SegmentationFileError whose message names the file."""
     message = str(error)
     if isinstance(error, SegmentationFileError) and message.startswith(path):
-        return error
-    return SegmentationFileError(message if message.startswith(path) else f"{path}: {message}")
+        raise error
+    raise SegmentationFileError(
+        message if message.startswith(path) else f"{path}: {message}"
+    ) from error
 
 
 def segments_of(header: pydicom.Dataset) -> tuple[list[Any], list[int]]:
-    """The segment descriptions and numbers read from a SEG (a label map's background not)."""
+    """The segment descriptions and numbers read from a SEG, by number (a label map's
+    background not), as the tiled reader reads them."""
     import highdicom as hd
 
-    # As the tiled reader: a label map's background (PixelPaddingValue) is not a segment read.
-    padding = header.get("PixelPaddingValue")
-    items = [item for item in header.SegmentSequence if item.SegmentNumber != padding]
+    items = segment_items(header)
     return ([hd.seg.SegmentDescription.from_dataset(i) for i in items],
             [int(item.SegmentNumber) for item in items])
 
@@ -144,27 +142,15 @@ class VolumeSegmentationReader:
         try:
             self._describe(header, raw)
         except SegmentationInputError as error:  # what the frame index found wrong in the file
-            named = _named(path, error)
-            if named is error:
-                raise
-            raise named from error
+            _raise_named(path, error)
         except HEADER_DAMAGE as error:
             raise damaged_header(path, error) from error
 
     def _describe(self, header: pydicom.Dataset, raw: bytes) -> None:
         path = self.path
-        self.segmentation_type = str(header.SegmentationType)
-        if self.segmentation_type not in ("BINARY", "FRACTIONAL", "LABELMAP"):
-            raise SegmentationFileError(
-                f"{path}: SegmentationType {self.segmentation_type!r} is not BINARY, FRACTIONAL "
-                "or LABELMAP."
-            )
-        if self.segmentation_type == "FRACTIONAL":
-            header_int(header, "MaximumFractionalValue", path,
-                       high=2**self._layout.bits_allocated - 1)
         self.segment_descriptions, self.segment_numbers = segments_of(header)
-        check_label_numbers(self.segmentation_type, self.segment_numbers,
-                            self._layout.bits_allocated, path)
+        self.segmentation_type = check_segmentation(header, self.segment_numbers,
+                                                    self._layout.bits_allocated, path)
         self.frame_size = (int(header.Rows), int(header.Columns))
         self.number_of_frames = int(header.get("NumberOfFrames", 1))
         self.transfer_syntax_uid = header.file_meta.TransferSyntaxUID

@@ -27,7 +27,7 @@ from numpy.typing import DTypeLike
 from daskseg._decode import FrameRef, Output, read_chunk, store_block
 from daskseg._frames import (
     HEADER_DAMAGE,
-    check_label_numbers,
+    check_segmentation,
     damaged_header,
     FileSource,
     FrameRanges,
@@ -36,6 +36,7 @@ from daskseg._frames import (
     index_frames,
     locate_frames,
     open_file,
+    segment_items,
 )
 from daskseg._client import cluster_client
 from daskseg._file import replace_tree
@@ -268,33 +269,14 @@ class SegmentationReader:
         import highdicom as hd
 
         self.header = header
-        self.segmentation_type = str(header.SegmentationType)
-        if self.segmentation_type not in ("BINARY", "FRACTIONAL", "LABELMAP"):
-            raise SegmentationFileError(
-                f"{name}: SegmentationType {self.segmentation_type!r} is not BINARY, FRACTIONAL "
-                "or LABELMAP."
-            )
-        # A label map describes its background (the PixelPaddingValue) as a segment too;
-        # like highdicom, it is not one of the segments read.
-        padding = header.get("PixelPaddingValue")
-        # By number: a TILED_FULL SEG's frames are in increasing segment number (PS3.3
-        # C.7.6.17.3, as highdicom reads them), whatever the order of the SegmentSequence.
-        items = sorted((item for item in header.SegmentSequence if item.SegmentNumber != padding),
-                       key=lambda item: int(item.SegmentNumber))
+        items = segment_items(header)
         self.segment_numbers = [int(item.SegmentNumber) for item in items]
-        if len(set(self.segment_numbers)) != len(self.segment_numbers):
-            raise SegmentationFileError(
-                f"{name}: the SegmentSequence repeats segment numbers {self.segment_numbers}."
-            )
-        check_label_numbers(self.segmentation_type, self.segment_numbers,
-                            self._layout.bits_allocated, name)
+        self.segmentation_type = check_segmentation(header, self.segment_numbers,
+                                                    self._layout.bits_allocated, name)
         self.tile_size = (self._layout.rows, self._layout.columns)
         self.shape = (header_int(header, "TotalPixelMatrixRows", name),
                       header_int(header, "TotalPixelMatrixColumns", name))
         self.number_of_frames = int(header.get("NumberOfFrames", 1))
-        if self.segmentation_type == "FRACTIONAL":
-            header_int(header, "MaximumFractionalValue", name,
-                       high=2**self._layout.bits_allocated - 1)
         self.transfer_syntax_uid = header.file_meta.TransferSyntaxUID
         self._grid = TileGrid(*self.shape, *self.tile_size)
         self.grid_shape = (self._grid.n_tile_rows, self._grid.n_tile_columns)
