@@ -16,6 +16,7 @@ import datetime
 import math
 import os
 import pathlib
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -203,6 +204,8 @@ def write_segmentation_pyramid(
         As :func:`write_segmentation`, and for factors or source levels that make no pyramid.
     DestinationExistsError
         If a level's file exists and ``overwrite`` is not given, before anything is written.
+        With ``overwrite``, the new levels replace the old ones only once all are written, and
+        old levels beyond the new last one are removed.
     ClusterError
         If the cluster loses the work; the levels this call had written are removed, so a
         failure never leaves part of a pyramid.
@@ -255,13 +258,15 @@ def write_segmentation_pyramid(
     fractional = parse_segmentation_type(segmentation_type) == "FRACTIONAL"
     method = "bilinear" if floating and fractional else "nearest"
     now = datetime.datetime.now()
-    shared = dict(
+    shared: dict[str, Any] = dict(
         series_instance_uid=series_instance_uid or hd.UID(),
         pyramid_uid=pyramid_uid or hd.UID(),
         pyramid_label=pyramid_label,
         segmentation_type=segmentation_type,
-        series_date=options.pop("series_date", now.date()),
-        series_time=options.pop("series_time", now.time()),
+        # As highdicom's create_segmentation_pyramid: the content's date and time when given
+        # (a series date after the content date is refused), else now.
+        series_date=options.pop("series_date", None) or options.get("content_date") or now.date(),
+        series_time=options.pop("series_time", None) or options.get("content_time") or now.time(),
     )
     paths = [folder / f"level-{level}.dcm" for level in range(len(shapes))]
     existing = [str(path) for path in paths if path.exists()]
@@ -270,11 +275,15 @@ def write_segmentation_pyramid(
             f"{', '.join(existing)} {'exists' if len(existing) == 1 else 'exist'}; "
             "pass overwrite=True to replace the levels."
         )
+    # Each level is written under a hidden name and renamed into place once every level is
+    # written: a failure leaves the old pyramid (if any) as it was, not part of each.
+    token = uuid.uuid4().hex[:8]
+    pending = [folder / f".{path.name}.{token}.new" for path in paths]
     written: list[pathlib.Path] = []
     made = not folder.exists()
     folder.mkdir(exist_ok=True)
     try:
-        for level, (shape, path) in enumerate(zip(shapes, paths)):
+        for level, shape in enumerate(shapes):
             source = sources[level] if len(sources) > 1 else sources[0]
             level_options = dict(options)
             if level == 0:
@@ -297,9 +306,11 @@ def write_segmentation_pyramid(
                         slice_thickness=measures.SliceThickness,
                     )
             written.append(write_segmentation(
-                level_mask, source, segment_descriptions, path, instance_number=level + 1,
-                **shared, **level_options,
+                level_mask, source, segment_descriptions, pending[level],
+                instance_number=level + 1, **shared, **{**level_options, "overwrite": True},
             ))
+        for new, path in zip(written, paths):
+            os.replace(new, path)
     except BaseException:
         # Half a pyramid is no pyramid: remove the levels this call wrote.
         for path in written:
@@ -308,4 +319,9 @@ def write_segmentation_pyramid(
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
-    return written
+    # Overwritten: levels of an earlier, deeper pyramid here would be another series beside it.
+    level = len(paths)
+    while options.get("overwrite") and (stale := folder / f"level-{level}.dcm").exists():
+        stale.unlink()
+        level += 1
+    return paths

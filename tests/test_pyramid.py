@@ -106,8 +106,10 @@ def test_levels_match_highdicom(tmp_path, thread_client, segmentation_type, with
 
 
 def fail_after_level_0(block, level_0):
-    """Read as usual until level 0's file is in place, then fail (the next level's reads)."""
-    if os.path.exists(level_0):
+    """Read as usual until level 0's file is written (under its hidden name until every level
+    is), then fail (the next level's reads)."""
+    folder, name = os.path.split(level_0)
+    if os.path.isdir(folder) and any(f.startswith(f".{name}.") for f in os.listdir(folder)):
         raise RuntimeError("the mask's store went away")
     return block
 
@@ -142,6 +144,46 @@ def test_no_partial_pyramid_on_failure(tmp_path, thread_client):
     paths = write_segmentation_pyramid(labels, [source], descriptions, tmp_path / "new",
                                        downsample_factors=[2], client=thread_client, **OPTIONS)
     assert [p.name for p in paths] == ["level-0.dcm", "level-1.dcm"]
+
+
+def test_an_overwritten_pyramid_is_replaced_whole_or_not_at_all(tmp_path, thread_client):
+    """A rewrite that failed at level 1 had removed its new level 0 and left the old levels
+    1..3 (the old level 0 was lost); a shallower rewrite left the old deeper levels beside."""
+    labels = make_tissue_mask(ROWS, COLUMNS, 2, chunks=(70, 90))
+    source = make_slide(ROWS, COLUMNS, tile_size=(TILE, TILE))
+    descriptions = make_segment_descriptions(2)
+    write_segmentation_pyramid(labels, [source], descriptions, tmp_path,
+                               downsample_factors=[2, 4, 8], client=thread_client, **OPTIONS)
+    old = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(old) == [f"level-{k}.dcm" for k in range(4)]
+    flaky = labels.map_blocks(fail_after_level_0, str(tmp_path / "level-0.dcm"),
+                              dtype=labels.dtype)
+    with pytest.raises(RuntimeError, match="went away"):
+        write_segmentation_pyramid(flaky, [source], descriptions, tmp_path, overwrite=True,
+                                   downsample_factors=[2], client=thread_client, **OPTIONS)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old
+
+    paths = write_segmentation_pyramid(labels, [source], descriptions, tmp_path, overwrite=True,
+                                       downsample_factors=[2], client=thread_client, **OPTIONS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["level-0.dcm", "level-1.dcm"]
+    uids = {pydicom.dcmread(p, stop_before_pixels=True).PyramidUID for p in paths}
+    assert len(uids) == 1
+
+
+def test_the_series_date_follows_the_content_date_as_in_highdicom(tmp_path, thread_client):
+    """A content date in the past was refused: the series date (now) came after it."""
+    import datetime
+
+    labels = make_tissue_mask(ROWS, COLUMNS, 2, chunks=(70, 90))
+    source = make_slide(ROWS, COLUMNS, tile_size=(TILE, TILE))
+    paths = write_segmentation_pyramid(
+        labels, [source], make_segment_descriptions(2), tmp_path, downsample_factors=[2],
+        client=thread_client, content_date=datetime.date(2020, 1, 2),
+        content_time=datetime.time(3, 4, 5), **OPTIONS,
+    )
+    for path in paths:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        assert (header.SeriesDate, header.SeriesTime) == ("20200102", "030405")
 
 
 @pytest.mark.parametrize("factor", [2, 3, 20])
