@@ -81,6 +81,8 @@ def proxy_pixels(
     # wide integers: those map to the unsigned type that holds every segment number.
     if dtype.kind in "iu":
         dtype = np.dtype(np.uint8 if values[-1] < 256 else np.uint16)
+    elif dtype.kind == "f":  # nor half, extended or big-endian floats; the values are the same
+        dtype = np.dtype(np.float32)
     proxy = np.zeros(full, dtype=dtype)
     flat = proxy.reshape(-1, n_segments) if stacked else proxy.reshape(-1)
     for index in range(min(n_segments, flat.shape[0])):
@@ -404,6 +406,9 @@ def finish_header(header: Dataset, spec: Any, series_description: str | None) ->
     check_bits_allocated(header, spec)
     if series_description is not None:
         header.SeriesDescription = series_description
+        if not series_description.isascii() and "SpecificCharacterSet" not in header:
+            # Without (0008,0005) a file holds the default repertoire (ASCII) only (PS3.5 6.1).
+            header.SpecificCharacterSet = "ISO_IR 192"
 
 
 def segmentation_header(

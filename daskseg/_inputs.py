@@ -115,6 +115,13 @@ def parse_options(
     """
     kind = parse_segmentation_type(segmentation_type)
     syntax = parse_transfer_syntax(transfer_syntax_uid, kind)
+    if isinstance(max_fractional_value, bool) or not isinstance(
+        max_fractional_value, (int, np.integer)
+    ):
+        # 2.5 was cut to 2 for the pixels and then failed the file's US element at the end.
+        raise SegmentationTypeError(
+            f"max_fractional_value must be an integer, not {max_fractional_value!r}."
+        )
     if kind == "FRACTIONAL" and not 1 <= int(max_fractional_value) <= 255:
         raise SegmentationInputError(
             f"max_fractional_value must be in 1..255, got {max_fractional_value}."
@@ -306,8 +313,8 @@ def one_segment_plane(mask: Any, n_segments: int) -> Any:
     takes such a mask as one segment, fractions or 0/1, never as labels)."""
     if n_segments != 1:
         raise SegmentationTypeError(
-            f"The mask is floating point without a segment axis, which is one segment (as in "
-            f"highdicom), but {n_segments} segments are described: stack one plane per segment "
+            f"The mask is floating point without a segment axis, which daskseg takes as one "
+            f"segment, but {n_segments} segments are described: stack one plane per segment "
             "on the last axis, or give integer labels."
         )
     return mask[..., None]

@@ -177,12 +177,26 @@ def write_segmentation(
                                     max_fractional_value, use_extended_offset_table, volume=volume)
     numbers = _inputs.segment_numbers(segment_descriptions, options.segmentation_type)
     if series_description is not None:
-        if not isinstance(series_description, str) or len(series_description) > 64:
+        # LO (PS3.5 6.2): one value of at most 64 characters, no backslash (it separates
+        # values), no control characters.
+        if (not isinstance(series_description, str) or len(series_description) > 64
+                or "\\" in series_description
+                or any(ord(c) < 0x20 or ord(c) == 0x7F for c in series_description)):
             raise SegmentationInputError(
-                "series_description is a text of at most 64 characters (LO, PS3.5 6.2), not "
-                f"{series_description!r}."
+                "series_description is one text of at most 64 characters without a backslash "
+                f"or control characters (LO, PS3.5 6.2), not {series_description!r}."
             )
         options = dataclasses.replace(options, series_description=series_description)
+    # highdicom's tile_pixel_array says whether a slide's mask is its total pixel matrix (True)
+    # or its frames: daskseg takes the total pixel matrix of a slide, a series' frames.
+    whole_matrix = highdicom_options.pop("tile_pixel_array", None)
+    if whole_matrix is not None and bool(whole_matrix) == volume:
+        raise SegmentationInputError(
+            f"tile_pixel_array={whole_matrix!r}: daskseg takes "
+            + ("a series' mask as its frames (leave it out, or False)." if volume else
+               "a slide's mask as its total pixel matrix, as highdicom with "
+               "tile_pixel_array=True (leave it out, or True).")
+        )
     hd_options: dict[str, Any] = dict(
         segmentation_type=options.segmentation_type,
         segment_descriptions=segment_descriptions,

@@ -315,6 +315,43 @@ def test_a_floating_point_image_is_one_segment_as_in_highdicom(tmp_path, thread_
                            client=thread_client)
 
 
+def test_options_and_dtypes_highdicom_takes_or_refuses(tmp_path, thread_client):
+    """Each was refused late (after the blocks went out) or written invalid: a SeriesDescription
+    of two values or with a tab, non-ASCII without a character set, a float
+    max_fractional_value (cut for the pixels, then refused by the file's US element),
+    highdicom's own tile_pixel_array=True, a float16 mask."""
+    source = make_slide(128, 128, tile_size=(64, 64))
+    labels = make_tissue_mask(128, 128, 1, chunks=64).compute()
+    one = make_segment_descriptions(1)
+    for text in ("Tumor\\Stroma", "tab\there"):
+        with pytest.raises(SegmentationInputError, match="without a backslash or control"):
+            write_segmentation(labels, source, one, tmp_path / "bad.dcm", client=thread_client,
+                               series_description=text)
+    with pytest.raises(SegmentationTypeError, match="max_fractional_value must be an integer"):
+        write_segmentation(labels, source, one, tmp_path / "bad.dcm", client=thread_client,
+                           segmentation_type="FRACTIONAL", max_fractional_value=2.5)
+    with pytest.raises(SegmentationInputError, match="tile_pixel_array=False"):
+        write_segmentation(labels, source, one, tmp_path / "bad.dcm", client=thread_client,
+                           tile_pixel_array=False)
+    assert list(tmp_path.iterdir()) == []
+
+    path = write_segmentation(labels, source, one, tmp_path / "seg.dcm", client=thread_client,
+                              series_description="Série für Tumör", tile_pixel_array=True)
+    written = pydicom.dcmread(path)
+    assert written.SpecificCharacterSet == "ISO_IR 192"
+    assert written.SeriesDescription == "Série für Tumör"
+
+    fractions = (labels[..., None] * 0.5).astype(np.float16)
+    fractional = make_segment_descriptions(1, segmentation_type="FRACTIONAL")
+    half, single = (
+        pydicom.dcmread(write_segmentation(
+            fractions.astype(dtype), source, fractional, tmp_path / f"{name}.dcm",
+            segmentation_type="FRACTIONAL", client=thread_client))
+        for name, dtype in (("half", np.float16), ("single", np.float32))
+    )
+    assert half.PixelData == single.PixelData
+
+
 def test_overwrite_and_nothing_left_on_failure(tmp_path, thread_client):
     rows, columns = 128, 128
     source = make_slide(rows, columns, tile_size=(64, 64))
