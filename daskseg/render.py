@@ -37,6 +37,9 @@ def show_segmentation(
 ):
     """Draw a SEG (or a region of it) with matplotlib, each segment in its display colour.
 
+    Segments that overlap are drawn one over another, in the order of their numbers; a
+    FRACTIONAL segment's fraction is its opacity.
+
     Parameters
     ----------
     seg : str, os.PathLike or SegmentationReader
@@ -78,18 +81,32 @@ def show_segmentation(
     reader = seg if isinstance(seg, SegmentationReader) else SegmentationReader(seg)
     rows, columns = _slices(region, reader.shape)
     step = max(1, math.ceil(max(rows.stop - rows.start, columns.stop - columns.start) / max_pixels))
-    labels = reader.to_dask(combine_segments=True)[rows, columns][::step, ::step].compute()
-
     colors = segment_rgb(reader.segment_descriptions)
-    lookup = np.zeros((max(max(colors), int(labels.max(initial=0))) + 1, 4), dtype=np.float32)
-    for number, rgb in colors.items():
-        lookup[number] = (*(c / 255 for c in rgb), alpha if image is not None else 1.0)
+    opacity = alpha if image is not None else 1.0
+    if reader.segmentation_type == "LABELMAP":
+        labels = reader.to_dask(combine_segments=True)[rows, columns][::step, ::step].compute()
+        lookup = np.zeros((max(max(colors), int(labels.max(initial=0))) + 1, 4), dtype=np.float32)
+        for number, rgb in colors.items():
+            lookup[number] = (*(c / 255 for c in rgb), opacity)
+        picture = lookup[labels]
+    else:
+        # Segment by segment, each over the ones before (BINARY segments may overlap; a
+        # FRACTIONAL one's fraction is its opacity): one label image could show neither.
+        planes = reader.to_dask()[rows, columns][::step, ::step].compute()
+        shade = np.zeros((*planes.shape[:2], 3), dtype=np.float32)  # premultiplied colour
+        cover = np.zeros(planes.shape[:2], dtype=np.float32)
+        for k, number in enumerate(reader.segment_numbers):
+            weight = planes[..., k].astype(np.float32) * opacity
+            shade = shade * (1 - weight[..., None]) + np.multiply.outer(
+                weight, np.asarray(colors[number], dtype=np.float32) / 255)
+            cover = weight + cover * (1 - weight)
+        picture = np.dstack([shade / np.maximum(cover, 1e-6)[..., None], cover])
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 6 * labels.shape[0] / max(labels.shape[1], 1)))
+        _, ax = plt.subplots(figsize=(6, 6 * picture.shape[0] / max(picture.shape[1], 1)))
     extent = (columns.start, columns.stop, rows.stop, rows.start)
     if image is not None:
         ax.imshow(image, cmap="gray" if image.ndim == 2 else None, extent=extent)
-    ax.imshow(lookup[labels], extent=extent, interpolation="nearest")
+    ax.imshow(picture, extent=extent, interpolation="nearest")
     if legend:
         names = {n: str(d.SegmentLabel) for n, d in zip(reader.segment_numbers, reader.segment_descriptions)}
         fractions = {n: (r / 255, g / 255, b / 255) for n, (r, g, b) in colors.items()}

@@ -490,3 +490,34 @@ def test_to_numpy_from_workers_off_loopback_comes_packed_and_equal(tmp_path, mon
         got, hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True)
     )
     assert arrived == [True] * 4  # four blocks of 100 KB, each of them compressible
+
+
+def test_show_segmentation_draws_overlapping_and_fractional_segments(tmp_path, thread_client):
+    """It combined the segments into labels, which overlapping BINARY segments (tissue with a
+    tumour inside) and fractions cannot be: it raised CombineError."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from daskseg import show_segmentation, write_segmentation
+    from daskseg._colors import segment_rgb
+
+    source = make_slide(128, 128, tile_size=(64, 64))
+    planes = np.zeros((128, 128, 2), bool)
+    planes[10:100, 10:100, 0] = True  # tissue
+    planes[40:60, 40:60, 1] = True  # a tumour inside it
+    descriptions = make_segment_descriptions(2)
+    path = write_segmentation(planes, source, descriptions, tmp_path / "seg.dcm",
+                              client=thread_client)
+    picture = show_segmentation(path).images[-1].get_array()
+    colors = segment_rgb(descriptions)
+    np.testing.assert_allclose(picture[50, 50, :3], np.asarray(colors[2]) / 255, atol=1e-3)
+    np.testing.assert_allclose(picture[20, 20, :3], np.asarray(colors[1]) / 255, atol=1e-3)
+    assert picture[5, 5, 3] == 0 and picture[50, 50, 3] == 1
+
+    fractions = planes.astype(np.float32) * 0.5
+    path = write_segmentation(fractions, source,
+                              make_segment_descriptions(2, segmentation_type="FRACTIONAL"),
+                              tmp_path / "fractional.dcm", segmentation_type="FRACTIONAL",
+                              client=thread_client)
+    picture = show_segmentation(path).images[-1].get_array()
+    assert picture[20, 20, 3] == pytest.approx(0.5, abs=0.01)
+    assert picture[50, 50, 3] == pytest.approx(0.75, abs=0.01)  # one half over the other
