@@ -120,7 +120,7 @@ def _client(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
 
 
 def _factors(text: str | None, mask: Any, source: str, tile_size: Any) -> list[float]:
-    """``--downsample-factors``, or powers of two until a level is smaller than a tile."""
+    """``--downsample-factors``, or powers of two until a level fits in one tile."""
     if text:
         try:
             return [float(v) for v in text.split(",")]
@@ -129,12 +129,14 @@ def _factors(text: str | None, mask: Any, source: str, tile_size: Any) -> list[f
     from daskseg._source import load_source_image
 
     header = load_source_image(source)
-    size = min(int(header.TotalPixelMatrixRows), int(header.TotalPixelMatrixColumns))
-    tile = min(tile_size) if tile_size else min(int(header.Rows), int(header.Columns))
-    factors: list[float] = []
-    while size / (2 ** (len(factors) + 1)) >= tile:
-        factors.append(float(2 ** (len(factors) + 1)))
-    return factors or [2.0]
+    sizes = (int(header.TotalPixelMatrixRows), int(header.TotalPixelMatrixColumns))
+    tiles = tile_size or (int(header.Rows), int(header.Columns))
+    # As the OME-Zarr export: halve until a level fits in one tile (while no side is empty).
+    factors = [2.0]
+    while (any(size / factors[-1] > tile for size, tile in zip(sizes, tiles))
+           and min(sizes) / (2 * factors[-1]) >= 1):
+        factors.append(2 * factors[-1])
+    return factors
 
 
 def _encode(args: argparse.Namespace) -> None:
@@ -419,7 +421,8 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument("--pyramid", action="store_true",
                         help="write a multi-resolution pyramid of SEGs into the output folder")
     encode.add_argument("--downsample-factors", metavar="F,F,...",
-                        help="pyramid levels, e.g. 2,4,8 (default: halve until below a tile)")
+                        help="pyramid levels, e.g. 2,4,8 (default: halve until a level fits "
+                        "in one tile)")
     encode.add_argument("--overwrite", action="store_true", help="replace an existing output")
     encode.add_argument("--stow", metavar="ROOT",
                         help="then store the SEG(s) on this DICOMweb server with STOW-RS "

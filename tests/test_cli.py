@@ -334,3 +334,15 @@ def test_label_segments_do_not_name_the_synthetic_algorithm(inputs, tmp_path):
     for item in pydicom.dcmread(out, stop_before_pixels=True).SegmentSequence:
         name = item.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName
         assert "synthetic" not in name.lower()
+
+
+def test_default_pyramid_halves_until_a_level_fits_in_one_tile(tmp_path):
+    """As --help says and as the OME-Zarr export does: 1001 x 1531 in 256-pixel tiles gave [2]
+    only, a last level of 2 x 3 tiles."""
+    from daskseg.cli import _factors
+
+    source = make_slide(1001, 1531, tile_size=(256, 256))
+    source.save_as(tmp_path / "slide.dcm", enforce_file_format=True)
+    assert _factors(None, None, str(tmp_path / "slide.dcm"), None) == [2.0, 4.0, 8.0]
+    assert _factors(None, None, str(tmp_path / "slide.dcm"), (512, 512)) == [2.0, 4.0]
+    assert _factors("2,4", None, str(tmp_path / "slide.dcm"), None) == [2.0, 4.0]
