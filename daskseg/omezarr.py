@@ -339,7 +339,8 @@ def segment_descriptions_from_ome_zarr(
     ------
     SegmentationInputError
         ``path`` is not an OME-Zarr label image, its metadata lists no labels, or the label
-        values are not 1, 2, ... N (DICOM segment numbers; PS3.3 C.8.20.4).
+        values are not 1, 2, ... N (DICOM segment numbers; PS3.3 C.8.20.4) for BINARY or
+        FRACTIONAL; a LABELMAP's may skip numbers (its pixels hold them, as in highdicom).
     """
     group = _label_group(path)
     if group is None:
@@ -353,10 +354,12 @@ def segment_descriptions_from_ome_zarr(
             f"The label image {group.store_path} lists no labels in its image-label metadata; "
             "give the segments' descriptions."
         )
-    if numbers != list(range(1, len(numbers) + 1)):
+    labelmap = str(getattr(segmentation_type, "value", segmentation_type)).upper() == "LABELMAP"
+    if numbers != list(range(1, len(numbers) + 1)) and not labelmap:
         raise SegmentationInputError(
-            f"The label values {numbers} of {group.store_path} are not 1..{len(numbers)}: DICOM "
-            "segments are numbered from 1 without gaps; relabel the image first."
+            f"The label values {numbers} of {group.store_path} are not 1..{len(numbers)}: the "
+            "segments of a BINARY or FRACTIONAL SEG are numbered from 1 without gaps; relabel "
+            "the image first, or write a LABELMAP (whose pixels hold the numbers)."
         )
     defaults = segment_descriptions_from_labels([f"Segment {n}" for n in numbers], segmentation_type)
     descriptions = []

@@ -145,6 +145,10 @@ def test_ome_zarr_without_usable_labels_is_refused(tmp_path):
         daskseg.write_segmentation(str(store), source, make_segment_descriptions(1), tmp_path / "x.dcm")
     with pytest.raises(SegmentationInputError, match="not 1..1"):
         daskseg.segment_descriptions_from_ome_zarr(store / "labels" / "a")
+    # A LABELMAP's pixels hold its numbers, which may skip (as highdicom allows).
+    (sparse,) = daskseg.segment_descriptions_from_ome_zarr(store / "labels" / "a",
+                                                           segmentation_type="LABELMAP")
+    assert int(sparse.SegmentNumber) == 2
     with pytest.raises(SegmentationInputError, match="lists no labels"):
         daskseg.segment_descriptions_from_ome_zarr(store / "labels" / "b")
     assert not (tmp_path / "x.dcm").exists()
