@@ -26,6 +26,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
+from daskseg._file import replace_atomically
 from daskseg._source import load_source_image
 from daskseg.errors import DestinationExistsError, SegmentationInputError
 from daskseg.plan import aligned_chunks, block_location
@@ -310,7 +311,7 @@ def write_segmentation_pyramid(
                 instance_number=level + 1, **shared, **{**level_options, "overwrite": True},
             ))
         for new, path in zip(written, paths):
-            os.replace(new, path)
+            replace_atomically(new, path, bool(options.get("overwrite", False)))
     except BaseException:
         # Half a pyramid is no pyramid: remove the levels this call wrote.
         for path in written:
