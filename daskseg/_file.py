@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import pathlib
+import shutil
 import stat
 import struct
 import uuid

@@ -12,7 +12,6 @@ per (segment, plane) from parts encoded once per plane and once per segment.
 from __future__ import annotations
 
 import copy
-
 import functools
 import pathlib
 from typing import Any
@@ -349,7 +348,7 @@ def write_volume_segmentation(
     """
     series = load_source_series(source_images)
     given = [key for key in ("plane_positions", "plane_orientation", "pixel_measures",
-                             "tile_pixel_array", "tile_size") if hd_options.get(key) is not None]
+                             "tile_size") if hd_options.get(key) is not None]
     if given:
         raise SegmentationInputError(
             f"{', '.join(given)} cannot be given for a SEG of a series: its frames take the "

@@ -41,8 +41,9 @@ from pydicom.sr.codedict import codes
 
 from daskseg._client import cluster_client
 from daskseg._colors import segment_rgb
-from daskseg._file import replace_tree
 from daskseg._dcmqi import segment_descriptions_from_labels
+from daskseg._file import replace_tree
+from daskseg._inputs import parse_segmentation_type
 from daskseg._progress import progress_bar
 from daskseg._tasks import block_tasks, run_windowed
 from daskseg.errors import DestinationExistsError, MissingDependencyError, SegmentationInputError
@@ -354,7 +355,7 @@ def segment_descriptions_from_ome_zarr(
             f"The label image {group.store_path} lists no labels in its image-label metadata; "
             "give the segments' descriptions."
         )
-    labelmap = str(getattr(segmentation_type, "value", segmentation_type)).upper() == "LABELMAP"
+    labelmap = parse_segmentation_type(segmentation_type) == "LABELMAP"
     if numbers != list(range(1, len(numbers) + 1)) and not labelmap:
         raise SegmentationInputError(
             f"The label values {numbers} of {group.store_path} are not 1..{len(numbers)}: the "

@@ -27,11 +27,11 @@ from numpy.typing import DTypeLike
 from daskseg._decode import FrameRef, Output, read_chunk, store_block
 from daskseg._frames import (
     HEADER_DAMAGE,
-    check_segmentation,
-    damaged_header,
     FileSource,
     FrameRanges,
     FrameSource,
+    check_segmentation,
+    damaged_header,
     header_int,
     index_frames,
     locate_frames,
@@ -59,7 +59,6 @@ if TYPE_CHECKING:
     from zarr.storage import StoreLike
 
 __all__ = ["ReadOptions", "SegmentationReader", "open_segmentation", "read_segmentation"]
-
 
 
 #: The most chunks a lazy array may have: each is a task holding its frames' byte ranges.

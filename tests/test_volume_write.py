@@ -296,6 +296,7 @@ def test_refusals_leave_nothing_behind(tmp_path, thread_client):
          "is for tiled images"),
         (dict(mask=mask, source=series, plane_positions=[]), "cannot be given for a SEG of a series"),
         (dict(mask=mask, source=series, tile_size=16), "tile_size is for tiled images"),
+        (dict(mask=mask, source=series, tile_pixel_array=True), "a series' mask as its frames"),
         (dict(mask=mask, source=series, further_source_images=series[:1]),
          "further_source_images is not supported"),
         (dict(mask=mask, source=series, dimension_organization_type="3D"),
