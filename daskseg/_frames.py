@@ -205,10 +205,8 @@ def check_header(
             raise _fail(name, f"a SEG of a series or multi-frame image in transfer syntax "
                               f"{syntax} ({syntax.name}) is not one daskseg reads; "
                               "highdicom.seg.segread reads it.")
-        raise _fail(name, "the SEG is not of a tiled image (no TotalPixelMatrixRows). A SEG of "
-                          "a series or multi-frame image is read from a file only (over "
-                          "DICOMweb, retrieve the instance first); highdicom.seg.segread "
-                          "reads the others.")
+        raise _fail(name, "the SEG is not of a tiled image (no TotalPixelMatrixRows); "
+                          "open_segmentation reads SEGs of series and multi-frame images too.")
     if tiled:
         for keyword in ("TotalPixelMatrixFocalPlanes", "NumberOfOpticalPaths"):
             if int(header.get(keyword) or 1) != 1:

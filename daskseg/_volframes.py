@@ -26,7 +26,8 @@ from pydicom.filereader import read_dataset
 from daskseg.errors import SegmentationFileError, SegmentationInputError, SegmentationTypeError
 
 __all__ = [
-    "FrameItem", "VolumeIndex", "index_volume_frames", "read_frame_items", "scan_frame_items",
+    "FrameItem", "VolumeIndex", "frame_items_from_json", "index_volume_frames",
+    "read_frame_items", "scan_frame_items",
 ]
 
 _UNDEFINED = 0xFFFFFFFF
@@ -169,6 +170,49 @@ def scan_frame_items(buffer: bytes, dataset_start: int, implicit: bool) -> list[
             source_frame=int(frame.split("\\")[0]) if frame else None,
             position=tuple(float(v) for v in position.split("\\")) if position else None,  # type: ignore[arg-type]
             segment=None if segment is None else struct.unpack("<H", segment[:2])[0],
+        ))
+    return frames
+
+
+# The same elements by their DICOM JSON keys (PS3.18 F.2), for a SEG on a DICOMweb server.
+_JSON_PFFG = "52009230"
+_JSON_DESCEND = {f"{tag:08X}" for tag in _DESCEND}
+_JSON_SOP_INSTANCE, _JSON_FRAME_NUMBER, _JSON_POSITION, _JSON_SEGMENT = (
+    f"{tag:08X}" for tag in (_SOP_INSTANCE, _FRAME_NUMBER, _POSITION, _SEGMENT)
+)
+
+
+def _collect_json(item: dict[str, Any], found: dict[str, list[Any]]) -> None:
+    # In tag order, the first of each element, as _collect finds them in a file.
+    for key in sorted(item, key=str.upper):
+        tag, element = key.upper(), item[key]
+        values = element.get("Value") or []
+        if tag in _JSON_DESCEND:
+            for nested in values:
+                _collect_json(nested, found)
+        elif tag in (_JSON_SOP_INSTANCE, _JSON_FRAME_NUMBER, _JSON_POSITION, _JSON_SEGMENT):
+            if values and tag not in found:
+                found[tag] = values
+
+
+def frame_items_from_json(metadata: dict[str, Any]) -> list[FrameItem]:
+    """The frame items of the Per-frame Functional Groups Sequence of an instance's DICOM JSON
+    metadata (PS3.18 F.2), read as :func:`scan_frame_items` reads them from a file: without
+    making a pydicom Dataset of every item. DS and IS values may be numbers or strings."""
+    element = metadata.get(_JSON_PFFG) or {}
+    frames = []
+    for item in element.get("Value") or []:
+        found: dict[str, list[Any]] = {}
+        _collect_json(item, found)
+        uid = found.get(_JSON_SOP_INSTANCE)
+        frame = found.get(_JSON_FRAME_NUMBER)
+        position = found.get(_JSON_POSITION)
+        segment = found.get(_JSON_SEGMENT)
+        frames.append(FrameItem(
+            source_uid=None if uid is None else str(uid[0]).strip(),
+            source_frame=None if frame is None else int(frame[0]),
+            position=None if position is None else tuple(float(v) for v in position),  # type: ignore[arg-type]
+            segment=None if segment is None else int(segment[0]),
         ))
     return frames
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import dask
 import dask.array as da
@@ -22,7 +22,7 @@ from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import DTypeLike
 
 from daskseg._decode import FrameRef, read_planes
-from daskseg._frames import FileSource, FrameLayout, FrameRanges
+from daskseg._frames import FileSource, FrameLayout, FrameRanges, FrameSource
 from daskseg._frames import (
     HEADER_DAMAGE,
     check_segmentation,
@@ -33,6 +33,7 @@ from daskseg._frames import (
 )
 from daskseg._malloc import register_on_current_client
 from daskseg._volframes import (
+    FrameItem,
     index_volume_frames,
     multiframe_sources,
     plane_order,
@@ -41,6 +42,9 @@ from daskseg._volframes import (
 )
 from daskseg.errors import SegmentationFileError, SegmentationInputError
 from daskseg.read import ReadOptions, _into_memory
+
+if TYPE_CHECKING:
+    from daskseg._web import WebHead
 
 __all__ = ["VolumeSegmentationReader", "read_volume_head"]
 
@@ -136,17 +140,37 @@ class VolumeSegmentationReader:
             raise SegmentationFileError(
                 f"{path} is not a DICOM Segmentation of a series or multi-frame image."
             )
-        header, self._layout, self._frame_ranges, raw = head
+        header, layout, ranges, raw = head
+        self._init(path, header, layout, FileSource(path), ranges,
+                   lambda implicit: scan_frame_items(raw, 0, implicit))
+
+    @classmethod
+    def from_web(cls, head: WebHead) -> VolumeSegmentationReader:
+        """The reader of a SEG on a DICOMweb server, from what ``_web.open_web`` fetched."""
+        assert head.frame_items is not None
+        items = head.frame_items
+        reader = cls.__new__(cls)
+        reader._init(head.source.path, head.header, head.layout, head.source, None,
+                     lambda implicit: items)
+        return reader
+
+    def _init(self, path: str, header: pydicom.Dataset, layout: FrameLayout,
+              source: FrameSource, ranges: list[FrameRanges] | None,
+              frame_items: Callable[[bool], list[FrameItem]]) -> None:
         self.path = path
         self.header = header
+        self._layout = layout
+        self._source = source
+        self._frame_ranges = ranges
         try:
-            self._describe(header, raw)
+            self._describe(header, frame_items)
         except SegmentationInputError as error:  # what the frame index found wrong in the file
             _raise_named(path, error)
         except HEADER_DAMAGE as error:
             raise damaged_header(path, error) from error
 
-    def _describe(self, header: pydicom.Dataset, raw: bytes) -> None:
+    def _describe(self, header: pydicom.Dataset,
+                  frame_items: Callable[[bool], list[FrameItem]]) -> None:
         path = self.path
         self.segment_descriptions, self.segment_numbers = segments_of(header)
         self.segmentation_type = check_segmentation(header, self.segment_numbers,
@@ -159,7 +183,7 @@ class VolumeSegmentationReader:
                 f"Transfer syntax {self.transfer_syntax_uid.name} is not supported for SEGs of "
                 "series; use highdicom."
             )
-        items = scan_frame_items(raw, 0, self.transfer_syntax_uid.is_implicit_VR)
+        items = frame_items(self.transfer_syntax_uid.is_implicit_VR)
         if len(items) != self.number_of_frames:
             raise SegmentationFileError(
                 f"{path}: the SEG has {self.number_of_frames} frames but {len(items)} per-frame "
@@ -223,7 +247,7 @@ class VolumeSegmentationReader:
             output, out_chunks, planes,
         )
         name = f"decode-volume-seg-{token}"
-        source = FileSource(self.path)
+        source = self._source
         graph: dict[tuple[Any, ...], Any] = {}
         for i, start in enumerate(starts):
             chunk = planes[start : start + plane_chunks[i]]
@@ -274,6 +298,8 @@ class VolumeSegmentationReader:
         return self._index.positions[order]
 
     def _ranges(self, index: int) -> FrameRanges:
+        if not isinstance(self._source, FileSource):
+            return []  # the source asks for frames by number
         if self._frame_ranges is None:
             return self._layout.ranges(index)
         return self._frame_ranges[index]

@@ -18,24 +18,26 @@ import functools
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from daskseg._frames import FrameLayout, FrameRef, check_header
+from daskseg._frames import HEADER_DAMAGE, FrameLayout, FrameRef, check_header, damaged_header
+from daskseg._volframes import FrameItem, frame_items_from_json
 from daskseg.dicomweb import (
     DEFAULT_TIMEOUT,
     FRAMES_PER_REQUEST,
     DICOMwebURL,
+    _dataset_from_json,
+    _fetch_metadata_json,
     fetch_frames,
-    fetch_instance_metadata,
     fetch_transfer_syntax,
     parse_dicomweb_url,
 )
 from daskseg.errors import DICOMwebError, SegmentationInputError
 
-__all__ = ["WebSource", "open_web"]
+__all__ = ["WebHead", "WebSource", "open_web"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,23 +94,49 @@ class WebSource:
                 yield got, frame
 
 
+class WebHead(NamedTuple):
+    """What :func:`open_web` learns of a SEG: enough to make its reader."""
+
+    header: Dataset
+    layout: FrameLayout
+    source: WebSource
+    # The frame items of a SEG of a series or multi-frame image (then not in ``header``);
+    # None for a SEG of a tiled image, whose per-frame items stay in ``header``.
+    frame_items: list[FrameItem] | None
+
+
 def open_web(
     url: str,
     *,
     session: Any = None,
     headers: Mapping[str, str] | None = None,
     timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
-) -> tuple[Dataset, FrameLayout, WebSource]:
+) -> WebHead:
     """The SEG header at ``url`` (one metadata request, and one for the transfer syntax when the
-    metadata lacks it), its frame layout, and the source the tasks fetch frames from."""
+    metadata lacks it), its frame layout, the source the tasks fetch frames from, and for a SEG
+    of a series its frame items."""
     target, url_headers = parse_dicomweb_url(url)
     if target.sop_instance_uid is None:
         raise SegmentationInputError(
             f"{target} is a series URL; give the SEG instance's URL (.../instances/{{uid}})."
         )
     all_headers = {**url_headers, **(headers or {})}
-    header = fetch_instance_metadata(target, session=session, headers=all_headers, timeout=timeout)
-    rows, columns, bits = check_header(header, str(target), transfer_syntax=False)
+    metadata = _fetch_metadata_json(target, session, all_headers, timeout)
+    frame_items = None
+    # A SEG of a series or multi-frame image (no total pixel matrix): its per-frame items are
+    # read from the JSON as they are from a file, not made into thousands of Datasets.
+    if "00480006" not in metadata and "00620002" in metadata:  # TotalPixelMatrixRows, SegmentSequence
+        try:
+            frame_items = frame_items_from_json(metadata)
+        except HEADER_DAMAGE as error:
+            raise damaged_header(str(target), error) from error
+        metadata = {key: value for key, value in metadata.items() if key.upper() != "52009230"}
+    try:
+        header = _dataset_from_json(metadata)
+    except HEADER_DAMAGE as error:
+        raise damaged_header(str(target), error) from error
+    tiled = frame_items is None
+    rows, columns, bits = check_header(header, str(target), transfer_syntax=False, tiled=tiled)
     # PS3.5 8.1.1: native 1-bit frames that do not fill whole bytes start mid-byte in the Pixel
     # Data, and servers do not cut them out for frame retrieval (Orthanc answers 400).
     straddling = bits == 1 and rows * columns % 8 != 0
@@ -124,8 +152,16 @@ def open_web(
         except DICOMwebError as error:
             if straddling and error.status == 400:
                 raise unservable from None
+            if bits == 1 and error.status == 400:
+                # Orthanc, for one, cuts native 1-bit frames out only when their rows fill
+                # whole bytes ("Bad number of columns for a black-and-white image").
+                raise DICOMwebError(
+                    f"{str(error).rstrip('.')}. Servers may refuse to serve 1-bit frames of "
+                    f"{columns} columns (Orthanc needs a multiple of 8); download the instance "
+                    "and read the file.", url=error.url, status=error.status,
+                ) from None
             raise
-    check_header(header, str(target))
+    check_header(header, str(target), tiled=tiled)
     if straddling and not UID(header.file_meta.TransferSyntaxUID).is_encapsulated:
         raise unservable
     layout = FrameLayout(
@@ -137,4 +173,19 @@ def open_web(
     )
     # Plain headers travel with the tasks and each worker builds its own session; a session given
     # by the user is pickled into the tasks (it may hold credentials in its auth or cookies).
-    return header, layout, WebSource(target, all_headers, session, timeout)
+    source = WebSource(target, all_headers, session, timeout, _frames_per_request(layout))
+    return WebHead(header, layout, source, frame_items)
+
+
+# Bytes of frames, at their native size, asked for in one request. A server may parse the whole
+# instance for every frame request: Orthanc takes 0.5 s a request for a 126 MB SEG of 3,777
+# frames, whether it serves 1 frame or 1,024. Up to _MAX_FRAMES_PER_REQUEST frames keep the
+# URL's frame list short (about 3 KB) for servers that limit URLs to 8 KB.
+_BYTES_PER_REQUEST = 16 * 2**20
+_MAX_FRAMES_PER_REQUEST = 512
+
+
+def _frames_per_request(layout: FrameLayout) -> int:
+    """Small frames (1-bit, or compressed) many to a request; at least FRAMES_PER_REQUEST."""
+    frame_bytes = -(-layout.rows * layout.columns * layout.bits_allocated // 8)
+    return max(FRAMES_PER_REQUEST, min(_MAX_FRAMES_PER_REQUEST, _BYTES_PER_REQUEST // frame_bytes))

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     import zarr
 
     from daskseg._volread import VolumeSegmentationReader
+    from daskseg._web import WebHead
     from distributed import Client
     from zarr.storage import StoreLike
 
@@ -221,22 +222,34 @@ class SegmentationReader:
         if is_dicomweb_url(self.path):
             from daskseg._web import open_web
 
-            header, self._layout, web = open_web(
-                self.path, session=session, headers=headers,
-                **({} if timeout is None else {"timeout": timeout}),
+            self._init_web(open_web(self.path, session=session, headers=headers,
+                                    **({} if timeout is None else {"timeout": timeout})))
+            return
+        _check_no_web_options(self.path, session, headers, timeout)
+        name = self.path
+        header = self._open_file(name)
+        self._source = FileSource(self.path)
+        self._init(header, name)
+
+    def _init_web(self, head: WebHead) -> None:
+        if head.frame_items is not None:
+            raise SegmentationFileError(
+                f"{head.source.path} is a SEG of a series or multi-frame image, not of a tiled "
+                "image: open it with open_segmentation."
             )
-            self._source = web
-            self.path = name = str(web.target)  # without credentials: safe to show
-            self._frame_ranges = None
-        else:
-            if session is not None or headers is not None or timeout is not None:
-                raise SegmentationInputError(
-                    "session, headers and timeout apply to DICOMweb URLs only, and "
-                    f"{self.path} is not one."
-                )
-            name = self.path
-            header = self._open_file(name)
-            self._source = FileSource(self.path)
+        self._layout = head.layout
+        self._source = head.source
+        self.path = str(head.source.target)  # without credentials: safe to show
+        self._frame_ranges = None
+        self._init(head.header, self.path)
+
+    @classmethod
+    def _from_web(cls, head: WebHead) -> SegmentationReader:
+        reader = cls.__new__(cls)
+        reader._init_web(head)
+        return reader
+
+    def _init(self, header: pydicom.Dataset, name: str) -> None:
         try:
             self._describe(header, name)
         except SegmentationFileError:
@@ -561,11 +574,26 @@ def open_segmentation(
     from daskseg._volread import VolumeSegmentationReader, read_volume_head
     from daskseg.dicomweb import is_dicomweb_url
 
-    if not is_dicomweb_url(os.fspath(path)):  # SEGs of series are read from files only
-        head = read_volume_head(os.fspath(path))
-        if head is not None:
-            return VolumeSegmentationReader(os.fspath(path), head)
-    return SegmentationReader(path, session=session, headers=headers, timeout=timeout)
+    if is_dicomweb_url(os.fspath(path)):
+        from daskseg._web import open_web
+
+        web = open_web(os.fspath(path), session=session, headers=headers,
+                       **({} if timeout is None else {"timeout": timeout}))
+        if web.frame_items is not None:
+            return VolumeSegmentationReader.from_web(web)
+        return SegmentationReader._from_web(web)
+    _check_no_web_options(os.fspath(path), session, headers, timeout)
+    head = read_volume_head(os.fspath(path))
+    if head is not None:
+        return VolumeSegmentationReader(os.fspath(path), head)
+    return SegmentationReader(path)
+
+
+def _check_no_web_options(path: str, session: Any, headers: Any, timeout: Any) -> None:
+    if session is not None or headers is not None or timeout is not None:
+        raise SegmentationInputError(
+            f"session, headers and timeout apply to DICOMweb URLs only, and {path} is not one."
+        )
 
 
 def read_segmentation(

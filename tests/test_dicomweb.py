@@ -134,6 +134,41 @@ def test_parse_urls():
     assert "secret" not in str(caught.value)
 
 
+def test_metadata_bulk_data_is_left_empty_nested_too(recwarn):
+    """Elements a server gives by BulkDataURI (Pixel Data, a large OB in a sequence) are
+    empty in the Dataset made of the metadata, without asking for them or warning."""
+    from daskseg.dicomweb import _dataset_from_json
+
+    uri = {"vr": "OB", "BulkDataURI": "http://h/bulk/1"}
+    item = {
+        "00080018": {"vr": "UI", "Value": ["1.2.3"]},
+        "00081140": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": ["1.2.4"]},
+                                            "00091010": uri}]},
+        "7FE00010": uri,
+    }
+    dataset = _dataset_from_json(item)
+    assert dataset.SOPInstanceUID == "1.2.3" and "PixelData" not in dataset
+    nested = dataset.ReferencedImageSequence[0]
+    assert nested.ReferencedSOPInstanceUID == "1.2.4" and nested[0x00091010].value is None
+    assert item["00081140"]["Value"][0]["00091010"] is uri  # the JSON is left as it was
+    assert not recwarn.list
+
+
+def test_frames_per_request_follows_the_frame_size():
+    """Small frames many to a request (a server may parse the instance for each request)."""
+    from daskseg._frames import FrameLayout
+    from daskseg._web import _frames_per_request
+    from daskseg.dicomweb import FRAMES_PER_REQUEST
+
+    def layout(rows, columns, bits):
+        return FrameLayout(str(JPEG2000Lossless), rows, columns, bits, 0)
+
+    assert _frames_per_request(layout(512, 512, 1)) == 512  # 32 KiB each, 16 MiB a request
+    assert _frames_per_request(layout(512, 512, 8)) == 64
+    assert _frames_per_request(layout(4096, 4096, 16)) == FRAMES_PER_REQUEST  # never fewer
+    assert _frames_per_request(layout(64, 64, 1)) == 512  # at most 512 frame numbers in a URL
+
+
 @pytest.mark.parametrize("syntax", SYNTAXES, ids=["native", "jpeg2000"])
 def test_frames_equal_the_files_frames(stored, syntax):
     path, url = stored[syntax]

@@ -280,3 +280,121 @@ def test_server_gone_after_open_fails_the_tasks_clearly(daskseg_seg, dask_client
     with pytest.raises(DICOMwebError, match="Cannot connect") as caught:
         dask_client.compute(reader.to_dask(chunks=128)).result(timeout=120)
     assert caught.value.url and "/frames/" in caught.value.url
+
+
+# --------------------------------------------------------------------------- SEGs of series
+
+@pytest.fixture(scope="module")
+def volume_segs(tmp_path_factory, server, dask_client):
+    """SEGs of a shuffled oblique CT series (daskseg's and highdicom's) and of a multi-frame
+    image, stored on Orthanc: {name: (path, url, source series or image)}."""
+    from test_volume_write import enhanced_image, shuffled_series, volume_mask
+
+    root, _ = server
+    folder = tmp_path_factory.mktemp("volume-segs")
+    series = shuffled_series()
+    out = {}
+    for kind, syntax in [("BINARY", ExplicitVRLittleEndian), ("BINARY", JPEG2000Lossless),
+                         ("FRACTIONAL", JPEG2000Lossless), ("LABELMAP", ExplicitVRLittleEndian)]:
+        path = write_segmentation(volume_mask(kind), series,
+                                  make_segment_descriptions(3, segmentation_type=kind),
+                                  folder / f"{kind}-{syntax}.dcm", segmentation_type=kind,
+                                  transfer_syntax_uid=syntax, client=dask_client, progress=False)
+        out[f"{kind}-{syntax.name}"] = (path, store(root, path), series)
+    path = folder / "highdicom.dcm"
+    hd.seg.Segmentation(series, volume_mask("BINARY"), "BINARY", make_segment_descriptions(3),
+                        hd.UID(), 1, hd.UID(), 1, "x", "x", "1", "x").save_as(path)
+    out["highdicom"] = (path, store(root, path), series)
+    for columns in (24, 20):  # 1-bit rows of 20 columns do not fill whole bytes
+        enhanced = enhanced_image(6, 24, columns)
+        labels = np.zeros((6, 24, columns), np.uint8)
+        labels[[0, 2, 5], 3:20, 2:17] = np.random.default_rng(5).integers(0, 4, (3, 17, 15))
+        path = write_segmentation(labels, enhanced, make_segment_descriptions(3),
+                                  folder / f"multiframe-{columns}.dcm", client=dask_client,
+                                  progress=False)
+        out[f"multiframe-{columns}"] = (path, store(root, path), enhanced)
+    return out
+
+
+def test_a_server_refusing_1_bit_frames_is_explained(volume_segs):
+    """Orthanc refuses native 1-bit frames whose rows do not fill whole bytes (400); the error
+    says so and what to do (the file reads)."""
+    path, url, _ = volume_segs["multiframe-20"]
+    with pytest.raises(DICOMwebError, match="multiple of 8.*download the instance") as caught:
+        open_segmentation(url)
+    assert caught.value.status == 400
+    assert open_segmentation(path).to_dask(combine_segments=True).compute().any()
+
+
+def test_volume_read_equals_the_file(server, volume_segs, dask_client):
+    """A SEG of a series reads from its URL as from its file: planes, order, values, and only
+    WADO-RS requests for the frames after the one metadata request."""
+    from daskseg import VolumeSegmentationReader
+
+    _, log = server
+    for name, (path, url, source) in volume_segs.items():
+        if name == "multiframe-20":
+            continue  # refused by Orthanc: see test_a_server_refusing_1_bit_frames_is_explained
+        from_file = open_segmentation(path)
+        before = len(requests_seen(log))
+        reader = open_segmentation(url)
+        assert isinstance(reader, VolumeSegmentationReader), name
+        opened = requests_seen(log)[before:]
+        assert opened[0].endswith("/metadata") and len(opened) <= 2, (name, opened)
+        assert reader.path == url and reader.segmentation_type == from_file.segmentation_type
+        assert reader.source_sop_instance_uids == from_file.source_sop_instance_uids
+        assert reader.source_frame_numbers == from_file.source_frame_numbers
+        np.testing.assert_array_equal(reader.plane_positions(), from_file.plane_positions())
+        options = [{}, {"segment_numbers": [3, 1]}]
+        if from_file.segmentation_type != "FRACTIONAL":
+            options.append({"combine_segments": True})
+        for option in options:
+            before = len(requests_seen(log))
+            got = dask_client.compute(reader.to_dask(chunks=2, **option)).result(timeout=120)
+            np.testing.assert_array_equal(got, from_file.to_dask(**option).compute(),
+                                          err_msg=f"{name} {option}")
+            fetched = [n for batch in frame_requests(log, before) for n in batch]
+            assert len(fetched) == len(set(fetched)), name  # each frame fetched once
+            every = set(range(1, reader.number_of_frames + 1))
+            # Segment 2's frames only when it is read (a label map's frames hold all).
+            subset = "segment_numbers" in option and reader.segmentation_type != "LABELMAP"
+            assert (set(fetched) == every) != subset, (name, option)
+        if name == "multiframe-24":
+            frames = [6, 2, 1, 9]
+            np.testing.assert_array_equal(
+                read_segmentation(url, source_frame_numbers=frames).compute(),
+                read_segmentation(path, source_frame_numbers=frames).compute())
+            continue
+        # Every source image in the order given (omitted planes as zeros), as highdicom reads.
+        uids = [ds.SOPInstanceUID for ds in source]
+        combine = reader.segmentation_type != "FRACTIONAL"
+        got = read_segmentation(url, source_sop_instance_uids=uids,
+                                combine_segments=combine).compute()
+        theirs = hd.seg.segread(path).get_pixels_by_source_instance(
+            uids, combine_segments=combine, assert_missing_frames_are_empty=True)
+        assert got.dtype == theirs.dtype
+        np.testing.assert_array_equal(got, theirs, err_msg=name)
+
+
+def test_volume_command_line(volume_segs, tmp_path, capsys):
+    import nibabel
+
+    path, url, _ = volume_segs["LABELMAP-Explicit VR Little Endian"]
+    assert main(["info", url]) == 0
+    out = capsys.readouterr().out
+    assert f"url:             {url} (DICOMweb)" in out and "frame size:      32 x 40" in out
+    for name, seg in (("web", url), ("file", str(path))):
+        assert main(["decode", seg, "-o", str(tmp_path / f"{name}.nii.gz"), "--threads", "1",
+                     "--quiet"]) == 0
+    web, local = (nibabel.load(tmp_path / f"{name}.nii.gz") for name in ("web", "file"))
+    np.testing.assert_array_equal(web.affine, local.affine)
+    np.testing.assert_array_equal(np.asarray(web.dataobj), np.asarray(local.dataobj))
+    assert np.asarray(web.dataobj).any()
+
+
+def test_a_tiled_reader_refuses_a_volume_url(volume_segs):
+    from daskseg import SegmentationFileError, SegmentationReader
+
+    _, url, _ = volume_segs["highdicom"]
+    with pytest.raises(SegmentationFileError, match="open_segmentation"):
+        SegmentationReader(url)

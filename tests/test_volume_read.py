@@ -362,6 +362,7 @@ def test_reads_a_seg_made_by_dcmqi(tmp_path):
             uids, ignore_spatial_locations=True, assert_missing_frames_are_empty=True, **options)
         np.testing.assert_array_equal(ours, theirs)
     np.testing.assert_array_equal(ours, labels)
+    json_index_equals_file_index(out)
 
 
 def test_frames_without_source_references_are_placed_by_position(tmp_path, thread_client):
@@ -378,6 +379,7 @@ def test_frames_without_source_references_are_placed_by_position(tmp_path, threa
     ours = read_segmentation(tmp_path / "stripped.dcm", combine_segments=True).compute()
     order = hd.spatial.get_dataset_sort_index(series)
     np.testing.assert_array_equal(ours, mask[[k for k in order if mask[k].any()]])
+    json_index_equals_file_index(tmp_path / "stripped.dcm")
 
 
 @pytest.mark.parametrize("segmentation_type", ["BINARY", "LABELMAP"])
@@ -442,3 +444,60 @@ def test_multiframe_source_refusals(tmp_path, thread_client, testdata):
     if tiled.exists():
         with pytest.raises(SegmentationInputError, match="tiled image"):
             read_segmentation(tiled, source_frame_numbers=[1])
+
+
+def _stringified(value):
+    """DICOM JSON with DS and IS values as strings, as some servers send them."""
+    if isinstance(value, dict):
+        if value.get("vr") in ("DS", "IS") and "Value" in value:
+            return {**value, "Value": [str(v) for v in value["Value"]]}
+        return {key: _stringified(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_stringified(item) for item in value]
+    return value
+
+
+def test_frame_items_from_dicom_json_equal_those_from_the_file(tmp_path, thread_client, testdata):
+    """The DICOMweb reader's frame index (from the metadata's JSON) is the file reader's."""
+    from daskseg._volframes import frame_items_from_json
+
+    series = shuffled_series()
+    paths = [write_segmentation(volume_mask(kind), series,
+                                make_segment_descriptions(3, segmentation_type=kind),
+                                tmp_path / f"{kind}.dcm", segmentation_type=kind,
+                                client=thread_client)
+             for kind in ("BINARY", "FRACTIONAL", "LABELMAP")]
+    paths += sorted(testdata.glob("seg_image_ct_*.dcm"))[:3] if testdata.exists() else []
+    for path in paths:
+        json_index_equals_file_index(path)
+    assert frame_items_from_json({}) == []
+
+
+def json_index_equals_file_index(path):
+    """The frame items read from the SEG's DICOM JSON (as a DICOMweb server gives it, DS and
+    IS as numbers or as strings) equal those read from its file."""
+    from daskseg._volframes import frame_items_from_json, scan_frame_items
+    from daskseg._volread import read_volume_head
+
+    header, _, _, raw = read_volume_head(str(path))
+    from_file = scan_frame_items(raw, 0, header.file_meta.TransferSyntaxUID.is_implicit_VR)
+    metadata = pydicom.dcmread(path, stop_before_pixels=True).to_json_dict()
+    assert len(from_file) == int(header.NumberOfFrames) > 0
+    assert frame_items_from_json(metadata) == from_file, path.name
+    assert frame_items_from_json(_stringified(metadata)) == from_file, path.name
+
+
+@pytest.mark.parametrize("damage", [
+    {"00209113": {"vr": "SQ", "Value": [{"00200032": {"vr": "DS", "Value": ["x", 1, 2]}}]}},
+    {"00209113": {"vr": "SQ", "Value": {"00200032": 1}}},
+    {"0062000A": {"vr": "SQ", "Value": [{"0062000B": {"vr": "US", "Value": [None]}}]}},
+    {"00089124": "garbage"},
+])
+def test_damaged_dicom_json_is_a_header_error(damage):
+    """What a server's damaged metadata raises is among the errors reported as a damaged
+    header (``damaged_header``), never another exception."""
+    from daskseg._frames import HEADER_DAMAGE
+    from daskseg._volframes import frame_items_from_json
+
+    with pytest.raises(HEADER_DAMAGE):
+        frame_items_from_json({"52009230": {"vr": "SQ", "Value": [damage]}})
