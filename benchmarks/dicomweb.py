@@ -15,6 +15,14 @@ Then, each in its own process, the SEG is decoded into a label image:
 - highdicom: dicomweb-client ``retrieve_instance`` (the whole instance in one request), then
   ``Segmentation.from_dataset(...).get_total_pixel_matrix(combine_segments=True)``.
 
+Then the same for SEGs of a series: the 300-slice CT case of benchmarks/volume.py (512 x 512,
+117 segments; 60 slices of 256 x 256 with --quick), BINARY, written by daskseg in JPEG 2000 and
+natively (as dcmqi and TotalSegmentator write it), read into a label volume:
+
+- daskseg: ``open_segmentation(url).to_numpy(combine_segments=True)`` on a 2-process
+  LocalCluster, opening included (the metadata, the frame index from its JSON);
+- highdicom: ``retrieve_instance``, then ``get_pixels_by_source_instance`` of the same planes.
+
 Printed: each time, the ratio, and the HTTP requests each made, counted in Orthanc's own log.
 """
 
@@ -33,6 +41,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # the Orthanc runner of the tests
 
 from _common import emit, run_step  # noqa: E402
+from _common import OUT  # noqa: E402
 from read import digest, ensure_seg  # noqa: E402
 
 
@@ -79,6 +88,56 @@ def step_highdicom(url: str) -> None:
     emit({"time": elapsed, "download": downloaded, "checksum": digest(labels)})
 
 
+def step_volume_seg(syntax: str, output: str, *size: str) -> None:
+    """Write the volume benchmark's BINARY SEG (its series and labels) in ``syntax``."""
+    from distributed import Client
+    from volume import _case
+
+    from daskseg import local_cluster, write_segmentation
+
+    series, labels, descriptions = _case(*map(int, size))
+    with local_cluster(2) as cluster, Client(cluster) as client:
+        write_segmentation(labels, series, descriptions, output, transfer_syntax_uid=syntax,
+                           client=client, overwrite=True, progress=False)
+    emit({})
+
+
+def step_volume_daskseg(url: str) -> None:
+    from distributed import Client
+
+    from daskseg import local_cluster, open_segmentation
+
+    with local_cluster(2) as cluster, Client(cluster) as client:
+        client.run(_warm)
+        start = time.perf_counter()
+        reader = open_segmentation(url)
+        opened = time.perf_counter() - start
+        labels = reader.to_numpy(combine_segments=True, client=client)
+        elapsed = time.perf_counter() - start
+    emit({"time": elapsed, "open": opened, "checksum": digest(labels)})
+
+
+def step_volume_highdicom(url: str) -> None:
+    import highdicom as hd
+    from dicomweb_client import DICOMwebClient
+
+    from daskseg import open_segmentation
+    from daskseg.dicomweb import parse_dicomweb_url
+
+    uids = open_segmentation(url).source_sop_instance_uids  # the planes daskseg reads, sorted
+    target, _ = parse_dicomweb_url(url)
+    start = time.perf_counter()
+    dataset = DICOMwebClient(target.root).retrieve_instance(
+        target.study_instance_uid, target.series_instance_uid, target.sop_instance_uid
+    )
+    downloaded = time.perf_counter() - start
+    labels = hd.seg.Segmentation.from_dataset(dataset, copy=False).get_pixels_by_source_instance(
+        uids, combine_segments=True
+    )
+    elapsed = time.perf_counter() - start
+    emit({"time": elapsed, "download": downloaded, "checksum": digest(labels)})
+
+
 def _requests(log: pathlib.Path) -> list[str]:
     return re.findall(r"\(http\) (?:GET|POST) (\S+)", log.read_text())
 
@@ -117,6 +176,23 @@ def main() -> None:
             before = len(_requests(log))
             theirs = run_step(script, "highdicom", url)
             theirs_requests = len(_requests(log)) - before
+            volumes = []
+            size = (60, 256, 117) if args.quick else (300, 512, 117)
+            for syntax, label in (("1.2.840.10008.1.2.4.90", "JPEG 2000"),
+                                  ("1.2.840.10008.1.2.1", "native")):
+                volume_path = OUT / f"volume-web-{'-'.join(map(str, size))}-{syntax}.dcm"
+                if not volume_path.exists():
+                    run_step(script, "volume_seg", syntax, str(volume_path), *map(str, size))
+                volume_header = pydicom.dcmread(volume_path, stop_before_pixels=True)
+                store_instance(volume_path, root)
+                volume_url = (f"{root}/studies/{volume_header.StudyInstanceUID}/series/"
+                              f"{volume_header.SeriesInstanceUID}/instances/"
+                              f"{volume_header.SOPInstanceUID}")
+                before = len(_requests(log))
+                ours_volume = run_step(script, "volume_daskseg", volume_url)
+                ours_volume["requests"] = len(_requests(log)) - before
+                theirs_volume = run_step(script, "volume_highdicom", volume_url)
+                volumes.append((label, volume_path, volume_header, ours_volume, theirs_volume))
     frame_requests = sum("/frames/" in r for r in ours_requests)
     print(f"machine: {os.cpu_count()} cores; Orthanc on 127.0.0.1")
     print(f"\n{rows} x {rows} five-segment BINARY JPEG 2000 SEG (512 tiles, {int(header.NumberOfFrames)} "
@@ -127,6 +203,18 @@ def main() -> None:
           f"{theirs_requests} HTTP request(s); the download took {theirs['download']:.2f} s")
     print(f"  ratio (highdicom / daskseg): {theirs['time'] / ours['time']:.2f}x; "
           f"same labels: {ours['checksum'] == theirs['checksum']}")
+    slices, size, segments = (60, 256, 117) if args.quick else (300, 512, 117)
+    print(f"\nSEGs of a CT series of {slices} x {size} x {size}, {segments} segments, BINARY, "
+          "from WADO-RS -> label volume")
+    for label, volume_path, volume_header, ours_volume, theirs_volume in volumes:
+        print(f"  {label} ({int(volume_header.NumberOfFrames)} frames, "
+              f"{os.path.getsize(volume_path) / 2**20:.1f} MiB):")
+        print(f"    daskseg (2-process LocalCluster): {ours_volume['time']:6.2f} s, of which "
+              f"opening {ours_volume['open']:.2f} s; {ours_volume['requests']} HTTP requests")
+        print(f"    highdicom after retrieve_instance: {theirs_volume['time']:6.2f} s; the "
+              f"download took {theirs_volume['download']:.2f} s")
+        print(f"    ratio (highdicom / daskseg): {theirs_volume['time'] / ours_volume['time']:.2f}x;"
+              f" same labels: {ours_volume['checksum'] == theirs_volume['checksum']}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import pydicom.errors
@@ -27,8 +27,8 @@ from daskseg.plan import TileGrid
 
 __all__ = [
     "HEADER_DAMAGE", "MAX_FRAME_PIXELS", "MAX_TILES", "FileSource", "FrameLayout", "FrameRanges",
-    "FrameSource", "check_header", "check_segmentation", "damaged_header", "header_int", "index_frames",
-    "locate_frames", "open_file", "segment_items",
+    "FrameSource", "check_header", "check_segmentation", "damaged_header", "describe_segments",
+    "header_int", "index_frames", "locate_frames", "open_file", "segment_items",
 ]
 
 #: The byte ranges ``(offset, length)`` that hold one frame's bytes, in order.
@@ -240,6 +240,23 @@ def segment_items(header: Dataset) -> list[Dataset]:
     padding = header.get("PixelPaddingValue")
     return sorted((item for item in header.SegmentSequence if item.SegmentNumber != padding),
                   key=lambda item: int(item.SegmentNumber))
+
+
+def describe_segments(header: Dataset, name: str) -> list[Any]:
+    """highdicom's SegmentDescription of each segment read (:func:`segment_items`).
+
+    highdicom checks each item against the standard, which takes 3-5 ms a segment (0.4-0.6 s
+    for TotalSegmentator's 117): the readers make these when first asked for, not when opened.
+    """
+    import highdicom as hd
+
+    try:
+        return [hd.seg.SegmentDescription.from_dataset(item) for item in segment_items(header)]
+    except HEADER_DAMAGE as error:
+        raise SegmentationFileError(
+            f"{name}: a SegmentSequence item is not a valid segment description "
+            f"({type(error).__name__}: {error})."
+        ) from error
 
 
 def check_segmentation(header: Dataset, segment_numbers: Sequence[int], bits: int,

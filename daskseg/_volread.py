@@ -9,6 +9,7 @@ with the same options (``read.ReadOptions``), so the values are those of highdic
 
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from daskseg._frames import (
     HEADER_DAMAGE,
     check_segmentation,
     damaged_header,
+    describe_segments,
     locate_frames,
     open_file,
     segment_items,
@@ -97,16 +99,6 @@ def _raise_named(path: str, error: SegmentationInputError) -> NoReturn:
     ) from error
 
 
-def segments_of(header: pydicom.Dataset) -> tuple[list[Any], list[int]]:
-    """The segment descriptions and numbers read from a SEG, by number (a label map's
-    background not), as the tiled reader reads them."""
-    import highdicom as hd
-
-    items = segment_items(header)
-    return ([hd.seg.SegmentDescription.from_dataset(i) for i in items],
-            [int(item.SegmentNumber) for item in items])
-
-
 # When ``chunks`` is not given: at most this many bytes of output per chunk, and at least
 # _MIN_CHUNKS chunks, so that every worker of a small cluster stays busy to the end.
 _CHUNK_BYTES = 32 * 2**20
@@ -172,7 +164,7 @@ class VolumeSegmentationReader:
     def _describe(self, header: pydicom.Dataset,
                   frame_items: Callable[[bool], list[FrameItem]]) -> None:
         path = self.path
-        self.segment_descriptions, self.segment_numbers = segments_of(header)
+        self.segment_numbers = [int(item.SegmentNumber) for item in segment_items(header)]
         self.segmentation_type = check_segmentation(header, self.segment_numbers,
                                                     self._layout.bits_allocated, path)
         self.frame_size = (int(header.Rows), int(header.Columns))
@@ -195,6 +187,12 @@ class VolumeSegmentationReader:
         self.source_frame_numbers: list[int] | None = None
         if len(multiframe_sources(self._index)) == 1:
             self.source_frame_numbers = [self._index.keys[p][1] for p in default]
+
+    @functools.cached_property
+    def segment_descriptions(self) -> list[Any]:
+        """The segments' descriptions (highdicom's), by number; made when first asked for, as
+        :attr:`daskseg.SegmentationReader.segment_descriptions`."""
+        return describe_segments(self.header, self.path)
 
     def to_dask(
         self,

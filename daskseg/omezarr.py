@@ -198,6 +198,7 @@ def segmentation_to_ome_zarr(
     if destination.exists() and not overwrite:
         raise DestinationExistsError(f"{destination} exists; pass overwrite=True to replace it.")
     labels = reader.to_dask(combine_segments=True, chunks=chunks)
+    image_label = _image_label(reader)  # the segments' descriptions: checked before writing
     shapes = _level_shapes(labels.shape, reader.tile_size)
     spacing = _pixel_spacing_um(reader)
     unit = {"unit": "micrometer"} if spacing else {}
@@ -230,7 +231,7 @@ def segmentation_to_ome_zarr(
                                       fill_value=0, dimension_names=_AXES)
             write_multiscales_metadata(root, datasets, fmt=fmt, axes=axes, name="image")
             write_multiscales_metadata(label_group, datasets, fmt=fmt, axes=axes, name=name)
-            write_label_metadata(root["labels"], name, fmt=fmt, **_image_label(reader))
+            write_label_metadata(root["labels"], name, fmt=fmt, **image_label)
             # NGFF 0.5: every OME-Zarr group's "ome" names its version; ome-zarr-py 0.18 leaves it
             # out of labels/ (which ome-zarr-models' validator then refuses).
             root["labels"].attrs["ome"] = {**_ome(root["labels"]), "version": fmt.version}

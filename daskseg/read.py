@@ -8,6 +8,7 @@ place, :class:`ReadOptions`, and say what the tasks make of the stored values.
 from __future__ import annotations
 
 import contextlib
+import functools
 import numbers
 import os
 import pathlib
@@ -32,6 +33,7 @@ from daskseg._frames import (
     FrameSource,
     check_segmentation,
     damaged_header,
+    describe_segments,
     header_int,
     index_frames,
     locate_frames,
@@ -278,8 +280,6 @@ class SegmentationReader:
         return header
 
     def _describe(self, header: pydicom.Dataset, name: str) -> None:
-        import highdicom as hd
-
         self.header = header
         items = segment_items(header)
         self.segment_numbers = [int(item.SegmentNumber) for item in items]
@@ -293,8 +293,13 @@ class SegmentationReader:
         self._grid = TileGrid(*self.shape, *self.tile_size)
         self.grid_shape = (self._grid.n_tile_rows, self._grid.n_tile_columns)
         self._frame_table = index_frames(header, self.segment_numbers, self._grid, name=name)
-        # Last: highdicom's checks of each segment take longer than all of the above.
-        self.segment_descriptions = [hd.seg.SegmentDescription.from_dataset(i) for i in items]
+
+    @functools.cached_property
+    def segment_descriptions(self) -> list[Any]:
+        """The segments' descriptions, by number; made (and checked by highdicom) when first
+        asked for, since that takes milliseconds a segment (SegmentationFileError if one is
+        not valid)."""
+        return describe_segments(self.header, self.path)
 
     def to_dask(
         self,

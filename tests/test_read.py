@@ -376,6 +376,29 @@ def test_labelmap_subset_reads_other_labels_as_background(tmp_path):
             np.testing.assert_array_equal(got, np.where(np.isin(everything, numbers), everything, 0))
 
 
+def test_an_invalid_segment_description_fails_when_asked_for_not_at_open(tmp_path):
+    """highdicom's checks of each segment (3-5 ms a segment) run when the descriptions are
+    first asked for: the pixels read without them, and what needs them fails clearly, before
+    writing anything."""
+    from daskseg import SegmentationFileError, segmentation_to_ome_zarr
+    from daskseg.cli import main
+
+    path = highdicom_file(tmp_path, "BINARY", ExplicitVRLittleEndian, "TILED_FULL")
+    expected = hd.seg.segread(path).get_total_pixel_matrix()
+    seg = pydicom.dcmread(path)
+    del seg.SegmentSequence[1].SegmentedPropertyCategoryCodeSequence
+    seg.save_as(path)
+    reader = open_segmentation(path)
+    with dask.config.set(scheduler="synchronous"):
+        np.testing.assert_array_equal(reader.to_dask().compute(), expected)
+        with pytest.raises(SegmentationFileError, match=f"{path}.*not a valid segment"):
+            _ = reader.segment_descriptions
+        with pytest.raises(SegmentationFileError, match="not a valid segment"):
+            segmentation_to_ome_zarr(path, tmp_path / "seg.ome.zarr")
+    assert not list(tmp_path.glob("*seg.ome.zarr*"))
+    assert main(["info", str(path)]) == 1
+
+
 def test_tiled_full_frames_follow_segment_numbers_not_the_sequence_order(tmp_path):
     """PS3.3 C.7.6.17.3: TILED_FULL frames go by increasing segment number, as highdicom reads
     them, also when the SegmentSequence lists the segments in another order."""
