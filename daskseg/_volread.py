@@ -233,8 +233,8 @@ class VolumeSegmentationReader:
         rows, columns = self.frame_size
         plane_bytes = rows * columns * np.dtype(output.dtype).itemsize * (
             1 if combine_segments else len(output.numbers))
-        per_chunk = int(chunks) if chunks is not None else max(1, min(_CHUNK_BYTES // plane_bytes,
-                                                          -(-len(planes) // _MIN_CHUNKS)))
+        per_chunk = int(chunks) if chunks is not None else self._planes_per_chunk(
+            planes, channels, plane_bytes)
         starts = range(0, len(planes), per_chunk)
         plane_chunks = tuple(min(per_chunk, len(planes) - s) for s in starts)
         out_chunks: tuple[tuple[int, ...], ...] = (plane_chunks, (rows,), (columns,))
@@ -261,6 +261,20 @@ class VolumeSegmentationReader:
         meta = np.empty((0,) * len(out_chunks), dtype=np.dtype(output.dtype))
         return da.Array(HighLevelGraph.from_collections(name, graph, dependencies=[]), name,
                         out_chunks, meta=meta)
+
+    def _planes_per_chunk(self, planes: list[int], channels: list[int], plane_bytes: int) -> int:
+        """The default: at most _CHUNK_BYTES of output, and at least _MIN_CHUNKS chunks; from a
+        server, a chunk's frames fill one request (a server may parse the whole instance for
+        every request: Orthanc takes 0.5 s a request for a 120 MB SEG)."""
+        by_bytes = max(1, _CHUNK_BYTES // plane_bytes)
+        spread = -(-len(planes) // _MIN_CHUNKS)
+        if isinstance(self._source, FileSource):
+            return max(1, min(by_bytes, spread))
+        known = [plane for plane in planes if plane >= 0]
+        frames = int((self._index.table[channels][:, known] >= 0).sum()) if known else 0
+        per_request = getattr(self._source, "frames_per_request", 1)
+        filling = per_request * len(planes) // max(frames, 1)
+        return max(1, min(by_bytes, max(spread, filling)))
 
     def to_numpy(
         self,

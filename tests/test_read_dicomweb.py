@@ -345,6 +345,13 @@ def test_volume_read_equals_the_file(server, volume_segs, dask_client):
         assert reader.source_sop_instance_uids == from_file.source_sop_instance_uids
         assert reader.source_frame_numbers == from_file.source_frame_numbers
         np.testing.assert_array_equal(reader.plane_positions(), from_file.plane_positions())
+        # By default a chunk's frames fill a request (here all of them: one chunk), where a
+        # file is read in at least 16 chunks (one plane each here).
+        assert len(reader.to_dask().chunks[0]) == 1
+        assert len(from_file.to_dask().chunks[0]) == len(from_file.source_sop_instance_uids) > 1
+        before = len(requests_seen(log))
+        reader.to_dask(combine_segments=reader.segmentation_type != "FRACTIONAL").compute()
+        assert len(frame_requests(log, before)) == 1
         options = [{}, {"segment_numbers": [3, 1]}]
         if from_file.segmentation_type != "FRACTIONAL":
             options.append({"combine_segments": True})
