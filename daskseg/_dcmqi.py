@@ -174,6 +174,22 @@ def segment_descriptions_from_dcmqi(
     return descriptions, options
 
 
+def renumber_as_dcmqi(descriptions: Sequence[hd.seg.SegmentDescription],
+                      segmentation_type: str) -> list[int] | None:
+    """Number BINARY and FRACTIONAL segments 1..n as dcmqi's itkimage2segimage does, in place,
+    when their labelIDs skip numbers (1, 2, 5); return the labelIDs, the mask's values of the
+    segments (``write_segmentation``'s ``label_values``), or None when nothing changed. A
+    LABELMAP keeps them: its pixels hold the segment numbers."""
+    label_ids = [int(description.SegmentNumber) for description in descriptions]
+    if segmentation_type.upper() == "LABELMAP" or label_ids == list(
+        range(1, len(label_ids) + 1)
+    ):
+        return None
+    for number, description in enumerate(descriptions, 1):
+        description.SegmentNumber = number
+    return label_ids
+
+
 def segment_descriptions_from_labels(
     labels: Sequence[str], segmentation_type: str = "BINARY"
 ) -> list[hd.seg.SegmentDescription]:

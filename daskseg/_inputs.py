@@ -64,6 +64,8 @@ class WriteOptions:
     max_fractional_value: int
     use_extended_offset_table: bool | None
     series_description: str | None = None  # highdicom takes none; set on its header
+    # The value of each segment in a label mask, when not its number (BINARY, FRACTIONAL)
+    label_values: tuple[int, ...] = ()
 
     @property
     def tiled_full(self) -> bool:
@@ -240,9 +242,45 @@ def segment_numbers(segment_descriptions: Sequence[hd.seg.SegmentDescription],
     elif numbers != list(range(1, len(numbers) + 1)):
         raise SegmentationInputError(
             f"Segment numbers must run 1..{len(numbers)} in order, got {numbers} (a "
-            "LABELMAP's may skip numbers)."
+            "LABELMAP's may skip numbers; for a label mask whose values skip, number the "
+            "segments 1..n and give its values as label_values)."
         )
     return numbers
+
+
+def parse_label_values(label_values: Sequence[int] | None, numbers: Sequence[int],
+                       segmentation_type: str) -> tuple[int, ...]:
+    """``label_values`` checked: one positive integer per segment, none repeated; empty when
+    not given or when each segment's value is its number."""
+    if label_values is None:
+        return ()
+    if segmentation_type == "LABELMAP":
+        raise SegmentationInputError(
+            "label_values is for BINARY and FRACTIONAL SEGs; a LABELMAP stores the mask's "
+            "values as its segment numbers: number the segment descriptions by them instead."
+        )
+    if isinstance(label_values, (str, bytes)) or not isinstance(label_values, Sequence) or any(
+        isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in label_values
+    ):
+        raise SegmentationTypeError(
+            f"label_values must be a sequence of integers, one per segment, not {label_values!r}."
+        )
+    values = tuple(int(v) for v in label_values)
+    if len(values) != len(numbers) or min(values) < 1 or len(set(values)) != len(values):
+        raise SegmentationInputError(
+            f"label_values must give each of the {len(numbers)} segments its own value in the "
+            f"label mask (1 or more; 0 is the background), got {list(values)}."
+        )
+    return () if values == tuple(numbers) else values
+
+
+def check_label_values_mask(options: WriteOptions, stacked: bool) -> None:
+    """``label_values`` say which value of a label mask each segment is: a stack of planes
+    has none."""
+    if options.label_values and stacked:
+        raise SegmentationInputError(
+            "label_values is for a label mask; this mask is a stack of one plane per segment."
+        )
 
 
 def check_destination(path: str | os.PathLike, overwrite: bool) -> pathlib.Path:

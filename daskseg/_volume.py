@@ -42,6 +42,7 @@ from daskseg._header import (
 from daskseg._inputs import (
     WriteOptions,
     as_dask_array,
+    check_label_values_mask,
     check_mask_dtype,
     check_tile_for_codec,
     one_segment_plane,
@@ -363,6 +364,7 @@ def write_volume_segmentation(
     numbers = described_numbers(hd_options)
     n_segments = len(numbers)
     array, stacked = volume_mask(mask, series, n_segments)
+    check_label_values_mask(options, stacked)
     order = series.sort_index()  # tile row p is the p-th plane in highdicom's order
 
     spec = FrameSpec(
@@ -375,7 +377,7 @@ def write_volume_segmentation(
         bits_allocated=bits_allocated(options.segmentation_type, numbers[-1]),
         max_fractional_value=options.max_fractional_value,
         omit_empty_frames=options.omit_empty_frames,
-        label_numbers=label_numbers(numbers),
+        label_numbers=options.label_values or label_numbers(numbers),
     )
     n_planes = series.number_of_frames
     # One slice per tile row of a tall image: (planes * rows, columns[, segments]).

@@ -23,7 +23,11 @@ __all__ = ["main", "segment_descriptions_from_dcmqi"]
 from daskseg._client import cluster_client
 from daskseg._codecs import CODECS
 from daskseg.errors import DaskSegError, SegmentationInputError
-from daskseg._dcmqi import segment_descriptions_from_dcmqi, segment_descriptions_from_labels
+from daskseg._dcmqi import (
+    renumber_as_dcmqi,
+    segment_descriptions_from_dcmqi,
+    segment_descriptions_from_labels,
+)
 
 #: The short names of ``--transfer-syntax``, from the codec table.
 TRANSFER_SYNTAXES = {name: str(uid) for uid, codec in CODECS.items() for name in codec.names}
@@ -149,6 +153,9 @@ def _encode(args: argparse.Namespace) -> None:
     mask = _open_mask(args.mask)
     if args.metadata:
         descriptions, options = segment_descriptions_from_dcmqi(args.metadata)
+        label_ids = renumber_as_dcmqi(descriptions, args.type)
+        if label_ids:  # segment k is the mask's value label_ids[k - 1]
+            options["label_values"] = label_ids
     elif args.label:
         descriptions, options = segment_descriptions_from_labels(args.label, args.type), {}
     else:
@@ -158,8 +165,14 @@ def _encode(args: argparse.Namespace) -> None:
         if "://" in args.mask or _label_group(args.mask) is None:
             raise UserError("give the segments with --metadata FILE or with --label NAME "
                             "(an OME-Zarr label image may carry them in its image-label metadata)")
-        descriptions = segment_descriptions_from_ome_zarr(args.mask, segmentation_type=args.type)
+        # Label values that skip numbers: BINARY and FRACTIONAL segments 1..n, segment k the
+        # k-th value, as for dcmqi's labelIDs (the descriptions read as a LABELMAP's, which
+        # may skip).
+        descriptions = segment_descriptions_from_ome_zarr(args.mask, segmentation_type="LABELMAP")
         options = {}
+        label_values = renumber_as_dcmqi(descriptions, args.type)
+        if label_values:
+            options["label_values"] = label_values
     tile_size = None
     if args.tile_size:
         try:

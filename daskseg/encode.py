@@ -150,6 +150,8 @@ def check_value_range(low: int, high: int, spec: FrameSpec, where: Where) -> Non
 
 
 def _described(spec: FrameSpec) -> str:
+    if spec.label_numbers and spec.segmentation_type != "LABELMAP":
+        return f"the segments' label_values are {list(spec.label_numbers)}"
     if spec.label_numbers:
         return f"the segments described are numbered {list(spec.label_numbers)}"
     return f"only {spec.n_segments} segments are described"
@@ -201,14 +203,15 @@ def segment_frame(tile: np.ndarray, spec: FrameSpec, channel: int) -> np.ndarray
     if spec.segmentation_type == "BINARY":
         if spec.stacked:
             return plane.astype(np.uint8, copy=False)
-        return (plane == channel + 1).view(np.uint8)  # bools are bytes of 0 and 1: no copy
+        # bools are bytes of 0 and 1: no copy
+        return (plane == spec.label_of(channel)).view(np.uint8)
 
     # FRACTIONAL
     scale = spec.max_fractional_value
     if plane.dtype.kind == "f":
         return np.around(plane * float(scale)).astype(np.uint8)
     if not spec.stacked:
-        return ((plane == channel + 1) * scale).astype(np.uint8)
+        return ((plane == spec.label_of(channel)) * scale).astype(np.uint8)
     if plane.dtype == bool:
         return (plane * scale).astype(np.uint8)
     # Integer planes are already stored values in 0..max_fractional_value.
@@ -354,7 +357,7 @@ def label_frame_range(
     """
     if spec.segmentation_type == "LABELMAP":
         return low, high
-    segment = channel + 1
+    segment = spec.label_of(channel)
     inside = 1 if spec.segmentation_type == "BINARY" else spec.max_fractional_value
     if low == high:
         value = inside if low == segment else 0
@@ -388,10 +391,11 @@ def _segments_present(tiles: np.ndarray, spec: FrameSpec) -> np.ndarray | None:
             if spec.stacked:
                 present[r, c] = tile.any(axis=(0, 1))
             else:
-                # check_block_values has checked the labels are in 0..n_segments.
+                # check_block_values has checked the labels are in 0..highest_label.
                 counts = np.bincount(tile.ravel().astype(np.intp, copy=False),
-                                     minlength=spec.n_segments + 1)
-                present[r, c] = counts[1 : spec.n_segments + 1] > 0
+                                     minlength=spec.highest_label + 1)
+                present[r, c] = (counts[list(spec.label_numbers)] if spec.label_numbers
+                                 else counts[1 : spec.n_segments + 1]) > 0
     return present
 
 

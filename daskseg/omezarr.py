@@ -360,8 +360,9 @@ def segment_descriptions_from_ome_zarr(
     if numbers != list(range(1, len(numbers) + 1)) and not labelmap:
         raise SegmentationInputError(
             f"The label values {numbers} of {group.store_path} are not 1..{len(numbers)}: the "
-            "segments of a BINARY or FRACTIONAL SEG are numbered from 1 without gaps; relabel "
-            "the image first, or write a LABELMAP (whose pixels hold the numbers)."
+            "segments of a BINARY or FRACTIONAL SEG are numbered from 1 without gaps; read them "
+            "with segmentation_type='LABELMAP', number them 1..n and give write_segmentation "
+            "the values as label_values (daskseg encode does so), or write a LABELMAP."
         )
     defaults = segment_descriptions_from_labels([f"Segment {n}" for n in numbers], segmentation_type)
     descriptions = []

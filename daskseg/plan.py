@@ -63,14 +63,19 @@ class FrameSpec:
     bits_allocated: int
     max_fractional_value: int
     omit_empty_frames: bool
-    # A LABELMAP's segment numbers when they are not 1..n_segments (its pixels hold them);
-    # empty otherwise.
+    # The value of each segment in a label image when it is not 1..n_segments: a LABELMAP's
+    # segment numbers (its pixels hold them), or the ``label_values`` of BINARY and
+    # FRACTIONAL segments (numbered 1..n); empty otherwise.
     label_numbers: tuple[int, ...] = ()
 
     @property
     def highest_label(self) -> int:
         """The highest value a label image (or a LABELMAP frame) may hold."""
-        return self.label_numbers[-1] if self.label_numbers else self.n_segments
+        return max(self.label_numbers) if self.label_numbers else self.n_segments
+
+    def label_of(self, channel: int) -> int:
+        """The value of segment ``channel + 1`` in a label image."""
+        return self.label_numbers[channel] if self.label_numbers else channel + 1
 
     @property
     def n_channels(self) -> int:

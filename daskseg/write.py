@@ -67,6 +67,7 @@ def write_segmentation(
     content_description: str | None = None,
     content_creator_name: str | None = None,
     series_description: str | None = None,
+    label_values: Sequence[int] | None = None,
     use_extended_offset_table: bool | None = None,
     client: Client | None = None,
     overwrite: bool = False,
@@ -129,6 +130,12 @@ def write_segmentation(
     series_description : str, optional
         The SEG series' SeriesDescription (at most 64 characters), which highdicom's
         Segmentation does not take; what viewers list the series by.
+    label_values : sequence of int, optional
+        BINARY and FRACTIONAL from a label mask: the value of each segment in the mask, in the
+        order of ``segment_descriptions`` (numbered 1..n), where it is not the segment's
+        number; as dcmqi's ``labelID``, which it renumbers 1..n the same way. A label mask
+        ``{0, 5, 12}`` with ``label_values=[5, 12]`` gives segments 1 and 2. Every non-zero
+        value of the mask must be one of them.
     use_extended_offset_table : bool, optional
         Encapsulated syntaxes: ``None`` (default) writes a Basic Offset Table, or an Extended
         Offset Table when the frames pass 4 GiB.
@@ -187,6 +194,9 @@ def write_segmentation(
                 f"or control characters (LO, PS3.5 6.2), not {series_description!r}."
             )
         options = dataclasses.replace(options, series_description=series_description)
+    values = _inputs.parse_label_values(label_values, numbers, options.segmentation_type)
+    if values:
+        options = dataclasses.replace(options, label_values=values)
     # highdicom's tile_pixel_array says whether a slide's mask is its total pixel matrix (True)
     # or its frames: daskseg takes the total pixel matrix of a slide, a series' frames.
     whole_matrix = highdicom_options.pop("tile_pixel_array", None)
@@ -241,6 +251,7 @@ def write_segmentation(
             f"is {expected[0]} x {expected[1]}; the mask must cover it pixel for pixel."
         )
     grid = TileGrid(int(array.shape[0]), int(array.shape[1]), *tile)
+    _inputs.check_label_values_mask(options, stacked)
 
     spec = FrameSpec(
         segmentation_type=options.segmentation_type,
@@ -252,7 +263,7 @@ def write_segmentation(
         bits_allocated=bits_allocated(options.segmentation_type, numbers[-1]),
         max_fractional_value=options.max_fractional_value,
         omit_empty_frames=options.omit_empty_frames,
-        label_numbers=label_numbers(numbers),
+        label_numbers=options.label_values or label_numbers(numbers),
     )
     check_native_size(spec, grid)
 

@@ -284,6 +284,59 @@ def test_encode_a_nifti_label_volume_of_a_ct_series_folder(inputs, tmp_path):
     )
 
 
+def test_dcmqi_label_ids_that_skip_numbers_as_dcmqi_writes_them(tmp_path):
+    """dcmqi metadata whose labelIDs skip numbers (1, 2, 5): BINARY segments 1..3, segment 3
+    the mask's label 5, as dcmqi's itkimage2segimage writes them (compared when installed)."""
+    import copy
+    import pathlib
+    import shutil
+
+    nibabel = pytest.importorskip("nibabel")
+    from daskseg.synthetic import make_ct_series
+
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    series = make_ct_series(6, 24, 16, pixel_data=True)
+    for ds in series:
+        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    labels = np.zeros((6, 24, 16), np.uint8)  # frame k for series[k]
+    labels[1:4, 3:15, 2:12] = 1
+    labels[2:6, 10:20, 6:14] = 5
+    labels[0, 0:5, 0:5] = 2
+    order = hd.spatial.get_dataset_sort_index(series)
+    geometry = sorted_geometry(load_source_series(series))
+    nibabel.save(geometry.with_array(labels[order]).permute_spatial_axes([2, 1, 0]).to_nibabel(),
+                 tmp_path / "labels.nii.gz")
+    metadata = copy.deepcopy(DCMQI)
+    five = copy.deepcopy(metadata["segmentAttributes"][0][1])
+    five.update(labelID=5, SegmentLabel="five")
+    metadata["segmentAttributes"][0].append(five)
+    (tmp_path / "meta.json").write_text(json.dumps(metadata))
+    out = tmp_path / "seg.dcm"
+    assert main(["encode", str(tmp_path / "labels.nii.gz"), str(folder), "-o", str(out),
+                 "--metadata", str(tmp_path / "meta.json"), "--threads", "1", "--quiet"]) == 0
+    seg = hd.seg.segread(out)
+    assert [(int(s.SegmentNumber), s.SegmentLabel) for s in seg.SegmentSequence] == [
+        (1, "tumor"), (2, "stroma"), (3, "five")]
+    uids = [ds.SOPInstanceUID for ds in series]
+    planes = seg.get_pixels_by_source_instance(uids, assert_missing_frames_are_empty=True)
+    np.testing.assert_array_equal(planes, np.stack([labels == v for v in (1, 2, 5)], axis=-1))
+    tool = shutil.which("itkimage2segimage") or shutil.which(
+        "itkimage2segimage", path=str(pathlib.Path(sys.executable).parent))
+    if tool is None:
+        pytest.skip("dcmqi's itkimage2segimage is not installed (pip install dcmqi)")
+    subprocess.run([tool, "--inputImageList", str(tmp_path / "labels.nii.gz"),
+                    "--inputDICOMDirectory", str(folder), "--inputMetadata",
+                    str(tmp_path / "meta.json"), "--outputDICOM", str(tmp_path / "dcmqi.dcm")],
+                   check=True, capture_output=True, timeout=120)
+    theirs = hd.seg.segread(tmp_path / "dcmqi.dcm")
+    assert [(int(s.SegmentNumber), s.SegmentLabel) for s in theirs.SegmentSequence] == [
+        (int(s.SegmentNumber), s.SegmentLabel) for s in seg.SegmentSequence]
+    np.testing.assert_array_equal(
+        theirs.get_pixels_by_source_instance(uids, ignore_spatial_locations=True,
+                                             assert_missing_frames_are_empty=True), planes)
+
+
 def test_overlapping_segments_decode_to_nifti_on_a_segment_axis(tmp_path, capsys):
     """Overlapping BINARY segments cannot be labels: the message names the option that keeps
     them apart (not the library's combine_segments=), and --segment-axis writes them."""

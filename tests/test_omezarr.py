@@ -154,6 +154,32 @@ def test_ome_zarr_without_usable_labels_is_refused(tmp_path):
     assert not (tmp_path / "x.dcm").exists()
 
 
+def test_cli_encodes_label_values_that_skip_as_binary_segments(tmp_path):
+    """OME-Zarr labels 3 and 8 (cells of a nucleus model, say) written as BINARY: segments 1
+    and 2, the values given as label_values, as dcmqi numbers labelIDs that skip."""
+    import highdicom as hd
+
+    from daskseg.cli import main
+
+    labels = np.zeros((96, 80), np.uint8)
+    labels[5:40, 10:50], labels[50:90, 20:70] = 3, 8
+    store = tmp_path / "image.ome.zarr"
+    ome_writer.write_image(np.zeros((96, 80), np.uint8), str(store), axes="yx")
+    ome_writer.write_labels(labels, str(store), name="cells", axes="yx", label_metadata={
+        "properties": [{"label-value": 3, "segment-label": "nucleus"},
+                       {"label-value": 8, "segment-label": "cytoplasm"}]})
+    source_path = tmp_path / "slide.dcm"
+    make_slide(96, 80, tile_size=(32, 32)).save_as(source_path, enforce_file_format=True)
+    out = tmp_path / "seg.dcm"
+    assert main(["encode", str(store), str(source_path), "-o", str(out), "--threads", "1",
+                 "-q"]) == 0
+    seg = hd.seg.segread(out)
+    assert [(int(s.SegmentNumber), s.SegmentLabel) for s in seg.SegmentSequence] == [
+        (1, "nucleus"), (2, "cytoplasm")]
+    np.testing.assert_array_equal(seg.get_total_pixel_matrix(),
+                                  np.stack([labels == 3, labels == 8], axis=-1))
+
+
 def test_cli_decodes_to_ome_zarr_and_encodes_it_back(seg, tmp_path):
     from daskseg.cli import main
 

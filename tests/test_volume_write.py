@@ -383,3 +383,25 @@ def test_a_header_highdicom_refuses_stops_a_volume_write_and_leaves_nothing(tmp_
         write_segmentation(volume_mask("BINARY"), shuffled_series(), make_segment_descriptions(3),
                            tmp_path / "seg.dcm", client=dask_client, series_number=-3)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("segmentation_type, transfer_syntax", [
+    ("BINARY", pydicom.uid.ExplicitVRLittleEndian), ("BINARY", pydicom.uid.JPEG2000Lossless),
+    ("FRACTIONAL", pydicom.uid.ImplicitVRLittleEndian),
+])
+def test_label_values_of_a_series(tmp_path, thread_client, segmentation_type, transfer_syntax):
+    """A label volume whose values are not 1..n (TotalSegmentator's 117 labels, written as a
+    few segments): the SEG equals highdicom's of the volume renumbered."""
+    series = shuffled_series()
+    labels = volume_mask("BINARY")
+    values = [7, 117, 40]  # segment k is value values[k - 1]
+    with_values = np.select([labels == k for k in (1, 2, 3)], values, 0).astype(np.uint8)
+    descriptions = make_segment_descriptions(3, segmentation_type=segmentation_type)
+    uids = dict(series_instance_uid=hd.UID(), sop_instance_uid=hd.UID())
+    path = write_segmentation(with_values, series, descriptions, tmp_path / "ours.dcm",
+                              segmentation_type=segmentation_type, label_values=values,
+                              transfer_syntax_uid=transfer_syntax, client=thread_client,
+                              **uids, **HD_OPTIONS)
+    theirs = hd.seg.Segmentation(series, labels.copy(), segmentation_type, descriptions,
+                                 transfer_syntax_uid=transfer_syntax, **uids, **HD_OPTIONS)
+    assert_same_seg(pydicom.dcmread(path), theirs, series, tmp_path)

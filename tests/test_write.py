@@ -12,7 +12,12 @@ import numpy as np
 import pydicom
 import pytest
 import zarr
-from pydicom.uid import HTJ2KLossless, JPEG2000Lossless, SegmentationStorage
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    JPEG2000Lossless,
+    SegmentationStorage,
+)
 
 from daskseg import (
     ALLOWED_TRANSFER_SYNTAXES,
@@ -162,6 +167,67 @@ def test_labelmap_segment_numbers_may_skip_as_in_highdicom(tmp_path, thread_clie
         write_segmentation(labels, source, descriptions, tmp_path / "bad.dcm",
                            segmentation_type="BINARY", client=thread_client)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ours.dcm"]
+
+
+@pytest.mark.parametrize("n_segments", [3, 12])  # 12: the pass that finds each tile's segments
+@pytest.mark.parametrize("segmentation_type, transfer_syntax", [
+    ("BINARY", ExplicitVRLittleEndian), ("BINARY", JPEG2000Lossless),
+    ("FRACTIONAL", JPEG2000Lossless),
+])
+def test_label_values_as_dcmqi_label_ids(tmp_path, thread_client, segmentation_type,
+                                         transfer_syntax, n_segments):
+    """label_values: segment k is the mask's value label_values[k - 1] (dcmqi's labelID,
+    renumbered 1..n as dcmqi does): the SEG equals highdicom's of the mask renumbered."""
+    source = make_slide(96, 128, tile_size=(32, 32))
+    values = [5 * k + 2 for k in range(n_segments)][::-1]  # not ascending either
+    rng = np.random.default_rng(3)
+    labels = np.zeros((96, 128), np.uint8)
+    labels[8:90, 4:120] = rng.choice([0, *values], size=(82, 116))
+    labels[:32, :32] = values[0]  # a uniform tile
+    renumbered = np.zeros_like(labels)
+    for number, value in enumerate(values, 1):
+        renumbered[labels == value] = number
+    descriptions = make_segment_descriptions(n_segments, segmentation_type=segmentation_type)
+    uids = (hd.UID(), hd.UID())
+    path = write_segmentation(labels, source, descriptions, tmp_path / "ours.dcm",
+                              segmentation_type=segmentation_type, label_values=values,
+                              transfer_syntax_uid=transfer_syntax, series_instance_uid=uids[0],
+                              sop_instance_uid=uids[1], client=thread_client, **HD_OPTIONS)
+    theirs = highdicom_seg(source, renumbered, segmentation_type, descriptions, uids,
+                           transfer_syntax_uid=transfer_syntax)
+    assert dataset_differences(pydicom.dcmread(path), theirs) == []
+    planes = hd.seg.segread(path).get_total_pixel_matrix(rescale_fractional=False)
+    np.testing.assert_array_equal(
+        planes > 0, np.stack([renumbered == k for k in range(1, n_segments + 1)], axis=-1))
+    # A value no segment has, though below the highest.
+    labels[0, 0] = values[0] + 1
+    with pytest.raises(SegmentationInputError, match="label_values are"):
+        write_segmentation(labels, source, descriptions, tmp_path / "bad.dcm",
+                           segmentation_type=segmentation_type, label_values=values,
+                           client=thread_client)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours.dcm"]
+
+
+@pytest.mark.parametrize("label_values, segmentation_type, error, message", [
+    ([5, 12], "LABELMAP", SegmentationInputError, "number the segment descriptions"),
+    ([5], "BINARY", SegmentationInputError, "each of the 2 segments"),
+    ([5, 5], "BINARY", SegmentationInputError, "its own value"),
+    ([0, 5], "BINARY", SegmentationInputError, "1 or more"),
+    ([5, 2.0], "BINARY", SegmentationTypeError, "sequence of integers"),
+    ("52", "BINARY", SegmentationTypeError, "sequence of integers"),
+])
+def test_bad_label_values_are_refused(tmp_path, label_values, segmentation_type, error, message):
+    source = make_slide(64, 64, tile_size=(32, 32))
+    with pytest.raises(error, match=message):
+        write_segmentation(np.zeros((64, 64), np.uint8), source,
+                           make_segment_descriptions(2, segmentation_type=segmentation_type),
+                           tmp_path / "seg.dcm", segmentation_type=segmentation_type,
+                           label_values=label_values)
+    with pytest.raises(SegmentationInputError, match="stack of one plane per segment"):
+        write_segmentation(np.zeros((64, 64, 2), np.uint8), source,
+                           make_segment_descriptions(2), tmp_path / "seg.dcm",
+                           label_values=[5, 12])
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("segmentation_type", ["BINARY", "LABELMAP"])
