@@ -90,6 +90,9 @@ class Output:
     rescale: bool  # FRACTIONAL, not combined: divide by max_fractional
     dtype: str
     highest_stored: int | None = None  # LABELMAP: the highest label the SEG describes
+    # LABELMAP whose segment numbers skip: every label a frame may hold (0, the padding value
+    # and the described numbers); empty when they are all of 0..highest_stored.
+    stored_labels: tuple[int, ...] = ()
 
     def lookup(self, bits_allocated: int) -> np.ndarray:
         """LABELMAP combined: output value of each stored label."""
@@ -153,6 +156,14 @@ def read_chunk(
                             f"{name}: frame {frame[0] + 1} holds label {found}, but the SEG "
                             f"describes segments up to {highest} only: the file is damaged."
                         )
+                    if output.stored_labels:
+                        described = _described_labels(output.stored_labels)
+                        if not described[values].all():
+                            found = int(values[~described[values]][0])
+                            raise SegmentationFileError(
+                                f"{name}: frame {frame[0] + 1} holds label {found}, which no "
+                                "segment of the SEG describes: the file is damaged."
+                            )
                     if lookup is not None:
                         tile[...] = lookup[values]
                     else:
@@ -191,6 +202,15 @@ def read_chunk(
                             "read with combine_segments=False."
                         )
     return out[: shape[0], : shape[1]]
+
+
+@functools.lru_cache(maxsize=16)
+def _described_labels(stored_labels: tuple[int, ...]) -> np.ndarray:
+    """Whether each label up to the highest is one a LABELMAP's frames may hold (the frame's
+    highest was checked first)."""
+    table = np.zeros(stored_labels[-1] + 1, dtype=bool)
+    table[list(stored_labels)] = True
+    return table
 
 
 class CombineError(SegmentationInputError, RuntimeError):

@@ -149,6 +149,11 @@ class ReadOptions:
         if reader.segmentation_type == "LABELMAP" and combine and not self.relabel:
             # highdicom keeps the stored background (PixelPaddingValue) when it does not relabel.
             background = int(reader.header.get("PixelPaddingValue", 0))
+        highest = stored = None
+        if reader.segmentation_type == "LABELMAP":
+            stored = sorted({0, int(reader.header.get("PixelPaddingValue", 0)),
+                             *reader.segment_numbers})
+            highest = stored[-1]
         return Output(
             segmentation_type=reader.segmentation_type,
             combine_segments=combine,
@@ -158,9 +163,10 @@ class ReadOptions:
             max_fractional=int(reader.header.MaximumFractionalValue) if fractional else None,
             rescale=rescale,
             dtype=dtype.str,
-            highest_stored=max([*reader.segment_numbers,
-                                int(reader.header.get("PixelPaddingValue", 0))])
-            if reader.segmentation_type == "LABELMAP" else None,
+            highest_stored=highest,
+            # Numbers that skip (2, 5, 9): a frame's labels are checked one by one too.
+            stored_labels=() if stored is None or stored == list(range(len(stored)))
+            else tuple(stored),
         )
 
     def chunk_pixels(self) -> tuple[int, int]:

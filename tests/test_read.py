@@ -399,6 +399,32 @@ def test_an_invalid_segment_description_fails_when_asked_for_not_at_open(tmp_pat
     assert main(["info", str(path)]) == 1
 
 
+def test_a_labelmap_label_between_its_segment_numbers_is_damage(tmp_path, thread_client):
+    """A LABELMAP of segments 2, 5 and 9 whose frame holds 7: no segment describes it, so the
+    file is damaged (it read as background before); segments 1..n need no such check, any
+    label above n is refused already."""
+    from daskseg import SegmentationFileError
+
+    source = make_slide(64, 64, tile_size=(32, 32))
+    labels = np.zeros((64, 64), np.uint8)
+    labels[3:30, 5:60], labels[40:60, 10:30], labels[35:60, 40:62] = 2, 5, 9
+    descriptions = make_segment_descriptions(3, segmentation_type="LABELMAP")
+    for description, number in zip(descriptions, (2, 5, 9)):
+        description.SegmentNumber = number
+    path = write_segmentation(labels, source, descriptions, tmp_path / "seg.dcm",
+                              segmentation_type="LABELMAP", client=thread_client)
+    with dask.config.set(scheduler="synchronous"):
+        np.testing.assert_array_equal(read_segmentation(path, combine_segments=True), labels)
+        seg = pydicom.dcmread(path)
+        pixels = bytearray(seg.PixelData)
+        pixels[pixels.index(5)] = 7
+        seg.PixelData = bytes(pixels)
+        seg.save_as(path)
+        for options in ({"combine_segments": True}, {}, {"segment_numbers": [2]}):
+            with pytest.raises(SegmentationFileError, match="holds label 7, which no segment"):
+                read_segmentation(path, **options).compute()
+
+
 def test_tiled_full_frames_follow_segment_numbers_not_the_sequence_order(tmp_path):
     """PS3.3 C.7.6.17.3: TILED_FULL frames go by increasing segment number, as highdicom reads
     them, also when the SegmentSequence lists the segments in another order."""
