@@ -120,6 +120,22 @@ def _image_label(reader: SegmentationReader) -> dict[str, Any]:
         }
         if "SegmentAlgorithmName" in item:
             entry["segment-algorithm-name"] = str(item.SegmentAlgorithmName)
+        # The rest of the description (PS3.3 C.8.20.2), so that SEG -> OME-Zarr -> SEG keeps
+        # it: keys in the style of the ones above, which OME-NGFF leaves to the writer.
+        algorithm = item.algorithm_identification
+        if algorithm is not None:
+            entry["segment-algorithm-version"] = str(algorithm.version)
+            entry["segment-algorithm-family"] = _code(algorithm.family)
+        if "SegmentDescription" in item:
+            entry["segment-description"] = str(item.SegmentDescription)
+        if item.tracking_id is not None:
+            entry["tracking-id"] = str(item.tracking_id)
+        if item.tracking_uid is not None:
+            entry["tracking-uid"] = str(item.tracking_uid)
+        for key, concepts in (("anatomic-regions", item.anatomic_regions),
+                              ("primary-anatomic-structures", item.primary_anatomic_structures)):
+            if concepts:
+                entry[key] = [_code(concept) for concept in concepts]
         properties.append(entry)
     # NGFF 0.5 "image-label": "source" points from the label image back to its image.
     return {"colors": colors, "properties": properties, "source": {"image": "../../"}}
@@ -372,8 +388,10 @@ def segment_descriptions_from_ome_zarr(
         algorithm = None
         if algorithm_type != "MANUAL":
             algorithm = hd.AlgorithmIdentificationSequence(
-                name=str(props.get("segment-algorithm-name", "unknown")), version="unknown",
-                family=codes.cid7162.ArtificialIntelligence,
+                name=str(props.get("segment-algorithm-name", "unknown")),
+                version=str(props.get("segment-algorithm-version", "unknown")),
+                family=_concept(props.get("segment-algorithm-family"),
+                                codes.cid7162.ArtificialIntelligence),
             )
         display = None
         if colors.get(number):
@@ -389,6 +407,27 @@ def segment_descriptions_from_ome_zarr(
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues[algorithm_type],
             algorithm_identification=algorithm,
             display_color=display,
+            tracking_id=_text(props.get("tracking-id")),
+            tracking_uid=_text(props.get("tracking-uid")),
+            anatomic_regions=_concepts(props.get("anatomic-regions")),
+            primary_anatomic_structures=_concepts(props.get("primary-anatomic-structures")),
         ))
+        if props.get("segment-description"):
+            descriptions[-1].SegmentDescription = str(props["segment-description"])
     return descriptions
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _concepts(values: Any) -> list[CodedConcept] | None:
+    """Coded concepts as :func:`_image_label` writes them; None when absent or not such."""
+    if not isinstance(values, list):
+        return None
+    concepts = [CodedConcept(value["code-value"], value["coding-scheme-designator"],
+                             value["code-meaning"])
+                for value in values if isinstance(value, dict)
+                and {"code-value", "coding-scheme-designator", "code-meaning"} <= set(value)]
+    return concepts or None
 

@@ -131,6 +131,49 @@ def test_labels_written_by_ome_zarr_py_become_a_seg(tmp_path, dask_client, versi
     np.testing.assert_array_equal(daskseg.read_segmentation(path, combine_segments=True).compute(), labels)
 
 
+def test_the_whole_segment_description_survives_the_round_trip(tmp_path, thread_client):
+    """SEG -> OME-Zarr -> SEG keeps each segment's description: algorithm (name, version,
+    family), tracking ID and UID, anatomic regions, primary anatomic structures and text."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    source = make_slide(64, 64, tile_size=(32, 32))
+    labels = np.zeros((64, 64), np.uint8)
+    labels[5:30, 5:30], labels[35:60, 20:60] = 1, 2
+    descriptions = [
+        hd.seg.SegmentDescription(
+            1, "liver", codes.SCT.Organ, codes.SCT.Liver, "AUTOMATIC",
+            algorithm_identification=hd.AlgorithmIdentificationSequence(
+                "TotalSegmentator", codes.cid7162.ArtificialIntelligence, "2.4.0"),
+            tracking_id="liver of case 7", tracking_uid=hd.UID(),
+            anatomic_regions=[codes.SCT.Abdomen],
+            primary_anatomic_structures=[codes.SCT.Liver]),
+        hd.seg.SegmentDescription(
+            2, "lesion", hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
+            codes.SCT.Neoplasm, "MANUAL"),
+    ]
+    descriptions[1].SegmentDescription = "drawn by a reader"
+    path = daskseg.write_segmentation(labels, source, descriptions, tmp_path / "seg.dcm",
+                                      client=thread_client)
+    out = daskseg.segmentation_to_ome_zarr(path, tmp_path / "seg.ome.zarr", client=thread_client)
+    label_models = pytest.importorskip("ome_zarr_models.v05.image_label")
+    label_models.ImageLabel.from_zarr(zarr.open_group(str(out / "labels" / "segmentation"),
+                                                      mode="r"))
+    again = daskseg.segment_descriptions_from_ome_zarr(out)
+    for original, copy in zip(descriptions, again):
+        for attribute in ("segment_number", "segment_label", "segmented_property_category",
+                          "segmented_property_type", "algorithm_type", "tracking_id",
+                          "tracking_uid", "anatomic_regions", "primary_anatomic_structures"):
+            assert getattr(copy, attribute) == getattr(original, attribute), attribute
+        assert copy.get("SegmentDescription") == original.get("SegmentDescription")
+        if original.algorithm_identification is None:
+            assert copy.algorithm_identification is None
+        else:
+            for attribute in ("name", "version", "family"):
+                assert getattr(copy.algorithm_identification, attribute) == getattr(
+                    original.algorithm_identification, attribute), attribute
+
+
 def test_ome_zarr_without_usable_labels_is_refused(tmp_path):
     store = tmp_path / "image.ome.zarr"
     ome_writer.write_image(np.zeros((64, 64), np.uint8), str(store), axes="yx")
