@@ -259,6 +259,8 @@ def parse_label_values(label_values: Sequence[int] | None, numbers: Sequence[int
             "label_values is for BINARY and FRACTIONAL SEGs; a LABELMAP stores the mask's "
             "values as its segment numbers: number the segment descriptions by them instead."
         )
+    if isinstance(label_values, np.ndarray) and label_values.ndim == 1:
+        label_values = label_values.tolist()  # np.unique(mask)[1:], say
     if isinstance(label_values, (str, bytes)) or not isinstance(label_values, Sequence) or any(
         isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in label_values
     ):
@@ -274,12 +276,17 @@ def parse_label_values(label_values: Sequence[int] | None, numbers: Sequence[int
     return () if values == tuple(numbers) else values
 
 
-def check_label_values_mask(options: WriteOptions, stacked: bool) -> None:
-    """``label_values`` say which value of a label mask each segment is: a stack of planes
-    has none."""
-    if options.label_values and stacked:
+def check_label_values_mask(options: WriteOptions, stacked: bool, dtype: np.dtype) -> None:
+    """``label_values`` say which value of an integer label mask each segment is: a boolean
+    or floating-point mask, or a stack of planes, has none."""
+    if not options.label_values:
+        return
+    what = ("boolean, one segment's plane (True is the segment)" if dtype.kind == "b" else
+            "floating point, one segment's fractions" if dtype.kind == "f" else
+            "a stack of one plane per segment" if stacked else None)
+    if what is not None:
         raise SegmentationInputError(
-            "label_values is for a label mask; this mask is a stack of one plane per segment."
+            f"label_values is for a mask of integer labels; this mask is {what}."
         )
 
 

@@ -94,6 +94,10 @@ def volume_mask(
         ):
             array = array[None]
     expected = (frames, rows, columns)
+    if (is_nifti_path(mask) or is_nrrd_path(mask)) and array.ndim == 3 and (
+        array.dtype.kind == "f" and n_segments > 1
+    ):
+        array = whole_labels(array, str(mask))
     if array.ndim == 3 and array.dtype.kind == "f" and tuple(array.shape) == expected:
         array = one_segment_plane(array, n_segments)
     if array.ndim not in (3, 4) or tuple(array.shape[:3]) != expected:
@@ -110,6 +114,36 @@ def volume_mask(
         )
     check_mask_dtype(array.dtype, stacked, "volume")
     return array, stacked
+
+
+def whole_labels(array: da.Array | np.ndarray, name: str) -> da.Array | np.ndarray:
+    """A label volume stored as floating point (MONAI saves float32 by default) as integer
+    labels, as dcmqi (ITK) reads it; a value that is not a whole number from 0 is refused.
+
+    Several segments are described, so the values are labels, not one segment's fractions.
+    """
+    if isinstance(array, np.ndarray):
+        _check_whole(array, name)
+        highest = float(array.max()) if array.size else 0.0
+        dtype = next((t for t in (np.uint8, np.uint16, np.uint32)
+                      if highest <= np.iinfo(t).max), np.uint64)
+        return array.astype(dtype)
+    return array.map_blocks(_whole_block, name, dtype=np.uint32)
+
+
+def _check_whole(block: np.ndarray, name: str) -> None:
+    bad = ~np.isfinite(block) | (block < 0) | (block != np.floor(block)) | (block >= 2**32)
+    if bad.any():
+        raise SegmentationInputError(
+            f"The mask {name} stores its labels as floating point, and one is "
+            f"{float(block[bad][0]):g}, not a whole number from 0: labels are segment numbers (or "
+            "label_values)."
+        )
+
+
+def _whole_block(block: np.ndarray, name: str) -> np.ndarray:
+    _check_whole(block, name)
+    return block.astype(np.uint32)
 
 
 # --------------------------------------------------------------------------- header
@@ -364,7 +398,7 @@ def write_volume_segmentation(
     numbers = described_numbers(hd_options)
     n_segments = len(numbers)
     array, stacked = volume_mask(mask, series, n_segments)
-    check_label_values_mask(options, stacked)
+    check_label_values_mask(options, stacked, array.dtype)
     order = series.sort_index()  # tile row p is the p-th plane in highdicom's order
 
     spec = FrameSpec(

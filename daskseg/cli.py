@@ -159,20 +159,16 @@ def _encode(args: argparse.Namespace) -> None:
     elif args.label:
         descriptions, options = segment_descriptions_from_labels(args.label, args.type), {}
     else:
-        from daskseg.omezarr import _label_group, segment_descriptions_from_ome_zarr
+        from daskseg.omezarr import _label_group, _ome_zarr_segments
 
         # An OME-Zarr label image may name its segments in its image-label metadata.
         if "://" in args.mask or _label_group(args.mask) is None:
             raise UserError("give the segments with --metadata FILE or with --label NAME "
                             "(an OME-Zarr label image may carry them in its image-label metadata)")
         # Label values that skip numbers: BINARY and FRACTIONAL segments 1..n, segment k the
-        # k-th value, as for dcmqi's labelIDs (the descriptions read as a LABELMAP's, which
-        # may skip).
-        descriptions = segment_descriptions_from_ome_zarr(args.mask, segmentation_type="LABELMAP")
-        options = {}
-        label_values = renumber_as_dcmqi(descriptions, args.type)
-        if label_values:
-            options["label_values"] = label_values
+        # k-th value, as for dcmqi's labelIDs.
+        descriptions, label_values = _ome_zarr_segments(args.mask, args.type, renumber=True)
+        options = {"label_values": label_values} if label_values else {}
     tile_size = None
     if args.tile_size:
         try:
@@ -192,6 +188,10 @@ def _encode(args: argparse.Namespace) -> None:
         )
         if args.pyramid:
             from daskseg import write_segmentation_pyramid
+
+            # Each level is an instance of the pyramid's series, numbered by level: dcmqi
+            # metadata's InstanceNumber (its example has one) names one instance only.
+            common.pop("instance_number", None)
 
             written = write_segmentation_pyramid(
                 mask, [args.source], descriptions, args.output,

@@ -151,7 +151,8 @@ def check_value_range(low: int, high: int, spec: FrameSpec, where: Where) -> Non
 
 def _described(spec: FrameSpec) -> str:
     if spec.label_numbers and spec.segmentation_type != "LABELMAP":
-        return f"the segments' label_values are {list(spec.label_numbers)}"
+        return (f"the segments' label values (label_values; dcmqi's labelIDs) are "
+                f"{list(spec.label_numbers)}")
     if spec.label_numbers:
         return f"the segments described are numbered {list(spec.label_numbers)}"
     return f"only {spec.n_segments} segments are described"
@@ -165,13 +166,21 @@ def _first_pixel(block: np.ndarray, bad: np.ndarray, first_row: int,
     return int(block[r, c]), Where((first_row + r,) * 2, (first_column + c,) * 2)
 
 
+# Label values below this are checked with a table of every value up to the highest; higher
+# ones (label_values as large as cell IDs) one by one.
+_LOOKUP_LIMIT = 1 << 20
+
+
 def check_labels_described(block: np.ndarray, spec: FrameSpec, first_row: int,
                            first_column: int) -> None:
     """Raise unless every value of a label block in 0..highest_label is 0 or a described
     segment number (a LABELMAP whose numbers skip some; PS3.3 C.8.20.2.3)."""
-    allowed = np.zeros(spec.highest_label + 1, dtype=bool)
-    allowed[[0, *spec.label_numbers]] = True
-    undescribed = ~allowed[block]
+    if spec.highest_label < _LOOKUP_LIMIT:
+        allowed = np.zeros(spec.highest_label + 1, dtype=bool)
+        allowed[[0, *spec.label_numbers]] = True
+        undescribed = ~allowed[block]
+    else:  # label_values as large as cell IDs: no table of every value up to the highest
+        undescribed = ~np.isin(block, [0, *spec.label_numbers])
     if undescribed.any():
         label, where = _first_pixel(block, undescribed, first_row, first_column)
         raise MaskValueError(
@@ -392,6 +401,9 @@ def _segments_present(tiles: np.ndarray, spec: FrameSpec) -> np.ndarray | None:
                 present[r, c] = tile.any(axis=(0, 1))
             else:
                 # check_block_values has checked the labels are in 0..highest_label.
+                if spec.highest_label >= _LOOKUP_LIMIT:
+                    present[r, c] = np.isin(spec.label_numbers, tile)
+                    continue
                 counts = np.bincount(tile.ravel().astype(np.intp, copy=False),
                                      minlength=spec.highest_label + 1)
                 present[r, c] = (counts[list(spec.label_numbers)] if spec.label_numbers

@@ -360,6 +360,15 @@ def segment_descriptions_from_ome_zarr(
         values are not 1, 2, ... N (DICOM segment numbers; PS3.3 C.8.20.4) for BINARY or
         FRACTIONAL; a LABELMAP's may skip numbers (its pixels hold them, as in highdicom).
     """
+    return _ome_zarr_segments(path, segmentation_type, renumber=False)[0]
+
+
+def _ome_zarr_segments(
+    path: str | os.PathLike, segmentation_type: str, *, renumber: bool
+) -> tuple[list[hd.seg.SegmentDescription], list[int] | None]:
+    """:func:`segment_descriptions_from_ome_zarr`; with ``renumber``, BINARY and FRACTIONAL
+    label values that skip (3, 8) become segments 1..n and are returned too (the
+    ``label_values`` to write them with), as for dcmqi's labelIDs; else None."""
     group = _label_group(path)
     if group is None:
         raise SegmentationInputError(f"{os.fspath(path)} is not an OME-Zarr image or label image.")
@@ -373,16 +382,23 @@ def segment_descriptions_from_ome_zarr(
             "give the segments' descriptions."
         )
     labelmap = parse_segmentation_type(segmentation_type) == "LABELMAP"
-    if numbers != list(range(1, len(numbers) + 1)) and not labelmap:
+    skipping = numbers != list(range(1, len(numbers) + 1))
+    if labelmap and numbers[-1] > 65535:
+        raise SegmentationInputError(
+            f"The label image {group.store_path} holds label {numbers[-1]}, but a LABELMAP's "
+            "segment numbers (its pixel values) are at most 65535; write BINARY segments."
+        )
+    if skipping and not labelmap and not renumber:
         raise SegmentationInputError(
             f"The label values {numbers} of {group.store_path} are not 1..{len(numbers)}: the "
             "segments of a BINARY or FRACTIONAL SEG are numbered from 1 without gaps; read them "
             "with segmentation_type='LABELMAP', number them 1..n and give write_segmentation "
             "the values as label_values (daskseg encode does so), or write a LABELMAP."
         )
+    renumbered = skipping and not labelmap
     defaults = segment_descriptions_from_labels([f"Segment {n}" for n in numbers], segmentation_type)
     descriptions = []
-    for number, default in zip(numbers, defaults):
+    for position, (number, default) in enumerate(zip(numbers, defaults), 1):
         props = properties.get(number, {})
         algorithm_type = str(props.get("segment-algorithm-type", "MANUAL")).upper()
         algorithm = None
@@ -399,7 +415,7 @@ def segment_descriptions_from_ome_zarr(
         elif "RecommendedDisplayCIELabValue" in default:
             display = hd.color.CIELabColor.from_dicom_value(default.RecommendedDisplayCIELabValue)
         descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number,
+            segment_number=position if renumbered else number,
             segment_label=str(props.get("segment-label", f"Segment {number}")),
             segmented_property_category=_concept(props.get("segmented-property-category"),
                                                  codes.SCT.Tissue),
@@ -414,7 +430,7 @@ def segment_descriptions_from_ome_zarr(
         ))
         if props.get("segment-description"):
             descriptions[-1].SegmentDescription = str(props["segment-description"])
-    return descriptions
+    return descriptions, numbers if renumbered else None
 
 
 def _text(value: Any) -> str | None:

@@ -133,9 +133,10 @@ def write_segmentation(
     label_values : sequence of int, optional
         BINARY and FRACTIONAL from a label mask: the value of each segment in the mask, in the
         order of ``segment_descriptions`` (numbered 1..n), where it is not the segment's
-        number; as dcmqi's ``labelID``, which it renumbers 1..n the same way. A label mask
+        number; as dcmqi's ``labelID``, which it renumbers 1..n the same way (dcmqi also leaves
+        out labelIDs absent from the mask; here such a segment stays, empty). A label mask
         ``{0, 5, 12}`` with ``label_values=[5, 12]`` gives segments 1 and 2. Every non-zero
-        value of the mask must be one of them.
+        value of the mask must be one of them. An integer mask only.
     use_extended_offset_table : bool, optional
         Encapsulated syntaxes: ``None`` (default) writes a Basic Offset Table, or an Extended
         Offset Table when the frames pass 4 GiB.
@@ -251,7 +252,7 @@ def write_segmentation(
             f"is {expected[0]} x {expected[1]}; the mask must cover it pixel for pixel."
         )
     grid = TileGrid(int(array.shape[0]), int(array.shape[1]), *tile)
-    _inputs.check_label_values_mask(options, stacked)
+    _inputs.check_label_values_mask(options, stacked, array.dtype)
 
     spec = FrameSpec(
         segmentation_type=options.segmentation_type,

@@ -237,10 +237,12 @@ def test_encode_pyramid(inputs, tmp_path):
     folder, labels = inputs
     out = tmp_path / "pyramid"
     out.mkdir()
+    # dcmqi metadata (with an InstanceNumber, as dcmqi's example): each level numbers itself.
     assert main(["encode", str(folder / "mask.zarr"), str(folder / "slide.dcm"), "-o", str(out),
-                 "--label", "tumor", "--label", "stroma", "--pyramid", "--threads", "2",
+                 "--metadata", str(folder / "dcmqi.json"), "--pyramid", "--threads", "2",
                  "--quiet"]) == 0
     levels = sorted(out.iterdir())
+    assert [int(pydicom.dcmread(p).InstanceNumber) for p in levels] == [1, 2, 3, 4]
     # Halved until a level fits in one 64-pixel tile.
     assert [p.name for p in levels] == [f"level-{k}.dcm" for k in range(4)]
     sizes = [int(pydicom.dcmread(p).TotalPixelMatrixColumns) for p in levels]

@@ -74,8 +74,24 @@ def test_scaled_nifti_is_taken_as_nibabel_scales_it(tmp_path, name):
     assert stacked and mask.dtype.kind == "f"
     np.testing.assert_array_equal(np.asarray(mask)[..., 0],
                                   in_given_order(series, volume * 0.25))
-    with pytest.raises(SegmentationTypeError, match="floating point without a segment axis"):
-        volume_mask(tmp_path / name, series, 3)
+    # Several segments: the values are taken as labels, and 0.25 is none.
+    with pytest.raises(SegmentationInputError, match=r"one is 0\.\d+, not a whole number"):
+        mask, _ = volume_mask(tmp_path / name, series, 3)
+        np.asarray(mask)  # a .nii is read lazily: its values are checked as they are read
+
+
+@pytest.mark.parametrize("name", ["labels.nii", "labels.nii.gz"])
+def test_labels_stored_as_floating_point_are_labels(tmp_path, name):
+    """MONAI saves segmentations as float32 by default; dcmqi (ITK) reads such a file's whole
+    numbers as labels, and so does daskseg when several segments are described."""
+    series = shuffled_series()
+    volume, array, affine = file_labels(series, (2, 1, 0), ())
+    image = nibabel.Nifti1Image(np.ascontiguousarray(array).astype(np.float32),
+                                LPS_TO_RAS @ affine)
+    image.to_filename(tmp_path / name)
+    mask, stacked = volume_mask(tmp_path / name, series, 3)
+    assert not stacked and np.asarray(mask).dtype.kind == "u"
+    np.testing.assert_array_equal(np.asarray(mask), in_given_order(series, volume))
 
 
 def test_nifti_with_one_volume_per_segment(tmp_path):

@@ -197,7 +197,7 @@ def test_ome_zarr_without_usable_labels_is_refused(tmp_path):
     assert not (tmp_path / "x.dcm").exists()
 
 
-def test_cli_encodes_label_values_that_skip_as_binary_segments(tmp_path):
+def test_cli_encodes_label_values_that_skip_as_binary_segments(tmp_path, capsys):
     """OME-Zarr labels 3 and 8 (cells of a nucleus model, say) written as BINARY: segments 1
     and 2, the values given as label_values, as dcmqi numbers labelIDs that skip."""
     import highdicom as hd
@@ -221,6 +221,24 @@ def test_cli_encodes_label_values_that_skip_as_binary_segments(tmp_path):
         (1, "nucleus"), (2, "cytoplasm")]
     np.testing.assert_array_equal(seg.get_total_pixel_matrix(),
                                   np.stack([labels == 3, labels == 8], axis=-1))
+    # Values of any size (instance IDs) as BINARY; a LABELMAP's are at most 65535, said in one
+    # line; BINARY segments get no display colour the metadata does not give (as before).
+    big = labels.astype(np.uint32) * 25000
+    store = tmp_path / "big.ome.zarr"
+    ome_writer.write_image(np.zeros((96, 80), np.uint8), str(store), axes="yx")
+    ome_writer.write_labels(big, str(store), name="cells", axes="yx", label_metadata={
+        "properties": [{"label-value": 75000}, {"label-value": 200000}]})
+    assert main(["encode", str(store), str(source_path), "-o", str(out), "--threads", "1",
+                 "-q", "--overwrite"]) == 0
+    seg = hd.seg.segread(out)
+    assert [int(s.SegmentNumber) for s in seg.SegmentSequence] == [1, 2]
+    assert all("RecommendedDisplayCIELabValue" not in s for s in seg.SegmentSequence)
+    np.testing.assert_array_equal(seg.get_total_pixel_matrix(),
+                                  np.stack([labels == 3, labels == 8], axis=-1))
+    assert main(["encode", str(store), str(source_path), "-o", str(tmp_path / "lm.dcm"),
+                 "--type", "LABELMAP", "--threads", "1", "-q"]) == 1
+    assert "at most 65535" in capsys.readouterr().err
+    assert not (tmp_path / "lm.dcm").exists()
 
 
 def test_cli_decodes_to_ome_zarr_and_encodes_it_back(seg, tmp_path):

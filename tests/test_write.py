@@ -201,7 +201,7 @@ def test_label_values_as_dcmqi_label_ids(tmp_path, thread_client, segmentation_t
         planes > 0, np.stack([renumbered == k for k in range(1, n_segments + 1)], axis=-1))
     # A value no segment has, though below the highest.
     labels[0, 0] = values[0] + 1
-    with pytest.raises(SegmentationInputError, match="label_values are"):
+    with pytest.raises(SegmentationInputError, match=r"label values \(label_values"):
         write_segmentation(labels, source, descriptions, tmp_path / "bad.dcm",
                            segmentation_type=segmentation_type, label_values=values,
                            client=thread_client)
@@ -223,11 +223,31 @@ def test_bad_label_values_are_refused(tmp_path, label_values, segmentation_type,
                            make_segment_descriptions(2, segmentation_type=segmentation_type),
                            tmp_path / "seg.dcm", segmentation_type=segmentation_type,
                            label_values=label_values)
-    with pytest.raises(SegmentationInputError, match="stack of one plane per segment"):
-        write_segmentation(np.zeros((64, 64, 2), np.uint8), source,
-                           make_segment_descriptions(2), tmp_path / "seg.dcm",
-                           label_values=[5, 12])
+    for mask, n_segments, what in [(np.zeros((64, 64, 2), np.uint8), 2, "a stack of one plane"),
+                                   (np.ones((64, 64), bool), 1, "boolean"),
+                                   (np.ones((64, 64), np.float32), 1, "floating point")]:
+        with pytest.raises(SegmentationInputError, match=f"integer labels; this mask is {what}"):
+            write_segmentation(mask, source, make_segment_descriptions(n_segments),
+                               tmp_path / "seg.dcm", label_values=[5, 12][:n_segments])
     assert not list(tmp_path.iterdir())
+
+
+def test_label_values_as_large_as_cell_ids_and_as_a_numpy_array(tmp_path, thread_client):
+    """label_values of 10**12 (instance IDs) need no table of every value up to them, and
+    np.unique(mask)[1:] is taken as it is."""
+    source = make_slide(64, 96, tile_size=(32, 32))
+    values = np.array([4, 10**12, 7 * 10**11] + [10**9 + k for k in range(7)], np.int64)
+    labels = np.zeros((64, 96), np.int64)
+    for k, value in enumerate(values):
+        labels[4 * k : 4 * k + 3, 5 * k : 5 * k + 30] = value
+    path = write_segmentation(labels, source, make_segment_descriptions(len(values)),
+                              tmp_path / "seg.dcm", label_values=values, client=thread_client)
+    planes = hd.seg.segread(path).get_total_pixel_matrix()
+    np.testing.assert_array_equal(planes, np.stack([labels == v for v in values], axis=-1))
+    labels[0, 0] = 5
+    with pytest.raises(SegmentationInputError, match="holds the label 5 at row 0, column 0"):
+        write_segmentation(labels, source, make_segment_descriptions(len(values)),
+                           tmp_path / "bad.dcm", label_values=values, client=thread_client)
 
 
 @pytest.mark.parametrize("segmentation_type", ["BINARY", "LABELMAP"])
