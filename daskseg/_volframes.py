@@ -133,7 +133,10 @@ def _collect(walker: _Walker, start: int, end: int, found: dict[int, bytes]) -> 
                 for item_start, item_end in walker.items(value, length):
                     _collect(walker, item_start, item_end, found)
         elif tag in (_SOP_INSTANCE, _FRAME_NUMBER, _POSITION, _SEGMENT) and tag not in found:
-            found[tag] = walker.buffer[value : value + length]
+            raw = walker.buffer[value : value + length]
+            # An empty value is absent (a text one may be only padding; US is binary).
+            if raw if tag == _SEGMENT else raw.strip(b"\x00 "):
+                found[tag] = raw
         pos = walker.end(value, length) if sequence else value + length
 
 
@@ -165,11 +168,13 @@ def scan_frame_items(buffer: bytes, dataset_start: int, implicit: bool) -> list[
         position = _text(found.get(_POSITION))
         frame = _text(found.get(_FRAME_NUMBER))
         segment = found.get(_SEGMENT)
+        # An empty value is absent: the frame is placed by what else it says, as from the
+        # DICOM JSON of a server (where an empty element has no Value).
         frames.append(FrameItem(
-            source_uid=_text(found.get(_SOP_INSTANCE)),
+            source_uid=_text(found.get(_SOP_INSTANCE)) or None,
             source_frame=int(frame.split("\\")[0]) if frame else None,
             position=tuple(float(v) for v in position.split("\\")) if position else None,  # type: ignore[arg-type]
-            segment=None if segment is None else struct.unpack("<H", segment[:2])[0],
+            segment=struct.unpack("<H", segment[:2])[0] if segment else None,
         ))
     return frames
 
@@ -191,7 +196,8 @@ def _collect_json(item: dict[str, Any], found: dict[str, list[Any]]) -> None:
             for nested in values:
                 _collect_json(nested, found)
         elif tag in (_JSON_SOP_INSTANCE, _JSON_FRAME_NUMBER, _JSON_POSITION, _JSON_SEGMENT):
-            if values and tag not in found:
+            # An empty value (no Value, or null) is absent, as an empty one in a file.
+            if values and values[0] not in (None, "") and tag not in found:
                 found[tag] = values
 
 

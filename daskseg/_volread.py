@@ -179,7 +179,7 @@ class VolumeSegmentationReader:
         if len(items) != self.number_of_frames:
             raise SegmentationFileError(
                 f"{path}: the SEG has {self.number_of_frames} frames but {len(items)} per-frame "
-                "functional group items: the file is inconsistent."
+                "functional group items: the SEG is inconsistent (or its server left them out)."
             )
         self._index = index_volume_frames(header, items, self.segment_numbers)
         default = plane_order(header, self._index, None)

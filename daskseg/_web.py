@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from daskseg._frames import HEADER_DAMAGE, FrameLayout, FrameRef, check_header, damaged_header
 from daskseg._volframes import FrameItem, frame_items_from_json
@@ -31,6 +31,8 @@ from daskseg.dicomweb import (
     DICOMwebURL,
     _dataset_from_json,
     _fetch_metadata_json,
+    _frame_media_type,
+    check_request_options,
     fetch_frames,
     fetch_transfer_syntax,
     parse_dicomweb_url,
@@ -120,6 +122,7 @@ def open_web(
         raise SegmentationInputError(
             f"{target} is a series URL; give the SEG instance's URL (.../instances/{{uid}})."
         )
+    check_request_options(session, headers, timeout)
     all_headers = {**url_headers, **(headers or {})}
     metadata = _fetch_metadata_json(target, session, all_headers, timeout)
     frame_items = None
@@ -160,8 +163,20 @@ def open_web(
                     f"{columns} columns (Orthanc needs a multiple of 8); download the instance "
                     "and read the file.", url=error.url, status=error.status,
                 ) from None
-            raise
+            if error.status != 406:
+                raise
+            # The server will not send frames as stored (transfer-syntax=*): ask for them
+            # native, which it transcodes to, as fetch_frames does when a syntax is refused.
+            header.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     check_header(header, str(target), tiled=tiled)
+    try:
+        _frame_media_type(str(header.file_meta.TransferSyntaxUID))
+    except SegmentationInputError:
+        raise SegmentationInputError(
+            f"{target}: its frames are {UID(header.file_meta.TransferSyntaxUID).name}, which "
+            "daskseg cannot ask a DICOMweb server for (dicomweb-client knows no media type for "
+            "it); download the instance and read the file."
+        ) from None
     if straddling and not UID(header.file_meta.TransferSyntaxUID).is_encapsulated:
         raise unservable
     layout = FrameLayout(

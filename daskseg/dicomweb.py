@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,10 +36,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from daskseg.errors import (
+    DaskSegError,
     DICOMwebError,
     MissingDependencyError,
     SegmentationFileError,
     SegmentationInputError,
+    SegmentationTypeError,
 )
 
 __all__ = [
@@ -92,10 +95,13 @@ class DICOMwebURL:
 
 def _redact(url: str) -> str:
     """The URL without user, password, query or fragment: safe in a message."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host += f":{parts.port}"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host += f":{parts.port}"
+    except ValueError:  # a URL urllib cannot split: cut out what may hold credentials
+        return re.sub(r"//[^/]*@", "//", url).split("?")[0].split("#")[0]
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
@@ -103,7 +109,10 @@ def is_dicomweb_url(value: object) -> bool:
     """Whether ``value`` is an http(s) URL of a DICOMweb series or instance."""
     if not isinstance(value, str) or not value.lower().startswith(("http://", "https://")):
         return False
-    return "/studies/" in urlsplit(value).path
+    try:
+        return "/studies/" in urlsplit(value).path
+    except ValueError:  # "Invalid IPv6 URL": an http URL all the same, refused by the parser
+        return "/studies/" in value
 
 
 def parse_dicomweb_url(url: str) -> tuple[DICOMwebURL, dict[str, str]]:
@@ -127,7 +136,14 @@ def parse_dicomweb_url(url: str) -> tuple[DICOMwebURL, dict[str, str]]:
     SegmentationInputError
         If the URL is not of that form.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname  # checks the brackets of an IPv6 address
+        port = parts.port  # and that a port is a number below 65536
+    except ValueError as error:  # urllib's verdict: "Invalid IPv6 URL", a bad port
+        raise SegmentationInputError(
+            f"{_redact(url)} is not a DICOMweb URL: {error}."
+        ) from None
     segments = [unquote(s) for s in parts.path.rstrip("/").split("/")]
     try:
         at = len(segments) - 1 - segments[::-1].index("studies")
@@ -136,7 +152,7 @@ def parse_dicomweb_url(url: str) -> tuple[DICOMwebURL, dict[str, str]]:
     tail = segments[at:] if at >= 0 else []
     if (
         parts.scheme.lower() not in ("http", "https")
-        or not parts.hostname
+        or not hostname
         or len(tail) not in (4, 6)
         or tail[2] != "series"
         or (len(tail) == 6 and tail[4] != "instances")
@@ -153,7 +169,7 @@ def parse_dicomweb_url(url: str) -> tuple[DICOMwebURL, dict[str, str]]:
             f"{_redact(url)} has a query or fragment ('?...', '#...'), which daskseg does not "
             "send with its requests: pass such credentials as headers= (or a session=)."
         )
-    host = parts.hostname + (f":{parts.port}" if parts.port is not None else "")
+    host = str(hostname) + (f":{port}" if port is not None else "")
     root = urlunsplit((parts.scheme, host, "/".join(segments[:at]), "", ""))
     headers = {}
     if parts.username is not None:
@@ -164,8 +180,34 @@ def parse_dicomweb_url(url: str) -> tuple[DICOMwebURL, dict[str, str]]:
     return target, headers
 
 
+def check_request_options(session: Any, headers: Any, timeout: Any) -> None:
+    """Refuse ``session``, ``headers`` and ``timeout`` that requests would fail on later, in
+    its own words: a session is a ``requests.Session``, headers a mapping of strings, a
+    timeout a positive number of seconds or a (connect, read) pair of them."""
+    if session is not None and not callable(getattr(session, "request", None)):
+        raise SegmentationTypeError(
+            f"session must be a requests.Session, not {type(session).__name__}."
+        )
+    if headers is not None and (not isinstance(headers, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    )):
+        raise SegmentationTypeError(
+            "headers must be a mapping of header names to strings, e.g. "
+            "{'Authorization': 'Bearer ...'}."
+        )
+    values = timeout if isinstance(timeout, tuple) else (timeout,)
+    if len(values) not in (1, 2) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values
+    ):
+        raise SegmentationTypeError(
+            f"timeout must be seconds (a positive number) or a (connect, read) pair of them, "
+            f"not {timeout!r}."
+        )
+
+
 def _client(root: str, session, headers: Mapping[str, str] | None, timeout):
     """A dicomweb-client for ``root``, with few quick retries (the errors come back to the user)."""
+    check_request_options(session, headers, timeout)
     try:
         from dicomweb_client import DICOMwebClient
     except ImportError as error:
@@ -202,7 +244,15 @@ def _raise_for(
                                 "as session= or headers=.", url=url, status=status) from None
         raise DICOMwebError(f"{url} answered HTTP {status} {error.response.reason} while {what}"
                             f"{_server_message(error.response)}.", url=url, status=status) from None
-    raise error
+    if isinstance(error, DaskSegError):
+        raise error
+    # An answer that is not what was asked for (a login page, an empty list, no multipart):
+    # dicomweb-client's and requests' parsing errors.
+    raise DICOMwebError(
+        f"{url} gave an answer daskseg cannot read while {what} ({type(error).__name__}: "
+        f"{' '.join(str(error).split())[:200]}): is it a DICOMweb server, and is the URL right?",
+        url=url,
+    ) from error
 
 
 def _server_message(response) -> str:
@@ -349,6 +399,8 @@ def fetch_transfer_syntax(
     try:
         with http.get(frame_url, headers={**all_headers, "Accept": accept}, timeout=timeout,
                       stream=True) as response:
+            if response.status_code >= 400:
+                _ = response.content  # the server's words, read before the stream closes
             response.raise_for_status()
             content_type = response.headers.get("Content-Type", "")
     except requests.RequestException as error:

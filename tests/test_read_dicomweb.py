@@ -6,9 +6,12 @@ requests of worker processes are counted as well as the client's.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import pathlib
 import re
 import socket
+import threading
 import time
 
 import highdicom as hd
@@ -16,13 +19,14 @@ import numpy as np
 import pydicom
 import pytest
 import zarr
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
+from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, JPEG2000Lossless
 from test_dicomweb import instance_url, tiny_server
 from test_read import highdicom_file
 
 from daskseg import (
     DICOMwebError,
     SegmentationInputError,
+    SegmentationTypeError,
     open_segmentation,
     read_segmentation,
     segmentation_to_ome_zarr,
@@ -405,3 +409,104 @@ def test_a_tiled_reader_refuses_a_volume_url(volume_segs):
     _, url, _ = volume_segs["highdicom"]
     with pytest.raises(SegmentationFileError, match="open_segmentation"):
         SegmentationReader(url)
+
+
+# --------------------------------------------------------------------------- odd servers
+
+@contextlib.contextmanager
+def stub_server(routes):
+    """A local HTTP server answering a GET whose path ends with a key of ``routes`` with its
+    (status, content type, body); 404 otherwise. Plays servers and answers Orthanc never gives."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            path = self.path.split("?")[0]
+            status, content_type, body = next(
+                (answer for suffix, answer in routes.items() if path.endswith(suffix)),
+                (404, "text/plain", b"not found"),
+            )
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def volume_metadata(tmp_path_factory, thread_client):
+    """A small BINARY JPEG 2000 SEG of a CT series: its URL path and its DICOM JSON."""
+    from test_volume_write import shuffled_series, volume_mask
+
+    path = write_segmentation(volume_mask("BINARY"), shuffled_series(),
+                              make_segment_descriptions(3),
+                              tmp_path_factory.mktemp("stub") / "seg.dcm",
+                              transfer_syntax_uid=JPEG2000Lossless, client=thread_client)
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    return (f"/studies/{header.StudyInstanceUID}/series/{header.SeriesInstanceUID}/instances/"
+            f"{header.SOPInstanceUID}"), header.to_json_dict()
+
+
+def test_answers_that_are_not_dicom_json_are_dicomweb_errors(volume_metadata):
+    """A login page, an empty list, a number: a DICOMwebError naming the URL, never
+    requests' or dicomweb-client's own exceptions."""
+    instance, _ = volume_metadata
+    for content_type, body in [("text/html", b"<html>please log in</html>"),
+                               ("application/dicom+json", b"[]"),
+                               ("application/dicom+json", b"42")]:
+        with stub_server({"/metadata": (200, content_type, body)}) as root:
+            with pytest.raises(DICOMwebError, match="metadata") as caught:
+                open_segmentation(root + instance)
+            assert root + instance in str(caught.value), body
+
+
+def test_transfer_syntax_refusals_keep_the_servers_words_or_fall_back(volume_metadata):
+    """The server's reason reaches the message; a server that will not send frames as stored
+    (406 to transfer-syntax=*) is asked for native frames, which it transcodes to; frames no
+    DICOMweb media type names (HTJ2K) are refused when opened, naming the URL."""
+    import json
+
+    instance, metadata = volume_metadata
+    as_json = json.dumps([metadata]).encode()
+    words = json.dumps({"Message": "Unknown transfer syntax: 1.2.3"}).encode()
+    with stub_server({"/metadata": (200, "application/dicom+json", as_json),
+                      "/frames/1": (500, "application/json", words)}) as root:
+        with pytest.raises(DICOMwebError, match="Unknown transfer syntax: 1.2.3"):
+            open_segmentation(root + instance)
+    with stub_server({"/metadata": (200, "application/dicom+json", as_json),
+                      "/frames/1": (406, "text/plain", b"")}) as root:
+        reader = open_segmentation(root + instance)
+        assert reader.transfer_syntax_uid == ExplicitVRLittleEndian
+    htj2k = json.dumps([{**metadata, "00020010": {"vr": "UI", "Value": [HTJ2KLossless]}}])
+    with stub_server({"/metadata": (200, "application/dicom+json", htj2k.encode())}) as root:
+        with pytest.raises(SegmentationInputError, match="High-Throughput.*download the "
+                           "instance") as caught:
+            open_segmentation(root + instance)
+        assert root + instance in str(caught.value)
+
+
+@pytest.mark.parametrize("option, value", [
+    ("timeout", "60"), ("timeout", 0), ("timeout", (1, 2, 3)), ("headers", "Bearer x"),
+    ("headers", {"X-Retry": 1}), ("session", object()),
+])
+def test_bad_request_options_are_type_errors(option, value):
+    with pytest.raises(SegmentationTypeError, match=option):
+        open_segmentation("http://127.0.0.1:9/dicom-web/studies/1/series/2/instances/3",
+                          **{option: value})
+
+
+def test_a_url_urllib_cannot_split_is_an_input_error():
+    with pytest.raises(SegmentationInputError, match="not a DICOMweb URL") as caught:
+        open_segmentation("http://user:secret@[::1/dicom-web/studies/1/series/2/instances/3")
+    assert "secret" not in str(caught.value)

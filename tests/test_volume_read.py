@@ -380,6 +380,14 @@ def test_frames_without_source_references_are_placed_by_position(tmp_path, threa
     order = hd.spatial.get_dataset_sort_index(series)
     np.testing.assert_array_equal(ours, mask[[k for k in order if mask[k].any()]])
     json_index_equals_file_index(tmp_path / "stripped.dcm")
+    # An empty UID is no reference either (it made a plane of its own, or two frames of one).
+    ds = pydicom.dcmread(path)
+    for item in ds.PerFrameFunctionalGroupsSequence[1::2]:
+        item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID = ""
+    ds.save_as(tmp_path / "empty.dcm")
+    ours = read_segmentation(tmp_path / "empty.dcm", combine_segments=True).compute()
+    np.testing.assert_array_equal(ours, mask[[k for k in order if mask[k].any()]])
+    json_index_equals_file_index(tmp_path / "empty.dcm")
 
 
 @pytest.mark.parametrize("segmentation_type", ["BINARY", "LABELMAP"])
@@ -490,7 +498,7 @@ def json_index_equals_file_index(path):
 @pytest.mark.parametrize("damage", [
     {"00209113": {"vr": "SQ", "Value": [{"00200032": {"vr": "DS", "Value": ["x", 1, 2]}}]}},
     {"00209113": {"vr": "SQ", "Value": {"00200032": 1}}},
-    {"0062000A": {"vr": "SQ", "Value": [{"0062000B": {"vr": "US", "Value": [None]}}]}},
+    {"0062000A": {"vr": "SQ", "Value": [{"0062000B": {"vr": "US", "Value": ["x"]}}]}},
     {"00089124": "garbage"},
 ])
 def test_damaged_dicom_json_is_a_header_error(damage):
