@@ -69,7 +69,9 @@ def step_daskseg(url: str) -> None:
     emit({"time": elapsed, "checksum": digest(labels)})
 
 
-def step_highdicom(url: str) -> None:
+def _highdicom_after_download(url: str, read) -> None:
+    """Time dicomweb-client's ``retrieve_instance`` (one request) and ``read`` of highdicom's
+    Segmentation of it."""
     import highdicom as hd
     from dicomweb_client import DICOMwebClient
 
@@ -81,11 +83,13 @@ def step_highdicom(url: str) -> None:
         target.study_instance_uid, target.series_instance_uid, target.sop_instance_uid
     )
     downloaded = time.perf_counter() - start
-    labels = hd.seg.Segmentation.from_dataset(dataset, copy=False).get_total_pixel_matrix(
-        combine_segments=True
-    )
+    labels = read(hd.seg.Segmentation.from_dataset(dataset, copy=False))
     elapsed = time.perf_counter() - start
     emit({"time": elapsed, "download": downloaded, "checksum": digest(labels)})
+
+
+def step_highdicom(url: str) -> None:
+    _highdicom_after_download(url, lambda seg: seg.get_total_pixel_matrix(combine_segments=True))
 
 
 def step_volume_seg(syntax: str, output: str, *size: str) -> None:
@@ -118,24 +122,11 @@ def step_volume_daskseg(url: str) -> None:
 
 
 def step_volume_highdicom(url: str) -> None:
-    import highdicom as hd
-    from dicomweb_client import DICOMwebClient
-
     from daskseg import open_segmentation
-    from daskseg.dicomweb import parse_dicomweb_url
 
     uids = open_segmentation(url).source_sop_instance_uids  # the planes daskseg reads, sorted
-    target, _ = parse_dicomweb_url(url)
-    start = time.perf_counter()
-    dataset = DICOMwebClient(target.root).retrieve_instance(
-        target.study_instance_uid, target.series_instance_uid, target.sop_instance_uid
-    )
-    downloaded = time.perf_counter() - start
-    labels = hd.seg.Segmentation.from_dataset(dataset, copy=False).get_pixels_by_source_instance(
-        uids, combine_segments=True
-    )
-    elapsed = time.perf_counter() - start
-    emit({"time": elapsed, "download": downloaded, "checksum": digest(labels)})
+    _highdicom_after_download(
+        url, lambda seg: seg.get_pixels_by_source_instance(uids, combine_segments=True))
 
 
 def _requests(log: pathlib.Path) -> list[str]:

@@ -70,3 +70,21 @@ def in_given_order(series, volume):
     given = np.empty_like(volume)
     given[series.sort_index()] = volume
     return given
+
+
+def ct_folder_and_nifti(folder, labels):
+    """A CT series of the labels' shape, saved as files in ``folder / "ct"`` (with pixel data,
+    as dcmqi needs), and ``labels`` (frame k for series[k]) saved as ``folder /
+    "labels.nii.gz"`` as highdicom writes a volume: slices along the normal, axes (column, row,
+    slice), RAS+. Returns the series (Datasets, in file order), its folder and the NIfTI path."""
+    import nibabel
+
+    series = make_ct_series(*labels.shape, pixel_data=True)
+    (folder / "ct").mkdir()
+    for ds in series:
+        ds.save_as(folder / "ct" / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    order = hd.spatial.get_dataset_sort_index(series)
+    geometry = sorted_geometry(load_source_series(series))
+    nibabel.save(geometry.with_array(labels[order]).permute_spatial_axes([2, 1, 0]).to_nibabel(),
+                 folder / "labels.nii.gz")
+    return series, folder / "ct", folder / "labels.nii.gz"

@@ -293,22 +293,14 @@ def test_dcmqi_label_ids_that_skip_numbers_as_dcmqi_writes_them(tmp_path):
     import pathlib
     import shutil
 
-    nibabel = pytest.importorskip("nibabel")
-    from daskseg.synthetic import make_ct_series
+    pytest.importorskip("nibabel")
+    from _geometry import ct_folder_and_nifti
 
-    folder = tmp_path / "ct"
-    folder.mkdir()
-    series = make_ct_series(6, 24, 16, pixel_data=True)
-    for ds in series:
-        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
     labels = np.zeros((6, 24, 16), np.uint8)  # frame k for series[k]
     labels[1:4, 3:15, 2:12] = 1
     labels[2:6, 10:20, 6:14] = 5
     labels[0, 0:5, 0:5] = 2
-    order = hd.spatial.get_dataset_sort_index(series)
-    geometry = sorted_geometry(load_source_series(series))
-    nibabel.save(geometry.with_array(labels[order]).permute_spatial_axes([2, 1, 0]).to_nibabel(),
-                 tmp_path / "labels.nii.gz")
+    series, folder, _ = ct_folder_and_nifti(tmp_path, labels)
     metadata = copy.deepcopy(DCMQI)
     five = copy.deepcopy(metadata["segmentAttributes"][0][1])
     five.update(labelID=5, SegmentLabel="five")

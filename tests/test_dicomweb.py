@@ -318,7 +318,14 @@ def tiny_server(status: int | None, seen: list | None = None):
         finally:
             listener.close()
         return
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with serving(Handler) as root:
+        yield root
+
+
+@contextlib.contextmanager
+def serving(handler):
+    """An HTTP server on 127.0.0.1 with ``handler`` in a thread; yields its DICOMweb root."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -11,7 +11,6 @@ import http.server
 import pathlib
 import re
 import socket
-import threading
 import time
 
 import highdicom as hd
@@ -20,7 +19,7 @@ import pydicom
 import pytest
 import zarr
 from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, JPEG2000Lossless
-from test_dicomweb import instance_url, tiny_server
+from test_dicomweb import instance_url, serving, tiny_server
 from test_read import highdicom_file
 
 from daskseg import (
@@ -434,14 +433,8 @@ def stub_server(routes):
             self.end_headers()
             self.wfile.write(body)
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as root:
+        yield root
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
-from _geometry import sorted_geometry
 from test_volume_write import enhanced_image, shuffled_series, volume_mask
 
 from daskseg import (
@@ -226,7 +225,6 @@ def test_implicit_and_axial_many_segments(tmp_path, thread_client):
 def test_decode_to_nifti_round_trip(tmp_path, thread_client, omit):
     pytest.importorskip("nibabel")
     from daskseg._nifti import match_to_series, read_nifti
-    from daskseg._series import load_source_series
     from daskseg.cli import main
 
     series = shuffled_series()  # oblique, shuffled
@@ -326,28 +324,18 @@ def test_reads_a_seg_made_by_dcmqi(tmp_path):
     import subprocess
     import sys
 
-    nibabel = pytest.importorskip("nibabel")
+    pytest.importorskip("nibabel")
     tool = shutil.which("itkimage2segimage") or shutil.which(
         "itkimage2segimage", path=str(pathlib.Path(sys.executable).parent))
     if tool is None:
         pytest.skip("dcmqi's itkimage2segimage is not installed (pip install dcmqi)")
+    from _geometry import ct_folder_and_nifti
     from test_cli import DCMQI
 
-    folder = tmp_path / "ct"
-    folder.mkdir()
-    series = make_ct_series(6, 24, 20, pixel_data=True)
-    for ds in series:
-        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
     labels = np.zeros((6, 24, 20), np.uint8)  # frame k for series[k]
     labels[1:4, 3:15, 2:12] = 1
     labels[2:6, 10:20, 8:18] = 2
-    # highdicom's volume: slices along column x row direction, the series in that order.
-    order = hd.spatial.get_dataset_sort_index(series)
-    geometry = sorted_geometry(load_source_series(series))
-    nibabel.save(
-        geometry.with_array(labels[order]).permute_spatial_axes([2, 1, 0]).to_nibabel(),
-        tmp_path / "labels.nii.gz",
-    )
+    series, folder, _ = ct_folder_and_nifti(tmp_path, labels)
     (tmp_path / "meta.json").write_text(json.dumps(DCMQI))
     out = tmp_path / "dcmqi.dcm"
     subprocess.run([tool, "--inputImageList", str(tmp_path / "labels.nii.gz"),
