@@ -401,7 +401,7 @@ def _segments_present(tiles: np.ndarray, spec: FrameSpec) -> np.ndarray | None:
                 present[r, c] = tile.any(axis=(0, 1))
             else:
                 # check_block_values has checked the labels are in 0..highest_label.
-                if spec.highest_label >= _LOOKUP_LIMIT:
+                if spec.highest_label > 65535:  # a count of every value would be large
                     present[r, c] = np.isin(spec.label_numbers, tile)
                     continue
                 counts = np.bincount(tile.ravel().astype(np.intp, copy=False),
