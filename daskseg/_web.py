@@ -13,6 +13,7 @@ of a task is), and never in a message or a task's name.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from collections.abc import Iterator, Mapping, Sequence
@@ -79,11 +80,19 @@ class WebSource:
         session = self.session if self.session is not None else _worker_session()
         target = self.target
         assert target.sop_instance_uid is not None
-        for start in range(0, len(refs), self.frames_per_request):
-            batch = refs[start:start + self.frames_per_request]
+        # Each frame asked for once: a plane read twice (source_sop_instance_uids may repeat
+        # one) would repeat its frames in a request, and a server may answer them once. A
+        # frame is kept only until its last use.
+        wanted = [index + 1 for index, _ in refs]
+        uses = collections.Counter(wanted)
+        numbers = list(uses)  # first occurrences, in order
+        fetched: dict[int, tuple[FrameLayout, bytes]] = {}
+        position = 0
+        for start in range(0, len(numbers), self.frames_per_request):
+            batch = numbers[start:start + self.frames_per_request]
             syntax, data = fetch_frames(
                 target.root, target.study_instance_uid, target.series_instance_uid,
-                target.sop_instance_uid, [index + 1 for index, _ in batch],
+                target.sop_instance_uid, batch,
                 layout.transfer_syntax_uid, session=session, headers=self.headers,
                 timeout=self.timeout, frames_per_request=self.frames_per_request,
             )
@@ -92,8 +101,15 @@ class WebSource:
             got = layout if syntax == layout.transfer_syntax_uid else dataclasses.replace(
                 layout, transfer_syntax_uid=syntax
             )
-            for frame in data:
-                yield got, frame
+            fetched.update((number, (got, frame)) for number, frame in zip(batch, data))
+            # In the order asked for, repeats included, as the frames are consumed.
+            while position < len(wanted) and wanted[position] in fetched:
+                number = wanted[position]
+                yield fetched[number]
+                uses[number] -= 1
+                if not uses[number]:
+                    del fetched[number]
+                position += 1
 
 
 class WebHead(NamedTuple):

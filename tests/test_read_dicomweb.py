@@ -375,6 +375,14 @@ def test_volume_read_equals_the_file(server, volume_segs, dask_client):
                 read_segmentation(url, source_frame_numbers=frames).compute(),
                 read_segmentation(path, source_frame_numbers=frames).compute())
             continue
+        # A plane asked for twice in one chunk: its frames are asked for once.
+        twice = [*reader.source_sop_instance_uids[:2], reader.source_sop_instance_uids[0]]
+        before = len(requests_seen(log))
+        got = reader.to_dask(source_sop_instance_uids=twice, chunks=3).compute()
+        np.testing.assert_array_equal(
+            got, read_segmentation(path, source_sop_instance_uids=twice).compute())
+        fetched = [n for batch in frame_requests(log, before) for n in batch]
+        assert len(fetched) == len(set(fetched)), name
         # Every source image in the order given (omitted planes as zeros), as highdicom reads.
         uids = [ds.SOPInstanceUID for ds in source]
         combine = reader.segmentation_type != "FRACTIONAL"
