@@ -220,18 +220,6 @@ def _match(
             "along the same axis of the file."
         )
     slice_axis = 3 - row_axis - column_axis
-    shape = array.shape[:3]
-    if (shape[row_axis], shape[column_axis]) != (series.rows, series.columns):
-        raise SegmentationInputError(
-            f"The {kind} mask's slices are {shape[row_axis]} x {shape[column_axis]} voxels along "
-            f"the series' rows and columns, but the series' images are {series.rows} x "
-            f"{series.columns}."
-        )
-    if shape[slice_axis] != series.number_of_frames:
-        raise SegmentationInputError(
-            f"The {kind} mask has {shape[slice_axis]} slices, but the source series has "
-            f"{series.number_of_frames} images; it must have one slice per image."
-        )
     rounded = np.round(origins)
     off = np.abs(origins - rounded).max(axis=1)
     if (off > _VOXEL_TOLERANCE).any():
@@ -244,34 +232,87 @@ def _match(
             f"{np.round(origins[frame], 2).tolist()}); the file would need resampling."
         )
     rounded = rounded.astype(int)
-    expected_start = {row_axis: 0 if row_sign > 0 else series.rows - 1,
-                      column_axis: 0 if column_sign > 0 else series.columns - 1}
-    for axis, start in expected_start.items():
-        if (rounded[:, axis] != start).any():
-            shift = (rounded[:, axis] - start)[np.argmax(rounded[:, axis] != start)]
-            raise SegmentationInputError(
-                f"The {kind} mask does not match the source series: it is shifted by {shift} "
-                f"voxels along its axis {axis} against the series' images (same spacing and "
-                "orientation, another origin); crop or pad it to the series first."
-            )
-    slices = rounded[:, slice_axis]
-    if slices.min() < 0 or slices.max() >= shape[slice_axis] or len(set(slices.tolist())) != len(slices):
-        raise SegmentationInputError(
-            f"The {kind} mask does not match the source series: the images lie at its slices "
-            f"{sorted(slices.tolist())} along its axis {slice_axis}, not at each of its "
-            f"{shape[slice_axis]} slices once (it is shifted or spaced differently)."
-        )
     order = (slice_axis, row_axis, column_axis) + tuple(range(3, array.ndim))
     volume = array.transpose(order)
     if row_sign < 0:
         volume = volume[:, ::-1]
     if column_sign < 0:
         volume = volume[:, :, ::-1]
-    if (slices == np.arange(len(slices))).all():
-        return volume
-    if (slices == np.arange(len(slices))[::-1]).all():
-        return volume[::-1]
-    return volume[slices]
+    extent = volume.shape[:3]
+    # Where each image's first pixel is in the volume (slice, row, column): a file cropped to
+    # its labels (3D Slicer saves segmentations so) or larger than the series is placed on the
+    # series' grid, voxel for voxel, never resampled.
+    slices = rounded[:, slice_axis]
+    tops = rounded[:, row_axis] if row_sign > 0 else extent[1] - 1 - rounded[:, row_axis]
+    lefts = rounded[:, column_axis] if column_sign > 0 else extent[2] - 1 - rounded[:, column_axis]
+    if (tops != tops[0]).any() or (lefts != lefts[0]).any():
+        frame = int(np.argmax((tops != tops[0]) | (lefts != lefts[0])))
+        raise SegmentationInputError(
+            f"The {kind} mask does not match the source series: image {frame + 1} is shifted "
+            f"by ({int(tops[frame] - tops[0])}, {int(lefts[frame] - lefts[0])}) voxels within "
+            "its slice against the first image; the file would need resampling."
+        )
+    if len(set(slices.tolist())) != len(slices):
+        raise SegmentationInputError(
+            f"The {kind} mask does not match the source series: several images lie at one of "
+            f"its slices (at {sorted(slices.tolist())} along its axis {slice_axis}); its slices "
+            "are spaced differently."
+        )
+    top, left = int(tops[0]), int(lefts[0])
+    rows, columns = series.rows, series.columns
+    if (top, left) == (0, 0) and extent[1:] == (rows, columns) and len(slices) == extent[0]:
+        if (slices == np.arange(extent[0])).all():
+            return volume
+        if (slices == np.arange(extent[0])[::-1]).all():
+            return volume[::-1]
+        if sorted(slices.tolist()) == list(range(extent[0])):
+            return volume[slices]
+    return _placed(volume, slices, top, left, rows, columns, kind)
+
+
+def _placed(volume: Any, slices: np.ndarray, top: int, left: int, rows: int, columns: int,
+            kind: str) -> Any:
+    """Frame f: the volume's slice ``slices[f]`` from row ``top`` and column ``left``, zeros
+    where the volume does not reach; refused when the volume has labels the series does not
+    (voxels in no image)."""
+    extent = volume.shape[:3]
+    row_span = (max(0, top), min(extent[1], top + rows))
+    column_span = (max(0, left), min(extent[2], left + columns))
+    used = [int(s) for s in slices if 0 <= s < extent[0]]
+    # The volume's voxels outside every image must be empty: whole slices, then margins.
+    outside = [volume[s] for s in sorted(set(range(extent[0])) - set(used))]
+    for s0, s1, axis in ((0, row_span[0], 1), (row_span[1], extent[1], 1),
+                         (0, column_span[0], 2), (column_span[1], extent[2], 2)):
+        if s1 > s0:
+            index: list[Any] = [slice(None)] * volume.ndim
+            index[0] = used if used else slice(0, 0)
+            index[axis] = slice(s0, s1)
+            outside.append(volume[tuple(index)])
+    if any(bool(np.asarray(part.any())) for part in outside if part.size):
+        raise SegmentationInputError(
+            f"The {kind} mask does not match the source series: it holds labels outside the "
+            f"series' images. Placed voxel for voxel, it is shifted by {-top} rows and {-left} "
+            f"columns against the images, and they lie at its slices {int(slices.min())} to "
+            f"{int(slices.max())} of 0 to {extent[0] - 1}: is it of another series?"
+        )
+    rest = volume.shape[3:]
+    pad = ((max(0, -top), rows - max(0, -top) - (row_span[1] - row_span[0])),
+           (max(0, -left), columns - max(0, -left) - (column_span[1] - column_span[0])))
+    if isinstance(volume, np.ndarray):
+        out = np.zeros((len(slices), rows, columns, *rest), dtype=volume.dtype)
+        for frame, s in enumerate(slices):
+            if 0 <= s < extent[0]:
+                out[frame, pad[0][0] : rows - pad[0][1], pad[1][0] : columns - pad[1][1]] = \
+                    volume[s, row_span[0] : row_span[1], column_span[0] : column_span[1]]
+        return out
+    frames = []
+    for s in slices:
+        if 0 <= s < extent[0]:
+            part = volume[int(s), row_span[0] : row_span[1], column_span[0] : column_span[1]]
+            frames.append(da.pad(part, (*pad, *((0, 0),) * len(rest))))
+        else:
+            frames.append(da.zeros((rows, columns, *rest), dtype=volume.dtype))
+    return da.stack(frames)
 
 
 def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,

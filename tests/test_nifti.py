@@ -138,9 +138,54 @@ def test_nifti_that_does_not_match_is_refused_saying_how(tmp_path):
     assert "LPS+ (DICOM) rather than NIfTI's RAS+" in _refusal(
         tmp_path, series, volume, affine, ras=False
     )
-    assert "has 5 slices, but the source series has 6" in _refusal(
-        tmp_path, series, volume[:5], affine
-    )
+    # Larger than the series by a slice, with labels there: of another series, or shifted.
+    assert "holds labels outside the series' images" in _refusal(
+        tmp_path, series, np.concatenate([volume, volume[:1]]), affine)
+
+
+def _cropped(volume, affine, start, stop, axes, flips):
+    """The box ``start:stop`` of a sorted volume as a file's array (axes permuted, flipped),
+    with the affine that keeps its voxels in place."""
+    box = volume[tuple(slice(a, b) for a, b in zip(start, stop))]
+    moved = affine.copy()
+    moved[:3, 3] += affine[:3, :3] @ np.asarray(start, float)
+    array, moved = permute(box, moved, axes)
+    for axis in flips:
+        array, moved = flip(array, moved, axis)
+    return array, moved
+
+
+@pytest.mark.parametrize("name", ["mask.nii.gz", "mask.nii"])  # in memory, and lazy
+@pytest.mark.parametrize("axes, flips", [((0, 1, 2), ()), ((2, 1, 0), (0,)), ((1, 2, 0), (1, 2))])
+def test_a_cropped_or_larger_file_is_placed_on_the_series_grid(tmp_path, name, axes, flips):
+    """3D Slicer saves a segmentation cropped to its labels: such a file (or one larger than
+    the series, empty there) is placed on the series' grid voxel for voxel, zeros elsewhere,
+    as highdicom's Volume.match_geometry pads and crops it."""
+    series = shuffled_series()
+    geometry = sorted_geometry(series)
+    volume = random_labels(geometry.spatial_shape)  # (6, 10, 7), sorted
+    start, stop = (1, 2, 1), (5, 9, 6)
+    inside = np.zeros_like(volume)
+    inside[1:5, 2:9, 1:6] = volume[1:5, 2:9, 1:6]
+    array, affine = _cropped(volume, geometry.affine, start, stop, axes, flips)
+    path = _save(tmp_path, array, affine, name=name)
+    mask, stacked = volume_mask(path, series, 3)
+    assert not stacked
+    np.testing.assert_array_equal(np.asarray(mask), in_given_order(series, inside))
+    matched = hd.Volume.from_nibabel(nibabel.load(path)).match_geometry(geometry)
+    np.testing.assert_array_equal(matched.array, inside)
+    # Two voxels larger on every side, empty there.
+    padded = np.pad(inside, 2)
+    array, affine = _cropped(padded, geometry.affine @ _translation(-2), (0, 0, 0),
+                             padded.shape, axes, flips)
+    mask, _ = volume_mask(_save(tmp_path, array, affine, name=name), series, 3)
+    np.testing.assert_array_equal(np.asarray(mask), in_given_order(series, inside))
+
+
+def _translation(voxels):
+    move = np.eye(4)
+    move[:3, 3] = voxels
+    return move
 
 
 def test_a_small_error_of_spacing_or_angle_is_refused_by_its_effect_across_the_image(tmp_path):

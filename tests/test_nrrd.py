@@ -158,6 +158,20 @@ def test_a_slicer_segmentation_gives_its_segments_in_slicer_order(tmp_path):
     expected = np.stack([layered[..., 0] == 1, layered[..., 0] == 2, second == 1], axis=-1)
     np.testing.assert_array_equal(mask, in_given_order(series, expected))
 
+    # Cropped to its labels, as Slicer saves a segmentation by default: placed on the
+    # series' grid, zeros elsewhere.
+    box = stored[1:5, 2:8, 1:6]
+    moved = geometry.affine.copy()
+    moved[:3, 3] += geometry.affine[:3, :3] @ np.array([1.0, 2.0, 1.0])
+    array, affine = permute(box, moved, (2, 1, 0))
+    header = {**_header(affine), "Segment0_LabelValue": "5", "Segment0_Layer": "0",
+              "Segment1_LabelValue": "9", "Segment1_Layer": "0",
+              "Segment2_LabelValue": "2", "Segment2_Layer": "0"}
+    mask, _ = volume_mask(_save(tmp_path, array, header, "cropped.seg.nrrd"), series, 3)
+    inside = np.zeros_like(labels)
+    inside[1:5, 2:8, 1:6] = labels[1:5, 2:8, 1:6]
+    np.testing.assert_array_equal(mask, in_given_order(series, inside))
+
     # A value that no segment names is refused.
     array, affine = permute(stored, geometry.affine, (2, 1, 0))
     header = {**_header(affine), "Segment0_LabelValue": "5", "Segment1_LabelValue": "9"}
@@ -218,7 +232,9 @@ def test_nrrd_that_does_not_match_is_refused_before_anything_is_written(tmp_path
     wrong_space["space"] = RAS
     assert f"its space were {LPS} rather than {RAS}" in refusal(array, wrong_space)
 
-    assert "has 5 slices, but the source series has 6" in refusal(array[:, :, :5], _header(affine))
+    # One slice more than the series, with labels: of another series, or shifted.
+    larger = np.concatenate([array, array[:, :, :1]], axis=2)
+    assert "holds labels outside the series' images" in refusal(larger, _header(affine))
 
     for field in ("space", "space origin", "space directions"):
         header = _header(affine)
