@@ -279,13 +279,20 @@ def _placed(volume: Any, slices: np.ndarray, top: int, left: int, rows: int, col
     row_span = (max(0, top), min(extent[1], top + rows))
     column_span = (max(0, left), min(extent[2], left + columns))
     used = [int(s) for s in slices if 0 <= s < extent[0]]
+    if not used or row_span[1] <= row_span[0] or column_span[1] <= column_span[0]:
+        raise SegmentationInputError(
+            f"The {kind} mask does not match the source series: on the series' grid it lies "
+            f"outside every image (shifted by {-top} rows and {-left} columns, the images at "
+            f"its slices {int(slices.min())} to {int(slices.max())} of 0 to {extent[0] - 1}): "
+            "is it of another series?"
+        )
     # The volume's voxels outside every image must be empty: whole slices, then margins.
     outside = [volume[s] for s in sorted(set(range(extent[0])) - set(used))]
     for s0, s1, axis in ((0, row_span[0], 1), (row_span[1], extent[1], 1),
                          (0, column_span[0], 2), (column_span[1], extent[2], 2)):
         if s1 > s0:
             index: list[Any] = [slice(None)] * volume.ndim
-            index[0] = used if used else slice(0, 0)
+            index[0] = used
             index[axis] = slice(s0, s1)
             outside.append(volume[tuple(index)])
     if any(bool(np.asarray(part.any())) for part in outside if part.size):

@@ -180,6 +180,11 @@ def test_a_cropped_or_larger_file_is_placed_on_the_series_grid(tmp_path, name, a
                              padded.shape, axes, flips)
     mask, _ = volume_mask(_save(tmp_path, array, affine, name=name), series, 3)
     np.testing.assert_array_equal(np.asarray(mask), in_given_order(series, inside))
+    # On the grid but beside the series, even empty: of another series.
+    array, affine = _cropped(np.zeros_like(volume), geometry.affine @ _translation((0, 20, 0)),
+                             (0, 0, 0), volume.shape, axes, flips)
+    with pytest.raises(SegmentationInputError, match="outside every image"):
+        volume_mask(_save(tmp_path, array, affine, name=name), series, 3)
 
 
 def _translation(voxels):
