@@ -33,10 +33,10 @@ from daskseg.dicomweb import (
     _dataset_from_json,
     _fetch_metadata_json,
     _frame_media_type,
+    _resolve,
     check_request_options,
     fetch_frames,
     fetch_transfer_syntax,
-    parse_dicomweb_url,
 )
 from daskseg.errors import DICOMwebError, SegmentationInputError
 
@@ -128,18 +128,18 @@ def open_web(
     *,
     session: Any = None,
     headers: Mapping[str, str] | None = None,
-    timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+    timeout: float | tuple[float, float] | None = None,
 ) -> WebHead:
     """The SEG header at ``url`` (one metadata request, and one for the transfer syntax when the
     metadata lacks it), its frame layout, the source the tasks fetch frames from, and for a SEG
-    of a series its frame items."""
-    target, url_headers = parse_dicomweb_url(url)
+    of a series its frame items. ``timeout`` None: ``DEFAULT_TIMEOUT``."""
+    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+    check_request_options(session, headers, timeout)  # before the headers are merged
+    target, all_headers = _resolve(url, headers)
     if target.sop_instance_uid is None:
         raise SegmentationInputError(
             f"{target} is a series URL; give the SEG instance's URL (.../instances/{{uid}})."
         )
-    check_request_options(session, headers, timeout)
-    all_headers = {**url_headers, **(headers or {})}
     metadata = _fetch_metadata_json(target, session, all_headers, timeout)
     frame_items = None
     # A SEG of a series or multi-frame image (no total pixel matrix): its per-frame items are

@@ -231,7 +231,7 @@ class SegmentationReader:
             from daskseg._web import open_web
 
             self._init_web(open_web(self.path, session=session, headers=headers,
-                                    **({} if timeout is None else {"timeout": timeout})))
+                                    timeout=timeout))
             return
         _check_no_web_options(self.path, session, headers, timeout)
         name = self.path
@@ -588,8 +588,7 @@ def open_segmentation(
     if is_dicomweb_url(os.fspath(path)):
         from daskseg._web import open_web
 
-        web = open_web(os.fspath(path), session=session, headers=headers,
-                       **({} if timeout is None else {"timeout": timeout}))
+        web = open_web(os.fspath(path), session=session, headers=headers, timeout=timeout)
         if web.frame_items is not None:
             return VolumeSegmentationReader.from_web(web)
         return SegmentationReader._from_web(web)
