@@ -17,7 +17,7 @@ from pydicom.uid import UID
 
 from daskseg._codecs import CODECS, unpack_bits
 from daskseg.errors import SegmentationFileError, SegmentationInputError
-from daskseg.plan import block_location
+from daskseg.plan import allowed_labels, block_location
 from daskseg._frames import FrameLayout, FrameRef, FrameSource
 
 __all__ = ["FrameRef", "Output", "read_chunk", "read_planes", "store_block"]
@@ -157,7 +157,7 @@ def read_chunk(
                             f"describes segments up to {highest} only: the file is damaged."
                         )
                     if output.stored_labels:
-                        described = _described_labels(output.stored_labels)
+                        described = allowed_labels(output.stored_labels)
                         if not described[values].all():
                             found = int(values[~described[values]][0])
                             raise SegmentationFileError(
@@ -202,15 +202,6 @@ def read_chunk(
                             "read with combine_segments=False."
                         )
     return out[: shape[0], : shape[1]]
-
-
-@functools.lru_cache(maxsize=16)
-def _described_labels(stored_labels: tuple[int, ...]) -> np.ndarray:
-    """Whether each label up to the highest is one a LABELMAP's frames may hold (the frame's
-    highest was checked first)."""
-    table = np.zeros(stored_labels[-1] + 1, dtype=bool)
-    table[list(stored_labels)] = True
-    return table
 
 
 class CombineError(SegmentationInputError, RuntimeError):

@@ -20,7 +20,7 @@ import numpy as np
 from daskseg._codecs import frame_dtype
 from daskseg._pack import PackedBlock, pack_block, unpacked
 from daskseg.errors import SegmentationInputError
-from daskseg.plan import FrameSpec, block_location
+from daskseg.plan import FrameSpec, allowed_labels, block_location
 
 __all__ = [
     "BlockResult", "MaskValueError", "Where", "encode_block", "encode_chunk", "encode_frame",
@@ -176,9 +176,7 @@ def check_labels_described(block: np.ndarray, spec: FrameSpec, first_row: int,
     """Raise unless every value of a label block in 0..highest_label is 0 or a described
     segment number (a LABELMAP whose numbers skip some; PS3.3 C.8.20.2.3)."""
     if spec.highest_label < _LOOKUP_LIMIT:
-        allowed = np.zeros(spec.highest_label + 1, dtype=bool)
-        allowed[[0, *spec.label_numbers]] = True
-        undescribed = ~allowed[block]
+        undescribed = ~allowed_labels((0, *spec.label_numbers))[block]
     else:  # label_values as large as cell IDs: no table of every value up to the highest
         undescribed = ~np.isin(block, [0, *spec.label_numbers])
     if undescribed.any():

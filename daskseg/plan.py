@@ -6,6 +6,7 @@ tile row, then tile column. A LABELMAP SEG has one "segment" axis entry: all lab
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import numpy as np
 from daskseg._codecs import CODECS, Codec
 
 __all__ = [
-    "FrameSpec", "TileGrid", "aligned_chunks", "block_location", "included_frames",
+    "FrameSpec", "TileGrid", "aligned_chunks", "allowed_labels", "block_location", "included_frames",
     "label_numbers", "spatial_index_values", "writer_block_chunks",
 ]
 
@@ -89,6 +90,17 @@ class FrameSpec:
     @property
     def codec(self) -> Codec:
         return CODECS[str(self.transfer_syntax_uid)]
+
+
+@functools.lru_cache(maxsize=16)
+def allowed_labels(values: tuple[int, ...]) -> np.ndarray:
+    """A table, by value up to the highest of ``values``, of whether a label is one of them:
+    the labels a label image (writing) or a LABELMAP frame (reading) may hold. Made once per
+    process for each set of values."""
+    table = np.zeros(max(values) + 1, dtype=bool)
+    table[list(values)] = True
+    table.flags.writeable = False  # shared by every caller in the process
+    return table
 
 
 def label_numbers(numbers: Sequence[int]) -> tuple[int, ...]:
