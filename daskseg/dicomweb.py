@@ -65,6 +65,12 @@ FRAMES_PER_REQUEST = 64
 
 # The media type of a frame in each transfer syntax, as dicomweb-client names them (PS3.18 8.7.3.5).
 _NATIVE = "application/octet-stream"
+
+# Instances (URL, transfer syntax) whose server refused to send frames in that syntax (406): in
+# this process later frame requests for them ask for native frames at once, instead of one
+# refused request per task. Bounded: a long pipeline reads many SEGs.
+_REFUSED_SYNTAXES: set[tuple[str, str]] = set()
+_MAX_REFUSED = 4096
 _COMPRESSED_MEDIA_TYPES = {
     "image/jp2": {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"},
     "image/jls": {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"},
@@ -452,7 +458,8 @@ def fetch_frames(
     Module-level and given plain values only, so Dask can send it to worker processes. The frames
     are asked for in the instance's own transfer syntax, ``frames_per_request`` per request; a
     server that cannot serve that syntax (406 Not Acceptable) is asked for native frames
-    (Explicit VR Little Endian, which every server must offer, PS3.18 8.7.3.5.2).
+    (Explicit VR Little Endian, which every server must offer, PS3.18 8.7.3.5.2), and so are
+    this instance's later frames in this process, without asking for the syntax again.
 
     Parameters
     ----------
@@ -492,6 +499,9 @@ def fetch_frames(
     target = DICOMwebURL(root, study_instance_uid, series_instance_uid, sop_instance_uid)
     client = _client(root, session, headers, timeout)
     media_type, syntax = _frame_media_type(transfer_syntax_uid)
+    refusal = (str(target), str(syntax))
+    if refusal in _REFUSED_SYNTAXES:
+        media_type, syntax = _NATIVE, ExplicitVRLittleEndian
     numbers = [int(n) for n in frame_numbers]
     frames: list[bytes] = []
     for start in range(0, len(numbers), frames_per_request):
@@ -505,6 +515,9 @@ def fetch_frames(
                     raise
                 # The server cannot send this syntax as it is: take native frames instead.
                 media_type, syntax = _NATIVE, ExplicitVRLittleEndian
+                if len(_REFUSED_SYNTAXES) >= _MAX_REFUSED:
+                    _REFUSED_SYNTAXES.clear()
+                _REFUSED_SYNTAXES.add(refusal)
                 got = _retrieve(client, target, batch, media_type, syntax)
         except Exception as error:
             status = _status(error)

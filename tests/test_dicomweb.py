@@ -391,3 +391,41 @@ def test_full_orthanc_storage_names_the_size(stored, tmp_path):
         assert f"{big.stat().st_size} bytes" in str(caught.value)
         with pytest.raises(SegmentationInputError, match="404"):  # nothing half-stored
             fetch_instance_metadata(instance_url(root, big))
+
+
+def test_a_refused_syntax_is_asked_for_once_per_instance():
+    """A server that answers 406 to the instance's own syntax is asked for native frames from
+    then on: each task of a read used to ask for the syntax again, doubling the requests."""
+    frames = [bytes([n]) * 16 for n in range(1, 7)]
+    refused: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            if "1.2.840.10008.1.2.4.90" in self.headers.get("Accept", ""):
+                refused.append(self.path)
+                self.send_response(406)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            numbers = [int(n) for n in self.path.rsplit("/frames/", 1)[1].split(",")]
+            body = b"".join(b"--b\r\nContent-Type: application/octet-stream\r\n\r\n"
+                            + frames[n - 1] + b"\r\n" for n in numbers) + b"--b--\r\n"
+            self.send_response(200)
+            self.send_header("Content-Type",
+                             'multipart/related; type="application/octet-stream"; boundary=b')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    with serving(Handler) as root:
+        got = [fetch_frames(root, "1.2", "1.3", "1.4", batch, JPEG2000Lossless)
+               for batch in ([1, 2], [3, 4], [5, 6])]
+        other = fetch_frames(root, "1.2", "1.3", "1.5", [1], JPEG2000Lossless)
+    assert [syntax for syntax, _ in got] == [ExplicitVRLittleEndian] * 3
+    assert [frame for _, data in got for frame in data] == frames
+    assert other == (ExplicitVRLittleEndian, frames[:1])
+    # Once for the first instance, once for the other one: refusals are remembered per instance.
+    assert [path.split("/frames/")[0].rsplit("/", 1)[1] for path in refused] == ["1.4", "1.5"]
