@@ -45,6 +45,7 @@ from daskseg._inputs import (
     check_label_values_mask,
     check_mask_dtype,
     check_tile_for_codec,
+    in_blocks,
     one_segment_plane,
 )
 from daskseg._nifti import is_nifti_path, match_to_series, read_nifti
@@ -421,7 +422,7 @@ def write_volume_segmentation(
 
     def tasks(threads: int | None) -> list[tuple[int, Any]]:
         slices = _slices_per_block(series, spec, stacked, array.dtype.itemsize, threads)
-        return _encode_tasks(array, order, slices, spec, prefix)
+        return _encode_tasks(array, order, slices, spec, prefix, mask)
 
     shape = (spec.n_channels, n_planes, 1)
     # highdicom builds the header while the workers encode (as for a tiled image, see write).
@@ -511,12 +512,13 @@ def _finish(
 
 def _encode_tasks(
     array: da.Array | np.ndarray, order: np.ndarray, slices: int, spec: FrameSpec,
-    spool_prefix: str | None = None,
+    spool_prefix: str | None = None, mask: Any = None,
 ) -> list[tuple[int, Any]]:
     """Encode tasks of the mask's frames in ``order``, ``slices`` whole frames a block.
 
     Each block is a tall image of its slices one below the other, whose tile row ``p`` is the
-    ``p``-th plane of the SEG.
+    ``p``-th plane of the SEG. ``mask``, the user's, lets a Zarr mask be read in the blocks
+    directly (:func:`~daskseg._inputs.in_blocks`).
     """
     if isinstance(array, np.ndarray):
         # Each task carries only its own slices. Frames in file order or its reverse (the
@@ -536,7 +538,7 @@ def _encode_tasks(
         return tasks
     if not (order == np.arange(len(order))).all():
         array = array[order]
-    blocks = array.rechunk((slices, *array.shape[1:]))
+    blocks = in_blocks(mask, array, (slices, *array.shape[1:]))
     tall_mask = blocks.reshape((len(order) * array.shape[1], *array.shape[2:]))
     return encode_tasks(tall_mask, spec, spool_prefix)
 

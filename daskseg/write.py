@@ -278,7 +278,8 @@ def write_segmentation(
         tasks = numpy_encode_tasks(np.asarray(mask).reshape(array.shape), *chunks, spec,
                                    spool_prefix=prefix)
     else:
-        tasks = encode_tasks(array.rechunk((*chunks, *array.shape[2:])), spec, prefix)
+        tasks = encode_tasks(_inputs.in_blocks(mask, array, (*chunks, *array.shape[2:])), spec,
+                             prefix)
 
     shape = (spec.n_channels, grid.n_tile_rows, grid.n_tile_columns)
     # highdicom builds the header while the workers encode; if it refuses the inputs, the

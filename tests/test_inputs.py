@@ -12,6 +12,7 @@ from daskseg import SegmentationInputError, SegmentationTypeError
 from daskseg._inputs import (
     as_dask_array,
     drop_leading_axis,
+    in_blocks,
     parse_options,
     tile_size,
 )
@@ -77,3 +78,29 @@ def test_detailed_mask_has_detail_in_every_tile_whatever_the_chunks():
     tiles = mask.reshape(4, 64, 5, 64).swapaxes(1, 2)
     assert all(len(np.unique(tile)) > 2 for row in tiles for tile in row)
     assert mask.max() == 5 and (mask[:16, :16] == mask[0, 0]).all()
+
+
+def test_a_zarr_mask_is_read_in_the_writers_blocks(tmp_path):
+    """A Zarr array or path is read one block at a time (one task a block, not one a chunk and
+    another joining them); a view of it that is reversed or cut is rechunked as before."""
+    import zarr
+
+    path = tmp_path / "mask.zarr"
+    values = np.arange(96 * 80, dtype=np.uint16).reshape(96, 80)
+    zarr.create_array(str(path), shape=values.shape, chunks=(16, 16), dtype="uint16")[:] = values
+    blocks = ((48, 48), (64, 16))
+    for mask in (str(path), path, zarr.open_array(str(path), mode="r")):
+        array = as_dask_array(mask)
+        read = in_blocks(mask, array, blocks)
+        assert read.chunks == blocks
+        assert len(dict(read.__dask_graph__())) == 4 + 1  # the blocks and the array itself
+        np.testing.assert_array_equal(read.compute(scheduler="sync"), values)
+        for view, expected in ((array[::-1], values[::-1]), (array[:, :64], values[:, :64])):
+            chunks = (blocks[0], (64,) if view.shape[1] == 64 else blocks[1])
+            other = in_blocks(mask, view, chunks)
+            assert other.chunks == chunks
+            assert len(dict(other.__dask_graph__())) > 4 + 1  # rechunked: chunk reads kept
+            np.testing.assert_array_equal(other.compute(scheduler="sync"), expected)
+    # Neither Zarr nor a path: rechunked.
+    plain = da.from_array(values, chunks=16)
+    assert in_blocks(values, plain, blocks).chunks == blocks
