@@ -18,6 +18,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+from pydicom.dataset import Dataset
 
 from daskseg._file import temporary_beside
 from daskseg._series import SourceSeries, load_source_series
@@ -322,6 +323,37 @@ def _placed(volume: Any, slices: np.ndarray, top: int, left: int, rows: int, col
     return da.stack(frames)
 
 
+def _slice_spacing(steps: np.ndarray, measures: Dataset) -> float:
+    """The distance between the NIfTI's slices, from the planes' ``steps`` (absolute, in mm).
+
+    SpacingBetweenSlices when the SEG gives it (PS3.3 C.7.6.16.2.1), even for one plane.
+    Otherwise SliceThickness when every step is a whole number of it: planes whose empty
+    neighbours were left out are then as far apart as the slices of their series, as dcmqi's
+    segimage2itkimage reads them. Otherwise the smallest step; 1 mm for a lone plane.
+    """
+    def positive(keyword: str) -> float | None:
+        try:
+            value = abs(float(measures.get(keyword)))
+        except (TypeError, ValueError):
+            return None
+        return value if value > 0 else None
+
+    if len(steps) and steps.min() < 1e-6:
+        raise SegmentationInputError(
+            "Two of the SEG's planes lie at the same position along the slice normal (images "
+            "of several phases or series?), so they cannot be one NIfTI volume."
+        )
+    given = positive("SpacingBetweenSlices")
+    if given is not None:
+        return given
+    thickness = positive("SliceThickness")
+    if thickness is not None:
+        multiples = steps / thickness
+        if np.allclose(multiples, np.rint(multiples), atol=1e-3) and (multiples >= 0.5).all():
+            return thickness
+    return float(steps.min()) if len(steps) else 1.0
+
+
 def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
                     source_images: Any = None,
                     combine_segments: bool | None = None) -> pathlib.Path:
@@ -381,10 +413,7 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
     normal = np.cross(orientation[3:], orientation[:3])
     distances = positions @ normal
     steps = np.diff(distances)
-    if len(steps) and "SpacingBetweenSlices" in measures:
-        spacing = abs(float(measures.SpacingBetweenSlices))
-    else:
-        spacing = float(np.abs(steps).min()) if len(steps) else 1.0
+    spacing = _slice_spacing(np.abs(steps), measures)
     if len(steps) and steps.sum() < 0:  # planes sorted against the normal
         spacing = -spacing
     index = np.rint((distances - distances[0]) / spacing)

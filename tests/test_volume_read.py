@@ -262,6 +262,36 @@ def test_decode_to_nifti_round_trip(tmp_path, thread_client, omit):
     assert not (tmp_path / "labels.zarr").exists()
 
 
+def test_nifti_slices_are_as_far_apart_as_the_series_with_few_planes(tmp_path, thread_client):
+    """Planes whose empty neighbours were left out: the NIfTI's slices keep the series'
+    spacing, from SpacingBetweenSlices or, without it, SliceThickness (as dcmqi reads it), for
+    a lone plane too; and the NIfTI is matched back to the series, as daskseg encode does."""
+    pytest.importorskip("nibabel")
+    from daskseg._nifti import match_to_series, read_nifti, volume_to_nifti
+
+    series = make_ct_series(14, 16, 24, slice_spacing=2.5)
+    order = np.asarray(hd.spatial.get_dataset_sort_index(series))
+    for ranks, spacing_given in (([6], True), ([6], False), ([2, 4, 6, 8], False),
+                                 ([2, 4, 7], False), ([3, 5], True)):
+        labels = np.zeros((len(series), 16, 24), np.uint8)
+        for rank in ranks:
+            labels[order[rank], 3:9, 5:20] = 1
+        path = write_segmentation(labels, series, make_segment_descriptions(1),
+                                  tmp_path / "seg.dcm", omit_empty_frames=True,
+                                  client=thread_client, overwrite=True)
+        if not spacing_given:  # optional (PS3.3 C.7.6.16.2.1); other writers leave it out
+            ds = pydicom.dcmread(path)
+            del ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SpacingBetweenSlices
+            ds.save_as(path)
+        out = volume_to_nifti(open_segmentation(path), tmp_path / "labels.nii.gz")
+        array, affine = read_nifti(out)
+        case = f"planes {ranks}, SpacingBetweenSlices given: {spacing_given}"
+        assert np.linalg.norm(affine[:3, 2]) == pytest.approx(2.5), case
+        assert array.shape[2] == max(ranks) - min(ranks) + 1, case
+        matched = match_to_series(array, affine, load_source_series(series))
+        np.testing.assert_array_equal(np.asarray(matched), labels, err_msg=case)
+
+
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
 def test_written_files_get_the_permissions_open_would_give(tmp_path, thread_client):
     """The SEG and the NIfTI are written under temporary names and renamed into place. They
@@ -497,3 +527,17 @@ def test_damaged_dicom_json_is_a_header_error(damage):
 
     with pytest.raises(HEADER_DAMAGE):
         frame_items_from_json({"52009230": {"vr": "SQ", "Value": [damage]}})
+
+
+def test_planes_at_one_position_are_not_a_nifti_volume():
+    from pydicom.dataset import Dataset
+
+    from daskseg._nifti import _slice_spacing
+
+    measures = Dataset()
+    measures.SliceThickness = "2.5"
+    assert _slice_spacing(np.array([5.0, 2.5]), measures) == 2.5
+    assert _slice_spacing(np.array([3.0, 6.0]), measures) == 3.0  # not whole numbers of 2.5
+    assert _slice_spacing(np.array([]), Dataset()) == 1.0
+    with pytest.raises(SegmentationInputError, match="same position"):
+        _slice_spacing(np.array([2.5, 0.0]), measures)
