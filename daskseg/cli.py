@@ -234,6 +234,10 @@ def _dicomweb_headers() -> dict[str, str] | None:
     return {"Authorization": f"Bearer {token}"} if token else None
 
 
+# SOP classes newer than pydicom's table of names (PS3.4 B.5).
+_SOP_CLASS_NAMES = {"1.2.840.10008.5.1.4.1.1.66.7": "Label Map Segmentation Storage"}
+
+
 def _info(args: argparse.Namespace) -> None:
     from daskseg import SegmentationReader, open_segmentation
 
@@ -249,7 +253,13 @@ def _info(args: argparse.Namespace) -> None:
         print(f"url:             {seg.path} (DICOMweb)")
     else:
         print(f"file:            {args.seg} ({os.path.getsize(args.seg) / 2**20:.1f} MiB)")
-    print(f"type:            {seg.segmentation_type} ({ds.SOPClassUID.name})")
+    sop_class = ds.SOPClassUID.name
+    if sop_class == str(ds.SOPClassUID):  # pydicom 3.0 has no name for the label map class
+        sop_class = _SOP_CLASS_NAMES.get(sop_class, sop_class)
+    print(f"type:            {seg.segmentation_type} ({sop_class})")
+    if seg.segmentation_type == "FRACTIONAL":
+        print(f"fractional:      {ds.get('SegmentationFractionalType', 'unknown')}, stored as "
+              f"0..{ds.get('MaximumFractionalValue', 'unknown')}")
     print(f"transfer syntax: {seg.transfer_syntax_uid.name}")
     print(f"organization:    {ds.get('DimensionOrganizationType', 'unknown')}")
     if isinstance(seg, SegmentationReader):
@@ -268,8 +278,13 @@ def _info(args: argparse.Namespace) -> None:
             print(f"pixel spacing:   {spacing} mm{between}")
         instances = sum(len(item.get("ReferencedInstanceSequence", []))
                         for item in ds.get("ReferencedSeriesSequence", []))
-        print(f"source images:   {instances} in {len(ds.get('ReferencedSeriesSequence', []))} "
-              f"series; planes with frames: {len(seg.source_sop_instance_uids)}")
+        n_series = len(ds.get("ReferencedSeriesSequence", []))
+        if seg.source_frame_numbers is not None:
+            print(f"source image:    one multi-frame image ({instances} in {n_series} series "
+                  f"referenced); its frames with SEG frames: {len(seg.source_frame_numbers)}")
+        else:
+            print(f"source images:   {instances} in {n_series} series; planes with frames: "
+                  f"{len(seg.source_sop_instance_uids)}")
     print(f"frames:          {seg.number_of_frames}")
     print("segments:")
     for description in seg.segment_descriptions:

@@ -394,3 +394,34 @@ def test_default_pyramid_halves_until_a_level_fits_in_one_tile(tmp_path):
     assert _factors(None, None, str(tmp_path / "slide.dcm"), None) == [2.0, 4.0, 8.0]
     assert _factors(None, None, str(tmp_path / "slide.dcm"), (512, 512)) == [2.0, 4.0]
     assert _factors("2,4", None, str(tmp_path / "slide.dcm"), None) == [2.0, 4.0]
+
+
+def test_info_names_the_label_map_class_fractions_and_a_multiframe_source(
+        tmp_path, capsys, thread_client):
+    from test_volume_write import enhanced_image
+
+    from daskseg import write_segmentation
+    from daskseg.synthetic import make_ct_series, make_label_volume, make_segment_descriptions
+
+    series = make_ct_series(5, 16, 24)
+    labels = make_label_volume(5, 16, 24, 2)
+    written = {}
+    for kind in ("LABELMAP", "FRACTIONAL"):
+        mask = labels if kind == "LABELMAP" else np.stack(
+            [labels == 1, labels == 2], axis=-1).astype(np.float32)
+        written[kind] = write_segmentation(
+            mask, series, make_segment_descriptions(2, segmentation_type=kind),
+            tmp_path / f"{kind}.dcm", segmentation_type=kind, max_fractional_value=100,
+            client=thread_client)
+    image = enhanced_image(5, 16, 24)
+    written["multi-frame"] = write_segmentation(
+        labels, image, make_segment_descriptions(2), tmp_path / "mf.dcm", client=thread_client)
+    out = {}
+    for name, path in written.items():
+        assert main(["info", str(path)]) == 0
+        out[name] = capsys.readouterr().out
+    assert "type:            LABELMAP (Label Map Segmentation Storage)" in out["LABELMAP"]
+    assert "fractional:      PROBABILITY, stored as 0..100" in out["FRACTIONAL"]
+    assert "fractional:" not in out["LABELMAP"]
+    assert "source image:    one multi-frame image" in out["multi-frame"]
+    assert "source images:   5 in 1 series" in out["LABELMAP"]
