@@ -22,8 +22,9 @@ Part 1b: the same on a mask with detail in every tile (random labels in 16-pixel
 uniform frame to reuse): codec floor, daskseg on ``local_cluster()`` and on a plain
 ``LocalCluster(n_workers=2, threads_per_worker=1)`` (its nannies set ``MALLOC_TRIM_THRESHOLD_``;
 daskseg's worker plugin resets malloc there), highdicom; writes on a plain cluster in turns
-with a codec floor measured on its own two workers (the machine's speed moves from minute to
-minute; a floor beside each write is a fairer measure of the pipeline's overhead); then
+with the two-process codec floor and the same floor on the cluster's two workers (the
+machine's speed moves from minute to minute: a floor beside each write measures the pipeline's
+overhead, a floor minutes away mostly the machine); then
 LABELMAP with JPEG 2000 against HTJ2K written in turns on one plain cluster (so that both meet
 the same spells of a shared machine), every HTJ2K frame decoded by pydicom and compared with
 the mask.
@@ -49,7 +50,7 @@ from _common import OUT, emit, gib, run_step  # noqa: E402
 J2K = "1.2.840.10008.1.2.4.90"
 WRITES = 3  # each write step writes this many times in a row in one process, as a pipeline does
 PAIRS = 7  # LABELMAP JPEG 2000 and HTJ2K writes, in turns on one cluster
-TURNS = 6  # detailed BINARY writes and codec floors, in turns on one cluster
+TURNS = 6  # detailed BINARY writes and the two codec floors, in turns
 HTJ2K = "1.2.840.10008.1.2.4.201"
 TILE = 512
 
@@ -229,16 +230,13 @@ def _load_mask_on_worker(zarr_path: str | None, dask_worker=None) -> None:
                                   else zarr.open_array(zarr_path, mode="r")[:])
 
 
-def _encode_share_on_worker(n_segments: int, kind: str, syntax: str, share: int,
-                            shares: int) -> float:
-    """On a worker's task thread: the codec's time for every ``shares``-th tile from ``share``,
-    its frames cut 16 tiles at a time outside the timing."""
-    from distributed import get_worker
-
+def _timed_encode(labels, n_segments: int, kind: str, syntax: str, share: int,
+                  shares: int) -> float:
+    """The codec's time for every ``shares``-th tile from ``share``, its frames cut 16 tiles at
+    a time outside the timing."""
     from daskseg.encode import encode_frame, segment_frame
     from daskseg.plan import FrameSpec
 
-    labels = get_worker().benchmark_mask
     spec = FrameSpec(kind, n_segments, False, TILE, TILE, syntax, 1 if kind == "BINARY" else 8,
                      255, False)
     rows, columns = labels.shape
@@ -254,15 +252,41 @@ def _encode_share_on_worker(n_segments: int, kind: str, syntax: str, share: int,
     return spent
 
 
+def _encode_share_on_worker(*args) -> float:
+    """:func:`_timed_encode` on a worker's task thread, of the mask it keeps."""
+    from distributed import get_worker
+
+    return _timed_encode(get_worker().benchmark_mask, *args)
+
+
+_pool_mask: list = []  # in a pool process: the mask
+
+
+def _load_mask_in_pool(zarr_path: str) -> None:
+    import zarr
+
+    _pool_mask.append(zarr.open_array(zarr_path, mode="r")[:])
+
+
+def _encode_share_in_pool(barrier, *args) -> float:
+    """:func:`_timed_encode` in a process of its own, once the other one is ready too."""
+    barrier.wait()
+    return _timed_encode(_pool_mask[0], *args)
+
+
 def step_floor_turns(zarr_path: str, n_segments: int, output: str, kind: str = "BINARY",
                      syntax: str = J2K) -> None:
-    """Writes and the codec floor in turns on one plain LocalCluster, the floor measured on its
-    own two workers (each encoding half of the frames at once, on its task thread).
+    """Writes on one plain LocalCluster and the codec floor, in turns.
 
-    On this shared machine the codec's speed moves by 10-30% from one minute to the next, so a
-    floor measured in another process at another moment says little about one write; here each
-    write has a floor measured next to it, by the same processes.
+    The floor is taken two ways, each two processes encoding half the frames at once: two
+    processes of their own (a ProcessPoolExecutor, as the separate floor step), and the
+    cluster's own two workers on their task threads. On this shared machine the codec's speed
+    moves by 10-30% from one minute to the next, so a floor measured at another moment says
+    little about one write; here each write has both floors measured next to it.
     """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     from distributed import Client, LocalCluster
 
     from daskseg import write_segmentation
@@ -275,6 +299,7 @@ def step_floor_turns(zarr_path: str, n_segments: int, output: str, kind: str = "
     descriptions = make_segment_descriptions(n_segments, segmentation_type=kind)
     writes: list[float] = []
     floors: list[float] = []
+    pool_floors: list[float] = []
     with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="4GiB",
                       dashboard_address=None) as cluster, Client(cluster) as client:
         client.run(lambda: __import__("daskseg.write"))  # warm imports, as a live cluster has
@@ -296,15 +321,29 @@ def step_floor_turns(zarr_path: str, n_segments: int, output: str, kind: str = "
                        for i, address in enumerate(workers)]
             floors.append(max(client.gather(futures)))
 
-        write()  # the first write of a cluster, left out of the turns
-        client.run(_load_mask_on_worker, zarr_path)
-        for turn in range(TURNS):
-            for step in (floor, write) if turn % 2 == 0 else (write, floor):
-                step()
-        client.run(_load_mask_on_worker, None)
-    ratios = [w / f for w, f in zip(writes[1:], floors)]
-    emit({"writes": writes[1:], "floors": floors, "ratios": ratios,
-          "ratio": statistics.median(ratios), "first": writes[0]})
+        def pool_floor() -> None:
+            barrier = manager.Barrier(2)
+            futures = [pool.submit(_encode_share_in_pool, barrier, n_segments, kind, syntax, i, 2)
+                       for i in range(2)]
+            pool_floors.append(max(f.result() for f in futures))
+
+        context = multiprocessing.get_context("spawn")
+        with context.Manager() as manager, ProcessPoolExecutor(
+                2, mp_context=context, initializer=_load_mask_in_pool, initargs=(zarr_path,)
+        ) as pool:
+            [f.result() for f in [pool.submit(time.sleep, 0.5) for _ in range(2)]]  # started
+            write()  # the first write of a cluster, left out of the turns
+            client.run(_load_mask_on_worker, zarr_path)
+            steps = [pool_floor, floor, write]
+            for turn in range(TURNS):
+                for step in steps[turn % 3:] + steps[:turn % 3]:
+                    step()
+            client.run(_load_mask_on_worker, None)
+    ratios = [w / f for w, f in zip(writes[1:], pool_floors)]
+    emit({"writes": writes[1:], "pool_floors": pool_floors, "worker_floors": floors,
+          "ratios": ratios, "ratio": statistics.median(ratios),
+          "worker_ratio": statistics.median(w / f for w, f in zip(writes[1:], floors)),
+          "first": writes[0]})
 
 
 def _times(times: list[float]) -> dict:
@@ -489,12 +528,16 @@ def detailed_part(script: str) -> None:
     print(f"  highdicom (ProcessPoolExecutor(2)): {_runs(hd_)}  peak {gib(hd_['peak_rss'])}")
     print(f"  read back equal in {check.get('regions', 0)} sampled regions: {check['equal']}")
     turns = run_step(script, "floor_turns", mask, "5", ours)
-    print(f"  in turns on one plain LocalCluster, each write beside a codec floor measured on its "
-          f"two workers (both encoding half the frames at once): writes "
-          f"{', '.join(f'{t:.2f}' for t in turns['writes'])} s, floors "
-          f"{', '.join(f'{t:.2f}' for t in turns['floors'])} s")
-    print(f"    {turns['ratio']:.2f}x the floor (median of the turns' ratios "
-          f"{', '.join(f'{r:.2f}' for r in turns['ratios'])}), target <= 1.3x")
+    listed = {key: ", ".join(f"{t:.2f}" for t in turns[key])
+              for key in ("writes", "pool_floors", "worker_floors", "ratios")}
+    print("  in turns: writes on a plain LocalCluster, the two-process floor (two processes of "
+          "their own encoding half the frames each at once), and the same on the cluster's two "
+          "workers")
+    print(f"    writes {listed['writes']} s; floors {listed['pool_floors']} s; on the workers "
+          f"{listed['worker_floors']} s")
+    print(f"    {turns['ratio']:.2f}x the two-process floor (median of the turns' ratios "
+          f"{listed['ratios']}), target <= 1.3x; {turns['worker_ratio']:.2f}x the floor on the "
+          f"workers")
 
     print("\n  LABELMAP, same mask, plain LocalCluster: JPEG 2000 and HTJ2K written in turns")
     outputs = {name: str(OUT / f"daskseg-detailed-labelmap-{name}.dcm") for name in ("j2k", "htj2k")}
