@@ -12,6 +12,7 @@ import contextlib
 import enum
 import os
 import pathlib
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,10 +85,18 @@ def parse_segmentation_type(value: str | enum.Enum) -> str:
     return segmentation_type
 
 
+_UID_FORM = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
 def parse_transfer_syntax(value: str, segmentation_type: str) -> UID:
     """A transfer syntax the codec table has for the segmentation type."""
-    transfer_syntax_uid = UID(str(value))
     allowed = ALLOWED_TRANSFER_SYNTAXES[segmentation_type]
+    if not _UID_FORM.fullmatch(str(value)):  # a name ("jpeg2000"), not a UID (PS3.5 9.1)
+        raise SegmentationInputError(
+            f"transfer_syntax_uid {value!r} is not a UID. Allowed for a {segmentation_type} "
+            "SEG: " + ", ".join(f"{uid} ({uid.name})" for uid in allowed)
+        )
+    transfer_syntax_uid = UID(str(value))
     if transfer_syntax_uid not in allowed:
         lossy = " It is lossy: a SEG must be stored losslessly." if (
             transfer_syntax_uid.is_transfer_syntax and transfer_syntax_uid.is_compressed
@@ -176,6 +185,16 @@ def as_dask_array(mask: MaskLike) -> da.Array:
     if isinstance(mask, np.ndarray):
         # Named, not tokenized: hashing a large mask would read all of it on the client.
         return da.from_array(mask, chunks=mask.shape, name=f"numpy-mask-{uuid.uuid4().hex}")
+    if isinstance(mask, (str, os.PathLike)):
+        from daskseg._nifti import is_nifti_path
+        from daskseg._nrrd import is_nrrd_path
+
+        if is_nifti_path(mask) or is_nrrd_path(mask):
+            raise SegmentationInputError(
+                f"{os.fspath(mask)} is a NIfTI or NRRD file: such a mask is of a series (CT, "
+                "MR...), given as source_images (a folder, files or Datasets); a slide's mask is "
+                "a Zarr array or path, a dask or numpy array."
+            )
     if isinstance(mask, (str, os.PathLike, zarr.Group)):
         from daskseg.omezarr import _ome_label_mask
 

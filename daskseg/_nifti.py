@@ -397,13 +397,23 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
         ) from error
     if source_images is not None:
         # The SEG must be of this series: its images are the planes, read by their UIDs.
-        series = load_source_series(source_images)
+        try:
+            series = load_source_series(source_images)
+        except SegmentationInputError as error:
+            raise SegmentationInputError(
+                f"source_images must be the series the SEG is of, as single-frame images: {error}"
+            ) from None
         if series.multiframe:
             raise SegmentationInputError(
                 "source_images for NIfTI output is a series of single-frame images."
             )
         order = series.sort_index()
         uids = [series.sop_instance_uids[k] for k in order]
+        if not set(uids) & set(reader.source_sop_instance_uids):
+            raise SegmentationInputError(
+                "source_images holds none of the images that the SEG's frames are of: it is "
+                "another series."
+            )
         positions = series.positions[order]
     else:
         uids = None

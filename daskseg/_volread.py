@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import numbers
 import os
+import pathlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -303,6 +304,49 @@ class VolumeSegmentationReader:
             rescale_fractional=rescale_fractional, dtype=dtype, chunks=chunks,
         )
         return _into_memory(array, client, progress, "decode planes of the SEG")
+
+    def to_nifti(
+        self,
+        path: str | os.PathLike,
+        *,
+        source_images: Any = None,
+        combine_segments: bool | None = None,
+        client: Any = None,
+    ) -> pathlib.Path:
+        """Write the planes as a NIfTI file in the series' geometry (RAS+ affine), as
+        ``daskseg decode seg.dcm -o labels.nii.gz`` does.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The ``.nii`` or ``.nii.gz`` file to write (replaced if it exists).
+        source_images : folder, paths or pydicom Datasets, optional
+            The series the SEG is of (as :func:`daskseg.write_segmentation` takes it): one slice
+            for each of its images, those without frames zeros. Without it, the slices span
+            the planes with frames.
+        combine_segments : bool, optional
+            Labels on three axes (the default for BINARY and LABELMAP), or False for each
+            segment on a fourth axis (the default for FRACTIONAL, whose fractions are kept).
+        client : distributed.Client, optional
+            The cluster that decodes the frames (as :meth:`to_numpy`).
+
+        Returns
+        -------
+        pathlib.Path
+            The file written.
+
+        Raises
+        ------
+        MissingDependencyError
+            If nibabel is not installed (``pip install 'daskseg[nifti]'``).
+        SegmentationInputError
+            If the planes are not a regular grid of slices, or ``source_images`` is another
+            series.
+        """
+        from daskseg._nifti import volume_to_nifti
+
+        return volume_to_nifti(self, path, client=client, source_images=source_images,
+                               combine_segments=combine_segments)
 
     def plane_positions(self) -> np.ndarray:
         """ImagePositionPatient ``(planes, 3)`` of the planes in the default order."""

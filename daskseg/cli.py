@@ -179,6 +179,9 @@ def _encode(args: argparse.Namespace) -> None:
             raise UserError(f"--tile-size takes N or RxC, not {args.tile_size!r}")
         tile_size = (parts[0], parts[-1])
     syntax = TRANSFER_SYNTAXES.get(args.transfer_syntax.lower(), args.transfer_syntax)
+    if not syntax.replace(".", "").isdigit():
+        raise UserError(f"unknown transfer syntax {args.transfer_syntax!r}; use one of "
+                        f"{', '.join(TRANSFER_SYNTAXES)}, or a UID")
     start = time.perf_counter()
     with _client(args) as client:
         common = dict(
@@ -308,6 +311,13 @@ def _decode(args: argparse.Namespace) -> None:
     nifti = args.output.lower().endswith((".nii", ".nii.gz"))
     if os.path.exists(args.output) and not args.overwrite:
         raise UserError(f"{args.output} exists; pass --overwrite or choose another output")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if "://" not in args.output and not os.path.isdir(folder):  # as encode (a URL: a store's)
+        raise UserError(f"The destination folder {folder} does not exist; create it first.")
+    if args.combine_segments and (nifti or ome):
+        raise UserError("--combine-segments is for a Zarr store (-o NAME.zarr): NIfTI output "
+                        "holds labels already (--segment-axis for a volume per segment), and "
+                        "OME-Zarr output one label image")
     # A DICOMweb SEG: its metadata now, its frames fetched by the tasks on the workers.
     reader = open_segmentation(args.seg, headers=_dicomweb_headers() if web else None)
     tiled = isinstance(reader, SegmentationReader)
@@ -325,9 +335,7 @@ def _decode(args: argparse.Namespace) -> None:
     try:
         with _client(args) as client:
             if not isinstance(reader, SegmentationReader):  # a SEG of a series: its geometry
-                from daskseg._nifti import volume_to_nifti
-
-                volume_to_nifti(reader, args.output, client=client, source_images=args.source,
+                reader.to_nifti(args.output, client=client, source_images=args.source,
                                 combine_segments=False if args.segment_axis else None)
             elif ome:  # an OME-NGFF image whose labels/ holds the SEG as one label image
                 from daskseg import segmentation_to_ome_zarr
@@ -343,6 +351,9 @@ def _decode(args: argparse.Namespace) -> None:
         # Segments that overlap (or fractions) cannot be one label image: say which output of
         # this command keeps them apart, rather than the library's keyword argument.
         message = str(error)
+        if args.source and message.startswith("source_images"):
+            raise UserError(f"--source {args.source}{message.removeprefix('source_images')}") \
+                from None
         for keyword in ("read with combine_segments=False.", "use combine_segments=False."):
             if message.endswith(keyword):
                 route = ("pass --segment-axis for one volume per segment on a fourth axis"

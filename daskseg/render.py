@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from daskseg._colors import segment_rgb
-from daskseg.errors import MissingDependencyError, SegmentationInputError
+from daskseg.errors import MissingDependencyError, SegmentationInputError, SegmentationTypeError
 from daskseg.read import SegmentationReader
 
 __all__ = ["show_segmentation"]
@@ -18,8 +18,14 @@ __all__ = ["show_segmentation"]
 def _slices(region: Any, shape: tuple[int, int]) -> tuple[slice, slice]:
     if region is None:
         return slice(0, shape[0]), slice(0, shape[1])
-    rows, columns = (part if isinstance(part, slice) else slice(*part) for part in region)
-    rows, columns = slice(*rows.indices(shape[0])[:2]), slice(*columns.indices(shape[1])[:2])
+    try:
+        rows, columns = (part if isinstance(part, slice) else slice(*part) for part in region)
+        rows, columns = slice(*rows.indices(shape[0])[:2]), slice(*columns.indices(shape[1])[:2])
+    except (TypeError, ValueError):
+        raise SegmentationTypeError(
+            f"region is ((row_start, row_stop), (column_start, column_stop)) or two slices, "
+            f"not {region!r}."
+        ) from None
     if rows.stop <= rows.start or columns.stop <= columns.start:
         raise SegmentationInputError(f"The region {region} is empty in a SEG of shape {shape}.")
     return rows, columns

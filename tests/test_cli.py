@@ -172,11 +172,21 @@ def test_encode_npy_with_dcmqi_metadata(inputs, tmp_path):
     (["encode", "mask.npy", "slide.dcm", "-o", "x.dcm", "--label", "a", "--scheduler",
       "nonsense"], "is not a scheduler's address"),
     (["info", "nothing.dcm"], "does not exist"),
+    (["encode", "mask.npy", "slide.dcm", "-o", "x.dcm", "--label", "a", "--transfer-syntax",
+      "jpeg2k"], "unknown transfer syntax 'jpeg2k'; use one of native,"),
+    (["encode", "labels.nii.gz", "slide.dcm", "-o", "x.dcm", "--label", "a"],
+     "is a NIfTI or NRRD file: such a mask is of a series"),
+    (["decode", "slide.dcm", "-o", "no-such-folder/x.nii.gz"], "does not exist; create it first"),
+    (["decode", "slide.dcm", "-o", "no-such-folder/x.zarr"], "does not exist; create it first"),
+    (["decode", "slide.dcm", "-o", "x.nii.gz", "--combine-segments"],
+     "--combine-segments is for a Zarr store"),
 ])
-def test_user_errors_are_one_line(inputs, args, message):
+def test_user_errors_are_one_line(inputs, args, message, tmp_path):
     folder, _ = inputs
     (folder / "list.json").write_text("[1, 2]")
-    args = [str(folder / a) if a in ("mask.npy", "slide.dcm", "list.json") else a for a in args]
+    (folder / "labels.nii.gz").write_bytes(b"not read: refused by its name")
+    args = [str(folder / a) if a in ("mask.npy", "slide.dcm", "list.json", "labels.nii.gz")
+            else str(tmp_path / a) if a.startswith("no-such-folder") else a for a in args]
     threads = ["--threads", "1"] if args[0] == "encode" and "--scheduler" not in args else []
     done = run(*args, *threads)
     assert done.returncode == 1

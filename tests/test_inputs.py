@@ -40,6 +40,8 @@ def test_options_are_frozen():
     (("BINARY", JPEG2000Lossless, "TILED_DIAGONAL", None, 255), "dimension_organization_type"),
     (("BINARY", JPEG2000Lossless, "TILED_FULL", True, 255), "omit_empty_frames"),
     (("FRACTIONAL", JPEG2000Lossless, "TILED_SPARSE", None, 300), "max_fractional_value"),
+    # A name, not a UID: said so, not "JPEG 2000 is not allowed" beside JPEG 2000 allowed.
+    (("BINARY", "jpeg2000", "TILED_SPARSE", None, 255), "'jpeg2000' is not a UID. Allowed"),
 ])
 def test_bad_options_are_refused(args, message):
     with pytest.raises(SegmentationInputError, match=message):

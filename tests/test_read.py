@@ -570,3 +570,12 @@ def test_show_segmentation_draws_overlapping_and_fractional_segments(tmp_path, t
     picture = show_segmentation(path).images[-1].get_array()
     assert picture[20, 20, 3] == pytest.approx(0.5, abs=0.01)
     assert picture[50, 50, 3] == pytest.approx(0.75, abs=0.01)  # one half over the other
+
+
+@pytest.mark.parametrize("region", [(0, 0, 10, 10), ((0, 10), (0, 10), (0, 3)), "0:10"])
+def test_a_region_of_another_form_is_a_type_error(region):
+    from daskseg import SegmentationTypeError
+    from daskseg.render import _slices
+
+    with pytest.raises(SegmentationTypeError, match=r"region is \(\(row_start, row_stop\)"):
+        _slices(region, (100, 100))

@@ -22,7 +22,7 @@ from daskseg import (
     write_segmentation,
 )
 from daskseg._series import load_source_series
-from daskseg.synthetic import make_ct_series, make_segment_descriptions
+from daskseg.synthetic import make_ct_series, make_segment_descriptions, make_slide
 
 READS = [
     dict(),
@@ -541,3 +541,23 @@ def test_planes_at_one_position_are_not_a_nifti_volume():
     assert _slice_spacing(np.array([]), Dataset()) == 1.0
     with pytest.raises(SegmentationInputError, match="same position"):
         _slice_spacing(np.array([2.5, 0.0]), measures)
+
+
+def test_to_nifti_refuses_a_source_of_another_series_or_a_slide(tmp_path, thread_client):
+    pytest.importorskip("nibabel")
+    from daskseg._nifti import read_nifti
+
+    series = make_ct_series(6, 16, 24)
+    labels = np.zeros((6, 16, 24), np.uint8)
+    labels[2:4, 3:9, 5:20] = 1
+    reader = open_segmentation(write_segmentation(
+        labels, series, make_segment_descriptions(1), tmp_path / "seg.dcm",
+        client=thread_client))
+    out = reader.to_nifti(tmp_path / "labels.nii.gz", source_images=series, client=thread_client)
+    assert read_nifti(out)[0].shape[2] == len(series)
+    with pytest.raises(SegmentationInputError, match="source_images holds none of the images"):
+        reader.to_nifti(tmp_path / "other.nii.gz", source_images=make_ct_series(6, 16, 24))
+    with pytest.raises(SegmentationInputError, match="source_images must be the series the SEG "
+                                                     "is of.*tiled image"):
+        reader.to_nifti(tmp_path / "slide.nii.gz", source_images=[make_slide(64, 64)])
+    assert not (tmp_path / "other.nii.gz").exists() and not (tmp_path / "slide.nii.gz").exists()
