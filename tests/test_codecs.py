@@ -25,6 +25,18 @@ def test_every_codec_decodes_what_it_encodes(uid, bits):
     np.testing.assert_array_equal(decoded, frame)
 
 
+@pytest.mark.parametrize("uid", list(CODECS), ids=[UID(u).name for u in CODECS])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_tile_view_of_a_block_encodes_as_its_copy(uid, bits):
+    """Frames are views of a block's tiles (rows of the block apart): each encoder takes them
+    as they are, or copies them, to the bytes of the contiguous frame."""
+    dtype = np.uint8 if bits == 8 else np.uint16
+    block = np.random.default_rng(bits).integers(0, 2**bits - 1, (96, 112)).astype(dtype)
+    view = block[40:80, 48:96]
+    assert not view.flags.c_contiguous
+    assert CODECS[uid].encode(view, bits) == CODECS[uid].encode(view.copy(), bits)
+
+
 @pytest.mark.parametrize("start", [0, 3, 7])
 def test_one_bit_frames_unpack_from_any_bit(start):
     frame = np.random.default_rng(start).integers(0, 2, (5, 7)).astype(np.uint8)
