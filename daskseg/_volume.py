@@ -536,9 +536,19 @@ def _encode_tasks(
             tasks.append(numpy_block_task(block, spec, start, 0, shape=tall,
                                           spool_prefix=spool_prefix))
         return tasks
-    if not (order == np.arange(len(order))).all():
-        array = array[order]
-    blocks = in_blocks(mask, array, (slices, *array.shape[1:]))
+    rest = tuple(array.shape[1:])
+    in_order = np.arange(len(order))
+    if (order == in_order).all():
+        blocks = in_blocks(mask, array, (slices, *rest))
+    elif (order == in_order[::-1]).all():
+        # Slices stored against the slice normal (the usual CT file order of highdicom's
+        # volumes): read in blocks as stored, each reversed; the short block read first ends
+        # the SEG.
+        sizes = tuple(reversed([min(slices, len(order) - start)
+                                for start in range(0, len(order), slices)]))
+        blocks = in_blocks(mask, array, (sizes, *rest))[::-1]
+    else:
+        blocks = array[order].rechunk((slices, *rest))
     tall_mask = blocks.reshape((len(order) * array.shape[1], *array.shape[2:]))
     return encode_tasks(tall_mask, spec, spool_prefix)
 

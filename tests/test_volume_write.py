@@ -119,6 +119,45 @@ def test_matches_highdicom(tmp_path, thread_client, segmentation_type, transfer_
     assert_same_seg(ours, theirs, series, tmp_path)
 
 
+@pytest.mark.parametrize("order", ["along the normal", "against it", "shuffled"])
+def test_a_zarr_label_volume_matches_highdicom(tmp_path, thread_client, order, monkeypatch):
+    """A Zarr mask of a series stored in slice order (or its reverse) is read in the writer's
+    blocks directly, one task a block; one of a shuffled series is reordered and rechunked:
+    each as highdicom writes it."""
+    import zarr
+
+    import daskseg._volume
+
+    series = {"along the normal": make_ct_series(SLICES, ROWS, COLUMNS)[::-1],
+              "against it": make_ct_series(SLICES, ROWS, COLUMNS),
+              "shuffled": shuffled_series()}[order]
+    labels = volume_mask("LABELMAP")
+    path = tmp_path / "labels.zarr"
+    zarr.create_array(str(path), shape=labels.shape, chunks=(2, 16, 16),
+                      dtype=labels.dtype)[:] = labels
+    graphs = []
+
+    def in_blocks(*args):
+        blocks = read_in_blocks(*args)
+        graphs.append(len(dict(blocks.__dask_graph__())))
+        return blocks
+
+    read_in_blocks = daskseg._volume.in_blocks
+    monkeypatch.setattr(daskseg._volume, "in_blocks", in_blocks)
+    for kind in ("BINARY", "LABELMAP"):
+        uids = dict(series_instance_uid=hd.UID(), sop_instance_uid=hd.UID())
+        ours = write_segmentation(str(path), series, make_segment_descriptions(
+            3, segmentation_type=kind), tmp_path / f"{kind}.dcm", segmentation_type=kind,
+            client=thread_client, **uids, **HD_OPTIONS)
+        theirs = hd.seg.Segmentation(series, labels.copy(), kind, make_segment_descriptions(
+            3, segmentation_type=kind), **uids, **HD_OPTIONS)
+        assert_same_seg(pydicom.dcmread(ours), theirs, series, tmp_path)
+    # One task a block and the array itself (of 7 slices: at most 7 blocks), never a task a
+    # Zarr chunk (24 here) and others joining them.
+    assert graphs == ([] if order == "shuffled" else [graphs[0]] * 2) and all(
+        size <= SLICES + 1 for size in graphs), graphs
+
+
 def test_labelmap_segment_numbers_may_skip_as_in_highdicom(tmp_path, thread_client):
     series = shuffled_series()
     numbers = (4, 17, 117)  # three of TotalSegmentator's structures, their own label values
