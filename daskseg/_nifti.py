@@ -83,6 +83,10 @@ def read_nifti(path: str | os.PathLike) -> tuple[da.Array | np.ndarray, np.ndarr
         array = da.from_array(proxy, chunks=(-1, -1, 1) + (-1,) * (len(proxy.shape) - 3))
         if array.dtype != scaled:  # the blocks come scaled already: no copy
             array = array.astype(scaled, copy=False)
+    if array.ndim == 4 and array.shape[3] == 1:
+        # (x, y, z, 1): a 3-D volume that its writer gave a 4th axis (time, or one component),
+        # as ITK and so dcmqi read it; one plane of one segment is the same volume.
+        array = array[..., 0]
     return array, _RAS_TO_LPS @ np.asarray(affine, dtype=float)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -117,9 +118,36 @@ def _read_header(path: pathlib.Path, skip_non_dicom: bool) -> Dataset | None:
     except FileNotFoundError as error:
         raise SegmentationInputError(f"The source image {path} does not exist.") from error
     except pydicom.errors.InvalidDicomError as error:
+        # Without the preamble and file meta (PS3.10 7.1): a bare data set, as older PACS
+        # exports write them, which highdicom reads with force=True and dcmqi (ITK) reads too.
+        bare = _read_bare(path)
+        if bare is not None:
+            return bare
         if skip_non_dicom:
             return None
         raise SegmentationInputError(f"The source image {path} is not a DICOM file: {error}") from error
+
+
+def _read_bare(path: pathlib.Path) -> Dataset | None:
+    """A DICOM data set without preamble and file meta, or None when the file is not one (an
+    image needs its SOP class and instance UIDs, which a text or JSON file read by force has
+    not)."""
+    try:
+        with open(path, "rb") as file:
+            start = file.read(2)
+        # A bare data set starts with its lowest element: of group 0008 (SpecificCharacterSet,
+        # ImageType, SOPClassUID), or 0002 when its file meta is kept; little endian. Other
+        # files (text, JSON) are not read by force, which would warn about them.
+        if start not in (b"\x08\x00", b"\x02\x00"):
+            return None
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        uids = [str(dataset.get(keyword, "")) for keyword in ("SOPClassUID", "SOPInstanceUID")]
+    except Exception:  # noqa: BLE001 - pydicom raises many kinds on what is not DICOM
+        return None
+    return dataset if all(_UID_FORM.fullmatch(uid) for uid in uids) else None
+
+
+_UID_FORM = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def _read_headers(paths: Sequence[pathlib.Path], skip_non_dicom: bool) -> list[Dataset | None]:
@@ -179,7 +207,10 @@ def _gather(source_images: object) -> list[Dataset]:
 
 
 def _describe(dataset: Dataset) -> str:
-    return f"SOP instance {dataset.get('SOPInstanceUID', '(no SOPInstanceUID)')}"
+    """An image for messages: its file, if read from one, and its SOP instance."""
+    instance = f"SOP instance {dataset.get('SOPInstanceUID', '(no SOPInstanceUID)')}"
+    filename = getattr(dataset, "filename", None)
+    return f"{filename}, {instance}" if isinstance(filename, str) and filename else instance
 
 
 def _require(dataset: Dataset, keywords: Sequence[str], what: str,
@@ -193,13 +224,22 @@ def _require(dataset: Dataset, keywords: Sequence[str], what: str,
         )
 
 
-def _one_value(values: Sequence[dict[str, Any]], keyword: str, what: str) -> object:
+def _one_value(values: Sequence[dict[str, Any]], keyword: str, what: str,
+               datasets: Sequence[Dataset] | None = None) -> object:
     counts = Counter(str(found[keyword]) for found in values)
     if len(counts) > 1:
-        found = ", ".join(f"{value} ({count} images)" for value, count in counts.most_common())
+        parts = []
+        for rank, (value, count) in enumerate(counts.most_common()):
+            part = f"{value} ({count} images)"
+            if datasets is not None and rank > 0 and count <= 3:
+                # The few odd ones out: which images they are, so that they can be removed.
+                holders = [_describe(ds) for ds, found in zip(datasets, values)
+                           if str(found[keyword]) == value]
+                part = f"{value} ({'; '.join(holders)})"
+            parts.append(part)
         raise SegmentationInputError(
             f"The source images do not form one series: they have {len(counts)} different "
-            f"{keyword}s: {found}. {what}"
+            f"{keyword}s: {', '.join(parts)}. {what}"
         )
     return values[0][keyword]
 
@@ -284,9 +324,14 @@ def _check_same(values: np.ndarray, keyword: str, names: Sequence[str]) -> None:
         other = differs[0]
         raise SegmentationInputError(
             f"The source frames do not share one {keyword}: {names[0]} has "
-            f"{list(values[0])}, {names[other]} has {list(values[other])}. A SEG of a volume "
-            "needs frames of one orientation and pixel spacing; segment each stack separately."
+            f"{_listed(values[0])}, {names[other]} has {_listed(values[other])}. A SEG of a "
+            "volume needs frames of one orientation and pixel spacing; segment each stack "
+            "separately (a localizer among a series' images: remove it)."
         )
+
+
+def _listed(values: np.ndarray) -> str:
+    return "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
 
 
 def _check_distinct_positions(positions: np.ndarray, names: Sequence[str]) -> None:
@@ -300,7 +345,7 @@ def _check_distinct_positions(positions: np.ndarray, names: Sequence[str]) -> No
             if np.allclose(positions[k], repeated, atol=1e-3)
         ]
         raise SegmentationInputError(
-            f"{len(holders)} source frames lie at the same position {list(repeated)}: "
+            f"{len(holders)} source frames lie at the same position {_listed(repeated)}: "
             f"{', '.join(holders[:4])}. A volume has one frame per position; pass one image of each "
             "(a series with several acquisitions or echoes at each position is several volumes)."
         )
@@ -359,14 +404,19 @@ def load_source_series(source_images: object) -> SourceSeries:
     uids = Counter(str(found["SOPInstanceUID"]) for found in values)
     repeated = [uid for uid, count in uids.items() if count > 1]
     if repeated:
+        files = [getattr(ds, "filename", None) for ds, found in zip(datasets, values)
+                 if str(found["SOPInstanceUID"]) == repeated[0]]
+        where = (f" ({', '.join(map(str, files))})"
+                 if all(isinstance(name, str) and name for name in files) else "")
         raise SegmentationInputError(
-            f"The source image {repeated[0]} is given {uids[repeated[0]]} times; pass each "
-            "image once."
+            f"The source image {repeated[0]} is given {uids[repeated[0]]} times{where}; pass "
+            "each image once."
         )
     _one_value(values, "SeriesInstanceUID", "Pass the images of one series (for a folder: "
-               "a folder holding one series).")
-    _one_value(values, "FrameOfReferenceUID", "A SEG's frames lie in one frame of reference.")
-    _one_value(values, "SOPClassUID", "Pass the images of one series.")
+               "a folder holding one series).", datasets)
+    _one_value(values, "FrameOfReferenceUID", "A SEG's frames lie in one frame of reference.",
+               datasets)
+    _one_value(values, "SOPClassUID", "Pass the images of one series.", datasets)
     for dataset, found in zip(datasets, values):
         _require(
             dataset,

@@ -105,6 +105,18 @@ def test_nifti_with_one_volume_per_segment(tmp_path):
     np.testing.assert_array_equal(np.asarray(mask), in_given_order(series, planes.astype(np.uint8)))
 
 
+@pytest.mark.parametrize("name", ["labels.nii.gz", "labels.nii"])
+def test_a_label_volume_with_a_4th_axis_of_one_is_labels(tmp_path, name):
+    """(x, y, z, 1), as some writers save a 3-D label volume: labels, as dcmqi (ITK) reads it,
+    not one plane of a single segment."""
+    series = shuffled_series()
+    volume, array, affine = file_labels(series, (2, 1, 0), ())
+    path = _save(tmp_path, np.asarray(array)[..., None], affine, name=name)
+    mask, stacked = volume_mask(path, series, 3)
+    assert not stacked
+    np.testing.assert_array_equal(np.asarray(mask), in_given_order(series, volume))
+
+
 def _refusal(tmp_path, series, array, affine, **kwargs):
     path = _save(tmp_path, array, affine, **kwargs)
     with pytest.raises(SegmentationInputError) as info:

@@ -177,3 +177,32 @@ def test_headers_of_a_large_folder_are_read_in_parallel(tmp_path):
     loaded = load_source_series(tmp_path)
     assert loaded.number_of_frames == 40
     assert isinstance(loaded.datasets[0], pydicom.Dataset)
+
+
+def test_files_without_preamble_are_images_and_odd_files_are_named(tmp_path):
+    """A data set without preamble and file meta (older PACS exports) is read, from a folder
+    or a path, as highdicom with force=True and dcmqi read it; where images do not form one
+    series, the few odd ones out are named by their files."""
+    series = make_ct_series(5, 8, 8)
+    paths = _save(series, tmp_path / "ct")
+    for path in paths[1:3]:
+        ds = pydicom.dcmread(path)
+        del ds.file_meta
+        ds.preamble = None
+        pydicom.dcmwrite(path, ds, enforce_file_format=False, implicit_vr=True,
+                         little_endian=True)
+        assert path.read_bytes()[128:132] != b"DICM"
+    (tmp_path / "ct" / "notes.txt").write_text("0008,0016 is not an element of this file")
+    loaded = load_source_series(tmp_path / "ct")
+    assert sorted(loaded.sop_instance_uids) == sorted(ds.SOPInstanceUID for ds in series)
+    assert load_source_series(paths).number_of_frames == 5
+    other = make_ct_series(1, 8, 8)[0]
+    other.FrameOfReferenceUID = series[0].FrameOfReferenceUID
+    _save([other], tmp_path / "ct", ["stray.dcm"])
+    message = _message(tmp_path / "ct")
+    assert "(5 images)" in message and f"{tmp_path / 'ct' / 'stray.dcm'}, SOP instance" in message
+    twice = tmp_path / "ct" / "copy.dcm"
+    twice.write_bytes(paths[0].read_bytes())
+    (tmp_path / "ct" / "stray.dcm").unlink()
+    assert f"given 2 times ({twice}, {paths[0]})" in _message(tmp_path / "ct") or (
+        f"given 2 times ({paths[0]}, {twice})" in _message(tmp_path / "ct"))
