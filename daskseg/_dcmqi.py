@@ -29,6 +29,11 @@ _TISSUE = {"CodeValue": "85756007", "CodingSchemeDesignator": "SCT", "CodeMeanin
 def _code(item: dict[str, str]) -> hd.sr.CodedConcept:
     import highdicom as hd
 
+    if not isinstance(item, dict):
+        raise SegmentationInputError(
+            f"a code in the metadata is a {type(item).__name__}, not a JSON object with "
+            "CodeValue, CodingSchemeDesignator and CodeMeaning"
+        )
     try:
         return hd.sr.CodedConcept(
             value=item["CodeValue"],
@@ -37,6 +42,21 @@ def _code(item: dict[str, str]) -> hd.sr.CodedConcept:
         )
     except KeyError as missing:
         raise SegmentationInputError(f"a code in the metadata lacks {missing}") from None
+    except (TypeError, ValueError) as error:  # highdicom's verdict on the values
+        raise SegmentationInputError(f"a code in the metadata: {error}") from None
+
+
+_HEADER_KEYS = ("ClinicalTrialSeriesID", "ClinicalTrialTimePointID",
+                "ClinicalTrialCoordinatingCenterName", "BodyPartExamined")
+
+
+def _whole_number(value: Any, name: str) -> int:
+    """A JSON value that must be a whole number (given as a number or a string of digits)."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise SegmentationInputError(f"{name} {value!r} is not a whole number") from None
+    return number
 
 
 def segment_descriptions_from_dcmqi(
@@ -62,7 +82,9 @@ def segment_descriptions_from_dcmqi(
         One per segment, ordered by ``labelID`` (the label value in the mask).
     options : dict
         ``write_segmentation`` options taken from the top level (``content_creator_name``,
-        ``series_number``, ``instance_number``, ``content_label``, ``content_description``).
+        ``series_number``, ``instance_number``, ``series_description``, ``content_label``,
+        ``content_description``; the clinical trial IDs and ``BodyPartExamined`` as
+        ``header_attributes``).
 
     Raises
     ------
@@ -100,7 +122,19 @@ def segment_descriptions_from_dcmqi(
     groups = data.get("segmentAttributes")
     if not groups:
         raise SegmentationInputError("the data has no segmentAttributes")
-    segments = [segment for group in groups for segment in group]
+    if not isinstance(groups, list) or not all(
+        isinstance(group, list) and all(isinstance(segment, dict) for segment in group)
+        for group in groups
+    ):
+        raise SegmentationInputError(
+            "segmentAttributes must be a list (one per input image) of lists of segments, "
+            "each a JSON object, as dcmqi writes it: [[{\"labelID\": 1, ...}]]"
+        )
+    segments = [dict(segment) for group in groups for segment in group]  # the caller's kept
+    for segment in segments:
+        if "labelID" not in segment:
+            raise SegmentationInputError("a segment in the data has no labelID")
+        segment["labelID"] = _whole_number(segment["labelID"], "labelID")
     labels = [segment.get("labelID") for segment in segments]
     repeated = sorted({label for label in labels if labels.count(label) > 1}, key=str)
     if repeated:
@@ -111,10 +145,8 @@ def segment_descriptions_from_dcmqi(
             "group, or a stack of segment planes (one description each)"
         )
     descriptions = []
-    for segment in sorted(segments, key=lambda s: int(s.get("labelID", 0))):
-        if "labelID" not in segment:
-            raise SegmentationInputError("a segment in the data has no labelID")
-        algorithm_type = segment.get("SegmentAlgorithmType", "AUTOMATIC").upper()
+    for segment in sorted(segments, key=lambda s: s["labelID"]):
+        algorithm_type = str(segment.get("SegmentAlgorithmType", "AUTOMATIC")).upper()
         if algorithm_type not in _ALGORITHM_TYPES:
             raise SegmentationInputError(f"unknown SegmentAlgorithmType {algorithm_type!r}")
         algorithm = None
@@ -128,9 +160,12 @@ def segment_descriptions_from_dcmqi(
         if "AnatomicRegionSequence" in segment:
             options["anatomic_regions"] = [_code(segment["AnatomicRegionSequence"])]
         if "recommendedDisplayRGBValue" in segment:
-            options["display_color"] = hd.color.CIELabColor.from_rgb(
-                *[float(v) for v in segment["recommendedDisplayRGBValue"]]
-            )
+            options["display_color"] = _display_color(segment)
+        # dcmqi's names for the tracking attributes (PS3.3 C.8.20.4, TrackingID and TrackingUID).
+        if "TrackingIdentifier" in segment:
+            options["tracking_id"] = str(segment["TrackingIdentifier"])
+        if "TrackingUniqueIdentifier" in segment:
+            options["tracking_uid"] = str(segment["TrackingUniqueIdentifier"])
         if "SegmentedPropertyCategoryCodeSequence" not in segment or (
             "SegmentedPropertyTypeCodeSequence" not in segment
         ):
@@ -159,19 +194,52 @@ def segment_descriptions_from_dcmqi(
             description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
                 _code(segment["SegmentedPropertyTypeModifierCodeSequence"])
             ]
+        if "AnatomicRegionModifierSequence" in segment:
+            # Laterality and the like, inside the region's code item (PS3.3 10.5), as dcmqi
+            # writes it; without a region it modifies nothing.
+            if "AnatomicRegionSequence" not in segment:
+                raise SegmentationInputError(
+                    f"segment {segment['labelID']} has an AnatomicRegionModifierSequence "
+                    "without an AnatomicRegionSequence to modify"
+                )
+            description.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = [
+                _code(segment["AnatomicRegionModifierSequence"])
+            ]
         descriptions.append(description)
     options = {}
     for key, option in [
         ("ContentCreatorName", "content_creator_name"),
         ("SeriesDescription", "series_description"),
         ("ContentLabel", "content_label"),
+        ("ContentDescription", "content_description"),
     ]:
         if key in data:
             options[option] = data[key]
+    # What dcmqi writes into the header as given: the Clinical Trial Series module (PS3.3
+    # C.7.3.2) and the body part.
+    attributes = {key: str(data[key]) for key in _HEADER_KEYS if key in data}
+    if attributes:
+        options["header_attributes"] = attributes
     for key, option in [("SeriesNumber", "series_number"), ("InstanceNumber", "instance_number")]:
         if key in data:
-            options[option] = int(data[key])
+            options[option] = _whole_number(data[key], key)
     return descriptions, options
+
+
+def _display_color(segment: dict[str, Any]) -> hd.color.CIELabColor:
+    import highdicom as hd
+
+    rgb = segment["recommendedDisplayRGBValue"]
+    try:
+        values = [float(v) for v in rgb]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 3 or not all(0 <= v <= 255 for v in values):
+        raise SegmentationInputError(
+            f"segment {segment['labelID']}: recommendedDisplayRGBValue {rgb!r} is not three "
+            "values from 0 to 255"
+        )
+    return hd.color.CIELabColor.from_rgb(*values)
 
 
 def renumber_as_dcmqi(descriptions: Sequence[hd.seg.SegmentDescription],

@@ -401,14 +401,29 @@ def check_bits_allocated(header: Dataset, spec: Any) -> None:
         )
 
 
-def finish_header(header: Dataset, spec: Any, series_description: str | None) -> None:
-    """Check highdicom's header against the frames, and set what highdicom does not take."""
+def finish_header(header: Dataset, spec: Any, series_description: str | None,
+                  attributes: Sequence[tuple[str, Any]] = ()) -> None:
+    """Check highdicom's header against the frames, and set what highdicom does not take:
+    the series description and further ``attributes`` (keyword, value), which may not change
+    what the header holds already."""
     check_bits_allocated(header, spec)
+    texts = []
     if series_description is not None:
         header.SeriesDescription = series_description
-        if not series_description.isascii() and "SpecificCharacterSet" not in header:
-            # Without (0008,0005) a file holds the default repertoire (ASCII) only (PS3.5 6.1).
-            header.SpecificCharacterSet = "ISO_IR 192"
+        texts.append(series_description)
+    for keyword, value in attributes:
+        given = list(value) if isinstance(value, tuple) else value
+        if keyword in header and header[keyword].value not in (None, "", given):
+            raise SegmentationInputError(
+                f"header_attributes: the SEG's {keyword} is {header[keyword].value!r} (from "
+                "the source or the writer's options); it cannot be changed to "
+                f"{given!r}."
+            )
+        setattr(header, keyword, given)
+        texts.extend(str(v) for v in (given if isinstance(given, list) else [given]))
+    if not all(text.isascii() for text in texts) and "SpecificCharacterSet" not in header:
+        # Without (0008,0005) a file holds the default repertoire (ASCII) only (PS3.5 6.1).
+        header.SpecificCharacterSet = "ISO_IR 192"
 
 
 def segmentation_header(

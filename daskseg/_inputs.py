@@ -14,7 +14,7 @@ import os
 import pathlib
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
@@ -66,12 +66,54 @@ class WriteOptions:
     max_fractional_value: int
     use_extended_offset_table: bool | None
     series_description: str | None = None  # highdicom takes none; set on its header
+    # Further attributes of the header, (keyword, value) pairs (see parse_header_attributes)
+    header_attributes: tuple[tuple[str, Any], ...] = ()
     # The value of each segment in a label mask, when not its number (BINARY, FRACTIONAL)
     label_values: tuple[int, ...] = ()
 
     @property
     def tiled_full(self) -> bool:
         return self.dimension_organization_type == "TILED_FULL"
+
+
+# Groups no caller may set: file meta (PS3.10 7.1), the SEG's functional groups and dimensions
+# (its per-frame geometry), and pixel data, which the writer makes.
+_RESERVED_GROUPS = (0x0002, 0x0028, 0x0062, 0x5200, 0x7FE0)
+
+
+def parse_header_attributes(attributes: Any) -> tuple[tuple[str, Any], ...]:
+    """``header_attributes`` checked: a mapping of DICOM keywords to values valid for their
+    VR (PS3.5 6.2), none a sequence or of a group the writer makes."""
+    import pydicom
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    if attributes is None:
+        return ()
+    if not isinstance(attributes, Mapping):
+        raise SegmentationTypeError(
+            "header_attributes is a mapping of DICOM keywords to values, e.g. "
+            f"{{'BodyPartExamined': 'ABDOMEN'}}, not {type(attributes).__name__}."
+        )
+    checked = []
+    for keyword, value in attributes.items():
+        tag = tag_for_keyword(str(keyword))
+        if tag is None:
+            raise SegmentationInputError(f"header_attributes: {keyword!r} is not a DICOM keyword.")
+        vr = dictionary_VR(tag)
+        if vr == "SQ" or (tag >> 16) in _RESERVED_GROUPS:
+            raise SegmentationInputError(
+                f"header_attributes: {keyword} cannot be given; sequences, and the attributes "
+                "of the SEG's image, frames and pixel data, are made by the writer."
+            )
+        if isinstance(value, list):
+            value = tuple(value)
+        try:
+            pydicom.DataElement(tag, vr, list(value) if isinstance(value, tuple) else value,
+                                validation_mode=pydicom.config.RAISE)
+        except (ValueError, TypeError) as error:
+            raise SegmentationInputError(f"header_attributes: {keyword}: {error}") from None
+        checked.append((str(keyword), value))
+    return tuple(checked)
 
 
 def parse_segmentation_type(value: str | enum.Enum) -> str:

@@ -431,7 +431,8 @@ def write_volume_segmentation(
     try:
         with encoded_frames(client, tasks, destination, shape, progress, build_header,
                             prefix) as (spool, plane_nonempty, overlap, (header, planes, ahead)):
-            finish_header(header, spec, options.series_description)
+            finish_header(header, spec, options.series_description,
+                          options.header_attributes)
             _finish(destination, header, planes, ahead, series, order, spool, spec, grid,
                     plane_nonempty, overlap, options, hd_options, overwrite)
     except MaskValueError as error:

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
@@ -67,6 +67,7 @@ def write_segmentation(
     content_description: str | None = None,
     content_creator_name: str | None = None,
     series_description: str | None = None,
+    header_attributes: Mapping[str, Any] | None = None,
     label_values: Sequence[int] | None = None,
     use_extended_offset_table: bool | None = None,
     client: Client | None = None,
@@ -130,6 +131,12 @@ def write_segmentation(
     series_description : str, optional
         The SEG series' SeriesDescription (at most 64 characters), which highdicom's
         Segmentation does not take; what viewers list the series by.
+    header_attributes : mapping, optional
+        Further attributes of the SEG's header by DICOM keyword, such as those of the Clinical
+        Trial Series module or ``BodyPartExamined`` (dcmqi's metadata carries them), set as
+        given after highdicom's; a value the header holds already (from the source or
+        another option) cannot be changed, and sequences and the attributes of the image,
+        frames and pixel data are made by the writer.
     label_values : sequence of int, optional
         BINARY and FRACTIONAL from a label mask: the value of each segment in the mask, in the
         order of ``segment_descriptions`` (numbered 1..n), where it is not the segment's
@@ -195,6 +202,9 @@ def write_segmentation(
                 f"or control characters (LO, PS3.5 6.2), not {series_description!r}."
             )
         options = dataclasses.replace(options, series_description=series_description)
+    attributes = _inputs.parse_header_attributes(header_attributes)
+    if attributes:
+        options = dataclasses.replace(options, header_attributes=attributes)
     values = _inputs.parse_label_values(label_values, numbers, options.segmentation_type)
     if values:
         options = dataclasses.replace(options, label_values=values)
@@ -289,7 +299,8 @@ def write_segmentation(
     with encoded_frames(client, tasks, destination, shape, progress, build_header, prefix) as (
         spool, nonempty, overlap, header
     ):
-        finish_header(header, spec, options.series_description)
+        finish_header(header, spec, options.series_description,
+                          options.header_attributes)
         if header.get("SegmentsOverlap") != "UNDEFINED":
             header.SegmentsOverlap = "YES" if overlap else "NO"
         write_file(destination, header, spool, spec, grid, options.tiled_full, nonempty,

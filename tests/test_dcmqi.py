@@ -17,7 +17,8 @@ def test_dcmqi_metadata_gives_descriptions_and_options():
     assert [int(d.SegmentNumber) for d in descriptions] == [1, 2]
     assert options == {"content_creator_name": "Reader^One",
                        "series_description": "Tumor segmentation", "series_number": 300,
-                       "instance_number": 1}
+                       "instance_number": 1,
+                       "header_attributes": {"ClinicalTrialSeriesID": "Session1"}}
     assert "RecommendedDisplayCIELabValue" in descriptions[0]
 
 
@@ -37,6 +38,23 @@ def test_dcmqi_metadata_from_a_file(tmp_path):
     # dcmqi's overlapping segments: one image per group, label values repeated across groups
     ({"segmentAttributes": [[{"labelID": 1}], [{"labelID": 1}]]},
      "labelID 1 is in 2 segments of the metadata .2 segmentAttributes groups"),
+    ({"segmentAttributes": [[{"labelID": 1}], [{"labelID": "1"}]]}, "labelID 1 is in 2"),
+    # What people write by hand; each was a Python exception and a traceback from the CLI.
+    ({"segmentAttributes": [[{"labelID": "liver"}]]}, "labelID 'liver' is not a whole number"),
+    ({"SeriesNumber": "abc", **{k: v for k, v in DCMQI.items() if k != "SeriesNumber"}},
+     "SeriesNumber 'abc' is not a whole number"),
+    ({"segmentAttributes": [{"labelID": 1}]}, "must be a list .one per input image. of lists"),
+    ({"segmentAttributes": [[{**DCMQI["segmentAttributes"][0][0],
+                              "recommendedDisplayRGBValue": [255, 0]}]]},
+     "recommendedDisplayRGBValue \\[255, 0\\] is not three values"),
+    ({"segmentAttributes": [[{**DCMQI["segmentAttributes"][0][0],
+                              "SegmentedPropertyTypeCodeSequence": [{"CodeValue": "1"}]}]]},
+     "a code in the metadata is a list"),
+    ({"segmentAttributes": [[{**DCMQI["segmentAttributes"][0][0],
+                              "AnatomicRegionModifierSequence": {
+                                  "CodeValue": "7771000", "CodingSchemeDesignator": "SCT",
+                                  "CodeMeaning": "Left"}}]]},
+     "AnatomicRegionModifierSequence without an AnatomicRegionSequence"),
 ])
 def test_bad_metadata_raises_an_input_error(metadata, message):
     with pytest.raises(SegmentationInputError, match=message):
@@ -58,3 +76,26 @@ def test_labels_become_numbered_descriptions(segmentation_type):
     colours = [tuple(d.get("RecommendedDisplayCIELabValue", ())) for d in descriptions]
     if segmentation_type == "LABELMAP":  # highdicom needs a distinct colour per label
         assert len(set(colours)) == 3
+
+
+def test_what_dcmqi_writes_of_the_metadata_reaches_the_descriptions():
+    """Laterality (the region's modifier), the tracking ID and UID, as dcmqi writes them; the
+    caller's metadata is left as it was."""
+    segment = {**DCMQI["segmentAttributes"][0][0], "labelID": "1",
+               "AnatomicRegionSequence": {"CodeValue": "64033007",
+                                          "CodingSchemeDesignator": "SCT",
+                                          "CodeMeaning": "Kidney"},
+               "AnatomicRegionModifierSequence": {"CodeValue": "7771000",
+                                                  "CodingSchemeDesignator": "SCT",
+                                                  "CodeMeaning": "Left"},
+               "TrackingIdentifier": "kidney-L", "TrackingUniqueIdentifier": "2.25.123456789"}
+    metadata = {"BodyPartExamined": "ABDOMEN", "ContentDescription": "Kidneys",
+                "segmentAttributes": [[segment]]}
+    (description,), options = segment_descriptions_from_dcmqi(metadata)
+    region = description.AnatomicRegionSequence[0]
+    assert region.CodeMeaning == "Kidney"
+    assert region.AnatomicRegionModifierSequence[0].CodeMeaning == "Left"
+    assert (description.TrackingID, description.TrackingUID) == ("kidney-L", "2.25.123456789")
+    assert options == {"content_description": "Kidneys",
+                       "header_attributes": {"BodyPartExamined": "ABDOMEN"}}
+    assert segment["labelID"] == "1"  # not the caller's data changed

@@ -401,6 +401,36 @@ def test_a_floating_point_image_is_one_segment_as_in_highdicom(tmp_path, thread_
                            client=thread_client)
 
 
+def test_header_attributes_are_set_and_never_change_the_header(tmp_path, thread_client):
+    """Further attributes by keyword (dcmqi's clinical trial IDs, the body part): set as given;
+    refused before any work when unknown, a sequence, of the image or invalid for their VR, and
+    before anything is written when the header holds another value."""
+    source = make_slide(128, 128, tile_size=(64, 64))
+    labels = make_tissue_mask(128, 128, 1, chunks=64).compute()
+    one = make_segment_descriptions(1)
+    path = write_segmentation(labels, source, one, tmp_path / "seg.dcm", client=thread_client,
+                              header_attributes={"ClinicalTrialSeriesID": "Session1",
+                                                 "BodyPartExamined": "BREAST",
+                                                 "ClinicalTrialCoordinatingCenterName": "Zürich",
+                                                 "PatientID": source.PatientID})
+    written = pydicom.dcmread(path)
+    assert (written.ClinicalTrialSeriesID, written.BodyPartExamined) == ("Session1", "BREAST")
+    assert written.ClinicalTrialCoordinatingCenterName == "Zürich"
+    assert written.SpecificCharacterSet == "ISO_IR 192"
+    for attributes, error, message in [
+        ({"BodyPart": "BREAST"}, SegmentationInputError, "'BodyPart' is not a DICOM keyword"),
+        ({"ReferencedSeriesSequence": []}, SegmentationInputError, "sequences"),
+        ({"Rows": 12}, SegmentationInputError, "made by the writer"),
+        ({"BodyPartExamined": "x" * 17}, SegmentationInputError, "BodyPartExamined"),
+        (["BodyPartExamined"], SegmentationTypeError, "mapping of DICOM keywords"),
+        ({"PatientID": "someone else"}, SegmentationInputError, "cannot be changed"),
+    ]:
+        with pytest.raises(error, match=message):
+            write_segmentation(labels, source, one, tmp_path / "bad.dcm", client=thread_client,
+                               header_attributes=attributes)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.dcm"]
+
+
 def test_options_and_dtypes_highdicom_takes_or_refuses(tmp_path, thread_client):
     """Each was refused late (after the blocks went out) or written invalid: a SeriesDescription
     of two values or with a tab, non-ASCII without a character set, a float
