@@ -156,7 +156,7 @@ def step_daskseg(zarr_path: str, n_segments: int, output: str, reuse: str = "reu
     """One write on ``local_cluster()`` ("local") or a plain LocalCluster ("plain")."""
     from distributed import Client, LocalCluster
 
-    from daskseg import local_cluster, write_segmentation
+    from daskseg import local_cluster
     from daskseg.synthetic import make_segment_descriptions, make_slide
 
     import zarr
@@ -173,16 +173,23 @@ def step_daskseg(zarr_path: str, n_segments: int, output: str, reuse: str = "reu
         client.run(lambda: __import__("daskseg.write"))  # warm imports, as a live cluster has
         if reuse != "reuse":
             client.run(_encode_every_frame)
-        times = []
-        for _ in range(WRITES):
-            start = time.perf_counter()
-            write_segmentation(
-                zarr_path, source, descriptions, output, segmentation_type=kind,
-                transfer_syntax_uid=syntax, dimension_organization_type="TILED_FULL",
-                client=client, overwrite=True,
-            )
-            times.append(time.perf_counter() - start)
+        times = [_timed_write(client, zarr_path, source, descriptions, output, kind, syntax)
+                 for _ in range(WRITES)]
     emit({**_times(times), "size": os.path.getsize(output)})
+
+
+def _timed_write(client, zarr_path: str, source, descriptions, output: str, kind: str,
+                 syntax: str) -> float:
+    """The time of one TILED_FULL write of the mask."""
+    from daskseg import write_segmentation
+
+    start = time.perf_counter()
+    write_segmentation(
+        zarr_path, source, descriptions, output, segmentation_type=kind,
+        transfer_syntax_uid=syntax, dimension_organization_type="TILED_FULL", client=client,
+        overwrite=True,
+    )
+    return time.perf_counter() - start
 
 
 def step_labelmap_pair(zarr_path: str, n_segments: int, output_j2k: str,
@@ -195,7 +202,6 @@ def step_labelmap_pair(zarr_path: str, n_segments: int, output_j2k: str,
     """
     from distributed import Client, LocalCluster
 
-    from daskseg import write_segmentation
     from daskseg.synthetic import make_segment_descriptions, make_slide
 
     import zarr
@@ -210,13 +216,8 @@ def step_labelmap_pair(zarr_path: str, n_segments: int, output_j2k: str,
         client.run(lambda: __import__("daskseg.write"))  # warm imports, as a live cluster has
         for turn in range(PAIRS):
             for syntax in (J2K, HTJ2K) if turn % 2 == 0 else (HTJ2K, J2K):
-                start = time.perf_counter()
-                write_segmentation(
-                    zarr_path, source, descriptions, outputs[syntax],
-                    segmentation_type="LABELMAP", transfer_syntax_uid=syntax,
-                    dimension_organization_type="TILED_FULL", client=client, overwrite=True,
-                )
-                times[syntax].append(time.perf_counter() - start)
+                times[syntax].append(_timed_write(client, zarr_path, source, descriptions,
+                                                  outputs[syntax], "LABELMAP", syntax))
     emit({name: {**_times(times[syntax]), "size": os.path.getsize(outputs[syntax])}
           for name, syntax in (("j2k", J2K), ("htj2k", HTJ2K))})
 
@@ -295,7 +296,6 @@ def step_floor_turns(zarr_path: str, n_segments: int, output: str, kind: str = "
 
     from distributed import Client, LocalCluster
 
-    from daskseg import write_segmentation
     from daskseg.synthetic import make_segment_descriptions, make_slide
 
     import zarr
@@ -312,13 +312,8 @@ def step_floor_turns(zarr_path: str, n_segments: int, output: str, kind: str = "
         workers = sorted(client.scheduler_info()["workers"])
 
         def write() -> None:
-            start = time.perf_counter()
-            write_segmentation(
-                zarr_path, source, descriptions, output, segmentation_type=kind,
-                transfer_syntax_uid=syntax, dimension_organization_type="TILED_FULL",
-                client=client, overwrite=True,
-            )
-            writes.append(time.perf_counter() - start)
+            writes.append(
+                _timed_write(client, zarr_path, source, descriptions, output, kind, syntax))
 
         def floor() -> None:
             futures = [client.submit(_encode_share_on_worker, n_segments, kind, syntax, i,
