@@ -9,6 +9,7 @@ the lazy array decodes only the frames it touches.
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +23,12 @@ from daskseg._frames import FrameLayout, FrameRef, FrameSource
 
 __all__ = ["FrameRef", "Output", "read_chunk", "read_planes", "store_block"]
 
-# Codestreams shorter than this are decoded once per process and the result reused.
+# Codestreams shorter than this that decode to one value (an empty frame, or one wholly inside
+# a segment) are decoded once per process: their values are remembered, not their pixels.
 _SMALL_CODESTREAM = 4096
+_MAX_UNIFORM = 256  # codestreams remembered per process
+_uniform_values: dict[tuple[FrameLayout, bytes], Any] = {}
+_uniform_lock = threading.Lock()
 
 
 def decode_frame(layout: FrameLayout, data: bytes, index: int) -> np.ndarray:
@@ -42,16 +47,35 @@ def decode_frame(layout: FrameLayout, data: bytes, index: int) -> np.ndarray:
     return np.asarray(array, dtype=layout.dtype).reshape(rows, columns)
 
 
-@functools.lru_cache(maxsize=256)
 def _decode_small(layout: FrameLayout, data: bytes) -> tuple[np.ndarray, bool]:
-    """Decode a short codestream once per process; also say whether any pixel is non-zero.
+    """Decode a short codestream, and say whether any pixel is non-zero; one that decodes to a
+    single value is decoded once per process.
 
     Empty frames, and frames wholly inside one segment, compress to the same few bytes all over
-    a slide; decoding them again and again would take most of the time.
+    a slide; decoding them again and again would take most of the time. Only their value is
+    kept: a cache of the pixels of every short codestream held the frames of earlier SEGs on
+    each worker (64 MiB of 512² frames over a pipeline's cases).
     """
+    key = (layout, data)
+    value = _uniform_values.get(key)
+    if value is not None:
+        return _filled(layout, value), bool(value)
     array = decode_frame(layout, data, 0)  # encapsulated frames decode alike wherever they are
-    array.flags.writeable = False
+    flat = array.reshape(-1)
+    if flat.size and flat.min() == flat.max():
+        with _uniform_lock:
+            if len(_uniform_values) >= _MAX_UNIFORM:
+                _uniform_values.clear()
+            _uniform_values[key] = flat[0].item()
     return array, bool(array.any())
+
+
+@functools.lru_cache(maxsize=16)
+def _filled(layout: FrameLayout, value: Any) -> np.ndarray:
+    """A read-only frame of ``value``, shared by the frames that hold only it."""
+    array = np.full((layout.rows, layout.columns), value, dtype=layout.dtype)
+    array.flags.writeable = False
+    return array
 
 
 class _DamagedFrame(Exception):

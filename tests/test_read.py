@@ -579,3 +579,28 @@ def test_a_region_of_another_form_is_a_type_error(region):
 
     with pytest.raises(SegmentationTypeError, match=r"region is \(\(row_start, row_stop\)"):
         _slices(region, (100, 100))
+
+
+def test_only_frames_of_one_value_are_kept_decoded():
+    """A short codestream of one value (an empty frame, one inside a segment) is decoded once
+    per process and only its value kept; the pixels of other short codestreams are not kept,
+    which held earlier SEGs' frames on every worker of a pipeline."""
+    from daskseg._codecs import CODECS
+    from daskseg._frames import FrameLayout
+
+    layout = FrameLayout(JPEG2000Lossless, 64, 64, 8, 0)
+    codec = CODECS[JPEG2000Lossless]
+    uniform = codec.encode(np.full((64, 64), 3, np.uint8), 8)
+    detailed = np.random.default_rng(0).integers(0, 4, (64, 64)).astype(np.uint8)
+    varied = codec.encode(detailed, 8)
+    assert len(uniform) < daskseg._decode._SMALL_CODESTREAM
+    assert len(varied) < daskseg._decode._SMALL_CODESTREAM
+    daskseg._decode._uniform_values.clear()
+    first, nonzero = daskseg._decode._decode_small(layout, uniform)
+    again, _ = daskseg._decode._decode_small(layout, uniform)
+    assert nonzero and again is daskseg._decode._filled(layout, 3)
+    np.testing.assert_array_equal(first, again)
+    assert (again == 3).all() and again.dtype == np.uint8 and not again.flags.writeable
+    array, _ = daskseg._decode._decode_small(layout, varied)
+    np.testing.assert_array_equal(array, detailed)
+    assert list(daskseg._decode._uniform_values) == [(layout, uniform)]
