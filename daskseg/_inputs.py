@@ -76,8 +76,8 @@ class WriteOptions:
         return self.dimension_organization_type == "TILED_FULL"
 
 
-# Groups no caller may set: file meta (PS3.10 7.1), the SEG's functional groups and dimensions
-# (its per-frame geometry), and pixel data, which the writer makes.
+# Groups no caller may set, which the writer makes: file meta (PS3.10 7.1), the image pixel
+# and segmentation attributes (PS3.3 C.7.6.3, C.8.20.2), the functional groups and pixel data.
 _RESERVED_GROUPS = (0x0002, 0x0028, 0x0062, 0x5200, 0x7FE0)
 
 
