@@ -85,7 +85,9 @@ class WebSource:
         # frame is kept only until its last use.
         wanted = [index + 1 for index, _ in refs]
         uses = collections.Counter(wanted)
-        numbers = list(uses)  # first occurrences, in order
+        # Asked for in ascending order: PS3.18 lets the request list frames in any order but
+        # does not say that the answer follows it, and servers answer in ascending order.
+        numbers = sorted(uses)
         fetched: dict[int, tuple[FrameLayout, bytes]] = {}
         position = 0
         for start in range(0, len(numbers), self.frames_per_request):

@@ -220,10 +220,35 @@ def _client(root: str, session, headers: Mapping[str, str] | None, timeout):
         raise MissingDependencyError(
             "DICOMweb needs dicomweb-client: pip install 'daskseg[dicomweb]'"
         ) from error
-    client = DICOMwebClient(root, session=session, headers=dict(headers or {}) or None, timeout=timeout)
+    client = DICOMwebClient(root, session=_own_session(session),
+                            headers=dict(headers or {}) or None, timeout=timeout)
     # 429 and 503 are retried by dicomweb-client with exponential waits; keep the total short.
     client.set_http_retry_params(max_attempts=_ATTEMPTS, wait_exponential_multiplier=200)
     return client
+
+
+def _own_session(session: Any) -> Any:
+    """A session for one dicomweb-client, with ``session``'s settings and connections.
+
+    dicomweb-client writes the headers it is given (a bearer token) into its session: into the
+    user's, or into the one a worker shares between its tasks, whose later requests to any
+    server then carried them. This one is its own; it shares the connection pools, the cookie
+    jar and the authentication of ``session``, and copies its headers and options.
+    """
+    import requests
+
+    own = requests.Session()
+    if session is None:
+        return own
+    own.headers = requests.structures.CaseInsensitiveDict(session.headers)
+    own.auth = session.auth
+    own.cookies = session.cookies
+    own.verify, own.cert = session.verify, session.cert
+    own.proxies = dict(session.proxies)
+    own.params = dict(session.params)
+    own.trust_env, own.max_redirects = session.trust_env, session.max_redirects
+    own.adapters = session.adapters  # the connection pools, reused
+    return own
 
 
 def _raise_for(
@@ -236,6 +261,11 @@ def _raise_for(
     if isinstance(error, requests.Timeout):
         raise DICOMwebError(f"{url} did not answer in time while {what} ({error.__class__.__name__}).",
                             url=url) from None
+    if isinstance(error, requests.exceptions.SSLError):
+        raise DICOMwebError(
+            f"{url}: the server's TLS certificate could not be verified while {what} (a "
+            "self-signed or private certificate authority?): set REQUESTS_CA_BUNDLE to the CA "
+            "file, or pass a requests session whose verify= names it.", url=url) from None
     if isinstance(error, requests.ConnectionError):
         raise DICOMwebError(f"Cannot connect to the DICOMweb server at {url} while {what}: {hint}",
                             url=url) from None
@@ -573,6 +603,17 @@ class _MultipartFile(io.RawIOBase):
         # (no seek), which requests takes as "all read" and sends the body chunked.
         return self._position
 
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        # requests rewinds the body for a 307 or 308 answer, even one it does not follow.
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self)}[whence]
+        self._position = max(0, min(base + offset, len(self)))
+        head = len(self._head)
+        self._file.seek(min(max(self._position - head, 0), self._size))
+        return self._position
+
     def readinto(self, buffer) -> int:
         view = memoryview(buffer)
         written = 0
@@ -642,6 +683,11 @@ def store_instance(
     path = pathlib.Path(path)
     if not path.is_file():
         raise SegmentationInputError(f"{path} is not a file: nothing to store.")
+    if urlsplit(root).query or urlsplit(root).fragment:
+        raise SegmentationInputError(
+            f"{_redact(root)}: a DICOMweb root has no query string; pass keys as headers= "
+            "(STOW-RS posts to ROOT/studies)."
+        )
     url = root.rstrip("/") + "/studies"
     parts = urlsplit(url)
     url_headers = {}
@@ -659,7 +705,10 @@ def store_instance(
     http = session if session is not None else requests.Session()
     with _MultipartFile(path, boundary, "application/dicom") as body:
         try:
-            response = http.post(url, data=body, headers=request_headers, timeout=timeout)
+            # Not followed: a redirected POST becomes a GET (of a login page, say) whose 200
+            # would read as stored, with the headers sent to another host.
+            response = http.post(url, data=body, headers=request_headers, timeout=timeout,
+                                 allow_redirects=False)
         except requests.RequestException as error:
             # A server refusing a large body may close the connection before reading it all.
             _raise_for(error, url, f"storing {path.name} ({size} bytes)",
@@ -672,25 +721,36 @@ def store_instance(
             "instance, a coarser pyramid level, or a compressed transfer syntax).",
             url=_redact(url), status=413,
         )
+    if response.is_redirect:
+        location = _redact(response.headers.get("Location", "(no Location)"))
+        raise DICOMwebError(
+            f"{_redact(url)} answered HTTP {response.status_code}, redirecting to {location}, "
+            f"instead of storing {path.name}: nothing was stored. A login page means missing or "
+            "expired credentials; a DICOMweb service elsewhere, give its root.",
+            url=_redact(url), status=response.status_code,
+        )
     answer = _stow_answer(response)
     failed = answer.get("FailedSOPSequence") if answer is not None else None
     if failed:
-        reasons = ", ".join(f"0x{int(item.get('FailureReason', 0)):04X}" for item in failed)
+        codes = [int(item.get("FailureReason", 0) or 0) for item in failed]
+        reasons = ", ".join(f"0x{code:04X}" if code else "(none given)" for code in codes)
+        hint = (" (PS3.18 Table I.2-1: 0xA700 means out of resources, e.g. a full storage)"
+                if 0xA700 in codes else " (PS3.4 Annex B.2.3 and PS3.18 Table I.2-1)")
         raise DICOMwebError(
-            f"{_redact(url)} failed to store {path.name} ({size} bytes): failure reason {reasons} "
-            "(PS3.18 Table I.2-1: 0xA700 means out of resources, e.g. a full storage).",
-            url=_redact(url), status=response.status_code,
+            f"{_redact(url)} failed to store {path.name} ({size} bytes): failure reason "
+            f"{reasons}{hint}.", url=_redact(url), status=response.status_code,
         )
     if not response.ok:
         try:
             response.raise_for_status()
         except requests.HTTPError as error:
             _raise_for(error, url, f"storing {path.name} ({size} bytes)")
+    header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
+        "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+    uid = header.get("SOPInstanceUID")
     if answer is not None:
         # A success lists the instance in ReferencedSOPSequence (PS3.18 10.5.3); Orthanc's
         # plugin answers 200 with both sequences empty when its storage is full.
-        uid = pydicom.dcmread(path, stop_before_pixels=True,
-                              specific_tags=["SOPInstanceUID"]).get("SOPInstanceUID")
         stored = {str(item.get("ReferencedSOPInstanceUID", ""))
                   for item in answer.get("ReferencedSOPSequence", [])}
         if str(uid) not in stored:
@@ -700,7 +760,20 @@ def store_instance(
                 "(the server's log says why; a full storage, say).",
                 url=_redact(url), status=response.status_code,
             )
-    return answer if answer is not None else Dataset()
+        return answer
+    # No DICOM JSON answer (XML, or none): whether the instance was stored is asked of the
+    # server itself, by its metadata (WADO-RS).
+    instance = DICOMwebURL(root.rstrip("/"), str(header.get("StudyInstanceUID", "")),
+                           str(header.get("SeriesInstanceUID", "")), str(uid))
+    try:
+        fetch_instance_metadata(instance, session=session, headers=headers, timeout=timeout)
+    except (SegmentationInputError, DICOMwebError) as error:
+        raise DICOMwebError(
+            f"{_redact(url)} answered HTTP {response.status_code} to storing {path.name} "
+            f"({size} bytes), not in DICOM JSON, and the instance cannot be found there: it "
+            f"was not stored ({error})", url=_redact(url), status=response.status_code,
+        ) from None
+    return Dataset()
 
 
 def _stow_answer(response) -> Dataset | None:
@@ -709,6 +782,7 @@ def _stow_answer(response) -> Dataset | None:
         return None
     try:
         payload: Any = response.json()
-    except ValueError:
+        # Not every JSON answer is DICOM JSON: an error of the server's own ({"error": ...}).
+        return _dataset_from_json(payload) if isinstance(payload, dict) else None
+    except (ValueError, TypeError, KeyError, AttributeError):
         return None
-    return _dataset_from_json(payload) if isinstance(payload, dict) else None

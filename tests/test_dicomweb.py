@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import http.server
 import socket
 import threading
 import time
+from urllib.parse import urlsplit
 
 import highdicom as hd
 import imagecodecs
@@ -429,3 +431,139 @@ def test_a_refused_syntax_is_asked_for_once_per_instance():
     assert other == (ExplicitVRLittleEndian, frames[:1])
     # Once for the first instance, once for the other one: refusals are remembered per instance.
     assert [path.split("/frames/")[0].rsplit("/", 1)[1] for path in refused] == ["1.4", "1.5"]
+
+
+def _small_seg(tmp_path):
+    """A tiny SEG file written without a cluster (Dask's local scheduler)."""
+    return write_segmentation(make_tissue_mask(64, 64, 1, chunks=32).compute(),
+                              make_slide(64, 64, tile_size=(32, 32)), make_segment_descriptions(1),
+                              tmp_path / "seg.dcm")
+
+
+@contextlib.contextmanager
+def stow_server(answer, seen=None, metadata_status=404):
+    """A server answering every STOW-RS POST with ``answer`` (status, headers, body), and a
+    metadata GET with ``metadata_status``; ``seen`` collects (method, path, headers)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def respond(self, status, headers, body):
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            if seen is not None:
+                seen.append(("POST", self.path, dict(self.headers)))
+            length = int(self.headers.get("Content-Length", 0))
+            while length:
+                length -= len(self.rfile.read(min(length, 65536)))
+            self.respond(*answer)
+
+        def do_GET(self):  # noqa: N802
+            if seen is not None:
+                seen.append(("GET", self.path, dict(self.headers)))
+            self.respond(metadata_status, {"Content-Type": "application/dicom+json"},
+                         b"[{}]" if metadata_status == 200 else b"")
+
+    with serving(Handler) as root:
+        yield root
+
+
+def test_stow_answers_are_believed_only_when_they_say_stored(tmp_path):
+    """A redirect (to a login page, say) is not followed and is an error naming where it
+    pointed; an error of the server's own JSON is the HTTP error; an answer that is not DICOM
+    JSON is checked against the server's metadata of the instance."""
+    path = _small_seg(tmp_path)
+    for status in (302, 303, 307, 308):
+        seen: list = []
+        with stow_server((status, {"Location": "http://login.example/sso"}, b""), seen) as root:
+            with pytest.raises(DICOMwebError, match=f"HTTP {status}, redirecting to "
+                               "http://login.example/sso.*nothing was stored"):
+                store_instance(path, root, headers={"X-Api-Key": "k"})
+        assert [method for method, _, _ in seen] == ["POST"]  # not followed
+    google = json.dumps({"error": {"code": 403, "message": "denied"}}).encode()
+    with stow_server((403, {"Content-Type": "application/json"}, google)) as root:
+        with pytest.raises(DICOMwebError, match="refused access .403."):
+            store_instance(path, root)
+    xml = b"<NativeDicomModel><DicomAttribute tag='0008A700'/></NativeDicomModel>"
+    for body, headers in ((xml, {"Content-Type": "application/dicom+xml"}), (b"", {})):
+        with stow_server((200, headers, body)) as root:
+            with pytest.raises(DICOMwebError, match="cannot be found there: it was not stored"):
+                store_instance(path, root)
+        with stow_server((200, headers, body), metadata_status=200) as root:
+            assert store_instance(path, root) == pydicom.Dataset()
+    with pytest.raises(SegmentationInputError, match="no query string"):
+        store_instance(path, "http://127.0.0.1:9/dicomWeb?key=abc")
+
+
+def test_credentials_stay_with_the_client_they_were_given_to(tmp_path):
+    """dicomweb-client writes its headers into its session: a worker's shared one carried one
+    server's token to the next server, and a user's session kept it."""
+    import requests
+
+    from daskseg._web import _worker_session
+
+    seen: list = []
+    shared = _worker_session()  # as a worker's tasks share it
+    with stow_server((404, {}, b""), seen) as root:
+        url = f"{root}/studies/1.2/series/1.3/instances/1.4"
+        with pytest.raises(SegmentationInputError):
+            fetch_frames(root, "1.2", "1.3", "1.4", [1], ExplicitVRLittleEndian,
+                         session=shared, headers={"Authorization": "Bearer A"})
+        with pytest.raises(SegmentationInputError):
+            fetch_frames(root, "1.2", "1.3", "1.4", [1], ExplicitVRLittleEndian, session=shared)
+        session = requests.Session()
+        with pytest.raises(SegmentationInputError):
+            fetch_instance_metadata(url, session=session, headers={"Authorization": "Bearer B"})
+    assert [headers.get("Authorization") for _, _, headers in seen] == ["Bearer A", None,
+                                                                       "Bearer B"]
+    assert "Authorization" not in session.headers
+
+
+def test_an_untrusted_certificate_is_named():
+    import requests
+
+    from daskseg.dicomweb import _raise_for
+
+    with pytest.raises(DICOMwebError, match="TLS certificate could not be verified.*"
+                       "REQUESTS_CA_BUNDLE"):
+        _raise_for(requests.exceptions.SSLError("self-signed certificate"),
+                   "https://pacs.example/dicom-web/studies", "fetching metadata")
+
+
+def test_frames_are_asked_for_in_ascending_order():
+    """PS3.18 lets a request list frames in any order, but not that the answer follows it:
+    servers answer in ascending order, which gave frames to the wrong planes."""
+    from daskseg._frames import FrameLayout
+    from daskseg._web import WebSource
+
+    frames = {n: bytes([n]) * 16 for n in range(1, 10)}
+    paths: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            paths.append(self.path)
+            numbers = sorted(int(n) for n in self.path.rsplit("/frames/", 1)[1].split(","))
+            body = b"".join(b"--b\r\nContent-Type: application/octet-stream\r\n\r\n"
+                            + frames[n] + b"\r\n" for n in numbers) + b"--b--\r\n"
+            self.send_response(200)
+            self.send_header("Content-Type",
+                             'multipart/related; type="application/octet-stream"; boundary=b')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    layout = FrameLayout(ExplicitVRLittleEndian, 4, 4, 8, 0)
+    with serving(Handler) as root:
+        source = WebSource(DICOMwebURL(root, "1.2", "1.3", "1.4"))
+        got = [data for _, data in source.frames(layout, [(6, []), (0, []), (3, []), (6, [])])]
+    assert got == [frames[7], frames[1], frames[4], frames[7]]
+    assert paths == [f"{urlsplit(root).path}/studies/1.2/series/1.3/instances/1.4/frames/1,4,7"]
