@@ -397,6 +397,15 @@ def _fetch_metadata_json(target: DICOMwebURL, session, headers: Mapping[str, str
     return item
 
 
+def _syntax_in(content_type: str) -> UID | None:
+    """The ``transfer-syntax`` parameter of a Content-Type, if it has one."""
+    for parameter in content_type.replace('"', ";").split(";"):
+        name, _, value = parameter.strip().partition("=")
+        if name.lower() == "transfer-syntax" and value.strip():
+            return UID(value.strip())
+    return None
+
+
 def fetch_transfer_syntax(
     url: str | DICOMwebURL,
     *,
@@ -439,12 +448,20 @@ def fetch_transfer_syntax(
                 _ = response.content  # the server's words, read before the stream closes
             response.raise_for_status()
             content_type = response.headers.get("Content-Type", "")
+            if _syntax_in(content_type) is None:
+                # Some servers name it only in the part's own headers (PS3.18 8.7.3.5.2):
+                # the first part's headers are at the start of the body.
+                start = next(response.iter_content(4096), b"").decode("latin-1")
+                part = start.split("\r\n\r\n", 2)
+                for line in (part[0] + "\r\n" + part[1] if len(part) > 1 else "").splitlines():
+                    if line.lower().startswith("content-type:") and _syntax_in(line):
+                        content_type = line.partition(":")[2]
+                        break
     except requests.RequestException as error:
         _raise_for(error, frame_url, "asking for the transfer syntax of the frames")
-    for parameter in content_type.replace('"', ";").split(";"):
-        name, _, value = parameter.strip().partition("=")
-        if name.lower() == "transfer-syntax" and value:
-            return UID(value)
+    syntax = _syntax_in(content_type)
+    if syntax is not None:
+        return syntax
     raise DICOMwebError(
         f"{_redact(frame_url)} did not name the frames' transfer syntax (Content-Type: {content_type}).",
         url=_redact(frame_url),

@@ -567,3 +567,24 @@ def test_frames_are_asked_for_in_ascending_order():
         got = [data for _, data in source.frames(layout, [(6, []), (0, []), (3, []), (6, [])])]
     assert got == [frames[7], frames[1], frames[4], frames[7]]
     assert paths == [f"{urlsplit(root).path}/studies/1.2/series/1.3/instances/1.4/frames/1,4,7"]
+
+
+def test_a_transfer_syntax_named_only_in_the_part_is_found():
+    """Some servers name the frames' syntax in the part's headers only (PS3.18 8.7.3.5.2)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            body = (b"--b\r\nContent-Type: application/octet-stream; transfer-syntax="
+                    + JPEG2000Lossless.encode() + b"\r\n\r\n" + b"\0" * 64 + b"\r\n--b--\r\n")
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/related; boundary=b")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    with serving(Handler) as root:
+        url = f"{root}/studies/1.2/series/1.3/instances/1.4"
+        assert fetch_transfer_syntax(url) == JPEG2000Lossless
