@@ -26,6 +26,7 @@ import os
 import pathlib
 import re
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
@@ -777,6 +778,7 @@ def store_instance(
                 "(the server's log says why; a full storage, say).",
                 url=_redact(url), status=response.status_code,
             )
+        _warn_of_changes(answer, response, url, path.name)
         return answer
     # No DICOM JSON answer (XML, or none): whether the instance was stored is asked of the
     # server itself, by its metadata (WADO-RS).
@@ -791,6 +793,24 @@ def store_instance(
             f"was not stored ({error})", url=_redact(url), status=response.status_code,
         ) from None
     return Dataset()
+
+
+def _warn_of_changes(answer: Dataset, response: Any, url: str, name: str) -> None:
+    """Stored, but with warnings (PS3.18 10.5.3: 202 Accepted, WarningReason such as 0xB000,
+    the server changed attribute values): said, as the instance on the server differs."""
+    codes = [int(item.get("WarningReason", 0) or 0)
+             for item in answer.get("ReferencedSOPSequence", []) if "WarningReason" in item]
+    if "WarningReason" in answer:
+        codes.append(int(answer.WarningReason or 0))
+    header = response.headers.get("Warning", "")
+    if response.status_code == 202 or codes or header:
+        reasons = ", ".join(f"0x{code:04X}" for code in codes) or "none given"
+        warnings.warn(
+            f"{_redact(url)} stored {name} with warnings (HTTP {response.status_code}, reason "
+            f"{reasons}{'; ' + header if header else ''}): 0xB000 means the server changed "
+            "attribute values (PS3.4 Annex B.2.3), so its copy differs from the file.",
+            UserWarning, stacklevel=3,
+        )
 
 
 def _stow_answer(response) -> Dataset | None:

@@ -588,3 +588,25 @@ def test_a_transfer_syntax_named_only_in_the_part_is_found():
     with serving(Handler) as root:
         url = f"{root}/studies/1.2/series/1.3/instances/1.4"
         assert fetch_transfer_syntax(url) == JPEG2000Lossless
+
+
+def test_a_store_with_warnings_says_so(tmp_path):
+    """202 Accepted with WarningReason 0xB000 (PS3.18 10.5.3): stored, but the server changed
+    values; a UserWarning says so, and a plain 200 says nothing."""
+    import warnings
+
+    path = _small_seg(tmp_path)
+    uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+    item = {"00081155": {"vr": "UI", "Value": [uid]}}
+    warned = {"00081199": {"vr": "SQ", "Value": [{**item, "00081196": {"vr": "US",
+                                                                       "Value": [0xB000]}}]}}
+    json_type = {"Content-Type": "application/dicom+json"}
+    with stow_server((202, json_type, json.dumps(warned).encode())) as root:
+        with pytest.warns(UserWarning, match="with warnings .HTTP 202, reason 0xB000"):
+            answer = store_instance(path, root)
+    assert answer.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == uid
+    plain = {"00081199": {"vr": "SQ", "Value": [item]}}
+    with stow_server((200, json_type, json.dumps(plain).encode())) as root:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            store_instance(path, root)
