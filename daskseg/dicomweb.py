@@ -283,6 +283,12 @@ def _raise_for(
                             f"{_server_message(error.response)}.", url=url, status=status) from None
     if isinstance(error, DaskSegError):
         raise error
+    if isinstance(error, requests.exceptions.ChunkedEncodingError) or (
+            "IncompleteRead" in type(error).__name__ + repr(error)):
+        raise DICOMwebError(
+            f"{url}: the answer was cut short while {what} (the connection closed before the "
+            "server sent all it announced); try again, or ask the server's operators.",
+            url=url) from None
     # An answer that is not what was asked for (a login page, an empty list, no multipart):
     # dicomweb-client's and requests' parsing errors.
     raise DICOMwebError(

@@ -534,6 +534,10 @@ def test_an_untrusted_certificate_is_named():
                        "REQUESTS_CA_BUNDLE"):
         _raise_for(requests.exceptions.SSLError("self-signed certificate"),
                    "https://pacs.example/dicom-web/studies", "fetching metadata")
+    # An answer cut short is said to be one, not "is it a DICOMweb server?".
+    with pytest.raises(DICOMwebError, match="the answer was cut short while fetching 2 frames"):
+        _raise_for(requests.exceptions.ChunkedEncodingError("IncompleteRead(10 bytes read)"),
+                   "https://pacs.example/dicom-web/studies/1/frames/1,2", "fetching 2 frames")
 
 
 def test_frames_are_asked_for_in_ascending_order():
