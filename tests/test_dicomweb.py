@@ -395,6 +395,18 @@ def test_full_orthanc_storage_names_the_size(stored, tmp_path):
             fetch_instance_metadata(instance_url(root, big))
 
 
+def _send_frames(handler, frames):
+    """Answer a frame request with ``frames`` as native parts of a multipart/related body."""
+    body = b"".join(b"--b\r\nContent-Type: application/octet-stream\r\n\r\n" + frame + b"\r\n"
+                    for frame in frames) + b"--b--\r\n"
+    handler.send_response(200)
+    handler.send_header("Content-Type",
+                        'multipart/related; type="application/octet-stream"; boundary=b')
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def test_a_refused_syntax_is_asked_for_once_per_instance():
     """A server that answers 406 to the instance's own syntax is asked for native frames from
     then on: each task of a read used to ask for the syntax again, doubling the requests."""
@@ -413,14 +425,7 @@ def test_a_refused_syntax_is_asked_for_once_per_instance():
                 self.end_headers()
                 return
             numbers = [int(n) for n in self.path.rsplit("/frames/", 1)[1].split(",")]
-            body = b"".join(b"--b\r\nContent-Type: application/octet-stream\r\n\r\n"
-                            + frames[n - 1] + b"\r\n" for n in numbers) + b"--b--\r\n"
-            self.send_response(200)
-            self.send_header("Content-Type",
-                             'multipart/related; type="application/octet-stream"; boundary=b')
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            _send_frames(self, [frames[n - 1] for n in numbers])
 
     with serving(Handler) as root:
         got = [fetch_frames(root, "1.2", "1.3", "1.4", batch, JPEG2000Lossless)
@@ -556,14 +561,7 @@ def test_frames_are_asked_for_in_ascending_order():
         def do_GET(self):  # noqa: N802 (http.server's name)
             paths.append(self.path)
             numbers = sorted(int(n) for n in self.path.rsplit("/frames/", 1)[1].split(","))
-            body = b"".join(b"--b\r\nContent-Type: application/octet-stream\r\n\r\n"
-                            + frames[n] + b"\r\n" for n in numbers) + b"--b--\r\n"
-            self.send_response(200)
-            self.send_header("Content-Type",
-                             'multipart/related; type="application/octet-stream"; boundary=b')
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            _send_frames(self, [frames[n] for n in numbers])
 
     layout = FrameLayout(ExplicitVRLittleEndian, 4, 4, 8, 0)
     with serving(Handler) as root:
