@@ -35,6 +35,7 @@ __all__ = [
     "WriteOptions",
     "as_dask_array",
     "in_blocks",
+    "is_uid_form",
     "check_destination",
     "check_mask_dtype",
     "drop_leading_axis",
@@ -130,10 +131,16 @@ def parse_segmentation_type(value: str | enum.Enum) -> str:
 _UID_FORM = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
+def is_uid_form(value: str) -> bool:
+    """Whether ``value`` has the form of a UID, digits separated by dots (PS3.5 9.1), rather
+    than a name ("jpeg2000") or the garbage of a file read by force."""
+    return _UID_FORM.fullmatch(value) is not None
+
+
 def parse_transfer_syntax(value: str, segmentation_type: str) -> UID:
     """A transfer syntax the codec table has for the segmentation type."""
     allowed = ALLOWED_TRANSFER_SYNTAXES[segmentation_type]
-    if not _UID_FORM.fullmatch(str(value)):  # a name ("jpeg2000"), not a UID (PS3.5 9.1)
+    if not is_uid_form(str(value)):
         raise SegmentationInputError(
             f"transfer_syntax_uid {value!r} is not a UID. Allowed for a {segmentation_type} "
             "SEG: " + ", ".join(f"{uid} ({uid.name})" for uid in allowed)

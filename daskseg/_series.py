@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import re
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ import pydicom
 from highdicom.spatial import get_plane_sort_index, is_tiled_image
 from pydicom.dataset import Dataset
 
+from daskseg._inputs import is_uid_form
 from daskseg.errors import SegmentationInputError, SegmentationTypeError
 
 __all__ = ["SourceSeries", "load_source_series", "is_volume_source"]
@@ -144,10 +144,7 @@ def _read_bare(path: pathlib.Path) -> Dataset | None:
         uids = [str(dataset.get(keyword, "")) for keyword in ("SOPClassUID", "SOPInstanceUID")]
     except Exception:  # noqa: BLE001 - pydicom raises many kinds on what is not DICOM
         return None
-    return dataset if all(_UID_FORM.fullmatch(uid) for uid in uids) else None
-
-
-_UID_FORM = re.compile(r"[0-9]+(\.[0-9]+)*")
+    return dataset if all(is_uid_form(uid) for uid in uids) else None
 
 
 def _read_headers(paths: Sequence[pathlib.Path], skip_non_dicom: bool) -> list[Dataset | None]:

@@ -179,7 +179,9 @@ def _encode(args: argparse.Namespace) -> None:
             raise UserError(f"--tile-size takes N or RxC, not {args.tile_size!r}")
         tile_size = (parts[0], parts[-1])
     syntax = TRANSFER_SYNTAXES.get(args.transfer_syntax.lower(), args.transfer_syntax)
-    if not syntax.replace(".", "").isdigit():
+    from daskseg._inputs import is_uid_form
+
+    if not is_uid_form(syntax):
         raise UserError(f"unknown transfer syntax {args.transfer_syntax!r}; use one of "
                         f"{', '.join(TRANSFER_SYNTAXES)}, or a UID")
     start = time.perf_counter()
