@@ -54,7 +54,7 @@ from daskseg._series import SourceSeries, load_source_series
 from daskseg._spool import encode_tasks, encoded_frames, numpy_block_task, spool_prefix
 from daskseg.encode import MaskValueError, Where
 from daskseg.errors import SegmentationInputError
-from daskseg.plan import FrameSpec, TileGrid, label_numbers
+from daskseg.plan import FrameSpec, TileGrid, chunks_of, label_numbers
 
 __all__ = ["volume_mask", "write_volume_segmentation"]
 
@@ -545,9 +545,7 @@ def _encode_tasks(
         # Slices stored against the slice normal (the usual CT file order of highdicom's
         # volumes): read in blocks as stored, each reversed; the short block read first ends
         # the SEG.
-        sizes = tuple(reversed([min(slices, len(order) - start)
-                                for start in range(0, len(order), slices)]))
-        blocks = in_blocks(mask, array, (sizes, *rest))[::-1]
+        blocks = in_blocks(mask, array, (chunks_of(len(order), slices)[::-1], *rest))[::-1]
     else:
         blocks = array[order].rechunk((slices, *rest))
     tall_mask = blocks.reshape((len(order) * array.shape[1], *array.shape[2:]))

@@ -17,8 +17,8 @@ import numpy as np
 from daskseg._codecs import CODECS, Codec
 
 __all__ = [
-    "FrameSpec", "TileGrid", "aligned_chunks", "allowed_labels", "block_location", "included_frames",
-    "label_numbers", "spatial_index_values", "writer_block_chunks",
+    "FrameSpec", "TileGrid", "aligned_chunks", "allowed_labels", "block_location", "chunks_of",
+    "included_frames", "label_numbers", "spatial_index_values", "writer_block_chunks",
 ]
 
 
@@ -116,7 +116,7 @@ def _tiles_near(hint: int, tile: int, min_tiles: int = 1, max_tiles: int = _MAX_
     return max(min_tiles, min(max_tiles, round(hint / tile) or 1))
 
 
-def _chunks_of(size: int, step: int) -> tuple[int, ...]:
+def chunks_of(size: int, step: int) -> tuple[int, ...]:
     """Chunks of ``step`` along an axis of ``size``, the last one shorter if need be."""
     full, rest = divmod(size, step)
     return (step,) * full + ((rest,) if rest else ())
@@ -149,7 +149,7 @@ def aligned_chunks(
     >>> aligned_chunks(1000, 64, 300)
     (320, 320, 320, 40)
     """
-    return _chunks_of(size, _tiles_near(hint, tile, min_tiles, max_tiles) * tile)
+    return chunks_of(size, _tiles_near(hint, tile, min_tiles, max_tiles) * tile)
 
 
 def included_frames(frame_lengths: np.ndarray) -> np.ndarray:
@@ -229,8 +229,8 @@ def writer_block_chunks(
                 break
         if not grown:
             break
-    return (_chunks_of(grid.rows, tiles[0] * grid.tile_rows),
-            _chunks_of(grid.columns, tiles[1] * grid.tile_columns))
+    return (chunks_of(grid.rows, tiles[0] * grid.tile_rows),
+            chunks_of(grid.columns, tiles[1] * grid.tile_columns))
 
 
 def block_location(block_info: dict[Any, Any] | None, key: Any = 0) -> list[tuple[int, int]]:
