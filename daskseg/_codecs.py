@@ -66,10 +66,11 @@ def _encode_jpeg2k(frame: np.ndarray, bits_allocated: int) -> bytes:
 
     # imagecodecs releases the GIL and is faster than highdicom's pydicom/pylibjpeg path;
     # a J2K codestream (not JP2), reversible 5/3 wavelet: lossless, as 1.2.840.10008.1.2.4.90.
-    # It copies the frame into the codec's image from any strides (a tile's view of a block):
-    # a contiguous copy first would be a second one.
+    # A contiguous copy first: given a strided view (a tile of a block, a segment's plane of a
+    # stack), imagecodecs' encoders wrote codestreams that pydicom could not decode, now and
+    # then, under a cluster's threads (HTJ2K: 2 of 8 runs of the volume tests).
     return bytes(imagecodecs.jpeg2k_encode(
-        frame,
+        np.ascontiguousarray(frame),
         level=0,
         codecformat="J2K",
         reversible=True,
@@ -90,8 +91,8 @@ def _encode_htj2k(frame: np.ndarray, bits_allocated: int) -> bytes:
 
     # High-Throughput JPEG 2000 (Part 15), lossless: about 3x faster to encode than JPEG 2000
     # (Part 1) on detailed label frames. imagecodecs writes a raw codestream, as DICOM wants.
-    # Any strides, as JPEG 2000's encoder.
-    return bytes(imagecodecs.htj2k_encode(frame, level=0, reversible=True))
+    # A contiguous copy first, as for JPEG 2000.
+    return bytes(imagecodecs.htj2k_encode(np.ascontiguousarray(frame), level=0, reversible=True))
 
 
 def _decode_htj2k(data: bytes, rows: int, columns: int, bits_allocated: int) -> np.ndarray:
