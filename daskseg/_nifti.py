@@ -388,6 +388,9 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
         raise MissingDependencyError(
             "Writing NIfTI needs nibabel: pip install 'daskseg[nifti]'."
         ) from error
+    from daskseg._inputs import check_destination
+
+    check_destination(path, overwrite=True)  # its folder exists (the file is replaced)
     header = reader.header
     shared = header.SharedFunctionalGroupsSequence[0]
     try:

@@ -561,3 +561,6 @@ def test_to_nifti_refuses_a_source_of_another_series_or_a_slide(tmp_path, thread
                                                      "is of.*tiled image"):
         reader.to_nifti(tmp_path / "slide.nii.gz", source_images=[make_slide(64, 64)])
     assert not (tmp_path / "other.nii.gz").exists() and not (tmp_path / "slide.nii.gz").exists()
+    # A folder that does not exist is said to be one (it was an OSError naming a temporary file).
+    with pytest.raises(SegmentationInputError, match="does not exist; create it first"):
+        reader.to_nifti(tmp_path / "missing" / "labels.nii.gz")
