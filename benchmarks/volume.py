@@ -29,15 +29,19 @@ Reading back: the SEG into a label volume in memory, daskseg's ``to_numpy`` on t
 against highdicom's segread + get_pixels_by_source_instance. Then the 8x larger case: 1,200
 slices of 1024 x 1024 from a Zarr array (never whole in memory), LABELMAP native, daskseg only.
 
-Each measured step runs in its own process; its peak memory is taken over the whole step and
-the whole process tree (workers, pool processes, dcmqi's command included), as two sums: of the
-resident set (RSS, which counts shared library pages once in every process) and of the
-proportional set (PSS, which shares them out; Linux, else the RSS stands in).
+Each measured step runs in its own process; its peak memory is taken over the whole process
+tree (workers, pool processes, dcmqi's command included), as two sums: of the resident set
+(RSS, which counts shared library pages once in every process), sampled over the whole step,
+and of the proportional set (PSS, which shares them out; Linux, else the RSS stands in),
+sampled during one more case run after the timed ones (one more write, read or dcmqi run):
+reading PSS stalls the processes it reads, and slowed the timed cases by 13-20% (see
+``_common.run_step``). The 8x case is sampled for both throughout: its figure is memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -50,7 +54,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from _common import OUT, emit, peaks, run_step  # noqa: E402
+from _common import OUT, emit, peaks, pss_window, run_step  # noqa: E402
 
 NATIVE = "1.2.840.10008.1.2.1"
 J2K = "1.2.840.10008.1.2.4.90"
@@ -140,13 +144,15 @@ def step_daskseg(segmentation_type: str, transfer_syntax: str, output: str, *siz
     times = []
     with local_cluster(2, memory_limit="4GiB") as cluster, Client(cluster) as client:
         _warm(client, output + ".warm.dcm", transfer_syntax)
-        for _ in range(CASES):
-            start = time.perf_counter()
-            write_segmentation(
-                labels, series, descriptions, output, segmentation_type=segmentation_type,
-                transfer_syntax_uid=transfer_syntax, client=client, overwrite=True,
-            )
-            times.append(time.perf_counter() - start)
+        for case in range(CASES + 1):
+            with pss_window() if case == CASES else contextlib.nullcontext():
+                start = time.perf_counter()
+                write_segmentation(
+                    labels, series, descriptions, output, segmentation_type=segmentation_type,
+                    transfer_syntax_uid=transfer_syntax, client=client, overwrite=True,
+                )
+                if case < CASES:
+                    times.append(time.perf_counter() - start)
     emit({**_times(times), "size": os.path.getsize(output)})
 
 
@@ -160,18 +166,20 @@ def step_highdicom(segmentation_type: str, transfer_syntax: str, output: str, *s
     if pool is not None:
         pool.submit(int).result()  # start the processes outside the timing
     times = []
-    for _ in range(CASES):
-        start = time.perf_counter()
-        seg = hd.seg.Segmentation(
-            series, labels, segmentation_type, descriptions, hd.UID(), 1, hd.UID(), 1, "m", "m",
-            "1", "1", transfer_syntax_uid=transfer_syntax,
-            workers=pool if pool is not None else 0,
-        )
-        seg.save_as(output)
-        times.append(time.perf_counter() - start)
-        frames = int(seg.NumberOfFrames)
-        del seg  # the next case starts without this one's objects, as in a pipeline
-        gc.collect()
+    for case in range(CASES + 1):
+        with pss_window() if case == CASES else contextlib.nullcontext():
+            start = time.perf_counter()
+            seg = hd.seg.Segmentation(
+                series, labels, segmentation_type, descriptions, hd.UID(), 1, hd.UID(), 1, "m",
+                "m", "1", "1", transfer_syntax_uid=transfer_syntax,
+                workers=pool if pool is not None else 0,
+            )
+            seg.save_as(output)
+            if case < CASES:
+                times.append(time.perf_counter() - start)
+            frames = int(seg.NumberOfFrames)
+            del seg  # the next case starts without this one's objects, as in a pipeline
+            gc.collect()
     if pool is not None:
         pool.shutdown()
     emit({**_times(times), "frames": frames})
@@ -242,12 +250,16 @@ def _dcmqi_inputs(slices: int, size: int, segments: int) -> tuple[pathlib.Path, 
 
 
 def step_dcmqi(tool: str, folder: str, nifti: str, metadata: str, output: str) -> None:
-    """One run of itkimage2segimage (BINARY, native, empty frames left out: its defaults)."""
+    """itkimage2segimage (BINARY, native, empty frames left out: its defaults): one timed run,
+    then one more for its memory (PSS)."""
+    command = [tool, "--inputImageList", nifti, "--inputDICOMDirectory", folder,
+               "--inputMetadata", metadata, "--outputDICOM", output]
     start = time.perf_counter()
-    subprocess.run([tool, "--inputImageList", nifti, "--inputDICOMDirectory", folder,
-                    "--inputMetadata", metadata, "--outputDICOM", output],
-                   check=True, stdout=subprocess.DEVNULL)
-    emit({"time": time.perf_counter() - start, "size": os.path.getsize(output)})
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - start
+    with pss_window():
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    emit({"time": elapsed, "size": os.path.getsize(output)})
 
 
 def step_check_dcmqi(output: str, folder: str, *size: str) -> None:
@@ -308,6 +320,10 @@ def step_read_daskseg(output: str, *size: str) -> None:
         pixels = open_segmentation(output).to_numpy(source_sop_instance_uids=uids,
                                                     combine_segments=True, client=client)
         elapsed = time.perf_counter() - start
+        del pixels
+        with pss_window():  # once more, for the memory
+            pixels = open_segmentation(output).to_numpy(source_sop_instance_uids=uids,
+                                                        combine_segments=True, client=client)
     read = (pixels.shape, pixels.dtype, hashlib.sha256(pixels.tobytes()).digest())
     del pixels
     _, labels, _ = _case(*map(int, size))
@@ -319,11 +335,19 @@ def step_read_highdicom(output: str, *size: str) -> None:
     import highdicom as hd
 
     uids = _source_uids(output)
+
+    def read() -> None:
+        hd.seg.segread(output).get_pixels_by_source_instance(
+            uids, combine_segments=True, assert_missing_frames_are_empty=True
+        )
+
     start = time.perf_counter()
-    hd.seg.segread(output).get_pixels_by_source_instance(
-        uids, combine_segments=True, assert_missing_frames_are_empty=True
-    )
-    emit({"time": time.perf_counter() - start})
+    read()
+    elapsed = time.perf_counter() - start
+    gc.collect()
+    with pss_window():  # once more, for the memory
+        read()
+    emit({"time": elapsed})
 
 
 def step_large(output: str, slices: str, size: str, segments: str) -> None:
@@ -379,7 +403,7 @@ def _dcmqi(script: str, ours: dict, case: list[str]) -> None:
     folder, nifti, metadata = _dcmqi_inputs(*map(int, case))
     output = str(OUT / "volume-dcmqi.dcm")
     theirs = run_step(script, "dcmqi", tool, str(folder), str(nifti), str(metadata), output,
-                      pss=True)
+                      pss="window")
     check = run_step(script, "check_dcmqi", output, str(folder), *case)
     print(f"  dcmqi:     {theirs['time']:6.2f} s (one run)  {peaks(theirs)}  "
           f"(itkimage2segimage, {check['frames']} frames, file {theirs['size'] / 2**20:.1f} MiB, "
@@ -415,9 +439,10 @@ def main() -> None:
         ("BINARY", J2K, "ProcessPoolExecutor(2)"),
         ("LABELMAP", J2K, "ProcessPoolExecutor(2)"),
     ]:
-        ours = run_step(script, "daskseg", kind, syntax, ours_path, *case, pss=True)
+        ours = run_step(script, "daskseg", kind, syntax, ours_path, *case, pss="window")
         check = run_step(script, "check", ours_path, *case)
-        theirs = run_step(script, "highdicom", kind, syntax, theirs_path, *case, pss=True)
+        theirs = run_step(script, "highdicom", kind, syntax, theirs_path, *case,
+                          pss="window")
         name = "native" if syntax == NATIVE else "JPEG 2000"
         print(f"\n{kind} {name} ({CASES} cases in a row in each process):")
         print(f"  daskseg:   {_write_times(ours)}  {peaks(ours)}  "
@@ -430,8 +455,8 @@ def main() -> None:
         if kind == "BINARY" and syntax == NATIVE:
             _dcmqi(script, ours, case)
             # Reading back the native BINARY SEG into a label volume.
-            ours_read = run_step(script, "read_daskseg", ours_path, *case, pss=True)
-            theirs_read = run_step(script, "read_highdicom", ours_path, *case, pss=True)
+            ours_read = run_step(script, "read_daskseg", ours_path, *case, pss="window")
+            theirs_read = run_step(script, "read_highdicom", ours_path, *case, pss="window")
             print("  read into a label volume:")
             print(f"    daskseg:   {ours_read['time']:6.2f} s  {peaks(ours_read)}  "
                   f"equal: {ours_read['equal']}")
