@@ -82,18 +82,25 @@ def _frames(zarr_path: str, n_segments: int, kind: str, syntax: str, share: int 
     import zarr
 
     from daskseg.encode import segment_frame
-    from daskseg.plan import FrameSpec
 
     labels = zarr.open_array(zarr_path, mode="r")[:]
-    bits = 1 if kind == "BINARY" else 8
-    spec = FrameSpec(kind, n_segments, False, TILE, TILE, syntax, bits, 255, False)
-    rows, columns = labels.shape
-    tiles = [
-        labels[r : r + TILE, c : c + TILE]
-        for r in range(0, rows, TILE)
-        for c in range(0, columns, TILE)
-    ][share::shares]
+    spec = _spec(n_segments, kind, syntax)
+    tiles = [labels[r : r + TILE, c : c + TILE] for r, c in _tile_origins(labels, share, shares)]
     return [segment_frame(t, spec, s) for s in range(spec.n_channels) for t in tiles], spec
+
+
+def _spec(n_segments: int, kind: str, syntax: str):
+    """The FrameSpec of the benchmark's TILED_FULL frames (label mask, 512-pixel tiles)."""
+    from daskseg.plan import FrameSpec
+
+    return FrameSpec(kind, n_segments, False, TILE, TILE, syntax, 1 if kind == "BINARY" else 8,
+                     255, False)
+
+
+def _tile_origins(labels, share: int, shares: int) -> list[tuple[int, int]]:
+    """The top left pixel of every ``shares``-th tile from ``share``, in row-major order."""
+    rows, columns = labels.shape
+    return [(r, c) for r in range(0, rows, TILE) for c in range(0, columns, TILE)][share::shares]
 
 
 def _encode_share(args: tuple, barrier, results) -> None:
@@ -236,12 +243,9 @@ def _timed_encode(labels, n_segments: int, kind: str, syntax: str, share: int,
     """The codec's time for every ``shares``-th tile from ``share``, its frames cut 16 tiles at
     a time outside the timing."""
     from daskseg.encode import encode_frame, segment_frame
-    from daskseg.plan import FrameSpec
 
-    spec = FrameSpec(kind, n_segments, False, TILE, TILE, syntax, 1 if kind == "BINARY" else 8,
-                     255, False)
-    rows, columns = labels.shape
-    tiles = [(r, c) for r in range(0, rows, TILE) for c in range(0, columns, TILE)][share::shares]
+    spec = _spec(n_segments, kind, syntax)
+    tiles = _tile_origins(labels, share, shares)
     spent = 0.0
     for start in range(0, len(tiles), 16):
         frames = [segment_frame(labels[r : r + TILE, c : c + TILE], spec, s)
