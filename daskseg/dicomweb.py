@@ -707,7 +707,8 @@ def store_instance(
     path = pathlib.Path(path)
     if not path.is_file():
         raise SegmentationInputError(f"{path} is not a file: nothing to store.")
-    if urlsplit(root).query or urlsplit(root).fragment:
+    given = urlsplit(root)
+    if given.query or given.fragment:
         raise SegmentationInputError(
             f"{_redact(root)}: a DICOMweb root has no query string; pass keys as headers= "
             "(STOW-RS posts to ROOT/studies)."

@@ -299,8 +299,7 @@ def write_segmentation(
     with encoded_frames(client, tasks, destination, shape, progress, build_header, prefix) as (
         spool, nonempty, overlap, header
     ):
-        finish_header(header, spec, options.series_description,
-                          options.header_attributes)
+        finish_header(header, spec, options.series_description, options.header_attributes)
         if header.get("SegmentsOverlap") != "UNDEFINED":
             header.SegmentsOverlap = "YES" if overlap else "NO"
         write_file(destination, header, spool, spec, grid, options.tiled_full, nonempty,
