@@ -427,12 +427,10 @@ def write_volume_segmentation(
     shape = (spec.n_channels, n_planes, 1)
     # highdicom builds the header while the workers encode (as for a tiled image, see write).
     build_header = functools.partial(_header_parts, series, stacked, array.dtype, hd_options,
-                                     order)
+                                     order, spec, options)
     try:
         with encoded_frames(client, tasks, destination, shape, progress, build_header,
                             prefix) as (spool, plane_nonempty, overlap, (header, planes, ahead)):
-            finish_header(header, spec, options.series_description,
-                          options.header_attributes)
             _finish(destination, header, planes, ahead, series, order, spool, spec, grid,
                     plane_nonempty, overlap, options, hd_options, overwrite)
     except MaskValueError as error:
@@ -460,15 +458,17 @@ def _in_mask_frames(where: Where, series: SourceSeries, order: np.ndarray) -> st
 
 def _header_parts(
     series: SourceSeries, stacked: bool, dtype: np.dtype, hd_options: dict[str, Any],
-    order: np.ndarray,
+    order: np.ndarray, spec: FrameSpec, options: WriteOptions,
 ) -> tuple[Dataset, _PlaneParts, SequencesAhead]:
     """The SEG's header, the per-frame items' parts of each plane in ``order`` (from
     highdicom's per-frame item of the proxy's frame), and the header's sequences that grow
-    with the series and the segments, serialized."""
+    with the series and the segments, serialized. ``header_attributes`` that conflict with the
+    header are refused here, while the workers encode, which stops the encoding."""
     with highdicom_refusals():
         seg = _proxy_segmentation(series, stacked, dtype,
                                   {**hd_options, "dimension_organization_type": None})
     header = _volume_header(seg, series, hd_options)
+    finish_header(header, spec, options.series_description, options.header_attributes)
     ahead = SequencesAhead(header, ("ReferencedSeriesSequence", "SegmentSequence",
                                     "SourceImageSequence"))
     planes = _PlaneParts(seg.PerFrameFunctionalGroupsSequence[0], series, order,

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -292,14 +291,16 @@ def write_segmentation(
                              prefix)
 
     shape = (spec.n_channels, grid.n_tile_rows, grid.n_tile_columns)
-    # highdicom builds the header while the workers encode; if it refuses the inputs, the
-    # encoding stops.
-    build_header = functools.partial(segmentation_header, source, stacked, array.dtype, grid,
-                                     hd_options)
+    # highdicom builds the header while the workers encode; if it refuses the inputs, or
+    # header_attributes conflict with it, the encoding stops.
+    def build_header() -> Dataset:
+        header = segmentation_header(source, stacked, array.dtype, grid, hd_options)
+        finish_header(header, spec, options.series_description, options.header_attributes)
+        return header
+
     with encoded_frames(client, tasks, destination, shape, progress, build_header, prefix) as (
         spool, nonempty, overlap, header
     ):
-        finish_header(header, spec, options.series_description, options.header_attributes)
         if header.get("SegmentsOverlap") != "UNDEFINED":
             header.SegmentsOverlap = "YES" if overlap else "NO"
         write_file(destination, header, spool, spec, grid, options.tiled_full, nonempty,

@@ -347,6 +347,8 @@ def test_refusals_leave_nothing_behind(tmp_path, thread_client):
         # highdicom reads SliceThickness without checking it is there (an AttributeError)
         (dict(mask=mask, source=[_without(ds, "SliceThickness") for ds in series]),
          "no attribute 'SliceThickness'"),
+        (dict(mask=mask, source=series, header_attributes={"PatientID": "someone else"}),
+         "the SEG's PatientID is"),
     ]
     for arguments, message in cases:
         mask_, source = arguments.pop("mask"), arguments.pop("source")
@@ -355,6 +357,19 @@ def test_refusals_leave_nothing_behind(tmp_path, thread_client):
                                client=thread_client, **arguments)
         assert message in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_header_attributes_and_series_description_of_a_volume_seg(tmp_path, thread_client):
+    series = shuffled_series()
+    path = write_segmentation(volume_mask("LABELMAP"), series, make_segment_descriptions(3),
+                              tmp_path / "seg.dcm", segmentation_type="LABELMAP",
+                              client=thread_client, series_description="Organs, Zürich",
+                              header_attributes={"BodyPartExamined": "ABDOMEN",
+                                                 "PatientID": series[0].PatientID})
+    written = pydicom.dcmread(path)
+    assert (written.BodyPartExamined, written.SeriesDescription) == ("ABDOMEN", "Organs, Zürich")
+    assert written.SpecificCharacterSet == "ISO_IR 192"
+    assert len(written.SourceImageSequence) == len(series)
 
 
 @pytest.mark.parametrize("order", [[0, 1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0], [3, 1, 0, 6, 5, 2, 4]])

@@ -431,6 +431,29 @@ def test_header_attributes_are_set_and_never_change_the_header(tmp_path, thread_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.dcm"]
 
 
+def test_a_header_attributes_conflict_stops_the_encoding(tmp_path, thread_client):
+    """The conflict is found as the header is made, while the blocks encode: the write ends
+    when a block comes back, not after the last one (here a slow block with an undescribed
+    label, whose error would otherwise come first)."""
+    import time
+
+    source = make_slide(256, 256, tile_size=(64, 64))
+    labels = np.zeros((256, 256), np.uint8)
+    labels[200:210, 200:210] = 1
+    labels[250, 250] = 7  # not described: the block holding it fails, late
+
+    def slow(block):
+        bad = (block == 7).any()
+        time.sleep(4.0 if bad else 1.0)
+        return block
+
+    mask = da.from_array(labels, chunks=128).map_blocks(slow, dtype=np.uint8)
+    with pytest.raises(SegmentationInputError, match="cannot be changed"):
+        write_segmentation(mask, source, make_segment_descriptions(1), tmp_path / "bad.dcm",
+                           client=thread_client, header_attributes={"PatientID": "someone else"})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_options_and_dtypes_highdicom_takes_or_refuses(tmp_path, thread_client):
     """Each was refused late (after the blocks went out) or written invalid: a SeriesDescription
     of two values or with a tab, non-ASCII without a character set, a float
