@@ -134,8 +134,9 @@ def write_segmentation(
         Further attributes of the SEG's header by DICOM keyword, such as those of the Clinical
         Trial Series module or ``BodyPartExamined`` (dcmqi's metadata carries them), set as
         given after highdicom's; a value the header holds already (from the source or
-        another option) cannot be changed, and sequences and the attributes of the image,
-        frames and pixel data are made by the writer.
+        another option) cannot be changed (found as the header is made, while the blocks
+        encode, which it stops), and sequences and the attributes of the image, frames and
+        pixel data are made by the writer.
     label_values : sequence of int, optional
         BINARY and FRACTIONAL from a label mask: the value of each segment in the mask, in the
         order of ``segment_descriptions`` (numbered 1..n), where it is not the segment's
