@@ -415,8 +415,10 @@ def test_a_volume_headers_sequences_are_encoded_as_pydicom_writes_them(implicit,
     from pydicom.filewriter import write_sequence
 
     from daskseg._header import encoded_items
+    from daskseg._inputs import WriteOptions
     from daskseg._series import load_source_series
     from daskseg._volume import _header_parts
+    from daskseg.plan import FrameSpec
     from daskseg.synthetic import make_ct_series, make_segment_descriptions
 
     series = load_source_series(make_ct_series(40, 32, 32))
@@ -426,8 +428,12 @@ def test_a_volume_headers_sequences_are_encoded_as_pydicom_writes_them(implicit,
                    instance_number=1, manufacturer="m", manufacturer_model_name="m",
                    software_versions="1", device_serial_number="1",
                    transfer_syntax_uid="1.2.840.10008.1.2.1")
+    syntax = ExplicitVRLittleEndian
+    spec = FrameSpec(segmentation_type, 117, False, 32, 32, syntax,
+                     1 if segmentation_type == "BINARY" else 8, 255, True)
+    write_options = WriteOptions(segmentation_type, syntax, None, True, 255, None)
     header, _, _ = _header_parts(series, False, np.dtype(np.uint8), options,
-                                 series.sort_index())
+                                 series.sort_index(), spec, write_options)
     for keyword in ("ReferencedSeriesSequence", "SegmentSequence", "SourceImageSequence"):
         buffer = io.BytesIO()
         out = DicomFileLike(buffer)
