@@ -135,8 +135,8 @@ def write_segmentation(
         Trial Series module or ``BodyPartExamined`` (dcmqi's metadata carries them), set as
         given after highdicom's; a value the header holds already (from the source or
         another option) cannot be changed (found as the header is made, while the blocks
-        encode, which it stops), and sequences and the attributes of the image, frames and
-        pixel data are made by the writer.
+        encode, which it stops), and sequences, the attributes of the image, frames and
+        pixel data, and DimensionOrganizationType are made by the writer.
     label_values : sequence of int, optional
         BINARY and FRACTIONAL from a label mask: the value of each segment in the mask, in the
         order of ``segment_descriptions`` (numbered 1..n), where it is not the segment's

@@ -349,6 +349,10 @@ def test_refusals_leave_nothing_behind(tmp_path, thread_client):
          "no attribute 'SliceThickness'"),
         (dict(mask=mask, source=series, header_attributes={"PatientID": "someone else"}),
          "the SEG's PatientID is"),
+        # the writer sets it after the last block, from the planes written
+        (dict(mask=mask, source=series,
+              header_attributes={"DimensionOrganizationType": "TILED_FULL"}),
+         "use the dimension_organization_type option"),
     ]
     for arguments, message in cases:
         mask_, source = arguments.pop("mask"), arguments.pop("source")

@@ -421,6 +421,8 @@ def test_header_attributes_are_set_and_never_change_the_header(tmp_path, thread_
         ({"BodyPart": "BREAST"}, SegmentationInputError, "'BodyPart' is not a DICOM keyword"),
         ({"ReferencedSeriesSequence": []}, SegmentationInputError, "sequences"),
         ({"Rows": 12}, SegmentationInputError, "made by the writer"),
+        ({"DimensionOrganizationType": "3D"}, SegmentationInputError,
+         "use the dimension_organization_type option"),
         ({"BodyPartExamined": "x" * 17}, SegmentationInputError, "BodyPartExamined"),
         (["BodyPartExamined"], SegmentationTypeError, "mapping of DICOM keywords"),
         ({"PatientID": "someone else"}, SegmentationInputError, "cannot be changed"),
