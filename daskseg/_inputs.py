@@ -100,13 +100,13 @@ def parse_header_attributes(attributes: Any) -> tuple[tuple[str, Any], ...]:
         tag = tag_for_keyword(str(keyword))
         if tag is None:
             raise SegmentationInputError(f"header_attributes: {keyword!r} is not a DICOM keyword.")
-        vr = dictionary_VR(tag)
         if keyword == "DimensionOrganizationType":
             # Set by the writer from the frames written (a series' after its last block).
             raise SegmentationInputError(
                 "header_attributes: DimensionOrganizationType cannot be given; use the "
                 "dimension_organization_type option."
             )
+        vr = dictionary_VR(tag)
         if vr == "SQ" or (tag >> 16) in _RESERVED_GROUPS:
             raise SegmentationInputError(
                 f"header_attributes: {keyword} cannot be given; sequences, and the attributes "

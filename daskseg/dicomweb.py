@@ -714,9 +714,8 @@ def store_instance(
             "(STOW-RS posts to ROOT/studies)."
         )
     url = root.rstrip("/") + "/studies"
-    parts = urlsplit(url)
     url_headers = {}
-    if parts.username is not None:
+    if given.username is not None:
         url_headers = parse_dicomweb_url(url.rstrip("/") + "/1/series/1")[1]
         url = _redact(url)
     boundary = uuid.uuid4().hex

@@ -362,6 +362,18 @@ def test_credentials_reach_the_server_and_stay_out_of_messages():
     assert "tok-123" not in str(caught.value)
 
 
+def test_credentials_in_a_stow_root_are_sent_and_kept_out_of_messages(tmp_path):
+    import base64
+
+    seen: list = []
+    with tiny_server(401, seen) as root:
+        with_user = root.replace("http://", "http://someone:secret@")
+        with pytest.raises(DICOMwebError, match="refused access") as caught:
+            store_instance(_small_seg(tmp_path), with_user)
+    assert seen[0]["Authorization"] == "Basic " + base64.b64encode(b"someone:secret").decode()
+    assert "secret" not in str(caught.value)
+
+
 def test_too_large_for_the_server(stored, tmp_path):
     path, _ = stored[ExplicitVRLittleEndian]
     size = path.stat().st_size
