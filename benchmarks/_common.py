@@ -105,12 +105,13 @@ def run_step(script: str, *args: str, pss: bool | str = False) -> dict:
     lines = []
     assert child.stdout is not None
     for line in child.stdout:
-        if line.strip() == PSS_ON and pss == "window":
-            reading_pss.set()
-        elif line.strip() == PSS_OFF:
-            reading_pss.clear()
-        else:
+        marker = line.strip()
+        if marker not in (PSS_ON, PSS_OFF):
             lines.append(line)
+        elif pss == "window" and marker == PSS_ON:  # pss=True: read throughout, markers or not
+            reading_pss.set()
+        elif pss == "window":
+            reading_pss.clear()
     child.wait()
     done.set()
     sampler.join()
