@@ -189,30 +189,33 @@ def step_highdicom(segmentation_type: str, transfer_syntax: str, output: str, *s
     emit({**_times(times), "frames": frames})
 
 
-def _load_frames_on_worker(labels_path: str | None, share: int = 0, shares: int = 1,
-                           dask_worker=None) -> None:
-    """Keep this worker's share of the LABELMAP frames (every ``shares``-th non-empty slice from
-    ``share``, contiguous) for the floor's turns; None drops them. On the worker object:
-    functions of this script reach the workers pickled by value, with globals of their own."""
+def _load_frames_on_worker(labels_path: str | None, segments: int = 0, share: int = 0,
+                           shares: int = 1, dask_worker=None) -> None:
+    """Keep this worker's share of the SEG's frames (of every ``shares``-th non-empty slice from
+    ``share``), cut as the writer cuts LABELMAP frames, and their FrameSpec, for the floor's
+    turns; None drops them. On the worker object: functions of this script reach the workers
+    pickled by value, with globals of their own."""
     import numpy as np
+
+    from daskseg.encode import segment_frame
+    from daskseg.plan import FrameSpec
 
     if labels_path is None:
         dask_worker.benchmark_frames = None
         return
     labels = np.load(labels_path)
-    slices = [np.ascontiguousarray(plane) for plane in labels if plane.any()]
-    dask_worker.benchmark_frames = slices[share::shares]
+    spec = FrameSpec("LABELMAP", segments, False, *labels.shape[1:], J2K, 8, 255, False)
+    slices = [plane for plane in labels if plane.any()][share::shares]
+    dask_worker.benchmark_frames = ([segment_frame(plane, spec, 0) for plane in slices], spec)
 
 
-def _encode_frames_on_worker(segments: int) -> float:
-    """The codec's time for this worker's frames, as the writer encodes LABELMAP frames."""
+def _encode_frames_on_worker() -> float:
+    """The codec's time for this worker's frames."""
     from distributed import get_worker
 
     from daskseg.encode import encode_frame
-    from daskseg.plan import FrameSpec
 
-    frames = get_worker().benchmark_frames
-    spec = FrameSpec("LABELMAP", segments, False, *frames[0].shape, J2K, 8, 255, False)
+    frames, spec = get_worker().benchmark_frames
     start = time.perf_counter()
     for frame in frames:
         encode_frame(frame, spec)
@@ -240,16 +243,15 @@ def step_floor_turns(output: str, *size: str) -> None:
         workers = sorted(client.scheduler_info()["workers"])
         for share, address in enumerate(workers):
             client.run(_load_frames_on_worker, str(_labels_path(slices, edge, segments)),
-                       share, len(workers), workers=[address])
+                       segments, share, len(workers), workers=[address])
         for _ in range(TURNS + 1):
             start = time.perf_counter()
             write_segmentation(labels, series, descriptions, output,
                                segmentation_type="LABELMAP", transfer_syntax_uid=J2K,
                                client=client, overwrite=True)
             writes.append(time.perf_counter() - start)
-            futures = [client.submit(_encode_frames_on_worker, segments, workers=[address],
-                                     pure=False, allow_other_workers=False)
-                       for address in workers]
+            futures = [client.submit(_encode_frames_on_worker, workers=[address], pure=False,
+                                     allow_other_workers=False) for address in workers]
             floors.append(max(client.gather(futures)))
         client.run(_load_frames_on_worker, None)
     # The first write and floor (new buffers in the workers) are left out.
