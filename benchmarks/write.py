@@ -26,8 +26,9 @@ with the two-process codec floor and the same floor on the cluster's two workers
 machine's speed moves from minute to minute: a floor beside each write measures the pipeline's
 overhead, a floor minutes away mostly the machine); then
 LABELMAP with JPEG 2000 against HTJ2K written in turns on one plain cluster (so that both meet
-the same spells of a shared machine), every HTJ2K frame decoded by pydicom and compared with
-the mask.
+the same spells of a shared machine), with two processes of their own between the writes that
+only read the Zarr mask and encode its frames (the most HTJ2K can gain for any writer of this
+mask on these cores), every HTJ2K frame decoded by pydicom and compared with the mask.
 
 Part 2: a 65536 x 65536 label mask (4 GiB) in an on-disk Zarr store, three segments, same
 settings: time with one and two workers, the peak memory of the whole process tree, and sampled
