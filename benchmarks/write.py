@@ -21,14 +21,15 @@ its children).
 Part 1b: the same on a mask with detail in every tile (random labels in 16-pixel squares, no
 uniform frame to reuse): codec floor, daskseg on ``local_cluster()`` and on a plain
 ``LocalCluster(n_workers=2, threads_per_worker=1)`` (its nannies set ``MALLOC_TRIM_THRESHOLD_``;
-daskseg's worker plugin resets malloc there), highdicom; writes on a plain cluster in turns
-with the two-process codec floor and the same floor on the cluster's two workers (the
-machine's speed moves from minute to minute: a floor beside each write measures the pipeline's
-overhead, a floor minutes away mostly the machine); then
-LABELMAP with JPEG 2000 against HTJ2K written in turns on one plain cluster (so that both meet
-the same spells of a shared machine), with two processes of their own between the writes that
-only read the Zarr mask and encode its frames (the most HTJ2K can gain for any writer of this
-mask on these cores), every HTJ2K frame decoded by pydicom and compared with the mask.
+daskseg's worker plugin resets malloc there), highdicom; writes on a plain cluster in turns with
+the two-process codec floor, the same floor on the cluster's two workers, and two processes that
+only read the mask and encode its frames (the machine's speed moves from minute to minute: a
+floor beside each write measures the pipeline's overhead, a floor minutes away mostly the
+machine); then LABELMAP with JPEG 2000 against HTJ2K written in turns on one plain cluster (so
+that both meet the same spells of a shared machine), with two processes of their own between the
+writes that only read the Zarr mask and encode its frames (the most HTJ2K can gain for any
+writer of this mask on these cores), every HTJ2K frame decoded by pydicom and compared with the
+mask.
 
 Part 2: a 65536 x 65536 label mask (4 GiB) in an on-disk Zarr store, three segments, same
 settings: time with one and two workers, the peak memory of the whole process tree, and sampled
@@ -237,7 +238,8 @@ def step_labelmap_pair(zarr_path: str, n_segments: int, output_j2k: str,
         def bound(syntax: str) -> None:
             barrier = manager.Barrier(2)
             shares = [f.result() for f in [
-                pool.submit(_read_and_encode_in_pool, barrier, n_segments, syntax, i, 2) for i in range(2)]]
+                pool.submit(_read_and_encode_in_pool, barrier, zarr_path, n_segments,
+                            "LABELMAP", syntax, i, 2) for i in range(2)]]
             bounds[syntax].append(max(total for total, _ in shares))
             reads[syntax].append(max(read for _, read in shares))
 
@@ -253,7 +255,7 @@ def step_labelmap_pair(zarr_path: str, n_segments: int, output_j2k: str,
           for name, syntax in (("j2k", J2K), ("htj2k", HTJ2K))})
 
 
-_pool_array: list = []  # in a pool process: the Zarr array, opened once
+_pool_arrays: dict = {}  # in a pool process: the Zarr arrays by path, each opened once
 
 
 def _open_mask_in_pool(zarr_path: str) -> None:
@@ -264,17 +266,17 @@ def _open_mask_in_pool(zarr_path: str) -> None:
     from daskseg._malloc import MALLOC_SETTINGS, _set_malloc
 
     _set_malloc(**MALLOC_SETTINGS)
-    _pool_array.append(zarr.open_array(zarr_path, mode="r"))
+    _pool_arrays[zarr_path] = zarr.open_array(zarr_path, mode="r")
 
 
-def _read_and_encode(array, n_segments: int, syntax: str, share: int,
+def _read_and_encode(array, n_segments: int, kind: str, syntax: str, share: int,
                      shares: int) -> tuple[float, float]:
-    """Read every ``shares``-th chunk of the Zarr mask from ``share`` and encode its tiles as
-    LABELMAP frames: what any writer of this SEG has to do, and nothing else (no Dask, no
-    header, no file). The time of it all, and of the reading in it."""
+    """Read every ``shares``-th chunk of the Zarr mask from ``share`` and encode the frames of
+    its tiles: what any writer of this SEG has to do, and nothing else (no Dask, no header, no
+    file). The time of it all, and of the reading in it."""
     from daskseg.encode import encode_frame, segment_frame
 
-    spec = _spec(n_segments, "LABELMAP", syntax)
+    spec = _spec(n_segments, kind, syntax)
     chunk_rows, chunk_columns = array.chunks
     origins = [(r, c) for r in range(0, array.shape[0], chunk_rows)
                for c in range(0, array.shape[1], chunk_columns)][share::shares]
@@ -287,14 +289,17 @@ def _read_and_encode(array, n_segments: int, syntax: str, share: int,
         for tile_row in range(0, block.shape[0], TILE):
             for tile_column in range(0, block.shape[1], TILE):
                 tile = block[tile_row : tile_row + TILE, tile_column : tile_column + TILE]
-                encode_frame(segment_frame(tile, spec, 0), spec)
+                for channel in range(spec.n_channels):
+                    encode_frame(segment_frame(tile, spec, channel), spec)
     return time.perf_counter() - start, read
 
 
-def _read_and_encode_in_pool(barrier, *args) -> tuple[float, float]:
+def _read_and_encode_in_pool(barrier, zarr_path: str, *args) -> tuple[float, float]:
     """:func:`_read_and_encode` in a process of its own, once the other one is ready too."""
+    if zarr_path not in _pool_arrays:
+        _open_mask_in_pool(zarr_path)
     barrier.wait()
-    return _read_and_encode(_pool_array[0], *args)
+    return _read_and_encode(_pool_arrays[zarr_path], *args)
 
 
 def _load_mask_on_worker(zarr_path: str | None, dask_worker=None) -> None:
@@ -361,7 +366,9 @@ def step_floor_turns(zarr_path: str, n_segments: int, output: str, kind: str = "
     processes of their own (a ProcessPoolExecutor, as the separate floor step), and the
     cluster's own two workers on their task threads. On this shared machine the codec's speed
     moves by 10-30% from one minute to the next, so a floor measured at another moment says
-    little about one write; here each write has both floors measured next to it.
+    little about one write; here each write has both floors measured next to it. So has the
+    work that no writer of this SEG can leave out: two processes of their own reading the Zarr
+    mask and encoding its frames, and nothing else (:func:`_read_and_encode`).
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -378,6 +385,7 @@ def step_floor_turns(zarr_path: str, n_segments: int, output: str, kind: str = "
     writes: list[float] = []
     floors: list[float] = []
     pool_floors: list[float] = []
+    bares: list[float] = []  # two processes reading and encoding the mask, nothing else
     with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="4GiB",
                       dashboard_address=None) as cluster, Client(cluster) as client:
         client.run(lambda: __import__("daskseg.write"))  # warm imports, as a live cluster has
@@ -400,6 +408,12 @@ def step_floor_turns(zarr_path: str, n_segments: int, output: str, kind: str = "
                        for i in range(2)]
             pool_floors.append(max(f.result() for f in futures))
 
+        def bare() -> None:
+            barrier = manager.Barrier(2)
+            futures = [pool.submit(_read_and_encode_in_pool, barrier, zarr_path, n_segments,
+                                   kind, syntax, i, 2) for i in range(2)]
+            bares.append(max(f.result()[0] for f in futures))
+
         context = multiprocessing.get_context("spawn")
         with context.Manager() as manager, ProcessPoolExecutor(
                 2, mp_context=context, initializer=_load_mask_in_pool, initargs=(zarr_path,)
@@ -407,15 +421,18 @@ def step_floor_turns(zarr_path: str, n_segments: int, output: str, kind: str = "
             [f.result() for f in [pool.submit(time.sleep, 0.5) for _ in range(2)]]  # started
             write()  # the first write of a cluster, left out of the turns
             client.run(_load_mask_on_worker, zarr_path)
-            steps = [pool_floor, floor, write]
+            steps = [pool_floor, floor, write, bare]
             for turn in range(TURNS):
-                for step in steps[turn % 3:] + steps[:turn % 3]:
+                for step in steps[turn % 4:] + steps[:turn % 4]:
                     step()
             client.run(_load_mask_on_worker, None)
     ratios = [w / f for w, f in zip(writes[1:], pool_floors)]
     emit({"writes": writes[1:], "pool_floors": pool_floors, "worker_floors": floors,
           "ratios": ratios, "ratio": statistics.median(ratios),
           "worker_ratio": statistics.median(w / f for w, f in zip(writes[1:], floors)),
+          "bares": bares,
+          "bare_ratio": statistics.median(w / b for w, b in zip(writes[1:], bares)),
+          "bare_floor": statistics.median(b / f for b, f in zip(bares, pool_floors)),
           "first": writes[0]})
 
 
@@ -612,6 +629,11 @@ def detailed_part(script: str) -> None:
           f"ratios {listed['ratios']}); {turns['worker_ratio']:.2f}x the floor on the workers. "
           "(A floor taken in turns, its frames cut between encodings, ran 5-10% slower than "
           "the floor step's above, whose frames are all cut first.)")
+    print(f"    and two processes of their own reading half the Zarr chunks each and encoding "
+          f"their frames, nothing else (no Dask, no header, no file): "
+          f"{', '.join(f'{t:.2f}' for t in turns['bares'])} s; the writes "
+          f"{turns['bare_ratio']:.2f}x of it, and it {turns['bare_floor']:.2f}x the two-process "
+          f"floor (reading the mask and cutting each segment's frame, which the floor leaves out)")
 
     print("\n  LABELMAP, same mask, plain LocalCluster: JPEG 2000 and HTJ2K written in turns")
     outputs = {name: str(OUT / f"daskseg-detailed-labelmap-{name}.dcm") for name in ("j2k", "htj2k")}
