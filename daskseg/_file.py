@@ -253,25 +253,88 @@ def _write_items(out: BinaryIO, spool: Spool, order: np.ndarray, empty: bytes) -
     even length with a zero byte: PS3.5 A.4), as pydicom's ``itemize_frame`` makes them.
 
     A run of frames that follow each other in the spool is read with one call, not one a
-    frame (a SEG of 50k frames spent half a second here on pread and pydicom per frame).
+    frame (a SEG of 50k frames spent half a second here on pread and pydicom per frame), and
+    items are written many at a time with ``os.writev`` where ``out`` is a file: through the
+    buffered file, each frame's header and data took a system call each (1024 HTJ2K frames,
+    18 MiB, in a write: 15-22 ms, against 6-9 ms gathered).
     """
     starts, ends, offsets, lengths, sources = _runs(spool, order)
+    destination: int | None = None
+    if hasattr(os, "writev"):  # not on Windows
+        try:
+            out.flush()
+            destination = out.fileno()
+        except (AttributeError, io.UnsupportedOperation):  # not a file on disk
+            destination = None
     pad = b"\x00"
+    parts: list[bytes | memoryview] = []
+    gathered = 0
     for start, end in zip(starts.tolist(), ends.tolist()):
         if lengths[start] < 0:
-            out.write(_item(empty) * (end - start))
-            continue
-        sizes = lengths[start:end].tolist()
-        run = memoryview(os.pread(spool.sources[sources[start]], sum(sizes), int(offsets[start])))
-        if len(run) != sum(sizes):
-            raise OSError(f"The spool ended {sum(sizes) - len(run)} bytes early")
-        at = 0
-        for size in sizes:
-            out.write(struct.pack("<HHI", 0xFFFE, 0xE000, size + size % 2))
-            out.write(run[at : at + size])
-            if size % 2:
-                out.write(pad)
-            at += size
+            parts.append(_item(empty) * (end - start))
+            gathered += len(parts[-1])
+        else:
+            sizes = lengths[start:end].tolist()
+            run = memoryview(os.pread(spool.sources[sources[start]], sum(sizes),
+                                      int(offsets[start])))
+            if len(run) != sum(sizes):
+                raise OSError(f"The spool ended {sum(sizes) - len(run)} bytes early")
+            at = 0
+            for size in sizes:
+                parts.append(struct.pack("<HHI", 0xFFFE, 0xE000, size + size % 2))
+                parts.append(run[at : at + size])
+                if size % 2:
+                    parts.append(pad)
+                at += size
+            gathered += len(run)
+        # A run longer than the bound is written on its own, as it was read.
+        if len(parts) >= _GATHER_PARTS or gathered >= _GATHER_BYTES:
+            _write_parts(out, destination, parts)
+            parts, gathered = [], 0
+    _write_parts(out, destination, parts)
+    if destination is not None:
+        out.seek(0, os.SEEK_END)  # the buffered file learns where the descriptor now is
+
+
+# Items' parts (headers, frames, padding) and bytes gathered for one write, at most. Bytes
+# beyond about 1 MiB made it slower, not faster: gathering 4-16 MiB of runs before writing
+# them took 26-44 ms now and then for 1024 HTJ2K frames (18 MiB), against 7-10 ms.
+_GATHER_PARTS = 1024
+_GATHER_BYTES = 2**20
+
+
+def _iov_max() -> int:
+    """The most buffers one ``writev`` takes (1024 on Linux; POSIX promises 16)."""
+    try:
+        limit = os.sysconf("SC_IOV_MAX")
+    except (AttributeError, ValueError, OSError):
+        return 16
+    return limit if limit > 0 else 16
+
+
+_IOV_MAX = _iov_max()
+
+
+def _write_parts(out: BinaryIO, destination: int | None,
+                 parts: list[bytes | memoryview]) -> None:
+    """Write ``parts`` one after another: with ``os.writev`` to the descriptor ``destination``,
+    else through ``out``."""
+    if destination is None:
+        for part in parts:
+            out.write(part)
+        return
+    index = 0
+    while index < len(parts):
+        written = os.writev(destination, parts[index : index + _IOV_MAX])
+        # A write may stop short (a signal, a full disk writes what fits first): go on from
+        # where it stopped. A full disk then raises (ENOSPC); a write of nothing never ends.
+        if not written and any(len(part) for part in parts[index : index + _IOV_MAX]):
+            raise OSError(f"Writing the frames to descriptor {destination} wrote nothing")
+        while index < len(parts) and written >= len(parts[index]):
+            written -= len(parts[index])
+            index += 1
+        if written:
+            parts[index] = memoryview(parts[index])[written:]
 
 
 def _item(frame: bytes) -> bytes:

@@ -106,6 +106,37 @@ def test_encapsulated_frames_of_several_blocks_equal_pydicoms_encapsulation(tmp_
     assert data[12:] == encapsulate(expected, has_bot=True) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
 
 
+@pytest.mark.parametrize("case", ["small batches", "short writes", "one long run"])
+def test_encapsulated_frames_gathered_into_few_writes(tmp_path, monkeypatch, case):
+    # Items go to the file many at a time (os.writev): batches that end inside a run of
+    # frames, writes that stop short of what they were given, and a run of more items than
+    # one writev takes (IOV_MAX, 1024 buffers on Linux) still leave every byte once.
+    import daskseg._file
+
+    n_frames, block = (40, 20) if case != "one long run" else (600, 600)
+    if case != "one long run":
+        monkeypatch.setattr(daskseg._file, "_GATHER_PARTS", 5)
+        monkeypatch.setattr(daskseg._file, "_IOV_MAX", 4)  # a run's 60 parts take 15 calls
+    if case == "short writes":
+        writev = os.writev
+
+        def short(fd, buffers):  # at most 7 bytes a call, as a write a signal interrupts
+            return writev(fd, [b"".join(bytes(b) for b in buffers)[:7]])
+
+        monkeypatch.setattr(os, "writev", short)
+    rng = np.random.default_rng(2)
+    frames = [rng.bytes(int(rng.integers(1, 30))) for _ in range(n_frames)]
+    spool = Spool(tmp_path, "seg.dcm", (1, 1, n_frames))
+    for first in range(n_frames - block, -1, -block):  # blocks arrive last first
+        block_frames = [(0, 0, column, frames[column]) for column in range(first, first + block)]
+        spool.add_block(BlockResult.of(0, first, np.ones((1, block), bool), block_frames, False))
+    order = np.argwhere(np.ones((1, 1, n_frames), dtype=bool))
+    spec = FrameSpec("BINARY", 1, False, 32, 32, str(JPEG2000Lossless), 1, 255, False)
+    data = pixel_data_written(tmp_path, True, spool, order, spec,
+                              TileGrid(32, 32 * n_frames, 32, 32), False, None)
+    assert data[12:] == encapsulate(frames, has_bot=True) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+
+
 def test_numpy_tasks_carry_only_their_own_block_and_cover_the_mask():
     import dask
 
