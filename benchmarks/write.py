@@ -28,8 +28,8 @@ floor beside each write measures the pipeline's overhead, a floor minutes away m
 machine); then LABELMAP with JPEG 2000 against HTJ2K written in turns on one plain cluster (so
 that both meet the same spells of a shared machine), with two processes of their own between the
 writes that only read the Zarr mask and encode its frames (the most HTJ2K can gain for any
-writer of this mask on these cores), every HTJ2K frame decoded by pydicom and compared with the
-mask.
+writer that reads this mask with zarr on these cores), every HTJ2K frame decoded by pydicom and
+compared with the mask.
 
 Part 2: a 65536 x 65536 label mask (4 GiB) in an on-disk Zarr store, three segments, same
 settings: time with one and two workers, the peak memory of the whole process tree, and sampled
@@ -660,8 +660,8 @@ def detailed_part(script: str) -> None:
           f"{', '.join(f'{t:.2f}' for t in j2k['bounds'])} and "
           f"{', '.join(f'{t:.2f}' for t in htj2k['bounds'])}; reading {j2k['read']:.2f} and "
           f"{htj2k['read']:.2f} s of them): {bound:.2f}x, the most a writer that reads this "
-          f"mask can gain from HTJ2K on these cores; the writes' {j2k['time'] / htj2k['time']:.2f}x "
-          f"is {j2k['time'] / htj2k['time'] / bound:.2f} of it")
+          f"mask with zarr can gain from HTJ2K on these cores; the writes' "
+          f"{j2k['time'] / htj2k['time']:.2f}x is {j2k['time'] / htj2k['time'] / bound:.2f} of it")
     print(f"  every one of the HTJ2K file's {pixels['frames']} frames decoded by pydicom equals "
           f"the mask: {pixels['equal']}")
 
