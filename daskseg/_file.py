@@ -298,7 +298,7 @@ def _write_items(out: BinaryIO, spool: Spool, order: np.ndarray, empty: bytes) -
 
 # Items' parts (headers, frames, padding) and bytes gathered for one write, at most. Bytes
 # beyond about 1 MiB made it slower, not faster: gathering 4-16 MiB of runs before writing
-# them took 26-44 ms now and then for 1024 HTJ2K frames (18 MiB), against 7-10 ms.
+# them took 26-44 ms now and then for 1024 HTJ2K frames (18 MiB), against 6-10 ms.
 _GATHER_PARTS = 1024
 _GATHER_BYTES = 2**20
 
