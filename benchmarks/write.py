@@ -229,17 +229,13 @@ def step_labelmap_pair(zarr_path: str, n_segments: int, output_j2k: str,
     context = multiprocessing.get_context("spawn")
     with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="4GiB",
                       dashboard_address=None) as cluster, Client(cluster) as client, \
-            context.Manager() as manager, ProcessPoolExecutor(
-                2, mp_context=context, initializer=_open_mask_in_pool, initargs=(zarr_path,)
-            ) as pool:
+            context.Manager() as manager, ProcessPoolExecutor(2, mp_context=context) as pool:
         client.run(lambda: __import__("daskseg.write"))  # warm imports, as a live cluster has
         [f.result() for f in [pool.submit(time.sleep, 0.5) for _ in range(2)]]  # started
 
         def bound(syntax: str) -> None:
-            barrier = manager.Barrier(2)
-            shares = [f.result() for f in [
-                pool.submit(_read_and_encode_in_pool, barrier, zarr_path, n_segments,
-                            "LABELMAP", syntax, i, 2) for i in range(2)]]
+            shares = _halves_at_once(pool, manager, _read_and_encode_in_pool, zarr_path,
+                                     n_segments, "LABELMAP", syntax)
             bounds[syntax].append(max(total for total, _ in shares))
             reads[syntax].append(max(read for _, read in shares))
 
@@ -260,7 +256,8 @@ _pool_arrays: dict = {}  # in a pool process: the Zarr arrays by path, each open
 
 def _open_mask_in_pool(zarr_path: str) -> None:
     """A pool process's Zarr array, unread, and glibc's malloc thresholds as daskseg sets them
-    on workers (:func:`_load_mask_in_pool`)."""
+    on workers: the codec at its best (with glibc's dynamic thresholds, cutting frames 16 tiles
+    at a time between encodings made its buffers mmapped and unmapped afresh, 1.5x slower)."""
     import zarr
 
     from daskseg._malloc import MALLOC_SETTINGS, _set_malloc
@@ -302,6 +299,14 @@ def _read_and_encode_in_pool(barrier, zarr_path: str, *args) -> tuple[float, flo
     return _read_and_encode(_pool_arrays[zarr_path], *args)
 
 
+def _halves_at_once(pool, manager, function, *args) -> list:
+    """``function(barrier, *args, share, 2)`` for both halves, in the two processes of ``pool``
+    at once (each waits on the barrier for the other); their results."""
+    barrier = manager.Barrier(2)
+    futures = [pool.submit(function, barrier, *args, share, 2) for share in range(2)]
+    return [future.result() for future in futures]
+
+
 def _load_mask_on_worker(zarr_path: str | None, dask_worker=None) -> None:
     """Keep the mask on a worker for the floor's turns (None: drop it). On the worker object:
     functions of this script reach the workers pickled by value, with globals of their own."""
@@ -341,15 +346,10 @@ _pool_mask: list = []  # in a pool process: the mask
 
 
 def _load_mask_in_pool(zarr_path: str) -> None:
-    """A pool process's mask, and glibc's malloc thresholds as daskseg sets them on workers:
-    the codec at its best (with glibc's dynamic thresholds, cutting frames 16 tiles at a time
-    between encodings made its buffers mmapped and unmapped afresh, 1.5x slower)."""
-    import zarr
-
-    from daskseg._malloc import MALLOC_SETTINGS, _set_malloc
-
-    _set_malloc(**MALLOC_SETTINGS)
-    _pool_mask.append(zarr.open_array(zarr_path, mode="r")[:])
+    """A pool process's mask, read whole, with the array and malloc settings of
+    :func:`_open_mask_in_pool`."""
+    _open_mask_in_pool(zarr_path)
+    _pool_mask.append(_pool_arrays[zarr_path][:])
 
 
 def _encode_share_in_pool(barrier, *args) -> float:
@@ -403,16 +403,13 @@ def step_floor_turns(zarr_path: str, n_segments: int, output: str, kind: str = "
             floors.append(max(client.gather(futures)))
 
         def pool_floor() -> None:
-            barrier = manager.Barrier(2)
-            futures = [pool.submit(_encode_share_in_pool, barrier, n_segments, kind, syntax, i, 2)
-                       for i in range(2)]
-            pool_floors.append(max(f.result() for f in futures))
+            pool_floors.append(max(_halves_at_once(pool, manager, _encode_share_in_pool,
+                                                   n_segments, kind, syntax)))
 
         def bare() -> None:
-            barrier = manager.Barrier(2)
-            futures = [pool.submit(_read_and_encode_in_pool, barrier, zarr_path, n_segments,
-                                   kind, syntax, i, 2) for i in range(2)]
-            bares.append(max(f.result()[0] for f in futures))
+            shares = _halves_at_once(pool, manager, _read_and_encode_in_pool, zarr_path,
+                                     n_segments, kind, syntax)
+            bares.append(max(total for total, _ in shares))
 
         context = multiprocessing.get_context("spawn")
         with context.Manager() as manager, ProcessPoolExecutor(
