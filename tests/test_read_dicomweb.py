@@ -16,6 +16,7 @@ import time
 import highdicom as hd
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
 import pytest
 import zarr
 from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, JPEG2000Lossless
@@ -230,6 +231,43 @@ def test_failures_of_open_segmentation(server, daskseg_seg):
         open_segmentation(missing.rsplit("/instances/", 1)[0])
     with pytest.raises(SegmentationInputError, match="DICOMweb URLs only"):
         open_segmentation(daskseg_seg[0], headers={"Authorization": "Bearer x"})
+
+
+def test_an_htj2k_seg_on_a_server_that_cannot_serve_its_frames_is_refused_clearly(
+        server, tmp_path):
+    """Orthanc 1.10 answers 500 when asked for HTJ2K frames as stored; the stored instance's
+    file meta then says the syntax, and the refusal says to download the file."""
+    root, log = server
+    mask = np.zeros((128, 128), np.uint8)
+    mask[10:90, 20:100] = 1
+    mask[50:70, 60:120] = 2
+    path = write_segmentation(mask, make_slide(128, 128, tile_size=(64, 64)),
+                              make_segment_descriptions(2, segmentation_type="LABELMAP"),
+                              tmp_path / "htj2k.dcm", segmentation_type="LABELMAP",
+                              transfer_syntax_uid=HTJ2KLossless, progress=False)
+    url = store(root, path)
+    before = len(requests_seen(log))
+    with pytest.raises(SegmentationInputError, match="High-Throughput.*download the instance"):
+        open_segmentation(url)
+    asked = requests_seen(log)[before:]
+    assert asked[-1].endswith(url.rsplit("/studies/", 1)[1])  # the instance, after the frame
+
+
+def test_file_meta_transfer_syntax_is_read_from_the_start_of_an_instance(tmp_path):
+    from daskseg.dicomweb import _file_meta_transfer_syntax
+
+    dataset = Dataset()
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    dataset.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
+    dataset.file_meta.TransferSyntaxUID = HTJ2KLossless
+    dataset.PatientName = "x"
+    dataset.save_as(tmp_path / "x.dcm", enforce_file_format=True)
+    data = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + (tmp_path / "x.dcm").read_bytes()
+    assert _file_meta_transfer_syntax(data) == HTJ2KLossless
+    cut = data.index(HTJ2KLossless.encode()) + 5
+    assert _file_meta_transfer_syntax(data[:cut]) is None  # the value cut short
+    assert _file_meta_transfer_syntax(b"not a DICOM file") is None
 
 
 def test_failures_on_the_command_line(server, daskseg_seg, tmp_path, capsys):
