@@ -104,7 +104,14 @@ def _decode_htj2k(data: bytes, rows: int, columns: int, bits_allocated: int) -> 
 def _encode_jpegls(frame: np.ndarray, bits_allocated: int) -> bytes:
     import imagecodecs
 
-    return bytes(imagecodecs.jpegls_encode(np.ascontiguousarray(frame), level=0))
+    frame = np.ascontiguousarray(frame)
+    try:
+        return bytes(imagecodecs.jpegls_encode(frame, level=0))
+    except imagecodecs.JpeglsError:
+        # imagecodecs sizes its output buffer for compressible frames; CharLS's output of a
+        # noisy one (a probability map, random labels) is larger than the frame, and CharLS
+        # then stops: again with room for twice the frame.
+        return bytes(imagecodecs.jpegls_encode(frame, level=0, out=2 * frame.nbytes + 4096))
 
 
 def _decode_jpegls(data: bytes, rows: int, columns: int, bits_allocated: int) -> np.ndarray:

@@ -27,6 +27,18 @@ def test_every_codec_decodes_what_it_encodes(uid, bits):
 
 @pytest.mark.parametrize("uid", list(CODECS), ids=[UID(u).name for u in CODECS])
 @pytest.mark.parametrize("bits", [8, 16])
+def test_a_frame_of_noise_encodes(uid, bits):
+    """Noise does not compress (a probability map's, random labels'): JPEG-LS's output is then
+    larger than the frame, more than imagecodecs makes room for by default."""
+    dtype = np.uint8 if bits == 8 else np.uint16
+    frame = np.random.default_rng(0).integers(0, 2**bits, (128, 128), dtype=dtype)
+    data = CODECS[uid].encode(frame, bits)
+    decoded = np.asarray(CODECS[uid].decode(data, 128, 128, bits)).reshape(128, 128)
+    np.testing.assert_array_equal(decoded, frame)
+
+
+@pytest.mark.parametrize("uid", list(CODECS), ids=[UID(u).name for u in CODECS])
+@pytest.mark.parametrize("bits", [8, 16])
 def test_a_tile_view_of_a_block_encodes_as_its_copy(uid, bits):
     """Frames are views of a block's tiles (rows of the block apart): each encoder takes them
     as they are, or copies them, to the bytes of the contiguous frame."""
