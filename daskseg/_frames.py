@@ -156,6 +156,75 @@ def damaged_header(name: str, error: BaseException) -> SegmentationFileError:
     return SegmentationFileError(f"{name}: the DICOM header is damaged or not a SEG's: it {what}.")
 
 
+# VRs with a 2-byte reserved field and a 4-byte length in explicit VR (PS3.5 Table 7.1-1).
+LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                      b"UR", b"UT", b"UV"})
+
+
+def file_meta_transfer_syntax(data: bytes) -> UID | None:
+    """(0002,0010) of the Part 10 file whose "DICM" prefix is the first one in ``data``."""
+    at = data.find(b"DICM")
+    if at < 0:
+        return None
+    position = at + 4
+    while position + 8 <= len(data):
+        group, element = int.from_bytes(data[position : position + 2], "little"), int.from_bytes(
+            data[position + 2 : position + 4], "little")
+        if group != 0x0002:
+            return None
+        vr = data[position + 4 : position + 6]
+        if vr in LONG_VRS:
+            length = int.from_bytes(data[position + 8 : position + 12], "little")
+            position += 12
+        else:
+            length = int.from_bytes(data[position + 6 : position + 8], "little")
+            position += 8
+        if element == 0x0010:
+            value = data[position : position + length]
+            if len(value) < length:
+                return None
+            uid = value.rstrip(b"\x00 ").decode("ascii", "replace")
+            return UID(uid) if uid else None
+        position += length
+    return None
+
+
+# The start of a file read to find its file meta (PS3.10 7.1: 128-byte preamble, "DICM", group
+# 0002, a few hundred bytes), with room for what comes before it (a multipart part's headers).
+FILE_META_READ_BYTES = 64 * 2**10
+
+
+# Segmentation Storage and Label Map Segmentation Storage (PS3.4 B.5).
+_SEG_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
+
+
+def header_cut_short(handle: BinaryIO, header: Dataset | None, name: str) -> SegmentationFileError | None:
+    """The error for a file that ends inside its header, if ``handle`` is at its end after pydicom
+    read the header (``header``) or failed to (None); None when it is not.
+
+    pydicom ends a dataset quietly at the end of the file when the file stops between two
+    elements: a SEG cut there would read as a header without its SegmentSequence or Pixel Data.
+    A file that says it is of another SOP class (an SR has no Pixel Data) is left to the checks.
+    """
+    size = _file_size(handle)
+    if handle.tell() < size:
+        return None
+    if header is not None:
+        syntax = header.get("file_meta", Dataset()).get("TransferSyntaxUID")
+    else:
+        handle.seek(0)
+        syntax = file_meta_transfer_syntax(handle.read(FILE_META_READ_BYTES))
+    if syntax is not None and UID(syntax).is_deflated:
+        return None  # pydicom inflates the rest of the file at once: at its end, whatever
+    if header is not None:
+        sop_class = header.get("SOPClassUID") or header.get("file_meta", Dataset()).get(
+            "MediaStorageSOPClassUID")
+        if sop_class is not None and str(sop_class) not in _SEG_SOP_CLASSES:
+            return None
+    return _fail(name, f"the file ends at byte {size}, inside its DICOM header (before the "
+                       "Pixel Data): it is cut short.")
+
+
 def _fail(name: str, what: str) -> SegmentationFileError:
     return SegmentationFileError(f"{name}: {what}")
 
@@ -318,8 +387,9 @@ def locate_frames(
     return layout, _encapsulated_frames(handle, header, n_frames, size, name)
 
 
-def _items(handle: BinaryIO, size: int, name: str) -> list[tuple[int, int]]:
-    """(value offset, length) of the fragment items after the Basic Offset Table (PS3.5 A.4).
+def _items(handle: BinaryIO, size: int, name: str) -> tuple[list[tuple[int, int]], bool]:
+    """(value offset, length) of the fragment items after the Basic Offset Table (PS3.5 A.4),
+    and whether the file ends before their sequence delimiter (it is cut short).
 
     The last item may run past the end of a cut file; its frame's read then fails, not the
     others'.
@@ -329,14 +399,14 @@ def _items(handle: BinaryIO, size: int, name: str) -> list[tuple[int, int]]:
         at = handle.tell()
         group, element, length = struct.unpack("<HHI", handle.read(8))
         if (group, element) == _SEQUENCE_END:
-            return items
+            return items, False
         if (group, element) != _ITEM:
             raise _fail(name, f"at byte {at} of the encapsulated Pixel Data, ({group:04X},"
                               f"{element:04X}) where a fragment item should be: the file is "
                               "damaged.")
         items.append((at + 8, length))
         handle.seek(at + 8 + length)
-    return items  # no sequence delimiter: the file is cut short
+    return items, True  # no sequence delimiter: the file is cut short
 
 
 def _encapsulated_frames(handle: BinaryIO, header: Dataset, n_frames: int, size: int,
@@ -349,9 +419,18 @@ def _encapsulated_frames(handle: BinaryIO, header: Dataset, n_frames: int, size:
     bot = [int(v) for v in np.frombuffer(_read_exact(handle, bot_length, name,
                                                      "the Basic Offset Table"), "<u4")]
     first_fragment = handle.tell()
-    items = _items(handle, size, name)
+    items, cut = _items(handle, size, name)
     if not items:
-        raise _fail(name, "the encapsulated Pixel Data holds no fragments.")
+        raise _fail(name, "the encapsulated Pixel Data holds no fragments"
+                          + (f" (the file ends at byte {size}: it is cut short)." if cut else "."))
+    # Past the last fragment found: an offset there is of a frame the file has lost.
+    last_item = items[-1][0] - 8 - first_fragment
+
+    def lost(index: int, offset: int) -> SegmentationFileError | None:
+        if not (cut and offset > last_item):
+            return None
+        return _fail(name, f"the file ends at byte {size}, before frame {index + 1} of "
+                           f"{n_frames}: it is cut short.")
     # Offsets in the tables count from the first fragment's item tag.
     item_at = {value - 8 - first_fragment: k for k, (value, _) in enumerate(items)}
 
@@ -366,6 +445,8 @@ def _encapsulated_frames(handle: BinaryIO, header: Dataset, n_frames: int, size:
         frames = []
         for index, (offset, length) in enumerate(zip(offsets.tolist(), lengths.tolist())):
             k = item_at.get(offset)
+            if k is None and (error := lost(index, offset)) is not None:
+                raise error
             if k is None or (index and offset <= offsets[index - 1]):
                 raise _fail(name, f"frame {index + 1}: the Extended Offset Table's offset "
                                   f"{offset} is not at the next fragment item.")
@@ -382,6 +463,9 @@ def _encapsulated_frames(handle: BinaryIO, header: Dataset, n_frames: int, size:
         bounds = []
         for index, offset in enumerate(bot):
             k = item_at.get(offset)
+            if k is None and index and offset > bot[index - 1] and (
+                    error := lost(index, offset)) is not None:
+                raise error
             if k is None or (index == 0 and offset != 0) or (index and offset <= bot[index - 1]):
                 raise _fail(name, f"frame {index + 1}: the Basic Offset Table's entry {offset} "
                                   "is not at a fragment item after the previous frame's.")
@@ -392,6 +476,9 @@ def _encapsulated_frames(handle: BinaryIO, header: Dataset, n_frames: int, size:
         return [[item] for item in items]
     if n_frames == 1:
         return [items]
+    if cut and len(items) < n_frames:
+        raise _fail(name, f"the file ends at byte {size}, after {len(items)} fragments of "
+                          f"NumberOfFrames {n_frames}: it is cut short.")
     raise _fail(name, f"{len(items)} fragments for NumberOfFrames {n_frames} and no offset "
                       "table: where each frame starts cannot be known (PS3.5 A.4 needs a Basic "
                       "or Extended Offset Table when frames span fragments), or the file is "

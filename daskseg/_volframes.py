@@ -23,6 +23,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 
+from daskseg._frames import LONG_VRS
 from daskseg.errors import SegmentationFileError, SegmentationInputError, SegmentationTypeError
 
 __all__ = [
@@ -33,9 +34,6 @@ __all__ = [
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PFFG = 0x52009230  # Per-frame Functional Groups Sequence
-# VRs with a 2-byte reserved field and a 4-byte length in explicit VR (PS3.5 Table 7.1-1).
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
-             b"UT", b"UV"}
 # The sequences holding what is read, and the elements read from them.
 _DESCEND = {
     0x00089124,  # DerivationImageSequence
@@ -77,7 +75,7 @@ class _Walker:
             (length,) = _LENGTH(buffer, pos + 4)
             return tag, group != 0xFFFE and (length == _UNDEFINED or _is_sequence(tag)), \
                 pos + 8, length
-        if vr in _LONG_VRS:
+        if vr in LONG_VRS:
             (length,) = _LENGTH(buffer, pos + 8)
             return tag, vr == b"SQ" or (vr == b"UN" and length == _UNDEFINED), pos + 12, length
         return tag, False, pos + 8, short

@@ -36,6 +36,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from daskseg._frames import FILE_META_READ_BYTES, file_meta_transfer_syntax
 from daskseg.errors import (
     DaskSegError,
     DICOMwebError,
@@ -482,15 +483,6 @@ def fetch_transfer_syntax(
     )
 
 
-# The start of an instance read to find its file meta: 128-byte preamble, "DICM" and group
-# 0002, which is a few hundred bytes (PS3.10 7.1), after the multipart part's own headers.
-_FILE_META_READ_BYTES = 64 * 2**10
-# Explicit VR Little Endian: these VRs have a 2-byte reserved field and a 4-byte length (PS3.5
-# 7.1.2); the others a 2-byte length.
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT",
-             b"UV"}
-
-
 def _stored_transfer_syntax(instance_url: str, http, headers: Mapping[str, str],
                             timeout: float | tuple[float, float]) -> UID | None:
     """The Transfer Syntax UID (0002,0010) in the file meta of the instance as the server stores
@@ -507,39 +499,11 @@ def _stored_transfer_syntax(instance_url: str, http, headers: Mapping[str, str],
             start = b""
             for chunk in response.iter_content(8192):
                 start += chunk
-                if len(start) >= _FILE_META_READ_BYTES:
+                if len(start) >= FILE_META_READ_BYTES:
                     break
     except requests.RequestException:
         return None
-    return _file_meta_transfer_syntax(start)
-
-
-def _file_meta_transfer_syntax(data: bytes) -> UID | None:
-    """(0002,0010) of the Part 10 file whose "DICM" prefix is the first one in ``data``."""
-    at = data.find(b"DICM")
-    if at < 0:
-        return None
-    position = at + 4
-    while position + 8 <= len(data):
-        group, element = int.from_bytes(data[position : position + 2], "little"), int.from_bytes(
-            data[position + 2 : position + 4], "little")
-        if group != 0x0002:
-            return None
-        vr = data[position + 4 : position + 6]
-        if vr in _LONG_VRS:
-            length = int.from_bytes(data[position + 8 : position + 12], "little")
-            position += 12
-        else:
-            length = int.from_bytes(data[position + 6 : position + 8], "little")
-            position += 8
-        if element == 0x0010:
-            value = data[position : position + length]
-            if len(value) < length:
-                return None
-            uid = value.rstrip(b"\x00 ").decode("ascii", "replace")
-            return UID(uid) if uid else None
-        position += length
-    return None
+    return file_meta_transfer_syntax(start)
 
 
 def _resolve(url: str | DICOMwebURL, headers: Mapping[str, str] | None) -> tuple[DICOMwebURL, dict]:

@@ -34,6 +34,7 @@ from daskseg._frames import (
     check_segmentation,
     damaged_header,
     describe_segments,
+    header_cut_short,
     header_int,
     index_frames,
     locate_frames,
@@ -274,6 +275,8 @@ class SegmentationReader:
             try:
                 header = pydicom.dcmread(handle, stop_before_pixels=True)
                 pixel_element = handle.tell()  # dcmread stops at the Pixel Data element
+                if (cut := header_cut_short(handle, header, name)) is not None:
+                    raise cut
                 self._layout, self._frame_ranges = locate_frames(handle, header, pixel_element,
                                                                  name=name)
             except pydicom.errors.InvalidDicomError as error:
@@ -281,6 +284,8 @@ class SegmentationReader:
             except SegmentationFileError:
                 raise
             except HEADER_DAMAGE as error:
+                if (cut := header_cut_short(handle, None, name)) is not None:
+                    raise cut from error
                 # pydicom's verdict on a header it cannot parse (cut, garbage lengths or tags).
                 raise damaged_header(name, error) from error
         return header

@@ -382,3 +382,17 @@ def test_error_names_the_frame(tmp_path, sources, case, says):
     (frame,) = damaged.frames
     with pytest.raises(SegmentationFileError, match=f"frame {frame + 1} {says}"):
         read_all(path)
+
+
+@pytest.mark.parametrize("name", ["binary-j2k-sparse", "binary-native-full"])
+@pytest.mark.parametrize("case", ["cut in file meta", "cut in header", "cut in per-frame items",
+                                  "cut in pixel data element header", "cut in middle frame"])
+def test_a_file_cut_short_is_said_to_be(tmp_path, sources, name, case):
+    """pydicom ends a header quietly where a file stops between elements, and a cut Pixel Data
+    loses its offset table's last frames: the message says the file is cut short, not that it
+    is no SEG or that its offset table is wrong."""
+    _, source_layout, _ = sources[name]
+    path, _ = damaged_file(tmp_path, name, source_layout, case)
+    with pytest.raises(SegmentationFileError, match="cut short") as caught:
+        read_all(path)
+    assert str(path.name) in str(caught.value)

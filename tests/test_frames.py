@@ -6,10 +6,17 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, JPEG2000Lossless, RLELossless
 
 from daskseg._decode import decode_frame
-from daskseg._frames import FileSource, index_frames, locate_frames, open_file
+from daskseg._frames import (
+    FileSource,
+    file_meta_transfer_syntax,
+    index_frames,
+    locate_frames,
+    open_file,
+)
 from daskseg.plan import TileGrid
 
 from test_read import highdicom_file
@@ -57,3 +64,19 @@ def test_tiled_full_frames_follow_the_implicit_order(tmp_path):
     header, _, _ = open_index(path)
     table = index_frames(header, [1, 2, 3], TileGrid(230, 170, 64, 48))
     assert table.ravel().tolist() == list(range(3 * 16))
+
+
+def test_file_meta_transfer_syntax_is_read_from_the_start_of_a_file(tmp_path):
+    """From the first bytes of a file, or of a multipart answer holding one (DICOMweb)."""
+    dataset = Dataset()
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    dataset.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
+    dataset.file_meta.TransferSyntaxUID = HTJ2KLossless
+    dataset.PatientName = "x"
+    dataset.save_as(tmp_path / "x.dcm", enforce_file_format=True)
+    data = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + (tmp_path / "x.dcm").read_bytes()
+    assert file_meta_transfer_syntax(data) == HTJ2KLossless
+    cut = data.index(HTJ2KLossless.encode()) + 5
+    assert file_meta_transfer_syntax(data[:cut]) is None  # the value cut short
+    assert file_meta_transfer_syntax(b"not a DICOM file") is None

@@ -16,7 +16,6 @@ import time
 import highdicom as hd
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
 import pytest
 import zarr
 from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, JPEG2000Lossless
@@ -251,23 +250,6 @@ def test_an_htj2k_seg_on_a_server_that_cannot_serve_its_frames_is_refused_clearl
         open_segmentation(url)
     asked = requests_seen(log)[before:]
     assert asked[-1].endswith(url.rsplit("/studies/", 1)[1])  # the instance, after the frame
-
-
-def test_file_meta_transfer_syntax_is_read_from_the_start_of_an_instance(tmp_path):
-    from daskseg.dicomweb import _file_meta_transfer_syntax
-
-    dataset = Dataset()
-    dataset.file_meta = FileMetaDataset()
-    dataset.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
-    dataset.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
-    dataset.file_meta.TransferSyntaxUID = HTJ2KLossless
-    dataset.PatientName = "x"
-    dataset.save_as(tmp_path / "x.dcm", enforce_file_format=True)
-    data = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + (tmp_path / "x.dcm").read_bytes()
-    assert _file_meta_transfer_syntax(data) == HTJ2KLossless
-    cut = data.index(HTJ2KLossless.encode()) + 5
-    assert _file_meta_transfer_syntax(data[:cut]) is None  # the value cut short
-    assert _file_meta_transfer_syntax(b"not a DICOM file") is None
 
 
 def test_failures_on_the_command_line(server, daskseg_seg, tmp_path, capsys):
