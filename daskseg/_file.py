@@ -473,8 +473,10 @@ def write_file(
         # Every tile is included: the dimension index counts them all from 1 (PS3.3
         # C.7.6.17.1), as highdicom's does; empty rows and columns do not drop out of it.
         tile_nonempty = np.ones_like(tile_nonempty)
-    elif not tile_nonempty.any():
-        # highdicom keeps every frame of an all-empty mask: omitting all is not possible.
+    elif not tile_nonempty.any() or not (spool.lengths >= 0).any():
+        # highdicom keeps every frame of an all-empty mask: omitting all is not possible. So
+        # when no frame stores a value (FRACTIONAL fractions that all round to 0, where
+        # highdicom fails), though tiles hold non-zero values.
         order = np.argwhere(np.ones(spool.lengths.shape, dtype=bool))
         tile_nonempty = np.ones_like(tile_nonempty)
     else:

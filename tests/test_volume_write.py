@@ -13,7 +13,7 @@ import pytest
 from distributed import Client
 from test_write import HD_OPTIONS, MATRIX, dataset_differences, dciodvfy_errors
 
-from daskseg import SegmentationInputError, write_segmentation
+from daskseg import SegmentationInputError, read_segmentation, write_segmentation
 from daskseg.synthetic import make_ct_series, make_segment_descriptions
 
 OBLIQUE = (0.8660254037844387, 0.5, 0.0, -0.5, 0.8660254037844387, 0.0)
@@ -205,6 +205,18 @@ def test_dimension_organization_and_empty_masks_match_highdicom(
     ours, theirs = write_both(tmp_path, thread_client, series, mask, segmentation_type,
                               pydicom.uid.ExplicitVRLittleEndian)
     assert_same_seg(ours, theirs, series, tmp_path)
+
+
+def test_fractions_that_all_store_as_zero_keep_every_frame(tmp_path, thread_client):
+    """As an all-empty mask: no frame would be left, and a SEG needs one (highdicom fails)."""
+    faint = np.zeros((SLICES, ROWS, COLUMNS, 2), np.float32)
+    faint[1, :5, :5, 0] = faint[3, 10:, 10:, 1] = 0.001
+    path = write_segmentation(faint, make_ct_series(SLICES, ROWS, COLUMNS),
+                              make_segment_descriptions(2), tmp_path / "seg.dcm",
+                              segmentation_type="FRACTIONAL", client=thread_client)
+    ds = pydicom.dcmread(path)
+    assert int(ds.NumberOfFrames) == len(ds.PerFrameFunctionalGroupsSequence) == 2 * SLICES
+    assert not read_segmentation(path).compute().any()
 
 
 def test_multiframe_source_without_slice_spacing_is_left_alone_and_spacing_derived(

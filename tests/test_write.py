@@ -24,6 +24,7 @@ from daskseg import (
     DestinationExistsError,
     SegmentationInputError,
     SegmentationTypeError,
+    read_segmentation,
     write_segmentation,
 )
 from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
@@ -363,6 +364,14 @@ def test_omits_empty_frames_and_keeps_all_of_an_empty_mask(tmp_path, thread_clie
                               client=thread_client)
     # As highdicom: an all-empty mask keeps every frame, since a SEG needs at least one.
     assert int(pydicom.dcmread(path).NumberOfFrames) == 2 * 4 * 6
+
+    # So does one whose values all store as 0: fractions that round to 0 (highdicom fails).
+    faint = np.zeros((rows, columns, 1), np.float32)
+    faint[:10, :10] = faint[100:130, 300:] = 0.001
+    path = write_segmentation(faint, source, make_segment_descriptions(1), tmp_path / "c.dcm",
+                              segmentation_type="FRACTIONAL", client=thread_client)
+    assert int(pydicom.dcmread(path).NumberOfFrames) == 4 * 6
+    assert not read_segmentation(path).compute().any()
 
 
 def test_inputs_zarr_path_numpy_and_leading_axis(tmp_path, thread_client):
