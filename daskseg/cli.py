@@ -495,7 +495,7 @@ def _parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_info)
 
     demo = commands.add_parser("demo", help="write and check a SEG of a synthetic slide")
-    demo.add_argument("--size", type=int, default=8192, help="slide size in pixels (square)")
+    demo.add_argument("--size", type=int, default=8192, help="slide size in pixels (square; default 8192)")
     demo.add_argument("--out", help="folder for the demo's files (default: a temporary one)")
     cluster_options(demo)
     demo.set_defaults(run=_demo)

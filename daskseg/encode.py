@@ -155,6 +155,8 @@ def _described(spec: FrameSpec) -> str:
                 f"{list(spec.label_numbers)}")
     if spec.label_numbers:
         return f"the segments described are numbered {list(spec.label_numbers)}"
+    if spec.n_segments == 1:
+        return "only 1 segment is described"
     return f"only {spec.n_segments} segments are described"
 
 

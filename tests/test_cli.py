@@ -226,7 +226,7 @@ def test_a_mistake_found_on_the_workers_is_one_line_too(inputs, tmp_path):
     # Whichever block a worker finds it in first; no worker log or traceback around it.
     [line] = done.stderr.strip().splitlines()
     assert re.fullmatch(r"daskseg: error: The label image holds the label 2 at row \d+, "
-                        r"column \d+, but only 1 segments are described; .*", line), line
+                        r"column \d+, but only 1 segment is described; .*", line), line
     assert list(tmp_path.iterdir()) == []
 
 
