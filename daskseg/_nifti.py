@@ -435,7 +435,8 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
         spacing = -spacing
     index = np.rint((distances - distances[0]) / spacing)
     expected = positions[0] + np.outer(index, normal * spacing)
-    if len(steps) and (not np.allclose(positions, expected, atol=1e-3 * abs(spacing))
+    # rtol=0: a millionth of the distance from the origin would add microns far from it.
+    if len(steps) and (not np.allclose(positions, expected, rtol=0, atol=1e-3 * abs(spacing))
                        or (index < 0).any()):
         raise SegmentationInputError(
             "The SEG's planes are not a regular grid of slices (other steps, or off the slice "

@@ -564,3 +564,27 @@ def test_to_nifti_refuses_a_source_of_another_series_or_a_slide(tmp_path, thread
     # A folder that does not exist is said to be one (it was an OSError naming a temporary file).
     with pytest.raises(SegmentationInputError, match="does not exist; create it first"):
         reader.to_nifti(tmp_path / "missing" / "labels.nii.gz")
+
+
+def test_to_nifti_takes_slices_off_the_grid_by_microns_not_by_distance_from_the_origin(
+        tmp_path, thread_client):
+    """A slice 2.5 µm off a 1 mm grid is off it (a NIfTI would misplace it), also 900 mm from
+    the origin, where a relative tolerance would have added 9 µm."""
+    pytest.importorskip("nibabel")
+    labels = np.zeros((6, 16, 24), np.uint8)
+    labels[:, 3:9, 5:20] = 1
+    for shift, refused in [(0.0008, False), (0.0025, True)]:
+        series = make_ct_series(6, 16, 24, slice_spacing=1.0, origin=(0.0, 0.0, -900.0))
+        for ds in series:
+            ds.SpacingBetweenSlices = 1.0
+        series[3].ImagePositionPatient = [0.0, 0.0, -897.0 + shift]
+        reader = open_segmentation(write_segmentation(
+            labels, series, make_segment_descriptions(1), tmp_path / f"seg-{shift}.dcm",
+            client=thread_client))
+        out = tmp_path / f"labels-{shift}.nii.gz"
+        if refused:
+            with pytest.raises(SegmentationInputError, match="not a regular grid"):
+                reader.to_nifti(out, client=thread_client)
+        else:
+            reader.to_nifti(out, client=thread_client)
+        assert out.exists() != refused
