@@ -29,6 +29,7 @@ import itertools
 import numbers
 import os
 import pickle
+import queue
 import threading
 import time
 import uuid
@@ -487,6 +488,14 @@ class DaskExecutor(Executor):
         self._clock = WorkerlessClock(client)
         self._checked = -1.0
         self._closed = threading.Event()
+        # Finished tasks are resolved, and the callers' done-callbacks run, on a thread of this
+        # executor's own, as a process pool's on its management thread: distributed runs every
+        # future's callbacks on one thread per process, where a callback that waits on another
+        # DaskExecutor's call, or a slow one, held up every executor's results.
+        self._finished: queue.SimpleQueue[tuple[Any, _Flight] | None] = queue.SimpleQueue()
+        self._resolver = threading.Thread(target=self._resolve_loop,
+                                          name="DaskExecutor-results", daemon=True)
+        self._resolver.start()
         self._sender = threading.Thread(target=self._send_loop, name="DaskExecutor", daemon=True)
         self._sender.start()
         self._pid = os.getpid()
@@ -548,6 +557,12 @@ class DaskExecutor(Executor):
                 self._queue.clear()
             self._lock.notify_all()
         if wait:
+            if threading.current_thread() is self._resolver:
+                # A done-callback (run on that thread) cannot wait for the calls whose results
+                # that thread delivers; a process pool's says the same ("cannot join current
+                # thread"). The executor still shuts down once they are done.
+                raise RuntimeError("shutdown(wait=True) cannot wait from a done-callback of "
+                                   "one of this executor's futures; use wait=False there.")
             self._closed.wait()
 
     def _finish_at_exit(self) -> None:
@@ -586,19 +601,24 @@ class DaskExecutor(Executor):
             total += estimate
         return total <= _FAST * self._batch_duration
 
-    def _capacity(self, head: _Call) -> int:
-        """Tasks allowed on the cluster; the workers are asked about at most once a second.
-
-        A thread's next batch goes before the current one ends only when both are of calls
-        measured fast: then it starts within a few ``batch_duration``. When the cluster has had no
-        workers for too long, every call waiting on it fails with a :class:`ClusterError`
-        rather than waiting forever. Called with the lock held.
-        """
+    def _check_workers(self) -> None:
+        """When the cluster has had no workers for too long, fail every call waiting on it
+        (queued or on the cluster) with a :class:`ClusterError` rather than wait forever; the
+        workers are asked about at most once a second. Called with the lock held."""
         now = time.monotonic()
         if now - self._checked > 1.0:
             self._checked = now
             if self._clock.expired():
                 self._fail_everything(self._clock.error())
+
+    def _capacity(self, head: _Call) -> int:
+        """Tasks allowed on the cluster (after :meth:`_check_workers`).
+
+        A thread's next batch goes before the current one ends only when both are of calls
+        measured fast: then it starts within a few ``batch_duration``. Called with the lock
+        held.
+        """
+        self._check_workers()
         # Scheduler unreachable: send anyway, the batch reports the error.
         threads = max(1, self._clock.threads or 1)
         if self._fast([head]) and all(flight.fast for flight in self._in_flight.values()):
@@ -667,6 +687,8 @@ class DaskExecutor(Executor):
                 elif self._shutdown and not self._queue and not self._in_flight:
                     return None
                 else:
+                    if self._in_flight:  # calls only on the cluster: it may lose its workers
+                        self._check_workers()
                     self._lock.wait(0.5 if self._in_flight else None)
 
     def _send_loop(self) -> None:
@@ -678,11 +700,17 @@ class DaskExecutor(Executor):
                 else:
                     self._send_collect(*item)
         finally:
+            self._finished.put(None)  # every task is resolved: the results' thread may end
             if self._owned_client is not None:
                 self._owned_client.close()
             if self._owned_cluster is not None:
                 self._owned_cluster.close()
             self._closed.set()
+
+    def _resolve_loop(self) -> None:
+        while (finished := self._finished.get()) is not None:
+            self._resolve(*finished)
+            del finished  # the task's result, until the next one comes
 
     def _submit(self, flight_calls: list[_Call], fast: bool, collect: bool, *args,
                 sealed: bool = False, **options):
@@ -697,7 +725,7 @@ class DaskExecutor(Executor):
         flight = _Flight(remote, flight_calls, fast, collect, sealed)
         with self._lock:
             self._in_flight[key] = flight
-        remote.add_done_callback(lambda done, flight=flight: self._resolve(done, flight))
+        remote.add_done_callback(lambda done, flight=flight: self._finished.put((done, flight)))
 
     def _send_batch(self, batch: list[_Call]) -> None:
         calls = [(call.fn, call.args, call.kwargs) for call in batch]
@@ -720,9 +748,10 @@ class DaskExecutor(Executor):
             self._lost(calls, lost)
         except BaseException as error:
             if (remote.status == "finished" and not flight.collect and not flight.sealed
-                    and len(calls) > 1):
-                # The calls ran, but their results could not all be sent back together:
-                # seal each where they are, so that only an unpicklable one fails.
+                    and calls):
+                # The calls ran, but their results could not be sent back (together): seal
+                # each where they are, so that only an unpicklable one fails, in pickle's own
+                # words (not distributed's, of the list of outcomes), a lone call's too.
                 self._submit(list(calls), flight.fast, False, _sealed_outcomes, remote,
                              sealed=True)
             elif flight.collect or flight.sealed or not self._unsent(calls, error):

@@ -15,6 +15,8 @@ import threading
 import time
 import weakref
 
+import dask
+
 import highdicom as hd
 import numpy as np
 import pytest
@@ -419,6 +421,16 @@ def test_a_call_that_cannot_be_pickled_fails_alone(threads_client, where):
     assert [f.result() for i, f in enumerate(futures) if i != 5] == expected
 
 
+def test_a_lone_call_whose_result_cannot_be_pickled_says_so_in_pickles_words(dask_client):
+    """A call sent alone (the first of its function) too, not distributed's "Could not
+    serialize object of type list" of the executor's own list of outcomes."""
+    with DaskExecutor(dask_client) as executor:
+        future = executor.submit(lock_on, 5, 5)
+        with pytest.raises(TypeError, match="^cannot pickle '_thread.lock' object"):
+            future.result(timeout=60)
+        assert executor.submit(lock_on, 4, 5).result(timeout=60) == 4
+
+
 def test_each_call_runs_once_and_its_result_comes_back(threads_client, tmp_path):
     runs = tmp_path / "runs"
     with _BatchEverything(threads_client) as executor:
@@ -649,6 +661,60 @@ def test_cluster_loss_fails_futures_instead_of_hanging():
     with pytest.raises(ClusterError):
         future.result(timeout=60)
     executor.shutdown(wait=False)
+
+
+def _wait_for(condition, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_done_callback_may_wait_on_another_executors_call(dask_client):
+    """Each executor resolves its futures on a thread of its own, as a process pool does:
+    distributed runs all its futures' callbacks on one thread, where this waited forever."""
+    with DaskExecutor(dask_client) as first, DaskExecutor(dask_client) as second:
+        results = []
+        first.submit(square, 3).add_done_callback(
+            lambda future: results.append(second.submit(square, future.result()).result(30)))
+        _wait_for(lambda: results)
+        assert results == [81]
+
+
+def test_shutdown_waiting_in_a_done_callback_raises_and_still_shuts_down(dask_client):
+    """As a process pool's ("cannot join current thread"): it hung, and with it every
+    DaskExecutor of the process."""
+    executor = DaskExecutor(dask_client)
+    raised = []
+
+    def stop(future):
+        try:
+            executor.shutdown(wait=True)
+        except RuntimeError as error:
+            raised.append(error)
+
+    executor.submit(square, 2).add_done_callback(stop)
+    _wait_for(lambda: raised)
+    assert raised and "done-callback" in str(raised[0])
+    assert executor._closed.wait(30)
+    with pytest.raises(RuntimeError, match="shutdown"):
+        executor.submit(square, 3)
+    with DaskExecutor(dask_client) as other:
+        assert other.submit(square, 3).result(timeout=30) == 9
+
+
+def test_a_call_on_a_cluster_that_loses_every_worker_fails():
+    """Calls only on the cluster (none queued) fail after daskseg.no-workers-timeout, as
+    queued ones did, instead of waiting forever."""
+    with dask.config.set({"daskseg.no-workers-timeout": "2s"}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                         dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+        executor = DaskExecutor(client)
+        future = executor.submit(sleep_then, 1, 3.0)
+        _wait_for(future.running)
+        cluster.scale(0)
+        with pytest.raises(ClusterError, match="no workers for 2 s"):
+            future.result(timeout=30)
+        executor.shutdown(wait=False)
 
 
 @pytest.mark.parametrize("organization", ["TILED_FULL", "TILED_SPARSE"])
