@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import logging
 import numbers
 import os
 import pickle
@@ -709,7 +710,10 @@ class DaskExecutor(Executor):
 
     def _resolve_loop(self) -> None:
         while (finished := self._finished.get()) is not None:
-            self._resolve(*finished)
+            try:
+                self._resolve(*finished)
+            except Exception:  # a bug here must not stop every later result: say it, go on
+                logging.getLogger(__name__).exception("DaskExecutor could not resolve a task")
             del finished  # the task's result, until the next one comes
 
     def _submit(self, flight_calls: list[_Call], fast: bool, collect: bool, *args,
