@@ -37,6 +37,7 @@ import dask.array as da
 import highdicom as hd
 import numpy as np
 from highdicom.sr.coding import CodedConcept
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from daskseg._client import cluster_client
@@ -99,9 +100,23 @@ def _datasets(shapes: list[tuple[int, int]], spacing: tuple[float, float]) -> li
     return datasets
 
 
-def _code(concept: Any) -> dict[str, str]:
-    return {"code-value": str(concept.value), "coding-scheme-designator": str(concept.scheme_designator),
-            "code-meaning": str(concept.meaning)}
+def _code(concept: Any, modifiers: str | None = None) -> dict[str, Any]:
+    """A coded concept as a JSON object; with its ``modifiers`` sequence's codes, if it has any
+    (a property type's or an anatomic region's laterality, say: PS3.3 C.8.20.2)."""
+    code: dict[str, Any] = {
+        "code-value": str(concept.value), "coding-scheme-designator": str(concept.scheme_designator),
+        "code-meaning": str(concept.meaning)}
+    if modifiers is not None and concept.get(modifiers):
+        code["modifiers"] = [_code(CodedConcept.from_dataset(item)) for item in concept.get(modifiers)]
+    return code
+
+
+# The modifier sequence of each coded item of a segment description that may have one.
+_MODIFIERS = {
+    "SegmentedPropertyTypeCodeSequence": "SegmentedPropertyTypeModifierCodeSequence",
+    "AnatomicRegionSequence": "AnatomicRegionModifierSequence",
+    "PrimaryAnatomicStructureSequence": "PrimaryAnatomicStructureModifierSequence",
+}
 
 
 def _image_label(reader: SegmentationReader) -> dict[str, Any]:
@@ -115,7 +130,8 @@ def _image_label(reader: SegmentationReader) -> dict[str, Any]:
             "segment-number": number,
             "segment-label": str(item.SegmentLabel),
             "segmented-property-category": _code(item.segmented_property_category),
-            "segmented-property-type": _code(item.segmented_property_type),
+            "segmented-property-type": _code(item.SegmentedPropertyTypeCodeSequence[0],
+                                             _MODIFIERS["SegmentedPropertyTypeCodeSequence"]),
             "segment-algorithm-type": str(item.SegmentAlgorithmType),
         }
         if "SegmentAlgorithmName" in item:
@@ -132,10 +148,10 @@ def _image_label(reader: SegmentationReader) -> dict[str, Any]:
             entry["tracking-id"] = str(item.tracking_id)
         if item.tracking_uid is not None:
             entry["tracking-uid"] = str(item.tracking_uid)
-        for key, concepts in (("anatomic-regions", item.anatomic_regions),
-                              ("primary-anatomic-structures", item.primary_anatomic_structures)):
-            if concepts:
-                entry[key] = [_code(concept) for concept in concepts]
+        for key, sequence in (("anatomic-regions", "AnatomicRegionSequence"),
+                              ("primary-anatomic-structures", "PrimaryAnatomicStructureSequence")):
+            if item.get(sequence):
+                entry[key] = [_code(concept, _MODIFIERS[sequence]) for concept in item.get(sequence)]
         properties.append(entry)
     # NGFF 0.5 "image-label": "source" points from the label image back to its image.
     return {"colors": colors, "properties": properties, "source": {"image": "../../"}}
@@ -430,7 +446,21 @@ def _ome_zarr_segments(
         ))
         if props.get("segment-description"):
             descriptions[-1].SegmentDescription = str(props["segment-description"])
+        _add_modifiers(descriptions[-1], props)
     return descriptions, numbers if renumbered else None
+
+
+def _add_modifiers(description: Dataset, props: dict[str, Any]) -> None:
+    """The modifiers :func:`_code` wrote, back on the description's coded items."""
+    for key, sequence in (("segmented-property-type", "SegmentedPropertyTypeCodeSequence"),
+                          ("anatomic-regions", "AnatomicRegionSequence"),
+                          ("primary-anatomic-structures", "PrimaryAnatomicStructureSequence")):
+        written = props.get(key)
+        written = written if isinstance(written, list) else [written]
+        for item, code in zip(description.get(sequence) or [], written):
+            modifiers = _concepts(code.get("modifiers")) if isinstance(code, dict) else None
+            if modifiers:
+                setattr(item, _MODIFIERS[sequence], modifiers)
 
 
 def _text(value: Any) -> str | None:

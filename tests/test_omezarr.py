@@ -153,6 +153,11 @@ def test_the_whole_segment_description_survives_the_round_trip(tmp_path, thread_
             codes.SCT.Neoplasm, "MANUAL"),
     ]
     descriptions[1].SegmentDescription = "drawn by a reader"
+    # Modifiers (laterality, say) of the property type and the anatomic region.
+    left = hd.sr.CodedConcept("7771000", "SCT", "Left")
+    descriptions[0].SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence \
+        = [left]
+    descriptions[0].AnatomicRegionSequence[0].AnatomicRegionModifierSequence = [left]
     path = daskseg.write_segmentation(labels, source, descriptions, tmp_path / "seg.dcm",
                                       client=thread_client)
     out = daskseg.segmentation_to_ome_zarr(path, tmp_path / "seg.ome.zarr", client=thread_client)
@@ -166,6 +171,11 @@ def test_the_whole_segment_description_survives_the_round_trip(tmp_path, thread_
                           "tracking_uid", "anatomic_regions", "primary_anatomic_structures"):
             assert getattr(copy, attribute) == getattr(original, attribute), attribute
         assert copy.get("SegmentDescription") == original.get("SegmentDescription")
+        for sequence, modifiers in (
+                ("SegmentedPropertyTypeCodeSequence", "SegmentedPropertyTypeModifierCodeSequence"),
+                ("AnatomicRegionSequence", "AnatomicRegionModifierSequence")):
+            for kept, given in zip(copy.get(sequence) or [], original.get(sequence) or []):
+                assert kept.get(modifiers) == given.get(modifiers), modifiers
         if original.algorithm_identification is None:
             assert copy.algorithm_identification is None
         else:
