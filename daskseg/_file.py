@@ -468,19 +468,15 @@ def write_file(
     """
     implicit = header.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
     empty_frame = None
-    if tiled_full or not spec.omit_empty_frames:
-        order = np.argwhere(np.ones(spool.lengths.shape, dtype=bool))
+    omitting = spec.omit_empty_frames and not tiled_full
+    order = included_frames(spool.lengths) if omitting else None
+    if order is None or not len(order):
         # Every tile is included: the dimension index counts them all from 1 (PS3.3
         # C.7.6.17.1), as highdicom's does; empty rows and columns do not drop out of it.
-        tile_nonempty = np.ones_like(tile_nonempty)
-    elif not tile_nonempty.any() or not (spool.lengths >= 0).any():
-        # highdicom keeps every frame of an all-empty mask: omitting all is not possible. So
-        # when no frame stores a value (FRACTIONAL fractions that all round to 0, where
-        # highdicom fails), though tiles hold non-zero values.
+        # highdicom also keeps every frame when it would omit them all (an all-empty mask; so
+        # FRACTIONAL fractions that all round to 0 here, where highdicom fails).
         order = np.argwhere(np.ones(spool.lengths.shape, dtype=bool))
         tile_nonempty = np.ones_like(tile_nonempty)
-    else:
-        order = included_frames(spool.lengths)
     if (spool.lengths[tuple(order.T)] < 0).any():
         dtype = np.uint8 if spec.bits_allocated <= 8 else np.uint16
         empty_frame = encode_frame(np.zeros((grid.tile_rows, grid.tile_columns), dtype), spec)

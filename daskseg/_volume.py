@@ -487,9 +487,9 @@ def _finish(
     n_segments = spec.n_segments
     if header.get("SegmentsOverlap") != "UNDEFINED":
         header.SegmentsOverlap = "YES" if overlap else "NO"
-    # highdicom keeps every plane when all are empty (it cannot omit them all), as write_file does;
-    # so when no frame stores a value (FRACTIONAL fractions that all round to 0).
-    if not spec.omit_empty_frames or not plane_nonempty.any() or not (spool.lengths >= 0).any():
+    # highdicom keeps every plane when it would omit them all, as write_file does (an all-empty
+    # mask; so FRACTIONAL fractions that all round to 0 here, where highdicom fails).
+    if not spec.omit_empty_frames or not (spool.lengths >= 0).any():
         included = np.arange(n_planes)
         dimension_index = included + 1
     else:
