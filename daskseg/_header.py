@@ -88,8 +88,12 @@ def proxy_pixels(
     for index in range(min(n_segments, flat.shape[0])):
         if stacked:
             flat[index, index] = 1
-        else:
+        elif dtype != bool:
             flat[index] = values[index]
+        elif values[index] == 1:
+            # True is label 1 (highdicom's): a boolean label mask of other segments can only
+            # be empty, which highdicom takes; stored as True, it would be label 1, undescribed.
+            flat[index] = True
     return proxy
 
 

@@ -475,3 +475,21 @@ def test_label_values_of_a_series(tmp_path, thread_client, segmentation_type, tr
     theirs = hd.seg.Segmentation(series, labels.copy(), segmentation_type, descriptions,
                                  transfer_syntax_uid=transfer_syntax, **uids, **HD_OPTIONS)
     assert_same_seg(pydicom.dcmread(path), theirs, series, tmp_path)
+
+
+def test_an_empty_bool_labelmap_of_a_segment_numbered_2_is_written_as_highdicom_writes_it(
+    tmp_path, thread_client
+):
+    # A boolean mask's True is label 1; an empty one describing segment 2 alone is taken by
+    # highdicom, and its header was refused here ("segments that lack descriptions").
+    series = shuffled_series()
+    segmentation_type = "LABELMAP"  # others number their segments 1..n
+    descriptions = make_segment_descriptions(2, segmentation_type=segmentation_type)[1:]
+    mask = np.zeros((SLICES, ROWS, COLUMNS), bool)
+    uids = dict(series_instance_uid=hd.UID(), sop_instance_uid=hd.UID())
+    path = write_segmentation(mask, series, descriptions, tmp_path / "ours.dcm",
+                              segmentation_type=segmentation_type, client=thread_client,
+                              **uids, **HD_OPTIONS)
+    theirs = hd.seg.Segmentation(series, mask, segmentation_type, descriptions, **uids,
+                                 **HD_OPTIONS)
+    assert_same_seg(pydicom.dcmread(path), theirs, series, tmp_path)
