@@ -262,6 +262,16 @@ def test_encode_pyramid(inputs, tmp_path):
     )
 
 
+def test_a_pyramid_prints_the_dashboard_link_once(inputs, tmp_path, capsys):
+    folder, _ = inputs
+    out = tmp_path / "pyramid"
+    out.mkdir()
+    assert main(["encode", str(folder / "mask.zarr"), str(folder / "slide.dcm"), "-o", str(out),
+                 "--metadata", str(folder / "dcmqi.json"), "--pyramid", "--threads", "2"]) == 0
+    assert len(list(out.iterdir())) == 4
+    assert capsys.readouterr().err.count("Dask dashboard: http") == 1
+
+
 def test_encode_a_nifti_label_volume_of_a_ct_series_folder(inputs, tmp_path):
     nibabel = pytest.importorskip("nibabel")
     from daskseg.synthetic import make_ct_series, make_label_volume
