@@ -477,6 +477,24 @@ def test_label_values_of_a_series(tmp_path, thread_client, segmentation_type, tr
     assert_same_seg(pydicom.dcmread(path), theirs, series, tmp_path)
 
 
+def test_a_source_uid_pydicom_calls_invalid_is_referenced_as_highdicom_does(tmp_path,
+                                                                          thread_client):
+    # Valid UIDs are referenced without pydicom's check of each (it was checked once); one
+    # that fails it takes pydicom's way, with its warning, as in highdicom.
+    series = shuffled_series()
+    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+        series[3].SOPInstanceUID = "1.2.03.4"  # a component with a leading zero (PS3.5 9.1)
+    mask = volume_mask("BINARY")
+    with pytest.warns(UserWarning, match="Invalid value for VR UI: '1.2.03.4'"):
+        write_segmentation(mask, series, make_segment_descriptions(3), tmp_path / "alone.dcm",
+                           client=thread_client)
+    with pytest.warns(UserWarning, match="Invalid value for VR UI: '1.2.03.4'"):
+        ours, theirs = write_both(tmp_path, thread_client, series, mask, "BINARY",
+                                  pydicom.uid.ExplicitVRLittleEndian)
+    assert "1.2.03.4" in [item.ReferencedSOPInstanceUID for item in ours.SourceImageSequence]
+    assert_same_seg(ours, theirs, series, tmp_path)
+
+
 def test_an_empty_bool_labelmap_of_a_segment_numbered_2_is_written_as_highdicom_writes_it(
     tmp_path, thread_client
 ):
