@@ -246,8 +246,9 @@ def _one_value(values: Sequence[dict[str, Any]], keyword: str, what: str,
 # What load_source_series reads of each single-frame image, once: through pydicom each look-up
 # costs microseconds, which hundreds of images make milliseconds before the first block starts.
 _SLICE_KEYWORDS = (
-    "SOPClassUID", "SOPInstanceUID", "NumberOfFrames", "SeriesInstanceUID", "FrameOfReferenceUID",
-    "Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+    "SOPClassUID", "SOPInstanceUID", "NumberOfFrames", "StudyInstanceUID", "SeriesInstanceUID",
+    "FrameOfReferenceUID", "Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient",
+    "PixelSpacing",
 )
 _SLICE_TAGS = tuple((keyword, Tag(keyword)) for keyword in _SLICE_KEYWORDS)
 
@@ -310,23 +311,23 @@ def _multiframe_series(dataset: Dataset) -> SourceSeries:
             f"{sequence} > {keyword}: a SEG of a volume needs every frame's plane geometry."
         )
 
-    positions = np.array(
+    names = [f"frame {k + 1} of {_describe(dataset)}" for k in range(frames)]
+    positions = _geometry(
         [attribute(item, "PlanePositionSequence", "ImagePositionPatient", k)
-         for k, item in enumerate(per_frame)],
-        dtype=float,
+         for k, item in enumerate(per_frame)], "ImagePositionPatient", names,
     )
-    orientations = np.array(
+    orientations = _geometry(
         [attribute(item, "PlaneOrientationSequence", "ImageOrientationPatient", k)
-         for k, item in enumerate(per_frame)],
-        dtype=float,
+         for k, item in enumerate(per_frame)], "ImageOrientationPatient", names,
     )
-    spacings = np.array(
-        [attribute(item, "PixelMeasuresSequence", "PixelSpacing", k) for k, item in enumerate(per_frame)],
-        dtype=float,
+    spacings = _geometry(
+        [attribute(item, "PixelMeasuresSequence", "PixelSpacing", k)
+         for k, item in enumerate(per_frame)], "PixelSpacing", names,
     )
-    _check_same(orientations, "ImageOrientationPatient", [f"frame {k + 1}" for k in range(frames)])
-    _check_same(spacings, "PixelSpacing", [f"frame {k + 1}" for k in range(frames)])
-    _check_distinct_positions(positions, [f"frame {k + 1}" for k in range(frames)])
+    names = [f"frame {k + 1}" for k in range(frames)]
+    _check_same(orientations, "ImageOrientationPatient", names)
+    _check_same(spacings, "PixelSpacing", names)
+    _check_distinct_positions(positions, orientations[0], names)
     return SourceSeries(
         datasets=(dataset,),
         multiframe=True,
@@ -356,7 +357,47 @@ def _listed(values: np.ndarray) -> str:
     return "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
 
 
-def _check_distinct_positions(positions: np.ndarray, names: Sequence[str]) -> None:
+# How many numbers each geometry attribute holds (PS3.3 C.7.6.2).
+_GEOMETRY_VALUES = {"ImagePositionPatient": 3, "ImageOrientationPatient": 6, "PixelSpacing": 2}
+
+
+def _geometry(values: Sequence[Any], keyword: str, names: Sequence[str]) -> np.ndarray:
+    """``(frames, n)`` numbers of a geometry attribute of each frame; a frame whose value is
+    not ``n`` numbers is refused by name (numpy would say "inhomogeneous shape")."""
+    count = _GEOMETRY_VALUES[keyword]
+    try:
+        array = np.array(values, dtype=float)
+    except (TypeError, ValueError):
+        array = None
+    if array is not None and array.shape == (len(values), count) and np.isfinite(array).all():
+        return array
+    for index, value in enumerate(values):
+        several = hasattr(value, "__len__") and not isinstance(value, (str, bytes))
+        numbers = list(value) if several else [value]
+        try:
+            valid = len(numbers) == count and all(np.isfinite(float(v)) for v in numbers)
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise SegmentationInputError(
+                f"The {keyword} of {names[index]} is {value!r}, not {count} numbers (PS3.3 "
+                "C.7.6.2): a SEG of a volume needs each frame's plane geometry."
+            )
+    return np.array(values, dtype=float).reshape(len(values), count)
+
+
+# Direction cosines of rows and columns closer to parallel than this leave no slice normal.
+_NORMAL_MIN = 1e-3
+
+
+def _check_distinct_positions(positions: np.ndarray, orientation: np.ndarray,
+                              names: Sequence[str]) -> None:
+    """Refuse frames at one position, an orientation without a normal, or frames in one plane.
+
+    highdicom orders a volume's planes by their distance along the normal and refuses
+    repeated distances ("Plane positions must not contain duplicates"): images side by side in
+    one plane, or rows and columns of one direction, are no volume.
+    """
     _, first, counts = np.unique(
         np.round(positions, 3), axis=0, return_index=True, return_counts=True
     )
@@ -370,6 +411,24 @@ def _check_distinct_positions(positions: np.ndarray, names: Sequence[str]) -> No
             f"{len(holders)} source frames lie at the same position {_listed(repeated)}: "
             f"{', '.join(holders[:4])}. A volume has one frame per position; pass one image of each "
             "(a series with several acquisitions or echoes at each position is several volumes)."
+        )
+    normal = np.cross(orientation[:3], orientation[3:])
+    length = float(np.linalg.norm(normal))
+    if length < _NORMAL_MIN:
+        raise SegmentationInputError(
+            f"The frames' ImageOrientationPatient {_listed(orientation)} gives rows and columns "
+            "one direction, so the frames have no slice normal; it holds two orthogonal unit "
+            "vectors (PS3.3 C.7.6.2.1.1)."
+        )
+    distances = np.round(positions @ (normal / length), 3)
+    _, first, counts = np.unique(distances, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        at = distances[first[np.argmax(counts > 1)]]
+        holders = [names[k] for k in range(len(positions)) if distances[k] == at]
+        raise SegmentationInputError(
+            f"{len(holders)} source frames lie in one plane ({at:g} mm along the slice normal) "
+            f"at different positions: {', '.join(holders[:4])}. A SEG of a volume has one frame "
+            "per slice; images side by side in one plane are not a volume (segment each alone)."
         )
 
 
@@ -436,6 +495,12 @@ def load_source_series(source_images: object) -> SourceSeries:
         )
     _one_value(values, "SeriesInstanceUID", "Pass the images of one series (for a folder: "
                "a folder holding one series).", datasets)
+    for dataset, found in zip(datasets, values):
+        # The SEG joins the study of its source images (highdicom copies it from the first).
+        _require(dataset, ("StudyInstanceUID",), "the SEG joins its source images' study.",
+                 found)
+    _one_value(values, "StudyInstanceUID", "The SEG joins one study: pass the images of one "
+               "series.", datasets)
     _one_value(values, "FrameOfReferenceUID", "A SEG's frames lie in one frame of reference.",
                datasets)
     _one_value(values, "SOPClassUID", "Pass the images of one series.", datasets)
@@ -454,12 +519,14 @@ def load_source_series(source_images: object) -> SourceSeries:
             f"The source images differ in size: {found_sizes}. A SEG's frames all have one size."
         )
     names = _Names(datasets)
-    orientations = np.array([found["ImageOrientationPatient"] for found in values], dtype=float)
-    spacings = np.array([found["PixelSpacing"] for found in values], dtype=float)
-    positions = np.array([found["ImagePositionPatient"] for found in values], dtype=float)
+    orientations = _geometry([found["ImageOrientationPatient"] for found in values],
+                             "ImageOrientationPatient", names)
+    spacings = _geometry([found["PixelSpacing"] for found in values], "PixelSpacing", names)
+    positions = _geometry([found["ImagePositionPatient"] for found in values],
+                          "ImagePositionPatient", names)
     _check_same(orientations, "ImageOrientationPatient", names)
     _check_same(spacings, "PixelSpacing", names)
-    _check_distinct_positions(positions, names)
+    _check_distinct_positions(positions, orientations[0], names)
     instance_uids = [str(found["SOPInstanceUID"]) for found in values]
     if _is_folder(source_images):
         # A folder's files have no order that the caller gave (names sort as text, "10" before

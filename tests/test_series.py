@@ -112,6 +112,18 @@ def test_two_series_in_one_folder_are_refused(tmp_path):
         (lambda s: setattr(s[0], "PixelSpacing", [0.5, 0.5]), "do not share one PixelSpacing"),
         (lambda s: setattr(s[0], "FrameOfReferenceUID", hd.UID()),
          "2 different FrameOfReferenceUIDs"),
+        (lambda s: setattr(s[2], "StudyInstanceUID", hd.UID()), "2 different StudyInstanceUIDs"),
+        (lambda s: delattr(s[2], "StudyInstanceUID"), "lacks StudyInstanceUID"),
+        # Side by side in one plane, 20 mm apart along x: one distance along the normal, which
+        # highdicom refuses ("Plane positions must not contain duplicates").
+        (lambda s: [setattr(ds, "ImagePositionPatient", [20.0 * k, 0.0, -300.0])
+                    for k, ds in enumerate(s)], "5 source frames lie in one plane (-300 mm"),
+        (lambda s: [setattr(ds, "ImageOrientationPatient", [1, 0, 0, 1, 0, 0]) for ds in s],
+         "gives rows and columns one direction"),
+        (lambda s: setattr(s[2], "ImagePositionPatient", [1.0, 2.0]),
+         "is [1.0, 2.0], not 3 numbers"),
+        (lambda s: setattr(s[2], "ImageOrientationPatient", [1, 0, 0, 0, 1]), "not 6 numbers"),
+        (lambda s: setattr(s[2], "PixelSpacing", [0.5]), "not 2 numbers"),
     ],
 )
 def test_inconsistent_series_are_refused(change, expected):
