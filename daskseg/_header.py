@@ -88,7 +88,7 @@ def proxy_pixels(
     for index in range(min(n_segments, flat.shape[0])):
         if stacked:
             flat[index, index] = 1
-        elif dtype != bool:
+        elif dtype.kind != "b":
             flat[index] = values[index]
         elif values[index] == 1:
             # True is label 1 (highdicom's): a boolean label mask of other segments can only
