@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import numbers
 import os
 import pathlib
 import re
@@ -387,8 +388,17 @@ def check_label_values_mask(options: WriteOptions, stacked: bool, dtype: np.dtyp
         )
 
 
+# The most a temporary file's name beside the destination adds to the destination's name: a
+# worker's spool, ".{name}.{16 hex}.{its address}.spool" (an IPv6 address is up to 45 characters).
+_TEMPORARY_NAME_EXTRA = 80
+
+
 def check_destination(path: str | os.PathLike, overwrite: bool) -> pathlib.Path:
-    """The destination as a path whose folder exists and which may be written."""
+    """The destination as a path whose folder exists and which may be written.
+
+    The file is written beside itself under temporary names and renamed onto its path at the
+    end, so those names must fit the folder too, and the folder must take new files.
+    """
     path = pathlib.Path(path)
     if not path.parent.is_dir():
         raise SegmentationInputError(
@@ -396,9 +406,26 @@ def check_destination(path: str | os.PathLike, overwrite: bool) -> pathlib.Path:
         )
     if path.is_dir():
         raise SegmentationInputError(f"The destination {path} is a folder; give a file name.")
-    if path.exists() and not overwrite:
+    # A symbolic link to nowhere exists too: the file would replace it.
+    if os.path.lexists(path) and not overwrite:
         raise DestinationExistsError(
             f"{path} exists; pass overwrite=True to replace it."
+        )
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise SegmentationInputError(
+            f"The destination folder {path.parent} does not let this user create files; "
+            "choose a folder that does."
+        )
+    try:
+        name_max = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # not known here (Windows, some filesystems)
+        name_max = 255
+    if len(os.fsencode(path.name)) + _TEMPORARY_NAME_EXTRA > name_max:
+        raise SegmentationInputError(
+            f"The destination's name is {len(os.fsencode(path.name))} bytes long; its temporary "
+            f"files beside it take up to {_TEMPORARY_NAME_EXTRA} bytes more, beyond the "
+            f"folder's {name_max}: give a name of at most {name_max - _TEMPORARY_NAME_EXTRA} "
+            "bytes."
         )
     return path
 
@@ -475,19 +502,28 @@ def check_mask_dtype(dtype: np.dtype, stacked: bool, kind_of_label: str = "image
         )
 
 
+def _is_whole(value: object) -> bool:
+    """An integer (Python's or numpy's), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def tile_size(size: Sequence[int] | int | None, source: Dataset) -> tuple[int, int]:
     """Rows and columns of a frame: ``size``, or the source's frame size by default."""
-    tile_size = size
-    if tile_size is None:
+    if size is None:
         return int(source.Rows), int(source.Columns)
-    if isinstance(tile_size, int):
-        tile_size = (tile_size, tile_size)
-    try:
-        rows, columns = (int(v) for v in tile_size)
-    except (TypeError, ValueError) as error:
+    # Each value an integer: a string ("64" would be 6 and 4), a bool or a fraction is refused,
+    # as by highdicom.
+    if _is_whole(size):
+        values: list[Any] = [size, size]
+    elif isinstance(size, (Sequence, np.ndarray)) and not isinstance(size, str):
+        values = list(size)
+    else:
+        values = []
+    if len(values) != 2 or not all(_is_whole(v) for v in values):
         raise SegmentationTypeError(
-            f"tile_size must be two integers (rows, columns), got {tile_size!r}."
-        ) from error
+            f"tile_size must be two integers (rows, columns) or one, got {size!r}."
+        )
+    rows, columns = (int(v) for v in values)
     if rows < 1 or columns < 1:
         raise SegmentationInputError(
             f"tile_size must be positive, got {rows} x {columns}."

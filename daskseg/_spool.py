@@ -35,6 +35,7 @@ from daskseg.encode import (
     worker_spool_name,
     write_all,
 )
+from daskseg.errors import SegmentationInputError
 from daskseg.plan import FrameSpec
 
 __all__ = [
@@ -54,7 +55,13 @@ class Spool:
 
     def __init__(self, folder: pathlib.Path, name: str, shape: tuple[int, int, int],
                  worker_prefix: str | None = None) -> None:
-        handle, self.path = tempfile.mkstemp(prefix=f".{name}.", suffix=".spool", dir=folder)
+        try:
+            handle, self.path = tempfile.mkstemp(prefix=f".{name}.", suffix=".spool", dir=folder)
+        except OSError as error:  # a folder that refuses new files (a read-only mount, say)
+            raise SegmentationInputError(
+                f"Cannot create a file in the destination folder {folder}: {error.strerror}. "
+                "Choose a folder where this user can create files."
+            ) from error
         self.file = os.fdopen(handle, "w+b", buffering=0)
         self.offsets = np.full(shape, -1, dtype=np.int64)
         self.lengths = np.full(shape, -1, dtype=np.int64)

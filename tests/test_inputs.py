@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 from pydicom.uid import JPEG2000Lossless
 
-from daskseg import SegmentationInputError, SegmentationTypeError
+from daskseg import DestinationExistsError, SegmentationInputError, SegmentationTypeError
 from daskseg._inputs import (
     as_dask_array,
+    check_destination,
     drop_leading_axis,
     in_blocks,
     parse_options,
     tile_size,
 )
+from daskseg._spool import Spool
 from daskseg.synthetic import make_slide
 
 
@@ -70,6 +72,12 @@ def test_tile_size_defaults_to_the_source_frames():
     assert tile_size(16, source) == (16, 16)
     with pytest.raises(SegmentationInputError, match="positive"):
         tile_size((0, 4), source)
+    assert tile_size(np.array([32, 48]), source) == (32, 48)
+    assert tile_size((np.int64(8), 24), source) == (8, 24)
+    # A string was taken as its characters ("64" as 6 x 4) and True as 1, as highdicom does not.
+    for bad in ("64", True, (64.0, 64), (True, 4), [64], (1, 2, 3)):
+        with pytest.raises(SegmentationTypeError, match="two integers"):
+            tile_size(bad, source)
 
 
 def test_detailed_mask_has_detail_in_every_tile_whatever_the_chunks():
@@ -106,3 +114,34 @@ def test_a_zarr_mask_is_read_in_the_writers_blocks(tmp_path):
     # Neither Zarr nor a path: rechunked.
     plain = da.from_array(values, chunks=16)
     assert in_blocks(values, plain, blocks).chunks == blocks
+
+
+def test_destinations_refused_before_any_work(tmp_path):
+    # A link to nowhere is a file that the SEG would replace: it was refused only after all the
+    # work ("appeared while writing").
+    link = tmp_path / "link.dcm"
+    link.symlink_to(tmp_path / "nowhere.dcm")
+    with pytest.raises(DestinationExistsError, match="exists; pass overwrite=True"):
+        check_destination(link, overwrite=False)
+    assert check_destination(link, overwrite=True) == link
+    # The temporary files beside it have longer names: refused by name, not by an OSError
+    # naming a file the user never gave.
+    with pytest.raises(SegmentationInputError, match="bytes long"):
+        check_destination(tmp_path / ("x" * 241 + ".dcm"), overwrite=False)
+    assert check_destination(tmp_path / ("x" * 160 + ".dcm"), overwrite=False).parent == tmp_path
+
+
+def test_a_folder_that_refuses_new_files_is_an_input_error():
+    import os
+    import pathlib
+    import tempfile
+
+    folder = pathlib.Path("/sys")
+    try:
+        os.close(tempfile.mkstemp(dir=folder)[0])
+    except OSError:
+        pass
+    else:
+        pytest.skip("/sys takes new files here")
+    with pytest.raises(SegmentationInputError, match="Cannot create a file in the destination"):
+        Spool(folder, "seg.dcm", (1, 1, 1))
