@@ -237,6 +237,11 @@ def as_dask_array(mask: MaskLike) -> da.Array:
     import zarr
 
     if isinstance(mask, da.Array):
+        if any(np.isnan(length) for length in mask.shape):
+            raise SegmentationInputError(
+                f"The mask's shape {mask.shape} is not known (chunk sizes unknown, as after "
+                "boolean indexing); call mask.compute_chunk_sizes() first."
+            )
         return mask
     if isinstance(mask, np.ndarray):
         # Named, not tokenized: hashing a large mask would read all of it on the client.

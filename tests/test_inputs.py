@@ -64,6 +64,11 @@ def test_mask_kinds_and_refusal():
     assert isinstance(as_dask_array(np.zeros((4, 4))), da.Array)
     with pytest.raises(SegmentationTypeError, match="mask must be"):
         as_dask_array([[0, 1]])
+    # Rows picked by a boolean array: chunk sizes unknown, shape (nan, 4) (said to differ
+    # from the source's shape before).
+    picked = da.zeros((6, 4), chunks=3)[da.from_array(np.ones(6, bool), chunks=3)]
+    with pytest.raises(SegmentationInputError, match="compute_chunk_sizes"):
+        as_dask_array(picked)
 
 
 def test_tile_size_defaults_to_the_source_frames():
