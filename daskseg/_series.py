@@ -37,6 +37,7 @@ _ORIENTATION_TOLERANCE = 1e-4
 _READ_THREADS = 8
 # The Media Storage Directory SOP class (a DICOMDIR), which a series folder may hold.
 _DICOMDIR = "1.2.840.10008.1.3.10"
+_WHOLE_SLIDE = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
 
 
 @dataclass(frozen=True)
@@ -297,6 +298,15 @@ def _multiframe_series(dataset: Dataset) -> SourceSeries:
     shared = dataset.get("SharedFunctionalGroupsSequence", [Dataset()])[0]
     per_frame = dataset.get("PerFrameFunctionalGroupsSequence", [])
     if len(per_frame) != frames:
+        lacking = [keyword for keyword in ("TotalPixelMatrixRows", "TotalPixelMatrixColumns")
+                   if keyword not in dataset]
+        if len(lacking) == 1 or dataset.get("SOPClassUID") == _WHOLE_SLIDE:
+            # A slide's header (tiled: its frames have no functional groups of their own).
+            raise SegmentationInputError(
+                f"The source image ({_describe(dataset)}) is a tiled image without "
+                f"{' and '.join(lacking)}: a slide's header needs its total pixel matrix size "
+                "(PS3.3 C.8.12.4)."
+            )
         raise SegmentationInputError(
             f"The multi-frame source image ({_describe(dataset)}) has {frames} frames but "
             f"{len(per_frame)} per-frame functional group items."

@@ -64,4 +64,10 @@ def load_source_image(source_image: Dataset | str | os.PathLike) -> Dataset:
             f"SOP class {dataset.SOPClassUID.name}). daskseg writes SEGs of tiled images such "
             "as VL Whole Slide Microscopy Images; use highdicom for other images."
         )
+    size = (dataset.TotalPixelMatrixRows, dataset.TotalPixelMatrixColumns)
+    if not all(isinstance(n, int) and n >= 1 for n in size):
+        raise SegmentationInputError(
+            f"The source image's total pixel matrix is {size[0]} x {size[1]}: a slide has at "
+            "least one pixel (PS3.3 C.8.12.4, TotalPixelMatrixRows and Columns)."
+        )
     return dataset

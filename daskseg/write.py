@@ -247,6 +247,8 @@ def write_segmentation(
             )
         return write_volume_segmentation(mask, source_image, destination, options, hd_options,
                                          client=client, overwrite=overwrite, progress=progress)
+    if (isinstance(source_image, (list, tuple)) and len(source_image) == 1):
+        source_image = source_image[0]  # [slide], as highdicom's source_images
     source = load_source_image(source_image)
     tile = _inputs.tile_size(tile_size, source)
     _inputs.check_tile_for_codec(tile, options.transfer_syntax_uid)

@@ -719,3 +719,27 @@ def test_numpy_stack_with_a_leading_axis_round_trips(tmp_path, thread_client):
     path = write_segmentation(stack[None], source, make_segment_descriptions(3),
                               tmp_path / "seg.dcm", client=thread_client)
     np.testing.assert_array_equal(hd.seg.segread(path).get_total_pixel_matrix(), stack)
+
+
+def test_a_slide_in_a_one_item_list_and_slide_headers_without_a_size(tmp_path, thread_client):
+    # [slide], as highdicom's source_images, was refused with a TypeError.
+    source = make_slide(128, 96, tile_size=(64, 64))
+    labels = make_tissue_mask(128, 96, 2, chunks=64).compute()
+    path = write_segmentation(labels, [source], make_segment_descriptions(2), tmp_path / "l.dcm",
+                              client=thread_client)
+    np.testing.assert_array_equal(
+        hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True), labels
+    )
+    # A total pixel matrix of no rows was encoded, then failed in highdicom (TypeError); one
+    # without TotalPixelMatrixRows was called a multi-frame image whose frames lack items.
+    empty = make_slide(128, 96, tile_size=(64, 64))
+    empty.TotalPixelMatrixRows = 0
+    with pytest.raises(SegmentationInputError, match="total pixel matrix is 0 x 96"):
+        write_segmentation(np.zeros((0, 96), np.uint8), empty, make_segment_descriptions(1),
+                           tmp_path / "e.dcm", client=thread_client)
+    unsized = make_slide(128, 96, tile_size=(64, 64))
+    del unsized.TotalPixelMatrixRows
+    with pytest.raises(SegmentationInputError, match="tiled image without TotalPixelMatrixRows"):
+        write_segmentation(labels, unsized, make_segment_descriptions(2), tmp_path / "u.dcm",
+                           client=thread_client)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.dcm"]
