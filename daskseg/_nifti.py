@@ -75,6 +75,14 @@ def read_nifti(path: str | os.PathLike) -> tuple[da.Array | np.ndarray, np.ndarr
     if str(path).lower().endswith(".gz"):
         array = np.asanyarray(proxy)
     else:
+        # Read on the workers, a file cut short would fail there with nibabel's "not enough
+        # data in file"; its header says how long it is.
+        expected = int(proxy.offset) + int(np.prod(proxy.shape)) * np.dtype(proxy.dtype).itemsize
+        if path.stat().st_size < expected:
+            raise SegmentationInputError(
+                f"The NIfTI mask {path} is cut short: {path.stat().st_size} bytes, where its "
+                f"header describes {expected} (its voxels from byte {int(proxy.offset)} on)."
+            )
         # NIfTI data is Fortran-ordered: slabs of the last axis are contiguous in the file.
         # nibabel hands back values scaled by scl_slope/scl_inter, in the dtype that scaling
         # gives (float for an SPM-style probability map), not the file's: one voxel says which,

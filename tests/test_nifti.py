@@ -278,3 +278,18 @@ def test_without_nibabel_the_error_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "nibabel", None)  # as if it were not installed
     with pytest.raises(MissingDependencyError, match=r"pip install 'daskseg\[nifti\]'"):
         volume_mask(path, series, 3)
+
+
+def test_an_uncompressed_file_cut_short_is_refused_before_any_work(tmp_path):
+    # Its slabs are read on the workers, where the cut failed as nibabel's ValueError ("not
+    # enough data in file"); a .nii.gz cut short already failed here, as unreadable.
+    series = shuffled_series()
+    volume, array, affine = file_labels(series, (2, 1, 0))
+    whole = _save(tmp_path, array, affine, name="whole.nii")
+    data = whole.read_bytes()
+    np.testing.assert_array_equal(np.asarray(volume_mask(whole, series, 3)[0]),
+                                  in_given_order(series, volume))
+    cut = tmp_path / "cut.nii"
+    cut.write_bytes(data[:-100])
+    with pytest.raises(SegmentationInputError, match=f"cut short: {len(data) - 100} bytes"):
+        volume_mask(cut, series, 3)
