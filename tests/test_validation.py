@@ -104,11 +104,12 @@ def test_source_checked(tmp_path, thread_client, testdata):
     # A CT image is a volume of one slice: the mask must have its size.
     check_refused(tmp_path, SegmentationInputError, r"the source has 1 frames of 128 x 128", mask,
                   testdata / "ct_image.dcm", client=thread_client)
-    # A slide without its total pixel matrix size is a multi-frame image without geometry.
+    # A slide without its total pixel matrix size is no tiled image for highdicom, and no
+    # multi-frame image with geometry either: its missing attribute is named.
     not_tiled = make_slide(ROWS, COLUMNS, tile_size=(TILE, TILE))
     del not_tiled.TotalPixelMatrixRows
-    check_refused(tmp_path, SegmentationInputError, "per-frame functional group items", mask,
-                  not_tiled, client=thread_client)
+    check_refused(tmp_path, SegmentationInputError, "tiled image without TotalPixelMatrixRows",
+                  mask, not_tiled, client=thread_client)
     check_refused(tmp_path, SegmentationInputError, "does not exist", mask,
                   tmp_path / "missing.dcm", client=thread_client)
     check_refused(tmp_path, SegmentationTypeError, "pydicom Dataset or the path", mask, 42,
