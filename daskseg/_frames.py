@@ -214,6 +214,9 @@ def header_cut_short(handle: BinaryIO, header: Dataset | None, name: str) -> Seg
     else:
         handle.seek(0)
         syntax = file_meta_transfer_syntax(handle.read(FILE_META_READ_BYTES))
+    if syntax is not None and not UID(syntax).is_transfer_syntax:
+        # pydicom read the rest as the wrong encoding, to the end: the file meta is damaged.
+        return not_a_transfer_syntax(name, syntax)
     if syntax is not None and UID(syntax).is_deflated:
         return None  # pydicom inflates the rest of the file at once: at its end, whatever
     if header is not None:
@@ -223,6 +226,12 @@ def header_cut_short(handle: BinaryIO, header: Dataset | None, name: str) -> Seg
             return None
     return _fail(name, f"the file ends at byte {size}, inside its DICOM header (before the "
                        "Pixel Data): it is cut short.")
+
+
+def not_a_transfer_syntax(name: str, syntax: str) -> SegmentationFileError:
+    """The error for a file meta whose Transfer Syntax UID is no transfer syntax pydicom knows."""
+    return _fail(name, f"its Transfer Syntax UID (0002,0010) {str(syntax)!r} is not a transfer "
+                       "syntax (PS3.5 Annex A): the file meta is damaged.")
 
 
 def _fail(name: str, what: str) -> SegmentationFileError:

@@ -297,6 +297,20 @@ def index_volume_frames(
     shared_position = None
     if "PlanePositionSequence" in shared:
         shared_position = tuple(float(v) for v in shared.PlanePositionSequence[0].ImagePositionPatient)
+    if shared_position is not None and len(shared_position) != 3:
+        raise SegmentationInputError(
+            f"The shared ImagePositionPatient has {len(shared_position)} values, not 3 "
+            "(x, y, z; PS3.3 C.7.6.2.1.1)."
+        )
+    # The sources the header lists (dcmqi lists only those with frames): a frame's reference
+    # to another image is damage, not a plane of its own (highdicom fails on it).
+    referenced = {str(item.ReferencedSOPInstanceUID)
+                  for series in header.get("ReferencedSeriesSequence", [])
+                  for item in series.get("ReferencedInstanceSequence", [])
+                  if "ReferencedSOPInstanceUID" in item}
+    referenced |= {str(item.ReferencedSOPInstanceUID)
+                   for item in header.get("SourceImageSequence", [])
+                   if "ReferencedSOPInstanceUID" in item}
     channel_of = {number: k for k, number in enumerate(segment_numbers)}
     plane_of: dict[tuple[str, int], int] = {}
     positions: list[tuple[float, float, float] | None] = []
@@ -308,6 +322,17 @@ def index_volume_frames(
     unplaced: list[int] = []
     for index, frame in enumerate(frames):
         position: Any = frame.position or shared_position
+        if position is not None and len(position) != 3:
+            raise SegmentationInputError(
+                f"Frame {index + 1}'s ImagePositionPatient has {len(position)} values, not 3 "
+                "(x, y, z; PS3.3 C.7.6.2.1.1)."
+            )
+        if frame.source_uid is not None and referenced and frame.source_uid not in referenced:
+            raise SegmentationInputError(
+                f"Frame {index + 1} is derived from the image {frame.source_uid}, which the SEG "
+                "does not list among its sources (ReferencedSeriesSequence, "
+                "SourceImageSequence): the reference is damaged."
+            )
         if frame.source_uid is None:
             if position is None:
                 raise SegmentationInputError(

@@ -31,6 +31,7 @@ from daskseg._frames import (
     damaged_header,
     describe_segments,
     locate_frames,
+    not_a_transfer_syntax,
     open_file,
     segment_items,
 )
@@ -76,6 +77,8 @@ def read_volume_head(path: str) -> Head | None:
         except Exception:  # the tiled reader reports what is wrong with the file
             return None
         syntax = header.file_meta.get("TransferSyntaxUID")
+        if syntax is not None and not syntax.is_transfer_syntax:
+            raise not_a_transfer_syntax(path, syntax)
         if ("SegmentSequence" not in header or "TotalPixelMatrixRows" in header
                 or syntax is None or not syntax.is_little_endian or syntax.is_deflated):
             return None

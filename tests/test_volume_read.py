@@ -195,12 +195,27 @@ def test_a_damaged_header_is_a_file_error_naming_the_file(tmp_path, thread_clien
     def segment_300(ds):
         ds.SegmentSequence[-1].SegmentNumber = 300
 
+    def one_value_positions(ds):
+        # Every frame's z alone: three of them were read as one position, the planes folded.
+        for item in ds.PerFrameFunctionalGroupsSequence:
+            position = item.PlanePositionSequence[0]
+            position.ImagePositionPatient = [position.ImagePositionPatient[2]]
+
+    def unlisted_source(ds):
+        # Read as one more plane at an occupied position, a slice's segments split over two.
+        reference = ds.PerFrameFunctionalGroupsSequence[1].DerivationImageSequence[0]
+        uid = str(reference.SourceImageSequence[0].ReferencedSOPInstanceUID)
+        reference.SourceImageSequence[0].ReferencedSOPInstanceUID = uid[:-1] + (
+            "8" if uid[-1] == "9" else "9")
+
     cases = [
         (binary, no_shared, "damaged or not a SEG's"),
-        (binary, short_position, "damaged or not a SEG's"),
+        (binary, short_position, "ImagePositionPatient has 2 values, not 3"),
         (binary, lambda ds: setattr(ds, "SegmentationType", "FOO"), "SegmentationType 'FOO'"),
         (fractional, lambda ds: delattr(ds, "MaximumFractionalValue"), "MaximumFractionalValue"),
         (labelmap, segment_300, "segment 300, which its 8-bit pixels cannot hold"),
+        (binary, one_value_positions, "ImagePositionPatient has 1 values, not 3"),
+        (binary, unlisted_source, "does not list among its sources"),
     ]
     for k, (path, edit, says) in enumerate(cases):
         damaged = _edited(path, tmp_path, f"damaged{k}", edit)
@@ -588,3 +603,31 @@ def test_to_nifti_takes_slices_off_the_grid_by_microns_not_by_distance_from_the_
         else:
             reader.to_nifti(out, client=thread_client)
         assert out.exists() != refused
+
+
+@pytest.mark.parametrize("kind", ["volume", "slide"])
+def test_a_transfer_syntax_uid_that_is_no_transfer_syntax_is_a_file_error(tmp_path, thread_client,
+                                                                         kind):
+    # pydicom's UID.is_deflated and .is_little_endian raise a bare ValueError for such a UID.
+    import struct
+
+    from daskseg import SegmentationFileError
+
+    if kind == "volume":
+        path = write_segmentation(volume_mask("BINARY"), shuffled_series(slices=7),
+                                  make_segment_descriptions(3), tmp_path / "seg.dcm",
+                                  client=thread_client)
+    else:
+        path = write_segmentation(np.eye(64, dtype=np.uint8), make_slide(64, 64, tile_size=(32, 32)),
+                                  make_segment_descriptions(1), tmp_path / "seg.dcm",
+                                  client=thread_client)
+    data = path.read_bytes()
+    at = data.find(b"\x02\x00\x10\x00UI")
+    assert data[at + 8 : at + 28] == b"1.2.840.10008.1.2.1\x00"
+    unknown = tmp_path / "unknown.dcm"  # same length, a UID no transfer syntax has
+    unknown.write_bytes(data[: at + 8] + b"1.2.840.10008.1.2.9\x00" + data[at + 28 :])
+    longer = tmp_path / "longer.dcm"  # its length field damaged: it swallows what follows
+    longer.write_bytes(data[: at + 6] + struct.pack("<H", 24) + data[at + 8 :])
+    for damaged in (unknown, longer):
+        with pytest.raises(SegmentationFileError, match=r"is not a transfer syntax"):
+            open_segmentation(damaged)
