@@ -344,8 +344,17 @@ def check_segmentation(header: Dataset, segment_numbers: Sequence[int], bits: in
     kind = str(header.SegmentationType)
     if kind not in ("BINARY", "FRACTIONAL", "LABELMAP"):
         raise _fail(name, f"SegmentationType {kind!r} is not BINARY, FRACTIONAL or LABELMAP.")
+    if not segment_numbers:
+        raise _fail(name, "its SegmentSequence describes no segment (PS3.3 C.8.20.2).")
     if len(set(segment_numbers)) != len(segment_numbers):
         raise _fail(name, f"the SegmentSequence repeats segment numbers {list(segment_numbers)}.")
+    expected_bits = {"BINARY": (1,), "FRACTIONAL": (8,), "LABELMAP": (8, 16)}[kind]
+    if bits not in expected_bits:
+        # PS3.3 C.8.20.2: a BINARY SEG's pixels are bits, a FRACTIONAL's bytes; read as the
+        # other, their values would be wrong (a BINARY of 0 and 255, say).
+        raise _fail(name, f"a {kind} SEG has BitsAllocated "
+                          f"{' or '.join(map(str, expected_bits))}, this one {bits}: the header "
+                          "is inconsistent.")
     if kind == "FRACTIONAL":
         header_int(header, "MaximumFractionalValue", name, high=2**bits - 1)
     if segment_numbers and kind == "LABELMAP" and max(segment_numbers) >= 2**bits:
@@ -508,6 +517,13 @@ def index_frames(header: Dataset, segment_numbers: list[int], grid: TileGrid, *,
     number_of_frames = int(header.get("NumberOfFrames", 1))
     if header.get("DimensionOrganizationType") == "TILED_FULL":
         # PS3.3 C.7.6.17.3: implicit order, segment slowest, then tile row, then column.
+        if not labelmap and list(segment_numbers) != list(range(1, n_channels + 1)):
+            # Frames without a segment number of their own are segments 1..N by position
+            # (PS3.3 C.8.20.2.x: numbers start at 1 and increase by 1); other numbers leave
+            # the pairing unknown, and highdicom reads such frames as no segment's.
+            raise _fail(name, f"a TILED_FULL SEG's frames are segments 1..{n_channels} in "
+                              f"order, but its SegmentSequence numbers them "
+                              f"{list(segment_numbers)}: the header is inconsistent.")
         if number_of_frames != n_channels * n_tiles:
             raise _fail(name, f"a TILED_FULL SEG of {n_channels} x {grid_shape[0]} x "
                               f"{grid_shape[1]} frames (channels x tile rows x tile columns) "

@@ -12,6 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, JPEG2000Lossless,
 from daskseg._decode import decode_frame
 from daskseg._frames import (
     FileSource,
+    check_segmentation,
     file_meta_transfer_syntax,
     index_frames,
     locate_frames,
@@ -64,6 +65,38 @@ def test_tiled_full_frames_follow_the_implicit_order(tmp_path):
     header, _, _ = open_index(path)
     table = index_frames(header, [1, 2, 3], TileGrid(230, 170, 64, 48))
     assert table.ravel().tolist() == list(range(3 * 16))
+
+
+def test_tiled_full_segments_other_than_1_to_n_are_refused(tmp_path):
+    # Frames without a number of their own: numbered 5 and 9, the pairing is unknown (daskseg
+    # paired them by rank, highdicom read them as no segment's).
+    from daskseg import SegmentationFileError
+
+    path = highdicom_file(tmp_path, "BINARY", ExplicitVRLittleEndian, "TILED_FULL")
+    header, _, _ = open_index(path)
+    with pytest.raises(SegmentationFileError, match=r"numbers them \[2, 5, 9\]"):
+        index_frames(header, [2, 5, 9], TileGrid(230, 170, 64, 48))
+
+
+def test_segmentation_type_bits_and_an_empty_segment_sequence_are_checked():
+    from daskseg import SegmentationFileError
+
+    header = Dataset()
+    for kind, bits in [("BINARY", 1), ("FRACTIONAL", 8), ("LABELMAP", 8), ("LABELMAP", 16)]:
+        header.SegmentationType = kind
+        header.MaximumFractionalValue = 255
+        assert check_segmentation(header, [1, 2], bits, "seg.dcm") == kind
+    # A BINARY SEG of bytes read its 255s as segment values; of no segment, it was opened
+    # and the caller told that segment_numbers was empty.
+    for kind, bits, says in [("BINARY", 8, "BINARY SEG has BitsAllocated 1, this one 8"),
+                             ("FRACTIONAL", 1, "FRACTIONAL SEG has BitsAllocated 8, this one 1"),
+                             ("LABELMAP", 1, "LABELMAP SEG has BitsAllocated 8 or 16")]:
+        header.SegmentationType = kind
+        with pytest.raises(SegmentationFileError, match=says):
+            check_segmentation(header, [1], bits, "seg.dcm")
+    header.SegmentationType = "BINARY"
+    with pytest.raises(SegmentationFileError, match="describes no segment"):
+        check_segmentation(header, [], 1, "seg.dcm")
 
 
 def test_file_meta_transfer_syntax_is_read_from_the_start_of_a_file(tmp_path):
