@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 
 from daskseg._file import temporary_beside
 from daskseg._series import SourceSeries, load_source_series
-from daskseg.errors import MissingDependencyError, SegmentationInputError
+from daskseg.errors import MissingDependencyError, SegmentationFileError, SegmentationInputError
 
 __all__ = ["is_nifti_path", "match_to_series", "read_nifti", "volume_to_nifti"]
 
@@ -410,6 +410,18 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
             "The SEG has no shared plane orientation and pixel spacing, so its voxels have no "
             "one geometry for NIfTI."
         ) from error
+    except (TypeError, ValueError) as error:
+        raise SegmentationFileError(
+            f"{reader.path}: its shared plane orientation or pixel spacing is not numbers "
+            f"({error}): the header is damaged."
+        ) from error
+    if (len(orientation) != 6 or len(pixel_spacing) != 2
+            or not all(np.isfinite(v) and v > 0 for v in pixel_spacing)):
+        raise SegmentationFileError(
+            f"{reader.path}: its shared ImageOrientationPatient {orientation} and PixelSpacing "
+            f"{pixel_spacing} are not 6 direction cosines and 2 positive distances (PS3.3 "
+            "C.7.6.2.1.1, C.7.6.16.2.1): no NIfTI affine can be made of them."
+        )
     if source_images is not None:
         # The SEG must be of this series: its images are the planes, read by their UIDs.
         try:

@@ -579,6 +579,16 @@ def test_to_nifti_refuses_a_source_of_another_series_or_a_slide(tmp_path, thread
     # A folder that does not exist is said to be one (it was an OSError naming a temporary file).
     with pytest.raises(SegmentationInputError, match="does not exist; create it first"):
         reader.to_nifti(tmp_path / "missing" / "labels.nii.gz")
+    # A pixel spacing of 0 was read, then failed in highdicom's volume (a bare ValueError).
+    from daskseg import SegmentationFileError
+
+    def no_spacing(ds):
+        ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing = [0, 0]
+
+    damaged = open_segmentation(_edited(reader.path, tmp_path, "no-spacing", no_spacing))
+    with pytest.raises(SegmentationFileError, match=r"PixelSpacing \[0.0, 0.0\] are not"):
+        damaged.to_nifti(tmp_path / "flat.nii.gz", client=thread_client)
+    assert not (tmp_path / "flat.nii.gz").exists()
 
 
 def test_to_nifti_takes_slices_off_the_grid_by_microns_not_by_distance_from_the_origin(
