@@ -284,6 +284,19 @@ class VolumeIndex:
     table: np.ndarray  # (channels, planes) of 0-based frame indices
 
 
+def referenced_instances(header: Dataset) -> set[str]:
+    """The SOP instance UIDs of the source images the SEG's header lists (its
+    ReferencedSeriesSequence and SourceImageSequence)."""
+    referenced = {str(item.ReferencedSOPInstanceUID)
+                  for series in header.get("ReferencedSeriesSequence", [])
+                  for item in series.get("ReferencedInstanceSequence", [])
+                  if "ReferencedSOPInstanceUID" in item}
+    referenced |= {str(item.ReferencedSOPInstanceUID)
+                   for item in header.get("SourceImageSequence", [])
+                   if "ReferencedSOPInstanceUID" in item}
+    return referenced
+
+
 def index_volume_frames(
     header: Dataset, frames: list[FrameItem], segment_numbers: list[int],
 ) -> VolumeIndex:
@@ -304,13 +317,7 @@ def index_volume_frames(
         )
     # The sources the header lists (dcmqi lists only those with frames): a frame's reference
     # to another image is damage, not a plane of its own (highdicom fails on it).
-    referenced = {str(item.ReferencedSOPInstanceUID)
-                  for series in header.get("ReferencedSeriesSequence", [])
-                  for item in series.get("ReferencedInstanceSequence", [])
-                  if "ReferencedSOPInstanceUID" in item}
-    referenced |= {str(item.ReferencedSOPInstanceUID)
-                   for item in header.get("SourceImageSequence", [])
-                   if "ReferencedSOPInstanceUID" in item}
+    referenced = referenced_instances(header)
     channel_of = {number: k for k, number in enumerate(segment_numbers)}
     plane_of: dict[tuple[str, int], int] = {}
     positions: list[tuple[float, float, float] | None] = []
@@ -443,11 +450,7 @@ def plane_order(
             "source_sop_instance_uids."
         )
     plane_of = {uid: plane for plane, (uid, _) in enumerate(index.keys) if uid}
-    referenced = {str(item.ReferencedSOPInstanceUID)
-                  for series in header.get("ReferencedSeriesSequence", [])
-                  for item in series.get("ReferencedInstanceSequence", [])}
-    referenced |= {str(item.ReferencedSOPInstanceUID)
-                   for item in header.get("SourceImageSequence", [])}
+    referenced = referenced_instances(header)
     # Source images that the SEG does not reference read as zeros (as highdicom's with
     # assert_missing_frames_are_empty=True: dcmqi references only the images with frames), but
     # UIDs of which none is the SEG's are another series.
