@@ -221,6 +221,88 @@ def test_damaged_file_on_a_process_cluster(tmp_path, sources, dask_client, case)
             np.testing.assert_array_equal(got, expected[region])
 
 
+READ_IN_A_PROCESS = textwrap.dedent("""
+    import json, sys
+    import dask
+    from daskseg import read_segmentation
+
+    for path in sys.argv[1:]:
+        try:
+            with dask.config.set(scheduler="synchronous"):
+                read_segmentation(path).compute()
+        except Exception as error:
+            print(json.dumps({"type": type(error).__name__, "message": str(error)}), flush=True)
+        else:
+            print(json.dumps({"type": None}), flush=True)
+""")
+
+
+def htj2k_copy(path: pathlib.Path, folder: pathlib.Path) -> tuple[bytes, list[bytes]]:
+    """A SEG's file with its frames re-encoded as HTJ2K, and those codestreams."""
+    import imagecodecs
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    from daskseg._codecs import CODECS, HTJ2KLossless
+
+    dataset = pydicom.dcmread(path)
+    codec = CODECS[str(dataset.file_meta.TransferSyntaxUID)]
+    frames = [
+        bytes(imagecodecs.htj2k_encode(
+            np.asarray(codec.decode(frame, dataset.Rows, dataset.Columns, 8)).reshape(
+                dataset.Rows, dataset.Columns),
+            level=0, reversible=True))
+        for frame in pydicom.encaps.generate_frames(
+            dataset.PixelData, number_of_frames=int(dataset.NumberOfFrames))
+    ]
+    dataset.PixelData = encapsulate(frames, has_bot=True)
+    dataset.file_meta.TransferSyntaxUID = HTJ2KLossless
+    copy = folder / "htj2k.dcm"
+    dataset.save_as(copy)
+    return copy.read_bytes(), frames
+
+
+# Bytes of a frame's codestream (ITU-T T.800 A.5.1: SIZ's YTsiz at 28-31, XOsiz at
+# 16-19, Ssiz at 42) and what OpenJPH (imagecodecs.htj2k_decode) made of them.
+HTJ2K_DAMAGE = {
+    "YTsiz 0 (OpenJPH: SIGFPE)": (28, b"\0\0\0\0", "tiles of 0 x 32 pixels"),
+    "XOsiz 2048 (OpenJPH: spins)": (18, b"\x08", "XOsiz 2048"),
+    "YTsiz 31 (OpenJPH: other pixels)": (31, b"\x1f", "cannot be decoded"),
+    "16-bit samples in an 8-bit SEG": (42, b"\x0f", "16-bit unsigned samples"),
+}
+
+
+@pytest.mark.timeout(60)
+def test_a_damaged_htj2k_codestream_is_refused(tmp_path, sources):
+    """A damaged HTJ2K frame is a SegmentationFileError naming the file and frame; it killed
+    the reading process, spun forever, or read as other pixels through OpenJPH. The reads run
+    in a process of their own, so that a crash fails this test only."""
+    data, frames = htj2k_copy(sources["fractional-rle-full"][0], tmp_path)
+    # The frame of most detail: an empty one decodes to zeros even with some such damage.
+    index = max(range(len(frames)), key=lambda i: len(frames[i]))
+    first = data.index(frames[index])
+    paths = []
+    for number, (offset, replacement, _) in enumerate(HTJ2K_DAMAGE.values()):
+        damaged = bytearray(data)
+        damaged[first + offset : first + offset + len(replacement)] = replacement
+        paths.append(tmp_path / f"damaged-{number}.dcm")
+        paths[-1].write_bytes(bytes(damaged))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(pathlib.Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+    ))
+    try:
+        run = subprocess.run([sys.executable, "-c", READ_IN_A_PROCESS, *map(str, paths)],
+                             capture_output=True, text=True, timeout=50, env=env)
+    except subprocess.TimeoutExpired as timeout:
+        pytest.fail(f"a read did not end; it printed {timeout.stdout!r}")
+    results = [json.loads(line) for line in run.stdout.splitlines()]
+    assert run.returncode == 0 and len(results) == len(paths), (run.returncode, run.stderr[-500:])
+    for (case, (_, _, says)), path, result in zip(HTJ2K_DAMAGE.items(), paths, results):
+        assert result["type"] == "SegmentationFileError", (case, result)
+        assert f"{path.name}: frame {index + 1} " in result["message"], (case, result)
+        assert says in result["message"], (case, result)
+
+
 # --------------------------------------------------------------------------- property
 
 
