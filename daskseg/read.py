@@ -123,7 +123,21 @@ class ReadOptions:
                 "rescale_fractional=True (as in highdicom)."
             )
         labels = list(range(1, len(numbers) + 1)) if self.relabel else numbers
-        largest = max(labels) if combine else 1
+        padding = None
+        if reader.segmentation_type == "LABELMAP":
+            padding = int(reader.header.get("PixelPaddingValue", 0))
+            bits = int(reader.header.BitsAllocated)
+            if not 0 <= padding < 2**bits:
+                # PS3.3 C.7.5.1.1.2: the padding value is a stored pixel value.
+                raise SegmentationFileError(
+                    f"{reader.path}: PixelPaddingValue {padding} cannot be a label of a "
+                    f"LABELMAP of BitsAllocated {bits}, whose labels are 0 to {2**bits - 1}: "
+                    "the file is damaged."
+                )
+        # Combined without relabelling, labels not asked for keep the stored background
+        # (PixelPaddingValue), as in highdicom: the output holds it too.
+        background = padding if padding is not None and combine and not self.relabel else 0
+        largest = max(*labels, background) if combine else 1
         rescale = fractional and self.rescale_fractional and not combine
         requested = self.dtype
         if requested is None:
@@ -146,14 +160,9 @@ class ReadOptions:
                 f"Rescaled fractional values need a floating-point dtype, not {dtype}; "
                 "use float32 or pass rescale_fractional=False."
             )
-        background = 0
-        if reader.segmentation_type == "LABELMAP" and combine and not self.relabel:
-            # highdicom keeps the stored background (PixelPaddingValue) when it does not relabel.
-            background = int(reader.header.get("PixelPaddingValue", 0))
         highest = stored = None
-        if reader.segmentation_type == "LABELMAP":
-            stored = sorted({0, int(reader.header.get("PixelPaddingValue", 0)),
-                             *reader.segment_numbers})
+        if padding is not None:
+            stored = sorted({0, padding, *reader.segment_numbers})
             highest = stored[-1]
         return Output(
             segmentation_type=reader.segmentation_type,

@@ -303,6 +303,53 @@ def test_a_damaged_htj2k_codestream_is_refused(tmp_path, sources):
         assert says in result["message"], (case, result)
 
 
+def _no_compute(*args, **kwargs):
+    raise AssertionError("a task ran")
+
+
+def test_a_labelmap_padding_value_its_labels_cannot_hold_is_refused(tmp_path, sources):
+    """PixelPaddingValue 65535 in an 8-bit LABELMAP: a SegmentationFileError before any work
+    (it was numpy's OverflowError from each decode task of a combined read)."""
+    import pydicom
+
+    dataset = pydicom.dcmread(sources["labelmap-native-full"][0])
+    assert dataset.BitsAllocated == 8
+    dataset.PixelPaddingValue = 65535
+    path = tmp_path / "padding.dcm"
+    dataset.save_as(path)
+    for combine_segments in (True, False):
+        with dask.config.set(scheduler=_no_compute), pytest.raises(
+            SegmentationFileError,
+            match=f"{path.name}: PixelPaddingValue 65535 cannot be a label of a LABELMAP of "
+                  "BitsAllocated 8, whose labels are 0 to 255",
+        ):
+            read_segmentation(path, combine_segments=combine_segments)
+
+
+def test_a_labelmap_background_above_its_segment_numbers_sets_the_output_type(tmp_path,
+                                                                               sources):
+    """A 16-bit LABELMAP of segments 1-3 padded with 1000: read combined, labels not asked for
+    (0 and 3) read as 1000, as in highdicom, so the output is uint16 (uint8 gave numpy's
+    OverflowError)."""
+    import pydicom
+
+    source = sources["labelmap-native-full"][0]
+    labels = read_all(source, combine_segments=True).astype(np.uint16)
+    dataset = pydicom.dcmread(source)
+    dataset.BitsAllocated = dataset.BitsStored = 16
+    dataset.HighBit = 15
+    stored = np.frombuffer(dataset.PixelData, np.uint8)
+    dataset.PixelData = stored.astype("<u2").tobytes()
+    dataset.PixelPaddingValue = 1000
+    path = tmp_path / "padding.dcm"
+    dataset.save_as(path)
+    with dask.config.set(scheduler="synchronous"):
+        got = read_segmentation(path, combine_segments=True, segment_numbers=[1, 2]).compute()
+    assert got.dtype == np.uint16
+    assert set(np.unique(labels)) == {0, 1, 2, 3}
+    np.testing.assert_array_equal(got, np.where(np.isin(labels, [1, 2]), labels, 1000))
+
+
 # --------------------------------------------------------------------------- property
 
 
