@@ -149,6 +149,10 @@ def read_chunk(
         lookup = output.lookup(layout.bits_allocated)
         # Omitted and all-zero frames hold stored label 0 everywhere.
         out.fill(lookup[0])
+    elif labelmap and 0 in output.numbers:
+        # Segment 0 read as a segment (no PixelPaddingValue): its plane is 1 where those frames
+        # are, as in highdicom; frames holding other labels overwrite it below.
+        out[..., output.numbers.index(0)] = 1
     n_tiles = n_rows * n_columns
     # All of the chunk's frames are asked for at once, in the order used below, so that a
     # source that fetches over the network can ask for many in one request.

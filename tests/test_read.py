@@ -425,6 +425,27 @@ def test_a_labelmap_label_between_its_segment_numbers_is_damage(tmp_path, thread
                 read_segmentation(path, **options).compute()
 
 
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, JPEGLSLossless])
+@pytest.mark.parametrize("organization", ["TILED_SPARSE", "TILED_FULL"])
+def test_labelmap_segment_zero_read_as_a_segment_equals_highdicom(tmp_path, transfer_syntax,
+                                                                  organization):
+    """A LABELMAP describing segment 0 without a PixelPaddingValue: segment 0 is a segment, and
+    its plane is 1 in omitted and all-zero frames too, where every stored label is 0 (it was 0
+    there)."""
+    path = highdicom_file(tmp_path, "LABELMAP", transfer_syntax, organization, rows=200,
+                          columns=170, tile=(32, 32))
+    seg = pydicom.dcmread(path)
+    assert seg.SegmentSequence[0].SegmentNumber == 0  # highdicom describes a background
+    del seg.PixelPaddingValue
+    seg.save_as(path)
+    labels = hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True)
+    assert (labels == 0).any() and (labels != 0).any()
+    with dask.config.set(scheduler="synchronous"):
+        assert open_segmentation(path).segment_numbers == [0, 1, 2, 3]
+        for numbers in ([0], [2, 0], [0, 1, 2, 3]):
+            assert_same_as_highdicom(path, segment_numbers=numbers)
+
+
 def test_tiled_full_frames_follow_segment_numbers_not_the_sequence_order(tmp_path):
     """PS3.3 C.7.6.17.3: TILED_FULL frames go by increasing segment number, as highdicom reads
     them, also when the SegmentSequence lists the segments in another order."""
