@@ -185,7 +185,7 @@ def _decode_rle(data: bytes, rows: int, columns: int, bits_allocated: int) -> np
             samples_per_pixel=1,
         ),
         frame_dtype(bits_allocated).newbyteorder("<"),
-    )
+    ).reshape(rows, columns)  # RLE has no shape of its own (PS3.5 G.3): the header's
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,8 @@ class Codec:
     names: tuple[str, ...]  # the CLI's short names
     segmentation_types: frozenset[str]  # where the syntax may be used (all lossless)
     encode: Callable[[np.ndarray, int], bytes]  # (frame, bits allocated) -> bytes
-    decode: Callable[[bytes, int, int, int], np.ndarray]  # (bytes, rows, columns, bits)
+    # (bytes, rows, columns, bits) -> the codestream's own shape and type, checked by the reader
+    decode: Callable[[bytes, int, int, int], np.ndarray]
     min_tile: int = 1  # the smallest frame side the encoder takes
 
     @property

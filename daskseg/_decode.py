@@ -42,9 +42,19 @@ def decode_frame(layout: FrameLayout, data: bytes, index: int) -> np.ndarray:
         return np.frombuffer(data, layout.dtype.newbyteorder("<")).reshape(rows, columns)
     codec = CODECS[str(layout.transfer_syntax_uid)]  # keyed by plain strings
     array = np.asarray(codec.decode(data, rows, columns, layout.bits_allocated))
-    if array.size != rows * columns:
-        raise ValueError(f"it decodes to {array.size} values, not {rows} x {columns}")
-    return np.asarray(array, dtype=layout.dtype).reshape(rows, columns)
+    # PS3.5 8.2: a codestream's size and precision are the header's. One that says otherwise
+    # would be reshaped (scrambling the tile) or cast (wrapping labels) without these checks.
+    if array.shape != (rows, columns):
+        raise _DamagedFrame(
+            f"decodes to an array of {' x '.join(map(str, array.shape))} values, not the "
+            f"header's Rows x Columns, {rows} x {columns}: the file is damaged."
+        )
+    if array.dtype.kind not in "ub" or array.dtype.itemsize > layout.dtype.itemsize:
+        raise _DamagedFrame(
+            f"decodes to values of type {array.dtype}, which BitsAllocated "
+            f"{layout.bits_allocated} (unsigned) cannot hold: the file is damaged."
+        )
+    return np.asarray(array, dtype=layout.dtype)
 
 
 def _decode_small(layout: FrameLayout, data: bytes) -> tuple[np.ndarray, bool]:
@@ -93,6 +103,8 @@ def _frame(layout: FrameLayout, data: bytes, frame: FrameRef) -> tuple[np.ndarra
         if not layout.native and len(data) < _SMALL_CODESTREAM:
             return _decode_small(layout, data)
         array = decode_frame(layout, data, index)
+    except _DamagedFrame:
+        raise
     except Exception as error:  # each codec library raises its own types
         raise _DamagedFrame(
             f"cannot be decoded as {UID(layout.transfer_syntax_uid).name} "

@@ -350,6 +350,40 @@ def test_a_labelmap_background_above_its_segment_numbers_sets_the_output_type(tm
     np.testing.assert_array_equal(got, np.where(np.isin(labels, [1, 2]), labels, 1000))
 
 
+@pytest.mark.parametrize("name", ["labelmap-jpegls-sparse", "binary-j2k-sparse"])
+@pytest.mark.parametrize(("change", "says"), [
+    ("16 x 64 pixels", "decodes to an array of 16 x 64 values, not the header's Rows x "
+                       "Columns, 32 x 32"),
+    ("16-bit, label + 256", "decodes to values of type uint16, which BitsAllocated"),
+])
+def test_a_codestream_of_another_size_or_precision_is_refused(tmp_path, sources, name, change,
+                                                              says):
+    """A frame whose codestream holds as many pixels in another shape, or wider values, than
+    the header says: it was reshaped (scrambling the tile) or cast (257 read as label 1)."""
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+
+    from daskseg._codecs import CODECS
+
+    dataset = pydicom.dcmread(sources[name][0])
+    rows, columns, bits = dataset.Rows, dataset.Columns, dataset.BitsAllocated
+    codec = CODECS[str(dataset.file_meta.TransferSyntaxUID)]
+    frames = list(generate_frames(dataset.PixelData, number_of_frames=int(dataset.NumberOfFrames)))
+    index = max(range(len(frames)), key=lambda i: len(frames[i]))  # not an empty frame
+    tile = np.asarray(codec.decode(frames[index], rows, columns, bits)).reshape(rows, columns)
+    assert tile.any() and (rows, columns) == (32, 32)
+    if change == "16 x 64 pixels":
+        frames[index] = codec.encode(np.ascontiguousarray(tile.reshape(16, 64)), bits)
+    else:
+        wide = tile.astype(np.uint16)
+        frames[index] = codec.encode(np.where(wide > 0, wide + 256, 0).astype(np.uint16), 16)
+    dataset.PixelData = encapsulate(frames, has_bot=True)
+    path = tmp_path / "changed.dcm"
+    dataset.save_as(path)
+    with pytest.raises(SegmentationFileError, match=f"{path.name}: frame {index + 1} {says}"):
+        read_all(path)
+
+
 # --------------------------------------------------------------------------- property
 
 
