@@ -216,11 +216,13 @@ def write_segmentation_pyramid(
     Raises
     ------
     SegmentationInputError, SegmentationTypeError
-        As :func:`write_segmentation`, and for factors or source levels that make no pyramid.
+        As :func:`write_segmentation`, and for factors or source levels that make no pyramid,
+        or a level's path that is a folder, before anything is written.
     DestinationExistsError
-        If a level's file exists and ``overwrite`` is not given, before anything is written.
-        With ``overwrite``, the new levels replace the old ones only once all are written, and
-        old levels beyond the new last one are removed.
+        If a level's file (or a symbolic link, even a dangling one) exists and ``overwrite``
+        is not given, before anything is written. With ``overwrite``, the new levels replace
+        the old ones only once all are written, all together: a rename that fails midway puts
+        the old levels back. Old levels beyond the new last one are removed.
     ClusterError
         If the cluster loses the work; the levels this call had written are removed, so a
         failure never leaves part of a pyramid.
@@ -284,12 +286,8 @@ def write_segmentation_pyramid(
         series_time=options.pop("series_time", None) or options.get("content_time") or now.time(),
     )
     paths = [folder / f"level-{level}.dcm" for level in range(len(shapes))]
-    existing = [str(path) for path in paths if path.exists()]
-    if existing and not options.get("overwrite", False):
-        raise DestinationExistsError(
-            f"{', '.join(existing)} {'exists' if len(existing) == 1 else 'exist'}; "
-            "pass overwrite=True to replace the levels."
-        )
+    overwrite = bool(options.get("overwrite", False))
+    _check_levels(paths, _stale_levels(folder, len(paths)) if overwrite else [], overwrite)
     # Each level is written under a hidden name and renamed into place once every level is
     # written: a failure leaves the old pyramid (if any) as it was, not part of each.
     token = uuid.uuid4().hex[:8]
@@ -324,8 +322,7 @@ def write_segmentation_pyramid(
                 level_mask, source, segment_descriptions, pending[level],
                 instance_number=level + 1, **shared, **{**level_options, "overwrite": True},
             ))
-        for new, path in zip(written, paths):
-            replace_atomically(new, path, bool(options.get("overwrite", False)))
+        _put_levels_in_place(written, paths, overwrite)
     except BaseException:
         # Half a pyramid is no pyramid: remove the levels this call wrote.
         for path in written:
@@ -334,9 +331,66 @@ def write_segmentation_pyramid(
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
-    # Overwritten: levels of an earlier, deeper pyramid here would be another series beside it.
-    level = len(paths)
-    while options.get("overwrite") and (stale := folder / f"level-{level}.dcm").exists():
-        stale.unlink()
-        level += 1
     return paths
+
+
+def _stale_levels(folder: pathlib.Path, first: int) -> list[pathlib.Path]:
+    """The level files of an earlier, deeper pyramid from level ``first`` on."""
+    stale: list[pathlib.Path] = []
+    # lexists: a dangling symbolic link is a level file too.
+    while os.path.lexists(path := folder / f"level-{first + len(stale)}.dcm"):
+        stale.append(path)
+    return stale
+
+
+def _check_levels(paths: list[pathlib.Path], stale: list[pathlib.Path], overwrite: bool) -> None:
+    """Refuse level paths that cannot be replaced: folders, or any level file without overwrite."""
+    folders = [str(path) for path in [*paths, *stale] if path.is_dir()]
+    if folders:
+        raise SegmentationInputError(
+            f"{', '.join(folders)} {'is a folder' if len(folders) == 1 else 'are folders'}, "
+            f"where the pyramid's level files go; move {'it' if len(folders) == 1 else 'them'} "
+            "away or choose another folder."
+        )
+    existing = [str(path) for path in paths if os.path.lexists(path)]
+    if existing and not overwrite:
+        raise DestinationExistsError(
+            f"{', '.join(existing)} {'exists' if len(existing) == 1 else 'exist'}; "
+            "pass overwrite=True to replace the levels."
+        )
+
+
+def _put_levels_in_place(written: list[pathlib.Path], paths: list[pathlib.Path],
+                         overwrite: bool) -> None:
+    """Rename each written level onto its path: all of them, or none.
+
+    The old levels (and, when overwriting, those of an earlier, deeper pyramid, which would be
+    another series beside the new one) are first renamed aside under hidden names, restored if
+    a rename fails midway, and removed once every new level is in place.
+    """
+    folder = paths[0].parent
+    stale = _stale_levels(folder, len(paths)) if overwrite else []
+    # Again, just before renaming: the folder may have changed while the levels were written.
+    _check_levels(paths, stale, overwrite)
+    token = uuid.uuid4().hex[:8]
+    aside: dict[pathlib.Path, pathlib.Path] = {}
+    placed: list[pathlib.Path] = []
+    try:
+        for path in [*paths, *stale]:
+            if os.path.lexists(path):
+                backup = folder / f".{path.name}.{token}.old"
+                os.rename(path, backup)
+                aside[path] = backup
+        for new, path in zip(written, paths):
+            replace_atomically(new, path, overwrite)
+            placed.append(path)
+    except BaseException:
+        for path in placed:
+            path.unlink(missing_ok=True)
+        for path, backup in aside.items():
+            # One that cannot go back stays under its hidden name: kept, not destroyed.
+            with contextlib.suppress(OSError):
+                os.rename(backup, path)
+        raise
+    for backup in aside.values():
+        backup.unlink(missing_ok=True)

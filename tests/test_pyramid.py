@@ -170,6 +170,58 @@ def test_an_overwritten_pyramid_is_replaced_whole_or_not_at_all(tmp_path, thread
     assert len(uids) == 1
 
 
+def test_a_level_path_that_is_a_folder_is_refused_before_any_work(tmp_path, thread_client):
+    """The new level 0 had replaced the old one, then a raw IsADirectoryError at level 1."""
+    labels = make_tissue_mask(ROWS, COLUMNS, 2, chunks=(70, 90))
+    source = make_slide(ROWS, COLUMNS, tile_size=(TILE, TILE))
+    descriptions = make_segment_descriptions(2)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "level-0.dcm").write_bytes(b"old")
+    (tmp_path / "a" / "level-1.dcm").mkdir()
+    with pytest.raises(SegmentationInputError, match=r"level-1.dcm is a folder"):
+        write_segmentation_pyramid(labels, [source], descriptions, tmp_path / "a",
+                                   downsample_factors=[2, 4], overwrite=True,
+                                   client=thread_client, **OPTIONS)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["level-0.dcm", "level-1.dcm"]
+    assert (tmp_path / "a" / "level-0.dcm").read_bytes() == b"old"
+
+
+def test_a_dangling_link_at_a_level_path_exists(tmp_path, thread_client):
+    """It was refused only once levels 0 and 1 were renamed into place, and they stayed."""
+    (tmp_path / "level-2.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    with pytest.raises(DestinationExistsError, match="level-2.dcm exists"):
+        write_segmentation_pyramid(make_tissue_mask(ROWS, COLUMNS, 2, chunks=(70, 90)),
+                                   [make_slide(ROWS, COLUMNS, tile_size=(TILE, TILE))],
+                                   make_segment_descriptions(2), tmp_path,
+                                   downsample_factors=[2, 4], client=thread_client, **OPTIONS)
+    assert [p.name for p in tmp_path.iterdir()] == ["level-2.dcm"]
+
+
+def test_a_rename_that_fails_midway_puts_the_old_levels_back(tmp_path, thread_client,
+                                                             monkeypatch):
+    labels = make_tissue_mask(ROWS, COLUMNS, 2, chunks=(70, 90))
+    source = make_slide(ROWS, COLUMNS, tile_size=(TILE, TILE))
+    descriptions = make_segment_descriptions(2)
+    old = {f"level-{k}.dcm": f"old {k}".encode() for k in range(4)}
+    for name, content in old.items():
+        (tmp_path / name).write_bytes(content)
+    renamed = []
+
+    def fail_at_level_1(new, path, overwrite):
+        if path.name == "level-1.dcm":
+            raise PermissionError(f"{path}: not allowed")
+        renamed.append(path.name)
+        os.replace(new, path)
+
+    monkeypatch.setattr("daskseg.pyramid.replace_atomically", fail_at_level_1)
+    with pytest.raises(PermissionError):
+        write_segmentation_pyramid(labels, [source], descriptions, tmp_path,
+                                   downsample_factors=[2], overwrite=True, client=thread_client,
+                                   **OPTIONS)
+    assert renamed == ["level-0.dcm"]  # level 0 was replaced, then put back
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old
+
+
 def test_the_series_date_follows_the_content_date_as_in_highdicom(tmp_path, thread_client):
     """A content date in the past was refused: the series date (now) came after it."""
     import datetime
