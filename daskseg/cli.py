@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import pathlib
 import sys
@@ -127,9 +128,13 @@ def _factors(text: str | None, mask: Any, source: str, tile_size: Any) -> list[f
     """``--downsample-factors``, or powers of two until a level fits in one tile."""
     if text:
         try:
-            return [float(v) for v in text.split(",")]
+            factors = [float(v) for v in text.split(",")]
         except ValueError:
-            raise UserError(f"--downsample-factors takes numbers like 2,4,8, not {text!r}") from None
+            factors = []
+        # float() takes "nan" and "inf" too, which make no level.
+        if not factors or not all(math.isfinite(f) for f in factors):
+            raise UserError(f"--downsample-factors takes numbers like 2,4,8, not {text!r}")
+        return factors
     from daskseg._source import load_source_image
 
     header = load_source_image(source)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import math
+import numbers
 import os
 import pathlib
 import uuid
@@ -28,7 +29,7 @@ from pydicom.dataset import Dataset
 
 from daskseg._file import replace_atomically
 from daskseg._source import load_source_image
-from daskseg.errors import DestinationExistsError, SegmentationInputError
+from daskseg.errors import DestinationExistsError, SegmentationInputError, SegmentationTypeError
 from daskseg.plan import aligned_chunks, block_location
 from daskseg._inputs import MaskLike, as_dask_array, drop_leading_axis, parse_segmentation_type, tile_size
 from daskseg.write import write_segmentation
@@ -200,7 +201,8 @@ def write_segmentation_pyramid(
         The folder for ``level-0.dcm``, ``level-1.dcm``, ...; made if missing (in an existing
         folder), and removed again if the write fails.
     downsample_factors : sequence of float, optional
-        With a single source: factors > 1, ascending; level k is ``int(size / factor)`` pixels.
+        With a single source: finite factors > 1, ascending; level k is ``int(size / factor)``
+        pixels.
     series_instance_uid, pyramid_uid, pyramid_label
         Shared by all levels; new UIDs by default.
     segmentation_type : str or highdicom.seg.SegmentationTypeValues
@@ -243,18 +245,8 @@ def write_segmentation_pyramid(
     array = drop_leading_axis(as_dask_array(mask), len(segment_descriptions), expected)
     rows, columns = (int(v) for v in array.shape[:2])
     if len(sources) == 1:
-        if not downsample_factors:
-            raise SegmentationInputError(
-                "With a single source image, give downsample_factors (e.g. [2, 4, 8])."
-            )
-        if any(f <= 1 for f in downsample_factors) or list(downsample_factors) != sorted(
-            downsample_factors
-        ):
-            raise SegmentationInputError(
-                f"downsample_factors must be ascending and above 1, got {downsample_factors}."
-            )
         shapes = [(rows, columns)] + [
-            (int(rows / f), int(columns / f)) for f in downsample_factors
+            (int(rows / f), int(columns / f)) for f in _checked_factors(downsample_factors)
         ]
     else:
         if downsample_factors is not None:
@@ -332,6 +324,27 @@ def write_segmentation_pyramid(
                 folder.rmdir()
         raise
     return paths
+
+
+def _checked_factors(factors: Any) -> list[float]:
+    """``downsample_factors`` of a single source as floats: finite, above 1, ascending."""
+    if factors is None or (isinstance(factors, Sequence | np.ndarray) and len(factors) == 0):
+        raise SegmentationInputError(
+            "With a single source image, give downsample_factors (e.g. [2, 4, 8])."
+        )
+    # A string is a sequence too, of characters: "2,4" would be refused as a factor ",".
+    if (isinstance(factors, str | bytes) or not isinstance(factors, Sequence | np.ndarray)
+            or not all(isinstance(f, numbers.Real) and not isinstance(f, bool | np.bool_)
+                       for f in factors)):
+        raise SegmentationTypeError(
+            f"downsample_factors must be a sequence of numbers, like [2, 4, 8], not {factors!r}."
+        )
+    values = [float(f) for f in factors]
+    if not all(math.isfinite(v) and v > 1 for v in values) or values != sorted(values):
+        raise SegmentationInputError(
+            f"downsample_factors must be finite, ascending and above 1, got {values}."
+        )
+    return values
 
 
 def _stale_levels(folder: pathlib.Path, first: int) -> list[pathlib.Path]:

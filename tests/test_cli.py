@@ -180,6 +180,9 @@ def test_encode_npy_with_dcmqi_metadata(inputs, tmp_path):
     (["decode", "slide.dcm", "-o", "no-such-folder/x.zarr"], "does not exist; create it first"),
     (["decode", "slide.dcm", "-o", "x.nii.gz", "--combine-segments"],
      "--combine-segments is for a Zarr store"),
+    (["encode", "mask.npy", "slide.dcm", "-o", "pyramid", "--label", "a", "--label", "b",
+      "--pyramid", "--downsample-factors", "2,nan"],
+     "--downsample-factors takes numbers like 2,4,8, not '2,nan'"),
 ])
 def test_user_errors_are_one_line(inputs, args, message, tmp_path):
     folder, _ = inputs

@@ -13,7 +13,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from daskseg import DestinationExistsError, SegmentationInputError, write_segmentation_pyramid
+from daskseg import (
+    DestinationExistsError,
+    SegmentationInputError,
+    SegmentationTypeError,
+    write_segmentation_pyramid,
+)
 from daskseg.plan import aligned_chunks
 from daskseg.pyramid import downsample, nearest_indices
 from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
@@ -220,6 +225,23 @@ def test_a_rename_that_fails_midway_puts_the_old_levels_back(tmp_path, thread_cl
                                    **OPTIONS)
     assert renamed == ["level-0.dcm"]  # level 0 was replaced, then put back
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old
+
+
+@pytest.mark.parametrize("factors, error, message", [
+    ([2, float("nan")], SegmentationInputError, "finite, ascending and above 1, got .2.0, nan"),
+    ([2, float("inf")], SegmentationInputError, "finite, ascending and above 1"),
+    ("2,4", SegmentationTypeError, "a sequence of numbers, like .2, 4, 8., not '2,4'"),
+    (2, SegmentationTypeError, "a sequence of numbers"),
+    ([2, "4"], SegmentationTypeError, "a sequence of numbers"),
+])
+def test_factors_that_make_no_pyramid_are_refused(tmp_path, factors, error, message):
+    """NaN and inf made a raw ValueError (int(nan)), a string a raw TypeError."""
+    with pytest.raises(error, match=message):
+        write_segmentation_pyramid(np.zeros((ROWS, COLUMNS), np.uint8),
+                                   [make_slide(ROWS, COLUMNS, tile_size=(TILE, TILE))],
+                                   make_segment_descriptions(1), tmp_path,
+                                   downsample_factors=factors, client=None, **OPTIONS)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_series_date_follows_the_content_date_as_in_highdicom(tmp_path, thread_client):
