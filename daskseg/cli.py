@@ -155,6 +155,10 @@ def _encode(args: argparse.Namespace) -> None:
         raise UserError("give the segments with --metadata FILE or with --label NAME (not both)")
     if not args.pyramid and os.path.exists(args.output) and not args.overwrite:
         raise UserError(f"{args.output} exists; pass --overwrite or choose another output")
+    if args.pyramid and os.path.isdir(args.source):
+        raise UserError(f"--pyramid makes levels of a tiled (whole-slide) image; {args.source} is "
+                        "a folder, of a series (CT, MR...) or a multi-frame image: leave out "
+                        "--pyramid")
     mask = _open_mask(args.mask)
     if args.metadata:
         descriptions, options = segment_descriptions_from_dcmqi(args.metadata)

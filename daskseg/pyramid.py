@@ -238,6 +238,13 @@ def write_segmentation_pyramid(
         raise SegmentationInputError(
             f"{folder} is not a folder, nor can it be made one (its parent must exist)."
         )
+    folders = [str(s) for s in source_images if isinstance(s, str | os.PathLike) and os.path.isdir(s)]
+    if folders:
+        raise SegmentationInputError(
+            f"The source {folders[0]} is a folder (a series, such as CT or MR, or a multi-frame "
+            "image); a pyramid is made of tiled (whole-slide) images: give the slide's file, or "
+            "its levels' files."
+        )
     sources = [load_source_image(s) for s in source_images]
     if not sources:
         raise SegmentationInputError("source_images is empty; give the slide or its pyramid.")

@@ -309,6 +309,25 @@ def test_encode_a_nifti_label_volume_of_a_ct_series_folder(inputs, tmp_path):
     )
 
 
+def test_a_pyramid_of_a_series_folder_says_pyramids_are_of_slides(tmp_path, capsys):
+    """It said only "[Errno 21] Is a directory: 'ct'"."""
+    from daskseg.synthetic import make_ct_series, make_label_volume
+
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    for ds in make_ct_series(3, 8, 8):
+        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    np.save(tmp_path / "labels.npy", make_label_volume(3, 8, 8, 1))
+    for factors in ([], ["--downsample-factors", "2"]):
+        assert main(["encode", str(tmp_path / "labels.npy"), str(folder), "-o",
+                     str(tmp_path / "pyramid"), "--label", "a", "--pyramid", *factors,
+                     "--threads", "1", "--quiet"]) == 1
+        assert capsys.readouterr().err == (
+            f"daskseg: error: --pyramid makes levels of a tiled (whole-slide) image; {folder} "
+            "is a folder, of a series (CT, MR...) or a multi-frame image: leave out --pyramid\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "labels.npy"]
+
+
 def test_dcmqi_label_ids_that_skip_numbers_as_dcmqi_writes_them(tmp_path):
     """dcmqi metadata whose labelIDs skip numbers (1, 2, 5): BINARY segments 1..3, segment 3
     the mask's label 5, as dcmqi's itkimage2segimage writes them (compared when installed)."""

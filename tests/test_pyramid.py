@@ -244,6 +244,16 @@ def test_factors_that_make_no_pyramid_are_refused(tmp_path, factors, error, mess
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_series_folder_as_source_is_refused(tmp_path):
+    """pydicom's IsADirectoryError was all it said."""
+    (tmp_path / "ct").mkdir()
+    with pytest.raises(SegmentationInputError, match="is a folder .* tiled .whole-slide. images"):
+        write_segmentation_pyramid(np.zeros((8, 8), np.uint8), [tmp_path / "ct"],
+                                   make_segment_descriptions(1), tmp_path / "out",
+                                   downsample_factors=[2], client=None, **OPTIONS)
+    assert [p.name for p in tmp_path.iterdir()] == ["ct"]
+
+
 def test_the_series_date_follows_the_content_date_as_in_highdicom(tmp_path, thread_client):
     """A content date in the past was refused: the series date (now) came after it."""
     import datetime
