@@ -2,21 +2,26 @@
 
 daskseg's own errors (a user's mistake it found) and the OS's errors about the user's files
 print one line, ``daskseg: error: ...``, and exit with status 1 (2 for usage errors, as
-argparse does). Anything else is a bug in daskseg and shows its traceback.
+argparse does). Anything else is a bug in daskseg and shows its traceback. Ctrl-C, SIGTERM and
+SIGHUP stop a command with its partial files removed, with the shell's status for the signal
+(130, 143, 129).
 """
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import logging
 import math
 import os
 import pathlib
+import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = ["main", "segment_descriptions_from_dcmqi"]
@@ -536,11 +541,70 @@ def _positive(text: str) -> int:
     return value
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: raised in the main thread as Ctrl-C is, so that the same cleanup runs
+    (partial files removed, the cluster closed)."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+def _stop(signal_number: int, frame: Any) -> None:
+    raise _Stopped(signal_number)
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP (where the platform has them) into :class:`_Stopped`."""
+    # Only the main thread may set handlers (main() may run in another, from a user's code).
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous_hook = sys.unraisablehook
+    main_thread = threading.get_ident()
+    active = True
+
+    def send_again(signal_number: int) -> None:
+        if not active:  # the command is over: the signal's default action would kill its caller
+            return
+        if hasattr(signal, "pthread_kill"):
+            # A signal, not interrupt_main(): that one does not wake a wait for the workers.
+            signal.pthread_kill(main_thread, signal_number)
+        else:
+            _thread.interrupt_main(signal.Signals(signal_number))
+
+    def stop_again(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, _Stopped):
+            # Raised where Python ignores exceptions (a garbage collector's callback, which
+            # the cluster's scheduler in this process has): the command went on to the end.
+            # The signal again, from another thread, is raised once the callback is over.
+            threading.Timer(0.01, send_again, (unraisable.exc_value.signal_number,)).start()
+        else:
+            previous_hook(unraisable)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            number = getattr(signal, name)
+            previous[number] = signal.signal(number, _stop)
+    sys.unraisablehook = stop_again
+    try:
+        yield
+    finally:
+        active = False
+        sys.unraisablehook = previous_hook
+        for number, handler in previous.items():
+            # None: a handler that was not set from Python; the default is the best guess.
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``daskseg`` command; return its exit status."""
     args = _parser().parse_args(argv)
     try:
-        args.run(args)
+        with _stopped_by_signals():
+            args.run(args)
     except BrokenPipeError:
         # The reader of the output went away (`daskseg info SEG | head`; the cluster's and the
         # servers' broken connections come as daskseg's errors): stop quietly, as other tools
@@ -553,6 +617,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # that daskseg found. Other exceptions are daskseg's bugs: their traceback is the report.
         print(f"daskseg: error: {_in_cli_words(str(error))}", file=sys.stderr)
         return 1
+    except _Stopped as stopped:
+        # Asked to stop (kill, a closed terminal): quietly, with the shell's status for it.
+        return 128 + stopped.signal_number
     except KeyboardInterrupt:
         print("daskseg: interrupted", file=sys.stderr)
         return 130

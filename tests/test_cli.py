@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import highdicom as hd
 import numpy as np
@@ -231,6 +234,62 @@ def test_a_mistake_found_on_the_workers_is_one_line_too(inputs, tmp_path):
     assert re.fullmatch(r"daskseg: error: The label image holds the label 2 at row \d+, "
                         r"column \d+, but only 1 segment is described; .*", line), line
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def detailed_inputs(tmp_path_factory):
+    """A mask whose JPEG 2000 SEG takes a few seconds to write on one worker process."""
+    from daskseg.synthetic import make_detailed_mask
+
+    folder = tmp_path_factory.mktemp("detailed")
+    np.save(folder / "mask.npy", make_detailed_mask(2048, 2048, 3, chunks=512).compute())
+    make_slide(2048, 2048, tile_size=(256, 256)).save_as(folder / "slide.dcm",
+                                                         enforce_file_format=True)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_a_signal_to_stop_removes_the_partial_files(detailed_inputs, tmp_path, name):
+    """SIGTERM (kill, a container's stop) and SIGHUP (a closed terminal) ended the command at
+    once, its spool files left beside the output; they stop it as Ctrl-C does, quietly, with
+    the shell's status for the signal."""
+    number = getattr(signal, name, None)
+    if number is None:
+        pytest.skip(f"this platform has no {name}")
+    command = subprocess.Popen(
+        [sys.executable, "-m", "daskseg", "encode", str(detailed_inputs / "mask.npy"),
+         str(detailed_inputs / "slide.dcm"), "-o", "seg.dcm", "--label", "a", "--label", "b",
+         "--label", "c", "--transfer-syntax", "jpeg2000", "--tile-size", "32", "--workers", "1",
+         "-q"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".") for p in tmp_path.iterdir()):  # the spool files
+        assert command.poll() is None and time.monotonic() < deadline, command.communicate()
+        time.sleep(0.01)
+    command.send_signal(number)
+    _, stderr = command.communicate(timeout=120)
+    assert (command.returncode, stderr) == (128 + number, "")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_raised_where_python_ignores_exceptions_is_raised_again():
+    """A signal that came in a garbage collector's callback (the cluster's scheduler runs one
+    in the command's process) was ignored there, and the command went on to the end."""
+    from daskseg.cli import _Stopped, _stopped_by_signals
+
+    def signal_in_callback(phase, info):
+        if phase == "start":
+            signal.raise_signal(signal.SIGTERM)
+
+    start = time.monotonic()
+    with pytest.raises(_Stopped), _stopped_by_signals():
+        gc.callbacks.append(signal_in_callback)
+        try:
+            gc.collect()
+        finally:
+            gc.callbacks.remove(signal_in_callback)
+        time.sleep(10)  # as the command waits for its workers: the signal must wake it
+    assert time.monotonic() - start < 5
 
 
 def test_usage_error_exits_2():
