@@ -2,9 +2,10 @@
 
 daskseg's own errors (a user's mistake it found) and the OS's errors about the user's files
 print one line, ``daskseg: error: ...``, and exit with status 1 (2 for usage errors, as
-argparse does). Anything else is a bug in daskseg and shows its traceback. Ctrl-C, SIGTERM and
-SIGHUP stop a command with its partial files removed, with the shell's status for the signal
-(130, 143, 129).
+argparse does), as do errors in reading the mask on the workers (a damaged Zarr chunk, a
+truncated file), naming it. Anything else is a bug in daskseg and shows its traceback.
+Ctrl-C, SIGTERM and SIGHUP stop a command with its partial files removed, with the shell's
+status for the signal (130, 143, 129).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -153,6 +155,40 @@ def _factors(text: str | None, mask: Any, source: str, tile_size: Any) -> list[f
     return factors
 
 
+def _raised_reading_the_mask(error: BaseException) -> bool:
+    """Whether ``error`` came from a worker's read of a region of the mask (its store, file or
+    codec), rather than from daskseg's code."""
+    calls = [(frame.f_globals.get("__name__", ""), frame.f_code.co_name)
+             for frame, _ in traceback.walk_tb(error.__traceback__)]
+    # distributed sends a task's error with the worker's frames, which follow the client's wait.
+    waits = [index for index, (module, _) in enumerate(calls) if module == "distributed.client"]
+    if not waits:
+        return False
+    worker = calls[waits[-1] + 1:]
+    # Past the runners of a block's graph (dask's, and daskseg's _BlockGraph), the first call
+    # is the task's own: a read of the mask is its array's __getitem__ (a Zarr array, nibabel's
+    # proxy of a NIfTI file, _TiffRegions); daskseg's own functions are named otherwise.
+    while worker and (worker[0][0].partition(".")[0] == "dask"
+                      or worker[0] == ("daskseg._tasks", "__call__")):
+        worker = worker[1:]
+    return bool(worker) and worker[0][1] == "__getitem__"
+
+
+@contextlib.contextmanager
+def _naming_the_mask(mask: str) -> Iterator[None]:
+    """Report an error in a read of the mask (a damaged Zarr chunk, a truncated file) as one
+    line that names it; the libraries' messages do not say which file they were reading."""
+    try:
+        yield
+    except DaskSegError:
+        raise
+    except Exception as error:
+        if not _raised_reading_the_mask(error):
+            raise
+        raise UserError(f"could not read the mask {mask}: {type(error).__name__}: {error}") \
+            from error
+
+
 def _encode(args: argparse.Namespace) -> None:
     from daskseg import write_segmentation
 
@@ -199,7 +235,7 @@ def _encode(args: argparse.Namespace) -> None:
         raise UserError(f"unknown transfer syntax {args.transfer_syntax!r}; use one of "
                         f"{', '.join(TRANSFER_SYNTAXES)}, or a UID")
     start = time.perf_counter()
-    with _client(args) as client:
+    with _client(args) as client, _naming_the_mask(args.mask):
         common = dict(
             segmentation_type=args.type, transfer_syntax_uid=syntax, tile_size=tile_size,
             dimension_organization_type=args.organization, client=client,

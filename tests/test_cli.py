@@ -292,6 +292,36 @@ def test_a_signal_raised_where_python_ignores_exceptions_is_raised_again():
     assert time.monotonic() - start < 5
 
 
+def test_a_mask_that_cannot_be_read_on_the_workers_is_named_in_one_line(inputs, tmp_path, capsys):
+    """A damaged Zarr chunk showed the traceback of zarr's read, in which the mask was not named."""
+    folder, labels = inputs
+    store = zarr.create_array(str(tmp_path / "mask.zarr"), shape=labels.shape, chunks=(128, 128),
+                              dtype="uint8")
+    store[:] = labels
+    (tmp_path / "mask.zarr" / "c" / "1" / "1").write_bytes(b"not zstd")
+    for pyramid in ([], ["--pyramid"]):
+        assert main(["encode", str(tmp_path / "mask.zarr"), str(folder / "slide.dcm"), "-o",
+                     str(tmp_path / "out"), "--label", "a", "--label", "b", *pyramid,
+                     "--threads", "1", "--quiet"]) == 1
+        [line] = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"daskseg: error: could not read the mask {tmp_path}/mask.zarr: "
+                               "RuntimeError: Zstd decompression error"), line
+    assert [p.name for p in tmp_path.iterdir()] == ["mask.zarr"]
+
+
+def test_a_bug_in_daskseg_on_the_workers_shows_its_traceback(inputs, tmp_path, monkeypatch):
+    def buggy(frame, spec):
+        raise ValueError("a bug, not the user's mistake")
+
+    monkeypatch.setattr("daskseg.encode.encode_frame", buggy)
+    folder, _ = inputs
+    with pytest.raises(ValueError, match="a bug"):
+        main(["encode", str(folder / "mask.zarr"), str(folder / "slide.dcm"), "-o",
+              str(tmp_path / "seg.dcm"), "--label", "a", "--label", "b", "--threads", "1",
+              "--quiet"])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_usage_error_exits_2():
     done = run("encode")
     assert done.returncode == 2 and "usage" in done.stderr and "Traceback" not in done.stderr
