@@ -294,7 +294,7 @@ _SOP_CLASS_NAMES = {"1.2.840.10008.5.1.4.1.1.66.7": "Label Map Segmentation Stor
 
 
 def _info(args: argparse.Namespace) -> None:
-    from daskseg import SegmentationReader, open_segmentation
+    from daskseg import open_segmentation
 
     from daskseg.dicomweb import is_dicomweb_url
 
@@ -303,11 +303,26 @@ def _info(args: argparse.Namespace) -> None:
     # URL: its metadata only.
     web = is_dicomweb_url(args.seg)
     seg = open_segmentation(args.seg, headers=_dicomweb_headers() if web else None)
+    from daskseg._frames import HEADER_DAMAGE, damaged_header
+
+    try:
+        _describe(seg, args.seg, web)
+    except BrokenPipeError:
+        raise  # `daskseg info SEG | head`: main() stops quietly
+    except HEADER_DAMAGE as error:
+        # Values the reader does not need (the SOP class, the pixel spacing) read here first.
+        raise damaged_header(str(args.seg), error) from error
+
+
+def _describe(seg: Any, path: str, web: bool) -> None:
+    """Print what ``daskseg info`` says of an open SEG."""
+    from daskseg import SegmentationReader
+
     ds = seg.header
     if web:
         print(f"url:             {seg.path} (DICOMweb)")
     else:
-        print(f"file:            {args.seg} ({os.path.getsize(args.seg) / 2**20:.1f} MiB)")
+        print(f"file:            {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
     sop_class = ds.SOPClassUID.name
     if sop_class == str(ds.SOPClassUID):  # pydicom 3.0 has no name for the label map class
         sop_class = _SOP_CLASS_NAMES.get(sop_class, sop_class)

@@ -562,3 +562,27 @@ def test_info_names_the_label_map_class_fractions_and_a_multiframe_source(
     assert "fractional:" not in out["LABELMAP"]
     assert "source image:    one multi-frame image" in out["multi-frame"]
     assert "source images:   5 in 1 series" in out["LABELMAP"]
+
+
+def test_info_of_header_values_the_reader_does_not_check_is_one_line(tmp_path, capsys,
+                                                                     thread_client):
+    # The reader opens these (it needs neither value); info printed a traceback.
+    from daskseg import write_segmentation
+    from daskseg.synthetic import make_ct_series, make_label_volume, make_segment_descriptions
+
+    path = write_segmentation(make_label_volume(4, 16, 24, 2), make_ct_series(4, 16, 24),
+                              make_segment_descriptions(2), tmp_path / "seg.dcm",
+                              client=thread_client)
+    no_class = pydicom.dcmread(path)
+    del no_class.SOPClassUID
+    no_class.save_as(tmp_path / "no-class.dcm", enforce_file_format=False)
+    data = path.read_bytes()
+    at = data.index(b"\x18\x00\x88\x00DS") + 8  # SpacingBetweenSlices' value
+    # Its first character made a letter, as a flipped byte leaves it.
+    (tmp_path / "spacing.dcm").write_bytes(data[:at] + b"q" + data[at + 1 :])
+    for name, says in [("no-class.dcm", "no attribute 'SOPClassUID'"),
+                       ("spacing.dcm", "could not convert string to float")]:
+        assert main(["info", str(tmp_path / name)]) == 1
+        error = capsys.readouterr().err
+        assert error.startswith(f"daskseg: error: {tmp_path / name}: the DICOM header is damaged")
+        assert says in error and "Traceback" not in error
