@@ -63,6 +63,15 @@ DCMQI = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _earlier_garbage_collected(capsys):
+    """asyncio reports a future of an earlier test that nobody awaited ("Future exception was
+    never retrieved") on stderr when the garbage collector frees it, which may be during a
+    command whose stderr a test reads: freed here first, and its report dropped."""
+    gc.collect()
+    capsys.readouterr()
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
