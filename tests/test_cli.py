@@ -63,13 +63,8 @@ DCMQI = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _earlier_garbage_collected(capsys):
-    """asyncio reports a future of an earlier test that nobody awaited ("Future exception was
-    never retrieved") on stderr when the garbage collector frees it, which may be during a
-    command whose stderr a test reads: freed here first, and its report dropped."""
-    gc.collect()
-    capsys.readouterr()
+# The CLI's stderr is read whole: no report of an earlier test's garbage in it (see conftest).
+pytestmark = pytest.mark.usefixtures("earlier_garbage_collected")
 
 
 @pytest.fixture(scope="module")
