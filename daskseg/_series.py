@@ -321,7 +321,8 @@ def _multiframe_series(dataset: Dataset) -> SourceSeries:
             f"{sequence} > {keyword}: a SEG of a volume needs every frame's plane geometry."
         )
 
-    names = [f"frame {k + 1} of {_describe(dataset)}" for k in range(frames)]
+    described = _describe(dataset)
+    names = [f"frame {k + 1} of {described}" for k in range(frames)]
     positions = _geometry(
         [attribute(item, "PlanePositionSequence", "ImagePositionPatient", k)
          for k, item in enumerate(per_frame)], "ImagePositionPatient", names,
