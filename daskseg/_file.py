@@ -167,7 +167,7 @@ def replace_atomically(temporary: pathlib.Path, destination: pathlib.Path, overw
         except FileExistsError:
             raise appeared from None
         except OSError:
-            if destination.exists():
+            if os.path.lexists(destination):  # a link to nowhere too, as check_destination
                 raise appeared from None
         else:
             os.unlink(temporary)
