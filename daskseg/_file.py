@@ -29,7 +29,7 @@ from pydicom.filewriter import correct_ambiguous_vr, write_sequence
 from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless
 
 from daskseg._header import FrameItems, element_header, encoded_items, item
-from daskseg._spool import Spool
+from daskseg._spool import Spool, create_new_file
 from daskseg.encode import encode_frame, write_all
 from daskseg.errors import DestinationExistsError, SegmentationInputError
 from daskseg.plan import FrameSpec, TileGrid, included_frames
@@ -136,11 +136,10 @@ def temporary_beside(destination: pathlib.Path, suffix: str) -> tuple[int, pathl
         kept: int | None = stat.S_IMODE(destination.stat().st_mode)
     except OSError:
         kept = None
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
         path = destination.parent / f".{destination.name}.{uuid.uuid4().hex[:12]}{suffix}"
         try:
-            handle = os.open(path, flags, 0o666)  # the umask applies, as for open()
+            handle = create_new_file(path, 0o666)  # the umask applies, as for open()
         except FileExistsError:
             continue
         if kept is not None:

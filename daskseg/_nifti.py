@@ -486,8 +486,8 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
     # Written beside the destination and renamed: a failure leaves no half-written file.
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
     handle, temporary = temporary_beside(path, suffix)
-    os.close(handle)
     try:
+        os.close(handle)  # in the try: a signal's exception may come as it returns
         image.to_filename(temporary)
         os.replace(temporary, path)
     except BaseException:

@@ -13,7 +13,6 @@ import functools
 import math
 import os
 import pathlib
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,7 +39,7 @@ from daskseg.plan import FrameSpec
 
 __all__ = [
     "Meanwhile", "Spool", "encode_blocks", "encode_tasks", "encoded_frames", "numpy_block_task",
-    "numpy_encode_tasks", "spool_prefix", "loopback_workers",
+    "create_new_file", "numpy_encode_tasks", "spool_prefix", "loopback_workers",
 ]
 
 
@@ -55,30 +54,43 @@ class Spool:
 
     def __init__(self, folder: pathlib.Path, name: str, shape: tuple[int, int, int],
                  worker_prefix: str | None = None) -> None:
-        try:
-            handle, self.path = tempfile.mkstemp(prefix=f".{name}.", suffix=".spool", dir=folder)
-        except OSError as error:  # a folder that refuses new files (a read-only mount, say)
-            raise SegmentationInputError(
-                f"Cannot create a file in the destination folder {folder}: {error.strerror}. "
-                "Choose a folder where this user can create files."
-            ) from error
-        self.file = os.fdopen(handle, "w+b", buffering=0)
         self.offsets = np.full(shape, -1, dtype=np.int64)
         self.lengths = np.full(shape, -1, dtype=np.int64)
         self.source = np.zeros(shape, dtype=np.int32)  # index in .sources of each frame's file
-        self.sources = [self.file.fileno()]  # descriptors to read frames from
         self.size = 0
         self.worker_prefix = worker_prefix
         self._worker_files: dict[str, int] = {}  # base name -> index in .sources
-        self._prepared: list[str] = []
+        self._prepared: list[str] = []  # the workers' files, listed before they are made
+        self.folder, self.name = folder, name
+        self.path = ""
+        self.sources: list[int] = []  # descriptors to read frames from; the spool's own first
+
+    def open(self) -> None:
+        """Create the spool's own file. Called inside the ``try`` whose ``finally`` calls
+        :meth:`close`: an interruption right after it is made, as after the constructor
+        returned, would otherwise leave the file behind."""
+        for _ in range(100):
+            path = str(self.folder / f".{self.name}.{uuid.uuid4().hex[:16]}.spool")
+            try:
+                handle = create_new_file(path, 0o600)
+            except FileExistsError:
+                continue
+            except OSError as error:  # a folder that refuses new files (a read-only mount)
+                raise SegmentationInputError(
+                    f"Cannot create a file in the destination folder {self.folder}: "
+                    f"{error.strerror}. Choose a folder where this user can create files."
+                ) from error
+            self.path, self.sources = path, [handle]  # no signal's exception between these
+            return
+        raise FileExistsError(f"No free spool name in {self.folder}.")
 
     def prepare_workers(self, addresses: list[str]) -> None:
         """Create an empty spool file for each of these workers (which then write to it)."""
         assert self.worker_prefix is not None
         for address in addresses:
             path = worker_spool_name(self.worker_prefix, address)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            self._prepared.append(path)
+            self._prepared.append(path)  # first: close() removes it whatever comes next
+            fd = create_new_file(path, 0o600)
             self._worker_files[os.path.basename(path)] = len(self.sources)
             self.sources.append(fd)
 
@@ -94,7 +106,7 @@ class Spool:
             self.offsets[where] = offset + starts
         else:
             data: np.ndarray = unpacked(result.data)
-            write_all(self.file.fileno(), data.data)
+            write_all(self.sources[0], data.data)
             self.source[where] = 0
             self.offsets[where] = self.size + starts
             self.size += int(data.size)
@@ -108,12 +120,31 @@ class Spool:
         )
 
     def close(self) -> None:
-        self.file.close()
-        for fd in self.sources[1:]:
+        """Close and remove every file of the spool (any of them may not have been made)."""
+        for fd in self.sources:
             os.close(fd)
-        for path in [self.path, *self._prepared]:
+        self.sources = []
+        for path in filter(None, [self.path, *self._prepared]):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+def create_new_file(path: str | os.PathLike[str], mode: int) -> int:
+    """Create the file ``path``, which must not exist, for reading and writing: its descriptor.
+
+    An exception from a signal's handler (Ctrl-C, or SIGTERM in the CLI) can come right after
+    the file is made, before its descriptor reaches the caller, who could then not remove it:
+    the file is removed here. No one else made it: ``O_EXCL`` and a name of our own.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        return os.open(path, flags, mode)
+    except OSError:
+        raise  # nothing was made (FileExistsError: someone else's)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
 
 
 def spool_prefix(destination: pathlib.Path) -> str:
@@ -296,6 +327,7 @@ def encoded_frames(
     """
     spool = Spool(destination.parent, destination.name, shape, worker_prefix)
     try:
+        spool.open()
         tile_nonempty = np.zeros(shape[1:], dtype=bool)
         with ThreadPoolExecutor(1, thread_name_prefix="daskseg-header") as pool:
             running = Meanwhile(pool, meanwhile)

@@ -27,6 +27,7 @@ def arrive(spool, column, data):
 
 def spool_of(tmp_path, frames):
     spool = Spool(tmp_path, "seg.dcm", (1, 1, len(frames)))
+    spool.open()
     for column, data in enumerate(frames):
         arrive(spool, column, data)
     return spool
@@ -92,6 +93,7 @@ def test_encapsulated_frames_of_several_blocks_equal_pydicoms_encapsulation(tmp_
     frames = {(channel, column): rng.bytes(int(rng.integers(1, 40)))
               for channel in range(2) for column in range(6) if (channel, column) != (1, 4)}
     spool = Spool(tmp_path, "seg.dcm", (2, 1, 6))
+    spool.open()
     for first in (3, 0):  # two blocks of three tiles, each with both segments' frames
         block = [(channel, 0, column, frames[channel, column])
                  for channel in range(2) for column in range(first, first + 3)
@@ -127,6 +129,7 @@ def test_encapsulated_frames_gathered_into_few_writes(tmp_path, monkeypatch, cas
     rng = np.random.default_rng(2)
     frames = [rng.bytes(int(rng.integers(1, 30))) for _ in range(n_frames)]
     spool = Spool(tmp_path, "seg.dcm", (1, 1, n_frames))
+    spool.open()
     for first in range(n_frames - block, -1, -block):  # blocks arrive last first
         block_frames = [(0, 0, column, frames[column]) for column in range(first, first + block)]
         spool.add_block(BlockResult.of(0, first, np.ones((1, block), bool), block_frames, False))
@@ -160,6 +163,7 @@ def test_native_frames_are_copied_in_file_order_with_missing_ones_filled(tmp_pat
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (4, 4)).astype(np.uint8) for _ in range(6)]
     spool = Spool(tmp_path, "seg.dcm", (1, 1, 7))
+    spool.open()
     # Arrival order differs from file order; frame 6 never arrives (an omitted empty frame).
     for column in (2, 3, 0, 1, 5, 4):
         arrive(spool, column, frames[column].tobytes())
@@ -221,6 +225,38 @@ def test_workers_on_this_machine_spool_their_frames_and_every_file_goes(tmp_path
         assert_missing_frames_are_empty=True)
     np.testing.assert_array_equal(pixels, labels)
 
+
+
+@pytest.mark.parametrize("made", ["spool", "worker's spool", "temporary file"])
+def test_an_interruption_as_a_file_is_made_leaves_no_file(tmp_path, dask_client, monkeypatch,
+                                                          made):
+    """A signal's exception (SIGTERM in the CLI) that came as ``os.open`` returned left the file
+    it had just made: its descriptor and name never reached the code that removes them. CI saw
+    a worker's spool file left so."""
+    from daskseg import write_segmentation
+    from daskseg.synthetic import make_ct_series, make_label_volume, make_segment_descriptions
+
+    real_open, opened = os.open, []
+
+    def open_then_interrupted(path, flags, *args, **kwargs):
+        handle = real_open(path, flags, *args, **kwargs)
+        name = os.path.basename(path)
+        kind = ("temporary file" if name.endswith(".tmp") else
+                "worker's spool" if "tcp_" in name else "spool" if name.endswith(".spool")
+                else None)
+        if kind == made:
+            opened.append(name)
+            os.close(handle)
+            raise KeyboardInterrupt  # as the handler raises at the call's return
+        return handle
+
+    labels, series = make_label_volume(8, 16, 16, 2), make_ct_series(8, 16, 16)
+    monkeypatch.setattr(os, "open", open_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_segmentation(labels, series, make_segment_descriptions(2), tmp_path / "seg.dcm",
+                           client=dask_client)
+    monkeypatch.undo()
+    assert opened and list(tmp_path.iterdir()) == []
 
 def _header(syntax, character_set="ISO_IR 192"):
     from pydicom.dataset import Dataset, FileMetaDataset

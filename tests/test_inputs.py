@@ -149,4 +149,4 @@ def test_a_folder_that_refuses_new_files_is_an_input_error():
     else:
         pytest.skip("/sys takes new files here")
     with pytest.raises(SegmentationInputError, match="Cannot create a file in the destination"):
-        Spool(folder, "seg.dcm", (1, 1, 1))
+        Spool(folder, "seg.dcm", (1, 1, 1)).open()
