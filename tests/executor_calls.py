@@ -32,6 +32,16 @@ def append_line(path, value, seconds=0.0):
     return value
 
 
+def wait_for_file(path, seconds=60.0):
+    """Return once ``path`` exists (or after ``seconds``): a call as slow as the test wants."""
+    import os
+
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.path.exists(path)
+
+
 def lock_on(value, bad):
     """A result that cannot be pickled for ``bad``, ``value`` otherwise."""
     import threading

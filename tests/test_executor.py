@@ -25,6 +25,7 @@ from distributed import Client, LocalCluster
 from daskseg import ClusterError, DaskExecutor
 from executor_calls import (
     LoadsNowhere, MyObject, append_line, lock_on, make_dummy_object, mul, sleep_and_raise,
+    wait_for_file,
 )
 from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
 
@@ -76,8 +77,8 @@ def make_big(value):
 # setup of issue #10); and against one that takes every call for instant, so it batches all it can:
 # the worst case for a call held back by its batchmates.
 
-SLOW = 0.5  # a call that must not hold back others
-LONG = 1.0  # a call still running when a test's timeout expires
+SLOW = 1.0  # a call that must not hold back others (0.5 s was too short on a busy CI machine)
+LONG = 2.0  # a call still running when a test's timeout expires
 
 
 class _BatchEverything(DaskExecutor):
@@ -303,15 +304,21 @@ def test_contract_cancel_queued_call(any_executor):
     assert all(f.result() is None for f in futures[:-1])
 
 
-def test_contract_slow_call_holds_back_no_other(any_executor):
+def test_contract_slow_call_holds_back_no_other(any_executor, tmp_path):
     # Issue #10: finished batchmates and those not started alike come back while a slow call runs.
-    futures = [any_executor.submit(time.sleep, s) for s in [0, 0, LONG, 0, 0, 0]]
+    # The slow call runs until the test lets it end, not for a fixed time: a CI run whose
+    # machine was busy took over 0.5 s to finish the quick ones.
+    go = tmp_path / "go"
+    futures = [any_executor.submit(*call) for call in
+               [(time.sleep, 0), (time.sleep, 0), (wait_for_file, str(go)), (time.sleep, 0),
+                (time.sleep, 0), (time.sleep, 0)]]
     slow = futures.pop(2)
-    done, not_done = cf.wait(futures, timeout=SLOW)
+    done, not_done = cf.wait(futures, timeout=30)
     assert not not_done
     assert not slow.done()
     assert "state=running" in repr(slow)
-    assert slow.result(timeout=30) is None
+    go.touch()
+    assert slow.result(timeout=30) is True
 
 
 def test_contract_run_after_shutdown(any_executor):
