@@ -168,7 +168,8 @@ def block_tasks(array: da.Array, then: Callable[[Any], Any] | None = None) -> np
 def run_windowed(
     client: Any, tasks: Sequence[Delayed | DataTask], what: str,
     workers: dict[str, int] | None = None, on_submitted: Callable[[], Any] | None = None,
-    settle: bool = False,
+    settle: bool = False, gather_batch: int | None = None,
+    check: Callable[[], None] | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """Compute ``tasks`` on the cluster; yield ``(index, result)`` as each finishes.
 
@@ -185,7 +186,11 @@ def run_windowed(
     :func:`~daskseg._client.cluster_workers`' answer, when the caller asked already;
     ``on_submitted`` is called once the first window of tasks is on the cluster. With
     ``settle``, a failed or abandoned run returns only once the workers no longer run any of its
-    cancelled tasks (for tasks that write where the caller then cleans up).
+    cancelled tasks (for tasks that write where the caller then cleans up). Finished tasks are
+    gathered ``gather_batch`` at a time (default: one per worker thread, up to 8), or all there
+    are once none is still running. ``check`` is called whenever tasks finish, before their
+    results are gathered: its exception stops the run (work on the client that failed
+    meanwhile).
     """
     clock = WorkerlessClock(client)
     stopped, starved = threading.Event(), threading.Event()
@@ -214,6 +219,7 @@ def run_windowed(
     # short tasks took 0.3 s of the client's CPU in windows of 8, 0.11 s all at once).
     carries_data = any(isinstance(task, DataTask) for task in tasks)
     window = max(8, (4 if carries_data else 16) * threads)
+    gather_at_once = min(threads, 8) if gather_batch is None else max(1, gather_batch)
     index_of: dict[str, int] = {}
     in_flight: dict[str, Any] = {}  # shared with the watchdog thread
     held: dict[str, Any] = {}  # scattered inputs of the tasks in flight
@@ -267,13 +273,14 @@ def run_windowed(
     try:
         finished: list[Any] = []
         for batch in queue.batches():
-            # Gathered a few at a time, one round trip for all that finished (one per worker
-            # thread, up to 8, or all there are once none is still running). Still
-            # watched while gathered: a worker that holds a finished result and then leaves
-            # sends the key back to waiting, and only the watchdog's cancel ends that wait
-            # when no worker is left.
+            # Gathered a few at a time, one round trip for all that finished. Still watched
+            # while gathered: a worker that holds a finished result and then leaves sends the
+            # key back to waiting, and only the watchdog's cancel ends that wait when no
+            # worker is left.
             finished += batch
-            if len(finished) < min(threads, 8) and not queue.is_empty():
+            if check is not None:
+                check()
+            if len(finished) < gather_at_once and not queue.is_empty():
                 continue
             batch, finished = finished, []
             try:

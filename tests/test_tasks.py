@@ -97,6 +97,32 @@ def test_a_task_error_reaches_the_caller_as_it_is(thread_client):
         list(run_windowed(thread_client, [dask.delayed(fail)(1)], "fail"))
 
 
+
+@pytest.mark.parametrize("gather_batch, most", [(None, 32), (8, 5)])
+def test_finished_tasks_are_gathered_gather_batch_at_a_time(thread_client, monkeypatch,
+                                                            gather_batch, most):
+    """By default one gather per worker thread's result; with ``gather_batch`` (the writer's
+    8: each gather is a round trip that costs the client's CPU) at most one per 8 results but
+    the last."""
+    import time
+
+    gathers = []
+    gather = thread_client.gather
+
+    def counted_gather(futures, **options):
+        gathers.append(len(futures))
+        return gather(futures, **options)
+
+    monkeypatch.setattr(thread_client, "gather", counted_gather)
+    tasks = [dask.delayed(lambda k: time.sleep(0.01) or k)(k) for k in range(32)]
+    results = dict(run_windowed(thread_client, tasks, "sleep", gather_batch=gather_batch))
+    assert results == {k: k for k in range(32)}
+    assert sum(gathers) == 32 and len(gathers) <= most
+    if gather_batch is not None:
+        assert all(size >= gather_batch for size in gathers[:-1])
+    else:
+        assert len(gathers) > 5  # two threads finish about two at a time
+
 def _total(block):
     from daskseg._pack import unpacked
 
