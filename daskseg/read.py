@@ -481,17 +481,20 @@ class SegmentationReader:
             )
         partial = (destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.partial")
                    if destination is not None else None)
+        # The partial store is made inside the try that removes it: a signal's exception
+        # (Ctrl-C, or SIGTERM in the CLI) can come while zarr makes it.
         try:
-            target = zarr.create_array(
-                str(partial) if partial is not None else store, shape=array.shape,
-                chunks=tuple(c[0] for c in array.chunks), dtype=array.dtype, overwrite=overwrite,
-            )
-        except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError) as error:
-            raise DestinationExistsError(
-                f"{store} holds a Zarr array or group already; pass overwrite=True to replace "
-                "it, or choose another store."
-            ) from error
-        try:
+            try:
+                target = zarr.create_array(
+                    str(partial) if partial is not None else store, shape=array.shape,
+                    chunks=tuple(c[0] for c in array.chunks), dtype=array.dtype,
+                    overwrite=overwrite,
+                )
+            except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError) as error:
+                raise DestinationExistsError(
+                    f"{store} holds a Zarr array or group already; pass overwrite=True to "
+                    "replace it, or choose another store."
+                ) from error
             self._store_into(array, target, client, progress)
             if destination is not None and partial is not None:
                 replace_tree(partial, destination)

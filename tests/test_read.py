@@ -318,6 +318,29 @@ def test_several_focal_planes_or_optical_paths_are_refused(tmp_path, keyword):
         open_segmentation(tmp_path / "planes.dcm")
 
 
+
+def test_an_interruption_while_the_store_is_made_leaves_no_partial_store(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM in the CLI) that came as zarr made the partial store left it, hidden
+    beside the destination: its creation was outside the try that removes it."""
+    import zarr
+
+    source = make_slide(128, 128, tile_size=(64, 64))
+    labels = np.zeros((128, 128), np.uint8)
+    labels[10:80, 10:80] = 1
+    path = write_segmentation(labels, source, make_segment_descriptions(1), tmp_path / "o.dcm")
+    out = tmp_path / "out"
+    out.mkdir()
+    create_array = zarr.create_array
+
+    def made_then_interrupted(*args, **kwargs):
+        create_array(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zarr, "create_array", made_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        open_segmentation(path).to_zarr(str(out / "labels.zarr"), combine_segments=True)
+    assert list(out.iterdir()) == []
+
 def _no_compute(*args, **kwargs):
     raise AssertionError("validation computed something")
 
