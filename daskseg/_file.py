@@ -184,16 +184,26 @@ def replace_tree(partial: pathlib.Path, destination: pathlib.Path) -> None:
         partial.rename(destination)
         return
     aside = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.old")
-    destination.rename(aside)
     try:
+        # Both renames in the try: a signal's exception (Ctrl-C, SIGTERM in the CLI) can come
+        # as either returns.
+        destination.rename(aside)
         partial.rename(destination)
     except BaseException:
-        aside.rename(destination)
+        if not os.path.lexists(destination):
+            aside.rename(destination)  # the old one back
+        elif os.path.lexists(aside) and not os.path.lexists(partial):
+            _remove(aside)  # the new one is in place after all: the old one goes as planned
         raise
-    if aside.is_dir() and not aside.is_symlink():
-        shutil.rmtree(aside, ignore_errors=True)
+    _remove(aside)
+
+
+def _remove(path: pathlib.Path) -> None:
+    """Remove a file, link or folder tree, as far as possible."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
     else:
-        aside.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
 
 
 def _runs(spool: Spool, order: np.ndarray) -> tuple[np.ndarray, ...]:

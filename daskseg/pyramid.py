@@ -293,8 +293,8 @@ def write_segmentation_pyramid(
     pending = [folder / f".{path.name}.{token}.new" for path in paths]
     written: list[pathlib.Path] = []
     made = not folder.exists()
-    folder.mkdir(exist_ok=True)
     try:
+        folder.mkdir(exist_ok=True)
         for level, shape in enumerate(shapes):
             source = sources[level] if len(sources) > 1 else sources[0]
             level_options = dict(options)
@@ -323,8 +323,9 @@ def write_segmentation_pyramid(
             ))
         _put_levels_in_place(written, paths, overwrite)
     except BaseException:
-        # Half a pyramid is no pyramid: remove the levels this call wrote.
-        for path in written:
+        # Half a pyramid is no pyramid: remove the levels this call wrote (under names of its
+        # own: a level whose write had ended but was not yet listed as written too).
+        for path in pending:
             path.unlink(missing_ok=True)
         if made:
             with contextlib.suppress(OSError):
@@ -380,6 +381,11 @@ def _check_levels(paths: list[pathlib.Path], stale: list[pathlib.Path], overwrit
         )
 
 
+def _identity(status: os.stat_result) -> tuple[int, int]:
+    """A file's device and inode: which file a path names (an inode of 0: not known)."""
+    return status.st_dev, status.st_ino
+
+
 def _put_levels_in_place(written: list[pathlib.Path], paths: list[pathlib.Path],
                          overwrite: bool) -> None:
     """Rename each written level onto its path: all of them, or none.
@@ -394,19 +400,24 @@ def _put_levels_in_place(written: list[pathlib.Path], paths: list[pathlib.Path],
     _check_levels(paths, stale, overwrite)
     token = uuid.uuid4().hex[:8]
     aside: dict[pathlib.Path, pathlib.Path] = {}
-    placed: list[pathlib.Path] = []
+    placed: list[tuple[pathlib.Path, tuple[int, int]]] = []  # each new level's path and file
     try:
+        # Each rename is listed before it is made: a signal's exception (Ctrl-C, SIGTERM in the
+        # CLI) can come as it returns. Undoing one that was not made fails harmlessly.
         for path in [*paths, *stale]:
             if os.path.lexists(path):
                 backup = folder / f".{path.name}.{token}.old"
-                os.rename(path, backup)
                 aside[path] = backup
+                os.rename(path, backup)
         for new, path in zip(written, paths):
+            placed.append((path, _identity(os.stat(new))))
             replace_atomically(new, path, overwrite)
-            placed.append(path)
     except BaseException:
-        for path in placed:
-            path.unlink(missing_ok=True)
+        for path, inode in placed:
+            # Only the new level: a file that appeared there meanwhile is someone else's.
+            with contextlib.suppress(OSError):
+                if inode[1] and _identity(os.lstat(path)) == inode:
+                    path.unlink()
         for path, backup in aside.items():
             # One that cannot go back stays under its hidden name: kept, not destroyed.
             with contextlib.suppress(OSError):

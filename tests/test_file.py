@@ -603,6 +603,37 @@ def test_a_finished_store_replaces_the_old_one_which_survives_a_failed_rename(tm
     assert sorted(path.name for path in tmp_path.iterdir()) == ["labels.zarr"]
 
 
+
+@pytest.mark.parametrize("interrupted", ["old set aside", "new put in place"])
+def test_an_interruption_as_a_store_is_renamed_leaves_one_whole_store(tmp_path, monkeypatch,
+                                                                       interrupted):
+    """A signal's exception that came as the old store's rename returned, before the try that
+    puts it back, left it under its hidden name and no store at the destination."""
+    from daskseg._file import replace_tree
+
+    destination = tmp_path / "labels.zarr"
+    destination.mkdir()
+    (destination / "zarr.json").write_text("old")
+    partial = tmp_path / ".labels.zarr.1234.partial"
+    partial.mkdir()
+    (partial / "zarr.json").write_text("new")
+    real_rename = pathlib.Path.rename
+
+    def renamed_then_interrupted(self, target):
+        result = real_rename(self, target)
+        if (self == destination) == (interrupted == "old set aside"):
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(pathlib.Path, "rename", renamed_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        replace_tree(partial, destination)
+    monkeypatch.undo()
+    expected = "old" if interrupted == "old set aside" else "new"
+    assert (destination / "zarr.json").read_text() == expected
+    left = {path.name for path in tmp_path.iterdir()}
+    assert left == ({"labels.zarr", partial.name} if expected == "old" else {"labels.zarr"})
+
 def test_a_file_that_appeared_is_never_replaced_without_overwrite(tmp_path):
     from daskseg import DestinationExistsError
     from daskseg._file import replace_atomically

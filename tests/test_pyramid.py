@@ -227,6 +227,45 @@ def test_a_rename_that_fails_midway_puts_the_old_levels_back(tmp_path, thread_cl
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old
 
 
+
+@pytest.mark.parametrize("where", ["old level set aside", "new level put in place",
+                                   "level written"])
+def test_an_interruption_as_a_file_is_renamed_leaves_the_old_pyramid(tmp_path, thread_client,
+                                                                      monkeypatch, where):
+    """A signal's exception (Ctrl-C, SIGTERM in the CLI) that came as a rename or a level's
+    write returned left that file out of the undoing: an old level under its hidden name, a new
+    level among the old ones, or a finished level hidden beside them."""
+    import daskseg.pyramid as pyramid
+
+    labels = make_tissue_mask(ROWS, COLUMNS, 2, chunks=(70, 90))
+    source = make_slide(ROWS, COLUMNS, tile_size=(TILE, TILE))
+    # A new level in place is undone by putting the old one back over it: none here.
+    old = ({} if where == "new level put in place" else
+           {f"level-{k}.dcm": f"old {k}".encode() for k in range(2)})
+    for name, content in old.items():
+        (tmp_path / name).write_bytes(content)
+
+    def interrupted_after(function):
+        def call(*args, **kwargs):
+            function(*args, **kwargs)
+            raise KeyboardInterrupt  # as a signal's handler raises when the call returns
+        return call
+
+    if where == "old level set aside":
+        monkeypatch.setattr(pyramid.os, "rename", interrupted_after(os.rename))
+    elif where == "new level put in place":
+        monkeypatch.setattr(pyramid, "replace_atomically",
+                            interrupted_after(pyramid.replace_atomically))
+    else:
+        monkeypatch.setattr(pyramid, "write_segmentation",
+                            interrupted_after(pyramid.write_segmentation))
+    with pytest.raises(KeyboardInterrupt):
+        write_segmentation_pyramid(labels, [source], make_segment_descriptions(2), tmp_path,
+                                   downsample_factors=[2], overwrite=True, client=thread_client,
+                                   **OPTIONS)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old
+
 @pytest.mark.parametrize("factors, error, message", [
     ([2, float("nan")], SegmentationInputError, "finite, ascending and above 1, got .2.0, nan"),
     ([2, float("inf")], SegmentationInputError, "finite, ascending and above 1"),
