@@ -191,7 +191,8 @@ def replace_tree(partial: pathlib.Path, destination: pathlib.Path) -> None:
         partial.rename(destination)
     except BaseException:
         if not os.path.lexists(destination):
-            aside.rename(destination)  # the old one back
+            with contextlib.suppress(OSError):  # else the old one stays, under its hidden name
+                aside.rename(destination)  # the old one back
         elif os.path.lexists(aside) and not os.path.lexists(partial):
             _remove(aside)  # the new one is in place after all: the old one goes as planned
         raise

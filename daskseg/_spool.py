@@ -66,9 +66,11 @@ class Spool:
         self.sources: list[int] = []  # descriptors to read frames from; the spool's own first
 
     def open(self) -> None:
-        """Create the spool's own file. Called inside the ``try`` whose ``finally`` calls
-        :meth:`close`: an interruption right after it is made, as after the constructor
-        returned, would otherwise leave the file behind."""
+        """Create the spool's own file.
+
+        Called inside the ``try`` whose ``finally`` calls :meth:`close`: made in the
+        constructor, the file was left behind by an interruption that came as it returned.
+        """
         for _ in range(100):
             path = str(self.folder / f".{self.name}.{uuid.uuid4().hex[:16]}.spool")
             try:

@@ -413,10 +413,10 @@ def _put_levels_in_place(written: list[pathlib.Path], paths: list[pathlib.Path],
             placed.append((path, _identity(os.stat(new))))
             replace_atomically(new, path, overwrite)
     except BaseException:
-        for path, inode in placed:
+        for path, identity in placed:
             # Only the new level: a file that appeared there meanwhile is someone else's.
             with contextlib.suppress(OSError):
-                if inode[1] and _identity(os.lstat(path)) == inode:
+                if identity[1] and _identity(os.lstat(path)) == identity:
                     path.unlink()
         for path, backup in aside.items():
             # One that cannot go back stays under its hidden name: kept, not destroyed.
