@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from pydicom.encaps import encapsulate, generate_fragmented_frames, parse_basic_offsets
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
+from _gathers import count_gathers
 from daskseg._file import write_pixel_data
 from daskseg._spool import Spool
 from daskseg.encode import BlockResult
@@ -241,14 +242,7 @@ def test_the_writer_gathers_its_results_eight_blocks_at_a_time(tmp_path, dask_cl
     mask = zarr.create_array(str(tmp_path / "mask.zarr"), shape=labels.shape, chunks=(128, 128),
                              dtype=labels.dtype)
     mask[:] = labels
-    gathers = []
-    gather = dask_client.gather
-
-    def counted_gather(futures, **options):
-        gathers.append(len(futures))
-        return gather(futures, **options)
-
-    monkeypatch.setattr(dask_client, "gather", counted_gather)
+    gathers = count_gathers(monkeypatch, dask_client)
     write_segmentation(mask, make_slide(1024, 1024, tile_size=(64, 64)),
                        make_segment_descriptions(2), tmp_path / "seg.dcm", tile_size=64,
                        client=dask_client)
@@ -573,19 +567,23 @@ def test_workers_on_another_address_send_their_frames_packed(tmp_path, monkeypat
     np.testing.assert_array_equal(pixels, labels)
 
 
+def _old_and_new_stores(folder):
+    """A store "labels.zarr" and the finished one to replace it, hidden beside it."""
+    destination, partial = folder / "labels.zarr", folder / ".labels.zarr.1234.partial"
+    for store, content in ((destination, "old"), (partial, "new")):
+        store.mkdir()
+        (store / "zarr.json").write_text(content)
+    return destination, partial
+
+
 def test_a_finished_store_replaces_the_old_one_which_survives_a_failed_rename(tmp_path,
                                                                                 monkeypatch):
     """The old store was removed before the new one was renamed in: an interruption between
     the two lost both. It is renamed aside now, and put back if the rename fails."""
     from daskseg._file import replace_tree
 
-    destination = tmp_path / "labels.zarr"
-    (destination / "c").mkdir(parents=True)
-    (destination / "zarr.json").write_text("old")
-    partial = tmp_path / ".labels.zarr.1234.partial"
-    partial.mkdir()
-    (partial / "zarr.json").write_text("new")
-
+    destination, partial = _old_and_new_stores(tmp_path)
+    (destination / "c").mkdir()
     real_rename = pathlib.Path.rename
 
     def failing(self, target):
@@ -603,7 +601,6 @@ def test_a_finished_store_replaces_the_old_one_which_survives_a_failed_rename(tm
     assert sorted(path.name for path in tmp_path.iterdir()) == ["labels.zarr"]
 
 
-
 @pytest.mark.parametrize("interrupted", ["old set aside", "new put in place"])
 def test_an_interruption_as_a_store_is_renamed_leaves_one_whole_store(tmp_path, monkeypatch,
                                                                        interrupted):
@@ -611,12 +608,7 @@ def test_an_interruption_as_a_store_is_renamed_leaves_one_whole_store(tmp_path, 
     puts it back, left it under its hidden name and no store at the destination."""
     from daskseg._file import replace_tree
 
-    destination = tmp_path / "labels.zarr"
-    destination.mkdir()
-    (destination / "zarr.json").write_text("old")
-    partial = tmp_path / ".labels.zarr.1234.partial"
-    partial.mkdir()
-    (partial / "zarr.json").write_text("new")
+    destination, partial = _old_and_new_stores(tmp_path)
     real_rename = pathlib.Path.rename
 
     def renamed_then_interrupted(self, target):

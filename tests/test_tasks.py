@@ -7,6 +7,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
+from _gathers import count_gathers
 from daskseg._tasks import block_tasks, run_windowed
 
 
@@ -106,14 +107,7 @@ def test_finished_tasks_are_gathered_gather_batch_at_a_time(thread_client, monke
     the last."""
     import time
 
-    gathers = []
-    gather = thread_client.gather
-
-    def counted_gather(futures, **options):
-        gathers.append(len(futures))
-        return gather(futures, **options)
-
-    monkeypatch.setattr(thread_client, "gather", counted_gather)
+    gathers = count_gathers(monkeypatch, thread_client)
     tasks = [dask.delayed(lambda k: time.sleep(0.01) or k)(k) for k in range(32)]
     results = dict(run_windowed(thread_client, tasks, "sleep", gather_batch=gather_batch))
     assert results == {k: k for k in range(32)}
