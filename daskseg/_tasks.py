@@ -168,7 +168,7 @@ def block_tasks(array: da.Array, then: Callable[[Any], Any] | None = None) -> np
 def run_windowed(
     client: Any, tasks: Sequence[Delayed | DataTask], what: str,
     workers: dict[str, int] | None = None, on_submitted: Callable[[], Any] | None = None,
-    settle: bool = False, gather_batch: int | None = None,
+    settle: bool = False, few_gathers: bool = False,
     check: Callable[[], None] | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """Compute ``tasks`` on the cluster; yield ``(index, result)`` as each finishes.
@@ -187,10 +187,11 @@ def run_windowed(
     ``on_submitted`` is called once the first window of tasks is on the cluster. With
     ``settle``, a failed or abandoned run returns only once the workers no longer run any of its
     cancelled tasks (for tasks that write where the caller then cleans up). Finished tasks are
-    gathered ``gather_batch`` at a time (default: one per worker thread, up to 8), or all there
-    are once none is still running. ``check`` is called whenever tasks finish, before their
-    results are gathered: its exception stops the run (work on the client that failed
-    meanwhile).
+    gathered one per worker thread at a time, up to 8, or all there are once none is still
+    running; with ``few_gathers`` (for small results), up to 8 at a time whatever the threads,
+    while a run still makes about eight gathers or more. ``check`` is called whenever tasks
+    finish, before their results are gathered: its exception stops the run (work on the client
+    that failed meanwhile).
     """
     clock = WorkerlessClock(client)
     stopped, starved = threading.Event(), threading.Event()
@@ -219,7 +220,11 @@ def run_windowed(
     # short tasks took 0.3 s of the client's CPU in windows of 8, 0.11 s all at once).
     carries_data = any(isinstance(task, DataTask) for task in tasks)
     window = max(8, (4 if carries_data else 16) * threads)
-    gather_at_once = min(threads, 8) if gather_batch is None else max(1, gather_batch)
+    # Each gather is a round trip that costs the client CPU, which the workers lose on a
+    # machine of few cores; a caller's progress bar moves with them.
+    gather_at_once = min(threads, 8)
+    if few_gathers:
+        gather_at_once = max(gather_at_once, min(8, len(tasks) // 8))
     index_of: dict[str, int] = {}
     in_flight: dict[str, Any] = {}  # shared with the watchdog thread
     held: dict[str, Any] = {}  # scattered inputs of the tasks in flight

@@ -99,23 +99,22 @@ def test_a_task_error_reaches_the_caller_as_it_is(thread_client):
 
 
 
-@pytest.mark.parametrize("gather_batch, most", [(None, 32), (8, 5)])
-def test_finished_tasks_are_gathered_gather_batch_at_a_time(thread_client, monkeypatch,
-                                                            gather_batch, most):
-    """By default one gather per worker thread's result; with ``gather_batch`` (the writer's
-    8: each gather is a round trip that costs the client's CPU) at most one per 8 results but
-    the last."""
+@pytest.mark.parametrize("few_gathers", [False, True])
+def test_finished_tasks_are_gathered_a_few_at_a_time(thread_client, monkeypatch, few_gathers):
+    """By default one gather per worker thread's result; with ``few_gathers`` (the writer's:
+    each gather is a round trip that costs the client's CPU) up to 8 at a time, while a run
+    makes about eight gathers or more (here 32 tasks: 4 at a time)."""
     import time
 
     gathers = count_gathers(monkeypatch, thread_client)
     tasks = [dask.delayed(lambda k: time.sleep(0.01) or k)(k) for k in range(32)]
-    results = dict(run_windowed(thread_client, tasks, "sleep", gather_batch=gather_batch))
+    results = dict(run_windowed(thread_client, tasks, "sleep", few_gathers=few_gathers))
     assert results == {k: k for k in range(32)}
-    assert sum(gathers) == 32 and len(gathers) <= most
-    if gather_batch is not None:
-        assert all(size >= gather_batch for size in gathers[:-1])
+    assert sum(gathers) == 32
+    if few_gathers:
+        assert len(gathers) <= 9 and all(size >= 4 for size in gathers[:-1]), gathers
     else:
-        assert len(gathers) > 5  # two threads finish about two at a time
+        assert len(gathers) > 9  # two threads finish about two at a time
 
 def _total(block):
     from daskseg._pack import unpacked
