@@ -29,7 +29,7 @@ from pydicom.filewriter import correct_ambiguous_vr, write_sequence
 from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless
 
 from daskseg._header import FrameItems, element_header, encoded_items, item
-from daskseg._spool import Spool, create_new_file
+from daskseg._spool import Spool, new_file_beside
 from daskseg.encode import encode_frame, write_all
 from daskseg.errors import DestinationExistsError, SegmentationInputError
 from daskseg.plan import FrameSpec, TileGrid, included_frames
@@ -136,21 +136,15 @@ def temporary_beside(destination: pathlib.Path, suffix: str) -> tuple[int, pathl
         kept: int | None = stat.S_IMODE(destination.stat().st_mode)
     except OSError:
         kept = None
-    for _ in range(100):
-        path = destination.parent / f".{destination.name}.{uuid.uuid4().hex[:12]}{suffix}"
+    handle, path = new_file_beside(destination, suffix, 0o666)  # the umask applies, as for open()
+    if kept is not None:
         try:
-            handle = create_new_file(path, 0o666)  # the umask applies, as for open()
-        except FileExistsError:
-            continue
-        if kept is not None:
-            try:
-                os.chmod(path, kept)
-            except BaseException:
-                os.close(handle)
-                os.unlink(path)
-                raise
-        return handle, path
-    raise FileExistsError(f"No free temporary name beside {destination}.")
+            os.chmod(path, kept)
+        except BaseException:
+            os.close(handle)
+            os.unlink(path)
+            raise
+    return handle, path
 
 
 def replace_atomically(temporary: pathlib.Path, destination: pathlib.Path, overwrite: bool) -> None:

@@ -39,7 +39,7 @@ from daskseg.plan import FrameSpec
 
 __all__ = [
     "Meanwhile", "Spool", "encode_blocks", "encode_tasks", "encoded_frames", "numpy_block_task",
-    "create_new_file", "numpy_encode_tasks", "spool_prefix", "loopback_workers",
+    "create_new_file", "new_file_beside", "numpy_encode_tasks", "spool_prefix", "loopback_workers",
 ]
 
 
@@ -62,7 +62,7 @@ class Spool:
         self._worker_files: dict[str, int] = {}  # base name -> index in .sources
         self._prepared: list[str] = []  # the workers' files, listed before they are made
         self.folder, self.name = folder, name
-        self.path = ""
+        self.path: pathlib.Path | None = None
         self.sources: list[int] = []  # descriptors to read frames from; the spool's own first
 
     def open(self) -> None:
@@ -71,20 +71,16 @@ class Spool:
         Called inside the ``try`` whose ``finally`` calls :meth:`close`: made in the
         constructor, the file was left behind by an interruption that came as it returned.
         """
-        for _ in range(100):
-            path = str(self.folder / f".{self.name}.{uuid.uuid4().hex[:16]}.spool")
-            try:
-                handle = create_new_file(path, 0o600)
-            except FileExistsError:
-                continue
-            except OSError as error:  # a folder that refuses new files (a read-only mount)
-                raise SegmentationInputError(
-                    f"Cannot create a file in the destination folder {self.folder}: "
-                    f"{error.strerror}. Choose a folder where this user can create files."
-                ) from error
-            self.path, self.sources = path, [handle]  # no signal's exception between these
-            return
-        raise FileExistsError(f"No free spool name in {self.folder}.")
+        try:
+            handle, path = new_file_beside(self.folder / self.name, ".spool", 0o600)
+        except FileExistsError:
+            raise
+        except OSError as error:  # a folder that refuses new files (a read-only mount)
+            raise SegmentationInputError(
+                f"Cannot create a file in the destination folder {self.folder}: "
+                f"{error.strerror}. Choose a folder where this user can create files."
+            ) from error
+        self.path, self.sources = path, [handle]  # no signal's exception between these
 
     def prepare_workers(self, addresses: list[str]) -> None:
         """Create an empty spool file for each of these workers (which then write to it)."""
@@ -126,7 +122,10 @@ class Spool:
         for fd in self.sources:
             os.close(fd)
         self.sources = []
-        for path in filter(None, [self.path, *self._prepared]):
+        paths: list[str | pathlib.Path] = [*self._prepared]
+        if self.path is not None:
+            paths.append(self.path)
+        for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
@@ -147,6 +146,20 @@ def create_new_file(path: str | os.PathLike[str], mode: int) -> int:
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise
+
+
+def new_file_beside(destination: pathlib.Path, suffix: str, mode: int) -> tuple[int, pathlib.Path]:
+    """A new file of a hidden name of its own beside ``destination``: its descriptor and path.
+
+    Made by :func:`create_new_file`, with ``mode`` less the umask.
+    """
+    for _ in range(100):
+        path = destination.parent / f".{destination.name}.{uuid.uuid4().hex[:12]}{suffix}"
+        try:
+            return create_new_file(path, mode), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"No free temporary name beside {destination}.")
 
 
 def spool_prefix(destination: pathlib.Path) -> str:
