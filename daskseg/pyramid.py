@@ -291,7 +291,6 @@ def write_segmentation_pyramid(
     # written: a failure leaves the old pyramid (if any) as it was, not part of each.
     token = uuid.uuid4().hex[:8]
     pending = [folder / f".{path.name}.{token}.new" for path in paths]
-    written: list[pathlib.Path] = []
     made = not folder.exists()
     try:
         folder.mkdir(exist_ok=True)
@@ -317,14 +316,14 @@ def write_segmentation_pyramid(
                         ),
                         slice_thickness=measures.SliceThickness,
                     )
-            written.append(write_segmentation(
+            write_segmentation(
                 level_mask, source, segment_descriptions, pending[level],
                 instance_number=level + 1, **shared, **{**level_options, "overwrite": True},
-            ))
-        _put_levels_in_place(written, paths, overwrite)
+            )
+        _put_levels_in_place(pending, paths, overwrite)
     except BaseException:
-        # Half a pyramid is no pyramid: remove the levels this call wrote (under names of its
-        # own: a level whose write had ended but was not yet listed as written too).
+        # Half a pyramid is no pyramid: remove the levels this call wrote, under names of its
+        # own (those not written yet are missing).
         for path in pending:
             path.unlink(missing_ok=True)
         if made:
