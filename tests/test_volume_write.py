@@ -56,14 +56,18 @@ def volume_mask(segmentation_type: str, n_segments: int = 3, seed: int = 0) -> n
     return (planes * rng.uniform(0.2, 1.0, size=planes.shape)).astype(np.float32)
 
 
-def write_both(tmp_path, client, series, mask, segmentation_type, transfer_syntax, **options):
+def write_both(tmp_path, client, series, mask, segmentation_type, transfer_syntax,
+               ours_mask=None, **options):
+    """daskseg's SEG (of ``ours_mask``, the same values in another form, if given) and
+    highdicom's of ``mask``."""
     descriptions = make_segment_descriptions(
         mask.shape[3] if mask.ndim == 4 else 3, segmentation_type=segmentation_type
     )
     uids = dict(series_instance_uid=hd.UID(), sop_instance_uid=hd.UID())
     path = write_segmentation(
-        mask, series, descriptions, tmp_path / "ours.dcm", segmentation_type=segmentation_type,
-        transfer_syntax_uid=transfer_syntax, client=client, **uids, **HD_OPTIONS, **options,
+        mask if ours_mask is None else ours_mask, series, descriptions, tmp_path / "ours.dcm",
+        segmentation_type=segmentation_type, transfer_syntax_uid=transfer_syntax, client=client,
+        **uids, **HD_OPTIONS, **options,
     )
     # highdicom 0.28 does not write HTJ2K: its JPEG 2000 SEG, the meta header labelled as ours.
     htj2k = transfer_syntax == pydicom.uid.HTJ2KLossless
