@@ -20,7 +20,7 @@ import pydicom
 import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_volume_write import assert_same_seg, enhanced_image, thread_client, write_both  # noqa: F401
+from test_volume_write import assert_same_seg, enhanced_image, write_both
 from test_write import MATRIX
 
 from daskseg import read_segmentation
@@ -90,7 +90,7 @@ def volume_cases(draw):
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=volume_cases())
-def test_a_random_series_seg_equals_highdicoms(tmp_path_factory, thread_client, case):  # noqa: F811
+def test_a_random_series_seg_equals_highdicoms(tmp_path_factory, thread_client, case):
     tmp_path = tmp_path_factory.mktemp("volume")
     mask = case["mask"]
     # highdicom takes bool, uint8, uint16 and floats; daskseg also other integers, by value.
