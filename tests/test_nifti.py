@@ -8,6 +8,8 @@ import dask.array as da
 import highdicom as hd
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from daskseg import MissingDependencyError, SegmentationInputError, SegmentationTypeError
 from daskseg._series import load_source_series
@@ -293,3 +295,79 @@ def test_an_uncompressed_file_cut_short_is_refused_before_any_work(tmp_path):
     cut.write_bytes(data[:-100])
     with pytest.raises(SegmentationInputError, match=f"cut short: {len(data) - 100} bytes"):
         volume_mask(cut, series, 3)
+
+
+@st.composite
+def _nifti_cases(draw):
+    """A shuffled series in any orientation, and the box of its labels that a file holds, in
+    any axis order, flipped along any axes."""
+    # A rotation from three angles (any orientation, oblique ones mostly).
+    a, b, c = (draw(st.floats(-np.pi, np.pi)) for _ in range(3))
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rx = np.array([[1, 0, 0], [0, np.cos(c), -np.sin(c)], [0, np.sin(c), np.cos(c)]])
+    rotation = rz @ ry @ rx
+    orientation = tuple(float(v) for v in (*rotation[:, 0], *rotation[:, 1]))
+    shape = (draw(st.integers(2, 7)), draw(st.integers(2, 9)), draw(st.integers(2, 9)))
+    datasets = make_ct_series(*shape, orientation=orientation,
+                              pixel_spacing=(draw(st.sampled_from([0.5, 0.8])), 0.7),
+                              slice_spacing=draw(st.sampled_from([1.0, 2.5])))
+    draw(st.randoms(use_true_random=False)).shuffle(datasets)
+    start = tuple(draw(st.integers(0, n - 1)) for n in shape)
+    stop = tuple(draw(st.integers(s + 1, n)) for s, n in zip(start, shape))
+    axes = draw(st.permutations([0, 1, 2]))
+    flips = draw(st.lists(st.sampled_from([0, 1, 2]), unique=True))
+    name = draw(st.sampled_from(["mask.nii", "mask.nii.gz"]))
+    return load_source_series(datasets), start, stop, tuple(axes), tuple(flips), name
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=_nifti_cases(), seed=st.integers(0, 2**16))
+def test_any_orientation_axis_order_flip_and_crop_is_placed_as_highdicom_places_it(
+        tmp_path_factory, case, seed):
+    """Never a misplaced SEG: a file of labels in any orientation, axis order, flips and crop
+    gives each series image its own voxels (zeros outside the box), as highdicom's
+    ``Volume.match_geometry`` places them."""
+    series, start, stop, axes, flips, name = case
+    geometry = sorted_geometry(series)
+    volume = random_labels(geometry.spatial_shape, seed)
+    inside = np.zeros_like(volume)
+    box = tuple(slice(s, e) for s, e in zip(start, stop))
+    inside[box] = volume[box]
+    array, affine = _cropped(volume, geometry.affine, start, stop, axes, flips)
+    path = _save(tmp_path_factory.mktemp("nifti"), array, affine, name)
+    mask, stacked = volume_mask(path, series, 3)
+    assert not stacked
+    np.testing.assert_array_equal(np.asarray(mask), in_given_order(series, inside))
+    # NIfTI-1 holds the affine in float32: a few 1e-5 of a voxel off, past highdicom's
+    # default tolerance (1e-5) for a file far from the origin.
+    matched = hd.Volume.from_nibabel(nibabel.load(path)).match_geometry(geometry, tol=1e-3)
+    np.testing.assert_array_equal(matched.array, inside)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=_nifti_cases(), seed=st.integers(0, 2**16), axis=st.integers(0, 2),
+       amount=st.floats(0.2, 0.8), rotate=st.booleans())
+def test_a_file_off_the_series_grid_is_refused(tmp_path_factory, case, seed, axis, amount,
+                                               rotate):
+    """Never a misplaced SEG: the same file moved by part of a voxel along one of its axes, or
+    turned by 0.15-0.45 radians about one, is refused, never rounded onto the series."""
+    series, start, stop, axes, flips, name = case
+    geometry = sorted_geometry(series)
+    volume = random_labels(geometry.spatial_shape, seed)
+    array, affine = _cropped(volume, geometry.affine, start, stop, axes, flips)
+    moved = affine.copy()
+    if rotate:
+        angle = 0.05 + amount / 2  # 0.15-0.45 rad
+        turn = np.eye(3)
+        i, j = [k for k in range(3) if k != axis]
+        turn[[i, i, j, j], [i, j, i, j]] = [np.cos(angle), -np.sin(angle), np.sin(angle),
+                                            np.cos(angle)]
+        moved[:3, :3] = affine[:3, :3] @ turn  # about the file's first voxel
+    else:
+        moved[:3, 3] += affine[:3, axis] * amount
+    path = _save(tmp_path_factory.mktemp("nifti"), array, moved, name)
+    with pytest.raises(SegmentationInputError):
+        volume_mask(path, series, 3)
