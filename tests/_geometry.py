@@ -7,6 +7,7 @@ import random
 
 import highdicom as hd
 import numpy as np
+from hypothesis import strategies as st
 
 from daskseg._series import load_source_series
 from daskseg.synthetic import make_ct_series
@@ -88,3 +89,39 @@ def ct_folder_and_nifti(folder, labels):
     nibabel.save(geometry.with_array(labels[order]).permute_spatial_axes([2, 1, 0]).to_nibabel(),
                  folder / "labels.nii.gz")
     return series, folder / "ct", folder / "labels.nii.gz"
+
+
+def cropped(volume, affine, start, stop, axes, flips):
+    """The box ``start:stop`` of a sorted volume as a file's array (axes permuted, flipped),
+    with the affine that keeps its voxels in place."""
+    box = volume[tuple(slice(a, b) for a, b in zip(start, stop))]
+    moved = affine.copy()
+    moved[:3, 3] += affine[:3, :3] @ np.asarray(start, float)
+    array, moved = permute(box, moved, axes)
+    for axis in flips:
+        array, moved = flip(array, moved, axis)
+    return array, moved
+
+
+@st.composite
+def placement_cases(draw):
+    """A shuffled series in any orientation, and the box of its sorted volume that a file holds
+    (``start``, ``stop``), in any axis order (``axes``), flipped along any of them (``flips``),
+    for :func:`cropped`."""
+    # A rotation from three angles (any orientation, oblique ones mostly).
+    a, b, c = (draw(st.floats(-np.pi, np.pi)) for _ in range(3))
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rx = np.array([[1, 0, 0], [0, np.cos(c), -np.sin(c)], [0, np.sin(c), np.cos(c)]])
+    rotation = rz @ ry @ rx
+    orientation = tuple(float(v) for v in (*rotation[:, 0], *rotation[:, 1]))
+    shape = (draw(st.integers(2, 7)), draw(st.integers(2, 9)), draw(st.integers(2, 9)))
+    datasets = make_ct_series(*shape, orientation=orientation,
+                              pixel_spacing=(draw(st.sampled_from([0.5, 0.8])), 0.7),
+                              slice_spacing=draw(st.sampled_from([1.0, 2.5])))
+    draw(st.randoms(use_true_random=False)).shuffle(datasets)
+    start = tuple(draw(st.integers(0, n - 1)) for n in shape)
+    stop = tuple(draw(st.integers(s + 1, n)) for s, n in zip(start, shape))
+    axes = draw(st.permutations([0, 1, 2]))
+    flips = draw(st.lists(st.sampled_from([0, 1, 2]), unique=True))
+    return load_source_series(datasets), start, stop, tuple(axes), tuple(flips)

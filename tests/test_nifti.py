@@ -18,10 +18,12 @@ from daskseg.synthetic import make_ct_series
 
 from _geometry import (
     LPS_TO_RAS,
+    cropped,
     file_labels,
     flip,
     in_given_order,
     permute,
+    placement_cases,
     random_labels,
     shuffled_series,
     sorted_geometry,
@@ -157,18 +159,6 @@ def test_nifti_that_does_not_match_is_refused_saying_how(tmp_path):
         tmp_path, series, np.concatenate([volume, volume[:1]]), affine)
 
 
-def _cropped(volume, affine, start, stop, axes, flips):
-    """The box ``start:stop`` of a sorted volume as a file's array (axes permuted, flipped),
-    with the affine that keeps its voxels in place."""
-    box = volume[tuple(slice(a, b) for a, b in zip(start, stop))]
-    moved = affine.copy()
-    moved[:3, 3] += affine[:3, :3] @ np.asarray(start, float)
-    array, moved = permute(box, moved, axes)
-    for axis in flips:
-        array, moved = flip(array, moved, axis)
-    return array, moved
-
-
 @pytest.mark.parametrize("name", ["mask.nii.gz", "mask.nii"])  # in memory, and lazy
 @pytest.mark.parametrize("axes, flips", [((0, 1, 2), ()), ((2, 1, 0), (0,)), ((1, 2, 0), (1, 2))])
 def test_a_cropped_or_larger_file_is_placed_on_the_series_grid(tmp_path, name, axes, flips):
@@ -181,7 +171,7 @@ def test_a_cropped_or_larger_file_is_placed_on_the_series_grid(tmp_path, name, a
     start, stop = (1, 2, 1), (5, 9, 6)
     inside = np.zeros_like(volume)
     inside[1:5, 2:9, 1:6] = volume[1:5, 2:9, 1:6]
-    array, affine = _cropped(volume, geometry.affine, start, stop, axes, flips)
+    array, affine = cropped(volume, geometry.affine, start, stop, axes, flips)
     path = _save(tmp_path, array, affine, name=name)
     mask, stacked = volume_mask(path, series, 3)
     assert not stacked
@@ -190,12 +180,12 @@ def test_a_cropped_or_larger_file_is_placed_on_the_series_grid(tmp_path, name, a
     np.testing.assert_array_equal(matched.array, inside)
     # Two voxels larger on every side, empty there.
     padded = np.pad(inside, 2)
-    array, affine = _cropped(padded, geometry.affine @ _translation(-2), (0, 0, 0),
+    array, affine = cropped(padded, geometry.affine @ _translation(-2), (0, 0, 0),
                              padded.shape, axes, flips)
     mask, _ = volume_mask(_save(tmp_path, array, affine, name=name), series, 3)
     np.testing.assert_array_equal(np.asarray(mask), in_given_order(series, inside))
     # On the grid but beside the series, even empty: of another series.
-    array, affine = _cropped(np.zeros_like(volume), geometry.affine @ _translation((0, 20, 0)),
+    array, affine = cropped(np.zeros_like(volume), geometry.affine @ _translation((0, 20, 0)),
                              (0, 0, 0), volume.shape, axes, flips)
     with pytest.raises(SegmentationInputError, match="outside every image"):
         volume_mask(_save(tmp_path, array, affine, name=name), series, 3)
@@ -297,45 +287,22 @@ def test_an_uncompressed_file_cut_short_is_refused_before_any_work(tmp_path):
         volume_mask(cut, series, 3)
 
 
-@st.composite
-def _nifti_cases(draw):
-    """A shuffled series in any orientation, and the box of its labels that a file holds, in
-    any axis order, flipped along any axes."""
-    # A rotation from three angles (any orientation, oblique ones mostly).
-    a, b, c = (draw(st.floats(-np.pi, np.pi)) for _ in range(3))
-    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    rx = np.array([[1, 0, 0], [0, np.cos(c), -np.sin(c)], [0, np.sin(c), np.cos(c)]])
-    rotation = rz @ ry @ rx
-    orientation = tuple(float(v) for v in (*rotation[:, 0], *rotation[:, 1]))
-    shape = (draw(st.integers(2, 7)), draw(st.integers(2, 9)), draw(st.integers(2, 9)))
-    datasets = make_ct_series(*shape, orientation=orientation,
-                              pixel_spacing=(draw(st.sampled_from([0.5, 0.8])), 0.7),
-                              slice_spacing=draw(st.sampled_from([1.0, 2.5])))
-    draw(st.randoms(use_true_random=False)).shuffle(datasets)
-    start = tuple(draw(st.integers(0, n - 1)) for n in shape)
-    stop = tuple(draw(st.integers(s + 1, n)) for s, n in zip(start, shape))
-    axes = draw(st.permutations([0, 1, 2]))
-    flips = draw(st.lists(st.sampled_from([0, 1, 2]), unique=True))
-    name = draw(st.sampled_from(["mask.nii", "mask.nii.gz"]))
-    return load_source_series(datasets), start, stop, tuple(axes), tuple(flips), name
-
-
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(case=_nifti_cases(), seed=st.integers(0, 2**16))
+@given(case=placement_cases(), seed=st.integers(0, 2**16),
+       name=st.sampled_from(["mask.nii", "mask.nii.gz"]))
 def test_any_orientation_axis_order_flip_and_crop_is_placed_as_highdicom_places_it(
-        tmp_path_factory, case, seed):
+        tmp_path_factory, case, seed, name):
     """Never a misplaced SEG: a file of labels in any orientation, axis order, flips and crop
     gives each series image its own voxels (zeros outside the box), as highdicom's
     ``Volume.match_geometry`` places them."""
-    series, start, stop, axes, flips, name = case
+    series, start, stop, axes, flips = case
     geometry = sorted_geometry(series)
     volume = random_labels(geometry.spatial_shape, seed)
     inside = np.zeros_like(volume)
     box = tuple(slice(s, e) for s, e in zip(start, stop))
     inside[box] = volume[box]
-    array, affine = _cropped(volume, geometry.affine, start, stop, axes, flips)
+    array, affine = cropped(volume, geometry.affine, start, stop, axes, flips)
     path = _save(tmp_path_factory.mktemp("nifti"), array, affine, name)
     mask, stacked = volume_mask(path, series, 3)
     assert not stacked
@@ -348,16 +315,17 @@ def test_any_orientation_axis_order_flip_and_crop_is_placed_as_highdicom_places_
 
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(case=_nifti_cases(), seed=st.integers(0, 2**16), axis=st.integers(0, 2),
-       amount=st.floats(0.2, 0.8), rotate=st.booleans())
+@given(case=placement_cases(), seed=st.integers(0, 2**16), axis=st.integers(0, 2),
+       amount=st.floats(0.2, 0.8), rotate=st.booleans(),
+       name=st.sampled_from(["mask.nii", "mask.nii.gz"]))
 def test_a_file_off_the_series_grid_is_refused(tmp_path_factory, case, seed, axis, amount,
-                                               rotate):
+                                               rotate, name):
     """Never a misplaced SEG: the same file moved by part of a voxel along one of its axes, or
     turned by 0.15-0.45 radians about one, is refused, never rounded onto the series."""
-    series, start, stop, axes, flips, name = case
+    series, start, stop, axes, flips = case
     geometry = sorted_geometry(series)
     volume = random_labels(geometry.spatial_shape, seed)
-    array, affine = _cropped(volume, geometry.affine, start, stop, axes, flips)
+    array, affine = cropped(volume, geometry.affine, start, stop, axes, flips)
     moved = affine.copy()
     if rotate:
         angle = 0.05 + amount / 2  # 0.15-0.45 rad

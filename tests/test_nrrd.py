@@ -12,6 +12,8 @@ import sys
 import highdicom as hd
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from daskseg import MissingDependencyError, SegmentationInputError, write_segmentation
 from daskseg._series import load_source_series
@@ -22,9 +24,11 @@ from daskseg.synthetic import make_ct_series, make_segment_descriptions
 from _geometry import (
     LPS_TO_RAS,
     OBLIQUE,
+    cropped,
     file_labels,
     in_given_order,
     permute,
+    placement_cases,
     random_labels,
     shuffled_series,
     sorted_geometry,
@@ -305,3 +309,27 @@ def test_an_nrrd_written_by_dcmqi_becomes_a_seg_of_its_labels(tmp_path, thread_c
     out = write_segmentation(path, datasets, make_segment_descriptions(2), tmp_path / "seg.dcm",
                              client=thread_client)
     np.testing.assert_array_equal(_pixels(out, datasets), labels)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=placement_cases(), seed=st.integers(0, 2**16),
+       space=st.sampled_from([LPS, RAS, "LPS", "RAS"]),
+       name_and_encoding=st.sampled_from([("mask.nrrd", "gzip"), ("mask.nrrd", "raw"),
+                                          ("mask.nhdr", "raw")]))
+def test_any_orientation_axis_order_flip_and_crop_is_placed_on_the_series(
+        tmp_path_factory, case, seed, space, name_and_encoding):
+    """Never a misplaced SEG: a file of labels in any space, orientation, axis order, flips and
+    crop gives each series image its own voxels, zeros outside the box."""
+    series, start, stop, axes, flips = case
+    geometry = sorted_geometry(series)
+    volume = random_labels(geometry.spatial_shape, seed)
+    inside = np.zeros_like(volume)
+    box = tuple(slice(s, e) for s, e in zip(start, stop))
+    inside[box] = volume[box]
+    array, affine = cropped(volume, geometry.affine, start, stop, axes, flips)
+    path = _save(tmp_path_factory.mktemp("nrrd"), array, _header(affine, space),
+                 *name_and_encoding)
+    mask, stacked = volume_mask(path, series, 3)
+    assert not stacked
+    np.testing.assert_array_equal(np.asarray(mask), in_given_order(series, inside))
