@@ -12,6 +12,8 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from daskseg import (
     DestinationExistsError,
@@ -342,3 +344,57 @@ def test_a_16_bit_label_mask_is_picked_as_pillow_picks_16_bit_pixels(tmp_path, d
     expected = theirs[1].get_total_pixel_matrix(combine_segments=True)
     np.testing.assert_array_equal(ours, expected)
     assert expected.any() == (dtype == np.uint16)  # the rules differ here
+
+
+@st.composite
+def _pyramid_cases(draw):
+    segmentation_type = draw(st.sampled_from(["BINARY", "LABELMAP", "FRACTIONAL"]))
+    rows, columns = draw(st.integers(8, 160)), draw(st.integers(8, 160))
+    tile = (draw(st.integers(4, 48)), draw(st.integers(4, 48)))
+    factors = sorted(set(draw(st.lists(st.sampled_from([1.5, 2, 2.5, 3, 4, 4.5]),
+                                       min_size=1, max_size=3))))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    coarse = rng.integers(0, 3, size=(rows // 6 + 1, columns // 6 + 1))
+    labels = np.kron(coarse, np.ones((6, 6), np.int64))[:rows, :columns].astype(np.uint8)
+    if segmentation_type == "FRACTIONAL":
+        levels = rng.uniform(0.1, 1.0, size=(rows, columns, 1))
+        mask = (np.stack([labels == 1, labels == 2], -1) * levels).astype(np.float32)
+    else:
+        mask = labels
+    return segmentation_type, mask, tile, factors
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=_pyramid_cases())
+def test_random_pyramids_match_highdicom(tmp_path_factory, thread_client, case):
+    """Any size, tile size and factors: the levels' sizes, frames and pixels are highdicom's."""
+    segmentation_type, mask, tile, factors = case
+    rows, columns = mask.shape[:2]
+    source = make_slide(rows, columns, tile_size=tile)
+    descriptions = make_segment_descriptions(2, segmentation_type=segmentation_type)
+    series, pyramid = hd.UID(), hd.UID()
+    paths = write_segmentation_pyramid(
+        mask, [source], descriptions, tmp_path_factory.mktemp("pyramid"),
+        downsample_factors=factors, series_instance_uid=series, pyramid_uid=pyramid,
+        segmentation_type=segmentation_type, client=thread_client, **OPTIONS,
+    )
+    theirs = hd.seg.create_segmentation_pyramid(
+        [source], [mask[None]], segmentation_type, descriptions, series_instance_uid=series,
+        pyramid_uid=pyramid, downsample_factors=factors, **OPTIONS,
+    )
+    assert len(paths) == len(theirs)
+    for level, (path, in_memory) in enumerate(zip(paths, theirs)):
+        ours = pydicom.dcmread(path)
+        for keyword in KEY_ATTRIBUTES:
+            assert ours.get(keyword) == in_memory.get(keyword), (level, keyword)
+        ours_seg = hd.seg.segread(path)
+        theirs_seg = hd.seg.Segmentation.from_dataset(in_memory)
+        if segmentation_type == "FRACTIONAL":
+            a = ours_seg.get_total_pixel_matrix(rescale_fractional=False).astype(int)
+            b = theirs_seg.get_total_pixel_matrix(rescale_fractional=False).astype(int)
+            assert np.abs(a - b).max() <= 1, level  # within one stored unit
+        else:
+            np.testing.assert_array_equal(
+                ours_seg.get_total_pixel_matrix(combine_segments=True),
+                theirs_seg.get_total_pixel_matrix(combine_segments=True), err_msg=str(level))
