@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import daskseg
 from daskseg.errors import DestinationExistsError, SegmentationInputError
@@ -174,8 +176,8 @@ def test_the_whole_segment_description_survives_the_round_trip(tmp_path, thread_
         for sequence, modifiers in (
                 ("SegmentedPropertyTypeCodeSequence", "SegmentedPropertyTypeModifierCodeSequence"),
                 ("AnatomicRegionSequence", "AnatomicRegionModifierSequence")):
-            for kept, given in zip(copy.get(sequence) or [], original.get(sequence) or []):
-                assert kept.get(modifiers) == given.get(modifiers), modifiers
+            for kept, was in zip(copy.get(sequence) or [], original.get(sequence) or []):
+                assert kept.get(modifiers) == was.get(modifiers), modifiers
         if original.algorithm_identification is None:
             assert copy.algorithm_identification is None
         else:
@@ -288,3 +290,37 @@ def test_a_missing_ome_zarr_py_is_named_before_anything_is_written(seg, tmp_path
     with pytest.raises(MissingDependencyError, match=r"daskseg\[ome-zarr\]"):
         daskseg.segmentation_to_ome_zarr(seg[0], tmp_path / "x.ome.zarr")
     assert list(tmp_path.iterdir()) == []
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(rows=st.integers(1, 200), columns=st.integers(1, 200), tile=st.tuples(
+    st.integers(1, 64), st.integers(1, 64)), n_segments=st.integers(1, 4),
+    segmentation_type=st.sampled_from(["BINARY", "LABELMAP"]), seed=st.integers(0, 2**16))
+def test_any_seg_goes_to_ome_zarr_and_back(tmp_path_factory, thread_client, rows, columns, tile,
+                                           n_segments, segmentation_type, seed):
+    """Any size and tile size: ome-zarr-py reads the labels the SEG holds at level 0 (each
+    level halved until it fits in a tile), and they write the same SEG pixels back."""
+    folder = tmp_path_factory.mktemp("omezarr")
+    coarse = np.random.default_rng(seed).integers(0, n_segments + 1,
+                                                  size=(rows // 7 + 1, columns // 7 + 1))
+    mask = np.kron(coarse, np.ones((7, 7), np.int64))[:rows, :columns].astype(np.uint8)
+    source = make_slide(rows, columns, tile_size=tile)
+    descriptions = make_segment_descriptions(n_segments, segmentation_type=segmentation_type)
+    path = daskseg.write_segmentation(mask, source, descriptions, folder / "seg.dcm",
+                                      segmentation_type=segmentation_type, client=thread_client)
+    out = daskseg.segmentation_to_ome_zarr(path, folder / "seg.ome.zarr", name="seg",
+                                           client=thread_client)
+    label = {node.zarr.basename(): node for node in _nodes(out)}["seg"]
+    np.testing.assert_array_equal(label.data[0].compute(), mask)
+    shapes = [tuple(level.shape) for level in label.data]
+    assert shapes[0] == (rows, columns)
+    for upper, lower in zip(shapes, shapes[1:]):
+        assert lower == (upper[0] // 2, upper[1] // 2)
+    again = daskseg.write_segmentation(
+        str(out), source, daskseg.segment_descriptions_from_ome_zarr(
+            out, segmentation_type=segmentation_type),
+        folder / "again.dcm", segmentation_type=segmentation_type, client=thread_client)
+    np.testing.assert_array_equal(
+        daskseg.read_segmentation(again, combine_segments=True).compute(scheduler="threads"),
+        mask)
