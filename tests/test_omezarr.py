@@ -300,7 +300,8 @@ def test_a_missing_ome_zarr_py_is_named_before_anything_is_written(seg, tmp_path
 def test_any_seg_goes_to_ome_zarr_and_back(tmp_path_factory, thread_client, rows, columns, tile,
                                            n_segments, segmentation_type, seed):
     """Any size and tile size: ome-zarr-py reads the labels the SEG holds at level 0 (each
-    level halved until it fits in a tile), and they write the same SEG pixels back."""
+    level halved until one fits in a tile or a side is 1), and they write the same SEG pixels
+    back."""
     folder = tmp_path_factory.mktemp("omezarr")
     coarse = np.random.default_rng(seed).integers(0, n_segments + 1,
                                                   size=(rows // 7 + 1, columns // 7 + 1))
@@ -317,6 +318,9 @@ def test_any_seg_goes_to_ome_zarr_and_back(tmp_path_factory, thread_client, rows
     assert shapes[0] == (rows, columns)
     for upper, lower in zip(shapes, shapes[1:]):
         assert lower == (upper[0] // 2, upper[1] // 2)
+        assert (upper[0] > tile[0] or upper[1] > tile[1]) and min(upper) >= 2
+    # The last level fits in a tile, or cannot be halved.
+    assert (shapes[-1][0] <= tile[0] and shapes[-1][1] <= tile[1]) or min(shapes[-1]) < 2
     again = daskseg.write_segmentation(
         str(out), source, daskseg.segment_descriptions_from_ome_zarr(
             out, segmentation_type=segmentation_type),
