@@ -8,6 +8,7 @@ import them.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import itertools
 import multiprocessing
 import os
@@ -21,6 +22,8 @@ import highdicom as hd
 import numpy as np
 import pytest
 from distributed import Client, LocalCluster
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from daskseg import ClusterError, DaskExecutor
 from executor_calls import (
@@ -744,3 +747,43 @@ def test_highdicom_pixel_data_is_byte_identical(executor, organization):
     assert build(executor).PixelData == serial
     assert build(executor).PixelData == serial
     assert np.frombuffer(serial, np.uint8).size > 0
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(lengths=st.lists(st.integers(0, 30), min_size=1, max_size=3),
+       chunksize=st.integers(1, 12), bad=st.none() | st.integers(0, 29),
+       batch_everything=st.booleans())
+def test_map_is_the_builtin_map_with_any_iterables_chunksize_and_failure(
+        threads_client, lengths, chunksize, bad, batch_everything):
+    """map over iterables of any lengths (the shortest ends it, as zip), in any chunks: the
+    builtin map's results in order, up to the chunk of the call that raises, whose exception
+    comes in its place, as ProcessPoolExecutor.map's does (a chunk is one call)."""
+    iterables = [list(range(k, k + length)) for k, length in enumerate(lengths)]
+    fn = functools.partial(_sum_or_fail, bad=bad)
+    expected, error = [], None
+    try:
+        for result in map(fn, *iterables):
+            expected.append(result)
+    except ArithmeticError as raised:
+        error = raised
+        expected = expected[: len(expected) // chunksize * chunksize]
+    executor = (_BatchEverything if batch_everything else DaskExecutor)(threads_client)
+    try:
+        got = []
+        results = executor.map(fn, *iterables, chunksize=chunksize)
+        if error is None:
+            got = list(results)
+        else:
+            with pytest.raises(type(error)):
+                for result in results:
+                    got.append(result)
+        assert got == expected
+    finally:
+        executor.shutdown(wait=True)
+
+
+def _sum_or_fail(*args, bad):
+    if bad is not None and args[0] == bad:
+        raise ArithmeticError(f"call {bad} fails")
+    return sum(args)
