@@ -80,9 +80,12 @@ def test_round_trip(tmp_path_factory, thread_client, case):
 
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(case=cases(), omit_empty_frames=st.booleans())
+@given(case=cases(), omit_empty_frames=st.booleans(),
+       max_fractional_value=st.sampled_from([1, 7, 100, 254, 255]),
+       fractional_type=st.sampled_from(["PROBABILITY", "OCCUPANCY"]))
 def test_a_random_slide_seg_equals_highdicoms(tmp_path_factory, thread_client, case,
-                                               omit_empty_frames):
+                                               omit_empty_frames, max_fractional_value,
+                                               fractional_type):
     """daskseg's file equals highdicom's element by element and frame by frame."""
     tile_pixels = case["tile"][0] * case["tile"][1]
     # highdicom 0.28 packs native 1-bit frames of fewer than 8 pixels a byte each (its test of
@@ -106,6 +109,9 @@ def test_a_random_slide_seg_equals_highdicoms(tmp_path_factory, thread_client, c
     options = dict(segmentation_type=case["segmentation_type"],
                    dimension_organization_type=case["organization"],
                    omit_empty_frames=omit_empty_frames)
+    if case["segmentation_type"] == "FRACTIONAL":
+        options.update(max_fractional_value=max_fractional_value,
+                       fractional_type=fractional_type)
     # highdicom 0.28 does not write HTJ2K: its JPEG 2000 file, the meta header aside.
     theirs_syntax = JPEG2000Lossless if case["syntax"] == HTJ2KLossless else case["syntax"]
     path = write_segmentation(
@@ -114,10 +120,8 @@ def test_a_random_slide_seg_equals_highdicoms(tmp_path_factory, thread_client, c
         series_instance_uid=uids[0], sop_instance_uid=uids[1], client=thread_client,
         **HD_OPTIONS, **options,
     )
-    theirs = highdicom_seg(source, case["mask"], case["segmentation_type"], descriptions, uids,
-                           transfer_syntax_uid=theirs_syntax,
-                           dimension_organization_type=case["organization"],
-                           omit_empty_frames=omit_empty_frames)
+    theirs = highdicom_seg(source, case["mask"], descriptions=descriptions, uids=uids,
+                           transfer_syntax_uid=theirs_syntax, **options)
     ours = pydicom.dcmread(path)
     assert dataset_differences(ours, theirs) == []
     ours_view, theirs_view = hd.seg.segread(path), hd.seg.Segmentation.from_dataset(theirs)
