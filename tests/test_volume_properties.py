@@ -3,10 +3,10 @@
 Each example draws a series (its size, orientation, slice spacing with or without a gap, the
 order its images are given in, or one multi-frame image), a mask (labels or a stack of planes,
 of several dtypes, with empty slices and segments absent from some; as numpy, Dask in random
-chunks or Zarr), a type and transfer syntax, and ``omit_empty_frames``. daskseg and highdicom's
-``Segmentation`` write it; ``assert_same_seg`` compares every element, every stored frame and
-the pixels by source instance (or frame), and daskseg's reader of the file, with random
-options, must give what highdicom's does.
+chunks or Zarr), a type and transfer syntax, ``omit_empty_frames`` and FRACTIONAL's options.
+daskseg and highdicom's ``Segmentation`` write it; ``assert_same_seg`` compares every element,
+every stored frame and the pixels by source instance (or frame), and daskseg's reader of the
+file, with random options, must give what highdicom's does.
 """
 
 from __future__ import annotations
@@ -84,9 +84,12 @@ def volume_cases(draw):
         mask = labels.astype(draw(st.sampled_from(kinds)))
     form = draw(st.sampled_from(["numpy", "dask", "zarr"]))
     chunks = (draw(st.integers(1, slices)), *mask.shape[1:])
+    options = {"omit_empty_frames": draw(st.booleans())}
+    if segmentation_type == "FRACTIONAL":
+        options["max_fractional_value"] = draw(st.sampled_from([1, 7, 100, 255]))
+        options["fractional_type"] = draw(st.sampled_from(["PROBABILITY", "OCCUPANCY"]))
     return dict(series=series, mask=mask, form=form, chunks=chunks, multiframe=multiframe,
-                segmentation_type=segmentation_type, syntax=syntax,
-                omit_empty_frames=draw(st.booleans()))
+                segmentation_type=segmentation_type, syntax=syntax, options=options)
 
 
 @settings(max_examples=40, deadline=None,
@@ -107,7 +110,7 @@ def test_a_random_series_seg_equals_highdicoms(tmp_path_factory, thread_client, 
         ours = mask
     seg, theirs = write_both(tmp_path, thread_client, case["series"], theirs_mask,
                              case["segmentation_type"], case["syntax"], ours_mask=ours,
-                             omit_empty_frames=case["omit_empty_frames"])
+                             **case["options"])
     assert_same_seg(seg, theirs, case["series"], tmp_path, multiframe=case["multiframe"])
 
     # daskseg's reader of the file with random options, as highdicom reads it (its errors
