@@ -8,13 +8,19 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+import zarr
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import (ExplicitVRLittleEndian, HTJ2KLossless, ImplicitVRLittleEndian,
                          JPEG2000Lossless, JPEGLSLossless)
 from test_write import HD_OPTIONS, dataset_differences, highdicom_seg
 
-from daskseg import ALLOWED_TRANSFER_SYNTAXES, read_segmentation, write_segmentation
+from daskseg import (
+    ALLOWED_TRANSFER_SYNTAXES,
+    open_segmentation,
+    read_segmentation,
+    write_segmentation,
+)
 from daskseg.synthetic import make_segment_descriptions, make_slide
 
 J2K = "1.2.840.10008.1.2.4.90"
@@ -181,3 +187,40 @@ def test_reading_with_any_options_and_region_equals_highdicom(tmp_path_factory, 
     computed = got.compute(scheduler="threads")
     assert computed.dtype == expected.dtype, options
     np.testing.assert_array_equal(computed, expected)
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=cases(), data=st.data())
+def test_to_numpy_and_to_zarr_equal_the_lazy_array(tmp_path_factory, thread_client, case, data):
+    """The three ways out of a SEG (the lazy array, to_numpy, to_zarr) give the same values
+    and dtype with any options and chunks."""
+    folder = tmp_path_factory.mktemp("ways")
+    path = write_segmentation(
+        case["mask"], make_slide(*case["labels"].shape, tile_size=case["tile"]),
+        make_segment_descriptions(case["n_segments"], segmentation_type=case["segmentation_type"]),
+        folder / "seg.dcm", segmentation_type=case["segmentation_type"],
+        transfer_syntax_uid=case["syntax"], dimension_organization_type=case["organization"],
+        client=thread_client,
+    )
+    rows, columns = case["labels"].shape
+    combine = case["segmentation_type"] != "FRACTIONAL" and data.draw(st.booleans())
+    options = {
+        "segment_numbers": data.draw(st.none() | st.permutations(
+            list(range(1, case["n_segments"] + 1)))),
+        "combine_segments": combine,
+        "relabel": combine and data.draw(st.booleans()),
+        # Rescaled fractions need a floating-point dtype (refused otherwise, as in highdicom).
+        "dtype": data.draw(st.sampled_from(
+            [None, np.float32] if case["segmentation_type"] == "FRACTIONAL"
+            else [None, np.uint16, np.float32])),
+        "chunks": (data.draw(st.integers(1, rows)), data.draw(st.integers(1, columns))),
+    }
+    reader = open_segmentation(path)
+    lazy = reader.to_dask(**options).compute(scheduler="threads")
+    in_memory = reader.to_numpy(client=thread_client, **options)
+    reader.to_zarr(str(folder / "out.zarr"), client=thread_client, **options)
+    stored = zarr.open_array(str(folder / "out.zarr"), mode="r")
+    assert in_memory.dtype == lazy.dtype == stored.dtype
+    np.testing.assert_array_equal(in_memory, lazy)
+    np.testing.assert_array_equal(stored[...], lazy)
