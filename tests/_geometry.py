@@ -125,3 +125,16 @@ def placement_cases(draw):
     axes = draw(st.permutations([0, 1, 2]))
     flips = draw(st.lists(st.sampled_from([0, 1, 2]), unique=True))
     return load_source_series(datasets), start, stop, tuple(axes), tuple(flips)
+
+
+def placement_of(case, seed=0):
+    """For a :func:`placement_cases` case: its series, random labels of the series' sorted
+    volume, those inside the file's box (zeros elsewhere), and the file's array and affine."""
+    series, start, stop, axes, flips = case
+    geometry = sorted_geometry(series)
+    volume = random_labels(geometry.spatial_shape, seed)
+    inside = np.zeros_like(volume)
+    box = tuple(slice(s, e) for s, e in zip(start, stop))
+    inside[box] = volume[box]
+    array, affine = cropped(volume, geometry.affine, start, stop, axes, flips)
+    return series, inside, array, affine

@@ -24,6 +24,7 @@ from _geometry import (
     in_given_order,
     permute,
     placement_cases,
+    placement_of,
     random_labels,
     shuffled_series,
     sorted_geometry,
@@ -296,20 +297,15 @@ def test_any_orientation_axis_order_flip_and_crop_is_placed_as_highdicom_places_
     """Never a misplaced SEG: a file of labels in any orientation, axis order, flips and crop
     gives each series image its own voxels (zeros outside the box), as highdicom's
     ``Volume.match_geometry`` places them."""
-    series, start, stop, axes, flips = case
-    geometry = sorted_geometry(series)
-    volume = random_labels(geometry.spatial_shape, seed)
-    inside = np.zeros_like(volume)
-    box = tuple(slice(s, e) for s, e in zip(start, stop))
-    inside[box] = volume[box]
-    array, affine = cropped(volume, geometry.affine, start, stop, axes, flips)
+    series, inside, array, affine = placement_of(case, seed)
     path = _save(tmp_path_factory.mktemp("nifti"), array, affine, name)
     mask, stacked = volume_mask(path, series, 3)
     assert not stacked
     np.testing.assert_array_equal(np.asarray(mask), in_given_order(series, inside))
     # NIfTI-1 holds the affine in float32: a few 1e-5 of a voxel off, past highdicom's
     # default tolerance (1e-5) for a file far from the origin.
-    matched = hd.Volume.from_nibabel(nibabel.load(path)).match_geometry(geometry, tol=1e-3)
+    matched = hd.Volume.from_nibabel(nibabel.load(path)).match_geometry(sorted_geometry(series),
+                                                                        tol=1e-3)
     np.testing.assert_array_equal(matched.array, inside)
 
 
@@ -322,10 +318,7 @@ def test_a_file_off_the_series_grid_is_refused(tmp_path_factory, case, seed, axi
                                                rotate, name):
     """Never a misplaced SEG: the same file moved by part of a voxel along one of its axes, or
     turned by 0.15-0.45 radians about one, is refused, never rounded onto the series."""
-    series, start, stop, axes, flips = case
-    geometry = sorted_geometry(series)
-    volume = random_labels(geometry.spatial_shape, seed)
-    array, affine = cropped(volume, geometry.affine, start, stop, axes, flips)
+    series, _, array, affine = placement_of(case, seed)
     moved = affine.copy()
     if rotate:
         angle = 0.05 + amount / 2  # 0.15-0.45 rad

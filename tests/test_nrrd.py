@@ -24,11 +24,11 @@ from daskseg.synthetic import make_ct_series, make_segment_descriptions
 from _geometry import (
     LPS_TO_RAS,
     OBLIQUE,
-    cropped,
     file_labels,
     in_given_order,
     permute,
     placement_cases,
+    placement_of,
     random_labels,
     shuffled_series,
     sorted_geometry,
@@ -321,13 +321,7 @@ def test_any_orientation_axis_order_flip_and_crop_is_placed_on_the_series(
         tmp_path_factory, case, seed, space, name_and_encoding):
     """Never a misplaced SEG: a file of labels in any space, orientation, axis order, flips and
     crop gives each series image its own voxels, zeros outside the box."""
-    series, start, stop, axes, flips = case
-    geometry = sorted_geometry(series)
-    volume = random_labels(geometry.spatial_shape, seed)
-    inside = np.zeros_like(volume)
-    box = tuple(slice(s, e) for s, e in zip(start, stop))
-    inside[box] = volume[box]
-    array, affine = cropped(volume, geometry.affine, start, stop, axes, flips)
+    series, inside, array, affine = placement_of(case, seed)
     path = _save(tmp_path_factory.mktemp("nrrd"), array, _header(affine, space),
                  *name_and_encoding)
     mask, stacked = volume_mask(path, series, 3)

@@ -57,6 +57,22 @@ KEY_ATTRIBUTES = ["TotalPixelMatrixRows", "TotalPixelMatrixColumns", "Rows", "Co
                   "SegmentationType", "PyramidLabel"]
 
 
+
+def assert_same_level_pixels(path, in_memory, segmentation_type, level):
+    """Our level's pixels as highdicom's level (in memory) holds them: labels equal, FRACTIONAL
+    within one stored unit (the two resample fractions apart)."""
+    ours_seg = hd.seg.segread(path)
+    theirs_seg = hd.seg.Segmentation.from_dataset(in_memory)
+    if segmentation_type == "FRACTIONAL":
+        a = ours_seg.get_total_pixel_matrix(rescale_fractional=False).astype(int)
+        b = theirs_seg.get_total_pixel_matrix(rescale_fractional=False).astype(int)
+        assert np.abs(a - b).max() <= 1, level
+    else:
+        np.testing.assert_array_equal(
+            ours_seg.get_total_pixel_matrix(combine_segments=True),
+            theirs_seg.get_total_pixel_matrix(combine_segments=True), err_msg=str(level))
+
+
 @pytest.mark.parametrize("with_source_pyramid", [False, True])
 @pytest.mark.parametrize("segmentation_type", ["BINARY", "LABELMAP", "FRACTIONAL"])
 def test_levels_match_highdicom(tmp_path, thread_client, segmentation_type, with_source_pyramid):
@@ -92,17 +108,7 @@ def test_levels_match_highdicom(tmp_path, thread_client, segmentation_type, with
                          "SharedFunctionalGroupsSequence", "ReferencedSeriesSequence",
                          "SourceImageSequence"]:
             assert ours[sequence].value == expected[sequence].value, (level, sequence)
-        ours_seg = hd.seg.segread(path)
-        theirs_seg = hd.seg.Segmentation.from_dataset(in_memory)
-        if segmentation_type == "FRACTIONAL":
-            a = ours_seg.get_total_pixel_matrix(rescale_fractional=False).astype(int)
-            b = theirs_seg.get_total_pixel_matrix(rescale_fractional=False).astype(int)
-            assert np.abs(a - b).max() <= 1, level  # within one stored unit
-        else:
-            np.testing.assert_array_equal(
-                ours_seg.get_total_pixel_matrix(combine_segments=True),
-                theirs_seg.get_total_pixel_matrix(combine_segments=True),
-            )
+        assert_same_level_pixels(path, in_memory, segmentation_type, level)
         if shutil.which("dciodvfy"):
             run = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True)
             errors = [line for line in run.stderr.splitlines() if line.startswith("Error")]
@@ -388,13 +394,4 @@ def test_random_pyramids_match_highdicom(tmp_path_factory, thread_client, case):
         ours = pydicom.dcmread(path)
         for keyword in KEY_ATTRIBUTES:
             assert ours.get(keyword) == in_memory.get(keyword), (level, keyword)
-        ours_seg = hd.seg.segread(path)
-        theirs_seg = hd.seg.Segmentation.from_dataset(in_memory)
-        if segmentation_type == "FRACTIONAL":
-            a = ours_seg.get_total_pixel_matrix(rescale_fractional=False).astype(int)
-            b = theirs_seg.get_total_pixel_matrix(rescale_fractional=False).astype(int)
-            assert np.abs(a - b).max() <= 1, level  # within one stored unit
-        else:
-            np.testing.assert_array_equal(
-                ours_seg.get_total_pixel_matrix(combine_segments=True),
-                theirs_seg.get_total_pixel_matrix(combine_segments=True), err_msg=str(level))
+        assert_same_level_pixels(path, in_memory, segmentation_type, level)
