@@ -15,7 +15,9 @@ import numpy as np
 import pydicom
 import pytest
 import zarr
-from _geometry import sorted_geometry
+from _geometry import LPS_TO_RAS, placement_cases, placement_of, sorted_geometry
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import daskseg.cli
 from daskseg import SegmentationInputError
@@ -590,3 +592,31 @@ def test_info_of_header_values_the_reader_does_not_check_is_one_line(tmp_path, c
         error = capsys.readouterr().err
         assert error.startswith(f"daskseg: error: {tmp_path / name}: the DICOM header is damaged")
         assert says in error and "Traceback" not in error
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=placement_cases(), seed=st.integers(0, 2**16))
+def test_a_nifti_of_any_geometry_encodes_and_decodes_back_in_place(tmp_path_factory, case,
+                                                                    seed):
+    """`daskseg encode labels.nii.gz CT_FOLDER` then `daskseg decode --source CT_FOLDER`: the
+    NIfTI that comes back holds, voxel for voxel in the patient's space, the labels of the
+    series' images that the first held (a file in any orientation, axis order, flips and
+    crop), zeros elsewhere."""
+    nibabel = pytest.importorskip("nibabel")
+    folder = tmp_path_factory.mktemp("cli")
+    series, inside, array, affine = placement_of(case, seed)
+    (folder / "ct").mkdir()
+    for ds in series.datasets:
+        ds.save_as(folder / "ct" / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    nibabel.Nifti1Image(np.ascontiguousarray(array), LPS_TO_RAS @ affine).to_filename(
+        folder / "labels.nii.gz")
+    labels = ["--label", "a", "--label", "b", "--label", "c"]
+    assert main(["encode", str(folder / "labels.nii.gz"), str(folder / "ct"), "-o",
+                 str(folder / "seg.dcm"), *labels, "--threads", "2", "--quiet"]) == 0
+    assert main(["decode", str(folder / "seg.dcm"), "-o", str(folder / "back.nii.gz"),
+                 "--source", str(folder / "ct"), "--threads", "2", "--quiet"]) == 0
+    back = hd.Volume.from_nibabel(nibabel.load(folder / "back.nii.gz"))
+    # NIfTI-1 holds its affine in float32: highdicom's default tolerance is tighter than that.
+    placed = back.match_geometry(sorted_geometry(series), tol=1e-3)
+    np.testing.assert_array_equal(placed.array, inside)
