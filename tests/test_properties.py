@@ -18,6 +18,7 @@ from test_write import HD_OPTIONS, dataset_differences, highdicom_seg
 
 from daskseg import (
     ALLOWED_TRANSFER_SYNTAXES,
+    SegmentationInputError,
     open_segmentation,
     read_segmentation,
     write_segmentation,
@@ -212,3 +213,57 @@ def test_to_numpy_and_to_zarr_equal_the_lazy_array(tmp_path_factory, thread_clie
     assert in_memory.dtype == lazy.dtype == stored.dtype
     np.testing.assert_array_equal(in_memory, lazy)
     np.testing.assert_array_equal(stored[...], lazy)
+
+
+@st.composite
+def bad_masks(draw):
+    """A mask with one bad value at a random place: a label no segment describes, a 2 in a
+    binary stack, or a fraction below 0, above 1 or NaN."""
+    rows, columns = draw(st.integers(1, 120)), draw(st.integers(1, 120))
+    n_segments = draw(st.integers(1, 3))
+    kind = draw(st.sampled_from(["label", "binary stack", "fraction"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    labels = rng.integers(0, n_segments + 1, size=(rows, columns))
+    where = (draw(st.integers(0, rows - 1)), draw(st.integers(0, columns - 1)))
+    if kind == "label":
+        segmentation_type = draw(st.sampled_from(["BINARY", "LABELMAP"]))
+        mask = labels.astype(draw(st.sampled_from([np.uint8, np.uint16, np.int32])))
+        mask[where] = draw(st.integers(n_segments + 1, 250))
+    elif kind == "binary stack":
+        segmentation_type = "BINARY"
+        mask = np.stack([labels == n for n in range(1, n_segments + 1)], -1).astype(np.uint8)
+        mask[(*where, draw(st.integers(0, n_segments - 1)))] = draw(st.integers(2, 255))
+    else:
+        segmentation_type = "FRACTIONAL"
+        mask = np.stack([labels == n for n in range(1, n_segments + 1)], -1).astype(np.float32)
+        mask[(*where, draw(st.integers(0, n_segments - 1)))] = draw(st.sampled_from(
+            [-0.5, -1e-3, 1.001, 7.0, np.nan]))
+    tile = (draw(st.integers(1, 64)), draw(st.integers(1, 64)))
+    chunks = (draw(st.integers(1, rows)), draw(st.integers(1, columns)))
+    return segmentation_type, mask, n_segments, tile, chunks
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=bad_masks(), organization=st.sampled_from(["TILED_SPARSE", "TILED_FULL"]),
+       existing=st.booleans())
+def test_a_bad_value_anywhere_is_refused_and_leaves_the_destination_as_it_was(
+        tmp_path_factory, thread_client, case, organization, existing):
+    """Wherever the bad value is (found before the cluster, or by a block task), a daskseg
+    SegmentationInputError, and the destination's folder as it was: no partial file, no
+    spool, an existing SEG untouched."""
+    segmentation_type, mask, n_segments, tile, chunks = case
+    folder = tmp_path_factory.mktemp("bad")
+    destination = folder / "seg.dcm"
+    if existing:
+        destination.write_bytes(b"an earlier SEG")
+    with pytest.raises(SegmentationInputError):
+        write_segmentation(
+            da.from_array(mask, chunks=chunks + mask.shape[2:]),
+            make_slide(*mask.shape[:2], tile_size=tile),
+            make_segment_descriptions(n_segments, segmentation_type=segmentation_type),
+            destination, segmentation_type=segmentation_type,
+            dimension_organization_type=organization, overwrite=True, client=thread_client)
+    assert sorted(p.name for p in folder.iterdir()) == (["seg.dcm"] if existing else [])
+    if existing:
+        assert destination.read_bytes() == b"an earlier SEG"

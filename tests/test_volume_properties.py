@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 
 import dask.array as da
 import highdicom as hd
@@ -26,8 +27,8 @@ from _reading import as_highdicom_means, draw_read_options
 from test_volume_write import assert_same_seg, enhanced_image, write_both
 from test_write import MATRIX
 
-from daskseg import read_segmentation
-from daskseg.synthetic import make_ct_series
+from daskseg import SegmentationInputError, read_segmentation, write_segmentation
+from daskseg.synthetic import make_ct_series, make_segment_descriptions
 
 J2K_SYNTAXES = {pydicom.uid.JPEG2000Lossless, pydicom.uid.HTJ2KLossless}
 ORIENTATIONS = [
@@ -141,3 +142,46 @@ def test_a_random_series_seg_equals_highdicoms(tmp_path_factory, thread_client, 
     got = ours_read(**options).compute(scheduler="threads")
     assert got.dtype == expected.dtype, options
     np.testing.assert_array_equal(got, expected)
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_bad_value_in_any_slice_is_refused_and_leaves_nothing(tmp_path_factory,
+                                                               thread_client, data):
+    """A label no segment describes, a 2 in a binary stack, or a fraction outside [0, 1] (or
+    NaN), in any slice of a series given in any order, in numpy or Dask: a daskseg
+    SegmentationInputError, and nothing left in the destination's folder."""
+    slices, rows, columns = (data.draw(st.integers(1, 8)), data.draw(st.integers(2, 30)),
+                             data.draw(st.integers(2, 30)))
+    series = make_ct_series(slices, rows, columns)
+    random.Random(data.draw(st.integers(0, 2**16))).shuffle(series)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    labels = rng.integers(0, 4, size=(slices, rows, columns))
+    where = tuple(data.draw(st.integers(0, n - 1)) for n in (slices, rows, columns))
+    kind = data.draw(st.sampled_from(["label", "binary stack", "fraction"]))
+    if kind == "label":
+        segmentation_type = data.draw(st.sampled_from(["BINARY", "LABELMAP"]))
+        mask = labels.astype(np.uint8)
+        mask[where] = data.draw(st.integers(4, 250))
+    elif kind == "binary stack":
+        segmentation_type = "BINARY"
+        mask = np.stack([labels == n for n in (1, 2, 3)], -1).astype(np.uint8)
+        mask[(*where, data.draw(st.integers(0, 2)))] = 2
+    else:
+        segmentation_type = "FRACTIONAL"
+        mask = np.stack([labels == n for n in (1, 2, 3)], -1).astype(np.float32)
+        mask[(*where, data.draw(st.integers(0, 2)))] = data.draw(st.sampled_from(
+            [-0.5, 1.001, np.nan]))
+    if data.draw(st.booleans()):
+        mask = da.from_array(mask, chunks=(data.draw(st.integers(1, slices)), *mask.shape[1:]))
+    folder = tmp_path_factory.mktemp("bad")
+    with pytest.raises(SegmentationInputError) as refused:
+        write_segmentation(mask, series,
+                           make_segment_descriptions(3, segmentation_type=segmentation_type),
+                           folder / "seg.dcm", segmentation_type=segmentation_type,
+                           client=thread_client)
+    assert list(folder.iterdir()) == []
+    # The message names the mask frame as given (or a few frames, the bad one among them).
+    named = re.search(r"mask frames? ((?:\d+, )*\d+)", str(refused.value))
+    assert named is not None and where[0] in map(int, named.group(1).split(", ")), refused.value
