@@ -128,8 +128,9 @@ def placement_cases(draw):
 
 
 def placement_of(case, seed=0):
-    """For a :func:`placement_cases` case: its series, random labels of the series' sorted
-    volume, those inside the file's box (zeros elsewhere), and the file's array and affine."""
+    """For a :func:`placement_cases` case: its series; random labels of the series' sorted
+    volume where the file's box covers it, zeros elsewhere; and the file's array (the box's
+    labels, axes permuted and flipped) and affine."""
     series, start, stop, axes, flips = case
     geometry = sorted_geometry(series)
     volume = random_labels(geometry.spatial_shape, seed)
