@@ -18,8 +18,11 @@ import numpy as np
 import pydicom
 import pytest
 import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, JPEG2000Lossless
 from test_dicomweb import instance_url, serving, tiny_server
+from test_properties import cases as slide_cases
 from test_read import highdicom_file
 
 from daskseg import (
@@ -531,3 +534,42 @@ def test_a_url_urllib_cannot_split_is_an_input_error():
     with pytest.raises(SegmentationInputError, match="not a DICOMweb URL") as caught:
         open_segmentation("http://user:secret@[::1/dicom-web/studies/1/series/2/instances/3")
     assert "secret" not in str(caught.value)
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=slide_cases(), data=st.data())
+def test_any_seg_on_the_server_reads_as_its_file(tmp_path_factory, server, case, data):
+    """A SEG of any size, tile size, type x syntax and organization, stored on Orthanc, reads
+    from its URL (any chunks, one region) as its file reads; or, where Orthanc cannot serve its
+    frames (HTJ2K as stored; 1-bit frames whose rows do not fill whole bytes), a daskseg error
+    that says to download the instance."""
+    root, _ = server
+    path = write_segmentation(
+        case["mask"], make_slide(*case["labels"].shape, tile_size=case["tile"]),
+        make_segment_descriptions(case["n_segments"], segmentation_type=case["segmentation_type"]),
+        tmp_path_factory.mktemp("web") / "seg.dcm", segmentation_type=case["segmentation_type"],
+        transfer_syntax_uid=case["syntax"], dimension_organization_type=case["organization"],
+        progress=False,
+    )
+    url = store(root, path)
+    rows, columns = case["labels"].shape
+    combine = case["segmentation_type"] != "FRACTIONAL"
+    chunks = (data.draw(st.integers(1, rows)), data.draw(st.integers(1, columns)))
+    region = (slice(data.draw(st.integers(0, rows - 1)), None),
+              slice(data.draw(st.integers(0, columns - 1)), None))
+    bits = 1 if case["segmentation_type"] == "BINARY" else 8
+    # Orthanc serves 1-bit frames (JPEG 2000 ones too: it decodes them for
+    # application/octet-stream) only when their rows fill whole bytes.
+    unservable = case["syntax"] == HTJ2KLossless or (bits == 1 and case["tile"][1] % 8 != 0)
+    try:
+        got = read_segmentation(url, combine_segments=combine, chunks=chunks)[region]
+        got = got.compute(scheduler="threads")
+    except (DICOMwebError, SegmentationInputError) as error:
+        assert unservable and "download the instance" in str(error), error
+        return
+    assert case["syntax"] != HTJ2KLossless  # Orthanc 1.10 serves no HTJ2K frames as stored
+    expected = read_segmentation(path, combine_segments=combine)[region].compute(
+        scheduler="threads")
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
