@@ -56,6 +56,17 @@ def cases(draw):
                 labels=labels, n_segments=n_segments, chunks=chunks, organization=organization)
 
 
+def write_case(case, path, client=None):
+    """daskseg's SEG of a :func:`cases` case at ``path`` (on ``client``, or the current or a
+    local cluster)."""
+    return write_segmentation(
+        case["mask"], make_slide(*case["labels"].shape, tile_size=case["tile"]),
+        make_segment_descriptions(case["n_segments"], segmentation_type=case["segmentation_type"]),
+        path, segmentation_type=case["segmentation_type"], transfer_syntax_uid=case["syntax"],
+        dimension_organization_type=case["organization"], client=client, progress=False,
+    )
+
+
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=cases())
@@ -146,13 +157,7 @@ def test_reading_with_any_options_and_region_equals_highdicom(tmp_path_factory, 
     """read_segmentation with random segments (any subset, any order), combining, relabelling,
     rescaling, dtype, chunks and region gives what highdicom's get_total_pixel_matrix gives, its
     errors included."""
-    path = write_segmentation(
-        case["mask"], make_slide(*case["labels"].shape, tile_size=case["tile"]),
-        make_segment_descriptions(case["n_segments"], segmentation_type=case["segmentation_type"]),
-        tmp_path_factory.mktemp("read") / "seg.dcm", segmentation_type=case["segmentation_type"],
-        transfer_syntax_uid=case["syntax"], dimension_organization_type=case["organization"],
-        client=thread_client,
-    )
+    path = write_case(case, tmp_path_factory.mktemp("read") / "seg.dcm", thread_client)
     options = draw_read_options(data, range(1, case["n_segments"] + 1))
     rows, columns = case["labels"].shape
     row_start = data.draw(st.integers(0, rows - 1))
@@ -185,13 +190,7 @@ def test_to_numpy_and_to_zarr_equal_the_lazy_array(tmp_path_factory, thread_clie
     """The three ways out of a SEG (the lazy array, to_numpy, to_zarr) give the same values
     and dtype with any options and chunks."""
     folder = tmp_path_factory.mktemp("ways")
-    path = write_segmentation(
-        case["mask"], make_slide(*case["labels"].shape, tile_size=case["tile"]),
-        make_segment_descriptions(case["n_segments"], segmentation_type=case["segmentation_type"]),
-        folder / "seg.dcm", segmentation_type=case["segmentation_type"],
-        transfer_syntax_uid=case["syntax"], dimension_organization_type=case["organization"],
-        client=thread_client,
-    )
+    path = write_case(case, folder / "seg.dcm", thread_client)
     rows, columns = case["labels"].shape
     combine = case["segmentation_type"] != "FRACTIONAL" and data.draw(st.booleans())
     options = {

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, JPEG2000Lossless
 from test_dicomweb import instance_url, serving, tiny_server
 from test_properties import cases as slide_cases
+from test_properties import write_case
 from test_read import highdicom_file
 
 from daskseg import (
@@ -545,13 +546,7 @@ def test_any_seg_on_the_server_reads_as_its_file(tmp_path_factory, server, case,
     frames (HTJ2K as stored; 1-bit frames whose rows do not fill whole bytes), a daskseg error
     that says to download the instance."""
     root, _ = server
-    path = write_segmentation(
-        case["mask"], make_slide(*case["labels"].shape, tile_size=case["tile"]),
-        make_segment_descriptions(case["n_segments"], segmentation_type=case["segmentation_type"]),
-        tmp_path_factory.mktemp("web") / "seg.dcm", segmentation_type=case["segmentation_type"],
-        transfer_syntax_uid=case["syntax"], dimension_organization_type=case["organization"],
-        progress=False,
-    )
+    path = write_case(case, tmp_path_factory.mktemp("web") / "seg.dcm")
     url = store(root, path)
     rows, columns = case["labels"].shape
     combine = case["segmentation_type"] != "FRACTIONAL"
