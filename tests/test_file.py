@@ -227,8 +227,6 @@ def test_workers_on_this_machine_spool_their_frames_and_every_file_goes(tmp_path
     np.testing.assert_array_equal(pixels, labels)
 
 
-
-
 def test_the_writer_gathers_its_results_up_to_eight_blocks_at_a_time(tmp_path, dask_client,
                                                                      monkeypatch):
     """Each gather is a round trip that costs the client's CPU, which the codecs on the same
@@ -251,6 +249,7 @@ def test_the_writer_gathers_its_results_up_to_eight_blocks_at_a_time(tmp_path, d
         monkeypatch.undo()
         assert sum(gathers) == blocks and len(gathers) <= most, gathers
         assert len(gathers) >= min(8, blocks // 4), gathers
+
 
 @pytest.mark.parametrize("made", ["spool", "worker's spool", "temporary file"])
 def test_an_interruption_as_a_file_is_made_leaves_no_file(tmp_path, dask_client, monkeypatch,
@@ -282,6 +281,7 @@ def test_an_interruption_as_a_file_is_made_leaves_no_file(tmp_path, dask_client,
                            client=dask_client)
     monkeypatch.undo()
     assert opened and list(tmp_path.iterdir()) == []
+
 
 def _header(syntax, character_set="ISO_IR 192"):
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -629,6 +629,7 @@ def test_an_interruption_as_a_store_is_renamed_leaves_one_whole_store(tmp_path, 
     assert (destination / "zarr.json").read_text() == expected
     left = {path.name for path in tmp_path.iterdir()}
     assert left == ({"labels.zarr", partial.name} if expected == "old" else {"labels.zarr"})
+
 
 def test_a_file_that_appeared_is_never_replaced_without_overwrite(tmp_path):
     from daskseg import DestinationExistsError

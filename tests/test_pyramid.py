@@ -57,7 +57,6 @@ KEY_ATTRIBUTES = ["TotalPixelMatrixRows", "TotalPixelMatrixColumns", "Rows", "Co
                   "SegmentationType", "PyramidLabel"]
 
 
-
 def assert_same_level_pixels(path, in_memory, segmentation_type, level):
     """Our level's pixels as highdicom's level (in memory) holds them: labels equal, FRACTIONAL
     within one stored unit (the two resample fractions apart)."""
@@ -115,7 +114,6 @@ def test_levels_match_highdicom(tmp_path, thread_client, segmentation_type, with
             allowed = ("Information Object Not found", "SegmentNumber") if (
                 segmentation_type == "LABELMAP") else ()
             assert [e for e in errors if not any(a in e for a in allowed)] == [], path.name
-
 
 
 def fail_after_level_0(block, level_0):
@@ -235,7 +233,6 @@ def test_a_rename_that_fails_midway_puts_the_old_levels_back(tmp_path, thread_cl
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old
 
 
-
 @pytest.mark.parametrize("where", ["old level set aside", "new level put in place",
                                    "level written"])
 def test_an_interruption_as_a_file_is_renamed_leaves_the_old_pyramid(tmp_path, thread_client,
@@ -273,6 +270,7 @@ def test_an_interruption_as_a_file_is_renamed_leaves_the_old_pyramid(tmp_path, t
                                    **OPTIONS)
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old
+
 
 @pytest.mark.parametrize("factors, error, message", [
     ([2, float("nan")], SegmentationInputError, "finite, ascending and above 1, got .2.0, nan"),

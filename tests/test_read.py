@@ -318,7 +318,6 @@ def test_several_focal_planes_or_optical_paths_are_refused(tmp_path, keyword):
         open_segmentation(tmp_path / "planes.dcm")
 
 
-
 def test_an_interruption_while_the_store_is_made_leaves_no_partial_store(tmp_path, monkeypatch):
     """Ctrl-C (or SIGTERM in the CLI) that came as zarr made the partial store left it, hidden
     beside the destination: its creation was outside the try that removes it."""
@@ -340,6 +339,7 @@ def test_an_interruption_while_the_store_is_made_leaves_no_partial_store(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         open_segmentation(path).to_zarr(str(out / "labels.zarr"), combine_segments=True)
     assert list(out.iterdir()) == []
+
 
 def _no_compute(*args, **kwargs):
     raise AssertionError("validation computed something")

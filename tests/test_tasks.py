@@ -98,7 +98,6 @@ def test_a_task_error_reaches_the_caller_as_it_is(thread_client):
         list(run_windowed(thread_client, [dask.delayed(fail)(1)], "fail"))
 
 
-
 @pytest.mark.parametrize("few_gathers", [False, True])
 def test_finished_tasks_are_gathered_a_few_at_a_time(thread_client, monkeypatch, few_gathers):
     """By default one gather per worker thread's result; with ``few_gathers`` (the writer's:
@@ -115,6 +114,7 @@ def test_finished_tasks_are_gathered_a_few_at_a_time(thread_client, monkeypatch,
         assert len(gathers) <= 9 and all(size >= 4 for size in gathers[:-1]), gathers
     else:
         assert len(gathers) > 9  # two threads finish about two at a time
+
 
 def _total(block):
     from daskseg._pack import unpacked
