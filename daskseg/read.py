@@ -45,7 +45,7 @@ from daskseg._client import cluster_client
 from daskseg._file import replace_tree
 from daskseg._malloc import register_on_current_client
 from daskseg._progress import progress_bar
-from daskseg._tasks import block_tasks, compute_into_memory, run_windowed
+from daskseg._tasks import block_tasks, compute_into_memory, computed_blocks, run_windowed
 from daskseg.errors import (
     DestinationExistsError,
     SegmentationFileError,
@@ -509,9 +509,17 @@ class SegmentationReader:
     def _store_into(array: da.Array, target: Any, client: Client | None,
                     progress: bool) -> None:
         """Decode ``array``'s blocks into the Zarr array ``target``."""
-        stores = da.store(array, target, lock=False, compute=False, return_stored=False)
         with _decoding(array, client, progress) as (client, bar):
-            if client is None:
+            if _held_by_this_process(target.store):
+                # Workers would write into copies of an in-memory store, pickled with their
+                # tasks, leaving this one empty. A zip file takes one writer, and a ZipStore
+                # unpickled (on a worker, or by dask's tokenize, which unpickles what it
+                # hashes) opens it again for writing, empty. Decoded there, written here.
+                for region, block in computed_blocks(client, array,
+                                                     "decode a block of the SEG"):
+                    target[region] = block
+                    bar.update(1)
+            elif client is None:
                 from dask.callbacks import Callback
 
                 class _Count(Callback):
@@ -519,6 +527,8 @@ class SegmentationReader:
                         if isinstance(key, tuple) and str(key[0]).startswith("store-map"):
                             bar.update(1)
 
+                stores = da.store(array, target, lock=False, compute=False,
+                                  return_stored=False)
                 with _Count():
                     dask.compute(stores)  # the configured local scheduler
             else:
@@ -529,6 +539,16 @@ class SegmentationReader:
                 for _ in run_windowed(client, block_tasks(stored).ravel().tolist(),
                                       "decode a block of the SEG into Zarr", settle=True):
                     bar.update(1)
+
+
+def _held_by_this_process(store: Any) -> bool:
+    """Whether a Zarr store lives in this process, where workers cannot write into it: in
+    memory, or a zip file (which each worker would append to on its own, over the others)."""
+    import zarr.storage
+
+    while isinstance(store, zarr.storage.WrapperStore):
+        store = store._store
+    return isinstance(store, (zarr.storage.MemoryStore, zarr.storage.ZipStore))
 
 
 @contextlib.contextmanager

@@ -215,6 +215,32 @@ def test_to_zarr(tmp_path, dask_client, use_client, capsys):
 
 
 @pytest.mark.parametrize("use_client", [False, True])
+@pytest.mark.parametrize("kind", ["memory", "zip", "wrapped memory"])
+def test_to_zarr_into_a_store_of_this_process(tmp_path, dask_client, use_client, kind):
+    # Workers wrote into their own copies of an in-memory store (it stayed all zeros here), and
+    # dask's tokenize reopened a zip for writing, over what was written.
+    path = highdicom_file(tmp_path, "BINARY", JPEG2000Lossless, "TILED_SPARSE", rows=400,
+                          columns=300)
+    expected = hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True)
+    assert expected.any()
+    zip_path = tmp_path / "out.zip"
+    store = {
+        "memory": zarr.storage.MemoryStore,
+        "zip": lambda: zarr.storage.ZipStore(zip_path, mode="w"),
+        "wrapped memory": lambda: zarr.storage.LoggingStore(zarr.storage.MemoryStore(),
+                                                            log_level="DEBUG"),
+    }[kind]()
+    result = open_segmentation(path).to_zarr(
+        store, combine_segments=True, chunks=128, client=dask_client if use_client else None,
+    )
+    np.testing.assert_array_equal(result[:], expected)
+    if kind == "zip":
+        store.close()
+        with zarr.storage.ZipStore(zip_path, mode="r") as reopened:
+            np.testing.assert_array_equal(zarr.open_array(reopened, mode="r")[:], expected)
+
+
+@pytest.mark.parametrize("use_client", [False, True])
 def test_to_numpy_equals_highdicom(tmp_path, dask_client, use_client, capsys):
     path = highdicom_file(tmp_path, "BINARY", JPEG2000Lossless, "TILED_SPARSE", rows=400,
                           columns=300)
