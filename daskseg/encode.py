@@ -218,6 +218,10 @@ def segment_frame(tile: np.ndarray, spec: FrameSpec, channel: int) -> np.ndarray
     # FRACTIONAL
     scale = spec.max_fractional_value
     if plane.dtype.kind == "f":
+        if plane.dtype.itemsize < 4:
+            # Scaled in float16, 0.0686 x 255 (17.49) rounds to 18: in float32, as highdicom
+            # scales a float32 mask (it refuses float16).
+            plane = plane.astype(np.float32)
         return np.around(plane * float(scale)).astype(np.uint8)
     if not spec.stacked:
         return ((plane == spec.label_of(channel)) * scale).astype(np.uint8)

@@ -469,7 +469,7 @@ def test_options_and_dtypes_highdicom_takes_or_refuses(tmp_path, thread_client):
     """Each was refused late (after the blocks went out) or written invalid: a SeriesDescription
     of two values or with a tab, non-ASCII without a character set, a float
     max_fractional_value (cut for the pixels, then refused by the file's US element),
-    highdicom's own tile_pixel_array=True, a float16 mask."""
+    highdicom's own tile_pixel_array=True, a float16 mask (scaled in float16)."""
     source = make_slide(128, 128, tile_size=(64, 64))
     labels = make_tissue_mask(128, 128, 1, chunks=64).compute()
     one = make_segment_descriptions(1)
@@ -491,7 +491,10 @@ def test_options_and_dtypes_highdicom_takes_or_refuses(tmp_path, thread_client):
     assert written.SpecificCharacterSet == "ISO_IR 192"
     assert written.SeriesDescription == "Série für Tumör"
 
-    fractions = (labels[..., None] * 0.5).astype(np.float16)
+    # A float16 mask is scaled as the same values in float32 (scaled in float16, 0.0686 x 255
+    # rounded to 18, not 17).
+    fractions = np.linspace(0, 1, 128 * 128).reshape(128, 128, 1).astype(np.float16)
+    fractions[labels == 0] = 0
     fractional = make_segment_descriptions(1, segmentation_type="FRACTIONAL")
     half, single = (
         pydicom.dcmread(write_segmentation(
