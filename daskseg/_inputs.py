@@ -312,6 +312,58 @@ def _open_zarr_array(path: str | os.PathLike) -> zarr.Array:
         ) from error
 
 
+# PS3.5 6.1.2.3 and 6.2: no control character but ESC in a short text (LO, SH, CS, PN, UC);
+# a long one (ST, LT, UT) may also hold TAB, LF, FF and CR.
+_SHORT_TEXT_VRS = frozenset({"CS", "LO", "PN", "SH", "UC"})
+_LONG_TEXT_VRS = frozenset({"LT", "ST", "UT"})
+
+
+def text_problem(vr: str, value: Any) -> str | None:
+    """What makes ``value`` unfit for one value of the VR ``vr`` (PS3.5 6.2), or None."""
+    from pydicom import config
+    from pydicom.valuerep import validate_value
+
+    if vr in _SHORT_TEXT_VRS | _LONG_TEXT_VRS:
+        allowed = {"\x1b"} | ({"\t", "\n", "\x0c", "\r"} if vr in _LONG_TEXT_VRS else set())
+        if any((c < " " or c == "\x7f") and c not in allowed for c in str(value)):
+            return "it holds a control character"
+    try:
+        validate_value(vr, value, config.RAISE)
+    except ValueError as error:
+        return str(error).rstrip(".")
+    return None
+
+
+def check_texts(dataset: Dataset, whose: str) -> None:
+    """Raise unless every value of ``dataset`` (its sequences' items too) fits its VR and the
+    number of values its attribute takes: highdicom leaves that to pydicom, which warns and
+    writes a SegmentLabel of 80 characters, or of two values where a backslash was."""
+    from pydicom.datadict import dictionary_VM
+    from pydicom.multival import MultiValue
+
+    for element in dataset.iterall():
+        if element.VR == "SQ" or element.value is None or element.is_private:
+            continue
+        values = element.value if isinstance(element.value, MultiValue) else [element.value]
+        name = element.keyword or str(element.tag)
+        with contextlib.suppress(KeyError):
+            if len(values) > 1 and dictionary_VM(element.tag) == "1":
+                text = "\\".join(map(str, values))
+                raise SegmentationInputError(
+                    f"{whose} {name} holds {len(values)} values (a backslash separates "
+                    f"values), where it takes one: {text!r}; remove the backslash."
+                )
+        for value in values:
+            if value in ("", None):
+                continue
+            problem = text_problem(element.VR, value)
+            if problem is not None:
+                raise SegmentationInputError(
+                    f"{whose} {name} cannot be written as {element.VR} (PS3.5 6.2): {problem}: "
+                    f"{str(value)!r}; shorten or correct it."
+                )
+
+
 def segment_numbers(segment_descriptions: Sequence[hd.seg.SegmentDescription],
                     segmentation_type: str = "BINARY") -> list[int]:
     """The segment numbers of the descriptions, checked as highdicom checks them: 1..n in
@@ -334,6 +386,8 @@ def segment_numbers(segment_descriptions: Sequence[hd.seg.SegmentDescription],
                 f"not {type(item).__name__}."
             )
     numbers = [int(item.SegmentNumber) for item in segment_descriptions]
+    for number, item in zip(numbers, segment_descriptions):
+        check_texts(item, f"Segment {number}'s")
     if segmentation_type == "LABELMAP":
         if numbers[0] < 1 or numbers[-1] > 65535 or any(
             a >= b for a, b in zip(numbers, numbers[1:])

@@ -416,38 +416,61 @@ def _ome_zarr_segments(
     descriptions = []
     for position, (number, default) in enumerate(zip(numbers, defaults), 1):
         props = properties.get(number, {})
-        algorithm_type = str(props.get("segment-algorithm-type", "MANUAL")).upper()
-        algorithm = None
-        if algorithm_type != "MANUAL":
-            algorithm = hd.AlgorithmIdentificationSequence(
-                name=str(props.get("segment-algorithm-name", "unknown")),
-                version=str(props.get("segment-algorithm-version", "unknown")),
-                family=_concept(props.get("segment-algorithm-family"),
-                                codes.cid7162.ArtificialIntelligence),
-            )
-        display = None
-        if colors.get(number):
-            display = hd.color.CIELabColor.from_rgb(*colors[number][:3])
-        elif "RecommendedDisplayCIELabValue" in default:
-            display = hd.color.CIELabColor.from_dicom_value(default.RecommendedDisplayCIELabValue)
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=position if renumbered else number,
-            segment_label=str(props.get("segment-label", f"Segment {number}")),
-            segmented_property_category=_concept(props.get("segmented-property-category"),
-                                                 codes.SCT.Tissue),
-            segmented_property_type=_concept(props.get("segmented-property-type"), codes.SCT.Tissue),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues[algorithm_type],
-            algorithm_identification=algorithm,
-            display_color=display,
-            tracking_id=_text(props.get("tracking-id")),
-            tracking_uid=_text(props.get("tracking-uid")),
-            anatomic_regions=_concepts(props.get("anatomic-regions")),
-            primary_anatomic_structures=_concepts(props.get("primary-anatomic-structures")),
-        ))
-        if props.get("segment-description"):
-            descriptions[-1].SegmentDescription = str(props["segment-description"])
-        _add_modifiers(descriptions[-1], props)
+        try:
+            descriptions.append(_ome_zarr_segment(
+                position if renumbered else number, number, props, colors.get(number), default,
+            ))
+        except (TypeError, ValueError, KeyError, IndexError) as error:
+            raise SegmentationInputError(
+                f"The image-label metadata of label {number} in {group.store_path} does not "
+                f"make a segment description: {error}. Correct it, or give the segments' "
+                "descriptions (daskseg encode: --label or --metadata)."
+            ) from error
     return descriptions, numbers if renumbered else None
+
+
+def _ome_zarr_segment(
+    segment_number: int, number: int, props: dict[str, Any], rgba: Any, default: Dataset,
+) -> hd.seg.SegmentDescription:
+    """The description of label ``number`` from its ``properties`` entry and ``colors`` rgba."""
+    algorithm_type = str(props.get("segment-algorithm-type", "MANUAL")).upper()
+    allowed = [value.name for value in hd.seg.SegmentAlgorithmTypeValues]
+    if algorithm_type not in allowed:
+        raise ValueError(f"segment-algorithm-type {props['segment-algorithm-type']!r} is none "
+                         f"of {', '.join(allowed)} (PS3.3 C.8.20.2)")
+    algorithm = None
+    if algorithm_type != "MANUAL":
+        algorithm = hd.AlgorithmIdentificationSequence(
+            name=str(props.get("segment-algorithm-name", "unknown")),
+            version=str(props.get("segment-algorithm-version", "unknown")),
+            family=_concept(props.get("segment-algorithm-family"),
+                            codes.cid7162.ArtificialIntelligence),
+        )
+    display = None
+    if rgba:
+        if not isinstance(rgba, (list, tuple)) or len(rgba) not in (3, 4):
+            raise ValueError(f"rgba {rgba!r} is not 3 or 4 values of 0..255")
+        display = hd.color.CIELabColor.from_rgb(*rgba[:3])
+    elif "RecommendedDisplayCIELabValue" in default:
+        display = hd.color.CIELabColor.from_dicom_value(default.RecommendedDisplayCIELabValue)
+    description = hd.seg.SegmentDescription(
+        segment_number=segment_number,
+        segment_label=str(props.get("segment-label", f"Segment {number}")),
+        segmented_property_category=_concept(props.get("segmented-property-category"),
+                                             codes.SCT.Tissue),
+        segmented_property_type=_concept(props.get("segmented-property-type"), codes.SCT.Tissue),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues[algorithm_type],
+        algorithm_identification=algorithm,
+        display_color=display,
+        tracking_id=_text(props.get("tracking-id")),
+        tracking_uid=_text(props.get("tracking-uid")),
+        anatomic_regions=_concepts(props.get("anatomic-regions")),
+        primary_anatomic_structures=_concepts(props.get("primary-anatomic-structures")),
+    )
+    if props.get("segment-description"):
+        description.SegmentDescription = str(props["segment-description"])
+    _add_modifiers(description, props)
+    return description
 
 
 def _add_modifiers(description: Dataset, props: dict[str, Any]) -> None:

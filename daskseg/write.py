@@ -194,9 +194,8 @@ def write_segmentation(
     if series_description is not None:
         # LO (PS3.5 6.2): one value of at most 64 characters, no backslash (it separates
         # values), no control characters.
-        if (not isinstance(series_description, str) or len(series_description) > 64
-                or "\\" in series_description
-                or any(ord(c) < 0x20 or ord(c) == 0x7F for c in series_description)):
+        if (not isinstance(series_description, str) or "\\" in series_description
+                or _inputs.text_problem("LO", series_description) is not None):
             raise SegmentationInputError(
                 "series_description is one text of at most 64 characters without a backslash "
                 f"or control characters (LO, PS3.5 6.2), not {series_description!r}."

@@ -150,3 +150,25 @@ def test_a_folder_that_refuses_new_files_is_an_input_error():
         pytest.skip("/sys takes new files here")
     with pytest.raises(SegmentationInputError, match="Cannot create a file in the destination"):
         Spool(folder, "seg.dcm", (1, 1, 1)).open()
+
+
+@pytest.mark.parametrize("label, message", [
+    ("x" * 65, "exceeds the maximum length of 64"),
+    ("tumor\\stroma", "holds 2 values"),
+    ("tab\there", "control character"),
+])
+def test_segment_texts_that_do_not_fit_their_vr_are_refused(label, message):
+    # highdicom leaves them to pydicom, which warns and writes them (dciodvfy: errors).
+    from daskseg._inputs import segment_numbers
+    from daskseg.synthetic import make_segment_descriptions
+
+    descriptions = make_segment_descriptions(2)
+    descriptions[1].SegmentLabel = label
+    with pytest.raises(SegmentationInputError, match=f"Segment 2's SegmentLabel .*{message}"):
+        segment_numbers(descriptions)
+    descriptions = make_segment_descriptions(1)
+    descriptions[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning = label
+    with pytest.raises(SegmentationInputError, match=f"Segment 1's CodeMeaning .*{message}"):
+        segment_numbers(descriptions)
+    descriptions[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning = "x" * 64  # the longest
+    assert segment_numbers(descriptions) == [1]

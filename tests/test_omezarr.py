@@ -209,6 +209,30 @@ def test_ome_zarr_without_usable_labels_is_refused(tmp_path):
     assert not (tmp_path / "x.dcm").exists()
 
 
+@pytest.mark.parametrize("metadata, message", [
+    # Each made a raw TypeError or KeyError (a traceback from the CLI).
+    ({"properties": [{"label-value": 1, "tracking-id": "lesion-1"}]}, "Tracking UID"),
+    ({"properties": [{"label-value": 1, "segment-algorithm-type": "deep learning"}]},
+     "none of AUTOMATIC"),
+    ({"colors": [{"label-value": 1, "rgba": [255]}]}, "not 3 or 4 values"),
+])
+def test_metadata_that_makes_no_segment_description_is_refused(tmp_path, metadata, message):
+    store = tmp_path / "image.ome.zarr"
+    ome_writer.write_image(np.zeros((64, 64), np.uint8), str(store), axes="yx")
+    labels = np.zeros((64, 64), np.uint8)
+    labels[:32] = 1
+    ome_writer.write_labels(labels, str(store), name="l", axes="yx", label_metadata=metadata)
+    with pytest.raises(SegmentationInputError, match=f"label 1 .*{message}.*--label or --metadata"):
+        daskseg.segment_descriptions_from_ome_zarr(store)
+    source = tmp_path / "slide.dcm"
+    make_slide(64, 64, tile_size=(32, 32)).save_as(source, enforce_file_format=True)
+    from daskseg.cli import main
+
+    assert main(["encode", str(store), str(source), "-o", str(tmp_path / "x.dcm"), "-q",
+                 "--workers", "1"]) == 1
+    assert not (tmp_path / "x.dcm").exists()
+
+
 def test_cli_encodes_label_values_that_skip_as_binary_segments(tmp_path, capsys):
     """OME-Zarr labels 3 and 8 (cells of a nucleus model, say) written as BINARY: segments 1
     and 2, the values given as label_values, as dcmqi numbers labelIDs that skip."""
