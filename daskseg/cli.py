@@ -376,6 +376,7 @@ def _decode(args: argparse.Namespace) -> None:
         raise UserError(f"{args.seg} does not exist")
     ome = args.output.rstrip("/").lower().endswith(".ome.zarr")
     nifti = args.output.lower().endswith((".nii", ".nii.gz"))
+    npy = args.output.lower().endswith(".npy")
     if os.path.exists(args.output) and not args.overwrite:
         raise UserError(f"{args.output} exists; pass --overwrite or choose another output")
     folder = os.path.dirname(os.path.abspath(args.output))
@@ -396,6 +397,8 @@ def _decode(args: argparse.Namespace) -> None:
     if not tiled and not nifti:
         raise UserError(f"{args.seg} is a SEG of a series; decode it to NIfTI "
                         "(-o labels.nii.gz)")
+    if npy and "://" in args.output:
+        raise UserError(f"{args.output}: a .npy output is a file on this machine")
     if args.segment_axis and not nifti:
         raise UserError("--segment-axis is for NIfTI output (-o labels.nii.gz); a Zarr store "
                         "holds one plane per segment unless --combine-segments")
@@ -404,6 +407,9 @@ def _decode(args: argparse.Namespace) -> None:
             if not isinstance(reader, SegmentationReader):  # a SEG of a series: its geometry
                 reader.to_nifti(args.output, client=client, source_images=args.source,
                                 combine_segments=False if args.segment_axis else None)
+            elif npy:  # one NumPy file, filled block by block as the blocks are decoded
+                _save_npy(reader.to_dask(combine_segments=args.combine_segments),
+                          pathlib.Path(args.output), client, not args.quiet, args.overwrite)
             elif ome:  # an OME-NGFF image whose labels/ holds the SEG as one label image
                 from daskseg import segmentation_to_ome_zarr
 
@@ -431,6 +437,35 @@ def _decode(args: argparse.Namespace) -> None:
         raise
     if not args.quiet:
         print(f"wrote {args.output}")
+
+
+def _save_npy(array: Any, destination: pathlib.Path, client: Any, progress: bool,
+              overwrite: bool) -> None:
+    """``array`` decoded into a .npy file: a memory map beside ``destination``, filled block by
+    block (memory is a few blocks, whatever the SEG's size), renamed there when complete."""
+    import numpy as np
+
+    from daskseg._file import replace_atomically, temporary_beside
+    from daskseg._progress import progress_bar
+    from daskseg._tasks import computed_blocks
+
+    handle, partial = temporary_beside(destination, ".partial")
+    os.close(handle)
+    try:
+        stored = np.lib.format.open_memmap(partial, mode="w+", dtype=array.dtype,
+                                           shape=array.shape)
+        with progress_bar(int(np.prod(array.numblocks)), "decoding blocks", enabled=progress,
+                          client=client, unit="block") as bar:
+            for region, block in computed_blocks(client, array, "decode a block of the SEG"):
+                stored[region] = block
+                bar.update(1)
+        stored.flush()
+        del stored
+        replace_atomically(partial, destination, overwrite)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+        raise
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -541,14 +576,16 @@ def _parser() -> argparse.ArgumentParser:
                         "from $DASKSEG_DICOMWEB_TOKEN)")
     decode.add_argument("-o", "--output", required=True,
                         help="the Zarr store to write; NAME.ome.zarr writes OME-Zarr labels; "
-                        "NAME.nii.gz the labels of a SEG of a series, in its geometry")
+                        "NAME.npy a NumPy file; NAME.nii.gz the labels of a SEG of a series, "
+                        "in its geometry")
     decode.add_argument("--overwrite", action="store_true",
                         help="replace an existing output")
     decode.add_argument("--source", metavar="SERIES",
                         help="NIfTI output: the source series (a folder), for one slice per "
                         "image, empty ones too (the SEG alone spans its planes with frames)")
     decode.add_argument("--combine-segments", action="store_true",
-                        help="Zarr output: one label image instead of a stack of segments")
+                        help="Zarr or .npy output: one label image instead of a stack of "
+                        "segments")
     decode.add_argument("--segment-axis", action="store_true",
                         help="NIfTI output: one volume per segment on a fourth axis (for "
                         "overlapping segments; a FRACTIONAL SEG's always), not labels")

@@ -123,6 +123,18 @@ def test_encode_a_zarr_mask_with_labels_then_info_and_decode(inputs, tmp_path):
     # NIfTI is for SEGs of series: a slide's SEG is refused before any cluster starts.
     assert main(["decode", str(out), "-o", str(tmp_path / "labels.nii.gz"), "--quiet"]) == 1
     assert not (tmp_path / "labels.nii.gz").exists()
+    # A .npy output is a NumPy file (it was a Zarr store named labels.npy), as encode reads.
+    npy = tmp_path / "labels.npy"
+    assert main(["decode", str(out), "-o", str(npy), "--combine-segments", "--threads", "1",
+                 "--quiet"]) == 0
+    np.testing.assert_array_equal(np.load(npy), labels)
+    assert main(["decode", str(out), "-o", str(npy), "--overwrite", "--threads", "1",
+                 "--quiet"]) == 0
+    stack = np.load(npy)
+    assert stack.shape == (*labels.shape, 2) and stack.dtype == np.uint8
+    np.testing.assert_array_equal(stack[..., 1], labels == 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "decoded.zarr", "labels.npy", "seg.dcm"]
 
 
 @pytest.mark.parametrize("layout", [dict(tile=(64, 64)), dict(rowsperstrip=16), {}])
