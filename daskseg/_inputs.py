@@ -521,6 +521,20 @@ def normalize_mask(
         stacked = False
     elif mask.ndim == 3:
         stacked = True
+        if mask.shape[2] != n_segments and expected is not None:
+            shape = tuple(mask.shape)
+            if shape[1:] == expected:  # (segments, rows, columns), as PyTorch models give
+                raise SegmentationInputError(
+                    f"The mask {shape} has its {shape[0]} segment planes first; daskseg, as "
+                    "highdicom, takes them on the last axis (rows, columns, segments): pass "
+                    "np.moveaxis(mask, 0, -1) (a view, no copy)."
+                )
+            if shape[:2] != expected:
+                raise SegmentationInputError(
+                    f"The mask has shape {shape}, which is neither the source's total pixel "
+                    f"matrix {expected} nor a stack of it with one plane per described segment "
+                    f"{(*expected, n_segments)}."
+                )
         if mask.shape[2] != n_segments:
             raise SegmentationInputError(
                 f"The mask stacks {mask.shape[2]} segment planes on its last axis, but "

@@ -226,6 +226,14 @@ def segmentation_to_ome_zarr(
     reader = seg if isinstance(seg, SegmentationReader) else SegmentationReader(seg)
     if "://" in str(store):
         raise SegmentationInputError(f"store must be a local folder, not {str(store)!r}.")
+    # A Zarr node's name (Zarr v3 spec, "Node names"): "" would put the label image in labels/
+    # itself, where readers look for the list of label images.
+    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name
+            or name.startswith("__") or name.strip(".") == ""):
+        raise SegmentationInputError(
+            f"name {name!r} is not a Zarr node name for the label image: give a non-empty name "
+            "without '/', not '.' or '..', not starting with '__'."
+        )
     destination = pathlib.Path(store)
     if destination.exists() and not overwrite:
         raise DestinationExistsError(f"{destination} exists; pass overwrite=True to replace it.")
@@ -257,7 +265,10 @@ def segmentation_to_ome_zarr(
                     target = label_group.create_array(f"s{index}", shape=shape, chunks=chunk,
                                                       dtype=labels.dtype, fill_value=0,
                                                       dimension_names=_AXES)
-                    _write_level(level, target, client, bar)
+                    try:
+                        _write_level(level, target, client, bar)
+                    except SegmentationInputError as error:
+                        raise _one_label_image(error) from None
                     # The image's placeholder level: no chunk is ever written, see the module's notes.
                     root.create_array(f"s{index}", shape=shape, chunks=chunk, dtype="uint8",
                                       fill_value=0, dimension_names=_AXES)
@@ -272,6 +283,21 @@ def segmentation_to_ome_zarr(
             shutil.rmtree(partial, ignore_errors=True)
             raise
         return destination
+
+
+#: The end of the message of a SEG whose segments make no one label image, in this function.
+ONE_LABEL_IMAGE = ("OME-Zarr labels are one label image: decode the segments apart with "
+                   "SegmentationReader.to_zarr (one plane per segment).")
+
+
+def _one_label_image(error: SegmentationInputError) -> SegmentationInputError:
+    """The reader's error for segments that cannot be combined, with this function's way out:
+    its advice (combine_segments=False) names an argument that segmentation_to_ome_zarr has not."""
+    message = str(error)
+    for advice in ("read with combine_segments=False.", "use combine_segments=False."):
+        if message.endswith(advice):
+            return type(error)(message.removesuffix(advice) + ONE_LABEL_IMAGE)
+    return error
 
 
 # ------------------------------------------------------------------ OME-Zarr -> mask

@@ -20,12 +20,19 @@ def _slices(region: Any, shape: tuple[int, int]) -> tuple[slice, slice]:
         return slice(0, shape[0]), slice(0, shape[1])
     try:
         rows, columns = (part if isinstance(part, slice) else slice(*part) for part in region)
+        negative = any(value is not None and value < 0
+                       for part in (rows, columns) for value in (part.start, part.stop))
         rows, columns = slice(*rows.indices(shape[0])[:2]), slice(*columns.indices(shape[1])[:2])
     except (TypeError, ValueError):
         raise SegmentationTypeError(
             f"region is ((row_start, row_stop), (column_start, column_stop)) or two slices, "
             f"not {region!r}."
         ) from None
+    if negative:  # numpy's count from the end would draw another place than the one meant
+        raise SegmentationInputError(
+            f"The region {region} starts or stops before row or column 0; a region counts "
+            f"pixels from 0 (the SEG is {shape[0]} x {shape[1]})."
+        )
     if rows.stop <= rows.start or columns.stop <= columns.start:
         raise SegmentationInputError(f"The region {region} is empty in a SEG of shape {shape}.")
     return rows, columns

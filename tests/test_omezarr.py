@@ -209,6 +209,32 @@ def test_ome_zarr_without_usable_labels_is_refused(tmp_path):
     assert not (tmp_path / "x.dcm").exists()
 
 
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "__x"])
+def test_a_label_name_that_is_no_zarr_node_name_is_refused(seg, tmp_path, name):
+    # "" put the label image in labels/ itself, where readers look for the list of them.
+    path = seg[0]
+    with pytest.raises(SegmentationInputError, match="not a Zarr node name"):
+        daskseg.segmentation_to_ome_zarr(path, tmp_path / "x.ome.zarr", name=name)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_segments_that_make_no_label_image_say_how_to_read_them(tmp_path, thread_client):
+    # The reader's advice, combine_segments=False, is no argument of segmentation_to_ome_zarr.
+    import highdicom as hd
+
+    mask = np.zeros((1, 64, 64, 2), dtype=bool)
+    mask[0, 10:40, 10:40] = True  # both segments
+    path = tmp_path / "overlap.dcm"
+    hd.seg.Segmentation(
+        [make_slide(64, 64, tile_size=(32, 32))], mask, "BINARY", make_segment_descriptions(2),
+        hd.UID(), 1, hd.UID(), 1, "m", "m", "1", "1", tile_pixel_array=True,
+    ).save_as(path)
+    with pytest.raises(SegmentationInputError, match="overlap.*OME-Zarr labels are one label "
+                       "image: decode the segments apart with SegmentationReader.to_zarr"):
+        daskseg.segmentation_to_ome_zarr(path, tmp_path / "x.ome.zarr", client=thread_client)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["overlap.dcm"]
+
+
 @pytest.mark.parametrize("metadata, message", [
     # Each made a raw TypeError or KeyError (a traceback from the CLI).
     ({"properties": [{"label-value": 1, "tracking-id": "lesion-1"}]}, "Tracking UID"),

@@ -651,6 +651,17 @@ def test_a_region_of_another_form_is_a_type_error(region):
         _slices(region, (100, 100))
 
 
+@pytest.mark.parametrize("region", [((-10, 20), (0, 20)), (slice(0, 20), slice(-5, None))])
+def test_a_region_before_row_or_column_0_is_refused(region):
+    # Read as numpy's count from the end, it drew (or called empty) another place.
+    from daskseg.render import _slices
+
+    with pytest.raises(SegmentationInputError, match="before row or column 0"):
+        _slices(region, (50, 50))
+    assert _slices(((40, 80), (0, 20)), (50, 50)) == (slice(40, 50), slice(0, 20))
+
+
+
 def test_only_frames_of_one_value_are_kept_decoded():
     """A short codestream of one value (an empty frame, one inside a segment) is decoded once
     per process and only its value kept; the pixels of other short codestreams are not kept,

@@ -48,6 +48,12 @@ def check_refused(tmp_path, error_type, match, mask, source, descriptions=None, 
 UPFRONT = [
     ("shape", SegmentationInputError, r"shape \(96, 100\).*96 x 128",
      dict(mask=(96, 100))),
+    # (segments, rows, columns), as PyTorch models give: was "stacks 128 segment planes".
+    ("segments first", SegmentationInputError, r"segment planes first.*np\.moveaxis\(mask, 0, -1\)",
+     dict(mask=(2, 96, 128))),
+    ("stack of another size", SegmentationInputError,
+     r"\(96, 100, 3\).*neither the source's total pixel matrix \(96, 128\).*\(96, 128, 2\)",
+     dict(mask=(96, 100, 3))),
     ("dimensions", SegmentationInputError, r"4 dimensions",
      dict(mask=(2, 96, 128, 2))),
     ("stack depth", SegmentationInputError, r"stacks 3 segment planes.*2 segments",
