@@ -70,13 +70,13 @@ _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 # How long a cancel may take: a client closed from another thread has stopped its event loop
 # (a client of a scheduler address runs its own), and Client.cancel would wait on it forever.
 _CANCEL_SECONDS = 10.0
-_REACHABLE = ("running", "connecting", "newly-created")
+REACHABLE_STATUSES = ("running", "connecting", "newly-created")
 
 
 def cancel_quietly(client: Client, futures: list[Any]) -> None:
     """Cancel ``futures`` on the cluster if the client can still reach it, waiting at most a few
     seconds; any failure is ignored (the caller is giving up on these tasks already)."""
-    if not futures or client.status not in _REACHABLE:
+    if not futures or client.status not in REACHABLE_STATUSES:
         return
     with contextlib.suppress(Exception):
         client.sync(client._cancel, futures, callback_timeout=_CANCEL_SECONDS)
@@ -92,7 +92,7 @@ def wait_until_stopped(client: Client, keys: list[Any], seconds: float = 60.0) -
     """Wait until no worker runs any of ``keys`` (cancelled tasks finish what they run, writes
     included), at most ``seconds``; at once when the cluster cannot be asked."""
     deadline = time.monotonic() + seconds
-    while keys and client.status in _REACHABLE and time.monotonic() < deadline:
+    while keys and client.status in REACHABLE_STATUSES and time.monotonic() < deadline:
         try:
             running = client.sync(client._run, _running, keys, callback_timeout=_CANCEL_SECONDS)
         except Exception:
@@ -221,13 +221,18 @@ class WorkerlessClock:
         self.timeout = parse_timedelta(dask.config.get("daskseg.no-workers-timeout", "60s"))
         self.threads: int | None = None  # worker threads at the last look, if it succeeded
         self._since: float | None = None
+        self._closed = False  # the client gave up on its scheduler
 
     def expired(self) -> bool:
-        """Ask the scheduler for its workers (one round trip); True once none for too long."""
+        """Ask the scheduler for its workers (one round trip); True once none for too long, or
+        once the client has closed (its scheduler went away and did not come back)."""
         try:
             workers = self.client.nthreads()
-        except Exception:  # the scheduler is gone: the futures fail by themselves
-            return False
+        except Exception:
+            # While the client reconnects, its futures may still finish; once it has closed,
+            # none of them ever will (their callbacks never come).
+            self._closed = self.client.status not in REACHABLE_STATUSES
+            return self._closed
         self.threads = sum(workers.values())
         if workers:
             self._since = None
@@ -238,6 +243,13 @@ class WorkerlessClock:
         return now - self._since > self.timeout
 
     def error(self) -> ClusterError:
+        if self._closed:
+            return ClusterError(
+                f"The Dask client's connection to its scheduler closed (client status "
+                f"{self.client.status!r}): the scheduler went away, and the work sent to it "
+                "cannot finish. Check that the scheduler is running, then send the work again "
+                "with a new client."
+            )
         return ClusterError(
             f"The Dask cluster has had no workers for {self.timeout:g} s, so its work cannot "
             "run. Start workers (or check why they stopped), or allow a longer wait with the "

@@ -47,7 +47,13 @@ import dask
 from distributed import Client, default_client, get_worker
 from distributed.protocol import pickle as dask_pickle
 
-from daskseg._client import CLUSTER_FAILURES, WorkerlessClock, cancel_quietly, local_cluster
+from daskseg._client import (
+    CLUSTER_FAILURES,
+    REACHABLE_STATUSES,
+    WorkerlessClock,
+    cancel_quietly,
+    local_cluster,
+)
 from daskseg._malloc import register_malloc_plugin
 from daskseg.errors import ClusterError
 
@@ -634,7 +640,12 @@ class DaskExecutor(Executor):
         self._collects.clear()
         remotes = [flight.remote for flight in self._in_flight.values()]
         self._fail(calls, error)
-        if remotes:  # the tasks' callbacks tidy up either way
+        if self.client.status not in REACHABLE_STATUSES:
+            # A closed client's futures never call back: nothing else would end their flights
+            # (and shutdown(wait=True) waits for them).
+            self._in_flight.clear()
+            self._lock.notify_all()
+        elif remotes:  # the tasks' callbacks tidy up either way
             cancel_quietly(self.client, remotes)
 
     def _take_batch(self) -> list[_Call]:
@@ -672,7 +683,9 @@ class DaskExecutor(Executor):
                     return "collect", self._collects.popleft()
                 while self._queue and self._queue[0].future.cancelled():
                     self._queue.popleft()
-                if self._queue and len(self._in_flight) < self._capacity(self._queue[0]):
+                # _capacity may fail everything (the cluster is gone), emptying the queue.
+                if (self._queue and len(self._in_flight) < self._capacity(self._queue[0])
+                        and self._queue):
                     head = self._queue[0]
                     wait = head.queued + self._batch_delay - time.monotonic()
                     estimate = self._estimate(head)

@@ -219,35 +219,80 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def dask_cli_cluster(tmp_path_factory):
-    """`dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+def start_dask_cli_cluster(folder: pathlib.Path, workers: int = 2) -> tuple[str, list]:
+    """`dask scheduler` and ``workers`` `dask worker` processes on 127.0.0.1, workers up."""
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    folder = tmp_path_factory.mktemp("dask-cli")
     dask_command = str(pathlib.Path(sys.executable).with_name("dask"))
     processes = [subprocess.Popen(
         [dask_command, "scheduler", "--host", "127.0.0.1", "--port", str(port),
          "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=folder,
     )]
     try:
-        for _ in range(2):
+        for _ in range(workers):
             processes.append(subprocess.Popen(
                 [dask_command, "worker", address, "--nthreads", "1", "--nworkers", "1",
                  "--no-dashboard", "--host", "127.0.0.1", "--local-directory", str(folder)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=folder,
             ))
         with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
+            client.wait_for_workers(workers, timeout=120)
+    except BaseException:
+        stop_processes(processes)
+        raise
+    return address, processes
+
+
+def stop_processes(processes: list) -> None:
+    for process in reversed(processes):
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def dask_cli_cluster(tmp_path_factory):
+    """`dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    address, processes = start_dask_cli_cluster(tmp_path_factory.mktemp("dask-cli"))
+    try:
         yield address
     finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("own_client", [False, True])
+def test_executor_calls_fail_when_the_scheduler_is_killed(tmp_path, own_client):
+    """Calls queued and on the cluster fail with ClusterError once the client gives up on its
+    scheduler, and shutdown returns: some waited forever (their futures never call back)."""
+    import concurrent.futures
+
+    address, processes = start_dask_cli_cluster(tmp_path)
+    try:
+        # The client reconnects for its timeout (30 s by default) before it closes.
+        with dask.config.set({"distributed.comm.timeouts.connect": "5s"}):
+            client = Client(address, set_as_default=False) if own_client else None
+            executor = DaskExecutor(client) if own_client else DaskExecutor(address=address)
+        futures = [executor.submit(time.sleep, 2.0) for _ in range(6)]
+        time.sleep(1.0)
+        processes[0].send_signal(signal.SIGKILL)
+        processes[0].wait()
+        done, not_done = concurrent.futures.wait(futures, timeout=90)
+        assert not not_done
+        assert all(isinstance(future.exception(), ClusterError) for future in done)
+        late = executor.submit(time.sleep, 0)
+        assert isinstance(late.exception(timeout=30), ClusterError)
+        stopping = threading.Thread(target=executor.shutdown, daemon=True)
+        stopping.start()
+        stopping.join(30)
+        assert not stopping.is_alive()
+        if client is not None:
+            client.close()
+    finally:
+        stop_processes(processes)
 
 
 @pytest.mark.timeout(300)
