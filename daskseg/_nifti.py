@@ -99,7 +99,8 @@ def read_nifti(path: str | os.PathLike) -> tuple[da.Array | np.ndarray, np.ndarr
 
 
 def _check_forms_agree(image: Any, path: pathlib.Path) -> None:
-    """Refuse a file whose sform and qform, both set, put its voxels in different places.
+    """Refuse a file without an sform or qform, or whose sform and qform, both set, put its
+    voxels in different places.
 
     nibabel (and so daskseg) follows the sform; ITK, and so dcmqi, may follow the qform: the same
     file would give SEGs with labels in different places. Measured at the corners of the volume,
@@ -110,6 +111,14 @@ def _check_forms_agree(image: Any, path: pathlib.Path) -> None:
         return
     sform, sform_code = header.get_sform(coded=True)
     qform, qform_code = header.get_qform(coded=True)
+    if not sform_code and not qform_code:
+        # NIfTI-1's "method 1" (an ANALYZE-style header): nibabel makes up an affine centred
+        # on the volume, ITK (so dcmqi) another; neither is where the voxels were.
+        raise SegmentationInputError(
+            f"The NIfTI mask {path} has no orientation: its sform_code and qform_code are both "
+            "0, so where its voxels lie in the patient is not in the file. Save it with the "
+            "series' affine (nibabel: Nifti1Image(array, affine), whose sform then says it)."
+        )
     if not sform_code or not qform_code or sform is None or qform is None:
         return
     shape = np.asarray(image.shape[:3], dtype=float) - 1
@@ -440,6 +449,15 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
             raise SegmentationInputError(
                 "source_images holds none of the images that the SEG's frames are of: it is "
                 "another series."
+            )
+        given = set(uids)
+        missing = [uid for uid in reader.source_sop_instance_uids if uid not in given]
+        if missing:
+            # Their frames would have no slice: the labels of those planes would be lost.
+            raise SegmentationInputError(
+                f"source_images lacks {len(missing)} of the images that the SEG's frames are "
+                f"of ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): give the "
+                "whole series, or leave it out (the SEG's own planes make the volume)."
             )
         positions = series.positions[order]
     else:

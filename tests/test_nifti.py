@@ -242,6 +242,14 @@ def test_a_qform_that_disagrees_with_the_sform_is_refused(tmp_path):
     with pytest.raises(SegmentationInputError, match="sform and a qform that disagree"):
         volume_mask(disagreeing, series, 3)
 
+    # Neither form (nibabel's Nifti1Image(array, None)): nibabel made up an affine centred on
+    # the volume and the labels were placed by it, where ITK (dcmqi) puts them elsewhere.
+    formless = tmp_path / "formless.nii.gz"
+    nibabel.Nifti1Image(array, None).to_filename(formless)
+    with pytest.raises(SegmentationInputError, match="has no orientation: its sform_code and "
+                                                     "qform_code are both 0"):
+        volume_mask(formless, series, 3)
+
 
 def test_arrays_follow_the_given_order_and_wrong_shapes_are_refused():
     series = shuffled_series(slices=4, rows=5, columns=6)

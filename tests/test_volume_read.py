@@ -575,6 +575,13 @@ def test_to_nifti_refuses_a_source_of_another_series_or_a_slide(tmp_path, thread
     with pytest.raises(SegmentationInputError, match="source_images must be the series the SEG "
                                                      "is of.*tiled image"):
         reader.to_nifti(tmp_path / "slide.nii.gz", source_images=[make_slide(64, 64)])
+    # A series lacking an image that frames are of (a file lost in an export): the plane's
+    # labels were dropped, its slice all zeros. Images without frames may be missing.
+    with pytest.raises(SegmentationInputError, match="source_images lacks 1 of the images"):
+        reader.to_nifti(tmp_path / "other.nii.gz", source_images=series[:2] + series[3:])
+    out = reader.to_nifti(tmp_path / "part.nii.gz", source_images=series[1:5],
+                          client=thread_client)
+    assert read_nifti(out)[0].shape[2] == 4
     assert not (tmp_path / "other.nii.gz").exists() and not (tmp_path / "slide.nii.gz").exists()
     # A folder that does not exist is said to be one (it was an OSError naming a temporary file).
     with pytest.raises(SegmentationInputError, match="does not exist; create it first"):
