@@ -441,7 +441,8 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
             ) from None
         if series.multiframe:
             raise SegmentationInputError(
-                "source_images for NIfTI output is a series of single-frame images."
+                "source_images for NIfTI output must be a series of single-frame images, not "
+                "one multi-frame image; leave it out (the SEG's planes make the volume)."
             )
         order = series.sort_index()
         uids = [series.sop_instance_uids[k] for k in order]

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import pathlib
+import re
 import signal
 import sys
 import tempfile
@@ -615,9 +616,20 @@ _CLI_WORDS = {
 }
 
 
+# The library's argument names in its messages, as this command's options.
+_CLI_PATTERNS = [
+    (re.compile(r"segmentation_type='(\w+)'"), r"--type \1"),
+    (re.compile(r"None \(inferred, as highdicom\) or '3D'"), "no --organization (inferred) or 3D"),
+    (re.compile(r"dimension_organization_type (must be|'|is)"), r"--organization \1"),
+    (re.compile(r"'TILED_SPARSE' or 'TILED_FULL'"), "TILED_SPARSE or TILED_FULL"),
+]
+
+
 def _in_cli_words(message: str) -> str:
     for library, command in _CLI_WORDS.items():
         message = message.replace(library, command)
+    for pattern, replacement in _CLI_PATTERNS:
+        message = pattern.sub(replacement, message)
     return message
 
 

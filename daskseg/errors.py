@@ -6,13 +6,16 @@ Each class is also a builtin exception, so callers can catch either::
      ├── SegmentationInputError (ValueError)   bad mask, source, segments or options
      │    └── SegmentationFileError            a file to read is damaged, not a SEG, or unsupported
      ├── SegmentationTypeError (TypeError)     an argument of the wrong kind
-     ├── ClusterError (RuntimeError)           the Dask cluster could not finish the work
+     ├── ClusterError (concurrent.futures.BrokenExecutor, a RuntimeError)
+     │                                         the Dask cluster could not finish the work
      ├── DestinationExistsError (FileExistsError)  the output exists and overwrite is False
      ├── MissingDependencyError (ImportError)  an optional feature's extra is not installed
      └── DICOMwebError (OSError)               a DICOMweb server down, too slow, or refusing
 """
 
 from __future__ import annotations
+
+from concurrent.futures import BrokenExecutor
 
 __all__ = [
     "ClusterError",
@@ -45,8 +48,12 @@ class SegmentationTypeError(DaskSegError, TypeError):
     """An input has the wrong type."""
 
 
-class ClusterError(DaskSegError, RuntimeError):
-    """The cluster lost the work and could not recover it (no workers, scheduler gone)."""
+class ClusterError(DaskSegError, BrokenExecutor):
+    """The cluster lost the work and could not recover it (no workers, scheduler gone).
+
+    A ``concurrent.futures.BrokenExecutor`` (so a ``RuntimeError``), as a process pool's
+    ``BrokenProcessPool``: code written for executors catches a :class:`DaskExecutor`'s too.
+    """
 
 
 class DestinationExistsError(DaskSegError, FileExistsError):

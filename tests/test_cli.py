@@ -204,6 +204,9 @@ def test_encode_npy_with_dcmqi_metadata(inputs, tmp_path):
     (["encode", "mask.npy", "slide.dcm", "-o", "pyramid", "--label", "a", "--label", "b",
       "--pyramid", "--downsample-factors", "2,nan"],
      "--downsample-factors takes numbers like 2,4,8, not '2,nan'"),
+    # The library's argument names, as the command's options.
+    (["encode", "mask.npy", "slide.dcm", "-o", "x.dcm", "--label", "a", "--label", "b",
+      "--organization", "3D"], "--organization must be TILED_SPARSE or TILED_FULL, got '3D'"),
 ])
 def test_user_errors_are_one_line(inputs, args, message, tmp_path):
     folder, _ = inputs
@@ -632,3 +635,18 @@ def test_a_nifti_of_any_geometry_encodes_and_decodes_back_in_place(tmp_path_fact
     # NIfTI-1 holds its affine in float32: highdicom's default tolerance is tighter than that.
     placed = back.match_geometry(sorted_geometry(series), tol=1e-3)
     np.testing.assert_array_equal(placed.array, inside)
+
+
+@pytest.mark.parametrize("message, words", [
+    ("Segments overlap (a pixel belongs to more than one segment plane), which a LABELMAP SEG "
+     "cannot store; use segmentation_type='BINARY'.", "cannot store; use --type BINARY."),
+    ("A floating-point mask for a BINARY SEG must hold only 0.0 and 1.0, but ... it holds "
+     "fractions; use segmentation_type='FRACTIONAL'.", "fractions; use --type FRACTIONAL."),
+    ("dimension_organization_type 'TILED_FULL' is for tiled images; a SEG of a series takes "
+     "None (inferred, as highdicom) or '3D'.", "--organization 'TILED_FULL' is for tiled images; "
+     "a SEG of a series takes no --organization (inferred) or 3D."),
+])
+def test_messages_name_the_commands_options(message, words):
+    from daskseg.cli import _in_cli_words
+
+    assert _in_cli_words(message).endswith(words)

@@ -670,6 +670,8 @@ def test_cluster_loss_fails_futures_instead_of_hanging():
     client.close()
     with pytest.raises(ClusterError):
         future.result(timeout=60)
+    # Caught as a process pool's BrokenProcessPool is, by code written for executors.
+    assert isinstance(future.exception(), cf.BrokenExecutor)
     executor.shutdown(wait=False)
 
 

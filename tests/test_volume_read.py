@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import stat
@@ -453,6 +454,10 @@ def test_multiframe_source_by_frame_numbers(tmp_path, thread_client, segmentatio
     combined = reader.to_dask(source_frame_numbers=np.array(frames), combine_segments=True)
     expected = np.concatenate([labels, np.zeros((3, 24, 20), np.uint8)])[np.array(frames) - 1]
     np.testing.assert_array_equal(combined.compute(), expected)
+    if segmentation_type == "LABELMAP" and importlib.util.find_spec("nibabel"):
+        # NIfTI takes the planes of the SEG itself: the image is no series of single frames.
+        with pytest.raises(SegmentationInputError, match="not one multi-frame image; leave it"):
+            reader.to_nifti(tmp_path / "mf.nii.gz", source_images=[enhanced])
 
 
 def test_multiframe_source_refusals(tmp_path, thread_client, testdata):
