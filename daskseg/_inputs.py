@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import numbers
 import os
 import pathlib
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
@@ -320,6 +321,18 @@ _LONG_TEXT_VRS = frozenset({"LT", "ST", "UT"})
 
 def text_problem(vr: str, value: Any) -> str | None:
     """What makes ``value`` unfit for one value of the VR ``vr`` (PS3.5 6.2), or None."""
+    if isinstance(value, str):
+        return _str_problem(vr, value)
+    return _value_problem(vr, value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _str_problem(vr: str, value: str) -> str | None:
+    # Cached: a SEG's segments repeat most of their texts (coding schemes, categories).
+    return _value_problem(vr, value)
+
+
+def _value_problem(vr: str, value: Any) -> str | None:
     from pydicom import config
     from pydicom.valuerep import validate_value
 
@@ -334,33 +347,52 @@ def text_problem(vr: str, value: Any) -> str | None:
     return None
 
 
+# The VRs of strings, whose values pydicom takes as given and writes as they are.
+_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST",
+                         "TM", "UC", "UI", "UR", "UT"})
+
+
+def _elements(dataset: Dataset) -> Iterator[Any]:
+    """Every data element of ``dataset`` and of its sequences' items, in no order (pydicom's
+    ``iterall`` sorts each dataset's tags: most of the time of a check of 117 segments)."""
+    for tag in list(dataset.keys()):
+        element = dataset[tag]
+        yield element
+        if element.VR == "SQ" and element.value:
+            for item in element.value:
+                yield from _elements(item)
+
+
 def check_texts(dataset: Dataset, whose: str) -> None:
-    """Raise unless every value of ``dataset`` (its sequences' items too) fits its VR and the
-    number of values its attribute takes: highdicom leaves that to pydicom, which warns and
-    writes a SegmentLabel of 80 characters, or of two values where a backslash was."""
+    """Raise unless every string value of ``dataset`` (its sequences' items too) fits its VR
+    and the number of values its attribute takes: highdicom leaves that to pydicom, which warns
+    and writes a SegmentLabel of 80 characters, or of two values where a backslash was."""
     from pydicom.datadict import dictionary_VM
     from pydicom.multival import MultiValue
 
-    for element in dataset.iterall():
-        if element.VR == "SQ" or element.value is None or element.is_private:
+    for element in _elements(dataset):
+        if element.VR not in _STRING_VRS or element.value is None or element.tag.is_private:
             continue
-        values = element.value if isinstance(element.value, MultiValue) else [element.value]
-        name = element.keyword or str(element.tag)
-        with contextlib.suppress(KeyError):
-            if len(values) > 1 and dictionary_VM(element.tag) == "1":
-                text = "\\".join(map(str, values))
-                raise SegmentationInputError(
-                    f"{whose} {name} holds {len(values)} values (a backslash separates "
-                    f"values), where it takes one: {text!r}; remove the backslash."
-                )
-        for value in values:
-            if value in ("", None):
+        value = element.value
+        values = value if isinstance(value, MultiValue) else (value,)
+        if len(values) > 1:
+            with contextlib.suppress(KeyError):
+                if dictionary_VM(element.tag) == "1":
+                    text = "\\".join(map(str, values))
+                    name = element.keyword or str(element.tag)
+                    raise SegmentationInputError(
+                        f"{whose} {name} holds {len(values)} values (a backslash separates "
+                        f"values), where it takes one: {text!r}; remove the backslash."
+                    )
+        for one in values:
+            if one in ("", None):
                 continue
-            problem = text_problem(element.VR, value)
+            problem = text_problem(element.VR, one)
             if problem is not None:
+                name = element.keyword or str(element.tag)
                 raise SegmentationInputError(
                     f"{whose} {name} cannot be written as {element.VR} (PS3.5 6.2): {problem}: "
-                    f"{str(value)!r}; shorten or correct it."
+                    f"{str(one)!r}; shorten or correct it."
                 )
 
 
