@@ -98,6 +98,23 @@ def read_nifti(path: str | os.PathLike) -> tuple[da.Array | np.ndarray, np.ndarr
     return array, _RAS_TO_LPS @ np.asarray(affine, dtype=float)
 
 
+def nifti_voxel(path: str | os.PathLike, series: SourceSeries, frame: int, row: int,
+                column: int) -> tuple[int, ...] | None:
+    """The NIfTI file's voxel (i, j, k) that holds pixel (row, column) of source frame
+    ``frame``, as :func:`match_to_series` placed it; None when the file cannot say (a message's
+    words: the error path only, reading the header alone)."""
+    try:
+        import nibabel
+
+        image: Any = nibabel.load(path)
+        affine = _RAS_TO_LPS @ np.asarray(image.affine, dtype=np.float64)
+        origins, down, right = _frame_voxels(series, affine)
+        voxel = origins[frame] + row * down + column * right
+    except Exception:  # noqa: BLE001 - only the wording of a message depends on it
+        return None
+    return tuple(int(v) for v in np.rint(voxel[:3]))
+
+
 def _check_forms_agree(image: Any, path: pathlib.Path) -> None:
     """Refuse a file without an sform or qform, or whose sform and qform, both set, put its
     voxels in different places.

@@ -52,7 +52,7 @@ from daskseg._inputs import (
     in_blocks,
     one_segment_plane,
 )
-from daskseg._nifti import is_nifti_path, match_to_series, read_nifti
+from daskseg._nifti import is_nifti_path, match_to_series, nifti_voxel, read_nifti
 from daskseg._nrrd import is_nrrd_path, match_nrrd_to_series
 from daskseg._series import SourceSeries, load_source_series
 from daskseg._spool import encode_tasks, encoded_frames, numpy_block_task, spool_prefix
@@ -471,20 +471,29 @@ def write_volume_segmentation(
         if error.where is None:
             raise
         # The blocks are planes in slice order one below the other: say which mask frames.
-        message = str(error).replace(str(error.where), _in_mask_frames(error.where, series, order))
+        message = str(error).replace(str(error.where),
+                                     _in_mask_frames(error.where, series, order, mask))
         raise MaskValueError(message) from None
     return destination
 
 
-def _in_mask_frames(where: Where, series: SourceSeries, order: np.ndarray) -> str:
-    """Where a value is, in the mask's frames as given (a block's rows are planes in order)."""
+def _in_mask_frames(where: Where, series: SourceSeries, order: np.ndarray,
+                    mask: Any = None) -> str:
+    """Where a value is, in the mask's frames as given (a block's rows are planes in order);
+    for a NIfTI file, its voxel (the frames are the file's slices placed on the series)."""
     rows = series.rows
     first, last = where.rows[0] // rows, where.rows[1] // rows
     frames = [int(order[plane]) for plane in range(first, last + 1)]
     columns = f"columns {where.columns[0]}..{where.columns[1]}"
     if len(frames) == 1:
         uid = series.sop_instance_uids[frames[0]]
-        within = str(Where((where.rows[0] % rows, where.rows[1] % rows), where.columns))
+        within = Where((where.rows[0] % rows, where.rows[1] % rows), where.columns)
+        if is_nifti_path(mask) and within.rows[0] == within.rows[1] and (
+            within.columns[0] == within.columns[1]
+        ):
+            voxel = nifti_voxel(mask, series, frames[0], within.rows[0], within.columns[0])
+            if voxel is not None:
+                return (f"at the file's voxel (i, j, k) {voxel} (source image {uid}, {within})")
         return f"in mask frame {frames[0]} (of source image {uid}) {within}"
     listed = ", ".join(map(str, frames[:8])) + (", ..." if len(frames) > 8 else "")
     return f"in one of the mask frames {listed}, {columns}"

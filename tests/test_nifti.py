@@ -63,6 +63,25 @@ def test_nifti_in_any_axis_order_is_matched_to_the_series(tmp_path, axes, flips,
     np.testing.assert_array_equal(matched.array, volume)
 
 
+@pytest.mark.parametrize(("axes", "flips"), [((0, 1, 2), ()), ((2, 1, 0), (1,)),
+                                             ((1, 2, 0), (0, 2))])
+def test_a_bad_value_is_named_by_its_voxel_in_the_file(tmp_path, thread_client, axes, flips):
+    # It was named by its mask frame in the series' order, which the file's user cannot find.
+    from daskseg import write_segmentation
+    from daskseg.synthetic import make_segment_descriptions
+
+    series = shuffled_series()
+    _, array, affine = file_labels(series, axes, flips)
+    voxel = tuple(int(v) for v in np.random.default_rng(len(flips)).integers(0, array.shape))
+    array[voxel] = 9  # 3 segments are described
+    path = _save(tmp_path, array, affine)
+    with pytest.raises(SegmentationInputError, match=rf"label 9 at the file's voxel "
+                       rf"\(i, j, k\) \({voxel[0]}, {voxel[1]}, {voxel[2]}\) \(source image"):
+        write_segmentation(path, list(series.datasets), make_segment_descriptions(3),
+                           tmp_path / "seg.dcm", client=thread_client)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.nii.gz"]
+
+
 @pytest.mark.parametrize("name", ["mask.nii", "mask.nii.gz"])
 def test_scaled_nifti_is_taken_as_nibabel_scales_it(tmp_path, name):
     """scl_slope / scl_inter (an SPM-style uint8 probability map): the mask is the values
