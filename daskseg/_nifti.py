@@ -326,7 +326,19 @@ def _placed(volume: Any, slices: np.ndarray, top: int, left: int, rows: int, col
             "is it of another series?"
         )
     # The volume's voxels outside every image must be empty: whole slices, then margins.
-    outside = [volume[s] for s in sorted(set(range(extent[0])) - set(used))]
+    imageless = sorted(set(range(extent[0])) - set(used))
+    labelled = [s for s in imageless if bool(np.asarray(volume[s].any()))]
+    if labelled and used:
+        # Slices between the images' own (or beyond them) that no image lies at.
+        listed = ", ".join(map(str, labelled[:8])) + (", ..." if len(labelled) > 8 else "")
+        raise SegmentationInputError(
+            f"The {kind} mask does not match the source series: its slices {listed} (of 0 to "
+            f"{extent[0] - 1}) hold labels, but no image of the series lies at them; the "
+            f"images lie at its slices {', '.join(map(str, sorted(used)[:8]))}"
+            f"{', ...' if len(used) > 8 else ''}. Is an image missing from the series (a file "
+            "lost from its folder), or is the mask of another series?"
+        )
+    outside = []
     for s0, s1, axis in ((0, row_span[0], 1), (row_span[1], extent[1], 1),
                          (0, column_span[0], 2), (column_span[1], extent[2], 2)):
         if s1 > s0:

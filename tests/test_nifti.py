@@ -175,8 +175,20 @@ def test_nifti_that_does_not_match_is_refused_saying_how(tmp_path):
         tmp_path, series, volume, affine, ras=False
     )
     # Larger than the series by a slice, with labels there: of another series, or shifted.
-    assert "holds labels outside the series' images" in _refusal(
-        tmp_path, series, np.concatenate([volume, volume[:1]]), affine)
+    assert "its slices 6 (of 0 to 6) hold labels, but no image of the series lies at them" in (
+        _refusal(tmp_path, series, np.concatenate([volume, volume[:1]]), affine))
+    # A series lacking an image (a file lost from its folder) where the mask has labels: that
+    # slice is named (it was "they lie at its slices 0 to 5 of 0 to 5").
+    order = [int(k) for k in series.sort_index()]
+    lacking = load_source_series([series.datasets[k] for k in order[:2] + order[3:]])
+    labelled = volume.copy()
+    labelled[2, 0, 0] = 1
+    message = _refusal(tmp_path, lacking, labelled, affine)
+    assert "its slices 2 (of 0 to 5) hold labels, but no image of the series lies at them; the " \
+           "images lie at its slices 0, 1, 3, 4, 5. Is an image missing" in message
+    # Margins of the images' own slices, with labels: outside them.
+    wider = np.concatenate([volume, np.ones_like(volume[:, :1])], axis=1)
+    assert "holds labels outside the series' images" in _refusal(tmp_path, series, wider, affine)
 
 
 @pytest.mark.parametrize("name", ["mask.nii.gz", "mask.nii"])  # in memory, and lazy

@@ -238,7 +238,8 @@ def test_nrrd_that_does_not_match_is_refused_before_anything_is_written(tmp_path
 
     # One slice more than the series, with labels: of another series, or shifted.
     larger = np.concatenate([array, array[:, :, :1]], axis=2)
-    assert "holds labels outside the series' images" in refusal(larger, _header(affine))
+    assert "hold labels, but no image of the series lies at them" in refusal(
+        larger, _header(affine))
 
     for field in ("space", "space origin", "space directions"):
         header = _header(affine)
