@@ -628,7 +628,12 @@ class DaskExecutor(Executor):
         self._check_workers()
         # Scheduler unreachable: send anyway, the batch reports the error.
         threads = max(1, self._clock.threads or 1)
-        if self._fast([head]) and all(flight.fast for flight in self._in_flight.values()):
+        # A fast flight still out after its own time and that of one fast flight before it
+        # holds a call slower than its function's estimate: a batch sent now could wait behind
+        # it on that worker, however long it takes, while another worker is idle.
+        overdue = time.monotonic() - 2 * _FAST * self._batch_duration
+        if self._fast([head]) and all(flight.fast and flight.sent > overdue
+                                      for flight in self._in_flight.values()):
             return threads * self._batches_per_thread
         return threads
 

@@ -714,6 +714,31 @@ def test_shutdown_waiting_in_a_done_callback_raises_and_still_shuts_down(dask_cl
         assert other.submit(square, 3).result(timeout=30) == 9
 
 
+def _most_tasks_on_a_worker(dask_scheduler=None):
+    return max(len(worker.processing) for worker in dask_scheduler.workers.values())
+
+
+def test_a_call_slower_than_its_estimate_does_not_hold_back_later_calls(dask_client):
+    """Calls of a function measured fast go two batches per worker thread; one that runs far
+    longer than measured held back the batch sent behind it on its worker (0.1 s calls done
+    after 1.5-2.1 s, where a process pool runs them at once on its idle process). Once a fast
+    batch is overdue, no batch is sent to wait behind it: no worker holds two of them."""
+    with DaskExecutor(dask_client) as executor:
+        for i in range(20):  # measured fast
+            assert executor.submit(sleep_then, i, 0.001).result(timeout=30) == i
+        slow = executor.submit(sleep_then, "slow", 3.0)
+        _wait_for(slow.running)
+        time.sleep(0.5)
+        quick = [executor.submit(sleep_then, i, 0.1) for i in range(4)]
+        most = 0
+        while not all(future.done() for future in quick):
+            most = max(most, dask_client.run_on_scheduler(_most_tasks_on_a_worker))
+            time.sleep(0.01)
+        assert [future.result() for future in quick] == [0, 1, 2, 3]
+        assert most == 1
+        assert slow.result(timeout=60) == "slow"
+
+
 def test_a_call_on_a_cluster_that_loses_every_worker_fails():
     """Calls only on the cluster (none queued) fail after daskseg.no-workers-timeout, as
     queued ones did, instead of waiting forever."""
