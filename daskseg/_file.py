@@ -35,8 +35,8 @@ from daskseg.errors import DestinationExistsError, SegmentationInputError
 from daskseg.plan import FrameSpec, TileGrid, included_frames
 
 __all__ = [
-    "SequencesAhead", "check_native_size", "replace_atomically", "temporary_beside", "write_file",
-    "write_pixel_data",
+    "SequencesAhead", "check_native_size", "file_beside", "replace_atomically", "temporary_beside",
+    "write_file", "write_pixel_data",
 ]
 
 _MAX_NATIVE_BYTES = 0xFFFFFFFE  # a native Pixel Data element has a 32-bit, even length
@@ -145,6 +145,22 @@ def temporary_beside(destination: pathlib.Path, suffix: str) -> tuple[int, pathl
             os.unlink(path)
             raise
     return handle, path
+
+
+@contextlib.contextmanager
+def file_beside(destination: pathlib.Path, suffix: str,
+                overwrite: bool = True) -> Iterator[pathlib.Path]:
+    """The path of a new, empty file beside ``destination`` (see :func:`temporary_beside`) to
+    write by name; renamed onto ``destination`` when the block ends, removed on any error."""
+    handle, temporary = temporary_beside(destination, suffix)
+    try:
+        os.close(handle)  # in the try: a signal's exception may come as it returns
+        yield temporary
+        replace_atomically(temporary, destination, overwrite)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
 
 
 def replace_atomically(temporary: pathlib.Path, destination: pathlib.Path, overwrite: bool) -> None:

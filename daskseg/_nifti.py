@@ -11,7 +11,6 @@ misplaced SEG is worse than none.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
 from typing import Any
@@ -20,7 +19,7 @@ import dask.array as da
 import numpy as np
 from pydicom.dataset import Dataset
 
-from daskseg._file import temporary_beside
+from daskseg._file import file_beside
 from daskseg._series import SourceSeries, load_source_series
 from daskseg.errors import MissingDependencyError, SegmentationFileError, SegmentationInputError
 
@@ -533,13 +532,6 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
     path = pathlib.Path(path)
     # Written beside the destination and renamed: a failure leaves no half-written file.
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    handle, temporary = temporary_beside(path, suffix)
-    try:
-        os.close(handle)  # in the try: a signal's exception may come as it returns
+    with file_beside(path, suffix) as temporary:
         image.to_filename(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
     return path

@@ -449,13 +449,11 @@ def _save_npy(array: Any, destination: pathlib.Path, client: Any, progress: bool
     block (memory is a few blocks, whatever the SEG's size), renamed there when complete."""
     import numpy as np
 
-    from daskseg._file import replace_atomically, temporary_beside
+    from daskseg._file import file_beside
     from daskseg._progress import progress_bar
     from daskseg._tasks import computed_blocks
 
-    handle, partial = temporary_beside(destination, ".partial")
-    os.close(handle)
-    try:
+    with file_beside(destination, ".partial", overwrite) as partial:
         stored = np.lib.format.open_memmap(partial, mode="w+", dtype=array.dtype,
                                            shape=array.shape)
         with progress_bar(int(np.prod(array.numblocks)), "decoding blocks", enabled=progress,
@@ -465,11 +463,6 @@ def _save_npy(array: Any, destination: pathlib.Path, client: Any, progress: bool
                 bar.update(1)
         stored.flush()
         del stored
-        replace_atomically(partial, destination, overwrite)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
-        raise
 
 
 def _demo(args: argparse.Namespace) -> None:
