@@ -249,6 +249,11 @@ class CombineError(SegmentationInputError, RuntimeError):
     error, and a RuntimeError as highdicom raises in these cases."""
 
 
+#: How :func:`read_chunk`'s refusals to combine segments end: their advice, which callers
+#: without a ``combine_segments`` argument (OME-Zarr output, the CLI) replace with their own.
+COMBINE_ADVICE = ("read with combine_segments=False.", "use combine_segments=False.")
+
+
 def store_block(block: np.ndarray, target: Any, block_info: dict | None = None) -> np.ndarray:
     """Write one block into its region of the Zarr array; return a 1-element marker."""
     target[tuple(slice(start, stop) for start, stop in block_location(block_info))] = block

@@ -327,7 +327,7 @@ def _placed(volume: Any, slices: np.ndarray, top: int, left: int, rows: int, col
     # The volume's voxels outside every image must be empty: whole slices, then margins.
     imageless = sorted(set(range(extent[0])) - set(used))
     labelled = [s for s in imageless if bool(np.asarray(volume[s].any()))]
-    if labelled and used:
+    if labelled:  # ``used`` is not empty: refused above
         # Slices between the images' own (or beyond them) that no image lies at.
         listed = ", ".join(map(str, labelled[:8])) + (", ..." if len(labelled) > 8 else "")
         raise SegmentationInputError(

@@ -428,10 +428,10 @@ def _decode(args: argparse.Namespace) -> None:
         if args.source and message.startswith("source_images"):
             raise UserError(f"--source {args.source}{message.removeprefix('source_images')}") \
                 from None
+        from daskseg._decode import COMBINE_ADVICE
         from daskseg.omezarr import ONE_LABEL_IMAGE
 
-        for keyword in ("read with combine_segments=False.", "use combine_segments=False.",
-                        ONE_LABEL_IMAGE):
+        for keyword in (*COMBINE_ADVICE, ONE_LABEL_IMAGE):
             if message.endswith(keyword):
                 route = ("pass --segment-axis for one volume per segment on a fourth axis"
                          if nifti else "OME-Zarr labels are one label image; decode to a Zarr "

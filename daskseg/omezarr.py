@@ -49,7 +49,7 @@ from daskseg._progress import progress_bar
 from daskseg._tasks import block_tasks, run_windowed
 from daskseg.errors import DestinationExistsError, MissingDependencyError, SegmentationInputError
 from daskseg.pyramid import downsample
-from daskseg._decode import store_block
+from daskseg._decode import COMBINE_ADVICE, store_block
 from daskseg.read import SegmentationReader
 
 __all__ = ["segment_descriptions_from_ome_zarr", "segmentation_to_ome_zarr"]
@@ -294,7 +294,7 @@ def _one_label_image(error: SegmentationInputError) -> SegmentationInputError:
     """The reader's error for segments that cannot be combined, with this function's way out:
     its advice (combine_segments=False) names an argument that segmentation_to_ome_zarr has not."""
     message = str(error)
-    for advice in ("read with combine_segments=False.", "use combine_segments=False."):
+    for advice in COMBINE_ADVICE:
         if message.endswith(advice):
             return type(error)(message.removesuffix(advice) + ONE_LABEL_IMAGE)
     return error

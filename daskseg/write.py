@@ -193,8 +193,9 @@ def write_segmentation(
     numbers = _inputs.segment_numbers(segment_descriptions, options.segmentation_type)
     if series_description is not None:
         # LO (PS3.5 6.2): one value of at most 64 characters, no backslash (it separates
-        # values), no control characters.
+        # values), no control characters (ESC neither, which LO allows for code extensions).
         if (not isinstance(series_description, str) or "\\" in series_description
+                or "\x1b" in series_description
                 or _inputs.text_problem("LO", series_description) is not None):
             raise SegmentationInputError(
                 "series_description is one text of at most 64 characters without a backslash "
