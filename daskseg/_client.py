@@ -19,13 +19,21 @@ from distributed.scheduler import KilledWorker
 from daskseg._malloc import register_malloc_plugin
 from daskseg.errors import ClusterError, SegmentationTypeError
 
-__all__ = ["CLUSTER_FAILURES", "WorkerlessClock", "cluster_client", "cluster_workers",
-           "cluster_workers_if_known", "gathers_directly", "local_cluster", "on_loopback",
-           "workers_on_loopback"]
+__all__ = ["CLUSTER_FAILURES", "WorkerlessClock", "available_cores", "cluster_client",
+           "cluster_workers", "cluster_workers_if_known", "gathers_directly", "local_cluster",
+           "on_loopback", "workers_on_loopback"]
 
 # What a task raises when the cluster, not the task's own code, failed: a worker died too often,
 # the scheduler or the connection went away.
 CLUSTER_FAILURES = (KilledWorker, FutureCancelledError, CommClosedError, OSError, TimeoutError)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity where the platform has one, as on
+    Linux; else the machine's)."""
+    if hasattr(os, "sched_getaffinity"):  # not on macOS or Windows
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def local_cluster(n_workers: int | None = None, **options: Any) -> LocalCluster:
@@ -54,7 +62,7 @@ def local_cluster(n_workers: int | None = None, **options: Any) -> LocalCluster:
     >>> with local_cluster(2, memory_limit="4GiB") as cluster:  # doctest: +SKIP
     ...     write_segmentation(mask, source, segments, "seg.dcm", client=Client(cluster))
     """
-    n_workers = n_workers or len(os.sched_getaffinity(0))
+    n_workers = n_workers or available_cores()
     options.setdefault("threads_per_worker", 1)
     options.setdefault("processes", True)
     # A free port, on loopback only: distributed binds every interface for ":0".

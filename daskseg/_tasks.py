@@ -9,7 +9,6 @@ part of the optimized graph, and at most a few tasks per worker thread are on th
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +28,7 @@ from distributed.scheduler import KilledWorker
 from daskseg._client import (
     CLUSTER_FAILURES,
     WorkerlessClock,
+    available_cores,
     cancel_quietly,
     cluster_workers,
     cluster_workers_if_known,
@@ -361,8 +361,7 @@ def computed_blocks(
 
     if client is None:
         positions = list(np.ndindex(array.numblocks))
-        at_once = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else os.cpu_count() or 1)
+        at_once = available_cores()
         for first in range(0, len(positions), at_once):
             batch = positions[first : first + at_once]
             computed = dask.compute(*(array.blocks[position] for position in batch),
