@@ -54,6 +54,13 @@ def decode_frame(layout: FrameLayout, data: bytes, index: int) -> np.ndarray:
             f"decodes to values of type {array.dtype}, which BitsAllocated "
             f"{layout.bits_allocated} (unsigned) cannot hold: the file is damaged."
         )
+    if layout.bits_allocated == 1 and array.size and array.max() > 1:
+        # A 1-bit frame's values are 0 and 1. Its codestream's precision does not tell: highdicom
+        # writes BINARY JPEG 2000 frames of 2-bit precision.
+        raise _DamagedFrame(
+            f"decodes to values up to {int(array.max())}, where BitsAllocated 1 holds 0 and 1: "
+            "the file is damaged."
+        )
     return np.asarray(array, dtype=layout.dtype)
 
 
@@ -99,6 +106,17 @@ def _frame(layout: FrameLayout, data: bytes, frame: FrameRef) -> tuple[np.ndarra
     if len(data) < expected:
         raise _DamagedFrame(f"is cut short ({len(data)} of its {expected} bytes): the file is "
                             "truncated.")
+    if layout.native and not ranges:
+        # A frame asked for by number (DICOMweb) is the frame's bytes alone. A 1-bit frame of
+        # other length would be cut to its first bits without this check (a server sending one
+        # byte a pixel, say).
+        size = -(-layout.rows * layout.columns * layout.bits_allocated // 8)
+        if len(data) != size:
+            raise _DamagedFrame(
+                f"came as {len(data)} bytes, where a native frame of {layout.rows} x "
+                f"{layout.columns} pixels of {layout.bits_allocated} bits takes {size}: the "
+                "server sent something else."
+            )
     try:
         if not layout.native and len(data) < _SMALL_CODESTREAM:
             return _decode_small(layout, data)

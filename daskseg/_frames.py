@@ -22,13 +22,14 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from daskseg._codecs import CODECS, codec_for, frame_dtype
-from daskseg.errors import SegmentationFileError
+from daskseg.errors import MissingDependencyError, SegmentationFileError, SegmentationInputError
 from daskseg.plan import TileGrid
 
 __all__ = [
     "HEADER_DAMAGE", "MAX_FRAME_PIXELS", "MAX_TILES", "FileSource", "FrameLayout", "FrameRanges",
     "FrameSource", "check_header", "check_segmentation", "damaged_header", "describe_segments",
-    "header_int", "index_frames", "locate_frames", "open_file", "segment_items",
+    "header_int", "index_frames", "invalid_dicom_reason", "locate_frames", "open_file",
+    "segment_items",
 ]
 
 #: The byte ranges ``(offset, length)`` that hold one frame's bytes, in order.
@@ -60,8 +61,42 @@ def open_file(path: str) -> BinaryIO:
     if "://" in path and not path.startswith("file://"):
         import fsspec  # optional: only for URLs
 
-        return fsspec.open(path, "rb").open()
-    return open(path.removeprefix("file://"), "rb")
+        try:
+            return fsspec.open(path, "rb").open()
+        except FileNotFoundError:
+            raise  # the callers name the file
+        except ImportError as error:  # fsspec's "Please install gcsfs to access ..."
+            raise MissingDependencyError(f"Reading {path} needs a package that is not "
+                                         f"installed: {error}") from error
+        except Exception as error:
+            scheme = path.split("://", 1)[0]
+            if isinstance(error, ValueError) and "Protocol not known" in str(error):
+                raise SegmentationInputError(
+                    f"{path}: no file system is known for URLs of scheme {scheme!r}. A DICOMweb "
+                    "URL starts with http:// or https://; fsspec opens other URLs (s3://, "
+                    "gs://, ...) when their package is installed."
+                ) from error
+            # The file system's own failures: credentials, permissions, a bucket's name.
+            raise SegmentationInputError(
+                f"{path} cannot be opened ({type(error).__name__}: "
+                f"{' '.join(str(error).split())[:200]}): check the URL, and the credentials "
+                f"of its file system ({scheme}://)."
+            ) from error
+    handle = open(path.removeprefix("file://"), "rb")
+    if not handle.seekable():
+        handle.close()
+        # Frames are read where they lie in the file, and the header more than once.
+        raise SegmentationInputError(
+            f"{path} cannot be read in place (a pipe or a stream?): daskseg reads a SEG's "
+            "frames where they lie in its file. Save it to a file, and give that."
+        )
+    return handle
+
+
+def invalid_dicom_reason(error: Exception) -> str:
+    """pydicom's reason for refusing a file as DICOM, without its advice to pass force=True
+    (an argument of its own that daskseg's callers do not have)."""
+    return str(error).replace(" Use force=True to force reading.", "").strip()
 
 
 @dataclass(frozen=True)
@@ -389,6 +424,13 @@ def locate_frames(
     value_start = handle.tell()
     layout = FrameLayout(str(syntax), rows, columns, bits, value_start)
     if not encapsulated:
+        if length == 0xFFFFFFFF:
+            # PS3.5 A.4: undefined length is for encapsulated Pixel Data only; read as native,
+            # the items' bytes would be taken for pixels.
+            raise _fail(name, f"the Pixel Data has undefined length, as encapsulated (compressed) "
+                              f"frames have, but the transfer syntax {syntax} "
+                              f"({syntax.name}) is native: the file's TransferSyntaxUID is "
+                              "probably wrong.")
         needed = -(-n_frames * rows * columns * bits // 8)
         # More is harmless (a pad byte to even length, PS3.5 7.1.1; some writers pad more).
         if length < needed:

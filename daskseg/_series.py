@@ -25,6 +25,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
+from daskseg._frames import invalid_dicom_reason
 from daskseg._inputs import is_uid_form
 from daskseg.errors import SegmentationInputError, SegmentationTypeError
 
@@ -128,7 +129,8 @@ def _read_header(path: pathlib.Path, skip_non_dicom: bool) -> Dataset | None:
             return bare
         if skip_non_dicom:
             return None
-        raise SegmentationInputError(f"The source image {path} is not a DICOM file: {error}") from error
+        raise SegmentationInputError(f"The source image {path} is not a DICOM file: "
+                                     f"{invalid_dicom_reason(error)}") from error
 
 
 def _read_bare(path: pathlib.Path) -> Dataset | None:

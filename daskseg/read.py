@@ -35,6 +35,7 @@ from daskseg._frames import (
     damaged_header,
     describe_segments,
     header_cut_short,
+    invalid_dicom_reason,
     header_int,
     index_frames,
     locate_frames,
@@ -289,7 +290,8 @@ class SegmentationReader:
                 self._layout, self._frame_ranges = locate_frames(handle, header, pixel_element,
                                                                  name=name)
             except pydicom.errors.InvalidDicomError as error:
-                raise SegmentationFileError(f"{name} is not a DICOM file: {error}") from error
+                raise SegmentationFileError(f"{name} is not a DICOM file: "
+                                            f"{invalid_dicom_reason(error)}") from error
             except SegmentationFileError:
                 raise
             except HEADER_DAMAGE as error:

@@ -387,6 +387,81 @@ def test_a_codestream_of_another_size_or_precision_is_refused(tmp_path, sources,
         read_all(path)
 
 
+
+def test_a_binary_codestream_of_values_above_1_is_refused(tmp_path, sources):
+    """A BINARY JPEG 2000 frame whose codestream holds 0 and 255 (or 0..7), which no 1-bit
+    pixel can: refused, not read as segment values of 255 (highdicom reads them so)."""
+    import imagecodecs
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+
+    dataset = pydicom.dcmread(sources["binary-j2k-sparse"][0])
+    frames = list(generate_frames(dataset.PixelData, number_of_frames=int(dataset.NumberOfFrames)))
+    for values, highest in ((np.full((32, 32), 255, np.uint8), 255),
+                            (np.tile(np.arange(8, dtype=np.uint8), (32, 4)), 7)):
+        frames[0] = imagecodecs.jpeg2k_encode(values, level=0, codecformat="J2K",
+                                              reversible=True, bitspersample=8)
+        dataset.PixelData = encapsulate(frames, has_bot=True)
+        path = tmp_path / f"values-{highest}.dcm"
+        dataset.save_as(path)
+        with pytest.raises(SegmentationFileError,
+                           match=f"frame 1 decodes to values up to {highest}, where "
+                                 "BitsAllocated 1 holds 0 and 1"):
+            read_all(path)
+
+
+@pytest.mark.parametrize("name", ["binary-j2k-sparse", "labelmap-jpegls-sparse"])
+def test_encapsulated_pixel_data_under_a_native_syntax_is_refused(tmp_path, sources, name):
+    """A file whose TransferSyntaxUID was changed to Explicit VR Little Endian without
+    decoding its frames: the items' bytes were read as pixels (a noisy FRACTIONAL SEG read
+    without an error). PS3.5 A.4: undefined length is for encapsulated Pixel Data only."""
+    data = bytearray(pathlib.Path(sources[name][0]).read_bytes())
+    for uid in (b"1.2.840.10008.1.2.4.90", b"1.2.840.10008.1.2.4.80"):
+        at = data.find(uid, 0, 1024)  # in the file meta
+        if at >= 0:
+            data[at : at + len(uid)] = b"1.2.840.10008.1.2.1".ljust(len(uid), b"\0")
+    path = tmp_path / "relabelled.dcm"
+    path.write_bytes(bytes(data))
+    import pydicom
+
+    assert pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID == (
+        "1.2.840.10008.1.2.1")
+    with pytest.raises(SegmentationFileError,
+                       match="Pixel Data has undefined length, as encapsulated .* native"):
+        open_segmentation(path)
+
+
+def test_a_seg_through_a_pipe_is_said_to_be_one(tmp_path, sources, capsys):
+    """A SEG given as /dev/stdin or a named pipe cannot be read in place: said so, not that
+    it is not a DICOM file (its start was consumed by the first look)."""
+    fifo = tmp_path / "seg.fifo"
+    os.mkfifo(fifo)
+    data = pathlib.Path(sources["labelmap-native-full"][0]).read_bytes()
+
+    def feed():
+        with contextlib.suppress(BrokenPipeError), open(fifo, "wb") as out:
+            out.write(data)
+
+    import threading
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    assert main(["info", str(fifo)]) == 1
+    assert "cannot be read in place (a pipe or a stream?)" in capsys.readouterr().err
+    feeder.join(timeout=10)
+
+
+@pytest.mark.parametrize(("url", "error", "says"), [
+    ("dicomweb://host/dicom-web/studies/1/series/2/instances/3", SegmentationInputError,
+     "no file system is known for URLs of scheme 'dicomweb'"),
+    ("nosuchscheme://bucket/seg.dcm", SegmentationInputError,
+     "no file system is known for URLs of scheme 'nosuchscheme'"),
+])
+def test_a_url_no_file_system_opens_is_refused(url, error, says):
+    with pytest.raises(error, match=says):
+        open_segmentation(url)
+
+
 # --------------------------------------------------------------------------- property
 
 

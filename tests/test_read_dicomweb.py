@@ -28,6 +28,7 @@ from test_read import highdicom_file
 
 from daskseg import (
     DICOMwebError,
+    SegmentationFileError,
     SegmentationInputError,
     SegmentationTypeError,
     open_segmentation,
@@ -568,3 +569,39 @@ def test_any_seg_on_the_server_reads_as_its_file(tmp_path_factory, server, case,
         scheduler="threads")
     assert got.dtype == expected.dtype
     np.testing.assert_array_equal(got, expected)
+
+
+def test_native_1_bit_frames_of_another_length_are_refused(tmp_path):
+    """A server that sends a native 1-bit frame unpacked (a byte a pixel), or with bytes more:
+    a SegmentationFileError, not the frame cut to its first Rows x Columns bits."""
+    import json
+
+    source = make_slide(64, 64, tile_size=(64, 64))
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 4:50] = 1
+    path = write_segmentation(mask, source, make_segment_descriptions(1), tmp_path / "seg.dcm",
+                              dimension_organization_type="TILED_FULL", client=None)
+    header = pydicom.dcmread(path)
+    stored = header.PixelData[: 64 * 64 // 8]
+    instance = (f"/studies/{header.StudyInstanceUID}/series/{header.SeriesInstanceUID}/instances/"
+                f"{header.SOPInstanceUID}")
+    metadata = json.dumps([header.to_json_dict(
+        bulk_data_threshold=1, bulk_data_element_handler=lambda element: "http://x/bulk")])
+    content_type = (f'multipart/related; type="application/octet-stream"; '
+                    f"transfer-syntax={ExplicitVRLittleEndian}; boundary=B")
+
+    def routes(frame: bytes) -> dict:
+        body = (b"--B\r\nContent-Type: application/octet-stream; transfer-syntax="
+                + ExplicitVRLittleEndian.encode() + b"\r\n\r\n" + frame + b"\r\n--B--\r\n")
+        return {"/metadata": (200, "application/dicom+json", metadata.encode()),
+                "/frames/1": (200, content_type, body)}
+
+    with stub_server(routes(stored)) as root:  # the frame as stored: read right
+        np.testing.assert_array_equal(open_segmentation(root + instance).to_numpy()[..., 0], mask)
+    unpacked = np.unpackbits(np.frombuffer(stored, np.uint8), bitorder="little").tobytes()
+    for frame in (unpacked, stored + b"\xff" * 100):
+        with stub_server(routes(frame)) as root:
+            with pytest.raises(SegmentationFileError,
+                               match=f"frame 1 came as {len(frame)} bytes, where a native frame "
+                                     "of 64 x 64 pixels of 1 bits takes 512"):
+                open_segmentation(root + instance).to_numpy()
