@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 
 import pydicom
 from highdicom.spatial import is_tiled_image
 from pydicom.dataset import Dataset
 
+from daskseg._frames import invalid_dicom_reason
 from daskseg.dicomweb import fetch_instance_metadata, is_dicomweb_url
-from daskseg.errors import SegmentationInputError, SegmentationTypeError
+from daskseg.errors import DICOMwebError, SegmentationInputError, SegmentationTypeError
 
 __all__ = ["load_source_image"]
 
@@ -31,7 +33,17 @@ def load_source_image(source_image: Dataset | str | os.PathLike) -> Dataset:
     if is_dicomweb_url(source_image):
         # WADO-RS metadata: the header alone, one request (credentials in the URL, or fetch the
         # Dataset with daskseg.dicomweb.fetch_instance_metadata(url, headers=...) and pass it).
-        dataset = fetch_instance_metadata(str(source_image))
+        try:
+            dataset = fetch_instance_metadata(str(source_image))
+        except DICOMwebError as error:
+            if error.status not in (401, 403) or _has_user(str(source_image)):
+                raise  # the URL's own credentials were refused: the message says so
+            raise DICOMwebError(
+                f"{error.url} refused access ({error.status}) while fetching the source "
+                "image's metadata: put user:password@ in the URL, or fetch it with "
+                "daskseg.dicomweb.fetch_instance_metadata(url, headers=...) or session=, and "
+                "pass the Dataset.", url=error.url, status=error.status,
+            ) from None
     elif isinstance(source_image, (str, os.PathLike)):
         try:
             # A slide file can be many GB: its header is all the SEG needs.
@@ -40,7 +52,8 @@ def load_source_image(source_image: Dataset | str | os.PathLike) -> Dataset:
             raise SegmentationInputError(f"The source image {source_image} does not exist.") from error
         except pydicom.errors.InvalidDicomError as error:
             raise SegmentationInputError(
-                f"The source image {source_image} is not a DICOM file: {error}"
+                f"The source image {source_image} is not a DICOM file: "
+                f"{invalid_dicom_reason(error)}"
             ) from error
     elif isinstance(source_image, Dataset):
         dataset = source_image
@@ -71,3 +84,11 @@ def load_source_image(source_image: Dataset | str | os.PathLike) -> Dataset:
             "least one pixel (PS3.3 C.8.12.4, TotalPixelMatrixRows and Columns)."
         )
     return dataset
+
+
+def _has_user(url: str) -> bool:
+    """Whether ``url`` carries ``user:password@``."""
+    try:
+        return urlsplit(url).username is not None
+    except ValueError:
+        return False

@@ -173,7 +173,7 @@ def open_web(
         except DICOMwebError as error:
             if straddling and error.status == 400:
                 raise unservable from None
-            if bits == 1 and error.status == 400:
+            if bits == 1 and columns % 8 and error.status == 400:
                 # Orthanc, for one, cuts native 1-bit frames out only when their rows fill
                 # whole bytes ("Bad number of columns for a black-and-white image").
                 raise DICOMwebError(

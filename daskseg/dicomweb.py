@@ -254,15 +254,31 @@ def _own_session(session: Any) -> Any:
 
 
 def _raise_for(
-    error: Exception, url: str, what: str, hint: str = "is it running and is the URL right?"
+    error: Exception, url: str, what: str, hint: str = "is it running and is the URL right?",
+    *, headers: Mapping[str, str] | None = None, session: Any = None,
 ) -> None:
-    """Turn a requests failure into a daskseg error naming ``url`` (without credentials)."""
+    """Turn a requests failure into a daskseg error naming ``url`` (without credentials).
+
+    ``headers`` and ``session`` are the request's: whether they carried credentials tells a
+    refusal's advice.
+    """
     import requests
 
     url = _redact(url)
-    if isinstance(error, requests.Timeout):
+    # A read that times out while the answer streams in comes as a ConnectionError wrapping
+    # urllib3's ReadTimeoutError: the server is there, and stopped sending.
+    if isinstance(error, requests.Timeout) or (
+            isinstance(error, requests.ConnectionError) and "ReadTimeoutError" in repr(error)):
         raise DICOMwebError(f"{url} did not answer in time while {what} ({error.__class__.__name__}).",
                             url=url) from None
+    if (isinstance(error, requests.exceptions.SSLError)
+            and "certificate" not in str(error).lower()):
+        # Not the certificate: the handshake itself (an http:// server at an https:// URL).
+        reason = re.search(r"\[SSL: \w+\] [^(')\"]+", str(error))
+        raise DICOMwebError(
+            f"{url}: the TLS handshake failed while {what} "
+            f"({reason.group(0).strip() if reason else type(error).__name__}): does the server "
+            "speak https at this address, or is it an http:// URL?", url=url) from None
     if isinstance(error, requests.exceptions.SSLError):
         raise DICOMwebError(
             f"{url}: the server's TLS certificate could not be verified while {what} (a "
@@ -278,8 +294,9 @@ def _raise_for(
                 f"{url} answered 404 Not Found while {what}: check the UIDs in the URL."
             ) from None
         if status in (401, 403):
-            raise DICOMwebError(f"{url} refused access ({status}) while {what}: pass credentials "
-                                "as session= or headers=.", url=url, status=status) from None
+            raise DICOMwebError(f"{url} refused access ({status}) while {what}: "
+                                f"{_credentials_advice(headers, session)}", url=url,
+                                status=status) from None
         raise DICOMwebError(f"{url} answered HTTP {status} {error.response.reason} while {what}"
                             f"{_server_message(error.response)}.", url=url, status=status) from None
     if isinstance(error, DaskSegError):
@@ -297,6 +314,16 @@ def _raise_for(
         f"{' '.join(str(error).split())[:200]}): is it a DICOMweb server, and is the URL right?",
         url=url,
     ) from error
+
+
+def _credentials_advice(headers: Mapping[str, str] | None, session: Any) -> str:
+    """What to do about a refusal (401, 403): the credentials sent were wrong, or none went."""
+    sent = any(key.lower() == "authorization" for key in (headers or {})) or (
+        session is not None and (getattr(session, "auth", None) is not None
+                                 or "Authorization" in getattr(session, "headers", {})))
+    if sent:
+        return "the credentials sent were refused; check them (user name and password, token)."
+    return "pass credentials as session= or headers=."
 
 
 def _server_message(response) -> str:
@@ -396,7 +423,8 @@ def _fetch_metadata_json(target: DICOMwebURL, session, headers: Mapping[str, str
             target.study_instance_uid, target.series_instance_uid, target.sop_instance_uid
         )
     except Exception as error:  # requests' and dicomweb-client's errors, translated below
-        _raise_for(error, str(target) + "/metadata", "fetching the instance's metadata")
+        _raise_for(error, str(target) + "/metadata", "fetching the instance's metadata",
+                   headers=headers, session=session)
     item = items[0] if isinstance(items, list) else items
     if not isinstance(item, dict):
         raise SegmentationFileError(
@@ -473,7 +501,8 @@ def fetch_transfer_syntax(
             stored = _stored_transfer_syntax(str(target), http, all_headers, timeout)
             if stored is not None:
                 return stored
-        _raise_for(error, frame_url, "asking for the transfer syntax of the frames")
+        _raise_for(error, frame_url, "asking for the transfer syntax of the frames",
+                   headers=all_headers, session=session)
     syntax = _syntax_in(content_type)
     if syntax is not None:
         return syntax
@@ -611,7 +640,8 @@ def fetch_frames(
                     f"{_redact(url)} answered HTTP {status}: the server does not seem to offer "
                     "WADO-RS frame retrieval (PS3.18 10.4.1.1.5).", url=_redact(url), status=status,
                 ) from None
-            _raise_for(error, url, f"fetching {len(batch)} frames")
+            _raise_for(error, url, f"fetching {len(batch)} frames", headers=headers,
+                       session=session)
         if len(got) != len(batch):
             raise DICOMwebError(
                 f"{_redact(url)} returned {len(got)} frames for the {len(batch)} asked for.",
@@ -739,6 +769,11 @@ def store_instance(
     if not path.is_file():
         raise SegmentationInputError(f"{path} is not a file: nothing to store.")
     given = urlsplit(root)
+    if given.scheme.lower() not in ("http", "https") or not given.netloc:
+        raise SegmentationInputError(
+            f"{_redact(root)} is not a DICOMweb root: it starts with http:// or https:// and "
+            "names the server (STOW-RS posts to ROOT/studies)."
+        )
     if given.query or given.fragment:
         raise SegmentationInputError(
             f"{_redact(root)}: a DICOMweb root has no query string; pass keys as headers= "
@@ -767,7 +802,8 @@ def store_instance(
         except requests.RequestException as error:
             # A server refusing a large body may close the connection before reading it all.
             _raise_for(error, url, f"storing {path.name} ({size} bytes)",
-                       "is it running, and does it accept requests of that size?")
+                       "is it running, and does it accept requests of that size?",
+                       headers=request_headers, session=session)
     if response.status_code == 413:
         raise DICOMwebError(
             f"{_redact(url)} refused {path.name} ({size} bytes) as too large (HTTP 413 Payload Too "
@@ -799,7 +835,8 @@ def store_instance(
         try:
             response.raise_for_status()
         except requests.HTTPError as error:
-            _raise_for(error, url, f"storing {path.name} ({size} bytes)")
+            _raise_for(error, url, f"storing {path.name} ({size} bytes)",
+                       headers=request_headers, session=session)
     header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
         "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
     uid = header.get("SOPInstanceUID")

@@ -360,6 +360,67 @@ def test_credentials_reach_the_server_and_stay_out_of_messages():
                                     headers={"Authorization": "Bearer tok-123"})
     assert seen and seen[0]["Authorization"] == "Bearer tok-123"
     assert "tok-123" not in str(caught.value)
+    assert "the credentials sent were refused" in str(caught.value)
+
+
+def test_a_refusal_advises_credentials_only_when_none_were_sent():
+    """No credentials: pass some. Credentials in the URL or a session, refused: check them
+    (advice to pass what was passed misleads)."""
+    instance = "/studies/1.2/series/1.3/instances/1.4"
+    with tiny_server(401) as root:
+        with pytest.raises(DICOMwebError, match="pass credentials as session= or headers="):
+            fetch_instance_metadata(root + instance)
+        for kwargs, url in [({}, root.replace("http://", "http://someone:wrong@") + instance),
+                            ({"session": requests.Session()}, root + instance)]:
+            if "session" in kwargs:
+                kwargs["session"].auth = ("someone", "wrong")
+            with pytest.raises(DICOMwebError,
+                               match="the credentials sent were refused; check them") as caught:
+                fetch_instance_metadata(url, **kwargs)
+            assert "wrong" not in str(caught.value)
+
+
+def test_a_source_slide_url_that_needs_credentials(tmp_path, monkeypatch, capsys):
+    """write_segmentation takes no headers: its refusal says how to send credentials to the
+    source's server. The command sends $DASKSEG_DICOMWEB_TOKEN with the source's request."""
+    seen: list = []
+    source = "/studies/1.2/series/1.3/instances/1.4"
+    with tiny_server(401, seen) as root:
+        with pytest.raises(DICOMwebError,
+                           match="put user:password@ in the URL, or fetch it with "
+                                 r"daskseg.dicomweb.fetch_instance_metadata\(url, headers="):
+            load_source_image(root + source)
+        mask = tmp_path / "mask.npy"
+        np.save(mask, np.ones((64, 64), np.uint8))
+        argv = ["encode", str(mask), root + source, "-o", str(tmp_path / "seg.dcm"),
+                "--label", "tissue", "-q", "--threads", "1"]
+        monkeypatch.delenv("DASKSEG_DICOMWEB_TOKEN", raising=False)
+        assert main(argv) == 1
+        assert "set $DASKSEG_DICOMWEB_TOKEN (a bearer token) or put user:password@ in the URL" in (
+            capsys.readouterr().err)
+        monkeypatch.setenv("DASKSEG_DICOMWEB_TOKEN", "tok-456")
+        seen.clear()
+        assert main(argv) == 1
+        assert seen and all(h["Authorization"] == "Bearer tok-456" for h in seen)
+        err = capsys.readouterr().err
+        assert "the credentials sent were refused" in err and "tok-456" not in err
+
+
+def test_an_https_url_of_a_plain_http_server_is_not_called_a_certificate_problem():
+    with tiny_server(200) as root:
+        url = root.replace("http://", "https://") + "/studies/1.2/series/1.3/instances/1.4"
+        with pytest.raises(DICOMwebError, match="the TLS handshake failed .* does the server "
+                                                "speak https at this address") as caught:
+            fetch_instance_metadata(url, timeout=(5, 5))
+        assert "certificate" not in str(caught.value)
+
+
+def test_a_stow_root_of_another_scheme_is_refused_before_any_request(tmp_path):
+    path = _small_seg(tmp_path)
+    for root in ("ftp://127.0.0.1/dicom-web", "127.0.0.1:8042/dicom-web"):
+        with pytest.raises(SegmentationInputError, match="is not a DICOMweb root: it starts "
+                                                         "with http:// or https://"):
+            store_instance(path, root)
 
 
 def test_credentials_in_a_stow_root_are_sent_and_kept_out_of_messages(tmp_path):
