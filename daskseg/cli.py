@@ -132,7 +132,7 @@ def _client(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
                           **options)
 
 
-def _factors(text: str | None, mask: Any, source: str, tile_size: Any) -> list[float]:
+def _factors(text: str | None, mask: Any, source: Any, tile_size: Any) -> list[float]:
     """``--downsample-factors``, or powers of two until a level fits in one tile."""
     if text:
         try:
@@ -195,13 +195,23 @@ def _encode(args: argparse.Namespace) -> None:
 
     if args.metadata and args.label:
         raise UserError("give the segments with --metadata FILE or with --label NAME (not both)")
+    if args.downsample_factors and not args.pyramid:
+        raise UserError("--downsample-factors sets the levels of --pyramid; add --pyramid, or "
+                        "leave them out")
     if not args.pyramid and os.path.exists(args.output) and not args.overwrite:
         raise UserError(f"{args.output} exists; pass --overwrite or choose another output")
     if args.pyramid and os.path.isdir(args.source):
         raise UserError(f"--pyramid makes levels of a tiled (whole-slide) image; {args.source} is "
                         "a folder, of a series (CT, MR...) or a multi-frame image: leave out "
                         "--pyramid")
+    from daskseg.dicomweb import fetch_instance_metadata, is_dicomweb_url
+
     mask = _open_mask(args.mask)
+    source: Any = args.source
+    if is_dicomweb_url(source) and _dicomweb_headers():
+        # The token goes with the source's request too: the library takes a URL's own
+        # credentials only (or a Dataset fetched with headers, as here).
+        source = fetch_instance_metadata(source, headers=_dicomweb_headers())
     if args.metadata:
         descriptions, options = segment_descriptions_from_dcmqi(args.metadata)
         label_ids = renumber_as_dcmqi(descriptions, args.type)
@@ -250,12 +260,12 @@ def _encode(args: argparse.Namespace) -> None:
             common.pop("instance_number", None)
 
             written = write_segmentation_pyramid(
-                mask, [args.source], descriptions, args.output,
-                downsample_factors=_factors(args.downsample_factors, mask, args.source, tile_size),
+                mask, [source], descriptions, args.output,
+                downsample_factors=_factors(args.downsample_factors, mask, source, tile_size),
                 **common,
             )
         else:
-            written = [write_segmentation(mask, args.source, descriptions, args.output, **common)]
+            written = [write_segmentation(mask, source, descriptions, args.output, **common)]
     if not args.quiet:
         for path in written:
             print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
@@ -606,6 +616,10 @@ _CLI_WORDS = {
     "pass overwrite=True": "pass --overwrite",
     "as session= or headers=": "as $DASKSEG_DICOMWEB_TOKEN (a bearer token) or as "
                                "user:password@ in the URL",
+    ("put user:password@ in the URL, or fetch it with daskseg.dicomweb.fetch_instance_metadata"
+     "(url, headers=...) or session=, and pass the Dataset"): "set $DASKSEG_DICOMWEB_TOKEN (a "
+                                                              "bearer token) or put "
+                                                              "user:password@ in the URL",
 }
 
 

@@ -204,6 +204,12 @@ def test_encode_npy_with_dcmqi_metadata(inputs, tmp_path):
     (["encode", "mask.npy", "slide.dcm", "-o", "pyramid", "--label", "a", "--label", "b",
       "--pyramid", "--downsample-factors", "2,nan"],
      "--downsample-factors takes numbers like 2,4,8, not '2,nan'"),
+    (["encode", "mask.npy", "slide.dcm", "-o", "pyramid", "--label", "a",
+      "--downsample-factors", "2,4"], "--downsample-factors sets the levels of --pyramid"),
+    # pydicom's reason, without its advice of force=True, which no option here gives.
+    (["info", "list.json"], "is not a DICOM file: File is missing DICOM File Meta"),
+    (["encode", "mask.npy", "list.json", "-o", "x.dcm", "--label", "a"],
+     "is not a DICOM file: File is missing DICOM File Meta"),
     # The library's argument names, as the command's options.
     (["encode", "mask.npy", "slide.dcm", "-o", "x.dcm", "--label", "a", "--label", "b",
       "--organization", "3D"], "--organization must be TILED_SPARSE or TILED_FULL, got '3D'"),
@@ -220,6 +226,7 @@ def test_user_errors_are_one_line(inputs, args, message, tmp_path):
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("daskseg: error:") and message in lines[-1], done.stderr
+    assert "force=True" not in done.stderr
 
 
 @pytest.mark.parametrize("count", ["0", "-1", "two"])
