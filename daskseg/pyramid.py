@@ -184,6 +184,7 @@ def write_segmentation_pyramid(
     pyramid_uid: str | None = None,
     pyramid_label: str | None = None,
     segmentation_type: str | hd.seg.SegmentationTypeValues = "BINARY",
+    sop_instance_uids: Sequence[str] | None = None,
     **options: Any,
 ) -> list[pathlib.Path]:
     """Write a multi-resolution pyramid of SEGs, one file per level, in one series.
@@ -193,8 +194,9 @@ def write_segmentation_pyramid(
     mask : dask.array.Array, zarr.Array, str, os.PathLike or numpy.ndarray
         The full-resolution mask, as for :func:`write_segmentation`.
     source_images : sequence of pydicom.Dataset, str or os.PathLike
-        The slide's pyramid, largest level first (each SEG level matches and references the
-        source level of the same size), or a single source image (then ``downsample_factors``
+        The slide's pyramid, largest level first, all of one series (and one PyramidUID, when
+        they have one; each SEG level matches and references the source level of the same
+        size), or a single source image, alone or in a sequence (then ``downsample_factors``
         are needed and each level's pixel spacing is scaled, as highdicom does).
     segment_descriptions : sequence of highdicom.seg.SegmentDescription
     folder : str or os.PathLike
@@ -207,6 +209,8 @@ def write_segmentation_pyramid(
         Shared by all levels; new UIDs by default.
     segmentation_type : str or highdicom.seg.SegmentationTypeValues
         As :func:`write_segmentation`.
+    sop_instance_uids : sequence of str, optional
+        One per level, full resolution first (as highdicom's); new UIDs by default.
     **options
         Further :func:`write_segmentation` options (transfer syntax, tile size, client...).
 
@@ -232,7 +236,13 @@ def write_segmentation_pyramid(
     for key in ("instance_number", "sop_instance_uid", "plane_positions", "pixel_measures",
                 "plane_orientation"):
         if key in options:
-            raise SegmentationInputError(f"{key} is set per level; it cannot be given here.")
+            raise SegmentationInputError(
+                f"{key} is set per level; it cannot be given here"
+                + (" (sop_instance_uids takes one per level)." if key == "sop_instance_uid"
+                   else ".")
+            )
+    if isinstance(source_images, Dataset | str | os.PathLike):
+        source_images = [source_images]  # one slide, as write_segmentation takes it
     folder = pathlib.Path(folder)
     if not folder.is_dir() and (folder.exists() or not folder.parent.is_dir()):
         raise SegmentationInputError(
@@ -269,6 +279,13 @@ def write_segmentation_pyramid(
             )
     if min(min(shape) for shape in shapes) < 1:
         raise SegmentationInputError(f"A level would be empty: sizes {shapes}.")
+    _check_one_pyramid(sources)
+    if sop_instance_uids is not None:
+        if isinstance(sop_instance_uids, str) or len(sop_instance_uids) != len(shapes):
+            raise SegmentationInputError(
+                f"sop_instance_uids takes one UID per level, {len(shapes)} here, not "
+                f"{sop_instance_uids!r}."
+            )
 
     floating = array.dtype.kind == "f"
     fractional = parse_segmentation_type(segmentation_type) == "FRACTIONAL"
@@ -292,20 +309,32 @@ def write_segmentation_pyramid(
     token = uuid.uuid4().hex[:8]
     pending = [folder / f".{path.name}.{token}.new" for path in paths]
     made = not folder.exists()
+    # A mask in memory goes to write_segmentation as it is, which sends each block with its
+    # task; its levels are resampled here, by Dask's threads. In a Dask array it would travel
+    # whole inside each level's graph.
+    in_memory = isinstance(mask, np.ndarray)
     try:
         folder.mkdir(exist_ok=True)
         for level, shape in enumerate(shapes):
             source = sources[level] if len(sources) > 1 else sources[0]
             level_options = dict(options)
+            if sop_instance_uids is not None:
+                level_options["sop_instance_uid"] = sop_instance_uids[level]
+            level_mask: Any
             if level == 0:
-                level_mask = array
+                level_mask = mask if in_memory else array
             else:
                 tile = tile_size(options.get("tile_size"), source)
                 chunks = (
                     aligned_chunks(shape[0], tile[0], 2048),
                     aligned_chunks(shape[1], tile[1], 2048),
                 )
-                level_mask = downsample(array, shape, method, chunks)
+                if in_memory:
+                    level_mask = downsample(
+                        array.rechunk((2048, 2048, *array.shape[2:])), shape, method, chunks
+                    ).compute(scheduler="threads")
+                else:
+                    level_mask = downsample(array, shape, method, chunks)
                 if len(sources) == 1:
                     # As highdicom: the spacing grows by the ratio of the sizes, per axis.
                     measures = source.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
@@ -331,6 +360,24 @@ def write_segmentation_pyramid(
                 folder.rmdir()
         raise
     return paths
+
+
+def _check_one_pyramid(sources: list[Dataset]) -> None:
+    """Refuse source levels of more than one series or pyramid, as highdicom does (which also
+    needs a PyramidUID on each: here levels without one, of older slides, are taken)."""
+    if len(sources) < 2:
+        return
+    series = {str(s.get("SeriesInstanceUID")) for s in sources}
+    if len(series) > 1:
+        raise SegmentationInputError(
+            f"The source levels belong to {len(series)} series; a pyramid's levels are of one "
+            "slide, one series (give that slide's levels, largest first)."
+        )
+    pyramids = {str(s.PyramidUID) if "PyramidUID" in s else None for s in sources}
+    if len(pyramids) > 1:
+        raise SegmentationInputError(
+            "The source levels do not share one PyramidUID; give the levels of one pyramid."
+        )
 
 
 def _checked_factors(factors: Any) -> list[float]:

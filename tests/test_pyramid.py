@@ -393,3 +393,66 @@ def test_random_pyramids_match_highdicom(tmp_path_factory, thread_client, case):
         for keyword in KEY_ATTRIBUTES:
             assert ours.get(keyword) == in_memory.get(keyword), (level, keyword)
         assert_same_level_pixels(path, in_memory, segmentation_type, level)
+
+
+def test_levels_of_two_slides_are_refused(tmp_path):
+    """Levels of another series, or of another pyramid, made one SEG series spanning two
+    studies; highdicom refuses both."""
+    levels = source_pyramid([2])
+    other = make_slide(ROWS // 2, COLUMNS // 2, tile_size=(TILE, TILE), pyramid_uid=hd.UID())
+    elsewhere = make_slide(ROWS // 2, COLUMNS // 2, tile_size=(TILE, TILE),
+                           series_instance_uid=levels[0].SeriesInstanceUID,
+                           pyramid_uid=hd.UID())
+    mask = np.zeros((ROWS, COLUMNS), np.uint8)
+    for second, says in [(other, "belong to 2 series"), (elsewhere, "do not share one PyramidUID")]:
+        with pytest.raises(SegmentationInputError, match=says):
+            write_segmentation_pyramid(mask, [levels[0], second], make_segment_descriptions(1),
+                                       tmp_path / "out", client=None, **OPTIONS)
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_single_source_needs_no_list_and_per_level_uids(tmp_path, thread_client):
+    """A slide given alone (a path, a Path or a Dataset), as write_segmentation takes it: a
+    string was taken character by character (its '.' a folder). sop_instance_uids: one UID per
+    level, as highdicom's."""
+    slide = make_slide(ROWS, COLUMNS, tile_size=(TILE, TILE))
+    slide.save_as(tmp_path / "slide.dcm", enforce_file_format=True)
+    mask = make_tissue_mask(ROWS, COLUMNS, 2, chunks=(70, 90)).compute()
+    uids = [hd.UID(), hd.UID()]
+    for k, source in enumerate([str(tmp_path / "slide.dcm"), tmp_path / "slide.dcm", slide]):
+        paths = write_segmentation_pyramid(
+            mask, source, make_segment_descriptions(2), tmp_path / f"out{k}",
+            downsample_factors=[2], sop_instance_uids=uids, client=thread_client, **OPTIONS)
+        headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+        assert [h.SOPInstanceUID for h in headers] == uids
+        assert [h.TotalPixelMatrixRows for h in headers] == [ROWS, ROWS // 2]
+    with pytest.raises(SegmentationInputError, match="sop_instance_uids takes one UID per level"):
+        write_segmentation_pyramid(mask, slide, make_segment_descriptions(2), tmp_path / "bad",
+                                   downsample_factors=[2], sop_instance_uids=uids[:1],
+                                   client=None, **OPTIONS)
+
+
+@pytest.mark.filterwarnings("ignore:Sending large graph")  # the Dask array's, made here
+def test_a_mask_in_memory_is_not_sent_whole_in_each_levels_graph(tmp_path, dask_client):
+    """A numpy mask went into every level's graph whole (distributed warned of a large graph
+    each level): now blocks go with their tasks, levels are resampled here. Levels equal those
+    of the same mask as a Dask array."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 3, (4096, 4096), dtype=np.uint8)  # 16 MB: past the 10 MB warning
+    slide = make_slide(4096, 4096, tile_size=(256, 256))
+    # On worker processes, where a graph is pickled to reach them.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = write_segmentation_pyramid(mask, slide, make_segment_descriptions(2),
+                                          tmp_path / "memory", downsample_factors=[2, 3],
+                                          client=dask_client, **OPTIONS)
+    assert not [w for w in caught if "large graph" in str(w.message)]
+    lazy = write_segmentation_pyramid(da.from_array(mask, chunks=1024), slide,
+                                      make_segment_descriptions(2), tmp_path / "lazy",
+                                      downsample_factors=[2, 3], client=dask_client, **OPTIONS)
+    for a, b in zip(ours, lazy, strict=True):
+        np.testing.assert_array_equal(
+            hd.seg.segread(a).get_total_pixel_matrix(combine_segments=True),
+            hd.seg.segread(b).get_total_pixel_matrix(combine_segments=True))
