@@ -372,13 +372,15 @@ def _placed(volume: Any, slices: np.ndarray, top: int, left: int, rows: int, col
     return da.stack(frames)
 
 
-def _slice_spacing(steps: np.ndarray, measures: Dataset) -> float:
+def _slice_spacing(steps: np.ndarray, measures: Dataset, of_series: bool = False) -> float:
     """The distance between the NIfTI's slices, from the planes' ``steps`` (absolute, in mm).
 
-    SpacingBetweenSlices when the SEG gives it (PS3.3 C.7.6.16.2.1), even for one plane.
-    Otherwise SliceThickness when every step is a whole number of it: planes whose empty
-    neighbours were left out are then as far apart as the slices of their series, as dcmqi's
-    segimage2itkimage reads them. Otherwise the smallest step; 1 mm for a lone plane.
+    ``of_series``: the steps are between the series' own images, all of them; the smallest is
+    the spacing. Otherwise SpacingBetweenSlices when the SEG gives it (PS3.3 C.7.6.16.2.1),
+    even for one plane, when the steps are whole numbers of it. Otherwise SliceThickness when
+    every step is a whole number of it: planes whose empty neighbours were left out are then as
+    far apart as the slices of their series, as dcmqi's segimage2itkimage reads them.
+    Otherwise the smallest step; 1 mm for a lone plane.
     """
     def positive(keyword: str) -> float | None:
         try:
@@ -392,8 +394,21 @@ def _slice_spacing(steps: np.ndarray, measures: Dataset) -> float:
             "Two of the SEG's planes lie at the same position along the slice normal (images "
             "of several phases or series?), so they cannot be one NIfTI volume."
         )
+    if of_series and len(steps):
+        return float(steps.min())
     given = positive("SpacingBetweenSlices")
     if given is not None:
+        multiples = steps / given
+        # Far from whole numbers of it (a tenth): highdicom copies it from the source images,
+        # whatever their positions say. Planes a hair off its grid are refused below, as such.
+        if len(steps) and not (np.allclose(multiples, np.rint(multiples), atol=0.1)
+                               and (np.rint(multiples) >= 1).all()):
+            raise SegmentationInputError(
+                f"The SEG's SpacingBetweenSlices, {given:g} mm, disagrees with the steps "
+                f"between its planes ({', '.join(f'{v:g}' for v in sorted(set(np.round(steps, 4))))} "
+                "mm): its header is inconsistent. Give the series (--source), whose images' "
+                "positions make the slices."
+            )
         return given
     thickness = positive("SliceThickness")
     if thickness is not None:
@@ -401,6 +416,77 @@ def _slice_spacing(steps: np.ndarray, measures: Dataset) -> float:
         if np.allclose(multiples, np.rint(multiples), atol=1e-3) and (multiples >= 0.5).all():
             return thickness
     return float(steps.min()) if len(steps) else 1.0
+
+
+def _check_on_series_grid(reader: Any, series: Any, orientation: list[float],
+                          pixel_spacing: list[float]) -> None:
+    """Refuse a SEG whose frames are not on the pixel grid of the series' images.
+
+    Such frames (dcmqi writes them in the orientation of the NIfTI it is given: one turned to
+    RAS flips rows and columns) put at the series' slice positions would misplace every label.
+    """
+    header = reader.header
+    size = (int(header.Rows), int(header.Columns))
+    problems = []
+    if not np.allclose(orientation, series.orientation, rtol=0, atol=1e-4):
+        problems.append(f"its frames are oriented {_listed(orientation)}, the series' images "
+                        f"{_listed(series.orientation)}")
+    if size != (series.rows, series.columns):
+        problems.append(f"its frames are {size[0]} x {size[1]} pixels, the images "
+                        f"{series.rows} x {series.columns}")
+    if not np.allclose(pixel_spacing, series.pixel_spacing, rtol=1e-4, atol=0):
+        problems.append(f"its PixelSpacing is {_listed(pixel_spacing)}, the images' "
+                        f"{_listed(series.pixel_spacing)}")
+    if problems:
+        raise SegmentationInputError(
+            f"The SEG's frames are not on the pixel grid of the series' images ({'; '.join(problems)}): "
+            "leave out the series (--source), and the NIfTI takes the SEG's own geometry."
+        )
+
+
+def _listed(values: Any) -> str:
+    return "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
+
+
+def _slices_of_planes(reader: Any, uids: list[str], positions: np.ndarray,
+                      pixel_spacing: float) -> np.ndarray | None:
+    """The series slice (index into ``uids``) of each of the SEG's planes in its default order,
+    by the plane's source image, or by its position for a plane whose frames reference none;
+    None when some plane has no position (then planes are read by the images' UIDs).
+
+    A plane that lies elsewhere than its source image, or at no image, is refused.
+    """
+    planes = reader.plane_positions()
+    if np.isnan(planes).any():
+        return None
+    tolerance = 1e-2 * pixel_spacing  # well below a pixel; above rounding of DS values
+    slice_of_uid = {uid: k for k, uid in enumerate(uids)}
+    slices = np.empty(len(planes), dtype=np.int64)
+    for plane, (uid, position) in enumerate(zip(reader.source_sop_instance_uids, planes)):
+        distances = np.abs(positions - position).max(axis=1)
+        if uid:
+            k = slice_of_uid[uid]
+            if distances[k] > tolerance:
+                raise SegmentationInputError(
+                    f"The SEG's plane of image {uid} lies at {_listed(position)}, the image at "
+                    f"{_listed(positions[k])}: the SEG is not on the series' grid; leave out "
+                    "the series (--source), and the NIfTI takes the SEG's own geometry."
+                )
+        else:
+            k = int(np.argmin(distances)) if len(distances) else -1
+            if k < 0 or distances[k] > tolerance:
+                raise SegmentationInputError(
+                    f"The SEG's plane at {_listed(position)} (frames that reference no source "
+                    "image) lies at no image of the series: leave out the series (--source), "
+                    "and the NIfTI takes the SEG's own geometry."
+                )
+        slices[plane] = k
+    if len(set(slices.tolist())) < len(slices):
+        raise SegmentationInputError(
+            "Two of the SEG's planes lie at one image of the series: the SEG is damaged, or "
+            "not of this series."
+        )
+    return slices
 
 
 def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
@@ -474,13 +560,14 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
             )
         order = series.sort_index()
         uids = [series.sop_instance_uids[k] for k in order]
-        if not set(uids) & set(reader.source_sop_instance_uids):
+        referenced = [uid for uid in reader.source_sop_instance_uids if uid]
+        if not set(uids) & set(referenced):
             raise SegmentationInputError(
                 "source_images holds none of the images that the SEG's frames are of: it is "
                 "another series."
             )
         given = set(uids)
-        missing = [uid for uid in reader.source_sop_instance_uids if uid not in given]
+        missing = [uid for uid in referenced if uid not in given]
         if missing:
             # Their frames would have no slice: the labels of those planes would be lost.
             raise SegmentationInputError(
@@ -489,7 +576,10 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
                 "whole series, or leave it out (the SEG's own planes make the volume)."
             )
         positions = series.positions[order]
+        _check_on_series_grid(reader, series, orientation, pixel_spacing)
+        slice_of_plane = _slices_of_planes(reader, uids, positions, min(pixel_spacing))
     else:
+        slice_of_plane = None
         uids = None
         positions = reader.plane_positions()
     # highdicom's volumes: slice, row and column indices are right-handed, so slices run along
@@ -497,7 +587,7 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
     normal = np.cross(orientation[3:], orientation[:3])
     distances = positions @ normal
     steps = np.diff(distances)
-    spacing = _slice_spacing(np.abs(steps), measures)
+    spacing = _slice_spacing(np.abs(steps), measures, of_series=source_images is not None)
     if len(steps) and steps.sum() < 0:  # planes sorted against the normal
         spacing = -spacing
     index = np.rint((distances - distances[0]) / spacing)
@@ -511,11 +601,18 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
         )
     if combine_segments is None:
         combine_segments = reader.segmentation_type != "FRACTIONAL"
-    planes = reader.to_numpy(combine_segments=combine_segments, client=client,
-                             source_sop_instance_uids=uids)
-    volume = np.zeros((int(index.max()) + 1 if len(index) else 0, *planes.shape[1:]),
-                      dtype=planes.dtype)
-    volume[index.astype(int)] = planes
+    if slice_of_plane is not None:
+        # The SEG's planes in its own order, each put at the series' slice it lies at.
+        planes = reader.to_numpy(combine_segments=combine_segments, client=client)
+        volume = np.zeros((int(index.max()) + 1 if len(index) else 0, *planes.shape[1:]),
+                          dtype=planes.dtype)
+        volume[index.astype(int)[slice_of_plane]] = planes
+    else:
+        planes = reader.to_numpy(combine_segments=combine_segments, client=client,
+                                 source_sop_instance_uids=uids)
+        volume = np.zeros((int(index.max()) + 1 if len(index) else 0, *planes.shape[1:]),
+                          dtype=planes.dtype)
+        volume[index.astype(int)] = planes
     geometry = hd.VolumeGeometry.from_attributes(
         image_position=positions[0].tolist(), image_orientation=orientation,
         rows=volume.shape[1], columns=volume.shape[2], pixel_spacing=pixel_spacing,

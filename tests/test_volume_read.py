@@ -653,3 +653,161 @@ def test_a_transfer_syntax_uid_that_is_no_transfer_syntax_is_a_file_error(tmp_pa
     for damaged in (unknown, longer):
         with pytest.raises(SegmentationFileError, match=r"is not a transfer syntax"):
             open_segmentation(damaged)
+
+
+def _dcmqi_tool():
+    import pathlib
+    import shutil
+    import sys
+
+    pytest.importorskip("nibabel")
+    tool = shutil.which("itkimage2segimage") or shutil.which(
+        "itkimage2segimage", path=str(pathlib.Path(sys.executable).parent))
+    if tool is None:
+        pytest.skip("dcmqi's itkimage2segimage is not installed (pip install dcmqi)")
+    return tool
+
+
+def test_nifti_with_the_series_refuses_a_seg_off_its_pixel_grid(tmp_path):
+    """dcmqi writes a SEG's frames in the orientation of the NIfTI it is given (one turned to
+    RAS runs the other way along rows and columns). Put at the series' slices, every label
+    was misplaced; now refused, and the SEG's own geometry places them right."""
+    import json
+    import subprocess
+
+    import nibabel
+    from _geometry import ct_folder_and_nifti
+    from test_cli import DCMQI
+
+    tool = _dcmqi_tool()
+    labels = np.zeros((6, 24, 20), np.uint8)  # every slice labelled: the SEG has them all
+    labels[:, 3:15, 2:9] = 1
+    labels[:, 10:20, 8:18] = 2
+    series, folder, nifti = ct_folder_and_nifti(tmp_path, labels)
+    given = nibabel.load(nifti)
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:2, 3] = [given.shape[0] - 1, given.shape[1] - 1]  # voxel i -> shape - 1 - i
+    turned = nibabel.Nifti1Image(np.ascontiguousarray(np.asarray(given.dataobj)[::-1, ::-1]),
+                                 given.affine @ flip)
+    nibabel.save(turned, tmp_path / "turned.nii.gz")
+    (tmp_path / "meta.json").write_text(json.dumps(DCMQI))
+    out = tmp_path / "dcmqi.dcm"
+    subprocess.run([tool, "--inputImageList", str(tmp_path / "turned.nii.gz"),
+                    "--inputDICOMDirectory", str(folder), "--inputMetadata",
+                    str(tmp_path / "meta.json"), "--outputDICOM", str(out)],
+                   check=True, capture_output=True, timeout=120)
+    reader = open_segmentation(out)
+    orientation = reader.header.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+    assert [float(v) for v in orientation.ImageOrientationPatient] != [
+        float(v) for v in series[0].ImageOrientationPatient]
+    with pytest.raises(SegmentationInputError, match="not on the pixel grid of the series' "
+                                                     "images .its frames are oriented"):
+        reader.to_nifti(tmp_path / "with-series.nii.gz", source_images=folder)
+    assert not (tmp_path / "with-series.nii.gz").exists()
+    reader.to_nifti(tmp_path / "own.nii.gz")
+    own = nibabel.as_closest_canonical(nibabel.load(tmp_path / "own.nii.gz"))
+    expected = nibabel.as_closest_canonical(given)
+    np.testing.assert_allclose(own.affine, expected.affine, atol=1e-3)
+    np.testing.assert_array_equal(np.asarray(own.dataobj), np.asarray(expected.dataobj))
+
+
+def test_frames_a_hair_off_their_plane_are_placed_on_it(tmp_path, thread_client):
+    """A frame without a source reference, 1e-8 mm from its plane's frames but on the other
+    side of a rounding boundary (-47.5005 and -47.50049999), made a plane of its own, and its
+    labels vanished from a read by the images' UIDs."""
+    series = shuffled_series()
+    path = write_segmentation(volume_mask("BINARY"), series, make_segment_descriptions(3),
+                              tmp_path / "seg.dcm", client=thread_client)
+    uids = [ds.SOPInstanceUID for ds in series]
+    expected = read_segmentation(path, source_sop_instance_uids=uids).compute()
+    ds = pydicom.dcmread(path)
+    items = ds.PerFrameFunctionalGroupsSequence
+    image = items[0].DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+    plane = [item for item in items
+             if item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+             == image]
+    assert len(plane) >= 2
+    # Two DS values 1e-8 apart, on either side of a micrometre's rounding.
+    base = round(float(plane[0].PlanePositionSequence[0].ImagePositionPatient[2]))
+    z, hair = next((f"{a:.4f}", f"{a + d:.8f}") for a in (base + 0.0005, base - 0.0005)
+                   for d in (-1e-8, 1e-8)
+                   if round(float(f"{a:.4f}"), 3) != round(float(f"{a + d:.8f}"), 3))
+    for item in plane:
+        item.PlanePositionSequence[0].ImagePositionPatient[2] = z
+    plane[-1].PlanePositionSequence[0].ImagePositionPatient[2] = hair
+    plane[-1].DerivationImageSequence = []
+    ds.save_as(tmp_path / "hair.dcm")
+    reader = open_segmentation(tmp_path / "hair.dcm")
+    assert len(reader.source_sop_instance_uids) == len(open_segmentation(path)
+                                                       .source_sop_instance_uids)
+    np.testing.assert_array_equal(
+        read_segmentation(tmp_path / "hair.dcm", source_sop_instance_uids=uids).compute(),
+        expected)
+
+
+def test_a_plane_of_frames_without_references_warns_and_nifti_places_it(tmp_path, thread_client):
+    """All frames of a plane without their reference: a read by the images' UIDs cannot
+    place it (it has none) and says so; NIfTI with the series places it by position."""
+    nibabel = pytest.importorskip("nibabel")
+    series = shuffled_series()
+    mask = volume_mask("LABELMAP")
+    path = write_segmentation(mask, series, make_segment_descriptions(3), tmp_path / "seg.dcm",
+                              segmentation_type="LABELMAP", client=thread_client)
+    reader = open_segmentation(path)
+    reader.to_nifti(tmp_path / "whole.nii.gz", source_images=series)
+    ds = pydicom.dcmread(path)
+    ds.PerFrameFunctionalGroupsSequence[1].DerivationImageSequence = []  # LABELMAP: one a plane
+    ds.save_as(tmp_path / "unreferenced.dcm")
+    stripped = open_segmentation(tmp_path / "unreferenced.dcm")
+    assert "" in stripped.source_sop_instance_uids
+    with pytest.warns(UserWarning, match="1 of the SEG's planes holds only frames that "
+                                         "reference no source image"):
+        stripped.to_dask(source_sop_instance_uids=[s.SOPInstanceUID for s in series])
+    stripped.to_nifti(tmp_path / "placed.nii.gz", source_images=series)
+    np.testing.assert_array_equal(np.asarray(nibabel.load(tmp_path / "placed.nii.gz").dataobj),
+                                  np.asarray(nibabel.load(tmp_path / "whole.nii.gz").dataobj))
+
+
+def test_a_spacing_between_slices_that_disagrees_with_the_planes(tmp_path, thread_client):
+    """highdicom copies SpacingBetweenSlices from the images, whatever their positions say:
+    twice the planes' steps was called 'not a regular grid'. The series' positions decide."""
+    nibabel = pytest.importorskip("nibabel")
+    series = make_ct_series(5, 16, 12)
+    for ds in series:
+        ds.SpacingBetweenSlices = 2 * float(ds.SliceThickness or 1.0) + 7.0
+    labels = np.zeros((5, 16, 12), np.uint8)
+    labels[:, 2:9, 3:8] = 1
+    path = write_segmentation(labels, series, make_segment_descriptions(1), tmp_path / "s.dcm",
+                              segmentation_type="LABELMAP", client=thread_client)
+    reader = open_segmentation(path)
+    with pytest.raises(SegmentationInputError, match="SpacingBetweenSlices, .* mm, disagrees "
+                                                     "with the steps between its planes"):
+        reader.to_nifti(tmp_path / "alone.nii.gz")
+    reader.to_nifti(tmp_path / "series.nii.gz", source_images=series)
+    image = nibabel.load(tmp_path / "series.nii.gz")
+    assert int(np.asarray(image.dataobj).sum()) == int(labels.sum())
+    positions = load_source_series(series).positions
+    steps = np.linalg.norm(np.diff(positions[np.argsort(positions[:, 2])], axis=0), axis=1)
+    assert np.isclose(np.linalg.norm(image.affine[:3, 2]), steps.min())
+
+
+def test_a_series_folder_may_hold_an_earlier_seg_and_no_empty_images(tmp_path, thread_client):
+    """A SEG written into its series' folder was taken for a multi-frame source image on the
+    next run; images of 0 rows were refused with a transfer syntax's message."""
+    series = make_ct_series(4, 16, 12)
+    for ds in series:
+        ds.save_as(tmp_path / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    labels = np.zeros((4, 16, 12), np.uint8)
+    labels[1:3, 2:9, 3:8] = 1
+    first = write_segmentation(labels, tmp_path, make_segment_descriptions(1),
+                               tmp_path / "seg.dcm", client=thread_client)
+    again = write_segmentation(labels, tmp_path, make_segment_descriptions(1),
+                               tmp_path / "again.dcm", client=thread_client)
+    assert (open_segmentation(again).source_sop_instance_uids
+            == open_segmentation(first).source_sop_instance_uids)
+    for ds in series:
+        ds.Rows = 0
+    with pytest.raises(SegmentationInputError, match="frames are 0 x 12 pixels .Rows x Columns"):
+        write_segmentation(labels, series, make_segment_descriptions(1), tmp_path / "x.dcm",
+                           client=None)
+    assert not (tmp_path / "x.dcm").exists()
