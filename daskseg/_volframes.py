@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import struct
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -353,13 +354,13 @@ def index_volume_frames(
         if plane == len(positions):
             positions.append(position)
             keys.append(key)
-            if position is not None:
-                at_position.setdefault(_rounded(position), plane)
+            if position is not None and _plane_at(at_position, positions, position) < 0:
+                at_position[_rounded(position)] = plane
         cells.append((_channel(frame, index, labelmap, shared_segment, channel_of), plane, index))
     for index in unplaced:
         frame = frames[index]
         position = frame.position or shared_position
-        plane = at_position.get(_rounded(position), -1)
+        plane = _plane_at(at_position, positions, position)
         if plane < 0:
             plane = at_position[_rounded(position)] = len(positions)
             positions.append(position)
@@ -378,8 +379,29 @@ def index_volume_frames(
 
 
 def _rounded(position: Any) -> tuple[float, ...]:
-    """A position as a key: equal within a micrometre (DS values of one position agree)."""
+    """A position as a key, to the micrometre."""
     return tuple(round(float(v), 3) for v in position)
+
+
+_NEIGHBOURS = [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)]
+
+
+def _plane_at(at_position: dict[tuple[float, ...], int], positions: list[Any],
+              position: Any) -> int:
+    """The plane within a micrometre of ``position`` in each coordinate (DS values of one
+    position agree that far), or -1.
+
+    Positions a hair apart can round to neighbouring keys (-47.5005 and -47.50049999): the
+    keys around this one are looked at too, and the planes' own positions compared.
+    """
+    key = _rounded(position)
+    for step in _NEIGHBOURS:
+        near = tuple(round(k + 0.001 * d, 3) for k, d in zip(key, step))
+        plane = at_position.get(near, -1)
+        if plane >= 0 and all(abs(float(a) - float(b)) <= 1e-3 + 1e-9
+                              for a, b in zip(positions[plane], position)):
+            return plane
+    return -1
 
 
 def _channel(frame: FrameItem, index: int, labelmap: bool, shared_segment: int | None,
@@ -460,6 +482,17 @@ def plane_order(
         raise SegmentationInputError(
             "None of source_sop_instance_uids is a source image of this SEG (first: "
             f"{source_sop_instance_uids[0]}): are they of another series?"
+        )
+    unplaced = sum(1 for uid, _ in index.keys if not uid)
+    if unplaced:
+        # A plane of frames that reference no image has no UID to be asked for by.
+        warnings.warn(
+            f"{unplaced} of the SEG's planes {'holds' if unplaced == 1 else 'hold'} only frames "
+            "that reference no source image "
+            "(dcmqi leaves such references out), so reading by source_sop_instance_uids leaves "
+            "them out. Read without it (the SEG's planes by position), or decode to NIfTI with "
+            "the series (--source), which places them by position.",
+            UserWarning, stacklevel=4,
         )
     return [plane_of.get(uid, -1) for uid in source_sop_instance_uids]
 
