@@ -38,6 +38,8 @@ _ORIENTATION_TOLERANCE = 1e-4
 _READ_THREADS = 8
 # The Media Storage Directory SOP class (a DICOMDIR), which a series folder may hold.
 _DICOMDIR = "1.2.840.10008.1.3.10"
+# Segmentation Storage and Label Map Segmentation Storage (PS3.4 B.5).
+_SEGMENTATION_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
 _WHOLE_SLIDE = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
 
 
@@ -177,9 +179,11 @@ def _gather(source_images: object) -> list[Dataset]:
     if _is_folder(source_images):
         folder = pathlib.Path(source_images)
         paths = sorted(path for path in folder.rglob("*") if path.is_file())
+        # A SEG written into the series' folder (of an earlier run) is not one of its images.
         datasets = [
             ds for ds in _read_headers(paths, skip_non_dicom=True)
             if ds is not None and not _is_dicomdir(ds)
+            and str(ds.get("SOPClassUID", "")) not in _SEGMENTATION_CLASSES
         ]
         if not datasets:
             raise SegmentationInputError(f"The folder {folder} holds no DICOM image.")
@@ -341,17 +345,29 @@ def _multiframe_series(dataset: Dataset) -> SourceSeries:
     _check_same(orientations, "ImageOrientationPatient", names)
     _check_same(spacings, "PixelSpacing", names)
     _check_distinct_positions(positions, orientations[0], names)
+    rows, columns = _frame_size(dataset)
     return SourceSeries(
         datasets=(dataset,),
         multiframe=True,
-        rows=int(dataset.Rows),
-        columns=int(dataset.Columns),
+        rows=rows,
+        columns=columns,
         orientation=orientations[0],
         pixel_spacing=spacings[0],
         positions=positions,
         sop_instance_uids=(str(dataset.SOPInstanceUID),) * frames,
         frame_of_reference_uid=str(dataset.FrameOfReferenceUID),
     )
+
+
+def _frame_size(dataset: Dataset) -> tuple[int, int]:
+    """Rows and Columns of the source images' frames, each at least 1 (PS3.3 C.7.6.3)."""
+    size = (dataset.get("Rows"), dataset.get("Columns"))
+    if not all(isinstance(v, int) and v >= 1 for v in size):
+        raise SegmentationInputError(
+            f"The source images' frames are {size[0]} x {size[1]} pixels (Rows x Columns); an "
+            "image has at least one pixel (PS3.3 C.7.6.3): its header is damaged."
+        )
+    return int(size[0]), int(size[1])
 
 
 def _check_same(values: np.ndarray, keyword: str, names: Sequence[str]) -> None:
@@ -452,7 +468,7 @@ def load_source_series(source_images: object) -> SourceSeries:
     ----------
     source_images
         A pydicom Dataset or path of one image, a sequence of them, or a folder holding one
-        series (non-DICOM files and a DICOMDIR in it are skipped). Files are read without pixel
+        series (non-DICOM files, a DICOMDIR and SEGs in it are skipped). Files are read without pixel
         data, in parallel when there are many.
 
     Returns
@@ -549,11 +565,12 @@ def load_source_series(source_images: object) -> SourceSeries:
         datasets = [datasets[k] for k in order]
         positions = positions[order]
         instance_uids = [instance_uids[k] for k in order]
+    rows, columns = _frame_size(datasets[0])
     return SourceSeries(
         datasets=tuple(datasets),
         multiframe=False,
-        rows=int(datasets[0].Rows),
-        columns=int(datasets[0].Columns),
+        rows=rows,
+        columns=columns,
         orientation=orientations[0],
         pixel_spacing=spacings[0],
         positions=positions,
