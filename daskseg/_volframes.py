@@ -395,11 +395,17 @@ def _plane_at(at_position: dict[tuple[float, ...], int], positions: list[Any],
     keys around this one are looked at too, and the planes' own positions compared.
     """
     key = _rounded(position)
+
+    def close(plane: int) -> bool:
+        return all(abs(float(a) - float(b)) <= 1e-3 + 1e-9
+                   for a, b in zip(positions[plane], position))
+
+    plane = at_position.get(key, -1)
+    if plane >= 0 and close(plane):  # most frames: their plane's own key
+        return plane
     for step in _NEIGHBOURS:
-        near = tuple(round(k + 0.001 * d, 3) for k, d in zip(key, step))
-        plane = at_position.get(near, -1)
-        if plane >= 0 and all(abs(float(a) - float(b)) <= 1e-3 + 1e-9
-                              for a, b in zip(positions[plane], position)):
+        plane = at_position.get(tuple(round(k + 0.001 * d, 3) for k, d in zip(key, step)), -1)
+        if plane >= 0 and close(plane):
             return plane
     return -1
 
