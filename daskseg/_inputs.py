@@ -36,6 +36,7 @@ __all__ = [
     "MaskLike",
     "WriteOptions",
     "as_dask_array",
+    "check_flags",
     "in_blocks",
     "is_uid_form",
     "check_destination",
@@ -182,6 +183,8 @@ def parse_options(
     ``volume``: the SEG of a series or multi-frame image, whose organization is None (inferred
     from the planes, as highdicom) or "3D"; a tiled image's is TILED_SPARSE by default.
     """
+    check_flags(omit_empty_frames=omit_empty_frames,
+                use_extended_offset_table=use_extended_offset_table)
     kind = parse_segmentation_type(segmentation_type)
     syntax = parse_transfer_syntax(transfer_syntax_uid, kind)
     if isinstance(max_fractional_value, bool) or not isinstance(
@@ -482,6 +485,14 @@ def check_label_values_mask(options: WriteOptions, stacked: bool, dtype: np.dtyp
 # The most a temporary file's name beside the destination adds to the destination's name: a
 # worker's spool, ".{name}.{16 hex}.{its address}.spool" (an IPv6 address is up to 45 characters).
 _TEMPORARY_NAME_EXTRA = 80
+
+
+def check_flags(**flags: Any) -> None:
+    """Refuse an option meant as True or False (None where it means "the default") given as
+    anything else: ``omit_empty_frames="no"`` was true, and omitted the empty frames."""
+    for name, value in flags.items():
+        if value is not None and not isinstance(value, (bool, np.bool_)):
+            raise SegmentationTypeError(f"{name} is True or False, not {value!r}.")
 
 
 def check_destination(path: str | os.PathLike, overwrite: bool) -> pathlib.Path:

@@ -44,6 +44,7 @@ from daskseg._frames import (
 )
 from daskseg._client import cluster_client
 from daskseg._file import replace_tree
+from daskseg._inputs import check_flags
 from daskseg._malloc import register_on_current_client
 from daskseg._progress import progress_bar
 from daskseg._tasks import block_tasks, compute_into_memory, computed_blocks, run_windowed
@@ -98,6 +99,8 @@ class ReadOptions:
 
     def output(self, reader: SegmentationReader) -> Output:
         """Check the options against a SEG as highdicom does; say what the tasks make of it."""
+        check_flags(combine_segments=self.combine_segments, relabel=self.relabel,
+                    rescale_fractional=self.rescale_fractional)
         available = reader.segment_numbers
         if isinstance(self.segment_numbers, (str, bytes)) or not (
             self.segment_numbers is None or hasattr(self.segment_numbers, "__iter__")

@@ -185,6 +185,7 @@ def write_segmentation(
     >>> write_segmentation(mask, source, make_segment_descriptions(3), "seg.dcm",
     ...                    transfer_syntax_uid="1.2.840.10008.1.2.4.90")  # doctest: +SKIP
     """
+    _inputs.check_flags(overwrite=overwrite, progress=progress)
     destination = _inputs.check_destination(path, overwrite)
     volume = is_volume_source(source_image)
     options = _inputs.parse_options(segmentation_type, transfer_syntax_uid,

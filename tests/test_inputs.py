@@ -172,3 +172,22 @@ def test_segment_texts_that_do_not_fit_their_vr_are_refused(label, message):
         segment_numbers(descriptions)
     descriptions[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning = "x" * 64  # the longest
     assert segment_numbers(descriptions) == [1]
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("omit_empty_frames", "no"), ("omit_empty_frames", "False"), ("overwrite", "yes"),
+    ("use_extended_offset_table", 1), ("progress", "off"),
+])
+def test_flags_given_as_other_values_are_refused(tmp_path, option, value):
+    """omit_empty_frames="no" was true (highdicom truth-tests it too), and omitted frames."""
+    from daskseg import write_segmentation
+    from daskseg.synthetic import make_segment_descriptions
+
+    with pytest.raises(SegmentationTypeError, match=f"{option} is True or False, not {value!r}"):
+        write_segmentation(np.zeros((64, 64), np.uint8), make_slide(64, 64, tile_size=(32, 32)),
+                           make_segment_descriptions(1), tmp_path / "seg.dcm", client=None,
+                           **{option: value})
+    assert not (tmp_path / "seg.dcm").exists()
+    write_segmentation(np.zeros((64, 64), np.uint8), make_slide(64, 64, tile_size=(32, 32)),
+                       make_segment_descriptions(1), tmp_path / "ok.dcm", client=None,
+                       **{option: np.bool_(False)})

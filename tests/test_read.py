@@ -685,3 +685,12 @@ def test_only_frames_of_one_value_are_kept_decoded():
     array, _ = daskseg._decode._decode_small(layout, varied)
     np.testing.assert_array_equal(array, detailed)
     assert list(daskseg._decode._uniform_values) == [(layout, uniform)]
+
+
+@pytest.mark.parametrize("option", ["combine_segments", "relabel", "rescale_fractional"])
+def test_read_flags_given_as_other_values_are_refused(tmp_path, option):
+    """combine_segments="no" combined the segments."""
+    path = write_segmentation(np.eye(64, dtype=np.uint8), make_slide(64, 64, tile_size=(32, 32)),
+                              make_segment_descriptions(1), tmp_path / "seg.dcm", client=None)
+    with pytest.raises(SegmentationTypeError, match=f"{option} is True or False, not 'no'"):
+        read_segmentation(path, **{option: "no"})
