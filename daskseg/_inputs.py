@@ -250,6 +250,7 @@ def as_dask_array(mask: MaskLike) -> da.Array:
     if isinstance(mask, np.ndarray):
         # Named, not tokenized: hashing a large mask would read all of it on the client.
         return da.from_array(mask, chunks=mask.shape, name=f"numpy-mask-{uuid.uuid4().hex}")
+    mask = _worker_visible(mask)
     if isinstance(mask, (str, os.PathLike)):
         from daskseg._nifti import is_nifti_path
         from daskseg._nrrd import is_nrrd_path
@@ -287,6 +288,7 @@ def in_blocks(mask: Any, array: da.Array, chunks: tuple[Any, ...]) -> da.Array:
     """
     import zarr
 
+    mask = _worker_visible(mask)
     backing = None
     if isinstance(mask, zarr.Array):
         backing = mask
@@ -297,6 +299,50 @@ def in_blocks(mask: Any, array: da.Array, chunks: tuple[Any, ...]) -> da.Array:
     if backing is not None and da.from_zarr(backing).name == array.name:
         return da.from_zarr(backing, chunks=chunks)
     return array.rechunk(chunks)
+
+
+def _worker_visible(mask: Any) -> Any:
+    """``mask`` as worker processes can open it too: a Zarr store on local disk by its absolute
+    path (a relative one is relative to each worker's own working directory, where Zarr
+    found no chunks and read the fill value: an empty SEG without an error), and fsspec's
+    ``memory://`` file system, which is this process's memory, copied into a
+    ``zarr.storage.MemoryStore``, which travels with the tasks. Anything else as it is."""
+    if isinstance(mask, (str, os.PathLike)):
+        text = os.fspath(mask)
+        if text.startswith("memory://"):
+            import zarr
+
+            return _worker_visible(zarr.open(text, mode="r"))
+        if "://" not in text or text.startswith("file://"):
+            return os.path.abspath(text.removeprefix("file://"))
+        return mask
+    import zarr
+
+    if not isinstance(mask, (zarr.Array, zarr.Group)):
+        return mask
+    store = mask.store
+    if isinstance(store, zarr.storage.LocalStore) and not store.root.is_absolute():
+        return zarr.open(zarr.storage.LocalStore(store.root.resolve(), read_only=True),
+                         path=mask.path, mode="r")
+    if isinstance(store, zarr.storage.FsspecStore) and "memory" in _protocols(store.fs):
+        import posixpath
+
+        import fsspec
+        from zarr.core.buffer import Buffer, cpu
+
+        files = fsspec.filesystem("memory")  # one per process: the store's own
+        root = store.path.rstrip("/")
+        contents: dict[str, Buffer] = {
+            posixpath.relpath(name, root): cpu.Buffer.from_bytes(files.cat_file(name))
+            for name in files.find(root)
+        }
+        return zarr.open(zarr.storage.MemoryStore(contents), path=mask.path, mode="r")
+    return mask
+
+
+def _protocols(filesystem: Any) -> tuple[str, ...]:
+    protocol = getattr(filesystem, "protocol", ())
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
 def _open_zarr_array(path: str | os.PathLike) -> zarr.Array:

@@ -242,13 +242,18 @@ def run_windowed(
         for i in packed.keys() - to_scatter:
             batch[i] = cast(DataTask, batch[i]).make(packed[i])
         try:
+            # A scatter waits for a worker to take the data: as long as work may wait for
+            # workers (distributed's own wait, 30 s, ignored daskseg.no-workers-timeout).
             scattered = client.scatter(
                 [packed[i] for i in to_scatter], direct=direct, hash=False,
+                timeout=clock.timeout,
             ) if to_scatter else []
             for i, data in zip(to_scatter, scattered):
                 batch[i] = cast(DataTask, batch[i]).make(data)
             futures = client.compute(batch)
         except CLUSTER_FAILURES as error:
+            if isinstance(error, TimeoutError) and "No valid workers" in str(error):
+                raise clock.error() from error
             raise cluster_error(error) from error
         inputs = dict(zip(to_scatter, scattered))
         for offset, future in enumerate(futures):

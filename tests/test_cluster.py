@@ -372,3 +372,51 @@ def test_workers_of_a_volume_write_and_read_import_only_what_coding_needs(tmp_pa
         assert client.run(_client_side_modules_loaded) == {
             address: [] for address in client.scheduler_info()["workers"]
         }
+
+
+@pytest.mark.timeout(120)
+def test_a_mask_in_memory_waits_for_workers_as_long_as_configured(tmp_path):
+    """Its blocks are scattered: distributed's scatter waited its own 30 s for a worker, and
+    the message blamed the workers' memory."""
+    import numpy as np
+    from distributed import Client, LocalCluster
+
+    source = make_slide(1024, 1024, tile_size=(TILE, TILE))
+    # Stored fractions that do not compress: a block of 1 MB, past what travels in its task.
+    mask = np.random.default_rng(0).integers(0, 256, (1024, 1024), dtype=np.uint8)
+    with LocalCluster(n_workers=0, dashboard_address=None) as cluster, Client(cluster) as client:
+        with dask.config.set({"daskseg.no-workers-timeout": "2s"}):
+            start = time.monotonic()
+            with pytest.raises(ClusterError, match="no workers for 2 s"):
+                write_segmentation(mask, source,
+                                   make_segment_descriptions(1), tmp_path / "seg.dcm",
+                                   segmentation_type="FRACTIONAL", client=client)
+            assert time.monotonic() - start < 20
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(180)
+def test_masks_the_workers_would_see_otherwise(tmp_path, dask_client, monkeypatch):
+    """A relative Zarr path opens relative to each worker's working directory, fsspec's
+    memory:// in each worker's own memory: zarr read the fill value there, an empty SEG
+    without an error. Now opened where the client sees them."""
+    import numpy as np
+    import zarr
+
+    from daskseg._inputs import as_dask_array
+
+    labels = make_tissue_mask(ROWS, COLUMNS, 3, chunks=256).compute()
+    source = make_slide(ROWS, COLUMNS, tile_size=(TILE, TILE))
+    monkeypatch.chdir(tmp_path)
+    zarr.create_array("mask.zarr", shape=labels.shape, chunks=(256, 256), dtype="uint8")[:] = (
+        labels)
+    lazy = as_dask_array("mask.zarr")
+    monkeypatch.chdir(tmp_path.parent)  # a worker's working directory elsewhere
+    np.testing.assert_array_equal(lazy.compute(scheduler="threads"), labels)
+    memory = f"memory://{tmp_path.name}-mask.zarr"
+    zarr.create_array(memory, shape=labels.shape, chunks=(256, 256), dtype="uint8")[:] = labels
+    for mask in (memory, zarr.open_array(memory, mode="r")):
+        path = write_segmentation(mask, source, make_segment_descriptions(3),
+                                  tmp_path / "seg.dcm", client=dask_client, overwrite=True)
+        np.testing.assert_array_equal(
+            read_segmentation(path, combine_segments=True).compute(), labels)
