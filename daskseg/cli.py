@@ -56,7 +56,9 @@ def _open_mask(path: str) -> Any:
         except FileNotFoundError:
             raise UserError(f"mask {path} does not exist") from None
         except ValueError as error:  # numpy's verdict on the file's header
-            raise UserError(f"mask {path} is not a NumPy .npy file: {error}") from None
+            # numpy's fallback for a file that is no .npy speaks of pickles and allow_pickle=.
+            reason = "" if "pickle" in str(error) else f": {error}"
+            raise UserError(f"mask {path} is not a NumPy .npy file{reason}") from None
     if lower.endswith((".tif", ".tiff")):
         return _tiff_mask(path)
     if "://" not in path and not os.path.exists(path):
@@ -118,9 +120,14 @@ def _client(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
     options: dict[str, Any] = {"silence_logs": logging.CRITICAL}
     if args.scheduler:
         from distributed.comm import parse_address, parse_host_port
+        from distributed.comm.registry import backends
 
         try:
             scheme, location = parse_address(args.scheduler)
+            if scheme == "inproc":
+                raise ValueError("an inproc:// address is of a cluster inside one process")
+            if scheme not in backends:
+                raise ValueError(f"unknown address scheme {scheme!r} (tcp, tls, ...)")
             if scheme in ("tcp", "tls"):
                 parse_host_port(location)
         except ValueError as error:
@@ -128,8 +135,62 @@ def _client(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
                             f"(tcp://host:8786): {error}") from None
     if args.threads:
         options.update(processes=False, threads_per_worker=args.threads)
-    return cluster_client(address=args.scheduler, use_current=False, n_workers=args.workers,
-                          **options)
+    return _connected(cluster_client(address=args.scheduler, use_current=False,
+                                     n_workers=args.workers, **options), args.scheduler)
+
+
+@contextlib.contextmanager
+def _connected(clients: contextlib.AbstractContextManager[Any], address: str | None) -> Any:
+    """``clients`` entered; distributed's refusal of ``--scheduler``'s address (TLS without
+    its certificates, say) as one line. Signals noted while the cluster closes after the
+    outputs were put in place (:func:`_outputs_in_place`) are kept for
+    :func:`_signal_after_outputs`."""
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                client = stack.enter_context(clients)
+            except (TypeError, ValueError) as error:
+                if address is None:
+                    raise
+                raise UserError(f"--scheduler {address!r}: cannot connect ({error}); for "
+                                "tls:// give the certificates in Dask's configuration "
+                                "(distributed.comm.tls)") from None
+            yield client
+    finally:
+        for number, handler in _replaced_handlers.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        _replaced_handlers.clear()
+
+
+_replaced_handlers: dict[int, Any] = {}
+_noted_signals: list[int] = []
+
+
+def _outputs_in_place() -> None:
+    """The command's outputs are complete: until its cluster is closed, SIGINT, SIGTERM and
+    SIGHUP are noted, not raised. Raised while the cluster closed, the interrupt reported a
+    complete file as 'interrupted' (exit 130), and distributed's half-closed cluster held the
+    exit for 10-60 s."""
+    if threading.current_thread() is not threading.main_thread() or _replaced_handlers:
+        return
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            number = getattr(signal, name)
+            _replaced_handlers[number] = signal.signal(
+                number, lambda signal_number, frame: _noted_signals.append(signal_number))
+
+
+def _signal_after_outputs(more_to_do: bool) -> None:
+    """Act on a signal noted since :func:`_outputs_in_place`: raise it where the command has
+    more to do (storing with STOW-RS), else say that the outputs are kept."""
+    if not _noted_signals:
+        return
+    number = _noted_signals[0]
+    _noted_signals.clear()
+    if more_to_do:
+        raise KeyboardInterrupt() if number == signal.SIGINT else _Stopped(number)
+    print("daskseg: the signal to stop came once the output was complete: it is kept",
+          file=sys.stderr)
 
 
 def _factors(text: str | None, mask: Any, source: Any, tile_size: Any) -> list[float]:
@@ -266,6 +327,8 @@ def _encode(args: argparse.Namespace) -> None:
             )
         else:
             written = [write_segmentation(mask, source, descriptions, args.output, **common)]
+        _outputs_in_place()
+    _signal_after_outputs(more_to_do=bool(args.stow))
     if not args.quiet:
         for path in written:
             print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
@@ -431,6 +494,7 @@ def _decode(args: argparse.Namespace) -> None:
                     args.output, combine_segments=args.combine_segments, progress=not args.quiet,
                     client=client, overwrite=args.overwrite,
                 )
+            _outputs_in_place()
     except SegmentationInputError as error:
         # Segments that overlap (or fractions) cannot be one label image: say which output of
         # this command keeps them apart, rather than the library's keyword argument.
@@ -449,6 +513,7 @@ def _decode(args: argparse.Namespace) -> None:
                          "leave out --combine-segments for one plane per segment")
                 raise UserError(f"{message.removesuffix(keyword)}{route}.") from None
         raise
+    _signal_after_outputs(more_to_do=False)
     if not args.quiet:
         print(f"wrote {args.output}")
 
@@ -626,6 +691,8 @@ _CLI_WORDS = {
 # The library's argument names in its messages, as this command's options.
 _CLI_PATTERNS = [
     (re.compile(r"segmentation_type='(\w+)'"), r"--type \1"),
+    (re.compile(r"pass np\.moveaxis\(mask, 0, -1\) \(a view, no copy\)"),
+     "save the mask with its segments on the last axis"),
     (re.compile(r"None \(inferred, as highdicom\) or '3D'"), "no --organization (inferred) or 3D"),
     (re.compile(r"dimension_organization_type (must be|'|is)"), r"--organization \1"),
     (re.compile(r"'TILED_SPARSE' or 'TILED_FULL'"), "TILED_SPARSE or TILED_FULL"),
@@ -712,6 +779,7 @@ def _stopped_by_signals() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``daskseg`` command; return its exit status."""
     args = _parser().parse_args(argv)
+    _noted_signals.clear()
     try:
         with _stopped_by_signals():
             args.run(args)
