@@ -210,6 +210,9 @@ def test_encode_npy_with_dcmqi_metadata(inputs, tmp_path):
       "--downsample-factors", "2,4"], "--downsample-factors sets the levels of --pyramid"),
     # pydicom's reason, without its advice of force=True, which no option here gives.
     (["info", "list.json"], "is not a DICOM file: File is missing DICOM File Meta"),
+    # numpy's own reason for a file that is no .npy speaks of pickles and allow_pickle=.
+    (["encode", "list.npy", "slide.dcm", "-o", "x.dcm", "--label", "a"],
+     "list.npy is not a NumPy .npy file"),
     (["encode", "mask.npy", "list.json", "-o", "x.dcm", "--label", "a"],
      "is not a DICOM file: File is missing DICOM File Meta"),
     # The library's argument names, as the command's options.
@@ -219,8 +222,10 @@ def test_encode_npy_with_dcmqi_metadata(inputs, tmp_path):
 def test_user_errors_are_one_line(inputs, args, message, tmp_path):
     folder, _ = inputs
     (folder / "list.json").write_text("[1, 2]")
+    (folder / "list.npy").write_text("[1, 2]")
     (folder / "labels.nii.gz").write_bytes(b"not read: refused by its name")
-    args = [str(folder / a) if a in ("mask.npy", "slide.dcm", "list.json", "labels.nii.gz")
+    args = [str(folder / a) if a in ("mask.npy", "slide.dcm", "list.json", "list.npy",
+                                     "labels.nii.gz")
             else str(tmp_path / a) if a.startswith("no-such-folder") else a for a in args]
     threads = ["--threads", "1"] if args[0] == "encode" and "--scheduler" not in args else []
     done = run(*args, *threads)
@@ -228,7 +233,7 @@ def test_user_errors_are_one_line(inputs, args, message, tmp_path):
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("daskseg: error:") and message in lines[-1], done.stderr
-    assert "force=True" not in done.stderr
+    assert "force=True" not in done.stderr and "pickle" not in done.stderr
 
 
 @pytest.mark.parametrize("count", ["0", "-1", "two"])

@@ -612,6 +612,14 @@ def test_an_untrusted_certificate_is_named():
                        "REQUESTS_CA_BUNDLE"):
         _raise_for(requests.exceptions.SSLError("self-signed certificate"),
                    "https://pacs.example/dicom-web/studies", "fetching metadata")
+    # A read that times out as the answer streams in comes wrapped in a ConnectionError:
+    # the server is there and stopped sending, not unreachable.
+    from urllib3.exceptions import ReadTimeoutError
+
+    stalled = requests.exceptions.ConnectionError(
+        ReadTimeoutError(None, "https://pacs.example", "Read timed out."))
+    with pytest.raises(DICOMwebError, match="did not answer in time while fetching metadata"):
+        _raise_for(stalled, "https://pacs.example/dicom-web/studies", "fetching metadata")
     # An answer cut short is said to be one, not "is it a DICOMweb server?".
     with pytest.raises(DICOMwebError, match="the answer was cut short while fetching 2 frames"):
         _raise_for(requests.exceptions.ChunkedEncodingError("IncompleteRead(10 bytes read)"),
