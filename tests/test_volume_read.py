@@ -364,30 +364,14 @@ def test_extended_offset_table_after_the_frame_items(tmp_path, thread_client):
 
 def test_reads_a_seg_made_by_dcmqi(tmp_path):
     """dcmqi's itkimage2segimage: no SpatialLocationsPreserved, its own frame order."""
-    import json
-    import pathlib
-    import shutil
-    import subprocess
-    import sys
-
-    pytest.importorskip("nibabel")
-    tool = shutil.which("itkimage2segimage") or shutil.which(
-        "itkimage2segimage", path=str(pathlib.Path(sys.executable).parent))
-    if tool is None:
-        pytest.skip("dcmqi's itkimage2segimage is not installed (pip install dcmqi)")
+    tool = _dcmqi_tool()
     from _geometry import ct_folder_and_nifti
-    from test_cli import DCMQI
 
     labels = np.zeros((6, 24, 20), np.uint8)  # frame k for series[k]
     labels[1:4, 3:15, 2:12] = 1
     labels[2:6, 10:20, 8:18] = 2
-    series, folder, _ = ct_folder_and_nifti(tmp_path, labels)
-    (tmp_path / "meta.json").write_text(json.dumps(DCMQI))
-    out = tmp_path / "dcmqi.dcm"
-    subprocess.run([tool, "--inputImageList", str(tmp_path / "labels.nii.gz"),
-                    "--inputDICOMDirectory", str(folder), "--inputMetadata",
-                    str(tmp_path / "meta.json"), "--outputDICOM", str(out)],
-                   check=True, capture_output=True, timeout=120)
+    series, folder, nifti = ct_folder_and_nifti(tmp_path, labels)
+    out = _dcmqi_seg(tool, nifti, folder, tmp_path / "dcmqi.dcm")
     reader = open_segmentation(out)
     uids = [ds.SOPInstanceUID for ds in series]
     for options in (dict(), dict(combine_segments=True)):
@@ -655,6 +639,21 @@ def test_a_transfer_syntax_uid_that_is_no_transfer_syntax_is_a_file_error(tmp_pa
             open_segmentation(damaged)
 
 
+def _dcmqi_seg(tool, nifti, folder, out):
+    """dcmqi's SEG of the label file ``nifti`` on the series in ``folder`` (test_cli's
+    metadata), written to ``out``."""
+    import json
+    import subprocess
+
+    from test_cli import DCMQI
+
+    (out.parent / "meta.json").write_text(json.dumps(DCMQI))
+    subprocess.run([tool, "--inputImageList", str(nifti), "--inputDICOMDirectory", str(folder),
+                    "--inputMetadata", str(out.parent / "meta.json"), "--outputDICOM", str(out)],
+                   check=True, capture_output=True, timeout=120)
+    return out
+
+
 def _dcmqi_tool():
     import pathlib
     import shutil
@@ -672,12 +671,8 @@ def test_nifti_with_the_series_refuses_a_seg_off_its_pixel_grid(tmp_path):
     """dcmqi writes a SEG's frames in the orientation of the NIfTI it is given (one turned to
     RAS runs the other way along rows and columns). Put at the series' slices, every label
     was misplaced; now refused, and the SEG's own geometry places them right."""
-    import json
-    import subprocess
-
     import nibabel
     from _geometry import ct_folder_and_nifti
-    from test_cli import DCMQI
 
     tool = _dcmqi_tool()
     labels = np.zeros((6, 24, 20), np.uint8)  # every slice labelled: the SEG has them all
@@ -690,13 +685,8 @@ def test_nifti_with_the_series_refuses_a_seg_off_its_pixel_grid(tmp_path):
     turned = nibabel.Nifti1Image(np.ascontiguousarray(np.asarray(given.dataobj)[::-1, ::-1]),
                                  given.affine @ flip)
     nibabel.save(turned, tmp_path / "turned.nii.gz")
-    (tmp_path / "meta.json").write_text(json.dumps(DCMQI))
-    out = tmp_path / "dcmqi.dcm"
-    subprocess.run([tool, "--inputImageList", str(tmp_path / "turned.nii.gz"),
-                    "--inputDICOMDirectory", str(folder), "--inputMetadata",
-                    str(tmp_path / "meta.json"), "--outputDICOM", str(out)],
-                   check=True, capture_output=True, timeout=120)
-    reader = open_segmentation(out)
+    reader = open_segmentation(_dcmqi_seg(tool, tmp_path / "turned.nii.gz", folder,
+                                          tmp_path / "dcmqi.dcm"))
     orientation = reader.header.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
     assert [float(v) for v in orientation.ImageOrientationPatient] != [
         float(v) for v in series[0].ImageOrientationPatient]
