@@ -312,7 +312,13 @@ def _worker_visible(mask: Any) -> Any:
         if text.startswith("memory://"):
             import zarr
 
-            return _worker_visible(zarr.open(text, mode="r"))
+            try:
+                node = zarr.open(text, mode="r")
+            except Exception as error:  # zarr raises several types for a missing store
+                raise SegmentationInputError(
+                    f"Could not open the mask {text!r} as Zarr: {str(error).rstrip('.')}."
+                ) from error
+            return _worker_visible(node)
         if "://" not in text or text.startswith("file://"):
             return os.path.abspath(text.removeprefix("file://"))
         return mask

@@ -191,3 +191,10 @@ def test_flags_given_as_other_values_are_refused(tmp_path, option, value):
     write_segmentation(np.zeros((64, 64), np.uint8), make_slide(64, 64, tile_size=(32, 32)),
                        make_segment_descriptions(1), tmp_path / "ok.dcm", client=None,
                        **{option: np.bool_(False)})
+
+
+def test_a_missing_memory_store_is_an_input_error():
+    from daskseg._inputs import as_dask_array
+
+    with pytest.raises(SegmentationInputError, match="Could not open the mask 'memory://"):
+        as_dask_array("memory://no-such-mask-here.zarr")
