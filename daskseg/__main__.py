@@ -1,7 +1,5 @@
 """``python -m daskseg``: the daskseg command."""
 
-import sys
+from daskseg.cli import console_main
 
-from daskseg.cli import main
-
-sys.exit(main())
+console_main()

@@ -576,7 +576,7 @@ def _demo(args: argparse.Namespace) -> None:
     frames = int(hd.seg.segread(output, lazy_frame_retrieval=True).NumberOfFrames)
     megapixels = size * size / 1e6
     say(f"3. wrote {output}: {frames} JPEG 2000 frames, {os.path.getsize(output) / 2**20:.1f} MiB, "
-        f"in {elapsed:.1f} s on {workers} workers "
+        f"in {elapsed:.1f} s on {workers} worker{'' if workers == 1 else 's'} "
         f"({megapixels / elapsed:.0f} megapixels/s, {frames / elapsed:.0f} frames/s)")
     start = time.perf_counter()
     labels = target[:]
@@ -804,5 +804,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def console_main() -> None:
+    """The ``daskseg`` command's entry point: :func:`main`, then the process's exit.
+
+    Python's shutdown after the command (distributed's exit hooks, up to a second) would meet
+    a signal with its default action: killed by it, a complete output behind a signal's
+    status. There a signal ends the process at once, with the command's own status.
+    """
+    status = main()
+    if threading.current_thread() is threading.main_thread():
+        def leave(signal_number: int, frame: Any) -> None:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(status)
+
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), leave)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

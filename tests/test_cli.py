@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import highdicom as hd
@@ -696,3 +697,27 @@ def test_a_signal_once_the_output_is_complete_keeps_it(inputs, tmp_path, monkeyp
     np.testing.assert_array_equal(
         daskseg.read_segmentation(out, combine_segments=True).compute(), labels)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_signal_as_python_shuts_down_after_the_command_keeps_its_status(inputs, tmp_path):
+    """After main() returns, Python's shutdown (distributed's exit hooks) took a signal's
+    default action: a finished command killed (-15, 'killed' to its caller)."""
+    folder, _ = inputs
+    script = tmp_path / "late.py"
+    script.write_text(textwrap.dedent(f"""
+        import atexit, os, signal, sys, time
+        import daskseg.cli
+
+        def late_signal():  # as Python shuts down, after the command is over
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+
+        atexit.register(late_signal)
+        sys.argv = ["daskseg", "info", {str(folder / "slide.dcm")!r}]
+        daskseg.cli.console_main()
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    # info of a slide (no SEG) exits 1: the command's own status, not the signal's.
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert "daskseg: error:" in done.stderr
