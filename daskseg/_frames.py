@@ -26,10 +26,10 @@ from daskseg.errors import MissingDependencyError, SegmentationFileError, Segmen
 from daskseg.plan import TileGrid
 
 __all__ = [
-    "HEADER_DAMAGE", "MAX_FRAME_PIXELS", "MAX_TILES", "FileSource", "FrameLayout", "FrameRanges",
-    "FrameSource", "check_header", "check_segmentation", "damaged_header", "describe_segments",
-    "header_int", "index_frames", "invalid_dicom_reason", "locate_frames", "open_file",
-    "segment_items",
+    "HEADER_DAMAGE", "MAX_FRAME_PIXELS", "MAX_TILES", "SEG_SOP_CLASSES", "FileSource",
+    "FrameLayout", "FrameRanges", "FrameSource", "check_header", "check_segmentation",
+    "damaged_header", "describe_segments", "header_int", "index_frames", "invalid_dicom_reason",
+    "locate_frames", "open_file", "segment_items",
 ]
 
 #: The byte ranges ``(offset, length)`` that hold one frame's bytes, in order.
@@ -230,7 +230,8 @@ FILE_META_READ_BYTES = 64 * 2**10
 
 
 # Segmentation Storage and Label Map Segmentation Storage (PS3.4 B.5).
-_SEG_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
+#: Segmentation Storage and Label Map Segmentation Storage (PS3.4 B.5).
+SEG_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
 
 
 def header_cut_short(handle: BinaryIO, header: Dataset | None, name: str) -> SegmentationFileError | None:
@@ -257,7 +258,7 @@ def header_cut_short(handle: BinaryIO, header: Dataset | None, name: str) -> Seg
     if header is not None:
         sop_class = header.get("SOPClassUID") or header.get("file_meta", Dataset()).get(
             "MediaStorageSOPClassUID")
-        if sop_class is not None and str(sop_class) not in _SEG_SOP_CLASSES:
+        if sop_class is not None and str(sop_class) not in SEG_SOP_CLASSES:
             return None
     return _fail(name, f"the file ends at byte {size}, inside its DICOM header (before the "
                        "Pixel Data): it is cut short.")

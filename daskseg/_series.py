@@ -25,7 +25,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from daskseg._frames import invalid_dicom_reason
+from daskseg._frames import SEG_SOP_CLASSES, invalid_dicom_reason
 from daskseg._inputs import is_uid_form
 from daskseg.errors import SegmentationInputError, SegmentationTypeError
 
@@ -38,8 +38,6 @@ _ORIENTATION_TOLERANCE = 1e-4
 _READ_THREADS = 8
 # The Media Storage Directory SOP class (a DICOMDIR), which a series folder may hold.
 _DICOMDIR = "1.2.840.10008.1.3.10"
-# Segmentation Storage and Label Map Segmentation Storage (PS3.4 B.5).
-_SEGMENTATION_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
 _WHOLE_SLIDE = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
 
 
@@ -183,7 +181,7 @@ def _gather(source_images: object) -> list[Dataset]:
         datasets = [
             ds for ds in _read_headers(paths, skip_non_dicom=True)
             if ds is not None and not _is_dicomdir(ds)
-            and str(ds.get("SOPClassUID", "")) not in _SEGMENTATION_CLASSES
+            and str(ds.get("SOPClassUID", "")) not in SEG_SOP_CLASSES
         ]
         if not datasets:
             raise SegmentationInputError(f"The folder {folder} holds no DICOM image.")
