@@ -604,15 +604,14 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
     if slice_of_plane is not None:
         # The SEG's planes in its own order, each put at the series' slice it lies at.
         planes = reader.to_numpy(combine_segments=combine_segments, client=client)
-        volume = np.zeros((int(index.max()) + 1 if len(index) else 0, *planes.shape[1:]),
-                          dtype=planes.dtype)
-        volume[index.astype(int)[slice_of_plane]] = planes
+        slices = index.astype(int)[slice_of_plane]
     else:
         planes = reader.to_numpy(combine_segments=combine_segments, client=client,
                                  source_sop_instance_uids=uids)
-        volume = np.zeros((int(index.max()) + 1 if len(index) else 0, *planes.shape[1:]),
-                          dtype=planes.dtype)
-        volume[index.astype(int)] = planes
+        slices = index.astype(int)
+    volume = np.zeros((int(index.max()) + 1 if len(index) else 0, *planes.shape[1:]),
+                      dtype=planes.dtype)
+    volume[slices] = planes
     geometry = hd.VolumeGeometry.from_attributes(
         image_position=positions[0].tolist(), image_orientation=orientation,
         rows=volume.shape[1], columns=volume.shape[2], pixel_spacing=pixel_spacing,
