@@ -383,7 +383,9 @@ def _rounded(position: Any) -> tuple[float, ...]:
     return tuple(round(float(v), 3) for v in position)
 
 
-_NEIGHBOURS = [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)]
+# The 26 keys around a position's own (which _plane_at looks up first).
+_NEIGHBOURS = [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)
+               if (a, b, c) != (0, 0, 0)]
 
 
 def _plane_at(at_position: dict[tuple[float, ...], int], positions: list[Any],
