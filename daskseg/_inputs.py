@@ -38,6 +38,7 @@ __all__ = [
     "as_dask_array",
     "check_flags",
     "in_blocks",
+    "worker_visible",
     "is_uid_form",
     "check_destination",
     "check_mask_dtype",
@@ -250,7 +251,7 @@ def as_dask_array(mask: MaskLike) -> da.Array:
     if isinstance(mask, np.ndarray):
         # Named, not tokenized: hashing a large mask would read all of it on the client.
         return da.from_array(mask, chunks=mask.shape, name=f"numpy-mask-{uuid.uuid4().hex}")
-    mask = _worker_visible(mask)
+    mask = worker_visible(mask)
     if isinstance(mask, (str, os.PathLike)):
         from daskseg._nifti import is_nifti_path
         from daskseg._nrrd import is_nrrd_path
@@ -288,7 +289,7 @@ def in_blocks(mask: Any, array: da.Array, chunks: tuple[Any, ...]) -> da.Array:
     """
     import zarr
 
-    mask = _worker_visible(mask)
+    mask = worker_visible(mask)
     backing = None
     if isinstance(mask, zarr.Array):
         backing = mask
@@ -301,12 +302,13 @@ def in_blocks(mask: Any, array: da.Array, chunks: tuple[Any, ...]) -> da.Array:
     return array.rechunk(chunks)
 
 
-def _worker_visible(mask: Any) -> Any:
+def worker_visible(mask: Any) -> Any:
     """``mask`` as worker processes can open it too: a Zarr store on local disk by its absolute
     path (a relative one is relative to each worker's own working directory, where Zarr
     found no chunks and read the fill value: an empty SEG without an error), and fsspec's
     ``memory://`` file system, which is this process's memory, copied into a
-    ``zarr.storage.MemoryStore``, which travels with the tasks. Anything else as it is."""
+    ``zarr.storage.MemoryStore``, which travels with the tasks. Anything else as it is, so
+    that what it gave comes back unchanged, not copied again."""
     if isinstance(mask, (str, os.PathLike)):
         text = os.fspath(mask)
         if text.startswith("memory://"):
@@ -318,7 +320,7 @@ def _worker_visible(mask: Any) -> Any:
                 raise SegmentationInputError(
                     f"Could not open the mask {text!r} as Zarr: {str(error).rstrip('.')}."
                 ) from error
-            return _worker_visible(node)
+            return worker_visible(node)
         if "://" not in text or text.startswith("file://"):
             return os.path.abspath(text.removeprefix("file://"))
         return mask

@@ -256,8 +256,10 @@ def write_segmentation(
 
     geometry_given = any(key in highdicom_options for key in _GEOMETRY_OPTIONS)
     expected = (int(source.TotalPixelMatrixRows), int(source.TotalPixelMatrixColumns))
+    # Once for the mask's array and its blocks (a memory:// store is copied), not in each.
+    visible = _inputs.worker_visible(mask)
     array, stacked = _inputs.normalize_mask(
-        _inputs.as_dask_array(mask), len(numbers), None if geometry_given else expected
+        _inputs.as_dask_array(visible), len(numbers), None if geometry_given else expected
     )
     if not geometry_given and tuple(array.shape[:2]) != expected:
         raise SegmentationInputError(
@@ -291,7 +293,7 @@ def write_segmentation(
         tasks = numpy_encode_tasks(np.asarray(mask).reshape(array.shape), *chunks, spec,
                                    spool_prefix=prefix)
     else:
-        tasks = encode_tasks(_inputs.in_blocks(mask, array, (*chunks, *array.shape[2:])), spec,
+        tasks = encode_tasks(_inputs.in_blocks(visible, array, (*chunks, *array.shape[2:])), spec,
                              prefix)
 
     shape = (spec.n_channels, grid.n_tile_rows, grid.n_tile_columns)
