@@ -173,10 +173,16 @@ def segment_descriptions_from_dcmqi(
                 f"segment {segment['labelID']} lacks SegmentedPropertyCategoryCodeSequence "
                 "or SegmentedPropertyTypeCodeSequence"
             )
+        # dcmqi's itkimage2segimage labels a segment by its SegmentLabel, else its
+        # SegmentDescription, else its property type's meaning (Itk2DicomConverter.cpp).
+        type_code = segment["SegmentedPropertyTypeCodeSequence"]
+        label = (segment.get("SegmentLabel") or segment.get("SegmentDescription")
+                 or (type_code.get("CodeMeaning") if isinstance(type_code, dict) else None)
+                 or f"Segment {segment['labelID']}")
         try:
             description = hd.seg.SegmentDescription(
                 segment_number=int(segment["labelID"]),
-                segment_label=segment.get("SegmentLabel", f"Segment {segment['labelID']}"),
+                segment_label=label,
                 segmented_property_category=_code(segment["SegmentedPropertyCategoryCodeSequence"]),
                 segmented_property_type=_code(segment["SegmentedPropertyTypeCodeSequence"]),
                 algorithm_type=algorithm_type,

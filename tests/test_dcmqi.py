@@ -29,6 +29,19 @@ def test_dcmqi_metadata_from_a_file(tmp_path):
     assert [d.SegmentLabel for d in descriptions] == ["tumor", "stroma"]
 
 
+def test_segments_without_a_label_are_labelled_as_dcmqi_labels_them():
+    # itkimage2segimage (Itk2DicomConverter.cpp): SegmentLabel, else SegmentDescription, else
+    # the property type's CodeMeaning.
+    first, second = (dict(segment) for segment in DCMQI["segmentAttributes"][0][:2])
+    del first["SegmentLabel"], second["SegmentLabel"]
+    first["SegmentDescription"] = "Described"
+    second.pop("SegmentDescription", None)
+    descriptions, _ = segment_descriptions_from_dcmqi(
+        {**DCMQI, "segmentAttributes": [[first, second]]})
+    assert [d.SegmentLabel for d in descriptions] == [
+        "Described", second["SegmentedPropertyTypeCodeSequence"]["CodeMeaning"]]
+
+
 @pytest.mark.parametrize("metadata, message", [
     ({}, "no segmentAttributes"),
     ({"segmentAttributes": [[{"SegmentLabel": "x"}]]}, "no labelID"),
