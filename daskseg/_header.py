@@ -10,6 +10,7 @@ mask. The per-frame functional groups of a TILED_SPARSE SEG are written here ele
 from __future__ import annotations
 
 import contextlib
+import functools
 import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -405,28 +406,147 @@ def check_bits_allocated(header: Dataset, spec: Any) -> None:
         )
 
 
+# Modules of the Segmentation IOD (PS3.3 A.51) whose attributes the writer makes from the
+# frames and the source: header_attributes may not set them.
+_WRITER_MODULES = frozenset({
+    "image-pixel", "segmentation-multi-frame-functional-groups", "multi-frame-dimension",
+    "microscope-slide-layer-tile-organization", "frame-extraction", "palette-color-lookup-table",
+    "icc-profile", "common-instance-reference",
+})
+# Where a SEG keeps what these attributes of an image's header say: the functional groups.
+_FRAME_GEOMETRY = frozenset({
+    "ImagePositionPatient", "ImageOrientationPatient", "SliceThickness", "SpacingBetweenSlices",
+    "SliceLocation", "PixelSpacing",
+})
+
+
+@functools.lru_cache(maxsize=1)
+def _segmentation_modules() -> dict[str, tuple[str, tuple[tuple[str, str], ...]]]:
+    """For each attribute at the top level of the Segmentation IOD's modules, its module and
+    that module's top-level (keyword, type) pairs: highdicom's tables of PS3.3."""
+    from highdicom._standard_utils import (
+        get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map,
+    )
+
+    modules = get_module_attribute_map()
+    # Segmentation Storage; highdicom's tables give the Label Map SEG the same modules.
+    iod = get_iod_module_map()[get_sop_class_iod_map()["1.2.840.10008.5.1.4.1.1.66.4"]]
+    found: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {}
+    for module in iod:
+        top = tuple((a["keyword"], a["type"]) for a in modules[module["key"]] if not a["path"])
+        for keyword, _ in top:
+            found.setdefault(keyword, (module["key"], top))
+    return found
+
+
+def _module_name(key: str) -> str:
+    return key.replace("-", " ").title()
+
+
+def _check_modules(header: Dataset, keywords: Sequence[str]) -> None:
+    """Refuse an attribute that no module of a SEG's header holds at its top level, or that the
+    writer makes; for each module given an attribute, add its Type 2 attributes (empty) that
+    the header lacks and refuse it without its Type 1 ones (PS3.3 A.51, 7.4): the header then
+    holds the module whole, as the standard asks of a module present."""
+    from pydicom.datadict import dictionary_VR
+
+    modules = _segmentation_modules()
+    touched: dict[str, list[str]] = {}
+    for keyword in keywords:
+        if keyword not in modules:
+            hint = (": a SEG keeps its frames' geometry in the functional groups, which the "
+                    "writer makes from the source" if keyword in _FRAME_GEOMETRY else "")
+            raise SegmentationInputError(
+                f"header_attributes: {keyword} is not an attribute of a SEG's header (of the "
+                f"Segmentation IOD's modules, PS3.3 A.51){hint}."
+            )
+        module, _ = modules[keyword]
+        if module in _WRITER_MODULES:
+            raise SegmentationInputError(
+                f"header_attributes: {keyword} cannot be given; the writer makes the "
+                f"{_module_name(module)} module."
+            )
+        touched.setdefault(module, []).append(keyword)
+    for module, given in touched.items():
+        required = modules[given[0]][1]
+        missing = [keyword for keyword, type_ in required if type_ == "1" and keyword not in header]
+        if missing:
+            raise SegmentationInputError(
+                f"header_attributes: {', '.join(given)} "
+                f"{'belongs' if len(given) == 1 else 'belong'} to the {_module_name(module)} "
+                f"module, which then needs {', '.join(missing)} (Type 1, PS3.3); give "
+                f"{'it' if len(missing) == 1 else 'them'} too."
+            )
+        for keyword, type_ in required:
+            if type_ == "2" and keyword not in header:
+                vr = dictionary_VR(keyword).split(" or ")[0]
+                header.add_new(keyword, vr, [] if vr == "SQ" else None)
+
+
+def _encodable(header: Dataset, character_set: Any) -> bool:
+    """Whether every non-ASCII text of ``header`` (its sequences' items too) can be written
+    in ``character_set`` without pydicom replacing a character."""
+    import warnings
+
+    from pydicom.charset import convert_encodings, encode_string
+
+    texts = [str(value) for element in _text_elements(header)
+             for value in (element.value if isinstance(element.value, MultiValue)
+                           else [element.value])
+             if value is not None and not str(value).isascii()]
+    if not texts:
+        return True
+    if character_set in (None, "", "ISO_IR 6"):
+        return False  # the default repertoire is ASCII (pydicom would write Latin-1)
+    encodings = convert_encodings(character_set)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # pydicom warns as it replaces
+            for text in texts:
+                encode_string(text, encodings)
+    except (UserWarning, UnicodeError, LookupError, ValueError):
+        return False
+    return True
+
+
+_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "PN", "UC"})
+
+
+def _text_elements(dataset: Dataset) -> Iterator[Any]:
+    for element in dataset._dict.values():
+        if isinstance(element, RawDataElement):
+            continue  # as read, in the character set it was read with
+        if element.VR == "SQ":
+            for item_ in element.value or ():
+                yield from _text_elements(item_)
+        elif element.VR in _TEXT_VRS:
+            yield element
+
+
 def finish_header(header: Dataset, spec: Any, series_description: str | None,
                   attributes: Sequence[tuple[str, Any]] = ()) -> None:
     """Check highdicom's header against the frames, and set what highdicom does not take:
     the series description and further ``attributes`` (keyword, value), which may not change
-    what the header holds already."""
+    what the header holds already. The header is written in UTF-8 (ISO_IR 192) when its
+    texts need characters that its character set (the source's, as highdicom copies it) does
+    not hold, or it has none and they are not ASCII."""
     check_bits_allocated(header, spec)
-    texts = []
     if series_description is not None:
         header.SeriesDescription = series_description
-        texts.append(series_description)
+    if attributes:
+        _check_modules(header, [keyword for keyword, _ in attributes])
     for keyword, value in attributes:
         given = list(value) if isinstance(value, tuple) else value
-        if keyword in header and header[keyword].value not in (None, "", given):
+        if keyword in header and header[keyword].value not in (None, "", [], given):
             raise SegmentationInputError(
                 f"header_attributes: the SEG's {keyword} is {header[keyword].value!r} (from "
                 "the source or the writer's options); it cannot be changed to "
                 f"{given!r}."
             )
         setattr(header, keyword, given)
-        texts.extend(str(v) for v in (given if isinstance(given, list) else [given]))
-    if not all(text.isascii() for text in texts) and "SpecificCharacterSet" not in header:
-        # Without (0008,0005) a file holds the default repertoire (ASCII) only (PS3.5 6.1).
+    # Without (0008,0005) a file holds the default repertoire (ASCII) only (PS3.5 6.1);
+    # pydicom writes a character its set lacks as "?", with a warning.
+    if not _encodable(header, header.get("SpecificCharacterSet")):
         header.SpecificCharacterSet = "ISO_IR 192"
 
 

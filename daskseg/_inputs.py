@@ -82,15 +82,37 @@ class WriteOptions:
 
 
 # Groups no caller may set, which the writer makes: file meta (PS3.10 7.1), the image pixel
-# and segmentation attributes (PS3.3 C.7.6.3, C.8.20.2), the functional groups and pixel data.
-_RESERVED_GROUPS = (0x0002, 0x0028, 0x0062, 0x5200, 0x7FE0)
+# and segmentation attributes (PS3.3 C.7.6.3, C.8.20.2), the functional groups and pixel data;
+# nor those of no dataset stored as a file: command (PS3.7 E.1), directory records (PS3.10),
+# padding and item delimitation (PS3.5 7.5).
+_RESERVED_GROUPS = (0x0000, 0x0002, 0x0004, 0x0028, 0x0062, 0x5200, 0x7FE0, 0xFFFC, 0xFFFE)
+
+
+def _value_count(value: Any, vr: str) -> int:
+    if isinstance(value, tuple):
+        return len(value)
+    if isinstance(value, str) and vr in _STRING_VRS and vr not in ("LT", "ST", "UT", "UR"):
+        return value.count("\\") + 1  # a backslash separates values (PS3.5 6.4)
+    return 1
+
+
+def _vm_allows(vm: str, count: int) -> bool:
+    """Whether the value multiplicity ``vm`` of the data dictionary ("1", "1-3", "2-2n",
+    "1-n") allows ``count`` values."""
+    low, _, high = vm.partition("-")
+    if not high:
+        return count == int(low)
+    if high.endswith("n"):
+        step = int(high[:-1] or 1)
+        return count >= int(low) and count % step == 0
+    return int(low) <= count <= int(high)
 
 
 def parse_header_attributes(attributes: Any) -> tuple[tuple[str, Any], ...]:
     """``header_attributes`` checked: a mapping of DICOM keywords to values valid for their
     VR (PS3.5 6.2), none a sequence or of a group the writer makes."""
     import pydicom
-    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.datadict import dictionary_VM, dictionary_VR, tag_for_keyword
 
     if attributes is None:
         return ()
@@ -111,6 +133,11 @@ def parse_header_attributes(attributes: Any) -> tuple[tuple[str, Any], ...]:
                 "dimension_organization_type option."
             )
         vr = dictionary_VR(tag)
+        if (tag >> 16) in (0x0000, 0x0004, 0xFFFC, 0xFFFE):
+            raise SegmentationInputError(
+                f"header_attributes: {keyword} is no attribute of a stored dataset (a "
+                "command, directory record, padding or item element; PS3.5, PS3.7, PS3.10)."
+            )
         if vr == "SQ" or (tag >> 16) in _RESERVED_GROUPS:
             raise SegmentationInputError(
                 f"header_attributes: {keyword} cannot be given; sequences, and the attributes "
@@ -123,6 +150,23 @@ def parse_header_attributes(attributes: Any) -> tuple[tuple[str, Any], ...]:
                                 validation_mode=pydicom.config.RAISE)
         except (ValueError, TypeError) as error:
             raise SegmentationInputError(f"header_attributes: {keyword}: {error}") from None
+        vm, count = dictionary_VM(tag), _value_count(value, vr)
+        if not _vm_allows(vm, count):
+            raise SegmentationInputError(
+                f"header_attributes: {keyword} takes {vm} value(s) (PS3.6), not {count}: "
+                f"{value!r}" + (" (a backslash separates values)." if isinstance(value, str)
+                                else ".")
+            )
+        if keyword == "SpecificCharacterSet":
+            from pydicom.charset import python_encoding
+
+            terms = value if isinstance(value, tuple) else str(value).split("\\")
+            unknown = [term for term in terms if term not in python_encoding]
+            if unknown:
+                raise SegmentationInputError(
+                    f"header_attributes: SpecificCharacterSet {unknown[0]!r} is not a defined "
+                    "term (PS3.3 C.12.1.1.2), such as 'ISO_IR 100' or 'ISO_IR 192' (UTF-8)."
+                )
         checked.append((str(keyword), value))
     return tuple(checked)
 

@@ -198,3 +198,4 @@ def test_a_missing_memory_store_is_an_input_error():
 
     with pytest.raises(SegmentationInputError, match="Could not open the mask 'memory://"):
         as_dask_array("memory://no-such-mask-here.zarr")
+

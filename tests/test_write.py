@@ -435,11 +435,85 @@ def test_header_attributes_are_set_and_never_change_the_header(tmp_path, thread_
         ({"BodyPartExamined": "x" * 17}, SegmentationInputError, "BodyPartExamined"),
         (["BodyPartExamined"], SegmentationTypeError, "mapping of DICOM keywords"),
         ({"PatientID": "someone else"}, SegmentationInputError, "cannot be changed"),
+        # Each was written (an invalid file) or raised a non-daskseg error after the encoding.
+        ({"BodyPartExamined": ["ABDOMEN", "CHEST"]}, SegmentationInputError,
+         "takes 1 value.s. .PS3.6., not 2"),
+        ({"InstitutionName": "a\\b"}, SegmentationInputError, "a backslash separates values"),
+        ({"SpecificCharacterSet": "ISO_IR 999"}, SegmentationInputError, "not a defined term"),
+        ({"AffectedSOPClassUID": "1.2.3"}, SegmentationInputError, "a command"),
+        ({"DataSetTrailingPadding": b"00"}, SegmentationInputError, "padding"),
+        ({"ImagePositionPatient": [0, 0, 0]}, SegmentationInputError,
+         "not an attribute of a SEG's header.*functional groups"),
+        ({"SliceThickness": 9}, SegmentationInputError, "not an attribute of a SEG's header"),
+        ({"TotalPixelMatrixFocalPlanes": 2}, SegmentationInputError,
+         "the writer makes the Microscope Slide Layer Tile Organization module"),
+        ({"ClinicalTrialProtocolName": "P"}, SegmentationInputError,
+         "Clinical Trial Subject module, which then needs ClinicalTrialSponsorName, "
+         "ClinicalTrialProtocolID .Type 1"),
     ]:
         with pytest.raises(error, match=message):
             write_segmentation(labels, source, one, tmp_path / "bad.dcm", client=thread_client,
                                header_attributes=attributes)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.dcm"]
+
+
+def _header_of(source, **options):
+    """highdicom's header of a one-segment BINARY SEG of ``source`` and the frames' spec, as
+    the writer has them before finish_header."""
+    from daskseg._header import segmentation_header
+    from daskseg.plan import FrameSpec, TileGrid
+
+    hd_options = dict(
+        segmentation_type="BINARY", segment_descriptions=make_segment_descriptions(1),
+        series_instance_uid=hd.UID(), series_number=1, sop_instance_uid=hd.UID(),
+        instance_number=1, manufacturer="m", manufacturer_model_name="m",
+        software_versions="1", device_serial_number="1",
+        transfer_syntax_uid=ExplicitVRLittleEndian, **options,
+    )
+    header = segmentation_header(source, False, np.dtype(np.uint8),
+                                 TileGrid(128, 128, 64, 64), hd_options)
+    return header, FrameSpec("BINARY", 1, False, 64, 64, ExplicitVRLittleEndian, 1, 255, True)
+
+
+def test_header_attributes_bring_their_modules_type_2_attributes():
+    """A module given one attribute is present, so its Type 2 attributes are too, empty when
+    unknown (PS3.3 7.4): dciodvfy flagged ClinicalTrialCoordinatingCenterName missing after
+    README's own example, ClinicalTrialSeriesID alone."""
+    from daskseg._header import finish_header
+
+    header, spec = _header_of(make_slide(128, 128, tile_size=(64, 64)))
+    finish_header(header, spec, None, (("ClinicalTrialSeriesID", "Session1"),
+                                       ("ClinicalTrialTimePointDescription", "baseline")))
+    assert header.ClinicalTrialSeriesID == "Session1"
+    assert header["ClinicalTrialCoordinatingCenterName"].value in (None, "")
+    assert header["ClinicalTrialTimePointID"].value in (None, "")
+    assert "ClinicalTrialSponsorName" not in header  # no attribute of that module was given
+
+
+@pytest.mark.parametrize("character_set, text, written_in", [
+    (None, "Segmentation", None),  # ASCII: no character set needed
+    (None, "Zürich", "ISO_IR 192"),
+    ("ISO_IR 100", "Zürich", "ISO_IR 100"),  # the source's Latin-1 holds it
+    ("ISO_IR 100", "Łódź 中", "ISO_IR 192"),  # it does not: pydicom wrote '?ód? ?'
+])
+def test_texts_the_character_set_cannot_hold_are_written_in_utf8(character_set, text,
+                                                                 written_in):
+    from daskseg._header import finish_header
+
+    source = make_slide(128, 128, tile_size=(64, 64))
+    if character_set is not None:
+        source.SpecificCharacterSet = character_set
+    header, spec = _header_of(source, content_creator_name="Reader^One")
+    finish_header(header, spec, text, ())
+    assert header.get("SpecificCharacterSet") == written_in
+    import io
+    import warnings
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom warns as it replaces a character
+        header.save_as(buffer, enforce_file_format=True)
+    assert pydicom.dcmread(io.BytesIO(buffer.getvalue())).SeriesDescription == text
 
 
 def test_a_header_attributes_conflict_stops_the_encoding(tmp_path, thread_client):
@@ -746,3 +820,4 @@ def test_a_slide_in_a_one_item_list_and_slide_headers_without_a_size(tmp_path, t
         write_segmentation(labels, unsized, make_segment_descriptions(2), tmp_path / "u.dcm",
                            client=thread_client)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.dcm"]
+
