@@ -593,6 +593,37 @@ def check_flags(**flags: Any) -> None:
             raise SegmentationTypeError(f"{name} is True or False, not {value!r}.")
 
 
+# A UID (PS3.5 9.1): numeric components without leading zeros, separated by dots.
+VALID_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
+def check_numbers(**numbers: Any) -> None:
+    """Refuse a series or instance number that is not a whole number from 1 (as highdicom
+    takes them) up to 2**31 - 1, the largest an IS value holds (PS3.5 6.2)."""
+    for name, value in numbers.items():
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise SegmentationTypeError(f"{name} is a whole number, not {value!r}.")
+        if not 1 <= value <= 2**31 - 1:
+            raise SegmentationInputError(
+                f"{name} {value} is out of range: 1 to 2147483647 (IS, PS3.5 6.2)."
+            )
+
+
+def check_uids(**uids: Any) -> None:
+    """Refuse a UID option (None: made by the writer) that is not a valid UID (PS3.5 9.1):
+    pydicom writes one with a warning, and validators fail the file."""
+    for name, value in uids.items():
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise SegmentationTypeError(f"{name} is a UID string, not {type(value).__name__}.")
+        if len(value) > 64 or not VALID_UID.fullmatch(value):
+            raise SegmentationInputError(
+                f"{name} {value!r} is not a valid UID: numbers without leading zeros separated "
+                "by dots, at most 64 characters (PS3.5 9.1); leave it out for a new one."
+            )
+
+
 def check_destination(path: str | os.PathLike, overwrite: bool) -> pathlib.Path:
     """The destination as a path whose folder exists and which may be written.
 

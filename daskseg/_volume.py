@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import functools
 import pathlib
-import re
 from typing import Any
 
 import dask.array as da
@@ -44,6 +43,7 @@ from daskseg._header import (
     serialize,
 )
 from daskseg._inputs import (
+    VALID_UID,
     WriteOptions,
     as_dask_array,
     check_label_values_mask,
@@ -230,8 +230,6 @@ def _volume_header(
     return header
 
 
-# pydicom's check of a UI value (PS3.5 9.1), made here once for all of a series' UIDs.
-_VALID_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _REFERENCED_CLASS, _REFERENCED_INSTANCE = BaseTag(0x00081150), BaseTag(0x00081155)
 
 
@@ -244,7 +242,7 @@ def _source_references(series: SourceSeries) -> list[Dataset]:
     are made without it.
     """
     pairs = [(image.SOPClassUID, image.SOPInstanceUID) for image in series.datasets]
-    if not all(len(uid) <= 64 and _VALID_UID.fullmatch(uid)
+    if not all(len(uid) <= 64 and VALID_UID.fullmatch(uid)
                for pair in pairs for uid in pair):
         references = []
         for class_uid, instance_uid in pairs:

@@ -31,7 +31,15 @@ from daskseg._file import replace_atomically
 from daskseg._source import load_source_image
 from daskseg.errors import DestinationExistsError, SegmentationInputError, SegmentationTypeError
 from daskseg.plan import aligned_chunks, block_location
-from daskseg._inputs import MaskLike, as_dask_array, drop_leading_axis, parse_segmentation_type, tile_size
+from daskseg._inputs import (
+    MaskLike,
+    as_dask_array,
+    check_numbers,
+    check_uids,
+    drop_leading_axis,
+    parse_segmentation_type,
+    tile_size,
+)
 from daskseg.write import write_segmentation
 
 __all__ = ["write_segmentation_pyramid"]
@@ -286,6 +294,13 @@ def write_segmentation_pyramid(
                 f"sop_instance_uids takes one UID per level, {len(shapes)} here, not "
                 f"{sop_instance_uids!r}."
             )
+    # Every level's UIDs now, not as each level is written (a bad one was found after the
+    # levels before it).
+    check_uids(series_instance_uid=series_instance_uid, pyramid_uid=pyramid_uid,
+               **{f"sop_instance_uids[{level}]": uid
+                  for level, uid in enumerate(sop_instance_uids or ())})
+    if "series_number" in options:
+        check_numbers(series_number=options["series_number"])
 
     floating = array.dtype.kind == "f"
     fractional = parse_segmentation_type(segmentation_type) == "FRACTIONAL"

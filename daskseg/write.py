@@ -186,6 +186,8 @@ def write_segmentation(
     ...                    transfer_syntax_uid="1.2.840.10008.1.2.4.90")  # doctest: +SKIP
     """
     _inputs.check_flags(overwrite=overwrite, progress=progress)
+    _inputs.check_numbers(series_number=series_number, instance_number=instance_number)
+    _inputs.check_uids(series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid)
     destination = _inputs.check_destination(path, overwrite)
     volume = is_volume_source(source_image)
     options = _inputs.parse_options(segmentation_type, transfer_syntax_uid,

@@ -12,6 +12,8 @@ from daskseg import DestinationExistsError, SegmentationInputError, Segmentation
 from daskseg._inputs import (
     as_dask_array,
     check_destination,
+    check_numbers,
+    check_uids,
     drop_leading_axis,
     in_blocks,
     parse_options,
@@ -199,3 +201,24 @@ def test_a_missing_memory_store_is_an_input_error():
     with pytest.raises(SegmentationInputError, match="Could not open the mask 'memory://"):
         as_dask_array("memory://no-such-mask-here.zarr")
 
+
+@pytest.mark.parametrize("check, value, error, message", [
+    # highdicom wrote these (an IS out of range, a UI of letters: invalid files) or raised
+    # "'<' not supported between instances of 'str' and 'int'" as a refusal of the header.
+    (check_numbers, 2**40, SegmentationInputError, "out of range: 1 to 2147483647"),
+    (check_numbers, 0, SegmentationInputError, "out of range"),
+    (check_numbers, "5", SegmentationTypeError, "a whole number, not '5'"),
+    (check_numbers, True, SegmentationTypeError, "a whole number"),
+    (check_uids, "1.2.abc", SegmentationInputError, "not a valid UID"),
+    (check_uids, "1.02.3", SegmentationInputError, "not a valid UID"),
+    (check_uids, "1." + "2" * 63, SegmentationInputError, "at most 64 characters"),
+    (check_uids, 123, SegmentationTypeError, "a UID string, not int"),
+])
+def test_numbers_and_uids_of_the_header_are_checked(check, value, error, message):
+    with pytest.raises(error, match=message):
+        check(option=value)
+
+
+def test_valid_numbers_and_uids_pass():
+    check_numbers(series_number=1, instance_number=np.int64(2**31 - 1))
+    check_uids(sop_instance_uid=hd.UID(), series_instance_uid=None)

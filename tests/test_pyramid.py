@@ -430,6 +430,12 @@ def test_a_single_source_needs_no_list_and_per_level_uids(tmp_path, thread_clien
         write_segmentation_pyramid(mask, slide, make_segment_descriptions(2), tmp_path / "bad",
                                    downsample_factors=[2], sop_instance_uids=uids[:1],
                                    client=None, **OPTIONS)
+    # A bad UID of the last level is refused before the first level is written.
+    with pytest.raises(SegmentationInputError, match=r"sop_instance_uids\[1\] '1.2.x' is not"):
+        write_segmentation_pyramid(mask, slide, make_segment_descriptions(2), tmp_path / "bad",
+                                   downsample_factors=[2], sop_instance_uids=[uids[0], "1.2.x"],
+                                   client=thread_client, **OPTIONS)
+    assert not list((tmp_path / "bad").glob("*"))
 
 
 @pytest.mark.filterwarnings("ignore:Sending large graph")  # the Dask array's, made here

@@ -821,3 +821,18 @@ def test_a_slide_in_a_one_item_list_and_slide_headers_without_a_size(tmp_path, t
                            client=thread_client)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.dcm"]
 
+
+@pytest.mark.parametrize("options, error", [
+    (dict(series_number=2**40), SegmentationInputError),
+    (dict(instance_number="1"), SegmentationTypeError),
+    (dict(sop_instance_uid="1.2.abc"), SegmentationInputError),
+    (dict(series_instance_uid="1.2.3."), SegmentationInputError),
+])
+def test_header_numbers_and_uids_are_refused_before_any_work(tmp_path, options, error):
+    """Written invalid (dciodvfy: IS out of range, UI with letters), or refused by highdicom
+    late with a TypeError's words; client=None: no cluster is started for a refusal."""
+    with pytest.raises(error):
+        write_segmentation(np.zeros((64, 64), np.uint8), make_slide(64, 64, tile_size=(64, 64)),
+                           make_segment_descriptions(1), tmp_path / "seg.dcm", client=None,
+                           **options)
+    assert list(tmp_path.iterdir()) == []
