@@ -137,7 +137,8 @@ class VolumeSegmentationReader:
                 f"{path} is not a DICOM Segmentation of a series or multi-frame image."
             )
         header, layout, ranges, raw = head
-        self._init(path, header, layout, FileSource(path), ranges,
+        # Absolute, as the tiled reader's: workers started in another folder read this file.
+        self._init(path, header, layout, FileSource(os.path.abspath(path)), ranges,
                    lambda implicit: scan_frame_items(raw, 0, implicit))
 
     @classmethod

@@ -234,7 +234,8 @@ def segmentation_to_ome_zarr(
             f"name {name!r} is not a Zarr node name for the label image: give a non-empty name "
             "without '/', not '.' or '..', not starting with '__'."
         )
-    destination = pathlib.Path(store)
+    # Absolute: the workers write the chunks, and those started in another folder wrote there.
+    destination = pathlib.Path(os.path.abspath(store))
     if destination.exists() and not overwrite:
         raise DestinationExistsError(f"{destination} exists; pass overwrite=True to replace it.")
     labels = reader.to_dask(combine_segments=True, chunks=chunks)

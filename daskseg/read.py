@@ -250,7 +250,9 @@ class SegmentationReader:
         _check_no_web_options(self.path, session, headers, timeout)
         name = self.path
         header = self._open_file(name)
-        self._source = FileSource(self.path)
+        # Absolute: a worker started in another folder finds the same file, not another of
+        # that name there (or none).
+        self._source = FileSource(os.path.abspath(self.path))
         self._init(header, name)
 
     def _init_web(self, head: WebHead) -> None:
@@ -479,7 +481,11 @@ class SegmentationReader:
         # (a damaged frame, segments that cannot be combined) leaves nothing behind.
         destination = None
         if isinstance(store, (str, os.PathLike)) and "://" not in os.fsdecode(store):
-            destination = pathlib.Path(os.fsdecode(store))
+            # Absolute, as the workers write the chunks: those started in another folder
+            # wrote there, leaving this store empty.
+            destination = pathlib.Path(os.path.abspath(os.fsdecode(store)))
+        else:
+            store = _worker_visible_store(store)
         if destination is not None and destination.exists() and not overwrite:
             raise DestinationExistsError(
                 f"{store} exists; pass overwrite=True to replace it, or choose another store."
@@ -546,13 +552,27 @@ class SegmentationReader:
                     bar.update(1)
 
 
+def _worker_visible_store(store: Any) -> Any:
+    """``store`` as the workers can reach it: a LocalStore of a relative folder by its absolute
+    path (workers started elsewhere resolve it against their own folder)."""
+    import zarr.storage
+
+    if isinstance(store, zarr.storage.LocalStore) and not store.root.is_absolute():
+        return zarr.storage.LocalStore(store.root.absolute(), read_only=store.read_only)
+    return store
+
+
 def _held_by_this_process(store: Any) -> bool:
     """Whether a Zarr store lives in this process, where workers cannot write into it: in
-    memory, or a zip file (which each worker would append to on its own, over the others)."""
+    memory (zarr's MemoryStore, or fsspec's ``memory://``, of which each worker process has
+    its own), or a zip file (which each worker would append to on its own, over the others)."""
     import zarr.storage
 
     while isinstance(store, zarr.storage.WrapperStore):
         store = store._store
+    if isinstance(store, zarr.storage.FsspecStore):
+        protocol = getattr(store.fs, "protocol", ())
+        return "memory" in ((protocol,) if isinstance(protocol, str) else tuple(protocol))
     return isinstance(store, (zarr.storage.MemoryStore, zarr.storage.ZipStore))
 
 

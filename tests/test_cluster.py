@@ -396,6 +396,53 @@ def test_a_mask_in_memory_waits_for_workers_as_long_as_configured(tmp_path):
 
 
 @pytest.mark.timeout(180)
+def test_relative_paths_read_and_written_by_workers_elsewhere(tmp_path, dask_client,
+                                                             monkeypatch):
+    """The workers started in another folder: a relative SEG path was read there (a
+    FileNotFoundError, or another file of that name read without a word), and to_zarr and
+    OME-Zarr stores were written there, leaving the client's complete stores of zeros; a
+    memory:// store was filled in each worker's memory, this one left zeros."""
+    import zarr
+
+    from daskseg import segmentation_to_ome_zarr
+    from daskseg.synthetic import make_ct_series, make_label_volume
+
+    labels = make_tissue_mask(ROWS, COLUMNS, 3, chunks=256).compute()
+    source = make_slide(ROWS, COLUMNS, tile_size=(TILE, TILE))
+    volume, series = make_label_volume(6, 64, 64, 3), make_ct_series(6, 64, 64)
+    other = tmp_path / "workers"  # the workers' folder, with SEGs of the same names
+    other.mkdir()
+    for folder, flip in ((other, True), (tmp_path, False)):
+        write_segmentation(labels[::-1] if flip else labels, source,
+                           make_segment_descriptions(3), folder / "seg.dcm", client=dask_client)
+        write_segmentation(np.asarray(volume)[:, ::-1] if flip else volume, series,
+                           make_segment_descriptions(3), folder / "volume.dcm",
+                           client=dask_client)
+    expected_volume = dask_client.compute(
+        open_segmentation(tmp_path / "volume.dcm").to_dask(combine_segments=True)).result()
+    monkeypatch.chdir(tmp_path)
+    before = dask_client.run(os.getcwd)
+    dask_client.run(os.chdir, str(other))
+    try:
+        decoded = dask_client.compute(read_segmentation("seg.dcm", combine_segments=True))
+        np.testing.assert_array_equal(decoded.result(), labels)
+        np.testing.assert_array_equal(dask_client.compute(
+            open_segmentation("volume.dcm").to_dask(combine_segments=True)).result(),
+            expected_volume)
+        seg = open_segmentation("seg.dcm")
+        for store in ("labels.zarr", f"memory://{tmp_path.name}-labels.zarr"):
+            seg.to_zarr(store, combine_segments=True, client=dask_client)
+            np.testing.assert_array_equal(zarr.open_array(store, mode="r")[:], labels)
+        segmentation_to_ome_zarr(seg, "labels.ome.zarr", client=dask_client)
+        level = zarr.open_array("labels.ome.zarr/labels/segmentation/s0", mode="r")
+        np.testing.assert_array_equal(level[:], labels)
+        assert not list(other.glob(".*partial"))
+    finally:
+        for worker, folder in before.items():
+            dask_client.run(os.chdir, folder, workers=[worker])
+
+
+@pytest.mark.timeout(180)
 def test_masks_the_workers_would_see_otherwise(tmp_path, dask_client, monkeypatch):
     """A relative Zarr path opens relative to each worker's working directory, fsspec's
     memory:// in each worker's own memory: zarr read the fill value there, an empty SEG
