@@ -141,8 +141,13 @@ class ReadOptions:
         # Combined without relabelling, labels not asked for keep the stored background
         # (PixelPaddingValue), as in highdicom: the output holds it too.
         background = padding if padding is not None and combine and not self.relabel else 0
-        largest = max(*labels, background) if combine else 1
         rescale = fractional and self.rescale_fractional and not combine
+        if combine:
+            largest = max(*labels, background)
+        elif fractional and not rescale:  # stored values, up to MaximumFractionalValue
+            largest = int(reader.header.MaximumFractionalValue)
+        else:
+            largest = 1
         requested = self.dtype
         if requested is None:
             requested = np.float32 if rescale else _smallest_uint(largest)

@@ -400,6 +400,10 @@ def test_a_failed_to_zarr_leaves_nothing(tmp_path, dask_client, use_client):
     ({"dtype": np.uint8}, "floating-point"),
     ({"dtype": "U4"}, "cannot hold"),
     ({"combine_segments": True, "dtype": bool}, "cannot hold"),
+    # Stored fractions (up to MaximumFractionalValue) wrapped around in an int8, or became
+    # True in a bool, without a word.
+    ({"rescale_fractional": False, "dtype": np.int8}, "largest output value is .* int8"),
+    ({"rescale_fractional": False, "dtype": bool}, "cannot hold"),
     ({"chunks": 0}, "each 1 or more"),
     ({"chunks": -5}, "each 1 or more"),
     ({"chunks": (512,)}, "two numbers"),
