@@ -26,7 +26,8 @@ from daskseg.errors import MissingDependencyError, SegmentationFileError, Segmen
 from daskseg.plan import TileGrid
 
 __all__ = [
-    "HEADER_DAMAGE", "MAX_FRAME_PIXELS", "MAX_TILES", "SEG_SOP_CLASSES", "FileSource",
+    "HEADER_DAMAGE", "MAX_FRAME_PIXELS", "MAX_INDEX_ENTRIES", "MAX_TILES", "SEG_SOP_CLASSES",
+    "FileSource",
     "FrameLayout", "FrameRanges", "FrameSource", "check_header", "check_segmentation",
     "damaged_header", "describe_segments", "header_int", "index_frames", "invalid_dicom_reason",
     "locate_frames", "open_file", "segment_items",
@@ -173,6 +174,10 @@ class FrameLayout:
 #: segment (a 524,288-pixel-square slide in 256-pixel tiles), far beyond what scanners make.
 MAX_FRAME_PIXELS = 2**26
 MAX_TILES = 2**22
+# Entries (segments x tiles) of a tiled SEG's frame index: 8 bytes each, 256 MiB at most. A
+# few KB of header (many segments, a huge grid) asked for GBs; 117 segments of a 100,000²
+# slide in 256-pixel tiles take 18M.
+MAX_INDEX_ENTRIES = 2**25
 
 _ITEM, _SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
 
@@ -557,6 +562,9 @@ def index_frames(header: Dataset, segment_numbers: list[int], grid: TileGrid, *,
         raise _fail(name, f"a total pixel matrix of {grid.rows} x {grid.columns} pixels in "
                           f"{grid.tile_rows} x {grid.tile_columns} tiles is {n_tiles} tiles, more "
                           f"than daskseg reads ({MAX_TILES}): the header is damaged.")
+    if n_channels * n_tiles > MAX_INDEX_ENTRIES:
+        raise _fail(name, f"{n_channels} segments of {n_tiles} tiles each are more frames "
+                          f"than daskseg indexes ({MAX_INDEX_ENTRIES}): the header is damaged.")
     number_of_frames = int(header.get("NumberOfFrames", 1))
     if header.get("DimensionOrganizationType") == "TILED_FULL":
         # PS3.3 C.7.6.17.3: implicit order, segment slowest, then tile row, then column.

@@ -310,6 +310,35 @@ def _no_compute(*args, **kwargs):
     raise AssertionError("a task ran")
 
 
+def test_many_segments_of_a_huge_grid_are_refused_before_their_index(tmp_path, sources):
+    """A 20 KB header of 16 segments and 2^22 tiles each (within the grid limit per segment):
+    opening allocated an index of 512 MiB (8 bytes a segment and tile)."""
+    import copy
+    import resource
+
+    import pydicom
+
+    dataset = pydicom.dcmread(sources["binary-j2k-sparse"][0])
+    tile_rows, tile_columns = int(dataset.Rows), int(dataset.Columns)
+    dataset.TotalPixelMatrixRows, dataset.TotalPixelMatrixColumns = (tile_rows * 2048,
+                                                                      tile_columns * 2048)
+    template = dataset.SegmentSequence[0]
+    items = []
+    for number in range(1, 17):
+        item = copy.deepcopy(template)
+        item.SegmentNumber = number
+        items.append(item)
+    dataset.SegmentSequence = items
+    path = tmp_path / "huge.dcm"
+    dataset.save_as(path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(SegmentationFileError, match="16 segments of 4194304 tiles each are more "
+                                                    "frames than daskseg indexes"):
+        open_segmentation(path)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 64
+
+
 def test_a_labelmap_padding_value_its_labels_cannot_hold_is_refused(tmp_path, sources):
     """PixelPaddingValue 65535 in an 8-bit LABELMAP: a SegmentationFileError before any work
     (it was numpy's OverflowError from each decode task of a combined read)."""
