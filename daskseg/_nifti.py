@@ -521,6 +521,9 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
         ) from error
     from daskseg._inputs import check_destination
 
+    if not str(path).lower().endswith(_SUFFIXES):
+        # nibabel writes NIfTI whatever the name: labels.nrrd held NIfTI.
+        raise SegmentationInputError(f"{path}: a NIfTI file is named .nii or .nii.gz.")
     check_destination(path, overwrite=True)  # its folder exists (the file is replaced)
     header = reader.header
     shared = header.SharedFunctionalGroupsSequence[0]

@@ -383,6 +383,8 @@ def _info(args: argparse.Namespace) -> None:
         _describe(seg, args.seg, web)
     except BrokenPipeError:
         raise  # `daskseg info SEG | head`: main() stops quietly
+    except DaskSegError:
+        raise  # the reader's own words, naming the file (a ValueError too: not wrapped again)
     except HEADER_DAMAGE as error:
         # Values the reader does not need (the SOP class, the pixel spacing) read here first.
         raise damaged_header(str(args.seg), error) from error
@@ -451,6 +453,11 @@ def _decode(args: argparse.Namespace) -> None:
     ome = args.output.rstrip("/").lower().endswith(".ome.zarr")
     nifti = args.output.lower().endswith((".nii", ".nii.gz"))
     npy = args.output.lower().endswith(".npy")
+    zarr_store = args.output.rstrip("/").lower().endswith(".zarr") or "://" in args.output
+    if not (ome or nifti or npy or zarr_store):
+        # A name of another kind (labels.tif) became a Zarr folder under that name.
+        raise UserError(f"-o {args.output}: give NAME.zarr (a Zarr store), NAME.ome.zarr, "
+                        "NAME.npy, or NAME.nii.gz (a SEG of a series)")
     if os.path.exists(args.output) and not args.overwrite:
         raise UserError(f"{args.output} exists; pass --overwrite or choose another output")
     folder = os.path.dirname(os.path.abspath(args.output))
@@ -468,9 +475,10 @@ def _decode(args: argparse.Namespace) -> None:
     if tiled and nifti:
         raise UserError(f"{args.seg} is a SEG of a tiled image; NIfTI output is for SEGs of "
                         "series (CT, MR...)")
-    if not tiled and not nifti:
+    if not tiled and not (nifti or npy):
         raise UserError(f"{args.seg} is a SEG of a series; decode it to NIfTI "
-                        "(-o labels.nii.gz)")
+                        "(-o labels.nii.gz) or NumPy (-o labels.npy, its frames in the order "
+                        "of the source images along the slice normal)")
     if npy and "://" in args.output:
         raise UserError(f"{args.output}: a .npy output is a file on this machine")
     if args.segment_axis and not nifti:
@@ -478,7 +486,7 @@ def _decode(args: argparse.Namespace) -> None:
                         "holds one plane per segment unless --combine-segments")
     try:
         with _client(args) as client:
-            if not isinstance(reader, SegmentationReader):  # a SEG of a series: its geometry
+            if not isinstance(reader, SegmentationReader) and nifti:  # a series: its geometry
                 reader.to_nifti(args.output, client=client, source_images=args.source,
                                 combine_segments=False if args.segment_axis else None)
             elif npy:  # one NumPy file, filled block by block as the blocks are decoded

@@ -310,6 +310,22 @@ def _no_compute(*args, **kwargs):
     raise AssertionError("a task ran")
 
 
+def test_info_says_the_readers_words_once(tmp_path, sources, capsys):
+    """A segment description without its category code: `daskseg info` wrapped the reader's
+    SegmentationFileError in "the DICOM header is damaged ... (SegmentationFileError: <file>:
+    ...)", naming the file twice; it says what decode says."""
+    import pydicom
+
+    dataset = pydicom.dcmread(sources["labelmap-jpegls-sparse"][0])
+    del dataset.SegmentSequence[-1].SegmentedPropertyCategoryCodeSequence
+    path = tmp_path / "nocategory.dcm"
+    dataset.save_as(path)
+    status, _, err = run_cli(["info", str(path)], capsys)
+    assert status == 1
+    assert "SegmentedPropertyCategoryCodeSequence" in err
+    assert err.count(str(path)) == 1 and "SegmentationFileError" not in err
+
+
 def test_many_segments_of_a_huge_grid_are_refused_before_their_index(tmp_path, sources):
     """A 20 KB header of 16 segments and 2^22 tiles each (within the grid limit per segment):
     opening allocated an index of 512 MiB (8 bytes a segment and tile)."""

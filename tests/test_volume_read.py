@@ -273,9 +273,23 @@ def test_decode_to_nifti_round_trip(tmp_path, thread_client, omit):
     matched = match_to_series(array, affine, load_source_series(series))
     np.testing.assert_array_equal(np.asarray(matched), labels)
     assert main(["decode", str(path), "-o", str(out), "--quiet"]) == 1  # exists
-    # A SEG of a series has no tile grid to put in Zarr: NIfTI is asked for instead.
+    # A SEG of a series has no tile grid to put in Zarr: NIfTI or NumPy is asked for instead.
     assert main(["decode", str(path), "-o", str(tmp_path / "labels.zarr"), "--quiet"]) == 1
     assert not (tmp_path / "labels.zarr").exists()
+    # NumPy: the frames in slice order, as open_segmentation reads them (a SEG of an image
+    # without geometry, a Secondary Capture's, had no output the command would write).
+    npy = tmp_path / "labels.npy"
+    assert main(["decode", str(path), "-o", str(npy), "--combine-segments", "--threads", "2",
+                 "--quiet"]) == 0
+    np.testing.assert_array_equal(
+        np.load(npy), open_segmentation(path).to_numpy(combine_segments=True))
+    # Names of other kinds became a Zarr folder (labels.tif) or NIfTI under their name.
+    for name in ("labels.tif", "labels"):
+        assert main(["decode", str(path), "-o", str(tmp_path / name), "--quiet"]) == 1
+        assert not (tmp_path / name).exists()
+    with pytest.raises(SegmentationInputError, match="a NIfTI file is named .nii or .nii.gz"):
+        open_segmentation(path).to_nifti(tmp_path / "labels.nrrd")
+    assert not (tmp_path / "labels.nrrd").exists()
 
 
 def test_nifti_slices_are_as_far_apart_as_the_series_with_few_planes(tmp_path, thread_client):
