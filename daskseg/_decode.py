@@ -3,7 +3,8 @@
 A task gets the references of its own frames (from the frame index), takes their bytes from its
 source (a file's byte ranges, or WADO-RS frame requests: any ``_frames.FrameSource``), decodes
 them with the codec table's decoders and writes each tile of its chunk, so slicing
-the lazy array decodes only the frames it touches.
+the lazy array decodes only the chunks it touches (of whole tiles: ``chunks=`` the tile size
+for only the frames it touches).
 """
 
 from __future__ import annotations

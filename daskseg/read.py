@@ -757,7 +757,7 @@ def read_segmentation(
     Examples
     --------
     >>> labels = read_segmentation("seg.dcm", combine_segments=True)  # doctest: +SKIP
-    >>> labels[:1024, :1024].compute()  # decodes only the frames of that region  # doctest: +SKIP
+    >>> labels[:1024, :1024].compute()  # decodes only the chunks of that region  # doctest: +SKIP
     """
     reader = open_segmentation(path, session=session, headers=headers, timeout=timeout)
     options = dict(segment_numbers=segment_numbers, combine_segments=combine_segments,

@@ -15,6 +15,9 @@ from daskseg.read import SegmentationReader
 __all__ = ["show_segmentation"]
 
 
+_MAX_TILE_CHUNKS = 1024  # tiles under a region read a chunk each; more: the default chunks
+
+
 def _slices(region: Any, shape: tuple[int, int]) -> tuple[slice, slice]:
     if region is None:
         return slice(0, shape[0]), slice(0, shape[1])
@@ -96,8 +99,15 @@ def show_segmentation(
     step = max(1, math.ceil(max(rows.stop - rows.start, columns.stop - columns.start) / max_pixels))
     colors = segment_rgb(reader.segment_descriptions)
     opacity = alpha if image is not None else 1.0
+    # A region of a few tiles is read in chunks of one tile, so that only the frames under it
+    # are decoded (the reader's default chunks of ~2048² decoded 256 frames for 16).
+    tile_rows, tile_columns = reader.tile_size
+    touched = (math.ceil(rows.stop / tile_rows) - rows.start // tile_rows) * (
+        math.ceil(columns.stop / tile_columns) - columns.start // tile_columns)
+    chunks = reader.tile_size if region is not None and touched <= _MAX_TILE_CHUNKS else None
     if reader.segmentation_type == "LABELMAP":
-        labels = reader.to_dask(combine_segments=True)[rows, columns][::step, ::step].compute()
+        labels = reader.to_dask(combine_segments=True, chunks=chunks)[rows, columns][
+            ::step, ::step].compute()
         lookup = np.zeros((max(max(colors), int(labels.max(initial=0))) + 1, 4), dtype=np.float32)
         for number, rgb in colors.items():
             lookup[number] = (*(c / 255 for c in rgb), opacity)
@@ -105,7 +115,7 @@ def show_segmentation(
     else:
         # Segment by segment, each over the ones before (BINARY segments may overlap; a
         # FRACTIONAL one's fraction is its opacity): one label image could show neither.
-        planes = reader.to_dask()[rows, columns][::step, ::step].compute()
+        planes = reader.to_dask(chunks=chunks)[rows, columns][::step, ::step].compute()
         shade = np.zeros((*planes.shape[:2], 3), dtype=np.float32)  # premultiplied colour
         cover = np.zeros(planes.shape[:2], dtype=np.float32)
         for k, number in enumerate(reader.segment_numbers):

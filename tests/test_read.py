@@ -646,6 +646,30 @@ def test_show_segmentation_draws_overlapping_and_fractional_segments(tmp_path, t
     assert picture[50, 50, 3] == pytest.approx(0.75, abs=0.01)  # one half over the other
 
 
+def test_show_segmentation_of_a_region_decodes_only_its_frames(tmp_path, thread_client,
+                                                               monkeypatch):
+    """Its docstring's promise: a region of 16 tiles decoded the 256 frames of the reader's
+    default chunk around it."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import daskseg._decode
+    from daskseg import show_segmentation, write_segmentation
+
+    labels = np.random.default_rng(0).integers(0, 4, (1024, 1024), dtype=np.uint8)
+    path = write_segmentation(
+        labels, make_slide(1024, 1024, tile_size=(64, 64)),
+        make_segment_descriptions(3, segmentation_type="LABELMAP"), tmp_path / "seg.dcm",
+        segmentation_type="LABELMAP", client=thread_client)
+    decoded = []
+    decode = daskseg._decode.decode_frame
+    monkeypatch.setattr(daskseg._decode, "decode_frame",
+                        lambda layout, data, index: (decoded.append(index),
+                                                     decode(layout, data, index))[1])
+    with dask.config.set(scheduler="synchronous"):
+        show_segmentation(path, region=((100, 300), (100, 300)))
+    assert len(decoded) == 16  # tile rows 1..4 x tile columns 1..4
+
+
 @pytest.mark.parametrize("region", [(0, 0, 10, 10), ((0, 10), (0, 10), (0, 3)), "0:10"])
 def test_a_region_of_another_form_is_a_type_error(region):
     from daskseg import SegmentationTypeError
