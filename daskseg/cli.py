@@ -489,7 +489,9 @@ def _decode(args: argparse.Namespace) -> None:
             if not isinstance(reader, SegmentationReader) and nifti:  # a series: its geometry
                 reader.to_nifti(args.output, client=client, source_images=args.source,
                                 combine_segments=False if args.segment_axis else None)
-            elif npy:  # one NumPy file, filled block by block as the blocks are decoded
+            elif npy or not isinstance(reader, SegmentationReader):
+                # One NumPy file, filled block by block as the blocks are decoded (a series'
+                # frames in slice order; only .npy or NIfTI get here for a series).
                 _save_npy(reader.to_dask(combine_segments=args.combine_segments),
                           pathlib.Path(args.output), client, not args.quiet, args.overwrite)
             elif ome:  # an OME-NGFF image whose labels/ holds the SEG as one label image
