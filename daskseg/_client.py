@@ -228,6 +228,7 @@ class WorkerlessClock:
         self.client = client
         self.timeout = parse_timedelta(dask.config.get("daskseg.no-workers-timeout", "60s"))
         self.threads: int | None = None  # worker threads at the last look, if it succeeded
+        self.workers: frozenset[str] | None = None  # their addresses then
         self._since: float | None = None
         self._closed = False  # the client gave up on its scheduler
 
@@ -242,6 +243,7 @@ class WorkerlessClock:
             self._closed = self.client.status not in REACHABLE_STATUSES
             return self._closed
         self.threads = sum(workers.values())
+        self.workers = frozenset(workers)
         if workers:
             self._since = None
             return False

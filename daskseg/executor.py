@@ -394,6 +394,8 @@ class _Flight:
     collect: bool = False
     sealed: bool = False  # a follow-up that sends back each call's value on its own
     sent: float = field(default_factory=time.monotonic)
+    address: str | None = None  # a collection's: the worker that ran the call
+    abandoned: bool = False  # a collection cancelled because that worker is gone
 
 
 class DaskExecutor(Executor):
@@ -617,6 +619,24 @@ class DaskExecutor(Executor):
             self._checked = now
             if self._clock.expired():
                 self._fail_everything(self._clock.error())
+            else:
+                self._abandon_orphaned_collections(now)
+
+    def _abandon_orphaned_collections(self, now: float) -> None:
+        """Cancel the collections pinned to a worker that is gone, their calls lost (run
+        again). Sent when no worker was up, such a task stays 'no-worker' on the scheduler
+        even after new workers join (distributed does not place a task whose only named
+        worker is gone), and the executor waited for it forever. Called with the lock held."""
+        workers = self._clock.workers
+        if not workers:
+            return
+        orphans = [flight for flight in self._in_flight.values()
+                   if flight.collect and not flight.abandoned and flight.address not in workers
+                   and now - flight.sent > 1.0]
+        for flight in orphans:
+            flight.abandoned = True
+        if orphans:
+            cancel_quietly(self.client, [flight.remote for flight in orphans])
 
     def _capacity(self, head: _Call) -> int:
         """Tasks allowed on the cluster (after :meth:`_check_workers`).
@@ -735,7 +755,7 @@ class DaskExecutor(Executor):
             del finished  # the task's result, until the next one comes
 
     def _submit(self, flight_calls: list[_Call], fast: bool, collect: bool, *args,
-                sealed: bool = False, **options):
+                sealed: bool = False, address: str | None = None, **options):
         key = f"daskexecutor-{'collect' if collect else 'batch'}-{uuid.uuid4().hex}"
         try:
             remote = self.client.submit(*args, key=key, pure=False, **options)
@@ -744,7 +764,7 @@ class DaskExecutor(Executor):
                 return
             self._fail(flight_calls, error if collect else _pickling_error(flight_calls, error))
             return
-        flight = _Flight(remote, flight_calls, fast, collect, sealed)
+        flight = _Flight(remote, flight_calls, fast, collect, sealed, address=address)
         with self._lock:
             self._in_flight[key] = flight
         remote.add_done_callback(lambda done, flight=flight: self._finished.put((done, flight)))
@@ -757,7 +777,7 @@ class DaskExecutor(Executor):
         # Pinned to the worker running the call, ahead of its batches; if that worker is gone
         # the task runs elsewhere and reports the call lost.
         self._submit([call], False, True, _collect, token, workers=[address],
-                     allow_other_workers=True, priority=1)
+                     allow_other_workers=True, priority=1, address=address)
 
     # ----------------------------------------------------------------- results
 
@@ -765,6 +785,8 @@ class DaskExecutor(Executor):
         """Complete callers' futures from a finished task, then release the task."""
         calls = flight.calls
         try:
+            if flight.abandoned:  # its worker is gone: the call with it
+                raise _CallLost(f"the worker {flight.address} that ran the call is gone")
             result = remote.result()
         except _CallLost as lost:
             self._lost(calls, lost)

@@ -71,6 +71,19 @@ def double(x):
     return 2 * x
 
 
+def die_late_once(marker, value):
+    """Outlive a batch's budget, then kill the worker, the first time only (per marker);
+    without a marker, return at once."""
+    if marker is not None and not os.path.exists(marker):
+        time.sleep(0.3)
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return value
+        os.kill(os.getpid(), signal.SIGKILL)
+    return value
+
+
 def sleep_then(x, seconds):
     time.sleep(seconds)
     return x
@@ -208,6 +221,26 @@ def test_executor_survives_or_reports_killed_workers(tmp_path, fresh_cluster):
         with pytest.raises(ClusterError, match="lost a batch"):
             doomed.result(timeout=120)
         assert executor.submit(double, 4).result(timeout=120) == 8
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("fresh_cluster", [3], indirect=True)
+def test_executor_recovers_calls_whose_workers_all_died_after_their_batches(tmp_path,
+                                                                            fresh_cluster):
+    """Calls that outlive their batch are collected by a task pinned to their worker. Both
+    workers died that way at once: the collections, sent while no worker was up, stayed
+    'no-worker' on the scheduler after new workers joined, and the executor (and the
+    interpreter's exit) waited for them forever. Now they are run again, once the cluster's
+    workers are known to be others."""
+    _, client = fresh_cluster
+    with DaskExecutor(client, batch_size=2, batch_duration=0.05) as executor:
+        for value in range(4):  # measured fast, so that two go in a batch
+            assert executor.submit(die_late_once, None, value).result(timeout=60) == value
+        futures = [executor.submit(die_late_once, str(tmp_path / f"once-{k}") if k % 2 == 0
+                                   else None, k)
+                   for k in range(4)]  # batches [dies late, quick] twice
+        assert [future.result(timeout=120) for future in futures] == [0, 1, 2, 3]
+        assert executor.submit(double, 4).result(timeout=60) == 8
 
 
 # --------------------------------------------------------------------------- dask CLI cluster
