@@ -208,11 +208,36 @@ def cluster_client(
         yield None
         return
     with (
-        local_cluster(n_workers, **cluster_options) as cluster,
+        _started_cluster(n_workers, **cluster_options) as cluster,
         Client(cluster, set_as_default=False) as own,
     ):
         register_malloc_plugin(own)
         yield own
+
+
+@contextlib.contextmanager
+def _started_cluster(n_workers: int | None, **cluster_options: Any) -> Iterator[LocalCluster]:
+    """A :func:`local_cluster`, closed on leaving; also when interrupted while it starts.
+
+    An exception inside LocalCluster's constructor (Ctrl-C as its workers start) leaves no
+    object to close: its worker processes ran on until the interpreter exited, and then
+    distributed's exit hook failed on the half-made cluster with a traceback. Whatever
+    cluster appeared meanwhile is closed here.
+    """
+    from distributed.deploy.spec import SpecCluster
+
+    before = set(SpecCluster._instances)
+    try:
+        cluster = local_cluster(n_workers, **cluster_options)
+    except BaseException:
+        for started in set(SpecCluster._instances) - before:
+            with contextlib.suppress(Exception):
+                started.close(timeout=10)
+            # Half made, it may not close: keep distributed's exit hook away from it.
+            SpecCluster._instances.discard(started)
+        raise
+    with cluster:
+        yield cluster
 
 
 class WorkerlessClock:

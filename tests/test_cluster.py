@@ -243,6 +243,43 @@ def test_executor_recovers_calls_whose_workers_all_died_after_their_batches(tmp_
         assert executor.submit(double, 4).result(timeout=60) == 8
 
 
+_INTERRUPTED_START = """
+import os, signal, sys, threading, time
+import psutil
+from daskseg import write_segmentation
+from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
+
+if __name__ == "__main__":
+    threading.Timer(float(sys.argv[2]), signal.raise_signal, (signal.SIGINT,)).start()
+    try:
+        write_segmentation(make_tissue_mask(2048, 2048, 2, chunks=512),
+                           make_slide(2048, 2048, tile_size=(256, 256)),
+                           make_segment_descriptions(2), os.path.join(sys.argv[1], "a.dcm"))
+    except KeyboardInterrupt:
+        pass
+    time.sleep(3)
+    alive = [child for child in psutil.Process().children(recursive=True)  # workers, nannies
+             if child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+             and "spawn_main" in " ".join(child.cmdline())]
+    print("alive", len(alive), sorted(os.listdir(sys.argv[1])), flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("after", [0.3, 0.6])
+def test_an_interrupt_while_the_writer_starts_its_cluster_leaves_nothing_running(tmp_path,
+                                                                                 after):
+    """Ctrl-C while write_segmentation (no client) started its own LocalCluster: its worker
+    processes ran on in the caller's process (a notebook's kernel) until it exited."""
+    pytest.importorskip("psutil")
+    script = tmp_path / "interrupted.py"
+    script.write_text(_INTERRUPTED_START)
+    (tmp_path / "out").mkdir()
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "out"), str(after)],
+                          capture_output=True, text=True, timeout=100, cwd=tmp_path)
+    assert "alive 0 []" in done.stdout, done.stdout + done.stderr[-2000:]
+
+
 # --------------------------------------------------------------------------- dask CLI cluster
 
 
