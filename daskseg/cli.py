@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import _thread
 import argparse
+import atexit
 import contextlib
 import logging
 import math
@@ -822,17 +823,29 @@ def console_main() -> None:
     status. There a signal ends the process at once, with the command's own status.
     """
     status = main()
-    if threading.current_thread() is threading.main_thread():
-        def leave(signal_number: int, frame: Any) -> None:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(status)
+    if threading.current_thread() is not threading.main_thread():
+        sys.exit(status)
 
-        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-            if hasattr(signal, name):
-                signal.signal(getattr(signal, name), leave)
-    sys.exit(status)
+    def leave(*_: Any) -> None:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(status)
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), leave)
+    # Python's shutdown, in the steps Py_FinalizeEx takes first (threads joined, their exit
+    # hooks, then atexit's), and the process ends here: after those steps Python puts the
+    # signals' default actions back for its last half second (collecting, unloading modules),
+    # and a signal there killed the finished command.
+    try:
+        shutdown = getattr(threading, "_shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        atexit._run_exitfuncs()
+    finally:
+        leave()
 
 
 if __name__ == "__main__":

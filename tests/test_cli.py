@@ -721,3 +721,28 @@ def test_a_signal_as_python_shuts_down_after_the_command_keeps_its_status(inputs
     # info of a slide (no SEG) exits 1: the command's own status, not the signal's.
     assert done.returncode == 1, (done.returncode, done.stderr)
     assert "daskseg: error:" in done.stderr
+
+
+def test_a_signal_in_pythons_last_teardown_after_the_command_keeps_its_status(inputs, tmp_path):
+    """Past its exit hooks Python puts the signals' default actions back for its last half
+    second (collecting, unloading modules): SIGTERM there killed a finished command (-15). The
+    signal is sent from such a teardown (a __main__ global's __del__); the process now ends
+    with the command's status before it."""
+    folder, _ = inputs
+    script = tmp_path / "teardown.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys, time
+        import daskseg.cli
+
+        class Late:
+            def __del__(self):  # as Python unloads __main__, after atexit's hooks
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+
+        late = Late()
+        sys.argv = ["daskseg", "info", {str(folder / "slide.dcm")!r}]
+        daskseg.cli.console_main()
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1, (done.returncode, done.stderr)
