@@ -241,28 +241,80 @@ def run_windowed(
         to_scatter = _to_scatter(packed)
         for i in packed.keys() - to_scatter:
             batch[i] = cast(DataTask, batch[i]).make(packed[i])
+        futures = _sent(batch, packed, to_scatter, list(range(position, position + len(batch))))
+        position += len(batch)
+        return futures
+
+    def _sent(batch: list[Any], packed: dict[int, Any], to_scatter: list[int],
+              indices: list[int]) -> list[Any]:
+        scattered: list[Any] = []
+        for attempt in range(allowed_failures + 1):
+            try:
+                # A scatter waits for a worker to take the data: as long as work may wait
+                # for workers (distributed's own wait, 30 s, ignored
+                # daskseg.no-workers-timeout). Straight to a worker at first; through the
+                # scheduler, which knows the live ones, once a worker died under a scatter.
+                scattered = client.scatter(
+                    [packed[i] for i in to_scatter], direct=direct and not attempt,
+                    hash=False, timeout=clock.timeout,
+                ) if to_scatter else []
+                break
+            except (CommClosedError, OSError) as error:
+                if attempt == allowed_failures or client.status != "running":
+                    raise cluster_error(error) from error
+            except CLUSTER_FAILURES as error:
+                if isinstance(error, TimeoutError) and "No valid workers" in str(error):
+                    raise clock.error() from error
+                raise cluster_error(error) from error
+            except Exception as error:
+                # Data of daskseg's own, no user code: what fails here is distributed, as
+                # its cluster closes under it (an AttributeError or KeyError of its own).
+                raise cluster_error(error) from error
         try:
-            # A scatter waits for a worker to take the data: as long as work may wait for
-            # workers (distributed's own wait, 30 s, ignored daskseg.no-workers-timeout).
-            scattered = client.scatter(
-                [packed[i] for i in to_scatter], direct=direct, hash=False,
-                timeout=clock.timeout,
-            ) if to_scatter else []
             for i, data in zip(to_scatter, scattered):
                 batch[i] = cast(DataTask, batch[i]).make(data)
             futures = client.compute(batch)
         except CLUSTER_FAILURES as error:
-            if isinstance(error, TimeoutError) and "No valid workers" in str(error):
-                raise clock.error() from error
             raise cluster_error(error) from error
         inputs = dict(zip(to_scatter, scattered))
         for offset, future in enumerate(futures):
-            index_of[future.key] = position + offset
+            index_of[future.key] = indices[offset]
             in_flight[future.key] = future
             if offset in inputs:  # held until the result is in, then let go
                 held[future.key] = inputs[offset]
-        position += len(batch)
         return futures
+
+    def inputs_lost(batch: list[Any]) -> list[Any]:
+        """The tasks of ``batch`` cancelled by the scheduler because their scattered input
+        died with its worker (not by this run, stopping)."""
+        if stopped.is_set() or starved.is_set():
+            return []
+        return [future for future in batch if future.status == "cancelled" and future.key in held]
+
+    resent: Counter[int] = Counter()
+    allowed_failures = dask.config.get("distributed.scheduler.allowed-failures", 3)
+
+    def send_again(lost: list[Any]) -> list[Any]:
+        """Tasks whose scattered input died with its worker, sent again with their data: the
+        scheduler cannot recompute scattered data ("lost scattered data"), and the write
+        failed where one of a Dask mask's blocks would be computed again."""
+        indices = []
+        for future in lost:
+            index = index_of.pop(future.key)
+            del in_flight[future.key]
+            held.pop(future.key, None)
+            future.release()
+            resent[index] += 1
+            if resent[index] > allowed_failures:
+                raise cluster_error(RuntimeError(
+                    f"the input of a task was lost with its worker {resent[index]} times"))
+            indices.append(index)
+        batch = [tasks[index] for index in indices]
+        packed = {i: _packed(task) for i, task in enumerate(batch)}
+        to_scatter = _to_scatter(packed)
+        for i in packed.keys() - to_scatter:
+            batch[i] = cast(DataTask, batch[i]).make(packed[i])
+        return _sent(batch, packed, to_scatter, indices)
 
     def watch() -> None:
         # as_completed blocks without a timeout: cancelling the futures is what wakes it.
@@ -295,13 +347,20 @@ def run_windowed(
             if len(finished) < gather_at_once and not queue.is_empty():
                 continue
             batch, finished = finished, []
+            lost = inputs_lost(batch)
             try:
-                results = client.gather(batch, direct=direct)
+                results = [] if lost else client.gather(batch, direct=direct)
             except Exception as error:
-                failed = any(future.status == "error" for future in batch)
-                if failed and not isinstance(error, KilledWorker):
-                    raise  # a task's own exception
-                raise cluster_error(error) from error
+                lost = inputs_lost(batch)  # the gather met them
+                if not lost:
+                    failed = any(future.status == "error" for future in batch)
+                    if failed and not isinstance(error, KilledWorker):
+                        raise  # a task's own exception
+                    raise cluster_error(error) from error
+            if lost:
+                queue.update(send_again(lost))
+                finished = [future for future in batch if future not in lost]
+                continue
             for future in batch:
                 del in_flight[future.key]
                 held.pop(future.key, None)
