@@ -9,6 +9,7 @@ temporary name beside the destination and renamed into place only when complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import pathlib
@@ -124,6 +125,24 @@ def check_native_size(spec: FrameSpec, grid: TileGrid) -> None:
         )
 
 
+@contextlib.contextmanager
+def naming_a_full_disk(destination: pathlib.Path) -> Iterator[None]:
+    """A full disk (or quota) met while the SEG is written says which folder: the bare
+    OSError named nothing (the spool's files are hidden, beside the destination)."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT) and error.filename is None:
+            raise OSError(
+                error.errno,
+                f"{os.strerror(error.errno)}: no room to write the SEG {destination.name} (its "
+                "frames are spooled beside it, then assembled there); free space, or write it "
+                "elsewhere",
+                str(destination.parent),
+            ) from error
+        raise
+
+
 def temporary_beside(destination: pathlib.Path, suffix: str) -> tuple[int, pathlib.Path]:
     """A new, empty file beside ``destination`` to be renamed onto it: its descriptor and path.
 
@@ -158,7 +177,7 @@ def file_beside(destination: pathlib.Path, suffix: str,
         yield temporary
         replace_atomically(temporary, destination, overwrite)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # the write's own error is the one to see
             os.unlink(temporary)
         raise
 
@@ -527,6 +546,6 @@ def write_file(
             os.fsync(out.fileno())
         replace_atomically(temporary, destination, overwrite)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # the write's own error is the one to see
             os.unlink(temporary)
         raise

@@ -346,6 +346,41 @@ def in_blocks(mask: Any, array: da.Array, chunks: tuple[Any, ...]) -> da.Array:
     return array.rechunk(chunks)
 
 
+_ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")
+
+
+def local_zarr_folder(mask: Any) -> pathlib.Path | None:
+    """The folder of a Zarr mask on local disk (a path, or an array or group of a
+    LocalStore), where it holds Zarr metadata now; else None."""
+    folder: pathlib.Path | None = None
+    if isinstance(mask, (str, os.PathLike)):
+        text = os.fspath(mask)
+        if "://" not in text or text.startswith("file://"):
+            folder = pathlib.Path(os.path.abspath(text.removeprefix("file://")))
+    else:
+        import zarr
+
+        if isinstance(mask, (zarr.Array, zarr.Group)) and isinstance(
+            mask.store, zarr.storage.LocalStore
+        ):
+            folder = pathlib.Path(mask.store.root).absolute() / mask.path
+    if folder is None or not any((folder / name).is_file() for name in _ZARR_METADATA):
+        return None
+    return folder
+
+
+def check_zarr_folder_kept(folder: pathlib.Path | None) -> None:
+    """Refuse to write a SEG of a Zarr mask whose folder lost its metadata during the write
+    (removed, or replaced): the workers read its missing chunks as the fill value, and a
+    SEG empty or in part was written without a word."""
+    if folder is not None and not any((folder / name).is_file() for name in _ZARR_METADATA):
+        raise SegmentationInputError(
+            f"The Zarr mask {folder} was removed while the SEG was made from it: its chunks "
+            "that were gone read as the fill value. Nothing was written; write it again once "
+            "the mask is in place."
+        )
+
+
 def worker_visible(mask: Any) -> Any:
     """``mask`` as worker processes can open it too: a Zarr store on local disk by its absolute
     path (a relative one is relative to each worker's own working directory, where Zarr

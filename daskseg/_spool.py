@@ -126,7 +126,9 @@ class Spool:
         if self.path is not None:
             paths.append(self.path)
         for path in paths:
-            with contextlib.suppress(FileNotFoundError):
+            # Gone already, or the folder was made read-only or removed under the write: the
+            # error that stopped the write is the one to see, not this one about a hidden file.
+            with contextlib.suppress(OSError):
                 os.unlink(path)
 
 

@@ -569,6 +569,44 @@ def test_relative_paths_read_and_written_by_workers_elsewhere(tmp_path, dask_cli
 
 
 @pytest.mark.timeout(180)
+def test_a_zarr_mask_removed_during_the_write_is_refused(tmp_path, dask_client):
+    """The mask's store removed while its blocks were read: its chunks gone read as the fill
+    value, and an empty or part SEG was written without a word. Whatever the moment: the whole
+    SEG (removed after the last block), or a SegmentationInputError and no file."""
+    import shutil
+
+    import zarr
+
+    from daskseg import SegmentationInputError
+    from daskseg.synthetic import make_detailed_mask
+
+    labels = make_detailed_mask(4096, 4096, 5, chunks=1024).compute()
+    source = make_slide(4096, 4096, tile_size=(256, 256))
+    outcomes = []
+    for delay in (0.1, 0.3):
+        store = tmp_path / f"mask-{delay}.zarr"
+        zarr.create_array(str(store), shape=labels.shape, chunks=(1024, 1024),
+                          dtype="uint8")[:] = labels
+        remover = threading.Timer(delay, shutil.rmtree, (store,))
+        path = tmp_path / f"seg-{delay}.dcm"
+        remover.start()
+        try:
+            write_segmentation(str(store), source, make_segment_descriptions(5), path,
+                               transfer_syntax_uid=hd.UID("1.2.840.10008.1.2.4.90"),
+                               client=dask_client)
+            outcomes.append("written")
+            np.testing.assert_array_equal(
+                read_segmentation(path, combine_segments=True).compute(scheduler="threads"),
+                labels)
+        except SegmentationInputError as error:  # or a chunk that vanished as it was read
+            outcomes.append("removed" if "was removed while the SEG" in str(error) else "read")
+            assert not path.exists()
+        finally:
+            remover.join()
+    assert "written" not in outcomes[:1], outcomes  # removed 0.1 s into a 1-2 s write
+
+
+@pytest.mark.timeout(180)
 def test_masks_the_workers_would_see_otherwise(tmp_path, dask_client, monkeypatch):
     """A relative Zarr path opens relative to each worker's working directory, fsspec's
     memory:// in each worker's own memory: zarr read the fill value there, an empty SEG

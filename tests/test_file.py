@@ -644,3 +644,37 @@ def test_a_file_that_appeared_is_never_replaced_without_overwrite(tmp_path):
     destination.unlink()
     replace_atomically(temporary, destination, overwrite=False)
     assert destination.read_bytes() == b"new" and not temporary.exists()
+
+
+def test_a_spool_that_cannot_be_removed_does_not_hide_the_writes_error(tmp_path, monkeypatch):
+    """The folder made read-only (or removed) under a write: Spool.close's PermissionError
+    about a hidden spool file replaced the error that stopped the write."""
+    spool = Spool(tmp_path, "seg.dcm", (1, 1, 1))
+    spool.open()
+
+    def refused(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "unlink", refused)
+    with pytest.raises(RuntimeError, match="the write's own error"):
+        try:
+            raise RuntimeError("the write's own error")
+        finally:
+            spool.close()
+
+
+def test_a_full_disk_names_the_destinations_folder(tmp_path):
+    """ENOSPC from the spool or the file named nothing ('[Errno 28] No space left on
+    device'): now the folder and the SEG, still an OSError of that errno."""
+    import errno
+
+    from daskseg._file import naming_a_full_disk
+
+    destination = tmp_path / "seg.dcm"
+    with pytest.raises(OSError, match="no room to write the SEG seg.dcm") as caught:
+        with naming_a_full_disk(destination):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path)
+    with pytest.raises(FileNotFoundError):  # other errors as they are
+        with naming_a_full_disk(destination):
+            raise FileNotFoundError(errno.ENOENT, "gone", "x")
