@@ -260,6 +260,8 @@ def _encode(args: argparse.Namespace) -> None:
     if args.downsample_factors and not args.pyramid:
         raise UserError("--downsample-factors sets the levels of --pyramid; add --pyramid, or "
                         "leave them out")
+    if not args.pyramid and os.path.isdir(args.output):  # --overwrite would not help
+        raise UserError(f"The destination {args.output} is a folder; give a file name.")
     if not args.pyramid and os.path.exists(args.output) and not args.overwrite:
         raise UserError(f"{args.output} exists; pass --overwrite or choose another output")
     if args.pyramid and os.path.isdir(args.source):

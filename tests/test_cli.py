@@ -200,6 +200,9 @@ def test_encode_npy_with_dcmqi_metadata(inputs, tmp_path):
       "jpeg2k"], "unknown transfer syntax 'jpeg2k'; use one of native,"),
     (["encode", "labels.nii.gz", "slide.dcm", "-o", "x.dcm", "--label", "a"],
      "is a NIfTI or NRRD file: such a mask is of a series"),
+    # "exists; pass --overwrite" came first, and --overwrite then met "is a folder".
+    (["encode", "mask.npy", "slide.dcm", "-o", "no-such-folder-made", "--label", "a"],
+     "is a folder; give a file name"),
     (["decode", "slide.dcm", "-o", "no-such-folder/x.nii.gz"], "does not exist; create it first"),
     (["decode", "slide.dcm", "-o", "no-such-folder/x.zarr"], "does not exist; create it first"),
     (["decode", "slide.dcm", "-o", "x.nii.gz", "--combine-segments"],
@@ -225,6 +228,7 @@ def test_user_errors_are_one_line(inputs, args, message, tmp_path):
     (folder / "list.json").write_text("[1, 2]")
     (folder / "list.npy").write_text("[1, 2]")
     (folder / "labels.nii.gz").write_bytes(b"not read: refused by its name")
+    (tmp_path / "no-such-folder-made").mkdir()
     args = [str(folder / a) if a in ("mask.npy", "slide.dcm", "list.json", "list.npy",
                                      "labels.nii.gz")
             else str(tmp_path / a) if a.startswith("no-such-folder") else a for a in args]
