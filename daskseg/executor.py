@@ -121,7 +121,12 @@ def _dumps(value: Any, buffers: list | None) -> bytes:
 
 
 def _unseal(data: bytes, *buffers: Any) -> Any:
-    return dask_pickle.loads(data, buffers=buffers)
+    try:
+        return dask_pickle.loads(data, buffers=buffers)
+    except Exception as error:
+        # A value that pickles but does not load here (an exception whose __init__ takes
+        # other arguments than it pickles): its own call fails, not the batch with it.
+        return _Unpicklable(error)
 
 
 def _sendable(error: BaseException) -> BaseException:
@@ -553,9 +558,9 @@ class DaskExecutor(Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking calls; optionally cancel those not started, and wait for the rest.
 
-        With ``cancel_futures``, calls still queued are cancelled, and so are calls that come
-        back unstarted from a batch. A client or cluster that the executor started is closed
-        once all work is done.
+        With ``cancel_futures``, calls still queued are cancelled; calls on the cluster
+        (``running()``) run, also those that come back unstarted from a batch. A client or
+        cluster that the executor started is closed once all work is done.
         """
         with self._lock:
             self._shutdown = True
@@ -843,18 +848,18 @@ class DaskExecutor(Executor):
             self._queue_again(rest)
 
     def _queue_again(self, calls: list[_Call], alone: bool = False) -> None:
-        """Calls not started, at the head of the queue again (cancelled instead after
-        ``shutdown(cancel_futures=True)``). Called with the lock held."""
+        """Calls not started, at the head of the queue again: pending (cancellable) again,
+        but after ``shutdown(cancel_futures=True)`` still running, as they were then, and run
+        (a running call is never cancelled; a process pool runs what it has put on its call
+        queue). Called with the lock held."""
         for call in reversed(calls):
             if call.future.done():  # failed meanwhile: the cluster went without workers
                 continue
             call.alone = call.alone or alone
-            with call.future._condition:
-                call.future._sent = False
-            if self._cancel_unstarted:
-                call.future.cancel()
-            else:
-                self._queue.appendleft(call)
+            if not self._cancel_unstarted:
+                with call.future._condition:
+                    call.future._sent = False
+            self._queue.appendleft(call)
         self._lock.notify_all()
 
     def _unsent(self, calls: list[_Call], error: BaseException) -> bool:

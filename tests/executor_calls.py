@@ -58,3 +58,17 @@ class LoadsNowhere:
 
     def __reduce__(self):
         return refuse_to_load, ()
+
+
+class TwoArgError(Exception):
+    """An exception that pickles but does not load: pickle calls it with ``args`` alone."""
+
+    def __init__(self, code, detail):
+        super().__init__(f"{code}: {detail}")
+        self.code, self.detail = code, detail
+
+
+def times_ten_or_raise(value, bad):
+    if value == bad:
+        raise TwoArgError(value, "bad")
+    return 10 * value

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from daskseg import ClusterError, DaskExecutor
 from executor_calls import (
     LoadsNowhere, MyObject, append_line, lock_on, make_dummy_object, mul, sleep_and_raise,
-    wait_for_file,
+    times_ten_or_raise, wait_for_file,
 )
 from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
 
@@ -429,6 +429,35 @@ def test_a_call_that_cannot_be_pickled_fails_alone(threads_client, where):
             futures[5].result()
     expected = [i if where == "result" else ((i,), {}) for i in range(10) if i != 5]
     assert [f.result() for i, f in enumerate(futures) if i != 5] == expected
+
+
+def test_an_exception_that_does_not_load_here_fails_only_its_call(threads_client):
+    """An exception whose __init__ takes other arguments than it pickles: unpickled on the
+    client, it failed every call of its batch with its TypeError, those that returned too."""
+    with _BatchEverything(threads_client) as executor:
+        executor.submit(square, 1).result(timeout=30)  # the cluster is up: calls are batched
+        futures = [executor.submit(times_ten_or_raise, i, 5) for i in range(10)]
+        cf.wait(futures, timeout=60)
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'detail'"):
+        futures[5].result()
+    assert [f.result() for i, f in enumerate(futures) if i != 5] == [
+        10 * i for i in range(10) if i != 5]
+
+
+def test_running_calls_are_not_cancelled_by_shutdown(threads_client):
+    """concurrent.futures: running futures are not cancelled, whatever cancel_futures. Calls
+    measured fast but slow were handed back unstarted from their batches after shutdown
+    (cancel_futures=True), and cancelled, though they had said running()."""
+    with DaskExecutor(threads_client) as executor:
+        executor.submit(time.sleep, 0.001).result(timeout=30)  # measured fast
+        futures = [executor.submit(time.sleep, 0.3) for _ in range(8)]
+        time.sleep(0.1)
+        running = [k for k, future in enumerate(futures)
+                   if future.running() and not future.cancel()]
+        executor.shutdown(wait=True, cancel_futures=True)
+    assert running
+    assert [k for k in running if futures[k].cancelled()] == []
+    assert all(futures[k].result() is None for k in running)
 
 
 def test_a_lone_call_whose_result_cannot_be_pickled_says_so_in_pickles_words(dask_client):
