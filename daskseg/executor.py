@@ -24,6 +24,7 @@ on the cluster; ``cancel()`` refuses a call from then until it finishes or comes
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import itertools
 import logging
@@ -46,6 +47,7 @@ import cloudpickle
 import dask
 from distributed import Client, default_client, get_worker
 from distributed.protocol import pickle as dask_pickle
+from distributed.scheduler import KilledWorker
 
 from daskseg._client import (
     CLUSTER_FAILURES,
@@ -232,7 +234,11 @@ def _run_batch(
             del outcome
         finished.set()
 
-    threading.Thread(target=run, name="DaskExecutor-batch", daemon=True).start()
+    # In the task's context (distributed's worker and client context variables): get_worker()
+    # and get_client() in a batched call answer as in a call alone on the task's thread.
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(run,), name="DaskExecutor-batch",
+                     daemon=True).start()
     finished.wait(budget)
     with lock:
         state["stop"] = True
@@ -803,6 +809,13 @@ class DaskExecutor(Executor):
                 # words (not distributed's, of the list of outcomes), a lone call's too.
                 self._submit(list(calls), flight.fast, False, _sealed_outcomes, remote,
                              sealed=True)
+            elif (isinstance(error, KilledWorker) and len(calls) > 1 and not flight.collect
+                  and not flight.sealed):
+                # The batch's worker died each time it ran it: one of its calls may kill its
+                # process. Each goes again alone, so that only that one fails, as a process
+                # pool fails only the calls it had not finished.
+                with self._lock:
+                    self._queue_again(list(calls), alone=True)
             elif flight.collect or flight.sealed or not self._unsent(calls, error):
                 self._fail(calls, error)
         else:
@@ -892,7 +905,14 @@ class DaskExecutor(Executor):
     def _fail(calls: list[_Call], error: BaseException) -> None:
         """Fail every call that the cluster could not run."""
         failure = error  # e.g. a call that cannot be pickled: the callers get it as it is
-        if isinstance(error, (*CLUSTER_FAILURES, _CallLost)):
+        if isinstance(error, KilledWorker) and len(calls) == 1:
+            failure = ClusterError(
+                f"The worker running this call died each time it ran it ({error}): the call "
+                "may end its process (a crash in a library, memory beyond the worker's "
+                "limit), or the cluster lost its workers meanwhile."
+            )
+            failure.__cause__ = error
+        elif isinstance(error, (*CLUSTER_FAILURES, _CallLost)):
             failure = ClusterError(
                 f"The Dask cluster lost a batch of {len(calls)} calls and could not recover it: "
                 f"{error!r}. Check that the scheduler and workers are alive."

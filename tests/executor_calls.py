@@ -72,3 +72,10 @@ def times_ten_or_raise(value, bad):
     if value == bad:
         raise TwoArgError(value, "bad")
     return 10 * value
+
+
+def worker_address(_):
+    """The address of the worker running the call (distributed.get_worker)."""
+    from distributed import get_worker
+
+    return get_worker().address

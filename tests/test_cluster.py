@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import functools
 import os
 import pathlib
@@ -218,7 +219,7 @@ def test_executor_survives_or_reports_killed_workers(tmp_path, fresh_cluster):
         assert executor.submit(kill_self_once, marker, 21).result(timeout=120) == 42
         # Killed every time: a clear error, not a hang; other calls still succeed.
         doomed = executor.submit(kill_self, 0)
-        with pytest.raises(ClusterError, match="lost a batch"):
+        with pytest.raises(ClusterError, match="died each time it ran it"):
             doomed.result(timeout=120)
         assert executor.submit(double, 4).result(timeout=120) == 8
 
@@ -334,6 +335,29 @@ def test_a_cluster_closed_as_blocks_are_scattered_is_a_cluster_error(tmp_path):
             cluster.close()
     assert "ClusterError" in outcomes, outcomes
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def run_or_die(marker_folder, value, fatal):
+    """Note a run of ``value`` (a file per run), then return it, or kill the process."""
+    open(os.path.join(marker_folder, f"{value}-{time.monotonic_ns()}"), "w").close()
+    if value == fatal:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return value
+
+
+@pytest.mark.timeout(240)
+def test_executor_fails_only_the_call_that_kills_its_worker(tmp_path, fresh_cluster):
+    """A batch whose worker died each time it ran it failed all its calls (those that had
+    returned too) with 'lost a batch of 6 calls'; its calls go again one by one, and only the
+    call that ends its process fails."""
+    _, client = fresh_cluster
+    with DaskExecutor(client, batch_size=6, batch_duration=1.0) as executor:
+        executor.submit(run_or_die, str(tmp_path), -1, 3).result(timeout=60)  # measured fast
+        futures = [executor.submit(run_or_die, str(tmp_path), k, 3) for k in range(6)]
+        cf.wait(futures, timeout=200)
+        with pytest.raises(ClusterError, match="died each time it ran it"):
+            futures[3].result()
+        assert [futures[k].result() for k in (0, 1, 2, 4, 5)] == [0, 1, 2, 4, 5]
 
 
 # --------------------------------------------------------------------------- dask CLI cluster

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from daskseg import ClusterError, DaskExecutor
 from executor_calls import (
     LoadsNowhere, MyObject, append_line, lock_on, make_dummy_object, mul, sleep_and_raise,
-    times_ten_or_raise, wait_for_file,
+    times_ten_or_raise, wait_for_file, worker_address,
 )
 from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
 
@@ -442,6 +442,16 @@ def test_an_exception_that_does_not_load_here_fails_only_its_call(threads_client
         futures[5].result()
     assert [f.result() for i, f in enumerate(futures) if i != 5] == [
         10 * i for i in range(10) if i != 5]
+
+
+def test_batched_calls_see_their_worker(threads_client):
+    """distributed.get_worker() in a batched call (run on a thread of its batch) raised
+    "No worker found"; alone in its task it answered."""
+    addresses = set(threads_client.scheduler_info()["workers"])
+    with _BatchEverything(threads_client) as executor:
+        executor.submit(square, 1).result(timeout=30)  # the cluster is up: calls are batched
+        found = list(executor.map(worker_address, range(20), timeout=60))
+    assert set(found) <= addresses and found
 
 
 def test_running_calls_are_not_cancelled_by_shutdown(threads_client):
