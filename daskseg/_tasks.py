@@ -180,6 +180,8 @@ def run_windowed(
     runs. A task's result is released on the cluster once yielded. On any error, or if the
     caller stops early, the tasks still in flight are cancelled.
 
+    A task whose scattered input died with its worker (which the scheduler cannot compute
+    again) is sent again with its data, up to ``distributed.scheduler.allowed-failures`` times.
     An exception that a task raised (a bad value in a mask, a store that cannot be read) reaches
     the caller as it is. When the cluster, not the task, failed (a worker died too often, the
     scheduler went away, no worker was left for longer than
@@ -241,12 +243,14 @@ def run_windowed(
         to_scatter = _to_scatter(packed)
         for i in packed.keys() - to_scatter:
             batch[i] = cast(DataTask, batch[i]).make(packed[i])
-        futures = _sent(batch, packed, to_scatter, list(range(position, position + len(batch))))
+        futures = send(batch, packed, to_scatter, list(range(position, position + len(batch))))
         position += len(batch)
         return futures
 
-    def _sent(batch: list[Any], packed: dict[int, Any], to_scatter: list[int],
-              indices: list[int]) -> list[Any]:
+    def send(batch: list[Any], packed: dict[int, Any], to_scatter: list[int],
+             indices: list[int]) -> list[Any]:
+        """Scatter the large packed inputs, compute the tasks of ``batch`` (``indices`` of
+        ``tasks``); their futures."""
         scattered: list[Any] = []
         for attempt in range(allowed_failures + 1):
             try:
@@ -259,12 +263,14 @@ def run_windowed(
                     hash=False, timeout=clock.timeout,
                 ) if to_scatter else []
                 break
-            except (CommClosedError, OSError) as error:
+            except TimeoutError as error:  # an OSError too: before the retry below
+                if "No valid workers" in str(error):
+                    raise clock.error() from error
+                raise cluster_error(error) from error
+            except (CommClosedError, OSError) as error:  # the worker died under the scatter
                 if attempt == allowed_failures or client.status != "running":
                     raise cluster_error(error) from error
             except CLUSTER_FAILURES as error:
-                if isinstance(error, TimeoutError) and "No valid workers" in str(error):
-                    raise clock.error() from error
                 raise cluster_error(error) from error
             except Exception as error:
                 # Data of daskseg's own, no user code: what fails here is distributed, as
@@ -314,7 +320,7 @@ def run_windowed(
         to_scatter = _to_scatter(packed)
         for i in packed.keys() - to_scatter:
             batch[i] = cast(DataTask, batch[i]).make(packed[i])
-        return _sent(batch, packed, to_scatter, indices)
+        return send(batch, packed, to_scatter, indices)
 
     def watch() -> None:
         # as_completed blocks without a timeout: cancelling the futures is what wakes it.
