@@ -812,8 +812,8 @@ class DaskExecutor(Executor):
             elif (isinstance(error, KilledWorker) and len(calls) > 1 and not flight.collect
                   and not flight.sealed):
                 # The batch's worker died each time it ran it: one of its calls may kill its
-                # process. Each goes again alone, so that only that one fails, as a process
-                # pool fails only the calls it had not finished.
+                # process. Each goes again alone, so that only that one fails (a process pool
+                # keeps the results of the calls that finished before such a crash).
                 with self._lock:
                     self._queue_again(list(calls), alone=True)
             elif flight.collect or flight.sealed or not self._unsent(calls, error):
