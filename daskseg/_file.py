@@ -132,7 +132,10 @@ def naming_a_full_disk(destination: pathlib.Path) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT) and error.filename is None:
+        # EDQUOT: a quota (not in every platform's errno).
+        if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) and (
+            error.filename is None
+        ):
             raise OSError(
                 error.errno,
                 f"{os.strerror(error.errno)}: no room to write the SEG {destination.name} (its "
