@@ -133,9 +133,8 @@ def naming_a_full_disk(destination: pathlib.Path) -> Iterator[None]:
         yield
     except OSError as error:
         # EDQUOT: a quota (not in every platform's errno).
-        if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) and (
-            error.filename is None
-        ):
+        full = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+        if error.errno is not None and error.errno in full and error.filename is None:
             raise OSError(
                 error.errno,
                 f"{os.strerror(error.errno)}: no room to write the SEG {destination.name} (its "
