@@ -10,6 +10,7 @@ frame's bytes (:class:`FrameSource`); ``daskseg._web.WebSource`` fetches them wi
 from __future__ import annotations
 
 import functools
+import os
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -105,6 +106,15 @@ class FileSource:
     """Frames read by positioned reads of a local file or fsspec URL (small, picklable)."""
 
     path: str
+
+    @classmethod
+    def of(cls, path: str) -> FileSource:
+        """The source of ``path``: a local one by its absolute path, as workers started in
+        another folder must find it (they read another file of that name there, or none);
+        an fsspec URL as it is."""
+        if "://" in path and not path.startswith("file://"):
+            return cls(path)
+        return cls(os.path.abspath(path.removeprefix("file://")))
 
     @contextmanager
     def open(self) -> Iterator[FrameReader]:

@@ -137,8 +137,7 @@ class VolumeSegmentationReader:
                 f"{path} is not a DICOM Segmentation of a series or multi-frame image."
             )
         header, layout, ranges, raw = head
-        # Absolute, as the tiled reader's: workers started in another folder read this file.
-        self._init(path, header, layout, FileSource(os.path.abspath(path)), ranges,
+        self._init(path, header, layout, FileSource.of(path), ranges,
                    lambda implicit: scan_frame_items(raw, 0, implicit))
 
     @classmethod

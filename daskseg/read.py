@@ -255,9 +255,7 @@ class SegmentationReader:
         _check_no_web_options(self.path, session, headers, timeout)
         name = self.path
         header = self._open_file(name)
-        # Absolute: a worker started in another folder finds the same file, not another of
-        # that name there (or none).
-        self._source = FileSource(os.path.abspath(self.path))
+        self._source = FileSource.of(self.path)
         self._init(header, name)
 
     def _init_web(self, head: WebHead) -> None:
