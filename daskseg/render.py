@@ -15,7 +15,9 @@ from daskseg.read import SegmentationReader
 __all__ = ["show_segmentation"]
 
 
-_MAX_TILE_CHUNKS = 1024  # tiles under a region read a chunk each; more: the default chunks
+# A region of at most this many tiles is read a tile a chunk (a task each: more of them cost
+# the scheduler more than decoding the frames around a larger region's edges).
+_MAX_TILE_CHUNKS = 64
 
 
 def _slices(region: Any, shape: tuple[int, int]) -> tuple[slice, slice]:
