@@ -248,7 +248,10 @@ def test_the_writer_gathers_its_results_up_to_eight_blocks_at_a_time(tmp_path, d
                            client=dask_client, overwrite=True)
         monkeypatch.undo()
         assert sum(gathers) == blocks and len(gathers) <= most, gathers
-        assert len(gathers) >= min(8, blocks // 4), gathers
+        # Several gathers, not one at the end (the progress bar moves with them). How many
+        # depends on how the blocks finish: as_completed hands over every block finished
+        # since the last look, and CI once saw 7 gathers of 64 blocks ([8, 10, 8, 8, 8, 20, 2]).
+        assert len(gathers) >= min(4, blocks // 8), gathers
 
 
 @pytest.mark.parametrize("made", ["spool", "worker's spool", "temporary file"])
