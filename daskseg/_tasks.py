@@ -236,21 +236,21 @@ def run_windowed(
 
     def submit(count: int) -> list[Any]:
         nonlocal position
-        batch = list(tasks[position : position + count])
-        if not batch:
+        indices = list(range(position, min(position + count, len(tasks))))
+        if not indices:
             return []
+        futures = send(indices)
+        position += len(indices)
+        return futures
+
+    def send(indices: list[int]) -> list[Any]:
+        """Compute the tasks at ``indices`` of ``tasks``, their inputs packed, the large ones
+        scattered; their futures."""
+        batch = [tasks[index] for index in indices]
         packed = {i: _packed(task) for i, task in enumerate(batch) if isinstance(task, DataTask)}
         to_scatter = _to_scatter(packed)
         for i in packed.keys() - to_scatter:
             batch[i] = cast(DataTask, batch[i]).make(packed[i])
-        futures = send(batch, packed, to_scatter, list(range(position, position + len(batch))))
-        position += len(batch)
-        return futures
-
-    def send(batch: list[Any], packed: dict[int, Any], to_scatter: list[int],
-             indices: list[int]) -> list[Any]:
-        """Scatter the large packed inputs, compute the tasks of ``batch`` (``indices`` of
-        ``tasks``); their futures."""
         scattered: list[Any] = []
         for attempt in range(allowed_failures + 1):
             try:
@@ -315,12 +315,7 @@ def run_windowed(
                 raise cluster_error(RuntimeError(
                     f"the input of a task was lost with its worker {resent[index]} times"))
             indices.append(index)
-        batch = [tasks[index] for index in indices]
-        packed = {i: _packed(task) for i, task in enumerate(batch)}
-        to_scatter = _to_scatter(packed)
-        for i in packed.keys() - to_scatter:
-            batch[i] = cast(DataTask, batch[i]).make(packed[i])
-        return send(batch, packed, to_scatter, indices)
+        return send(indices)
 
     def watch() -> None:
         # as_completed blocks without a timeout: cancelling the futures is what wakes it.
