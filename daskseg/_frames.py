@@ -31,7 +31,7 @@ __all__ = [
     "FileSource",
     "FrameLayout", "FrameRanges", "FrameSource", "check_header", "check_segmentation",
     "damaged_header", "describe_segments", "header_int", "index_frames", "invalid_dicom_reason",
-    "locate_frames", "open_file", "segment_items",
+    "local_path", "locate_frames", "open_file", "segment_items",
 ]
 
 #: The byte ranges ``(offset, length)`` that hold one frame's bytes, in order.
@@ -58,9 +58,17 @@ class FrameSource(Protocol):
     def open(self) -> AbstractContextManager[OpenFrames]: ...
 
 
+def local_path(path: str) -> str | None:
+    """``path`` as an absolute local path (a ``file://`` URL's too), as processes started in
+    another folder find it; None for another URL (fsspec's)."""
+    if "://" in path and not path.startswith("file://"):
+        return None
+    return os.path.abspath(path.removeprefix("file://"))
+
+
 def open_file(path: str) -> BinaryIO:
     """A binary file object for a local path or an fsspec URL."""
-    if "://" in path and not path.startswith("file://"):
+    if local_path(path) is None:
         import fsspec  # optional: only for URLs
 
         try:
@@ -112,9 +120,7 @@ class FileSource:
         """The source of ``path``: a local one by its absolute path, as workers started in
         another folder must find it (they read another file of that name there, or none);
         an fsspec URL as it is."""
-        if "://" in path and not path.startswith("file://"):
-            return cls(path)
-        return cls(os.path.abspath(path.removeprefix("file://")))
+        return cls(local_path(path) or path)
 
     @contextmanager
     def open(self) -> Iterator[FrameReader]:

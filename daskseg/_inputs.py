@@ -18,7 +18,7 @@ import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeGuard, Union
 
 import dask.array as da
 import highdicom as hd
@@ -352,11 +352,12 @@ _ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")
 def local_zarr_folder(mask: Any) -> pathlib.Path | None:
     """The folder of a Zarr mask on local disk (a path, or an array or group of a
     LocalStore), where it holds Zarr metadata now; else None."""
+    from daskseg._frames import local_path
+
     folder: pathlib.Path | None = None
     if isinstance(mask, (str, os.PathLike)):
-        text = os.fspath(mask)
-        if "://" not in text or text.startswith("file://"):
-            folder = pathlib.Path(os.path.abspath(text.removeprefix("file://")))
+        local = local_path(os.fspath(mask))
+        folder = pathlib.Path(local) if local is not None else None
     else:
         import zarr
 
@@ -400,18 +401,18 @@ def worker_visible(mask: Any) -> Any:
                     f"Could not open the mask {text!r} as Zarr: {str(error).rstrip('.')}."
                 ) from error
             return worker_visible(node)
-        if "://" not in text or text.startswith("file://"):
-            return os.path.abspath(text.removeprefix("file://"))
-        return mask
+        from daskseg._frames import local_path
+
+        return local_path(text) or mask
     import zarr
 
     if not isinstance(mask, (zarr.Array, zarr.Group)):
         return mask
     store = mask.store
-    if isinstance(store, zarr.storage.LocalStore) and not store.root.is_absolute():
-        return zarr.open(zarr.storage.LocalStore(store.root.resolve(), read_only=True),
-                         path=mask.path, mode="r")
-    if isinstance(store, zarr.storage.FsspecStore) and "memory" in _protocols(store.fs):
+    absolute = absolute_local_store(store)
+    if absolute is not store:
+        return zarr.open(absolute.with_read_only(True), path=mask.path, mode="r")
+    if in_fsspec_memory(store):
         import posixpath
 
         import fsspec
@@ -427,9 +428,25 @@ def worker_visible(mask: Any) -> Any:
     return mask
 
 
-def _protocols(filesystem: Any) -> tuple[str, ...]:
-    protocol = getattr(filesystem, "protocol", ())
-    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+def absolute_local_store(store: Any) -> Any:
+    """``store``, a zarr LocalStore of a relative folder by its absolute path (workers
+    started elsewhere resolve a relative one against their own folder); else as it is."""
+    import zarr.storage
+
+    if isinstance(store, zarr.storage.LocalStore) and not store.root.is_absolute():
+        return zarr.storage.LocalStore(store.root.absolute(), read_only=store.read_only)
+    return store
+
+
+def in_fsspec_memory(store: Any) -> TypeGuard[zarr.storage.FsspecStore]:
+    """Whether ``store`` is on fsspec's ``memory://`` file system: this process's memory,
+    which each worker process has a copy of its own of."""
+    import zarr.storage
+
+    if not isinstance(store, zarr.storage.FsspecStore):
+        return False
+    protocol = getattr(store.fs, "protocol", ())
+    return "memory" in ((protocol,) if isinstance(protocol, str) else tuple(protocol))
 
 
 def _open_zarr_array(path: str | os.PathLike) -> zarr.Array:

@@ -44,7 +44,7 @@ from daskseg._frames import (
 )
 from daskseg._client import cluster_client
 from daskseg._file import replace_tree
-from daskseg._inputs import check_flags
+from daskseg._inputs import absolute_local_store, check_flags, in_fsspec_memory
 from daskseg._malloc import register_on_current_client
 from daskseg._progress import progress_bar
 from daskseg._tasks import block_tasks, compute_into_memory, computed_blocks, run_windowed
@@ -488,7 +488,7 @@ class SegmentationReader:
             # wrote there, leaving this store empty.
             destination = pathlib.Path(os.path.abspath(os.fsdecode(store)))
         else:
-            store = _worker_visible_store(store)
+            store = absolute_local_store(store)
         if destination is not None and destination.exists() and not overwrite:
             raise DestinationExistsError(
                 f"{store} exists; pass overwrite=True to replace it, or choose another store."
@@ -555,16 +555,6 @@ class SegmentationReader:
                     bar.update(1)
 
 
-def _worker_visible_store(store: Any) -> Any:
-    """``store`` as the workers can reach it: a LocalStore of a relative folder by its absolute
-    path (workers started elsewhere resolve it against their own folder)."""
-    import zarr.storage
-
-    if isinstance(store, zarr.storage.LocalStore) and not store.root.is_absolute():
-        return zarr.storage.LocalStore(store.root.absolute(), read_only=store.read_only)
-    return store
-
-
 def _held_by_this_process(store: Any) -> bool:
     """Whether a Zarr store lives in this process, where workers cannot write into it: in
     memory (zarr's MemoryStore, or fsspec's ``memory://``, of which each worker process has
@@ -573,10 +563,8 @@ def _held_by_this_process(store: Any) -> bool:
 
     while isinstance(store, zarr.storage.WrapperStore):
         store = store._store
-    if isinstance(store, zarr.storage.FsspecStore):
-        protocol = getattr(store.fs, "protocol", ())
-        return "memory" in ((protocol,) if isinstance(protocol, str) else tuple(protocol))
-    return isinstance(store, (zarr.storage.MemoryStore, zarr.storage.ZipStore))
+    return in_fsspec_memory(store) or isinstance(
+        store, (zarr.storage.MemoryStore, zarr.storage.ZipStore))
 
 
 @contextlib.contextmanager
