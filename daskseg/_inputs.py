@@ -82,10 +82,11 @@ class WriteOptions:
 
 
 # Groups no caller may set, which the writer makes: file meta (PS3.10 7.1), the image pixel
-# and segmentation attributes (PS3.3 C.7.6.3, C.8.20.2), the functional groups and pixel data;
-# nor those of no dataset stored as a file: command (PS3.7 E.1), directory records (PS3.10),
+# and segmentation attributes (PS3.3 C.7.6.3, C.8.20.2), the functional groups and pixel data.
+_RESERVED_GROUPS = (0x0002, 0x0028, 0x0062, 0x5200, 0x7FE0)
+# Groups of no dataset stored as a file: command (PS3.7 E.1), directory records (PS3.10),
 # padding and item delimitation (PS3.5 7.5).
-_RESERVED_GROUPS = (0x0000, 0x0002, 0x0004, 0x0028, 0x0062, 0x5200, 0x7FE0, 0xFFFC, 0xFFFE)
+_NOT_STORED_GROUPS = (0x0000, 0x0004, 0xFFFC, 0xFFFE)
 
 
 def _value_count(value: Any, vr: str) -> int:
@@ -133,7 +134,7 @@ def parse_header_attributes(attributes: Any) -> tuple[tuple[str, Any], ...]:
                 "dimension_organization_type option."
             )
         vr = dictionary_VR(tag)
-        if (tag >> 16) in (0x0000, 0x0004, 0xFFFC, 0xFFFE):
+        if (tag >> 16) in _NOT_STORED_GROUPS:
             raise SegmentationInputError(
                 f"header_attributes: {keyword} is no attribute of a stored dataset (a "
                 "command, directory record, padding or item element; PS3.5, PS3.7, PS3.10)."
