@@ -163,6 +163,9 @@ def _connected(clients: contextlib.AbstractContextManager[Any], address: str | N
         _replaced_handlers.clear()
 
 
+# The signals that stop a command: Ctrl-C, SIGTERM and SIGHUP, where the platform has them.
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                      if hasattr(signal, name))
 _replaced_handlers: dict[int, Any] = {}
 _noted_signals: list[int] = []
 
@@ -174,11 +177,9 @@ def _outputs_in_place() -> None:
     exit for 10-60 s."""
     if threading.current_thread() is not threading.main_thread() or _replaced_handlers:
         return
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            number = getattr(signal, name)
-            _replaced_handlers[number] = signal.signal(
-                number, lambda signal_number, frame: _noted_signals.append(signal_number))
+    for number in _STOP_SIGNALS:
+        _replaced_handlers[number] = signal.signal(
+            number, lambda signal_number, frame: _noted_signals.append(signal_number))
 
 
 def _signal_after_outputs(more_to_do: bool) -> None:
@@ -834,9 +835,8 @@ def console_main() -> None:
             sys.stderr.flush()
         os._exit(status)
 
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), leave)
+    for number in _STOP_SIGNALS:
+        signal.signal(number, leave)
     # Python's shutdown, in the steps Py_FinalizeEx takes first (threads joined, their exit
     # hooks, then atexit's), and the process ends here: after those steps Python puts the
     # signals' default actions back for its last half second (collecting, unloading modules),
