@@ -329,6 +329,7 @@ def encoded_frames(
     progress: bool,
     meanwhile: Callable[[], Any] | None = None,
     worker_prefix: str | None = None,
+    mask: Any = None,
 ) -> Iterator[tuple[Spool, np.ndarray, bool, Any]]:
     """Encode every block on the cluster into a spool beside ``destination``.
 
@@ -344,25 +345,33 @@ def encoded_frames(
 
     Yields the spool (removed on leaving), which tiles (``shape[1:]``) hold a non-zero pixel,
     whether segments overlap, and what ``meanwhile`` returned. ``shape`` is (channels, tile
-    rows, tile columns).
+    rows, tile columns). A Zarr ``mask`` on local disk (the user's, as given) is refused once
+    the blocks are in if its store went away meanwhile; a full disk, here or in the caller's
+    body (the file), names ``destination``'s folder.
     """
-    spool = Spool(destination.parent, destination.name, shape, worker_prefix)
-    try:
-        spool.open()
-        tile_nonempty = np.zeros(shape[1:], dtype=bool)
-        with ThreadPoolExecutor(1, thread_name_prefix="daskseg-header") as pool:
-            running = Meanwhile(pool, meanwhile)
-            with cluster_client(client) as dask_client:
-                workers = cluster_workers_if_known(dask_client)
-                if callable(tasks):
-                    tasks = tasks(sum(workers.values()) if workers else None)
-                if worker_prefix is not None and workers:
-                    spool.prepare_workers(loopback_workers(workers))
-                with progress_bar(sum(n for n, _ in tasks), "encoding frames",
-                                  enabled=progress, client=dask_client) as bar:
-                    overlap = encode_blocks(dask_client, tasks, spool, tile_nonempty, bar,
-                                            running, workers)
-            made = running.result()
-        yield spool, tile_nonempty, overlap, made
-    finally:
-        spool.close()
+    from daskseg._file import naming_a_full_disk
+    from daskseg._inputs import check_zarr_folder_kept, local_zarr_folder
+
+    zarr_folder = local_zarr_folder(mask)
+    with naming_a_full_disk(destination):
+        spool = Spool(destination.parent, destination.name, shape, worker_prefix)
+        try:
+            spool.open()
+            tile_nonempty = np.zeros(shape[1:], dtype=bool)
+            with ThreadPoolExecutor(1, thread_name_prefix="daskseg-header") as pool:
+                running = Meanwhile(pool, meanwhile)
+                with cluster_client(client) as dask_client:
+                    workers = cluster_workers_if_known(dask_client)
+                    if callable(tasks):
+                        tasks = tasks(sum(workers.values()) if workers else None)
+                    if worker_prefix is not None and workers:
+                        spool.prepare_workers(loopback_workers(workers))
+                    with progress_bar(sum(n for n, _ in tasks), "encoding frames",
+                                      enabled=progress, client=dask_client) as bar:
+                        overlap = encode_blocks(dask_client, tasks, spool, tile_nonempty,
+                                                bar, running, workers)
+                made = running.result()
+            check_zarr_folder_kept(zarr_folder)
+            yield spool, tile_nonempty, overlap, made
+        finally:
+            spool.close()

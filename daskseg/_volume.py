@@ -27,7 +27,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
-from daskseg._file import SequencesAhead, check_native_size, naming_a_full_disk, write_file
+from daskseg._file import SequencesAhead, check_native_size, write_file
 from daskseg._header import (
     bits_allocated,
     described_numbers,
@@ -47,11 +47,9 @@ from daskseg._inputs import (
     WriteOptions,
     as_dask_array,
     check_label_values_mask,
-    check_zarr_folder_kept,
     check_mask_dtype,
     check_tile_for_codec,
     in_blocks,
-    local_zarr_folder,
     one_segment_plane,
 )
 from daskseg._nifti import is_nifti_path, match_to_series, nifti_voxel, read_nifti
@@ -462,12 +460,9 @@ def write_volume_segmentation(
     # highdicom builds the header while the workers encode (as for a tiled image, see write).
     build_header = functools.partial(_header_parts, series, stacked, array.dtype, hd_options,
                                      order, spec, options)
-    zarr_folder = local_zarr_folder(mask)
     try:
-        with naming_a_full_disk(destination), encoded_frames(
-            client, tasks, destination, shape, progress, build_header, prefix
-        ) as (spool, plane_nonempty, overlap, (header, planes, ahead)):
-            check_zarr_folder_kept(zarr_folder)
+        with encoded_frames(client, tasks, destination, shape, progress, build_header, prefix,
+                            mask=mask) as (spool, plane_nonempty, overlap, (header, planes, ahead)):
             _finish(destination, header, planes, ahead, series, order, spool, spec, grid,
                     plane_nonempty, overlap, options, hd_options, overwrite)
     except MaskValueError as error:

@@ -22,7 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from daskseg import _inputs
 from daskseg._codecs import ALLOWED_TRANSFER_SYNTAXES
-from daskseg._file import check_native_size, naming_a_full_disk, write_file
+from daskseg._file import check_native_size, write_file
 from daskseg._header import bits_allocated, finish_header, segmentation_header
 from daskseg._series import is_volume_source
 from daskseg._source import load_source_image
@@ -306,11 +306,8 @@ def write_segmentation(
         finish_header(header, spec, options.series_description, options.header_attributes)
         return header
 
-    zarr_folder = _inputs.local_zarr_folder(visible)
-    with naming_a_full_disk(destination), encoded_frames(
-        client, tasks, destination, shape, progress, build_header, prefix
-    ) as (spool, nonempty, overlap, header):
-        _inputs.check_zarr_folder_kept(zarr_folder)
+    with encoded_frames(client, tasks, destination, shape, progress, build_header, prefix,
+                        mask=visible) as (spool, nonempty, overlap, header):
         if header.get("SegmentsOverlap") != "UNDEFINED":
             header.SegmentsOverlap = "YES" if overlap else "NO"
         write_file(destination, header, spool, spec, grid, options.tiled_full, nonempty,
