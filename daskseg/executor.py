@@ -13,6 +13,10 @@ DaskExecutor sends calls in batched tasks, but keeps the contract of each call o
   ``ProcessPoolExecutor``, not its batchmates: a batch that could not be sent is sent again
   one call a task (none of its calls ran), and a batch whose results could not be sent back
   together sends each on its own from its worker (each ran once).
+- A batch whose worker died each time it ran it goes again one call a task, so that only the
+  call that kills its process fails. distributed also fails the tasks that waited behind it on
+  that worker: a call failed so while other tasks of the executor were on the cluster runs
+  once more with nothing else of the executor's there before it is blamed.
 - On the worker, a batch runs in a thread that the task watches for a time budget. Once it is
   spent, the task returns the outcomes of the finished calls at once, hands back the calls not
   started (queued again on the client, cancellable again), and leaves a call still running to
@@ -389,6 +393,10 @@ class _Call:
     nbytes: int
     losses: int = 0  # times the worker running it died after its batch had returned
     alone: bool = False  # goes in a batch of its own: its batch could not be sent
+    # Its worker died each time it ran it in a task of its own, but other tasks of the
+    # executor were on the cluster then: it may have waited behind the call that killed the
+    # worker. It runs again with nothing else of the executor's on the cluster.
+    quarantined: bool = False
 
     def release(self) -> None:
         """Drop the function and arguments: nothing of a resolved or cancelled call stays."""
@@ -407,6 +415,8 @@ class _Flight:
     sent: float = field(default_factory=time.monotonic)
     address: str | None = None  # a collection's: the worker that ran the call
     abandoned: bool = False  # a collection cancelled because that worker is gone
+    shared: bool = False  # another task of the executor was on the cluster with it
+    quarantine: bool = False  # holds a quarantined call: nothing else goes meanwhile
 
 
 class DaskExecutor(Executor):
@@ -719,8 +729,13 @@ class DaskExecutor(Executor):
                     return "collect", self._collects.popleft()
                 while self._queue and self._queue[0].future.cancelled():
                     self._queue.popleft()
+                # A quarantined call goes once nothing else of the executor's is on the
+                # cluster, and nothing goes while it is there (but its own collection).
+                held = self._queue and self._queue[0].quarantined and self._in_flight
+                held = held or any(flight.quarantine for flight in self._in_flight.values())
                 # _capacity may fail everything (the cluster is gone), emptying the queue.
-                if (self._queue and len(self._in_flight) < self._capacity(self._queue[0])
+                if (self._queue and not held
+                        and len(self._in_flight) < self._capacity(self._queue[0])
                         and self._queue):
                     head = self._queue[0]
                     wait = head.queued + self._batch_delay - time.monotonic()
@@ -775,8 +790,11 @@ class DaskExecutor(Executor):
                 return
             self._fail(flight_calls, error if collect else _pickling_error(flight_calls, error))
             return
-        flight = _Flight(remote, flight_calls, fast, collect, sealed, address=address)
+        flight = _Flight(remote, flight_calls, fast, collect, sealed, address=address,
+                         quarantine=any(call.quarantined for call in flight_calls))
         with self._lock:
+            for other in self._in_flight.values():
+                other.shared = flight.shared = True
             self._in_flight[key] = flight
         remote.add_done_callback(lambda done, flight=flight: self._finished.put((done, flight)))
 
@@ -814,6 +832,14 @@ class DaskExecutor(Executor):
                 # The batch's worker died each time it ran it: one of its calls may kill its
                 # process. Each goes again alone, so that only that one fails (a process pool
                 # keeps the results of the calls that finished before such a crash).
+                with self._lock:
+                    self._queue_again(list(calls), alone=True)
+            elif (isinstance(error, KilledWorker) and len(calls) == 1 and flight.shared
+                  and not flight.collect and not flight.sealed and not calls[0].quarantined):
+                # A call alone in its task, but distributed fails every task on a worker that
+                # dies, those waiting behind the one that killed it too: before blaming the
+                # call, run it with nothing else of the executor's on the cluster.
+                calls[0].quarantined = True
                 with self._lock:
                     self._queue_again(list(calls), alone=True)
             elif flight.collect or flight.sealed or not self._unsent(calls, error):

@@ -360,6 +360,24 @@ def test_executor_fails_only_the_call_that_kills_its_worker(tmp_path, fresh_clus
         assert [futures[k].result() for k in (0, 1, 2, 4, 5)] == [0, 1, 2, 4, 5]
 
 
+@pytest.mark.timeout(240)
+def test_executor_does_not_blame_a_call_queued_behind_the_one_that_kills_its_worker(tmp_path):
+    """On a one-thread worker a call sent behind the killer is on the worker at each of its
+    deaths, and distributed fails both with KilledWorker; the executor ran it alone again,
+    nothing else of its own on the cluster, and only the killer failed."""
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None,
+                               memory_limit="2GiB")
+    with cluster, Client(cluster, set_as_default=False) as client:
+        with DaskExecutor(client, batch_size=2, batch_duration=1.0) as executor:
+            executor.submit(run_or_die, str(tmp_path), -1, 3).result(timeout=60)  # fast
+            killer = executor.submit(run_or_die, str(tmp_path), 3, 3)
+            bystander = executor.submit(run_or_die, str(tmp_path), 7, 3)
+            assert bystander.result(timeout=200) == 7
+            with pytest.raises(ClusterError, match="died each time it ran it"):
+                killer.result(timeout=200)
+
+
 # --------------------------------------------------------------------------- dask CLI cluster
 
 
