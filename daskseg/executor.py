@@ -731,7 +731,7 @@ class DaskExecutor(Executor):
                     self._queue.popleft()
                 # A quarantined call goes once nothing else of the executor's is on the
                 # cluster, and nothing goes while it is there (but its own collection).
-                held = self._queue and self._queue[0].quarantined and self._in_flight
+                held = bool(self._queue and self._queue[0].quarantined and self._in_flight)
                 held = held or any(flight.quarantine for flight in self._in_flight.values())
                 # _capacity may fail everything (the cluster is gone), emptying the queue.
                 if (self._queue and not held
