@@ -15,8 +15,10 @@ DaskExecutor sends calls in batched tasks, but keeps the contract of each call o
   together sends each on its own from its worker (each ran once).
 - A batch whose worker died each time it ran it goes again one call a task, so that only the
   call that kills its process fails. distributed also fails the tasks that waited behind it on
-  that worker: a call failed so while other tasks of the executor were on the cluster runs
-  once more with nothing else of the executor's there before it is blamed.
+  that worker, and a call that outlived its batch is lost with its worker whoever killed it: a
+  call failed so while other tasks of the executor were on the cluster is quarantined, run once
+  more with nothing else of the executor's there before it is blamed. Calls back from a dead
+  worker may have run: they stay running (not cancellable).
 - On the worker, a batch runs in a thread that the task watches for a time budget. Once it is
   spent, the task returns the outcomes of the finished calls at once, hands back the calls not
   started (queued again on the client, cancellable again), and leaves a call still running to
@@ -511,6 +513,8 @@ class DaskExecutor(Executor):
         self._estimates: dict[str, float] = {}  # seconds per call, by function
         self._lock = threading.Condition()
         self._queue: deque[_Call] = deque()
+        # Calls to run with nothing else of the executor's on the cluster (see _Call.quarantined)
+        self._quarantined: deque[_Call] = deque()
         self._collects: deque[tuple[_Call, str, str]] = deque()  # (call, token, address)
         self._in_flight: dict[str, _Flight] = {}
         self._shutdown = False
@@ -582,9 +586,9 @@ class DaskExecutor(Executor):
             self._shutdown = True
             if cancel_futures:
                 self._cancel_unstarted = True
-                for call in self._queue:
-                    call.future.cancel()
-                self._queue.clear()
+                # A call back from a worker that died may have run: it is running, not
+                # cancelled, and runs again (a process pool does not cancel what it started).
+                self._queue = deque(call for call in self._queue if not call.future.cancel())
             self._lock.notify_all()
         if wait:
             if threading.current_thread() is self._resolver:
@@ -681,6 +685,8 @@ class DaskExecutor(Executor):
     def _fail_everything(self, error: ClusterError) -> None:
         """Fail the queued calls and the tasks on the cluster, and cancel those tasks."""
         calls = [call for call, _, _ in self._collects] + list(self._queue)
+        calls += self._quarantined
+        self._quarantined.clear()
         calls += [call for flight in self._in_flight.values() for call in flight.calls]
         self._queue.clear()
         self._collects.clear()
@@ -721,6 +727,17 @@ class DaskExecutor(Executor):
             size += call.nbytes
         return batch
 
+    def _quarantine_holds(self) -> bool:
+        """Whether other calls wait for a quarantined one: while the tasks on the cluster
+        drain before it goes, and while it is there, each for a few batch durations at most.
+        Longer, the cluster's other threads would idle behind a slow call, and a call that
+        waits on a later one would wait forever. Called with the lock held."""
+        since = time.monotonic() - (2 * self._batch_duration + 1.0)
+        if self._quarantined and self._in_flight and self._quarantined[0].queued > since:
+            return True
+        return any(flight.quarantine and flight.sent > since
+                   for flight in self._in_flight.values())
+
     def _next_work(self) -> tuple[str, Any] | None:
         """Wait until a task can go; return it, or None when shut down and drained."""
         with self._lock:
@@ -729,12 +746,12 @@ class DaskExecutor(Executor):
                     return "collect", self._collects.popleft()
                 while self._queue and self._queue[0].future.cancelled():
                     self._queue.popleft()
-                # A quarantined call goes once nothing else of the executor's is on the
-                # cluster, and nothing goes while it is there (but its own collection).
-                held = bool(self._queue and self._queue[0].quarantined and self._in_flight)
-                held = held or any(flight.quarantine for flight in self._in_flight.values())
+                while self._quarantined and self._quarantined[0].future.done():
+                    self._quarantined.popleft()
+                if self._quarantined and not self._in_flight:
+                    return "batch", [self._quarantined.popleft()]
                 # _capacity may fail everything (the cluster is gone), emptying the queue.
-                if (self._queue and not held
+                if (self._queue and not self._quarantine_holds()
                         and len(self._in_flight) < self._capacity(self._queue[0])
                         and self._queue):
                     head = self._queue[0]
@@ -749,7 +766,8 @@ class DaskExecutor(Executor):
                             return "batch", batch
                         continue
                     self._lock.wait(wait)
-                elif self._shutdown and not self._queue and not self._in_flight:
+                elif (self._shutdown and not self._queue and not self._quarantined
+                      and not self._in_flight):
                     return None
                 else:
                     if self._in_flight:  # calls only on the cluster: it may lose its workers
@@ -818,7 +836,7 @@ class DaskExecutor(Executor):
                 raise _CallLost(f"the worker {flight.address} that ran the call is gone")
             result = remote.result()
         except _CallLost as lost:
-            self._lost(calls, lost)
+            self._lost(calls, lost, flight.shared)
         except BaseException as error:
             if (remote.status == "finished" and not flight.collect and not flight.sealed
                     and calls):
@@ -831,17 +849,17 @@ class DaskExecutor(Executor):
                   and not flight.sealed):
                 # The batch's worker died each time it ran it: one of its calls may kill its
                 # process. Each goes again alone, so that only that one fails (a process pool
-                # keeps the results of the calls that finished before such a crash).
+                # keeps the results of the calls that finished before such a crash). They
+                # may have run: they stay running (not cancellable).
                 with self._lock:
-                    self._queue_again(list(calls), alone=True)
+                    self._queue_again(list(calls), alone=True, started=True)
             elif (isinstance(error, KilledWorker) and len(calls) == 1 and flight.shared
                   and not flight.collect and not flight.sealed and not calls[0].quarantined):
                 # A call alone in its task, but distributed fails every task on a worker that
                 # dies, those waiting behind the one that killed it too: before blaming the
                 # call, run it with nothing else of the executor's on the cluster.
-                calls[0].quarantined = True
                 with self._lock:
-                    self._queue_again(list(calls), alone=True)
+                    self._quarantine(calls[0])
             elif flight.collect or flight.sealed or not self._unsent(calls, error):
                 self._fail(calls, error)
         else:
@@ -886,16 +904,18 @@ class DaskExecutor(Executor):
                 self._collects.append((rest.pop(0), token, address))
             self._queue_again(rest)
 
-    def _queue_again(self, calls: list[_Call], alone: bool = False) -> None:
-        """Calls not started, at the head of the queue again: pending (cancellable) again,
-        but after ``shutdown(cancel_futures=True)`` still running, as they were then, and run
-        (a running call is never cancelled; a process pool runs what it has put on its call
-        queue). Called with the lock held."""
+    def _queue_again(self, calls: list[_Call], alone: bool = False,
+                     started: bool = False) -> None:
+        """Calls back from the cluster, at the head of the queue again. Those not started
+        are pending (cancellable) again, but after ``shutdown(cancel_futures=True)`` still
+        running, as they were then, and run (a running call is never cancelled; a process
+        pool runs what it has put on its call queue). Those that may have run (``started``)
+        stay running. Called with the lock held."""
         for call in reversed(calls):
             if call.future.done():  # failed meanwhile: the cluster went without workers
                 continue
             call.alone = call.alone or alone
-            if not self._cancel_unstarted:
+            if not self._cancel_unstarted and not started:
                 with call.future._condition:
                     call.future._sent = False
             self._queue.appendleft(call)
@@ -912,26 +932,43 @@ class DaskExecutor(Executor):
             self._queue_again(calls, alone=True)
         return True
 
-    def _lost(self, calls: list[_Call], lost: _CallLost) -> None:
-        """The worker running a call died after its batch returned: run it again, or fail."""
+    def _quarantine(self, call: _Call) -> None:
+        """Run a call that its worker's deaths may wrongly blame once more, with nothing else
+        of the executor's on the cluster: there its own deaths alone fail it. It stays
+        running (it may have run). Called with the lock held."""
+        if call.future.done():
+            return
+        call.quarantined = call.alone = True
+        call.losses = 0
+        call.queued = time.monotonic()
+        self._quarantined.append(call)
+        self._lock.notify_all()
+
+    def _lost(self, calls: list[_Call], lost: _CallLost, shared: bool) -> None:
+        """The worker running a call died after its batch returned: run it again (it stays
+        running), or, past ``allowed-failures`` such deaths, quarantine or fail it."""
         with self._lock:
             for call in calls:
                 call.losses += 1
                 if call.future.done():
                     continue
-                if call.losses > self._allowed_failures:
-                    self._fail([call], lost)
+                if call.losses <= self._allowed_failures:
+                    if call.quarantined:
+                        self._quarantined.appendleft(call)
+                    else:
+                        self._queue.appendleft(call)
+                elif shared and not call.quarantined:
+                    # Another call on that worker may have ended it (a worker has threads).
+                    self._quarantine(call)
                 else:
-                    with call.future._condition:
-                        call.future._sent = False
-                    self._queue.appendleft(call)
+                    self._fail([call], lost)
             self._lock.notify_all()
 
     @staticmethod
     def _fail(calls: list[_Call], error: BaseException) -> None:
         """Fail every call that the cluster could not run."""
         failure = error  # e.g. a call that cannot be pickled: the callers get it as it is
-        if isinstance(error, KilledWorker) and len(calls) == 1:
+        if isinstance(error, (KilledWorker, _CallLost)) and len(calls) == 1:
             failure = ClusterError(
                 f"The worker running this call died each time it ran it ({error}): the call "
                 "may end its process (a crash in a library, memory beyond the worker's "

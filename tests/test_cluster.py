@@ -378,6 +378,97 @@ def test_executor_does_not_blame_a_call_queued_behind_the_one_that_kills_its_wor
                 killer.result(timeout=200)
 
 
+def sleep_then_run_or_die(marker_folder, value, seconds, die):
+    """Note a run of ``value``, sleep, then return it, or kill the process."""
+    open(os.path.join(marker_folder, f"{value}-{time.monotonic_ns()}"), "w").close()
+    time.sleep(seconds)
+    if die:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return value
+
+
+@pytest.mark.timeout(240)
+def test_executor_does_not_blame_a_long_call_for_the_deaths_another_thread_caused(tmp_path):
+    """A call that outlives its batch (its outcome collected by a task of its own) is lost
+    when its worker dies; on a two-thread worker another call killed it each time, and the
+    innocent call failed 'could not recover it'. It is now run alone once more."""
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        cluster = LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=None,
+                               memory_limit="2GiB")
+    with cluster, Client(cluster, set_as_default=False) as client:
+        with DaskExecutor(client) as executor:
+            warm = [str(tmp_path / "warm")] * 40
+            os.mkdir(warm[0])
+            # Measured fast: calls go in batches, and two may wait on a worker thread.
+            list(executor.map(sleep_then_run_or_die, warm, range(40), [0] * 40, [False] * 40))
+            innocent = executor.submit(sleep_then_run_or_die, str(tmp_path), "S", 2.0, False)
+            others = [executor.submit(sleep_then_run_or_die, warm[0], k, 0, False)
+                      for k in range(5)]
+            time.sleep(0.3)
+            killer = executor.submit(sleep_then_run_or_die, str(tmp_path), "K", 0.3, True)
+            others += [executor.submit(sleep_then_run_or_die, warm[0], k, 0, False)
+                       for k in range(5, 10)]
+            assert innocent.result(timeout=200) == "S"
+            assert [future.result(timeout=200) for future in others] == list(range(10))
+            with pytest.raises(ClusterError, match="died each time it ran it"):
+                killer.result(timeout=200)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("how", ["cancel", "shutdown"])
+def test_a_call_back_from_a_dead_worker_stays_running(tmp_path, how):
+    """A call whose worker died while it ran came back to the queue pending: cancel() and
+    shutdown(cancel_futures=True) cancelled a call that had run (killing its worker), and the
+    caller never learnt of it. A running call is never cancelled, as in a process pool."""
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+                               memory_limit="2GiB")
+    with cluster, Client(cluster, set_as_default=False) as client:
+        executor = DaskExecutor(client)
+        long_call = executor.submit(sleep_then_run_or_die, str(tmp_path), "L", 8.0, False)
+        time.sleep(0.3)
+        killer = executor.submit(sleep_then_run_or_die, str(tmp_path), "K", 0, True)
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("K-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Both its workers died (KilledWorker): it is back on the client, to run alone again
+        # once the long call is done.
+        time.sleep(1.0)
+        assert len(list(tmp_path.glob("K-*"))) == 2 and not killer.done()
+        if how == "cancel":
+            assert not killer.cancel()
+            executor.shutdown(wait=True)
+        else:
+            executor.shutdown(wait=True, cancel_futures=True)
+        assert not killer.cancelled()
+        assert isinstance(killer.exception(timeout=200), ClusterError)
+        assert long_call.result(timeout=60) == "L"
+
+
+@pytest.mark.timeout(240)
+def test_calls_do_not_wait_behind_a_slow_call_for_a_quarantined_one(tmp_path):
+    """While a call waits to run alone, other calls waited for every call on the cluster to
+    end (behind a slow one, with a worker idle); now for a few batch durations at most."""
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+                               memory_limit="2GiB")
+    with cluster, Client(cluster, set_as_default=False) as client:
+        with DaskExecutor(client) as executor:
+            slow_call = executor.submit(sleep_then_run_or_die, str(tmp_path), "L", 15.0, False)
+            time.sleep(0.3)
+            killer = executor.submit(sleep_then_run_or_die, str(tmp_path), "K", 0, True)
+            deadline = time.monotonic() + 60
+            while len(list(tmp_path.glob("K-*"))) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            calls = [executor.submit(sleep_then_run_or_die, str(tmp_path), k, 0, False)
+                     for k in range(10)]
+            assert [call.result(timeout=200) for call in calls] == list(range(10))
+            assert not slow_call.done()  # they did not wait for it
+            with pytest.raises(ClusterError, match="died each time it ran it"):
+                killer.result(timeout=200)
+            assert slow_call.result(timeout=200) == "L"
+
+
 # --------------------------------------------------------------------------- dask CLI cluster
 
 
