@@ -30,7 +30,8 @@ from daskseg.errors import SegmentationInputError
 from daskseg.plan import TileGrid, spatial_index_values
 
 __all__ = [
-    "FrameItems", "bits_allocated", "check_bits_allocated", "described_numbers",
+    "FrameItems", "bits_allocated", "check_bits_allocated", "check_header_keywords",
+    "described_numbers",
     "element_header", "encoded_elements", "finish_header", "highdicom_refusals",
     "encoded_items", "frame_content_part",
     "header_from", "item", "proxy_header", "proxy_pixels", "segment_parts", "segmentation_header",
@@ -443,13 +444,9 @@ def _module_name(key: str) -> str:
     return key.replace("-", " ").title()
 
 
-def _check_modules(header: Dataset, keywords: Sequence[str]) -> None:
+def check_header_keywords(keywords: Sequence[str]) -> dict[str, list[str]]:
     """Refuse an attribute that no module of a SEG's header holds at its top level, or that the
-    writer makes; for each module given an attribute, add its Type 2 attributes (empty) that
-    the header lacks and refuse it without its Type 1 ones (PS3.3 A.51, 7.4): the header then
-    holds the module whole, as the standard asks of a module present."""
-    from pydicom.datadict import dictionary_VR
-
+    writer makes (before any work: it needs only the keywords); the keywords by module."""
     modules = _segmentation_modules()
     touched: dict[str, list[str]] = {}
     for keyword in keywords:
@@ -467,7 +464,18 @@ def _check_modules(header: Dataset, keywords: Sequence[str]) -> None:
                 f"{_module_name(module)} module."
             )
         touched.setdefault(module, []).append(keyword)
-    for module, given in touched.items():
+    return touched
+
+
+def _check_modules(header: Dataset, keywords: Sequence[str]) -> None:
+    """:func:`check_header_keywords`; then, for each module given an attribute, add its Type 2
+    attributes (empty) that the header lacks and refuse it without its Type 1 ones (PS3.3
+    A.51, 7.4): the header then holds the module whole, as the standard asks of a module
+    present."""
+    from pydicom.datadict import dictionary_VR
+
+    modules = _segmentation_modules()
+    for module, given in check_header_keywords(keywords).items():
         required = modules[given[0]][1]
         missing = [keyword for keyword, type_ in required if type_ == "1" and keyword not in header]
         if missing:

@@ -80,6 +80,16 @@ UPFRONT = [
      dict(mask=(96, 128), dtype=np.float32)),
     ("max fractional value", SegmentationInputError, r"max_fractional_value must be in 1..255",
      dict(segmentation_type="FRACTIONAL", max_fractional_value=300)),
+    # These three were refused by the header's thread, beside the first blocks' encoding.
+    ("attribute of the frames", SegmentationInputError,
+     r"ImagePositionPatient is not an attribute of a SEG's header.*functional groups",
+     dict(header_attributes={"ImagePositionPatient": [0, 0, 0]})),
+    ("attribute of no SEG module", SegmentationInputError,
+     r"SliceThickness is not an attribute of a SEG's header",
+     dict(header_attributes={"SliceThickness": 9})),
+    ("attribute of a module the writer makes", SegmentationInputError,
+     r"the writer makes the Microscope Slide Layer Tile Organization module",
+     dict(header_attributes={"TotalPixelMatrixFocalPlanes": 2})),
 ]
 
 
