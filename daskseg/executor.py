@@ -848,11 +848,13 @@ class DaskExecutor(Executor):
             elif (isinstance(error, KilledWorker) and len(calls) > 1 and not flight.collect
                   and not flight.sealed):
                 # The batch's worker died each time it ran it: one of its calls may kill its
-                # process. Each goes again alone, so that only that one fails (a process pool
-                # keeps the results of the calls that finished before such a crash). They
-                # may have run: they stay running (not cancellable).
+                # process. Each goes again alone, with nothing else of the executor's on the
+                # cluster (distributed fails the tasks queued behind a killer too), so that
+                # only that one fails (a process pool keeps the results of the calls that
+                # finished before such a crash). They may have run: they stay running.
                 with self._lock:
-                    self._queue_again(list(calls), alone=True, started=True)
+                    for call in calls:
+                        self._quarantine(call)
             elif (isinstance(error, KilledWorker) and len(calls) == 1 and flight.shared
                   and not flight.collect and not flight.sealed and not calls[0].quarantined):
                 # A call alone in its task, but distributed fails every task on a worker that
@@ -904,18 +906,16 @@ class DaskExecutor(Executor):
                 self._collects.append((rest.pop(0), token, address))
             self._queue_again(rest)
 
-    def _queue_again(self, calls: list[_Call], alone: bool = False,
-                     started: bool = False) -> None:
-        """Calls back from the cluster, at the head of the queue again. Those not started
-        are pending (cancellable) again, but after ``shutdown(cancel_futures=True)`` still
-        running, as they were then, and run (a running call is never cancelled; a process
-        pool runs what it has put on its call queue). Those that may have run (``started``)
-        stay running. Called with the lock held."""
+    def _queue_again(self, calls: list[_Call], alone: bool = False) -> None:
+        """Calls not started, at the head of the queue again: pending (cancellable) again,
+        but after ``shutdown(cancel_futures=True)`` still running, as they were then, and run
+        (a running call is never cancelled; a process pool runs what it has put on its call
+        queue). Called with the lock held."""
         for call in reversed(calls):
             if call.future.done():  # failed meanwhile: the cluster went without workers
                 continue
             call.alone = call.alone or alone
-            if not self._cancel_unstarted and not started:
+            if not self._cancel_unstarted:
                 with call.future._condition:
                     call.future._sent = False
             self._queue.appendleft(call)
