@@ -657,7 +657,8 @@ def _parser() -> argparse.ArgumentParser:
     cluster_options(encode)
     encode.set_defaults(run=_encode)
 
-    decode = commands.add_parser("decode", help="decode a SEG into a Zarr store or NIfTI file")
+    decode = commands.add_parser(
+        "decode", help="decode a SEG into Zarr, OME-Zarr labels, a NumPy file or NIfTI")
     decode.add_argument("seg", help="a SEG file, or a DICOMweb instance URL (a bearer token "
                         "from $DASKSEG_DICOMWEB_TOKEN)")
     decode.add_argument("-o", "--output", required=True,

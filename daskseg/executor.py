@@ -13,12 +13,12 @@ DaskExecutor sends calls in batched tasks, but keeps the contract of each call o
   ``ProcessPoolExecutor``, not its batchmates: a batch that could not be sent is sent again
   one call a task (none of its calls ran), and a batch whose results could not be sent back
   together sends each on its own from its worker (each ran once).
-- A batch whose worker died each time it ran it goes again one call a task, so that only the
-  call that kills its process fails. distributed also fails the tasks that waited behind it on
-  that worker, and a call that outlived its batch is lost with its worker whoever killed it: a
-  call failed so while other tasks of the executor were on the cluster is quarantined, run once
-  more with nothing else of the executor's there before it is blamed. Calls back from a dead
-  worker may have run: they stay running (not cancellable).
+- A batch whose worker died each time it ran it goes again one call a task, one at a time
+  with nothing else of the executor's on the cluster (quarantined): distributed fails every
+  task a dying worker held, those queued behind the killer too. So only the call that kills
+  its process fails. A lone call failed so, or lost with its worker after its batch returned,
+  while other tasks of the executor were on the cluster, is quarantined too before it is
+  blamed. Calls back from a dead worker may have run: they stay running (not cancellable).
 - On the worker, a batch runs in a thread that the task watches for a time budget. Once it is
   spent, the task returns the outcomes of the finished calls at once, hands back the calls not
   started (queued again on the client, cancellable again), and leaves a call still running to
