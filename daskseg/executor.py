@@ -395,9 +395,9 @@ class _Call:
     nbytes: int
     losses: int = 0  # times the worker running it died after its batch had returned
     alone: bool = False  # goes in a batch of its own: its batch could not be sent
-    # Its worker died each time it ran it in a task of its own, but other tasks of the
-    # executor were on the cluster then: it may have waited behind the call that killed the
-    # worker. It runs again with nothing else of the executor's on the cluster.
+    # Its worker died each time it ran it, but another call may have killed the worker (a
+    # batchmate, a task beside it): it runs again with nothing else of the executor's on the
+    # cluster, where its own deaths alone fail it.
     quarantined: bool = False
 
     def release(self) -> None:
@@ -418,7 +418,7 @@ class _Flight:
     address: str | None = None  # a collection's: the worker that ran the call
     abandoned: bool = False  # a collection cancelled because that worker is gone
     shared: bool = False  # another task of the executor was on the cluster with it
-    quarantine: bool = False  # holds a quarantined call: nothing else goes meanwhile
+    quarantine: bool = False  # holds a quarantined call: others wait (a while, at most)
 
 
 class DaskExecutor(Executor):

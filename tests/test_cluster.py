@@ -365,10 +365,8 @@ def test_executor_does_not_blame_a_call_queued_behind_the_one_that_kills_its_wor
     """On a one-thread worker a call sent behind the killer is on the worker at each of its
     deaths, and distributed fails both with KilledWorker; the executor ran it alone again,
     nothing else of its own on the cluster, and only the killer failed."""
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        cluster = LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None,
-                               memory_limit="2GiB")
-    with cluster, Client(cluster, set_as_default=False) as client:
+    with cluster_failing_tasks_at_two_deaths(1, 1) as cluster, \
+            Client(cluster, set_as_default=False) as client:
         with DaskExecutor(client, batch_size=2, batch_duration=1.0) as executor:
             executor.submit(run_or_die, str(tmp_path), -1, 3).result(timeout=60)  # fast
             killer = executor.submit(run_or_die, str(tmp_path), 3, 3)
@@ -387,15 +385,32 @@ def sleep_then_run_or_die(marker_folder, value, seconds, die):
     return value
 
 
+def cluster_failing_tasks_at_two_deaths(workers: int, threads: int) -> LocalCluster:
+    """A LocalCluster whose scheduler fails a task (KilledWorker) at its second worker death."""
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        return LocalCluster(n_workers=workers, threads_per_worker=threads, dashboard_address=None,
+                            memory_limit="2GiB")
+
+
+def killer_beside_a_long_call(executor, folder, seconds):
+    """A call of ``seconds`` on the cluster, then a call that kills its worker; returned once
+    the killer has run twice (its task failed with KilledWorker, the long call still on)."""
+    long_call = executor.submit(sleep_then_run_or_die, str(folder), "L", seconds, False)
+    time.sleep(0.3)
+    killer = executor.submit(sleep_then_run_or_die, str(folder), "K", 0, True)
+    deadline = time.monotonic() + 60
+    while len(list(folder.glob("K-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return long_call, killer
+
+
 @pytest.mark.timeout(240)
 def test_executor_does_not_blame_a_long_call_for_the_deaths_another_thread_caused(tmp_path):
     """A call that outlives its batch (its outcome collected by a task of its own) is lost
     when its worker dies; on a two-thread worker another call killed it each time, and the
     innocent call failed 'could not recover it'. It is now run alone once more."""
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        cluster = LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=None,
-                               memory_limit="2GiB")
-    with cluster, Client(cluster, set_as_default=False) as client:
+    with cluster_failing_tasks_at_two_deaths(1, 2) as cluster, \
+            Client(cluster, set_as_default=False) as client:
         with DaskExecutor(client) as executor:
             warm = [str(tmp_path / "warm")] * 40
             os.mkdir(warm[0])
@@ -420,17 +435,10 @@ def test_a_call_back_from_a_dead_worker_stays_running(tmp_path, how):
     """A call whose worker died while it ran came back to the queue pending: cancel() and
     shutdown(cancel_futures=True) cancelled a call that had run (killing its worker), and the
     caller never learnt of it. A running call is never cancelled, as in a process pool."""
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
-                               memory_limit="2GiB")
-    with cluster, Client(cluster, set_as_default=False) as client:
+    with cluster_failing_tasks_at_two_deaths(2, 1) as cluster, \
+            Client(cluster, set_as_default=False) as client:
         executor = DaskExecutor(client)
-        long_call = executor.submit(sleep_then_run_or_die, str(tmp_path), "L", 8.0, False)
-        time.sleep(0.3)
-        killer = executor.submit(sleep_then_run_or_die, str(tmp_path), "K", 0, True)
-        deadline = time.monotonic() + 60
-        while len(list(tmp_path.glob("K-*"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        long_call, killer = killer_beside_a_long_call(executor, tmp_path, 8.0)
         # Both its workers died (KilledWorker): it is back on the client, to run alone again
         # once the long call is done.
         time.sleep(1.0)
@@ -449,17 +457,10 @@ def test_a_call_back_from_a_dead_worker_stays_running(tmp_path, how):
 def test_calls_do_not_wait_behind_a_slow_call_for_a_quarantined_one(tmp_path):
     """While a call waits to run alone, other calls waited for every call on the cluster to
     end (behind a slow one, with a worker idle); now for a few batch durations at most."""
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
-                               memory_limit="2GiB")
-    with cluster, Client(cluster, set_as_default=False) as client:
+    with cluster_failing_tasks_at_two_deaths(2, 1) as cluster, \
+            Client(cluster, set_as_default=False) as client:
         with DaskExecutor(client) as executor:
-            slow_call = executor.submit(sleep_then_run_or_die, str(tmp_path), "L", 15.0, False)
-            time.sleep(0.3)
-            killer = executor.submit(sleep_then_run_or_die, str(tmp_path), "K", 0, True)
-            deadline = time.monotonic() + 60
-            while len(list(tmp_path.glob("K-*"))) < 2 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            slow_call, killer = killer_beside_a_long_call(executor, tmp_path, 15.0)
             calls = [executor.submit(sleep_then_run_or_die, str(tmp_path), k, 0, False)
                      for k in range(10)]
             assert [call.result(timeout=200) for call in calls] == list(range(10))
