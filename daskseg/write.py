@@ -211,8 +211,8 @@ def write_segmentation(
             )
         options = dataclasses.replace(options, series_description=series_description)
     attributes = _inputs.parse_header_attributes(header_attributes)
-    check_header_keywords([keyword for keyword, _ in attributes])
     if attributes:
+        check_header_keywords([keyword for keyword, _ in attributes])
         options = dataclasses.replace(options, header_attributes=attributes)
     values = _inputs.parse_label_values(label_values, numbers, options.segmentation_type)
     if values:
