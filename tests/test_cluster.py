@@ -316,7 +316,7 @@ def test_a_cluster_closed_as_blocks_are_scattered_is_a_cluster_error(tmp_path):
     descriptions = make_segment_descriptions(1, segmentation_type="FRACTIONAL")
     outcomes = []
     for delay in (0.05, 0.1, 0.15, 0.3):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None)
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0")
         client = Client(cluster, set_as_default=False)
         closer = threading.Timer(delay, cluster.close)
         path = tmp_path / f"seg-{delay}.dcm"
@@ -388,8 +388,8 @@ def sleep_then_run_or_die(marker_folder, value, seconds, die):
 def cluster_failing_tasks_at_two_deaths(workers: int, threads: int) -> LocalCluster:
     """A LocalCluster whose scheduler fails a task (KilledWorker) at its second worker death."""
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        return LocalCluster(n_workers=workers, threads_per_worker=threads, dashboard_address=None,
-                            memory_limit="2GiB")
+        return LocalCluster(n_workers=workers, threads_per_worker=threads,
+                            dashboard_address="127.0.0.1:0", memory_limit="2GiB")
 
 
 def killer_beside_a_long_call(executor, folder, seconds):
@@ -644,7 +644,7 @@ def test_a_mask_in_memory_waits_for_workers_as_long_as_configured(tmp_path):
     source = make_slide(1024, 1024, tile_size=(TILE, TILE))
     # Stored fractions that do not compress: a block of 1 MB, past what travels in its task.
     mask = np.random.default_rng(0).integers(0, 256, (1024, 1024), dtype=np.uint8)
-    with LocalCluster(n_workers=0, dashboard_address=None) as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=0, dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
         with dask.config.set({"daskseg.no-workers-timeout": "2s"}):
             start = time.monotonic()
             with pytest.raises(ClusterError, match="no workers for 2 s"):
