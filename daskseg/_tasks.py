@@ -270,11 +270,10 @@ def run_windowed(
             except (CommClosedError, OSError) as error:  # the worker died under the scatter
                 if attempt == allowed_failures or client.status != "running":
                     raise cluster_error(error) from error
-            except CLUSTER_FAILURES as error:
-                raise cluster_error(error) from error
             except Exception as error:
-                # Data of daskseg's own, no user code: what fails here is distributed, as
-                # its cluster closes under it (an AttributeError or KeyError of its own).
+                # Data of daskseg's own, no user code: what fails here is the cluster (one of
+                # CLUSTER_FAILURES), or distributed as its cluster closes under it (an
+                # AttributeError or KeyError of its own).
                 raise cluster_error(error) from error
         try:
             for i, data in zip(to_scatter, scattered):
