@@ -23,12 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from daskseg import _inputs
 from daskseg._codecs import ALLOWED_TRANSFER_SYNTAXES
 from daskseg._file import check_native_size, write_file
-from daskseg._header import (
-    bits_allocated,
-    check_header_keywords,
-    finish_header,
-    segmentation_header,
-)
+from daskseg._header import bits_allocated, finish_header, segmentation_header
 from daskseg._series import is_volume_source
 from daskseg._source import load_source_image
 from daskseg._spool import encode_tasks, encoded_frames, numpy_encode_tasks, spool_prefix
@@ -212,7 +207,6 @@ def write_segmentation(
         options = dataclasses.replace(options, series_description=series_description)
     attributes = _inputs.parse_header_attributes(header_attributes)
     if attributes:
-        check_header_keywords([keyword for keyword, _ in attributes])
         options = dataclasses.replace(options, header_attributes=attributes)
     values = _inputs.parse_label_values(label_values, numbers, options.segmentation_type)
     if values:
