@@ -9,6 +9,7 @@ workers: numpy and codecs only, imported when first used.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -67,11 +68,9 @@ def _encode_jpeg2k(frame: np.ndarray, bits_allocated: int) -> bytes:
 
     # imagecodecs releases the GIL and is faster than highdicom's pydicom/pylibjpeg path;
     # a J2K codestream (not JP2), reversible 5/3 wavelet: lossless, as 1.2.840.10008.1.2.4.90.
-    # A contiguous copy first: given a strided view (a tile of a block, a segment's plane of a
-    # stack), imagecodecs' encoders wrote codestreams that pydicom could not decode, now and
-    # then, under a cluster's threads (HTJ2K: 2 of 8 runs of the volume tests).
+    # imagecodecs makes a strided view (a tile of a block) contiguous itself.
     return bytes(imagecodecs.jpeg2k_encode(
-        np.ascontiguousarray(frame),
+        frame,
         level=0,
         codecformat="J2K",
         reversible=True,
@@ -87,13 +86,28 @@ def _decode_jpeg2k(data: bytes, rows: int, columns: int, bits_allocated: int) ->
     return imagecodecs.jpeg2k_decode(data, numthreads=1)
 
 
+#: Taken by the first HTJ2K encode of a process, see _encode_htj2k.
+_htj2k_first_encode = threading.Lock()
+_htj2k_tables_filled = False
+
+
 def _encode_htj2k(frame: np.ndarray, bits_allocated: int) -> bytes:
     import imagecodecs
 
     # High-Throughput JPEG 2000 (Part 15), lossless: about 3x faster to encode than JPEG 2000
     # (Part 1) on detailed label frames. imagecodecs writes a raw codestream, as DICOM wants.
-    # A contiguous copy first, as for JPEG 2000.
-    return bytes(imagecodecs.htj2k_encode(np.ascontiguousarray(frame), level=0, reversible=True))
+    global _htj2k_tables_filled
+    if not _htj2k_tables_filled:
+        # OpenJPH before 0.27 (imagecodecs 2026.3 has 0.26.3) fills its block coder's tables
+        # in a process's first encode without a lock: a second thread's first encode clears
+        # them under the first one, whose codestream then cannot be decoded (OpenJPH #243).
+        # So the first encode of each process runs alone; the others need no lock.
+        with _htj2k_first_encode:
+            if not _htj2k_tables_filled:
+                codestream = bytes(imagecodecs.htj2k_encode(frame, level=0, reversible=True))
+                _htj2k_tables_filled = True
+                return codestream
+    return bytes(imagecodecs.htj2k_encode(frame, level=0, reversible=True))
 
 
 #: ITU-T T.800 A.5.1: SOC, then SIZ's Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, XTsiz, YTsiz,
