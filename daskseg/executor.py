@@ -910,9 +910,13 @@ class DaskExecutor(Executor):
         """Calls not started, at the head of the queue again: pending (cancellable) again,
         but after ``shutdown(cancel_futures=True)`` still running, as they were then, and run
         (a running call is never cancelled; a process pool runs what it has put on its call
-        queue). Called with the lock held."""
+        queue). A quarantined call goes back to its own queue, still running: it may have run
+        before. Called with the lock held."""
         for call in reversed(calls):
             if call.future.done():  # failed meanwhile: the cluster went without workers
+                continue
+            if call.quarantined:
+                self._quarantined.appendleft(call)
                 continue
             call.alone = call.alone or alone
             if not self._cancel_unstarted:
