@@ -411,7 +411,9 @@ def _describe(seg: Any, path: str, web: bool) -> None:
         print(f"fractional:      {ds.get('SegmentationFractionalType', 'unknown')}, stored as "
               f"0..{ds.get('MaximumFractionalValue', 'unknown')}")
     print(f"transfer syntax: {seg.transfer_syntax_uid.name}")
-    print(f"organization:    {ds.get('DimensionOrganizationType', 'unknown')}")
+    # Type 3 (PS3.3 C.7.6.17): without it, each frame's place is in its functional groups.
+    organization = ds.get("DimensionOrganizationType") or "not given (frames placed one by one)"
+    print(f"organization:    {organization}")
     if isinstance(seg, SegmentationReader):
         print(f"total matrix:    {seg.shape[0]} x {seg.shape[1]} pixels")
         print(f"tiles:           {seg.tile_size[0]} x {seg.tile_size[1]} pixels, "

@@ -602,6 +602,13 @@ def test_info_names_the_label_map_class_fractions_and_a_multiframe_source(
     assert "fractional:" not in out["LABELMAP"]
     assert "source image:    one multi-frame image" in out["multi-frame"]
     assert "source images:   5 in 1 series" in out["LABELMAP"]
+    assert "organization:    3D" in out["LABELMAP"]
+    # dcmqi and other tools leave DimensionOrganizationType out (Type 3); info said "unknown".
+    undeclared = pydicom.dcmread(written["LABELMAP"])
+    del undeclared.DimensionOrganizationType
+    undeclared.save_as(tmp_path / "undeclared.dcm")
+    assert main(["info", str(tmp_path / "undeclared.dcm")]) == 0
+    assert "organization:    not given (frames placed one by one)" in capsys.readouterr().out
 
 
 def test_info_of_header_values_the_reader_does_not_check_is_one_line(tmp_path, capsys,
