@@ -8,6 +8,7 @@ workers: numpy and codecs only, imported when first used.
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 from collections.abc import Callable
@@ -89,6 +90,15 @@ def _decode_jpeg2k(data: bytes, rows: int, columns: int, bits_allocated: int) ->
 #: Taken by the first HTJ2K encode of a process, see _encode_htj2k.
 _htj2k_first_encode = threading.Lock()
 _htj2k_tables_filled = False
+
+
+def _new_lock_after_fork() -> None:
+    # A process forked while another thread held the lock would otherwise wait for it forever.
+    global _htj2k_first_encode
+    _htj2k_first_encode = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 def _encode_htj2k(frame: np.ndarray, bits_allocated: int) -> bytes:

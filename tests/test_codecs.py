@@ -95,6 +95,35 @@ def test_first_encodes_of_a_process_in_threads_decode_equal():
     assert run.stdout.strip() == "[]"
 
 
+# A fresh process forks while the first HTJ2K encode's lock is held (by another thread, or
+# here by the forking one); the child then encodes. It exits 3 if it waited 20 s.
+FORK_DURING_FIRST_ENCODE = """
+import os, signal
+import numpy as np
+from daskseg import _codecs
+_codecs._htj2k_first_encode.acquire()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)
+    signal.signal(signal.SIGALRM, lambda *_: os._exit(3))
+    frame = np.arange(64 * 64, dtype=np.uint8).reshape(64, 64)
+    data = _codecs._encode_htj2k(frame, 8)
+    equal = np.array_equal(_codecs._decode_htj2k(data, 64, 64, 8), frame)
+    os._exit(0 if equal else 1)
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_a_process_forked_during_the_first_htj2k_encode_encodes():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", FORK_DURING_FIRST_ENCODE],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "0"
+
+
 @pytest.mark.parametrize("start", [0, 3, 7])
 def test_one_bit_frames_unpack_from_any_bit(start):
     frame = np.random.default_rng(start).integers(0, 2, (5, 7)).astype(np.uint8)
