@@ -10,6 +10,8 @@ frame's bytes (:class:`FrameSource`); ``daskseg._web.WebSource`` fetches them wi
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import os
 import struct
 from collections.abc import Iterator, Sequence
@@ -28,9 +30,10 @@ from daskseg.plan import TileGrid
 
 __all__ = [
     "HEADER_DAMAGE", "MAX_FRAME_PIXELS", "MAX_INDEX_ENTRIES", "MAX_TILES", "SEG_SOP_CLASSES",
-    "FileSource",
+    "FileIdentity", "FileSource",
     "FrameLayout", "FrameRanges", "FrameSource", "check_header", "check_segmentation",
-    "damaged_header", "describe_segments", "header_int", "index_frames", "invalid_dicom_reason",
+    "damaged_header", "describe_segments", "file_identity", "header_int", "index_frames",
+    "invalid_dicom_reason",
     "local_path", "locate_frames", "open_file", "segment_items",
 ]
 
@@ -109,22 +112,61 @@ def invalid_dicom_reason(error: Exception) -> str:
     return str(error).replace(" Use force=True to force reading.", "").strip()
 
 
+#: What tells a local file from another that replaced it at its path: its size, and a digest
+#: of its first bytes, which hold its file meta (PS3.10 7.1: the SOP Instance UID, new in each
+#: SEG written) and the start of its header. Not the inode or the modification time: workers
+#: on other machines see a shared file system's file with other devices and inodes.
+FileIdentity = tuple[int, bytes]
+_IDENTITY_BYTES = 2**16
+
+
+def file_identity(handle: BinaryIO) -> FileIdentity | None:
+    """The identity of an open local file (its position kept); None for a file object of
+    fsspec's, where it would cost a request of its own in every task."""
+    if not isinstance(handle, io.BufferedReader | io.FileIO):
+        return None
+    position = handle.tell()
+    handle.seek(0)
+    start = handle.read(_IDENTITY_BYTES)
+    size = handle.seek(0, 2)
+    handle.seek(position)
+    return size, hashlib.blake2b(start, digest_size=16).digest()
+
+
 @dataclass(frozen=True)
 class FileSource:
-    """Frames read by positioned reads of a local file or fsspec URL (small, picklable)."""
+    """Frames read by positioned reads of a local file or fsspec URL (small, picklable).
+
+    ``identity`` is that of the local file whose header gave the frames' byte ranges: a task
+    that finds another file at the path (as a write with ``overwrite=True`` leaves there)
+    stops, rather than read that file's bytes at the old one's places.
+    """
 
     path: str
+    identity: FileIdentity | None = None
 
     @classmethod
-    def of(cls, path: str) -> FileSource:
+    def of(cls, path: str, identity: FileIdentity | None = None) -> FileSource:
         """The source of ``path``: a local one by its absolute path, as workers started in
         another folder must find it (they read another file of that name there, or none);
         an fsspec URL as it is."""
-        return cls(local_path(path) or path)
+        return cls(local_path(path) or path, identity)
 
     @contextmanager
     def open(self) -> Iterator[FrameReader]:
-        with open_file(self.path) as handle:
+        try:
+            handle = open_file(self.path)
+        except FileNotFoundError as error:
+            raise SegmentationFileError(
+                f"{self.path} no longer exists: it was removed or renamed since it was opened."
+            ) from error
+        with handle:
+            if self.identity is not None and file_identity(handle) != self.identity:
+                raise SegmentationFileError(
+                    f"{self.path} is not the file that was opened: it was replaced or changed "
+                    "since, and its frames are no longer where the opened file's header said. "
+                    "Open it again to read the file it is now."
+                )
             yield FrameReader(handle)
 
 

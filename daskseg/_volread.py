@@ -24,12 +24,17 @@ from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import DTypeLike
 
 from daskseg._decode import FrameRef, read_planes
-from daskseg._frames import FileSource, FrameLayout, FrameRanges, FrameSource
 from daskseg._frames import (
     HEADER_DAMAGE,
+    FileIdentity,
+    FileSource,
+    FrameLayout,
+    FrameRanges,
+    FrameSource,
     check_segmentation,
     damaged_header,
     describe_segments,
+    file_identity,
     locate_frames,
     not_a_transfer_syntax,
     open_file,
@@ -52,9 +57,10 @@ if TYPE_CHECKING:
 
 __all__ = ["VolumeSegmentationReader", "read_volume_head"]
 
-#: A volume SEG's header, the layout of its frames, their byte ranges (encapsulated), and the
-#: raw bytes of its per-frame functional groups.
-Head = tuple[pydicom.Dataset, FrameLayout, "list[FrameRanges] | None", bytes]
+#: A volume SEG's header, the layout of its frames, their byte ranges (encapsulated), the
+#: raw bytes of its per-frame functional groups, and the file's identity.
+Head = tuple[pydicom.Dataset, FrameLayout, "list[FrameRanges] | None", bytes,
+             "FileIdentity | None"]
 
 
 def _at_frame_items(tag: int, vr: str | None, length: int) -> bool:
@@ -90,7 +96,8 @@ def read_volume_head(path: str) -> Head | None:
             _raise_named(path, error)
         except HEADER_DAMAGE as error:
             raise damaged_header(path, error) from error
-    return header, layout, ranges, raw
+        identity = file_identity(handle)
+    return header, layout, ranges, raw, identity
 
 
 def _raise_named(path: str, error: SegmentationInputError) -> NoReturn:
@@ -136,8 +143,8 @@ class VolumeSegmentationReader:
             raise SegmentationFileError(
                 f"{path} is not a DICOM Segmentation of a series or multi-frame image."
             )
-        header, layout, ranges, raw = head
-        self._init(path, header, layout, FileSource.of(path), ranges,
+        header, layout, ranges, raw, identity = head
+        self._init(path, header, layout, FileSource.of(path, identity), ranges,
                    lambda implicit: scan_frame_items(raw, 0, implicit))
 
     @classmethod

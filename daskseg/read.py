@@ -28,12 +28,14 @@ from numpy.typing import DTypeLike
 from daskseg._decode import FrameRef, Output, read_chunk, store_block
 from daskseg._frames import (
     HEADER_DAMAGE,
+    FileIdentity,
     FileSource,
     FrameRanges,
     FrameSource,
     check_segmentation,
     damaged_header,
     describe_segments,
+    file_identity,
     header_cut_short,
     invalid_dicom_reason,
     header_int,
@@ -254,8 +256,8 @@ class SegmentationReader:
             return
         _check_no_web_options(self.path, session, headers, timeout)
         name = self.path
-        header = self._open_file(name)
-        self._source = FileSource.of(self.path)
+        header, identity = self._open_file(name)
+        self._source = FileSource.of(self.path, identity)
         self._init(header, name)
 
     def _init_web(self, head: WebHead) -> None:
@@ -284,7 +286,8 @@ class SegmentationReader:
         except HEADER_DAMAGE as error:
             raise damaged_header(name, error) from error
 
-    def _open_file(self, name: str) -> pydicom.Dataset:
+    def _open_file(self, name: str) -> tuple[pydicom.Dataset, FileIdentity | None]:
+        """The file's header (its frames located), and its identity for the tasks' reads."""
         try:
             handle = open_file(self.path)
         except FileNotFoundError as error:
@@ -307,7 +310,8 @@ class SegmentationReader:
                     raise cut from error
                 # pydicom's verdict on a header it cannot parse (cut, garbage lengths or tags).
                 raise damaged_header(name, error) from error
-        return header
+            identity = file_identity(handle)
+        return header, identity
 
     def _describe(self, header: pydicom.Dataset, name: str) -> None:
         self.header = header

@@ -722,3 +722,43 @@ def test_read_flags_given_as_other_values_are_refused(tmp_path, option):
                               make_segment_descriptions(1), tmp_path / "seg.dcm", client=None)
     with pytest.raises(SegmentationTypeError, match=f"{option} is True or False, not 'no'"):
         read_segmentation(path, **{option: "no"})
+
+
+@pytest.mark.parametrize("kind", ["tiled", "series"])
+def test_a_file_replaced_after_it_was_opened_is_not_read_at_the_old_places(tmp_path, kind,
+                                                                          thread_client):
+    """A reader keeps where the opened file's frames are. The path then held another SEG (a
+    write with overwrite=True): its native frames were read at the old one's places, and the
+    labels came back in tiles that neither file has, without a word."""
+    from daskseg import SegmentationFileError
+    from daskseg.synthetic import make_ct_series
+
+    path = tmp_path / "seg.dcm"
+    if kind == "tiled":
+        source = make_slide(1024, 1024, tile_size=(256, 256))
+        first, second = np.zeros((2, 1024, 1024), np.uint8)
+        first[:256, :512], second[768:, 512:] = 1, 2
+    else:
+        source = make_ct_series(6, 32, 32)
+        first, second = np.zeros((2, 6, 32, 32), np.uint8)
+        first[:, :16], second[:, 16:] = 1, 2  # every slice has a frame
+    descriptions = make_segment_descriptions(2, segmentation_type="LABELMAP")
+
+    def write(mask):
+        write_segmentation(mask, source, descriptions, path, segmentation_type="LABELMAP",
+                           overwrite=True, client=thread_client)
+
+    write(first)
+    reader = open_segmentation(path)
+    lazy = reader.to_dask(combine_segments=True)
+    np.testing.assert_array_equal(reader.to_numpy(combine_segments=True), first)
+    write(second)
+    for read in (lambda: reader.to_numpy(combine_segments=True, client=thread_client),
+                 lambda: thread_client.compute(lazy).result()):
+        with pytest.raises(SegmentationFileError, match="not the file that was opened"):
+            read()
+    np.testing.assert_array_equal(open_segmentation(path).to_numpy(combine_segments=True),
+                                  second)
+    path.unlink()
+    with pytest.raises(SegmentationFileError, match="no longer exists"):
+        reader.to_numpy(combine_segments=True)

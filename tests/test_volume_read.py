@@ -523,7 +523,7 @@ def json_index_equals_file_index(path):
     from daskseg._volframes import frame_items_from_json, scan_frame_items
     from daskseg._volread import read_volume_head
 
-    header, _, _, raw = read_volume_head(str(path))
+    header, _, _, raw, _ = read_volume_head(str(path))
     from_file = scan_frame_items(raw, 0, header.file_meta.TransferSyntaxUID.is_implicit_VR)
     metadata = pydicom.dcmread(path, stop_before_pixels=True).to_json_dict()
     assert len(from_file) == int(header.NumberOfFrames) > 0
