@@ -114,8 +114,9 @@ def invalid_dicom_reason(error: Exception) -> str:
 
 #: What tells a local file from another that replaced it at its path: its size, and a digest
 #: of its first bytes, which hold its file meta (PS3.10 7.1: the SOP Instance UID, new in each
-#: SEG written) and the start of its header. Not the inode or the modification time: workers
-#: on other machines see a shared file system's file with other devices and inodes.
+#: SEG written) and the start of its header. Not the device, inode or modification time: on
+#: other machines, a shared file system's file has another device (and, on some mounts, other
+#: inodes or times).
 FileIdentity = tuple[int, bytes]
 _IDENTITY_BYTES = 2**16
 
