@@ -159,7 +159,8 @@ class FileSource:
             handle = open_file(self.path)
         except FileNotFoundError as error:
             raise SegmentationFileError(
-                f"{self.path} no longer exists: it was removed or renamed since it was opened."
+                f"{self.path} no longer exists where this task ran: it was removed or renamed "
+                "since it was opened, or the worker's machine does not see that file system."
             ) from error
         with handle:
             if self.identity is not None and file_identity(handle) != self.identity:
