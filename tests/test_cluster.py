@@ -339,10 +339,7 @@ def test_a_cluster_closed_as_blocks_are_scattered_is_a_cluster_error(tmp_path):
 
 def run_or_die(marker_folder, value, fatal):
     """Note a run of ``value`` (a file per run), then return it, or kill the process."""
-    open(os.path.join(marker_folder, f"{value}-{time.monotonic_ns()}"), "w").close()
-    if value == fatal:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return value
+    return sleep_then_run_or_die(marker_folder, value, 0, value == fatal)
 
 
 @pytest.mark.timeout(240)
