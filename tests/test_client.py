@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from distributed import Client
+from distributed import Client, LocalCluster
 
 from daskseg import SegmentationTypeError
 from daskseg._client import cluster_client, gathers_directly
@@ -61,6 +61,32 @@ def test_a_plain_local_cluster_gets_the_malloc_settings(tmp_path, dask_client):
     assert all(value == MALLOC_SETTINGS for value in settings.values())
 
 
+def _background_intervals(dask_worker=None) -> dict[str, float]:
+    """A worker's periodic work, in ms: its profiler, its memory monitor, its loop's check."""
+    return {name: dask_worker.periodic_callbacks[name].callback_time
+            for name in ("profile", "memory_monitor", "tick")}
+
+
+def test_local_cluster_runs_distributed_s_background_less_often_unless_configured():
+    """daskseg's own cluster: its workers profile, check their memory and their event loop
+    less often than distributed's defaults (10, 100, 20 ms); a value set in the Dask
+    configuration is kept."""
+    import dask
+
+    from daskseg import local_cluster
+
+    with dask.config.set({"distributed.admin.tick.interval": "30ms"}), \
+            local_cluster(1, memory_limit="1GiB", dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        [intervals] = client.run(_background_intervals).values()
+        assert intervals == {"profile": 50, "memory_monitor": 250, "tick": 30}
+        assert cluster.scheduler.periodic_callbacks["monitor"].callback_time == 1000
+    with LocalCluster(n_workers=1, memory_limit="1GiB", dashboard_address=None) as plain, \
+            Client(plain) as client:  # a user's own cluster is left as distributed makes it
+        [intervals] = client.run(_background_intervals).values()
+        assert intervals == {"profile": 10, "memory_monitor": 100, "tick": 20}
+
+
 def test_the_malloc_plugin_leaves_the_users_own_process_alone(thread_client):
     """Workers in the client's process (processes=False) keep the process's malloc settings."""
     from daskseg._malloc import MallocPlugin, malloc_settings
@@ -75,7 +101,6 @@ def test_the_malloc_plugin_leaves_the_users_own_process_alone(thread_client):
 def test_a_read_computed_on_the_current_client_gets_the_malloc_settings(tmp_path, thread_client):
     """The reader's lazy array runs on the user's current client, not through cluster_client:
     making it registers the plugin there, so decoding is as fast on a plain LocalCluster."""
-    from distributed import LocalCluster
 
     from daskseg import read_segmentation, write_segmentation
     from daskseg._malloc import MALLOC_SETTINGS, malloc_settings
