@@ -23,6 +23,7 @@ import pydicom
 from highdicom.spatial import get_plane_sort_index, is_tiled_image
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
 from daskseg._frames import SEG_SOP_CLASSES, invalid_dicom_reason
@@ -316,10 +317,10 @@ def _multiframe_series(dataset: Dataset) -> SourceSeries:
             f"{len(per_frame)} per-frame functional group items."
         )
 
-    def attribute(item: Dataset, sequence: str, keyword: str, frame: int) -> object:
-        for group in (item, shared):
-            if sequence in group and keyword in group[sequence][0]:
-                return group[sequence][0].get(keyword)
+    def attribute(sequence: str, keyword: str, frame: int) -> object:
+        value = frame_geometry(dataset, frame, sequence, keyword)
+        if value is not None:
+            return value
         raise SegmentationInputError(
             f"Frame {frame + 1} of the multi-frame source image ({_describe(dataset)}) has no "
             f"{sequence} > {keyword}: a SEG of a volume needs every frame's plane geometry."
@@ -327,18 +328,14 @@ def _multiframe_series(dataset: Dataset) -> SourceSeries:
 
     described = _describe(dataset)
     names = [f"frame {k + 1} of {described}" for k in range(frames)]
-    positions = _geometry(
-        [attribute(item, "PlanePositionSequence", "ImagePositionPatient", k)
-         for k, item in enumerate(per_frame)], "ImagePositionPatient", names,
-    )
-    orientations = _geometry(
-        [attribute(item, "PlaneOrientationSequence", "ImageOrientationPatient", k)
-         for k, item in enumerate(per_frame)], "ImageOrientationPatient", names,
-    )
-    spacings = _geometry(
-        [attribute(item, "PixelMeasuresSequence", "PixelSpacing", k)
-         for k, item in enumerate(per_frame)], "PixelSpacing", names,
-    )
+    geometry = []
+    for sequence, keyword in (("PlanePositionSequence", "ImagePositionPatient"),
+                              ("PlaneOrientationSequence", "ImageOrientationPatient"),
+                              ("PixelMeasuresSequence", "PixelSpacing")):
+        _check_one_group(shared, per_frame, sequence, keyword, described)
+        geometry.append(_geometry([attribute(sequence, keyword, k) for k in range(frames)],
+                                  keyword, names))
+    positions, orientations, spacings = geometry
     names = [f"frame {k + 1}" for k in range(frames)]
     _check_same(orientations, "ImageOrientationPatient", names)
     _check_same(spacings, "PixelSpacing", names)
@@ -355,6 +352,58 @@ def _multiframe_series(dataset: Dataset) -> SourceSeries:
         sop_instance_uids=(str(dataset.SOPInstanceUID),) * frames,
         frame_of_reference_uid=str(dataset.FrameOfReferenceUID),
     )
+
+
+def functional_group_value(group: Dataset, sequence: str, keyword: str) -> Any:
+    """``group``'s ``sequence`` > ``keyword`` (a shared or per-frame functional groups item),
+    or None where it has none."""
+    if sequence in group and group[sequence].value and keyword in group[sequence][0]:
+        return group[sequence][0].get(keyword)
+    return None
+
+
+def frame_geometry(dataset: Dataset, frame: int, sequence: str, keyword: str) -> Any:
+    """A multi-frame image's ``sequence`` > ``keyword`` of ``frame`` (from 0): its own
+    functional groups', else the shared ones' (None where neither has it)."""
+    groups = (dataset.PerFrameFunctionalGroupsSequence[frame],
+              dataset.get("SharedFunctionalGroupsSequence", [Dataset()])[0])
+    for group in groups:
+        value = functional_group_value(group, sequence, keyword)
+        if value is not None:
+            return value
+    return None
+
+
+def _check_one_group(shared: Dataset, per_frame: Sequence[Dataset], sequence: str,
+                     keyword: str, described: str) -> None:
+    """Refuse a functional group in both the shared and a frame's own groups with other
+    values. PS3.3 C.7.6.16 puts each in one place: the frames would be sorted by one and the
+    SEG's header take the other (highdicom's takes the shared one)."""
+    in_shared = functional_group_value(shared, sequence, keyword)
+    if in_shared is None:
+        return
+    for frame, item in enumerate(per_frame):
+        own = functional_group_value(item, sequence, keyword)
+        if own is None:
+            continue
+        try:
+            expected = np.asarray(_numbers(in_shared), dtype=float)
+            values = np.asarray(_numbers(own), dtype=float)
+        except (TypeError, ValueError):  # not numbers: _geometry says which frame, and how
+            return
+        if values.shape != expected.shape or not np.allclose(values, expected, rtol=0,
+                                                             atol=_ORIENTATION_TOLERANCE):
+            raise SegmentationInputError(
+                f"The multi-frame source image ({described}) has {sequence} > {keyword} "
+                f"{_listed(expected)} in its shared functional groups and {_listed(values)} in "
+                f"frame {frame + 1}'s own: a functional group is in one place or the other "
+                "(PS3.3 C.7.6.16), and which one holds is not clear. Keep the one that is true."
+            )
+
+
+def _numbers(value: Any) -> list[Any]:
+    """A DICOM value as a list of its numbers (one number as a list of one)."""
+    return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
 
 
 def _frame_size(dataset: Dataset) -> tuple[int, int]:

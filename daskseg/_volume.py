@@ -54,7 +54,7 @@ from daskseg._inputs import (
 )
 from daskseg._nifti import is_nifti_path, match_to_series, nifti_voxel, read_nifti
 from daskseg._nrrd import is_nrrd_path, match_nrrd_to_series
-from daskseg._series import SourceSeries, load_source_series
+from daskseg._series import SourceSeries, frame_geometry, load_source_series
 from daskseg._spool import encode_tasks, encoded_frames, numpy_block_task, spool_prefix
 from daskseg.encode import MaskValueError, Where
 from daskseg.errors import SegmentationInputError
@@ -173,6 +173,12 @@ def _proxy_source(series: SourceSeries) -> Dataset:
     proxy.PerFrameFunctionalGroupsSequence = [
         copy.deepcopy(image.PerFrameFunctionalGroupsSequence[0])
     ]
+    first, shared = proxy.PerFrameFunctionalGroupsSequence[0], proxy.SharedFunctionalGroupsSequence[0]
+    if "PlanePositionSequence" not in first and "PlanePositionSequence" in shared:
+        # A one-frame image's position in the shared groups (as highdicom's legacy conversion
+        # of one slice puts it): highdicom reads a frame's position from its own groups only.
+        first.PlanePositionSequence = shared.PlanePositionSequence
+        del shared.PlanePositionSequence
     return proxy
 
 
@@ -324,8 +330,10 @@ class _PlaneParts:
                 reference.ReferencedSOPClassUID = image.SOPClassUID
                 reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
                 reference.ReferencedFrameNumber = int(frame) + 1
-                plane = image.PerFrameFunctionalGroupsSequence[frame].PlanePositionSequence[0]
-                image_position = plane.ImagePositionPatient
+                # Where load_source_series found it: the frame's own item, else the shared
+                # one (a one-frame image may keep it there).
+                image_position = frame_geometry(image, int(frame), "PlanePositionSequence",
+                                                "ImagePositionPatient")
                 derivation = Dataset()
                 derivation.add(template["DerivationImageSequence"])
                 self.derivation.append(serialize(derivation, implicit))

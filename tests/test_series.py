@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 
 import highdicom as hd
@@ -142,6 +143,35 @@ def test_a_tiled_image_in_a_series_and_bad_kinds_are_refused(tmp_path):
     (tmp_path / "x.txt").write_text("no")
     assert "is not a DICOM file" in _message([tmp_path / "x.txt"])
     assert "does not exist" in _message([tmp_path / "missing.dcm"])
+
+
+def test_a_functional_group_in_both_places_with_other_values_is_refused():
+    """PS3.3 C.7.6.16 puts a functional group in the shared or the per-frame groups: where both
+    hold it with other values, the frames would be sorted by one and the header take the other
+    (highdicom's takes the shared one), so neither is guessed. The same values in both pass."""
+    series = make_ct_series(4, 8, 8, pixel_data=True)
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        series, series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
+        instance_number=1,
+    )
+    shared = enhanced.SharedFunctionalGroupsSequence[0]
+    for item in enhanced.PerFrameFunctionalGroupsSequence:
+        item.PlaneOrientationSequence = copy.deepcopy(shared.PlaneOrientationSequence)
+    assert load_source_series(enhanced).number_of_frames == 4  # the same values: no doubt
+    flipped = copy.deepcopy(enhanced)
+    for item in flipped.PerFrameFunctionalGroupsSequence:
+        item.PlaneOrientationSequence[0].ImageOrientationPatient = [1, 0, 0, 0, -1, 0]
+    message = _message(flipped)
+    assert "PlaneOrientationSequence > ImageOrientationPatient [1, 0, 0, 0, 1, 0] in its shared" in (
+        message)
+    assert "[1, 0, 0, 0, -1, 0] in frame 1's own" in message
+
+    # One frame's position only in the shared groups, the others' in their own.
+    moved = copy.deepcopy(enhanced)
+    shared = moved.SharedFunctionalGroupsSequence[0]
+    shared.PlanePositionSequence = moved.PerFrameFunctionalGroupsSequence[2].PlanePositionSequence
+    del moved.PerFrameFunctionalGroupsSequence[2].PlanePositionSequence
+    assert "PlanePositionSequence > ImagePositionPatient" in _message(moved)
 
 
 def test_multiframe_with_other_images_is_refused():

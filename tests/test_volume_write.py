@@ -245,6 +245,33 @@ def test_multiframe_source_without_slice_spacing_is_left_alone_and_spacing_deriv
     assert spacing[0] == spacing[1] == pytest.approx(2.5)
 
 
+def test_a_one_frame_image_with_its_position_in_the_shared_groups_is_written(
+    tmp_path, thread_client
+):
+    """A one-frame image may keep its plane position in the shared functional groups (PS3.3
+    C.7.6.16), as highdicom's legacy conversion of one slice does; the SEG's frame takes it
+    from there (highdicom's Segmentation of it fails with an AttributeError)."""
+    [slice_] = make_ct_series(1, ROWS, COLUMNS, orientation=OBLIQUE, pixel_data=True)
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        [slice_], series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
+        instance_number=1,
+    )
+    [item] = enhanced.PerFrameFunctionalGroupsSequence
+    assert "PlanePositionSequence" not in item
+    assert "PlanePositionSequence" in enhanced.SharedFunctionalGroupsSequence[0]
+    mask = volume_mask("BINARY")[2:3]
+    assert mask.any()
+    path = write_segmentation(mask, enhanced, make_segment_descriptions(3), tmp_path / "seg.dcm",
+                              client=thread_client)
+    seg = pydicom.dcmread(path)
+    positions = {tuple(item.PlanePositionSequence[0].ImagePositionPatient)
+                 for item in seg.PerFrameFunctionalGroupsSequence}
+    assert positions == {tuple(slice_.ImagePositionPatient)}
+    assert all(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber == 1
+               for item in seg.PerFrameFunctionalGroupsSequence)
+    np.testing.assert_array_equal(read_segmentation(path, combine_segments=True).compute(), mask)
+
+
 def test_multiframe_source_and_copied_slice_spacing_match_highdicom(tmp_path, thread_client):
     enhanced = enhanced_image(SLICES, ROWS, COLUMNS)
     mask = volume_mask("BINARY")
