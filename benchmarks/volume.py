@@ -19,7 +19,11 @@ LABELMAP JPEG 2000). The time printed is the median of the five, all five are li
 speed-up is the ratio of medians, printed next to the ratio of the first cases. For LABELMAP
 JPEG 2000, one more step writes the case in turns with the codec floor on the same two workers
 (each encoding half the SEG's frames, cut beforehand, at once): the ratio of each write to the
-floor beside it is the writer's own overhead, whichever spell of a shared machine it met.
+floor beside it is the writer's own overhead, whichever spell of a shared machine it met; and
+another writes it in turns with highdicom (each side warm, highdicom's two processes driven from
+a process of its own), the order swapped every turn: the median of the turns' ratios puts both
+through the same spells, where the separate steps' ratio of medians moved from 1.7x to 2.4x
+between two runs of one evening.
 
 For native BINARY, dcmqi's itkimage2segimage (pip install dcmqi) also writes the case, once
 (each run is a fresh process, as when a pipeline calls the command): from the series saved with
@@ -65,6 +69,7 @@ FULL = {"case": (300, 512, 117), "large": (1200, 1024, 117)}
 QUICK = {"case": (60, 256, 117), "large": (240, 512, 117)}
 CASES = 5  # each write step writes the case this many times in a row, as a pipeline does
 TURNS = 6  # LABELMAP JPEG 2000 writes and codec floors, in turns
+PAIR_TURNS = 8  # LABELMAP JPEG 2000 writes of daskseg and highdicom, in turns
 
 
 def _labels_path(slices: int, size: int, segments: int) -> pathlib.Path:
@@ -257,6 +262,94 @@ def step_floor_turns(output: str, *size: str) -> None:
     # The first write and floor (new buffers in the workers) are left out.
     ratios = [write / floor for write, floor in zip(writes[1:], floors[1:])]
     emit({"writes": writes[1:], "floors": floors[1:], "ratio": statistics.median(ratios)})
+
+
+def _highdicom_write(pool, series, labels, descriptions, segmentation_type: str,
+                     transfer_syntax: str, output: str) -> float:
+    """One highdicom write of the case (as step_highdicom's cases), its time."""
+    import highdicom as hd
+
+    start = time.perf_counter()
+    seg = hd.seg.Segmentation(
+        series, labels, segmentation_type, descriptions, hd.UID(), 1, hd.UID(), 1, "m", "m",
+        "1", "1", transfer_syntax_uid=transfer_syntax, workers=pool,
+    )
+    seg.save_as(output)
+    elapsed = time.perf_counter() - start
+    del seg
+    gc.collect()
+    return elapsed
+
+
+def step_highdicom_serve(segmentation_type: str, transfer_syntax: str, output: str,
+                         *size: str) -> None:
+    """highdicom with ProcessPoolExecutor(2), in a process of its own, writing the case each
+    time a line comes on stdin (its time on stdout), once warm: for :func:`step_pair_turns`."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    series, labels, descriptions = _case(*map(int, size), segmentation_type)
+    with ProcessPoolExecutor(2) as pool:
+        for _ in range(2):  # its tables of the standard loaded, its pool started
+            _highdicom_write(pool, series, labels, descriptions, segmentation_type,
+                             transfer_syntax, output)
+        print("ready", flush=True)
+        for _ in sys.stdin:
+            print(_highdicom_write(pool, series, labels, descriptions, segmentation_type,
+                                   transfer_syntax, output), flush=True)
+
+
+def step_pair_turns(segmentation_type: str, transfer_syntax: str, output: str,
+                    *size: str) -> None:
+    """daskseg's and highdicom's writes of the case in turns, each side warm: daskseg on its
+    running cluster here, highdicom (two processes) in a process of its own, waiting between
+    its writes (:func:`step_highdicom_serve`), the order swapped every turn. Both then meet the
+    same spells of a shared machine, which the separate steps do not: there, one side's slow
+    spell moved the ratio from 1.7x to 2.4x between two runs of one evening. daskseg's idle
+    cluster stays up during highdicom's writes (0.03 s of CPU a second, see local_cluster)."""
+    from distributed import Client
+
+    from daskseg import local_cluster, write_segmentation
+
+    series, labels, descriptions = _case(*map(int, size), segmentation_type)
+    ours: list[float] = []
+    theirs: list[float] = []
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--step", "highdicom_serve", segmentation_type,
+         transfer_syntax, output + ".highdicom.dcm", *size],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert server.stdin is not None and server.stdout is not None
+    try:
+        with local_cluster(2, memory_limit="4GiB") as cluster, Client(cluster) as client:
+            _warm(client, output + ".warm.dcm", transfer_syntax)
+
+            def write_ours() -> None:
+                start = time.perf_counter()
+                write_segmentation(labels, series, descriptions, output,
+                                   segmentation_type=segmentation_type,
+                                   transfer_syntax_uid=transfer_syntax, client=client,
+                                   overwrite=True)
+                ours.append(time.perf_counter() - start)
+
+            def write_theirs() -> None:
+                server.stdin.write("write\n")
+                server.stdin.flush()
+                theirs.append(float(server.stdout.readline()))
+
+            write_ours()  # the cluster's first full-size case, left out below
+            ours.clear()
+            if server.stdout.readline().strip() != "ready":
+                raise RuntimeError("highdicom's process did not start")
+            for turn in range(PAIR_TURNS):
+                for write in (write_ours, write_theirs) if turn % 2 == 0 else (
+                        write_theirs, write_ours):
+                    write()
+    finally:
+        server.stdin.close()
+        server.wait()
+    ratios = [their / our for our, their in zip(ours, theirs)]
+    emit({"ours": ours, "theirs": theirs, "ratio": statistics.median(ratios),
+          "ratios": ratios})
 
 
 def _times(times: list[float]) -> dict:
@@ -535,6 +628,11 @@ def main() -> None:
                   "the codec alone on the same two workers (each encoding half the frames at "
                   f"once) {_listed(turns['floors'])} s: the writes are "
                   f"{turns['ratio']:.2f}x the codec (median of the turns' ratios)")
+            pair = run_step(script, "pair_turns", kind, syntax, ours_path, *case)
+            print(f"  in turns with highdicom (each warm; highdicom's two processes in a "
+                  f"process of its own): daskseg {_listed(pair['ours'])} s, highdicom "
+                  f"{_listed(pair['theirs'])} s: {pair['ratio']:.2f}x faster (median of the "
+                  f"turns' ratios {_listed(pair['ratios'])})")
         if kind == "BINARY" and syntax == NATIVE:
             _dcmqi(script, ours, case)
             # Reading back the native BINARY SEG into a label volume.
