@@ -317,24 +317,20 @@ def _multiframe_series(dataset: Dataset) -> SourceSeries:
             f"{len(per_frame)} per-frame functional group items."
         )
 
-    def attribute(sequence: str, keyword: str, frame: int) -> object:
-        value = frame_geometry(dataset, frame, sequence, keyword)
-        if value is not None:
-            return value
-        raise SegmentationInputError(
-            f"Frame {frame + 1} of the multi-frame source image ({_describe(dataset)}) has no "
-            f"{sequence} > {keyword}: a SEG of a volume needs every frame's plane geometry."
-        )
-
     described = _describe(dataset)
     names = [f"frame {k + 1} of {described}" for k in range(frames)]
     geometry = []
     for sequence, keyword in (("PlanePositionSequence", "ImagePositionPatient"),
                               ("PlaneOrientationSequence", "ImageOrientationPatient"),
                               ("PixelMeasuresSequence", "PixelSpacing")):
-        _check_one_group(shared, per_frame, sequence, keyword, described)
-        geometry.append(_geometry([attribute(sequence, keyword, k) for k in range(frames)],
-                                  keyword, names))
+        values = _frame_values(shared, per_frame, sequence, keyword, described)
+        missing = next((k for k, value in enumerate(values) if value is None), None)
+        if missing is not None:
+            raise SegmentationInputError(
+                f"Frame {missing + 1} of the multi-frame source image ({described}) has no "
+                f"{sequence} > {keyword}: a SEG of a volume needs every frame's plane geometry."
+            )
+        geometry.append(_geometry(values, keyword, names))
     positions, orientations, spacings = geometry
     names = [f"frame {k + 1}" for k in range(frames)]
     _check_same(orientations, "ImageOrientationPatient", names)
@@ -374,23 +370,24 @@ def frame_geometry(dataset: Dataset, frame: int, sequence: str, keyword: str) ->
     return None
 
 
-def _check_one_group(shared: Dataset, per_frame: Sequence[Dataset], sequence: str,
-                     keyword: str, described: str) -> None:
-    """Refuse a functional group in both the shared and a frame's own groups with other
-    values. PS3.3 C.7.6.16 puts each in one place: the frames would be sorted by one and the
-    SEG's header take the other (highdicom's takes the shared one)."""
+def _frame_values(shared: Dataset, per_frame: Sequence[Dataset], sequence: str, keyword: str,
+                  described: str) -> list[Any]:
+    """Each frame's ``sequence`` > ``keyword`` (as :func:`frame_geometry`): its own, else the
+    shared one (None where neither has it). One in both places with other values is refused:
+    PS3.3 C.7.6.16 puts each in one place, and the frames would be sorted by one and the SEG's
+    header take the other (highdicom's takes the shared one)."""
+    own = [functional_group_value(item, sequence, keyword) for item in per_frame]
     in_shared = functional_group_value(shared, sequence, keyword)
     if in_shared is None:
-        return
-    for frame, item in enumerate(per_frame):
-        own = functional_group_value(item, sequence, keyword)
-        if own is None:
+        return own
+    for frame, value in enumerate(own):
+        if value is None:
             continue
         try:
             expected = np.asarray(_numbers(in_shared), dtype=float)
-            values = np.asarray(_numbers(own), dtype=float)
+            values = np.asarray(_numbers(value), dtype=float)
         except (TypeError, ValueError):  # not numbers: _geometry says which frame, and how
-            return
+            break
         if values.shape != expected.shape or not np.allclose(values, expected, rtol=0,
                                                              atol=_ORIENTATION_TOLERANCE):
             raise SegmentationInputError(
@@ -399,6 +396,7 @@ def _check_one_group(shared: Dataset, per_frame: Sequence[Dataset], sequence: st
                 f"frame {frame + 1}'s own: a functional group is in one place or the other "
                 "(PS3.3 C.7.6.16), and which one holds is not clear. Keep the one that is true."
             )
+    return [in_shared if value is None else value for value in own]
 
 
 def _numbers(value: Any) -> list[Any]:
