@@ -168,8 +168,6 @@ def step_daskseg(segmentation_type: str, transfer_syntax: str, output: str, *siz
 def step_highdicom(segmentation_type: str, transfer_syntax: str, output: str, *size: str) -> None:
     from concurrent.futures import ProcessPoolExecutor
 
-    import highdicom as hd
-
     series, labels, descriptions = _case(*map(int, size), segmentation_type)
     pool = ProcessPoolExecutor(2) if transfer_syntax != NATIVE else None
     if pool is not None:
@@ -177,18 +175,11 @@ def step_highdicom(segmentation_type: str, transfer_syntax: str, output: str, *s
     times = []
     for case in range(CASES + 1):
         with pss_window() if case == CASES else contextlib.nullcontext():
-            start = time.perf_counter()
-            seg = hd.seg.Segmentation(
-                series, labels, segmentation_type, descriptions, hd.UID(), 1, hd.UID(), 1, "m",
-                "m", "1", "1", transfer_syntax_uid=transfer_syntax,
-                workers=pool if pool is not None else 0,
-            )
-            seg.save_as(output)
+            elapsed, frames = _highdicom_write(pool if pool is not None else 0, series, labels,
+                                               descriptions, segmentation_type, transfer_syntax,
+                                               output)
             if case < CASES:
-                times.append(time.perf_counter() - start)
-            frames = int(seg.NumberOfFrames)
-            del seg  # the next case starts without this one's objects, as in a pipeline
-            gc.collect()
+                times.append(elapsed)
     if pool is not None:
         pool.shutdown()
     emit({**_times(times), "frames": frames})
@@ -264,21 +255,23 @@ def step_floor_turns(output: str, *size: str) -> None:
     emit({"writes": writes[1:], "floors": floors[1:], "ratio": statistics.median(ratios)})
 
 
-def _highdicom_write(pool, series, labels, descriptions, segmentation_type: str,
-                     transfer_syntax: str, output: str) -> float:
-    """One highdicom write of the case (as step_highdicom's cases), its time."""
+def _highdicom_write(workers, series, labels, descriptions, segmentation_type: str,
+                     transfer_syntax: str, output: str) -> tuple[float, int]:
+    """One highdicom write of the case, its time and the SEG's frames; its objects are freed
+    after it, as a pipeline's next case starts without them."""
     import highdicom as hd
 
     start = time.perf_counter()
     seg = hd.seg.Segmentation(
         series, labels, segmentation_type, descriptions, hd.UID(), 1, hd.UID(), 1, "m", "m",
-        "1", "1", transfer_syntax_uid=transfer_syntax, workers=pool,
+        "1", "1", transfer_syntax_uid=transfer_syntax, workers=workers,
     )
     seg.save_as(output)
     elapsed = time.perf_counter() - start
+    frames = int(seg.NumberOfFrames)
     del seg
     gc.collect()
-    return elapsed
+    return elapsed, frames
 
 
 def step_highdicom_serve(segmentation_type: str, transfer_syntax: str, output: str,
@@ -294,8 +287,9 @@ def step_highdicom_serve(segmentation_type: str, transfer_syntax: str, output: s
                              transfer_syntax, output)
         print("ready", flush=True)
         for _ in sys.stdin:
-            print(_highdicom_write(pool, series, labels, descriptions, segmentation_type,
-                                   transfer_syntax, output), flush=True)
+            elapsed, _ = _highdicom_write(pool, series, labels, descriptions,
+                                          segmentation_type, transfer_syntax, output)
+            print(elapsed, flush=True)
 
 
 def step_pair_turns(segmentation_type: str, transfer_syntax: str, output: str,
