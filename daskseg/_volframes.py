@@ -11,6 +11,7 @@ It relies on no SpatialLocationsPreserved or dimension index, so SEGs of other t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import struct
 import warnings
@@ -23,6 +24,7 @@ from highdicom.spatial import get_plane_sort_index
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
+from pydicom.multival import MultiValue
 
 from daskseg._frames import LONG_VRS
 from daskseg.errors import SegmentationFileError, SegmentationInputError, SegmentationTypeError
@@ -35,14 +37,26 @@ __all__ = [
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PFFG = 0x52009230  # Per-frame Functional Groups Sequence
-# The sequences holding what is read, and the elements read from them.
-_DESCEND = {
-    0x00089124,  # DerivationImageSequence
-    0x00082112,  # SourceImageSequence
-    0x00209113,  # PlanePositionSequence
-    0x0062000A,  # SegmentIdentificationSequence
+_DERIVATION, _SOURCE_IMAGE = 0x00089124, 0x00082112  # DerivationImage-, SourceImageSequence
+_PLANE_POSITION, _SEGMENT_IDENTIFICATION = 0x00209113, 0x0062000A
+_SOP_CLASS, _SOP_INSTANCE, _FRAME_NUMBER = 0x00081150, 0x00081155, 0x00081160
+_POSITION, _SEGMENT = 0x00200032, 0x0062000B
+# The sequences holding what is read, and the elements read from each one's items: a frame's
+# segment from its Segment Identification (PS3.3 C.8.20.3.1), its position from its Plane
+# Position (C.7.6.16.2.3), its source from a Source Image item of its Derivation Image
+# (C.7.6.16.2.6). Only there: a Source Image item's Image SOP Instance Reference (Table 10-3)
+# may itself name a segment (ReferencedSegmentNumber) of another SEG the frame derives from.
+_READ_IN: dict[int, tuple[int, ...]] = {
+    _DERIVATION: (),
+    _SOURCE_IMAGE: (_SOP_CLASS, _SOP_INSTANCE, _FRAME_NUMBER),
+    _PLANE_POSITION: (_POSITION,),
+    _SEGMENT_IDENTIFICATION: (_SEGMENT,),
 }
-_SOP_INSTANCE, _FRAME_NUMBER, _POSITION, _SEGMENT = 0x00081155, 0x00081160, 0x00200032, 0x0062000B
+# A source item that references a SEG (a refined SEG's earlier one) is not the frame's image.
+_SEGMENTATION_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
+    "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation Storage
+})
 
 
 # An explicit VR element's header: group, element, VR and a 2-byte length (PS3.5 7.1.2).
@@ -127,25 +141,45 @@ class FrameItem:
     segment: int | None
 
 
-def _collect(walker: _Walker, start: int, end: int, found: dict[int, bytes]) -> int:
-    """Collect the elements read from an item's dataset at ``start``; return the position
-    after it (after its delimiter, for an item of undefined length: ``end`` need not tell)."""
+def _collect(walker: _Walker, start: int, end: int, found: dict[int, bytes],
+             within: int | None = None) -> int:
+    """Collect the elements read from an item's dataset at ``start`` (an item of the sequence
+    ``within``; None: a frame's item); return the position after it (after its delimiter, for
+    an item of undefined length: ``end`` need not tell)."""
+    wanted = _READ_IN.get(within, ()) if within is not None else ()
     pos = start
     while pos < end:
         tag, sequence, value, length = walker.element(pos)
         if tag == _ITEM_END:
             return value
         if sequence:
-            if tag in _DESCEND:
+            if tag in _READ_IN:
                 for item_start, item_end in walker.items(value, length):
-                    _collect(walker, item_start, item_end, found)
-        elif tag in (_SOP_INSTANCE, _FRAME_NUMBER, _POSITION, _SEGMENT) and tag not in found:
+                    if tag == _SOURCE_IMAGE:
+                        _take_source(walker, item_start, item_end, found)
+                    else:
+                        _collect(walker, item_start, item_end, found, tag)
+        elif tag in wanted and tag not in found:
             raw = walker.buffer[value : value + length]
             # An empty value is absent (a text one may be only padding; US is binary).
             if raw if tag == _SEGMENT else raw.strip(b"\x00 "):
                 found[tag] = raw
         pos = walker.end(value, length) if sequence else value + length
     return pos
+
+
+def _take_source(walker: _Walker, start: int, end: int, found: dict[int, bytes]) -> None:
+    """The frame's source image and frame number from one Source Image item, both from the
+    same item: the first that names an instance and is not of a SEG."""
+    reference: dict[int, bytes] = {}
+    _collect(walker, start, end, reference, _SOURCE_IMAGE)
+    if _SOP_INSTANCE in found or _SOP_INSTANCE not in reference:
+        return
+    if _text(reference.get(_SOP_CLASS)) in _SEGMENTATION_CLASSES:
+        return
+    found[_SOP_INSTANCE] = reference[_SOP_INSTANCE]
+    if _FRAME_NUMBER in reference:
+        found[_FRAME_NUMBER] = reference[_FRAME_NUMBER]
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -199,21 +233,36 @@ def scan_frame_items(buffer: bytes, dataset_start: int, implicit: bool) -> list[
 
 # The same elements by their DICOM JSON keys (PS3.18 F.2), for a SEG on a DICOMweb server.
 _JSON_PFFG = "52009230"
-_JSON_DESCEND = {f"{tag:08X}" for tag in _DESCEND}
-_JSON_SOP_INSTANCE, _JSON_FRAME_NUMBER, _JSON_POSITION, _JSON_SEGMENT = (
-    f"{tag:08X}" for tag in (_SOP_INSTANCE, _FRAME_NUMBER, _POSITION, _SEGMENT)
+_JSON_READ_IN = {f"{sequence:08X}": {f"{tag:08X}" for tag in tags}
+                 for sequence, tags in _READ_IN.items()}
+_JSON_SOURCE_IMAGE = f"{_SOURCE_IMAGE:08X}"
+_JSON_SOP_CLASS, _JSON_SOP_INSTANCE, _JSON_FRAME_NUMBER, _JSON_POSITION, _JSON_SEGMENT = (
+    f"{tag:08X}" for tag in (_SOP_CLASS, _SOP_INSTANCE, _FRAME_NUMBER, _POSITION, _SEGMENT)
 )
 
 
-def _collect_json(item: dict[str, Any], found: dict[str, list[Any]]) -> None:
-    # In tag order, the first of each element, as _collect finds them in a file.
+def _collect_json(item: dict[str, Any], found: dict[str, list[Any]],
+                  within: str | None = None) -> None:
+    # In tag order, the first of each element where _collect reads it in a file.
+    wanted = _JSON_READ_IN.get(within, set()) if within is not None else set()
     for key in sorted(item, key=str.upper):
         tag, element = key.upper(), item[key]
         values = element.get("Value") or []
-        if tag in _JSON_DESCEND:
+        if tag in _JSON_READ_IN:
             for nested in values:
-                _collect_json(nested, found)
-        elif tag in (_JSON_SOP_INSTANCE, _JSON_FRAME_NUMBER, _JSON_POSITION, _JSON_SEGMENT):
+                if tag != _JSON_SOURCE_IMAGE:
+                    _collect_json(nested, found, tag)
+                    continue
+                reference: dict[str, list[Any]] = {}
+                _collect_json(nested, reference, tag)
+                uid = reference.get(_JSON_SOP_INSTANCE)
+                sop_class = reference.get(_JSON_SOP_CLASS)
+                if (_JSON_SOP_INSTANCE not in found and uid is not None and (
+                        sop_class is None or str(sop_class[0]).strip() not in _SEGMENTATION_CLASSES)):
+                    found[_JSON_SOP_INSTANCE] = uid
+                    if _JSON_FRAME_NUMBER in reference:
+                        found[_JSON_FRAME_NUMBER] = reference[_JSON_FRAME_NUMBER]
+        elif tag in wanted:
             # An empty value (no Value, or null) is absent, as an empty one in a file.
             if values and values[0] not in (None, "") and tag not in found:
                 found[tag] = values
@@ -316,6 +365,7 @@ def index_volume_frames(
             f"The shared ImagePositionPatient has {len(shared_position)} values, not 3 "
             "(x, y, z; PS3.3 C.7.6.2.1.1)."
         )
+    frames = _with_shared_source(frames, shared, shared_position)
     # The sources the header lists (dcmqi lists only those with frames): a frame's reference
     # to another image is damage, not a plane of its own (highdicom fails on it).
     referenced = referenced_instances(header)
@@ -376,6 +426,42 @@ def index_volume_frames(
         table[channel, plane] = index
     array = np.array([p if p is not None else (np.nan,) * 3 for p in positions], dtype=float)
     return VolumeIndex(keys, array.reshape(-1, 3), table)
+
+
+def _with_shared_source(frames: list[FrameItem], shared: Dataset,
+                        shared_position: tuple[float, ...] | None) -> list[FrameItem]:
+    """``frames``, those without a source of their own given the one of the shared functional
+    groups (which apply to every frame, PS3.3 C.7.6.16), when that names one image (or frame)
+    and those frames lie in one plane: a SEG of one image may share its Derivation Image.
+
+    Shared items naming several images (a whole series, say) tell no frame's own; nor does one
+    image for frames in several planes. Those frames are placed by position, as before.
+    """
+    sources = {
+        (str(item.ReferencedSOPInstanceUID), _first_number(item.get("ReferencedFrameNumber")))
+        for derivation in shared.get("DerivationImageSequence", [])
+        for item in derivation.get("SourceImageSequence", [])
+        if item.get("ReferencedSOPInstanceUID")
+        and str(item.get("ReferencedSOPClassUID", "")) not in _SEGMENTATION_CLASSES
+    }
+    if len(sources) != 1:
+        return frames
+    planes = {_rounded(position) for frame in frames if frame.source_uid is None
+              for position in [frame.position or shared_position] if position is not None}
+    if len(planes) > 1:
+        return frames
+    ((uid, number),) = sources
+    return [frame if frame.source_uid is not None
+            else dataclasses.replace(frame, source_uid=uid, source_frame=number or None)
+            for frame in frames]
+
+
+def _first_number(value: Any) -> int:
+    """The first of an IS element's values as an int (0 when absent), as scan_frame_items
+    reads a frame's ReferencedFrameNumber."""
+    if isinstance(value, MultiValue):
+        value = value[0] if len(value) else None
+    return 0 if value in (None, "") else int(value)
 
 
 def _rounded(position: Any) -> tuple[float, ...]:

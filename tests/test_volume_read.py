@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import random
 import stat
+import warnings
 
 import highdicom as hd
 import numpy as np
@@ -420,6 +422,70 @@ def test_frames_without_source_references_are_placed_by_position(tmp_path, threa
     ours = read_segmentation(tmp_path / "empty.dcm", combine_segments=True).compute()
     np.testing.assert_array_equal(ours, mask[[k for k in order if mask[k].any()]])
     json_index_equals_file_index(tmp_path / "empty.dcm")
+
+
+def test_a_frame_also_derived_from_an_earlier_seg_keeps_its_own_segment_and_image(
+        tmp_path, thread_client):
+    """A refined SEG's frames may also reference the earlier SEG they came from (PS3.3
+    C.7.6.16.2.6): its segment (ReferencedSegmentNumber, Table 10-3) or frame. The frame's own
+    segment is its Segment Identification's (C.8.20.3.1), its image the Source Image item that
+    is no SEG. The segments read swapped, without a word; an earlier SEG's frame number was
+    taken as the image's (a helper's hunt)."""
+    from pydicom.dataset import Dataset
+
+    series = shuffled_series()
+    mask = volume_mask("BINARY")
+    path = write_segmentation(mask, series, make_segment_descriptions(3), tmp_path / "seg.dcm",
+                              client=thread_client)
+    uids = [image.SOPInstanceUID for image in series]
+    earlier = hd.UID()
+
+    def derived_from_the_earlier_seg(dataset, with_frames):
+        for number, item in enumerate(dataset.PerFrameFunctionalGroupsSequence, 1):
+            own = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+            reference = Dataset()
+            reference.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+            reference.ReferencedSOPInstanceUID = earlier
+            if with_frames:
+                reference.ReferencedFrameNumber = number
+            else:
+                reference.ReferencedSegmentNumber = 4 - own  # another of the earlier SEG's
+            item.DerivationImageSequence[0].SourceImageSequence.append(reference)
+
+    for with_frames in (False, True):
+        refined = _edited(path, tmp_path, f"refined-{with_frames}",
+                          functools.partial(derived_from_the_earlier_seg, with_frames=with_frames))
+        same_as_highdicom(refined, uids)
+        labels = same_as_highdicom(refined, uids, combine_segments=True)
+        np.testing.assert_array_equal(labels, mask.astype(labels.dtype))
+        json_index_equals_file_index(refined)
+
+
+def test_a_one_image_seg_with_its_derivation_in_the_shared_groups_reads_by_that_image(
+        tmp_path, thread_client):
+    """A functional group the same for every frame may be shared (PS3.3 C.7.6.16), so a SEG
+    of one image may share its Derivation Image. Read by that image's UID, its frames read as
+    zeros with a warning that they referenced none (a helper's hunt); shared references to
+    several images still tell no frame its own (placed by position)."""
+    series = make_ct_series(1, 16, 16)
+    mask = np.zeros((1, 16, 16, 2), dtype=bool)
+    mask[0, 2:9, 3:7, 0] = mask[0, 10:14, 3:15, 1] = True
+    path = write_segmentation(mask, series, make_segment_descriptions(2), tmp_path / "seg.dcm",
+                              client=thread_client)
+
+    def shared_derivation(dataset):
+        derivation = dataset.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence
+        for item in dataset.PerFrameFunctionalGroupsSequence:
+            del item.DerivationImageSequence
+        dataset.SharedFunctionalGroupsSequence[0].DerivationImageSequence = derivation
+
+    shared = _edited(path, tmp_path, "shared", shared_derivation)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "reference no source image" warning
+        ours = read_segmentation(
+            shared, source_sop_instance_uids=[series[0].SOPInstanceUID]).compute()
+    np.testing.assert_array_equal(ours, mask.astype(ours.dtype))
+    np.testing.assert_array_equal(read_segmentation(shared).compute(), ours)
 
 
 @pytest.mark.parametrize("segmentation_type", ["BINARY", "LABELMAP"])
