@@ -41,6 +41,7 @@ __all__ = [
     "worker_visible",
     "is_uid_form",
     "check_destination",
+    "check_store_folder",
     "check_mask_dtype",
     "drop_leading_axis",
     "normalize_mask",
@@ -685,6 +686,16 @@ def check_uids(**uids: Any) -> None:
                 f"{name} {value!r} is not a valid UID: numbers without leading zeros separated "
                 "by dots, at most 64 characters (PS3.5 9.1); leave it out for a new one."
             )
+
+
+def check_store_folder(destination: pathlib.Path) -> None:
+    """Refuse a local Zarr store whose folder does not exist: Zarr makes the folders on the way,
+    and a write that then failed left them behind."""
+    if not destination.parent.is_dir():
+        raise SegmentationInputError(
+            f"The destination folder {destination.parent} does not exist (or is not a folder); "
+            "create it first."
+        )
 
 
 def check_destination(path: str | os.PathLike, overwrite: bool) -> pathlib.Path:

@@ -44,10 +44,15 @@ from daskseg._client import cluster_client
 from daskseg._colors import segment_rgb
 from daskseg._dcmqi import segment_descriptions_from_labels
 from daskseg._file import replace_tree
-from daskseg._inputs import parse_segmentation_type
+from daskseg._inputs import check_store_folder, parse_segmentation_type
 from daskseg._progress import progress_bar
 from daskseg._tasks import block_tasks, run_windowed
-from daskseg.errors import DestinationExistsError, MissingDependencyError, SegmentationInputError
+from daskseg.errors import (
+    DestinationExistsError,
+    MissingDependencyError,
+    SegmentationInputError,
+    SegmentationTypeError,
+)
 from daskseg.pyramid import downsample
 from daskseg._decode import COMBINE_ADVICE, store_block
 from daskseg.read import SegmentationReader
@@ -223,6 +228,13 @@ def segmentation_to_ome_zarr(
     import zarr
 
     fmt, write_multiscales_metadata, write_label_metadata = _ome_zarr_format()
+    if not isinstance(seg, (SegmentationReader, str, os.PathLike)):
+        kind = type(seg).__name__
+        raise SegmentationTypeError(
+            f"seg is a SEG's path or a SegmentationReader (of a tiled image), not {kind}"
+            + (": a SEG of a series decodes to NIfTI (to_nifti)." if kind ==
+               "VolumeSegmentationReader" else ".")
+        )
     reader = seg if isinstance(seg, SegmentationReader) else SegmentationReader(seg)
     if "://" in str(store):
         raise SegmentationInputError(f"store must be a local folder, not {str(store)!r}.")
@@ -238,6 +250,7 @@ def segmentation_to_ome_zarr(
     destination = pathlib.Path(os.path.abspath(store))
     if destination.exists() and not overwrite:
         raise DestinationExistsError(f"{destination} exists; pass overwrite=True to replace it.")
+    check_store_folder(destination)
     labels = reader.to_dask(combine_segments=True, chunks=chunks)
     image_label = _image_label(reader)  # the segments' descriptions: checked before writing
     shapes = _level_shapes(labels.shape, reader.tile_size)
@@ -351,19 +364,53 @@ def _ome_label_mask(mask: Any) -> da.Array | None:
     group = _label_group(mask)
     if group is None:
         return None
-    datasets = _ome(group).get("multiscales", [{}])[0].get("datasets", [])
-    if not datasets:
+    multiscales = _ome(group).get("multiscales")
+    multiscale = multiscales[0] if isinstance(multiscales, list) and multiscales else {}
+    datasets = multiscale.get("datasets") if isinstance(multiscale, dict) else None
+    if not datasets or not isinstance(datasets, list) or not isinstance(datasets[0], dict):
         raise SegmentationInputError(f"The OME-Zarr label image {group.store_path} lists no datasets.")
-    array = da.from_zarr(group[datasets[0]["path"]])
+    path = datasets[0].get("path")
+    try:
+        array = da.from_zarr(group[str(path)])
+    except (KeyError, TypeError, ValueError) as error:  # no such node, or a group
+        raise SegmentationInputError(
+            f"The first dataset of the OME-Zarr label image {group.store_path}, {path!r}, is no "
+            f"Zarr array in it ({error!r})."
+        ) from None
+    shape = array.shape
+    names = _axis_names(multiscale.get("axes"), array.ndim)
+    if names is not None:
+        # NGFF: the axes are in the order of the array's dimensions, so a label image written
+        # (x, y) is transposed here; every other axis must be a singleton.
+        if any(size != 1 for name, size in zip(names, shape) if name not in ("y", "x")):
+            raise SegmentationInputError(
+                f"The OME-Zarr label image {group.store_path} has shape {shape} on axes "
+                f"{names}; daskseg writes SEGs of one (y, x) plane (other axes must have size 1)."
+            )
+        array = array[tuple(slice(None) if name in ("y", "x") else 0 for name in names)]
+        if [name for name in names if name in ("y", "x")] == ["x", "y"]:
+            array = array.T
+        return array
     # ome-zarr-py writes (t, c, z, y, x) labels too: a plane among singleton axes is still a plane.
     while array.ndim > 2 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2:
         raise SegmentationInputError(
-            f"The OME-Zarr label image {group.store_path} has shape {array.shape}; daskseg writes "
+            f"The OME-Zarr label image {group.store_path} has shape {shape}; daskseg writes "
             "SEGs of one (y, x) plane (other axes must have size 1)."
         )
     return array
+
+
+def _axis_names(axes: Any, ndim: int) -> list[str] | None:
+    """The names of a multiscale's axes (NGFF 0.4+: objects with "name"; 0.3: strings) when
+    they are one per dimension and include y and x once each; else None (no axes to go by)."""
+    if not isinstance(axes, list) or len(axes) != ndim:
+        return None
+    names = [str(axis.get("name")) if isinstance(axis, dict) else str(axis) for axis in axes]
+    if names.count("y") != 1 or names.count("x") != 1:
+        return None
+    return names
 
 
 def _concept(value: Any, default: CodedConcept) -> CodedConcept:
@@ -416,8 +463,9 @@ def _ome_zarr_segments(
     if group is None:
         raise SegmentationInputError(f"{os.fspath(path)} is not an OME-Zarr image or label image.")
     meta = _ome(group).get("image-label", {})
-    properties = {int(p["label-value"]): p for p in meta.get("properties", []) if "label-value" in p}
-    colors = {int(c["label-value"]): c.get("rgba") for c in meta.get("colors", []) if "label-value" in c}
+    properties = _by_label_value(meta, "properties", group.store_path)
+    colors = {number: entry.get("rgba")
+              for number, entry in _by_label_value(meta, "colors", group.store_path).items()}
     numbers = sorted((set(properties) | set(colors)) - {0})
     if not numbers:
         raise SegmentationInputError(
@@ -454,6 +502,36 @@ def _ome_zarr_segments(
                 "descriptions (daskseg encode: --label or --metadata)."
             ) from error
     return descriptions, numbers if renumbered else None
+
+
+def _by_label_value(meta: Any, key: str, where: str) -> dict[int, dict[str, Any]]:
+    """The entries of an image-label's ``key`` list ("properties", "colors") by label value,
+    refused unless as NGFF's "Labels" gives them: objects whose "label-value" is an integer."""
+    if not isinstance(meta, dict):
+        raise SegmentationInputError(
+            f"The image-label metadata of {where} is not an object (NGFF: image-label): "
+            f"{meta!r}; correct it, or give the segments' descriptions."
+        )
+    entries = meta.get(key, [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise SegmentationInputError(
+            f"The image-label {key!r} of {where} is not a list of objects: {entries!r}; "
+            "correct it, or give the segments' descriptions."
+        )
+    found = {}
+    for entry in entries:
+        if "label-value" not in entry:
+            continue
+        value = entry["label-value"]
+        # JSON has one number type: 2.0 is the integer 2, 2.5 no label.
+        if isinstance(value, bool) or not (isinstance(value, int) or (
+                isinstance(value, float) and value.is_integer())):
+            raise SegmentationInputError(
+                f"A label-value of the image-label {key!r} of {where} is {value!r}, not an "
+                "integer (NGFF: image-label); correct it, or give the segments' descriptions."
+            )
+        found[int(value)] = entry
+    return found
 
 
 def _ome_zarr_segment(

@@ -46,7 +46,7 @@ from daskseg._frames import (
 )
 from daskseg._client import cluster_client
 from daskseg._file import replace_tree
-from daskseg._inputs import absolute_local_store, check_flags, in_fsspec_memory
+from daskseg._inputs import absolute_local_store, check_flags, check_store_folder, in_fsspec_memory
 from daskseg._malloc import register_on_current_client
 from daskseg._progress import progress_bar
 from daskseg._tasks import block_tasks, compute_into_memory, computed_blocks, run_windowed
@@ -497,6 +497,8 @@ class SegmentationReader:
             raise DestinationExistsError(
                 f"{store} exists; pass overwrite=True to replace it, or choose another store."
             )
+        if destination is not None:
+            check_store_folder(destination)
         partial = (destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.partial")
                    if destination is not None else None)
         # The partial store is made inside the try that removes it: a signal's exception

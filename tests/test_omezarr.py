@@ -259,6 +259,88 @@ def test_metadata_that_makes_no_segment_description_is_refused(tmp_path, metadat
     assert not (tmp_path / "x.dcm").exists()
 
 
+@pytest.mark.parametrize("edit, message", [
+    # A raw ValueError or AttributeError each; 1.5 was label 1, "red" no colour.
+    (lambda ome: ome["image-label"]["properties"][0].update({"label-value": "one"}),
+     "'one', not an integer"),
+    (lambda ome: ome["image-label"]["properties"][0].update({"label-value": 1.5}),
+     "1.5, not an integer"),
+    (lambda ome: ome["image-label"].update({"colors": "red"}), "'colors' .* not a list of objects"),
+    (lambda ome: ome.update({"image-label": [{"label-value": 1}]}), "not an object"),
+])
+def test_image_label_metadata_against_ngff_is_refused(tmp_path, edit, message):
+    """NGFF "Labels": image-label is an object whose properties and colors are lists of
+    objects, each label-value an integer (a helper's hunt)."""
+    store = tmp_path / "image.ome.zarr"
+    ome_writer.write_image(np.zeros((64, 64), np.uint8), str(store), axes="yx")
+    labels = np.zeros((64, 64), np.uint8)
+    labels[:32] = 1
+    ome_writer.write_labels(labels, str(store), name="l", axes="yx", label_metadata={
+        "properties": [{"label-value": 1}], "colors": [{"label-value": 1, "rgba": [9, 9, 9, 255]}]})
+    group = zarr.open_group(str(store / "labels" / "l"), mode="r+")
+    ome = json.loads(json.dumps(dict(group.attrs["ome"])))
+    edit(ome)
+    group.attrs["ome"] = ome
+    with pytest.raises(SegmentationInputError, match=message):
+        daskseg.segment_descriptions_from_ome_zarr(store)
+    # 2.0 is JSON's integer 2: taken.
+    ome = dict(group.attrs["ome"])
+    ome["image-label"] = {"properties": [{"label-value": 1.0, "segment-label": "one"}]}
+    group.attrs["ome"] = ome
+    (one,) = daskseg.segment_descriptions_from_ome_zarr(store)
+    assert int(one.SegmentNumber) == 1 and str(one.SegmentLabel) == "one"
+
+
+def test_a_label_image_is_read_in_the_order_of_its_axes_and_a_bad_dataset_refused(
+        tmp_path, thread_client):
+    """NGFF: the axes are in the order of the array's dimensions. A label image written (x, y)
+    made a transposed SEG without a word (a helper's hunt); a dataset path naming no array was
+    a raw KeyError."""
+    labels = np.zeros((96, 64), np.uint8)  # (y, x)
+    labels[10:30, 5:60] = 1
+    labels[50:90, 20:30] = 2
+    store = tmp_path / "image.ome.zarr"
+    ome_writer.write_image(np.zeros((64, 96), np.uint8), str(store), axes="xy")
+    ome_writer.write_labels(labels.T.copy(), str(store), name="l", axes="xy", label_metadata={
+        "properties": [{"label-value": 1}, {"label-value": 2}]})
+    source = make_slide(96, 64, tile_size=(32, 32))
+    path = daskseg.write_segmentation(str(store), source, make_segment_descriptions(2),
+                                      tmp_path / "seg.dcm", client=thread_client)
+    np.testing.assert_array_equal(
+        daskseg.read_segmentation(path, combine_segments=True).compute(), labels)
+    group = zarr.open_group(str(store / "labels" / "l"), mode="r+")
+    ome = json.loads(json.dumps(dict(group.attrs["ome"])))
+    ome["multiscales"][0]["datasets"][0]["path"] = "nope"
+    group.attrs["ome"] = ome
+    with pytest.raises(SegmentationInputError, match="'nope', is no Zarr array"):
+        daskseg.write_segmentation(str(store), source, make_segment_descriptions(2),
+                                   tmp_path / "again.dcm", client=thread_client)
+    assert not (tmp_path / "again.dcm").exists()
+
+
+def test_a_store_in_a_missing_folder_is_refused_and_no_folder_left(seg, tmp_path):
+    """Zarr makes the folders on the way to a store: a write that then failed left them (a
+    helper's hunt). A SEG of a series (opened) is refused as the wrong kind, not a TypeError."""
+    from daskseg.errors import SegmentationTypeError
+    from daskseg.synthetic import make_ct_series
+
+    path = seg[0]
+    with pytest.raises(SegmentationInputError, match="does not exist .* create it first"):
+        daskseg.segmentation_to_ome_zarr(path, tmp_path / "new" / "deeper" / "x.ome.zarr")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(SegmentationInputError, match="not a folder"):
+        daskseg.segmentation_to_ome_zarr(path, tmp_path / "a-file" / "x.ome.zarr")
+    with pytest.raises(SegmentationInputError, match="does not exist .* create it first"):
+        daskseg.open_segmentation(path).to_zarr(tmp_path / "new" / "x.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+    series = make_ct_series(2, 16, 16)
+    volume = daskseg.write_segmentation(np.ones((2, 16, 16), np.uint8), series,
+                                        make_segment_descriptions(1), tmp_path / "ct-seg.dcm")
+    with pytest.raises(SegmentationTypeError, match="decodes to NIfTI"):
+        daskseg.segmentation_to_ome_zarr(daskseg.open_segmentation(volume), tmp_path / "v.ome.zarr")
+    assert not (tmp_path / "v.ome.zarr").exists()
+
+
 def test_cli_encodes_label_values_that_skip_as_binary_segments(tmp_path, capsys):
     """OME-Zarr labels 3 and 8 (cells of a nucleus model, say) written as BINARY: segments 1
     and 2, the values given as label_values, as dcmqi numbers labelIDs that skip."""
