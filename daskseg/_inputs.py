@@ -639,8 +639,11 @@ def check_label_values_mask(options: WriteOptions, stacked: bool, dtype: np.dtyp
             "floating point, one segment's fractions" if dtype.kind == "f" else
             "a stack of one plane per segment" if stacked else None)
     if what is not None:
+        advice = (" Save the mask with an integer type to give labels, or number the segment "
+                  "1 (its values are then its fractions)." if dtype.kind == "f" else "")
         raise SegmentationInputError(
-            f"label_values is for a mask of integer labels; this mask is {what}."
+            "label_values (in daskseg encode, the metadata's labelIDs other than 1..n) is for a "
+            f"mask of integer labels; this mask is {what}.{advice}"
         )
 
 

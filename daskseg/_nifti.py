@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 
 from daskseg._file import file_beside
 from daskseg._series import SourceSeries, load_source_series
+from daskseg._volframes import referenced_instances
 from daskseg.errors import MissingDependencyError, SegmentationFileError, SegmentationInputError
 
 __all__ = ["is_nifti_path", "match_to_series", "read_nifti", "volume_to_nifti"]
@@ -29,6 +30,12 @@ _SUFFIXES = (".nii", ".nii.gz")
 # How far (in voxels) a source pixel may lie from a voxel centre of the file: NIfTI stores its
 # affine as float32 (about 7 significant digits), so positions agree to far better than this.
 _VOXEL_TOLERANCE = 0.01
+# An image's position is a DS value, which some series give to two decimals (0.005 mm either
+# way), and a file's grid made from such positions (the first, and the mean step, as dcm2niix
+# and ITK make it) is off by as much again: an image up to 0.02 mm from its voxel centre lies
+# on it, where that is at most a quarter of a voxel (still far nearer one voxel than another).
+_POSITION_TOLERANCE_MM = 0.02
+_POSITION_TOLERANCE_MAX_VOXELS = 0.25
 # RAS+ (NIfTI) to LPS+ (DICOM): x and y change sign.
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _NIFTI_CONVENTION = ("its affine were in LPS+ (DICOM) rather than NIfTI's RAS+: the file was "
@@ -260,8 +267,11 @@ def _match(
     slice_axis = 3 - row_axis - column_axis
     rounded = np.round(origins)
     off = np.abs(origins - rounded).max(axis=1)
-    if (off > _VOXEL_TOLERANCE).any():
-        frame = int(np.argmax(off))
+    off_mm = np.linalg.norm((origins - rounded) @ affine[:3, :3].T, axis=1)
+    between = (off > _VOXEL_TOLERANCE) & (
+        (off_mm > _POSITION_TOLERANCE_MM) | (off > _POSITION_TOLERANCE_MAX_VOXELS))
+    if between.any():
+        frame = int(np.argmax(np.where(between, off, -1.0)))
         millimetres = (affine[:3, :3] @ (origins[frame] - rounded[frame]))
         raise SegmentationInputError(
             f"The {kind} mask does not match the source series: image {frame + 1} "
@@ -564,10 +574,21 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
         order = series.sort_index()
         uids = [series.sop_instance_uids[k] for k in order]
         referenced = [uid for uid in reader.source_sop_instance_uids if uid]
-        if not set(uids) & set(referenced):
+        # Frames that reference no image (dcmqi leaves the references out where its geometry
+        # check failed) are placed by position: the series is then the one the header lists,
+        # or, listing none, one of the SEG's frame of reference.
+        listed = referenced or sorted(referenced_instances(reader.header))
+        if listed and not set(uids) & set(listed):
             raise SegmentationInputError(
                 "source_images holds none of the images that the SEG's frames are of: it is "
                 "another series."
+            )
+        frame_of_reference = str(reader.header.get("FrameOfReferenceUID", ""))
+        if not listed and frame_of_reference != series.frame_of_reference_uid:
+            raise SegmentationInputError(
+                f"The SEG references no source image and its frame of reference "
+                f"({frame_of_reference or 'none'}) is not the series' "
+                f"({series.frame_of_reference_uid}): source_images is another series."
             )
         given = set(uids)
         missing = [uid for uid in referenced if uid not in given]

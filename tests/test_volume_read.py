@@ -836,6 +836,27 @@ def test_a_plane_of_frames_without_references_warns_and_nifti_places_it(tmp_path
     stripped.to_nifti(tmp_path / "placed.nii.gz", source_images=series)
     np.testing.assert_array_equal(np.asarray(nibabel.load(tmp_path / "placed.nii.gz").dataobj),
                                   np.asarray(nibabel.load(tmp_path / "whole.nii.gz").dataobj))
+    # No frame with its reference (as dcmqi may write them): the series is the one the header
+    # lists, else one of the SEG's frame of reference; it was refused as another series (a
+    # helper's hunt).
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        item.DerivationImageSequence = []
+    ds.save_as(tmp_path / "none.dcm")
+    open_segmentation(tmp_path / "none.dcm").to_nifti(tmp_path / "none.nii.gz", source_images=series)
+    np.testing.assert_array_equal(np.asarray(nibabel.load(tmp_path / "none.nii.gz").dataobj),
+                                  np.asarray(nibabel.load(tmp_path / "whole.nii.gz").dataobj))
+    del ds.ReferencedSeriesSequence
+    if "SourceImageSequence" in ds:
+        del ds.SourceImageSequence
+    ds.save_as(tmp_path / "unlisted.dcm")
+    open_segmentation(tmp_path / "unlisted.dcm").to_nifti(tmp_path / "unlisted.nii.gz",
+                                                          source_images=series)
+    other = make_ct_series(len(series), int(series[0].Rows), int(series[0].Columns))
+    with pytest.raises(SegmentationInputError, match="references no source image and its frame "
+                                                     "of reference .* is another series"):
+        open_segmentation(tmp_path / "unlisted.dcm").to_nifti(tmp_path / "other.nii.gz",
+                                                              source_images=other)
+    assert not (tmp_path / "other.nii.gz").exists()
 
 
 def test_a_spacing_between_slices_that_disagrees_with_the_planes(tmp_path, thread_client):

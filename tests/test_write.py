@@ -226,7 +226,8 @@ def test_bad_label_values_are_refused(tmp_path, label_values, segmentation_type,
                            label_values=label_values)
     for mask, n_segments, what in [(np.zeros((64, 64, 2), np.uint8), 2, "a stack of one plane"),
                                    (np.ones((64, 64), bool), 1, "boolean"),
-                                   (np.ones((64, 64), np.float32), 1, "floating point")]:
+                                   (np.ones((64, 64), np.float32), 1, "floating point, one "
+                                    "segment's fractions. Save the mask with an integer type")]:
         with pytest.raises(SegmentationInputError, match=f"integer labels; this mask is {what}"):
             write_segmentation(mask, source, make_segment_descriptions(n_segments),
                                tmp_path / "seg.dcm", label_values=[5, 12][:n_segments])
