@@ -203,6 +203,8 @@ def _encode_rle(frame: np.ndarray, bits_allocated: int) -> bytes:
 def _decode_rle(data: bytes, rows: int, columns: int, bits_allocated: int) -> np.ndarray:
     import rle
 
+    if bits_allocated in (8, 16):
+        return _decode_rle_segments(data, rows, columns, bits_allocated)
     return np.frombuffer(
         rle.decode_pixel_data(
             data, version=2, rows=rows, columns=columns, bits_allocated=bits_allocated,
@@ -210,6 +212,39 @@ def _decode_rle(data: bytes, rows: int, columns: int, bits_allocated: int) -> np
         ),
         frame_dtype(bits_allocated).newbyteorder("<"),
     ).reshape(rows, columns)  # RLE has no shape of its own (PS3.5 G.3): the header's
+
+
+def _decode_rle_segments(data: bytes, rows: int, columns: int, bits_allocated: int) -> np.ndarray:
+    """An RLE frame of one sample, each of its byte segments decoded whole (PS3.5 G.2, most
+    significant first) and required to be Rows x Columns bytes: a decoder that stops there (as
+    G.3.1 describes) takes a frame of another size for this one, without a word."""
+    from rle.rle import decode_segment
+
+    if len(data) < 64:
+        raise ValueError(f"the RLE frame is {len(data)} bytes, shorter than its 64-byte header")
+    header = struct.unpack_from("<16I", data)
+    count = header[0]
+    if count != bits_allocated // 8:
+        raise ValueError(f"the RLE frame has {count} segments, not {bits_allocated // 8} for "
+                         f"{bits_allocated}-bit pixels of one sample")
+    ends = [*header[1 : 1 + count], len(data)]
+    if any(not 64 <= a <= b <= len(data) for a, b in zip(ends, ends[1:])):
+        raise ValueError(f"the RLE header's segment offsets {list(header[1:1 + count])} do not "
+                         f"fit the frame's {len(data)} bytes")
+    pixels = rows * columns
+    segments = []
+    for a, b in zip(ends, ends[1:]):
+        segment = decode_segment(data[a:b])
+        # A pad byte at a segment's end (to even length) may decode to one byte more.
+        if not pixels <= len(segment) <= pixels + 1:
+            raise ValueError(f"an RLE segment decodes to {len(segment)} bytes, not Rows x "
+                             f"Columns {rows} x {columns} = {pixels}: the frame is of another "
+                             "size, or damaged")
+        segments.append(np.frombuffer(segment, np.uint8, count=pixels))
+    if bits_allocated == 8:
+        return segments[0].reshape(rows, columns)
+    frame = (segments[0].astype(np.uint16) << 8) | segments[1]
+    return frame.reshape(rows, columns)
 
 
 @dataclass(frozen=True)

@@ -498,11 +498,26 @@ def locate_frames(
                               f"({syntax.name}) is native: the file's TransferSyntaxUID is "
                               "probably wrong.")
         needed = -(-n_frames * rows * columns * bits // 8)
-        # More is harmless (a pad byte to even length, PS3.5 7.1.1; some writers pad more).
         if length < needed:
             raise _fail(name, f"the Pixel Data holds {length} bytes, but NumberOfFrames "
                               f"{n_frames} of {rows} x {columns} x {bits} bits need {needed}: "
                               "the header and the pixel data disagree.")
+        # Native frames follow each other without a gap, the whole padded to even length (PS3.5
+        # 7.1.1, 8.1.1): a frame's worth more is another frame or other frames, and each frame
+        # would be read from the wrong place (1-bit frames each packed into bytes of its own, as
+        # highdicom 0.28 writes frames of fewer than 8 pixels, are such a file).
+        frame_bytes = -(-rows * columns * bits // 8)
+        if length - needed >= max(frame_bytes, 2):
+            apart = bits == 1 and rows * columns < 8 and n_frames <= length <= n_frames + 1
+            raise _fail(name, f"the Pixel Data holds {length} bytes, {length - needed} more than "
+                              f"NumberOfFrames {n_frames} of {rows} x {columns} x {bits} bits "
+                              f"need ({needed}): " + (
+                                  "each frame of fewer than 8 pixels is in a byte of its own "
+                                  "(as highdicom 0.28 writes them), where PS3.5 8.1.1 packs "
+                                  "frames bit after bit, so no pixel is where it would be read."
+                                  if apart else
+                                  "more frames than the header counts, or frames of another "
+                                  "size or packing, so none is where it would be read."))
         if value_start + needed > size:
             raise _fail(name, f"the file ends {value_start + needed - size} bytes short of its "
                               f"{n_frames} frames: it is cut short.")
@@ -654,7 +669,10 @@ def index_frames(header: Dataset, segment_numbers: list[int], grid: TileGrid, *,
     table = np.full((n_channels, *grid_shape), -1, dtype=np.int64)
     for index, item in enumerate(items):
         try:
-            position = item.PlanePositionSlideSequence[0]
+            # A group the same for every frame may be shared (PS3.3 C.7.6.16): a SEG of one
+            # tile has its position there; a frame's own comes first.
+            position = (item if "PlanePositionSlideSequence" in item
+                        else shared).PlanePositionSlideSequence[0]
             row_position = int(position.RowPositionInTotalImagePixelMatrix)
             column_position = int(position.ColumnPositionInTotalImagePixelMatrix)
         except (AttributeError, IndexError, TypeError, ValueError):

@@ -433,6 +433,51 @@ def test_a_codestream_of_another_size_or_precision_is_refused(tmp_path, sources,
 
 
 
+def test_native_pixel_data_a_frame_longer_than_its_frames_is_refused(tmp_path, sources):
+    """Native frames follow each other without a gap (PS3.5 8.1.1): Pixel Data a frame (or
+    more) longer than NumberOfFrames x Rows x Columns needs has frames the header does not
+    count, or of another size, and every frame was read from the wrong place without a word (a
+    helper's hunt: Rows edited, a frame's item dropped). A pad byte to even length is kept."""
+    import pydicom
+
+    dataset = pydicom.dcmread(sources["labelmap-native-full"][0])
+    frame = int(dataset.Rows) * int(dataset.Columns)
+    dataset.PixelData = bytes(dataset.PixelData) + bytes(frame)
+    path = tmp_path / "a-frame-more.dcm"
+    dataset.save_as(path)
+    with pytest.raises(SegmentationFileError, match=f"{path.name}: the Pixel Data holds "
+                       rf"\d+ bytes, {frame} more than NumberOfFrames"):
+        read_all(path)
+    dataset.Rows = int(dataset.Rows) // 2  # its frames read as twice as many half frames
+    dataset.PixelData = bytes(dataset.PixelData)[:-frame]
+    dataset.save_as(path)
+    with pytest.raises(SegmentationFileError, match="more frames than the header counts, or "
+                                                    "frames of another size"):
+        read_all(path)
+
+
+def test_an_rle_frame_of_more_pixels_than_rows_x_columns_is_refused(tmp_path, sources):
+    """An RLE segment is Rows x Columns bytes (PS3.5 G.2); a decoder that stops there read a
+    frame of 32 x 33 pixels as the header's 32 x 32 (a helper's hunt)."""
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+
+    from daskseg._codecs import CODECS
+
+    dataset = pydicom.dcmread(sources["fractional-rle-full"][0])
+    codec = CODECS[str(dataset.file_meta.TransferSyntaxUID)]
+    frames = list(generate_frames(dataset.PixelData, number_of_frames=int(dataset.NumberOfFrames)))
+    wider = np.arange(32 * 33, dtype=np.uint8).reshape(32, 33)
+    frames[1] = codec.encode(wider, 8)
+    dataset.PixelData = encapsulate(frames, has_bot=True)
+    path = tmp_path / "wider.dcm"
+    dataset.save_as(path)
+    with pytest.raises(SegmentationFileError, match=f"{path.name}: frame 2 cannot be decoded as "
+                       "RLE Lossless .*an RLE segment decodes to 1056 bytes, not Rows x Columns "
+                       "32 x 32 = 1024"):
+        read_all(path)
+
+
 def test_a_binary_codestream_of_values_above_1_is_refused(tmp_path, sources):
     """A BINARY JPEG 2000 frame whose codestream holds 0 and 255 (or 0..7), which no 1-bit
     pixel can: refused, not read as segment values of 255 (highdicom reads them so)."""

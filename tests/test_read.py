@@ -26,6 +26,7 @@ import daskseg._decode
 from daskseg import (
     ALLOWED_TRANSFER_SYNTAXES,
     DestinationExistsError,
+    SegmentationFileError,
     SegmentationInputError,
     SegmentationTypeError,
     open_segmentation,
@@ -433,7 +434,7 @@ def test_an_invalid_segment_description_fails_when_asked_for_not_at_open(tmp_pat
     """highdicom's checks of each segment (3-5 ms a segment) run when the descriptions are
     first asked for: the pixels read without them, and what needs them fails clearly, before
     writing anything."""
-    from daskseg import SegmentationFileError, segmentation_to_ome_zarr
+    from daskseg import segmentation_to_ome_zarr
     from daskseg.cli import main
 
     path = highdicom_file(tmp_path, "BINARY", ExplicitVRLittleEndian, "TILED_FULL")
@@ -583,10 +584,19 @@ def test_random_geometries_of_native_binary(tmp_path_factory, rows, columns, til
     folder = tmp_path_factory.mktemp("geometry")
     path = highdicom_file(folder, "BINARY", ExplicitVRLittleEndian, organization, rows=rows,
                           columns=columns, tile=(tile_rows, tile_columns), n_segments=2)
-    expected = hd.seg.segread(path).get_total_pixel_matrix()
+    dataset = pydicom.dcmread(path)
+    needed = -(-int(dataset.NumberOfFrames) * tile_rows * tile_columns // 8)
     with dask.config.set(scheduler="synchronous"):
+        if len(dataset.PixelData) - needed >= 2:
+            # highdicom 0.28 packs each frame of fewer than 8 pixels into a byte of its own,
+            # not bit after bit (PS3.5 8.1.1): no pixel is where the standard puts it (two
+            # such frames are one byte and a pad byte to daskseg, and to highdicom's reading).
+            assert tile_rows * tile_columns < 8
+            with pytest.raises(SegmentationFileError, match="in a byte of its own"):
+                read_segmentation(path, chunks=chunk).compute()
+            return
         got = read_segmentation(path, chunks=chunk).compute()
-    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, hd.seg.segread(path).get_total_pixel_matrix())
 
 
 def test_to_numpy_from_workers_off_loopback_comes_packed_and_equal(tmp_path, monkeypatch,
@@ -762,3 +772,27 @@ def test_a_file_replaced_after_it_was_opened_is_not_read_at_the_old_places(tmp_p
     path.unlink()
     with pytest.raises(SegmentationFileError, match="no longer exists"):
         reader.to_numpy(combine_segments=True)
+
+
+def test_a_one_tile_seg_with_its_position_in_the_shared_groups(tmp_path, thread_client):
+    """A group the same for every frame may be shared (PS3.3 C.7.6.16): a SEG of one tile may
+    have its Plane Position (Slide) there, as one-frame slides do; it was refused as damaged
+    ("frame 1 has no valid position"), where highdicom reads it (a helper's hunt)."""
+    labels = np.zeros((50, 45), np.uint8)
+    labels[5:30, 10:40] = 1
+    labels[35:48, 2:20] = 2
+    path = daskseg.write_segmentation(
+        labels, make_slide(50, 45, tile_size=(64, 64)),
+        make_segment_descriptions(2, segmentation_type="LABELMAP"), tmp_path / "seg.dcm",
+        segmentation_type="LABELMAP", dimension_organization_type="TILED_SPARSE",
+        client=thread_client)
+    dataset = pydicom.dcmread(path)
+    (item,) = dataset.PerFrameFunctionalGroupsSequence
+    dataset.SharedFunctionalGroupsSequence[0].PlanePositionSlideSequence = (
+        item.PlanePositionSlideSequence)
+    del item.PlanePositionSlideSequence
+    dataset.save_as(tmp_path / "shared.dcm")
+    ours = daskseg.read_segmentation(tmp_path / "shared.dcm", combine_segments=True).compute()
+    theirs = hd.seg.segread(tmp_path / "shared.dcm").get_total_pixel_matrix(combine_segments=True)
+    np.testing.assert_array_equal(ours, labels)
+    np.testing.assert_array_equal(ours, theirs)
