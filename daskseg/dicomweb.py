@@ -25,11 +25,12 @@ import io
 import os
 import pathlib
 import re
+import time
 import uuid
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pydicom
@@ -265,6 +266,7 @@ def _raise_for(
     import requests
 
     url = _redact(url)
+    error, tried = _last_attempt(error)
     # A read that times out while the answer streams in comes as a ConnectionError wrapping
     # urllib3's ReadTimeoutError: the server is there, and stopped sending.
     if isinstance(error, requests.Timeout) or (
@@ -298,7 +300,8 @@ def _raise_for(
                                 f"{_credentials_advice(headers, session)}", url=url,
                                 status=status) from None
         raise DICOMwebError(f"{url} answered HTTP {status} {error.response.reason} while {what}"
-                            f"{_server_message(error.response)}.", url=url, status=status) from None
+                            f"{_server_message(error.response)}{tried}.", url=url,
+                            status=status) from None
     if isinstance(error, DaskSegError):
         raise error
     if isinstance(error, requests.exceptions.ChunkedEncodingError) or (
@@ -314,6 +317,49 @@ def _raise_for(
         f"{' '.join(str(error).split())[:200]}): is it a DICOMweb server, and is the URL right?",
         url=url,
     ) from error
+
+
+def _last_attempt(error: Exception) -> tuple[Exception, str]:
+    """dicomweb-client's ``RetryError`` (its retries of 408, 429, 503 and 504 all failed) as the
+    last attempt's error (its answer as an ``HTTPError``), and words saying it was retried."""
+    import requests
+
+    attempt = getattr(error, "last_attempt", None)
+    if attempt is None or type(error).__name__ != "RetryError":
+        return error, ""
+    tried = f" (tried {attempt.attempt_number} times)"
+    if attempt.has_exception:
+        return attempt.value[1], tried
+    if isinstance(attempt.value, requests.Response):
+        return requests.HTTPError(str(attempt.value.status_code), response=attempt.value), tried
+    return error, ""
+
+
+# The answers dicomweb-client retries (its default), retried here too where daskseg asks itself.
+_RETRIED_STATUSES = frozenset({408, 429, 503, 504})
+
+_T = TypeVar("_T")
+
+
+def _retried(call: Callable[[], _T], statuses: frozenset[int] = frozenset()) -> _T:
+    """``call()`` (a request daskseg makes itself, not through dicomweb-client, which retries
+    its own), tried up to ``_ATTEMPTS`` times while it cannot connect, times out, or is answered
+    one of ``statuses``, as dicomweb-client's are; waiting 0.2 s, then 0.4 s."""
+    import requests
+
+    for attempt in range(_ATTEMPTS):
+        try:
+            return call()
+        except requests.RequestException as error:
+            response = getattr(error, "response", None)
+            transient = (
+                isinstance(error, (requests.Timeout, requests.ConnectionError))
+                and not isinstance(error, requests.exceptions.SSLError)
+            ) or (response is not None and response.status_code in statuses)
+            if not transient or attempt + 1 == _ATTEMPTS:
+                raise
+        time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")  # the last attempt returned or raised
 
 
 def _credentials_advice(headers: Mapping[str, str] | None, session: Any) -> str:
@@ -477,7 +523,8 @@ def fetch_transfer_syntax(
     frame_url = f"{target}/frames/1"
     http = session if session is not None else requests.Session()
     accept = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
-    try:
+
+    def probe() -> str:
         with http.get(frame_url, headers={**all_headers, "Accept": accept}, timeout=timeout,
                       stream=True) as response:
             if response.status_code >= 400:
@@ -491,8 +538,11 @@ def fetch_transfer_syntax(
                 part = start.split("\r\n\r\n", 2)
                 for line in (part[0] + "\r\n" + part[1] if len(part) > 1 else "").splitlines():
                     if line.lower().startswith("content-type:") and _syntax_in(line):
-                        content_type = line.partition(":")[2]
-                        break
+                        return line.partition(":")[2]
+            return content_type
+
+    try:
+        content_type = _retried(probe, statuses=_RETRIED_STATUSES)
     except requests.RequestException as error:
         response = getattr(error, "response", None)
         if response is not None and response.status_code >= 500:
@@ -856,10 +906,13 @@ def store_instance(
         return answer
     # No DICOM JSON answer (XML, or none): whether the instance was stored is asked of the
     # server itself, by its metadata (WADO-RS).
-    instance = DICOMwebURL(root.rstrip("/"), str(header.get("StudyInstanceUID", "")),
+    # The root without its user:password@ (sent as headers): a URL may reach a message, and
+    # dicomweb-client logs the URLs it asks.
+    instance = DICOMwebURL(_redact(root.rstrip("/")), str(header.get("StudyInstanceUID", "")),
                            str(header.get("SeriesInstanceUID", "")), str(uid))
     try:
-        fetch_instance_metadata(instance, session=session, headers=headers, timeout=timeout)
+        fetch_instance_metadata(instance, session=session, headers={**url_headers, **(headers or {})},
+                                timeout=timeout)
     except (SegmentationInputError, DICOMwebError) as error:
         raise DICOMwebError(
             f"{_redact(url)} answered HTTP {response.status_code} to storing {path.name} "

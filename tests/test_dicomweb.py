@@ -693,3 +693,66 @@ def test_a_store_with_warnings_says_so(tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             store_instance(path, root)
+
+
+def test_answers_retried_to_the_end_say_the_status_and_that_they_were_retried():
+    """dicomweb-client retries 408, 429, 503 and 504 and then raises its RetryError: that was
+    'an answer daskseg cannot read' with no .status (a helper's hunt)."""
+    for status in (503, 429):
+        seen: list = []
+        with tiny_server(status, seen) as root:
+            url = f"{root}/studies/1.2/series/1.3/instances/1.4"
+            with pytest.raises(DICOMwebError, match=f"answered HTTP {status} .* while fetching "
+                                                    r"the instance's metadata.*\(tried 3 times\)") as caught:
+                fetch_instance_metadata(url)
+            assert caught.value.status == status and len(seen) == 3
+            with pytest.raises(DICOMwebError, match=r"fetching 2 frames.*\(tried 3 times\)") as caught:
+                fetch_frames(root, "1.2", "1.3", "1.4", [1, 2], JPEG2000Lossless)
+            assert caught.value.status == status
+
+
+def test_the_transfer_syntax_probe_is_tried_again_after_a_passing_failure():
+    """The probe of frame 1 (every open on a server whose metadata lacks the syntax, as
+    Orthanc's does) was sent once: one 503, or a connection refused, failed the open."""
+    seen: list = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            seen.append(self.path)
+            if len(seen) == 1:
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = b"--x\r\nContent-Type: application/octet-stream\r\n\r\n\x00\r\n--x--\r\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/related; boundary=x; "
+                             f'type="image/jp2"; transfer-syntax={JPEG2000Lossless}')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    with serving(Handler) as root:
+        syntax = fetch_transfer_syntax(f"{root}/studies/1.2/series/1.3/instances/1.4")
+    assert syntax == JPEG2000Lossless and len(seen) == 2
+
+
+def test_a_stow_root_s_password_stays_out_of_the_check_that_follows_an_answer_not_in_json(
+        tmp_path):
+    """An answer that is not DICOM JSON is checked by the instance's metadata: that request was
+    made of the root with its user:password@, which then stood in the error (a helper's
+    hunt). It goes as HTTP Basic authentication, as the STOW request's."""
+    import base64
+
+    seen: list = []
+    with stow_server((200, {"Content-Type": "text/xml"}, b"<ok/>"), seen) as root:
+        with_user = root.replace("http://", "http://someone:secret@")
+        with pytest.raises(DICOMwebError, match="cannot be found there") as caught:
+            store_instance(_small_seg(tmp_path), with_user)
+    assert "secret" not in str(caught.value)
+    basic = "Basic " + base64.b64encode(b"someone:secret").decode()
+    gets = [headers for method, _, headers in seen if method == "GET"]
+    assert gets and all(headers.get("Authorization") == basic for headers in gets)
