@@ -1,8 +1,8 @@
 """Segment descriptions from dcmqi's segmentation metadata JSON, or from a list of labels.
 
 The JSON is the one dcmqi's ``itkimage2segimage`` reads; the ``daskseg encode --label`` names
-become the same metadata (generic "Tissue" codes, an automatic algorithm of unknown name, as
-dcmqi fills in when the JSON names none), so both take one path to highdicom.
+become the same metadata (generic "Tissue" codes, an automatic algorithm of unknown name), so
+both take one path to highdicom.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import colorsys
 import json
 import os
 import pathlib
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,12 @@ def _code(item: dict[str, str]) -> hd.sr.CodedConcept:
             f"a code in the metadata is a {type(item).__name__}, not a JSON object with "
             "CodeValue, CodingSchemeDesignator and CodeMeaning"
         )
+    for key in ("CodeValue", "CodingSchemeDesignator", "CodeMeaning"):
+        if key in item and (not isinstance(item[key], str) or not item[key].strip()):
+            # Type 1 in the code sequence macro (PS3.3 Table 8.8-1): dcmqi refuses it too.
+            raise SegmentationInputError(
+                f"a code in the metadata has {key} {item[key]!r}, where a non-empty text is needed"
+            )
     try:
         return hd.sr.CodedConcept(
             value=item["CodeValue"],
@@ -105,6 +112,8 @@ def segment_descriptions_from_dcmqi(
     """
     import highdicom as hd
 
+    from daskseg._inputs import check_person_name, check_texts
+
     if isinstance(metadata, dict):
         data = metadata
     else:
@@ -146,14 +155,24 @@ def segment_descriptions_from_dcmqi(
         )
     descriptions = []
     for segment in sorted(segments, key=lambda s: s["labelID"]):
-        algorithm_type = str(segment.get("SegmentAlgorithmType", "AUTOMATIC")).upper()
+        # dcmqi's schema requires the type; without it, dcmqi takes its default, SEMIAUTOMATIC.
+        algorithm_type = str(segment.get("SegmentAlgorithmType", "SEMIAUTOMATIC")).upper()
         if algorithm_type not in _ALGORITHM_TYPES:
             raise SegmentationInputError(f"unknown SegmentAlgorithmType {algorithm_type!r}")
         algorithm = None
         if algorithm_type != "MANUAL":
+            for key in ("SegmentAlgorithmName", "SegmentAlgorithmVersion"):
+                if key in segment and (segment[key] is None or not str(segment[key]).strip()):
+                    # Type 1C for an automatic or semiautomatic segment (PS3.3 C.8.20.2), and
+                    # Type 1 in its Algorithm Identification: dcmqi refuses it too. Left out,
+                    # it is "unknown".
+                    raise SegmentationInputError(
+                        f"segment {segment['labelID']} is {algorithm_type} but its {key} is "
+                        f"{segment[key]!r}; name the algorithm, or leave {key} out"
+                    )
             algorithm = hd.AlgorithmIdentificationSequence(
-                name=segment.get("SegmentAlgorithmName", "unknown"),
-                version=segment.get("SegmentAlgorithmVersion", "unknown"),
+                name=str(segment.get("SegmentAlgorithmName", "unknown")),
+                version=str(segment.get("SegmentAlgorithmVersion", "unknown")),
                 family=hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence"),
             )
         options: dict[str, Any] = {}
@@ -179,20 +198,30 @@ def segment_descriptions_from_dcmqi(
         label = (segment.get("SegmentLabel") or segment.get("SegmentDescription")
                  or (type_code.get("CodeMeaning") if isinstance(type_code, dict) else None)
                  or f"Segment {segment['labelID']}")
-        try:
-            description = hd.seg.SegmentDescription(
-                segment_number=int(segment["labelID"]),
-                segment_label=label,
-                segmented_property_category=_code(segment["SegmentedPropertyCategoryCodeSequence"]),
-                segmented_property_type=_code(segment["SegmentedPropertyTypeCodeSequence"]),
-                algorithm_type=algorithm_type,
-                algorithm_identification=algorithm,
-                **options,
-            )
-        except (ValueError, TypeError) as error:  # highdicom's verdict on the data
-            raise SegmentationInputError(
-                f"segment {segment['labelID']} of the data: {error}"
-            ) from error
+        category = _code(segment["SegmentedPropertyCategoryCodeSequence"])
+        property_type = _code(segment["SegmentedPropertyTypeCodeSequence"])
+        # pydicom warns of a value (a label of 65 characters) that highdicom, or daskseg's
+        # check of the texts, then refuses: the refusal alone is said.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                description = hd.seg.SegmentDescription(
+                    segment_number=int(segment["labelID"]),
+                    segment_label=label,
+                    segmented_property_category=category,
+                    segmented_property_type=property_type,
+                    algorithm_type=algorithm_type,
+                    algorithm_identification=algorithm,
+                    **options,
+                )
+            except (ValueError, TypeError) as error:  # highdicom's verdict on the data
+                raise SegmentationInputError(
+                    f"segment {segment['labelID']} of the data: {error}"
+                ) from error
+            check_texts(description, f"Segment {segment['labelID']}'s")
+        for warning in caught:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
         if "SegmentDescription" in segment:
             description.SegmentDescription = segment["SegmentDescription"]
         if "SegmentedPropertyTypeModifierCodeSequence" in segment:
@@ -219,15 +248,17 @@ def segment_descriptions_from_dcmqi(
         ("ContentLabel", "content_label"),
         ("ContentDescription", "content_description"),
     ]:
-        if key in data:
+        if data.get(key) is not None:  # null: left out, as dcmqi's schema takes it
             options[option] = data[key]
+    if "content_creator_name" in options:
+        check_person_name(options["content_creator_name"], "ContentCreatorName")
     # What dcmqi writes into the header as given: the Clinical Trial Series module (PS3.3
-    # C.7.3.2) and the body part.
-    attributes = {key: str(data[key]) for key in _HEADER_KEYS if key in data}
+    # C.7.3.2) and the body part; null is left out (it was written as the text "None").
+    attributes = {key: str(data[key]) for key in _HEADER_KEYS if data.get(key) is not None}
     if attributes:
         options["header_attributes"] = attributes
     for key, option in [("SeriesNumber", "series_number"), ("InstanceNumber", "instance_number")]:
-        if key in data:
+        if data.get(key) is not None:
             options[option] = _whole_number(data[key], key)
     return descriptions, options
 

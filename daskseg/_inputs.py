@@ -41,6 +41,7 @@ __all__ = [
     "worker_visible",
     "is_uid_form",
     "check_destination",
+    "check_person_name",
     "check_store_folder",
     "check_mask_dtype",
     "drop_leading_axis",
@@ -689,6 +690,22 @@ def check_uids(**uids: Any) -> None:
                 f"{name} {value!r} is not a valid UID: numbers without leading zeros separated "
                 "by dots, at most 64 characters (PS3.5 9.1); leave it out for a new one."
             )
+
+
+def check_person_name(value: Any, name: str) -> None:
+    """Refuse ``value`` unless it is one person name (PN, PS3.5 6.2): up to three component
+    groups (=) of up to five components (^), each of at most 64 characters; pydicom only
+    warns, and writes what a validator then calls invalid."""
+    text = str(value)
+    problem = text_problem("PN", text)
+    if problem is None and "\\" in text:
+        problem = "a backslash separates values, and it takes one"
+    if problem is None and (text.count("=") > 2 or any(g.count("^") > 4 for g in text.split("="))):
+        problem = "a person name has at most five components (family^given^middle^prefix^suffix)"
+    if problem is not None:
+        raise SegmentationInputError(
+            f"{name} {text!r} is not a person name (PN, PS3.5 6.2): {problem}."
+        )
 
 
 def check_store_folder(destination: pathlib.Path) -> None:

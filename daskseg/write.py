@@ -205,6 +205,8 @@ def write_segmentation(
                 f"or control characters (LO, PS3.5 6.2), not {series_description!r}."
             )
         options = dataclasses.replace(options, series_description=series_description)
+    if content_creator_name is not None:
+        _inputs.check_person_name(content_creator_name, "content_creator_name")
     attributes = _inputs.parse_header_attributes(header_attributes)
     if attributes:
         options = dataclasses.replace(options, header_attributes=attributes)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 from daskseg import SegmentationInputError
 from daskseg._dcmqi import segment_descriptions_from_dcmqi, segment_descriptions_from_labels
+from daskseg.synthetic import make_slide
 
 from test_cli import DCMQI
 
@@ -68,6 +72,17 @@ def test_segments_without_a_label_are_labelled_as_dcmqi_labels_them():
                                   "CodeValue": "7771000", "CodingSchemeDesignator": "SCT",
                                   "CodeMeaning": "Left"}}]]},
      "AnatomicRegionModifierSequence without an AnatomicRegionSequence"),
+    # Found by a helper's hunt against dcmqi: each was written, and failed dciodvfy.
+    ({"segmentAttributes": [[{**DCMQI["segmentAttributes"][0][0],
+                              "SegmentedPropertyTypeCodeSequence": {
+                                  "CodeValue": "1", "CodingSchemeDesignator": "SCT",
+                                  "CodeMeaning": ""}}]]},
+     "a code in the metadata has CodeMeaning '', where a non-empty text is needed"),
+    ({"segmentAttributes": [[{**DCMQI["segmentAttributes"][0][0], "SegmentAlgorithmType":
+                              "AUTOMATIC", "SegmentAlgorithmName": None}]]},
+     "segment 1 is AUTOMATIC but its SegmentAlgorithmName is None"),
+    ({**DCMQI, "ContentCreatorName": "c" * 65}, "ContentCreatorName 'c+' is not a person name"),
+    ({**DCMQI, "ContentCreatorName": "a^b^c^d^e^f"}, "at most five components"),
 ])
 def test_bad_metadata_raises_an_input_error(metadata, message):
     with pytest.raises(SegmentationInputError, match=message):
@@ -112,3 +127,35 @@ def test_what_dcmqi_writes_of_the_metadata_reaches_the_descriptions():
     assert options == {"content_description": "Kidneys",
                        "header_attributes": {"BodyPartExamined": "ABDOMEN"}}
     assert segment["labelID"] == "1"  # not the caller's data changed
+
+
+def test_null_values_are_left_out_and_a_missing_algorithm_type_is_dcmqi_s_default():
+    """A null was written as the text "None" (ClinicalTrialSeriesID 'None'); a segment without
+    SegmentAlgorithmType was AUTOMATIC where dcmqi takes its schema's default, SEMIAUTOMATIC
+    (a helper's hunt)."""
+    segment = {key: value for key, value in DCMQI["segmentAttributes"][0][0].items()
+               if not key.startswith("SegmentAlgorithm")}
+    descriptions, options = segment_descriptions_from_dcmqi(
+        {**DCMQI, "ClinicalTrialSeriesID": None, "ContentCreatorName": None,
+         "BodyPartExamined": None, "SeriesNumber": None, "segmentAttributes": [[segment]]})
+    assert "header_attributes" not in options and "content_creator_name" not in options
+    assert "series_number" not in options
+    assert descriptions[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
+    assert descriptions[0].SegmentAlgorithmName == "unknown"
+
+
+def test_a_label_pydicom_warns_of_and_daskseg_refuses_is_said_once(tmp_path):
+    """The CLI printed pydicom's two warning lines before its one error line."""
+    make_slide(64, 64, tile_size=(32, 32)).save_as(tmp_path / "slide.dcm", enforce_file_format=True)
+    np.save(tmp_path / "mask.npy", np.ones((64, 64), np.uint8))
+    segment = {**DCMQI["segmentAttributes"][0][0], "SegmentLabel": "x" * 65}
+    (tmp_path / "meta.json").write_text(json.dumps({**DCMQI, "segmentAttributes": [[segment]]}))
+    done = subprocess.run(
+        [sys.executable, "-m", "daskseg", "encode", str(tmp_path / "mask.npy"),
+         str(tmp_path / "slide.dcm"), "-o", str(tmp_path / "seg.dcm"), "--metadata",
+         str(tmp_path / "meta.json"), "--quiet", "--workers", "1"],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("daskseg: error: Segment 1's SegmentLabel cannot be written")
+    assert not (tmp_path / "seg.dcm").exists()
