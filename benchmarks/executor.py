@@ -13,6 +13,7 @@ three rounds), checking that each gives the same PixelData as ``workers=0``.
 
 from __future__ import annotations
 
+import argparse
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -56,6 +57,8 @@ def segmentation_time(source, labels, descriptions, workers) -> tuple[float, byt
 
 
 def main() -> None:
+    # Arguments checked (--help, a typo) before the work starts: it takes none.
+    argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0]).parse_args()
     with local_cluster(2) as cluster, Client(cluster) as client:
         dask_executor = DaskExecutor(client)
         client_executor = client.get_executor()

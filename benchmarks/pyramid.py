@@ -12,6 +12,7 @@ BINARY, JPEG 2000 lossless, 512-pixel tiles, TILED_FULL.
 
 from __future__ import annotations
 
+import argparse
 import os
 import pathlib
 import shutil
@@ -60,6 +61,8 @@ def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--step":
         step_run(*sys.argv[3:])
         return
+    # Arguments checked (--help, a typo) before minutes of work start: it takes none.
+    argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0]).parse_args()
     from write import make_zarr
 
     script = str(pathlib.Path(__file__).resolve())

@@ -25,6 +25,7 @@ workers limited to 600 MiB each: time and peak memory of the whole process tree.
 
 from __future__ import annotations
 
+import argparse
 import os
 import pathlib
 import sys
@@ -152,7 +153,10 @@ def main() -> None:
         name, *rest = sys.argv[2:]
         globals()[f"step_{name}"](*rest)
         return
-    quick = "--quick" in sys.argv[1:]
+    # Arguments checked (--help, a typo) before minutes of work start.
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the 16384^2 comparison only")
+    quick = parser.parse_args().quick
     script = str(pathlib.Path(__file__).resolve())
     seg16 = str(ensure_seg(16384, 5))
     ours = run_step(script, "daskseg", seg16)

@@ -176,7 +176,8 @@ def parse_dicomweb_url(url: str) -> tuple[DICOMwebURL, dict[str, str]]:
         # silently not go with them.
         raise SegmentationInputError(
             f"{_redact(url)} has a query or fragment ('?...', '#...'), which daskseg does not "
-            "send with its requests: pass such credentials as headers= (or a session=)."
+            "send with its requests: pass such credentials as headers= (or a session=; on "
+            "the command line, a bearer token in $DASKSEG_DICOMWEB_TOKEN)."
         )
     host = str(hostname) + (f":{port}" if port is not None else "")
     root = urlunsplit((parts.scheme, host, "/".join(segments[:at]), "", ""))
