@@ -380,11 +380,14 @@ def _frame_values(shared: Dataset, per_frame: Sequence[Dataset], sequence: str, 
     in_shared = functional_group_value(shared, sequence, keyword)
     if in_shared is None:
         return own
+    try:
+        expected = np.asarray(_numbers(in_shared), dtype=float)
+    except (TypeError, ValueError):  # not numbers: _geometry says which frame, and how
+        expected = None
     for frame, value in enumerate(own):
-        if value is None:
+        if value is None or expected is None:
             continue
         try:
-            expected = np.asarray(_numbers(in_shared), dtype=float)
             values = np.asarray(_numbers(value), dtype=float)
         except (TypeError, ValueError):  # not numbers: _geometry says which frame, and how
             break

@@ -348,7 +348,7 @@ def _retried(call: Callable[[], _T], statuses: frozenset[int] = frozenset()) -> 
     one of ``statuses``, as dicomweb-client's are; waiting 0.2 s, then 0.4 s."""
     import requests
 
-    for attempt in range(_ATTEMPTS):
+    for attempt in range(_ATTEMPTS - 1):
         try:
             return call()
         except requests.RequestException as error:
@@ -357,10 +357,10 @@ def _retried(call: Callable[[], _T], statuses: frozenset[int] = frozenset()) -> 
                 isinstance(error, (requests.Timeout, requests.ConnectionError))
                 and not isinstance(error, requests.exceptions.SSLError)
             ) or (response is not None and response.status_code in statuses)
-            if not transient or attempt + 1 == _ATTEMPTS:
+            if not transient:
                 raise
         time.sleep(0.2 * 2**attempt)
-    raise AssertionError("unreachable")  # the last attempt returned or raised
+    return call()  # the last attempt: its error is the caller's
 
 
 def _credentials_advice(headers: Mapping[str, str] | None, session: Any) -> str:
