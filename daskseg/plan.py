@@ -185,6 +185,10 @@ def spatial_index_values(tile_nonempty: np.ndarray) -> tuple[np.ndarray, np.ndar
 FRAMES_PER_BLOCK = 64
 MIN_BLOCKS = 16
 MAX_GROWN_BLOCK_BYTES = 32 * 2**20
+# A block holds every plane of a stack: one near the mask's chunks is halved, whole tiles at a
+# time, until the mask's part of it fits, so that a few blocks a worker bound its memory
+# whatever the chunks (117 planes of 4096 x 4096 chunks made 1.83 GiB blocks).
+MAX_BLOCK_BYTES = 128 * 2**20
 
 
 def writer_block_chunks(
@@ -198,7 +202,9 @@ def writer_block_chunks(
     tiles, at least ``MIN_BLOCKS`` blocks remain, and a block of the mask (``bytes_per_pixel``
     each) stays within ``MAX_GROWN_BLOCK_BYTES``. A uint8 label map (one frame per tile) of
     2048-pixel chunks and 512-pixel tiles thus gets 4096-pixel blocks; an int64 one keeps its
-    2048-pixel blocks.
+    2048-pixel blocks. A block near the chunks that holds more than ``MAX_BLOCK_BYTES`` of the
+    mask (a stack of many planes) is first halved along its longer side until it fits, or is
+    one tile.
 
     Examples
     --------
@@ -209,9 +215,21 @@ def writer_block_chunks(
     2048
     >>> writer_block_chunks(TileGrid(16384, 16384, 512, 512), 1, (2048, 2048), 8)[0][0]
     2048
+    >>> rows, columns = writer_block_chunks(TileGrid(8192, 8192, 512, 512), 117, (4096, 4096), 117)
+    >>> rows[0], columns[0]
+    (1024, 1024)
     """
     tiles = [_tiles_near(hint[0], grid.tile_rows), _tiles_near(hint[1], grid.tile_columns)]
     n_tiles = (grid.n_tile_rows, grid.n_tile_columns)
+
+    def mask_bytes(counts: list[int]) -> int:
+        return counts[0] * grid.tile_rows * counts[1] * grid.tile_columns * bytes_per_pixel
+
+    while mask_bytes(tiles) > MAX_BLOCK_BYTES and max(tiles) > 1:
+        longer = 0 if tiles[0] * grid.tile_rows >= tiles[1] * grid.tile_columns else 1
+        if tiles[longer] == 1:
+            longer = 1 - longer
+        tiles[longer] = max(1, tiles[longer] // 2)
 
     def n_blocks(counts: list[int]) -> int:
         return math.ceil(n_tiles[0] / counts[0]) * math.ceil(n_tiles[1] / counts[1])
@@ -221,10 +239,8 @@ def writer_block_chunks(
         for axis in sorted((1, 0), key=lambda a: tiles[a]):  # the shorter side first
             wider = list(tiles)
             wider[axis] = min(_MAX_TILES, 2 * tiles[axis], n_tiles[axis])
-            block_bytes = (wider[0] * grid.tile_rows * wider[1] * grid.tile_columns
-                           * bytes_per_pixel)
             if (wider[axis] > tiles[axis] and n_blocks(wider) >= MIN_BLOCKS
-                    and block_bytes <= MAX_GROWN_BLOCK_BYTES):
+                    and mask_bytes(wider) <= MAX_GROWN_BLOCK_BYTES):
                 tiles, grown = wider, True
                 break
         if not grown:

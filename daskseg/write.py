@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pathlib
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +31,8 @@ from daskseg._source import load_source_image
 from daskseg._spool import encode_tasks, encoded_frames, numpy_encode_tasks, spool_prefix
 from daskseg._version import __version__
 from daskseg.errors import SegmentationInputError
-from daskseg.plan import FrameSpec, TileGrid, label_numbers, writer_block_chunks
+from daskseg.plan import (MAX_BLOCK_BYTES, FrameSpec, TileGrid, label_numbers,
+                          writer_block_chunks)
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -39,6 +42,25 @@ __all__ = ["ALLOWED_TRANSFER_SYNTAXES", "write_segmentation"]
 # Options that place the mask in the slide's coordinates themselves, so its shape need not be
 # the source's total pixel matrix.
 _GEOMETRY_OPTIONS = ("pixel_measures", "plane_positions", "plane_orientation")
+
+
+def _warn_if_chunks_split(chunk: tuple[int, int], block: tuple[int, int],
+                          bytes_per_pixel: int) -> None:
+    """Warn when the mask's chunks are too large for one block, so that each is read again."""
+    reads = math.ceil(chunk[0] / block[0]) * math.ceil(chunk[1] / block[1])
+    if reads > 1 and chunk[0] * chunk[1] * bytes_per_pixel > MAX_BLOCK_BYTES:
+        from dask.array.core import PerformanceWarning
+
+        warnings.warn(
+            f"The mask's chunks of {chunk[0]} x {chunk[1]} pixels hold "
+            f"{chunk[0] * chunk[1] * bytes_per_pixel / 2**20:.0f} MiB with all its planes, more "
+            f"than a writer's block may hold ({MAX_BLOCK_BYTES // 2**20} MiB): it is written in "
+            f"blocks of {block[0]} x {block[1]} pixels, and a chunk read by several blocks is read "
+            f"{reads} times. Store the mask in chunks of at most {block[0]} x {block[1]} pixels "
+            "(a stack: per plane), or as a label image, to read it once.",
+            PerformanceWarning,
+            stacklevel=3,
+        )
 
 
 def write_segmentation(
@@ -290,8 +312,10 @@ def write_segmentation(
     # Blocks near the mask's own chunks keep rechunking cheap; an in-memory mask has none.
     in_memory = isinstance(mask, np.ndarray)
     hint = (2048, 2048) if in_memory else (array.chunks[0][0], array.chunks[1][0])
-    chunks = writer_block_chunks(grid, spec.n_channels, hint,
-                                 array.dtype.itemsize * (array.shape[2] if stacked else 1))
+    bytes_per_pixel = array.dtype.itemsize * (array.shape[2] if stacked else 1)
+    chunks = writer_block_chunks(grid, spec.n_channels, hint, bytes_per_pixel)
+    if not in_memory:
+        _warn_if_chunks_split(hint, (chunks[0][0], chunks[1][0]), bytes_per_pixel)
     prefix = spool_prefix(destination)
     if in_memory:
         tasks = numpy_encode_tasks(np.asarray(mask).reshape(array.shape), *chunks, spec,

@@ -84,10 +84,11 @@ def test_writer_blocks_grow_only_within_their_byte_budget(bytes_per_pixel):
 
     grid = TileGrid(16384, 16384, 512, 512)
     rows, columns = writer_block_chunks(grid, 1, (2048, 2048), bytes_per_pixel)
-    if (rows[0], columns[0]) != (2048, 2048):
+    if rows[0] * columns[0] > 2048 * 2048:
         assert rows[0] * columns[0] * bytes_per_pixel <= MAX_GROWN_BLOCK_BYTES
+    # 40 bytes a pixel (a stack of 40 planes) make 160 MiB chunks: halved to fit 128 MiB.
     assert (rows[0], columns[0]) == {1: (4096, 4096), 2: (4096, 4096), 8: (2048, 2048),
-                                     40: (2048, 2048)}[bytes_per_pixel]
+                                     40: (1024, 2048)}[bytes_per_pixel]
 
 
 def test_a_label_map_of_small_chunks_gets_blocks_of_64_tiles():
@@ -96,3 +97,17 @@ def test_a_label_map_of_small_chunks_gets_blocks_of_64_tiles():
     assert (rows[0], columns[0], len(rows) * len(columns)) == (4096, 4096, 16)
     # Five segments make 80 frames of a 2048-pixel block already: the mask's chunks stay.
     assert writer_block_chunks(grid, 5, (2048, 2048))[1][0] == 2048
+
+
+@pytest.mark.parametrize("planes, hint", [(117, 4096), (117, 1024), (9, 4096), (400, 512)])
+def test_a_block_of_a_stack_of_many_planes_stays_within_its_bound(planes, hint):
+    """All of a stack's planes are in each block: large chunks are halved to fit, whole tiles."""
+    from daskseg.plan import MAX_BLOCK_BYTES
+
+    grid = TileGrid(32768, 32768, 512, 512)
+    rows, columns = writer_block_chunks(grid, planes, (hint, hint), planes)
+    assert rows[0] % 512 == 0 and columns[0] % 512 == 0
+    assert sum(rows) == grid.rows and sum(columns) == grid.columns
+    assert rows[0] * columns[0] * planes <= max(MAX_BLOCK_BYTES, 512 * 512 * planes)
+    if hint * hint * planes <= MAX_BLOCK_BYTES:
+        assert (rows[0], columns[0]) == (hint, hint)  # small enough: the chunks kept

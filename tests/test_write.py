@@ -837,3 +837,28 @@ def test_header_numbers_and_uids_are_refused_before_any_work(tmp_path, options, 
                            make_segment_descriptions(1), tmp_path / "seg.dcm", client=None,
                            **options)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stack_in_chunks_too_large_for_a_block_is_written_in_smaller_blocks(
+        tmp_path, thread_client, monkeypatch):
+    """A block holds every plane of a stack: chunks too large for one are split, with a warning."""
+    from dask.array.core import PerformanceWarning
+
+    import daskseg.plan
+    import daskseg.write
+
+    monkeypatch.setattr(daskseg.plan, "MAX_BLOCK_BYTES", 64 * 1024)
+    monkeypatch.setattr(daskseg.write, "MAX_BLOCK_BYTES", 64 * 1024)
+    rows, columns, planes = 256, 256, 3
+    source = make_slide(rows, columns, tile_size=(64, 64))
+    labels = make_tissue_mask(rows, columns, planes, chunks=64).compute()
+    stack = np.stack([labels == k for k in range(1, planes + 1)], axis=-1)
+    store = zarr.create_array(str(tmp_path / "stack.zarr"), shape=stack.shape,
+                              chunks=(rows, columns, 1), dtype=bool)
+    store[:] = stack
+    with pytest.warns(PerformanceWarning, match=r"blocks of 128 x 128 pixels.*read 4 times"):
+        path = write_segmentation(str(tmp_path / "stack.zarr"), source,
+                                  make_segment_descriptions(planes), tmp_path / "seg.dcm",
+                                  client=thread_client)
+    got = hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True)
+    np.testing.assert_array_equal(got, labels)
