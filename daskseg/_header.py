@@ -17,7 +17,7 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
-from highdicom.spatial import compute_tile_positions_per_frame
+from highdicom.spatial import PixelToReferenceTransformer
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -324,6 +324,24 @@ def frame_content_part(index_values: tuple[int, ...], implicit: bool) -> bytes:
     return element_header(0x00209111, "SQ", len(content), implicit) + content
 
 
+def tile_positions(grid: TileGrid, image_position: Any, orientation: Any,
+                   spacing: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Every tile's 1-based (column, row) offset and position in the slide's frame of reference.
+
+    The values of highdicom's ``compute_tile_positions_per_frame``, computed as it computes them
+    (one product of all tiles' indices with the same affine: a product of fewer tiles can differ
+    in the last bit), but kept as two arrays: its list of Python lists per tile held 350 MB and
+    took seconds for a slide of a million tiles.
+    """
+    tile_indices = np.stack(
+        np.meshgrid(range(grid.n_tile_columns), range(grid.n_tile_rows), indexing="xy")
+    ).reshape(2, -1).T
+    pixel_indices = tile_indices * [grid.tile_columns, grid.tile_rows]
+    transformer = PixelToReferenceTransformer(
+        image_position=image_position, image_orientation=orientation, pixel_spacing=spacing)
+    return pixel_indices + 1, transformer(pixel_indices)
+
+
 class FrameItems:
     """Per-frame functional group items of a TILED_SPARSE SEG, serialized one at a time.
 
@@ -346,15 +364,8 @@ class FrameItems:
         )
         spacing = header.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
         # Row-major tile order: index = tile_row * n_tile_columns + tile_column.
-        self._positions = compute_tile_positions_per_frame(
-            rows=grid.tile_rows,
-            columns=grid.tile_columns,
-            total_pixel_matrix_rows=grid.rows,
-            total_pixel_matrix_columns=grid.columns,
-            total_pixel_matrix_image_position=image_position,
-            image_orientation=header.ImageOrientationSlide,
-            pixel_spacing=spacing,
-        )
+        self._pixel_offsets, self._coordinates = tile_positions(
+            grid, image_position, header.ImageOrientationSlide, spacing)
         self._n_tile_columns = grid.n_tile_columns
         self._row_index, self._column_index = spatial_index_values(tile_nonempty)
         self._labelmap = labelmap
@@ -371,9 +382,9 @@ class FrameItems:
     def _position_part(self, tile: int) -> bytes:
         part = self._position_parts.get(tile)
         if part is None:
-            (column_position, row_position), coordinates = self._positions[tile]
+            column_position, row_position = self._pixel_offsets[tile].tolist()
             part = self._position_parts[tile] = slide_position_part(
-                coordinates, (column_position, row_position), self._implicit,
+                self._coordinates[tile].tolist(), (column_position, row_position), self._implicit,
                 self._offset_parts,
             )
         return part

@@ -681,3 +681,25 @@ def test_a_full_disk_names_the_destinations_folder(tmp_path):
     with pytest.raises(FileNotFoundError):  # other errors as they are
         with naming_a_full_disk(destination):
             raise FileNotFoundError(errno.ENOENT, "gone", "x")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tile_positions_equal_highdicoms_to_the_last_bit(seed):
+    """The plane positions of TILED_SPARSE items, kept as arrays: highdicom's values exactly."""
+    from highdicom.spatial import compute_tile_positions_per_frame
+
+    from daskseg._header import tile_positions
+
+    rng = np.random.default_rng(seed)
+    first = rng.normal(size=3)
+    first /= np.linalg.norm(first)
+    second = np.cross(first, rng.normal(size=3))
+    second /= np.linalg.norm(second)
+    orientation = [*first.tolist(), *second.tolist()]
+    position = rng.normal(size=3).tolist()
+    spacing = rng.uniform(0.0001, 1, 2).tolist()
+    grid = TileGrid(int(rng.integers(1, 40000)), int(rng.integers(1, 40000)), 256, 200)
+    expected = compute_tile_positions_per_frame(
+        grid.tile_rows, grid.tile_columns, grid.rows, grid.columns, position, orientation, spacing)
+    offsets, coordinates = tile_positions(grid, position, orientation, spacing)
+    assert list(zip(offsets.tolist(), coordinates.tolist())) == expected
