@@ -77,7 +77,9 @@ _FAST = 4
 # dict per worker process; a worker that dies takes its entries with it (see _CallLost).
 _RUNNING: dict[str, Future] = {}
 _RUNNING_LOCK = threading.Lock()
-_SLOTS: threading.Semaphore | None = None
+# One set of permits per worker, not per process: workers of a cluster made with
+# processes=False share this process, each with threads of its own.
+_SLOTS: weakref.WeakKeyDictionary[Any, _Slots] = weakref.WeakKeyDictionary()
 
 
 class _CallLost(Exception):
@@ -180,19 +182,60 @@ def _outcome(fn: Callable, args: tuple, kwargs: dict) -> tuple[bool, Any, float]
         return False, error, time.perf_counter() - start
 
 
-def _slots() -> threading.Semaphore:
-    """This worker's permits to run a call: one per worker thread.
+class _Slots:
+    """A worker's permits to run a call: one per worker thread.
 
     A call that outlived its batch keeps running after its task returned, so without them a
     worker would run more calls at once than it has threads, which some libraries do not
     survive (highdicom's JPEG 2000 encoder crashes when two threads of a process run it).
+    A call whose thread seceded from the worker's pool (``worker_client()``, ``secede()``) no
+    longer holds its permit, as distributed no longer counts it: a call that waits there for
+    calls of its own would otherwise wait forever for the permit it holds.
     """
-    global _SLOTS
+
+    def __init__(self, threads: int, pool: Any) -> None:
+        self._threads = threads
+        self._pool_threads = getattr(pool, "_threads", None)  # distributed's pool's members
+        self._holders: list[tuple[threading.Thread, bool]] = []  # (thread, in the pool)
+        self._changed = threading.Condition()
+
+    def _taken(self) -> int:
+        members = self._pool_threads
+        return sum(1 for thread, member in self._holders
+                   if not (member and members is not None and thread not in members))
+
+    def acquire(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._taken() >= self._threads:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 0.005))  # a secession is not signalled: look again
+            thread = threading.current_thread()
+            members = self._pool_threads
+            self._holders.append((thread, members is not None and thread in members))
+            return True
+
+    def release(self) -> None:
+        thread = threading.current_thread()
+        with self._changed:
+            for i, (holder, _) in enumerate(self._holders):
+                if holder is thread:
+                    del self._holders[i]
+                    break
+            self._changed.notify()
+
+
+def _slots() -> _Slots:
+    """This worker's permits (see :class:`_Slots`)."""
+    worker = get_worker()
     with _RUNNING_LOCK:
-        if _SLOTS is None:
-            worker = get_worker()
-            _SLOTS = threading.Semaphore(worker.state.nthreads)
-        return _SLOTS
+        slots = _SLOTS.get(worker)
+        if slots is None:
+            slots = _SLOTS[worker] = _Slots(worker.state.nthreads,
+                                            worker.executors.get("default"))
+        return slots
 
 
 def _run_batch(

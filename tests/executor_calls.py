@@ -79,3 +79,32 @@ def worker_address(_):
     from distributed import get_worker
 
     return get_worker().address
+
+
+def wait_for_one_other(marker_folder, index, seconds=20.0):
+    """Mark this call as started, then wait for another call's mark: True when both ran at once."""
+    import os
+
+    open(os.path.join(marker_folder, str(index)), "w").close()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if len(os.listdir(marker_folder)) >= 2:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def submit_nested(marker_folder, index):
+    """Wait until another such call runs too, then run a call of a DaskExecutor of its own
+    through ``worker_client()``, which gives the worker's thread back to Dask meanwhile."""
+    from distributed import worker_client
+
+    from daskseg import DaskExecutor
+
+    both = wait_for_one_other(marker_folder, index)
+    with worker_client() as client:
+        inner = DaskExecutor(client)
+        try:
+            return both, inner.submit(mul, index, 10).result(timeout=30)
+        finally:
+            inner.shutdown(wait=False)

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from daskseg import ClusterError, DaskExecutor
 from executor_calls import (
     LoadsNowhere, MyObject, append_line, lock_on, make_dummy_object, mul, sleep_and_raise,
-    times_ten_or_raise, wait_for_file, worker_address,
+    submit_nested, times_ten_or_raise, wait_for_file, wait_for_one_other, worker_address,
 )
 from daskseg.synthetic import make_segment_descriptions, make_slide, make_tissue_mask
 
@@ -853,3 +853,20 @@ def _sum_or_fail(*args, bad):
     if bad is not None and args[0] == bad:
         raise ArithmeticError(f"call {bad} fails")
     return sum(args)
+
+
+def test_each_worker_of_one_process_runs_its_own_calls(tmp_path):
+    """Workers of a processes=False cluster share a process, each with threads of its own: two
+    calls run at once on two one-thread workers there, as on two processes."""
+    with Client(processes=False, n_workers=2, threads_per_worker=1,
+                dashboard_address="127.0.0.1:0") as client, DaskExecutor(client) as executor:
+        futures = [executor.submit(wait_for_one_other, str(tmp_path), i) for i in range(2)]
+        assert [future.result(timeout=60) for future in futures] == [True, True]
+
+
+def test_a_call_that_gives_its_thread_back_lets_calls_of_its_own_run(dask_client, tmp_path):
+    """A call on each of the two workers waits, through worker_client(), for a call of a
+    DaskExecutor of its own: its seceded thread no longer holds the worker's only permit."""
+    with DaskExecutor(dask_client) as executor:
+        futures = [executor.submit(submit_nested, str(tmp_path), i) for i in range(2)]
+        assert [future.result(timeout=90) for future in futures] == [(True, 0), (True, 10)]
