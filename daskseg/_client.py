@@ -149,8 +149,20 @@ def cluster_workers(client: Client) -> dict[str, int]:
     (10-70 ms each when a thread of this process holds the GIL), and the workers wait for their
     first task until the writer has its answers.
     """
-    info = client.scheduler_info()["workers"]
+    info = client.scheduler_info().get("workers")
+    if info is None:  # a client whose scheduler went away keeps no list of its workers
+        raise closed_client_error(client)
     return {address: int(worker.get("nthreads", 1)) for address, worker in info.items()}
+
+
+def closed_client_error(client: Client) -> ClusterError:
+    """The error of work given to a client that has lost its scheduler."""
+    return ClusterError(
+        f"The Dask client cannot reach its scheduler (client status {client.status!r}): the "
+        "client was closed, or its scheduler went away, and work sent through it cannot "
+        "finish. Check that the scheduler is running, then send the work again with a new "
+        "client."
+    )
 
 
 def cluster_workers_if_known(client: Client) -> dict[str, int] | None:
@@ -158,7 +170,7 @@ def cluster_workers_if_known(client: Client) -> dict[str, int] | None:
     without it, and ``run_windowed``, which asks again, says what failed."""
     try:
         return cluster_workers(client)
-    except CLUSTER_FAILURES:
+    except (*CLUSTER_FAILURES, ClusterError):
         return None
 
 
@@ -212,14 +224,21 @@ def cluster_client(
     with what it opens, only what is started here is shut down on exit: a client given or found
     is left running. Every cluster resolved here gets daskseg's worker plugin for glibc's
     malloc (:mod:`daskseg._malloc`), so codecs run as fast on a cluster the user started.
+
+    Called from a Dask task (a pipeline's ``client.map`` of one case a task), the current
+    client is the worker's, and the task's thread secedes from the worker's pool while the
+    work runs, as in distributed's ``worker_client()``: the task waits for tasks of its own,
+    which would otherwise find every thread taken by tasks like it.
     """
     if client is not None:
         if not isinstance(client, Client):
             raise SegmentationTypeError(
                 f"client must be a distributed.Client, not {type(client).__name__}."
             )
+        _check_usable(client)
         register_malloc_plugin(client)
-        yield client
+        with _seceded_if_in_task(client):
+            yield client
         return
     if address is not None:
         with Client(address) as connected:
@@ -227,11 +246,19 @@ def cluster_client(
             yield connected
         return
     if use_current:
+        if _in_worker():
+            from distributed import worker_client
+
+            with worker_client() as current:
+                register_malloc_plugin(current)
+                yield current
+            return
         try:
             current = default_client()
         except ValueError:  # no client exists in this process
             current = None
         if current is not None:
+            _check_usable(current)
             register_malloc_plugin(current)
             yield current
             return
@@ -244,6 +271,51 @@ def cluster_client(
     ):
         register_malloc_plugin(own)
         yield own
+
+
+def _check_usable(client: Client) -> None:
+    """Refuse a client that cannot take work: closed, or asynchronous in its own event loop."""
+    if client.status in ("closing", "closed", "failed"):
+        raise closed_client_error(client)
+    if client.asynchronous:
+        import asyncio
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no event loop runs in this thread: its loop runs elsewhere
+            return
+        raise SegmentationTypeError(
+            "The Dask client is asynchronous and this call comes from a coroutine: daskseg "
+            "waits for its work, which would block the event loop that the client needs. Run "
+            "the call in a thread, e.g. await asyncio.to_thread(write_segmentation, ...)."
+        )
+
+
+def _in_worker() -> bool:
+    """Whether this code runs inside a task (or a thread of a task) on a Dask worker."""
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _seceded_if_in_task(client: Client) -> Iterator[None]:
+    """Secede the task's thread from its worker's pool while ``client``, a client of the
+    worker's own scheduler, runs work from inside a task (see :func:`cluster_client`)."""
+    if not _in_worker():
+        yield
+        return
+    from distributed import get_worker, worker_client
+
+    if client.scheduler is None or client.scheduler.address != get_worker().scheduler.address:
+        yield  # another cluster's client: this worker's threads are not needed
+        return
+    with worker_client():
+        yield
 
 
 @contextlib.contextmanager
@@ -310,12 +382,7 @@ class WorkerlessClock:
 
     def error(self) -> ClusterError:
         if self._closed:
-            return ClusterError(
-                f"The Dask client's connection to its scheduler closed (client status "
-                f"{self.client.status!r}): the scheduler went away, and the work sent to it "
-                "cannot finish. Check that the scheduler is running, then send the work again "
-                "with a new client."
-            )
+            return closed_client_error(self.client)
         return ClusterError(
             f"The Dask cluster has had no workers for {self.timeout:g} s, so its work cannot "
             "run. Start workers (or check why they stopped), or allow a longer wait with the "

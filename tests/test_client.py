@@ -152,3 +152,46 @@ def test_cancelling_on_a_client_closed_from_another_thread_returns(thread_client
 
     threading.Thread(target=give_up, daemon=True).start()
     assert done.wait(15)
+
+
+@pytest.mark.parametrize("pass_client", [False, True])
+def test_a_write_from_inside_tasks_as_many_as_threads_runs(dask_client, tmp_path, pass_client):
+    """A pipeline's client.map of one case a task on every worker thread: each task's write
+    runs on the worker's client with its thread seceded, not on a cluster of its own (which a
+    worker process cannot start) nor waiting for threads that tasks like it hold."""
+    import time
+
+    from _in_task import write_case_in_task
+
+    threads = sum(dask_client.nthreads().values())
+    futures = dask_client.map(write_case_in_task, [str(tmp_path)] * (threads + 1),
+                              range(threads + 1), [pass_client] * (threads + 1), pure=False)
+    deadline = time.monotonic() + 120
+    while not all(future.done() for future in futures) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(future.done() for future in futures), "writes inside tasks did not finish"
+    assert dask_client.gather(futures) == [True] * (threads + 1)
+
+
+def test_a_closed_client_is_a_cluster_error():
+    from daskseg import ClusterError
+
+    client = Client(processes=False, n_workers=1, dashboard_address="127.0.0.1:0")
+    client.close()
+    with pytest.raises(ClusterError, match="cannot reach its scheduler"):
+        with cluster_client(client):
+            pass
+
+
+def test_an_asynchronous_client_in_its_own_event_loop_is_refused():
+    """Waiting for the work from a coroutine would block the loop the client needs."""
+    import asyncio
+
+    async def main() -> None:
+        async with Client(processes=False, n_workers=1, dashboard_address="127.0.0.1:0",
+                          asynchronous=True) as client:
+            with pytest.raises(SegmentationTypeError, match="asyncio.to_thread"):
+                with cluster_client(client):
+                    pass
+
+    asyncio.run(main())
