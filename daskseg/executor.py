@@ -358,6 +358,55 @@ def _finish_at_exit() -> None:
             executor._finish_at_exit()
 
 
+#: How long the executor's sending thread waits with nothing to do before it lets go of the
+#: executor, to see whether it was dropped.
+_IDLE_LOOK_SECONDS = 0.5
+
+
+def _send_loop(start: list[DaskExecutor], this: weakref.ref[DaskExecutor],
+               finished: queue.SimpleQueue, owned_client: Client | None, owned_cluster: Any,
+               closed: threading.Event) -> None:
+    """The sending thread: batches and collecting tasks to the cluster, until the executor is
+    shut down and drained, or dropped while idle; then what it started is closed.
+
+    It holds the executor from the start (calls submitted to an executor dropped at once still
+    run, as a process pool's do) and lets go of it only while it has nothing to do.
+    """
+    executor: DaskExecutor | None = start.pop()
+    try:
+        while executor is not None:
+            work = executor._next_work(_IDLE_LOOK_SECONDS)
+            if work is None:
+                break
+            what, item = work
+            if what == "batch":
+                executor._send_batch(item)
+            elif what == "collect":
+                executor._send_collect(*item)
+            else:  # idle: only the weak reference is left while nothing is to be done
+                del executor, work, item
+                executor = this()
+    finally:
+        finished.put(None)  # every task is resolved: the results' thread may end
+        if owned_client is not None:
+            owned_client.close()
+        if owned_cluster is not None:
+            owned_cluster.close()
+        closed.set()
+
+
+def _resolve_loop(this: weakref.ref[DaskExecutor], finished: queue.SimpleQueue) -> None:
+    """The results' thread: resolve each finished task's futures, run their callbacks."""
+    while (done := finished.get()) is not None:
+        executor = this()
+        try:
+            if executor is not None:  # it has work on the cluster: it cannot be gone
+                executor._resolve(*done)
+        except Exception:  # a bug here must not stop every later result: say it, go on
+            logging.getLogger(__name__).exception("DaskExecutor could not resolve a task")
+        del done, executor  # the task's result, until the next one comes
+
+
 def _flatten(chunks: Iterator[list]) -> Iterator:
     """Yield the items of each chunk's result without keeping yielded items alive."""
     for chunk in chunks:
@@ -570,10 +619,18 @@ class DaskExecutor(Executor):
         # future's callbacks on one thread per process, where a callback that waits on another
         # DaskExecutor's call, or a slow one, held up every executor's results.
         self._finished: queue.SimpleQueue[tuple[Any, _Flight] | None] = queue.SimpleQueue()
-        self._resolver = threading.Thread(target=self._resolve_loop,
+        # The threads hold the executor only while it has work: one dropped without shutdown()
+        # is collected once idle, and its threads end (and the cluster it started closes), as
+        # a process pool's management thread notices its pool collected through a weakref.
+        this = weakref.ref(self)
+        self._resolver = threading.Thread(target=_resolve_loop, args=(this, self._finished),
                                           name="DaskExecutor-results", daemon=True)
         self._resolver.start()
-        self._sender = threading.Thread(target=self._send_loop, name="DaskExecutor", daemon=True)
+        self._sender = threading.Thread(
+            target=_send_loop,
+            args=([self], this, self._finished, self._owned_client, self._owned_cluster,
+                  self._closed),
+            name="DaskExecutor", daemon=True)
         self._sender.start()
         self._pid = os.getpid()
         _LIVE.add(self)
@@ -781,8 +838,9 @@ class DaskExecutor(Executor):
         return any(flight.quarantine and flight.sent > since
                    for flight in self._in_flight.values())
 
-    def _next_work(self) -> tuple[str, Any] | None:
-        """Wait until a task can go; return it, or None when shut down and drained."""
+    def _next_work(self, idle_seconds: float | None = None) -> tuple[str, Any] | None:
+        """Wait until a task can go; return it, or None when shut down and drained, or
+        ``("idle", None)`` after ``idle_seconds`` with nothing to do."""
         with self._lock:
             while True:
                 if self._collects:
@@ -812,34 +870,17 @@ class DaskExecutor(Executor):
                 elif (self._shutdown and not self._queue and not self._quarantined
                       and not self._in_flight):
                     return None
+                elif self._in_flight:  # calls only on the cluster: it may lose its workers
+                    self._check_workers()
+                    self._lock.wait(0.5)
+                elif idle_seconds is not None:
+                    # Nothing to do: hand back, so that the caller lets go of the executor.
+                    if not self._lock.wait(idle_seconds) and not (
+                            self._queue or self._quarantined or self._collects
+                            or self._shutdown):
+                        return "idle", None
                 else:
-                    if self._in_flight:  # calls only on the cluster: it may lose its workers
-                        self._check_workers()
-                    self._lock.wait(0.5 if self._in_flight else None)
-
-    def _send_loop(self) -> None:
-        try:
-            while (work := self._next_work()) is not None:
-                what, item = work
-                if what == "batch":
-                    self._send_batch(item)
-                else:
-                    self._send_collect(*item)
-        finally:
-            self._finished.put(None)  # every task is resolved: the results' thread may end
-            if self._owned_client is not None:
-                self._owned_client.close()
-            if self._owned_cluster is not None:
-                self._owned_cluster.close()
-            self._closed.set()
-
-    def _resolve_loop(self) -> None:
-        while (finished := self._finished.get()) is not None:
-            try:
-                self._resolve(*finished)
-            except Exception:  # a bug here must not stop every later result: say it, go on
-                logging.getLogger(__name__).exception("DaskExecutor could not resolve a task")
-            del finished  # the task's result, until the next one comes
+                    self._lock.wait()
 
     def _submit(self, flight_calls: list[_Call], fast: bool, collect: bool, *args,
                 sealed: bool = False, address: str | None = None, **options):
@@ -857,7 +898,8 @@ class DaskExecutor(Executor):
             for other in self._in_flight.values():
                 other.shared = flight.shared = True
             self._in_flight[key] = flight
-        remote.add_done_callback(lambda done, flight=flight: self._finished.put((done, flight)))
+        finished = self._finished  # the queue, not the executor (see __init__)
+        remote.add_done_callback(lambda done, flight=flight: finished.put((done, flight)))
 
     def _send_batch(self, batch: list[_Call]) -> None:
         calls = [(call.fn, call.args, call.kwargs) for call in batch]

@@ -870,3 +870,22 @@ def test_a_call_that_gives_its_thread_back_lets_calls_of_its_own_run(dask_client
     with DaskExecutor(dask_client) as executor:
         futures = [executor.submit(submit_nested, str(tmp_path), i) for i in range(2)]
         assert [future.result(timeout=90) for future in futures] == [(True, 0), (True, 10)]
+
+
+def test_an_executor_dropped_without_shutdown_lets_go_of_its_threads(dask_client):
+    """As the stdlib's pools, an executor dropped without shutdown() is collected once idle and
+    its threads end; its calls, submitted as it was dropped, still run."""
+    import gc
+
+    def executor_threads() -> int:
+        return sum(1 for thread in threading.enumerate() if thread.name.startswith("DaskExecutor"))
+
+    before = executor_threads()
+    for i in range(5):
+        assert DaskExecutor(dask_client).submit(mul, i, 3).result(timeout=60) == 3 * i
+    deadline = time.monotonic() + 20
+    while executor_threads() > before and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.1)
+    assert executor_threads() <= before
+    assert dask_client.status == "running"  # a client it was given stays open
