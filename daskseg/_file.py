@@ -128,9 +128,19 @@ def check_native_size(spec: FrameSpec, grid: TileGrid) -> None:
 @contextlib.contextmanager
 def naming_a_full_disk(destination: pathlib.Path) -> Iterator[None]:
     """A full disk (or quota) met while the SEG is written says which folder: the bare
-    OSError named nothing (the spool's files are hidden, beside the destination)."""
+    OSError named nothing (the spool's files are hidden, beside the destination). So does a
+    destination folder removed meanwhile: the bare error named a hidden file of the spool."""
     try:
         yield
+    except FileNotFoundError as error:
+        if destination.parent.is_dir():
+            raise
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"The destination folder was removed while the SEG {destination.name} was written, "
+            "so nothing was written; create the folder and write again",
+            str(destination.parent),
+        ) from error
     except OSError as error:
         # EDQUOT: a quota (not in every platform's errno).
         full = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}

@@ -724,6 +724,12 @@ def check_destination(path: str | os.PathLike, overwrite: bool) -> pathlib.Path:
     The file is written beside itself under temporary names and renamed onto its path at the
     end, so those names must fit the folder too, and the folder must take new files.
     """
+    text = os.fsdecode(path)
+    # pathlib drops a trailing separator: "out/new/" would be written as a file named "new".
+    if text.endswith((os.sep, os.altsep or os.sep)):
+        raise SegmentationInputError(
+            f"The destination {text} names a folder; give a file name (a SEG is one file)."
+        )
     path = pathlib.Path(path)
     if not path.parent.is_dir():
         raise SegmentationInputError(

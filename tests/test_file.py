@@ -703,3 +703,18 @@ def test_tile_positions_equal_highdicoms_to_the_last_bit(seed):
         grid.tile_rows, grid.tile_columns, grid.rows, grid.columns, position, orientation, spacing)
     offsets, coordinates = tile_positions(grid, position, orientation, spacing)
     assert list(zip(offsets.tolist(), coordinates.tolist())) == expected
+
+
+def test_a_destination_folder_removed_during_a_write_is_said_so(tmp_path):
+    """The bare error named a hidden file of the spool; now the folder, and what happened."""
+    from daskseg._file import naming_a_full_disk
+
+    destination = tmp_path / "gone" / "seg.dcm"
+    with pytest.raises(FileNotFoundError, match="folder was removed while") as raised:
+        with naming_a_full_disk(destination):
+            raise FileNotFoundError(2, "No such file", str(destination.parent / ".seg.dcm.x.tmp"))
+    assert raised.value.filename == str(destination.parent)
+    (tmp_path / "here").mkdir()
+    with pytest.raises(FileNotFoundError, match="No such file"):  # another file's: as it was
+        with naming_a_full_disk(tmp_path / "here" / "seg.dcm"):
+            raise FileNotFoundError(2, "No such file", "elsewhere")

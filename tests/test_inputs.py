@@ -222,3 +222,11 @@ def test_numbers_and_uids_of_the_header_are_checked(check, value, error, message
 def test_valid_numbers_and_uids_pass():
     check_numbers(series_number=1, instance_number=np.int64(2**31 - 1))
     check_uids(sop_instance_uid=hd.UID(), series_instance_uid=None)
+
+
+def test_a_destination_ending_in_a_separator_names_a_folder_and_is_refused(tmp_path):
+    """pathlib drops the separator: "out/new/" was written as a file named "new"."""
+    for destination in (f"{tmp_path}/new/", f"{tmp_path}/seg.dcm/"):
+        with pytest.raises(SegmentationInputError, match="names a folder"):
+            check_destination(destination, overwrite=False)
+    assert not (tmp_path / "new").exists()
