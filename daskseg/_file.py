@@ -9,6 +9,7 @@ temporary name beside the destination and renamed into place only when complete.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import io
 import os
@@ -17,7 +18,7 @@ import shutil
 import stat
 import struct
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -496,6 +497,13 @@ def write_pixel_data(
     out.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
 
 
+#: Called in the writing thread just before a complete SEG is renamed into place: the CLI notes
+#: its stop signals from then on rather than raise them. Raised on the way back from the write
+#: (even in the microseconds after the rename), one reported a complete file as interrupted.
+PUTTING_IN_PLACE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "daskseg_putting_in_place", default=None)
+
+
 def write_file(
     destination: pathlib.Path,
     header: Dataset,
@@ -556,6 +564,9 @@ def write_file(
                               use_extended_offset_table, empty_frame)
             out.flush()
             os.fsync(out.fileno())
+        in_place = PUTTING_IN_PLACE.get()
+        if in_place is not None:
+            in_place()
         replace_atomically(temporary, destination, overwrite)
     except BaseException:
         with contextlib.suppress(OSError):  # the write's own error is the one to see

@@ -330,7 +330,16 @@ def _encode(args: argparse.Namespace) -> None:
                 **common,
             )
         else:
-            written = [write_segmentation(mask, source, descriptions, args.output, **common)]
+            from daskseg._file import PUTTING_IN_PLACE
+
+            # From the rename on, not from the return: a signal in between (the spool's
+            # files removed) reported the complete file as interrupted.
+            in_place = PUTTING_IN_PLACE.set(_outputs_in_place)
+            try:
+                written = [write_segmentation(mask, source, descriptions, args.output,
+                                              **common)]
+            finally:
+                PUTTING_IN_PLACE.reset(in_place)
         _outputs_in_place()
     _signal_after_outputs(more_to_do=bool(args.stow))
     if not args.quiet:

@@ -757,3 +757,29 @@ def test_a_signal_in_pythons_last_teardown_after_the_command_keeps_its_status(in
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 1, (done.returncode, done.stderr)
+
+
+def test_a_signal_as_the_seg_is_renamed_into_place_keeps_it(inputs, tmp_path, monkeypatch,
+                                                            capsys):
+    """A signal that comes as the complete file is put in place (a helper's poller sent it the
+    moment the destination's inode changed) is noted, not raised: the file is kept, exit 0.
+    Raised there, it reported the complete file as interrupted (exit 130)."""
+    import os
+    import signal
+
+    import daskseg._file
+
+    folder, labels = inputs
+    rename = daskseg._file.replace_atomically
+
+    def signalled_rename(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return rename(*args, **kwargs)
+
+    monkeypatch.setattr(daskseg._file, "replace_atomically", signalled_rename)
+    out = tmp_path / "seg.dcm"
+    assert main(["encode", str(folder / "mask.npy"), str(folder / "slide.dcm"), "-o", str(out),
+                 "--label", "a", "--label", "b", "--threads", "1", "--quiet"]) == 0
+    assert "the signal to stop came once the output was complete" in capsys.readouterr().err
+    np.testing.assert_array_equal(
+        hd.seg.segread(out).get_total_pixel_matrix(combine_segments=True), labels)
