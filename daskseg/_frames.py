@@ -9,6 +9,7 @@ frame's bytes (:class:`FrameSource`); ``daskseg._web.WebSource`` fetches them wi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -626,9 +627,25 @@ def _encapsulated_frames(handle: BinaryIO, header: Dataset, n_frames: int, size:
                       "damaged.")
 
 
+def _item_position(item: Dataset, shared: tuple[int, int] | None) -> tuple[int, int] | None:
+    """A pydicom item's (row, column) in the total pixel matrix, else the shared one."""
+    if "PlanePositionSlideSequence" not in item:
+        return shared
+    try:
+        position = item.PlanePositionSlideSequence[0]
+        return (int(position.RowPositionInTotalImagePixelMatrix),
+                int(position.ColumnPositionInTotalImagePixelMatrix))
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+
+
 def index_frames(header: Dataset, segment_numbers: list[int], grid: TileGrid, *,
-                 name: str = "The file") -> np.ndarray:
-    """Frame index (0-based, -1 if absent) of each (channel, tile row, tile column)."""
+                 name: str = "The file", frames: Sequence[Any] | None = None) -> np.ndarray:
+    """Frame index (0-based, -1 if absent) of each (channel, tile row, tile column).
+
+    ``frames``: the per-frame items as a raw walk of the file read them (``_volframes``'s
+    ``FrameItem``: tile position and segment), else they are the header's pydicom items.
+    """
     labelmap = header.SegmentationType == "LABELMAP"
     n_channels = 1 if labelmap else len(segment_numbers)
     grid_shape = (grid.n_tile_rows, grid.n_tile_columns)
@@ -656,7 +673,7 @@ def index_frames(header: Dataset, segment_numbers: list[int], grid: TileGrid, *,
                               f"says it has NumberOfFrames {number_of_frames}: the header is "
                               "inconsistent.")
         return np.arange(n_channels * n_tiles, dtype=np.int64).reshape(n_channels, *grid_shape)
-    items = header.get("PerFrameFunctionalGroupsSequence")
+    items = header.get("PerFrameFunctionalGroupsSequence") if frames is None else frames
     if items is None or len(items) != number_of_frames:
         raise _fail(name, f"{0 if items is None else len(items)} per-frame functional group "
                           f"items for NumberOfFrames {number_of_frames}: the header is damaged.")
@@ -664,20 +681,27 @@ def index_frames(header: Dataset, segment_numbers: list[int], grid: TileGrid, *,
     shared_segment = None
     if "SegmentIdentificationSequence" in shared:
         shared_segment = int(shared.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+    shared_position: tuple[int, int] | None = None
+    with contextlib.suppress(AttributeError, IndexError, TypeError, ValueError):
+        # A group the same for every frame may be shared (PS3.3 C.7.6.16): a SEG of one
+        # tile has its position there; a frame's own comes first.
+        position = shared.PlanePositionSlideSequence[0]
+        shared_position = (int(position.RowPositionInTotalImagePixelMatrix),
+                           int(position.ColumnPositionInTotalImagePixelMatrix))
     channel_of = {number: k for k, number in enumerate(segment_numbers)}
     tile_rows, tile_columns = grid.tile_rows, grid.tile_columns
     table = np.full((n_channels, *grid_shape), -1, dtype=np.int64)
     for index, item in enumerate(items):
-        try:
-            # A group the same for every frame may be shared (PS3.3 C.7.6.16): a SEG of one
-            # tile has its position there; a frame's own comes first.
-            position = (item if "PlanePositionSlideSequence" in item
-                        else shared).PlanePositionSlideSequence[0]
-            row_position = int(position.RowPositionInTotalImagePixelMatrix)
-            column_position = int(position.ColumnPositionInTotalImagePixelMatrix)
-        except (AttributeError, IndexError, TypeError, ValueError):
+        if frames is not None:
+            at, own_number = item.tile_position or shared_position, item.segment
+        else:
+            at, own_number = _item_position(item, shared_position), None
+            if "SegmentIdentificationSequence" in item:
+                own_number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        if at is None:
             raise _fail(name, f"frame {index + 1} has no valid position in the total pixel "
-                              "matrix (PlanePositionSlideSequence).") from None
+                              "matrix (PlanePositionSlideSequence).")
+        row_position, column_position = at
         row, row_offset = divmod(row_position - 1, tile_rows)
         column, column_offset = divmod(column_position - 1, tile_columns)
         if row_offset or column_offset or not (
@@ -689,8 +713,8 @@ def index_frames(header: Dataset, segment_numbers: list[int], grid: TileGrid, *,
                               "frames are the tiles of the image (use highdicom for others).")
         if labelmap:
             number = None
-        elif "SegmentIdentificationSequence" in item:
-            number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        elif own_number is not None:
+            number = own_number
         elif shared_segment is not None:
             number = shared_segment
         else:

@@ -41,6 +41,10 @@ _DERIVATION, _SOURCE_IMAGE = 0x00089124, 0x00082112  # DerivationImage-, SourceI
 _PLANE_POSITION, _SEGMENT_IDENTIFICATION = 0x00209113, 0x0062000A
 _SOP_CLASS, _SOP_INSTANCE, _FRAME_NUMBER = 0x00081150, 0x00081155, 0x00081160
 _POSITION, _SEGMENT = 0x00200032, 0x0062000B
+# A tiled image's frame: its Plane Position (Slide) (C.8.12.6.1), 1-based SL offsets in the
+# total pixel matrix.
+_PLANE_POSITION_SLIDE, _COLUMN_POSITION, _ROW_POSITION = 0x0048021A, 0x0048021E, 0x0048021F
+_BINARY = frozenset({_SEGMENT, _COLUMN_POSITION, _ROW_POSITION})  # US, SL: no padding to strip
 # The sequences holding what is read, and the elements read from each one's items: a frame's
 # segment from its Segment Identification (PS3.3 C.8.20.3.1), its position from its Plane
 # Position (C.7.6.16.2.3), its source from a Source Image item of its Derivation Image
@@ -51,6 +55,7 @@ _READ_IN: dict[int, tuple[int, ...]] = {
     _SOURCE_IMAGE: (_SOP_CLASS, _SOP_INSTANCE, _FRAME_NUMBER),
     _PLANE_POSITION: (_POSITION,),
     _SEGMENT_IDENTIFICATION: (_SEGMENT,),
+    _PLANE_POSITION_SLIDE: (_COLUMN_POSITION, _ROW_POSITION),
 }
 # A source item that references a SEG (a refined SEG's earlier one) is not the frame's image.
 _SEGMENTATION_CLASSES = frozenset({
@@ -139,6 +144,13 @@ class FrameItem:
     source_frame: int | None
     position: tuple[float, float, float] | None
     segment: int | None
+    # A tiled image's frame: (row, column) of its first pixel in the total pixel matrix.
+    tile_position: tuple[int, int] | None = None
+
+
+def _signed(raw: bytes | None) -> int | None:
+    """An SL value's first number; None when absent or shorter than one (a damaged file)."""
+    return None if raw is None or len(raw) < 4 else struct.unpack_from("<i", raw)[0]
 
 
 def _collect(walker: _Walker, start: int, end: int, found: dict[int, bytes],
@@ -162,7 +174,7 @@ def _collect(walker: _Walker, start: int, end: int, found: dict[int, bytes],
         elif tag in wanted and tag not in found:
             raw = walker.buffer[value : value + length]
             # An empty value is absent (a text one may be only padding; US is binary).
-            if raw if tag == _SEGMENT else raw.strip(b"\x00 "):
+            if raw if tag in _BINARY else raw.strip(b"\x00 "):
                 found[tag] = raw
         pos = walker.end(value, length) if sequence else value + length
     return pos
@@ -220,6 +232,7 @@ def scan_frame_items(buffer: bytes, dataset_start: int, implicit: bool) -> list[
         position = _text(found.get(_POSITION))
         frame = _text(found.get(_FRAME_NUMBER))
         segment = found.get(_SEGMENT)
+        row, column = _signed(found.get(_ROW_POSITION)), _signed(found.get(_COLUMN_POSITION))
         # An empty value is absent: the frame is placed by what else it says, as from the
         # DICOM JSON of a server (where an empty element has no Value).
         frames.append(FrameItem(
@@ -227,6 +240,7 @@ def scan_frame_items(buffer: bytes, dataset_start: int, implicit: bool) -> list[
             source_frame=int(frame.split("\\")[0]) if frame else None,
             position=tuple(float(v) for v in position.split("\\")) if position else None,  # type: ignore[arg-type]
             segment=struct.unpack("<H", segment[:2])[0] if segment else None,
+            tile_position=(None if row is None or column is None else (row, column)),
         ))
     return frames
 
