@@ -499,6 +499,31 @@ def _slices_of_planes(reader: Any, uids: list[str], positions: np.ndarray,
     return slices
 
 
+def _check_fits_in_memory(reader: Any, n_slices: int, combine_segments: bool) -> None:
+    """Refuse a NIfTI volume larger than the memory available: it is made whole in memory (a
+    BINARY SEG of 117 segments on a fourth axis is 117 times its label volume)."""
+    import psutil  # type: ignore[import-untyped]  # distributed needs it
+
+    rows, columns = reader.frame_size
+    segments = 1 if combine_segments else len(reader.segment_numbers)
+    # At least: fractions as float32, labels above 255 as uint16, else a byte a voxel.
+    itemsize = (4 if reader.segmentation_type == "FRACTIONAL"
+                else 2 if max(reader.segment_numbers, default=0) > 255 else 1)
+    needed = n_slices * rows * columns * segments * itemsize
+    available = psutil.virtual_memory().available
+    if needed > available:
+        raise SegmentationInputError(
+            f"The NIfTI volume would be {needed / 2**30:.1f} GiB ({n_slices} slices of "
+            f"{rows} x {columns}" + ("" if combine_segments else f", {segments} segments") +
+            f"), more than the {available / 2**30:.1f} GiB of memory available, where it is "
+            "made whole before it is written. "
+            + ("Combine the segments into labels (combine_segments=True, or leave out "
+               "--segment-axis), or " if not combine_segments else "")
+            + "write it to Zarr instead (to_zarr; daskseg decode -o labels.zarr), block by "
+            "block."
+        )
+
+
 def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
                     source_images: Any = None,
                     combine_segments: bool | None = None) -> pathlib.Path:
@@ -625,6 +650,7 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
         )
     if combine_segments is None:
         combine_segments = reader.segmentation_type != "FRACTIONAL"
+    _check_fits_in_memory(reader, int(index.max()) + 1 if len(index) else 0, combine_segments)
     if slice_of_plane is not None:
         # The SEG's planes in its own order, each put at the series' slice it lies at.
         planes = reader.to_numpy(combine_segments=combine_segments, client=client)
@@ -633,9 +659,13 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
         planes = reader.to_numpy(combine_segments=combine_segments, client=client,
                                  source_sop_instance_uids=uids)
         slices = index.astype(int)
-    volume = np.zeros((int(index.max()) + 1 if len(index) else 0, *planes.shape[1:]),
-                      dtype=planes.dtype)
-    volume[slices] = planes
+    n_slices = int(index.max()) + 1 if len(index) else 0
+    if n_slices == len(planes) and np.array_equal(slices, np.arange(n_slices)):
+        volume = planes  # every slice has a plane, in order: no second copy of the labels
+    else:
+        volume = np.zeros((n_slices, *planes.shape[1:]), dtype=planes.dtype)
+        volume[slices] = planes
+        del planes
     geometry = hd.VolumeGeometry.from_attributes(
         image_position=positions[0].tolist(), image_orientation=orientation,
         rows=volume.shape[1], columns=volume.shape[2], pixel_spacing=pixel_spacing,

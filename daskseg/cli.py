@@ -507,8 +507,10 @@ def _decode(args: argparse.Namespace) -> None:
             elif npy or not isinstance(reader, SegmentationReader):
                 # One NumPy file, filled block by block as the blocks are decoded (a series'
                 # frames in slice order; only .npy or NIfTI get here for a series).
-                _save_npy(reader.to_dask(combine_segments=args.combine_segments),
-                          pathlib.Path(args.output), client, not args.quiet, args.overwrite)
+                array = reader.to_dask(combine_segments=args.combine_segments)
+                _check_room_for(array, pathlib.Path(args.output), args.combine_segments)
+                _save_npy(array, pathlib.Path(args.output), client, not args.quiet,
+                          args.overwrite)
             elif ome:  # an OME-NGFF image whose labels/ holds the SEG as one label image
                 from daskseg import segmentation_to_ome_zarr
 
@@ -541,6 +543,22 @@ def _decode(args: argparse.Namespace) -> None:
     _signal_after_outputs(more_to_do=False)
     if not args.quiet:
         print(f"wrote {args.output}")
+
+
+def _check_room_for(array: Any, destination: pathlib.Path, combined: bool) -> None:
+    """Refuse a .npy larger than the free space of its folder before decoding anything: a SEG
+    of 117 segments apart is 117 planes a slice (a 1.2 GB LABELMAP made 134 GB)."""
+    import shutil
+
+    needed = int(array.nbytes)
+    free = shutil.disk_usage(destination.parent if str(destination.parent) else ".").free
+    if needed > free:
+        advice = ("; --combine-segments makes one label image of "
+                  f"{needed / array.shape[-1] / 2**30:.1f} GiB" if not combined and array.ndim
+                  in (3, 4) and array.shape[-1] > 1 else "")
+        raise UserError(f"{destination}: the array {tuple(array.shape)} of {array.dtype} is "
+                        f"{needed / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free "
+                        f"in its folder{advice}")
 
 
 def _save_npy(array: Any, destination: pathlib.Path, client: Any, progress: bool,

@@ -902,3 +902,29 @@ def test_a_series_folder_may_hold_an_earlier_seg_and_no_empty_images(tmp_path, t
         write_segmentation(labels, series, make_segment_descriptions(1), tmp_path / "x.dcm",
                            client=None)
     assert not (tmp_path / "x.dcm").exists()
+
+
+def test_a_nifti_larger_than_the_memory_available_is_refused_before_decoding(
+        tmp_path, thread_client, monkeypatch):
+    """A NIfTI is made whole in memory: one that cannot be (117 segments on a fourth axis,
+    say) is refused at once with what to do, not after the machine runs out of memory."""
+    pytest.importorskip("nibabel")
+    import psutil
+
+    from daskseg._nifti import volume_to_nifti
+
+    series = shuffled_series()
+    labels = volume_mask("LABELMAP")[np.argsort(hd.spatial.get_dataset_sort_index(series))]
+    seg = write_segmentation(labels, series, make_segment_descriptions(3), tmp_path / "seg.dcm",
+                             client=thread_client)
+    reader = open_segmentation(seg)
+    voxels = reader.to_numpy(combine_segments=True).size
+
+    class Memory:
+        available = 2 * voxels  # the labels fit, their three segments apart do not
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
+    volume_to_nifti(reader, tmp_path / "labels.nii.gz")
+    with pytest.raises(SegmentationInputError, match="leave out --segment-axis"):
+        volume_to_nifti(reader, tmp_path / "planes.nii.gz", combine_segments=False)
+    assert not (tmp_path / "planes.nii.gz").exists()
