@@ -672,7 +672,7 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
         spacing_between_slices=spacing,
         number_of_frames=volume.shape[0], coordinate_system="PATIENT",
     )
-    if planes.ndim == 4:
+    if volume.ndim == 4:
         # highdicom converts 3D volumes only: its affine, and one segment per 4th-axis index.
         spatial = geometry.with_array(np.zeros(volume.shape[:3], np.uint8))
         affine = spatial.permute_spatial_axes([2, 1, 0]).to_nibabel().affine
