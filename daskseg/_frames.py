@@ -694,6 +694,8 @@ def index_frames(header: Dataset, segment_numbers: list[int], grid: TileGrid, *,
     for index, item in enumerate(items):
         if frames is not None:
             at, own_number = item.tile_position or shared_position, item.segment
+            if at == (0, 0):  # its own group, without valid positions (1-based: never 0)
+                at = None
         else:
             at, own_number = _item_position(item, shared_position), None
             if "SegmentIdentificationSequence" in item:

@@ -144,7 +144,8 @@ class FrameItem:
     source_frame: int | None
     position: tuple[float, float, float] | None
     segment: int | None
-    # A tiled image's frame: (row, column) of its first pixel in the total pixel matrix.
+    # A tiled image's frame: (row, column) of its first pixel in the total pixel matrix; None
+    # without a Plane Position (Slide) of its own, (0, 0) for one without valid positions.
     tile_position: tuple[int, int] | None = None
 
 
@@ -166,6 +167,7 @@ def _collect(walker: _Walker, start: int, end: int, found: dict[int, bytes],
             return value
         if sequence:
             if tag in _READ_IN:
+                found.setdefault(tag, b"")  # the group is there, whatever its items hold
                 for item_start, item_end in walker.items(value, length):
                     if tag == _SOURCE_IMAGE:
                         _take_source(walker, item_start, item_end, found)
@@ -240,7 +242,8 @@ def scan_frame_items(buffer: bytes, dataset_start: int, implicit: bool) -> list[
             source_frame=int(frame.split("\\")[0]) if frame else None,
             position=tuple(float(v) for v in position.split("\\")) if position else None,  # type: ignore[arg-type]
             segment=struct.unpack("<H", segment[:2])[0] if segment else None,
-            tile_position=(None if row is None or column is None else (row, column)),
+            tile_position=(None if _PLANE_POSITION_SLIDE not in found
+                           else (0, 0) if row is None or column is None else (row, column)),
         ))
     return frames
 

@@ -824,3 +824,24 @@ def test_a_sparse_seg_is_opened_from_its_raw_per_frame_items(tmp_path, thread_cl
     np.testing.assert_array_equal(
         reader.to_numpy(combine_segments=True),
         hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True))
+
+
+def test_a_frames_own_damaged_position_is_refused_not_replaced_by_the_shared_one(
+        tmp_path, thread_client):
+    """A frame's own Plane Position (Slide) without a valid row is damaged: refused as pydicom's
+    reading refused it, not placed at a position the shared groups hold for another reason."""
+    from daskseg import SegmentationFileError
+
+    source = make_slide(100, 130, tile_size=(31, 31))
+    labels = make_tissue_mask(100, 130, 2, chunks=50).compute()
+    path = write_segmentation(labels, source, make_segment_descriptions(2), tmp_path / "seg.dcm",
+                              client=thread_client, dimension_organization_type="TILED_SPARSE")
+    ds = pydicom.dcmread(path)
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    shared.PlanePositionSlideSequence = ds.PerFrameFunctionalGroupsSequence[
+        0].PlanePositionSlideSequence
+    del ds.PerFrameFunctionalGroupsSequence[2].PlanePositionSlideSequence[
+        0].RowPositionInTotalImagePixelMatrix
+    ds.save_as(tmp_path / "damaged.dcm")
+    with pytest.raises(SegmentationFileError, match="frame 3 has no valid position"):
+        open_segmentation(tmp_path / "damaged.dcm")
