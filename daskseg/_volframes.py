@@ -30,7 +30,7 @@ from daskseg._frames import LONG_VRS
 from daskseg.errors import SegmentationFileError, SegmentationInputError, SegmentationTypeError
 
 __all__ = [
-    "FrameItem", "VolumeIndex", "frame_items_from_json", "index_volume_frames",
+    "FrameItem", "VolumeIndex", "at_frame_items", "frame_items_from_json", "index_volume_frames",
     "read_frame_items", "scan_frame_items",
 ]
 
@@ -198,6 +198,11 @@ def _take_source(walker: _Walker, start: int, end: int, found: dict[int, bytes])
 
 def _text(raw: bytes | None) -> str | None:
     return None if raw is None else raw.decode("ascii").strip("\x00 ")
+
+
+def at_frame_items(tag: int, vr: str | None, length: int) -> bool:
+    """pydicom's ``stop_when`` for a header read up to its per-frame items (or Pixel Data)."""
+    return tag >= _PFFG
 
 
 def scan_frame_items(buffer: bytes, dataset_start: int, implicit: bool) -> list[FrameItem]:

@@ -43,6 +43,7 @@ from daskseg._frames import (
 from daskseg._malloc import register_on_current_client
 from daskseg._volframes import (
     FrameItem,
+    at_frame_items,
     index_volume_frames,
     multiframe_sources,
     plane_order,
@@ -63,10 +64,6 @@ Head = tuple[pydicom.Dataset, FrameLayout, "list[FrameRanges] | None", bytes,
              "FileIdentity | None"]
 
 
-def _at_frame_items(tag: int, vr: str | None, length: int) -> bool:
-    return tag >= 0x52009230  # PerFrameFunctionalGroupsSequence, or Pixel Data without it
-
-
 def read_volume_head(path: str) -> Head | None:
     """The head of a SEG of a series or multi-frame image; None for any other file.
 
@@ -79,7 +76,7 @@ def read_volume_head(path: str) -> Head | None:
         raise SegmentationFileError(f"{path} does not exist.") from error
     with handle:
         try:
-            header = pydicom.filereader.read_partial(handle, stop_when=_at_frame_items)
+            header = pydicom.filereader.read_partial(handle, stop_when=at_frame_items)
         except Exception:  # the tiled reader reports what is wrong with the file
             return None
         syntax = header.file_meta.get("TransferSyntaxUID")

@@ -551,7 +551,7 @@ def _check_room_for(array: Any, destination: pathlib.Path, combined: bool) -> No
     import shutil
 
     needed = int(array.nbytes)
-    free = shutil.disk_usage(destination.parent if str(destination.parent) else ".").free
+    free = shutil.disk_usage(destination.parent).free  # Path("x.npy").parent is "."
     if needed > free:
         advice = ("; --combine-segments makes one label image of "
                   f"{needed / array.shape[-1] / 2**30:.1f} GiB" if not combined and array.ndim

@@ -216,10 +216,10 @@ def _read_header(handle: BinaryIO) -> tuple[pydicom.Dataset, list[Any] | None]:
     for the tile position and segment of each frame instead, as the volume reader does. A
     big-endian or deflated file (no SEG writer makes one) is read by pydicom whole.
     """
-    from daskseg._volframes import read_frame_items, scan_frame_items
+    from daskseg._volframes import at_frame_items, read_frame_items, scan_frame_items
 
     start = handle.tell()
-    header = pydicom.filereader.read_partial(handle, stop_when=_at_frame_items)
+    header = pydicom.filereader.read_partial(handle, stop_when=at_frame_items)
     syntax = header.file_meta.get("TransferSyntaxUID")
     if (syntax is None or not syntax.is_transfer_syntax or not syntax.is_little_endian
             or syntax.is_deflated):
@@ -227,10 +227,6 @@ def _read_header(handle: BinaryIO) -> tuple[pydicom.Dataset, list[Any] | None]:
         return pydicom.dcmread(handle, stop_before_pixels=True), None
     raw = read_frame_items(handle, header, syntax.is_implicit_VR)
     return header, scan_frame_items(raw, 0, syntax.is_implicit_VR) if raw else None
-
-
-def _at_frame_items(tag: int, vr: str | None, length: int) -> bool:
-    return tag >= 0x52009230  # PerFrameFunctionalGroupsSequence, or Pixel Data without it
 
 
 class SegmentationReader:
