@@ -650,7 +650,8 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
         )
     if combine_segments is None:
         combine_segments = reader.segmentation_type != "FRACTIONAL"
-    _check_fits_in_memory(reader, int(index.max()) + 1 if len(index) else 0, combine_segments)
+    n_slices = int(index.max()) + 1 if len(index) else 0
+    _check_fits_in_memory(reader, n_slices, combine_segments)
     if slice_of_plane is not None:
         # The SEG's planes in its own order, each put at the series' slice it lies at.
         planes = reader.to_numpy(combine_segments=combine_segments, client=client)
@@ -659,7 +660,6 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
         planes = reader.to_numpy(combine_segments=combine_segments, client=client,
                                  source_sop_instance_uids=uids)
         slices = index.astype(int)
-    n_slices = int(index.max()) + 1 if len(index) else 0
     if n_slices == len(planes) and np.array_equal(slices, np.arange(n_slices)):
         volume = planes  # every slice has a plane, in order: no second copy of the labels
     else:

@@ -384,21 +384,22 @@ def _frame_values(shared: Dataset, per_frame: Sequence[Dataset], sequence: str, 
         expected = np.asarray(_numbers(in_shared), dtype=float)
     except (TypeError, ValueError):  # not numbers: _geometry says which frame, and how
         expected = None
-    for frame, value in enumerate(own):
-        if value is None or expected is None:
-            continue
-        try:
-            values = np.asarray(_numbers(value), dtype=float)
-        except (TypeError, ValueError):  # not numbers: _geometry says which frame, and how
-            break
-        if values.shape != expected.shape or not np.allclose(values, expected, rtol=0,
-                                                             atol=_ORIENTATION_TOLERANCE):
-            raise SegmentationInputError(
-                f"The multi-frame source image ({described}) has {sequence} > {keyword} "
-                f"{_listed(expected)} in its shared functional groups and {_listed(values)} in "
-                f"frame {frame + 1}'s own: a functional group is in one place or the other "
-                "(PS3.3 C.7.6.16), and which one holds is not clear. Keep the one that is true."
-            )
+    if expected is not None:  # else nothing to compare with
+        for frame, value in enumerate(own):
+            if value is None:
+                continue
+            try:
+                values = np.asarray(_numbers(value), dtype=float)
+            except (TypeError, ValueError):  # not numbers: _geometry says which frame, and how
+                break
+            if values.shape != expected.shape or not np.allclose(values, expected, rtol=0,
+                                                                 atol=_ORIENTATION_TOLERANCE):
+                raise SegmentationInputError(
+                    f"The multi-frame source image ({described}) has {sequence} > {keyword} "
+                    f"{_listed(expected)} in its shared functional groups and {_listed(values)} in "
+                    f"frame {frame + 1}'s own: a functional group is in one place or the other "
+                    "(PS3.3 C.7.6.16), and which one holds is not clear. Keep the one that is true."
+                )
     return [in_shared if value is None else value for value in own]
 
 
