@@ -25,12 +25,13 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
+from pydicom.uid import UID
 
 from daskseg._frames import SEG_SOP_CLASSES, invalid_dicom_reason
 from daskseg._inputs import is_uid_form
 from daskseg.errors import SegmentationInputError, SegmentationTypeError
 
-__all__ = ["SourceSeries", "load_source_series", "is_volume_source"]
+__all__ = ["SourceSeries", "is_volume_source", "load_source_series", "read_source_header"]
 
 # Positions and direction cosines are decimal strings of at most 16 characters (PS3.5 6.2, DS):
 # values written by different software for one series agree to about this much.
@@ -111,10 +112,29 @@ def is_volume_source(source_images: object) -> bool:
     first = items[0]
     if isinstance(first, (str, os.PathLike)):
         try:
-            first = pydicom.dcmread(first, stop_before_pixels=True)
+            # As a series' files are read (a file without its preamble included), so that one
+            # image given alone is taken for what it is.
+            first = _read_header(pathlib.Path(first), skip_non_dicom=True)
         except Exception:  # the tiled path reports unreadable files with its own message
             return False
     return isinstance(first, Dataset) and "SOPClassUID" in first and not is_tiled_image(first)
+
+
+def read_source_header(path: str | os.PathLike) -> Dataset:
+    """The header of the source image file ``path``, read as a series' files are (one without
+    its preamble included); a missing file, a folder or a DICOMDIR is refused, naming it."""
+    header = _read_header(pathlib.Path(path), skip_non_dicom=False)
+    assert header is not None  # skip_non_dicom=False: read or refused
+    _refuse_dicomdir(header, path)
+    return header
+
+
+def _refuse_dicomdir(header: Dataset, path: str | os.PathLike) -> None:
+    if _is_dicomdir(header):
+        raise SegmentationInputError(
+            f"The source image {path} is a DICOMDIR (the index of a DICOM medium), not an "
+            "image: pass the folder that holds it, whose series is then read."
+        )
 
 
 def _read_header(path: pathlib.Path, skip_non_dicom: bool) -> Dataset | None:
@@ -122,6 +142,11 @@ def _read_header(path: pathlib.Path, skip_non_dicom: bool) -> Dataset | None:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except FileNotFoundError as error:
         raise SegmentationInputError(f"The source image {path} does not exist.") from error
+    except IsADirectoryError as error:
+        raise SegmentationInputError(
+            f"The source image {path} is a folder: pass a folder holding one series on its "
+            "own (not in a list of images), or the paths of its files."
+        ) from error
     except pydicom.errors.InvalidDicomError as error:
         # Without the preamble and file meta (PS3.10 7.1): a bare data set, as older PACS
         # exports write them, which highdicom reads with force=True and dcmqi (ITK) reads too.
@@ -203,6 +228,7 @@ def _gather(source_images: object) -> list[Dataset]:
         elif isinstance(item, (str, os.PathLike)):
             header = next(headers)
             assert header is not None  # skip_non_dicom=False: every path is read or refused
+            _refuse_dicomdir(header, item)
             datasets.append(header)
         else:
             raise SegmentationTypeError(
@@ -583,6 +609,16 @@ def load_source_series(source_images: object) -> SourceSeries:
                datasets)
     _one_value(values, "SOPClassUID", "Pass the images of one series.", datasets)
     for dataset, found in zip(datasets, values):
+        if all(found[keyword] in (None, "")
+               for keyword in ("ImagePositionPatient", "ImageOrientationPatient")):
+            # No plane in the patient at all (PS3.3 C.7.6.2 is not in its IOD): a projection
+            # image, such as DX, CR or MG, whose SEG highdicom writes without geometry.
+            raise SegmentationInputError(
+                f"The source image ({_describe(dataset)}) has no plane position or orientation "
+                f"(SOP class {UID(str(found['SOPClassUID'])).name}): a projection image, such "
+                "as a radiograph, has none. daskseg writes SEGs of cross-sections (CT, MR, PET "
+                "series) and of tiled slides; use highdicom for other images."
+            )
         _require(
             dataset,
             ("Rows", "Columns", "FrameOfReferenceUID", "ImagePositionPatient",

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
-import pydicom
 from highdicom.spatial import is_tiled_image
 from pydicom.dataset import Dataset
 
-from daskseg._frames import invalid_dicom_reason
+from daskseg._series import read_source_header
 from daskseg.dicomweb import fetch_instance_metadata, is_dicomweb_url
 from daskseg.errors import DICOMwebError, SegmentationInputError, SegmentationTypeError
 
@@ -45,16 +44,8 @@ def load_source_image(source_image: Dataset | str | os.PathLike) -> Dataset:
                 "pass the Dataset.", url=error.url, status=error.status,
             ) from None
     elif isinstance(source_image, (str, os.PathLike)):
-        try:
-            # A slide file can be many GB: its header is all the SEG needs.
-            dataset = pydicom.dcmread(source_image, stop_before_pixels=True)
-        except FileNotFoundError as error:
-            raise SegmentationInputError(f"The source image {source_image} does not exist.") from error
-        except pydicom.errors.InvalidDicomError as error:
-            raise SegmentationInputError(
-                f"The source image {source_image} is not a DICOM file: "
-                f"{invalid_dicom_reason(error)}"
-            ) from error
+        # A slide file can be many GB: its header is all the SEG needs.
+        dataset = read_source_header(source_image)
     elif isinstance(source_image, Dataset):
         dataset = source_image
     else:

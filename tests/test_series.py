@@ -248,3 +248,59 @@ def test_files_without_preamble_are_images_and_odd_files_are_named(tmp_path):
     (tmp_path / "ct" / "stray.dcm").unlink()
     assert f"given 2 times ({twice}, {paths[0]})" in _message(tmp_path / "ct") or (
         f"given 2 times ({paths[0]}, {twice})" in _message(tmp_path / "ct"))
+
+
+def test_a_lone_file_without_preamble_is_read_as_in_a_series(tmp_path):
+    """One image without the preamble and 'DICM' (its file meta kept, or none) is the image it
+    is in a series: a source of one slice, not a file refused as not DICOM."""
+    from daskseg._source import load_source_image
+
+    series = make_ct_series(2, 8, 8)
+    path, bare = _save(series, tmp_path)
+    path.write_bytes(path.read_bytes()[132:])  # file meta kept, no preamble or prefix
+    ds = pydicom.dcmread(bare)
+    del ds.file_meta
+    pydicom.dcmwrite(bare, ds, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    with pytest.raises(pydicom.errors.InvalidDicomError):
+        pydicom.dcmread(path)
+    for lone, uid in ((path, series[0].SOPInstanceUID), (bare, series[1].SOPInstanceUID)):
+        assert is_volume_source(lone) and is_volume_source([lone])
+        assert load_source_series(lone).sop_instance_uids == (uid,)
+    slide = make_slide(64, 64, tile_size=(32, 32))
+    slide.save_as(tmp_path / "slide.dcm", enforce_file_format=True)
+    (tmp_path / "slide.dcm").write_bytes((tmp_path / "slide.dcm").read_bytes()[132:])
+    assert not is_volume_source(tmp_path / "slide.dcm")
+    assert load_source_image(tmp_path / "slide.dcm").SOPInstanceUID == slide.SOPInstanceUID
+
+
+def test_a_folder_in_a_list_a_dicomdir_and_a_radiograph_are_named(tmp_path):
+    """What is not an image of a series, given where one is expected, is refused saying what
+    it is (an IsADirectoryError, a slide's missing attributes, missing geometry before)."""
+    from pydicom.fileset import FileSet
+
+    from daskseg._source import load_source_image
+
+    series = make_ct_series(3, 8, 8, pixel_data=True)
+    paths = _save(series, tmp_path / "ct")
+    (tmp_path / "ct" / "sub").mkdir()
+    for given in ([*paths, tmp_path / "ct" / "sub"], [tmp_path / "ct"]):
+        with pytest.raises(SegmentationInputError, match="is a folder: pass a folder holding"):
+            load_source_series(given)
+    files = FileSet()
+    for ds in series:
+        files.add(ds)
+    files.write(tmp_path / "cd")
+    dicomdir = tmp_path / "cd" / "DICOMDIR"
+    for load, given in ((load_source_series, [dicomdir, *paths]),
+                        (load_source_image, dicomdir)):
+        with pytest.raises(SegmentationInputError, match="is a DICOMDIR .* pass the folder"):
+            load(given)
+    assert not is_volume_source(dicomdir)
+    radiograph = series[0]
+    radiograph.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray, For Presentation
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "FrameOfReferenceUID",
+                    "PixelSpacing"):
+        delattr(radiograph, keyword)
+    with pytest.raises(SegmentationInputError,
+                       match="no plane position or orientation .*Digital X-Ray.* use highdicom"):
+        load_source_series(radiograph)
