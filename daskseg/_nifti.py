@@ -518,9 +518,9 @@ def _check_fits_in_memory(reader: Any, n_slices: int, combine_segments: bool) ->
             f"), more than the {available / 2**30:.1f} GiB of memory available, where it is "
             "made whole before it is written. "
             + ("Combine the segments into labels (combine_segments=True, or leave out "
-               "--segment-axis), or " if not combine_segments else "")
-            + "write it to Zarr instead (to_zarr; daskseg decode -o labels.zarr), block by "
-            "block."
+               "--segment-axis), or write" if not combine_segments else "Write")
+            + " its planes to Zarr instead, block by block (to_zarr; daskseg decode -o "
+            "labels.zarr), their positions from plane_positions()."
         )
 
 
@@ -582,6 +582,18 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
             f"{reader.path}: its shared ImageOrientationPatient {orientation} and PixelSpacing "
             f"{pixel_spacing} are not 6 direction cosines and 2 positive distances (PS3.3 "
             "C.7.6.2.1.1, C.7.6.16.2.1): no NIfTI affine can be made of them."
+        )
+    cosines = np.array(orientation).reshape(2, 3)
+    norms = np.linalg.norm(cosines, axis=1)
+    # As highdicom's volumes check their affine (a tolerance of 1e-4); a NIfTI affine of
+    # skewed or stretched axes would put the voxels elsewhere than the SEG's frames are.
+    if not (np.isfinite(norms).all() and np.allclose(norms**2, 1.0, atol=1e-4, rtol=0)
+            and abs(float(cosines[0] @ cosines[1])) <= 1e-4):
+        raise SegmentationFileError(
+            f"{reader.path}: its shared ImageOrientationPatient {orientation} is not two unit "
+            "vectors at right angles (the direction cosines of the rows and columns, PS3.3 "
+            "C.7.6.2.1.1): no NIfTI affine places its frames; read the frames as an array "
+            "(read_segmentation) instead."
         )
     if source_images is not None:
         # The SEG must be of this series: its images are the planes, read by their UIDs.

@@ -51,7 +51,7 @@ from daskseg._volframes import (
     scan_frame_items,
 )
 from daskseg.errors import SegmentationFileError, SegmentationInputError
-from daskseg.read import ReadOptions, _into_memory
+from daskseg.read import ReadOptions, _into_memory, decoded_into_zarr
 
 if TYPE_CHECKING:
     from daskseg._web import WebHead
@@ -311,6 +311,43 @@ class VolumeSegmentationReader:
             rescale_fractional=rescale_fractional, dtype=dtype, chunks=chunks,
         )
         return _into_memory(array, client, progress, "decode planes of the SEG")
+
+    def to_zarr(
+        self,
+        store: Any,
+        *,
+        source_sop_instance_uids: Sequence[str] | None = None,
+        source_frame_numbers: Sequence[int] | None = None,
+        segment_numbers: Sequence[int] | None = None,
+        combine_segments: bool = False,
+        relabel: bool = False,
+        rescale_fractional: bool = True,
+        dtype: DTypeLike | None = None,
+        chunks: int | None = None,
+        overwrite: bool = False,
+        progress: bool = False,
+        client: Any = None,
+    ) -> Any:
+        """Decode the planes into a Zarr array, block by block with bounded memory: the way
+        for a volume larger than memory (``to_numpy`` and ``to_nifti`` hold it whole).
+
+        Arguments as :meth:`to_dask` (the planes in that order, the Zarr array's chunks the
+        Dask array's), and ``overwrite``, ``progress`` and ``client`` as
+        :meth:`daskseg.SegmentationReader.to_zarr`. The array holds no geometry: its planes'
+        positions are :meth:`plane_positions` (for the default order).
+
+        Returns
+        -------
+        zarr.Array
+        """
+        array = self.to_dask(
+            source_sop_instance_uids=source_sop_instance_uids,
+            source_frame_numbers=source_frame_numbers, segment_numbers=segment_numbers,
+            combine_segments=combine_segments, relabel=relabel,
+            rescale_fractional=rescale_fractional, dtype=dtype, chunks=chunks,
+        )
+        return decoded_into_zarr(array, store, overwrite=overwrite, progress=progress,
+                                 client=client)
 
     def to_nifti(
         self,

@@ -490,10 +490,11 @@ def _decode(args: argparse.Namespace) -> None:
     if tiled and nifti:
         raise UserError(f"{args.seg} is a SEG of a tiled image; NIfTI output is for SEGs of "
                         "series (CT, MR...)")
-    if not tiled and not (nifti or npy):
+    if not tiled and ome:
         raise UserError(f"{args.seg} is a SEG of a series; decode it to NIfTI "
-                        "(-o labels.nii.gz) or NumPy (-o labels.npy, its frames in the order "
-                        "of the source images along the slice normal)")
+                        "(-o labels.nii.gz), or to NumPy (-o labels.npy) or Zarr "
+                        "(-o labels.zarr), its frames in the order of the source images along "
+                        "the slice normal")
     if npy and "://" in args.output:
         raise UserError(f"{args.output}: a .npy output is a file on this machine")
     if args.segment_axis and not nifti:
@@ -504,14 +505,15 @@ def _decode(args: argparse.Namespace) -> None:
             if not isinstance(reader, SegmentationReader) and nifti:  # a series: its geometry
                 reader.to_nifti(args.output, client=client, source_images=args.source,
                                 combine_segments=False if args.segment_axis else None)
-            elif npy or not isinstance(reader, SegmentationReader):
+            elif npy:
                 # One NumPy file, filled block by block as the blocks are decoded (a series'
-                # frames in slice order; only .npy or NIfTI get here for a series).
+                # frames in slice order).
                 array = reader.to_dask(combine_segments=args.combine_segments)
                 _check_room_for(array, pathlib.Path(args.output), args.combine_segments)
                 _save_npy(array, pathlib.Path(args.output), client, not args.quiet,
                           args.overwrite)
             elif ome:  # an OME-NGFF image whose labels/ holds the SEG as one label image
+                assert isinstance(reader, SegmentationReader)  # a series' SEG was refused above
                 from daskseg import segmentation_to_ome_zarr
 
                 segmentation_to_ome_zarr(reader, args.output, progress=not args.quiet,

@@ -506,87 +506,94 @@ class SegmentationReader:
         -------
         zarr.Array
         """
-        import zarr
-
         array = self.to_dask(
             segment_numbers=segment_numbers, combine_segments=combine_segments, relabel=relabel,
             rescale_fractional=rescale_fractional, dtype=dtype, chunks=chunks,
         )
-        # A local store is built beside its place and renamed there when complete: a failure
-        # (a damaged frame, segments that cannot be combined) leaves nothing behind.
-        destination = None
-        if isinstance(store, (str, os.PathLike)) and "://" not in os.fsdecode(store):
-            # Absolute, as the workers write the chunks: those started in another folder
-            # wrote there, leaving this store empty.
-            destination = pathlib.Path(os.path.abspath(os.fsdecode(store)))
-        else:
-            store = absolute_local_store(store)
-        if destination is not None and destination.exists() and not overwrite:
-            raise DestinationExistsError(
-                f"{store} exists; pass overwrite=True to replace it, or choose another store."
-            )
-        if destination is not None:
-            check_store_folder(destination)
-        partial = (destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.partial")
-                   if destination is not None else None)
-        # The partial store is made inside the try that removes it: a signal's exception
-        # (Ctrl-C, or SIGTERM in the CLI) can come while zarr makes it.
+        return decoded_into_zarr(array, store, overwrite=overwrite, progress=progress,
+                                 client=client)
+
+
+def decoded_into_zarr(array: da.Array, store: StoreLike, *, overwrite: bool, progress: bool,
+                      client: Client | None) -> zarr.Array:
+    """A reader's lazy ``array`` decoded into a new Zarr array at ``store`` (its chunks the
+    array's), block by block; a local store is complete or absent."""
+    import zarr
+
+    # A local store is built beside its place and renamed there when complete: a failure
+    # (a damaged frame, segments that cannot be combined) leaves nothing behind.
+    destination = None
+    if isinstance(store, (str, os.PathLike)) and "://" not in os.fsdecode(store):
+        # Absolute, as the workers write the chunks: those started in another folder
+        # wrote there, leaving this store empty.
+        destination = pathlib.Path(os.path.abspath(os.fsdecode(store)))
+    else:
+        store = absolute_local_store(store)
+    if destination is not None and destination.exists() and not overwrite:
+        raise DestinationExistsError(
+            f"{store} exists; pass overwrite=True to replace it, or choose another store."
+        )
+    if destination is not None:
+        check_store_folder(destination)
+    partial = (destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.partial")
+               if destination is not None else None)
+    # The partial store is made inside the try that removes it: a signal's exception
+    # (Ctrl-C, or SIGTERM in the CLI) can come while zarr makes it.
+    try:
         try:
-            try:
-                target = zarr.create_array(
-                    str(partial) if partial is not None else store, shape=array.shape,
-                    chunks=tuple(c[0] for c in array.chunks), dtype=array.dtype,
-                    overwrite=overwrite,
-                )
-            except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError) as error:
-                raise DestinationExistsError(
-                    f"{store} holds a Zarr array or group already; pass overwrite=True to "
-                    "replace it, or choose another store."
-                ) from error
-            self._store_into(array, target, client, progress)
-            if destination is not None and partial is not None:
-                replace_tree(partial, destination)
-                target = zarr.open_array(str(destination), mode="r+")
-        except BaseException:
-            if partial is not None:
-                shutil.rmtree(partial, ignore_errors=True)
-            raise
-        return target
+            target = zarr.create_array(
+                str(partial) if partial is not None else store, shape=array.shape,
+                chunks=tuple(c[0] for c in array.chunks), dtype=array.dtype,
+                overwrite=overwrite,
+            )
+        except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError) as error:
+            raise DestinationExistsError(
+                f"{store} holds a Zarr array or group already; pass overwrite=True to "
+                "replace it, or choose another store."
+            ) from error
+        _store_into(array, target, client, progress)
+        if destination is not None and partial is not None:
+            replace_tree(partial, destination)
+            target = zarr.open_array(str(destination), mode="r+")
+    except BaseException:
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return target
 
-    @staticmethod
-    def _store_into(array: da.Array, target: Any, client: Client | None,
-                    progress: bool) -> None:
-        """Decode ``array``'s blocks into the Zarr array ``target``."""
-        with _decoding(array, client, progress) as (client, bar):
-            if _held_by_this_process(target.store):
-                # Workers would write into copies of an in-memory store, pickled with their
-                # tasks, leaving this one empty. A zip file takes one writer, and a ZipStore
-                # unpickled (on a worker, or by dask's tokenize, which unpickles what it
-                # hashes) opens it again for writing, empty. Decoded there, written here.
-                for region, block in computed_blocks(client, array,
-                                                     "decode a block of the SEG"):
-                    target[region] = block
-                    bar.update(1)
-            elif client is None:
-                from dask.callbacks import Callback
 
-                class _Count(Callback):
-                    def _posttask(self, key, result, dsk, state, worker_id):
-                        if isinstance(key, tuple) and str(key[0]).startswith("store-map"):
-                            bar.update(1)
+def _store_into(array: da.Array, target: Any, client: Client | None, progress: bool) -> None:
+    """Decode ``array``'s blocks into the Zarr array ``target``."""
+    with _decoding(array, client, progress) as (client, bar):
+        if _held_by_this_process(target.store):
+            # Workers would write into copies of an in-memory store, pickled with their
+            # tasks, leaving this one empty. A zip file takes one writer, and a ZipStore
+            # unpickled (on a worker, or by dask's tokenize, which unpickles what it
+            # hashes) opens it again for writing, empty. Decoded there, written here.
+            for region, block in computed_blocks(client, array,
+                                                 "decode a block of the SEG"):
+                target[region] = block
+                bar.update(1)
+        elif client is None:
+            from dask.callbacks import Callback
 
-                stores = da.store(array, target, lock=False, compute=False,
-                                  return_stored=False)
-                with _Count():
-                    dask.compute(stores)  # the configured local scheduler
-            else:
-                # One task per block, each reading its frames and writing its region: memory
-                # on each worker is one block at a time, whatever the SEG's size.
-                stored = array.map_blocks(store_block, target=target, dtype=np.int64,
-                                          chunks=tuple((1,) * n for n in array.numblocks))
-                for _ in run_windowed(client, block_tasks(stored).ravel().tolist(),
-                                      "decode a block of the SEG into Zarr", settle=True):
-                    bar.update(1)
+            class _Count(Callback):
+                def _posttask(self, key, result, dsk, state, worker_id):
+                    if isinstance(key, tuple) and str(key[0]).startswith("store-map"):
+                        bar.update(1)
+
+            stores = da.store(array, target, lock=False, compute=False,
+                              return_stored=False)
+            with _Count():
+                dask.compute(stores)  # the configured local scheduler
+        else:
+            # One task per block, each reading its frames and writing its region: memory
+            # on each worker is one block at a time, whatever the SEG's size.
+            stored = array.map_blocks(store_block, target=target, dtype=np.int64,
+                                      chunks=tuple((1,) * n for n in array.numblocks))
+            for _ in run_windowed(client, block_tasks(stored).ravel().tolist(),
+                                  "decode a block of the SEG into Zarr", settle=True):
+                bar.update(1)
 
 
 def _held_by_this_process(store: Any) -> bool:

@@ -13,10 +13,12 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+import zarr
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
 from test_volume_write import enhanced_image, shuffled_series, volume_mask
 
 from daskseg import (
+    DestinationExistsError,
     SegmentationInputError,
     SegmentationTypeError,
     VolumeSegmentationReader,
@@ -275,9 +277,24 @@ def test_decode_to_nifti_round_trip(tmp_path, thread_client, omit):
     matched = match_to_series(array, affine, load_source_series(series))
     np.testing.assert_array_equal(np.asarray(matched), labels)
     assert main(["decode", str(path), "-o", str(out), "--quiet"]) == 1  # exists
-    # A SEG of a series has no tile grid to put in Zarr: NIfTI or NumPy is asked for instead.
-    assert main(["decode", str(path), "-o", str(tmp_path / "labels.zarr"), "--quiet"]) == 1
-    assert not (tmp_path / "labels.zarr").exists()
+    # Zarr: the planes as open_segmentation reads them, block by block (the way for a volume
+    # larger than memory, which the NIfTI refusal names: it was refused here too); OME-Zarr
+    # labels are of a slide's image.
+    reader = open_segmentation(path)
+    assert main(["decode", str(path), "-o", str(tmp_path / "labels.zarr"), "--threads", "2",
+                 "--quiet"]) == 0
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "labels.zarr"))[:],
+                                  reader.to_numpy())
+    assert main(["decode", str(path), "-o", str(tmp_path / "labels.ome.zarr"), "--quiet"]) == 1
+    assert not (tmp_path / "labels.ome.zarr").exists()
+    uids = reader.source_sop_instance_uids[::-1]
+    stored = reader.to_zarr(tmp_path / "reversed.zarr", source_sop_instance_uids=uids,
+                            combine_segments=True, chunks=2, client=thread_client)
+    assert stored.chunks == (2, *reader.frame_size)
+    np.testing.assert_array_equal(
+        stored[:], same_as_highdicom(path, uids, combine_segments=True))
+    with pytest.raises(DestinationExistsError):
+        reader.to_zarr(tmp_path / "reversed.zarr")
     # NumPy: the frames in slice order, as open_segmentation reads them (a SEG of an image
     # without geometry, a Secondary Capture's, had no output the command would write).
     npy = tmp_path / "labels.npy"
@@ -665,6 +682,19 @@ def test_to_nifti_refuses_a_source_of_another_series_or_a_slide(tmp_path, thread
     with pytest.raises(SegmentationFileError, match=r"PixelSpacing \[0.0, 0.0\] are not"):
         damaged.to_nifti(tmp_path / "flat.nii.gz", client=thread_client)
     assert not (tmp_path / "flat.nii.gz").exists()
+    # Rows and columns not at right angles (written as highdicom writes them: it checks no
+    # angle), or not of unit length: highdicom's volume raised a bare ValueError, or the planes
+    # were said to be off a regular grid.
+    for k, cosines in enumerate([[1, 0, 0, 0.1, 1, 0], [2, 0, 0, 0, 2, 0]]):
+        skewed = make_ct_series(6, 16, 24)
+        for ds in skewed:
+            ds.ImageOrientationPatient = cosines
+        reader = open_segmentation(write_segmentation(
+            labels, skewed, make_segment_descriptions(1), tmp_path / f"skewed{k}.dcm",
+            client=thread_client))
+        with pytest.raises(SegmentationFileError, match="is not two unit vectors at right angles"):
+            reader.to_nifti(tmp_path / f"skewed{k}.nii.gz", client=thread_client)
+        assert not (tmp_path / f"skewed{k}.nii.gz").exists()
 
 
 def test_to_nifti_takes_slices_off_the_grid_by_microns_not_by_distance_from_the_origin(
@@ -928,3 +958,11 @@ def test_a_nifti_larger_than_the_memory_available_is_refused_before_decoding(
     with pytest.raises(SegmentationInputError, match="leave out --segment-axis"):
         volume_to_nifti(reader, tmp_path / "planes.nii.gz", combine_segments=False)
     assert not (tmp_path / "planes.nii.gz").exists()
+    # The way it names for a volume larger than memory exists (a volume SEG had no to_zarr).
+    Memory.available = voxels // 2
+    with pytest.raises(SegmentationInputError, match=r"\. Write its planes to Zarr instead, "
+                                                     r"block by block \(to_zarr;"):
+        volume_to_nifti(reader, tmp_path / "labels.nii.gz")
+    np.testing.assert_array_equal(reader.to_zarr(tmp_path / "labels.zarr",
+                                                 combine_segments=True)[:],
+                                  reader.to_numpy(combine_segments=True))
