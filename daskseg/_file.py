@@ -31,6 +31,7 @@ from pydicom.filewriter import correct_ambiguous_vr, write_sequence
 from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless
 
 from daskseg._header import FrameItems, element_header, encoded_items, item
+from daskseg._inputs import not_a_regular_file
 from daskseg._spool import Spool, new_file_beside
 from daskseg.encode import encode_frame, write_all
 from daskseg.errors import DestinationExistsError, SegmentationInputError
@@ -200,6 +201,8 @@ def replace_atomically(temporary: pathlib.Path, destination: pathlib.Path, overw
     appeared = DestinationExistsError(
         f"{destination} appeared while writing; pass overwrite=True to replace it."
     )
+    if (special := not_a_regular_file(destination)) is not None:
+        raise special  # checked before the work too; this one may have appeared since
     if not overwrite:
         # A hard link is made only where no file is: no other writer can slip in between a
         # check and the rename. A file system without hard links gets the check and rename.

@@ -15,6 +15,7 @@ import numbers
 import os
 import pathlib
 import re
+import stat
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -716,6 +717,27 @@ def check_store_folder(destination: pathlib.Path) -> None:
             f"The destination folder {destination.parent} does not exist (or is not a folder); "
             "create it first."
         )
+    if (special := not_a_regular_file(destination)) is not None:
+        raise special
+
+
+def not_a_regular_file(path: pathlib.Path) -> SegmentationInputError | None:
+    """The refusal of a destination that exists as something other than a file (or a link to
+    one): a device, a FIFO, a socket, which the rename onto it would replace with a file (run
+    as root, /dev/null)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # absent, or a link to nowhere: a file takes its place
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):  # a folder is refused as one
+        return None
+    kind = ("character device" if stat.S_ISCHR(mode) else "block device" if stat.S_ISBLK(mode)
+            else "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
+            else "special file")
+    return SegmentationInputError(
+        f"The destination {path} is a {kind}, not a file: the output is written beside it and "
+        f"renamed onto it, which would replace the {kind}; give another name."
+    )
 
 
 def check_destination(path: str | os.PathLike, overwrite: bool) -> pathlib.Path:
@@ -737,6 +759,8 @@ def check_destination(path: str | os.PathLike, overwrite: bool) -> pathlib.Path:
         )
     if path.is_dir():
         raise SegmentationInputError(f"The destination {path} is a folder; give a file name.")
+    if (special := not_a_regular_file(path)) is not None:
+        raise special
     # A symbolic link to nowhere exists too: the file would replace it.
     if os.path.lexists(path) and not overwrite:
         raise DestinationExistsError(

@@ -230,3 +230,35 @@ def test_a_destination_ending_in_a_separator_names_a_folder_and_is_refused(tmp_p
         with pytest.raises(SegmentationInputError, match="names a folder"):
             check_destination(destination, overwrite=False)
     assert not (tmp_path / "new").exists()
+
+
+def test_a_device_or_fifo_destination_is_refused_not_replaced(tmp_path):
+    """overwrite=True renamed the SEG onto a FIFO or a device node, which became a file (as
+    root, /dev/null); refused before the work, and at the rename if one appeared since."""
+    import os
+    import stat
+
+    from daskseg import write_segmentation
+    from daskseg._file import replace_atomically
+    from daskseg._inputs import check_store_folder
+    from daskseg.synthetic import make_segment_descriptions
+
+    os.mkfifo(tmp_path / "fifo")
+    nodes = [(tmp_path / "fifo", "FIFO")]
+    if os.geteuid() == 0:
+        os.mknod(tmp_path / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        nodes.append((tmp_path / "null", "character device"))
+    (tmp_path / "link").symlink_to(tmp_path / "fifo")
+    nodes.append((tmp_path / "link", "FIFO"))
+    (tmp_path / "seg.tmp").write_bytes(b"a finished SEG")
+    for node, kind in nodes:
+        for refuse in (lambda: check_destination(node, overwrite=True),
+                       lambda: check_store_folder(node),
+                       lambda: replace_atomically(tmp_path / "seg.tmp", node, True),
+                       lambda: write_segmentation(np.ones((8, 8), bool), make_slide(8, 8),
+                                                  make_segment_descriptions(1), node,
+                                                  overwrite=True)):
+            with pytest.raises(SegmentationInputError, match=f"is a {kind}, not a file"):
+                refuse()
+        assert not stat.S_ISREG(os.stat(node).st_mode)
+    assert (tmp_path / "seg.tmp").read_bytes() == b"a finished SEG"
