@@ -286,8 +286,11 @@ def encode_block(
             value, at = _first_pixel(block, (block < 0) | (block > highest), tile_row * th,
                                      tile_column * tw)
             check_value_range(value, value, spec, at)
-        if spec.label_numbers and block.dtype != bool:  # in range, but described?
-            check_labels_described(block, spec, tile_row * th, tile_column * tw)
+        if spec.label_numbers:  # in range, but described?
+            # True is label 1, as highdicom reads a boolean label image: refused unless
+            # segment 1 is described (a LABELMAP of one segment numbered 5 stored 1).
+            check_labels_described(block.view(np.uint8) if block.dtype == bool else block,
+                                   spec, tile_row * th, tile_column * tw)
         tile_nonempty = tile_high > 0  # no value is negative now
     else:
         nonzero_axes = tuple(range(2, tiles.ndim))

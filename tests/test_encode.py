@@ -92,6 +92,20 @@ def test_the_label_named_is_the_one_at_the_pixel_named():
         encode_block(labels, spec, 0, 0)
 
 
+def test_a_boolean_label_image_stores_label_1_only_when_segment_1_is_described():
+    """True is label 1, as highdicom reads a boolean image: a LABELMAP whose one segment is
+    numbered 5 stored 1, which no segment describes (highdicom refuses the input)."""
+    labels = np.zeros((8, 8), bool)
+    labels[5, 6] = True
+    one = FrameSpec("LABELMAP", 1, False, 4, 4, NATIVE, 8, 255, False, label_numbers=(5,))
+    with pytest.raises(SegmentationInputError, match="label 1 at row 5, column 6, but the "
+                                                     r"segments described are numbered \[5\]"):
+        encode_block(labels, one, 0, 0)
+    both = FrameSpec("LABELMAP", 2, False, 4, 4, NATIVE, 8, 255, False, label_numbers=(1, 5))
+    assert encode_block(labels, both, 0, 0).tile_nonempty.tolist() == [[False, False],
+                                                                       [False, True]]
+
+
 @pytest.mark.parametrize("value, message", [(-3, "negative"), (7, "label 7")])
 def test_label_block_out_of_range_is_refused_where_it_is(value, message):
     labels = np.zeros((10, 10), np.int16)
