@@ -363,37 +363,73 @@ def _holds_zarr_metadata(folder: pathlib.Path) -> bool:
     return any((folder / name).is_file() for name in _ZARR_METADATA)
 
 
-def local_zarr_folder(mask: Any) -> pathlib.Path | None:
-    """The folder of a Zarr mask on local disk (a path, or an array or group of a
-    LocalStore), where it holds Zarr metadata now; else None."""
+def local_zarr_folders(mask: Any) -> list[pathlib.Path]:
+    """The folders of the Zarr stores on local disk that ``mask`` reads, where they hold Zarr
+    metadata now: a path, an array or group of a local store, or the Zarr arrays a Dask array
+    was made from (``da.from_zarr``: a local file system's FsspecStore or a LocalStore)."""
     from daskseg._frames import local_path
 
-    folder: pathlib.Path | None = None
     if isinstance(mask, (str, os.PathLike)):
         local = local_path(os.fspath(mask))
-        folder = pathlib.Path(local) if local is not None else None
+        folders = [pathlib.Path(local)] if local is not None else []
+    elif isinstance(mask, da.Array):
+        folders = [folder for array in _zarr_arrays_read_by(mask)
+                   if (folder := _store_folder(array)) is not None]
     else:
-        import zarr
+        folder = _store_folder(mask)
+        folders = [folder] if folder is not None else []
+    return [folder for k, folder in enumerate(folders)
+            if folder not in folders[:k] and _holds_zarr_metadata(folder)]
 
-        if isinstance(mask, (zarr.Array, zarr.Group)) and isinstance(
-            mask.store, zarr.storage.LocalStore
-        ):
-            folder = pathlib.Path(mask.store.root).absolute() / mask.path
-    if folder is None or not _holds_zarr_metadata(folder):
+
+def _store_folder(array: Any) -> pathlib.Path | None:
+    """The folder of a Zarr array or group on local disk, else None."""
+    import zarr
+
+    if not isinstance(array, (zarr.Array, zarr.Group)):
         return None
-    return folder
+    store = array.store
+    if isinstance(store, zarr.storage.LocalStore):
+        root = pathlib.Path(store.root)
+    elif isinstance(store, zarr.storage.FsspecStore):
+        # da.from_zarr of a path opens it through fsspec's local file system.
+        protocol = getattr(store.fs, "protocol", ())
+        if "file" not in ((protocol,) if isinstance(protocol, str) else tuple(protocol)):
+            return None
+        root = pathlib.Path(store.path)
+    else:
+        return None
+    return root.absolute() / array.path
 
 
-def check_zarr_folder_kept(folder: pathlib.Path | None) -> None:
+def _zarr_arrays_read_by(array: da.Array) -> list[Any]:
+    """The Zarr arrays held as data in ``array``'s graph, as ``da.from_array`` keeps the array
+    it reads (in a layer of its own; one inlined into every task is not looked for)."""
+    import zarr
+    from dask.highlevelgraph import MaterializedLayer
+
+    found = []
+    for layer in array.__dask_graph__().layers.values():
+        if not isinstance(layer, MaterializedLayer):
+            continue
+        for value in layer.values():
+            value = getattr(value, "value", value)  # a DataNode holds it in newer Dask
+            if isinstance(value, zarr.Array):
+                found.append(value)
+    return found
+
+
+def check_zarr_folders_kept(folders: Sequence[pathlib.Path]) -> None:
     """Refuse to write a SEG of a Zarr mask whose folder lost its metadata during the write
     (removed, or replaced): the workers read its missing chunks as the fill value, and a
     SEG empty or in part was written without a word."""
-    if folder is not None and not _holds_zarr_metadata(folder):
-        raise SegmentationInputError(
-            f"The Zarr mask {folder} was removed while the SEG was made from it: its chunks "
-            "that were gone read as the fill value. Nothing was written; write it again once "
-            "the mask is in place."
-        )
+    for folder in folders:
+        if not _holds_zarr_metadata(folder):
+            raise SegmentationInputError(
+                f"The Zarr mask {folder} was removed while the SEG was made from it: its "
+                "chunks that were gone read as the fill value. Nothing was written; write it "
+                "again once the mask is in place."
+            )
 
 
 def worker_visible(mask: Any) -> Any:

@@ -350,9 +350,9 @@ def encoded_frames(
     body (the file), names ``destination``'s folder.
     """
     from daskseg._file import naming_a_full_disk
-    from daskseg._inputs import check_zarr_folder_kept, local_zarr_folder
+    from daskseg._inputs import check_zarr_folders_kept, local_zarr_folders
 
-    zarr_folder = local_zarr_folder(mask)
+    zarr_folders = local_zarr_folders(mask)
     with naming_a_full_disk(destination):
         spool = Spool(destination.parent, destination.name, shape, worker_prefix)
         try:
@@ -371,7 +371,7 @@ def encoded_frames(
                         overlap = encode_blocks(dask_client, tasks, spool, tile_nonempty,
                                                 bar, running, workers)
                 made = running.result()
-            check_zarr_folder_kept(zarr_folder)
+            check_zarr_folders_kept(zarr_folders)
             yield spool, tile_nonempty, overlap, made
         finally:
             spool.close()

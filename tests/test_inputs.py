@@ -262,3 +262,39 @@ def test_a_device_or_fifo_destination_is_refused_not_replaced(tmp_path):
                 refuse()
         assert not stat.S_ISREG(os.stat(node).st_mode)
     assert (tmp_path / "seg.tmp").read_bytes() == b"a finished SEG"
+
+
+def test_a_dask_array_of_a_zarr_store_removed_during_the_write_is_refused(tmp_path, thread_client,
+                                                                         monkeypatch):
+    """da.from_zarr(path): the store removed as its blocks were read gave a SEG of whatever
+    blocks were read before (a helper's: 43,008 of 1,048,576 pixels) without a word, where the
+    same store as a path or zarr.Array was refused."""
+    import shutil
+
+    import zarr
+
+    from daskseg import write_segmentation
+    from daskseg._inputs import check_zarr_folders_kept, local_zarr_folders
+    from daskseg.synthetic import make_segment_descriptions
+
+    store = tmp_path / "mask.zarr"
+    zarr.create_array(str(store), shape=(64, 64), chunks=(32, 32), dtype="uint8")[:] = 1
+    monkeypatch.chdir(tmp_path)
+    for mask in (da.from_zarr(str(store)), (da.from_zarr(zarr.open_array("mask.zarr")) + 0)[:40]):
+        assert local_zarr_folders(mask) == [store]
+    assert local_zarr_folders(da.ones((4, 4))) == [] == local_zarr_folders(np.ones((4, 4)))
+
+    def remove_after_the_first(block, block_info=None):
+        if block_info and block_info[0]["chunk-location"] == (0, 0):
+            shutil.rmtree(store)  # blocks not yet read read the fill value, 0
+        return block
+
+    mask = da.from_zarr(str(store)).rechunk((32, 32)).map_blocks(remove_after_the_first,
+                                                                      dtype=np.uint8)
+    with pytest.raises(SegmentationInputError, match="was removed while the SEG was made"):
+        write_segmentation(mask, make_slide(64, 64, tile_size=(32, 32)),
+                           make_segment_descriptions(1), tmp_path / "seg.dcm",
+                           client=thread_client)
+    assert not (tmp_path / "seg.dcm").exists()
+    with pytest.raises(SegmentationInputError, match="was removed"):
+        check_zarr_folders_kept([store])
