@@ -23,8 +23,8 @@ from daskseg.errors import SegmentationInputError
 from daskseg.plan import FrameSpec, allowed_labels, block_location
 
 __all__ = [
-    "BlockResult", "MaskValueError", "Where", "encode_block", "encode_chunk", "encode_frame",
-    "encode_numpy_block", "segment_frame", "spool_block", "worker_spool_name", "write_all",
+    "BlockResult", "MaskValueError", "Where", "block_as_declared", "encode_block", "encode_chunk",
+    "encode_frame", "encode_numpy_block", "segment_frame", "spool_block", "worker_spool_name", "write_all",
 ]
 
 
@@ -427,6 +427,28 @@ def _encode_uniform(value: int, dtype: str, spec: FrameSpec) -> bytes:
     """
     frame = np.full((spec.tile_rows, spec.tile_columns), value, dtype=np.dtype(dtype))
     return encode_frame(frame, spec)
+
+
+def block_as_declared(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+    """A block of the user's Dask mask, refused unless of the shape its chunks declare.
+
+    A ``map_blocks`` whose function crops or pads its blocks, its ``chunks`` not saying so:
+    rows between the blocks were written empty without a word, or numpy failed to broadcast
+    in the rechunk to whole tiles. Applied blockwise, it fuses with the task making the block.
+    """
+    if block_info is None:  # dask's inference of the output's type
+        return block
+    location = block_location(block_info)
+    expected = tuple(stop - start for start, stop in location)
+    if np.shape(block) != expected:
+        # Said as an index of the mask as given (a slide's or a series'), every axis.
+        index = ", ".join(f"{start}:{stop}" for start, stop in location)
+        raise MaskValueError(
+            f"The mask's block [{index}] has shape {np.shape(block)}, but the Dask array's "
+            f"chunks say {expected}: its chunks are wrong (a map_blocks whose function changes "
+            "a block's shape needs chunks= that say so)."
+        )
+    return block
 
 
 def encode_chunk(

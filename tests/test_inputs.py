@@ -298,3 +298,33 @@ def test_a_dask_array_of_a_zarr_store_removed_during_the_write_is_refused(tmp_pa
     assert not (tmp_path / "seg.dcm").exists()
     with pytest.raises(SegmentationInputError, match="was removed"):
         check_zarr_folders_kept([store])
+
+
+@pytest.mark.parametrize("change", [lambda b: b[:-1],
+                                    lambda b: np.pad(b, [(0, 1)] + [(0, 0)] * (b.ndim - 1))],
+                         ids=["short", "long"])
+def test_dask_blocks_of_another_shape_than_their_chunks_are_refused(tmp_path, thread_client,
+                                                                    change):
+    """A map_blocks that crops or pads its blocks, chunks not saying so: short blocks were
+    written with empty rows between them, long ones failed in numpy's broadcast."""
+    from daskseg import write_segmentation
+    from daskseg.synthetic import make_ct_series, make_segment_descriptions
+
+    ones = np.ones((200, 230), np.uint8)
+    mask = da.from_array(ones, chunks=50).map_blocks(change, dtype=np.uint8)
+    with pytest.raises(SegmentationInputError,
+                       match=r"block \[\d+:\d+, \d+:\d+\] has shape \((49|51), 50\), but the Dask "
+                             r"array's chunks say \(50, 50\)"):
+        write_segmentation(mask, make_slide(200, 230, tile_size=(64, 64)),
+                           make_segment_descriptions(1), tmp_path / "slide.dcm",
+                           client=thread_client)
+    volume = da.from_array(np.ones((4, 16, 16), np.uint8), chunks=(2, 16, 16)).map_blocks(
+        lambda b: change(b.T).T, dtype=np.uint8)  # the last axis, columns
+    with pytest.raises(SegmentationInputError, match=r"block \[[02]:[24], 0:16, 0:16\] has shape"):
+        write_segmentation(volume, make_ct_series(4, 16, 16), make_segment_descriptions(1),
+                           tmp_path / "volume.dcm", client=thread_client)
+    assert not list(tmp_path.iterdir())
+    # Blocks as declared pass as they were (a user's own exception too, unchanged).
+    assert write_segmentation(da.from_array(ones, chunks=50), make_slide(200, 230),
+                              make_segment_descriptions(1), tmp_path / "slide.dcm",
+                              client=thread_client).exists()
