@@ -784,6 +784,11 @@ def check_destination(path: str | os.PathLike, overwrite: bool) -> pathlib.Path:
     The file is written beside itself under temporary names and renamed onto its path at the
     end, so those names must fit the folder too, and the folder must take new files.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise SegmentationTypeError(
+            f"The destination is a file's path, as a str or pathlib.Path, not "
+            f"{type(path).__name__}."
+        )
     text = os.fsdecode(path)
     # pathlib drops a trailing separator: "out/new/" would be written as a file named "new".
     if text.endswith((os.sep, os.altsep or os.sep)):
@@ -934,5 +939,16 @@ def tile_size(size: Sequence[int] | int | None, source: Dataset) -> tuple[int, i
     if rows < 1 or columns < 1:
         raise SegmentationInputError(
             f"tile_size must be positive, got {rows} x {columns}."
+        )
+    from daskseg._frames import MAX_FRAME_PIXELS
+
+    # Rows and Columns are US (PS3.3 C.7.6.3): pydicom failed on writing a larger one with a
+    # bare struct error; frames beyond the reader's limit were written, then refused by it.
+    if max(rows, columns) > 65535 or rows * columns > MAX_FRAME_PIXELS:
+        raise SegmentationInputError(
+            f"tile_size {rows} x {columns} is too large: a frame has at most 65535 rows and "
+            f"columns (Rows and Columns are US), and daskseg reads frames of at most "
+            f"{MAX_FRAME_PIXELS} pixels (8192 x 8192); give smaller tiles (viewers use 256 to "
+            "1024)."
         )
     return rows, columns

@@ -103,6 +103,8 @@ def is_volume_source(source_images: object) -> bool:
         return True
     if isinstance(source_images, (Dataset, str, os.PathLike)):
         items: Sequence[object] = [source_images]
+    elif isinstance(source_images, (bytes, bytearray)):  # not a sequence of images
+        return False
     elif isinstance(source_images, Sequence) and len(source_images) > 0:
         items = source_images
     else:

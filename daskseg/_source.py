@@ -48,10 +48,18 @@ def load_source_image(source_image: Dataset | str | os.PathLike) -> Dataset:
         dataset = read_source_header(source_image)
     elif isinstance(source_image, Dataset):
         dataset = source_image
+    elif isinstance(source_image, (list, tuple)) and not source_image:
+        raise SegmentationInputError(
+            "source_images is empty: give the slide's Dataset or path, or a series' images "
+            "(Datasets or paths) or folder."
+        )
     else:
+        kind = type(source_image).__name__
         raise SegmentationTypeError(
-            "source_image must be a pydicom Dataset or the path of a DICOM file (or a DICOMweb "
-            f"instance URL), not {type(source_image).__name__}."
+            "source_image must be a pydicom Dataset or the path of a DICOM file as a str or "
+            "pathlib.Path (or a DICOMweb instance URL), or a sequence of them or a folder for "
+            f"a series, not {kind}" + (f" ({source_image!r}: decode it to a str)."
+                                       if isinstance(source_image, bytes) else ".")
         )
     missing = [
         keyword

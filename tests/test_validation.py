@@ -70,6 +70,24 @@ UPFRONT = [
      dict(tile_size=(0, 32))),
     ("tile size negative", SegmentationInputError, r"tile_size must be positive",
      dict(tile_size=-4)),
+    # Rows and Columns are US (pydicom failed as it wrote the file), and frames beyond what
+    # daskseg's reader reads were written, then refused by it as damaged.
+    ("tile size beyond US", SegmentationInputError, r"tile_size 65536 x 64 is too large",
+     dict(tile_size=(65536, 64))),
+    ("tile size beyond the reader", SegmentationInputError, r"8200 x 8200 is too large",
+     dict(tile_size=8200)),
+    # Type 1: empty was taken as not given (daskseg's version written); highdicom writes it so.
+    ("empty software versions", SegmentationInputError, r"software_versions '' is empty",
+     dict(software_versions="")),
+    ("no software versions", SegmentationInputError, r"software_versions \(\) is empty",
+     dict(software_versions=())),
+    ("software versions a number", SegmentationTypeError, r"software_versions is a text",
+     dict(software_versions=3)),
+    # Checked as the other UIDs (it was written with pydicom's warning).
+    ("invalid pyramid UID", SegmentationInputError, r"pyramid_uid '1.2.abc' is not a valid UID",
+     dict(pyramid_uid="1.2.abc")),
+    ("destination as bytes", SegmentationTypeError, r"destination is a file's path, as a str",
+     dict(path=b"seg.dcm")),
     ("small JPEG 2000 tiles", SegmentationInputError, r"32 x 32",
      dict(tile_size=16, transfer_syntax_uid="1.2.840.10008.1.2.4.90")),
     ("TILED_FULL omitting frames", SegmentationInputError, r"omit_empty_frames must be False",
@@ -130,6 +148,11 @@ def test_source_checked(tmp_path, thread_client, testdata):
                   tmp_path / "missing.dcm", client=thread_client)
     check_refused(tmp_path, SegmentationTypeError, "pydicom Dataset or the path", mask, 42,
                   client=thread_client)
+    # An empty list was told it should be a Dataset (not list), bytes that it held an int.
+    check_refused(tmp_path, SegmentationInputError, "source_images is empty", mask, [],
+                  client=thread_client)
+    check_refused(tmp_path, SegmentationTypeError, "not bytes .*decode it to a str", mask,
+                  b"slide.dcm", client=thread_client)
 
 
 def test_destination_checked(tmp_path, source, thread_client):
