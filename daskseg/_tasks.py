@@ -327,14 +327,17 @@ def run_windowed(
     # One task per worker thread first, so that the workers start while the rest of the window
     # is sent: with a whole window of a CT series' in-memory blocks (40 MB) scattered at once,
     # the first task started 0.14 s into the write; with two sent first, at 0.06-0.07 s.
-    first = submit(min(threads, window))
-    first += submit(window - len(first))
-    if on_submitted is not None:
-        on_submitted()
-    queue = as_completed(first, loop=client.loop)
-    watchdog = threading.Thread(target=watch, name="daskseg-watchdog", daemon=True)
-    watchdog.start()
+    # Within the try whose finally cancels what is in flight: a KeyboardInterrupt comes where
+    # Python waits, as in Thread.start (a run interrupted there left its tasks on the cluster,
+    # its watchdog thread running and, for to_zarr, tasks writing after the cleanup).
     try:
+        first = submit(min(threads, window))
+        first += submit(window - len(first))
+        if on_submitted is not None:
+            on_submitted()
+        queue = as_completed(first, loop=client.loop)
+        watchdog = threading.Thread(target=watch, name="daskseg-watchdog", daemon=True)
+        watchdog.start()
         finished: list[Any] = []
         for batch in queue.batches():
             # Gathered a few at a time, one round trip for all that finished. Still watched

@@ -171,3 +171,35 @@ def test_then_runs_on_each_block_where_it_is_computed():
         (packed,) = dask.compute(tasks[index], scheduler="synchronous")
         assert isinstance(packed, PackedBlock) and len(packed.data) < 2000
         np.testing.assert_array_equal(packed.unpack(), array.blocks[index].compute())
+
+
+def test_an_interrupt_as_the_watchdog_starts_leaves_nothing_running(thread_client, monkeypatch):
+    """A KeyboardInterrupt comes where Python waits, as in Thread.start: landing there, before
+    the try whose finally cancels what is in flight, it left the tasks on the cluster, their
+    results on the workers and the watchdog thread running (to_zarr's tasks then wrote after
+    its cleanup)."""
+    import gc
+    import threading
+    import time
+
+    start = threading.Thread.start
+
+    def interrupted_start(thread):
+        start(thread)
+        if thread.name == "daskseg-watchdog":
+            raise KeyboardInterrupt
+
+    slow = dask.delayed(lambda x: time.sleep(0.2) or x * x, pure=False)
+    monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+    with pytest.raises(KeyboardInterrupt):
+        dict(run_windowed(thread_client, [slow(k) for k in range(6)], "square numbers"))
+    monkeypatch.undo()
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (
+        thread_client.futures or any(t.name == "daskseg-watchdog" for t in threading.enumerate())
+    ):
+        time.sleep(0.1)
+    assert not thread_client.futures
+    assert not any(t.name == "daskseg-watchdog" for t in threading.enumerate())
+    assert thread_client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0
