@@ -77,15 +77,27 @@ def _is_sequence(tag: int) -> bool:
         return False
 
 
+#: What :meth:`_Walker.element` says of an element's value: not a sequence, a sequence encoded
+#: as the data set around it, or a UN of undefined length, whose value is a sequence encoded in
+#: Implicit VR Little Endian whatever the data set's transfer syntax (PS3.5 6.2.2), as toolkits
+#: write private sequences whose VR they do not know.
+_NOT_SEQUENCE, _SEQUENCE, _IMPLICIT_SEQUENCE = 0, 1, 2
+
+
 class _Walker:
-    """Element headers of a little-endian dataset in a buffer (PS3.5 7.1)."""
+    """Element headers of a little-endian dataset in a buffer (PS3.5 7.1).
+
+    ``implicit`` arguments: whether the elements walked are in Implicit VR (None: as the
+    data set, ``self.implicit``); a UN sequence's items are, inside an explicit data set.
+    """
 
     def __init__(self, buffer: bytes, implicit: bool) -> None:
         self.buffer = buffer
         self.implicit = implicit
 
-    def element(self, pos: int, implicit: bool | None = None) -> tuple[int, bool, int, int]:
-        """(tag, whether a sequence, value position, value length) of the element at ``pos``."""
+    def element(self, pos: int, implicit: bool | None = None) -> tuple[int, int, int, int]:
+        """(tag, whether a sequence and how encoded, value position, value length) of the
+        element at ``pos``."""
         # dcmqi writes undefined lengths, so every element of a SEG's per-frame items passes
         # here (800,000 for 3,777 frames): precompiled structs, one unpack per element.
         buffer = self.buffer
@@ -93,43 +105,51 @@ class _Walker:
         tag = group << 16 | element
         if group == 0xFFFE or (self.implicit if implicit is None else implicit):
             (length,) = _LENGTH(buffer, pos + 4)
-            return tag, group != 0xFFFE and (length == _UNDEFINED or _is_sequence(tag)), \
+            return tag, int(group != 0xFFFE and (length == _UNDEFINED or _is_sequence(tag))), \
                 pos + 8, length
         if vr in LONG_VRS:
             (length,) = _LENGTH(buffer, pos + 8)
-            return tag, vr == b"SQ" or (vr == b"UN" and length == _UNDEFINED), pos + 12, length
-        return tag, False, pos + 8, short
+            kind = (_SEQUENCE if vr == b"SQ" else
+                    _IMPLICIT_SEQUENCE if vr == b"UN" and length == _UNDEFINED else _NOT_SEQUENCE)
+            return tag, kind, pos + 12, length
+        return tag, _NOT_SEQUENCE, pos + 8, short
 
-    def end(self, value: int, length: int) -> int:
+    @staticmethod
+    def inside(kind: int, implicit: bool | None) -> bool | None:
+        """The encoding of the items of a sequence of ``kind`` in a data set of ``implicit``."""
+        return True if kind == _IMPLICIT_SEQUENCE else implicit
+
+    def end(self, value: int, length: int, implicit: bool | None = None) -> int:
         """The position after a value; an undefined-length sequence is walked to its end."""
         if length != _UNDEFINED:
             return value + length
         pos = value
         while True:
-            tag, _, item_value, item_length = self.element(pos)
+            tag, _, item_value, item_length = self.element(pos, implicit)
             if tag == _SEQUENCE_END:
                 return item_value
-            pos = self.end_item(item_value, item_length)
+            pos = self.end_item(item_value, item_length, implicit)
 
-    def end_item(self, value: int, length: int) -> int:
+    def end_item(self, value: int, length: int, implicit: bool | None = None) -> int:
         if length != _UNDEFINED:
             return value + length
         pos = value
         while True:
-            tag, _, element_value, element_length = self.element(pos)
+            tag, kind, element_value, element_length = self.element(pos, implicit)
             if tag == _ITEM_END:
                 return element_value
-            pos = self.end(element_value, element_length)
+            pos = self.end(element_value, element_length, self.inside(kind, implicit))
 
-    def items(self, value: int, length: int) -> list[tuple[int, int]]:
+    def items(self, value: int, length: int,
+              implicit: bool | None = None) -> list[tuple[int, int]]:
         """(start, end) of each item's dataset in a sequence value."""
         spans = []
         pos, stop = value, (None if length == _UNDEFINED else value + length)
         while stop is None or pos < stop:
-            tag, _, item_value, item_length = self.element(pos)
+            tag, _, item_value, item_length = self.element(pos, implicit)
             if tag == _SEQUENCE_END:
                 break
-            end = self.end_item(item_value, item_length)
+            end = self.end_item(item_value, item_length, implicit)
             # An undefined-length item ends after its delimiter (8 bytes).
             spans.append((item_value, end - 8 if item_length == _UNDEFINED else end))
             pos = end
@@ -155,38 +175,40 @@ def _signed(raw: bytes | None) -> int | None:
 
 
 def _collect(walker: _Walker, start: int, end: int, found: dict[int, bytes],
-             within: int | None = None) -> int:
+             within: int | None = None, implicit: bool | None = None) -> int:
     """Collect the elements read from an item's dataset at ``start`` (an item of the sequence
     ``within``; None: a frame's item); return the position after it (after its delimiter, for
-    an item of undefined length: ``end`` need not tell)."""
+    an item of undefined length: ``end`` need not tell). ``implicit`` as :class:`_Walker`'s."""
     wanted = _READ_IN.get(within, ()) if within is not None else ()
     pos = start
     while pos < end:
-        tag, sequence, value, length = walker.element(pos)
+        tag, sequence, value, length = walker.element(pos, implicit)
         if tag == _ITEM_END:
             return value
+        inside = walker.inside(sequence, implicit)
         if sequence:
             if tag in _READ_IN:
                 found.setdefault(tag, b"")  # the group is there, whatever its items hold
-                for item_start, item_end in walker.items(value, length):
+                for item_start, item_end in walker.items(value, length, inside):
                     if tag == _SOURCE_IMAGE:
-                        _take_source(walker, item_start, item_end, found)
+                        _take_source(walker, item_start, item_end, found, inside)
                     else:
-                        _collect(walker, item_start, item_end, found, tag)
+                        _collect(walker, item_start, item_end, found, tag, inside)
         elif tag in wanted and tag not in found:
             raw = walker.buffer[value : value + length]
             # An empty value is absent (a text one may be only padding; US is binary).
             if raw if tag in _BINARY else raw.strip(b"\x00 "):
                 found[tag] = raw
-        pos = walker.end(value, length) if sequence else value + length
+        pos = walker.end(value, length, inside) if sequence else value + length
     return pos
 
 
-def _take_source(walker: _Walker, start: int, end: int, found: dict[int, bytes]) -> None:
+def _take_source(walker: _Walker, start: int, end: int, found: dict[int, bytes],
+                 implicit: bool | None = None) -> None:
     """The frame's source image and frame number from one Source Image item, both from the
     same item: the first that names an instance and is not of a SEG."""
     reference: dict[int, bytes] = {}
-    _collect(walker, start, end, reference, _SOURCE_IMAGE)
+    _collect(walker, start, end, reference, _SOURCE_IMAGE, implicit)
     if _SOP_INSTANCE in found or _SOP_INSTANCE not in reference:
         return
     if _text(reference.get(_SOP_CLASS)) in _SEGMENTATION_CLASSES:
@@ -219,7 +241,7 @@ def scan_frame_items(buffer: bytes, dataset_start: int, implicit: bool) -> list[
             break
         if tag > _PFFG:
             return []
-        pos = walker.end(value, length) if sequence else value + length
+        pos = walker.end(value, length, walker.inside(sequence, None)) if sequence else value + length
     else:
         return []
     frames = []

@@ -966,3 +966,54 @@ def test_a_nifti_larger_than_the_memory_available_is_refused_before_decoding(
     np.testing.assert_array_equal(reader.to_zarr(tmp_path / "labels.zarr",
                                                  combine_segments=True)[:],
                                   reader.to_numpy(combine_segments=True))
+
+
+@pytest.mark.parametrize("kind", ["slide", "volume"])
+def test_a_un_sequence_of_undefined_length_in_the_frame_items_is_read_as_implicit(tmp_path, kind):
+    """PS3.5 6.2.2: a UN element of undefined length holds a sequence in Implicit VR (toolkits
+    write private sequences so); walked as explicit VR, the file was called cut short."""
+    import struct
+
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    if kind == "slide":
+        source = [make_slide(128, 128, tile_size=(64, 64))]
+        mask = np.zeros((1, 128, 128), np.uint8)
+        mask[0, 10:80, 20:100] = 1
+        options = dict(tile_pixel_array=True)
+    else:
+        source = make_ct_series(4, 16, 16)
+        mask = np.zeros((4, 16, 16), np.uint8)
+        mask[1:3, 4:9, 2:12] = 1
+        options = {}
+    seg = hd.seg.Segmentation(source, mask, "BINARY", make_segment_descriptions(1), hd.UID(), 1,
+                              hd.UID(), 1, "m", "m", "1", "1",
+                              transfer_syntax_uid=ExplicitVRLittleEndian, **options)
+    # Undefined lengths around it, so that the element can be replaced by a longer one.
+    seg["PerFrameFunctionalGroupsSequence"].is_undefined_length = True
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        item.is_undefined_length_sequence_item = True
+        item.private_block(0x0099, "DASKSEG TEST", create=True).add_new(0x01, "OB", b"PLACEHOLDER!")
+    path = tmp_path / "un.dcm"
+    seg.save_as(path)
+
+    def implicit(tag, value):
+        return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+    # (0099,1001) UN of undefined length: an undefined-length item in Implicit VR, whose
+    # elements read as explicit VR would be lengths of garbage.
+    inner = implicit(0x00990010, b"DASKSEG TEST") + implicit(0x00991010, struct.pack("<I", 7))
+    un = (b"\x99\x00\x01\x10UN\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+          + inner + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+    placeholder = b"\x99\x00\x01\x10OB\x00\x00" + struct.pack("<I", 12) + b"PLACEHOLDER!"
+    data = path.read_bytes()
+    assert data.count(placeholder) == seg.NumberOfFrames
+    path.write_bytes(data.replace(placeholder, un))
+    ours = read_segmentation(path).compute()
+    theirs = hd.seg.segread(path)
+    if kind == "slide":
+        np.testing.assert_array_equal(ours, theirs.get_total_pixel_matrix())
+    else:
+        uids = open_segmentation(path).source_sop_instance_uids
+        np.testing.assert_array_equal(ours, same_as_highdicom(path, uids))
+    assert ours.any()
