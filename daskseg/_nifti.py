@@ -563,13 +563,16 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
     header = reader.header
     shared = header.SharedFunctionalGroupsSequence[0]
     try:
-        orientation = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
+        # Shared, or each frame's own when all agree (as the reader sorts the planes).
+        if reader.plane_orientation is None:
+            raise AttributeError("no one plane orientation")
+        orientation = list(reader.plane_orientation)
         measures = shared.PixelMeasuresSequence[0]
         pixel_spacing = [float(v) for v in measures.PixelSpacing]
     except (AttributeError, IndexError) as error:
         raise SegmentationInputError(
-            "The SEG has no shared plane orientation and pixel spacing, so its voxels have no "
-            "one geometry for NIfTI."
+            "The SEG has no one plane orientation and no shared pixel spacing, so its voxels "
+            "have no one geometry for NIfTI."
         ) from error
     except (TypeError, ValueError) as error:
         raise SegmentationFileError(

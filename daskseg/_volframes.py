@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import struct
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -31,7 +32,7 @@ from daskseg.errors import SegmentationFileError, SegmentationInputError, Segmen
 
 __all__ = [
     "FrameItem", "VolumeIndex", "at_frame_items", "frame_items_from_json", "index_volume_frames",
-    "read_frame_items", "scan_frame_items",
+    "read_frame_items", "scan_frame_items", "sortable",
 ]
 
 _UNDEFINED = 0xFFFFFFFF
@@ -41,6 +42,8 @@ _DERIVATION, _SOURCE_IMAGE = 0x00089124, 0x00082112  # DerivationImage-, SourceI
 _PLANE_POSITION, _SEGMENT_IDENTIFICATION = 0x00209113, 0x0062000A
 _SOP_CLASS, _SOP_INSTANCE, _FRAME_NUMBER = 0x00081150, 0x00081155, 0x00081160
 _POSITION, _SEGMENT = 0x00200032, 0x0062000B
+_PLANE_ORIENTATION, _ORIENTATION = 0x00209116, 0x00200037
+_ALL_SOURCES = -1  # not a tag: where _take_source notes every source image of a frame
 # A tiled image's frame: its Plane Position (Slide) (C.8.12.6.1), 1-based SL offsets in the
 # total pixel matrix.
 _PLANE_POSITION_SLIDE, _COLUMN_POSITION, _ROW_POSITION = 0x0048021A, 0x0048021E, 0x0048021F
@@ -54,6 +57,8 @@ _READ_IN: dict[int, tuple[int, ...]] = {
     _DERIVATION: (),
     _SOURCE_IMAGE: (_SOP_CLASS, _SOP_INSTANCE, _FRAME_NUMBER),
     _PLANE_POSITION: (_POSITION,),
+    # Shared by every frame as a rule, a frame's own where a SEG keeps it there (C.7.6.16).
+    _PLANE_ORIENTATION: (_ORIENTATION,),
     _SEGMENT_IDENTIFICATION: (_SEGMENT,),
     _PLANE_POSITION_SLIDE: (_COLUMN_POSITION, _ROW_POSITION),
 }
@@ -167,6 +172,10 @@ class FrameItem:
     # A tiled image's frame: (row, column) of its first pixel in the total pixel matrix; None
     # without a Plane Position (Slide) of its own, (0, 0) for one without valid positions.
     tile_position: tuple[int, int] | None = None
+    orientation: tuple[float, ...] | None = None  # of its own Plane Orientation (Patient)
+    # Every image (and frame) it is derived from, in order, SEGs left out: source_uid is the
+    # first, until index_volume_frames chooses (a frame of PET and CT, say).
+    sources: tuple[tuple[str, int], ...] = ()
 
 
 def _signed(raw: bytes | None) -> int | None:
@@ -209,13 +218,26 @@ def _take_source(walker: _Walker, start: int, end: int, found: dict[int, bytes],
     same item: the first that names an instance and is not of a SEG."""
     reference: dict[int, bytes] = {}
     _collect(walker, start, end, reference, _SOURCE_IMAGE, implicit)
-    if _SOP_INSTANCE in found or _SOP_INSTANCE not in reference:
+    if _SOP_INSTANCE not in reference:
         return
     if _text(reference.get(_SOP_CLASS)) in _SEGMENTATION_CLASSES:
+        return
+    frame = _text(reference.get(_FRAME_NUMBER))
+    found[_ALL_SOURCES] = found.get(_ALL_SOURCES, b"") + b"%s\x00%d\x00" % (
+        (_text(reference[_SOP_INSTANCE]) or "").encode(),
+        int(frame.split("\\")[0]) if frame else 0)
+    if _SOP_INSTANCE in found:
         return
     found[_SOP_INSTANCE] = reference[_SOP_INSTANCE]
     if _FRAME_NUMBER in reference:
         found[_FRAME_NUMBER] = reference[_FRAME_NUMBER]
+
+
+def _sources(noted: bytes) -> tuple[tuple[str, int], ...]:
+    """The (UID, frame number or 0) pairs :func:`_take_source` noted, without repeats."""
+    parts = noted.split(b"\x00")
+    pairs = ((parts[k].decode("ascii"), int(parts[k + 1])) for k in range(0, len(parts) - 1, 2))
+    return tuple(dict.fromkeys(pair for pair in pairs if pair[0]))
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -259,6 +281,7 @@ def scan_frame_items(buffer: bytes, dataset_start: int, implicit: bool) -> list[
             pos = item_value + item_length
             _collect(walker, item_value, pos, found)
         position = _text(found.get(_POSITION))
+        orientation = _text(found.get(_ORIENTATION))
         frame = _text(found.get(_FRAME_NUMBER))
         segment = found.get(_SEGMENT)
         row, column = _signed(found.get(_ROW_POSITION)), _signed(found.get(_COLUMN_POSITION))
@@ -271,6 +294,9 @@ def scan_frame_items(buffer: bytes, dataset_start: int, implicit: bool) -> list[
             segment=struct.unpack("<H", segment[:2])[0] if segment else None,
             tile_position=(None if _PLANE_POSITION_SLIDE not in found
                            else (0, 0) if row is None or column is None else (row, column)),
+            orientation=(tuple(float(v) for v in orientation.split("\\")) if orientation
+                         else None),
+            sources=_sources(found.get(_ALL_SOURCES, b"")),
         ))
     return frames
 
@@ -283,6 +309,8 @@ _JSON_SOURCE_IMAGE = f"{_SOURCE_IMAGE:08X}"
 _JSON_SOP_CLASS, _JSON_SOP_INSTANCE, _JSON_FRAME_NUMBER, _JSON_POSITION, _JSON_SEGMENT = (
     f"{tag:08X}" for tag in (_SOP_CLASS, _SOP_INSTANCE, _FRAME_NUMBER, _POSITION, _SEGMENT)
 )
+_JSON_ORIENTATION = f"{_ORIENTATION:08X}"
+_JSON_ALL_SOURCES = "sources"  # not a key of DICOM JSON: as _ALL_SOURCES
 
 
 def _collect_json(item: dict[str, Any], found: dict[str, list[Any]],
@@ -301,11 +329,15 @@ def _collect_json(item: dict[str, Any], found: dict[str, list[Any]],
                 _collect_json(nested, reference, tag)
                 uid = reference.get(_JSON_SOP_INSTANCE)
                 sop_class = reference.get(_JSON_SOP_CLASS)
-                if (_JSON_SOP_INSTANCE not in found and uid is not None and (
-                        sop_class is None or str(sop_class[0]).strip() not in _SEGMENTATION_CLASSES)):
-                    found[_JSON_SOP_INSTANCE] = uid
-                    if _JSON_FRAME_NUMBER in reference:
-                        found[_JSON_FRAME_NUMBER] = reference[_JSON_FRAME_NUMBER]
+                if uid is not None and (
+                        sop_class is None or str(sop_class[0]).strip() not in _SEGMENTATION_CLASSES):
+                    number = reference.get(_JSON_FRAME_NUMBER)
+                    found.setdefault(_JSON_ALL_SOURCES, []).append(
+                        (str(uid[0]).strip(), 0 if number is None else int(number[0])))
+                    if _JSON_SOP_INSTANCE not in found:
+                        found[_JSON_SOP_INSTANCE] = uid
+                        if number is not None:
+                            found[_JSON_FRAME_NUMBER] = number
         elif tag in wanted:
             # An empty value (no Value, or null) is absent, as an empty one in a file.
             if values and values[0] not in (None, "") and tag not in found:
@@ -324,12 +356,16 @@ def frame_items_from_json(metadata: dict[str, Any]) -> list[FrameItem]:
         uid = found.get(_JSON_SOP_INSTANCE)
         frame = found.get(_JSON_FRAME_NUMBER)
         position = found.get(_JSON_POSITION)
+        orientation = found.get(_JSON_ORIENTATION)
         segment = found.get(_JSON_SEGMENT)
         frames.append(FrameItem(
             source_uid=None if uid is None else str(uid[0]).strip(),
             source_frame=None if frame is None else int(frame[0]),
             position=None if position is None else tuple(float(v) for v in position),  # type: ignore[arg-type]
             segment=None if segment is None else int(segment[0]),
+            orientation=None if orientation is None else tuple(float(v) for v in orientation),
+            sources=tuple(dict.fromkeys(pair for pair in found.get(_JSON_ALL_SOURCES, [])
+                                        if pair[0])),
         ))
     return frames
 
@@ -376,6 +412,11 @@ class VolumeIndex:
     keys: list[tuple[str, int]]
     positions: np.ndarray  # (planes, 3), NaN where no frame tells
     table: np.ndarray  # (channels, planes) of 0-based frame indices
+    # The planes' ImageOrientationPatient: shared, or every frame's own when they agree; None
+    # when neither (the planes have no one normal to be sorted along).
+    orientation: tuple[float, ...] | None = None
+    # Images that frames are derived from besides their planes' own: the plane they are of.
+    aliases: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def referenced_instances(header: Dataset) -> set[str]:
@@ -409,7 +450,7 @@ def index_volume_frames(
             f"The shared ImagePositionPatient has {len(shared_position)} values, not 3 "
             "(x, y, z; PS3.3 C.7.6.2.1.1)."
         )
-    frames = _with_shared_source(frames, shared, shared_position)
+    frames = _most_specific_sources(_with_shared_source(frames, shared, shared_position))
     # The sources the header lists (dcmqi lists only those with frames): a frame's reference
     # to another image is damage, not a plane of its own (highdicom fails on it).
     referenced = referenced_instances(header)
@@ -422,6 +463,7 @@ def index_volume_frames(
     # none) are placed by their position: at a plane of a source image there, or their own.
     at_position: dict[tuple[float, ...], int] = {}
     unplaced: list[int] = []
+    also_at: dict[str, set[int]] = {}  # the planes of frames derived from an image besides
     for index, frame in enumerate(frames):
         position: Any = frame.position or shared_position
         if position is not None and len(position) != 3:
@@ -451,6 +493,9 @@ def index_volume_frames(
             if position is not None and _plane_at(at_position, positions, position) < 0:
                 at_position[_rounded(position)] = plane
         cells.append((_channel(frame, index, labelmap, shared_segment, channel_of), plane, index))
+        for uid, _ in frame.sources:
+            if uid != frame.source_uid:
+                also_at.setdefault(uid, set()).add(plane)
     for index in unplaced:
         frame = frames[index]
         position = frame.position or shared_position
@@ -469,7 +514,58 @@ def index_volume_frames(
             )
         table[channel, plane] = index
     array = np.array([p if p is not None else (np.nan,) * 3 for p in positions], dtype=float)
-    return VolumeIndex(keys, array.reshape(-1, 3), table)
+    # An image that frames are derived from besides their own finds their plane when asked for
+    # (highdicom finds a frame by any of its source images), if it is of one plane and of no
+    # plane's own.
+    own = {uid for uid, _ in keys}
+    aliases = {uid: next(iter(planes)) for uid, planes in also_at.items()
+               if len(planes) == 1 and uid not in own}
+    return VolumeIndex(keys, array.reshape(-1, 3), table, _planes_orientation(shared, frames),
+                       aliases)
+
+
+def _most_specific_sources(frames: list[FrameItem]) -> list[FrameItem]:
+    """Each frame's own image: of those it is derived from, the one fewest frames are derived
+    from (an image every frame names besides its own slice, of another series, is no frame's
+    plane), the first of equals (a frame of a CT slice and a PET slice: the one listed first)."""
+    if not any(len(frame.sources) > 1 for frame in frames):
+        return frames
+    counts = Counter(source for frame in frames for source in frame.sources)
+    chosen = []
+    for frame in frames:
+        if len(frame.sources) > 1:
+            uid, number = min(frame.sources, key=lambda source: counts[source])
+            frame = dataclasses.replace(frame, source_uid=uid, source_frame=number or None)
+        chosen.append(frame)
+    return chosen
+
+
+def _planes_orientation(shared: Dataset, frames: list[FrameItem]) -> tuple[float, ...] | None:
+    """The SEG's one plane orientation: shared (as SEGs keep it, and highdicom writes it), or
+    the frames' own when every frame has the same 6 values (within 1e-4, as a series' images
+    are matched); None otherwise. A shared value that is not 6 numbers is damage."""
+    items = shared.get("PlaneOrientationSequence") or []
+    if items and "ImageOrientationPatient" in items[0]:
+        try:
+            orientation = tuple(float(v) for v in items[0].ImageOrientationPatient)
+        except (TypeError, ValueError) as error:
+            raise SegmentationInputError(
+                f"The shared ImageOrientationPatient is not numbers ({error})."
+            ) from None
+        if len(orientation) != 6:
+            raise SegmentationInputError(
+                f"The shared ImageOrientationPatient has {len(orientation)} values, not 6 "
+                "(PS3.3 C.7.6.2.1.1)."
+            )
+        return orientation
+    own = [frame.orientation for frame in frames]
+    first = own[0] if own else None
+    if first is None or len(first) != 6 or not all(
+        value is not None and len(value) == 6 and np.allclose(value, first, rtol=0, atol=1e-4)
+        for value in own
+    ):
+        return None
+    return first
 
 
 def _with_shared_source(frames: list[FrameItem], shared: Dataset,
@@ -559,6 +655,12 @@ def multiframe_sources(index: VolumeIndex) -> set[str]:
     return {uid for uid, frame in index.keys if uid and frame}
 
 
+def sortable(index: VolumeIndex) -> bool:
+    """Whether the planes can be sorted along one normal: each has a position, and the frames
+    one orientation."""
+    return index.orientation is not None and not np.isnan(index.positions).any()
+
+
 def plane_order(
     header: Dataset, index: VolumeIndex, source_sop_instance_uids: Sequence[str] | None,
     source_frame_numbers: Sequence[int] | None = None,
@@ -566,7 +668,8 @@ def plane_order(
     """Output plane -> plane of ``index`` (-1: a referenced source without frames, zeros).
 
     By default every plane with a frame, sorted along the slice normal as highdicom sorts
-    volumes; else the source images given, or (a SEG of one multi-frame image) the frames of
+    volumes (in the order of their first frames when they cannot be: see :func:`sortable`);
+    else the source images given, or (a SEG of one multi-frame image) the frames of
     it given, in their order.
     """
     multiframe = multiframe_sources(index)
@@ -578,17 +681,11 @@ def plane_order(
             )
         return _frame_order(index, multiframe, source_frame_numbers)
     if source_sop_instance_uids is None:
-        if len(index.keys) < 2:
+        if len(index.keys) < 2 or not sortable(index):
+            # Planes without positions, or of no one orientation (a SEG of a scout's three
+            # planes): in the order of their first frames (the reader says so when opened).
             return list(range(len(index.keys)))
-        if np.isnan(index.positions).any():
-            choose = "source_frame_numbers" if multiframe else "source_sop_instance_uids"
-            raise SegmentationInputError(
-                f"Some frames have no plane position, so the planes cannot be sorted; give "
-                f"{choose} to choose their order."
-            )
-        orientation = header.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
-        order = get_plane_sort_index(index.positions.tolist(),
-                                     [float(v) for v in orientation.ImageOrientationPatient])
+        order = get_plane_sort_index(index.positions.tolist(), list(index.orientation or ()))
         return [int(k) for k in order]
     if isinstance(source_sop_instance_uids, str):
         raise SegmentationInputError(
@@ -609,7 +706,8 @@ def plane_order(
             "source_frame_numbers (1-based frame numbers of that image), not "
             "source_sop_instance_uids."
         )
-    plane_of = {uid: plane for plane, (uid, _) in enumerate(index.keys) if uid}
+    plane_of = {**index.aliases,
+                **{uid: plane for plane, (uid, _) in enumerate(index.keys) if uid}}
     referenced = referenced_instances(header)
     # Source images that the SEG does not reference read as zeros (as highdicom's with
     # assert_missing_frames_are_empty=True: dcmqi references only the images with frames), but

@@ -13,6 +13,7 @@ import functools
 import numbers
 import os
 import pathlib
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -49,6 +50,7 @@ from daskseg._volframes import (
     plane_order,
     read_frame_items,
     scan_frame_items,
+    sortable,
 )
 from daskseg.errors import SegmentationFileError, SegmentationInputError
 from daskseg.read import ReadOptions, _into_memory, decoded_into_zarr
@@ -132,6 +134,9 @@ class VolumeSegmentationReader:
         For a SEG of one multi-frame image (Enhanced CT, MR...): the frames of it (1-based) with
         SEG frames, in the default order; None for a SEG of single-frame images.
     transfer_syntax_uid : pydicom.uid.UID
+    plane_orientation : tuple of float or None
+        The planes' ImageOrientationPatient: shared, or each frame's own when all agree; None
+        when the frames have no one orientation.
     """
 
     def __init__(self, path: str, head: Head | None = None) -> None:
@@ -190,6 +195,17 @@ class VolumeSegmentationReader:
                 "functional group items: the SEG is inconsistent (or its server left them out)."
             )
         self._index = index_volume_frames(header, items, self.segment_numbers)
+        self.plane_orientation = self._index.orientation
+        if len(self._index.keys) > 1 and not sortable(self._index):
+            choose = ("source_frame_numbers" if multiframe_sources(self._index)
+                      else "source_sop_instance_uids")
+            warnings.warn(
+                f"{path}: " + ("some frames have no plane position" if self.plane_orientation
+                               is not None else "its frames have no one plane orientation")
+                + ", so its planes cannot be sorted along the slice normal: they are read in "
+                f"the order of their first frames in the file; give {choose} for another.",
+                UserWarning, stacklevel=4,
+            )
         default = plane_order(header, self._index, None)
         self.source_sop_instance_uids = [self._index.keys[p][0] for p in default]
         self.source_frame_numbers: list[int] | None = None

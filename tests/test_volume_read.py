@@ -1017,3 +1017,107 @@ def test_a_un_sequence_of_undefined_length_in_the_frame_items_is_read_as_implici
         uids = open_segmentation(path).source_sop_instance_uids
         np.testing.assert_array_equal(ours, same_as_highdicom(path, uids))
     assert ours.any()
+
+
+def test_a_plane_orientation_of_each_frame_reads_as_a_shared_one(tmp_path, thread_client):
+    """PS3.3 C.7.6.16 lets a SEG keep its Plane Orientation in every frame's items: it was
+    refused at open (an AttributeError on the shared groups). Frames of no one orientation (a
+    SEG of a scout's planes), or without positions, open with a warning, their planes in the
+    order of their first frames, where opening failed with advice it could not take."""
+    pytest.importorskip("nibabel")
+    import copy
+
+    from daskseg._nifti import read_nifti
+
+    series = shuffled_series()
+    mask = volume_mask("BINARY")
+    path = write_segmentation(mask, series, make_segment_descriptions(3), tmp_path / "seg.dcm",
+                              client=thread_client)
+
+    def per_frame(ds):
+        shared = ds.SharedFunctionalGroupsSequence[0]
+        for item in ds.PerFrameFunctionalGroupsSequence:
+            item.PlaneOrientationSequence = copy.deepcopy(shared.PlaneOrientationSequence)
+        del shared.PlaneOrientationSequence
+
+    moved = _edited(path, tmp_path, "per-frame", per_frame)
+    reader, theirs = open_segmentation(path), open_segmentation(moved)
+    assert theirs.plane_orientation == reader.plane_orientation and len(reader.plane_orientation) == 6
+    assert theirs.source_sop_instance_uids == reader.source_sop_instance_uids
+    np.testing.assert_array_equal(theirs.to_numpy(), reader.to_numpy())
+    np.testing.assert_array_equal(
+        theirs.to_numpy(), same_as_highdicom(moved, theirs.source_sop_instance_uids))
+    for name, seg in (("shared", reader), ("own", theirs)):
+        seg.to_nifti(tmp_path / f"{name}.nii.gz", client=thread_client)
+    (ours, affine), (expected, expected_affine) = (read_nifti(tmp_path / "own.nii.gz"),
+                                                   read_nifti(tmp_path / "shared.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(expected))
+    np.testing.assert_allclose(affine, expected_affine)
+
+    def one_turned(ds):
+        per_frame(ds)
+        first = ds.PerFrameFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+        first.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+
+    turned = _edited(path, tmp_path, "turned", one_turned)
+    with pytest.warns(UserWarning, match="no one plane orientation, so its planes cannot be "
+                                         "sorted .* order of their first frames"):
+        scout = open_segmentation(turned)
+    assert scout.plane_orientation is None
+    first_frames = [item.DerivationImageSequence[0].SourceImageSequence[0]
+                    .ReferencedSOPInstanceUID
+                    for item in pydicom.dcmread(turned).PerFrameFunctionalGroupsSequence]
+    assert scout.source_sop_instance_uids == list(dict.fromkeys(first_frames))
+    uids = reader.source_sop_instance_uids
+    np.testing.assert_array_equal(scout.to_numpy(source_sop_instance_uids=uids),
+                                  reader.to_numpy())
+
+
+@pytest.mark.parametrize("other", ["each", "one"])
+def test_frames_derived_from_two_images_are_found_by_either(tmp_path, other):
+    """highdicom finds a frame by any of its source images. Frames of a PET and a CT image
+    (PET listed first, both series listed) read as zeros by the CT's UIDs; frames that each
+    name one image of another series first (the same for all) were refused as frames of one
+    image. Now a frame's plane is its most specific image, the others finding it too."""
+    import copy
+
+    from pydicom.sequence import Sequence as DicomSequence
+
+    ct, pet = make_ct_series(6, 16, 16), make_ct_series(6, 16, 16)
+    mask = np.zeros((6, 16, 16, 2), bool)
+    mask[1:4, 3:9, 2:12, 0] = True
+    mask[2:5, 6:12, 4:14, 1] = True
+    seg = hd.seg.Segmentation(ct, mask, "BINARY", make_segment_descriptions(2), hd.UID(), 1,
+                              hd.UID(), 1, "m", "m", "1", "1")
+    pet_of = {c.SOPInstanceUID: p.SOPInstanceUID for c, p in zip(ct, pet)}
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        own = item.DerivationImageSequence[0].SourceImageSequence[0]
+        first = copy.deepcopy(own)
+        first.ReferencedSOPInstanceUID = (pet_of[own.ReferencedSOPInstanceUID] if other == "each"
+                                          else pet[0].SOPInstanceUID)
+        item.DerivationImageSequence[0].SourceImageSequence = DicomSequence([first, own])
+    listed = pydicom.Dataset()
+    listed.SeriesInstanceUID = pet[0].SeriesInstanceUID
+    listed.ReferencedInstanceSequence = DicomSequence()
+    for image in pet:
+        reference = pydicom.Dataset()
+        reference.ReferencedSOPClassUID = image.SOPClassUID
+        reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
+        listed.ReferencedInstanceSequence.append(reference)
+    seg.ReferencedSeriesSequence.append(listed)
+    path = tmp_path / "two.dcm"
+    seg.save_as(path)
+    ct_uids = [image.SOPInstanceUID for image in ct]
+    expected = same_as_highdicom(path, ct_uids)
+    assert expected.any()
+    np.testing.assert_array_equal(
+        read_segmentation(path, source_sop_instance_uids=ct_uids).compute(), expected)
+    reader = open_segmentation(path)
+    if other == "each":  # the first of equals is the planes' own; the CT's find them too
+        assert set(reader.source_sop_instance_uids) <= set(pet_of.values())
+        pet_uids = [pet_of[uid] for uid in ct_uids]
+        np.testing.assert_array_equal(
+            reader.to_numpy(source_sop_instance_uids=pet_uids),
+            same_as_highdicom(path, pet_uids))
+    else:  # the image every frame names is no plane
+        assert set(reader.source_sop_instance_uids) <= set(ct_uids)
