@@ -301,9 +301,7 @@ def as_dask_array(mask: MaskLike) -> da.Array:
                 f"The mask's shape {mask.shape} is not known (chunk sizes unknown, as after "
                 "boolean indexing); call mask.compute_chunk_sizes() first."
             )
-        from daskseg.encode import block_as_declared
-
-        return mask.map_blocks(block_as_declared, dtype=mask.dtype, meta=mask._meta)
+        return mask
     if isinstance(mask, np.ndarray):
         # Named, not tokenized: hashing a large mask would read all of it on the client.
         return da.from_array(mask, chunks=mask.shape, name=f"numpy-mask-{uuid.uuid4().hex}")

@@ -23,8 +23,8 @@ from daskseg.errors import SegmentationInputError
 from daskseg.plan import FrameSpec, allowed_labels, block_location
 
 __all__ = [
-    "BlockResult", "MaskValueError", "Where", "block_as_declared", "encode_block", "encode_chunk",
-    "encode_frame", "encode_numpy_block", "segment_frame", "spool_block", "worker_spool_name", "write_all",
+    "BlockResult", "MaskValueError", "Where", "encode_block", "encode_chunk", "encode_frame",
+    "encode_numpy_block", "segment_frame", "spool_block", "worker_spool_name", "write_all",
 ]
 
 
@@ -429,28 +429,6 @@ def _encode_uniform(value: int, dtype: str, spec: FrameSpec) -> bytes:
     return encode_frame(frame, spec)
 
 
-def block_as_declared(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
-    """A block of the user's Dask mask, refused unless of the shape its chunks declare.
-
-    A ``map_blocks`` whose function crops or pads its blocks, its ``chunks`` not saying so:
-    rows between the blocks were written empty without a word, or numpy failed to broadcast
-    in the rechunk to whole tiles. Applied blockwise, it fuses with the task making the block.
-    """
-    if block_info is None:  # dask's inference of the output's type
-        return block
-    location = block_location(block_info)
-    expected = tuple(stop - start for start, stop in location)
-    if np.shape(block) != expected:
-        # Said as an index of the mask as given (a slide's or a series'), every axis.
-        index = ", ".join(f"{start}:{stop}" for start, stop in location)
-        raise MaskValueError(
-            f"The mask's block [{index}] has shape {np.shape(block)}, but the Dask array's "
-            f"chunks say {expected}: its chunks are wrong (a map_blocks whose function changes "
-            "a block's shape needs chunks= that say so)."
-        )
-    return block
-
-
 def encode_chunk(
     block: np.ndarray, spec: FrameSpec, spool_prefix: str | None = None,
     block_info: dict | None = None,
@@ -462,7 +440,20 @@ def encode_chunk(
     ``spool_prefix``, the frames go to this worker's spool file, when it has one (see
     :func:`spool_block`).
     """
-    (row_start, _), (column_start, _) = block_location(block_info)[:2]
+    location = block_location(block_info)
+    (row_start, row_stop), (column_start, column_stop) = location[:2]
+    expected = tuple(stop - start for start, stop in location)
+    if np.shape(block) != expected:
+        # Blocks of the user's Dask mask of another shape than its chunks declare (a
+        # map_blocks that crops, its chunks= not saying so), joined into this one: its edge
+        # would be padded with empty rows. (Longer ones mostly fail in numpy first.)
+        where = Where((row_start, row_stop - 1), (column_start, column_stop - 1))
+        raise MaskValueError(
+            f"The mask's pixels {where} came as an array of shape {np.shape(block)}, not "
+            f"{expected}: the Dask array's blocks are not the shape its chunks declare (a "
+            "map_blocks whose function changes a block's shape needs chunks= that say so).",
+            where,
+        )
     result = np.empty((1, 1), dtype=object)
     result[0, 0] = spool_block(encode_block(
         block, spec, row_start // spec.tile_rows, column_start // spec.tile_columns
