@@ -404,15 +404,21 @@ def _store_folder(array: Any) -> pathlib.Path | None:
 
 def _zarr_arrays_read_by(array: da.Array) -> list[Any]:
     """The Zarr arrays held as data in ``array``'s graph, as ``da.from_array`` keeps the array
-    it reads (in a layer of its own; one inlined into every task is not looked for)."""
+    it reads: in a layer of its own, or (``inline_array=True``) an argument of its blockwise
+    layer, found there without making its tasks."""
     import zarr
+    from dask.blockwise import Blockwise
     from dask.highlevelgraph import MaterializedLayer
 
     found = []
     for layer in array.__dask_graph__().layers.values():
-        if not isinstance(layer, MaterializedLayer):
+        if isinstance(layer, Blockwise):
+            values: Any = [value for value, index in layer.indices if index is None]
+        elif isinstance(layer, MaterializedLayer):
+            values = layer.values()
+        else:
             continue
-        for value in layer.values():
+        for value in values:
             value = getattr(value, "value", value)  # a DataNode holds it in newer Dask
             if isinstance(value, zarr.Array):
                 found.append(value)

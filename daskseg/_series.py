@@ -36,6 +36,12 @@ __all__ = ["SourceSeries", "is_volume_source", "load_source_series", "read_sourc
 # Positions and direction cosines are decimal strings of at most 16 characters (PS3.5 6.2, DS):
 # values written by different software for one series agree to about this much.
 _ORIENTATION_TOLERANCE = 1e-4
+# Single-frame classes whose IOD has the Image Plane module (PS3.3 C.7.6.2, Type 1): an image
+# of them without its geometry lost it, rather than never had it. CT, MR, PET, RT Dose.
+_CROSS_SECTIONS = frozenset({
+    "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.128",
+    "1.2.840.10008.5.1.4.1.1.481.2",
+})
 # Files in a series folder are read by this many threads: reading headers waits on the disk.
 _READ_THREADS = 8
 # The Media Storage Directory SOP class (a DICOMDIR), which a series folder may hold.
@@ -135,7 +141,8 @@ def _refuse_dicomdir(header: Dataset, path: str | os.PathLike) -> None:
     if _is_dicomdir(header):
         raise SegmentationInputError(
             f"The source image {path} is a DICOMDIR (the index of a DICOM medium), not an "
-            "image: pass the folder that holds it, whose series is then read."
+            "image: pass the images it indexes (a series: the folder that holds it; a slide: "
+            "its image's file)."
         )
 
 
@@ -610,16 +617,23 @@ def load_source_series(source_images: object) -> SourceSeries:
     _one_value(values, "FrameOfReferenceUID", "A SEG's frames lie in one frame of reference.",
                datasets)
     _one_value(values, "SOPClassUID", "Pass the images of one series.", datasets)
+    without_plane = [
+        all(found[keyword] in (None, "")
+            for keyword in ("ImagePositionPatient", "ImageOrientationPatient"))
+        for found in values
+    ]
     for dataset, found in zip(datasets, values):
-        if all(found[keyword] in (None, "")
-               for keyword in ("ImagePositionPatient", "ImageOrientationPatient")):
-            # No plane in the patient at all (PS3.3 C.7.6.2 is not in its IOD): a projection
-            # image, such as DX, CR or MG, whose SEG highdicom writes without geometry.
+        if all(without_plane) and str(found["SOPClassUID"]) not in _CROSS_SECTIONS:
+            # No image with a plane in the patient, of a class whose IOD has no Image Plane
+            # module (PS3.3 C.7.6.2): a projection image, such as DX, CR or MG, or a secondary
+            # capture, whose SEG highdicom writes without geometry. (A CT image that lost its
+            # geometry is said to lack it, below.)
             raise SegmentationInputError(
                 f"The source image ({_describe(dataset)}) has no plane position or orientation "
-                f"(SOP class {UID(str(found['SOPClassUID'])).name}): a projection image, such "
-                "as a radiograph, has none. daskseg writes SEGs of cross-sections (CT, MR, PET "
-                "series) and of tiled slides; use highdicom for other images."
+                f"(SOP class {UID(str(found['SOPClassUID'])).name}), as a projection image (a "
+                "radiograph) or a secondary capture has none. daskseg writes SEGs of "
+                "cross-sections (CT, MR, PET series) and of tiled slides; use highdicom for "
+                "other images."
             )
         _require(
             dataset,

@@ -475,6 +475,11 @@ def _decode(args: argparse.Namespace) -> None:
                         "NAME.npy, or NAME.nii.gz (a SEG of a series)")
     if os.path.exists(args.output) and not args.overwrite:
         raise UserError(f"{args.output} exists; pass --overwrite or choose another output")
+    from daskseg._inputs import not_a_regular_file
+
+    if "://" not in args.output and (
+            special := not_a_regular_file(pathlib.Path(args.output))) is not None:
+        raise UserError(str(special))  # before the work (the rename refuses it too, after)
     folder = os.path.dirname(os.path.abspath(args.output))
     if "://" not in args.output and not os.path.isdir(folder):  # as encode (a URL: a store's)
         raise UserError(f"The destination folder {folder} does not exist; create it first.")

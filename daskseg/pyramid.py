@@ -37,6 +37,7 @@ from daskseg._inputs import (
     check_numbers,
     check_uids,
     drop_leading_axis,
+    not_a_regular_file,
     parse_segmentation_type,
     tile_size,
 )
@@ -249,8 +250,10 @@ def write_segmentation_pyramid(
                 + (" (sop_instance_uids takes one per level)." if key == "sop_instance_uid"
                    else ".")
             )
-    if isinstance(source_images, Dataset | str | os.PathLike):
-        source_images = [source_images]  # one slide, as write_segmentation takes it
+    if isinstance(source_images, Dataset | str | os.PathLike | bytes | bytearray):
+        # One slide, as write_segmentation takes it (bytes are refused by load_source_image,
+        # not taken for a sequence of numbers).
+        source_images = [source_images]
     folder = pathlib.Path(folder)
     if not folder.is_dir() and (folder.exists() or not folder.parent.is_dir()):
         raise SegmentationInputError(
@@ -434,6 +437,10 @@ def _check_levels(paths: list[pathlib.Path], stale: list[pathlib.Path], overwrit
             f"where the pyramid's level files go; move {'it' if len(folders) == 1 else 'them'} "
             "away or choose another folder."
         )
+    for path in [*paths, *stale]:
+        # Renamed aside, then removed: a FIFO or device there was lost to a file.
+        if (special := not_a_regular_file(path)) is not None:
+            raise special
     existing = [str(path) for path in paths if os.path.lexists(path)]
     if existing and not overwrite:
         raise DestinationExistsError(

@@ -211,7 +211,8 @@ def write_segmentation(
     _inputs.check_numbers(series_number=series_number, instance_number=instance_number)
     _inputs.check_uids(series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid,
                        pyramid_uid=highdicom_options.get("pyramid_uid"))
-    if software_versions is not None and not isinstance(software_versions, (str, Sequence)):
+    if software_versions is not None and (not isinstance(software_versions, (str, Sequence))
+                                          or isinstance(software_versions, (bytes, bytearray))):
         raise SegmentationTypeError(
             f"software_versions is a text or a sequence of texts, not {software_versions!r}."
         )

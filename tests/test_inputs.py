@@ -232,7 +232,7 @@ def test_a_destination_ending_in_a_separator_names_a_folder_and_is_refused(tmp_p
     assert not (tmp_path / "new").exists()
 
 
-def test_a_device_or_fifo_destination_is_refused_not_replaced(tmp_path):
+def test_a_device_or_fifo_destination_is_refused_not_replaced(tmp_path, capsys):
     """overwrite=True renamed the SEG onto a FIFO or a device node, which became a file (as
     root, /dev/null); refused before the work, and at the rename if one appeared since."""
     import os
@@ -262,6 +262,26 @@ def test_a_device_or_fifo_destination_is_refused_not_replaced(tmp_path):
                 refuse()
         assert not stat.S_ISREG(os.stat(node).st_mode)
     assert (tmp_path / "seg.tmp").read_bytes() == b"a finished SEG"
+    # A pyramid's level renamed aside, then removed, and `daskseg decode -o NAME.npy`, which
+    # was refused only at its rename, after the work.
+    from daskseg import write_segmentation_pyramid
+    from daskseg.cli import main
+
+    (tmp_path / "pyramid").mkdir()
+    os.mkfifo(tmp_path / "pyramid" / "level-0.dcm")
+    with pytest.raises(SegmentationInputError, match="level-0.dcm is a FIFO, not a file"):
+        write_segmentation_pyramid(np.ones((64, 64), bool), [make_slide(64, 64)],
+                                   make_segment_descriptions(1), tmp_path / "pyramid",
+                                   downsample_factors=[2], overwrite=True)
+    seg = write_segmentation(np.ones((8, 8), bool), make_slide(8, 8),
+                             make_segment_descriptions(1), tmp_path / "seg.dcm")
+    os.mkfifo(tmp_path / "labels.npy")
+    capsys.readouterr()
+    assert main(["decode", str(seg), "-o", str(tmp_path / "labels.npy"), "--overwrite",
+                 "--quiet", "--scheduler", "tcp://127.0.0.1:1"]) == 1
+    assert "labels.npy is a FIFO, not a file" in capsys.readouterr().err  # before any client
+    for fifo in (tmp_path / "pyramid" / "level-0.dcm", tmp_path / "labels.npy"):
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
 
 
 def test_a_dask_array_of_a_zarr_store_removed_during_the_write_is_refused(tmp_path, thread_client,
@@ -280,7 +300,8 @@ def test_a_dask_array_of_a_zarr_store_removed_during_the_write_is_refused(tmp_pa
     store = tmp_path / "mask.zarr"
     zarr.create_array(str(store), shape=(64, 64), chunks=(32, 32), dtype="uint8")[:] = 1
     monkeypatch.chdir(tmp_path)
-    for mask in (da.from_zarr(str(store)), (da.from_zarr(zarr.open_array("mask.zarr")) + 0)[:40]):
+    for mask in (da.from_zarr(str(store)), (da.from_zarr(zarr.open_array("mask.zarr")) + 0)[:40],
+                 da.from_zarr(str(store), inline_array=True) + 1):
         assert local_zarr_folders(mask) == [store]
     assert local_zarr_folders(da.ones((4, 4))) == [] == local_zarr_folders(np.ones((4, 4)))
 

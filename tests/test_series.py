@@ -293,14 +293,18 @@ def test_a_folder_in_a_list_a_dicomdir_and_a_radiograph_are_named(tmp_path):
     dicomdir = tmp_path / "cd" / "DICOMDIR"
     for load, given in ((load_source_series, [dicomdir, *paths]),
                         (load_source_image, dicomdir)):
-        with pytest.raises(SegmentationInputError, match="is a DICOMDIR .* pass the folder"):
+        with pytest.raises(SegmentationInputError, match="is a DICOMDIR .* pass the images it indexes \\(a series: the folder"):
             load(given)
     assert not is_volume_source(dicomdir)
     radiograph = series[0]
-    radiograph.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray, For Presentation
     for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "FrameOfReferenceUID",
                     "PixelSpacing"):
         delattr(radiograph, keyword)
+    # A CT image that lost its geometry (an anonymizer's) lacks it; it is no projection image.
+    with pytest.raises(SegmentationInputError, match="lacks FrameOfReferenceUID, "
+                                                     "ImagePositionPatient, ImageOrientationPat"):
+        load_source_series(radiograph)
+    radiograph.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray, For Presentation
     with pytest.raises(SegmentationInputError,
                        match="no plane position or orientation .*Digital X-Ray.* use highdicom"):
         load_source_series(radiograph)

@@ -83,6 +83,8 @@ UPFRONT = [
      dict(software_versions=())),
     ("software versions a number", SegmentationTypeError, r"software_versions is a text",
      dict(software_versions=3)),
+    ("software versions as bytes", SegmentationTypeError, r"software_versions is a text",
+     dict(software_versions=b"1.0")),
     # Checked as the other UIDs (it was written with pydicom's warning).
     ("invalid pyramid UID", SegmentationInputError, r"pyramid_uid '1.2.abc' is not a valid UID",
      dict(pyramid_uid="1.2.abc")),

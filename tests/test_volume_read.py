@@ -695,6 +695,14 @@ def test_to_nifti_refuses_a_source_of_another_series_or_a_slide(tmp_path, thread
         with pytest.raises(SegmentationFileError, match="is not two unit vectors at right angles"):
             reader.to_nifti(tmp_path / f"skewed{k}.nii.gz", client=thread_client)
         assert not (tmp_path / f"skewed{k}.nii.gz").exists()
+    # Cosines of 4 decimals (DS as some scanners write it), 1.05e-4 from unit length: highdicom's
+    # volume reads them, and so does to_nifti.
+    rounded = make_ct_series(6, 16, 24, orientation=(0.8198, -0.5036, 0.2728,
+                                                      0.4783, 0.864, 0.1574))
+    reader = open_segmentation(write_segmentation(
+        labels, rounded, make_segment_descriptions(1), tmp_path / "rounded.dcm",
+        client=thread_client))
+    assert read_nifti(reader.to_nifti(tmp_path / "rounded.nii.gz", client=thread_client))[0].any()
 
 
 def test_to_nifti_takes_slices_off_the_grid_by_microns_not_by_distance_from_the_origin(
