@@ -252,14 +252,14 @@ def test_a_device_or_fifo_destination_is_refused_not_replaced(tmp_path, capsys):
     nodes.append((tmp_path / "link", "FIFO"))
     (tmp_path / "seg.tmp").write_bytes(b"a finished SEG")
     for node, kind in nodes:
-        for refuse in (lambda: check_destination(node, overwrite=True),
-                       lambda: check_store_folder(node),
-                       lambda: replace_atomically(tmp_path / "seg.tmp", node, True),
-                       lambda: write_segmentation(np.ones((8, 8), bool), make_slide(8, 8),
-                                                  make_segment_descriptions(1), node,
-                                                  overwrite=True)):
+        for refuse, arguments in ((check_destination, (node, True)),
+                                  (check_store_folder, (node,)),
+                                  (replace_atomically, (tmp_path / "seg.tmp", node, True))):
             with pytest.raises(SegmentationInputError, match=f"is a {kind}, not a file"):
-                refuse()
+                refuse(*arguments)
+        with pytest.raises(SegmentationInputError, match=f"is a {kind}, not a file"):
+            write_segmentation(np.ones((8, 8), bool), make_slide(8, 8),
+                               make_segment_descriptions(1), node, overwrite=True)
         assert not stat.S_ISREG(os.stat(node).st_mode)
     assert (tmp_path / "seg.tmp").read_bytes() == b"a finished SEG"
     # A pyramid's level renamed aside, then removed, and `daskseg decode -o NAME.npy`, which

@@ -293,7 +293,8 @@ def test_a_folder_in_a_list_a_dicomdir_and_a_radiograph_are_named(tmp_path):
     dicomdir = tmp_path / "cd" / "DICOMDIR"
     for load, given in ((load_source_series, [dicomdir, *paths]),
                         (load_source_image, dicomdir)):
-        with pytest.raises(SegmentationInputError, match="is a DICOMDIR .* pass the images it indexes \\(a series: the folder"):
+        with pytest.raises(SegmentationInputError,
+                           match=r"is a DICOMDIR .* pass the images it indexes \(a series: the"):
             load(given)
     assert not is_volume_source(dicomdir)
     radiograph = series[0]
