@@ -214,8 +214,9 @@ def _collect(walker: _Walker, start: int, end: int, found: dict[int, bytes],
 
 def _take_source(walker: _Walker, start: int, end: int, found: dict[int, bytes],
                  implicit: bool | None = None) -> None:
-    """The frame's source image and frame number from one Source Image item, both from the
-    same item: the first that names an instance and is not of a SEG."""
+    """Note one Source Image item's image and frame number among the frame's sources, unless
+    it names no instance or is of a SEG; the first such is the frame's own until
+    :func:`_most_specific_sources` chooses among them."""
     reference: dict[int, bytes] = {}
     _collect(walker, start, end, reference, _SOURCE_IMAGE, implicit)
     if _SOP_INSTANCE not in reference:
