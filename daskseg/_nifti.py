@@ -596,7 +596,7 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
             and np.allclose(norms**2, 1.0, atol=1e-3, rtol=0)
             and abs(float(cosines[0] @ cosines[1]) / float(norms[0] * norms[1])) <= 1e-4):
         raise SegmentationFileError(
-            f"{reader.path}: its shared ImageOrientationPatient {orientation} is not two unit "
+            f"{reader.path}: its ImageOrientationPatient {orientation} is not two unit "
             "vectors at right angles (the direction cosines of the rows and columns, PS3.3 "
             "C.7.6.2.1.1): no NIfTI affine places its frames; read the frames as an array "
             "(read_segmentation) instead."

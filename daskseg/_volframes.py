@@ -15,7 +15,6 @@ import dataclasses
 import functools
 import struct
 import warnings
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -43,7 +42,7 @@ _PLANE_POSITION, _SEGMENT_IDENTIFICATION = 0x00209113, 0x0062000A
 _SOP_CLASS, _SOP_INSTANCE, _FRAME_NUMBER = 0x00081150, 0x00081155, 0x00081160
 _POSITION, _SEGMENT = 0x00200032, 0x0062000B
 _PLANE_ORIENTATION, _ORIENTATION = 0x00209116, 0x00200037
-_ALL_SOURCES = -1  # not a tag: where _take_source notes every source image of a frame
+_OTHER_SOURCES = -1  # not a tag: where _take_source notes a frame's further source images
 # A tiled image's frame: its Plane Position (Slide) (C.8.12.6.1), 1-based SL offsets in the
 # total pixel matrix.
 _PLANE_POSITION_SLIDE, _COLUMN_POSITION, _ROW_POSITION = 0x0048021A, 0x0048021E, 0x0048021F
@@ -173,9 +172,9 @@ class FrameItem:
     # without a Plane Position (Slide) of its own, (0, 0) for one without valid positions.
     tile_position: tuple[int, int] | None = None
     orientation: tuple[float, ...] | None = None  # of its own Plane Orientation (Patient)
-    # Every image (and frame) it is derived from, in order, SEGs left out: source_uid is the
-    # first, until index_volume_frames chooses (a frame of PET and CT, say).
-    sources: tuple[tuple[str, int], ...] = ()
+    # The further images it is derived from, after source_uid (a frame of a PET and a CT
+    # slice, say), SEGs left out.
+    also_from: tuple[str, ...] = ()
 
 
 def _signed(raw: bytes | None) -> int | None:
@@ -194,7 +193,7 @@ def _collect(walker: _Walker, start: int, end: int, found: dict[int, bytes],
         tag, sequence, value, length = walker.element(pos, implicit)
         if tag == _ITEM_END:
             return value
-        inside = walker.inside(sequence, implicit)
+        inside = True if sequence == _IMPLICIT_SEQUENCE else implicit  # see _Walker.inside
         if sequence:
             if tag in _READ_IN:
                 found.setdefault(tag, b"")  # the group is there, whatever its items hold
@@ -214,31 +213,29 @@ def _collect(walker: _Walker, start: int, end: int, found: dict[int, bytes],
 
 def _take_source(walker: _Walker, start: int, end: int, found: dict[int, bytes],
                  implicit: bool | None = None) -> None:
-    """Note one Source Image item's image and frame number among the frame's sources, unless
-    it names no instance or is of a SEG; the first such is the frame's own until
-    :func:`_most_specific_sources` chooses among them."""
+    """The frame's source image and frame number from the first Source Image item that names
+    an instance and is not of a SEG; the images of such items after it noted as further ones."""
     reference: dict[int, bytes] = {}
     _collect(walker, start, end, reference, _SOURCE_IMAGE, implicit)
     if _SOP_INSTANCE not in reference:
         return
     if _text(reference.get(_SOP_CLASS)) in _SEGMENTATION_CLASSES:
         return
-    frame = _text(reference.get(_FRAME_NUMBER))
-    found[_ALL_SOURCES] = found.get(_ALL_SOURCES, b"") + b"%s\x00%d\x00" % (
-        (_text(reference[_SOP_INSTANCE]) or "").encode(),
-        int(frame.split("\\")[0]) if frame else 0)
-    if _SOP_INSTANCE in found:
+    if _SOP_INSTANCE in found:  # a further one: its UID alone, as found (never parsed)
+        found[_OTHER_SOURCES] = found.get(_OTHER_SOURCES, b"") + b"\\" + reference[_SOP_INSTANCE]
         return
     found[_SOP_INSTANCE] = reference[_SOP_INSTANCE]
     if _FRAME_NUMBER in reference:
         found[_FRAME_NUMBER] = reference[_FRAME_NUMBER]
 
 
-def _sources(noted: bytes) -> tuple[tuple[str, int], ...]:
-    """The (UID, frame number or 0) pairs :func:`_take_source` noted, without repeats."""
-    parts = noted.split(b"\x00")
-    pairs = ((parts[k].decode("ascii"), int(parts[k + 1])) for k in range(0, len(parts) - 1, 2))
-    return tuple(dict.fromkeys(pair for pair in pairs if pair[0]))
+def _further_sources(noted: bytes | None) -> tuple[str, ...]:
+    """The UIDs :func:`_take_source` noted after a frame's own, without repeats or damage (a
+    value that is no UID names no image that could be asked for)."""
+    if not noted:
+        return ()
+    uids = (raw.decode("ascii", "replace").strip("\x00 ") for raw in noted.split(b"\\"))
+    return tuple(dict.fromkeys(uid for uid in uids if uid))
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -297,7 +294,7 @@ def scan_frame_items(buffer: bytes, dataset_start: int, implicit: bool) -> list[
                            else (0, 0) if row is None or column is None else (row, column)),
             orientation=(tuple(float(v) for v in orientation.split("\\")) if orientation
                          else None),
-            sources=_sources(found.get(_ALL_SOURCES, b"")),
+            also_from=_further_sources(found.get(_OTHER_SOURCES)),
         ))
     return frames
 
@@ -311,7 +308,7 @@ _JSON_SOP_CLASS, _JSON_SOP_INSTANCE, _JSON_FRAME_NUMBER, _JSON_POSITION, _JSON_S
     f"{tag:08X}" for tag in (_SOP_CLASS, _SOP_INSTANCE, _FRAME_NUMBER, _POSITION, _SEGMENT)
 )
 _JSON_ORIENTATION = f"{_ORIENTATION:08X}"
-_JSON_ALL_SOURCES = "sources"  # not a key of DICOM JSON: as _ALL_SOURCES
+_JSON_OTHER_SOURCES = "further"  # not a key of DICOM JSON: as _OTHER_SOURCES
 
 
 def _collect_json(item: dict[str, Any], found: dict[str, list[Any]],
@@ -332,13 +329,12 @@ def _collect_json(item: dict[str, Any], found: dict[str, list[Any]],
                 sop_class = reference.get(_JSON_SOP_CLASS)
                 if uid is not None and (
                         sop_class is None or str(sop_class[0]).strip() not in _SEGMENTATION_CLASSES):
-                    number = reference.get(_JSON_FRAME_NUMBER)
-                    found.setdefault(_JSON_ALL_SOURCES, []).append(
-                        (str(uid[0]).strip(), 0 if number is None else int(number[0])))
-                    if _JSON_SOP_INSTANCE not in found:
-                        found[_JSON_SOP_INSTANCE] = uid
-                        if number is not None:
-                            found[_JSON_FRAME_NUMBER] = number
+                    if _JSON_SOP_INSTANCE in found:
+                        found.setdefault(_JSON_OTHER_SOURCES, []).append(str(uid[0]).strip())
+                        continue
+                    found[_JSON_SOP_INSTANCE] = uid
+                    if _JSON_FRAME_NUMBER in reference:
+                        found[_JSON_FRAME_NUMBER] = reference[_JSON_FRAME_NUMBER]
         elif tag in wanted:
             # An empty value (no Value, or null) is absent, as an empty one in a file.
             if values and values[0] not in (None, "") and tag not in found:
@@ -365,8 +361,8 @@ def frame_items_from_json(metadata: dict[str, Any]) -> list[FrameItem]:
             position=None if position is None else tuple(float(v) for v in position),  # type: ignore[arg-type]
             segment=None if segment is None else int(segment[0]),
             orientation=None if orientation is None else tuple(float(v) for v in orientation),
-            sources=tuple(dict.fromkeys(pair for pair in found.get(_JSON_ALL_SOURCES, [])
-                                        if pair[0])),
+            also_from=tuple(dict.fromkeys(uid for uid in found.get(_JSON_OTHER_SOURCES, [])
+                                          if uid)),
         ))
     return frames
 
@@ -451,7 +447,7 @@ def index_volume_frames(
             f"The shared ImagePositionPatient has {len(shared_position)} values, not 3 "
             "(x, y, z; PS3.3 C.7.6.2.1.1)."
         )
-    frames = _most_specific_sources(_with_shared_source(frames, shared, shared_position))
+    frames = _with_shared_source(frames, shared, shared_position)
     # The sources the header lists (dcmqi lists only those with frames): a frame's reference
     # to another image is damage, not a plane of its own (highdicom fails on it).
     referenced = referenced_instances(header)
@@ -494,9 +490,8 @@ def index_volume_frames(
             if position is not None and _plane_at(at_position, positions, position) < 0:
                 at_position[_rounded(position)] = plane
         cells.append((_channel(frame, index, labelmap, shared_segment, channel_of), plane, index))
-        for uid, _ in frame.sources:
-            if uid != frame.source_uid:
-                also_at.setdefault(uid, set()).add(plane)
+        for uid in frame.also_from:
+            also_at.setdefault(uid, set()).add(plane)
     for index in unplaced:
         frame = frames[index]
         position = frame.position or shared_position
@@ -517,28 +512,13 @@ def index_volume_frames(
     array = np.array([p if p is not None else (np.nan,) * 3 for p in positions], dtype=float)
     # An image that frames are derived from besides their own finds their plane when asked for
     # (highdicom finds a frame by any of its source images), if it is of one plane and of no
-    # plane's own.
+    # plane's own (an image of frames of several planes finds none, where highdicom's finds
+    # them all).
     own = {uid for uid, _ in keys}
     aliases = {uid: next(iter(planes)) for uid, planes in also_at.items()
                if len(planes) == 1 and uid not in own}
     return VolumeIndex(keys, array.reshape(-1, 3), table, _planes_orientation(shared, frames),
                        aliases)
-
-
-def _most_specific_sources(frames: list[FrameItem]) -> list[FrameItem]:
-    """Each frame's own image: of those it is derived from, the one fewest frames are derived
-    from (an image every frame names besides its own slice, of another series, is no frame's
-    plane), the first of equals (a frame of a CT slice and a PET slice: the one listed first)."""
-    if not any(len(frame.sources) > 1 for frame in frames):
-        return frames
-    counts = Counter(source for frame in frames for source in frame.sources)
-    chosen = []
-    for frame in frames:
-        if len(frame.sources) > 1:
-            uid, number = min(frame.sources, key=lambda source: counts[source])
-            frame = dataclasses.replace(frame, source_uid=uid, source_frame=number or None)
-        chosen.append(frame)
-    return chosen
 
 
 def _planes_orientation(shared: Dataset, frames: list[FrameItem]) -> tuple[float, ...] | None:

@@ -1084,9 +1084,9 @@ def test_a_plane_orientation_of_each_frame_reads_as_a_shared_one(tmp_path, threa
 @pytest.mark.parametrize("other", ["each", "one"])
 def test_frames_derived_from_two_images_are_found_by_either(tmp_path, other):
     """highdicom finds a frame by any of its source images. Frames of a PET and a CT image
-    (PET listed first, both series listed) read as zeros by the CT's UIDs; frames that each
-    name one image of another series first (the same for all) were refused as frames of one
-    image. Now a frame's plane is its most specific image, the others finding it too."""
+    (PET listed first, both series listed) read as zeros by the CT's UIDs: now the CT's find
+    the PET's planes. Frames that all name one image first are frames of one image, refused
+    (its image, of several planes, finds none of them)."""
     import copy
 
     from pydicom.sequence import Sequence as DicomSequence
@@ -1116,16 +1116,21 @@ def test_frames_derived_from_two_images_are_found_by_either(tmp_path, other):
     path = tmp_path / "two.dcm"
     seg.save_as(path)
     ct_uids = [image.SOPInstanceUID for image in ct]
+    if other == "one":
+        with pytest.raises(SegmentationInputError, match="both hold the same segment of the "
+                                                         "same source image"):
+            open_segmentation(path)
+        return
     expected = same_as_highdicom(path, ct_uids)
     assert expected.any()
     np.testing.assert_array_equal(
         read_segmentation(path, source_sop_instance_uids=ct_uids).compute(), expected)
-    reader = open_segmentation(path)
-    if other == "each":  # the first of equals is the planes' own; the CT's find them too
-        assert set(reader.source_sop_instance_uids) <= set(pet_of.values())
-        pet_uids = [pet_of[uid] for uid in ct_uids]
-        np.testing.assert_array_equal(
-            reader.to_numpy(source_sop_instance_uids=pet_uids),
-            same_as_highdicom(path, pet_uids))
-    else:  # the image every frame names is no plane
-        assert set(reader.source_sop_instance_uids) <= set(ct_uids)
+    reader = open_segmentation(path)  # the planes are the first images', the PET's
+    assert set(reader.source_sop_instance_uids) <= set(pet_of.values())
+    pet_uids = [pet_of[uid] for uid in ct_uids]
+    np.testing.assert_array_equal(reader.to_numpy(source_sop_instance_uids=pet_uids),
+                                  same_as_highdicom(path, pet_uids))
+    # A CT image asked for with the PET image whose plane it finds: one plane, asked twice.
+    np.testing.assert_array_equal(
+        reader.to_numpy(source_sop_instance_uids=[ct_uids[2], pet_uids[2]]),
+        same_as_highdicom(path, [ct_uids[2], pet_uids[2]]))
