@@ -195,11 +195,16 @@ def test_an_interrupt_as_the_watchdog_starts_leaves_nothing_running(thread_clien
         dict(run_windowed(thread_client, [slow(k) for k in range(6)], "square numbers"))
     monkeypatch.undo()
     gc.collect()
-    deadline = time.monotonic() + 5
+
+    def on_the_cluster() -> int:
+        return thread_client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+
+    deadline = time.monotonic() + 10  # released a moment after the client lets go
     while time.monotonic() < deadline and (
-        thread_client.futures or any(t.name == "daskseg-watchdog" for t in threading.enumerate())
+        thread_client.futures or on_the_cluster()
+        or any(t.name == "daskseg-watchdog" for t in threading.enumerate())
     ):
         time.sleep(0.1)
     assert not thread_client.futures
     assert not any(t.name == "daskseg-watchdog" for t in threading.enumerate())
-    assert thread_client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0
+    assert on_the_cluster() == 0
