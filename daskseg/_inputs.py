@@ -378,8 +378,7 @@ def local_zarr_folders(mask: Any) -> list[pathlib.Path]:
     else:
         folder = _store_folder(mask)
         folders = [folder] if folder is not None else []
-    return [folder for k, folder in enumerate(folders)
-            if folder not in folders[:k] and _holds_zarr_metadata(folder)]
+    return [folder for folder in dict.fromkeys(folders) if _holds_zarr_metadata(folder)]
 
 
 def _store_folder(array: Any) -> pathlib.Path | None:
@@ -718,6 +717,27 @@ def check_numbers(**numbers: Any) -> None:
             raise SegmentationInputError(
                 f"{name} {value} is out of range: 1 to 2147483647 (IS, PS3.5 6.2)."
             )
+
+
+def check_software_versions(software_versions: Any) -> None:
+    """Refuse a ``software_versions`` (None: daskseg's version) that is not a text or a
+    sequence of texts, or names no version: Type 1 in the Enhanced General Equipment module
+    (PS3.3 C.7.5.2); highdicom wrote it empty, which validators refuse, and empty was taken as
+    not given and became daskseg's."""
+    if software_versions is None:
+        return
+    if not isinstance(software_versions, (str, Sequence)) or isinstance(
+            software_versions, (bytes, bytearray)):
+        raise SegmentationTypeError(
+            f"software_versions is a text or a sequence of texts, not {software_versions!r}."
+        )
+    versions = [software_versions] if isinstance(software_versions, str) else software_versions
+    if not any(str(version).strip() for version in versions):
+        raise SegmentationInputError(
+            f"software_versions {software_versions!r} is empty: the SEG must name the versions "
+            "of the software that made it (PS3.3 C.7.5.2, Type 1); give one, or leave it out "
+            "for daskseg's."
+        )
 
 
 def check_uids(**uids: Any) -> None:

@@ -35,7 +35,7 @@ __all__ = ["SourceSeries", "is_volume_source", "load_source_series", "read_sourc
 
 # Positions and direction cosines are decimal strings of at most 16 characters (PS3.5 6.2, DS):
 # values written by different software for one series agree to about this much.
-_ORIENTATION_TOLERANCE = 1e-4
+ORIENTATION_TOLERANCE = 1e-4
 # Single-frame classes whose IOD has the Image Plane module (PS3.3 C.7.6.2, Type 1): an image
 # of them without its geometry lost it, rather than never had it. CT, MR, PET, RT Dose.
 _CROSS_SECTIONS = frozenset({
@@ -428,7 +428,7 @@ def _frame_values(shared: Dataset, per_frame: Sequence[Dataset], sequence: str, 
             except (TypeError, ValueError):  # not numbers: _geometry says which frame, and how
                 break
             if values.shape != expected.shape or not np.allclose(values, expected, rtol=0,
-                                                                 atol=_ORIENTATION_TOLERANCE):
+                                                                 atol=ORIENTATION_TOLERANCE):
                 raise SegmentationInputError(
                     f"The multi-frame source image ({described}) has {sequence} > {keyword} "
                     f"{_listed(expected)} in its shared functional groups and {_listed(values)} in "
@@ -455,7 +455,7 @@ def _frame_size(dataset: Dataset) -> tuple[int, int]:
 
 
 def _check_same(values: np.ndarray, keyword: str, names: Sequence[str]) -> None:
-    differs = np.flatnonzero(np.abs(values - values[0]).max(axis=1) > _ORIENTATION_TOLERANCE)
+    differs = np.flatnonzero(np.abs(values - values[0]).max(axis=1) > ORIENTATION_TOLERANCE)
     if differs.size:
         other = differs[0]
         raise SegmentationInputError(

@@ -27,6 +27,7 @@ from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 
 from daskseg._frames import LONG_VRS
+from daskseg._series import ORIENTATION_TOLERANCE
 from daskseg.errors import SegmentationFileError, SegmentationInputError, SegmentationTypeError
 
 __all__ = [
@@ -523,8 +524,8 @@ def index_volume_frames(
 
 def _planes_orientation(shared: Dataset, frames: list[FrameItem]) -> tuple[float, ...] | None:
     """The SEG's one plane orientation: shared (as SEGs keep it, and highdicom writes it), or
-    the frames' own when every frame has the same 6 values (within 1e-4, as a series' images
-    are matched); None otherwise. A shared value that is not 6 numbers is damage."""
+    the frames' own when every frame has the same 6 values (within the tolerance a series'
+    images are matched with); None otherwise. A shared value that is not 6 numbers is damage."""
     items = shared.get("PlaneOrientationSequence") or []
     if items and "ImageOrientationPatient" in items[0]:
         try:
@@ -542,7 +543,8 @@ def _planes_orientation(shared: Dataset, frames: list[FrameItem]) -> tuple[float
     own = [frame.orientation for frame in frames]
     first = own[0] if own else None
     if first is None or len(first) != 6 or not all(
-        value is not None and len(value) == 6 and np.allclose(value, first, rtol=0, atol=1e-4)
+        value is not None and len(value) == 6
+        and np.allclose(value, first, rtol=0, atol=ORIENTATION_TOLERANCE)
         for value in own
     ):
         return None

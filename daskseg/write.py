@@ -30,7 +30,7 @@ from daskseg._series import is_volume_source
 from daskseg._source import load_source_image
 from daskseg._spool import encode_tasks, encoded_frames, numpy_encode_tasks, spool_prefix
 from daskseg._version import __version__
-from daskseg.errors import SegmentationInputError, SegmentationTypeError
+from daskseg.errors import SegmentationInputError
 from daskseg.plan import (MAX_BLOCK_BYTES, FrameSpec, TileGrid, label_numbers,
                           writer_block_chunks)
 
@@ -211,22 +211,7 @@ def write_segmentation(
     _inputs.check_numbers(series_number=series_number, instance_number=instance_number)
     _inputs.check_uids(series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid,
                        pyramid_uid=highdicom_options.get("pyramid_uid"))
-    if software_versions is not None and (not isinstance(software_versions, (str, Sequence))
-                                          or isinstance(software_versions, (bytes, bytearray))):
-        raise SegmentationTypeError(
-            f"software_versions is a text or a sequence of texts, not {software_versions!r}."
-        )
-    if software_versions is not None and not any(
-        str(version).strip() for version in (
-            [software_versions] if isinstance(software_versions, str) else software_versions)
-    ):
-        # Type 1 in the Enhanced General Equipment module (PS3.3 C.7.5.2): highdicom wrote it
-        # empty, which validators refuse; empty was taken as not given and became daskseg's.
-        raise SegmentationInputError(
-            f"software_versions {software_versions!r} is empty: the SEG must name the versions "
-            "of the software that made it (PS3.3 C.7.5.2, Type 1); give one, or leave it out "
-            "for daskseg's."
-        )
+    _inputs.check_software_versions(software_versions)
     destination = _inputs.check_destination(path, overwrite)
     volume = is_volume_source(source_image)
     options = _inputs.parse_options(segmentation_type, transfer_syntax_uid,
