@@ -501,7 +501,8 @@ def _check_modules(header: Dataset, keywords: Sequence[str]) -> None:
     modules = _segmentation_modules()
     for module, given in check_header_keywords(keywords).items():
         required = modules[given[0]][1]
-        missing = [keyword for keyword, type_ in required if type_ == "1" and keyword not in header]
+        missing = [keyword for keyword, type_ in required
+                   if type_ == "1" and keyword not in header and keyword not in keywords]
         if missing:
             raise SegmentationInputError(
                 f"header_attributes: {', '.join(given)} "
@@ -510,7 +511,7 @@ def _check_modules(header: Dataset, keywords: Sequence[str]) -> None:
                 f"{'it' if len(missing) == 1 else 'them'} too."
             )
         for keyword, type_ in required:
-            if type_ == "2" and keyword not in header:
+            if type_ == "2" and keyword not in header and keyword not in keywords:
                 vr = dictionary_VR(keyword).split(" or ")[0]
                 header.add_new(keyword, vr, [] if vr == "SQ" else None)
 
@@ -530,7 +531,13 @@ def _encodable(header: Dataset, character_set: Any) -> bool:
         return True
     if character_set in (None, "", "ISO_IR 6"):
         return False  # the default repertoire is ASCII (pydicom would write Latin-1)
-    encodings = convert_encodings(character_set)
+    terms = [character_set] if isinstance(character_set, str) else list(character_set)
+    # pydicom encodes the default repertoire (ISO 2022 IR 6, first of a set with code
+    # extensions) as Latin-1; it is ASCII (PS3.3 C.12.1.1.2): a text that needs another of
+    # the set's repertoires is written with its escape sequence, one in none of them is not
+    # written in this set.
+    encodings = ["ascii" if term in ("ISO 2022 IR 6", "ISO_IR 6") else encoding
+                 for term, encoding in zip(terms, convert_encodings(terms))]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # pydicom warns as it replaces
@@ -579,6 +586,11 @@ def finish_header(header: Dataset, spec: Any, series_description: str | None,
     # Without (0008,0005) a file holds the default repertoire (ASCII) only (PS3.5 6.1);
     # pydicom writes a character its set lacks as "?", with a warning.
     if not _encodable(header, header.get("SpecificCharacterSet")):
+        # Texts that highdicom copied from the source as read (in sequences, still the
+        # source's bytes) are decoded in its character set first: written as read, they
+        # would be Latin-1 (say) in a file that says UTF-8 (an item's texts are in its data
+        # set's character set, PS3.5 7.5.3).
+        header.decode()
         header.SpecificCharacterSet = "ISO_IR 192"
 
 

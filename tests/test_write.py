@@ -491,11 +491,29 @@ def test_header_attributes_bring_their_modules_type_2_attributes():
     assert "ClinicalTrialSponsorName" not in header  # no attribute of that module was given
 
 
+def test_header_attributes_may_give_a_modules_type_1_attributes_with_it():
+    """The Type 1 attributes of a module are checked among those given too: the whole Clinical
+    Trial Subject module given at once was refused as lacking them."""
+    from daskseg._header import finish_header
+
+    header, spec = _header_of(make_slide(128, 128, tile_size=(64, 64)))
+    finish_header(header, spec, None, (("ClinicalTrialSponsorName", "Sponsor"),
+                                       ("ClinicalTrialProtocolID", "PROTO-1"),
+                                       ("ClinicalTrialSubjectID", "SUBJ-7")))
+    assert (header.ClinicalTrialSponsorName, header.ClinicalTrialProtocolID,
+            header.ClinicalTrialSubjectID) == ("Sponsor", "PROTO-1", "SUBJ-7")
+    assert header["ClinicalTrialProtocolName"].value in (None, "")  # Type 2, brought empty
+
+
 @pytest.mark.parametrize("character_set, text, written_in", [
     (None, "Segmentation", None),  # ASCII: no character set needed
     (None, "Zürich", "ISO_IR 192"),
     ("ISO_IR 100", "Zürich", "ISO_IR 100"),  # the source's Latin-1 holds it
     ("ISO_IR 100", "Łódź 中", "ISO_IR 192"),  # it does not: pydicom wrote '?ód? ?'
+    # The default repertoire of a set with code extensions is ASCII: pydicom wrote 'ü' in
+    # Latin-1, without an escape sequence.
+    (["ISO 2022 IR 6", "ISO 2022 IR 87"], "Müller", "ISO_IR 192"),
+    (["ISO 2022 IR 6", "ISO 2022 IR 87"], "胸部", ["ISO 2022 IR 6", "ISO 2022 IR 87"]),
 ])
 def test_texts_the_character_set_cannot_hold_are_written_in_utf8(character_set, text,
                                                                  written_in):
@@ -508,6 +526,7 @@ def test_texts_the_character_set_cannot_hold_are_written_in_utf8(character_set, 
     finish_header(header, spec, text, ())
     assert header.get("SpecificCharacterSet") == written_in
     import io
+
     import warnings
 
     buffer = io.BytesIO()
@@ -515,6 +534,39 @@ def test_texts_the_character_set_cannot_hold_are_written_in_utf8(character_set, 
         warnings.simplefilter("error")  # pydicom warns as it replaces a character
         header.save_as(buffer, enforce_file_format=True)
     assert pydicom.dcmread(io.BytesIO(buffer.getvalue())).SeriesDescription == text
+
+
+@pytest.mark.parametrize("character_set, meaning", [
+    ("ISO_IR 100", "Röntgen Thorax"), (["ISO 2022 IR 6", "ISO 2022 IR 87"], "胸部 X"),
+])
+def test_texts_copied_from_a_source_file_are_written_in_utf8_too(tmp_path, thread_client,
+                                                                  character_set, meaning):
+    """A label the source's character set cannot hold makes the SEG UTF-8: the texts highdicom
+    copies from the source file inside sequences (still its bytes as read) are written in
+    UTF-8 too, not as the source's bytes ('R\ufffdntgen Thorax' read back)."""
+    from pydicom.dataset import Dataset
+
+    source = make_slide(128, 128, tile_size=(64, 64))
+    source.SpecificCharacterSet = character_set
+    source.SpecimenDescriptionSequence[0].SpecimenShortDescription = meaning
+    procedure = Dataset()
+    procedure.CodeValue, procedure.CodingSchemeDesignator = "RPID16", "RADLEX"
+    procedure.CodeMeaning = meaning
+    source.ProcedureCodeSequence = [procedure]
+    source.PixelData = b"\0" * (128 * 128 * 3)
+    pydicom.dcmwrite(tmp_path / "slide.dcm", source, enforce_file_format=True)
+    labels = np.zeros((128, 128), np.uint8)
+    labels[10:50, 10:50] = 1
+    descriptions = make_segment_descriptions(1)
+    descriptions[0].SegmentLabel = "Łódź"  # in neither character set
+    path = write_segmentation(labels, tmp_path / "slide.dcm", descriptions,
+                              tmp_path / "seg.dcm", client=thread_client)
+    written = pydicom.dcmread(path)
+    assert written.SpecificCharacterSet == "ISO_IR 192"
+    assert written.SegmentSequence[0].SegmentLabel == "Łódź"
+    assert written.ProcedureCodeSequence[0].CodeMeaning == meaning
+    assert written.SpecimenDescriptionSequence[0].SpecimenShortDescription == meaning
+    assert meaning.encode("utf-8") in path.read_bytes()
 
 
 def test_a_header_attributes_conflict_stops_the_encoding(tmp_path, thread_client):
