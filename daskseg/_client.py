@@ -121,6 +121,35 @@ def cancel_quietly(client: Client, futures: list[Any]) -> None:
         client.sync(client._cancel, futures, callback_timeout=_CANCEL_SECONDS)
 
 
+def forget_cancelled_gather(client: Client) -> None:
+    """Mend a client whose gather an interrupt cancelled, so that later gathers work.
+
+    distributed (2026.8) batches concurrent gathers behind one pending request. A
+    KeyboardInterrupt that lands in ``Client.gather`` before that request is sent cancels it
+    but leaves it as the pending one, and every later gather of the client waits on it and
+    fails ("cannot access local variable 'result'"): a notebook's client was useless after a
+    Ctrl-C of a write. On the client's event loop (where distributed keeps that state), a
+    cancelled pending request is forgotten, now or as it ends.
+    """
+    def forget(pending: Any) -> None:
+        if pending.cancelled() and getattr(client, "_gather_future", None) is pending:
+            client._gather_future = None
+            client._gather_keys = None
+
+    def mend() -> None:
+        pending = getattr(client, "_gather_future", None)
+        if pending is None:
+            return
+        if pending.done():
+            forget(pending)
+        else:
+            pending.add_done_callback(forget)
+
+    if client.status in REACHABLE_STATUSES:
+        with contextlib.suppress(Exception):  # a closing loop: nothing to mend
+            client.loop.add_callback(mend)
+
+
 def _running(keys: list[Any], dask_worker: Any = None) -> int:
     """On a worker: how many of ``keys`` its threads still run (a cancelled task runs on)."""
     wanted = set(keys)

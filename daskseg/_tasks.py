@@ -32,6 +32,7 @@ from daskseg._client import (
     cancel_quietly,
     cluster_workers,
     cluster_workers_if_known,
+    forget_cancelled_gather,
     gathers_directly,
     wait_until_stopped,
     workers_on_loopback,
@@ -373,6 +374,9 @@ def run_windowed(
                 queue.update(submit(window - len(in_flight)))
             for future, result in zip(batch, results):
                 yield index_of.pop(future.key), result
+    except BaseException:
+        forget_cancelled_gather(client)  # an interrupt in client.gather
+        raise
     finally:
         stopped.set()
         if in_flight:

@@ -208,3 +208,35 @@ def test_an_interrupt_as_the_watchdog_starts_leaves_nothing_running(thread_clien
     assert not thread_client.futures
     assert not any(t.name == "daskseg-watchdog" for t in threading.enumerate())
     assert on_the_cluster() == 0
+
+
+def test_an_interrupted_run_leaves_a_client_that_gathers_again():
+    """distributed leaves a gather that an interrupt cancelled before it was sent as the one
+    that later gathers wait on, and every later gather of the client failed (a notebook's
+    client was useless after a Ctrl-C of a write). An interrupted run mends it."""
+    import asyncio
+
+    from distributed import Client
+
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None,
+                set_as_default=False) as client:
+
+        async def as_an_interrupt_leaves_it() -> None:
+            pending = asyncio.ensure_future(asyncio.sleep(30))
+            pending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await pending
+            client._gather_future, client._gather_keys = pending, {"lost"}
+
+        client.sync(as_an_interrupt_leaves_it)
+
+        def interrupt() -> None:
+            raise KeyboardInterrupt
+
+        square = dask.delayed(lambda x: x * x, pure=False)
+        with pytest.raises(KeyboardInterrupt):
+            dict(run_windowed(client, [square(k) for k in range(4)], "square numbers",
+                              check=interrupt))
+        assert dict(run_windowed(client, [square(k) for k in range(4)], "square numbers")) \
+            == {0: 0, 1: 1, 2: 4, 3: 9}
+        assert client.gather(client.submit(lambda: 7, pure=False)) == 7
