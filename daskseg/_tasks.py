@@ -40,7 +40,8 @@ from daskseg._client import (
 from daskseg._pack import PackedBlock, pack_block, unpacked
 from daskseg.errors import ClusterError
 
-__all__ = ["DataTask", "block_tasks", "compute_into_memory", "computed_blocks", "run_windowed"]
+__all__ = ["DataTask", "block_tasks", "compute_into_memory", "compute_settled", "computed_blocks",
+           "run_windowed"]
 
 
 @dataclass(frozen=True)
@@ -386,6 +387,29 @@ def run_windowed(
                 # A cancelled task runs on to its end: one that writes (a Zarr region) would
                 # write after the caller has removed what it wrote.
                 wait_until_stopped(client, keys)
+
+
+def compute_settled(*collections: Any, **kwargs: Any) -> tuple[Any, ...]:
+    """``dask.compute`` with the configured local scheduler; failed, returns only once none of
+    its tasks still runs.
+
+    Dask's threads raise the first task's exception while the others run on: tasks that
+    write (Zarr regions) then wrote after the caller had removed what they wrote, leaving a
+    partial store behind. With the threaded scheduler (Dask's default) the tasks run in a pool
+    of this call's own, whose end it waits for.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dask.system
+    import dask.threaded
+    from dask.base import get_scheduler
+
+    if get_scheduler(collections=collections) is not dask.threaded.get:
+        return dask.compute(*collections, **kwargs)
+    threads = dask.config.get("num_workers", None) or dask.system.CPU_COUNT
+    with ThreadPoolExecutor(threads, thread_name_prefix="daskseg-compute") as pool:
+        return dask.compute(*collections, scheduler="threads", pool=pool,
+                            num_workers=threads, **kwargs)
 
 
 def compute_into_memory(

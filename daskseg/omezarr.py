@@ -46,7 +46,7 @@ from daskseg._dcmqi import segment_descriptions_from_labels
 from daskseg._file import replace_tree
 from daskseg._inputs import check_store_folder, parse_segmentation_type
 from daskseg._progress import progress_bar
-from daskseg._tasks import block_tasks, run_windowed
+from daskseg._tasks import block_tasks, compute_settled, run_windowed
 from daskseg.errors import (
     DestinationExistsError,
     MissingDependencyError,
@@ -165,7 +165,7 @@ def _image_label(reader: SegmentationReader) -> dict[str, Any]:
 def _write_level(array: da.Array, target: Any, client: Any, bar: Any) -> None:
     """Store ``array`` into the Zarr array ``target`` block by block (one block per task)."""
     if client is None:
-        da.store(array, target, lock=False)
+        compute_settled(da.store(array, target, lock=False, compute=False, return_stored=False))
         bar.update(int(np.prod(array.numblocks)))
         return
     stored = array.map_blocks(store_block, target=target, dtype=np.int64,

@@ -49,7 +49,8 @@ from daskseg._file import replace_tree
 from daskseg._inputs import absolute_local_store, check_flags, check_store_folder, in_fsspec_memory
 from daskseg._malloc import register_on_current_client
 from daskseg._progress import progress_bar
-from daskseg._tasks import block_tasks, compute_into_memory, computed_blocks, run_windowed
+from daskseg._tasks import (block_tasks, compute_into_memory, compute_settled, computed_blocks,
+                            run_windowed)
 from daskseg.errors import (
     DestinationExistsError,
     SegmentationFileError,
@@ -585,7 +586,7 @@ def _store_into(array: da.Array, target: Any, client: Client | None, progress: b
             stores = da.store(array, target, lock=False, compute=False,
                               return_stored=False)
             with _Count():
-                dask.compute(stores)  # the configured local scheduler
+                compute_settled(stores)  # the configured local scheduler
         else:
             # One task per block, each reading its frames and writing its region: memory
             # on each worker is one block at a time, whatever the SEG's size.
