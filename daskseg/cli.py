@@ -561,11 +561,19 @@ def _check_room_for(array: Any, destination: pathlib.Path, combined: bool) -> No
     free = shutil.disk_usage(destination.parent).free  # Path("x.npy").parent is "."
     if needed > free:
         advice = ("; --combine-segments makes one label image of "
-                  f"{needed / array.shape[-1] / 2**30:.1f} GiB" if not combined and array.ndim
+                  f"{_in_units(needed / array.shape[-1])}" if not combined and array.ndim
                   in (3, 4) and array.shape[-1] > 1 else "")
         raise UserError(f"{destination}: the array {tuple(array.shape)} of {array.dtype} is "
-                        f"{needed / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free "
+                        f"{_in_units(needed)}, more than the {_in_units(free)} free "
                         f"in its folder{advice}")
+
+
+def _in_units(size: float) -> str:
+    """Bytes in GiB, or in MiB or KiB when fewer (so that 16 and 4 MiB are not both 0.0 GiB)."""
+    for unit, power in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 2**power:
+            return f"{size / 2**power:.1f} {unit}"
+    return f"{int(size)} bytes"
 
 
 def _save_npy(array: Any, destination: pathlib.Path, client: Any, progress: bool,
@@ -581,6 +589,7 @@ def _save_npy(array: Any, destination: pathlib.Path, client: Any, progress: bool
     with file_beside(destination, ".partial", overwrite) as partial:
         stored = np.lib.format.open_memmap(partial, mode="w+", dtype=array.dtype,
                                            shape=array.shape)
+        _reserve_room(partial, destination)
         with progress_bar(int(np.prod(array.numblocks)), "decoding blocks", enabled=progress,
                           client=client, unit="block") as bar:
             for region, block in computed_blocks(client, array, "decode a block of the SEG"):
@@ -588,6 +597,26 @@ def _save_npy(array: Any, destination: pathlib.Path, client: Any, progress: bool
                 bar.update(1)
         stored.flush()
         del stored
+
+
+def _reserve_room(partial: pathlib.Path, destination: pathlib.Path) -> None:
+    """Give the memory-mapped .npy its disk blocks now: the file is sparse, and a page of the
+    map that the disk has no room for when it is filled kills the process (SIGBUS, exit 135,
+    the partial file left behind) once another program has taken the room _check_room_for saw.
+    A file system that cannot reserve keeps the sparse file."""
+    import errno
+
+    descriptor = os.open(partial, os.O_RDWR)
+    try:
+        os.posix_fallocate(descriptor, 0, os.fstat(descriptor).st_size)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise UserError(f"{destination}: no room for the array in its folder any more; "
+                            "free space, or decode elsewhere") from None
+        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(descriptor)
 
 
 def _demo(args: argparse.Namespace) -> None:

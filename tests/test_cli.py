@@ -802,7 +802,24 @@ def test_a_npy_larger_than_the_free_space_is_refused_before_decoding(inputs, tmp
     assert main(["decode", str(seg), "-o", str(npy), "--threads", "1", "--quiet"]) == 1
     error = capsys.readouterr().err
     assert "more than the" in error and "--combine-segments makes one label image" in error
+    # Sizes under a GiB in MiB or KiB: both read "0.0 GiB" before.
+    assert "0.0 GiB" not in error and re.search(r"is \d+\.\d KiB, more than the", error)
     assert not npy.exists()
     assert main(["decode", str(seg), "-o", str(npy), "--combine-segments", "--threads", "1",
                  "--quiet"]) == 0
     np.testing.assert_array_equal(np.load(npy), labels)
+
+
+def test_a_npy_is_given_its_disk_blocks_before_it_is_filled(tmp_path):
+    """The .npy is a memory map of a sparse file: a page the disk has no room for when it is
+    filled (another program took the room meanwhile) killed the decode with SIGBUS, leaving
+    the partial file. Its blocks are reserved first."""
+    from daskseg.cli import _reserve_room
+
+    partial = tmp_path / "labels.npy.partial"
+    size = 64 * 2**20
+    with open(partial, "wb") as handle:
+        handle.truncate(size)  # as open_memmap leaves it: no block on disk yet
+    assert partial.stat().st_blocks * 512 < size // 8
+    _reserve_room(partial, tmp_path / "labels.npy")
+    assert partial.stat().st_blocks * 512 >= size
