@@ -128,10 +128,12 @@ def check_native_size(spec: FrameSpec, grid: TileGrid) -> None:
 
 
 @contextlib.contextmanager
-def naming_a_full_disk(destination: pathlib.Path) -> Iterator[None]:
-    """A full disk (or quota) met while the SEG is written says which folder: the bare
-    OSError named nothing (the spool's files are hidden, beside the destination). So does a
-    destination folder removed meanwhile: the bare error named a hidden file of the spool."""
+def naming_a_full_disk(destination: pathlib.Path, what: str = "the SEG",
+                       spooled: bool = True) -> Iterator[None]:
+    """A full disk (or quota) met while ``what`` is written says which folder: the bare
+    OSError named nothing (the spool's files, or the partial store or file, are hidden,
+    beside the destination). So does a destination folder removed meanwhile: the bare error
+    named a hidden file of the spool. ``spooled``: a SEG's frames are spooled beside it."""
     try:
         yield
     except FileNotFoundError as error:
@@ -139,7 +141,7 @@ def naming_a_full_disk(destination: pathlib.Path) -> Iterator[None]:
             raise
         raise FileNotFoundError(
             errno.ENOENT,
-            f"The destination folder was removed while the SEG {destination.name} was written, "
+            f"The destination folder was removed while {what} {destination.name} was written, "
             "so nothing was written; create the folder and write again",
             str(destination.parent),
         ) from error
@@ -147,11 +149,11 @@ def naming_a_full_disk(destination: pathlib.Path) -> Iterator[None]:
         # EDQUOT: a quota (not in every platform's errno).
         full = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
         if error.errno is not None and error.errno in full and error.filename is None:
+            how = " (its frames are spooled beside it, then assembled there)" if spooled else ""
             raise OSError(
                 error.errno,
-                f"{os.strerror(error.errno)}: no room to write the SEG {destination.name} (its "
-                "frames are spooled beside it, then assembled there); free space, or write it "
-                "elsewhere",
+                f"{os.strerror(error.errno)}: no room to write {what} {destination.name}{how}; "
+                "free space, or write it elsewhere",
                 str(destination.parent),
             ) from error
         raise

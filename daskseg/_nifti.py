@@ -19,7 +19,7 @@ import dask.array as da
 import numpy as np
 from pydicom.dataset import Dataset
 
-from daskseg._file import file_beside
+from daskseg._file import file_beside, naming_a_full_disk
 from daskseg._series import SourceSeries, load_source_series
 from daskseg._volframes import referenced_instances
 from daskseg.errors import MissingDependencyError, SegmentationFileError, SegmentationInputError
@@ -700,6 +700,7 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
     path = pathlib.Path(path)
     # Written beside the destination and renamed: a failure leaves no half-written file.
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    with file_beside(path, suffix) as temporary:
+    with naming_a_full_disk(path, "the NIfTI file", spooled=False), \
+            file_beside(path, suffix) as temporary:
         image.to_filename(temporary)
     return path

@@ -43,7 +43,7 @@ from pydicom.sr.codedict import codes
 from daskseg._client import cluster_client
 from daskseg._colors import segment_rgb
 from daskseg._dcmqi import segment_descriptions_from_labels
-from daskseg._file import replace_tree
+from daskseg._file import naming_a_full_disk, replace_tree
 from daskseg._inputs import check_store_folder, parse_segmentation_type
 from daskseg._progress import progress_bar
 from daskseg._tasks import block_tasks, compute_settled, run_windowed
@@ -280,7 +280,9 @@ def segmentation_to_ome_zarr(
                                                       dtype=labels.dtype, fill_value=0,
                                                       dimension_names=_AXES)
                     try:
-                        _write_level(level, target, client, bar)
+                        with naming_a_full_disk(destination, "the OME-Zarr store",
+                                                spooled=False):
+                            _write_level(level, target, client, bar)
                     except SegmentationInputError as error:
                         raise _one_label_image(error) from None
                     # The image's placeholder level: no chunk is ever written, see the module's notes.

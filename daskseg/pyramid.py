@@ -363,10 +363,18 @@ def write_segmentation_pyramid(
                         ),
                         slice_thickness=measures.SliceThickness,
                     )
-            write_segmentation(
-                level_mask, source, segment_descriptions, pending[level],
-                instance_number=level + 1, **shared, **{**level_options, "overwrite": True},
-            )
+            try:
+                write_segmentation(
+                    level_mask, source, segment_descriptions, pending[level],
+                    instance_number=level + 1, **shared, **{**level_options, "overwrite": True},
+                )
+            except OSError as error:
+                # A full disk's message names the SEG written: the level, not its hidden name.
+                if error.strerror and pending[level].name in error.strerror:
+                    raise OSError(error.errno, error.strerror.replace(
+                        f"the SEG {pending[level].name}", f"the pyramid's {paths[level].name}"),
+                        error.filename) from error
+                raise
         _put_levels_in_place(pending, paths, overwrite)
     except BaseException:
         # Half a pyramid is no pyramid: remove the levels this call wrote, under names of its

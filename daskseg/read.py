@@ -45,7 +45,7 @@ from daskseg._frames import (
     segment_items,
 )
 from daskseg._client import cluster_client
-from daskseg._file import replace_tree
+from daskseg._file import naming_a_full_disk, replace_tree
 from daskseg._inputs import absolute_local_store, check_flags, check_store_folder, in_fsspec_memory
 from daskseg._malloc import register_on_current_client
 from daskseg._progress import progress_bar
@@ -552,7 +552,9 @@ def decoded_into_zarr(array: da.Array, store: StoreLike, *, overwrite: bool, pro
                 f"{store} holds a Zarr array or group already; pass overwrite=True to "
                 "replace it, or choose another store."
             ) from error
-        _store_into(array, target, client, progress)
+        with (naming_a_full_disk(destination, "the Zarr store", spooled=False)
+              if destination is not None else contextlib.nullcontext()):
+            _store_into(array, target, client, progress)
         if destination is not None and partial is not None:
             replace_tree(partial, destination)
             target = zarr.open_array(str(destination), mode="r+")

@@ -845,3 +845,62 @@ def test_a_frames_own_damaged_position_is_refused_not_replaced_by_the_shared_one
     ds.save_as(tmp_path / "damaged.dcm")
     with pytest.raises(SegmentationFileError, match="frame 3 has no valid position"):
         open_segmentation(tmp_path / "damaged.dcm")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on a tmpfs of 64 KiB (root only: skipped where it cannot be mounted)."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+            capture_output=True).returncode != 0:
+        pytest.skip("a small tmpfs cannot be mounted here")
+    try:
+        yield folder
+    finally:
+        import gc
+
+        gc.collect()  # an exception's traceback holds nibabel's file, removed but open
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_names_the_readers_output_and_leaves_nothing(tmp_path, small_disk):
+    """ENOSPC as a reader writes Zarr, OME-Zarr or NIfTI named neither the output nor its
+    folder ('[Errno 28] No space left on device'); the writer's said what and where (of a
+    pyramid's level, its hidden temporary name)."""
+    import errno
+
+    from daskseg import segmentation_to_ome_zarr, write_segmentation_pyramid
+    from daskseg.synthetic import make_ct_series, make_label_volume
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (512, 512), dtype=np.uint8)  # incompressible: 256 KiB
+    seg = write_segmentation(labels, make_slide(512, 512, tile_size=(128, 128)),
+                             make_segment_descriptions(2), tmp_path / "seg.dcm",
+                             segmentation_type="LABELMAP")
+    volume = write_segmentation(make_label_volume(8, 128, 128, 2),
+                                make_ct_series(8, 128, 128), make_segment_descriptions(2),
+                                tmp_path / "volume.dcm")
+    for what, write in [
+        ("the Zarr store a.zarr",
+         lambda: open_segmentation(seg).to_zarr(small_disk / "a.zarr", combine_segments=True)),
+        ("the OME-Zarr store b.ome.zarr",
+         lambda: segmentation_to_ome_zarr(seg, small_disk / "b.ome.zarr")),
+        ("the NIfTI file c.nii",
+         lambda: open_segmentation(volume).to_nifti(small_disk / "c.nii")),
+        # A pyramid's level is written under a hidden name, which the message named.
+        (r"the pyramid's level-0.dcm \(its frames are spooled beside it, then assembled "
+         r"there\)", lambda: write_segmentation_pyramid(
+             labels, make_slide(512, 512, tile_size=(128, 128)), make_segment_descriptions(2),
+             small_disk, segmentation_type="LABELMAP", downsample_factors=[2])),
+    ]:
+        with pytest.raises(OSError, match=f"no room to write {what}; free space") as caught:
+            write()
+        assert caught.value.errno == errno.ENOSPC
+        assert caught.value.filename == str(small_disk)
+        assert list(small_disk.iterdir()) == []
+        del caught
