@@ -118,18 +118,36 @@ class Spool:
         )
 
     def close(self) -> None:
-        """Close and remove every file of the spool (any of them may not have been made)."""
-        for fd in self.sources:
-            os.close(fd)
-        self.sources = []
-        paths: list[str | pathlib.Path] = [*self._prepared]
-        if self.path is not None:
-            paths.append(self.path)
-        for path in paths:
+        """Close and remove every file of the spool (any of them may not have been made).
+
+        A signal's exception (Ctrl-C) that comes meanwhile is raised once every file is
+        closed and removed: raised midway, it left the files of the spool beside the SEG.
+        """
+        interrupted: BaseException | None = None
+        while self.sources or self._prepared or self.path is not None:
+            try:
+                self._close_some()
+            except BaseException as error:  # raised below, once all is done
+                interrupted = interrupted or error
+        if interrupted is not None:
+            raise interrupted
+
+    def _close_some(self) -> None:
+        """Close and remove what is left, each file taken off its list as it is done (so that
+        it runs again after an interruption: a descriptor before it is closed, which is never
+        closed twice; a path after it is removed, which may be removed twice)."""
+        while self.sources:
+            os.close(self.sources.pop())
+        while self._prepared or self.path is not None:
+            path = self._prepared[-1] if self._prepared else self.path
             # Gone already, or the folder was made read-only or removed under the write: the
             # error that stopped the write is the one to see, not this one about a hidden file.
             with contextlib.suppress(OSError):
-                os.unlink(path)
+                os.unlink(path)  # type: ignore[arg-type]
+            if self._prepared:
+                self._prepared.pop()
+            else:
+                self.path = None
 
 
 def create_new_file(path: str | os.PathLike[str], mode: int) -> int:
