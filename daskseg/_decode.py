@@ -9,7 +9,9 @@ for only the frames it touches).
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -274,7 +276,16 @@ COMBINE_ADVICE = ("read with combine_segments=False.", "use combine_segments=Fal
 
 
 def store_block(block: np.ndarray, target: Any, block_info: dict | None = None) -> np.ndarray:
-    """Write one block into its region of the Zarr array; return a 1-element marker."""
+    """Write one block into its region of the Zarr array; return a 1-element marker.
+
+    Not into a local store whose folder is gone: the write was given up and its partial store
+    removed, and a task that ran on (a cluster restarted under it: the scheduler forgot the
+    task, its worker finished it) made the folder again with its chunk, 1-3 s after.
+    """
+    root = getattr(target.store, "root", None)  # a LocalStore's folder
+    if root is not None and not os.path.isdir(root):
+        raise FileNotFoundError(errno.ENOENT, "The Zarr store written was removed meanwhile",
+                                str(root))
     target[tuple(slice(start, stop) for start, stop in block_location(block_info))] = block
     return np.ones((1,) * block.ndim, dtype=np.int64)
 

@@ -904,3 +904,22 @@ def test_a_full_disk_names_the_readers_output_and_leaves_nothing(tmp_path, small
         assert caught.value.filename == str(small_disk)
         assert list(small_disk.iterdir()) == []
         del caught
+
+
+def test_a_block_is_not_written_into_a_zarr_store_removed_meanwhile(tmp_path):
+    """A task that runs on after its write was given up (a cluster restarted under to_zarr:
+    the scheduler forgot it, its worker finished it) made the removed partial store again,
+    1-3 s after the error. It writes nothing into a local store whose folder is gone."""
+    import shutil
+
+    from daskseg._decode import store_block
+
+    partial = tmp_path / ".labels.zarr.partial"
+    target = zarr.create_array(str(partial), shape=(4, 4), chunks=(2, 2), dtype=np.uint8)
+    info = {0: {"array-location": [(0, 2), (0, 2)]}}
+    store_block(np.ones((2, 2), np.uint8), target, block_info=info)
+    assert zarr.open_array(str(partial))[:2, :2].tolist() == [[1, 1], [1, 1]]
+    shutil.rmtree(partial)
+    with pytest.raises(FileNotFoundError, match="removed meanwhile"):
+        store_block(np.ones((2, 2), np.uint8), target, block_info=info)
+    assert list(tmp_path.iterdir()) == []
