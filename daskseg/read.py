@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import numbers
 import os
 import pathlib
@@ -72,6 +73,8 @@ __all__ = ["ReadOptions", "SegmentationReader", "open_segmentation", "read_segme
 
 #: The most chunks a lazy array may have: each is a task holding its frames' byte ranges.
 _MAX_CHUNKS = 2**20
+# A default chunk's output: 2048 x 2048 pixels of one label image in float64 (a tile if more).
+_DEFAULT_CHUNK_BYTES = 32 * 2**20
 
 
 def _smallest_uint(value: int) -> np.dtype:
@@ -191,10 +194,19 @@ class ReadOptions:
             else tuple(stored),
         )
 
-    def chunk_pixels(self) -> tuple[int, int]:
-        """The requested chunk size in pixels (rows, columns), before rounding to tiles."""
+    def chunk_pixels(self, pixel_bytes: int = 1,
+                     tile: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+        """The requested chunk size in pixels (rows, columns), before rounding to tiles.
+
+        By default 2048 x 2048, or fewer (whole tiles of ``tile``) where a pixel of the output takes
+        ``pixel_bytes`` (its segments apart, of its dtype): at most _DEFAULT_CHUNK_BYTES of
+        output (or one tile), whatever the number of segments (255 fractional segments made
+        4 GiB chunks, which killed the workers of an 8 MB SEG).
+        """
         if self.chunks is None:
-            return (2048, 2048)
+            side = min(2048, math.isqrt(max(1, _DEFAULT_CHUNK_BYTES // max(1, pixel_bytes))))
+            return (max(tile[0], side // tile[0] * tile[0]),
+                    max(tile[1], side // tile[1] * tile[1]))
         sizes: Any = self.chunks
         if isinstance(sizes, numbers.Integral):
             sizes = (sizes, sizes)
@@ -383,7 +395,9 @@ class SegmentationReader:
         labelmap = self.segmentation_type == "LABELMAP"
 
         tile_rows, tile_columns = self.tile_size
-        chunk_rows, chunk_columns = options.chunk_pixels()
+        chunk_rows, chunk_columns = options.chunk_pixels(
+            np.dtype(output.dtype).itemsize * (1 if combine_segments else len(numbers)),
+            (tile_rows, tile_columns))
         row_chunks = aligned_chunks(self.shape[0], tile_rows, chunk_rows, max_tiles=64)
         column_chunks = aligned_chunks(self.shape[1], tile_columns, chunk_columns, max_tiles=64)
         n_chunks = len(row_chunks) * len(column_chunks)

@@ -923,3 +923,22 @@ def test_a_block_is_not_written_into_a_zarr_store_removed_meanwhile(tmp_path):
     with pytest.raises(FileNotFoundError, match="removed meanwhile"):
         store_block(np.ones((2, 2), np.uint8), target, block_info=info)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_default_chunks_of_many_segments_stay_within_the_chunk_bytes(tmp_path):
+    """The default chunks were 2048 x 2048 pixels whatever the number of segments, all in
+    one chunk: 255 fractional segments made chunks of 4 GiB, and an 8 MB SEG killed 3 GiB
+    workers. By default a chunk holds at most 32 MiB of output (a tile at least)."""
+    rng = np.random.default_rng(3)
+    fractions = rng.random((512, 512, 64), dtype=np.float32)
+    fractions[fractions < 0.6] = 0
+    seg = write_segmentation(fractions, make_slide(512, 512, tile_size=(128, 128)),
+                             make_segment_descriptions(64, segmentation_type="FRACTIONAL"),
+                             tmp_path / "seg.dcm", segmentation_type="FRACTIONAL")
+    lazy = read_segmentation(seg)
+    assert lazy.dtype == np.float32 and lazy.shape == (512, 512, 64)
+    assert lazy.chunks[0][0] * lazy.chunks[1][0] * 64 * 4 <= 32 * 2**20 < lazy.nbytes
+    assert lazy.chunks[0][0] % 128 == 0 and lazy.chunks[1][0] % 128 == 0  # whole tiles
+    np.testing.assert_allclose(lazy.compute(), np.round(fractions * 255) / 255, atol=1e-6)
+    assert read_segmentation(seg, combine_segments=False, segment_numbers=[1]).chunks[0] == \
+        (512,)  # one segment: 2048 x 2048 as before (the whole slide here)
