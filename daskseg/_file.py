@@ -127,6 +127,10 @@ def check_native_size(spec: FrameSpec, grid: TileGrid) -> None:
         )
 
 
+#: A full disk, or a quota (EDQUOT, not in every platform's errno).
+FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
 @contextlib.contextmanager
 def naming_a_full_disk(destination: pathlib.Path, what: str = "the SEG",
                        spooled: bool = True) -> Iterator[None]:
@@ -146,9 +150,7 @@ def naming_a_full_disk(destination: pathlib.Path, what: str = "the SEG",
             str(destination.parent),
         ) from error
     except OSError as error:
-        # EDQUOT: a quota (not in every platform's errno).
-        full = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-        if error.errno is not None and error.errno in full and error.filename is None:
+        if error.errno is not None and error.errno in FULL_DISK_ERRNOS and error.filename is None:
             how = " (its frames are spooled beside it, then assembled there)" if spooled else ""
             raise OSError(
                 error.errno,

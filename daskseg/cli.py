@@ -606,11 +606,13 @@ def _reserve_room(partial: pathlib.Path, destination: pathlib.Path) -> None:
     A file system that cannot reserve keeps the sparse file."""
     import errno
 
+    from daskseg._file import FULL_DISK_ERRNOS
+
     descriptor = os.open(partial, os.O_RDWR)
     try:
         os.posix_fallocate(descriptor, 0, os.fstat(descriptor).st_size)
     except OSError as error:
-        if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        if error.errno in FULL_DISK_ERRNOS:
             raise UserError(f"{destination}: no room for the array in its folder any more; "
                             "free space, or decode elsewhere") from None
         if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
