@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daskseg import encode
 from daskseg._pack import PackedBlock, pack_block
 from daskseg.encode import (
     encode_block,
@@ -29,7 +30,7 @@ def reference_frames(labels, spec):
     """(positions, bytes) of every frame, each made and encoded on its own."""
     th, tw = spec.tile_rows, spec.tile_columns
     n_rows, n_columns = -(-labels.shape[0] // th), -(-labels.shape[1] // tw)
-    padded = np.zeros((n_rows * th, n_columns * tw), labels.dtype)
+    padded = np.zeros((n_rows * th, n_columns * tw, *labels.shape[2:]), labels.dtype)
     padded[: labels.shape[0], : labels.shape[1]] = labels
     positions, encoded = [], []
     for channel in range(spec.n_channels):
@@ -82,6 +83,49 @@ def test_label_block_frames_equal_frames_encoded_one_by_one(case):
         for c in range(n_columns):
             tile = labels[r * th : (r + 1) * th, c * tw : (c + 1) * tw]
             assert result.tile_nonempty[r, c] == bool(tile.any())
+
+
+@st.composite
+def stack_blocks(draw):
+    segmentation_type = draw(st.sampled_from(["BINARY", "FRACTIONAL"]))
+    n_segments = draw(st.integers(2, 40))
+    dtype = draw(st.sampled_from([bool, np.uint8, np.float32]))
+    th, tw = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    rows, columns = draw(st.integers(1, 30)), draw(st.integers(1, 30))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    side = draw(st.integers(1, 10))
+    # Overlapping squares, some planes empty; floats in 0..1 for FRACTIONAL.
+    coarse = rng.random((rows // side + 1, columns // side + 1, n_segments)) < rng.random()
+    stack = np.kron(coarse, np.ones((side, side, 1)))[:rows, :columns]
+    if dtype is np.float32 and segmentation_type == "FRACTIONAL":
+        stack = stack * rng.random(stack.shape)
+    stack = stack.astype(dtype)
+    spec = FrameSpec(
+        segmentation_type, n_segments, True, th, tw, NATIVE,
+        {"BINARY": 1, "FRACTIONAL": 8}[segmentation_type],
+        draw(st.sampled_from([1, 100, 255])), draw(st.booleans()),
+    )
+    # Groups of a few planes, copied a row or a few at a time.
+    group_planes, step_rows = draw(st.integers(1, n_segments + 1)), draw(st.integers(1, 4))
+    return stack, spec, group_planes, step_rows
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=stack_blocks())
+def test_stack_block_frames_equal_frames_encoded_one_by_one(case):
+    # A stack's tiles are cut planes-first, a group of planes at a time, the frames then put
+    # back in file order (segment, tile row, tile column).
+    stack, spec, group_planes, step_rows = case
+    plane_bytes = spec.tile_rows * spec.tile_columns * stack.dtype.itemsize
+    row_bytes = spec.tile_columns * stack.shape[2] * stack.dtype.itemsize
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(encode, "_CUT_GROUP_BYTES", group_planes * plane_bytes)
+        patch.setattr(encode, "_TRANSPOSE_BYTES", step_rows * row_bytes)
+        result = encode_block(stack, spec, 0, 0)
+    positions, encoded = reference_frames(stack, spec)
+    assert result.positions.tolist() == [list(p) for p in positions]
+    assert result.lengths.tolist() == [len(e) for e in encoded]
+    assert result.data.tobytes() == b"".join(encoded)
 
 
 def test_the_label_named_is_the_one_at_the_pixel_named():
