@@ -99,7 +99,9 @@ def bilinear_weights(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarra
         low = max(int(center - support + 0.5), 0)
         high = min(int(center + support + 0.5), size_in)
         taps = np.arange(low, high)
-        w = np.clip(1.0 - np.abs((taps - center + 0.5) / filter_scale), 0.0, None)
+        # Times the reciprocal, as Pillow (precompute_coeffs): dividing differs in the last bit
+        # for factors such as 97 / 48, and so did a few pixels.
+        w = np.clip(1.0 - np.abs((taps - center + 0.5) * (1.0 / filter_scale)), 0.0, None)
         total = w.sum()
         starts[x] = low
         weights[x, : len(taps)] = w / total if total else w

@@ -330,6 +330,25 @@ def test_nearest_picks_per_chunk_equal_picks_of_the_whole(factor, stacked):
     np.testing.assert_array_equal(got.compute(scheduler="sync"), expected)
 
 
+@pytest.mark.parametrize("factor", [2, 3, 20])
+def test_bilinear_equals_pillow_to_the_last_bit(factor):
+    """highdicom resamples a FRACTIONAL mask with Pillow before scaling it to stored values:
+    a float off by one unit in the last place may round to another stored value."""
+    from PIL import Image
+
+    rng = np.random.default_rng(factor)
+    mask = rng.random((97, 131, 2), dtype=np.float32)
+    shape = (int(97 / factor), int(131 / factor))  # 97 / 48: not a power of 2
+    chunks = (aligned_chunks(shape[0], 8, 16), aligned_chunks(shape[1], 8, 16))
+    got = downsample(da.from_array(mask, chunks=(7, 11, 2)), shape, "bilinear", chunks)
+    assert got.chunks[:2] == chunks
+    values = got.compute(scheduler="sync")
+    for plane in range(2):
+        expected = np.asarray(Image.fromarray(mask[..., plane], mode="F").resize(
+            shape[::-1], Image.Resampling.BILINEAR))
+        np.testing.assert_array_equal(values[..., plane], expected)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_a_16_bit_label_mask_is_picked_as_pillow_picks_16_bit_pixels(tmp_path, dtype):
     """highdicom hands a uint16 mask to Pillow as mode I;16, whose nearest neighbour takes
