@@ -21,7 +21,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import dask
 import dask.array as da
 import highdicom as hd
 import numpy as np
@@ -128,24 +127,60 @@ def _edges(chunks: Sequence[int]) -> list[tuple[int, int]]:
     return [(int(end - size), int(end)) for size, end in zip(chunks, ends)]
 
 
+# A bilinear task's working set: its input in the mask's type, float32 and float64 copies of it
+# and sums the size of its output, about 24 bytes a value; kept near _RESAMPLE_BYTES whatever the
+# slide's width and segments (a top level's task read 256 rows of the whole width with every
+# segment: 0.8 GiB for 16 segments of an 8192-pixel slide). A task reads at most _MAX_SPAN
+# pixels along the axis it resamples, or one output pixel's taps, and _MAX_BAND along the other.
+_RESAMPLE_BYTES = 64 * 2**20
+_BYTES_PER_VALUE = 24
+_MAX_SPAN = 2048
+_MAX_BAND = 256
+
+
+def _pieces(edges: Sequence[tuple[int, int]], step: int) -> list[tuple[int, int]]:
+    """``edges`` cut into pieces of at most ``step``."""
+    return [(start, min(start + step, high)) for low, high in edges
+            for start in range(low, high, step)]
+
+
 def _bilinear_pass(array: da.Array, axis: int, size_out: int,
                    out_chunks: tuple[int, ...]) -> da.Array:
-    """Bilinear resampling of one axis: each output block reads the input span it needs."""
+    """Bilinear resampling of one axis: each output block reads the input span it needs.
+
+    Output chunks are cut into pieces whose input span along ``axis`` is at most
+    ``_MAX_SPAN``, and the other axis into bands that keep a task near ``_RESAMPLE_BYTES``.
+    """
     starts, weights = bilinear_weights(array.shape[axis], size_out)
     other = 1 - axis
     extra = array.shape[2:]
-    grid = []
-    for o0, o1 in _edges(out_chunks):
+    scale = array.shape[axis] / size_out
+    out_edges = _pieces(_edges(out_chunks),
+                        max(1, int((_MAX_SPAN - weights.shape[1]) // scale)))
+    spans = []
+    for o0, o1 in out_edges:
         s, w = starts[o0:o1], weights[o0:o1]
-        low, high = int(s.min()), min(int(s.max()) + w.shape[1], array.shape[axis])
+        spans.append((int(s.min()), min(int(s.max()) + w.shape[1], array.shape[axis])))
+    longest = max(high - low for low, high in spans)
+    band = _RESAMPLE_BYTES // (longest * math.prod(extra) * _BYTES_PER_VALUE)
+    other_edges = _pieces(_edges(array.chunks[other]), max(1, min(_MAX_BAND, band)))
+    grid = []
+    for (o0, o1), (low, high) in zip(out_edges, spans):
+        s, w = starts[o0:o1], weights[o0:o1]
         line = []
-        for q0, q1 in _edges(array.chunks[other]):
+        for q0, q1 in other_edges:
             index = [slice(q0, q1), slice(q0, q1)]
             index[axis] = slice(low, high)
-            task = dask.delayed(_resample_axis, pure=True)(array[tuple(index)], axis, s, w, low)
             shape = [q1 - q0, q1 - q0]
             shape[axis] = o1 - o0
-            part = da.from_delayed(task, shape=(*shape, *extra), dtype=np.float32)
+            # One block of the span the filter reads, in the array's own graph: a region handed
+            # to dask.delayed is optimized on its own, its chunks then computed again for each
+            # task that reads them (2 to 9 times a level).
+            region = array[tuple(index)]
+            part = region.rechunk(region.shape).map_blocks(
+                _resample_axis, axis, s, w, low, chunks=tuple((n,) for n in (*shape, *extra)),
+                dtype=np.float32, meta=np.empty((0,) * array.ndim, np.float32),
+            )
             line.append([part] if extra else part)
         grid.append(line)
     if axis == 1:  # grid[column block][row block]: put rows first
@@ -177,11 +212,12 @@ def downsample(mask: da.Array, shape: tuple[int, int], method: str,
                     *mask.chunks[2:]),
         )
         return picked.rechunk(chunks + mask.shape[2:])
-    # A row band a few hundred pixels high bounds the first pass's memory, however wide.
-    banded = mask.rechunk((256, mask.chunks[1]) + mask.shape[2:])
+    # Row bands a few hundred pixels high (cut further where wide, see _bilinear_pass).
+    banded = mask.rechunk((_MAX_BAND, mask.chunks[1]) + mask.shape[2:])
     across = _bilinear_pass(banded, 1, shape[1], chunks[1])
-    return _bilinear_pass(across.rechunk((mask.chunks[0], chunks[1]) + mask.shape[2:]), 0,
-                          shape[0], chunks[0])
+    level = _bilinear_pass(across.rechunk((mask.chunks[0], chunks[1]) + mask.shape[2:]), 0,
+                           shape[0], chunks[0])
+    return level.rechunk(chunks + mask.shape[2:])
 
 
 def write_segmentation_pyramid(

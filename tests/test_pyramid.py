@@ -349,6 +349,38 @@ def test_bilinear_equals_pillow_to_the_last_bit(factor):
         np.testing.assert_array_equal(values[..., plane], expected)
 
 
+@pytest.mark.parametrize("factor", [2, 3, 20])
+def test_bilinear_in_small_pieces_equals_pillow_and_reads_each_chunk_once(factor, monkeypatch):
+    """Tasks cut to a few rows and columns (as a wide slide of many segments is cut) give
+    Pillow's pixels, and each of the mask's chunks is computed once."""
+    from PIL import Image
+
+    from daskseg import pyramid
+
+    monkeypatch.setattr(pyramid, "_MAX_SPAN", 24)
+    monkeypatch.setattr(pyramid, "_MAX_BAND", 5)
+    monkeypatch.setattr(pyramid, "_RESAMPLE_BYTES", 24 * 3 * 2 * pyramid._BYTES_PER_VALUE)
+    rng = np.random.default_rng(factor)
+    mask = rng.random((97, 131, 2), dtype=np.float32)
+    shape = (int(97 / factor), int(131 / factor))
+    chunks = (aligned_chunks(shape[0], 8, 16), aligned_chunks(shape[1], 8, 16))
+    computed = []
+
+    def chunk_of(block, block_info=None):
+        computed.append(block_info[None]["chunk-location"])
+        return block
+
+    lazy = da.from_array(mask, chunks=(7, 11, 2)).map_blocks(chunk_of, dtype=np.float32)
+    got = downsample(lazy, shape, "bilinear", chunks)
+    assert got.chunks[:2] == chunks
+    values = got.compute(scheduler="sync")
+    for plane in range(2):
+        expected = np.asarray(Image.fromarray(mask[..., plane], mode="F").resize(
+            shape[::-1], Image.Resampling.BILINEAR))
+        np.testing.assert_array_equal(values[..., plane], expected)
+    assert sorted(computed) == sorted(set(computed)) and len(computed) == 14 * 12
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_a_16_bit_label_mask_is_picked_as_pillow_picks_16_bit_pixels(tmp_path, dtype):
     """highdicom hands a uint16 mask to Pillow as mode I;16, whose nearest neighbour takes
