@@ -45,19 +45,27 @@ _GEOMETRY_OPTIONS = ("pixel_measures", "plane_positions", "plane_orientation")
 
 
 def _warn_if_chunks_split(chunk: tuple[int, int], block: tuple[int, int],
-                          bytes_per_pixel: int) -> None:
-    """Warn when the mask's chunks are too large for one block, so that each is read again."""
+                          bytes_per_pixel: int, from_zarr: bool) -> None:
+    """Warn when the mask's chunks are too large for one block: read again for each block
+    (``from_zarr``: read in the writer's blocks directly), else computed once and held."""
     reads = math.ceil(chunk[0] / block[0]) * math.ceil(chunk[1] / block[1])
     if reads > 1 and chunk[0] * chunk[1] * bytes_per_pixel > MAX_BLOCK_BYTES:
         from dask.array.core import PerformanceWarning
 
+        # A Dask chunk is held by the worker that made it until every task that needs it
+        # has run: with chunks of whole planes, every block needs every chunk.
+        cost, gain = ((f"a chunk read by several blocks is read {reads} times", "to read it once")
+                      if from_zarr else
+                      (f"a chunk is computed once and held in memory until the last of the {reads} "
+                       "blocks that need it is written, so many chunks may be held at once",
+                       "for a write's memory to stay within a few blocks"))
         warnings.warn(
             f"The mask's chunks of {chunk[0]} x {chunk[1]} pixels hold "
             f"{chunk[0] * chunk[1] * bytes_per_pixel / 2**20:.0f} MiB with all its planes, more "
             f"than a writer's block may hold ({MAX_BLOCK_BYTES // 2**20} MiB): it is written in "
-            f"blocks of {block[0]} x {block[1]} pixels, and a chunk read by several blocks is read "
-            f"{reads} times. Store the mask in chunks of at most {block[0]} x {block[1]} pixels "
-            "(a stack: per plane), or as a label image, to read it once.",
+            f"blocks of {block[0]} x {block[1]} pixels, and {cost}. Store the mask in chunks of "
+            f"at most {block[0]} x {block[1]} pixels (a stack: per plane), or as a label image, "
+            f"{gain}.",
             PerformanceWarning,
             stacklevel=3,
         )
@@ -317,15 +325,15 @@ def write_segmentation(
     hint = (2048, 2048) if in_memory else (array.chunks[0][0], array.chunks[1][0])
     bytes_per_pixel = array.dtype.itemsize * (array.shape[2] if stacked else 1)
     chunks = writer_block_chunks(grid, spec.n_channels, hint, bytes_per_pixel)
-    if not in_memory:
-        _warn_if_chunks_split(hint, (chunks[0][0], chunks[1][0]), bytes_per_pixel)
     prefix = spool_prefix(destination)
     if in_memory:
         tasks = numpy_encode_tasks(np.asarray(mask).reshape(array.shape), *chunks, spec,
                                    spool_prefix=prefix)
     else:
-        tasks = encode_tasks(_inputs.in_blocks(visible, array, (*chunks, *array.shape[2:])), spec,
-                             prefix)
+        blocks = _inputs.in_blocks(visible, array, (*chunks, *array.shape[2:]))
+        _warn_if_chunks_split(hint, (chunks[0][0], chunks[1][0]), bytes_per_pixel,
+                              from_zarr=blocks.name.startswith("from-zarr-"))
+        tasks = encode_tasks(blocks, spec, prefix)
 
     shape = (spec.n_channels, grid.n_tile_rows, grid.n_tile_columns)
     # highdicom builds the header while the workers encode; if it refuses the inputs, or

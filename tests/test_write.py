@@ -891,9 +891,14 @@ def test_header_numbers_and_uids_are_refused_before_any_work(tmp_path, options, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("kind, cost", [
+    ("zarr", r"read by several blocks is read 4 times.*to read it once"),
+    ("dask", r"computed once and held in memory until the last of the 4 blocks.*within a few"),
+])
 def test_a_stack_in_chunks_too_large_for_a_block_is_written_in_smaller_blocks(
-        tmp_path, thread_client, monkeypatch):
-    """A block holds every plane of a stack: chunks too large for one are split, with a warning."""
+        tmp_path, thread_client, monkeypatch, kind, cost):
+    """A block holds every plane of a stack: chunks too large for one are split, with a warning
+    that says what that costs: a Zarr array is read in the blocks, a Dask array's chunks held."""
     from dask.array.core import PerformanceWarning
 
     import daskseg.plan
@@ -908,8 +913,9 @@ def test_a_stack_in_chunks_too_large_for_a_block_is_written_in_smaller_blocks(
     store = zarr.create_array(str(tmp_path / "stack.zarr"), shape=stack.shape,
                               chunks=(rows, columns, 1), dtype=bool)
     store[:] = stack
-    with pytest.warns(PerformanceWarning, match=r"blocks of 128 x 128 pixels.*read 4 times"):
-        path = write_segmentation(str(tmp_path / "stack.zarr"), source,
+    mask = str(tmp_path / "stack.zarr") if kind == "zarr" else da.from_zarr(store)
+    with pytest.warns(PerformanceWarning, match=r"blocks of 128 x 128 pixels, and a chunk.* " + cost):
+        path = write_segmentation(mask, source,
                                   make_segment_descriptions(planes), tmp_path / "seg.dcm",
                                   client=thread_client)
     got = hd.seg.segread(path).get_total_pixel_matrix(combine_segments=True)
