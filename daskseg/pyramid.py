@@ -101,7 +101,7 @@ def bilinear_weights(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarra
         # Times the reciprocal, as Pillow (precompute_coeffs): dividing differs in the last bit
         # for factors such as 97 / 48, and so did a few pixels.
         w = np.clip(1.0 - np.abs((taps - center + 0.5) * (1.0 / filter_scale)), 0.0, None)
-        total = w.sum()
+        total = np.cumsum(w)[-1] if len(w) else 0.0  # summed in order, as Pillow sums
         starts[x] = low
         weights[x, : len(taps)] = w / total if total else w
     return starts, weights
@@ -212,12 +212,30 @@ def downsample(mask: da.Array, shape: tuple[int, int], method: str,
                     *mask.chunks[2:]),
         )
         return picked.rechunk(chunks + mask.shape[2:])
-    # Row bands a few hundred pixels high (cut further where wide, see _bilinear_pass).
-    banded = mask.rechunk((_MAX_BAND, mask.chunks[1]) + mask.shape[2:])
-    across = _bilinear_pass(banded, 1, shape[1], chunks[1])
-    level = _bilinear_pass(across.rechunk((mask.chunks[0], chunks[1]) + mask.shape[2:]), 0,
-                           shape[0], chunks[0])
-    return level.rechunk(chunks + mask.shape[2:])
+    extra = mask.shape[2:]
+    first = 0 if _rows_first(mask.shape[:2], shape) else 1
+    second = 1 - first
+    # Bands a few hundred pixels across the first pass (cut further where long, see
+    # _bilinear_pass), then whole columns (or rows) of the first pass's chunks.
+    band_chunks: list[Any] = list(mask.chunks[:2])
+    band_chunks[second] = _MAX_BAND
+    once = _bilinear_pass(mask.rechunk((*band_chunks, *extra)), first, shape[first], chunks[first])
+    once_chunks: list[Any] = list(mask.chunks[:2])
+    once_chunks[first] = chunks[first]
+    level = _bilinear_pass(once.rechunk((*once_chunks, *extra)), second, shape[second],
+                           chunks[second])
+    return level.rechunk(chunks + extra)
+
+
+def _rows_first(shape_in: tuple[int, ...], shape_out: tuple[int, ...]) -> bool:
+    """Whether Pillow resamples the rows before the columns, which changes the float32 values
+    it keeps between the passes: Pillow 13 does when the height loses more than twice as many
+    pixels as the width (its ``ImagingResampleInner``), earlier versions never."""
+    import PIL
+
+    lost_rows, lost_columns = shape_in[0] - shape_out[0], shape_in[1] - shape_out[1]
+    return (int(PIL.__version__.split(".")[0]) >= 13
+            and lost_rows > 0 and lost_rows > 2 * lost_columns)
 
 
 def write_segmentation_pyramid(
