@@ -327,7 +327,7 @@ def encode_block(
         channels = range(first, min(first + group, spec.n_channels))
         for r in range(n_rows):
             for c in range(n_columns):
-                planes: np.ndarray | None = None  # the tile's planes of the group, when cut
+                planes: dict[int, np.ndarray] | None = None  # the group's planes, when cut
                 for channel in channels:
                     if spec.omit_empty_frames and not tile_nonempty[r, c]:
                         continue
@@ -348,8 +348,9 @@ def encode_block(
                         continue
                     if planes_of_tiles:
                         if planes is None:
-                            planes = _planes_first(tiles[r, c], channels)
-                        frame = _plane_values(planes[channel - first], spec, channel)
+                            planes = _planes_first(tiles[r, c], [
+                                k for k in channels if present is None or present[r, c, k]])
+                        frame = _plane_values(planes[channel], spec, channel)
                     else:
                         frame = segment_frame(tiles[r, c], spec, channel)
                     if known is not None:
@@ -416,15 +417,23 @@ _CUT_GROUP_BYTES = 8 * 2**20
 _TRANSPOSE_BYTES = 2**18
 
 
-def _planes_first(tile: np.ndarray, channels: range) -> np.ndarray:
-    """A stack's tile ``(rows, columns, segments)``: its planes ``channels``, planes first."""
+def _planes_first(tile: np.ndarray, channels: list[int]) -> dict[int, np.ndarray]:
+    """A stack's tile ``(rows, columns, segments)``: its planes ``channels`` by channel.
+
+    Several are copied planes-first, a few rows at a time; a single one is left a view of the
+    tile (its cut reads the tile once either way, and most tiles of a sparse stack hold one).
+    """
+    if len(channels) < 2:
+        return {k: tile[..., k] for k in channels}
     rows, columns = tile.shape[:2]
     planes = np.empty((len(channels), rows, columns), dtype=tile.dtype)
+    index: slice | list[int] = channels
+    if channels[-1] - channels[0] == len(channels) - 1:  # a run: sliced, not gathered
+        index = slice(channels[0], channels[-1] + 1)
     step = max(1, _TRANSPOSE_BYTES // (columns * tile.shape[2] * tile.dtype.itemsize))
     for start in range(0, rows, step):
-        planes[:, start:start + step] = np.moveaxis(
-            tile[start:start + step, :, channels.start:channels.stop], -1, 0)
-    return planes
+        planes[:, start:start + step] = np.moveaxis(tile[start:start + step, :, index], -1, 0)
+    return dict(zip(channels, planes))
 
 
 def _segments_present(tiles: np.ndarray, spec: FrameSpec) -> np.ndarray | None:
