@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import math
 import numbers
+import operator
 import os
 import pathlib
 import uuid
@@ -22,6 +23,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import dask.array as da
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
@@ -29,7 +32,7 @@ from pydicom.dataset import Dataset
 from daskseg._file import replace_atomically
 from daskseg._source import load_source_image
 from daskseg.errors import DestinationExistsError, SegmentationInputError, SegmentationTypeError
-from daskseg.plan import aligned_chunks, block_location
+from daskseg.plan import aligned_chunks, block_location, chunks_of
 from daskseg._inputs import (
     MaskLike,
     as_dask_array,
@@ -81,8 +84,10 @@ def _pick_nearest(block: np.ndarray, shape_in: tuple[int, int], shape_out: tuple
     return block[rows][:, columns]
 
 
-def bilinear_weights(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """First source index and weights of each output pixel, as Pillow's BILINEAR resize.
+def bilinear_weights(size_in: int, size_out: int, first: int = 0,
+                     stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """First source index and weights of output pixels ``first:stop`` (all by default), as
+    Pillow's BILINEAR resize computes them (its ``precompute_coeffs``), to the last bit.
 
     Pillow widens the triangle filter by the reduction factor when downsampling (its
     ``ImagingResample``), so an output pixel averages a neighbourhood, not just 2 x 2 pixels.
@@ -91,20 +96,20 @@ def bilinear_weights(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarra
     filter_scale = max(scale, 1.0)
     support = filter_scale
     width = int(math.ceil(support)) * 2 + 1
-    starts = np.empty(size_out, dtype=np.int64)
-    weights = np.zeros((size_out, width), dtype=np.float64)
-    for x in range(size_out):
-        center = (x + 0.5) * scale
-        low = max(int(center - support + 0.5), 0)
-        high = min(int(center + support + 0.5), size_in)
-        taps = np.arange(low, high)
-        # Times the reciprocal, as Pillow (precompute_coeffs): dividing differs in the last bit
-        # for factors such as 97 / 48, and so did a few pixels.
-        w = np.clip(1.0 - np.abs((taps - center + 0.5) * (1.0 / filter_scale)), 0.0, None)
-        total = np.cumsum(w)[-1] if len(w) else 0.0  # summed in order, as Pillow sums
-        starts[x] = low
-        weights[x, : len(taps)] = w / total if total else w
-    return starts, weights
+    center = (np.arange(first, size_out if stop is None else stop) + 0.5) * scale
+    # Truncated towards zero, as C's (int).
+    low = np.maximum((center - support + 0.5).astype(np.int64), 0)
+    high = np.minimum((center + support + 0.5).astype(np.int64), size_in)
+    taps = low[:, None] + np.arange(width)
+    # Times the reciprocal, as Pillow: dividing differs in the last bit for factors such as
+    # 97 / 48, and so did a few pixels.
+    weights = np.clip(1.0 - np.abs((taps - center[:, None] + 0.5) * (1.0 / filter_scale)),
+                      0.0, None)
+    weights[taps >= high[:, None]] = 0.0
+    # Summed in order, as Pillow sums (numpy sums 8 or more pairwise).
+    total = np.cumsum(weights, axis=1)[:, -1:]
+    np.divide(weights, total, out=weights, where=total != 0)
+    return low, weights
 
 
 def _resample_axis(block: np.ndarray, axis: int, starts: np.ndarray, weights: np.ndarray,
@@ -129,19 +134,43 @@ def _edges(chunks: Sequence[int]) -> list[tuple[int, int]]:
 
 # A bilinear task's working set: its input in the mask's type, float32 and float64 copies of it
 # and sums the size of its output, about 24 bytes a value; kept near _RESAMPLE_BYTES whatever the
-# slide's width and segments (a top level's task read 256 rows of the whole width with every
+# slide's width and segments (a top level's task read 256 rows of the whole slide with every
 # segment: 0.8 GiB for 16 segments of an 8192-pixel slide). A task reads at most _MAX_SPAN
 # pixels along the axis it resamples, or one output pixel's taps, and _MAX_BAND along the other.
 _RESAMPLE_BYTES = 64 * 2**20
+_JOINED_BYTES = 32 * 2**20
 _BYTES_PER_VALUE = 24
 _MAX_SPAN = 2048
 _MAX_BAND = 256
 
 
 def _pieces(edges: Sequence[tuple[int, int]], step: int) -> list[tuple[int, int]]:
-    """``edges`` cut into pieces of at most ``step``."""
-    return [(start, min(start + step, high)) for low, high in edges
-            for start in range(low, high, step)]
+    """Each of ``edges`` cut into the fewest pieces of at most ``step``, of near equal length."""
+    pieces = []
+    for low, high in edges:
+        count = -(-(high - low) // step)
+        cuts = [low + (high - low) * k // count for k in range(count + 1)]
+        pieces += list(zip(cuts[:-1], cuts[1:]))
+    return pieces
+
+
+def _overlapping(ends: np.ndarray, low: int, high: int) -> list[tuple[int, int, int]]:
+    """The chunks (index, start, stop within the chunk) that hold ``low:high`` of an axis whose
+    chunks end at ``ends``."""
+    first = int(np.searchsorted(ends, low, side="right"))
+    last = int(np.searchsorted(ends, high - 1, side="right"))
+    starts = np.concatenate(([0], ends[:-1]))
+    return [(k, max(low, int(starts[k])) - int(starts[k]), min(high, int(ends[k])) - int(starts[k]))
+            for k in range(first, last + 1)]
+
+
+def _resample_region(parts: list[list[np.ndarray]], axis: int, size_in: int, size_out: int,
+                     first: int, stop: int, offset: int) -> np.ndarray:
+    """Output pixels ``first:stop`` along ``axis`` of a region joined from ``parts`` (rows of
+    pieces of chunks) that starts at ``offset`` along it."""
+    region = np.concatenate([np.concatenate(row, axis=1) for row in parts], axis=0)
+    starts, weights = bilinear_weights(size_in, size_out, first, stop)
+    return _resample_axis(region, axis, starts, weights, offset)
 
 
 def _bilinear_pass(array: da.Array, axis: int, size_out: int,
@@ -149,43 +178,43 @@ def _bilinear_pass(array: da.Array, axis: int, size_out: int,
     """Bilinear resampling of one axis: each output block reads the input span it needs.
 
     Output chunks are cut into pieces whose input span along ``axis`` is at most
-    ``_MAX_SPAN``, and the other axis into bands that keep a task near ``_RESAMPLE_BYTES``.
+    ``_MAX_SPAN``, the other axis into bands that keep a task near ``_RESAMPLE_BYTES``. One
+    task a piece, reading the parts of the chunks it needs, in one layer of the graph: a
+    Dask slice, rechunk and block per piece made tens of thousands of layers for a large slide
+    (a 65536-pixel level took minutes to build). The result comes in those pieces.
     """
-    starts, weights = bilinear_weights(array.shape[axis], size_out)
+    size_in = array.shape[axis]
     other = 1 - axis
     extra = array.shape[2:]
-    scale = array.shape[axis] / size_out
+    starts, weights = bilinear_weights(size_in, size_out)
+    scale = size_in / size_out
     out_edges = _pieces(_edges(out_chunks),
                         max(1, int((_MAX_SPAN - weights.shape[1]) // scale)))
-    spans = []
-    for o0, o1 in out_edges:
-        s, w = starts[o0:o1], weights[o0:o1]
-        spans.append((int(s.min()), min(int(s.max()) + w.shape[1], array.shape[axis])))
+    spans = [(int(starts[o0]), min(int(starts[o1 - 1]) + weights.shape[1], size_in))
+             for o0, o1 in out_edges]
     longest = max(high - low for low, high in spans)
     band = _RESAMPLE_BYTES // (longest * math.prod(extra) * _BYTES_PER_VALUE)
     other_edges = _pieces(_edges(array.chunks[other]), max(1, min(_MAX_BAND, band)))
-    grid = []
-    for (o0, o1), (low, high) in zip(out_edges, spans):
-        s, w = starts[o0:o1], weights[o0:o1]
-        line = []
-        for q0, q1 in other_edges:
-            index = [slice(q0, q1), slice(q0, q1)]
-            index[axis] = slice(low, high)
-            shape = [q1 - q0, q1 - q0]
-            shape[axis] = o1 - o0
-            # One block of the span the filter reads, in the array's own graph: a region handed
-            # to dask.delayed is optimized on its own, its chunks then computed again for each
-            # task that reads them (2 to 9 times a level).
-            region = array[tuple(index)]
-            part = region.rechunk(region.shape).map_blocks(
-                _resample_axis, axis, s, w, low, chunks=tuple((n,) for n in (*shape, *extra)),
-                dtype=np.float32, meta=np.empty((0,) * array.ndim, np.float32),
-            )
-            line.append([part] if extra else part)
-        grid.append(line)
-    if axis == 1:  # grid[column block][row block]: put rows first
-        grid = [list(column) for column in zip(*grid)]
-    return da.block(grid)
+
+    ends = [np.cumsum(array.chunks[dimension]) for dimension in (0, 1)]
+    zeros = (0,) * len(extra)
+    name = "bilinear-" + tokenize(array.name, axis, size_out, out_edges, other_edges)
+    graph: dict[Any, Any] = {}
+    for i, ((o0, o1), (low, high)) in enumerate(zip(out_edges, spans)):
+        for j, (q0, q1) in enumerate(other_edges):
+            ranges: list[Any] = [None, None]
+            ranges[axis] = _overlapping(ends[axis], low, high)
+            ranges[other] = _overlapping(ends[other], q0, q1)
+            parts = [[(operator.getitem, (array.name, r, c, *zeros), (slice(r0, r1), slice(c0, c1)))
+                      for c, c0, c1 in ranges[1]] for r, r0, r1 in ranges[0]]
+            index = (i, j) if axis == 0 else (j, i)
+            graph[(name, *index, *zeros)] = (_resample_region, parts, axis, size_in, size_out,
+                                             o0, o1, low)
+    chunks: list[Any] = [None, None]
+    chunks[axis] = tuple(o1 - o0 for o0, o1 in out_edges)
+    chunks[other] = tuple(q1 - q0 for q0, q1 in other_edges)
+    layers = HighLevelGraph.from_collections(name, graph, dependencies=[array])
+    return da.Array(layers, name, chunks=(*chunks, *((n,) for n in extra)), dtype=np.float32)
 
 
 def downsample(mask: da.Array, shape: tuple[int, int], method: str,
@@ -193,9 +222,10 @@ def downsample(mask: da.Array, shape: tuple[int, int], method: str,
     """Resample a (rows, columns[, segments]) Dask array to ``shape``, block by block.
 
     Nearest neighbour picks rows and columns chunk by chunk, in the task that reads the
-    chunk, so only the pixels a level keeps leave it. Bilinear resampling runs as Pillow does,
-    columns first, then rows, each pass on blocks that read the span of input their filter
-    covers.
+    chunk, so only the pixels a level keeps leave it; the level comes in ``chunks``. Bilinear
+    resampling runs as Pillow does, one axis after the other in Pillow's order, each pass in
+    tasks that read the span of input their filter covers; the level comes in pieces of
+    ``chunks`` (see :func:`_bilinear_pass`).
     """
     if method == "nearest":
         # Each source chunk gives the rows and columns it holds that the level keeps (one task,
@@ -213,18 +243,24 @@ def downsample(mask: da.Array, shape: tuple[int, int], method: str,
         )
         return picked.rechunk(chunks + mask.shape[2:])
     extra = mask.shape[2:]
+    if any(len(c) > 1 for c in mask.chunks[2:]):  # a task reads every segment of its region
+        mask = mask.rechunk(mask.chunks[:2] + extra)
     first = 0 if _rows_first(mask.shape[:2], shape) else 1
     second = 1 - first
-    # Bands a few hundred pixels across the first pass (cut further where long, see
-    # _bilinear_pass), then whole columns (or rows) of the first pass's chunks.
-    band_chunks: list[Any] = list(mask.chunks[:2])
-    band_chunks[second] = _MAX_BAND
-    once = _bilinear_pass(mask.rechunk((*band_chunks, *extra)), first, shape[first], chunks[first])
-    once_chunks: list[Any] = list(mask.chunks[:2])
-    once_chunks[first] = chunks[first]
-    level = _bilinear_pass(once.rechunk((*once_chunks, *extra)), second, shape[second],
-                           chunks[second])
-    return level.rechunk(chunks + extra)
+    once = _bilinear_pass(mask, first, shape[first], chunks[first])
+    # The level comes in the second pass's pieces (write_segmentation makes its blocks of
+    # them): joined into the level's chunks, 2048 x 2048 with every segment, they would hold
+    # 256 MiB each for 16 segments.
+    # The first pass's pieces joined into bands across the level's chunks, so that the second
+    # pass goes through the mask a band at a time: in the first pass's narrow pieces it went
+    # strip by strip, holding chunks of the mask the strips shared (0.52 against 0.15 GiB for
+    # a 1/64 level of 8192 x 8192 pixels and 16 segments). Bands of at most _JOINED_BYTES.
+    joined: list[Any] = [None, None]
+    joined[first] = chunks[first]
+    band = _JOINED_BYTES // (max(chunks[first]) * math.prod(extra) * 4)
+    joined[second] = chunks_of(mask.shape[second], max(1, min(band, max(mask.chunks[second]))))
+    once = once.rechunk((*joined, *extra))
+    return _bilinear_pass(once, second, shape[second], chunks[second])
 
 
 def _rows_first(shape_in: tuple[int, ...], shape_out: tuple[int, ...]) -> bool:
