@@ -148,6 +148,8 @@ def _pieces(edges: Sequence[tuple[int, int]], step: int) -> list[tuple[int, int]
     """Each of ``edges`` cut into the fewest pieces of at most ``step``, of near equal length."""
     pieces = []
     for low, high in edges:
+        if high == low:  # a chunk of no pixels (Dask makes them): no piece
+            continue
         count = -(-(high - low) // step)
         cuts = [low + (high - low) * k // count for k in range(count + 1)]
         pieces += list(zip(cuts[:-1], cuts[1:]))

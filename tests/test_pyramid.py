@@ -330,13 +330,14 @@ def test_nearest_picks_per_chunk_equal_picks_of_the_whole(factor, stacked):
     np.testing.assert_array_equal(got.compute(scheduler="sync"), expected)
 
 
-@pytest.mark.parametrize("size", [(97, 131), (300, 60)])
+@pytest.mark.parametrize("size", [(97, 131), (300, 60), (200, 100)])
 @pytest.mark.parametrize("factor", [2, 3, 4.5, 20])
 def test_bilinear_equals_pillow_to_the_last_bit(factor, size):
     """highdicom resamples a FRACTIONAL mask with Pillow before scaling it to stored values:
     a float off by one unit in the last place may round to another stored value. Factors
     that are not powers of 2 (97 / 48), taps summed in order (4.5: ten of them), and a tall
-    mask, whose rows Pillow 13 resamples first."""
+    mask, whose rows Pillow 13 resamples first (200 x 100 at factor 2: columns first, its rule
+    being strict)."""
     from PIL import Image
 
     rng = np.random.default_rng(int(factor))
@@ -389,6 +390,22 @@ def test_bilinear_in_small_pieces_equals_pillow_and_reads_each_chunk_once(factor
         np.testing.assert_array_equal(values[..., plane], expected)
     assert sorted(computed) == sorted(set(computed))
     assert len(computed) == -(-size[0] // 7) * -(-size[1] // 11)
+
+
+@pytest.mark.parametrize("zero_axis", [0, 1])
+def test_bilinear_levels_of_a_mask_with_chunks_of_no_pixels(zero_axis):
+    """Dask makes chunks of no pixels (a concatenation with an empty piece, say)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(zero_axis)
+    mask = rng.random((256, 256), dtype=np.float32)
+    chunks = [(128, 128), (128, 128)]
+    chunks[zero_axis] = (100, 0, 156)
+    got = downsample(da.from_array(mask, chunks=tuple(chunks)), (128, 128), "bilinear",
+                     ((128,), (128,))).compute(scheduler="sync")
+    expected = np.asarray(Image.fromarray(mask, mode="F").resize((128, 128),
+                                                                 Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
