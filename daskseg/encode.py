@@ -317,8 +317,9 @@ def encode_block(
     stored = frame_dtype(spec.bits_allocated).str
     # A stack's planes are interleaved (segments last): one plane cut from a tile reads every
     # cache line of the tile's planes, so cutting 128 segments read each tile 128 times (three
-    # times the codec's time for native BINARY). A group of planes is copied planes-first once
-    # a tile, in copies of at most _CUT_GROUP_BYTES, and the frames are put back in file order.
+    # times the codec's time for native BINARY). The planes of a group (at most
+    # _CUT_GROUP_BYTES of them) present in a tile are copied planes-first once (none when one
+    # is: see _planes_first), and the frames are put back in file order.
     planes_of_tiles = spec.stacked and spec.n_channels > 1
     group = (max(1, _CUT_GROUP_BYTES // (th * tw * block.dtype.itemsize)) if planes_of_tiles
              else spec.n_channels)

@@ -250,9 +250,6 @@ def downsample(mask: da.Array, shape: tuple[int, int], method: str,
     first = 0 if _rows_first(mask.shape[:2], shape) else 1
     second = 1 - first
     once = _bilinear_pass(mask, first, shape[first], chunks[first])
-    # The level comes in the second pass's pieces (write_segmentation makes its blocks of
-    # them): joined into the level's chunks, 2048 x 2048 with every segment, they would hold
-    # 256 MiB each for 16 segments.
     # The first pass's pieces joined into bands across the level's chunks, so that the second
     # pass goes through the mask a band at a time: in the first pass's narrow pieces it went
     # strip by strip, holding chunks of the mask the strips shared (0.52 against 0.15 GiB for
@@ -262,6 +259,9 @@ def downsample(mask: da.Array, shape: tuple[int, int], method: str,
     band = _JOINED_BYTES // (max(chunks[first]) * math.prod(extra) * 4)
     joined[second] = chunks_of(mask.shape[second], max(1, min(band, max(mask.chunks[second]))))
     once = once.rechunk((*joined, *extra))
+    # The level comes in the second pass's pieces (write_segmentation makes its blocks of
+    # them): joined into the level's chunks, 2048 x 2048 with every segment, they would hold
+    # 256 MiB each for 16 segments.
     return _bilinear_pass(once, second, shape[second], chunks[second])
 
 
