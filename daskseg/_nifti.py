@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import traceback
 from typing import Any
 
 import dask.array as da
@@ -702,5 +703,11 @@ def volume_to_nifti(reader: Any, path: str | os.PathLike, client: Any = None,
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
     with naming_a_full_disk(path, "the NIfTI file", spooled=False), \
             file_beside(path, suffix) as temporary:
-        image.to_filename(temporary)
+        try:
+            image.to_filename(temporary)
+        except BaseException as error:
+            # nibabel's frames in the traceback hold its file open: removed, it kept its room
+            # on a full disk for as long as the exception lived (a notebook keeps the last).
+            traceback.clear_frames(error.__traceback__)
+            raise
     return path
