@@ -201,12 +201,14 @@ def _bilinear_pass(array: da.Array, axis: int, size_out: int,
     ends = [np.cumsum(array.chunks[dimension]) for dimension in (0, 1)]
     zeros = (0,) * len(extra)
     name = "bilinear-" + tokenize(array.name, axis, size_out, out_edges, other_edges)
+    # The chunks each span and each band cross, found once, not for every task.
+    along = [_overlapping(ends[axis], low, high) for low, high in spans]
+    across = [_overlapping(ends[other], q0, q1) for q0, q1 in other_edges]
     graph: dict[Any, Any] = {}
-    for i, ((o0, o1), (low, high)) in enumerate(zip(out_edges, spans)):
-        for j, (q0, q1) in enumerate(other_edges):
+    for i, ((o0, o1), (low, _)) in enumerate(zip(out_edges, spans)):
+        for j in range(len(other_edges)):
             ranges: list[Any] = [None, None]
-            ranges[axis] = _overlapping(ends[axis], low, high)
-            ranges[other] = _overlapping(ends[other], q0, q1)
+            ranges[axis], ranges[other] = along[i], across[j]
             parts = [[(operator.getitem, (array.name, r, c, *zeros), (slice(r0, r1), slice(c0, c1)))
                       for c, c0, c1 in ranges[1]] for r, r0, r1 in ranges[0]]
             index = (i, j) if axis == 0 else (j, i)
