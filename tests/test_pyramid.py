@@ -330,6 +330,17 @@ def test_nearest_picks_per_chunk_equal_picks_of_the_whole(factor, stacked):
     np.testing.assert_array_equal(got.compute(scheduler="sync"), expected)
 
 
+def pillow_bilinear(mask, shape):
+    """``mask`` (rows, columns[, planes]) resized to ``shape`` by Pillow's bilinear filter,
+    plane by plane, as highdicom resamples a FRACTIONAL mask."""
+    from PIL import Image
+
+    planes = mask[..., None] if mask.ndim == 2 else mask
+    resized = [np.asarray(Image.fromarray(planes[..., k], mode="F").resize(
+        shape[::-1], Image.Resampling.BILINEAR)) for k in range(planes.shape[-1])]
+    return np.stack(resized, axis=-1).reshape(*shape, *mask.shape[2:])
+
+
 @pytest.mark.parametrize("size", [(97, 131), (300, 60), (200, 100)])
 @pytest.mark.parametrize("factor", [2, 3, 4.5, 20])
 def test_bilinear_equals_pillow_to_the_last_bit(factor, size):
@@ -338,19 +349,13 @@ def test_bilinear_equals_pillow_to_the_last_bit(factor, size):
     that are not powers of 2 (97 / 48), taps summed in order (4.5: ten of them), and a tall
     mask, whose rows Pillow 13 resamples first (200 x 100 at factor 2: columns first, its rule
     being strict)."""
-    from PIL import Image
-
     rng = np.random.default_rng(int(factor))
     mask = rng.random((*size, 2), dtype=np.float32)
     shape = (int(size[0] / factor), int(size[1] / factor))
     chunks = (aligned_chunks(shape[0], 8, 16), aligned_chunks(shape[1], 8, 16))
     got = downsample(da.from_array(mask, chunks=(7, 11, 2)), shape, "bilinear", chunks)
     assert got.shape == (*shape, 2)
-    values = got.compute(scheduler="sync")
-    for plane in range(2):
-        expected = np.asarray(Image.fromarray(mask[..., plane], mode="F").resize(
-            shape[::-1], Image.Resampling.BILINEAR))
-        np.testing.assert_array_equal(values[..., plane], expected)
+    np.testing.assert_array_equal(got.compute(scheduler="sync"), pillow_bilinear(mask, shape))
 
 
 @pytest.mark.parametrize("size", [(97, 131), (131, 33)])
@@ -359,8 +364,6 @@ def test_bilinear_in_small_pieces_equals_pillow_and_reads_each_chunk_once(factor
                                                                           monkeypatch):
     """Tasks cut to a few rows and columns (as a wide slide of many segments is cut) give
     Pillow's pixels, and each of the mask's chunks is computed once."""
-    from PIL import Image
-
     from daskseg import pyramid
 
     monkeypatch.setattr(pyramid, "_MAX_SPAN", 24)
@@ -383,11 +386,7 @@ def test_bilinear_in_small_pieces_equals_pillow_and_reads_each_chunk_once(factor
     for pieces, level in zip(got.chunks[:2], chunks):
         assert set(np.cumsum(level)) <= set(np.cumsum(pieces))
     assert len(got.dask.layers) == len(lazy.dask.layers) + 3
-    values = got.compute(scheduler="sync")
-    for plane in range(2):
-        expected = np.asarray(Image.fromarray(mask[..., plane], mode="F").resize(
-            shape[::-1], Image.Resampling.BILINEAR))
-        np.testing.assert_array_equal(values[..., plane], expected)
+    np.testing.assert_array_equal(got.compute(scheduler="sync"), pillow_bilinear(mask, shape))
     assert sorted(computed) == sorted(set(computed))
     assert len(computed) == -(-size[0] // 7) * -(-size[1] // 11)
 
@@ -395,17 +394,13 @@ def test_bilinear_in_small_pieces_equals_pillow_and_reads_each_chunk_once(factor
 @pytest.mark.parametrize("zero_axis", [0, 1])
 def test_bilinear_levels_of_a_mask_with_chunks_of_no_pixels(zero_axis):
     """Dask makes chunks of no pixels (a concatenation with an empty piece, say)."""
-    from PIL import Image
-
     rng = np.random.default_rng(zero_axis)
     mask = rng.random((256, 256), dtype=np.float32)
     chunks = [(128, 128), (128, 128)]
     chunks[zero_axis] = (100, 0, 156)
     got = downsample(da.from_array(mask, chunks=tuple(chunks)), (128, 128), "bilinear",
                      ((128,), (128,))).compute(scheduler="sync")
-    expected = np.asarray(Image.fromarray(mask, mode="F").resize((128, 128),
-                                                                 Image.Resampling.BILINEAR))
-    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, pillow_bilinear(mask, (128, 128)))
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
